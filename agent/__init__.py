@@ -1,0 +1,1 @@
+"""The agent of one region: pulls tasks, fetches and verifies image bytes, creates the image in its glance."""

@@ -1,0 +1,1 @@
+"""The coordinator: journals image events, plans per-region tasks, hands them to agents, registers locations."""

@@ -1,0 +1,313 @@
+"""Every configuration option of the Glance Sync Manager, grouped, with full help.
+
+Nothing is registered at import time: a service calls ``register_opts(conf)`` on
+its own ``ConfigOpts``, so tests never share global state.  ``list_opts()`` feeds
+``oslo-config-generator --namespace glancesync`` (see etc/oslo-config-generator/).
+
+The first options keep the names and meaning they had in the original Tricircle
+glancesync (``sync_enabled``, ``sync_server_host``, ``sync_server_port``,
+``sync_strategy``, ``snapshot_*``, ``task_retry_times``, ``scp_copy_timeout``).
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+
+SYNC_STRATEGIES = ("None", "ALL", "USER")
+
+default_opts = [
+    cfg.BoolOpt(
+        "sync_enabled",
+        default=False,
+        help="Whether the glance_proxy filter inside glance-api sends image events to the "
+        "coordinator. When False the filter passes every request through untouched.",
+    ),
+    cfg.HostAddressOpt(
+        "sync_server_host",
+        default="127.0.0.1",
+        help="Address of the coordinator's client socket, where glance_proxy sends image events "
+        "and glance-sync-status sends queries. The coordinator binds it (see [coordinator] bind_host).",
+    ),
+    cfg.PortOpt(
+        "sync_server_port",
+        default=9595,
+        help="Port of the coordinator's client socket (image events and status queries).",
+    ),
+    cfg.StrOpt(
+        "sync_strategy",
+        default="ALL",
+        choices=[
+            ("None", "Sync nothing; events are journaled but make no tasks."),
+            ("ALL", "Sync every image to every region in glance_store.yaml."),
+            ("USER", "Sync only images whose owner asked for it (image property glance_sync_regions)."),
+        ],
+        help="Which images go to which regions. The original default was None; ALL is the default "
+        "here because an operator installs the sync manager to have images synced.",
+    ),
+    cfg.URIOpt(
+        "cascading_endpoint_url",
+        help="URL of the cascading glance-api, e.g. http://glance.example.com:9292. When unset, the "
+        "catalog of the [cascading_glance] credentials is used.",
+    ),
+    cfg.IntOpt(
+        "snapshot_timeout",
+        default=300,
+        min=1,
+        help="Seconds the coordinator waits for a snapshot (or an imported image) to become active "
+        "before the sync of that image fails.",
+    ),
+    cfg.IntOpt(
+        "snapshot_sleep_interval",
+        default=10,
+        min=1,
+        help="Seconds between two polls of an image that is not active yet.",
+    ),
+    cfg.IntOpt(
+        "task_retry_times",
+        default=5,
+        min=0,
+        help="How many times a failed retryable task is tried again, with exponential backoff, "
+        "before its (image, region) is marked failed. The original default 0 lost work on the "
+        "first network hiccup; 5 retries with backoff cover restarts of a region's glance "
+        "or sshd while still surfacing persistent errors within minutes.",
+    ),
+    cfg.IntOpt(
+        "scp_copy_timeout",
+        default=3600,
+        min=1,
+        help="Seconds one transfer of image bytes may take before it is aborted and retried.",
+    ),
+    cfg.ListOpt(
+        "snapshot_region_names",
+        default=[],
+        help="Regions a snapshot is synced to. Empty: the sync_strategy decides.",
+    ),
+    cfg.StrOpt(
+        "glance_store_config",
+        default="/etc/glance-sync/glance_store.yaml",
+        help="Path of glance_store.yaml: the cascading store (ssh host, store directory) and each "
+        "region's glance endpoint, credentials and working directory.",
+    ),
+]
+
+coordinator_opts = [
+    cfg.HostAddressOpt(
+        "bind_host",
+        default="127.0.0.1",
+        help="Address the coordinator binds its client and agent sockets to. Use 0.0.0.0 or a "
+        "routable address only with [curve] enabled = True.",
+    ),
+    cfg.PortOpt("agent_port", default=9596, help="Port of the socket agents connect to."),
+    cfg.FloatOpt(
+        "heartbeat_interval",
+        default=5.0,
+        min=0.1,
+        help="Seconds between heartbeats to agents. An agent silent for three intervals is offline.",
+    ),
+    cfg.FloatOpt(
+        "lease_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds a task stays with an agent that has gone silent before it returns to its "
+        "region's queue. Any message from the agent renews its leases.",
+    ),
+    cfg.FloatOpt(
+        "retry_backoff",
+        default=5.0,
+        min=0.0,
+        help="Seconds before the first retry of a failed task; doubled on each further retry.",
+    ),
+    cfg.FloatOpt(
+        "max_retry_backoff",
+        default=300.0,
+        min=0.0,
+        help="Upper bound, in seconds, of the wait between two retries of a task.",
+    ),
+    cfg.IntOpt(
+        "glance_workers",
+        default=4,
+        min=1,
+        help="Threads for glance API calls (location registration, image lookups), so the poll "
+        "loop never waits on HTTP.",
+    ),
+    cfg.IntOpt(
+        "reconcile_interval",
+        default=600,
+        min=0,
+        help="Seconds between two comparisons of the cascading glance with every region; 0 disables it.",
+    ),
+]
+
+database_opts = [
+    cfg.StrOpt(
+        "connection",
+        default="sqlite:////var/lib/glance-sync/journal.sqlite",
+        secret=True,
+        help="SQLAlchemy URL of the coordinator's journal. SQLite (WAL mode) serves one "
+        "coordinator; a MySQL or PostgreSQL URL serves an active/passive pair. Create or upgrade "
+        "the schema with 'glance-sync-manage db_sync'.",
+    ),
+]
+
+agent_opts = [
+    cfg.StrOpt(
+        "region",
+        help="Name of the region this agent serves, as in glance_store.yaml. Required.",
+    ),
+    cfg.StrOpt(
+        "agent_id",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        help="Name of this agent in status output; unique among the agents of a region.",
+    ),
+    cfg.HostAddressOpt(
+        "coordinator_host",
+        default="127.0.0.1",
+        help="Address of the coordinator's agent socket.",
+    ),
+    cfg.PortOpt("coordinator_port", default=9596, help="Port of the coordinator's agent socket."),
+    cfg.IntOpt(
+        "workers",
+        default=2,
+        min=1,
+        help="Worker processes, i.e. how many tasks this agent runs at once.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_interval",
+        default=5.0,
+        min=0.1,
+        help="Seconds between heartbeats to the coordinator. Three missed coordinator heartbeats "
+        "make the agent reconnect.",
+    ),
+    cfg.FloatOpt(
+        "reconnect_max_backoff",
+        default=32.0,
+        min=1.0,
+        help="Upper bound, in seconds, of the jittered exponential wait between reconnects.",
+    ),
+    cfg.FloatOpt(
+        "progress_interval",
+        default=1.0,
+        min=0.1,
+        help="Seconds between two progress reports of a running transfer (also sent every 5%).",
+    ),
+]
+
+curve_opts = [
+    cfg.BoolOpt(
+        "enabled",
+        default=False,
+        help="Encrypt and authenticate every zmq socket with CurveZMQ. Required whenever the "
+        "coordinator's sockets are reachable from another host.",
+    ),
+    cfg.StrOpt(
+        "secret_key_file",
+        help="This service's CurveZMQ secret key file (zmq.auth format, mode 0600).",
+    ),
+    cfg.StrOpt(
+        "server_public_key_file",
+        help="Clients (agents, glance_proxy, status): the coordinator's public key file, pinned.",
+    ),
+    cfg.StrOpt(
+        "allowed_clients_dir",
+        help="Coordinator: directory of the public key files of the clients allowed to connect.",
+    ),
+]
+
+proxy_opts = [
+    cfg.StrOpt(
+        "spool_dir",
+        default="/var/lib/glance-sync/spool",
+        help="Directory of the event outbox: events wait there (fsync'd) until the coordinator "
+        "acknowledges them.",
+    ),
+    cfg.IntOpt(
+        "spool_max_bytes",
+        default=64 * 1024 * 1024,
+        min=1024,
+        help="Largest size of the outbox. When full, new events are dropped with an error log "
+        "line and the periodic reconciler repairs what they would have done.",
+    ),
+    cfg.IntOpt(
+        "queue_size",
+        default=10000,
+        min=1,
+        help="Events held in memory on their way to the outbox; the request path never waits on it.",
+    ),
+    cfg.HostAddressOpt("listen_host", default="127.0.0.1", help="glance-sync-proxy: address to listen on."),
+    cfg.PortOpt("listen_port", default=9293, help="glance-sync-proxy: port to listen on."),
+    cfg.URIOpt(
+        "upstream_url",
+        default="http://127.0.0.1:9292",
+        help="glance-sync-proxy: URL of the glance-api it forwards to.",
+    ),
+]
+
+GLANCE_GROUP = "cascading_glance"
+glance_extra_opts = [
+    cfg.DictOpt(
+        "identity_headers",
+        default={},
+        help="Headers added to every request to the cascading glance, for a glance without "
+        "keystone whose pipeline trusts identity headers (X-Identity-Status, X-Roles, ...). "
+        "Leave empty with keystone.",
+    ),
+    cfg.StrOpt(
+        "interface",
+        default="public",
+        help="Endpoint interface looked up in the keystone catalog when cascading_endpoint_url is unset.",
+    ),
+    cfg.StrOpt("region_name", help="Catalog region of the cascading glance."),
+]
+
+GROUPS = {
+    "coordinator": coordinator_opts,
+    "database": database_opts,
+    "agent": agent_opts,
+    "curve": curve_opts,
+    "proxy": proxy_opts,
+    GLANCE_GROUP: glance_extra_opts,
+}
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register every option of the project on ``conf``."""
+    conf.register_opts(default_opts)
+    for group, opts in GROUPS.items():
+        conf.register_opts(opts, group=group)
+    ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
+    ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
+
+
+def register_filter_opts(conf: cfg.ConfigOpts) -> None:
+    """The few options glance_proxy's filter reads from glance-api.conf."""
+    for opt in default_opts[:3]:
+        try:
+            conf.register_opt(opt)
+        except cfg.DuplicateOptError:
+            pass
+    conf.register_opts(curve_opts, group="curve")
+    conf.register_opts(proxy_opts, group="proxy")
+
+
+def _auth_opts() -> list[cfg.Opt]:
+    opts = ks_loading.get_session_conf_options() + ks_loading.get_auth_common_conf_options()
+    # Show the options of the plugins operators use with glance: password and none.
+    for plugin in ("password", "v3applicationcredential"):
+        opts += ks_loading.get_auth_plugin_conf_options(plugin)
+    unique: dict[str, cfg.Opt] = {}
+    for opt in opts:
+        unique.setdefault(opt.dest, opt)
+    return list(unique.values())
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Every option by group, for oslo-config-generator."""
+    groups = [("DEFAULT", default_opts)]
+    groups += [(name, opts) for name, opts in GROUPS.items() if name != GLANCE_GROUP]
+    groups.append((GLANCE_GROUP, glance_extra_opts + _auth_opts()))
+    return [(name, copy.deepcopy(opts)) for name, opts in groups]

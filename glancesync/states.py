@@ -1,0 +1,62 @@
+"""The state of one image in one region, and the only transitions allowed between states.
+
+::
+
+    pending -> assigned -> transferring -> registering -> synced
+        \\__________\\______________\\______________\\___> failed(reason)
+    (any live state) -> deleting -> deleted
+
+``assigned``: a task was handed to an agent that has not acknowledged it yet.
+``transferring``: the agent acknowledged it and is moving bytes (or applying an update).
+``registering``: the agent reported ``done``; the coordinator verifies the copy against
+the cascading image and adds the regional location.
+A lapsed lease or a retryable failure returns to ``pending``.  ``deleted`` is final:
+glance never lets a deleted image id be created again in that region.
+
+No other module spells a state as a string: use ``SyncState``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class SyncState(str, enum.Enum):
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    TRANSFERRING = "transferring"
+    REGISTERING = "registering"
+    SYNCED = "synced"
+    FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+S = SyncState
+TRANSITIONS: dict[SyncState, frozenset[SyncState]] = {
+    S.PENDING: frozenset({S.ASSIGNED, S.FAILED, S.DELETING}),
+    S.ASSIGNED: frozenset({S.TRANSFERRING, S.REGISTERING, S.SYNCED, S.PENDING, S.FAILED, S.DELETING}),
+    S.TRANSFERRING: frozenset({S.REGISTERING, S.SYNCED, S.PENDING, S.FAILED, S.DELETING}),
+    S.REGISTERING: frozenset({S.SYNCED, S.PENDING, S.FAILED, S.DELETING}),
+    S.SYNCED: frozenset({S.PENDING, S.DELETING}),
+    S.FAILED: frozenset({S.PENDING, S.DELETING}),
+    S.DELETING: frozenset({S.DELETED, S.FAILED, S.DELETING}),
+    S.DELETED: frozenset(),
+}
+del S
+
+# States in which work for the (image, region) is still under way.
+ACTIVE_STATES = frozenset(
+    {SyncState.PENDING, SyncState.ASSIGNED, SyncState.TRANSFERRING, SyncState.REGISTERING, SyncState.DELETING}
+)
+FINAL_STATES = frozenset({SyncState.SYNCED, SyncState.FAILED, SyncState.DELETED})
+
+
+def can_move(current: SyncState | None, new: SyncState) -> bool:
+    """True when ``current -> new`` is allowed; a new (image, region) starts pending or deleting."""
+    if current is None:
+        return new in (SyncState.PENDING, SyncState.DELETING)
+    return new in TRANSITIONS[current]
