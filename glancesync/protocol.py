@@ -249,7 +249,7 @@ def decode(frame: bytes) -> Message:
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError(code="oversized", detail=f"frame of {len(frame)} bytes > {MAX_MESSAGE_BYTES}")
     try:
-        envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_buffer_size=MAX_MESSAGE_BYTES)
+        envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError(code="undecodable", detail=f"not a msgpack frame: {exc}") from None
     if not isinstance(envelope, dict):
