@@ -1,0 +1,100 @@
+"""Clients for glance-api: a keystoneauth1 session and a python-glanceclient v2 client per endpoint.
+
+The coordinator (cascading glance), the agents (their own region) and the
+``cascaded://`` store driver (every region) all reach glance the same way, so the
+session building lives here once.  ``auth_type: none`` serves glances without
+keystone; ``headers`` are sent with every request (identity headers for a glance
+that trusts them, as the test harness runs it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glanceclient import client as glance_client
+from glanceclient import exc as glance_exc
+from keystoneauth1 import exceptions as ks_exc
+from keystoneauth1 import loading as ks_loading
+from keystoneauth1 import noauth, session
+
+from glancesync.exceptions import ConfigError, GlanceError
+from glancesync.storemap import GlanceEndpoint
+
+# Fields glance owns or computes: never copied from one glance to another.
+GLANCE_OWNED_FIELDS = frozenset(
+    {
+        "id", "status", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value",
+        "created_at", "updated_at", "file", "schema", "self", "direct_url", "locations",
+        "stores",
+        # A protected regional copy could not be removed by a delete task; the
+        # cascading image's protection already guards the user's intent.
+        "protected",
+    }
+)
+# Fields that the image create call takes as arguments of their own.
+CREATE_FIELDS = ("disk_format", "container_format", "visibility", "min_disk", "min_ram", "name")
+
+
+def make_session(endpoint: GlanceEndpoint) -> session.Session:
+    """A keystoneauth1 session for ``endpoint``; raises ConfigError for unusable auth options."""
+    options = dict(endpoint.auth)
+    auth_type = options.pop("auth_type", "none")
+    if auth_type in ("none", "noauth", None):
+        auth = noauth.NoAuth(endpoint=endpoint.url)
+    else:
+        try:
+            loader = ks_loading.get_plugin_loader(auth_type)
+            auth = loader.load_from_options(**options)
+        except (ks_exc.NoMatchingPlugin, ks_exc.MissingRequiredOptions, TypeError) as exc:
+            raise ConfigError(source="glance auth", detail=f"auth_type {auth_type}: {exc}") from None
+    return session.Session(auth=auth, verify=endpoint.verify, additional_headers=dict(endpoint.headers))
+
+
+def make_client(endpoint: GlanceEndpoint, sess: session.Session | None = None) -> Any:
+    """A glanceclient v2 client; ``endpoint.url`` overrides the keystone catalog when set."""
+    kwargs: dict[str, Any] = {"session": sess or make_session(endpoint)}
+    if endpoint.url:
+        kwargs["endpoint_override"] = endpoint.url
+    else:
+        kwargs.update(interface=endpoint.interface, region_name=endpoint.region_name)
+    return glance_client.Client("2", **kwargs)
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, (glance_exc.HTTPNotFound, glance_exc.NotFound, ks_exc.NotFound))
+
+
+def translate(exc: BaseException, endpoint: str) -> GlanceError:
+    """Turn a glanceclient / keystoneauth error into GlanceError, retryable unless it is a client error."""
+    status = getattr(exc, "code", None) or getattr(exc, "http_status", None)
+    retryable = not (isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429))
+    detail = f"{type(exc).__name__}: {str(exc)[:500]}"
+    return GlanceError(endpoint=endpoint, detail=detail, retryable=retryable)
+
+
+def image_to_dict(image: Any) -> dict[str, Any]:
+    """A plain dict of a glanceclient image (a warlock model), safe to msgpack."""
+    return {str(k): v for k, v in dict(image).items() if _packable(v)}
+
+
+def _packable(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_packable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _packable(v) for k, v in value.items())
+    return False
+
+
+def copied_properties(image: dict[str, Any]) -> dict[str, Any]:
+    """What a regional copy takes from the cascading image: everything but glance-owned fields.
+
+    ``os_glance_*`` properties are reserved to glance itself (import state, hashes)
+    and refused on create, so they never cross.
+    """
+    return {
+        key: value
+        for key, value in image.items()
+        if key not in GLANCE_OWNED_FIELDS and not key.startswith("os_glance") and value is not None
+    }
