@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 
 
-class SyncState(str, enum.Enum):
+class SyncState(enum.StrEnum):
     PENDING = "pending"
     ASSIGNED = "assigned"
     TRANSFERRING = "transferring"
@@ -30,9 +30,6 @@ class SyncState(str, enum.Enum):
     FAILED = "failed"
     DELETING = "deleting"
     DELETED = "deleted"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 S = SyncState
