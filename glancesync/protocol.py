@@ -60,6 +60,17 @@ EVENT_KINDS = (
 )
 STATUS_VIEWS = ("summary", "image")
 
+# The coordinator's own calls to the cascading glance carry this header, so the
+# glance_proxy filter makes no event of them (the loop guard of the original).
+INTERNAL_REQUEST_HEADER = "X-Glance-Sync-Internal"
+
+# The scheme of regional locations registered on the cascading image.
+CASCADED_SCHEME = "cascaded"
+
+
+def cascaded_url(region: str, image_id: str) -> str:
+    return f"{CASCADED_SCHEME}://{region}/{image_id}"
+
 
 def _non_negative(value: Any) -> bool:
     return value >= 0
