@@ -1,0 +1,195 @@
+"""The harness itself, against the real services: if these fail, no end-to-end result means anything.
+
+Checks that the glances take uploads and compute the hashes we verify against, that
+image ids can be reused across glances, that the cascading store is readable over
+SFTP with a pinned host key (and refused with a wrong one), that our config files
+load with the project's own loaders, and that a service that dies at start says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import paramiko
+import pytest
+from oslo_config import cfg
+
+from glancesync import opts, storemap
+from tests.harness import GlanceServer, ServiceError, ServiceProcess, Topology, free_port, wait_tcp
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class Uploaded:
+    id: str
+    data: bytes
+    image: dict
+
+
+@pytest.fixture(scope="module")
+def uploaded(topology: Topology) -> Uploaded:
+    """1 MiB of random bytes uploaded to the cascading glance."""
+    data = os.urandom(MIB)
+    client = topology.cascading.client()
+    image = client.images.create(
+        name=f"harness-{uuid.uuid4().hex[:8]}", disk_format="raw", container_format="bare"
+    )
+    client.images.upload(image.id, io.BytesIO(data), image_size=len(data))
+    return Uploaded(id=image.id, data=data, image=dict(client.images.get(image.id)))
+
+
+def test_topology_started_quickly(topology: Topology) -> None:
+    assert topology.start_seconds is not None
+    assert topology.start_seconds < 60, f"topology took {topology.start_seconds:.1f}s to start"
+    assert sorted(topology.cascaded) == ["RegionA", "RegionB"]
+    ports = {g.port for g in topology.glances} | {
+        topology.sshd.port,
+        topology.client_port,
+        topology.agent_port,
+    }
+    assert len(ports) == 6
+
+
+def test_upload_hashes_match(uploaded: Uploaded) -> None:
+    assert uploaded.image["status"] == "active"
+    assert uploaded.image["size"] == MIB
+    assert uploaded.image["checksum"] == hashlib.md5(uploaded.data).hexdigest()
+    assert uploaded.image["os_hash_algo"] == "sha512"
+    assert uploaded.image["os_hash_value"] == hashlib.sha512(uploaded.data).hexdigest()
+
+
+def test_download_from_cascading(topology: Topology, uploaded: Uploaded) -> None:
+    body = b"".join(topology.cascading.client().images.data(uploaded.id))
+    assert body == uploaded.data
+
+
+def test_same_id_in_cascaded_region(topology: Topology, uploaded: Uploaded) -> None:
+    region = topology.cascaded["RegionA"].client()
+    created = region.images.create(id=uploaded.id, name="copy", disk_format="raw", container_format="bare")
+    assert created.id == uploaded.id
+    region.images.upload(uploaded.id, io.BytesIO(uploaded.data))
+    copy = region.images.get(uploaded.id)
+    assert copy.status == "active"
+    assert copy.os_hash_value == uploaded.image["os_hash_value"]
+    # The other region never saw it: each glance has its own database.
+    with pytest.raises(Exception, match="404|not found|Not Found"):
+        topology.cascaded["RegionB"].client().images.get(uploaded.id)
+
+
+def test_image_file_in_cascading_store(topology: Topology, uploaded: Uploaded) -> None:
+    path = topology.cascading.data_dir / uploaded.id
+    assert path.is_file()
+    assert path.read_bytes() == uploaded.data
+    urls = [loc["url"] for loc in uploaded.image.get("locations", [])]
+    assert f"file://{path}" in urls
+
+
+def test_sftp_reads_image_with_pinned_host_key(topology: Topology, uploaded: Uploaded) -> None:
+    client = topology.sshd.connect()
+    try:
+        with (
+            client.open_sftp() as sftp,
+            sftp.open(str(topology.cascading.data_dir / uploaded.id), "rb") as fh,
+        ):
+            data = fh.read()
+    finally:
+        client.close()
+    assert hashlib.md5(data).hexdigest() == uploaded.image["checksum"]
+
+
+def test_wrong_known_hosts_is_refused(topology: Topology) -> None:
+    with pytest.raises((paramiko.BadHostKeyException, paramiko.SSHException)):
+        topology.sshd.connect(topology.sshd.wrong_known_hosts_file).close()
+
+
+def test_empty_known_hosts_is_refused(topology: Topology, tmp_path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(paramiko.SSHException):
+        topology.sshd.connect(empty).close()
+
+
+def test_store_yaml_loads_with_project_loader(topology: Topology) -> None:
+    loaded = storemap.load(str(topology.store_yaml))
+    assert loaded.store.port == topology.sshd.port
+    assert loaded.store.store_dir == str(topology.cascading.data_dir)
+    assert sorted(loaded.regions) == ["RegionA", "RegionB"]
+    assert loaded.region("RegionB").glance.url == topology.cascaded["RegionB"].url
+    assert loaded.cascading_glance is not None and loaded.cascading_glance.url == topology.cascading.url
+
+
+def test_service_conf_loads_with_project_options(topology: Topology) -> None:
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf(["--config-file", str(topology.service_conf)], project="glance-sync")
+    assert conf.sync_server_port == topology.client_port
+    assert conf.coordinator.agent_port == topology.agent_port
+    assert conf.agent.coordinator_port == topology.agent_port
+    assert conf.cascading_endpoint_url == topology.cascading.url
+    assert conf.cascading_glance.identity_headers["X-Identity-Status"] == "Confirmed"
+    assert conf.cascading_glance.identity_headers["X-Roles"] == "admin"
+    assert conf.database.connection.endswith("journal.sqlite")
+
+
+def test_early_exit_names_service_and_code(tmp_path) -> None:
+    code = "import sys; print('boom', flush=True); sys.exit(3)"
+    service = ServiceProcess("exploder", [sys.executable, "-c", code], tmp_path / "exploder.log").start()
+    with pytest.raises(ServiceError) as info:
+        service.wait_ready(lambda: False, timeout=10)
+    message = str(info.value)
+    assert "exploder" in message and "boom" in message and "code 3" in message
+
+
+def test_timeout_names_service_and_log(tmp_path) -> None:
+    code = "import time; print('still starting', flush=True); time.sleep(60)"
+    service = ServiceProcess("sleeper", [sys.executable, "-c", code], tmp_path / "sleeper.log").start()
+    try:
+        with pytest.raises(ServiceError, match="(?s)sleeper.*not ready.*still starting"):
+            service.wait_ready(lambda: False, timeout=1)
+    finally:
+        service.stop(grace=1)
+    assert not service.running
+    assert service.stop() is not None  # idempotent
+
+
+def test_kill_restart_and_tcp(tmp_path) -> None:
+    port = free_port()
+    code = (
+        f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); "
+        "print('listening', flush=True); time.sleep(60)"
+    )
+    service = ServiceProcess("listener", [sys.executable, "-c", code], tmp_path / "listener.log").start()
+    try:
+        wait_tcp("127.0.0.1", port, timeout=10)
+        service.kill(signal.SIGKILL)
+        assert service.returncode == -signal.SIGKILL
+        service.restart()
+        wait_tcp("127.0.0.1", port, timeout=10)
+        assert service.running
+    finally:
+        service.stop(grace=1)
+    assert (tmp_path / "listener.log").read_text().splitlines().count("listening") == 2
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("glance_proxy.middleware") is not None,
+    reason="glance_proxy.middleware exists now",
+)
+def test_missing_filter_start_failure_shows_log_tail(tmp_path) -> None:
+    server = GlanceServer("broken", tmp_path / "broken", sync_filter=True, sync_server_port=free_port())
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServiceError, match="(?s)glance-api broken.*exited.*glance_proxy"):
+            server.start(timeout=60)
+    finally:
+        server.stop()
+    assert time.monotonic() - started < 60

@@ -1,0 +1,26 @@
+"""Test harness: real glance-api, OpenSSH sshd and our services as processes on 127.0.0.1.
+
+Used by tests/functional (through fixtures in its conftest) and by the demo script.
+No pytest imports anywhere in this package.
+
+- ``procs``: ServiceProcess (start, wait_ready, kill, stop, restart), free_port, wait_tcp.
+- ``glance``: GlanceServer (gunicorn + glance.wsgi.api), IDENTITY_HEADERS.
+- ``sshd``: SshServer (private sshd, host key pinned in known_hosts).
+- ``topology``: Topology (cascading + cascaded glances + sshd + coordinator/agents).
+"""
+
+from tests.harness.glance import IDENTITY_HEADERS, GlanceServer
+from tests.harness.procs import ServiceError, ServiceProcess, free_port, wait_tcp
+from tests.harness.sshd import SshServer
+from tests.harness.topology import Topology
+
+__all__ = [
+    "IDENTITY_HEADERS",
+    "GlanceServer",
+    "ServiceError",
+    "ServiceProcess",
+    "SshServer",
+    "Topology",
+    "free_port",
+    "wait_tcp",
+]

@@ -1,0 +1,163 @@
+"""A private OpenSSH sshd on 127.0.0.1 for the end-to-end tests and the demo.
+
+:class:`SshServer` runs the system's ``/usr/sbin/sshd`` in the foreground with its own
+config, ed25519 host key, authorized_keys and pid file, on a free high port; it never
+touches the system's sshd config.  It also makes a client key pair (public half
+authorised), a ``known_hosts`` file pinning the host key as ``[127.0.0.1]:PORT
+ssh-ed25519 ...`` and a *wrong* known_hosts file pinning another, fresh key, so tests
+can check that an unknown host key is refused.
+
+Readiness is a real paramiko connection with ``RejectPolicy`` that opens SFTP: the
+harness never auto-adds host keys.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import subprocess
+from pathlib import Path
+
+import paramiko
+
+from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, read_tail
+
+SSHD = "/usr/sbin/sshd"
+
+
+def ssh_keygen(path: Path, comment: str) -> str:
+    """Make an ed25519 key pair at ``path`` (+ .pub); return the public line 'ssh-ed25519 AAAA...'."""
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        raise ServiceError("ssh-keygen not found: install openssh-client")
+    path.unlink(missing_ok=True)
+    Path(f"{path}.pub").unlink(missing_ok=True)
+    subprocess.run(
+        [keygen, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    path.chmod(0o600)
+    kind, blob = Path(f"{path}.pub").read_text().split()[:2]
+    return f"{kind} {blob}"
+
+
+class SshServer:
+    """sshd with its own host key, config and client key, on 127.0.0.1:<free port>."""
+
+    def __init__(self, base_dir: str | Path, *, port: int | None = None, user: str | None = None) -> None:
+        self.base_dir = Path(base_dir)
+        self.host = LOOPBACK
+        self.port = port or free_port()
+        self.user = user or getpass.getuser()
+        self.config_file = self.base_dir / "sshd_config"
+        self.host_key_file = self.base_dir / "ssh_host_ed25519_key"
+        self.private_key_file = self.base_dir / "id_ed25519"
+        self.authorized_keys_file = self.base_dir / "authorized_keys"
+        self.known_hosts_file = self.base_dir / "known_hosts"
+        self.wrong_known_hosts_file = self.base_dir / "known_hosts.wrong"
+        self.pid_file = self.base_dir / "sshd.pid"
+        self.log_path = self.base_dir / "sshd.log"
+        self.process: ServiceProcess | None = None
+
+    def __repr__(self) -> str:
+        return f"<SshServer {self.user}@{self.host}:{self.port}>"
+
+    def config_text(self) -> str:
+        """The content of sshd_config."""
+        return "\n".join(
+            [
+                f"Port {self.port}",
+                f"ListenAddress {self.host}",
+                f"HostKey {self.host_key_file}",
+                f"AuthorizedKeysFile {self.authorized_keys_file}",
+                f"PidFile {self.pid_file}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "PermitRootLogin prohibit-password",
+                # Keys live under /tmp (world-writable): StrictModes would refuse them.
+                "StrictModes no",
+                "UseDNS no",
+                "X11Forwarding no",
+                "AllowTcpForwarding no",
+                "PrintMotd no",
+                "LogLevel INFO",
+                "Subsystem sftp internal-sftp",
+                "",
+            ]
+        )
+
+    def write_config(self) -> None:
+        """Keys, authorized_keys, known_hosts (right and wrong) and sshd_config."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        host_pub = ssh_keygen(self.host_key_file, "glance-sync-test-host")
+        client_pub = ssh_keygen(self.private_key_file, "glance-sync-test-client")
+        wrong_pub = ssh_keygen(self.base_dir / "wrong_host_key", "glance-sync-test-wrong-host")
+        self.authorized_keys_file.write_text(client_pub + "\n")
+        self.authorized_keys_file.chmod(0o600)
+        pattern = f"[{self.host}]:{self.port}"
+        self.known_hosts_file.write_text(f"{pattern} {host_pub}\n")
+        self.wrong_known_hosts_file.write_text(f"{pattern} {wrong_pub}\n")
+        self.config_file.write_text(self.config_text())
+
+    def command(self) -> list[str]:
+        return [SSHD, "-D", "-e", "-f", str(self.config_file)]
+
+    def connect(self, known_hosts_file: str | Path | None = None, timeout: float = 5.0) -> paramiko.SSHClient:
+        """A connected paramiko SSHClient (RejectPolicy, host keys from ``known_hosts_file``)."""
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(known_hosts_file or self.known_hosts_file))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.user,
+                key_filename=str(self.private_key_file),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def answers(self) -> bool:
+        """True when an SFTP session with the pinned host key and the client key works."""
+        client = self.connect(timeout=2.0)
+        try:
+            client.open_sftp().close()
+            return True
+        finally:
+            client.close()
+
+    def start(self, timeout: float = 30.0) -> SshServer:
+        """Write keys and config, start sshd, wait until SFTP works."""
+        if not Path(SSHD).exists():
+            raise ServiceError(f"{SSHD} not found: install openssh-server (tools/bootstrap.sh does)")
+        if self.process is None:
+            self.write_config()
+            self.process = ServiceProcess("sshd", self.command(), self.log_path, cwd=self.base_dir)
+        self.process.start()
+        self.process.wait_ready(self.answers, timeout, interval=0.2)
+        return self
+
+    def stop(self) -> None:
+        """Stop sshd (idempotent)."""
+        if self.process is not None:
+            self.process.stop()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop and start again: same port, host key and client key."""
+        self.stop()
+        self.start(timeout)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return read_tail(self.log_path, lines)
