@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if base.exists():
         shutil.rmtree(base)
     topo = Topology(base, regions=args.regions, sync_filter=True, cascaded_store=True)
-    print("Starting glance-api x{} and sshd ...".format(args.regions + 1))
+    print(f"Starting glance-api x{args.regions + 1} and sshd ...")
     topo.start()
     try:
         topo.start_coordinator()
