@@ -13,20 +13,30 @@ the demo uses this package outside pytest.
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 TAIL_LINES = 30
+ERROR_LINES = 12
+# Lines worth quoting first when a start fails: log levels and Python exceptions.
+_ERROR_RE = re.compile(
+    r"\b(ERROR|CRITICAL|FATAL)\b|^Traceback|^[\w.]+(Error|Exception|Failure): |^Got: |fatal:"
+)
 
 _given_ports: set[int] = set()
 _ports_lock = threading.Lock()
+# Every started service, so that none outlives the Python process that started it.
+_started: weakref.WeakSet[ServiceProcess] = weakref.WeakSet()
 
 
 class ServiceError(RuntimeError):
@@ -77,6 +87,18 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+def read_errors(path: Path, offset: int = 0, limit: int = ERROR_LINES) -> list[str]:
+    """The last ``limit`` error-looking lines of a log, from byte ``offset`` (at most the last 1 MiB)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, fh.tell() - 1024 * 1024))
+            text = fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if _ERROR_RE.search(line)][-limit:]
+
+
 class ServiceProcess:
     """One real service: a command, its log file, its lifecycle."""
 
@@ -97,6 +119,7 @@ class ServiceProcess:
         self.cwd = str(cwd) if cwd is not None else None
         self.grace = grace
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     def __repr__(self) -> str:
         return f"<ServiceProcess {self.name} pid={self.pid} rc={self.returncode}>"
@@ -119,6 +142,7 @@ class ServiceProcess:
             return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
             log.write(f"==== {time.strftime('%H:%M:%S')} start {self.name}: {' '.join(self.argv)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
@@ -130,6 +154,7 @@ class ServiceProcess:
                 cwd=self.cwd,
                 start_new_session=True,
             )
+        _started.add(self)
         return self
 
     def log_tail(self, lines: int = TAIL_LINES) -> str:
@@ -140,9 +165,11 @@ class ServiceProcess:
         """An exception naming the service, saying ``what`` and quoting the log tail."""
         rc = self.returncode
         state = f"exited with code {rc}" if rc is not None else "still running"
+        errors = read_errors(self.log_path, self._log_offset)
+        quoted = f"error lines of this run:\n{chr(10).join(errors)}\n" if errors else ""
         return ServiceError(
-            f"service {self.name!r} {what} ({state}, pid {self.pid}); log {self.log_path}, "
-            f"last {TAIL_LINES} lines:\n{self.log_tail()}"
+            f"service {self.name!r} {what} ({state}, pid {self.pid}); log {self.log_path}\n"
+            f"{quoted}last {TAIL_LINES} lines:\n{self.log_tail()}"
         )
 
     def wait_ready(self, predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.1) -> None:
@@ -210,3 +237,9 @@ class ServiceProcess:
         self.stop(grace)
         self.proc = None
         return self.start()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for service in list(_started):
+        service.stop(grace=3)

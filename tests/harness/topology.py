@@ -210,12 +210,20 @@ class Topology:
 
     def stop(self) -> None:
         """Stop agents, coordinator, glances and sshd; safe after a partial start and twice."""
-        for service in reversed(self.services):
-            service.stop()
+        self.stop_services()
         with ThreadPoolExecutor(max_workers=len(self.glances) + 1) as pool:
             list(pool.map(lambda s: s.stop(), [*self.glances, self.sshd]))
 
     # -- our services -----------------------------------------------------------
+
+    def stop_services(self, *, remove_journal: bool = False) -> None:
+        """Stop the agents and the coordinator started so far (newest first) and forget them."""
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+        if remove_journal:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.journal_path}{suffix}").unlink(missing_ok=True)
 
     def run_manage(self, *args: str, conf: Path | None = None, timeout: float = 60.0) -> str:
         """Run ``glance-sync-manage --config-file <conf> <args>``; its output, or ServiceError."""
