@@ -2,22 +2,29 @@
 
 The ``topology`` fixture starts, on 127.0.0.1, a cascading glance-api, two cascaded
 ones (RegionA, RegionB) and a private sshd (see tests/harness), and tears them all
-down at the end of the session.  Every test in this directory is marked
-``functional`` (``pytest -m "not functional"`` runs only the fast tests).
+down at the end of the session.  ``sync`` adds our coordinator and one agent per
+region (shared, restarted when a test killed them).  Every test in this directory is
+marked ``functional`` (``pytest -m "not functional"`` runs only the fast tests).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.harness import Topology
 
-# One-line switches for the cascading glance: our paste filter and our store driver.
-SYNC_FILTER = False
-CASCADED_STORE = False
+if TYPE_CHECKING:
+    from tests.functional.services import SyncServices
+
+# One-line switches for the cascading glance: our paste filter and our store driver
+# (also GLANCESYNC_TEST_SYNC_FILTER=1 / GLANCESYNC_TEST_CASCADED_STORE=1 in the environment).
+SYNC_FILTER = os.environ.get("GLANCESYNC_TEST_SYNC_FILTER", "0") == "1"
+CASCADED_STORE = os.environ.get("GLANCESYNC_TEST_CASCADED_STORE", "0") == "1"
 REGIONS = 2
 
 _HERE = Path(__file__).parent
@@ -31,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _HERE in Path(str(item.fspath)).parents:
+        if _HERE in item.path.parents:
             item.add_marker(pytest.mark.functional)
 
 
@@ -45,3 +52,22 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         yield topo
     finally:
         topo.stop()
+
+
+@pytest.fixture(scope="session")
+def sync_services(topology: Topology) -> Iterator[SyncServices]:
+    """One coordinator and one agent per region, shared by the session (tests/functional/services.py)."""
+    from tests.functional.services import SyncServices
+
+    services = SyncServices(topology)
+    try:
+        yield services
+    finally:
+        topology.stop_services()
+
+
+@pytest.fixture
+def sync(sync_services: SyncServices) -> SyncServices:
+    """The shared coordinator and agents, (re)started as needed and all online before the test."""
+    sync_services.ensure()
+    return sync_services

@@ -223,3 +223,24 @@ def test_coordinator_and_agents_start(topology: Topology) -> None:
     finally:
         topology.stop_services(remove_journal=True)
     assert not coordinator.running and not any(a.running for a in agents)
+
+
+def test_glance_and_sshd_survive_kill_and_restart(topology: Topology, uploaded: Uploaded) -> None:
+    region = topology.cascaded["RegionB"]
+    image = region.client().images.create(name="before-crash", disk_format="raw", container_format="bare")
+    assert region.process is not None
+    region.process.kill(signal.SIGKILL)
+    assert not region.answers()
+    region.restart()
+    assert region.client().images.get(image.id).name == "before-crash"
+
+    sshd = topology.sshd
+    assert sshd.process is not None
+    sshd.process.kill(signal.SIGKILL)
+    sshd.restart()
+    client = sshd.connect()  # same port and pinned host key after the restart
+    try:
+        with client.open_sftp() as sftp:
+            assert sftp.stat(str(topology.cascading.data_dir / uploaded.id)).st_size == MIB
+    finally:
+        client.close()

@@ -17,9 +17,11 @@ The cascading instance can load our paste filter (``sync_filter=True``) and our
 from __future__ import annotations
 
 import configparser
+import hashlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -193,6 +195,14 @@ class GlanceServer:
         if not self.db_path.exists():
             shutil.copyfile(db_template(self.template_dir), self.db_path)
 
+    def control_socket(self) -> str:
+        """gunicorn's control socket: in the instance dir, or under /tmp when that path is too long."""
+        path = str(self.base_dir.resolve() / "gunicorn.ctl")
+        if len(path) < 100:  # AF_UNIX paths are limited to 107 bytes
+            return path
+        digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+        return str(Path(tempfile.gettempdir()) / f"glance-gunicorn-{digest}.ctl")
+
     def command(self) -> list[str]:
         """The gunicorn command line of this instance."""
         return [
@@ -201,7 +211,7 @@ class GlanceServer:
             "-w", "1",
             "--threads", "4",
             "--timeout", "900",
-            "--control-socket", str(self.base_dir / "gunicorn.ctl"),
+            "--control-socket", self.control_socket(),
             "glance.wsgi.api:application",
         ]  # fmt: skip
 

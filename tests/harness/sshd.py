@@ -93,7 +93,10 @@ class SshServer:
     def write_config(self) -> None:
         """Keys, authorized_keys, known_hosts (right and wrong) and sshd_config."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+        try:
+            Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privsep dir, needed when root
+        except PermissionError:
+            pass  # not root: sshd runs without privilege separation chroot
         host_pub = ssh_keygen(self.host_key_file, "glance-sync-test-host")
         client_pub = ssh_keygen(self.private_key_file, "glance-sync-test-client")
         wrong_pub = ssh_keygen(self.base_dir / "wrong_host_key", "glance-sync-test-wrong-host")
