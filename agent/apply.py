@@ -1,0 +1,88 @@
+"""Applying update and delete tasks to the regional copy of an image.
+
+An update makes the regional image's copied properties equal to the cascading
+image's (one PATCH with only what differs) and follows its status: a deactivated
+cascading image deactivates the copy, an active one reactivates it.  A delete
+removes the regional image; an image that is already gone counts as deleted, so
+a repeated delete is harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent import upload
+from glancesync import glance
+from glancesync.exceptions import GlanceError
+
+# Core schema attributes: they can be replaced but never removed from an image.
+CORE_FIELDS = frozenset(
+    {"name", "disk_format", "container_format", "visibility", "min_disk", "min_ram", "tags", "owner", "os_hidden"}
+)
+# Only settable while an image is queued: never patched on a copy that holds data.
+CREATE_ONLY = frozenset({"disk_format", "container_format"})
+
+
+def property_changes(cascading: dict[str, Any], regional: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What to set and which extra properties to remove so ``regional`` matches ``cascading``."""
+    want = glance.copied_properties(cascading)
+    have = glance.copied_properties(regional)
+    changes = {
+        key: value
+        for key, value in want.items()
+        if key not in CREATE_ONLY and _differs(value, have.get(key))
+    }
+    removes = sorted(key for key in have if key not in want and key not in CORE_FIELDS)
+    return changes, removes
+
+
+def _differs(want: Any, have: Any) -> bool:
+    if isinstance(want, list) and isinstance(have, list):
+        # tags are a set in glance: order is not a difference.
+        return sorted(map(str, want)) != sorted(map(str, have))
+    return want != have
+
+
+def _call(endpoint: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except TypeError as exc:
+        raise GlanceError(endpoint=endpoint, detail=f"refused by the image schema: {exc}", retryable=False) from None
+    except Exception as exc:
+        raise glance.translate(exc, endpoint) from None
+
+
+def apply_update(client: Any, cascading: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """Make the regional image follow ``cascading``; returns what was changed (for the log)."""
+    image_id = cascading["id"]
+    regional = upload.get_image(client, image_id, endpoint)
+    if regional is None:
+        raise GlanceError(
+            endpoint=endpoint, detail=f"image {image_id} not in region (a copy task must come first)", retryable=False
+        )
+    want_status, have_status = cascading.get("status"), regional.get("status")
+    done: dict[str, Any] = {}
+    if want_status == "active" and have_status == "deactivated":
+        _call(endpoint, client.images.reactivate, image_id)
+        done["status"] = "reactivated"
+    changes, removes = property_changes(cascading, regional)
+    if changes or removes:
+        _call(endpoint, client.images.update, image_id, remove_props=removes or None, **changes)
+        done.update(set=sorted(changes), removed=removes)
+    if want_status == "deactivated" and have_status == "active":
+        _call(endpoint, client.images.deactivate, image_id)
+        done["status"] = "deactivated"
+    return done
+
+
+def apply_delete(client: Any, image_id: str, part_file: str | None, endpoint: str) -> bool:
+    """Delete the regional image and any partial local file; True if glance deleted something."""
+    if part_file:
+        upload.remove_file(part_file)
+    try:
+        client.images.delete(image_id)
+    except Exception as exc:
+        if glance.is_not_found(exc):
+            return False
+        raise glance.translate(exc, endpoint) from None
+    return True

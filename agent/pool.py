@@ -1,0 +1,145 @@
+"""Worker processes that run tasks, so a stuck transfer never blocks the agent's control loop.
+
+One process per task, at most ``workers`` at once, started with the ``spawn``
+context: the agent holds a zmq context and paramiko threads, neither of which
+survives a fork.  Workers report through one multiprocessing Queue that the loop
+drains without blocking (``poll``).  A worker that dies without a result (killed,
+crashed interpreter) is reported failed and retryable with its exit code; one that
+runs past ``timeout`` (``scp_copy_timeout``) is terminated and reported the same
+way.  Its slot is free again at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue as queue_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+# Seconds a terminated worker gets to exit before it is killed.
+TERMINATE_GRACE = 2.0
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """Something a worker reported: ``kind`` is "progress" or "result"."""
+
+    kind: str
+    task: dict[str, Any]
+    body: dict[str, Any]
+
+
+@dataclass
+class _Running:
+    task: dict[str, Any]
+    process: Any
+    started: float
+    result: dict[str, Any] | None = field(default=None)
+
+
+class Pool:
+    """Runs ``target(task, settings, queue)`` in its own process for each task."""
+
+    def __init__(
+        self,
+        workers: int,
+        timeout: float,
+        target: Callable[..., None],
+        settings: Any,
+        context: Any = None,
+    ) -> None:
+        self.workers = workers
+        self.timeout = timeout
+        self.target = target
+        self.settings = settings
+        self.ctx = context or multiprocessing.get_context("spawn")
+        self.queue = self.ctx.Queue()
+        self.running: dict[str, _Running] = {}
+
+    def free_slots(self) -> int:
+        return max(0, self.workers - len(self.running))
+
+    def running_ids(self) -> list[str]:
+        return list(self.running)
+
+    def is_running(self, task_id: str) -> bool:
+        return task_id in self.running
+
+    def start(self, task: dict[str, Any], now: float) -> None:
+        """Start ``task`` in a new worker; the caller checks free_slots first."""
+        if self.free_slots() <= 0:
+            raise RuntimeError("no free worker slot")
+        task_id = task["task_id"]
+        process = self.ctx.Process(
+            target=self.target, args=(task, self.settings, self.queue), name=f"glance-sync-worker-{task_id}"
+        )
+        process.daemon = True
+        process.start()
+        self.running[task_id] = _Running(task=task, process=process, started=now)
+        LOG.info("task %s (%s %s) started in worker pid %s", task_id, task.get("kind"), task.get("image_id"),
+                 process.pid)
+
+    def _drain(self, events: list[PoolEvent]) -> None:
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue_mod.Empty:
+                return
+            except (OSError, EOFError, ValueError) as exc:  # a worker killed mid-put leaves a torn message
+                LOG.warning("dropped an unreadable worker message: %s", exc)
+                return
+            kind, task_id = item[0], item[1]
+            entry = self.running.get(task_id)
+            if entry is None:
+                continue
+            if kind == "progress":
+                events.append(PoolEvent("progress", entry.task, {"bytes_done": item[2], "bytes_total": item[3]}))
+            elif kind == "result":
+                entry.result = item[2]
+
+    def poll(self, now: float) -> list[PoolEvent]:
+        """Collect progress and results; reap finished, dead and overdue workers. Never blocks long."""
+        events: list[PoolEvent] = []
+        self._drain(events)
+        for task_id, entry in list(self.running.items()):
+            if entry.result is None and not entry.process.is_alive():
+                # Its last put may have reached the pipe just before it exited.
+                self._drain(events)
+            if entry.result is not None:
+                entry.process.join(TERMINATE_GRACE)
+                result = entry.result
+            elif not entry.process.is_alive():
+                entry.process.join(0)
+                code = entry.process.exitcode
+                result = _failed(f"worker process exited with code {code} before reporting a result")
+            elif now - entry.started > self.timeout:
+                self._stop(entry.process)
+                result = _failed(f"timed out after {self.timeout:g} s (scp_copy_timeout); worker terminated")
+            else:
+                continue
+            del self.running[task_id]
+            events.append(PoolEvent("result", entry.task, result))
+        return events
+
+    def _stop(self, process: Any) -> None:
+        process.terminate()
+        process.join(TERMINATE_GRACE)
+        if process.is_alive():
+            process.kill()
+            process.join(TERMINATE_GRACE)
+
+    def shutdown(self) -> None:
+        """Terminate every worker; their tasks go back to the coordinator by lease expiry."""
+        for entry in self.running.values():
+            self._stop(entry.process)
+        self.running.clear()
+        self.queue.close()
+        self.queue.cancel_join_thread()
+
+
+def _failed(reason: str) -> dict[str, Any]:
+    return {"outcome": "failed", "reason": reason, "retryable": True}

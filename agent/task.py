@@ -1,0 +1,135 @@
+"""What a worker process runs: one task dict in, one result dict out.
+
+``worker_main`` is the entry point of the process the pool starts: it builds its
+own glance client (nothing with sockets or threads crosses a process boundary),
+runs the task and puts ``("progress", task_id, done, total)`` and finally
+``("result", task_id, result)`` on the pool's queue.  ``run_task`` is the same
+work without a process, for tests and for callers that want a plain function.
+
+A result is ``{"outcome": "done", size, checksum, os_hash_algo, os_hash_value,
+elapsed}`` (hash fields None for update and delete) or ``{"outcome": "failed",
+reason, retryable}``.  No exception leaves ``run_task``: a bug becomes a
+retryable failure with its message, never a dead worker with no word.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent import apply, transfer, upload
+from glancesync import glance
+from glancesync.exceptions import GlanceSyncError
+from glancesync.storemap import StoreMap
+
+LOG = logging.getLogger(__name__)
+
+# Progress is sent at most this often even when 5% steps come faster (small
+# images, fast links): a few per second is plenty for a status display.
+MIN_PROGRESS_GAP = 0.25
+PROGRESS_STEP = 0.05
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs besides the task; picklable for the spawn context."""
+
+    store_map: StoreMap
+    region: str
+    progress_interval: float = 1.0
+    ssh_timeout: float = 30.0
+
+
+class ProgressThrottle:
+    """Calls ``send(done, total)`` every ``interval`` s and every 5%, but not more than ~4/s."""
+
+    def __init__(self, send: Callable[[int, int], None], interval: float, clock: Callable[[], float] = time.monotonic):
+        self.send = send
+        self.interval = interval
+        self.clock = clock
+        self.last_time: float | None = None
+        self.last_step = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        step = int(done / total / PROGRESS_STEP) if total > 0 else 0
+        since = None if self.last_time is None else now - self.last_time
+        due = since is None or since >= self.interval or (step > self.last_step and since >= MIN_PROGRESS_GAP)
+        if due or (done >= total and since is not None and since >= MIN_PROGRESS_GAP):
+            self.last_time, self.last_step = now, step
+            self.send(done, total)
+
+
+def _done(**fields: Any) -> dict[str, Any]:
+    result = {"outcome": "done", "size": None, "checksum": None, "os_hash_algo": None, "os_hash_value": None}
+    result.update(fields)
+    return result
+
+
+def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress: Callable[[int, int], None]) -> dict:
+    image = dict(task["image"])
+    image.setdefault("id", task["image_id"])
+    if image["id"] != task["image_id"]:
+        raise transfer.SourceRefused(image_id=task["image_id"], detail="task image record has another id")
+    region = settings.store_map.region(settings.region)
+    endpoint = region.glance.url or settings.region
+    regional = upload.get_image(client, image["id"], endpoint)
+    if upload.existing_copy(regional, image, endpoint) == "done":
+        # Idempotent: an earlier attempt (or another agent) already made the copy.
+        return _done(**{k: regional.get(k) for k in ("size", "checksum", "os_hash_algo", "os_hash_value")})
+    store = settings.store_map.store
+    source = transfer.checked_source(image["id"], task.get("source"), store)
+    dest = transfer.part_path(region.work_dir, image["id"])
+    fetched = transfer.fetch(store, image, source, dest, progress, timeout=settings.ssh_timeout)
+    expected = {"size": fetched.size, "checksum": fetched.checksum, "os_hash_value": fetched.os_hash_value}
+    upload.register(client, image, fetched.path, expected, endpoint)
+    return _done(**expected, os_hash_algo=fetched.os_hash_algo)
+
+
+def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict:
+    region = settings.store_map.region(settings.region)
+    endpoint = region.glance.url or settings.region
+    client = glance.make_client(region.glance)
+    kind = task["kind"]
+    if kind == "copy":
+        return _copy(task, settings, client, progress)
+    if kind == "update":
+        image = dict(task["image"], id=task["image_id"])
+        changed = apply.apply_update(client, image, endpoint)
+        LOG.info("image %s updated in %s: %s", task["image_id"], settings.region, changed or "nothing to change")
+        return _done()
+    if kind == "delete":
+        part = transfer.part_path(region.work_dir, task["image_id"])
+        apply.apply_delete(client, task["image_id"], part, endpoint)
+        return _done()
+    return {"outcome": "failed", "reason": f"unknown task kind {kind!r}", "retryable": False}
+
+
+def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict[str, Any]:
+    """Run one task to its result dict; never raises."""
+    started = time.monotonic()
+    try:
+        result = _dispatch(task, settings, progress)
+    except GlanceSyncError as exc:
+        result = {"outcome": "failed", "reason": str(exc), "retryable": exc.retryable}
+    except Exception as exc:  # a bug or an unexpected library error: report it, let the coordinator retry
+        LOG.exception("task %s failed unexpectedly", task.get("task_id"))
+        result = {"outcome": "failed", "reason": f"unexpected {type(exc).__name__}: {exc}", "retryable": True}
+    if result["outcome"] == "done":
+        result["elapsed"] = time.monotonic() - started
+    return result
+
+
+def worker_main(task: dict[str, Any], settings: WorkerSettings, queue: Any) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
+    task_id = task["task_id"]
+    throttle = ProgressThrottle(lambda done, total: queue.put(("progress", task_id, done, total)),
+                                settings.progress_interval)
+    queue.put(("result", task_id, run_task(task, settings, throttle)))
