@@ -1,0 +1,221 @@
+"""EventSender: hands image events from the request path to the coordinator, durably.
+
+``submit()`` is all the request path ever calls: a non-blocking put on a bounded
+in-memory queue (full: the event is dropped with an ERROR line, the request goes
+on).  One daemon thread per process does the rest:
+
+1. moves queued events into the on-disk outbox (``spool.Spool``);
+2. sends the oldest spooled event over a zmq DEALER to the coordinator and waits
+   up to ``ack_timeout`` for its ``event_ack``; only then deletes the file;
+3. on silence: closes the socket (stale replies die with it), waits a jittered
+   backoff, opens a fresh socket and replays from the oldest file, so order holds.
+
+One event is in flight at a time (stop-and-wait): the coordinator sees events of a
+process in the order they happened, and every reply on the current socket answers
+the one message outstanding.  An ``error`` reply means the coordinator will never
+take that event (it is malformed for it) and the file is dropped, except for the
+transient codes below, which are retried like silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from glance_proxy.spool import Spool, SpoolFull
+from glancesync import protocol, transport
+from glancesync.exceptions import GlanceSyncError, ProtocolError
+from glancesync.liveness import Backoff
+
+LOG = logging.getLogger(__name__)
+
+# How long one event waits for its ack before the socket is replaced: the
+# coordinator acks after one journal commit, milliseconds on a healthy host.
+ACK_TIMEOUT = 2.0
+# Error codes a coordinator answers when it cannot take an event *now* (journal
+# unavailable, not the leader, shutting down): retried, never dropped.
+TRANSIENT_ERROR_CODES = frozenset({"busy", "unavailable", "journal", "internal", "not_leader", "retry"})
+# Longest wait on the in-memory queue, so close() is noticed promptly.
+_IDLE_WAIT = 0.5
+
+
+class EventSender:
+    """The outbox of one process; ``conf`` is a ConfigOpts with the filter options registered."""
+
+    def __init__(
+        self,
+        conf: Any,
+        *,
+        context: zmq.Context | None = None,
+        ack_timeout: float = ACK_TIMEOUT,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.conf = conf
+        self.host = conf.sync_server_host
+        self.port = conf.sync_server_port
+        self.ack_timeout = ack_timeout
+        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
+        self.clock = clock
+        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=conf.proxy.queue_size)
+        self.spool = Spool(conf.proxy.spool_dir, conf.proxy.spool_max_bytes)
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._stop = threading.Event()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+        self._thread = threading.Thread(target=self._run, name="glance-sync-sender", daemon=True)
+
+    # ---- the request path -------------------------------------------------
+    def start(self) -> EventSender:
+        """Adopt orphaned outboxes and start the sending thread (once)."""
+        with self._lock:
+            if self._thread.is_alive() or self._closed:
+                return self
+            try:
+                self.spool.adopt_orphans()
+            except OSError as exc:
+                LOG.error("glance-sync: cannot adopt orphaned spool dirs under %s: %s", self.spool.root, exc)
+            self._thread.start()
+        return self
+
+    def submit(self, event: dict[str, Any]) -> bool:
+        """Queue one event without ever blocking; False when it was dropped."""
+        try:
+            self.queue.put_nowait(event)
+            return True
+        except queue.Full:
+            LOG.error(
+                "glance-sync: event queue full (%d), dropped %s event of image %s",
+                self.queue.maxsize, event.get("kind"), event.get("image_id"),
+            )  # fmt: skip
+            return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread (idempotent); what is spooled stays for the next start."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._drop_socket()
+        if self._own_context:
+            self._context.term()
+
+    # ---- the sending thread -----------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # never let the thread die: log and go on
+                LOG.exception("glance-sync: sender loop error")
+                self._stop.wait(1.0)
+        self._spool_queued(wait=0)
+
+    def step(self) -> None:
+        """One round: spool what is queued, then send the oldest event if it is time."""
+        now = self.clock()
+        pending = self.spool.pending()
+        wait = _IDLE_WAIT if not pending else max(0.0, min(_IDLE_WAIT, self._retry_at - now))
+        self._spool_queued(wait=wait)
+        pending = self.spool.pending()
+        if pending and self.clock() >= self._retry_at:
+            self._send_one(pending[0])
+
+    def _spool_queued(self, wait: float) -> None:
+        try:
+            event = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._spool_event(event)
+            try:
+                event = self.queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _spool_event(self, event: dict[str, Any]) -> None:
+        try:
+            data = msgpack.packb(event, use_bin_type=True)
+            self.spool.put(data)
+        except SpoolFull:
+            LOG.error(
+                "glance-sync: event outbox %s is full (limit spool_max_bytes=%d bytes): dropped %s event "
+                "of image %s; the coordinator's reconciler will repair it",
+                self.spool.dir, self.spool.max_bytes, event.get("kind"), event.get("image_id"),
+            )  # fmt: skip
+        except (OSError, TypeError, ValueError) as exc:
+            LOG.error("glance-sync: cannot spool %s event of image %s: %s", event.get("kind"), event.get("image_id"), exc)
+
+    def _socket_now(self) -> zmq.Socket:
+        if self._socket is None:
+            self._socket = transport.connect_client(self._context, zmq.DEALER, self.host, self.port, self.conf)
+        return self._socket
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _send_one(self, path: Path) -> None:
+        try:
+            event = msgpack.unpackb(self.spool.read(path), raw=False)
+            frame = protocol.encode("event", event)
+        except FileNotFoundError:
+            return
+        except (ValueError, TypeError, msgpack.UnpackException, ProtocolError) as exc:
+            LOG.error("glance-sync: dropping unsendable spooled event %s: %s", path.name, exc)
+            self.spool.remove(path)
+            return
+        try:
+            sock = self._socket_now()
+            sock.send(frame, zmq.NOBLOCK)
+            outcome = self._await_reply(sock, event["event_id"])
+        except (zmq.ZMQError, GlanceSyncError) as exc:
+            LOG.warning("glance-sync: cannot reach coordinator at %s:%s: %s", self.host, self.port, exc)
+            outcome = "retry"
+        if outcome == "done":
+            self.spool.remove(path)
+            self.backoff.reset()
+            return
+        self._drop_socket()
+        delay = self.backoff.next_delay()
+        self._retry_at = self.clock() + delay
+        LOG.debug("glance-sync: no ack for %s, retry in %.1fs", event["event_id"], delay)
+
+    def _await_reply(self, sock: zmq.Socket, event_id: str) -> str:
+        """'done' (acked or refused for good) or 'retry' (silence, transient error)."""
+        deadline = self.clock() + self.ack_timeout
+        while not self._stop.is_set():
+            left = deadline - self.clock()
+            if left <= 0 or not sock.poll(int(min(left, _IDLE_WAIT) * 1000) + 1):
+                if left <= 0:
+                    return "retry"
+                continue
+            try:
+                msg = protocol.decode(sock.recv(zmq.NOBLOCK))
+            except ProtocolError as exc:
+                LOG.warning("glance-sync: bad reply from coordinator: %s", exc)
+                continue
+            if msg.type == "event_ack" and msg.body["event_id"] == event_id:
+                return "done"
+            if msg.type == "error":
+                code, reason = msg.body["code"], msg.body["reason"]
+                if code in TRANSIENT_ERROR_CODES:
+                    LOG.warning("glance-sync: coordinator cannot take event %s now: %s %s", event_id, code, reason)
+                    return "retry"
+                LOG.error("glance-sync: coordinator refused event %s for good (%s: %s); dropped", event_id, code, reason)
+                return "done"
+        return "retry"
