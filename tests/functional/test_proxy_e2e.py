@@ -1,0 +1,122 @@
+"""glance_proxy end to end: a plain glanceclient user drives the whole sync.
+
+Through the paste filter inside the cascading glance-api, through the standalone
+``glance-sync-proxy`` in front of an unmodified glance-api, and with the coordinator
+down (events wait in the on-disk outbox and sync once it is back).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.functional import helpers
+from tests.functional.services import SyncServices
+from tests.harness.glance import IDENTITY_HEADERS, venv_bin
+from tests.harness.procs import LOOPBACK, ServiceProcess, free_port, tcp_open
+from tests.harness.topology import Topology
+
+
+def _spooled(topology: Topology) -> list[Path]:
+    return [p for p in topology.spool_dir.rglob("*") if p.is_file()]
+
+
+def test_create_and_upload_alone_sync_every_region(topology: Topology, sync: SyncServices) -> None:
+    client = topology.cascading.client()
+    image = client.images.create(name="plain-user", disk_format="raw", container_format="bare",
+                                 os_distro="cirros")
+    data = os.urandom(3 * helpers.MIB)
+    client.images.upload(image["id"], io.BytesIO(data), image_size=len(data))
+    helpers.wait_states(topology, image["id"], "synced")
+    for server in topology.cascaded.values():
+        copy = server.client().images.get(image["id"])
+        assert copy["os_distro"] == "cirros" and copy["name"] == "plain-user"
+
+
+def test_interoperable_import_syncs_once_active(topology: Topology, sync: SyncServices) -> None:
+    client = topology.cascading.client()
+    image = client.images.create(name="imported", disk_format="raw", container_format="bare")
+    data = os.urandom(2 * helpers.MIB)
+    client.images.stage(image["id"], io.BytesIO(data), image_size=len(data))
+    client.images.image_import(image["id"], method="glance-direct")
+    helpers.wait_states(topology, image["id"], "synced", timeout=120)
+
+
+def test_uploads_succeed_while_coordinator_is_down_and_sync_once_back(
+    topology: Topology, sync: SyncServices
+) -> None:
+    assert sync.coordinator is not None
+    sync.coordinator.stop()
+    client = topology.cascading.client()
+    images = [helpers.upload_random(client, helpers.MIB) for _ in range(3)]
+    for image in images:
+        assert client.images.get(image.id)["status"] == "active"
+    helpers.wait_until(lambda: len(_spooled(topology)) >= 3, 30, "events in the on-disk outbox")
+    sync.ensure()
+    for image in images:
+        helpers.wait_states(topology, image.id, "synced", timeout=120)
+    helpers.wait_until(lambda: not _spooled(topology), 30, "the outbox drained")
+
+
+class ProxiedSite:
+    """An unmodified glance-api with glance-sync-proxy in front and its own coordinator and agent."""
+
+    def __init__(self, base: Path) -> None:
+        self.topo = Topology(base, regions=["RegionP"], sync_filter=False, cascaded_store=True)
+        self.proxy_port = free_port()
+        self.proxy: ServiceProcess | None = None
+
+    def start(self) -> ProxiedSite:
+        self.topo.start()
+        conf = self.topo.write_service_conf(proxy={
+            "listen_host": LOOPBACK, "listen_port": self.proxy_port,
+            "upstream_url": self.topo.cascading.url, "spool_dir": self.topo.base_dir / "proxy-spool",
+        })
+        self.topo.start_coordinator(conf)
+        self.topo.start_agent("RegionP", "regionp-main", conf=conf)
+        argv = [venv_bin("glance-sync-proxy"), "--config-file", str(conf)]
+        self.proxy = ServiceProcess("glance-sync-proxy", argv, self.topo.log_dir / "proxy.log")
+        self.topo.services.append(self.proxy)
+        self.proxy.start()
+        self.proxy.wait_ready(lambda: tcp_open(LOOPBACK, self.proxy_port), 30)
+        return self
+
+    def client(self):
+        from glanceclient import client as glance_client
+        from keystoneauth1 import noauth, session
+
+        url = f"http://{LOOPBACK}:{self.proxy_port}"
+        sess = session.Session(auth=noauth.NoAuth(endpoint=url), additional_headers=dict(IDENTITY_HEADERS))
+        return glance_client.Client("2", session=sess, endpoint_override=url)
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxiedSite]:
+    site = ProxiedSite(tmp_path_factory.mktemp("proxied"))
+    try:
+        yield site.start()
+    finally:
+        site.topo.stop()
+
+
+def test_standalone_proxy_passes_glance_through_and_drives_sync(proxied: ProxiedSite) -> None:
+    client = proxied.client()
+    image = helpers.upload_random(client, 8 * helpers.MIB)
+    record = client.images.get(image.id)
+    assert record["checksum"] == image.md5 and record["size"] == image.size
+    downloaded = b"".join(client.images.data(image.id))
+    assert len(downloaded) == image.size
+    helpers.wait_states(proxied.topo, image.id, {"RegionP": "synced"}, ["RegionP"], timeout=120)
+    copy = proxied.topo.cascaded["RegionP"].client().images.get(image.id)
+    assert copy["os_hash_value"] == image.sha512
+
+
+def test_standalone_proxy_passes_errors_through(proxied: ProxiedSite) -> None:
+    from glanceclient import exc as glance_exc
+
+    with pytest.raises(glance_exc.HTTPNotFound):
+        proxied.client().images.get("00000000-0000-0000-0000-000000000000")
