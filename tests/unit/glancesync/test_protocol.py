@@ -1,0 +1,230 @@
+"""glancesync.protocol: every message type round-trips; every malformed frame is refused by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from glancesync import protocol
+from glancesync.exceptions import ProtocolError
+
+TASK_REF = {"task_id": "t-1", "attempt": 1}
+
+# One valid body per message type; the test below fails when a type is added
+# to SCHEMAS without an example here.
+VALID: dict[str, dict[str, Any]] = {
+    "hello": {"region": "RegionOne", "agent_id": "a1", "capacity": 2, "version": "0.1.0", "in_flight": ["t-9"]},
+    "ready": {"credits": 2},
+    "ack": dict(TASK_REF),
+    "progress": {**TASK_REF, "bytes_done": 10, "bytes_total": 100},
+    "done": {
+        **TASK_REF,
+        "size": 100,
+        "checksum": "d41d8cd98f00b204e9800998ecf8427e",
+        "os_hash_algo": "sha512",
+        "os_hash_value": "ab" * 64,
+        "elapsed": 1.5,
+    },
+    "failed": {**TASK_REF, "reason": "sftp: connection reset", "retryable": True},
+    "heartbeat": {},
+    "bye": {"reason": "shutting down"},
+    "welcome": {"heartbeat_interval": 5.0, "lease_timeout": 60},
+    "task": {
+        **TASK_REF,
+        "kind": "copy",
+        "image_id": "img-1",
+        "region": "RegionOne",
+        "image": {"id": "img-1", "size": 100, "properties": {"a": "b"}},
+        "source": {"type": "sftp", "path": "/var/lib/glance/images/img-1"},
+    },
+    "disconnect": {"reason": "coordinator restarting"},
+    "event": {
+        "event_id": "e-1",
+        "kind": "uploaded",
+        "image_id": "img-1",
+        "image": {"id": "img-1"},
+        "changes": ["name"],
+        "context": {"user_id": "u", "project_id": "p", "roles": ["admin"]},
+        "occurred_at": 1700000000.5,
+    },
+    "event_ack": {"event_id": "e-1"},
+    "status_query": {"view": "image", "image_id": "img-1"},
+    "status_reply": {"view": "summary", "data": {"regions": {}}},
+    "error": {"code": "bad_field", "reason": "x", "ref": "m-1"},
+}
+
+
+def envelope(**overrides: Any) -> bytes:
+    env: dict[str, Any] = {"v": protocol.VERSION, "type": "ready", "id": "m-1", "ts": 1.0, "body": {"credits": 1}}
+    env.update(overrides)
+    return msgpack.packb(env, use_bin_type=True)
+
+
+def code_of(frame: bytes) -> str:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(frame)
+    return info.value.code
+
+
+def test_every_schema_has_an_example() -> None:
+    assert set(VALID) == set(protocol.SCHEMAS)
+
+
+@pytest.mark.parametrize("msg_type", sorted(protocol.SCHEMAS))
+def test_round_trip(msg_type: str) -> None:
+    frame = protocol.encode(msg_type, VALID[msg_type], msg_id="abc")
+    msg = protocol.decode(frame)
+    assert msg.type == msg_type
+    assert msg.id == "abc"
+    assert msg.version == protocol.VERSION
+    assert msg.ts > 0
+    assert msg.body == VALID[msg_type]
+
+
+def test_encode_gives_fresh_ids() -> None:
+    first = protocol.decode(protocol.encode("heartbeat"))
+    second = protocol.decode(protocol.encode("heartbeat"))
+    assert first.id and second.id and first.id != second.id
+
+
+def test_optional_fields_get_defaults() -> None:
+    hello = protocol.decode(protocol.encode("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1"}))
+    assert hello.body["in_flight"] == []
+    done = protocol.decode(protocol.encode("done", TASK_REF))
+    assert done.body["size"] is None and done.body["checksum"] is None and done.body["elapsed"] == 0.0
+    event = protocol.decode(protocol.encode("event", {"event_id": "e", "kind": "deleted", "image_id": "i"}))
+    assert event.body["changes"] == [] and event.body["context"] is None and event.body["occurred_at"] == 0.0
+    assert protocol.decode(protocol.encode("bye")).body == {"reason": ""}
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    msg = protocol.decode(envelope(body={"credits": 3, "from_the_future": [1, 2]}, extra_envelope_key=1))
+    assert msg.body == {"credits": 3}
+
+
+def test_truncated_msgpack() -> None:
+    frame = protocol.encode("ready", {"credits": 1})
+    assert code_of(frame[:-3]) == "undecodable"
+
+
+def test_garbage_bytes() -> None:
+    assert code_of(b"\xc1\xc1\xc1") == "undecodable"
+
+
+def test_not_a_map() -> None:
+    assert code_of(msgpack.packb([1, "ready"])) == "bad_envelope"
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", None, True])
+def test_wrong_version(version: Any) -> None:
+    assert code_of(envelope(v=version)) == "version"
+
+
+def test_unknown_type() -> None:
+    assert code_of(envelope(type="launch_missiles")) == "unknown_type"
+    with pytest.raises(ProtocolError) as info:
+        protocol.encode("launch_missiles", {})
+    assert info.value.code == "unknown_type"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"type": 7}, {"id": ""}, {"id": 5}, {"ts": "now"}, {"ts": True}, {"body": [1]}, {"body": None}],
+)
+def test_bad_envelope_fields(overrides: dict[str, Any]) -> None:
+    assert code_of(envelope(**overrides)) == "bad_envelope"
+
+
+def test_missing_field() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type="failed", body={**TASK_REF, "reason": "x"}))
+    assert info.value.code == "missing_field"
+    assert "failed.retryable" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "field"),
+    [
+        ("ready", {"credits": "2"}, "credits"),
+        ("ready", {"credits": True}, "credits"),
+        ("ready", {"credits": 2.0}, "credits"),
+        ("progress", {**TASK_REF, "bytes_done": True, "bytes_total": 5}, "bytes_done"),
+        ("failed", {**TASK_REF, "reason": "x", "retryable": 1}, "retryable"),
+        ("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1", "in_flight": "t"}, "in_flight"),
+        ("task", {**VALID["task"], "image": ["not", "a", "map"]}, "image"),
+        ("ready", {"credits": None}, "credits"),
+    ],
+)
+def test_wrong_type(msg_type: str, body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type=msg_type, body=body))
+    assert info.value.code == "bad_field"
+    assert f"{msg_type}.{field}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "field"),
+    [
+        ("hello", {"region": "R", "agent_id": "a", "capacity": 0, "version": "1"}, "capacity"),
+        ("ready", {"credits": 0}, "credits"),
+        ("task", {**VALID["task"], "kind": "move"}, "kind"),
+        ("event", {"event_id": "e", "kind": "exploded", "image_id": "i"}, "kind"),
+        ("progress", {**TASK_REF, "bytes_done": -1, "bytes_total": 5}, "bytes_done"),
+        ("ack", {"task_id": "t", "attempt": 0}, "attempt"),
+        ("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1", "in_flight": [1]}, "in_flight"),
+        ("status_query", {"view": "everything"}, "view"),
+    ],
+)
+def test_failed_value_check(msg_type: str, body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type=msg_type, body=body))
+    assert info.value.code == "bad_field"
+    assert f"{msg_type}.{field}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "field"),
+    [
+        ("ack", {"task_id": "", "attempt": 1}, "task_id"),
+        ("hello", {"region": "", "agent_id": "a", "capacity": 1, "version": "1"}, "region"),
+        ("event_ack", {"event_id": ""}, "event_id"),
+        ("task", {**VALID["task"], "image_id": ""}, "image_id"),
+    ],
+)
+def test_empty_id(msg_type: str, body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type=msg_type, body=body))
+    assert info.value.code == "bad_field"
+    assert f"{msg_type}.{field}" in str(info.value)
+
+
+def test_oversized_frame_is_refused_before_unpacking() -> None:
+    frame = envelope(body={"credits": 1, "padding": "x" * protocol.MAX_MESSAGE_BYTES})
+    assert len(frame) > protocol.MAX_MESSAGE_BYTES
+    assert code_of(frame) == "oversized"
+
+
+def test_oversized_message_is_not_encoded() -> None:
+    body = {**VALID["task"], "image": {"blob": "x" * protocol.MAX_MESSAGE_BYTES}}
+    with pytest.raises(ProtocolError) as info:
+        protocol.encode("task", body)
+    assert info.value.code == "oversized"
+
+
+def test_encode_validates_too() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.encode("ready", {"credits": 0})
+    assert info.value.code == "bad_field"
+
+
+def test_error_reply_quotes_the_refused_message() -> None:
+    exc = ProtocolError(code="bad_field", detail="ready.credits=0 is not positive")
+    reply = protocol.decode(protocol.error_reply(exc, ref="m-7"))
+    assert reply.type == "error"
+    assert reply.body == {"code": "bad_field", "reason": "ready.credits=0 is not positive", "ref": "m-7"}
+
+
+def test_cascaded_url() -> None:
+    assert protocol.cascaded_url("RegionOne", "img-1") == "cascaded://RegionOne/img-1"
