@@ -172,3 +172,41 @@ def test_delete_reaches_every_region(topology: Topology, sync: SyncServices) -> 
         with pytest.raises(glance_exc.HTTPNotFound):
             server.client().images.get(image.id)
         assert not (topology.work_dir(region) / f"{image.id}.part").exists()
+
+
+def test_source_outside_the_store_directory_is_refused(topology: Topology, sync: SyncServices, tmp_path) -> None:
+    """A coordinator whose store_dir does not hold the image's file refuses to send it anywhere."""
+    from tests.harness.glance import venv_bin
+    from tests.harness.procs import LOOPBACK, ServiceProcess, free_port, tcp_open
+
+    image = helpers.upload_random(topology.cascading.client(), helpers.MIB)
+    store = topology.store_map()
+    store["cascading"]["store"]["store_dir"] = str(tmp_path / "elsewhere")
+    store_yaml = tmp_path / "elsewhere.yaml"
+    store_yaml.write_text(yaml.safe_dump(store))
+    client_port, agent_port = free_port(), free_port()
+    conf = topology.write_service_conf(
+        tmp_path / "elsewhere.conf",
+        DEFAULT={"glance_store_config": store_yaml, "sync_server_port": client_port},
+        coordinator={"agent_port": agent_port},
+        database={"connection": f"sqlite:///{tmp_path / 'journal.sqlite'}"},
+    )
+    topology.run_manage("db_sync", conf=conf)
+    other = ServiceProcess("coordinator-elsewhere", [venv_bin("glance-sync-coordinator"), "--config-file", str(conf)],
+                           tmp_path / "coordinator.log")
+    other.start()
+    try:
+        other.wait_ready(lambda: tcp_open(LOOPBACK, client_port), 30)
+        send_event(client_port, "uploaded", image.id)
+
+        def refused() -> dict | None:
+            result = helpers.run_status(topology, "--port", str(client_port), "image", image.id, "--json")
+            view = helpers.json.loads(result.stdout).get("regions", {}) if result.returncode == 0 else {}
+            states = {r: v.get("state") for r, v in view.items()}
+            return view if states and all(s == "failed" for s in states.values()) else None
+
+        view = helpers.wait_until(refused, 60, "the source refused in every region")
+        for region in topology.region_names:
+            assert "outside the store directory" in view[region]["last_error"], view[region]
+    finally:
+        other.stop()
