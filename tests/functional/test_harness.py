@@ -13,6 +13,7 @@ import importlib.util
 import io
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -244,3 +245,15 @@ def test_glance_and_sshd_survive_kill_and_restart(topology: Topology, uploaded: 
             assert sftp.stat(str(topology.cascading.data_dir / uploaded.id)).st_size == MIB
     finally:
         client.close()
+
+
+def test_partial_start_failure_stops_everything(tmp_path) -> None:
+    topo = Topology(tmp_path / "partial", regions=1)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", topo.sshd.port))
+        squatter.listen()
+        with pytest.raises(ServiceError, match="(?s)topology start failed.*'sshd' exited"):
+            topo.start(timeout=30)
+    assert all(g.process is not None and not g.process.running for g in topo.glances)
+    assert not any(g.answers() for g in topo.glances)
+    topo.stop()  # idempotent
