@@ -1,0 +1,112 @@
+"""agent.apply and agent.upload decisions, with a small fake of glanceclient's images API."""
+
+from __future__ import annotations
+
+import pytest
+from glanceclient import exc as glance_exc
+
+from agent import apply, upload
+from glancesync.exceptions import GlanceError
+
+CASCADING = {
+    "id": "img-1", "status": "active", "name": "cirros", "visibility": "public", "min_disk": 1, "min_ram": 0,
+    "disk_format": "raw", "container_format": "bare", "tags": ["a", "b"], "hw_disk_bus": "virtio",
+    "os_hash_value": "h1", "size": 10, "checksum": "c1", "os_glance_importing_to_stores": "",
+}
+
+
+def test_property_changes_patches_only_what_differs():
+    regional = dict(CASCADING, name="old", tags=["b", "a"], extra="gone", os_hash_value="ignored")
+    del regional["hw_disk_bus"]
+    changes, removes = apply.property_changes(CASCADING, regional)
+    assert changes == {"name": "cirros", "hw_disk_bus": "virtio"}
+    assert removes == ["extra"]
+
+
+def test_property_changes_never_removes_core_fields_or_touches_create_only():
+    regional = dict(CASCADING, disk_format="qcow2", owner="p1")
+    changes, removes = apply.property_changes(CASCADING, regional)
+    assert changes == {} and removes == []
+
+
+class FakeImages:
+    def __init__(self, images: dict) -> None:
+        self.images = images
+        self.calls: list[tuple] = []
+
+    def get(self, image_id):
+        if image_id not in self.images:
+            raise glance_exc.HTTPNotFound("no image")
+        return self.images[image_id]
+
+    def update(self, image_id, remove_props=None, **kwargs):
+        self.calls.append(("update", remove_props, kwargs))
+
+    def deactivate(self, image_id):
+        self.calls.append(("deactivate",))
+
+    def reactivate(self, image_id):
+        self.calls.append(("reactivate",))
+
+    def delete(self, image_id):
+        self.calls.append(("delete",))
+        self.get(image_id)
+        del self.images[image_id]
+
+
+class FakeClient:
+    def __init__(self, images: dict) -> None:
+        self.images = FakeImages(images)
+
+
+def test_update_deactivates_after_patching():
+    client = FakeClient({"img-1": dict(CASCADING, name="old")})
+    apply.apply_update(client, dict(CASCADING, status="deactivated"), "ep")
+    assert client.images.calls == [("update", None, {"name": "cirros"}), ("deactivate",)]
+
+
+def test_update_reactivates_a_deactivated_copy():
+    client = FakeClient({"img-1": dict(CASCADING, status="deactivated")})
+    apply.apply_update(client, CASCADING, "ep")
+    assert client.images.calls == [("reactivate",)]
+
+
+def test_update_of_missing_image_fails_not_retryable():
+    with pytest.raises(GlanceError) as info:
+        apply.apply_update(FakeClient({}), CASCADING, "ep")
+    assert info.value.retryable is False and "not in region" in str(info.value)
+
+
+def test_delete_tolerates_404_and_removes_part_file(tmp_path):
+    part = tmp_path / "img-1.part"
+    part.write_bytes(b"x")
+    assert apply.apply_delete(FakeClient({}), "img-1", str(part), "ep") is False
+    assert not part.exists()
+    assert apply.apply_delete(FakeClient({"img-1": dict(CASCADING)}), "img-1", None, "ep") is True
+
+
+@pytest.mark.parametrize(
+    "regional, action",
+    [(None, "create"), ({"status": "queued"}, "upload"), ({"status": "active", "os_hash_value": "h1"}, "done"),
+     ({"status": "deactivated", "os_hash_value": "h1"}, "done")],
+)
+def test_existing_copy_decisions(regional, action):
+    assert upload.existing_copy(regional, CASCADING, "ep") == action
+
+
+@pytest.mark.parametrize(
+    "regional, retryable",
+    [({"status": "killed"}, False), ({"status": "deleted"}, False), ({"status": "saving"}, True),
+     ({"status": "active", "os_hash_value": "other"}, False)],
+)
+def test_existing_copy_refusals(regional, retryable):
+    with pytest.raises(GlanceError) as info:
+        upload.existing_copy(regional, CASCADING, "ep")
+    assert info.value.retryable is retryable
+
+
+def test_check_uploaded_names_the_field_glance_computed_differently():
+    with pytest.raises(GlanceError) as info:
+        upload.check_uploaded({"size": 10, "checksum": "zz", "os_hash_value": "h1"},
+                              {"id": "img-1", "size": 10, "checksum": "c1", "os_hash_value": "h1"}, "ep")
+    assert "checksum" in str(info.value) and "'zz'" in str(info.value) and info.value.retryable

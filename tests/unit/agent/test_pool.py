@@ -1,0 +1,92 @@
+"""agent.pool with real spawned worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from agent.pool import Pool
+from tests.unit.agent import helpers
+
+
+def run_until_result(pool: Pool, now_fn=time.monotonic, limit: float = 60.0):
+    events = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        events += pool.poll(now_fn())
+        if any(e.kind == "result" for e in events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError("no result from the pool")
+
+
+def task(task_id: str = "t1") -> dict:
+    return {"task_id": task_id, "attempt": 1, "kind": "copy", "image_id": "img"}
+
+
+def test_result_and_progress_come_back_and_slot_is_freed():
+    pool = Pool(2, timeout=60, target=helpers.target_ok, settings=None)
+    try:
+        pool.start(task(), time.monotonic())
+        assert pool.free_slots() == 1 and pool.running_ids() == ["t1"]
+        events = run_until_result(pool)
+        kinds = [e.kind for e in events]
+        assert kinds == ["progress", "result"]
+        assert events[0].body == {"bytes_done": 50, "bytes_total": 100}
+        assert events[1].body["outcome"] == "done" and events[1].body["pid"] != os.getpid()
+        assert pool.free_slots() == 2
+    finally:
+        pool.shutdown()
+
+
+def test_stuck_worker_is_terminated_after_timeout(tmp_path):
+    pid_file = tmp_path / "pid"
+    pool = Pool(1, timeout=1.0, target=helpers.target_stuck, settings=str(pid_file))
+    try:
+        start = time.monotonic()
+        pool.start(task(), start)
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert pool.poll(start + 0.5) == []  # not overdue yet
+        events = pool.poll(start + 2.0)
+        assert len(events) == 1 and events[0].kind == "result"
+        assert events[0].body["retryable"] is True and "timed out" in events[0].body["reason"]
+        assert pool.free_slots() == 1
+        pid = int(pid_file.read_text())
+        try:
+            os.kill(pid, 0)
+            alive = os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()
+        except ProcessLookupError:
+            alive = False
+        assert not alive
+    finally:
+        pool.shutdown()
+
+
+def test_dead_worker_reported_failed_with_exit_code():
+    pool = Pool(1, timeout=60, target=helpers.target_crash, settings=None)
+    try:
+        pool.start(task(), time.monotonic())
+        events = run_until_result(pool)
+        assert events[-1].body["outcome"] == "failed" and events[-1].body["retryable"] is True
+        assert "code 7" in events[-1].body["reason"]
+        assert pool.free_slots() == 1
+    finally:
+        pool.shutdown()
+
+
+def test_start_refuses_beyond_capacity():
+    pool = Pool(1, timeout=60, target=helpers.target_ok, settings=None)
+    try:
+        pool.start(task("a"), time.monotonic())
+        try:
+            pool.start(task("b"), time.monotonic())
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("a second task started in a pool of one")
+        run_until_result(pool)
+    finally:
+        pool.shutdown()

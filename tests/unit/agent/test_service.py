@@ -1,0 +1,192 @@
+"""AgentService against a real zmq ROUTER on 127.0.0.1 played by the test."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import zmq
+
+from agent.service import AgentService
+from glancesync import protocol
+from tests.unit.agent.helpers import FakePool, make_conf
+
+
+class Coordinator:
+    """The test's side of the session: a ROUTER that records what the agent says."""
+
+    def __init__(self, context: zmq.Context) -> None:
+        self.sock = context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.peer: bytes | None = None
+
+    def expect(self, service: AgentService, msg_type: str, now: float, steps: int = 50) -> protocol.Message:
+        """Step the agent until it sends ``msg_type`` (other types are skipped)."""
+        for _ in range(steps):
+            while self.sock.poll(0):
+                peer, frame = self.sock.recv_multipart()
+                self.peer = peer
+                msg = protocol.decode(frame)
+                if msg.type == msg_type:
+                    return msg
+            service.step(now, timeout_ms=20)
+        raise AssertionError(f"agent never sent {msg_type}")
+
+    def send(self, msg_type: str, body: dict[str, Any]) -> None:
+        assert self.peer is not None
+        self.sock.send_multipart([self.peer, protocol.encode(msg_type, body)])
+
+    def send_raw(self, frame: bytes) -> None:
+        assert self.peer is not None
+        self.sock.send_multipart([self.peer, frame])
+
+
+def task_body(task_id: str = "t1", region: str = "RegionA", kind: str = "copy") -> dict[str, Any]:
+    return {"task_id": task_id, "attempt": 1, "kind": kind, "image_id": "img-1", "region": region,
+            "image": {"id": "img-1", "size": 100}, "source": {"type": "sftp", "path": "/store/img-1"}}
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def session(context):
+    coord = Coordinator(context)
+    pool = FakePool(workers=2)
+    service = AgentService(make_conf(coord.port, heartbeat=1.0), pool, context=context)
+    service.initialize(0.0)
+    yield coord, service, pool
+    service.shutdown()
+    coord.sock.close()
+
+
+def welcome(coord: Coordinator, service: AgentService, now: float = 0.0) -> protocol.Message:
+    hello = coord.expect(service, "hello", now)
+    coord.send("welcome", {"heartbeat_interval": 1.0, "lease_timeout": 10.0})
+    return hello
+
+
+def test_hello_welcome_ready_task_ack_progress_done(session):
+    coord, service, pool = session
+    hello = welcome(coord, service)
+    assert hello.body["region"] == "RegionA" and hello.body["capacity"] == 2 and hello.body["in_flight"] == []
+    assert coord.expect(service, "ready", 0.1).body["credits"] == 2
+    coord.send("task", task_body())
+    ack = coord.expect(service, "ack", 0.2)
+    assert ack.body == {"task_id": "t1", "attempt": 1}
+    assert pool.running_ids() == ["t1"]
+    pool.progress("t1", 50, 100)
+    assert coord.expect(service, "progress", 0.3).body["bytes_done"] == 50
+    pool.finish("t1", {"outcome": "done", "size": 100, "checksum": "c", "os_hash_algo": "sha512",
+                       "os_hash_value": "h", "elapsed": 1.5})
+    done = coord.expect(service, "done", 0.4)
+    assert done.body["size"] == 100 and done.body["os_hash_value"] == "h" and done.body["elapsed"] == 1.5
+    assert coord.expect(service, "ready", 0.5).body["credits"] == 1
+
+
+def test_failure_is_reported_with_retryable(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.send("task", task_body())
+    coord.expect(service, "ack", 0.1)
+    pool.finish("t1", {"outcome": "failed", "reason": "source refused", "retryable": False})
+    failed = coord.expect(service, "failed", 0.2)
+    assert failed.body["reason"] == "source refused" and failed.body["retryable"] is False
+
+
+def test_task_of_another_region_fails_not_retryable(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.send("task", task_body(region="RegionB"))
+    coord.expect(service, "ack", 0.1)
+    failed = coord.expect(service, "failed", 0.1)
+    assert failed.body["retryable"] is False and "RegionB" in failed.body["reason"]
+    assert pool.running_ids() == []
+
+
+def test_heartbeats_while_busy(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.send("task", task_body())
+    coord.expect(service, "ack", 0.1)
+    coord.send("heartbeat", {})
+    coord.expect(service, "heartbeat", 1.2)  # the task is still running
+    assert pool.running_ids() == ["t1"]
+
+
+def test_malformed_frame_is_dropped_and_session_continues(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.expect(service, "ready", 0.1)
+    coord.send_raw(b"\xc1 not msgpack")
+    coord.send_raw(protocol.encode("heartbeat")[:-3])
+    coord.send("task", task_body())
+    assert coord.expect(service, "ack", 0.2).body["task_id"] == "t1"
+    assert service.sock is not None and pool.running_ids() == ["t1"]
+
+
+def test_silence_reconnects_with_in_flight_and_results_wait_for_welcome(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.send("task", task_body())
+    coord.expect(service, "ack", 0.1)
+    # Nothing heard for more than 3 intervals: the agent drops the socket.
+    service.step(3.5, timeout_ms=0)
+    assert service.sock is None and service.reconnect_at is not None
+    assert 3.5 < service.reconnect_at <= 3.5 + 1.0
+    pool.finish("t1", {"outcome": "done", "size": 100})
+    service.step(3.6, timeout_ms=0)  # result arrives while disconnected: kept
+    hello = coord.expect(service, "hello", service.reconnect_at + 0.01)
+    assert hello.body["in_flight"] == ["t1"]
+    coord.send("welcome", {"heartbeat_interval": 1.0, "lease_timeout": 10.0})
+    now = service.reconnect_at or 10.0
+    assert coord.expect(service, "done", now + 0.1).body["task_id"] == "t1"
+    assert coord.expect(service, "ready", now + 0.2).body["credits"] == 2
+
+
+def test_disconnect_makes_a_new_session_keeping_running_tasks(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.send("task", task_body())
+    coord.expect(service, "ack", 0.1)
+    coord.send("disconnect", {"reason": "coordinator restarting"})
+    for _ in range(20):
+        service.step(0.2, timeout_ms=20)
+        if service.sock is None:
+            break
+    assert service.sock is None
+    hello = coord.expect(service, "hello", 5.0)
+    assert hello.body["in_flight"] == ["t1"] and pool.running_ids() == ["t1"]
+
+
+def test_backoff_grows_while_coordinator_stays_silent(session):
+    coord, service, pool = session
+    coord.expect(service, "hello", 0.0)
+    now, delays = 0.0, []
+    for _ in range(4):
+        now += 3.5
+        service.step(now, timeout_ms=0)
+        assert service.sock is None
+        delays.append(service.reconnect_at - now)
+        now = service.reconnect_at
+        service.step(now, timeout_ms=0)
+        assert service.sock is not None
+    assert delays[-1] > delays[0]
+    assert max(delays) <= 2.0  # reconnect_max_backoff
+
+
+def test_real_clock_smoke(context):
+    coord = Coordinator(context)
+    service = AgentService(make_conf(coord.port), FakePool(), context=context)
+    service.initialize(time.monotonic())
+    try:
+        assert coord.expect(service, "hello", time.monotonic()).body["agent_id"] == "agent-1"
+    finally:
+        service.shutdown()
+        coord.sock.close()

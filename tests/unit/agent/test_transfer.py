@@ -1,0 +1,131 @@
+"""agent.transfer without a network: source checks, verification, resume, the copy loop."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+
+from agent import transfer
+from glancesync.exceptions import SourceRefused, VerificationError
+from glancesync.storemap import SshStore
+
+STORE = SshStore(host="h", port=22, user="u", private_key_file="k", known_hosts_file="kh", store_dir="/store/images")
+DATA = b"x" * 3_000_000
+
+
+def image_of(data: bytes, **overrides) -> dict:
+    record = {
+        "id": "img-1",
+        "size": len(data),
+        "checksum": hashlib.md5(data).hexdigest(),
+        "os_hash_algo": "sha512",
+        "os_hash_value": hashlib.sha512(data).hexdigest(),
+    }
+    record.update(overrides)
+    return record
+
+
+def fetched_of(path, data: bytes) -> transfer.Fetched:
+    return transfer.Fetched(str(path), len(data), hashlib.md5(data).hexdigest(), "sha512",
+                            hashlib.sha512(data).hexdigest(), 0.1)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "sftp", "path": "/store/images/../../etc/shadow"},
+        {"type": "sftp", "path": "/store/imagesX/a"},
+        {"type": "sftp", "path": "/store/images"},
+        {"type": "sftp", "path": "relative/a"},
+        {"type": "sftp", "path": "/store/images/a\x00b"},
+        {"type": "http", "path": "/store/images/a"},
+        None,
+    ],
+)
+def test_sources_outside_the_store_are_refused_not_retryable(source):
+    with pytest.raises(SourceRefused) as info:
+        transfer.checked_source("img-1", source, STORE)
+    assert info.value.retryable is False
+
+
+def test_source_inside_the_store_is_normalised():
+    assert transfer.checked_source("i", {"type": "sftp", "path": "/store/images/./a"}, STORE) == "/store/images/a"
+
+
+@pytest.mark.parametrize("image_id", ["../x", "a/b", "", ".hidden"])
+def test_unsafe_image_ids_never_become_file_names(image_id):
+    with pytest.raises(SourceRefused):
+        transfer.part_path("/work", image_id)
+
+
+def test_verify_accepts_matching_bytes(tmp_path):
+    path = tmp_path / "img-1.part"
+    path.write_bytes(DATA)
+    transfer.verify(image_of(DATA), fetched_of(path, DATA))
+    assert path.exists()
+
+
+@pytest.mark.parametrize(
+    "field, override",
+    [("size", {"size": 1}), ("checksum", {"checksum": "0" * 32}), ("os_hash_value", {"os_hash_value": "f" * 128})],
+)
+def test_verification_mismatch_deletes_file_and_names_field(tmp_path, field, override):
+    path = tmp_path / "img-1.part"
+    path.write_bytes(DATA)
+    with pytest.raises(VerificationError) as info:
+        transfer.verify(image_of(DATA, **override), fetched_of(path, DATA))
+    assert not path.exists()
+    assert f"{field} mismatch" in str(info.value)
+    assert repr(override[field]) in str(info.value)
+    assert info.value.retryable is True
+
+
+class FakeRemote:
+    """An SFTPFile stand-in: readv over an in-memory source."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.requests: list[tuple[int, int]] = []
+
+    def readv(self, chunks):
+        self.requests += chunks
+        for off, size in chunks:
+            yield self.data[off : off + size]
+
+
+def test_copy_loop_hashes_writes_and_reports_progress():
+    remote, out = FakeRemote(DATA), io.BytesIO()
+    hashers = (hashlib.md5(), hashlib.sha512())
+    seen = []
+    size = transfer._copy(remote, out, 0, len(DATA), hashers, lambda d, t: seen.append((d, t)))
+    assert size == len(DATA) and out.getvalue() == DATA
+    assert hashers[0].hexdigest() == hashlib.md5(DATA).hexdigest()
+    assert seen[-1] == (len(DATA), len(DATA)) and len(seen) == 3  # three 1 MiB pieces
+
+
+def test_copy_loop_resumes_after_the_verified_prefix(tmp_path):
+    part = tmp_path / "p"
+    part.write_bytes(DATA[:1_000_000])
+    hashers = (hashlib.md5(), hashlib.sha512())
+    start = transfer._rehash_part(str(part), hashers)
+    remote = FakeRemote(DATA)
+    with open(part, "ab") as out:
+        transfer._copy(remote, out, start, len(DATA), hashers, lambda d, t: None)
+    assert remote.requests[0][0] == 1_000_000
+    assert part.read_bytes() == DATA and hashers[1].hexdigest() == hashlib.sha512(DATA).hexdigest()
+
+
+def test_short_source_is_a_transfer_error_not_a_silent_truncation():
+    remote = FakeRemote(DATA[:10])
+    with pytest.raises(EOFError):
+        transfer._copy(remote, io.BytesIO(), 0, len(DATA), (hashlib.md5(),), lambda d, t: None)
+
+
+def test_missing_known_hosts_file_is_refused(tmp_path):
+    store = SshStore(host="127.0.0.1", port=1, user="u", private_key_file="k",
+                     known_hosts_file=str(tmp_path / "missing"), store_dir="/s")
+    with pytest.raises(SourceRefused) as info:
+        transfer.connect(store, "img-1", timeout=1)
+    assert "known_hosts" in str(info.value)
