@@ -1,0 +1,138 @@
+"""The agent's data plane on real services: SFTP from a real sshd, registration in a real glance-api.
+
+No coordinator here: the worker's own function (``agent.task.run_task``) and the
+transfer/upload modules are called in-process against the session topology
+(cascading glance + sshd serving its file store, cascaded glances), so a failure
+points at the agent and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+from glanceclient import exc as glance_exc
+
+from agent import task as task_mod
+from agent import transfer
+from glancesync import glance, storemap
+from glancesync.exceptions import SourceRefused
+from tests.functional import helpers
+from tests.harness.topology import Topology
+
+
+@pytest.fixture(scope="module")
+def store_map(topology: Topology) -> storemap.StoreMap:
+    return storemap.load(str(topology.store_yaml))
+
+
+@pytest.fixture(scope="module")
+def image(topology: Topology) -> dict:
+    uploaded = helpers.upload_random(topology.cascading.client(), 8 * helpers.MIB, hw_disk_bus="virtio",
+                                     tags=["agent-test"])
+    return glance.image_to_dict(topology.cascading.client().images.get(uploaded.id))
+
+
+def copy_task(topology: Topology, image: dict, region: str, kind: str = "copy") -> dict:
+    path = str(topology.cascading.data_dir / image["id"])
+    return {"task_id": f"{kind}-{image['id']}", "attempt": 1, "kind": kind, "image_id": image["id"],
+            "region": region, "image": image, "source": {"type": "sftp", "path": path}}
+
+
+def settings(store_map: storemap.StoreMap, region: str) -> task_mod.WorkerSettings:
+    return task_mod.WorkerSettings(store_map=store_map, region=region, ssh_timeout=10.0)
+
+
+def test_copy_creates_same_id_with_verified_bytes_and_is_idempotent(topology, store_map, image):
+    region = topology.region_names[0]
+    progress: list[tuple[int, int]] = []
+    result = task_mod.run_task(copy_task(topology, image, region), settings(store_map, region),
+                               lambda d, t: progress.append((d, t)))
+    assert result["outcome"] == "done", result
+    assert (result["size"], result["checksum"], result["os_hash_value"]) == (
+        image["size"], image["checksum"], image["os_hash_value"])
+    assert progress and progress[-1] == (image["size"], image["size"])
+    regional = topology.cascaded[region].client().images.get(image["id"])
+    assert regional["status"] == "active" and regional["os_hash_value"] == image["os_hash_value"]
+    assert regional["hw_disk_bus"] == "virtio" and regional["tags"] == ["agent-test"]
+    assert regional["name"] == image["name"]
+    assert not (topology.work_dir(region) / f"{image['id']}.part").exists()
+    # A second run finds the verified copy and does nothing (no transfer: no progress).
+    progress.clear()
+    again = task_mod.run_task(copy_task(topology, image, region), settings(store_map, region),
+                              lambda d, t: progress.append((d, t)))
+    assert again["outcome"] == "done" and again["os_hash_value"] == image["os_hash_value"] and progress == []
+
+
+def test_queued_leftover_is_completed(topology, store_map):
+    client = topology.cascading.client()
+    uploaded = helpers.upload_random(client, 2 * helpers.MIB)
+    image = glance.image_to_dict(client.images.get(uploaded.id))
+    region = topology.region_names[1]
+    regional_client = topology.cascaded[region].client()
+    regional_client.images.create(id=image["id"], disk_format="raw", container_format="bare", name="half")
+    result = task_mod.run_task(copy_task(topology, image, region), settings(store_map, region), lambda d, t: None)
+    assert result["outcome"] == "done", result
+    assert regional_client.images.get(image["id"])["status"] == "active"
+
+
+def test_update_then_delete(topology, store_map, image):
+    region = topology.region_names[0]
+    assert task_mod.run_task(copy_task(topology, image, region), settings(store_map, region),
+                             lambda d, t: None)["outcome"] == "done"
+    changed = dict(image, name="renamed", status="deactivated", min_ram=64)
+    changed.pop("hw_disk_bus")
+    result = task_mod.run_task(copy_task(topology, changed, region, "update"), settings(store_map, region),
+                               lambda d, t: None)
+    assert result["outcome"] == "done", result
+    regional_client = topology.cascaded[region].client()
+    regional = regional_client.images.get(image["id"])
+    assert (regional["name"], regional["min_ram"], regional["status"]) == ("renamed", 64, "deactivated")
+    assert "hw_disk_bus" not in regional
+    for _ in range(2):  # the second delete finds nothing and still succeeds
+        result = task_mod.run_task(copy_task(topology, image, region, "delete"), settings(store_map, region),
+                                   lambda d, t: None)
+        assert result["outcome"] == "done", result
+    with pytest.raises(glance_exc.HTTPNotFound):
+        regional_client.images.get(image["id"])
+    # Glance never re-creates a deleted id: the copy fails for good, saying why.
+    result = task_mod.run_task(copy_task(topology, image, region), settings(store_map, region), lambda d, t: None)
+    assert result["outcome"] == "failed" and result["retryable"] is False
+    assert "deleted" in result["reason"]
+
+
+def test_wrong_host_key_is_refused_naming_host_and_file(topology, store_map, image, tmp_path):
+    wrong = dataclasses.replace(store_map.store, known_hosts_file=str(topology.sshd.wrong_known_hosts_file))
+    source = str(topology.cascading.data_dir / image["id"])
+    with pytest.raises(SourceRefused) as info:
+        transfer.fetch(wrong, image, source, str(tmp_path / "x.part"), lambda d, t: None, timeout=10)
+    message = str(info.value)
+    assert info.value.retryable is False
+    assert f"{wrong.host}:{wrong.port}" in message and str(topology.sshd.wrong_known_hosts_file) in message
+    empty = tmp_path / "known_hosts.empty"
+    empty.write_text("")
+    unknown = dataclasses.replace(store_map.store, known_hosts_file=str(empty))
+    with pytest.raises(SourceRefused) as info:
+        transfer.fetch(unknown, image, source, str(tmp_path / "y.part"), lambda d, t: None, timeout=10)
+    assert "not in known_hosts" in str(info.value) and str(empty) in str(info.value)
+
+
+def test_corrupted_source_fails_verification_and_leaves_no_file(topology, store_map, image, tmp_path):
+    lying = dict(image, os_hash_value="0" * 128)
+    source = str(topology.cascading.data_dir / image["id"])
+    dest = tmp_path / "img.part"
+    with pytest.raises(transfer.VerificationError) as info:
+        transfer.fetch(store_map.store, lying, source, str(dest), lambda d, t: None, timeout=10)
+    assert "os_hash_value mismatch" in str(info.value) and not dest.exists()
+
+
+def test_throughput_100mib(topology, store_map, tmp_path):
+    uploaded = helpers.upload_random(topology.cascading.client(), 100 * helpers.MIB)
+    image = glance.image_to_dict(topology.cascading.client().images.get(uploaded.id))
+    source = str(topology.cascading.data_dir / image["id"])
+    started = time.monotonic()
+    fetched = transfer.fetch(store_map.store, image, source, str(tmp_path / "big.part"), lambda d, t: None)
+    seconds = time.monotonic() - started
+    print(f"\nSFTP fetch + md5 + sha512 of 100 MiB: {seconds:.2f} s = {100 / seconds:.1f} MiB/s")
+    assert fetched.size == image["size"]
