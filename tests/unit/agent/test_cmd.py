@@ -1,0 +1,62 @@
+"""glance-sync-agent's main(): refusing bad configuration, stopping on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from agent import cmd
+
+STORE = {
+    "cascading": {"store": {"host": "127.0.0.1", "user": "u", "private_key_file": "/k",
+                            "known_hosts_file": "/kh", "store_dir": "/store"}},
+    "regions": {"RegionA": {"glance": {"url": "http://127.0.0.1:1"}, "work_dir": "/tmp/w"}},
+}
+
+
+def write_conf(tmp_path, region: str | None) -> str:
+    store = tmp_path / "glance_store.yaml"
+    store.write_text(yaml.safe_dump(STORE))
+    lines = ["[DEFAULT]", f"glance_store_config = {store}", "[agent]", "coordinator_port = 1",
+             "heartbeat_interval = 0.2"]
+    if region:
+        lines.append(f"region = {region}")
+    conf = tmp_path / "agent.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return str(conf)
+
+
+def test_missing_region_is_one_line_and_exit_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cmd.main(["--config-file", write_conf(tmp_path, None)])
+    assert info.value.code == 1
+    assert capsys.readouterr().err.strip() == "glance-sync-agent: [agent] region is required"
+
+
+def test_region_not_in_store_yaml_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cmd.main(["--config-file", write_conf(tmp_path, "Nowhere")])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Nowhere" in err and "glance_store.yaml" in err and "RegionA" in err
+
+
+def test_runs_until_sigterm(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cmd", "--config-file", write_conf(tmp_path, "RegionA")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        time.sleep(2.0)  # long enough to lose the (absent) coordinator and schedule a reconnect
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "reconnecting" in out and "stopped" in out
