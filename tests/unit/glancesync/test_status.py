@@ -1,0 +1,328 @@
+"""glance-sync-status: rendering, the --wait logic, and real runs of main() against a fake coordinator."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from glancesync import protocol, status, status_render
+
+NOW = 1_700_000_000.0
+MIB = 1024 * 1024
+
+SUMMARY = {
+    "coordinator": {"version": "0.1.0", "started_at": NOW - 3725},
+    "regions": {
+        "RegionTwo": {"queued": 0, "in_flight": 0, "synced": 4, "failed": 0, "agents": []},
+        "RegionOne": {
+            "queued": 7,
+            "in_flight": 2,
+            "synced": 12,
+            "failed": 1,
+            "agents": [
+                {"agent_id": "agent-b", "online": False, "last_heartbeat": NOW - 300.4, "capacity": 2,
+                 "credits": 0, "tasks": []},
+                {"agent_id": "agent-a", "online": True, "last_heartbeat": NOW - 2, "capacity": 4,
+                 "credits": 2, "tasks": ["t1", "t2"]},
+            ],
+        },
+    },
+}
+
+
+def region(state: str, done: int = 0, total: int = 0, error: str | None = None, **extra: Any) -> dict[str, Any]:
+    info = {"state": state, "task_kind": "copy", "task_id": "t1", "bytes_done": done, "bytes_total": total,
+            "attempts": 1, "last_error": error, "agent_id": "agent-a", "updated_at": NOW - 5, "synced_at": None}
+    info.update(extra)
+    return info
+
+
+def image(known: bool = True, **regions: dict[str, Any]) -> dict[str, Any]:
+    return {"image_id": "img-1", "known": known, "regions": regions}
+
+
+# --- rendering -------------------------------------------------------------------------------------------
+
+
+def test_summary_view() -> None:
+    text = status_render.render_summary(SUMMARY, NOW)
+    lines = text.splitlines()
+    assert lines[0].startswith("coordinator 0.1.0, up 1h 2m")
+    one = next(line for line in lines if line.startswith("RegionOne"))
+    assert one.split() == ["RegionOne", "7", "2", "12", "1", "1/2", "online"]
+    two = next(line for line in lines if line.startswith("RegionTwo"))
+    assert two.split() == ["RegionTwo", "0", "0", "4", "0", "0/0", "online"]
+    assert "RegionTwo: no agent has connected" in text
+    agent_a = next(line for line in lines if "agent-a" in line).split()
+    assert agent_a == ["agent-a", "online", "2s", "ago", "4", "2", "2"]
+    agent_b = next(line for line in lines if "agent-b" in line).split()
+    assert agent_b == ["agent-b", "offline", "300s", "ago", "2", "0", "0"]
+    # Regions sorted; agents of a region sorted by id.
+    assert text.index("RegionOne") < text.index("RegionTwo")
+    assert text.index("agent-a") < text.index("agent-b")
+
+
+def test_summary_without_regions() -> None:
+    text = status_render.render_summary({"coordinator": {"version": "0.1.0", "started_at": NOW}, "regions": {}}, NOW)
+    assert "no regions" in text
+
+
+def test_image_view() -> None:
+    data = image(
+        RegionOne=region("transferring", 25 * MIB, 100 * MIB),
+        RegionTwo=region("failed", 0, 100 * MIB, error="sftp:\n  connection reset", attempts=6),
+        RegionThree=region("synced", 100 * MIB, 100 * MIB, agent_id=None),
+    )
+    lines = status_render.render_image(data, NOW).splitlines()
+    assert lines[0] == "image img-1"
+    header = lines[2].split()
+    assert header == ["REGION", "STATE", "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST", "ERROR"]
+    one = next(line for line in lines if line.startswith("RegionOne"))
+    assert "transferring" in one and "25.0 MiB/100.0 MiB (25%)" in one and "agent-a" in one and "5s ago" in one
+    two = next(line for line in lines if line.startswith("RegionTwo"))
+    assert "failed" in two and " 6 " in two and two.endswith("sftp: connection reset")
+    three = next(line for line in lines if line.startswith("RegionThree"))
+    assert "100.0 MiB/100.0 MiB (100%)" in three
+
+
+def test_image_view_unknown() -> None:
+    assert status_render.render_image(image(known=False), NOW) == "image img-1: not known to the coordinator\n"
+
+
+@pytest.mark.parametrize(
+    ("num", "text"), [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (5 * MIB, "5.0 MiB"), (3 * 1024**4, "3.0 TiB")]
+)
+def test_size(num: int, text: str) -> None:
+    assert status_render.size(num) == text
+
+
+def test_progress_and_percent() -> None:
+    assert status_render.progress(0, 0) == "-"
+    assert status_render.progress(50, 0) == "50 B/0 B (-)"
+    assert status_render.percent(1, 3) == "33%"
+    assert status_render.age(None, NOW) == "never"
+
+
+# --- the --wait logic ------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def replies(*datas: dict[str, Any]) -> Any:
+    """A fake query function answering each poll with the next reply, then repeating the last."""
+    seen: list[float] = []
+
+    def fetch(query_timeout: float) -> dict[str, Any]:
+        seen.append(query_timeout)
+        return datas[min(len(seen) - 1, len(datas) - 1)]
+
+    fetch.seen = seen  # type: ignore[attr-defined]
+    return fetch
+
+
+def test_wait_exits_0_when_every_region_is_synced() -> None:
+    clock = FakeClock()
+    fetch = replies(
+        image(known=False),
+        image(RegionOne=region("pending"), RegionTwo=region("pending")),
+        image(RegionOne=region("transferring", 5, 10), RegionTwo=region("synced", 10, 10)),
+        image(RegionOne=region("synced", 10, 10), RegionTwo=region("synced", 10, 10)),
+    )
+    code, why, data = status.wait_for_image(fetch, 30.0, clock=clock, sleep=clock.sleep)
+    assert code == 0
+    assert "RegionOne, RegionTwo" in why
+    assert len(fetch.seen) == 4
+    assert clock.sleeps == [status.POLL_INTERVAL] * 3
+
+
+def test_wait_exits_1_naming_the_failed_region() -> None:
+    clock = FakeClock()
+    fetch = replies(
+        image(RegionOne=region("transferring", 5, 10), RegionTwo=region("pending")),
+        image(RegionOne=region("synced", 10, 10), RegionTwo=region("failed", error="checksum mismatch")),
+    )
+    code, why, _ = status.wait_for_image(fetch, 30.0, clock=clock, sleep=clock.sleep)
+    assert code == 1
+    assert "RegionTwo" in why and "checksum mismatch" in why and "RegionOne" not in why
+
+
+def test_wait_times_out_naming_the_regions_behind() -> None:
+    clock = FakeClock()
+    fetch = replies(image(RegionOne=region("synced", 10, 10), RegionTwo=region("transferring", 4 * MIB, 8 * MIB)))
+    code, why, _ = status.wait_for_image(fetch, 3.0, clock=clock, sleep=clock.sleep)
+    assert code == 1
+    assert why.startswith("timed out after 3 s")
+    assert "RegionTwo: transferring 4.0 MiB/8.0 MiB (50%)" in why and "RegionOne" not in why
+    assert clock.now == pytest.approx(3.0)
+    assert "\n" not in why
+
+
+def test_wait_times_out_on_an_image_never_known() -> None:
+    clock = FakeClock()
+    code, why, _ = status.wait_for_image(replies(image(known=False)), 1.0, clock=clock, sleep=clock.sleep)
+    assert code == 1 and "not known" in why
+
+
+def test_wait_gives_each_query_at_least_a_second() -> None:
+    clock = FakeClock()
+    fetch = replies(image(RegionOne=region("pending")))
+    status.wait_for_image(fetch, 2.0, clock=clock, sleep=clock.sleep)
+    assert fetch.seen[0] == 2.0 and min(fetch.seen) == status.MIN_QUERY_TIMEOUT
+
+
+def test_display_without_tty_prints_state_changes_only() -> None:
+    out = io.StringIO()
+    display = status._Display(out, tty=False)
+    display.show(image(RegionOne=region("pending")))
+    display.show(image(RegionOne=region("pending")))
+    display.show(image(RegionOne=region("transferring", 1, 2)))
+    display.show(image(RegionOne=region("transferring", 2, 2)))
+    assert out.getvalue().splitlines() == ["RegionOne: pending", "RegionOne: transferring 1 B/2 B (50%)"]
+
+
+def test_display_on_tty_redraws_one_line_per_region() -> None:
+    out = io.StringIO()
+    display = status._Display(out, tty=True)
+    display.show(image(RegionOne=region("pending"), RegionTwo=region("pending")))
+    display.show(image(RegionOne=region("transferring", 1, 4), RegionTwo=region("pending")))
+    text = out.getvalue()
+    assert text.count("\x1b[2F") == 1
+    assert "\x1b[2KRegionOne: transferring 1 B/4 B (25%)\n" in text
+
+
+# --- real runs of main() ---------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_no_answer_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    port = closed_port()
+    started = time.monotonic()
+    code = status.main(["--host", "127.0.0.1", "--port", str(port), "--timeout", "0.5"])
+    assert code == 2
+    assert 0.4 < time.monotonic() - started < 3.0
+    err = capsys.readouterr().err
+    assert err == f"glance-sync-status: no answer from coordinator at tcp://127.0.0.1:{port} within 0.5 s\n"
+
+
+def test_unknown_view_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert status.main(["--port", str(closed_port()), "images"]) == 2
+    assert "unknown view" in capsys.readouterr().err
+
+
+class FakeCoordinator:
+    """A ROUTER on loopback that answers each status_query from ``answer(body)``."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.queries: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            identity, frame = self.sock.recv_multipart()
+            msg = protocol.decode(frame)
+            self.queries.append(msg.body)
+            msg_type, body = self.answer(msg.body)
+            self.sock.send_multipart([identity, protocol.encode(msg_type, body)])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+        self.context.term()
+
+
+@pytest.fixture
+def coordinator(request: pytest.FixtureRequest) -> Iterator[FakeCoordinator]:
+    fake = FakeCoordinator(request.param)
+    yield fake
+    fake.close()
+
+
+def _answers(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if body["view"] == "summary":
+        return "status_reply", {"view": "summary", "data": SUMMARY}
+    if body["image_id"] == "img-1":
+        return "status_reply", {"view": "image", "data": image(RegionOne=region("synced", 10, 10))}
+    return "error", {"code": "not_found", "reason": f"no image {body['image_id']}"}
+
+
+@pytest.mark.parametrize("coordinator", [_answers], indirect=True)
+def test_main_summary_image_json_and_error(coordinator: FakeCoordinator, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--host", "127.0.0.1", "--port", str(coordinator.port), "--timeout", "5"]
+    assert status.main(base) == 0
+    assert "RegionOne" in capsys.readouterr().out
+    assert status.main(base + ["image", "img-1"]) == 0
+    assert "RegionOne  synced" in capsys.readouterr().out
+    assert status.main(base + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == SUMMARY
+    assert status.main(base + ["--json", "image", "img-1"]) == 0
+    assert json.loads(capsys.readouterr().out)["regions"]["RegionOne"]["state"] == "synced"
+    assert status.main(base + ["image", "img-404"]) == 2
+    assert capsys.readouterr().err == "glance-sync-status: coordinator error not_found: no image img-404\n"
+    assert status.main(base + ["--wait", "img-1"]) == 0
+    assert "synced in RegionOne" in capsys.readouterr().out
+    assert coordinator.queries[:2] == [{"view": "summary", "image_id": None}, {"view": "image", "image_id": "img-1"}]
+
+
+@pytest.mark.parametrize(
+    "coordinator",
+    [lambda body: ("status_reply", {"view": "image", "data": image(RegionOne=region("failed", error="boom"))})],
+    indirect=True,
+)
+def test_main_wait_failed_exit_1(coordinator: FakeCoordinator, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--host", "127.0.0.1", "--port", str(coordinator.port), "--wait", "img-1", "--timeout", "5"]
+    assert status.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "glance-sync-status: image img-1 failed in RegionOne: boom\n"
+
+
+def test_config_file_supplies_host_and_port(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    port = closed_port()
+    conf_file = tmp_path / "glance-sync.conf"
+    conf_file.write_text(f"[DEFAULT]\nsync_server_host = 127.0.0.1\nsync_server_port = {port}\n")
+    assert status.main(["--config-file", str(conf_file), "--timeout", "0.2"]) == 2
+    assert f"tcp://127.0.0.1:{port} within 0.2 s" in capsys.readouterr().err
+    other = closed_port()
+    assert status.main(["--config-file", str(conf_file), "--port", str(other), "--timeout", "0.2"]) == 2
+    assert f"tcp://127.0.0.1:{other} within" in capsys.readouterr().err
+
+
+def test_missing_curve_key_is_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    conf_file = tmp_path / "glance-sync.conf"
+    conf_file.write_text(f"[curve]\nenabled = true\nsecret_key_file = {tmp_path}/none.key_secret\n")
+    assert status.main(["--config-file", str(conf_file), "--port", str(closed_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "none.key_secret" in err
