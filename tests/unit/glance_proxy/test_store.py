@@ -1,0 +1,185 @@
+"""The cascaded:// store driver with a fake regional glance client."""
+
+from __future__ import annotations
+
+import hashlib
+
+import glance_store.location
+import pytest
+import yaml
+from glance_store import capabilities
+from glance_store import exceptions as gs_exc
+from glanceclient import exc as glance_exc
+from oslo_config import cfg
+
+from glance_proxy import store as store_mod
+from glance_proxy.store import Store, StoreLocation
+
+IMG = "1b2c3d4e-0000-4000-8000-000000000001"
+DATA = bytes(range(256)) * 40  # 10240 bytes
+
+
+class FakeImages:
+    def __init__(self, images: dict, chunk: int = 1000) -> None:
+        self.images = images
+        self.chunk = chunk
+        self.data_calls: list[tuple] = []
+
+    def get(self, image_id):
+        if image_id not in self.images:
+            raise glance_exc.HTTPNotFound("no image")
+        if self.images[image_id] == "boom":
+            raise glance_exc.HTTPServiceUnavailable("region down")
+        return self.images[image_id]
+
+    def data(self, image_id, do_checksum=True):
+        self.data_calls.append((image_id, do_checksum))
+        return (DATA[i : i + self.chunk] for i in range(0, len(DATA), self.chunk))
+
+
+class FakeClient:
+    def __init__(self, images: dict) -> None:
+        self.images = FakeImages(images)
+
+
+@pytest.fixture
+def store_yaml(tmp_path):
+    data = {
+        "cascading": {"store": {"host": "h", "user": "u", "private_key_file": "/k", "known_hosts_file": "/kh",
+                                "store_dir": "/var/lib/glance/images"}},  # fmt: skip
+        "regions": {
+            "RegionA": {"glance": {"url": "http://127.0.0.1:1"}, "work_dir": "/tmp/a"},
+            "RegionB": {"glance": {"url": "http://127.0.0.1:2"}, "work_dir": "/tmp/b"},
+        },
+    }
+    path = tmp_path / "glance_store.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def made(monkeypatch):
+    made: list[str] = []
+    clients = {
+        "http://127.0.0.1:1": FakeClient({IMG: {"id": IMG, "size": len(DATA), "status": "active"},
+                                          "empty": {"id": "empty", "size": None, "status": "queued"},
+                                          "down": "boom"}),  # fmt: skip
+        "http://127.0.0.1:2": FakeClient({}),
+    }
+
+    def make_client(endpoint):
+        made.append(endpoint.url)
+        return clients[endpoint.url]
+
+    monkeypatch.setattr(store_mod.glance, "make_client", make_client)
+    return made
+
+
+@pytest.fixture
+def store(store_yaml, made):
+    conf = cfg.ConfigOpts()
+    conf([], default_config_files=[])
+    s = Store(conf)
+    conf.set_override("cascaded_store_config", str(store_yaml), group="glance_store")
+    s.configure()
+    return s
+
+
+def loc(store, uri):
+    return glance_store.location.Location("cascaded", StoreLocation, store.conf, uri=uri)
+
+
+def read(result):
+    iterator, length = result
+    return b"".join(iterator), length
+
+
+def test_capabilities_and_scheme(store):
+    assert store.get_schemes() == ("cascaded",)
+    bits = capabilities.BitMasks
+    for cap in (bits.READ_ACCESS, bits.READ_OFFSET, bits.READ_CHUNK, bits.WRITE_ACCESS, bits.DRIVER_REUSABLE):
+        assert store.is_capable(cap)
+    assert store.get_store_location_class() is StoreLocation
+
+
+def test_uri_round_trip(store):
+    location = loc(store, f"cascaded://RegionA/{IMG}")
+    assert (location.store_location.region, location.store_location.image_id) == ("RegionA", IMG)
+    assert location.get_store_uri() == f"cascaded://RegionA/{IMG}"
+
+
+@pytest.mark.parametrize(
+    "uri", ["cascaded://RegionA", "cascaded://RegionA/", "cascaded:///x", f"cascaded://RegionA/{IMG}/more",
+            f"http://RegionA/{IMG}", f"cascaded://u:p@RegionA/{IMG}", f"cascaded://RegionA/{IMG}?x=1"],
+)  # fmt: skip
+def test_bad_uri_is_refused(store, uri):
+    with pytest.raises(gs_exc.BadStoreUri):
+        loc(store, uri)
+
+
+def test_size_comes_from_the_regional_record(store):
+    assert store.get_size(loc(store, f"cascaded://RegionA/{IMG}")) == len(DATA)
+
+
+def test_size_zero_or_unknown_region_or_missing_image_is_refused(store):
+    with pytest.raises(gs_exc.BadStoreUri):
+        store.get_size(loc(store, "cascaded://RegionA/empty"))
+    with pytest.raises(gs_exc.BadStoreUri):
+        store.get_size(loc(store, f"cascaded://Nowhere/{IMG}"))
+    with pytest.raises(gs_exc.NotFound):
+        store.get_size(loc(store, f"cascaded://RegionB/{IMG}"))
+    with pytest.raises(gs_exc.RemoteServiceUnavailable):
+        store.get_size(loc(store, "cascaded://RegionA/down"))
+
+
+def test_get_streams_whole_image_with_checksum(store):
+    client = store.client("RegionA")
+    body, length = read(store.get(loc(store, f"cascaded://RegionA/{IMG}")))
+    assert hashlib.sha256(body).digest() == hashlib.sha256(DATA).digest()
+    assert length == len(DATA)
+    assert client.images.data_calls == [(IMG, True)]
+
+
+def test_get_is_lazy(store):
+    iterator, _ = store.get(loc(store, f"cascaded://RegionA/{IMG}"))
+    first = next(iter(iterator))
+    assert first == DATA[:1000]  # one regional chunk, not the whole image
+
+
+@pytest.mark.parametrize(
+    ("offset", "chunk_size"),
+    [(0, 1), (1, None), (999, 2), (1000, 1000), (1500, 3000), (10000, None), (10239, 100), (0, 10240), (5, 10235)],
+)
+def test_get_with_offset_and_chunk_size(store, offset, chunk_size):
+    body, length = read(store.get(loc(store, f"cascaded://RegionA/{IMG}"), offset=offset, chunk_size=chunk_size))
+    end = len(DATA) if chunk_size is None else offset + chunk_size
+    assert body == DATA[offset:end]
+    assert length == len(body)
+
+
+def test_get_of_missing_image_is_not_found(store):
+    with pytest.raises(gs_exc.NotFound):
+        store.get(loc(store, f"cascaded://RegionB/{IMG}"))
+
+
+def test_clients_and_store_map_are_cached(store, made):
+    for _ in range(3):
+        store.get_size(loc(store, f"cascaded://RegionA/{IMG}"))
+    assert made == ["http://127.0.0.1:1"]
+
+
+def test_delete_is_an_immediate_no_op(store, made):
+    assert store.delete(loc(store, f"cascaded://RegionA/{IMG}")) is None
+    assert made == []  # not even a client was built
+
+
+def test_add_is_refused(store):
+    with pytest.raises(gs_exc.StoreAddDisabled):
+        store.add(IMG, iter([b"x"]), 1, "sha512")
+
+
+def test_broken_store_config_is_a_store_error(store, tmp_path):
+    store.conf.set_override("cascaded_store_config", str(tmp_path / "missing.yaml"), group="glance_store")
+    store._map = None
+    with pytest.raises(gs_exc.BadStoreConfiguration):
+        store.get_size(loc(store, f"cascaded://RegionA/{IMG}"))
