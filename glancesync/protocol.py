@@ -77,7 +77,9 @@ def _non_negative(value: Any) -> bool:
 
 
 def _positive(value: Any) -> bool:
-    return value >= 1
+    # "> 0", not ">= 1": for counts it is the same, and intervals such as
+    # welcome.heartbeat_interval may be fractions of a second ([coordinator] min 0.1).
+    return value > 0
 
 
 def _not_empty(value: Any) -> bool:

@@ -228,3 +228,11 @@ def test_error_reply_quotes_the_refused_message() -> None:
 
 def test_cascaded_url() -> None:
     assert protocol.cascaded_url("RegionOne", "img-1") == "cascaded://RegionOne/img-1"
+
+
+def test_sub_second_intervals_are_positive() -> None:
+    # [coordinator] heartbeat_interval allows 0.1 s; the welcome carrying it must encode.
+    body = {"heartbeat_interval": 0.5, "lease_timeout": 1.5}
+    assert protocol.decode(protocol.encode("welcome", body)).body == body
+    with pytest.raises(ProtocolError):
+        protocol.encode("welcome", {"heartbeat_interval": 0.0, "lease_timeout": 1.0})
