@@ -33,7 +33,9 @@ ProgressFn = Callable[[int, int], None]
 
 # paramiko's best read pattern measured here (GLANCE-NOTES): readv over large
 # batches; each batch is split into 1 MiB pieces so hashing and writing overlap
-# with the next requests already in flight.
+# with the next requests already in flight.  Measured on loopback as fast as
+# prefetch() of the whole file (130-200 vs ~170 MiB/s), but prefetch() buffers
+# without bound when the disk or the hashing lags; a batch bounds memory to 32 MiB.
 BATCH_BYTES = 32 * 1024 * 1024
 PIECE_BYTES = 1024 * 1024
 DEFAULT_HASH_ALGO = "sha512"

@@ -12,14 +12,18 @@ import dataclasses
 import time
 
 import pytest
+import zmq
 from glanceclient import exc as glance_exc
 
 from agent import task as task_mod
 from agent import transfer
-from glancesync import glance, storemap
+from agent.pool import Pool
+from agent.service import AgentService
+from glancesync import glance, protocol, storemap
 from glancesync.exceptions import SourceRefused
 from tests.functional import helpers
 from tests.harness.topology import Topology
+from tests.unit.agent.helpers import make_conf
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +140,48 @@ def test_throughput_100mib(topology, store_map, tmp_path):
     seconds = time.monotonic() - started
     print(f"\nSFTP fetch + md5 + sha512 of 100 MiB: {seconds:.2f} s = {100 / seconds:.1f} MiB/s")
     assert fetched.size == image["size"]
+
+
+
+def test_service_runs_a_real_copy_in_a_worker_process(topology, store_map):
+    """Session + spawned worker + SFTP + glance, with the test playing the coordinator."""
+    uploaded = helpers.upload_random(topology.cascading.client(), 4 * helpers.MIB)
+    image = glance.image_to_dict(topology.cascading.client().images.get(uploaded.id))
+    region = topology.region_names[1]
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    pool = Pool(1, 120.0, task_mod.worker_main, settings(store_map, region))
+    service = AgentService(make_conf(port, region=region, workers=1, heartbeat=5.0), pool, context=ctx)
+    peers: list[bytes] = []
+
+    def until(msg_type: str, limit: float = 90.0) -> protocol.Message:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            service.step(time.monotonic(), timeout_ms=50)
+            while router.poll(0):
+                peer, frame = router.recv_multipart()
+                peers.append(peer)
+                msg = protocol.decode(frame)
+                if msg.type == "hello":
+                    welcome = {"heartbeat_interval": 5.0, "lease_timeout": 60.0}
+                    router.send_multipart([peer, protocol.encode("welcome", welcome)])
+                if msg.type == msg_type:
+                    return msg
+        raise AssertionError(f"the agent never sent {msg_type}")
+
+    try:
+        service.initialize(time.monotonic())
+        assert until("ready").body["credits"] == 1
+        task = copy_task(topology, image, region)
+        router.send_multipart([peers[-1], protocol.encode("task", task)])
+        assert until("ack").body["task_id"] == task["task_id"]
+        done = until("done")
+        assert done.body["os_hash_value"] == image["os_hash_value"] and done.body["size"] == image["size"]
+        assert until("ready").body["credits"] == 1
+        regional = topology.cascaded[region].client().images.get(image["id"])
+        assert regional["status"] == "active" and regional["checksum"] == image["checksum"]
+    finally:
+        service.shutdown()
+        router.close(linger=0)
+        ctx.destroy(linger=0)
