@@ -193,7 +193,10 @@ class AgentService:
             # More tasks than credits: refuse without giving a credit back.
             self._send("failed", {**ref, "reason": "no free worker slot", "retryable": True})
             return
-        self.pool.start(dict(body), now)
+        try:
+            self.pool.start(dict(body), now)
+        except OSError as exc:  # no process could be started (fd or memory exhaustion)
+            self._finish(ref, {"outcome": "failed", "reason": f"cannot start a worker: {exc}", "retryable": True})
 
     # -- worker events ------------------------------------------------------------
 
