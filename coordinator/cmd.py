@@ -1,0 +1,60 @@
+"""``glance-sync-coordinator``: load the configuration, check the journal, run until SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from oslo_log import log as logging
+
+from coordinator import manage
+from coordinator.journal import Journal
+from coordinator.registrar import Registrar, cascading_endpoint
+from coordinator.service import Service
+from glancesync import config, glance, storemap
+from glancesync.exceptions import ConfigError
+
+PROG = "glance-sync-coordinator"
+LOG = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    conf = config.load(argv, PROG)
+    try:
+        stores = storemap.load(conf.glance_store_config)
+        endpoint = cascading_endpoint(conf, stores)
+    except ConfigError as exc:
+        LOG.error("cannot start: %s", exc)
+        return 1
+    url = conf.database.connection
+    try:
+        current, head = manage.schema_revisions(url)
+    except Exception as exc:  # an unreachable or unreadable database
+        LOG.error("cannot start: journal not readable: %s", type(exc).__name__)
+        return 1
+    if current != head:
+        LOG.error("cannot start: journal schema is at %s, not %s; run 'glance-sync-manage db_sync'",
+                  current, head)
+        return 1
+    registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers,
+                          endpoint.url or "cascading glance", float(conf.snapshot_sleep_interval),
+                          float(conf.snapshot_timeout))
+    service = Service(conf, stores, Journal(url), registrar)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        service.run(stop)
+    except ConfigError as exc:  # a socket that cannot bind, a key that does not load
+        LOG.error("cannot start: %s", exc)
+        return 1
+    finally:
+        service.journal.close()
+    LOG.info("coordinator stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

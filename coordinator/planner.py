@@ -1,0 +1,135 @@
+"""The planner: which tasks an image event asks for.  Pure: no I/O, no clock, no config object.
+
+Input: the event kind, the cascading image record as glance returns it (with
+``locations``), the known regions, the sync strategy and what the journal already
+holds for each (image, region).  Output: a ``Plan`` of new tasks and of regions that
+fail at once (a source we refuse to read from, an image that never became active).
+
+- ``uploaded`` / ``imported`` / ``created`` of an *active* image: ``copy`` to every
+  target region that does not hold (or is not already getting) the same bytes.
+- ``updated`` / ``tags_changed`` / ``deactivated`` / ``reactivated``: ``update`` for
+  every region that has or is getting the image; ``updated`` and ``reactivated`` of an
+  active image also copy to new targets (``glance_sync_regions`` may have changed).
+- ``deleted``: ``delete`` for every region with a record that is not deleted already.
+
+Targets by ``sync_strategy``: ``ALL`` every region, ``None`` none, ``USER`` the
+regions named in the image property ``glance_sync_regions`` (comma-separated) that
+glance_store.yaml knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.journal import NewTask, RegionRecord
+from glancesync.exceptions import SourceRefused
+from glancesync.states import ACTIVE_STATES, SyncState
+
+USER_REGIONS_PROPERTY = "glance_sync_regions"
+COPY_EVENTS = frozenset({"uploaded", "imported", "created"})
+UPDATE_EVENTS = frozenset({"updated", "tags_changed", "deactivated", "reactivated"})
+# Events after which an active image may need copies to regions that lack it.
+RECOPY_EVENTS = frozenset({"updated", "reactivated"})
+# (image_id, file:// url) -> absolute path in the cascading store; storemap.source_path.
+SourcePath = Callable[[str, str], str]
+
+
+@dataclass
+class Plan:
+    tasks: list[NewTask] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def target_regions(image: Mapping[str, Any], regions: Iterable[str], strategy: str) -> list[str]:
+    """The regions ``strategy`` sends ``image`` to, in glance_store.yaml order."""
+    known = list(regions)
+    if strategy == "ALL":
+        return known
+    if strategy == "USER":
+        raw = image.get(USER_REGIONS_PROPERTY) or ""
+        wanted = {name.strip() for name in str(raw).split(",") if name.strip()}
+        return [name for name in known if name in wanted]
+    return []
+
+
+def file_location(image: Mapping[str, Any]) -> str | None:
+    """The image's first ``file://`` location URL, if glance showed one."""
+    for location in image.get("locations") or []:
+        url = location.get("url") if isinstance(location, Mapping) else None
+        if isinstance(url, str) and url.startswith("file://"):
+            return url
+    direct = image.get("direct_url")
+    return direct if isinstance(direct, str) and direct.startswith("file://") else None
+
+
+def _needs_copy(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
+    if record is None:
+        return True
+    if record.state in (SyncState.DELETING, SyncState.DELETED):
+        # Glance never takes a deleted id back; a region mid-delete must finish first.
+        return False
+    if record.state == SyncState.SYNCED:
+        return record.os_hash_value != image.get("os_hash_value")
+    if record.state in ACTIVE_STATES and record.task_kind == "copy":
+        return False
+    return True
+
+
+def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str, RegionRecord],
+            source_path: SourcePath) -> Plan:
+    plan = Plan()
+    needed = [region for region in targets if _needs_copy(existing.get(region), image)]
+    if not needed:
+        return plan
+    image_id = str(image.get("id"))
+    try:
+        url = file_location(image)
+        if url is None:
+            raise SourceRefused(image_id=image_id, detail="the image has no file:// location to copy from")
+        source = {"type": "sftp", "path": source_path(image_id, url)}
+    except SourceRefused as exc:
+        plan.failures = {region: str(exc) for region in needed}
+        return plan
+    plan.tasks = [NewTask(region, "copy", {"image": dict(image), "source": source}) for region in needed]
+    return plan
+
+
+def _holds_image(record: RegionRecord) -> bool:
+    return record.state == SyncState.SYNCED or (
+        record.state in ACTIVE_STATES and record.state != SyncState.DELETING)
+
+
+def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str,
+         existing: Mapping[str, RegionRecord], source_path: SourcePath) -> Plan:
+    """The tasks an event of ``kind`` asks for; ``image`` is None when glance no longer has it."""
+    regions = list(regions)
+    if kind == "deleted":
+        record = dict(image) if image else {"id": image_id}
+        return Plan(tasks=[NewTask(region, "delete", {"image": record, "source": None})
+                           for region, rec in existing.items()
+                           if rec.state not in (SyncState.DELETED, SyncState.DELETING)])
+    if image is None:
+        # Gone from the cascading glance: the ``deleted`` event that follows cleans up.
+        return Plan()
+    active = image.get("status") == "active"
+    targets = target_regions(image, regions, strategy)
+    if kind in COPY_EVENTS:
+        if active:
+            return _copies(image, targets, existing, source_path)
+        if kind == "created":
+            return Plan()  # the upload or import event comes later
+        status = image.get("status")
+        return Plan(failures={r: f"image {image_id} is {status}, not active; nothing to copy"
+                              for r in targets if _needs_copy(existing.get(r), image)})
+    if kind not in UPDATE_EVENTS:
+        return Plan()  # locations_changed: our own registrations, or nothing to sync
+    result = Plan(tasks=[NewTask(region, "update", {"image": dict(image), "source": None})
+                         for region, rec in existing.items() if _holds_image(rec)])
+    if active and kind in RECOPY_EVENTS:
+        fresh = [r for r in targets if r not in existing or existing[r].state == SyncState.FAILED]
+        copies = _copies(image, fresh, existing, source_path)
+        result.tasks += copies.tasks
+        result.failures.update(copies.failures)
+    return result

@@ -1,0 +1,218 @@
+"""Glance calls of the coordinator, run in a thread pool so the poll loop never waits on HTTP.
+
+Three jobs, each answered through ``results()`` (the loop writes the journal; these
+threads never touch it):
+
+- ``register``: a copy task came back ``done``.  Fetch the cascading image, check the
+  agent's size, ``checksum`` and ``os_hash_value`` against it (glance itself never
+  checks the bytes behind a location, so a mismatch must never be registered), then
+  add ``cascaded://<region>/<id>`` with metadata ``{"region": region}`` unless the
+  image already lists it.  "already exists" from glance counts as done.
+- ``unregister``: a delete task came back ``done``.  Remove that region's location if
+  the image still exists and keeps another one (glance refuses to remove the last).
+- ``fetch``: the image record (with locations) that an event is planned from; for an
+  import, poll until it is active, every ``snapshot_sleep_interval`` up to
+  ``snapshot_timeout``.
+
+Every request carries ``INTERNAL_REQUEST_HEADER`` so that the glance_proxy filter
+makes no event of the coordinator's own changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+
+from coordinator.journal import EventRow, TaskRow
+from glancesync import glance, protocol
+from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, VerificationError
+from glancesync.storemap import GlanceEndpoint, StoreMap
+
+LOG = logging.getLogger(__name__)
+# Statuses from which an image still becomes active without anyone's help.
+ON_THE_WAY = frozenset({"queued", "saving", "importing", "uploading"})
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: str
+    attempt: int
+    ok: bool
+    reason: str = ""
+    retryable: bool = True
+    os_hash_value: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    event_id: str
+    image: dict[str, Any] | None
+    error: GlanceSyncError | None = None
+
+
+def cascading_endpoint(conf: cfg.ConfigOpts, storemap: StoreMap | None) -> GlanceEndpoint:
+    """The cascading glance: ``cascading_endpoint_url`` + ``[cascading_glance]``, else glance_store.yaml."""
+    group = conf.cascading_glance
+    url = conf.cascading_endpoint_url
+    if url is None and group.auth_type is None and storemap and storemap.cascading_glance:
+        base = storemap.cascading_glance
+    else:
+        auth: dict[str, Any] = {"auth_type": group.auth_type or "none"}
+        if auth["auth_type"] not in ("none", "noauth"):
+            plugin = ks_loading.get_plugin_loader(auth["auth_type"])
+            for opt in plugin.get_options():
+                value = getattr(group, opt.dest, None)
+                if value is not None:
+                    auth[opt.dest] = value
+        if url is None and auth["auth_type"] in ("none", "noauth"):
+            raise ConfigError(source="[DEFAULT] cascading_endpoint_url",
+                              detail="required when [cascading_glance] auth_type is none")
+        base = GlanceEndpoint(url=url, auth=auth, headers=dict(group.identity_headers or {}),
+                              verify=(group.cafile or not group.insecure), region_name=group.region_name,
+                              interface=group.interface)
+    headers = {**base.headers, protocol.INTERNAL_REQUEST_HEADER: "1"}
+    return GlanceEndpoint(url=base.url, auth=base.auth, headers=headers, verify=base.verify,
+                          region_name=base.region_name, interface=base.interface)
+
+
+def verify(image: dict[str, Any], report: dict[str, Any]) -> None:
+    """Raise VerificationError unless the agent's report matches the cascading image."""
+    image_id = image.get("id")
+    for key in ("size", "checksum", "os_hash_value"):
+        expected, got = image.get(key), report.get(key)
+        if expected is None or got is None or expected != got:
+            raise VerificationError(image_id=image_id, detail=f"{key} reported {got!r}, cascading has {expected!r}")
+
+
+class Registrar:
+    """The thread pool and its result queue; ``client_factory`` gives one glance client per thread."""
+
+    def __init__(self, client_factory: Callable[[], Any], workers: int, endpoint_name: str,
+                 poll_interval: float = 10.0, active_timeout: float = 300.0) -> None:
+        self.client_factory = client_factory
+        self.endpoint_name = endpoint_name
+        self.poll_interval = poll_interval
+        self.active_timeout = active_timeout
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glance")
+        self._results: queue.SimpleQueue[TaskResult | FetchResult] = queue.SimpleQueue()
+        self._local = threading.local()
+        self._stopping = threading.Event()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def results(self) -> list[TaskResult | FetchResult]:
+        out = []
+        while True:
+            try:
+                out.append(self._results.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.client_factory()
+        return client
+
+    def _run(self, job: Callable[[], TaskResult | FetchResult], fallback: Callable[[Exception], Any]) -> None:
+        try:
+            result = job()
+        except Exception as exc:  # a thread must always answer, whatever went wrong
+            LOG.exception("glance job failed unexpectedly")
+            result = fallback(exc)
+        self._results.put(result)
+
+    def register(self, task: TaskRow) -> None:
+        fail = lambda exc: TaskResult(task.task_id, task.attempt, False, f"registration: {exc}")  # noqa: E731
+        self.pool.submit(self._run, lambda: self._register(task), fail)
+
+    def unregister(self, task: TaskRow) -> None:
+        fail = lambda exc: TaskResult(task.task_id, task.attempt, False, f"unregistration: {exc}")  # noqa: E731
+        self.pool.submit(self._run, lambda: self._unregister(task), fail)
+
+    def fetch(self, event: EventRow, wait_active: bool) -> None:
+        fail = lambda exc: FetchResult(event.event_id, None, GlanceError(  # noqa: E731
+            endpoint=self.endpoint_name, detail=str(exc)))
+        self.pool.submit(self._run, lambda: self._fetch(event, wait_active), fail)
+
+    def _get(self, image_id: str) -> dict[str, Any] | None:
+        try:
+            return glance.image_to_dict(self._client().images.get(image_id))
+        except Exception as exc:
+            if glance.is_not_found(exc):
+                return None
+            raise glance.translate(exc, self.endpoint_name) from exc
+
+    def _register(self, task: TaskRow) -> TaskResult:
+        result = lambda ok, reason="", retryable=True, h=None: TaskResult(  # noqa: E731
+            task.task_id, task.attempt, ok, reason, retryable, h)
+        try:
+            image = self._get(task.image_id)
+            if image is None:
+                return result(False, "the cascading image no longer exists", retryable=False)
+            if image.get("status") != "active":
+                return result(False, f"the cascading image is {image.get('status')}, not active")
+            verify(image, task.report or {})
+            url = protocol.cascaded_url(task.region, task.image_id)
+            if url in [loc.get("url") for loc in image.get("locations") or []]:
+                LOG.info("image %s: location %s already registered", task.image_id, url)
+            else:
+                self._add_location(task.image_id, url, task.region)
+        except GlanceSyncError as exc:
+            LOG.warning("image %s region %s: not registered: %s", task.image_id, task.region, exc)
+            return result(False, str(exc), retryable=exc.retryable)
+        return result(True, h=image.get("os_hash_value"))
+
+    def _add_location(self, image_id: str, url: str, region: str) -> None:
+        try:
+            self._client().images.add_location(image_id, url, {"region": region})
+            LOG.info("image %s: registered location %s", image_id, url)
+        except Exception as exc:
+            if getattr(exc, "code", None) == 400 and "already exists" in str(exc):
+                LOG.info("image %s: location %s already registered", image_id, url)
+                return
+            raise glance.translate(exc, self.endpoint_name) from exc
+
+    def _unregister(self, task: TaskRow) -> TaskResult:
+        try:
+            image = self._get(task.image_id)
+            url = protocol.cascaded_url(task.region, task.image_id)
+            urls = [loc.get("url") for loc in (image or {}).get("locations") or []]
+            if image is None or url not in urls:
+                return TaskResult(task.task_id, task.attempt, True)
+            if len(urls) <= 1:
+                LOG.warning("image %s: %s is its last location; glance refuses to remove it, left in place",
+                            task.image_id, url)
+                return TaskResult(task.task_id, task.attempt, True)
+            try:
+                self._client().images.delete_locations(task.image_id, {url})
+            except Exception as exc:
+                if not glance.is_not_found(exc):
+                    raise glance.translate(exc, self.endpoint_name) from exc
+            LOG.info("image %s: removed location %s", task.image_id, url)
+        except GlanceSyncError as exc:
+            return TaskResult(task.task_id, task.attempt, False, str(exc), exc.retryable)
+        return TaskResult(task.task_id, task.attempt, True)
+
+    def _fetch(self, event: EventRow, wait_active: bool) -> FetchResult:
+        try:
+            image = self._get(event.image_id)
+            waited = 0.0
+            while (wait_active and image is not None and image.get("status") in ON_THE_WAY
+                   and waited < self.active_timeout and not self._stopping.is_set()):
+                self._stopping.wait(self.poll_interval)
+                waited += self.poll_interval
+                image = self._get(event.image_id)
+        except GlanceSyncError as exc:
+            return FetchResult(event.event_id, None, exc)
+        return FetchResult(event.event_id, image)

@@ -1,0 +1,310 @@
+"""The coordinator's poll loop: two ROUTER sockets, timers, and the journal behind them.
+
+``initialize(now)`` binds the sockets, ``loop(now)`` runs one iteration and
+``shutdown()`` closes everything; ``run()`` drives them with the wall clock (times
+are stored in the journal and must survive a restart).  One iteration:
+
+1. poll both sockets briefly and serve every frame that arrived: agents' session
+   messages on the agent socket, ``event`` and ``status_query`` on the client socket;
+2. apply what the glance thread pool finished (registrations, image fetches);
+3. mark silent agents offline, requeue tasks whose lease lapsed;
+4. plan journaled events that have no tasks yet (the image is fetched in the pool);
+5. hand tasks to agents with credits, and send heartbeats every interval.
+
+Every frame and every step is wrapped: bad input or a failing step is logged and the
+loop goes on.  No SQL here (journal.py) and no HTTP (registrar.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+from oslo_config import cfg
+
+from coordinator import planner, status
+from coordinator.agents import Agents, Session
+from coordinator.journal import EventRow, Journal
+from coordinator.registrar import FetchResult, Registrar, TaskResult
+from coordinator.tasks import TaskDesk
+from glancesync import protocol, transport
+from glancesync.exceptions import GlanceSyncError, ProtocolError
+from glancesync.liveness import retry_delay
+from glancesync.storemap import StoreMap
+
+LOG = logging.getLogger(__name__)
+POLL_SECONDS = 0.1
+# Message types an agent may send; anything else on the agent socket is refused.
+AGENT_TYPES = frozenset({"hello", "ready", "ack", "progress", "done", "failed", "heartbeat", "bye"})
+
+
+def peer_name(routing_id: bytes) -> str:
+    return routing_id.hex()[:16] or "?"
+
+
+class Service:
+    """The coordinator service; ``context`` may be shared with tests."""
+
+    def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
+                 context: zmq.Context | None = None) -> None:
+        self.conf = conf
+        self.storemap = storemap
+        self.journal = journal
+        self.registrar = registrar
+        self.context = context or zmq.Context.instance()
+        c = conf.coordinator
+        self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout)
+        self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy)
+        self.started_at = time.time()
+        self.agent_sock: zmq.Socket | None = None
+        self.client_sock: zmq.Socket | None = None
+        self.auth: Any = None
+        self.poller = zmq.Poller()
+        self._last_heartbeat = 0.0
+        self._fetching: set[str] = set()
+        self._event_retry: dict[str, tuple[int, float]] = {}
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def initialize(self, now: float) -> None:
+        c = self.conf.coordinator
+        self.started_at = now
+        self.auth = transport.start_server_auth(self.context, self.conf)
+        self.agent_sock = transport.bind_server(self.context, zmq.ROUTER, c.bind_host, c.agent_port, self.conf)
+        self.client_sock = transport.bind_server(
+            self.context, zmq.ROUTER, c.bind_host, self.conf.sync_server_port, self.conf)
+        self.poller.register(self.agent_sock, zmq.POLLIN)
+        self.poller.register(self.client_sock, zmq.POLLIN)
+        for task in self.journal.registering():
+            LOG.info("task %s of %s: redoing its registration", task.task_id, task.image_id)
+            self.tasks.register(task)
+        LOG.info("coordinator listening: agents on %s:%d, events and status on %s:%d",
+                 c.bind_host, c.agent_port, c.bind_host, self.conf.sync_server_port)
+
+    def shutdown(self) -> None:
+        self.registrar.shutdown()
+        for sock in (self.agent_sock, self.client_sock):
+            if sock is not None:
+                sock.close(linger=0)
+        self.agent_sock = self.client_sock = None
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            self.initialize(time.time())
+            while not stop.is_set():
+                self.loop(time.time())
+        finally:
+            self.shutdown()
+
+    # -- one iteration ---------------------------------------------------------------
+
+    def loop(self, now: float, poll_seconds: float = POLL_SECONDS) -> None:
+        try:
+            ready = dict(self.poller.poll(int(poll_seconds * 1000)))
+        except zmq.ZMQError as exc:
+            LOG.error("poll failed: %s", exc)
+            ready = {}
+        for sock, handler in ((self.agent_sock, self._agent_frame), (self.client_sock, self._client_frame)):
+            if sock in ready:
+                self._drain(sock, handler, now)
+        for step in (self._apply_results, self._housekeeping, self._plan_events, self._dispatch,
+                     self._heartbeats):
+            try:
+                step(now)
+            except Exception:  # one failing step must not stop the others or the loop
+                LOG.exception("coordinator step %s failed; continuing", step.__name__)
+
+    def _drain(self, sock: zmq.Socket, handler: Any, now: float) -> None:
+        # A bounded batch per iteration, so a flood on one socket cannot starve the timers.
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                LOG.error("receive failed: %s", exc)
+                return
+            try:
+                handler(frames, now)
+            except Exception:
+                LOG.exception("frame from %s could not be handled", peer_name(frames[0]))
+
+    def _send(self, sock: zmq.Socket | None, envelope: list[bytes], payload: bytes) -> None:
+        if sock is None:
+            return
+        try:
+            sock.send_multipart([*envelope, payload], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            LOG.warning("cannot send to %s: %s", peer_name(envelope[0]), exc)
+
+    # -- agent socket ------------------------------------------------------------------
+
+    def send_agent(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> None:
+        self._send(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
+
+    def _agent_frame(self, frames: list[bytes], now: float) -> None:
+        if len(frames) < 2:
+            LOG.warning("agent peer %s: frame without payload dropped", peer_name(frames[0]))
+            return
+        routing_id, payload = frames[0], frames[-1]
+        try:
+            msg = protocol.decode(payload)
+            if msg.type not in AGENT_TYPES:
+                raise ProtocolError(code="unexpected", detail=f"{msg.type} is not an agent message")
+        except ProtocolError as exc:
+            LOG.warning("agent peer %s: refused frame: %s", peer_name(routing_id), exc)
+            self._send(self.agent_sock, [routing_id], protocol.error_reply(exc))
+            return
+        if msg.type == "hello":
+            session = self.agents.hello(routing_id, msg.body, now)
+            c = self.conf.coordinator
+            self.send_agent(routing_id, "welcome",
+                            {"heartbeat_interval": c.heartbeat_interval, "lease_timeout": c.lease_timeout})
+            return
+        session = self.agents.get(routing_id)
+        if session is None:
+            LOG.info("agent peer %s: %s without a session; asking it to say hello", peer_name(routing_id),
+                     msg.type)
+            self.send_agent(routing_id, "disconnect", {"reason": "unknown session; send hello"})
+            return
+        self.agents.heard(session, now)
+        self._agent_message(session, msg, now)
+
+    def _agent_message(self, session: Session, msg: protocol.Message, now: float) -> None:
+        body = msg.body
+        if msg.type == "ready":
+            self.agents.ready(session, body["credits"])
+        elif msg.type == "ack":
+            self.tasks.ack(session, body, now)
+        elif msg.type == "progress":
+            self.tasks.progress(session, body, now)
+        elif msg.type == "done":
+            self.tasks.done(session, body, now)
+        elif msg.type == "failed":
+            self.tasks.failed(session, body, now)
+        elif msg.type == "bye":
+            LOG.info("agent %s of region %s said bye: %s", session.agent_id, session.region, body["reason"])
+            session.online = False
+            session.credits = 0
+
+    # -- client socket --------------------------------------------------------------------
+
+    def _client_frame(self, frames: list[bytes], now: float) -> None:
+        envelope, payload = frames[:-1], frames[-1]
+        if not envelope:
+            return
+        ref = None
+        try:
+            msg = protocol.decode(payload)
+            ref = msg.id
+            if msg.type == "event":
+                reply = self._event(msg.body, now)
+            elif msg.type == "status_query":
+                reply = self._status(msg.body)
+            else:
+                raise ProtocolError(code="unexpected", detail=f"{msg.type} is not served on this socket")
+        except ProtocolError as exc:
+            LOG.warning("client peer %s: refused frame: %s", peer_name(envelope[0]), exc)
+            reply = protocol.error_reply(exc, ref)
+        except GlanceSyncError as exc:
+            LOG.error("client peer %s: cannot serve: %s", peer_name(envelope[0]), exc)
+            reply = protocol.encode("error", {"code": "unavailable", "reason": str(exc), "ref": ref})
+        self._send(self.client_sock, envelope, reply)
+
+    def _event(self, body: dict[str, Any], now: float) -> bytes:
+        # Durable first, ack second: the sender forgets the event once acked.
+        fresh = self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now)
+        if fresh:
+            LOG.info("event %s: %s of image %s", body["event_id"], body["kind"], body["image_id"])
+        else:
+            LOG.info("event %s: duplicate, acked again", body["event_id"])
+        return protocol.encode("event_ack", {"event_id": body["event_id"]})
+
+    def _status(self, body: dict[str, Any]) -> bytes:
+        if body["view"] == "image" and not body.get("image_id"):
+            raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
+        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body)
+        return protocol.encode("status_reply", {"view": body["view"], "data": data})
+
+    # -- timers and queues ------------------------------------------------------------------
+
+    def _retry_policy(self, retryable: bool, now: float) -> Any:
+        c, retries_max = self.conf.coordinator, self.conf.task_retry_times
+
+        def retry_at(retries: int) -> float | None:
+            if not retryable or retries >= retries_max:
+                return None
+            return now + retry_delay(retries + 1, c.retry_backoff, c.max_retry_backoff)
+
+        return retry_at
+
+    def _apply_results(self, now: float) -> None:
+        for result in self.registrar.results():
+            if isinstance(result, TaskResult):
+                self.tasks.registered(result, now)
+            elif isinstance(result, FetchResult):
+                self._fetched(result, now)
+
+    def _housekeeping(self, now: float) -> None:
+        self.agents.expire(now)
+        self.tasks.requeue_lapsed(now)
+
+    def _dispatch(self, now: float) -> None:
+        for session in self.agents.online():
+            if session.credits > 0:
+                self.tasks.dispatch(session, now, self.send_agent)
+
+    def _heartbeats(self, now: float) -> None:
+        if now - self._last_heartbeat < self.conf.coordinator.heartbeat_interval:
+            return
+        self._last_heartbeat = now
+        for session in self.agents.online():
+            self.send_agent(session.routing_id, "heartbeat", {})
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _plan_events(self, now: float) -> None:
+        for event in self.journal.unplanned_events():
+            if event.event_id in self._fetching or self._event_retry.get(event.event_id, (0, 0.0))[1] > now:
+                continue
+            if event.kind == "deleted":
+                self._plan(event, event.body.get("image"), now)
+                continue
+            self._fetching.add(event.event_id)
+            self.registrar.fetch(event, wait_active=event.kind == "imported")
+
+    def _fetched(self, result: FetchResult, now: float) -> None:
+        self._fetching.discard(result.event_id)
+        events = {e.event_id: e for e in self.journal.unplanned_events()}
+        event = events.get(result.event_id)
+        if event is None:
+            return
+        if result.error is not None and result.error.retryable:
+            tries = self._event_retry.get(event.event_id, (0, 0.0))[0] + 1
+            c = self.conf.coordinator
+            delay = retry_delay(tries, max(c.retry_backoff, 1.0), max(c.max_retry_backoff, 1.0))
+            self._event_retry[event.event_id] = (tries, now + delay)
+            LOG.warning("event %s: cannot fetch image %s (%s); retry in %.0f s",
+                        event.event_id, event.image_id, result.error, delay)
+            return
+        self._event_retry.pop(event.event_id, None)
+        if result.error is not None:
+            LOG.error("event %s: image %s cannot be fetched: %s; no tasks", event.event_id,
+                      event.image_id, result.error)
+            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=str(result.error))
+            return
+        self._plan(event, result.image, now)
+
+    def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float) -> None:
+        existing = self.journal.region_records(event.image_id)
+        plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
+                            self.conf.sync_strategy, existing, self.storemap.source_path)
+        created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now)
+        LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
+                 len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))

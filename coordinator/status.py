@@ -1,0 +1,51 @@
+"""The data of ``status_reply``: a summary of every region, or the view of one image.
+
+The shapes are a contract with glancesync.status (the status tool)::
+
+    summary: {"coordinator": {"version", "started_at"},
+              "regions": {region: {"queued", "in_flight", "synced", "failed",
+                                   "agents": [{"agent_id", "online", "last_heartbeat",
+                                               "capacity", "credits", "tasks"}]}}}
+    image:   {"image_id", "known", "regions": {region: {"state", "task_kind", "task_id",
+              "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
+              "updated_at", "synced_at"}}}
+
+Regions are those of glance_store.yaml plus any region an agent announced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from coordinator.agents import Agents
+from coordinator.journal import Journal
+from glancesync import __version__
+
+_EMPTY_COUNTS = {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0}
+
+
+def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float) -> dict[str, Any]:
+    counts = journal.region_counts()
+    sessions = agents.by_region()
+    names = list(regions)
+    names += sorted(name for name in sessions if name not in names)
+    data: dict[str, Any] = {}
+    for name in names:
+        entry: dict[str, Any] = dict(counts.get(name, _EMPTY_COUNTS))
+        entry["agents"] = [s.status() for s in sorted(sessions.get(name, []), key=lambda s: s.agent_id)]
+        data[name] = entry
+    return {"coordinator": {"version": __version__, "started_at": started_at}, "regions": data}
+
+
+def image(journal: Journal, image_id: str) -> dict[str, Any]:
+    known, regions = journal.image_view(image_id)
+    return {"image_id": image_id, "known": known, "regions": regions}
+
+
+def build(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
+          body: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` of the reply to a ``status_query`` body."""
+    if body.get("view") == "image" and body.get("image_id"):
+        return image(journal, body["image_id"])
+    return summary(journal, agents, regions, started_at)

@@ -1,0 +1,158 @@
+"""The task desk: hands tasks to agents and applies what agents and the glance pool report.
+
+Every report names a task and an attempt; the journal accepts it only while that
+attempt is current (compare-and-set), so a late ``done`` of an attempt whose lease
+lapsed, or a duplicate report, raises ``StaleAttempt`` and is dropped with a log line.
+
+Lifecycle of a handed-out task::
+
+    pending --task--> assigned --ack--> transferring --done--> registering --(pool)--> synced
+                                     \\--failed / lease lapsed--> pending (retry) | failed
+
+Update tasks are synced at ``done``; delete tasks finish (deleted) once the pool has
+removed the region's location from the cascading image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from coordinator.agents import Agents, Session
+from coordinator.journal import Journal, TaskRow
+from coordinator.registrar import Registrar, TaskResult
+from glancesync.exceptions import ProtocolError, StaleAttempt
+from glancesync.states import SyncState
+
+LOG = logging.getLogger(__name__)
+# (retryable, now) -> retry_at(retries) for Journal.fail
+RetryPolicy = Callable[[bool, float], Callable[[int], float | None]]
+Send = Callable[[bytes, str, dict[str, Any]], None]
+
+
+class TaskDesk:
+    def __init__(self, journal: Journal, agents: Agents, registrar: Registrar, retry_policy: RetryPolicy) -> None:
+        self.journal = journal
+        self.agents = agents
+        self.registrar = registrar
+        self.retry_policy = retry_policy
+
+    def _stale(self, what: str, body: dict[str, Any], session: Session | None = None) -> None:
+        who = f" from agent {session.agent_id}" if session else ""
+        LOG.info("ignored %s%s for task %s attempt %s: not the current attempt",
+                 what, who, body.get("task_id"), body.get("attempt"))
+
+    # -- hand-out -----------------------------------------------------------------------
+
+    def dispatch(self, session: Session, now: float, send: Send) -> int:
+        """Give ``session`` up to its credits of due tasks of its region; returns how many."""
+        given = 0
+        for pending in self.journal.dispatchable(session.region, now, limit=session.credits):
+            try:
+                task = self.journal.assign(pending.task_id, session.agent_id, now,
+                                           now + self.agents.lease_timeout)
+            except StaleAttempt:
+                continue
+            body = {"task_id": task.task_id, "attempt": task.attempt, "kind": task.kind,
+                    "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
+                    "source": task.payload.get("source")}
+            try:
+                send(session.routing_id, "task", body)
+            except ProtocolError as exc:
+                LOG.error("task %s cannot be sent: %s", task.task_id, exc)
+                self.journal.fail(task.task_id, task.attempt, f"task cannot be sent: {exc}", now,
+                                  lambda _retries: None)
+                continue
+            self.agents.took(session, task.task_id)
+            given += 1
+            LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s", task.task_id, task.kind,
+                     task.image_id, task.region, task.attempt, session.agent_id)
+        return given
+
+    # -- agent reports -------------------------------------------------------------------
+
+    def _owned(self, session: Session, body: dict[str, Any]) -> bool:
+        task = self.journal.task(body["task_id"])
+        if task is None or task.agent_id != session.agent_id or task.attempt != body["attempt"]:
+            return False
+        return True
+
+    def ack(self, session: Session, body: dict[str, Any], now: float) -> None:
+        try:
+            if not self._owned(session, body):
+                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
+            self.journal.ack(body["task_id"], body["attempt"], now)
+        except StaleAttempt:
+            self._stale("ack", body, session)
+
+    def progress(self, session: Session, body: dict[str, Any], now: float) -> None:
+        try:
+            if not self._owned(session, body):
+                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
+            self.journal.progress(body["task_id"], body["attempt"], body["bytes_done"], body["bytes_total"], now)
+        except StaleAttempt:
+            self._stale("progress", body, session)
+
+    def done(self, session: Session, body: dict[str, Any], now: float) -> None:
+        try:
+            if not self._owned(session, body):
+                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
+            task = self.journal.done(body["task_id"], body["attempt"], dict(body), now)
+        except StaleAttempt:
+            self._stale("done", body, session)
+            return
+        self.agents.released(task.task_id)
+        LOG.info("task %s (%s %s -> %s) done by agent %s", task.task_id, task.kind, task.image_id,
+                 task.region, session.agent_id)
+        if task.state == SyncState.REGISTERING:
+            self.register(task)
+
+    def failed(self, session: Session, body: dict[str, Any], now: float) -> None:
+        try:
+            if not self._owned(session, body):
+                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
+            self._fail(body["task_id"], body["attempt"], body["reason"], body["retryable"], now)
+        except StaleAttempt:
+            self._stale("failed", body, session)
+            return
+        self.agents.released(body["task_id"])
+
+    def _fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float) -> None:
+        state = self.journal.fail(task_id, attempt, reason, now, self.retry_policy(retryable, now))
+        if state == SyncState.FAILED:
+            LOG.error("task %s failed for good: %s", task_id, reason)
+        else:
+            LOG.warning("task %s attempt %d failed, will retry: %s", task_id, attempt, reason)
+
+    # -- the glance pool ------------------------------------------------------------------
+
+    def register(self, task: TaskRow) -> None:
+        """Verification and registration (copy) or location removal (delete), in the pool."""
+        if task.kind == "delete":
+            self.registrar.unregister(task)
+        else:
+            self.registrar.register(task)
+
+    def registered(self, result: TaskResult, now: float) -> None:
+        try:
+            if result.ok:
+                self.journal.finish(result.task_id, result.attempt, now, result.os_hash_value)
+                LOG.info("task %s complete", result.task_id)
+            else:
+                self._fail(result.task_id, result.attempt, result.reason, result.retryable, now)
+        except StaleAttempt:
+            LOG.info("registration result of task %s attempt %d ignored: no longer current",
+                     result.task_id, result.attempt)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def requeue_lapsed(self, now: float) -> None:
+        for task in self.journal.lapsed(now):
+            try:
+                self.journal.requeue(task.task_id, task.attempt, now, f"lease of agent {task.agent_id} lapsed")
+            except StaleAttempt:
+                continue
+            self.agents.released(task.task_id)
+            LOG.warning("task %s (%s -> %s): lease of agent %s lapsed, back in the queue",
+                        task.task_id, task.image_id, task.region, task.agent_id)
