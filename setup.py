@@ -29,6 +29,7 @@ setup(
         "alembic>=1.10",
         "tenacity>=8.0",
         "WebOb>=1.8",
+        "gunicorn>=21.2",
     ],
     entry_points={
         "console_scripts": [

@@ -1,0 +1,37 @@
+"""glance-sync-proxy: the standalone reverse proxy that emits image events.
+
+    glance-sync-proxy --config-file /etc/glance-sync/glance-sync.conf
+
+Listens on ``[proxy] listen_host:listen_port``, forwards to ``[proxy] upstream_url``
+and, with ``sync_enabled = True``, sends image events to the coordinator at
+``sync_server_host:sync_server_port`` through an on-disk outbox in ``[proxy] spool_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from glance_proxy.proxy import ProxyServer, make_app
+from glancesync import config
+from glancesync.transport import tcp_endpoint
+
+PROG = "glance-sync-proxy"
+# Two worker processes of 8 threads: the proxy only moves bytes, so a few
+# processes saturate a link; each worker has its own outbox (spool_dir/<pid>).
+WORKERS = 2
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    conf = config.load(argv, PROG)
+    if conf.sync_enabled:
+        try:
+            os.makedirs(conf.proxy.spool_dir, exist_ok=True)
+        except OSError as exc:
+            config.fail(PROG, f"[proxy] spool_dir {conf.proxy.spool_dir}: {exc.strerror}")
+    bind = tcp_endpoint(conf.proxy.listen_host, conf.proxy.listen_port).removeprefix("tcp://")
+    ProxyServer(make_app(conf), bind, workers=WORKERS).run()
+
+
+if __name__ == "__main__":
+    main()

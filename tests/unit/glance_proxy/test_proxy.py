@@ -1,0 +1,159 @@
+"""glance-sync-proxy as a real process (gunicorn) between a test client and a fake upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import urllib3
+
+from tests.unit.glance_proxy.conftest import free_port
+from tests.unit.glance_proxy.test_sender import Coordinator
+
+IMG = "1b2c3d4e-0000-4000-8000-000000000001"
+BIG = 8 * 1024 * 1024
+
+
+class Upstream(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[dict] = []
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _answer(self, status: int, body: bytes, extra: dict | None = None) -> None:
+        self.send_response(status)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_PUT(self):
+        body = self._body()
+        self.seen.append({"path": self.path, "headers": dict(self.headers), "sha": hashlib.sha256(body).hexdigest()})
+        self._answer(204, b"")
+
+    def do_POST(self):
+        self._body()
+        self.seen.append({"path": self.path, "headers": dict(self.headers)})
+        body = json.dumps({"id": IMG, "owner": "p1", "visibility": "private"}).encode()
+        self._answer(201, body, {"Content-Type": "application/json", "X-Upstream": "yes"})
+
+    def do_GET(self):
+        self.seen.append({"path": self.path, "headers": dict(self.headers)})
+        self._answer(200, b"z" * BIG, {"Content-Type": "application/octet-stream"})
+
+
+@pytest.fixture
+def upstream():
+    Upstream.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def proxy(tmp_path, upstream):
+    port, sync_port = free_port(), free_port()
+    conf = tmp_path / "proxy.conf"
+    conf.write_text(
+        f"[DEFAULT]\nsync_enabled = True\nsync_server_host = 127.0.0.1\nsync_server_port = {sync_port}\n"
+        f"[proxy]\nlisten_port = {port}\nupstream_url = http://127.0.0.1:{upstream.server_port}\n"
+        f"spool_dir = {tmp_path / 'spool'}\n"
+    )
+    log = open(tmp_path / "proxy.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "glance_proxy.cmd", "--config-file", str(conf)], stdout=log, stderr=log,
+        cwd=Path(__file__).parents[3],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(url + "/versions", timeout=1).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError((tmp_path / "proxy.log").read_text()) from None
+            time.sleep(0.2)
+    yield url, sync_port
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def test_get_streams_large_body_identically(proxy):
+    url, _ = proxy
+    resp = urllib3.request("GET", f"{url}/v2/images/{IMG}/file?x=1", preload_content=False)
+    got = hashlib.sha256()
+    for chunk in resp.stream(65536):
+        got.update(chunk)
+    assert resp.status == 200
+    assert got.hexdigest() == hashlib.sha256(b"z" * BIG).hexdigest()
+    assert Upstream.seen[-1]["path"] == f"/v2/images/{IMG}/file?x=1"
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_upload_body_reaches_upstream_intact(proxy, chunked):
+    url, _ = proxy
+    data = bytes(range(256)) * 20000
+    body = (data[i : i + 100_000] for i in range(0, len(data), 100_000)) if chunked else data
+    resp = urllib3.PoolManager().urlopen(
+        "PUT", f"{url}/v2/images/{IMG}/file", body=body, chunked=chunked,
+        headers={"Content-Type": "application/octet-stream", "Connection": "keep-alive", "X-Custom": "kept"},
+    )  # fmt: skip
+    assert resp.status == 204
+    seen = Upstream.seen[-1]
+    assert seen["sha"] == hashlib.sha256(data).hexdigest()
+    assert seen["headers"]["X-Custom"] == "kept"
+    assert seen["headers"].get("X-Forwarded-Proto") == "http"
+
+
+def test_create_through_proxy_makes_event(proxy):
+    url, sync_port = proxy
+    coord = Coordinator(sync_port)
+    try:
+        resp = urllib3.request("POST", f"{url}/v2/images", body=b"{}", headers={"X-User-Id": "u9"})
+        assert resp.status == 201
+        assert resp.headers["X-Upstream"] == "yes"
+        assert json.loads(resp.data)["id"] == IMG
+        ident, msg = coord.recv(timeout=10)
+        assert (msg.body["kind"], msg.body["image_id"]) == ("created", IMG)
+        assert msg.body["context"]["user_id"] == "u9"
+        coord.ack(ident, msg)
+    finally:
+        coord.close()
+
+
+def test_unreachable_upstream_is_502(tmp_path):
+    from glance_proxy.proxy import Forwarder
+
+    app = Forwarder(f"http://127.0.0.1:{free_port()}")
+    statuses = []
+    body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/v2/images"}, lambda s, h: statuses.append(s))
+    assert statuses == ["502 Bad Gateway"] and b"".join(body) == b"upstream unavailable"
