@@ -32,12 +32,27 @@ def load(argv: Sequence[str] | None, prog: str, setup_logging: bool = True) -> c
             version=__version__,
             default_config_files=[],
         )
+        check_values(conf)
     except (cfg.Error, ValueError) as exc:
         sys.stderr.write(f"{prog}: configuration error: {exc}\n")
         raise SystemExit(2) from None
     if setup_logging:
         logging.setup(conf, PROJECT)
     return conf
+
+
+def check_values(conf: cfg.ConfigOpts) -> None:
+    """Read every registered option once, so a bad value in a file fails now.
+
+    oslo.config converts file values lazily, on first access: without this, a
+    typo such as ``sync_server_port = abc`` would surface as a traceback deep in
+    a running service instead of one line at start.  Raises cfg.Error.
+    """
+    for name in conf:
+        value = conf[name]
+        if isinstance(value, cfg.ConfigOpts.GroupAttr):
+            for opt_name in value:
+                value[opt_name]
 
 
 def fail(prog: str, message: str, code: int = 1) -> None:

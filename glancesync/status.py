@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import zmq
 from oslo_config import cfg
 
-from glancesync import __version__, opts, protocol, status_render, transport
+from glancesync import __version__, config, opts, protocol, status_render, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.states import SyncState
 
@@ -86,6 +86,7 @@ def load_conf(argv: Sequence[str]) -> cfg.ConfigOpts:
     defaults = [DEFAULT_CONFIG_FILE] if os.path.isfile(DEFAULT_CONFIG_FILE) else []
     try:
         conf(list(argv), project="glance-sync", prog=PROG, version=__version__, default_config_files=defaults)
+        config.check_values(conf)
     except (cfg.Error, ValueError) as exc:
         raise StatusFailure(f"configuration error: {exc}") from None
     return conf

@@ -326,3 +326,12 @@ def test_missing_curve_key_is_one_line(tmp_path: Any, capsys: pytest.CaptureFixt
     assert status.main(["--config-file", str(conf_file), "--port", str(closed_port())]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none.key_secret" in err
+
+
+def test_bad_value_in_config_file_is_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    conf_file = tmp_path / "glance-sync.conf"
+    conf_file.write_text("[DEFAULT]\nsync_server_port = abc\n")
+    assert status.main(["--config-file", str(conf_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("glance-sync-status: configuration error:") and err.count("\n") == 1
+    assert "sync_server_port" in err
