@@ -1,0 +1,124 @@
+"""Fixtures for the coordinator's unit tests: a migrated SQLite journal, a config, a fake glance."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from coordinator import manage
+from coordinator.journal import Journal
+from glancesync import config, storemap
+
+REGIONS = ("RegionOne", "RegionTwo")
+IMAGE_ID = "11111111-2222-3333-4444-555555555555"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def image_record(image_id: str = IMAGE_ID, store_dir: str = "/srv/store", **extra: Any) -> dict[str, Any]:
+    record = {
+        "id": image_id, "name": "cirros", "status": "active", "size": 1024, "checksum": "c" * 32,
+        "os_hash_algo": "sha512", "os_hash_value": "h" * 128, "disk_format": "raw",
+        "container_format": "bare", "visibility": "public",
+        "locations": [{"url": f"file://{store_dir}/{image_id}", "metadata": {}}],
+    }
+    record.update(extra)
+    return record
+
+
+class FakeImages:
+    """The part of glanceclient's images API the registrar uses, with calls recorded."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.added: list[tuple[str, str, dict[str, Any]]] = []
+        self.removed: list[tuple[str, set[str]]] = []
+        self.gets: list[str] = []
+
+    def get(self, image_id: str) -> dict[str, Any]:
+        from glanceclient import exc
+
+        self.gets.append(image_id)
+        if image_id not in self.records:
+            raise exc.HTTPNotFound("no such image")
+        return dict(self.records[image_id])
+
+    def add_location(self, image_id: str, url: str, metadata: dict[str, Any]) -> None:
+        self.added.append((image_id, url, metadata))
+        self.records[image_id]["locations"].append({"url": url, "metadata": metadata})
+
+    def delete_locations(self, image_id: str, urls: set[str]) -> None:
+        self.removed.append((image_id, urls))
+        locs = self.records[image_id]["locations"]
+        self.records[image_id]["locations"] = [loc for loc in locs if loc["url"] not in urls]
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.images = FakeImages()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'journal.sqlite'}"
+    manage.db_sync(url)
+    return url
+
+
+@pytest.fixture
+def journal(db_url: str):
+    j = Journal(db_url)
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def store_yaml(tmp_path: Path) -> Path:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    data = {
+        "cascading": {"store": {"host": "127.0.0.1", "user": "glance", "private_key_file": "/k",
+                                "known_hosts_file": "/kh", "store_dir": str(store_dir)}},
+        "regions": {name: {"glance": {"url": "http://127.0.0.1:1"}, "work_dir": str(tmp_path)}
+                    for name in REGIONS},
+    }
+    path = tmp_path / "glance_store.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def stores(store_yaml: Path) -> storemap.StoreMap:
+    return storemap.load(str(store_yaml))
+
+
+def make_conf(tmp_path: Path, db_url: str, store_yaml: Path, **sections: dict[str, Any]):
+    values: dict[str, dict[str, Any]] = {
+        "DEFAULT": {"sync_server_port": free_port(), "glance_store_config": store_yaml,
+                    "cascading_endpoint_url": "http://127.0.0.1:1", "task_retry_times": 2},
+        "coordinator": {"agent_port": free_port(), "heartbeat_interval": 1.0, "lease_timeout": 10.0,
+                        "retry_backoff": 5.0, "max_retry_backoff": 60.0, "glance_workers": 2},
+        "database": {"connection": db_url},
+    }
+    for name, extra in sections.items():
+        values.setdefault(name, {}).update(extra)
+    lines = []
+    for name, opts in values.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {v}" for k, v in opts.items()]
+    path = tmp_path / "coordinator.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return config.load(["--config-file", str(path)], "test-coordinator", setup_logging=False)
+
+
+@pytest.fixture
+def conf(tmp_path: Path, db_url: str, store_yaml: Path):
+    return make_conf(tmp_path, db_url, store_yaml)

@@ -1,0 +1,140 @@
+"""The registrar: verification before registration, idempotent location add, endpoint building."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from coordinator.journal import EventRow, TaskRow
+from coordinator.registrar import FetchResult, Registrar, TaskResult, cascading_endpoint
+from glancesync import protocol
+from glancesync.states import SyncState
+
+from .conftest import IMAGE_ID, FakeClient, image_record
+
+
+def task(kind: str = "copy", report=None) -> TaskRow:
+    return TaskRow(task_id="t1", seq=1, image_id=IMAGE_ID, region="RegionOne", kind=kind,
+                   state=SyncState.REGISTERING, attempt=3, agent_id="a", lease_expires=None,
+                   not_before=0.0, retries=0, bytes_done=0, bytes_total=0, last_error=None,
+                   payload={}, report=report)
+
+
+def good_report() -> dict:
+    image = image_record()
+    return {k: image[k] for k in ("size", "checksum", "os_hash_value")}
+
+
+@pytest.fixture
+def client():
+    fake = FakeClient()
+    fake.images.records[IMAGE_ID] = image_record()
+    return fake
+
+
+@pytest.fixture
+def registrar(client):
+    reg = Registrar(lambda: client, 2, "http://cascading", poll_interval=0.01, active_timeout=0.2)
+    yield reg
+    reg.shutdown()
+
+
+def wait_result(registrar: Registrar) -> TaskResult | FetchResult:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        results = registrar.results()
+        if results:
+            return results[0]
+        time.sleep(0.01)
+    raise AssertionError("no result")
+
+
+def test_verified_copy_is_registered_with_region_metadata(registrar, client) -> None:
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert result.ok and (result.task_id, result.attempt) == ("t1", 3)
+    assert client.images.added == [(IMAGE_ID, protocol.cascaded_url("RegionOne", IMAGE_ID), {"region": "RegionOne"})]
+
+
+@pytest.mark.parametrize("key", ["size", "checksum", "os_hash_value"])
+def test_mismatch_is_never_registered(registrar, client, key) -> None:
+    report = good_report()
+    report[key] = 1 if key == "size" else "bad"
+    registrar.register(task(report=report))
+    result = wait_result(registrar)
+    assert not result.ok and result.retryable and key in result.reason
+    assert client.images.added == []
+
+
+def test_missing_report_is_never_registered(registrar, client) -> None:
+    registrar.register(task(report={}))
+    assert not wait_result(registrar).ok
+    assert client.images.added == []
+
+
+def test_registration_is_idempotent(registrar, client) -> None:
+    url = protocol.cascaded_url("RegionOne", IMAGE_ID)
+    client.images.records[IMAGE_ID]["locations"].append({"url": url, "metadata": {"region": "RegionOne"}})
+    registrar.register(task(report=good_report()))
+    assert wait_result(registrar).ok
+    assert client.images.added == []
+
+
+def test_already_exists_from_glance_counts_as_done(registrar, client) -> None:
+    from glanceclient import exc
+
+    def refuse(*_args):
+        raise exc.HTTPBadRequest("Location already exists")
+
+    client.images.add_location = refuse
+    registrar.register(task(report=good_report()))
+    assert wait_result(registrar).ok
+
+
+def test_deleted_cascading_image_fails_for_good(registrar, client) -> None:
+    client.images.records.clear()
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert not result.ok and not result.retryable
+
+
+def test_unregister_keeps_the_last_location(registrar, client) -> None:
+    url = protocol.cascaded_url("RegionOne", IMAGE_ID)
+    client.images.records[IMAGE_ID]["locations"] = [{"url": url, "metadata": {}}]
+    registrar.unregister(task("delete"))
+    assert wait_result(registrar).ok and client.images.removed == []
+    client.images.records[IMAGE_ID]["locations"].insert(0, {"url": "file:///s/x", "metadata": {}})
+    registrar.unregister(task("delete"))
+    assert wait_result(registrar).ok and client.images.removed == [(IMAGE_ID, {url})]
+
+
+def test_fetch_waits_for_an_import_to_become_active(registrar, client) -> None:
+    client.images.records[IMAGE_ID]["status"] = "importing"
+    event = EventRow("e1", "imported", IMAGE_ID, {}, 0.0)
+    registrar.fetch(event, wait_active=True)
+    time.sleep(0.05)
+    client.images.records[IMAGE_ID]["status"] = "active"
+    result = wait_result(registrar)
+    assert result.image["status"] == "active" and len(client.images.gets) >= 2
+
+
+def test_fetch_of_a_missing_image_is_none(registrar, client) -> None:
+    client.images.records.clear()
+    registrar.fetch(EventRow("e1", "updated", IMAGE_ID, {}, 0.0), wait_active=False)
+    result = wait_result(registrar)
+    assert result.image is None and result.error is None
+
+
+def test_cascading_endpoint_carries_the_loop_guard_header(conf, stores) -> None:
+    endpoint = cascading_endpoint(conf, stores)
+    assert endpoint.url == "http://127.0.0.1:1"
+    assert endpoint.headers[protocol.INTERNAL_REQUEST_HEADER] == "1"
+    assert endpoint.auth["auth_type"] == "none"
+
+
+def test_every_session_request_sends_the_loop_guard_header(conf, stores) -> None:
+    from glancesync import glance
+
+    session = glance.make_session(cascading_endpoint(conf, stores))
+    assert session.additional_headers[protocol.INTERNAL_REQUEST_HEADER] == "1"
