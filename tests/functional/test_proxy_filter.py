@@ -1,0 +1,138 @@
+"""The paste filter and the cascaded:// driver inside a real glance-api 33 (tests/harness).
+
+One regional glance (plain) and one cascading glance with our filter and driver,
+both real gunicorn processes on 127.0.0.1; the test plays the coordinator's event
+socket with a zmq ROUTER.  Checks: every image change makes the right event, the
+loop-guard header makes none, a regional ``cascaded://`` location is accepted
+(get_size), the image is served through the driver once its file location is gone
+(get), and deleting the cascading image returns at once (delete).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+
+import pytest
+import yaml
+from keystoneauth1 import noauth, session
+
+from glancesync import protocol
+from tests.harness import IDENTITY_HEADERS, GlanceServer, free_port
+from tests.unit.glance_proxy.test_sender import Coordinator
+
+DATA = os.urandom(3 * 1024 * 1024 + 17)
+IMG = "5d9c0c1e-7a52-4b4e-9d1a-0c2f3e4a5b60"
+
+
+@pytest.fixture(scope="module")
+def glances(tmp_path_factory):
+    base = tmp_path_factory.mktemp("proxyfilter")
+    region = GlanceServer("RegionA", base / "RegionA", template_dir=base / "template").start()
+    store_yaml = base / "glance_store.yaml"
+    store_yaml.write_text(yaml.safe_dump({
+        "cascading": {"store": {"host": "127.0.0.1", "user": "x", "private_key_file": "/k",
+                                "known_hosts_file": "/kh", "store_dir": "/srv"}},
+        "regions": {"RegionA": {"glance": {"url": region.url, "headers": dict(IDENTITY_HEADERS)},
+                                "work_dir": str(base / "work")}},
+    }))  # fmt: skip
+    sync_port = free_port()
+    cascading = GlanceServer(
+        "cascading", base / "cascading", template_dir=base / "template", sync_filter=True,
+        sync_server_port=sync_port, cascaded_store=True, store_config=store_yaml,
+    ).start()  # fmt: skip
+    coord = Coordinator(sync_port)
+    try:
+        yield region, cascading, coord
+    finally:
+        coord.close()
+        cascading.stop()
+        region.stop()
+
+
+def next_event(coord: Coordinator, timeout: float = 15.0) -> dict:
+    ident, msg = coord.recv(timeout)
+    coord.ack(ident, msg)
+    return msg.body
+
+
+def no_event(coord: Coordinator, wait: float = 1.5) -> None:
+    assert not coord.sock.poll(int(wait * 1000)), "an event was sent"
+
+
+def test_events_locations_and_download_through_driver(glances):
+    region, cascading, coord = glances
+    client = cascading.client()
+
+    client.images.create(id=IMG, name="cirros", disk_format="raw", container_format="bare")
+    created = next_event(coord)
+    assert (created["kind"], created["image_id"]) == ("created", IMG)
+    assert created["image"]["name"] == "cirros"
+    assert created["context"]["roles"] == IDENTITY_HEADERS["X-Roles"].split(",")
+
+    client.images.upload(IMG, io.BytesIO(DATA))  # sent chunked by glanceclient
+    assert next_event(coord)["kind"] == "uploaded"
+    assert client.images.get(IMG)["status"] == "active"
+
+    client.images.update(IMG, name="cirros-2", hw_disk_bus="scsi")
+    updated = next_event(coord)
+    assert updated["kind"] == "updated"
+    assert sorted(updated["changes"]) == ["hw_disk_bus", "name"]
+    assert updated["image"]["name"] == "cirros-2"
+
+    client.image_tags.update(IMG, "gold")
+    assert next_event(coord)["kind"] == "tags_changed"
+
+    # The regional copy (what an agent would upload), then the coordinator's own
+    # location registration: carries the loop-guard header, so no event.
+    rclient = region.client()
+    rclient.images.create(id=IMG, name="cirros", disk_format="raw", container_format="bare")
+    rclient.images.upload(IMG, io.BytesIO(DATA))
+    internal = session.Session(
+        auth=noauth.NoAuth(endpoint=cascading.url),
+        additional_headers={**IDENTITY_HEADERS, protocol.INTERNAL_REQUEST_HEADER: "1"},
+    )
+    patch = [{"op": "add", "path": "/locations/-",
+              "value": {"url": protocol.cascaded_url("RegionA", IMG), "metadata": {"region": "RegionA"}}}]  # fmt: skip
+    resp = internal.patch(
+        f"{cascading.url}/v2/images/{IMG}", json=patch,
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"}, raise_exc=False,
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text + cascading.log_tail()
+    no_event(coord)
+    urls = [loc["url"] for loc in client.images.get(IMG)["locations"]]
+    assert protocol.cascaded_url("RegionA", IMG) in urls
+
+    # Drop the file location: from now on glance reads the image through our driver.
+    file_index = next(i for i, u in enumerate(urls) if u.startswith("file://"))
+    resp = cascading.session().patch(
+        f"{cascading.url}/v2/images/{IMG}", json=[{"op": "remove", "path": f"/locations/{file_index}"}],
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"}, raise_exc=False,
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text + cascading.log_tail()
+    assert next_event(coord)["kind"] == "locations_changed"
+    body = b"".join(client.images.data(IMG))
+    assert hashlib.sha256(body).digest() == hashlib.sha256(DATA).digest()
+
+    client.images.deactivate(IMG)
+    assert next_event(coord)["kind"] == "deactivated"
+    client.images.reactivate(IMG)
+    assert next_event(coord)["kind"] == "reactivated"
+
+    start = time.monotonic()
+    client.images.delete(IMG)
+    assert time.monotonic() - start < 5
+    assert next_event(coord)["kind"] == "deleted"
+    # The driver's delete() left the regional copy alone (the coordinator's job).
+    assert rclient.images.get(IMG)["status"] == "active"
+
+
+def test_failed_requests_and_reads_make_no_event(glances):
+    _, cascading, coord = glances
+    client = cascading.client()
+    list(client.images.list())
+    resp = cascading.session().delete(f"{cascading.url}/v2/images/{'0' * 32}", raise_exc=False)
+    assert resp.status_code == 404
+    no_event(coord)
