@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from tests.functional.services import SyncServices
 
 # One-line switches for the cascading glance: our paste filter and our store driver
-# (also GLANCESYNC_TEST_SYNC_FILTER=1 / GLANCESYNC_TEST_CASCADED_STORE=1 in the environment).
-SYNC_FILTER = os.environ.get("GLANCESYNC_TEST_SYNC_FILTER", "0") == "1"
-CASCADED_STORE = os.environ.get("GLANCESYNC_TEST_CASCADED_STORE", "0") == "1"
+# Both on by default; GLANCESYNC_TEST_SYNC_FILTER=0 / GLANCESYNC_TEST_CASCADED_STORE=0 turn them off.
+SYNC_FILTER = os.environ.get("GLANCESYNC_TEST_SYNC_FILTER", "1") == "1"
+CASCADED_STORE = os.environ.get("GLANCESYNC_TEST_CASCADED_STORE", "1") == "1"
 REGIONS = 2
 
 _HERE = Path(__file__).parent
