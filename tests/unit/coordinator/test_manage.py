@@ -1,0 +1,49 @@
+"""glance-sync-manage and the coordinator's refusal to start on an old schema."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from coordinator import cmd, manage
+
+from .conftest import make_conf
+
+
+def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    current, head = manage.schema_revisions(url)
+    assert current is None and head == "0001"
+    manage.db_sync(url)
+    manage.db_sync(url)  # twice is fine
+    assert manage.schema_revisions(url) == ("0001", "0001")
+
+
+def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    conf_file = tmp_path / "c.conf"
+    conf_file.write_text(f"[database]\nconnection = {url}\n")
+    assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
+    assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
+    assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
+    assert "current=0001" in capsys.readouterr().out
+    assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
+    secret = tmp_path / "keys" / "coord.key_secret"
+    assert str(secret) in capsys.readouterr().out
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+
+
+def test_coordinator_refuses_an_unsynced_journal(tmp_path: Path, store_yaml: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    make_conf(tmp_path, url, store_yaml)
+    assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1
+    captured = capsys.readouterr()
+    assert "glance-sync-manage db_sync" in captured.out + captured.err
+
+
+def test_coordinator_refuses_a_broken_store_yaml(tmp_path: Path, db_url: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("regions: [\n")
+    make_conf(tmp_path, db_url, bad)
+    assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1

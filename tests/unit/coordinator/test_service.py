@@ -1,0 +1,271 @@
+"""The service loop over real zmq sockets on 127.0.0.1, with a fake cascading glance."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+import zmq
+
+from coordinator.journal import Journal
+from coordinator.registrar import Registrar
+from coordinator.service import Service
+from glancesync import protocol
+from glancesync.states import SyncState
+
+from .conftest import IMAGE_ID, FakeClient, image_record
+
+NOW = 2_000_000.0
+
+
+@pytest.fixture
+def client(stores):
+    fake = FakeClient()
+    fake.images.records[IMAGE_ID] = image_record(store_dir=stores.store.store_dir)
+    return fake
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def service(conf, stores, journal, client, ctx):
+    registrar = Registrar(lambda: client, 2, "http://cascading")
+    svc = Service(conf, stores, journal, registrar, context=ctx)
+    svc.initialize(NOW)
+    yield svc
+    svc.shutdown()
+
+
+def dealer(ctx, port: int) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def pump(service: Service, now: float, until=None, rounds: int = 200) -> None:
+    """Run loop iterations at ``now`` until ``until()`` holds (or a few rounds when None)."""
+    for _ in range(rounds if until else 5):
+        service.loop(now, poll_seconds=0.01)
+        if until and until():
+            return
+    if until:
+        raise AssertionError("condition not reached")
+
+
+def receive(sock: zmq.Socket, service: Service, now: float, msg_type: str | None = None) -> protocol.Message:
+    for _ in range(300):
+        service.loop(now, poll_seconds=0.005)
+        while sock.poll(0):
+            msg = protocol.decode(sock.recv())
+            if msg_type is None or msg.type == msg_type:
+                return msg
+    raise AssertionError(f"no {msg_type or 'message'} received")
+
+
+def agent(ctx, service, region: str = "RegionOne", agent_id: str = "a1", credits: int = 0,
+          in_flight=(), now: float = NOW) -> zmq.Socket:
+    sock = dealer(ctx, service.conf.coordinator.agent_port)
+    sock.send(protocol.encode("hello", {"region": region, "agent_id": agent_id, "capacity": 2,
+                                        "version": "t", "in_flight": list(in_flight)}))
+    assert receive(sock, service, now, "welcome").body["lease_timeout"] == 10.0
+    if credits:
+        sock.send(protocol.encode("ready", {"credits": credits}))
+        pump(service, now)
+    return sock
+
+
+def send_event(ctx, service, event_id: str = "e1", kind: str = "uploaded", now: float = NOW) -> protocol.Message:
+    sock = dealer(ctx, service.conf.sync_server_port)
+    sock.send(protocol.encode("event", {"event_id": event_id, "kind": kind, "image_id": IMAGE_ID}))
+    reply = receive(sock, service, now)
+    sock.close()
+    return reply
+
+
+def planned(service: Service) -> bool:
+    return not service.journal.unplanned_events()
+
+
+def state(journal: Journal, region: str = "RegionOne") -> str:
+    return journal.image_view(IMAGE_ID)[1][region]["state"]
+
+
+def test_event_is_journaled_before_ack_and_duplicates_make_no_work(ctx, service, journal) -> None:
+    reply = send_event(ctx, service)
+    assert reply.type == "event_ack" and reply.body["event_id"] == "e1"
+    assert journal.image_view(IMAGE_ID)[0] is True  # the event row was committed before the ack
+    pump(service, NOW, lambda: planned(service))
+    assert send_event(ctx, service).type == "event_ack"
+    pump(service, NOW)
+    assert len(journal.dispatchable("RegionOne", NOW)) == 1
+    assert len(journal.dispatchable("RegionTwo", NOW)) == 1
+
+
+def test_dispatch_only_to_the_right_region_and_only_with_credits(ctx, service, journal) -> None:
+    send_event(ctx, service)
+    pump(service, NOW, lambda: planned(service))
+    one = agent(ctx, service, "RegionOne", "a1")
+    pump(service, NOW)
+    assert not one.poll(50) or receive(one, service, NOW).type == "heartbeat"
+    assert state(journal, "RegionOne") == "pending"  # no credits, no task
+    one.send(protocol.encode("ready", {"credits": 2}))
+    task = receive(one, service, NOW, "task")
+    assert task.body["region"] == "RegionOne" and task.body["attempt"] == 1
+    assert task.body["source"]["type"] == "sftp" and task.body["image"]["id"] == IMAGE_ID
+    assert state(journal, "RegionOne") == "assigned"
+    assert state(journal, "RegionTwo") == "pending"
+    session = service.agents.get(next(iter(service.agents.sessions)))
+    assert session.credits == 1 and session.tasks == {task.body["task_id"]}
+
+
+def run_copy(ctx, service, now=NOW):
+    send_event(ctx, service, now=now)
+    pump(service, now, lambda: planned(service))
+    sock = agent(ctx, service, credits=1, now=now)
+    task = receive(sock, service, now, "task").body
+    return sock, task
+
+
+def report(task, **overrides):
+    image = image_record()
+    body = {"task_id": task["task_id"], "attempt": task["attempt"], "size": image["size"],
+            "checksum": image["checksum"], "os_hash_algo": "sha512", "os_hash_value": image["os_hash_value"]}
+    body.update(overrides)
+    return body
+
+
+def test_verified_done_registers_and_syncs(ctx, service, journal, client) -> None:
+    sock, task = run_copy(ctx, service)
+    sock.send(protocol.encode("ack", {"task_id": task["task_id"], "attempt": 1}))
+    sock.send(protocol.encode("progress", {"task_id": task["task_id"], "attempt": 1,
+                                           "bytes_done": 10, "bytes_total": 1024}))
+    pump(service, NOW, lambda: state(journal) == "transferring")
+    sock.send(protocol.encode("done", report(task)))
+    pump(service, NOW, lambda: state(journal) == "synced")
+    assert [a[1] for a in client.images.added] == [protocol.cascaded_url("RegionOne", IMAGE_ID)]
+
+
+def test_done_with_a_wrong_checksum_is_not_registered(ctx, service, journal, client) -> None:
+    sock, task = run_copy(ctx, service)
+    sock.send(protocol.encode("done", report(task, checksum="0" * 32)))
+    pump(service, NOW, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
+    assert client.images.added == []
+    assert "checksum" in journal.task(task["task_id"]).last_error
+
+
+def test_lapsed_lease_requeues_and_a_late_done_is_ignored(ctx, service, journal, client) -> None:
+    sock, task = run_copy(ctx, service)
+    later = NOW + 11  # past lease_timeout (10 s); the silent agent also goes offline
+    pump(service, later, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
+    again = agent(ctx, service, credits=1, now=later)
+    second = receive(again, service, later, "task").body
+    assert second["task_id"] == task["task_id"] and second["attempt"] == 2
+    again.send(protocol.encode("done", report(task)))  # attempt 1: stale
+    pump(service, later)
+    assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
+    assert client.images.added == []
+
+
+def test_hello_requeues_tasks_missing_from_in_flight_and_keeps_the_others(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    agent(ctx, service, in_flight=[task["task_id"]])
+    assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
+    agent(ctx, service, in_flight=[])
+    assert journal.task(task["task_id"]).state == SyncState.PENDING
+
+
+def test_retryable_failure_backs_off_then_fails_after_retry_times(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    now = NOW
+    for attempt, delay in ((1, 5.0), (2, 10.0)):
+        sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": attempt,
+                                             "reason": "sshd down", "retryable": True}))
+        pump(service, now, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
+        assert journal.task(task["task_id"]).not_before == pytest.approx(now + delay)
+        sock.send(protocol.encode("ready", {"credits": 1}))
+        pump(service, now + delay - 1)
+        assert journal.task(task["task_id"]).state == SyncState.PENDING  # not before its time
+        now += delay
+        assert receive(sock, service, now, "task").body["attempt"] == attempt + 1
+    sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 3,
+                                         "reason": "sshd down", "retryable": True}))
+    pump(service, now, lambda: state(journal) == "failed")
+
+
+def test_non_retryable_failure_fails_at_once(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 1,
+                                         "reason": "host key unknown", "retryable": False}))
+    pump(service, NOW, lambda: state(journal) == "failed")
+    assert journal.image_view(IMAGE_ID)[1]["RegionOne"]["last_error"] == "host key unknown"
+
+
+def test_heartbeats_reach_busy_agents(ctx, service) -> None:
+    sock, _task = run_copy(ctx, service)
+    assert receive(sock, service, NOW + 1.5, "heartbeat").type == "heartbeat"
+
+
+def test_unknown_peer_is_told_to_disconnect(ctx, service) -> None:
+    sock = dealer(ctx, service.conf.coordinator.agent_port)
+    sock.send(protocol.encode("ready", {"credits": 1}))
+    assert receive(sock, service, NOW).type == "disconnect"
+
+
+def envelope(**changes) -> bytes:
+    env = {"v": 1, "type": "status_query", "id": "x1", "ts": 1.0, "body": {"view": "summary"}}
+    env.update(changes)
+    return msgpack.packb(env)
+
+
+MALFORMED = {
+    "garbage": b"\xc1\x00garbage",
+    "version": envelope(v=99),
+    "unknown_type": envelope(type="launch_missiles"),
+    "missing_field": envelope(type="event", body={"kind": "uploaded"}),
+}
+
+
+@pytest.mark.parametrize("port_opt", ["client", "agent"])
+def test_malformed_frames_are_answered_and_serving_goes_on(ctx, service, port_opt, caplog) -> None:
+    port = service.conf.sync_server_port if port_opt == "client" else service.conf.coordinator.agent_port
+    sock = dealer(ctx, port)
+    codes = {}
+    for name, frame in MALFORMED.items():
+        sock.send(frame)
+        codes[name] = receive(sock, service, NOW)
+    assert all(m.type == "error" for m in codes.values())
+    assert codes["version"].body["code"] == "version"
+    assert codes["missing_field"].body["code"] in ("missing_field", "unexpected")
+    assert "refused frame" in caplog.text
+    big = dealer(ctx, port)
+    big.send(b"\x00" * (protocol.MAX_MESSAGE_BYTES + 10))  # zmq drops it and the connection
+    pump(service, NOW)
+    status_sock = dealer(ctx, service.conf.sync_server_port)
+    status_sock.send(protocol.encode("status_query", {"view": "summary"}))
+    reply = receive(status_sock, service, NOW)
+    assert reply.type == "status_reply"
+    assert set(reply.body["data"]["regions"]) == {"RegionOne", "RegionTwo"}
+
+
+def test_status_views(ctx, service) -> None:
+    sock, task = run_copy(ctx, service)
+    query = dealer(ctx, service.conf.sync_server_port)
+    query.send(protocol.encode("status_query", {"view": "summary"}))
+    data = receive(query, service, NOW).body["data"]
+    assert data["coordinator"]["started_at"] == NOW
+    region = data["regions"]["RegionOne"]
+    assert region["in_flight"] == 1 and region["queued"] == 0
+    assert region["agents"][0]["tasks"] == [task["task_id"]] and region["agents"][0]["online"] is True
+    assert data["regions"]["RegionTwo"]["queued"] == 1
+    query.send(protocol.encode("status_query", {"view": "image", "image_id": IMAGE_ID}))
+    image = receive(query, service, NOW).body["data"]
+    assert image["known"] is True
+    assert image["regions"]["RegionOne"]["agent_id"] == "a1"
+    assert image["regions"]["RegionOne"]["task_kind"] == "copy"
+    query.send(protocol.encode("status_query", {"view": "image", "image_id": "nope"}))
+    assert receive(query, service, NOW).body["data"] == {"image_id": "nope", "known": False, "regions": {}}
