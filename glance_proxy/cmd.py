@@ -3,7 +3,7 @@
     glance-sync-proxy --config-file /etc/glance-sync/glance-sync.conf
 
 Listens on ``[proxy] listen_host:listen_port``, forwards to ``[proxy] upstream_url``
-and, with ``sync_enabled = True``, sends image events to the coordinator at
+and sends image events to the coordinator at
 ``sync_server_host:sync_server_port`` through an on-disk outbox in ``[proxy] spool_dir``.
 """
 
@@ -24,11 +24,10 @@ WORKERS = 2
 
 def main(argv: Sequence[str] | None = None) -> None:
     conf = config.load(argv, PROG)
-    if conf.sync_enabled:
-        try:
-            os.makedirs(conf.proxy.spool_dir, exist_ok=True)
-        except OSError as exc:
-            config.fail(PROG, f"[proxy] spool_dir {conf.proxy.spool_dir}: {exc.strerror}")
+    try:
+        os.makedirs(conf.proxy.spool_dir, exist_ok=True)
+    except OSError as exc:
+        config.fail(PROG, f"[proxy] spool_dir {conf.proxy.spool_dir}: {exc.strerror}")
     bind = tcp_endpoint(conf.proxy.listen_host, conf.proxy.listen_port).removeprefix("tcp://")
     ProxyServer(make_app(conf), bind, workers=WORKERS).run()
 

@@ -105,11 +105,12 @@ class Forwarder:
 
 
 def make_app(conf: Any) -> Any:
-    """The proxy's WSGI app: forwarding, observed for image events when sync is enabled."""
-    forwarder = Forwarder(conf.proxy.upstream_url)
-    if not conf.sync_enabled:
-        return forwarder
-    return SyncObserver(forwarder, SenderHolder(conf))
+    """The proxy's WSGI app: forwarding, observed for image events.
+
+    Emitting events is the proxy's only reason to exist, so it does not read
+    ``sync_enabled`` (that option switches the filter inside glance-api).
+    """
+    return SyncObserver(Forwarder(conf.proxy.upstream_url), SenderHolder(conf))
 
 
 class ProxyServer(BaseApplication):
@@ -118,7 +119,10 @@ class ProxyServer(BaseApplication):
     def __init__(self, app: Any, bind: str, workers: int = 2, threads: int = 8, **extra: Any) -> None:
         self.app = app
         self.settings = {"bind": bind, "workers": workers, "worker_class": "gthread", "threads": threads,
-                         "timeout": 3600, "graceful_timeout": 30, "keepalive": 5, **extra}  # fmt: skip
+                         "timeout": 3600, "graceful_timeout": 30, "keepalive": 5,
+                         # gunicorn's runtime control socket is one fixed path per user:
+                         # two proxies on a host would fight over it, and nothing here uses it.
+                         "control_socket_disable": True, **extra}  # fmt: skip
         super().__init__()
 
     def load_config(self) -> None:

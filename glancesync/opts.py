@@ -23,8 +23,9 @@ default_opts = [
     cfg.BoolOpt(
         "sync_enabled",
         default=False,
-        help="Whether the glance_proxy filter inside glance-api sends image events to the "
-        "coordinator. When False the filter passes every request through untouched.",
+        help="Whether the glancesync filter inside glance-api sends image events to the "
+        "coordinator. When False the filter passes every request through untouched. "
+        "glance-sync-proxy always sends events and does not read this option.",
     ),
     cfg.HostAddressOpt(
         "sync_server_host",

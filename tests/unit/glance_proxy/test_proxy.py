@@ -81,7 +81,7 @@ def proxy(tmp_path, upstream):
     port, sync_port = free_port(), free_port()
     conf = tmp_path / "proxy.conf"
     conf.write_text(
-        f"[DEFAULT]\nsync_enabled = True\nsync_server_host = 127.0.0.1\nsync_server_port = {sync_port}\n"
+        f"[DEFAULT]\nsync_server_host = 127.0.0.1\nsync_server_port = {sync_port}\n"
         f"[proxy]\nlisten_port = {port}\nupstream_url = http://127.0.0.1:{upstream.server_port}\n"
         f"spool_dir = {tmp_path / 'spool'}\n"
     )
