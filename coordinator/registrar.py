@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ def verify(image: dict[str, Any], report: dict[str, Any]) -> None:
             raise VerificationError(image_id=image_id, detail=f"{key} reported {got!r}, cascading has {expected!r}")
 
 
+LOCATION_LOCK_STRIPES = 64
+
+
 class Registrar:
     """The thread pool and its result queue; ``client_factory`` gives one glance client per thread."""
 
@@ -105,6 +109,11 @@ class Registrar:
         self._results: queue.SimpleQueue[TaskResult | FetchResult] = queue.SimpleQueue()
         self._local = threading.local()
         self._stopping = threading.Event()
+        # Glance rewrites an image's whole location set on every location PATCH, so two
+        # concurrent adds to one image lose one of them (seen with two regions finishing
+        # together). Location changes of one image therefore run one at a time; striped
+        # locks keep that without a lock per image id ever seen.
+        self._location_locks = [threading.Lock() for _ in range(LOCATION_LOCK_STRIPES)]
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -153,7 +162,14 @@ class Registrar:
                 return None
             raise glance.translate(exc, self.endpoint_name) from exc
 
+    def _location_lock(self, image_id: str) -> threading.Lock:
+        return self._location_locks[zlib.crc32(image_id.encode()) % LOCATION_LOCK_STRIPES]
+
     def _register(self, task: TaskRow) -> TaskResult:
+        with self._location_lock(task.image_id):
+            return self._register_locked(task)
+
+    def _register_locked(self, task: TaskRow) -> TaskResult:
         result = lambda ok, reason="", retryable=True, h=None: TaskResult(  # noqa: E731
             task.task_id, task.attempt, ok, reason, retryable, h)
         try:
@@ -175,15 +191,24 @@ class Registrar:
 
     def _add_location(self, image_id: str, url: str, region: str) -> None:
         try:
-            self._client().images.add_location(image_id, url, {"region": region})
-            LOG.info("image %s: registered location %s", image_id, url)
+            updated = self._client().images.add_location(image_id, url, {"region": region})
         except Exception as exc:
             if getattr(exc, "code", None) == 400 and "already exists" in str(exc):
                 LOG.info("image %s: location %s already registered", image_id, url)
                 return
             raise glance.translate(exc, self.endpoint_name) from exc
+        # A concurrent location change by someone else can still drop ours inside
+        # glance: believe only what the image says afterwards.
+        if url not in [loc.get("url") for loc in (updated or {}).get("locations") or []]:
+            raise GlanceError(endpoint=self.endpoint_name, retryable=True,
+                              detail=f"location {url} missing after it was added (concurrent location change?)")
+        LOG.info("image %s: registered location %s", image_id, url)
 
     def _unregister(self, task: TaskRow) -> TaskResult:
+        with self._location_lock(task.image_id):
+            return self._unregister_locked(task)
+
+    def _unregister_locked(self, task: TaskRow) -> TaskResult:
         try:
             image = self._get(task.image_id)
             url = protocol.cascaded_url(task.region, task.image_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class FakeImages:
         self.added: list[tuple[str, str, dict[str, Any]]] = []
         self.removed: list[tuple[str, set[str]]] = []
         self.gets: list[str] = []
+        self.write_delay = 0.0
 
     def get(self, image_id: str) -> dict[str, Any]:
         from glanceclient import exc
@@ -51,9 +53,14 @@ class FakeImages:
             raise exc.HTTPNotFound("no such image")
         return dict(self.records[image_id])
 
-    def add_location(self, image_id: str, url: str, metadata: dict[str, Any]) -> None:
+    def add_location(self, image_id: str, url: str, metadata: dict[str, Any]) -> dict[str, Any]:
         self.added.append((image_id, url, metadata))
-        self.records[image_id]["locations"].append({"url": url, "metadata": metadata})
+        # Like glance: read the location set, write back the whole set with ours added,
+        # with time in between for a concurrent writer to be lost.
+        locations = list(self.records[image_id]["locations"])
+        time.sleep(self.write_delay)
+        self.records[image_id]["locations"] = [*locations, {"url": url, "metadata": metadata}]
+        return dict(self.records[image_id])
 
     def delete_locations(self, image_id: str, urls: set[str]) -> None:
         self.removed.append((image_id, urls))

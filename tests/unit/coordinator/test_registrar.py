@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -138,3 +139,40 @@ def test_every_session_request_sends_the_loop_guard_header(conf, stores) -> None
 
     session = glance.make_session(cascading_endpoint(conf, stores))
     assert session.additional_headers[protocol.INTERNAL_REQUEST_HEADER] == "1"
+
+
+def test_concurrent_registrations_of_one_image_keep_every_location(client) -> None:
+    """Glance rewrites the whole location set per PATCH: adds to one image must not overlap."""
+    client.images.write_delay = 0.05
+    registrar = Registrar(lambda: client, 4, "http://cascading")
+    try:
+        for n, region in enumerate(["RegionOne", "RegionTwo", "RegionThree"]):
+            row = task(report=good_report())
+            registrar.register(dataclasses.replace(row, task_id=f"t{n}", region=region))
+        results = wait_results(registrar, 3)
+    finally:
+        registrar.shutdown()
+    assert all(r.ok for r in results), results
+    urls = {loc["url"] for loc in client.images.records[IMAGE_ID]["locations"]}
+    assert {protocol.cascaded_url(r, IMAGE_ID) for r in ("RegionOne", "RegionTwo", "RegionThree")} <= urls
+
+
+def test_location_lost_after_add_is_a_retryable_failure(registrar, client) -> None:
+    def lossy(image_id, url, metadata):
+        return dict(client.images.records[image_id])  # answered, but without our location
+
+    client.images.add_location = lossy
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert not result.ok and result.retryable
+    assert "missing after it was added" in result.reason
+
+
+def wait_results(registrar: Registrar, count: int) -> list:
+    results: list = []
+    deadline = time.monotonic() + 5
+    while len(results) < count and time.monotonic() < deadline:
+        results += registrar.results()
+        time.sleep(0.01)
+    assert len(results) == count, results
+    return results
