@@ -210,3 +210,16 @@ def test_source_outside_the_store_directory_is_refused(topology: Topology, sync:
             assert "outside the store directory" in view[region]["last_error"], view[region]
     finally:
         other.stop()
+
+
+def test_images_synced_together_keep_every_regional_location(topology: Topology, sync: SyncServices) -> None:
+    """Regions finishing at the same moment must not overwrite each other's location."""
+    client = topology.cascading.client()
+    images = [helpers.upload_random(client, 256 * 1024) for _ in range(4)]
+    for image in images:
+        helpers.wait_states(topology, image.id, "synced")
+    for image in images:
+        record = client.images.get(image.id)
+        assert _cascaded_locations(record) == {
+            cascaded_url(region, image.id): region for region in topology.region_names
+        }, image.id
