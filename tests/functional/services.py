@@ -48,7 +48,8 @@ class SyncServices:
     def start_coordinator(self) -> ServiceProcess:
         if self.coordinator is not None:
             self.coordinator.stop()
-            self.topo.services.remove(self.coordinator)
+            if self.coordinator in self.topo.services:
+                self.topo.services.remove(self.coordinator)
         self.coordinator = self.topo.start_coordinator()
         return self.coordinator
 

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -194,19 +193,6 @@ def test_broken_filter_start_failure_quotes_the_error(tmp_path, monkeypatch) -> 
             server.start(timeout=60)
     finally:
         server.stop()
-
-
-def test_coordinator_and_agents_start(topology: Topology) -> None:
-    try:
-        coordinator = topology.start_coordinator()
-        agents = [topology.start_agent(region) for region in topology.region_names]
-        time.sleep(2)  # long enough for a crash at start-up or a failed hello
-        for service in (coordinator, *agents):
-            assert service.running, service.failure("died after start")
-        assert topology.coordinator_ready()
-    finally:
-        topology.stop_services(remove_journal=True)
-    assert not coordinator.running and not any(a.running for a in agents)
 
 
 def test_glance_and_sshd_survive_kill_and_restart(topology: Topology, uploaded: Uploaded) -> None:
