@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.harness.glance import venv_bin
@@ -23,22 +24,22 @@ from tests.harness.topology import Topology
 MIB = 1024 * 1024
 
 
-def run_status(topo: Topology, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+def run_status(topo: Topology, *args: str, timeout: float = 30, conf: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [venv_bin("glance-sync-status"), "--config-file", str(topo.service_conf), *args],
+        [venv_bin("glance-sync-status"), "--config-file", str(conf or topo.service_conf), *args],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout,
     )
 
 
-def status(topo: Topology, *args: str) -> dict[str, Any]:
+def status(topo: Topology, *args: str, conf: Path | None = None) -> dict[str, Any]:
     """The --json output of a status view; AssertionError with stderr when it fails."""
-    result = run_status(topo, *args, "--json")
+    result = run_status(topo, *args, "--json", conf=conf)
     assert result.returncode == 0, f"glance-sync-status {' '.join(args)} failed: {result.stderr}"
     return json.loads(result.stdout)
 
 
-def image_regions(topo: Topology, image_id: str) -> dict[str, dict[str, Any]]:
-    return status(topo, "image", image_id).get("regions", {})
+def image_regions(topo: Topology, image_id: str, conf: Path | None = None) -> dict[str, dict[str, Any]]:
+    return status(topo, "image", image_id, conf=conf).get("regions", {})
 
 
 def online_agents(topo: Topology) -> dict[str, set[str]]:
@@ -62,12 +63,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 def wait_states(topo: Topology, image_id: str, wanted: dict[str, str] | str, regions: list[str] | None = None,
-                timeout: float = 120) -> dict[str, dict[str, Any]]:
+                timeout: float = 120, conf: Path | None = None) -> dict[str, dict[str, Any]]:
     """Wait until each region of the image is in the wanted state."""
     names = regions or topo.region_names
 
     def reached() -> dict[str, dict[str, Any]] | None:
-        view = image_regions(topo, image_id)
+        view = image_regions(topo, image_id, conf)
         want = {r: wanted for r in names} if isinstance(wanted, str) else wanted
         ok = all(view.get(r, {}).get("state") == s for r, s in want.items())
         return view if ok else None
@@ -75,7 +76,7 @@ def wait_states(topo: Topology, image_id: str, wanted: dict[str, str] | str, reg
     try:
         return wait_until(reached, timeout, f"{image_id} to reach {wanted}")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nview now: {image_regions(topo, image_id)}") from None
+        raise AssertionError(f"{exc}\nview now: {image_regions(topo, image_id, conf)}") from None
 
 
 @dataclass
