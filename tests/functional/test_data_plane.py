@@ -8,6 +8,7 @@ the results are read back from every glance.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
@@ -201,7 +202,7 @@ def test_source_outside_the_store_directory_is_refused(topology: Topology, sync:
 
         def refused() -> dict | None:
             result = helpers.run_status(topology, "--port", str(client_port), "image", image.id, "--json")
-            view = helpers.json.loads(result.stdout).get("regions", {}) if result.returncode == 0 else {}
+            view = json.loads(result.stdout).get("regions", {}) if result.returncode == 0 else {}
             states = {r: v.get("state") for r, v in view.items()}
             return view if states and all(s == "failed" for s in states.values()) else None
 
