@@ -203,6 +203,8 @@ def _request(conf: cfg.ConfigOpts) -> tuple[str, str | None]:
         return "summary", None
     if len(words) == 2 and words[0] == "image" and words[1]:
         return "image", words[1]
+    if words == ["image"]:
+        raise StatusFailure("'image' needs an image id: glance-sync-status image <image-id>")
     raise StatusFailure(f"unknown view {' '.join(words)!r}; use no argument or 'image <image-id>'")
 
 

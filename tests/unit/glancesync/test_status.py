@@ -233,6 +233,11 @@ def test_unknown_view_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown view" in capsys.readouterr().err
 
 
+def test_image_view_without_id_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert status.main(["--port", str(closed_port()), "image"]) == 2
+    assert "'image' needs an image id" in capsys.readouterr().err
+
+
 class FakeCoordinator:
     """A ROUTER on loopback that answers each status_query from ``answer(body)``."""
 
