@@ -19,6 +19,7 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,30 @@ def connect(store: SshStore, image_id: str, timeout: float) -> paramiko.SSHClien
     return client
 
 
+def _check_regular(sftp: Any, store: SshStore, image_id: str, source_path: str) -> Any:
+    """``lstat`` every component below ``store_dir``: directories, then a regular file, no links.
+
+    ``checked_source`` only checks the path as text; the sftp server follows
+    symbolic links, so a link in the store directory could otherwise hand out any
+    file the store account can read.  Returns the file's attributes.
+    """
+    root = posixpath.normpath(store.store_dir)
+    parts = posixpath.relpath(source_path, root).split("/")
+    current = root
+    for index, part in enumerate(parts):
+        current = posixpath.join(current, part)
+        attrs = sftp.lstat(current)
+        mode = attrs.st_mode or 0
+        last = index == len(parts) - 1
+        if stat.S_ISLNK(mode):
+            raise SourceRefused(image_id=image_id, detail=f"{current} on {store.host} is a symbolic link")
+        if last and not stat.S_ISREG(mode):
+            raise SourceRefused(image_id=image_id, detail=f"{current} on {store.host} is not a regular file")
+        if not last and not stat.S_ISDIR(mode):
+            raise SourceRefused(image_id=image_id, detail=f"{current} on {store.host} is not a directory")
+    return attrs
+
+
 def _hashers(algo: str, image_id: str) -> tuple[Any, Any]:
     try:
         return hashlib.md5(usedforsecurity=False), hashlib.new(algo)
@@ -198,8 +223,15 @@ def fetch(
     try:
         sftp = client.open_sftp()
         sftp.get_channel().settimeout(timeout)
+        checked = _check_regular(sftp, store, image_id, source_path)
         with sftp.open(source_path, "rb") as remote:
-            total = remote.stat().st_size or 0
+            opened = remote.stat()
+            if not stat.S_ISREG(opened.st_mode or 0) or (opened.st_size, opened.st_mtime) != (
+                checked.st_size,
+                checked.st_mtime,
+            ):
+                raise SourceRefused(image_id=image_id, detail=f"{source_path} changed while it was opened")
+            total = opened.st_size or 0
             if resumed > total:
                 # Not a prefix of this source: start again.
                 md5, other = _hashers(algo, image_id)

@@ -131,6 +131,39 @@ def test_corrupted_source_fails_verification_and_leaves_no_file(topology, store_
     assert "os_hash_value mismatch" in str(info.value) and not dest.exists()
 
 
+def test_symlink_in_store_dir_is_refused_not_followed(topology, store_map, image, tmp_path):
+    """A link inside the store directory pointing outside it: lexically inside, really outside."""
+    data_dir = topology.cascading.data_dir
+    outside = tmp_path / "outside.img"
+    outside.write_bytes((data_dir / image["id"]).read_bytes())  # same bytes: only the link check can refuse
+    link = data_dir / f"link-{image['id']}"
+    link.symlink_to(outside)
+    linked_dir = data_dir / f"dirlink-{image['id']}"
+    linked_dir.symlink_to(tmp_path, target_is_directory=True)
+    try:
+        for source, why in ((str(link), "symbolic link"), (str(linked_dir / "outside.img"), "symbolic link"),
+                            (str(data_dir / "."), "outside")):
+            dest = tmp_path / "x.part"
+            with pytest.raises(SourceRefused) as info:
+                checked = transfer.checked_source(image["id"], {"type": "sftp", "path": source}, store_map.store)
+                transfer.fetch(store_map.store, image, checked, str(dest), lambda d, t: None, timeout=10)
+            assert info.value.retryable is False and why in str(info.value), str(info.value)
+            assert not dest.exists() or dest.stat().st_size == 0
+        # A directory inside the store is not a file either.
+        subdir = data_dir / f"dir-{image['id']}"
+        subdir.mkdir()
+        try:
+            with pytest.raises(SourceRefused) as info:
+                transfer.fetch(store_map.store, image, str(subdir), str(tmp_path / "d.part"), lambda d, t: None,
+                               timeout=10)
+            assert "not a regular file" in str(info.value)
+        finally:
+            subdir.rmdir()
+    finally:
+        link.unlink()
+        linked_dir.unlink()
+
+
 def test_throughput_100mib(topology, store_map, tmp_path):
     uploaded = helpers.upload_random(topology.cascading.client(), 100 * helpers.MIB)
     image = glance.image_to_dict(topology.cascading.client().images.get(uploaded.id))
