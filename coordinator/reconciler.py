@@ -1,0 +1,110 @@
+"""The periodic reconciler: a lost event may delay a sync, never lose it.
+
+Events can go missing before they reach the journal: the glance-api's outbox was
+full or its disk was lost, the filter was disabled for a while, glance-api was
+changed without the filter.  Every ``reconcile_interval`` seconds the coordinator
+therefore lists the cascading glance (in its glance thread pool, never in the poll
+loop) and compares it with the image ids its journal holds:
+
+- an image that is active (or deactivated) in the cascading glance and that the
+  journal has never heard of gets a synthetic ``uploaded`` event;
+- an image whose regional copies the journal still tracks but that the cascading
+  glance no longer has (confirmed by a 404 on GET, not just by its absence from a
+  listing) gets a synthetic ``deleted`` event.
+
+Synthetic events go through the journal and the planner like any other.  Their ids
+are derived from the image id, so a second pass before the first was planned is
+recognised as a duplicate.  On a first deployment beside an existing glance, the
+first pass brings every existing image to the regions the strategy names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from glancesync import glance
+
+LOG = logging.getLogger(__name__)
+
+# Images that hold bytes a region can copy; queued/saving/importing ones are still
+# on their way and their own event will come.
+SYNCABLE_STATUSES = frozenset({"active", "deactivated"})
+
+
+@dataclass(frozen=True)
+class Drift:
+    """What one pass found: images to copy and images to remove from the regions."""
+
+    missing: list[str] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Synthetic event bodies (protocol ``event`` fields) for the journal."""
+        made = [_event("uploaded", image_id) for image_id in self.missing]
+        return made + [_event("deleted", image_id) for image_id in self.vanished]
+
+
+def _event(kind: str, image_id: str) -> dict[str, Any]:
+    return {
+        "event_id": f"reconcile-{kind}-{image_id}",
+        "kind": kind,
+        "image_id": image_id,
+        "image": None,
+        "changes": [],
+        "context": {"origin": "reconciler"},
+    }
+
+
+def list_cascading(client: Any) -> dict[str, str]:
+    """Image id -> status of every image of the cascading glance, hidden ones included."""
+    found: dict[str, str] = {}
+    # Glance leaves os_hidden images out of a listing unless asked for them.
+    for hidden in (False, True):
+        for image in client.images.list(filters={"visibility": "all", "os_hidden": hidden}):
+            found[image["id"]] = image.get("status", "")
+    return found
+
+
+def find_drift(
+    listed: dict[str, str],
+    known: Iterable[str],
+    tracked: Iterable[str],
+    exists: Callable[[str], bool],
+) -> Drift:
+    """Compare a listing with the journal.
+
+    ``known``: every image id the journal has an event for; ``tracked``: ids with a
+    regional copy that is not deleted or being deleted; ``exists``: a GET that tells
+    whether the cascading glance still has an image (a listing can miss one that is
+    only hidden from it).
+    """
+    known_ids = set(known)
+    missing = sorted(i for i, status in listed.items() if status in SYNCABLE_STATUSES and i not in known_ids)
+    vanished = sorted(i for i in set(tracked) - set(listed) if not exists(i))
+    return Drift(missing=missing, vanished=vanished)
+
+
+def scan(client: Any, known: Iterable[str], tracked: Iterable[str], endpoint: str) -> Drift:
+    """One pass against the cascading glance; raises GlanceError when glance does not answer."""
+    try:
+        listed = list_cascading(client)
+    except Exception as exc:
+        raise glance.translate(exc, endpoint) from exc
+
+    def exists(image_id: str) -> bool:
+        try:
+            client.images.get(image_id)
+        except Exception as exc:
+            if glance.is_not_found(exc):
+                return False
+            raise glance.translate(exc, endpoint) from exc
+        return True
+
+    drift = find_drift(listed, known, tracked, exists)
+    if drift.missing or drift.vanished:
+        LOG.warning("reconciler: %d image(s) unknown to the journal, %d gone from the cascading glance",
+                    len(drift.missing), len(drift.vanished))
+    return drift
