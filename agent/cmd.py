@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from agent.pool import Pool
 from agent.service import AgentService
-from agent.task import WorkerSettings, worker_main
+from agent.task import WorkerSettings, logging_options, worker_main
 from glancesync import config, storemap
 from glancesync.exceptions import ConfigError
 
@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         store_map.region(region)
     except ConfigError as exc:
         config.fail(PROG, str(exc))
-    settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval)
+    settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
+                              log_options=logging_options(conf))
     pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings)
     try:
         service = AgentService(conf, pool)

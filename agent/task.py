@@ -15,11 +15,17 @@ retryable failure with its message, never a dead worker with no word.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from oslo_config import cfg
+from oslo_log import log as oslo_log
+from oslo_utils import strutils
 
 from agent import apply, transfer, upload
 from glancesync import glance
@@ -27,6 +33,15 @@ from glancesync.exceptions import GlanceSyncError
 from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
+
+# oslo.log's project name: the same one glancesync.config sets up in the agent.
+LOG_PROJECT = "glance-sync"
+# Credentials in HTTP header form ("X-Auth-Token: gAAA...", "Authorization: Bearer x")
+# that strutils.mask_password does not know.
+_SECRET_HEADER = re.compile(
+    r"(?i)((?:x-auth-token|x-subject-token|x-service-token|authorization)['\"]?\s*[:=]\s*['\"]?)[^'\",\s}]+"
+    r"(?:\s+[^'\",\s}]+)?"
+)
 
 # Progress is sent at most this often even when 5% steps come faster (small
 # images, fast links): a few per second is plenty for a status display.
@@ -42,6 +57,37 @@ class WorkerSettings:
     region: str
     progress_interval: float = 1.0
     ssh_timeout: float = 30.0
+    # The agent's oslo.log option values (name, value), so a worker logs where and
+    # how the agent does; empty: oslo.log defaults (stderr).
+    log_options: tuple[tuple[str, Any], ...] = ()
+
+
+def logging_options(conf: Any) -> tuple[tuple[str, Any], ...]:
+    """The oslo.log option values of ``conf`` (a ConfigOpts set up by glancesync.config)."""
+    probe = cfg.ConfigOpts()
+    builtin = set(probe)  # config_source and the like: not logging's
+    oslo_log.register_options(probe)
+    return tuple(
+        (name, conf[name])
+        for name in probe
+        if name not in builtin and not isinstance(probe[name], cfg.ConfigOpts.GroupAttr)
+    )
+
+
+def setup_worker_logging(log_options: tuple[tuple[str, Any], ...]) -> None:
+    """oslo.log in a worker process, with the agent's options (log file, format, levels)."""
+    conf = cfg.ConfigOpts()
+    oslo_log.register_options(conf)
+    conf([], project=LOG_PROJECT, default_config_files=[], default_config_dirs=[])
+    for name, value in log_options:
+        if value is not None:
+            conf.set_override(name, value)
+    oslo_log.setup(conf, LOG_PROJECT)
+
+
+def redact(text: str) -> str:
+    """``text`` with passwords, tokens and secrets masked (for reasons and log lines)."""
+    return strutils.mask_password(_SECRET_HEADER.sub(r"\1***", text))
 
 
 class ProgressThrottle:
@@ -115,10 +161,15 @@ def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[
     try:
         result = _dispatch(task, settings, progress)
     except GlanceSyncError as exc:
-        result = {"outcome": "failed", "reason": str(exc), "retryable": exc.retryable}
+        result = {"outcome": "failed", "reason": redact(str(exc)), "retryable": exc.retryable}
     except Exception as exc:  # a bug or an unexpected library error: report it, let the coordinator retry
-        LOG.exception("task %s failed unexpectedly", task.get("task_id"))
-        result = {"outcome": "failed", "reason": f"unexpected {type(exc).__name__}: {exc}", "retryable": True}
+        # Library messages may quote request headers or auth bodies: no traceback
+        # text of theirs goes to the log unmasked.
+        reason = redact(f"unexpected {type(exc).__name__}: {exc}")
+        LOG.error("task %s failed unexpectedly: %s", task.get("task_id"), reason)
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("task %s: %s", task.get("task_id"), redact("".join(traceback.format_exception(exc))))
+        result = {"outcome": "failed", "reason": reason, "retryable": True}
     if result["outcome"] == "done":
         result["elapsed"] = time.monotonic() - started
     return result
@@ -128,7 +179,7 @@ def worker_main(task: dict[str, Any], settings: WorkerSettings, queue: Any) -> N
     """Entry point of a worker process."""
     # Ctrl-C reaches the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
+    setup_worker_logging(settings.log_options)
     task_id = task["task_id"]
     throttle = ProgressThrottle(lambda done, total: queue.put(("progress", task_id, done, total)),
                                 settings.progress_interval)

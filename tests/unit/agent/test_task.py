@@ -49,3 +49,49 @@ def test_unknown_kind_fails_not_retryable():
     task = {"task_id": "t", "attempt": 1, "kind": "explode", "image_id": "img-1", "region": "RegionA", "image": {}}
     result = task_mod.run_task(task, settings(), lambda d, t: None)
     assert result == {"outcome": "failed", "reason": "unknown task kind 'explode'", "retryable": False}
+
+
+def test_failure_reasons_and_log_lines_never_carry_secrets(monkeypatch, caplog):
+    def leaky(task, settings, progress):
+        raise RuntimeError('auth failed: {"password": "s3cret-pw"} X-Auth-Token: gAAAAtok3n '
+                           '{"X-Auth-Token": "gAAAAtok3n"} application_credential_secret=appsecr3t')
+
+    monkeypatch.setattr(task_mod, "_dispatch", leaky)
+    task = {"task_id": "t", "attempt": 1, "kind": "copy", "image_id": "img-1", "region": "RegionA", "image": {}}
+    with caplog.at_level("DEBUG"):
+        result = task_mod.run_task(task, settings(), lambda d, t: None)
+    assert result["outcome"] == "failed" and result["retryable"] is True
+    logged = caplog.text + "".join(str(r.exc_info) for r in caplog.records)
+    for secret in ("s3cret-pw", "gAAAAtok3n", "appsecr3t"):
+        assert secret not in result["reason"] and secret not in logged
+    assert "RuntimeError" in result["reason"] and "auth failed" in caplog.text
+
+
+def test_worker_process_logs_through_oslo_log_to_the_agents_log_file(tmp_path):
+    """A spawned worker writes to the agent's --log-file, in oslo.log's format."""
+    import time
+
+    from agent.pool import Pool
+    from glancesync import config
+
+    log_file = tmp_path / "agent.log"
+    conf = config.load(["--log-file", str(log_file)], "glance-sync-agent", setup_logging=False)
+    worker_settings = task_mod.WorkerSettings(
+        settings().store_map, "RegionA", log_options=task_mod.logging_options(conf)
+    )
+    pool = Pool(1, 60.0, task_mod.worker_main, worker_settings)
+    try:
+        # No "kind": a KeyError inside the worker, logged as an unexpected failure.
+        pool.start({"task_id": "t-log", "attempt": 1, "image_id": "img-1"}, time.monotonic())
+        deadline, events = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not any(e.kind == "result" for e in events):
+            events += pool.poll(time.monotonic())
+            time.sleep(0.05)
+    finally:
+        pool.shutdown()
+    result = next(e for e in events if e.kind == "result")
+    assert result.body["outcome"] == "failed"
+    text = log_file.read_text() if log_file.exists() else ""
+    line = next((ln for ln in text.splitlines() if "t-log" in ln), "")
+    # oslo.log's default format: "<date> <time>.<ms> <pid> ERROR agent.task [-] ..."
+    assert " ERROR agent.task [-] task t-log failed unexpectedly" in line, text
