@@ -1,224 +1,28 @@
-"""The journal: the coordinator's only source of truth, and the only module that speaks SQL.
+"""Journal, the task state machine: compare-and-set of tasks and of the (image, region) they drive.
 
-Everything the coordinator promises is written here first: an event is acked only
-after its row is committed, a task exists only as a row, and every state change is a
-compare-and-set (``UPDATE ... WHERE state = :expected``) checked against
-``glancesync.states.can_move``.  A change that finds another state than expected
-raises ``StaleAttempt`` and its transaction rolls back, so a late report of an old
-attempt can never overwrite newer work.
-
-Tasks of one (image, region) run one at a time in ``seq`` order; ``image_regions``
-follows the task that currently drives it (``image_regions.task_id``).
-
-SQLite runs in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL, so
-a committed row survives kill -9 and also a power cut.  NORMAL would survive only
-the kill, and an ack tells the sender it may forget the event, so the stronger
-promise is worth one fsync per commit at control-message rates.
+A change that finds another state or attempt than expected raises ``StaleAttempt``
+and its transaction rolls back.  Tasks of one (image, region) run one at a time in
+``seq`` order; ``image_regions.task_id`` follows the task that currently drives it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgpack
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from coordinator.schema import events, image_regions, tasks
-from glancesync.exceptions import JournalError, StaleAttempt
-from glancesync.states import FINAL_STATES, SyncState, can_move
+from coordinator.journal.base import _FINAL, _LIVE_TASK, TaskRow, _region_state, _task, pack
+from coordinator.schema import image_regions, tasks
+from glancesync.exceptions import StaleAttempt
+from glancesync.states import SyncState, can_move
 
 S = SyncState
-_LIVE_TASK = (S.ASSIGNED.value, S.TRANSFERRING.value)
-_FINAL = tuple(s.value for s in FINAL_STATES)
 
 
-def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
-
-
-def unpack(blob: bytes | None) -> Any:
-    return None if blob is None else msgpack.unpackb(blob, raw=False)
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, FULL sync and a busy timeout."""
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.close()
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
-@dataclass(frozen=True)
-class NewTask:
-    """A task the planner asks for."""
-
-    region: str
-    kind: str
-    payload: dict[str, Any]
-
-
-@dataclass
-class TaskRow:
-    task_id: str
-    seq: int
-    image_id: str
-    region: str
-    kind: str
-    state: SyncState
-    attempt: int
-    agent_id: str | None
-    lease_expires: float | None
-    not_before: float
-    retries: int
-    bytes_done: int
-    bytes_total: int
-    last_error: str | None
-    payload: dict[str, Any] = field(repr=False)
-    report: dict[str, Any] | None = field(repr=False, default=None)
-
-
-@dataclass(frozen=True)
-class EventRow:
-    event_id: str
-    kind: str
-    image_id: str
-    body: dict[str, Any]
-    received_at: float
-
-
-@dataclass(frozen=True)
-class RegionRecord:
-    """What the planner needs to know of an (image, region)."""
-
-    state: SyncState
-    task_kind: str | None
-    os_hash_value: str | None
-
-
-def _task(row: Any) -> TaskRow:
-    m = row._mapping
-    return TaskRow(
-        task_id=m["task_id"], seq=m["seq"], image_id=m["image_id"], region=m["region"], kind=m["kind"],
-        state=SyncState(m["state"]), attempt=m["attempt"], agent_id=m["agent_id"],
-        lease_expires=m["lease_expires"], not_before=m["not_before"], retries=m["retries"],
-        bytes_done=m["bytes_done"], bytes_total=m["bytes_total"], last_error=m["last_error"],
-        payload=unpack(m["payload"]), report=unpack(m["report"]),
-    )
-
-
-def _region_state(task: TaskRow, task_state: SyncState) -> SyncState:
-    """The (image, region) state that a task in ``task_state`` gives its region."""
-    if task.kind != "delete":
-        return task_state
-    if task_state in (S.FAILED, S.DELETED):
-        return task_state
-    return S.DELETING
-
-
-class Journal:
-    """All reads and writes of the journal; safe to share within one thread."""
-
-    def __init__(self, url: str, engine: Engine | None = None) -> None:
-        self.engine = engine or make_engine(url)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        """One transaction: committed on success, rolled back on any error."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise JournalError(detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-
-    # -- events ---------------------------------------------------------------
-
-    def record_event(self, event_id: str, kind: str, image_id: str, body: dict[str, Any], now: float) -> bool:
-        """Store an event durably; False when that event id was already recorded."""
-        with self.transaction() as conn:
-            if conn.execute(sa.select(events.c.event_id).where(events.c.event_id == event_id)).first():
-                return False
-            try:
-                conn.execute(events.insert().values(
-                    event_id=event_id, kind=kind, image_id=image_id, payload=pack(body), received_at=now,
-                    planned=False,
-                ))
-            except sa.exc.IntegrityError:
-                # Another coordinator of an active/passive pair stored it first.
-                return False
-        return True
-
-    def unplanned_events(self, limit: int = 100) -> list[EventRow]:
-        query = (sa.select(events).where(events.c.planned.is_(False))
-                 .order_by(events.c.received_at, events.c.event_id).limit(limit))
-        with self.transaction() as conn:
-            rows = conn.execute(query).all()
-        return [EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at) for r in rows]
-
-    def region_records(self, image_id: str) -> dict[str, RegionRecord]:
-        query = (sa.select(image_regions.c.region, image_regions.c.state, image_regions.c.os_hash_value,
-                           tasks.c.kind)
-                 .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
-                 .where(image_regions.c.image_id == image_id))
-        with self.transaction() as conn:
-            rows = conn.execute(query).all()
-        return {r.region: RegionRecord(SyncState(r.state), r.kind, r.os_hash_value) for r in rows}
-
-    def plan_event(self, event_id: str, image_id: str, new_tasks: Iterable[NewTask],
-                   failures: dict[str, str], now: float, error: str | None = None) -> list[str]:
-        """Create an event's tasks, fail refused regions and mark the event planned, all at once."""
-        created = []
-        with self.transaction() as conn:
-            for new in new_tasks:
-                created.append(self._add_task(conn, event_id, image_id, new, now))
-            for region, reason in failures.items():
-                self._fail_region(conn, image_id, region, reason, now)
-            conn.execute(events.update().where(events.c.event_id == event_id)
-                         .values(planned=True, planned_at=now, plan_error=error))
-        return created
-
-    def _add_task(self, conn: Connection, event_id: str, image_id: str, new: NewTask, now: float) -> str:
-        seq = (conn.execute(sa.select(sa.func.max(tasks.c.seq))).scalar() or 0) + 1
-        task_id = uuid.uuid4().hex
-        conn.execute(tasks.insert().values(
-            task_id=task_id, seq=seq, image_id=image_id, region=new.region, kind=new.kind,
-            state=S.PENDING.value, attempt=0, not_before=0.0, retries=0, bytes_done=0, bytes_total=0,
-            payload=pack(new.payload), event_id=event_id, created_at=now, updated_at=now,
-        ))
-        if new.kind == "delete":
-            # Work not yet handed out is moot once the image goes away in that region.
-            conn.execute(tasks.update()
-                         .where(tasks.c.image_id == image_id, tasks.c.region == new.region,
-                                tasks.c.state == S.PENDING.value, tasks.c.task_id != task_id)
-                         .values(state=S.FAILED.value, last_error="superseded by a delete",
-                                 finished_at=now, updated_at=now))
-        self._advance(conn, image_id, new.region, now)
-        return task_id
-
-    def _fail_region(self, conn: Connection, image_id: str, region: str, reason: str, now: float) -> None:
-        current = self._region(conn, image_id, region)
-        if current is None:
-            conn.execute(image_regions.insert().values(
-                image_id=image_id, region=region, state=S.PENDING.value, attempts=0, bytes_done=0,
-                bytes_total=0, updated_at=now))
-            current = S.PENDING
-        if can_move(current, S.FAILED):
-            self._move_region(conn, image_id, region, current, S.FAILED, now, last_error=reason)
+class TaskStateMixin:
+    """Tasks: hand-out, reports, leases, retries; every change a compare-and-set."""
 
     # -- image_regions ----------------------------------------------------------
 
@@ -420,36 +224,3 @@ class Journal:
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query).all()]
 
-    # -- status -------------------------------------------------------------------------
-
-    def region_counts(self) -> dict[str, dict[str, int]]:
-        """Per region: queued (pending), in_flight, synced and failed (image, region) pairs."""
-        groups = {S.PENDING: "queued", S.ASSIGNED: "in_flight", S.TRANSFERRING: "in_flight",
-                  S.REGISTERING: "in_flight", S.DELETING: "in_flight", S.SYNCED: "synced", S.FAILED: "failed"}
-        query = (sa.select(image_regions.c.region, image_regions.c.state, sa.func.count())
-                 .group_by(image_regions.c.region, image_regions.c.state))
-        counts: dict[str, dict[str, int]] = {}
-        with self.transaction() as conn:
-            for region, state, count in conn.execute(query).all():
-                bucket = counts.setdefault(region, {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0})
-                name = groups.get(SyncState(state))
-                if name:
-                    bucket[name] += count
-        return counts
-
-    def image_view(self, image_id: str) -> tuple[bool, dict[str, dict[str, Any]]]:
-        """(known, per-region rows) for one image; known when any event or region names it."""
-        query = (sa.select(image_regions, tasks.c.kind, tasks.c.agent_id)
-                 .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
-                 .where(image_regions.c.image_id == image_id))
-        with self.transaction() as conn:
-            rows = conn.execute(query).all()
-            seen = conn.execute(sa.select(events.c.event_id).where(events.c.image_id == image_id)).first()
-        regions = {}
-        for r in rows:
-            regions[r.region] = {
-                "state": r.state, "task_kind": r.kind, "task_id": r.task_id, "bytes_done": r.bytes_done,
-                "bytes_total": r.bytes_total, "attempts": r.attempts, "last_error": r.last_error,
-                "agent_id": r.agent_id, "updated_at": r.updated_at, "synced_at": r.synced_at,
-            }
-        return bool(rows) or seen is not None, regions

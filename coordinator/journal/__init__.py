@@ -1,0 +1,44 @@
+"""The journal: the coordinator's only source of truth, and the only module that speaks SQL.
+
+Everything the coordinator promises is written here first: an event is acked only
+after its row is committed, a task exists only as a row, and every state change is a
+compare-and-set (``UPDATE ... WHERE state = :expected``) checked against
+``glancesync.states.can_move``.  A change that finds another state than expected
+raises ``StaleAttempt`` and its transaction rolls back, so a late report of an old
+attempt can never overwrite newer work.
+
+Tasks of one (image, region) run one at a time in ``seq`` order; ``image_regions``
+follows the task that currently drives it (``image_regions.task_id``).
+
+SQLite runs in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL, so
+a committed row survives kill -9 and also a power cut.  NORMAL would survive only
+the kill, and an ack tells the sender it may forget the event, so the stronger
+promise is worth one fsync per commit at control-message rates.
+
+The journal is split by job, each module a mixin of ``Journal`` and together the only
+modules with SQL: ``base`` (engine, rows, transactions), ``planning`` (events and
+planning), ``taskstate`` (the task state machine, leases, retries) and ``views``
+(status queries).
+"""
+
+from __future__ import annotations
+
+from coordinator.journal.base import (
+    EventRow,
+    JournalBase,
+    NewTask,
+    RegionRecord,
+    TaskRow,
+    make_engine,
+    pack,
+    unpack,
+)
+from coordinator.journal.planning import PlanningMixin
+from coordinator.journal.taskstate import TaskStateMixin
+from coordinator.journal.views import ViewsMixin
+
+__all__ = ["EventRow", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
+
+
+class Journal(PlanningMixin, TaskStateMixin, ViewsMixin, JournalBase):
+    """All reads and writes of the journal; safe to share within one thread."""

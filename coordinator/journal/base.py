@@ -1,0 +1,132 @@
+"""Shared pieces of the journal: the engine, row types, msgpack blobs and the transaction helper.
+
+See ``coordinator.journal`` for what the journal promises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from glancesync.exceptions import JournalError
+from glancesync.states import FINAL_STATES, SyncState
+
+S = SyncState
+_LIVE_TASK = (S.ASSIGNED.value, S.TRANSFERRING.value)
+_FINAL = tuple(s.value for s in FINAL_STATES)
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(blob: bytes | None) -> Any:
+    return None if blob is None else msgpack.unpackb(blob, raw=False)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, FULL sync and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task the planner asks for."""
+
+    region: str
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class TaskRow:
+    task_id: str
+    seq: int
+    image_id: str
+    region: str
+    kind: str
+    state: SyncState
+    attempt: int
+    agent_id: str | None
+    lease_expires: float | None
+    not_before: float
+    retries: int
+    bytes_done: int
+    bytes_total: int
+    last_error: str | None
+    payload: dict[str, Any] = field(repr=False)
+    report: dict[str, Any] | None = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    event_id: str
+    kind: str
+    image_id: str
+    body: dict[str, Any]
+    received_at: float
+
+
+@dataclass(frozen=True)
+class RegionRecord:
+    """What the planner needs to know of an (image, region)."""
+
+    state: SyncState
+    task_kind: str | None
+    os_hash_value: str | None
+
+
+def _task(row: Any) -> TaskRow:
+    m = row._mapping
+    return TaskRow(
+        task_id=m["task_id"], seq=m["seq"], image_id=m["image_id"], region=m["region"], kind=m["kind"],
+        state=SyncState(m["state"]), attempt=m["attempt"], agent_id=m["agent_id"],
+        lease_expires=m["lease_expires"], not_before=m["not_before"], retries=m["retries"],
+        bytes_done=m["bytes_done"], bytes_total=m["bytes_total"], last_error=m["last_error"],
+        payload=unpack(m["payload"]), report=unpack(m["report"]),
+    )
+
+
+def _region_state(task: TaskRow, task_state: SyncState) -> SyncState:
+    """The (image, region) state that a task in ``task_state`` gives its region."""
+    if task.kind != "delete":
+        return task_state
+    if task_state in (S.FAILED, S.DELETED):
+        return task_state
+    return S.DELETING
+
+
+class JournalBase:
+    """The engine and the one transaction helper every part of the journal goes through."""
+
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        self.engine = engine or make_engine(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: committed on success, rolled back on any error."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise JournalError(detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc

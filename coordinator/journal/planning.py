@@ -1,0 +1,95 @@
+"""Journal, events and planning: record events (duplicates recognised), list unplanned ones, and
+store an event's tasks and refused regions in the same transaction that marks it planned.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from coordinator.journal.base import EventRow, NewTask, RegionRecord, pack, unpack
+from coordinator.schema import events, image_regions, tasks
+from glancesync.states import SyncState, can_move
+
+S = SyncState
+
+
+class PlanningMixin:
+    """Events and planning; uses the state machine of ``TaskStateMixin`` on the same journal."""
+
+    def record_event(self, event_id: str, kind: str, image_id: str, body: dict[str, Any], now: float) -> bool:
+        """Store an event durably; False when that event id was already recorded."""
+        with self.transaction() as conn:
+            if conn.execute(sa.select(events.c.event_id).where(events.c.event_id == event_id)).first():
+                return False
+            try:
+                conn.execute(events.insert().values(
+                    event_id=event_id, kind=kind, image_id=image_id, payload=pack(body), received_at=now,
+                    planned=False,
+                ))
+            except sa.exc.IntegrityError:
+                # Another coordinator of an active/passive pair stored it first.
+                return False
+        return True
+
+    def unplanned_events(self, limit: int = 100) -> list[EventRow]:
+        query = (sa.select(events).where(events.c.planned.is_(False))
+                 .order_by(events.c.received_at, events.c.event_id).limit(limit))
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+        return [EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at) for r in rows]
+
+    def region_records(self, image_id: str) -> dict[str, RegionRecord]:
+        query = (sa.select(image_regions.c.region, image_regions.c.state, image_regions.c.os_hash_value,
+                           tasks.c.kind)
+                 .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
+                 .where(image_regions.c.image_id == image_id))
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+        return {r.region: RegionRecord(SyncState(r.state), r.kind, r.os_hash_value) for r in rows}
+
+    def plan_event(self, event_id: str, image_id: str, new_tasks: Iterable[NewTask],
+                   failures: dict[str, str], now: float, error: str | None = None) -> list[str]:
+        """Create an event's tasks, fail refused regions and mark the event planned, all at once."""
+        created = []
+        with self.transaction() as conn:
+            for new in new_tasks:
+                created.append(self._add_task(conn, event_id, image_id, new, now))
+            for region, reason in failures.items():
+                self._fail_region(conn, image_id, region, reason, now)
+            conn.execute(events.update().where(events.c.event_id == event_id)
+                         .values(planned=True, planned_at=now, plan_error=error))
+        return created
+
+    def _add_task(self, conn: Connection, event_id: str, image_id: str, new: NewTask, now: float) -> str:
+        seq = (conn.execute(sa.select(sa.func.max(tasks.c.seq))).scalar() or 0) + 1
+        task_id = uuid.uuid4().hex
+        conn.execute(tasks.insert().values(
+            task_id=task_id, seq=seq, image_id=image_id, region=new.region, kind=new.kind,
+            state=S.PENDING.value, attempt=0, not_before=0.0, retries=0, bytes_done=0, bytes_total=0,
+            payload=pack(new.payload), event_id=event_id, created_at=now, updated_at=now,
+        ))
+        if new.kind == "delete":
+            # Work not yet handed out is moot once the image goes away in that region.
+            conn.execute(tasks.update()
+                         .where(tasks.c.image_id == image_id, tasks.c.region == new.region,
+                                tasks.c.state == S.PENDING.value, tasks.c.task_id != task_id)
+                         .values(state=S.FAILED.value, last_error="superseded by a delete",
+                                 finished_at=now, updated_at=now))
+        self._advance(conn, image_id, new.region, now)
+        return task_id
+
+    def _fail_region(self, conn: Connection, image_id: str, region: str, reason: str, now: float) -> None:
+        current = self._region(conn, image_id, region)
+        if current is None:
+            conn.execute(image_regions.insert().values(
+                image_id=image_id, region=region, state=S.PENDING.value, attempts=0, bytes_done=0,
+                bytes_total=0, updated_at=now))
+            current = S.PENDING
+        if can_move(current, S.FAILED):
+            self._move_region(conn, image_id, region, current, S.FAILED, now, last_error=reason)
+

@@ -1,0 +1,48 @@
+"""Journal, status queries: per-region counts and the view of one image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from coordinator.schema import events, image_regions, tasks
+from glancesync.states import SyncState
+
+S = SyncState
+
+
+class ViewsMixin:
+    """Read-only queries for the status reply."""
+
+    def region_counts(self) -> dict[str, dict[str, int]]:
+        """Per region: queued (pending), in_flight, synced and failed (image, region) pairs."""
+        groups = {S.PENDING: "queued", S.ASSIGNED: "in_flight", S.TRANSFERRING: "in_flight",
+                  S.REGISTERING: "in_flight", S.DELETING: "in_flight", S.SYNCED: "synced", S.FAILED: "failed"}
+        query = (sa.select(image_regions.c.region, image_regions.c.state, sa.func.count())
+                 .group_by(image_regions.c.region, image_regions.c.state))
+        counts: dict[str, dict[str, int]] = {}
+        with self.transaction() as conn:
+            for region, state, count in conn.execute(query).all():
+                bucket = counts.setdefault(region, {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0})
+                name = groups.get(SyncState(state))
+                if name:
+                    bucket[name] += count
+        return counts
+
+    def image_view(self, image_id: str) -> tuple[bool, dict[str, dict[str, Any]]]:
+        """(known, per-region rows) for one image; known when any event or region names it."""
+        query = (sa.select(image_regions, tasks.c.kind, tasks.c.agent_id)
+                 .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
+                 .where(image_regions.c.image_id == image_id))
+        with self.transaction() as conn:
+            rows = conn.execute(query).all()
+            seen = conn.execute(sa.select(events.c.event_id).where(events.c.image_id == image_id)).first()
+        regions = {}
+        for r in rows:
+            regions[r.region] = {
+                "state": r.state, "task_kind": r.kind, "task_id": r.task_id, "bytes_done": r.bytes_done,
+                "bytes_total": r.bytes_total, "attempts": r.attempts, "last_error": r.last_error,
+                "agent_id": r.agent_id, "updated_at": r.updated_at, "synced_at": r.synced_at,
+            }
+        return bool(rows) or seen is not None, regions
