@@ -31,6 +31,9 @@ LOG = logging.getLogger(__name__)
 # Results kept while disconnected; beyond this the oldest are dropped (their
 # leases lapse and the coordinator runs them again, which is idempotent).
 MAX_PENDING_RESULTS = 1000
+# Seconds between attempts to send held results while the session is up but the
+# socket's queue is full (each refused attempt logs a warning).
+PENDING_RETRY = 1.0
 
 
 class AgentService:
@@ -52,6 +55,7 @@ class AgentService:
         self.next_heartbeat = 0.0
         self.reconnect_at: float | None = None
         self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.retry_pending_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -75,6 +79,12 @@ class AgentService:
             self._receive_all(now)
         for event in self.pool.poll(now):
             self._on_pool_event(event)
+        if self.pending and self.welcomed and now >= self.retry_pending_at:
+            if self._flush_pending() and self.pool.free_slots() > 0:
+                # Results that had been held went out: their slots are credits again.
+                self._send("ready", {"credits": self.pool.free_slots()})
+            if self.pending:
+                self.retry_pending_at = now + PENDING_RETRY
         if self.sock is None:
             return
         if self.liveness.expired(now):
@@ -127,7 +137,8 @@ class AgentService:
             return False
         except zmq.Again:
             # The socket's queue is full (coordinator unreachable): liveness will notice.
-            LOG.warning("coordinator not accepting messages; %s dropped", msg_type)
+            LOG.warning("coordinator not accepting messages; %s not sent%s", msg_type,
+                        " (result held for resend)" if msg_type in ("done", "failed") else "")
             return False
         return True
 
@@ -165,10 +176,8 @@ class AgentService:
         self.backoff.reset()
         # Judge the coordinator's liveness by the rate it promised to beat at.
         self.liveness = Liveness(interval=max(body["heartbeat_interval"], 0.1), last_heard=now)
-        pending, self.pending = self.pending, []
-        for msg_type, result_body in pending:
-            self._send(msg_type, result_body)
-        LOG.info("welcomed by the coordinator; %d result(s) delivered, %d free slot(s)", len(pending),
+        delivered = self._flush_pending()
+        LOG.info("welcomed by the coordinator; %d result(s) delivered, %d free slot(s)", delivered,
                  self.pool.free_slots())
         if self.pool.free_slots() > 0:
             self._send("ready", {"credits": self.pool.free_slots()})
@@ -191,7 +200,9 @@ class AgentService:
             return
         if self.pool.free_slots() <= 0:
             # More tasks than credits: refuse without giving a credit back.
-            self._send("failed", {**ref, "reason": "no free worker slot", "retryable": True})
+            failed = {**ref, "reason": "no free worker slot", "retryable": True}
+            if not self._send("failed", failed):
+                self._hold("failed", failed)
             return
         try:
             self.pool.start(dict(body), now)
@@ -218,8 +229,23 @@ class AgentService:
             reason = str(result.get("reason") or "unknown failure")[:2000]
             msg_type, body = "failed", {**ref, "reason": reason, "retryable": bool(result.get("retryable"))}
             LOG.warning("task %s failed (retryable=%s): %s", ref["task_id"], body["retryable"], reason)
-        if not self.welcomed:
-            self.pending = [*self.pending, (msg_type, body)][-MAX_PENDING_RESULTS:]
+        if not self.welcomed or self.pending or not self._send(msg_type, body):
+            # Not sendable now (no session, older results waiting, or the socket's
+            # queue full): keep it, in order, for the next healthy moment.
+            self._hold(msg_type, body)
             return
-        self._send(msg_type, body)
         self._send("ready", {"credits": 1})
+
+    def _hold(self, msg_type: str, body: dict[str, Any]) -> None:
+        self.pending = [*self.pending, (msg_type, body)][-MAX_PENDING_RESULTS:]
+
+    def _flush_pending(self) -> int:
+        """Send held results in order until the socket refuses one; returns how many went."""
+        sent = 0
+        while self.pending and self.welcomed:
+            msg_type, body = self.pending[0]
+            if not self._send(msg_type, body):
+                break
+            self.pending.pop(0)
+            sent += 1
+        return sent

@@ -190,3 +190,43 @@ def test_real_clock_smoke(context):
     finally:
         service.shutdown()
         coord.sock.close()
+
+
+class _FullQueue:
+    """A socket whose queue is full while ``full``: results raise zmq.Again, as a real full DEALER does."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.full = True
+        self.refused = 0
+
+    def send(self, frame: bytes, flags: int = 0) -> None:
+        if self.full and protocol.decode(frame).type in ("failed", "done"):
+            self.refused += 1
+            raise zmq.Again()
+        self.sock.send(frame, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_result_dropped_by_a_full_socket_is_resent_once_the_session_is_healthy(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.expect(service, "ready", 0.1)
+    coord.send("task", task_body())
+    coord.expect(service, "ack", 0.1)
+    full = _FullQueue(service.sock)
+    service.sock = full
+    pool.finish("t1", {"outcome": "failed", "reason": "boom", "retryable": True})
+    service.step(0.2, timeout_ms=0)
+    service.step(0.25, timeout_ms=0)
+    assert full.refused >= 1
+    # Held, not lost: still reported as in flight, and sent once the queue drains.
+    assert service.in_flight() == ["t1"]
+    full.full = False
+    failed = coord.expect(service, "failed", 1.3)
+    assert failed.body["task_id"] == "t1" and failed.body["reason"] == "boom"
+    assert coord.expect(service, "ready", 1.3).body["credits"] == 2
+    assert service.in_flight() == []
+    service.sock = full.sock
