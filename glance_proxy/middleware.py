@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -43,25 +44,78 @@ _INTERNAL_ENVIRON = "HTTP_" + INTERNAL_REQUEST_HEADER.upper().replace("-", "_")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+# A sender that cannot be built (spool_dir missing or unwritable, bad CURVE key) is
+# tried again this often, not on every request; the ERROR naming the cause is
+# repeated at most every REMINDER_INTERVAL seconds, with the count of lost events.
+SENDER_RETRY_INTERVAL = 30.0
+REMINDER_INTERVAL = 300.0
+
+
+class SenderUnavailable(Exception):
+    """No EventSender in this process right now; the failure is already logged."""
+
+
 class SenderHolder:
     """One EventSender per process, started on first use (after gunicorn forks)."""
 
-    def __init__(self, conf: Any, factory: Callable[[Any], EventSender] = EventSender) -> None:
+    def __init__(
+        self,
+        conf: Any,
+        factory: Callable[[Any], EventSender] = EventSender,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.conf = conf
         self.factory = factory
+        self.clock = clock
         self._lock = threading.Lock()
         self._sender: EventSender | None = None
         self._pid = 0
+        self._retry_at = 0.0
+        self._reminded_at: float | None = None
+        self._lost = 0
 
     def get(self) -> EventSender:
+        """This process's sender; SenderUnavailable (already logged) while it cannot be built."""
         pid = os.getpid()
         if self._sender is None or self._pid != pid:
             with self._lock:
                 if self._sender is None or self._pid != pid:
-                    # A sender inherited across fork has no thread: start our own.
-                    self._sender = self.factory(self.conf).start()
-                    self._pid = pid
-        return self._sender
+                    self._build(pid)
+        return self._sender  # type: ignore[return-value]
+
+    def _build(self, pid: int) -> None:
+        now = self.clock()
+        if self._pid == pid and now < self._retry_at:
+            self._lost += 1
+            raise SenderUnavailable()
+        try:
+            # A sender inherited across fork has no thread: start our own.
+            sender = self.factory(self.conf).start()
+        except Exception as exc:
+            self._pid, self._sender = pid, None
+            self._retry_at = now + SENDER_RETRY_INTERVAL
+            self._lost += 1
+            if self._reminded_at is None or now - self._reminded_at >= REMINDER_INTERVAL:
+                first = self._reminded_at is None
+                self._reminded_at = now
+                LOG.error(
+                    "glance-sync: %scannot start the event sender (outbox %s): %s; image events are "
+                    "not recorded (%d lost so far, the coordinator's reconciler repairs them); "
+                    "requests are served as usual, retrying every %g s",
+                    "" if first else "still ", self._spool_dir(), exc, self._lost,
+                    SENDER_RETRY_INTERVAL,
+                )  # fmt: skip
+            raise SenderUnavailable() from None
+        if self._reminded_at is not None:
+            LOG.warning("glance-sync: event sender started; %d image event(s) were lost before", self._lost)
+        self._sender, self._pid = sender, pid
+        self._reminded_at, self._lost = None, 0
+
+    def _spool_dir(self) -> str:
+        try:
+            return str(self.conf.proxy.spool_dir)
+        except Exception:  # no conf (tests) or no [proxy] group
+            return "[proxy] spool_dir"
 
     def close(self) -> None:
         if self._sender is not None and self._pid == os.getpid():
@@ -75,14 +129,67 @@ def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
+class _Prefixed:
+    """``wsgi.input`` for the app after we read ``head`` from ``stream``: head first, then the rest."""
+
+    def __init__(self, head: bytes, stream: Any) -> None:
+        self._head = io.BytesIO(head)
+        self._stream = stream
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self._head.read() + self._stream.read()
+        data = self._head.read(size)
+        if not data and size:
+            return self._stream.read(size)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = self._head.readline(-1 if size is None else size)
+        if line.endswith(b"\n") or (size is not None and 0 <= size <= len(line)):
+            return line
+        return line + self._stream.readline(-1 if size is None or size < 0 else size - len(line))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
+def _read_chunked_body(environ: dict[str, Any]) -> bytes | None:
+    """A chunked body of at most MAX_JSON_BYTES; a longer one is passed on whole, unkept.
+
+    Only when the server marks the input as terminated (``wsgi.input_terminated``,
+    as gunicorn does and as webob requires before glance itself reads a body
+    without Content-Length): elsewhere a read to the end could block.
+    """
+    if not environ.get("wsgi.input_terminated"):
+        return None
+    stream = environ["wsgi.input"]
+    parts, kept = [], 0
+    while kept <= MAX_JSON_BYTES:
+        chunk = stream.read(min(65536, MAX_JSON_BYTES + 1 - kept))
+        if not chunk:
+            break
+        parts.append(chunk)
+        kept += len(chunk)
+    body = b"".join(parts)
+    if kept > MAX_JSON_BYTES:
+        environ["wsgi.input"] = _Prefixed(body, stream)
+        return None
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
 def _read_small_body(environ: dict[str, Any]) -> bytes | None:
-    """The request body when its Content-Length is small; wsgi.input is re-wrapped for glance."""
+    """The request body when it is small; wsgi.input is re-wrapped for glance."""
+    if not environ.get("CONTENT_LENGTH") and environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+        return _read_chunked_body(environ)
     try:
         length = int(environ.get("CONTENT_LENGTH") or -1)
     except ValueError:
         return None
     if length < 0 or length > MAX_JSON_BYTES:
-        return None  # chunked or large: leave the stream alone, the event just lists no changes
+        return None  # large or of unknown length: leave the stream alone, the event just lists no changes
     stream = environ["wsgi.input"]
     parts, left = [], length
     while left > 0:
@@ -191,6 +298,8 @@ class SyncObserver:
             )
             if event is not None:
                 self.senders.get().submit(event)
+        except SenderUnavailable:
+            pass  # logged by the holder, at a bounded rate
         except Exception:
             LOG.exception("glance-sync: cannot emit %s event for image %s", route.kind, route.image_id)
 

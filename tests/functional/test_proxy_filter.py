@@ -136,3 +136,28 @@ def test_failed_requests_and_reads_make_no_event(glances):
     resp = cascading.session().delete(f"{cascading.url}/v2/images/{'0' * 32}", raise_exc=False)
     assert resp.status_code == 404
     no_event(coord)
+
+
+def test_chunked_patch_keeps_its_changes(glances):
+    """A PATCH sent with Transfer-Encoding: chunked still names the properties it changed."""
+    _, cascading, coord = glances
+    client = cascading.client()
+    image = client.images.create(name="chunky", disk_format="raw", container_format="bare")
+    assert next_event(coord)["kind"] == "created"
+    patch = b'[{"op": "replace", "path": "/name", "value": "chunky-2"}, ' \
+            b'{"op": "add", "path": "/hw_scsi_model", "value": "virtio-scsi"}]'
+
+    def pieces():
+        for start in range(0, len(patch), 16):
+            yield patch[start:start + 16]
+
+    resp = cascading.session().patch(
+        f"{cascading.url}/v2/images/{image['id']}", data=pieces(),
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"}, raise_exc=False,
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text + cascading.log_tail()
+    assert client.images.get(image["id"])["name"] == "chunky-2"
+    updated = next_event(coord)
+    assert updated["kind"] == "updated" and updated["changes"] == ["name", "hw_scsi_model"]
+    client.images.delete(image["id"])
+    assert next_event(coord)["kind"] == "deleted"

@@ -239,3 +239,94 @@ def test_filter_factory_enabled_wraps(monkeypatch, tmp_path):
     conf.set_override("spool_dir", str(tmp_path), group="proxy")
     wrapped = middleware.filter_factory({})(FakeGlance())
     assert isinstance(wrapped, SyncObserver)
+
+
+def test_unwritable_spool_dir_logs_one_error_then_reminders_and_never_fails_requests(conf, tmp_path, caplog):
+    """A real EventSender on a spool_dir that cannot be created: one ERROR naming it, not one per request."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    conf.set_override("spool_dir", str(blocker / "spool"), group="proxy")
+    clock = [0.0]
+    holder = SenderHolder(conf, clock=lambda: clock[0])
+    app = SyncObserver(FakeGlance(status="204 No Content", body=b""), holder)
+    with caplog.at_level("WARNING", logger="glance_proxy"):
+        for second in range(0, 600, 5):  # ten minutes of deletes, one every 5 s
+            clock[0] = float(second)
+            assert call(app, "DELETE", f"/v2/images/{IMG}").status_int == 204
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and str(blocker / "spool") in errors[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)  # one clear line, no traceback per request
+    assert 2 <= len(errors) <= 3, [r.getMessage() for r in errors]  # first + reminders every 300 s
+    assert "still" in errors[-1].getMessage()
+    # Once the directory can be made, the next retry starts the sender and events flow again.
+    blocker.unlink()
+    clock[0] = 1000.0
+    assert call(app, "DELETE", f"/v2/images/{IMG}").status_int == 204
+    sender = holder.get()
+    try:
+        assert sender.spool.dir.is_dir()
+    finally:
+        holder.close()
+
+
+class _ChunkedInput:
+    """A server's decoded chunked input: short reads, b"" at the end."""
+
+    def __init__(self, data: bytes, piece: int = 7) -> None:
+        self.data, self.piece, self.pos, self.largest_read = data, piece, 0, 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.piece if size is None or size < 0 else min(size, self.piece)
+        chunk = self.data[self.pos:self.pos + size]
+        self.pos += len(chunk)
+        return chunk
+
+
+def _chunked_patch(app, body: bytes, terminated: bool = True) -> _ChunkedInput:
+    stream = _ChunkedInput(body, piece=4096 if len(body) > 100_000 else 7)
+    environ = {"REQUEST_METHOD": "PATCH", "PATH_INFO": f"/v2/images/{IMG}", "HTTP_TRANSFER_ENCODING": "chunked",
+               "CONTENT_TYPE": "application/openstack-images-v2.1-json-patch", "wsgi.input": stream,
+               "HTTP_X_USER_ID": "u1"}  # fmt: skip
+    if terminated:
+        environ["wsgi.input_terminated"] = True
+    result = app(environ, lambda status, headers, exc_info=None: None)
+    b"".join(result)
+    result.close()
+    return stream
+
+
+def test_chunked_patch_body_is_read_for_changes_and_still_reaches_glance():
+    patch = json.dumps([{"op": "replace", "path": "/name", "value": "x"},
+                        {"op": "add", "path": "/hw_disk_bus", "value": "scsi"}]).encode()
+    glance = FakeGlance(status="200 OK")
+    app, holder = observed(glance)
+    _chunked_patch(app, patch)
+    assert glance.read == patch
+    (event,) = holder.get().events
+    assert (event["kind"], event["changes"]) == ("updated", ["name", "hw_disk_bus"])
+
+
+def test_large_chunked_patch_reaches_glance_whole_and_is_not_kept():
+    big = b"[" + b" " * (3 * middleware.MAX_JSON_BYTES) + b"]"
+    seen = []
+
+    def glance(environ, start_response):
+        while chunk := environ["wsgi.input"].read(65536):
+            seen.append(chunk)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(IMAGE).encode()]
+
+    app, holder = observed(glance)
+    _chunked_patch(app, big)
+    assert b"".join(seen) == big
+    (event,) = holder.get().events
+    assert event["changes"] == []
+
+
+def test_chunked_patch_without_terminated_input_is_left_alone():
+    """A server that does not mark its input terminated: reading to the end could block, so we never do."""
+    glance = FakeGlance(status="200 OK")
+    app, holder = observed(glance)
+    stream = _chunked_patch(app, b'[{"op": "replace", "path": "/name", "value": "x"}]', terminated=False)
+    assert stream.pos == len(glance.read)  # only glance read it
+    assert holder.get().events[0]["changes"] == []
