@@ -10,20 +10,25 @@ so that its credits are counted afresh.
 
 On ``hello``, tasks the journal shows assigned to that agent id but missing from
 ``hello.in_flight`` went down with the agent's previous life: they return to their
-queue at once.  Those still in flight keep their lease.
+queue, and that counts as a retry (see ``TaskDesk.requeue_lapsed``).  Those still in
+flight keep their lease.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.journal import Journal
 from glancesync.exceptions import StaleAttempt
 from glancesync.liveness import Liveness
+from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
+# (retryable, now[, backoff]) -> retry_at(retries) for Journal.fail; backoff=False retries at once.
+RetryPolicy = Callable[..., Callable[[int], float | None]]
 
 
 @dataclass
@@ -54,8 +59,11 @@ class Session:
 class Agents:
     """Every agent session, online or not; the journal holds the tasks, this holds the peers."""
 
-    def __init__(self, journal: Journal, heartbeat_interval: float, lease_timeout: float) -> None:
+    def __init__(self, journal: Journal, heartbeat_interval: float, lease_timeout: float,
+                 retry_policy: RetryPolicy | None = None) -> None:
         self.journal = journal
+        # (retryable, now) -> retry_at(retries); without one, a lost task fails at once.
+        self.retry_policy: RetryPolicy = retry_policy or (lambda *_args: lambda _retries: None)
         self.heartbeat_interval = heartbeat_interval
         self.lease_timeout = lease_timeout
         self.sessions: dict[bytes, Session] = {}
@@ -82,10 +90,14 @@ class Agents:
             if task.task_id in in_flight:
                 session.tasks.add(task.task_id)
                 continue
+            # Lost with the agent's previous life: counts as a retry, like a lapsed lease,
+            # so a task that crashes its agent every time ends failed instead of looping.
+            reason = f"agent {agent_id} restarted without it on attempt {task.attempt}"
             try:
-                self.journal.requeue(task.task_id, task.attempt, now, "agent restarted without it")
-                LOG.info("task %s of %s back to the %s queue: agent %s no longer runs it",
-                         task.task_id, task.image_id, task.region, agent_id)
+                state = self.journal.fail(task.task_id, task.attempt, reason, now, self.retry_policy(True, now, False))
+                LOG.warning("task %s of %s (%s): agent %s no longer runs it; %s", task.task_id, task.image_id,
+                            task.region, agent_id, "failed for good" if state == SyncState.FAILED
+                            else "back in the queue")
             except StaleAttempt:
                 pass
         self.renew(session, now, force=True)

@@ -56,7 +56,7 @@ class Service:
         self.registrar = registrar
         self.context = context or zmq.Context.instance()
         c = conf.coordinator
-        self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout)
+        self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout, self._retry_policy)
         self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy)
         self.started_at = time.time()
         self.agent_sock: zmq.Socket | None = None
@@ -78,6 +78,12 @@ class Service:
             self.context, zmq.ROUTER, c.bind_host, self.conf.sync_server_port, self.conf)
         self.poller.register(self.agent_sock, zmq.POLLIN)
         self.poller.register(self.client_sock, zmq.POLLIN)
+        # Leases are wall-clock times in the journal: after a stop longer than lease_timeout
+        # every one has lapsed, yet the agents kept working and will say hello again (with
+        # their in_flight) within a few heartbeats. Give them one lease_timeout to do so.
+        extended = self.journal.extend_leases(now + c.lease_timeout)
+        if extended:
+            LOG.info("%d handed-out task(s) get %.0f s for their agents to reconnect", extended, c.lease_timeout)
         for task in self.journal.registering():
             LOG.info("task %s of %s: redoing its registration", task.task_id, task.image_id)
             self.tasks.register(task)
@@ -234,12 +240,14 @@ class Service:
 
     # -- timers and queues ------------------------------------------------------------------
 
-    def _retry_policy(self, retryable: bool, now: float) -> Any:
+    def _retry_policy(self, retryable: bool, now: float, backoff: bool = True) -> Any:
         c, retries_max = self.conf.coordinator, self.conf.task_retry_times
 
         def retry_at(retries: int) -> float | None:
             if not retryable or retries >= retries_max:
                 return None
+            if not backoff:
+                return now
             return now + retry_delay(retries + 1, c.retry_backoff, c.max_retry_backoff)
 
         return retry_at

@@ -7,7 +7,7 @@ lapsed, or a duplicate report, raises ``StaleAttempt`` and is dropped with a log
 Lifecycle of a handed-out task::
 
     pending --task--> assigned --ack--> transferring --done--> registering --(pool)--> synced
-                                     \\--failed / lease lapsed--> pending (retry) | failed
+                                     \\--failed / lease lapsed / agent lost it--> pending (retry) | failed
 
 Update tasks are synced at ``done``; delete tasks finish (deleted) once the pool has
 removed the region's location from the cascading image.
@@ -19,15 +19,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from coordinator.agents import Agents, Session
+from coordinator.agents import Agents, RetryPolicy, Session
 from coordinator.journal import Journal, TaskRow
 from coordinator.registrar import Registrar, TaskResult
 from glancesync.exceptions import ProtocolError, StaleAttempt
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
-# (retryable, now) -> retry_at(retries) for Journal.fail
-RetryPolicy = Callable[[bool, float], Callable[[int], float | None]]
 Send = Callable[[bytes, str, dict[str, Any]], None]
 
 
@@ -118,8 +116,9 @@ class TaskDesk:
             return
         self.agents.released(body["task_id"])
 
-    def _fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float) -> None:
-        state = self.journal.fail(task_id, attempt, reason, now, self.retry_policy(retryable, now))
+    def _fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,
+              backoff: bool = True) -> None:
+        state = self.journal.fail(task_id, attempt, reason, now, self.retry_policy(retryable, now, backoff))
         if state == SyncState.FAILED:
             LOG.error("task %s failed for good: %s", task_id, reason)
         else:
@@ -148,11 +147,18 @@ class TaskDesk:
     # -- leases ----------------------------------------------------------------------------
 
     def requeue_lapsed(self, now: float) -> None:
+        """Tasks whose lease lapsed go back to their queue; each lapse counts as a retry.
+
+        A task that kills its agent on every attempt (a poison image that crashes the
+        worker host) would otherwise be handed out forever: after ``task_retry_times``
+        lapses it ends ``failed`` with the reason in ``last_error``.  No backoff: the
+        lapse itself already took ``lease_timeout``.
+        """
         for task in self.journal.lapsed(now):
+            reason = (f"lease of agent {task.agent_id} lapsed on attempt {task.attempt} "
+                      "(the agent died or went silent while running it)")
             try:
-                self.journal.requeue(task.task_id, task.attempt, now, f"lease of agent {task.agent_id} lapsed")
+                self._fail(task.task_id, task.attempt, reason, True, now, backoff=False)
             except StaleAttempt:
                 continue
             self.agents.released(task.task_id)
-            LOG.warning("task %s (%s -> %s): lease of agent %s lapsed, back in the queue",
-                        task.task_id, task.image_id, task.region, task.agent_id)

@@ -218,6 +218,14 @@ class TaskStateMixin:
                 tasks.c.agent_id == agent_id, tasks.c.task_id.in_(ids), tasks.c.state.in_(_LIVE_TASK),
             ).values(lease_expires=lease_expires)).rowcount
 
+    def extend_leases(self, until: float) -> int:
+        """Let every handed-out task's lease run at least ``until`` (a restart's grace period)."""
+        with self.transaction() as conn:
+            return conn.execute(tasks.update().where(
+                tasks.c.state.in_(_LIVE_TASK),
+                sa.or_(tasks.c.lease_expires.is_(None), tasks.c.lease_expires < until),
+            ).values(lease_expires=until)).rowcount
+
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""
         query = sa.select(tasks).where(tasks.c.state == S.REGISTERING.value).order_by(tasks.c.seq)

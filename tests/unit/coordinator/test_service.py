@@ -12,7 +12,7 @@ from coordinator.service import Service
 from glancesync import protocol
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, FakeClient, image_record
+from .conftest import IMAGE_ID, FakeClient, free_port, image_record
 
 NOW = 2_000_000.0
 
@@ -269,3 +269,54 @@ def test_status_views(ctx, service) -> None:
     assert image["regions"]["RegionOne"]["task_kind"] == "copy"
     query.send(protocol.encode("status_query", {"view": "image", "image_id": "nope"}))
     assert receive(query, service, NOW).body["data"] == {"image_id": "nope", "known": False, "regions": {}}
+
+
+def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> float:
+    """Let the agent holding ``task_id`` lose it (lease lapse or restart); returns the time after."""
+    if how == "lapse":
+        now += service.conf.coordinator.lease_timeout + 1
+        pump(service, now, lambda: journal.task(task_id).state != SyncState.ASSIGNED)
+    else:
+        agent(ctx, service, in_flight=[], now=now)  # the same agent id, restarted without the task
+    return now
+
+
+@pytest.mark.parametrize("how", ["lapse", "restart"])
+def test_a_task_that_keeps_losing_its_agent_ends_failed(ctx, service, journal, how) -> None:
+    # A poison image that kills the agent on every attempt must not be handed out forever:
+    # each loss counts as a retry (task_retry_times = 2 here).
+    sock, task = run_copy(ctx, service)
+    task_id, now = task["task_id"], NOW
+    for attempt in (1, 2):
+        now = lose_task(ctx, service, journal, task_id, how, now)
+        row = journal.task(task_id)
+        assert row.state == SyncState.PENDING and row.retries == attempt
+        again = agent(ctx, service, credits=1, now=now)
+        assert receive(again, service, now, "task").body["attempt"] == attempt + 1
+    lose_task(ctx, service, journal, task_id, how, now)
+    assert journal.task(task_id).state == SyncState.FAILED
+    view = journal.image_view(IMAGE_ID)[1]["RegionOne"]
+    assert view["state"] == "failed" and "a1" in view["last_error"]
+
+
+def test_a_restarted_coordinator_gives_agents_a_lease_to_come_back(ctx, service, journal, conf, stores,
+                                                                    client) -> None:
+    # The coordinator was down longer than lease_timeout: its agents kept working and say hello
+    # again within a few heartbeats. Their tasks must not lapse (and burn a retry) before that.
+    sock, task = run_copy(ctx, service)
+    service.shutdown()
+    restart = NOW + 100
+    # New ports: zmq releases the old ones asynchronously.
+    conf.set_override("agent_port", free_port(), group="coordinator")
+    conf.set_override("sync_server_port", free_port())
+    again = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    again.initialize(restart)
+    try:
+        pump(again, restart)
+        row = journal.task(task["task_id"])
+        assert row.state == SyncState.ASSIGNED and row.retries == 0
+        agent(ctx, again, in_flight=[task["task_id"]], now=restart + 5)
+        pump(again, restart + 5 + again.conf.coordinator.lease_timeout - 1)
+        assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
+    finally:
+        again.shutdown()
