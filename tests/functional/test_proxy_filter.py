@@ -161,3 +161,77 @@ def test_chunked_patch_keeps_its_changes(glances):
     assert updated["kind"] == "updated" and updated["changes"] == ["name", "hw_scsi_model"]
     client.images.delete(image["id"])
     assert next_event(coord)["kind"] == "deleted"
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as handle:
+            found += [int(p) for p in handle.read().split()]
+    return found
+
+
+def test_standalone_proxy_streams_a_large_image_in_flat_memory(glances, tmp_path):
+    """200 MiB up and down through the real glance-sync-proxy: its workers' peak RSS barely moves."""
+    from tests.harness import ServiceProcess, wait_tcp
+    from tests.harness.glance import venv_bin
+
+    region, _, _ = glances
+    port = free_port()
+    conf = tmp_path / "proxy.conf"
+    conf.write_text(
+        f"[DEFAULT]\nsync_server_host = 127.0.0.1\nsync_server_port = {free_port()}\n"
+        f"[proxy]\nlisten_host = 127.0.0.1\nlisten_port = {port}\nupstream_url = {region.url}\n"
+        f"spool_dir = {tmp_path / 'spool'}\n"
+    )
+    proxy = ServiceProcess("glance-sync-proxy", [venv_bin("glance-sync-proxy"), "--config-file", str(conf)],
+                           tmp_path / "proxy.log").start()
+    try:
+        wait_tcp("127.0.0.1", port, 30)
+        url = f"http://127.0.0.1:{port}"
+        sess = session.Session(auth=noauth.NoAuth(endpoint=url), additional_headers=dict(IDENTITY_HEADERS))
+        json_headers = {"Content-Type": "application/json"}
+        # Warm every worker (imports, first event) before the baseline.
+        for _ in range(6):
+            assert sess.get(f"{url}/v2/images", raise_exc=False).status_code == 200
+        image = sess.post(f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare"},
+                          headers=json_headers).json()
+        workers = _children(proxy.pid)
+        assert workers, proxy.log_tail()
+        baseline = {pid: _kib(pid, "VmRSS") for pid in workers}
+        size, piece = 200 * 1024 * 1024, os.urandom(1024 * 1024)
+        digest = hashlib.md5()
+
+        def body():
+            for _ in range(size // len(piece)):
+                digest.update(piece)
+                yield piece
+
+        started = time.monotonic()
+        resp = sess.put(f"{url}/v2/images/{image['id']}/file", data=body(),
+                        headers={"Content-Type": "application/octet-stream"}, raise_exc=False)
+        up = time.monotonic() - started
+        assert resp.status_code == 204, resp.text + proxy.log_tail()
+        record = sess.get(f"{url}/v2/images/{image['id']}").json()
+        assert record["size"] == size and record["checksum"] == digest.hexdigest()
+        started, got, down_md5 = time.monotonic(), 0, hashlib.md5()
+        with sess.get(f"{url}/v2/images/{image['id']}/file", stream=True) as download:
+            for chunk in download.iter_content(1024 * 1024):
+                got += len(chunk)
+                down_md5.update(chunk)
+        down = time.monotonic() - started
+        assert got == size and down_md5.hexdigest() == digest.hexdigest()
+        growth = {pid: (_kib(pid, "VmHWM") - baseline[pid]) / 1024 for pid in workers}
+        print(f"\nproxy 200 MiB: upload {up:.1f} s, download {down:.1f} s; worker peak RSS growth MiB: "
+              + ", ".join(f"{g:.1f}" for g in growth.values()))
+        assert max(growth.values()) < 100, growth
+        sess.delete(f"{url}/v2/images/{image['id']}")
+    finally:
+        proxy.stop()
