@@ -6,9 +6,14 @@ The shapes are a contract with glancesync.status (the status tool)::
               "regions": {region: {"queued", "in_flight", "synced", "failed",
                                    "agents": [{"agent_id", "online", "last_heartbeat",
                                                "capacity", "credits", "tasks"}]}}}
-    image:   {"image_id", "known", "regions": {region: {"state", "task_kind", "task_id",
+    image:   {"image_id", "known", "planned", "regions": {region: {"state", "task_kind", "task_id",
               "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
               "updated_at", "synced_at"}}}
+
+``known``: some event or region names the image.  ``planned``: known, and every event
+received for it has been planned, so ``regions`` lists all the work there is: known,
+planned and no regions means nothing to do (sync_strategy None, USER with no region),
+while ``planned`` false means more may come (an event still waits for planning).
 
 Regions are those of glance_store.yaml plus any region an agent announced.
 """
@@ -40,7 +45,8 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
 
 def image(journal: Journal, image_id: str) -> dict[str, Any]:
     known, regions = journal.image_view(image_id)
-    return {"image_id": image_id, "known": known, "regions": regions}
+    planned = known and journal.unplanned_count(image_id) == 0
+    return {"image_id": image_id, "known": known, "planned": planned, "regions": regions}
 
 
 def build(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,

@@ -46,3 +46,10 @@ class ViewsMixin:
                 "agent_id": r.agent_id, "updated_at": r.updated_at, "synced_at": r.synced_at,
             }
         return bool(rows) or seen is not None, regions
+
+    def unplanned_count(self, image_id: str) -> int:
+        """How many events of ``image_id`` wait for planning."""
+        query = sa.select(sa.func.count()).select_from(events).where(
+            events.c.image_id == image_id, events.c.planned.is_(False))
+        with self.transaction() as conn:
+            return int(conn.execute(query).scalar() or 0)

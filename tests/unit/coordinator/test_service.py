@@ -268,7 +268,8 @@ def test_status_views(ctx, service) -> None:
     assert image["regions"]["RegionOne"]["agent_id"] == "a1"
     assert image["regions"]["RegionOne"]["task_kind"] == "copy"
     query.send(protocol.encode("status_query", {"view": "image", "image_id": "nope"}))
-    assert receive(query, service, NOW).body["data"] == {"image_id": "nope", "known": False, "regions": {}}
+    assert receive(query, service, NOW).body["data"] == {"image_id": "nope", "known": False, "planned": False,
+                                                            "regions": {}}
 
 
 def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> float:
