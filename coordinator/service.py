@@ -31,7 +31,7 @@ from coordinator.journal import EventRow, Journal
 from coordinator.registrar import FetchResult, Registrar, TaskResult
 from coordinator.tasks import TaskDesk
 from glancesync import protocol, transport
-from glancesync.exceptions import GlanceSyncError, ProtocolError
+from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
 from glancesync.liveness import retry_delay
 from glancesync.storemap import StoreMap
 
@@ -66,6 +66,7 @@ class Service:
         self._last_heartbeat = 0.0
         self._fetching: set[str] = set()
         self._event_retry: dict[str, tuple[int, float]] = {}
+        self._unapplied: list[TaskResult | FetchResult] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -253,11 +254,23 @@ class Service:
         return retry_at
 
     def _apply_results(self, now: float) -> None:
-        for result in self.registrar.results():
-            if isinstance(result, TaskResult):
-                self.tasks.registered(result, now)
-            elif isinstance(result, FetchResult):
-                self._fetched(result, now)
+        # A result taken from the pool exists nowhere else: when the journal cannot take it
+        # (locked, disk full), keep it and the ones after it for the next iteration.
+        pending, self._unapplied = self._unapplied + self.registrar.results(), []
+        for index, result in enumerate(pending):
+            try:
+                if isinstance(result, TaskResult):
+                    self.tasks.registered(result, now)
+                elif isinstance(result, FetchResult):
+                    self._fetched(result, now)
+            except JournalError as exc:
+                LOG.error("%d glance result(s) wait for the journal: %s", len(pending) - index, exc)
+                self._unapplied = pending[index:]
+                return
+            except Exception:
+                LOG.exception("glance result %r could not be applied; dropped", result)
+                if isinstance(result, FetchResult):
+                    self._fetching.discard(result.event_id)  # fetched again next time
 
     def _housekeeping(self, now: float) -> None:
         self.agents.expire(now)
@@ -288,10 +301,10 @@ class Service:
             self.registrar.fetch(event, wait_active=event.kind == "imported")
 
     def _fetched(self, result: FetchResult, now: float) -> None:
+        event = self.journal.unplanned_event(result.event_id)
         self._fetching.discard(result.event_id)
-        events = {e.event_id: e for e in self.journal.unplanned_events()}
-        event = events.get(result.event_id)
         if event is None:
+            self._event_retry.pop(result.event_id, None)
             return
         if result.error is not None and result.error.retryable:
             tries = self._event_retry.get(event.event_id, (0, 0.0))[0] + 1

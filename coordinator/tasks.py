@@ -22,7 +22,7 @@ from typing import Any
 from coordinator.agents import Agents, RetryPolicy, Session
 from coordinator.journal import Journal, TaskRow
 from coordinator.registrar import Registrar, TaskResult
-from glancesync.exceptions import ProtocolError, StaleAttempt
+from glancesync.exceptions import JournalError, ProtocolError, StaleAttempt
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
@@ -92,6 +92,13 @@ class TaskDesk:
         except StaleAttempt:
             self._stale("progress", body, session)
 
+    def _lost_report(self, what: str, body: dict[str, Any], exc: JournalError) -> None:
+        # The agent sends done / failed once. Stop renewing the lease, so the task lapses
+        # and is redone instead of staying with an agent that has finished with it.
+        LOG.error("%s of task %s attempt %s not journaled (%s); the task is redone once its lease lapses",
+                  what, body["task_id"], body["attempt"], exc)
+        self.agents.released(body["task_id"])
+
     def done(self, session: Session, body: dict[str, Any], now: float) -> None:
         try:
             if not self._owned(session, body):
@@ -99,6 +106,9 @@ class TaskDesk:
             task = self.journal.done(body["task_id"], body["attempt"], dict(body), now)
         except StaleAttempt:
             self._stale("done", body, session)
+            return
+        except JournalError as exc:
+            self._lost_report("done", body, exc)
             return
         self.agents.released(task.task_id)
         LOG.info("task %s (%s %s -> %s) done by agent %s", task.task_id, task.kind, task.image_id,
@@ -113,6 +123,9 @@ class TaskDesk:
             self._fail(body["task_id"], body["attempt"], body["reason"], body["retryable"], now)
         except StaleAttempt:
             self._stale("failed", body, session)
+            return
+        except JournalError as exc:
+            self._lost_report("failed", body, exc)
             return
         self.agents.released(body["task_id"])
 

@@ -43,6 +43,13 @@ class PlanningMixin:
             rows = conn.execute(query).all()
         return [EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at) for r in rows]
 
+    def unplanned_event(self, event_id: str) -> EventRow | None:
+        """The event ``event_id`` if it is recorded and not planned yet."""
+        query = sa.select(events).where(events.c.event_id == event_id, events.c.planned.is_(False))
+        with self.transaction() as conn:
+            r = conn.execute(query).first()
+        return None if r is None else EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at)
+
     def region_records(self, image_id: str) -> dict[str, RegionRecord]:
         query = (sa.select(image_regions.c.region, image_regions.c.state, image_regions.c.os_hash_value,
                            tasks.c.kind)

@@ -321,3 +321,51 @@ def test_a_restarted_coordinator_gives_agents_a_lease_to_come_back(ctx, service,
         assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
     finally:
         again.shutdown()
+
+
+def failing_once(monkeypatch, obj, name: str) -> list[int]:
+    """Make ``obj.name`` raise JournalError (a locked or full journal) on its first call only."""
+    from glancesync.exceptions import JournalError
+
+    real, calls = getattr(obj, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise JournalError(detail="OperationalError: database is locked")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, flaky)
+    return calls
+
+
+def test_a_result_that_cannot_be_journaled_is_applied_on_a_later_iteration(ctx, service, journal,
+                                                                             monkeypatch) -> None:
+    sock, task = run_copy(ctx, service)
+    calls = failing_once(monkeypatch, journal, "finish")
+    sock.send(protocol.encode("done", report(task)))
+    pump(service, NOW, lambda: state(journal) == "synced")
+    assert len(calls) == 2
+
+
+def test_a_fetch_result_that_cannot_be_journaled_is_planned_later(ctx, service, journal, monkeypatch) -> None:
+    calls = failing_once(monkeypatch, journal, "plan_event")
+    send_event(ctx, service)
+    pump(service, NOW, lambda: planned(service))
+    assert len(calls) == 2 and len(journal.dispatchable("RegionOne", NOW)) == 1
+
+
+def test_a_done_the_journal_could_not_take_is_redone_after_the_lease(ctx, service, journal,
+                                                                    monkeypatch) -> None:
+    # The agent sends done once. If the journal cannot take it, the task must not stay
+    # "transferring" for ever with its lease renewed by the agent's heartbeats.
+    sock, task = run_copy(ctx, service)
+    failing_once(monkeypatch, journal, "done")
+    sock.send(protocol.encode("done", report(task)))
+    pump(service, NOW)
+    now = NOW
+    for _ in range(12):  # the agent keeps beating for longer than lease_timeout
+        now += 1
+        sock.send(protocol.encode("heartbeat", {}))
+        pump(service, now)
+    assert journal.task(task["task_id"]).state == SyncState.PENDING
