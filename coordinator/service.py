@@ -323,6 +323,13 @@ class Service:
         self._plan(event, result.image, now)
 
     def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float) -> None:
+        if event.kind != "deleted" and self.journal.deleted_event(event.image_id):
+            # Fetched before the delete, answered after it: the record is stale, and copies
+            # made from it would outlive the image (its delete was planned without them).
+            LOG.info("event %s (%s of %s): the image was deleted since; no tasks", event.event_id, event.kind,
+                     event.image_id)
+            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="the image was deleted")
+            return
         existing = self.journal.region_records(event.image_id)
         plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
                             self.conf.sync_strategy, existing, self.storemap.source_path)

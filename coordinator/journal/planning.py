@@ -50,6 +50,12 @@ class PlanningMixin:
             r = conn.execute(query).first()
         return None if r is None else EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at)
 
+    def deleted_event(self, image_id: str) -> bool:
+        """True once a ``deleted`` event of ``image_id`` was recorded: glance never brings that id back."""
+        query = sa.select(events.c.event_id).where(events.c.image_id == image_id, events.c.kind == "deleted")
+        with self.transaction() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
     def region_records(self, image_id: str) -> dict[str, RegionRecord]:
         query = (sa.select(image_regions.c.region, image_regions.c.state, image_regions.c.os_hash_value,
                            tasks.c.kind)

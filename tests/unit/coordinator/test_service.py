@@ -369,3 +369,19 @@ def test_a_done_the_journal_could_not_take_is_redone_after_the_lease(ctx, servic
         sock.send(protocol.encode("heartbeat", {}))
         pump(service, now)
     assert journal.task(task["task_id"]).state == SyncState.PENDING
+
+
+def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal) -> None:
+    # uploaded is being fetched when deleted arrives and is planned (no regions yet); the
+    # fetch then answers with the image as it was. Copying it now would leave regional
+    # copies of a deleted image that nothing ever removes.
+    from coordinator.registrar import FetchResult
+
+    journal.record_event("e1", "uploaded", IMAGE_ID, {"event_id": "e1"}, NOW)
+    journal.record_event("e2", "deleted", IMAGE_ID, {"event_id": "e2"}, NOW + 1)
+    service._fetching.add("e1")
+    service._plan_events(NOW + 1)
+    service._fetched(FetchResult("e1", image_record(store_dir=service.storemap.store.store_dir)), NOW + 2)
+    assert planned(service)
+    assert journal.dispatchable("RegionOne", NOW + 2) == [] and journal.dispatchable("RegionTwo", NOW + 2) == []
+    assert journal.image_view(IMAGE_ID)[1] == {}
