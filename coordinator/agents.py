@@ -27,6 +27,10 @@ from glancesync.liveness import Liveness
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
+# Seconds an offline agent stays listed in status before its session is dropped: long
+# enough for an operator to notice it, short enough that restarts of agents with new
+# names do not grow the coordinator's memory without bound.
+FORGET_AFTER = 24 * 3600
 # (retryable, now[, backoff]) -> retry_at(retries) for Journal.fail; backoff=False retries at once.
 RetryPolicy = Callable[..., Callable[[int], float | None]]
 
@@ -75,9 +79,10 @@ class Agents:
 
     def hello(self, routing_id: bytes, body: dict[str, Any], now: float) -> Session:
         """A new session; it replaces any older session of the same agent id."""
-        agent_id = body["agent_id"]
+        agent_id, region = body["agent_id"], body["region"]
+        # An agent is (region, agent_id): agent_id is unique within a region only.
         for old_id, old in list(self.sessions.items()):
-            if old.agent_id == agent_id or old_id == routing_id:
+            if (old.agent_id, old.region) == (agent_id, region) or old_id == routing_id:
                 del self.sessions[old_id]
         session = Session(
             routing_id=routing_id, agent_id=agent_id, region=body["region"], capacity=body["capacity"],
@@ -86,7 +91,7 @@ class Agents:
         session.liveness.heard(now)
         self.sessions[routing_id] = session
         in_flight = set(body.get("in_flight") or ())
-        for task in self.journal.agent_tasks(agent_id):
+        for task in self.journal.agent_tasks(agent_id, region):
             if task.task_id in in_flight:
                 session.tasks.add(task.task_id)
                 continue
@@ -129,9 +134,18 @@ class Agents:
             session.tasks.discard(task_id)
 
     def expire(self, now: float) -> list[Session]:
-        """Mark silent agents offline; returns the ones that just went."""
+        """Mark silent agents offline; returns the ones that just went.
+
+        Offline sessions stay listed for status, but not for ever: agents named after a
+        container's random hostname never come back under the same name.
+        """
         gone = []
-        for session in self.sessions.values():
+        for routing_id, session in list(self.sessions.items()):
+            if not session.online and now - session.liveness.last_heard > FORGET_AFTER:
+                del self.sessions[routing_id]
+                LOG.info("agent %s of region %s forgotten: offline for over %d s", session.agent_id,
+                         session.region, FORGET_AFTER)
+                continue
             if session.online and session.liveness.expired(now):
                 session.online = False
                 session.credits = 0

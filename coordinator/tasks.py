@@ -72,7 +72,8 @@ class TaskDesk:
 
     def _owned(self, session: Session, body: dict[str, Any]) -> bool:
         task = self.journal.task(body["task_id"])
-        if task is None or task.agent_id != session.agent_id or task.attempt != body["attempt"]:
+        if (task is None or task.agent_id != session.agent_id or task.region != session.region
+                or task.attempt != body["attempt"]):
             return False
         return True
 

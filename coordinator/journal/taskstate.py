@@ -199,8 +199,10 @@ class TaskStateMixin:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
             self._set_task(conn, task, S.PENDING, now, last_error=reason, agent_id=None, lease_expires=None)
 
-    def agent_tasks(self, agent_id: str) -> list[TaskRow]:
+    def agent_tasks(self, agent_id: str, region: str | None = None) -> list[TaskRow]:
         query = sa.select(tasks).where(tasks.c.agent_id == agent_id, tasks.c.state.in_(_LIVE_TASK))
+        if region is not None:
+            query = query.where(tasks.c.region == region)
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query).all()]
 

@@ -385,3 +385,29 @@ def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal)
     assert planned(service)
     assert journal.dispatchable("RegionOne", NOW + 2) == [] and journal.dispatchable("RegionTwo", NOW + 2) == []
     assert journal.image_view(IMAGE_ID)[1] == {}
+
+
+def test_agents_of_two_regions_may_share_an_agent_id(ctx, service, journal) -> None:
+    # [agent] agent_id is unique among the agents of a region only (e.g. "agent-1" in each).
+    sock, task = run_copy(ctx, service)  # agent a1 of RegionOne holds the copy
+    other = agent(ctx, service, region="RegionTwo", agent_id="a1", credits=1)
+    two = receive(other, service, NOW, "task").body
+    assert two["region"] == "RegionTwo"
+    row = journal.task(task["task_id"])
+    assert row.state == SyncState.ASSIGNED and row.retries == 0  # RegionOne's task untouched
+    sessions = service.agents.by_region()
+    assert [s.agent_id for s in sessions["RegionOne"]] == ["a1"] and sessions["RegionOne"][0].online
+    assert [s.agent_id for s in sessions["RegionTwo"]] == ["a1"]
+    # A report names the task; an agent of another region cannot settle it.
+    other.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 1, "reason": "x",
+                                          "retryable": False}))
+    pump(service, NOW)
+    assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
+
+
+def test_agents_that_never_come_back_are_forgotten(ctx, service) -> None:
+    agent(ctx, service, agent_id="ephemeral-1")
+    pump(service, NOW + 10)
+    assert [s.online for s in service.agents.sessions.values()] == [False]  # offline, still listed
+    pump(service, NOW + 10 + 24 * 3600)
+    assert service.agents.sessions == {}
