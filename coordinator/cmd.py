@@ -14,7 +14,7 @@ from coordinator.journal import Journal
 from coordinator.registrar import Registrar, cascading_endpoint
 from coordinator.service import Service
 from glancesync import config, glance, storemap
-from glancesync.exceptions import ConfigError
+from glancesync.exceptions import ConfigError, GlanceSyncError
 
 PROG = "glance-sync-coordinator"
 LOG = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         service.run(stop)
-    except ConfigError as exc:  # a socket that cannot bind, a key that does not load
+    except GlanceSyncError as exc:  # a socket that cannot bind, a key that does not load, the journal
         LOG.error("cannot start: %s", exc)
         return 1
     finally:

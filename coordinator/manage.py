@@ -25,6 +25,7 @@ from alembic.script import ScriptDirectory
 
 from coordinator import journal
 from glancesync import config, keys
+from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
 COMMANDS = ("db_sync", "db_version", "keygen")
@@ -68,7 +69,10 @@ def _keygen(args: list[str]) -> int:
     parser.add_argument("--dir", required=True, help="directory for the key files (created 0700)")
     parser.add_argument("--name", required=True, help="key name: NAME.key and NAME.key_secret")
     ns = parser.parse_args(args)
-    public, secret = keys.generate(ns.dir, ns.name)
+    try:
+        public, secret = keys.generate(ns.dir, ns.name)
+    except (OSError, GlanceSyncError) as exc:  # an unwritable or missing directory, a bad name
+        config.fail(PROG, f"keygen failed: {exc}")
     print(f"public key: {public}")
     print(f"secret key: {secret}")
     return 0

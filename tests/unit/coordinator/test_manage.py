@@ -47,3 +47,31 @@ def test_coordinator_refuses_a_broken_store_yaml(tmp_path: Path, db_url: str) ->
     bad.write_text("regions: [\n")
     make_conf(tmp_path, db_url, bad)
     assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1
+
+
+def test_keygen_into_an_unusable_directory_is_one_line(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    try:
+        code = manage.main(["keygen", "--dir", str(blocker / "keys"), "--name", "coord"])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("glance-sync-manage: keygen failed: ") and len(err.strip().splitlines()) == 1
+
+
+def test_coordinator_journal_failing_at_start_is_one_line(tmp_path: Path, db_url: str, store_yaml: Path,
+                                                          monkeypatch, capsys) -> None:
+    from coordinator.service import Service
+    from glancesync.exceptions import JournalError
+
+    def locked(self, now):
+        raise JournalError(detail="OperationalError: database is locked")
+
+    monkeypatch.setattr(Service, "initialize", locked)
+    make_conf(tmp_path, db_url, store_yaml)
+    assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1
+    captured = capsys.readouterr()
+    assert "database is locked" in captured.out + captured.err
+    assert "Traceback" not in captured.out + captured.err
