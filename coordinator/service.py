@@ -37,6 +37,12 @@ from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
+# Tries of the image fetch an event is planned from before it is planned with no tasks and
+# its plan_error. With the task backoff (5 s doubling, capped at max_retry_backoff) that
+# rides out a cascading glance outage of about half an hour; an image glance cannot show
+# for longer (a 500 on one record) must not keep its event, and the retry map, for ever.
+# The retry state is in memory only: after a restart, unplanned events start over.
+FETCH_TRIES = 10
 # Message types an agent may send; anything else on the agent socket is refused.
 AGENT_TYPES = frozenset({"hello", "ready", "ack", "progress", "done", "failed", "heartbeat", "bye"})
 
@@ -306,8 +312,8 @@ class Service:
         if event is None:
             self._event_retry.pop(result.event_id, None)
             return
-        if result.error is not None and result.error.retryable:
-            tries = self._event_retry.get(event.event_id, (0, 0.0))[0] + 1
+        tries = self._event_retry.get(event.event_id, (0, 0.0))[0] + 1
+        if result.error is not None and result.error.retryable and tries < FETCH_TRIES:
             c = self.conf.coordinator
             delay = retry_delay(tries, max(c.retry_backoff, 1.0), max(c.max_retry_backoff, 1.0))
             self._event_retry[event.event_id] = (tries, now + delay)
@@ -316,8 +322,8 @@ class Service:
             return
         self._event_retry.pop(event.event_id, None)
         if result.error is not None:
-            LOG.error("event %s: image %s cannot be fetched: %s; no tasks", event.event_id,
-                      event.image_id, result.error)
+            LOG.error("event %s: image %s cannot be fetched (%d tries): %s; no tasks", event.event_id,
+                      event.image_id, tries, result.error)
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=str(result.error))
             return
         self._plan(event, result.image, now)

@@ -411,3 +411,36 @@ def test_agents_that_never_come_back_are_forgotten(ctx, service) -> None:
     assert [s.online for s in service.agents.sessions.values()] == [False]  # offline, still listed
     pump(service, NOW + 10 + 24 * 3600)
     assert service.agents.sessions == {}
+
+
+def test_an_image_deleted_before_planning_is_planned_with_no_tasks(ctx, service, journal, client) -> None:
+    del client.images.records[IMAGE_ID]
+    send_event(ctx, service)
+    pump(service, NOW, lambda: planned(service))
+    assert service._event_retry == {} and service._fetching == set()
+    assert journal.image_view(IMAGE_ID)[1] == {} and len(client.images.gets) == 1
+
+
+def test_a_fetch_that_keeps_failing_gives_up_with_a_reason(ctx, service, journal, client, monkeypatch) -> None:
+    from glanceclient import exc
+
+    def broken(image_id):
+        client.images.gets.append(image_id)
+        raise exc.HTTPInternalServerError("glance cannot show this image")
+
+    monkeypatch.setattr(client.images, "get", broken)
+    send_event(ctx, service)
+    now = NOW
+    pump(service, now, lambda: client.images.gets and "e1" not in service._fetching)
+    for _ in range(40):
+        now += 3600  # past any backoff
+        before = len(client.images.gets)
+        pump(service, now, lambda b=before: len(client.images.gets) > b and "e1" not in service._fetching)
+        if planned(service):
+            break
+    assert planned(service), "the event is fetched for ever"
+    assert service._event_retry == {}
+    with journal.transaction() as conn:
+        from coordinator.schema import events
+        error = conn.execute(events.select()).one().plan_error
+    assert "glance cannot show this image" in error
