@@ -444,3 +444,11 @@ def test_a_fetch_that_keeps_failing_gives_up_with_a_reason(ctx, service, journal
         from coordinator.schema import events
         error = conn.execute(events.select()).one().plan_error
     assert "glance cannot show this image" in error
+
+
+def test_an_event_the_journal_cannot_take_is_not_acked(ctx, service, journal, monkeypatch) -> None:
+    failing_once(monkeypatch, journal, "record_event")
+    reply = send_event(ctx, service)
+    assert reply.type == "error" and reply.body["code"] == "unavailable"
+    assert journal.unplanned_events() == []
+    assert send_event(ctx, service).type == "event_ack"  # the sender's resend is taken
