@@ -132,8 +132,12 @@ def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
     regions: Mapping[str, Any] = data.get("regions") or {}
     if not data.get("known"):
         return "waiting", f"image {image_id} is not known to the coordinator"
+    if not regions and data.get("planned"):
+        return "synced", f"image {image_id} is to be synced to no region (sync_strategy or its regions)"
     if not regions:
-        return "waiting", f"no region is listed for image {image_id}"
+        return "waiting", f"no region is listed for image {image_id} yet"
+    if all(regions[name].get("state") == SyncState.DELETED for name in regions):
+        return "synced", f"image {image_id} is deleted in {', '.join(sorted(regions))}"
     failed = [name for name in sorted(regions) if regions[name].get("state") == SyncState.FAILED]
     if failed:
         errors = "; ".join(f"{name}: {regions[name].get('last_error') or 'no error recorded'}" for name in failed)

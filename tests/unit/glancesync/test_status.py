@@ -182,6 +182,27 @@ def test_wait_times_out_on_an_image_never_known() -> None:
     assert code == 1 and "not known" in why
 
 
+def test_wait_exits_0_for_a_planned_image_with_nowhere_to_go() -> None:
+    clock = FakeClock()
+    nowhere = {**image(), "planned": True}
+    code, why, _ = status.wait_for_image(replies(image(), nowhere), 10.0, clock=clock, sleep=clock.sleep)
+    assert code == 0 and "no region" in why
+
+
+def test_wait_keeps_waiting_for_an_image_not_planned_yet() -> None:
+    clock = FakeClock()
+    code, why, _ = status.wait_for_image(replies({**image(), "planned": False}), 2.0, clock=clock, sleep=clock.sleep)
+    assert code == 1 and "timed out" in why
+
+
+def test_wait_exits_0_once_deleted_everywhere() -> None:
+    clock = FakeClock()
+    fetch = replies(image(RegionOne=region("deleting"), RegionTwo=region("deleted")),
+                    image(RegionOne=region("deleted"), RegionTwo=region("deleted")))
+    code, why, _ = status.wait_for_image(fetch, 10.0, clock=clock, sleep=clock.sleep)
+    assert code == 0 and "deleted in RegionOne, RegionTwo" in why
+
+
 def test_wait_gives_each_query_at_least_a_second() -> None:
     clock = FakeClock()
     fetch = replies(image(RegionOne=region("pending")))
