@@ -14,7 +14,7 @@ prints the ``status_reply``.  The coordinator's reply ``data``:
 - summary: ``{"coordinator": {"version", "started_at"}, "regions": {<region>:
   {"queued", "in_flight", "synced", "failed", "agents": [{"agent_id", "online",
   "last_heartbeat", "capacity", "credits", "tasks"}]}}}``
-- image: ``{"image_id", "known", "regions": {<region>: {"state", "task_kind",
+- image: ``{"image_id", "known", "planned", "regions": {<region>: {"state", "task_kind",
   "task_id", "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
   "updated_at", "synced_at"}}}``
 
