@@ -15,6 +15,7 @@ the file is deleted, so the retry starts clean.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -243,13 +244,28 @@ def fetch(
         raise TransferError(image_id=image_id, detail=f"{source_path} not found on {store.host}") from None
     except PermissionError:
         raise SourceRefused(image_id=image_id, detail=f"{source_path}: permission denied on {store.host}") from None
-    except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Keeping the partial file for a resume would hold the space that ran out.
+            _discard(dest)
+            raise TransferError(
+                image_id=image_id, detail=f"work dir full writing {dest} ({exc.strerror}); partial file removed"
+            ) from None
+        raise TransferError(image_id=image_id, detail=f"reading {source_path}: {exc}") from None
+    except (TimeoutError, paramiko.SSHException, EOFError) as exc:
         raise TransferError(image_id=image_id, detail=f"reading {source_path}: {exc}") from None
     finally:
         client.close()
     fetched = Fetched(dest, size, md5.hexdigest(), algo, other.hexdigest(), time.monotonic() - started, resumed)
     verify(image, fetched)
     return fetched
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def verify(image: dict[str, Any], fetched: Fetched) -> None:

@@ -129,3 +129,69 @@ def test_missing_known_hosts_file_is_refused(tmp_path):
     with pytest.raises(SourceRefused) as info:
         transfer.connect(store, "img-1", timeout=1)
     assert "known_hosts" in str(info.value)
+
+
+class _Attrs:
+    def __init__(self, mode: int, size: int) -> None:
+        self.st_mode, self.st_size, self.st_mtime = mode, size, 1
+
+
+class _Remote:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def stat(self) -> _Attrs:
+        return _Attrs(0o100644, self.size)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+class _Sftp:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def get_channel(self):
+        return self
+
+    def settimeout(self, timeout) -> None:
+        pass
+
+    def lstat(self, path):
+        return _Attrs(0o100644 if path.endswith("img") else 0o040755, self.size)
+
+    def open(self, path, mode):
+        return _Remote(self.size)
+
+
+class _Client:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def open_sftp(self) -> _Sftp:
+        return _Sftp(self.size)
+
+    def close(self) -> None:
+        pass
+
+
+def test_full_work_dir_fails_retryable_naming_it_and_removes_the_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    dest = tmp_path / "work" / "img-1.part"
+
+    def disk_full(remote, out, start, total, hashers, progress):
+        out.write(DATA[:100_000])
+        out.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
+    monkeypatch.setattr(transfer, "_copy", disk_full)
+    with pytest.raises(transfer.TransferError) as info:
+        transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None)
+    assert info.value.retryable is True
+    assert "work dir full" in str(info.value) and str(dest) in str(info.value)
+    assert not dest.exists()  # the space that ran out is given back
