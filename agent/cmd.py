@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -17,6 +18,21 @@ PROG = "glance-sync-agent"
 LOG = logging.getLogger(__name__)
 
 
+def _one_line(message: str) -> str:
+    """A multi-line library message (a YAML parser's) folded into one line."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _check_work_dir(work_dir: str) -> None:
+    """Create the region's work_dir now; refuse to start when it cannot hold files."""
+    try:
+        os.makedirs(work_dir, exist_ok=True)
+    except OSError as exc:
+        config.fail(PROG, f"work_dir {work_dir}: {exc.strerror}")
+    if not os.access(work_dir, os.W_OK | os.X_OK):
+        config.fail(PROG, f"work_dir {work_dir}: not writable by this user")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     conf = config.load(argv, PROG)
     region = conf.agent.region
@@ -24,9 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.fail(PROG, "[agent] region is required")
     try:
         store_map = storemap.load(conf.glance_store_config)
-        store_map.region(region)
+        work_dir = store_map.region(region).work_dir
     except ConfigError as exc:
-        config.fail(PROG, str(exc))
+        config.fail(PROG, _one_line(str(exc)))
+    _check_work_dir(work_dir)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               log_options=logging_options(conf))
     pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings)
@@ -35,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service.initialize(time.monotonic())
     except ConfigError as exc:
         pool.shutdown()
-        config.fail(PROG, str(exc))
+        config.fail(PROG, _one_line(str(exc)))
 
     stopping: list[int] = []
 

@@ -60,3 +60,27 @@ def test_runs_until_sigterm(tmp_path):
             proc.kill()
     assert proc.returncode == 0, out
     assert "reconnecting" in out and "stopped" in out
+
+
+def test_bad_yaml_is_one_line_and_exit_1(tmp_path, capsys):
+    conf = write_conf(tmp_path, "RegionA")
+    (tmp_path / "glance_store.yaml").write_text("regions: [\n")
+    with pytest.raises(SystemExit) as info:
+        cmd.main(["--config-file", conf])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "glance_store.yaml" in err
+    assert err.count("\n") == 1 and err.startswith("glance-sync-agent: "), err
+
+
+def test_unusable_work_dir_is_refused_at_start(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    store = dict(STORE, regions={"RegionA": {"glance": {"url": "http://127.0.0.1:1"},
+                                             "work_dir": str(blocker / "work")}})
+    conf = write_conf(tmp_path, "RegionA")
+    (tmp_path / "glance_store.yaml").write_text(yaml.safe_dump(store))
+    # A subprocess: an agent that does not refuse would run until killed.
+    done = subprocess.run([sys.executable, "-m", "agent.cmd", "--config-file", conf], capture_output=True,
+                          text=True, timeout=20)
+    assert done.returncode == 1 and f"work_dir {blocker / 'work'}" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

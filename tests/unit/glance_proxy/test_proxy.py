@@ -157,3 +157,25 @@ def test_unreachable_upstream_is_502(tmp_path):
     statuses = []
     body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/v2/images"}, lambda s, h: statuses.append(s))
     assert statuses == ["502 Bad Gateway"] and b"".join(body) == b"upstream unavailable"
+
+
+def test_port_in_use_is_one_line_and_non_zero_exit(tmp_path):
+    import socket as socket_mod
+
+    with socket_mod.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "proxy.conf"
+        conf.write_text(
+            f"[proxy]\nlisten_host = 127.0.0.1\nlisten_port = {port}\nupstream_url = http://127.0.0.1:1\n"
+            f"spool_dir = {tmp_path / 'spool'}\n"
+        )
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "glance_proxy.cmd", "--config-file", str(conf)], capture_output=True, text=True,
+            cwd=Path(__file__).parents[3], timeout=30,
+        )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and time.monotonic() - started < 10
