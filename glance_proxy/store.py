@@ -52,6 +52,10 @@ OPTIONS = [
 ]
 
 _PREFIX = f"{CASCADED_SCHEME}://"
+# Seconds a regional glance may take to connect or to answer one read, inside a
+# user's request on the cascading glance (a location add's get_size, a download):
+# a hung region makes that request fail fast with 503/400, never hang.
+REGION_TIMEOUT = 30.0
 
 
 class StoreLocation(glance_store.location.StoreLocation):
@@ -148,7 +152,9 @@ class Store(glance_store.driver.Store):
                 return self._clients[region]
             try:
                 endpoint = self._store_map().region(region).glance
-                client = glance.make_client(endpoint)
+                sess = glance.make_session(endpoint)
+                sess.timeout = min(sess.timeout or REGION_TIMEOUT, REGION_TIMEOUT)
+                client = glance.make_client(endpoint, sess)
             except GlanceSyncError as exc:
                 raise gs_exc.BadStoreUri(message=f"cascaded region {region!r}: {exc}") from None
             self._clients[region] = client

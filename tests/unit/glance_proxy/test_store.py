@@ -67,7 +67,7 @@ def made(monkeypatch):
         "http://127.0.0.1:2": FakeClient({}),
     }
 
-    def make_client(endpoint):
+    def make_client(endpoint, sess=None):
         made.append(endpoint.url)
         return clients[endpoint.url]
 
@@ -183,3 +183,42 @@ def test_broken_store_config_is_a_store_error(store, tmp_path):
     store._map = None
     with pytest.raises(gs_exc.BadStoreConfiguration):
         store.get_size(loc(store, f"cascaded://RegionA/{IMG}"))
+
+
+def test_hung_region_fails_get_size_fast_instead_of_holding_the_request(tmp_path, monkeypatch):
+    """A regional glance that accepts and never answers: get_size gives up within REGION_TIMEOUT."""
+    import socket
+    import threading
+    import time
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    data = {"cascading": {"store": {"host": "h", "user": "u", "private_key_file": "/k", "known_hosts_file": "/kh",
+                                    "store_dir": "/s"}},
+            "regions": {"RegionH": {"glance": {"url": f"http://127.0.0.1:{hung.getsockname()[1]}"},
+                                    "work_dir": "/tmp/h"}}}  # fmt: skip
+    path = tmp_path / "hung.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(store_mod, "REGION_TIMEOUT", 1.0, raising=False)
+    conf = cfg.ConfigOpts()
+    conf([], default_config_files=[])
+    s = Store(conf)
+    conf.set_override("cascaded_store_config", str(path), group="glance_store")
+    s.configure()
+    outcome: list = []
+
+    def call():
+        started = time.monotonic()
+        try:
+            s.get_size(loc(s, f"cascaded://RegionH/{IMG}"))
+        except gs_exc.GlanceStoreException as exc:
+            outcome.append((type(exc), time.monotonic() - started))
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(15)
+    hung.close()
+    assert outcome, "get_size still waiting on a hung region after 15 s"
+    kind, seconds = outcome[0]
+    assert kind is gs_exc.RemoteServiceUnavailable and seconds < 10
