@@ -69,6 +69,10 @@ class Pool:
     def is_running(self, task_id: str) -> bool:
         return task_id in self.running
 
+    def running_image(self, image_id: str) -> str | None:
+        """The id of a running task for ``image_id``, if any."""
+        return next((tid for tid, entry in self.running.items() if entry.task.get("image_id") == image_id), None)
+
     def start(self, task: dict[str, Any], now: float) -> None:
         """Start ``task`` in a new worker; the caller checks free_slots first."""
         if self.free_slots() <= 0:

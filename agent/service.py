@@ -198,6 +198,13 @@ class AgentService:
         if self.pool.is_running(body["task_id"]):
             LOG.info("task %s is already running here; attempt %s acknowledged", body["task_id"], body["attempt"])
             return
+        other = self.pool.running_image(body["image_id"])
+        if other is not None:
+            # Two workers on one image would write the same <image_id>.part: the
+            # second waits for the coordinator's retry.
+            self._finish(ref, {"outcome": "failed", "retryable": True,
+                               "reason": f"image {body['image_id']} is busy here with task {other}"})
+            return
         if self.pool.free_slots() <= 0:
             # More tasks than credits: refuse without giving a credit back.
             failed = {**ref, "reason": "no free worker slot", "retryable": True}

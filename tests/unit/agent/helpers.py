@@ -51,6 +51,9 @@ class FakePool:
     def is_running(self, task_id: str) -> bool:
         return task_id in self.running
 
+    def running_image(self, image_id: str) -> str | None:
+        return next((tid for tid, task in self.running.items() if task.get("image_id") == image_id), None)
+
     def start(self, task: dict[str, Any], now: float) -> None:
         self.running[task["task_id"]] = task
 

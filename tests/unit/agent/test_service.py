@@ -230,3 +230,16 @@ def test_result_dropped_by_a_full_socket_is_resent_once_the_session_is_healthy(s
     assert coord.expect(service, "ready", 1.3).body["credits"] == 2
     assert service.in_flight() == []
     service.sock = full.sock
+
+
+def test_second_task_for_an_image_already_running_here_is_refused_retryable(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.expect(service, "ready", 0.1)
+    coord.send("task", task_body("t1"))
+    coord.expect(service, "ack", 0.1)
+    coord.send("task", task_body("t2", kind="delete"))  # same image-1: would share its .part file
+    failed = coord.expect(service, "failed", 0.2)
+    assert failed.body["task_id"] == "t2" and failed.body["retryable"] is True
+    assert "busy" in failed.body["reason"] and "t1" in failed.body["reason"]
+    assert list(pool.running) == ["t1"]
