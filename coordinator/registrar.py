@@ -20,6 +20,7 @@ makes no event of the coordinator's own changes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -35,7 +36,7 @@ from oslo_config import cfg
 from coordinator.journal import EventRow, TaskRow
 from glancesync import glance, protocol
 from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, VerificationError
-from glancesync.storemap import GlanceEndpoint, StoreMap
+from glancesync.storemap import DEFAULT_HTTP_TIMEOUT, GlanceEndpoint, StoreMap
 
 LOG = logging.getLogger(__name__)
 # Statuses from which an image still becomes active without anyone's help.
@@ -78,10 +79,9 @@ def cascading_endpoint(conf: cfg.ConfigOpts, storemap: StoreMap | None) -> Glanc
                               detail="required when [cascading_glance] auth_type is none")
         base = GlanceEndpoint(url=url, auth=auth, headers=dict(group.identity_headers or {}),
                               verify=(group.cafile or not group.insecure), region_name=group.region_name,
-                              interface=group.interface)
+                              interface=group.interface, timeout=group.timeout or DEFAULT_HTTP_TIMEOUT)
     headers = {**base.headers, protocol.INTERNAL_REQUEST_HEADER: "1"}
-    return GlanceEndpoint(url=base.url, auth=base.auth, headers=headers, verify=base.verify,
-                          region_name=base.region_name, interface=base.interface)
+    return dataclasses.replace(base, headers=headers)
 
 
 def verify(image: dict[str, Any], report: dict[str, Any]) -> None:

@@ -47,7 +47,9 @@ def make_session(endpoint: GlanceEndpoint) -> session.Session:
             auth = loader.load_from_options(**options)
         except (ks_exc.NoMatchingPlugin, ks_exc.MissingRequiredOptions, TypeError) as exc:
             raise ConfigError(source="glance auth", detail=f"auth_type {auth_type}: {exc}") from None
-    return session.Session(auth=auth, verify=endpoint.verify, additional_headers=dict(endpoint.headers))
+    return session.Session(
+        auth=auth, verify=endpoint.verify, additional_headers=dict(endpoint.headers), timeout=endpoint.timeout
+    )
 
 
 def make_client(endpoint: GlanceEndpoint, sess: session.Session | None = None) -> Any:

@@ -35,6 +35,7 @@ import yaml
 
 from glancesync.exceptions import ConfigError, SourceRefused
 
+DEFAULT_HTTP_TIMEOUT = 120.0
 _SECRET_KEYS = ("password", "application_credential_secret", "token", "secret")
 
 
@@ -48,6 +49,9 @@ class GlanceEndpoint:
     verify: bool | str = True
     region_name: str | None = None
     interface: str = "public"
+    # Seconds a connection or a read may hang: a hung glance must not hold a worker
+    # thread or a user's request forever. Long enough for glance to finish an upload.
+    timeout: float = DEFAULT_HTTP_TIMEOUT
 
     def __repr__(self) -> str:
         # Credentials never reach a log line through a repr.
@@ -141,6 +145,9 @@ def _endpoint(data: Any, where: str, path: str) -> GlanceEndpoint:
     verify = data.get("verify", True)
     if not isinstance(verify, (bool, str)):
         raise ConfigError(source=path, detail=f"{where}.verify must be true, false or a CA bundle path")
+    timeout = data.get("timeout", DEFAULT_HTTP_TIMEOUT)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise ConfigError(source=path, detail=f"{where}.timeout must be a positive number of seconds")
     return GlanceEndpoint(
         url=url,
         auth=auth,
@@ -148,6 +155,7 @@ def _endpoint(data: Any, where: str, path: str) -> GlanceEndpoint:
         verify=verify,
         region_name=data.get("region_name"),
         interface=data.get("interface", "public"),
+        timeout=float(timeout),
     )
 
 

@@ -190,3 +190,21 @@ def test_endpoint_repr_hides_secrets() -> None:
 
 def test_storemap_repr_hides_secrets(smap: storemap.StoreMap) -> None:
     assert "hunter2" not in repr(smap)
+
+
+def test_endpoint_timeout_defaults_and_is_checked(tmp_path) -> None:
+    data = {"cascading": {"store": {"host": "h", "user": "u", "private_key_file": "k",
+                                    "known_hosts_file": "kh", "store_dir": "/srv"}},
+            "regions": {"A": {"glance": {"url": "http://a:9292"}, "work_dir": "/w"}}}
+    loaded = storemap.parse(data, "f.yaml")
+    assert loaded.region("A").glance.timeout == storemap.DEFAULT_HTTP_TIMEOUT
+    data["regions"]["A"]["glance"]["timeout"] = 0
+    with pytest.raises(ConfigError, match=r"f.yaml: regions.A.glance.timeout must be a positive number"):
+        storemap.parse(data, "f.yaml")
+
+
+def test_session_carries_the_endpoint_timeout() -> None:
+    from glancesync import glance
+
+    endpoint = storemap.GlanceEndpoint(url="http://a:9292", timeout=7.5)
+    assert glance.make_session(endpoint).timeout == 7.5
