@@ -33,6 +33,7 @@ from typing import Any
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from coordinator import reconciler
 from coordinator.journal import EventRow, TaskRow
 from glancesync import glance, protocol
 from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, VerificationError
@@ -58,6 +59,15 @@ class FetchResult:
     event_id: str
     image: dict[str, Any] | None
     error: GlanceSyncError | None = None
+
+
+@dataclass
+class ReconcileResult:
+    drift: reconciler.Drift | None
+    error: GlanceSyncError | None = None
+
+
+GlanceResult = TaskResult | FetchResult | ReconcileResult
 
 
 def cascading_endpoint(conf: cfg.ConfigOpts, storemap: StoreMap | None) -> GlanceEndpoint:
@@ -106,7 +116,7 @@ class Registrar:
         self.poll_interval = poll_interval
         self.active_timeout = active_timeout
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glance")
-        self._results: queue.SimpleQueue[TaskResult | FetchResult] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[GlanceResult] = queue.SimpleQueue()
         self._local = threading.local()
         self._stopping = threading.Event()
         # Glance rewrites an image's whole location set on every location PATCH, so two
@@ -119,7 +129,7 @@ class Registrar:
         self._stopping.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def results(self) -> list[TaskResult | FetchResult]:
+    def results(self) -> list[GlanceResult]:
         out = []
         while True:
             try:
@@ -133,7 +143,7 @@ class Registrar:
             client = self._local.client = self.client_factory()
         return client
 
-    def _run(self, job: Callable[[], TaskResult | FetchResult], fallback: Callable[[Exception], Any]) -> None:
+    def _run(self, job: Callable[[], GlanceResult], fallback: Callable[[Exception], Any]) -> None:
         try:
             result = job()
         except Exception as exc:  # a thread must always answer, whatever went wrong
@@ -153,6 +163,17 @@ class Registrar:
         fail = lambda exc: FetchResult(event.event_id, None, GlanceError(  # noqa: E731
             endpoint=self.endpoint_name, detail=str(exc)))
         self.pool.submit(self._run, lambda: self._fetch(event, wait_active), fail)
+
+    def reconcile(self, known: set[str], tracked: set[str]) -> None:
+        """Compare the cascading glance with what the journal knows (see reconciler.py)."""
+        fail = lambda exc: ReconcileResult(None, GlanceError(endpoint=self.endpoint_name, detail=str(exc)))  # noqa: E731
+        self.pool.submit(self._run, lambda: self._reconcile(known, tracked), fail)
+
+    def _reconcile(self, known: set[str], tracked: set[str]) -> ReconcileResult:
+        try:
+            return ReconcileResult(reconciler.scan(self._client(), known, tracked, self.endpoint_name))
+        except GlanceSyncError as exc:
+            return ReconcileResult(None, exc)
 
     def _get(self, image_id: str) -> dict[str, Any] | None:
         try:

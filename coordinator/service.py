@@ -28,7 +28,7 @@ from oslo_config import cfg
 from coordinator import planner, status
 from coordinator.agents import Agents, Session
 from coordinator.journal import EventRow, Journal
-from coordinator.registrar import FetchResult, Registrar, TaskResult
+from coordinator.registrar import FetchResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import TaskDesk
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
@@ -37,6 +37,7 @@ from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
+FIRST_RECONCILE_AFTER = 60.0
 # Tries of the image fetch an event is planned from before it is planned with no tasks and
 # its plan_error. With the task backoff (5 s doubling, capped at max_retry_backoff) that
 # rides out a cascading glance outage of about half an hour; an image glance cannot show
@@ -72,6 +73,12 @@ class Service:
         self._last_heartbeat = 0.0
         self._fetching: set[str] = set()
         self._event_retry: dict[str, tuple[int, float]] = {}
+        # The first pass comes soon after start (events may have been lost while the
+        # coordinator was down), later ones every reconcile_interval.
+        interval = conf.coordinator.reconcile_interval
+        self._next_reconcile: float | None = (
+            time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
+        self._reconciling = False
         self._unapplied: list[TaskResult | FetchResult] = []
 
     # -- lifecycle ------------------------------------------------------------------
@@ -127,7 +134,7 @@ class Service:
             if sock in ready:
                 self._drain(sock, handler, now)
         for step in (self._apply_results, self._housekeeping, self._plan_events, self._dispatch,
-                     self._heartbeats):
+                     self._heartbeats, self._reconcile):
             try:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
@@ -269,6 +276,8 @@ class Service:
                     self.tasks.registered(result, now)
                 elif isinstance(result, FetchResult):
                     self._fetched(result, now)
+                elif isinstance(result, ReconcileResult):
+                    self._reconciled(result, now)
             except JournalError as exc:
                 LOG.error("%d glance result(s) wait for the journal: %s", len(pending) - index, exc)
                 self._unapplied = pending[index:]
@@ -342,3 +351,23 @@ class Service:
         created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
                  len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
+
+    def _reconcile(self, now: float) -> None:
+        if self._next_reconcile is None or self._reconciling or now < self._next_reconcile:
+            return
+        self._reconciling = True
+        self.registrar.reconcile(self.journal.known_image_ids(), self.journal.tracked_image_ids())
+
+    def _reconciled(self, result: ReconcileResult, now: float) -> None:
+        # Journal first: when recording fails the JournalError keeps this result for the
+        # next iteration and the pass counts as not finished.
+        if result.drift is not None:
+            for body in result.drift.events():
+                if self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now):
+                    LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
+                                body["kind"], body["image_id"])
+        else:
+            LOG.error("reconciler: pass failed, next in %ss: %s", self.conf.coordinator.reconcile_interval,
+                      result.error)
+        self._reconciling = False
+        self._next_reconcile = now + self.conf.coordinator.reconcile_interval

@@ -139,7 +139,10 @@ coordinator_opts = [
         "reconcile_interval",
         default=600,
         min=0,
-        help="Seconds between two comparisons of the cascading glance with every region; 0 disables it.",
+        help="Seconds between two passes of the reconciler, which lists the cascading glance "
+        "and makes the events that never arrived: an active image the journal has never heard "
+        "of is synced, one deleted unseen is removed from the regions. The first pass runs at "
+        "most 60 s after start. 0 disables it.",
     ),
 ]
 

@@ -53,3 +53,17 @@ class ViewsMixin:
             events.c.image_id == image_id, events.c.planned.is_(False))
         with self.transaction() as conn:
             return int(conn.execute(query).scalar() or 0)
+
+    def known_image_ids(self) -> set[str]:
+        """Every image id any event or regional record names (for the reconciler)."""
+        with self.transaction() as conn:
+            seen = {row[0] for row in conn.execute(sa.select(events.c.image_id).distinct())}
+            seen |= {row[0] for row in conn.execute(sa.select(image_regions.c.image_id).distinct())}
+        return seen
+
+    def tracked_image_ids(self) -> set[str]:
+        """Ids with a regional record that is neither deleted nor being deleted."""
+        query = (sa.select(image_regions.c.image_id).distinct()
+                 .where(image_regions.c.state.notin_([S.DELETED.value, S.DELETING.value])))
+        with self.transaction() as conn:
+            return {row[0] for row in conn.execute(query)}

@@ -165,6 +165,7 @@ class Topology:
                 "heartbeat_interval": 0.5,
                 "lease_timeout": 5,
                 "retry_backoff": 0.5,
+                "reconcile_interval": 3,
             },
             "database": {"connection": f"sqlite:///{self.journal_path}"},
             "agent": {

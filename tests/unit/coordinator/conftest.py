@@ -129,3 +129,13 @@ def make_conf(tmp_path: Path, db_url: str, store_yaml: Path, **sections: dict[st
 @pytest.fixture
 def conf(tmp_path: Path, db_url: str, store_yaml: Path):
     return make_conf(tmp_path, db_url, store_yaml)
+
+
+def add_listing(images: FakeImages) -> None:
+    """Give the fake glance the listing call the reconciler makes."""
+
+    def listing(filters: dict[str, Any]):
+        hidden = bool(filters.get("os_hidden"))
+        return iter([dict(r) for r in images.records.values() if bool(r.get("os_hidden", False)) == hidden])
+
+    images.list = listing  # type: ignore[attr-defined]

@@ -452,3 +452,30 @@ def test_an_event_the_journal_cannot_take_is_not_acked(ctx, service, journal, mo
     assert reply.type == "error" and reply.body["code"] == "unavailable"
     assert journal.unplanned_events() == []
     assert send_event(ctx, service).type == "event_ack"  # the sender's resend is taken
+
+
+def test_reconciler_makes_events_for_an_image_whose_event_was_lost(service, journal, client) -> None:
+    from .conftest import add_listing
+
+    add_listing(client.images)
+    assert service._next_reconcile is not None
+    later = service._next_reconcile + 1
+    pump(service, later, until=lambda: journal.known_image_ids() == {IMAGE_ID})
+    pump(service, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
+    assert all(r.state == SyncState.PENDING for r in journal.region_records(IMAGE_ID).values())
+    # The next pass is a full interval away, and a second pass makes no second event.
+    assert service._next_reconcile == pytest.approx(later + service.conf.coordinator.reconcile_interval)
+    pump(service, service._next_reconcile + 1)
+    assert journal.unplanned_count(IMAGE_ID) == 0
+
+
+def test_reconciler_deletes_regional_copies_of_a_vanished_image(service, journal, client) -> None:
+    from .conftest import add_listing
+
+    add_listing(client.images)
+    later = service._next_reconcile + 1
+    pump(service, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
+    del client.images.records[IMAGE_ID]  # deleted in the cascading glance, its event lost
+    again = service._next_reconcile + 1
+    pump(service, again, until=lambda: all(
+        r.state == SyncState.DELETING for r in journal.region_records(IMAGE_ID).values()))
