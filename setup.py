@@ -22,6 +22,7 @@ setup(
         "paramiko>=3.4",
         "oslo.config>=9.0",
         "oslo.log>=5.0",
+        "oslo.utils>=6.0",
         "python-glanceclient>=4.0",
         "keystoneauth1>=5.0",
         "PyYAML>=6.0",

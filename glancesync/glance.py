@@ -16,6 +16,7 @@ from glanceclient import exc as glance_exc
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import noauth, session
+from oslo_utils import strutils
 
 from glancesync.exceptions import ConfigError, GlanceError
 from glancesync.storemap import GlanceEndpoint
@@ -70,7 +71,9 @@ def translate(exc: BaseException, endpoint: str) -> GlanceError:
     """Turn a glanceclient / keystoneauth error into GlanceError, retryable unless it is a client error."""
     status = getattr(exc, "code", None) or getattr(exc, "http_status", None)
     retryable = not (isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429))
-    detail = f"{type(exc).__name__}: {str(exc)[:500]}"
+    # Library messages can quote request headers or bodies: mask anything secret
+    # before the text becomes a task's last_error or a log line.
+    detail = f"{type(exc).__name__}: {strutils.mask_password(str(exc)[:500])}"
     return GlanceError(endpoint=endpoint, detail=detail, retryable=retryable)
 
 

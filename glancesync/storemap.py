@@ -36,7 +36,8 @@ import yaml
 from glancesync.exceptions import ConfigError, SourceRefused
 
 DEFAULT_HTTP_TIMEOUT = 120.0
-_SECRET_KEYS = ("password", "application_credential_secret", "token", "secret")
+# An auth option whose name contains one of these never reaches a log line.
+_SECRET_MARKS = ("password", "secret", "token", "passcode", "totp", "key")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class GlanceEndpoint:
 
     def __repr__(self) -> str:
         # Credentials never reach a log line through a repr.
-        shown = {k: ("***" if k in _SECRET_KEYS else v) for k, v in self.auth.items()}
+        shown = {k: ("***" if any(m in k.lower() for m in _SECRET_MARKS) else v) for k, v in self.auth.items()}
         return f"GlanceEndpoint(url={self.url!r}, auth={shown!r})"
 
 

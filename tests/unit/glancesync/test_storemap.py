@@ -208,3 +208,20 @@ def test_session_carries_the_endpoint_timeout() -> None:
 
     endpoint = storemap.GlanceEndpoint(url="http://a:9292", timeout=7.5)
     assert glance.make_session(endpoint).timeout == 7.5
+
+
+def test_repr_masks_every_secret_looking_auth_option() -> None:
+    endpoint = storemap.GlanceEndpoint(url="http://a", auth={
+        "auth_type": "v3oidcpassword", "username": "sync", "password": "pw1", "client_secret": "cs2",
+        "passcode": "pc3", "application_credential_secret": "acs4", "access_token": "tok5"})
+    text = repr(endpoint)
+    assert "sync" in text
+    for secret in ("pw1", "cs2", "pc3", "acs4", "tok5"):
+        assert secret not in text
+
+
+def test_translated_glance_errors_mask_secrets() -> None:
+    from glancesync import glance
+
+    error = glance.translate(RuntimeError('failed: {"password": "hunter2", "X-Auth-Token": "abc"}'), "http://g")
+    assert "hunter2" not in str(error)
