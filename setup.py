@@ -28,7 +28,6 @@ setup(
         "PyYAML>=6.0",
         "SQLAlchemy>=1.4",
         "alembic>=1.10",
-        "tenacity>=8.0",
         "WebOb>=1.8",
         "gunicorn>=21.2",
     ],
