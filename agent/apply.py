@@ -55,7 +55,7 @@ def _call(endpoint: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 def apply_update(client: Any, cascading: dict[str, Any], endpoint: str) -> dict[str, Any]:
     """Make the regional image follow ``cascading``; returns what was changed (for the log)."""
     image_id = cascading["id"]
-    regional = upload.get_image(client, image_id, endpoint)
+    regional = glance.get_image(client, image_id, endpoint)
     if regional is None:
         raise GlanceError(
             endpoint=endpoint, detail=f"image {image_id} not in region (a copy task must come first)", retryable=False
@@ -79,10 +79,4 @@ def apply_delete(client: Any, image_id: str, part_file: str | None, endpoint: st
     """Delete the regional image and any partial local file; True if glance deleted something."""
     if part_file:
         upload.remove_file(part_file)
-    try:
-        client.images.delete(image_id)
-    except Exception as exc:
-        if glance.is_not_found(exc):
-            return False
-        raise glance.translate(exc, endpoint) from None
-    return True
+    return glance.call(lambda: client.images.delete(image_id) or True, endpoint, missing=False)

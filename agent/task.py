@@ -123,7 +123,7 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
         raise transfer.SourceRefused(image_id=task["image_id"], detail="task image record has another id")
     region = settings.store_map.region(settings.region)
     endpoint = region.glance.url or settings.region
-    regional = upload.get_image(client, image["id"], endpoint)
+    regional = glance.get_image(client, image["id"], endpoint)
     if upload.existing_copy(regional, image, endpoint) == "done":
         # Idempotent: an earlier attempt (or another agent) already made the copy.
         return _done(**{k: regional.get(k) for k in ("size", "checksum", "os_hash_algo", "os_hash_value")})

@@ -37,14 +37,6 @@ def _fail(endpoint: str, detail: str, retryable: bool) -> GlanceError:
     return GlanceError(endpoint=endpoint, detail=detail, retryable=retryable)
 
 
-def get_image(client: Any, image_id: str, endpoint: str) -> dict[str, Any] | None:
-    """The regional image as a dict, None when glance answers 404."""
-    try:
-        return glance.image_to_dict(client.images.get(image_id))
-    except Exception as exc:
-        if glance.is_not_found(exc):
-            return None
-        raise glance.translate(exc, endpoint) from None
 
 
 def existing_copy(regional: dict[str, Any] | None, image: dict[str, Any], endpoint: str) -> str:
@@ -85,7 +77,7 @@ def create(client: Any, image: dict[str, Any], endpoint: str) -> None:
     except glance_exc.HTTPConflict:
         # Either a concurrent attempt created it (fine, the caller re-reads it) or the
         # id was deleted here before: a soft-deleted row also answers 409.
-        if get_image(client, image_id, endpoint) is None:
+        if glance.get_image(client, image_id, endpoint) is None:
             raise _fail(
                 endpoint,
                 f"image id {image_id} was deleted in this region; glance never re-creates a deleted id",
@@ -133,13 +125,13 @@ def register(client: Any, image: dict[str, Any], path: str, expected: dict[str, 
     """
     image_id = image["id"]
     try:
-        action = existing_copy(get_image(client, image_id, endpoint), image, endpoint)
+        action = existing_copy(glance.get_image(client, image_id, endpoint), image, endpoint)
         if action == "create":
             create(client, image, endpoint)
-            action = existing_copy(get_image(client, image_id, endpoint), image, endpoint)
+            action = existing_copy(glance.get_image(client, image_id, endpoint), image, endpoint)
         if action == "upload":
             upload_file(client, image_id, path, expected["size"], endpoint)
-        regional = get_image(client, image_id, endpoint)
+        regional = glance.get_image(client, image_id, endpoint)
         check_uploaded(regional, {"id": image_id, **expected}, endpoint)
     except GlanceError as exc:
         if not exc.retryable:

@@ -95,13 +95,7 @@ def scan(client: Any, known: Iterable[str], tracked: Iterable[str], endpoint: st
         raise glance.translate(exc, endpoint) from exc
 
     def exists(image_id: str) -> bool:
-        try:
-            client.images.get(image_id)
-        except Exception as exc:
-            if glance.is_not_found(exc):
-                return False
-            raise glance.translate(exc, endpoint) from exc
-        return True
+        return glance.call(lambda: client.images.get(image_id) is not None, endpoint, missing=False)
 
     drift = find_drift(listed, known, tracked, exists)
     if drift.missing or drift.vanished:

@@ -176,12 +176,7 @@ class Registrar:
             return ReconcileResult(None, exc)
 
     def _get(self, image_id: str) -> dict[str, Any] | None:
-        try:
-            return glance.image_to_dict(self._client().images.get(image_id))
-        except Exception as exc:
-            if glance.is_not_found(exc):
-                return None
-            raise glance.translate(exc, self.endpoint_name) from exc
+        return glance.get_image(self._client(), image_id, self.endpoint_name)
 
     def _location_lock(self, image_id: str) -> threading.Lock:
         return self._location_locks[zlib.crc32(image_id.encode()) % LOCATION_LOCK_STRIPES]
@@ -240,11 +235,8 @@ class Registrar:
                 LOG.warning("image %s: %s is its last location; glance refuses to remove it, left in place",
                             task.image_id, url)
                 return TaskResult(task.task_id, task.attempt, True)
-            try:
-                self._client().images.delete_locations(task.image_id, {url})
-            except Exception as exc:
-                if not glance.is_not_found(exc):
-                    raise glance.translate(exc, self.endpoint_name) from exc
+            glance.call(lambda: self._client().images.delete_locations(task.image_id, {url}),
+                        self.endpoint_name, missing=None)
             LOG.info("image %s: removed location %s", task.image_id, url)
         except GlanceSyncError as exc:
             return TaskResult(task.task_id, task.attempt, False, str(exc), exc.retryable)

@@ -9,7 +9,8 @@ that trusts them, as the test harness runs it).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from glanceclient import client as glance_client
 from glanceclient import exc as glance_exc
@@ -20,6 +21,8 @@ from oslo_utils import strutils
 
 from glancesync.exceptions import ConfigError, GlanceError
 from glancesync.storemap import GlanceEndpoint
+
+T = TypeVar("T")
 
 # Fields glance owns or computes: never copied from one glance to another.
 GLANCE_OWNED_FIELDS = frozenset(
@@ -65,6 +68,21 @@ def make_client(endpoint: GlanceEndpoint, sess: session.Session | None = None) -
 
 def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, (glance_exc.HTTPNotFound, glance_exc.NotFound, ks_exc.NotFound))
+
+
+def call(fn: Callable[[], T], endpoint: str, missing: T) -> T:
+    """``fn()``; ``missing`` when glance answers 404; any other error as a GlanceError."""
+    try:
+        return fn()
+    except Exception as exc:
+        if is_not_found(exc):
+            return missing
+        raise translate(exc, endpoint) from None
+
+
+def get_image(client: Any, image_id: str, endpoint: str) -> dict[str, Any] | None:
+    """An image as a plain dict, None when glance answers 404."""
+    return call(lambda: image_to_dict(client.images.get(image_id)), endpoint, None)
 
 
 def translate(exc: BaseException, endpoint: str) -> GlanceError:
