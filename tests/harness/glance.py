@@ -209,7 +209,11 @@ class GlanceServer:
             venv_bin("gunicorn"),
             "-b", f"{LOOPBACK}:{self.port}",
             "-w", "1",
-            "--threads", "4",
+            # One request at a time: these glances keep their database in SQLite, where
+            # two concurrent uploads fail with "database is locked" and glance then
+            # leaves the image in 'saving' for ever (seen). Production glances use
+            # MySQL or PostgreSQL and many threads.
+            "--threads", "1",
             "--timeout", "900",
             "--control-socket", self.control_socket(),
             "glance.wsgi.api:application",
