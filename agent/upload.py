@@ -60,7 +60,10 @@ def existing_copy(regional: dict[str, Any] | None, image: dict[str, Any], endpoi
     if status == "queued":
         return "upload"
     if status in BUSY:
-        raise _fail(endpoint, f"image {image_id} is {status} in this region; will retry", retryable=True)
+        # Usually another upload still running; but glance never moves an image out of
+        # 'saving' by itself after a failed upload, so say so for when retries run out.
+        raise _fail(endpoint, f"image {image_id} is {status} in this region (another upload running, "
+                    "or one that glance failed to finish: such an image needs an operator)", retryable=True)
     raise _fail(
         endpoint,
         f"image {image_id} is {status} in this region; glance never re-creates a deleted or "
