@@ -1,10 +1,11 @@
-"""``glance-sync-manage``: journal schema upgrades and CurveZMQ key generation.
+"""``glance-sync-manage``: journal schema upgrades, CurveZMQ key generation, resync.
 
 ::
 
     glance-sync-manage [--config-file F] db_sync       # alembic upgrade head
     glance-sync-manage [--config-file F] db_version    # current and head revisions
     glance-sync-manage keygen --dir D --name N         # D/N.key and D/N.key_secret (0600)
+    glance-sync-manage [--config-file F] resync IMAGE_ID  # sync it again where it failed or is missing
 
 The migrations live in ``coordinator/migrations`` and run programmatically: no
 alembic.ini, and the database URL (which may hold a password) reaches alembic only
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+import uuid
 from collections.abc import Sequence
 
 from alembic import command
@@ -28,7 +31,7 @@ from glancesync import config, keys
 from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
-COMMANDS = ("db_sync", "db_version", "keygen")
+COMMANDS = ("db_sync", "db_version", "keygen", "resync")
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 
 
@@ -78,6 +81,39 @@ def _keygen(args: list[str]) -> int:
     return 0
 
 
+def resync(url: str, image_id: str, now: float) -> str:
+    """Journal an ``uploaded`` event for ``image_id``; the running coordinator plans it.
+
+    The planner gives every target region that is failed or has no copy a new copy
+    task, and leaves synced regions alone: the operator's way back after fixing what
+    made a sync fail (a host key, a full disk, a region's glance).
+    """
+    event_id = f"resync-{uuid.uuid4().hex}"
+    body = {"event_id": event_id, "kind": "uploaded", "image_id": image_id, "image": None,
+            "changes": [], "context": {"origin": PROG}}
+    store = journal.Journal(url)
+    try:
+        store.record_event(event_id, "uploaded", image_id, body, now)
+    finally:
+        store.close()
+    return event_id
+
+
+def _resync(conf_args: list[str], args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} resync")
+    parser.add_argument("image_id", help="id of the cascading image to sync again")
+    ns = parser.parse_args(args)
+    if not ns.image_id.strip() or any(c.isspace() for c in ns.image_id):
+        config.fail(PROG, f"resync: {ns.image_id!r} is not an image id", code=2)
+    conf = config.load(conf_args, PROG, setup_logging=False)
+    try:
+        event_id = resync(conf.database.connection, ns.image_id, time.time())
+    except Exception as exc:  # any database error: one line, exit 1
+        config.fail(PROG, f"resync failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    print(f"resync of image {ns.image_id} journaled as event {event_id}; the coordinator plans it next")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     cmd, conf_args, cmd_args = _split(args)
@@ -85,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.fail(PROG, f"a command is required: {', '.join(COMMANDS)}", code=2)
     if cmd == "keygen":
         return _keygen(cmd_args)
+    if cmd == "resync":
+        return _resync(conf_args, cmd_args)
     conf = config.load(conf_args + cmd_args, PROG, setup_logging=False)
     url = conf.database.connection
     try:

@@ -96,7 +96,7 @@ def _agent_with_store(topology: Topology, tmp_path, region: str, agent_id: str, 
     return agent
 
 
-def test_unknown_ssh_host_key_is_refused(topology: Topology, sync: SyncServices, tmp_path) -> None:
+def test_unknown_ssh_host_key_is_refused_until_an_operator_resyncs(topology: Topology, sync: SyncServices, tmp_path) -> None:
     region = "RegionB"
     sync.stop_agent(region)
     agent = _agent_with_store(topology, tmp_path, region, "regionb-wrongkey",
@@ -111,6 +111,11 @@ def test_unknown_ssh_host_key_is_refused(topology: Topology, sync: SyncServices,
         assert cascaded_url(region, image.id) not in _cascaded_locations(record)
     finally:
         agent.stop()
+    # The operator fixes known_hosts (here: the region's main agent is back) and asks again.
+    sync.ensure()
+    output = topology.run_manage("resync", image.id)
+    assert f"resync of image {image.id} journaled" in output
+    helpers.wait_states(topology, image.id, {region: "synced"}, [region], timeout=60)
 
 
 def test_bytes_changed_on_disk_are_detected_and_never_registered(

@@ -75,3 +75,30 @@ def test_coordinator_journal_failing_at_start_is_one_line(tmp_path: Path, db_url
     captured = capsys.readouterr()
     assert "database is locked" in captured.out + captured.err
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_resync_journals_an_uploaded_event_the_coordinator_will_plan(tmp_path: Path, db_url: str,
+                                                                     store_yaml: Path, capsys) -> None:
+    from coordinator.journal import Journal
+
+    make_conf(tmp_path, db_url, store_yaml)
+    conf = tmp_path / "coordinator.conf"
+    assert manage.main(["--config-file", str(conf), "resync", "img-1"]) == 0
+    assert "journaled as event resync-" in capsys.readouterr().out
+    journal = Journal(db_url)
+    try:
+        (event,) = journal.unplanned_events()
+        assert (event.kind, event.image_id) == ("uploaded", "img-1")
+    finally:
+        journal.close()
+
+
+def test_resync_refuses_a_blank_image_id(tmp_path: Path, db_url: str, store_yaml: Path, capsys) -> None:
+    make_conf(tmp_path, db_url, store_yaml)
+    conf = tmp_path / "coordinator.conf"
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        manage.main(["--config-file", str(conf), "resync", " "])
+    assert exited.value.code == 2
+    assert "is not an image id" in capsys.readouterr().err
