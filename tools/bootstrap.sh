@@ -8,16 +8,26 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 PYTHON=${PYTHON:-python3}
 
-if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
-    echo "bootstrap: installing openssh-server (sshd is missing)"
+apt_updated=
+apt_install() {
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -q
-    $SUDO apt-get install -y -q --no-install-recommends openssh-server openssh-client
+    if [ -z "$apt_updated" ]; then $SUDO apt-get update -q; apt_updated=1; fi
+    $SUDO apt-get install -y -q --no-install-recommends "$@"
+}
+
+if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
+    echo "bootstrap: installing openssh-server (sshd is missing)"
+    apt_install openssh-server openssh-client
+fi
+# Debian's own python3 has no ensurepip (so no venv) without python3-venv.
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+    echo "bootstrap: installing python3-venv ($PYTHON cannot create a virtualenv)"
+    apt_install python3-venv
 fi
 if ! command -v ssh-keygen >/dev/null 2>&1; then
-    echo "bootstrap: ssh-keygen missing; install openssh-client" >&2
-    exit 1
+    echo "bootstrap: installing openssh-client (ssh-keygen is missing)"
+    apt_install openssh-client
 fi
 
 stamp=.venv/.bootstrap-stamp
