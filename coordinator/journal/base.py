@@ -30,10 +30,16 @@ def unpack(blob: bytes | None) -> Any:
     return None if blob is None else msgpack.unpackb(blob, raw=False)
 
 
+# Seconds a statement waits for another writer (glance-sync-manage) before it fails.
+# The poll loop waits with it, so it stays well under the agents' liveness (three
+# heartbeats, 15 s by default); a failed step is logged and tried on the next tick.
+SQLITE_BUSY_TIMEOUT = 5.0
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, FULL sync and a busy timeout."""
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
