@@ -39,8 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   current, head)
         return 1
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers,
-                          endpoint.url or "cascading glance", float(conf.snapshot_sleep_interval),
-                          float(conf.snapshot_timeout))
+                          endpoint.url or "cascading glance")
     service = Service(conf, stores, Journal(url), registrar)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -110,11 +110,9 @@ class Registrar:
     """The thread pool and its result queue; ``client_factory`` gives one glance client per thread."""
 
     def __init__(self, client_factory: Callable[[], Any], workers: int, endpoint_name: str,
-                 poll_interval: float = 10.0, active_timeout: float = 300.0) -> None:
+) -> None:
         self.client_factory = client_factory
         self.endpoint_name = endpoint_name
-        self.poll_interval = poll_interval
-        self.active_timeout = active_timeout
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glance")
         self._results: queue.SimpleQueue[GlanceResult] = queue.SimpleQueue()
         self._local = threading.local()
@@ -159,10 +157,10 @@ class Registrar:
         fail = lambda exc: TaskResult(task.task_id, task.attempt, False, f"unregistration: {exc}")  # noqa: E731
         self.pool.submit(self._run, lambda: self._unregister(task), fail)
 
-    def fetch(self, event: EventRow, wait_active: bool) -> None:
+    def fetch(self, event: EventRow) -> None:
         fail = lambda exc: FetchResult(event.event_id, None, GlanceError(  # noqa: E731
             endpoint=self.endpoint_name, detail=str(exc)))
-        self.pool.submit(self._run, lambda: self._fetch(event, wait_active), fail)
+        self.pool.submit(self._run, lambda: self._fetch(event), fail)
 
     def reconcile(self, known: set[str], tracked: set[str]) -> None:
         """Compare the cascading glance with what the journal knows (see reconciler.py)."""
@@ -242,15 +240,11 @@ class Registrar:
             return TaskResult(task.task_id, task.attempt, False, str(exc), exc.retryable)
         return TaskResult(task.task_id, task.attempt, True)
 
-    def _fetch(self, event: EventRow, wait_active: bool) -> FetchResult:
+    def _fetch(self, event: EventRow) -> FetchResult:
+        # One GET and back: an import still on its way is fetched again later by the
+        # loop, so no thread of this small pool ever sleeps waiting for it.
         try:
             image = self._get(event.image_id)
-            waited = 0.0
-            while (wait_active and image is not None and image.get("status") in ON_THE_WAY
-                   and waited < self.active_timeout and not self._stopping.is_set()):
-                self._stopping.wait(self.poll_interval)
-                waited += self.poll_interval
-                image = self._get(event.image_id)
         except GlanceSyncError as exc:
             return FetchResult(event.event_id, None, exc)
         return FetchResult(event.event_id, image)

@@ -28,7 +28,7 @@ from oslo_config import cfg
 from coordinator import planner, status
 from coordinator.agents import Agents, Session
 from coordinator.journal import EventRow, Journal
-from coordinator.registrar import FetchResult, ReconcileResult, Registrar, TaskResult
+from coordinator.registrar import ON_THE_WAY, FetchResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import TaskDesk
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
@@ -313,7 +313,7 @@ class Service:
                 self._plan(event, event.body.get("image"), now)
                 continue
             self._fetching.add(event.event_id)
-            self.registrar.fetch(event, wait_active=event.kind == "imported")
+            self.registrar.fetch(event)
 
     def _fetched(self, result: FetchResult, now: float) -> None:
         event = self.journal.unplanned_event(result.event_id)
@@ -329,6 +329,8 @@ class Service:
             LOG.warning("event %s: cannot fetch image %s (%s); retry in %.0f s",
                         event.event_id, event.image_id, result.error, delay)
             return
+        if result.error is None and self._still_importing(event, result.image, tries - 1, now):
+            return
         self._event_retry.pop(event.event_id, None)
         if result.error is not None:
             LOG.error("event %s: image %s cannot be fetched (%d tries): %s; no tasks", event.event_id,
@@ -336,6 +338,20 @@ class Service:
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=str(result.error))
             return
         self._plan(event, result.image, now)
+
+    def _still_importing(self, event: EventRow, image: dict[str, Any] | None, tries: int, now: float) -> bool:
+        """An imported image not active yet: fetch it again later, up to snapshot_timeout."""
+        status = (image or {}).get("status")
+        if event.kind != "imported" or status not in ON_THE_WAY:
+            return False
+        if now - event.received_at < self.conf.snapshot_timeout:
+            self._event_retry[event.event_id] = (tries, now + self.conf.snapshot_sleep_interval)
+            return True
+        self._event_retry.pop(event.event_id, None)
+        reason = f"image is still {status} {self.conf.snapshot_timeout} s after its import (snapshot_timeout)"
+        LOG.error("event %s: %s; no tasks", event.event_id, reason)
+        self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
+        return True
 
     def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float) -> None:
         if event.kind != "deleted" and self.journal.deleted_event(event.image_id):

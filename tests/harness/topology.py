@@ -158,6 +158,7 @@ class Topology:
                 "sync_server_port": self.client_port,
                 "glance_store_config": self.store_yaml,
                 "cascading_endpoint_url": self.cascading.url,
+                "snapshot_sleep_interval": 1,
             },
             "coordinator": {
                 "bind_host": LOOPBACK,

@@ -36,7 +36,7 @@ def client():
 
 @pytest.fixture
 def registrar(client):
-    reg = Registrar(lambda: client, 2, "http://cascading", poll_interval=0.01, active_timeout=0.2)
+    reg = Registrar(lambda: client, 2, "http://cascading")
     yield reg
     reg.shutdown()
 
@@ -110,19 +110,9 @@ def test_unregister_keeps_the_last_location(registrar, client) -> None:
     assert wait_result(registrar).ok and client.images.removed == [(IMAGE_ID, {url})]
 
 
-def test_fetch_waits_for_an_import_to_become_active(registrar, client) -> None:
-    client.images.records[IMAGE_ID]["status"] = "importing"
-    event = EventRow("e1", "imported", IMAGE_ID, {}, 0.0)
-    registrar.fetch(event, wait_active=True)
-    time.sleep(0.05)
-    client.images.records[IMAGE_ID]["status"] = "active"
-    result = wait_result(registrar)
-    assert result.image["status"] == "active" and len(client.images.gets) >= 2
-
-
 def test_fetch_of_a_missing_image_is_none(registrar, client) -> None:
     client.images.records.clear()
-    registrar.fetch(EventRow("e1", "updated", IMAGE_ID, {}, 0.0), wait_active=False)
+    registrar.fetch(EventRow("e1", "updated", IMAGE_ID, {}, 0.0))
     result = wait_result(registrar)
     assert result.image is None and result.error is None
 

@@ -479,3 +479,31 @@ def test_reconciler_deletes_regional_copies_of_a_vanished_image(service, journal
     again = service._next_reconcile + 1
     pump(service, again, until=lambda: all(
         r.state == SyncState.DELETING for r in journal.region_records(IMAGE_ID).values()))
+
+
+def _imported(journal, now: float) -> None:
+    body = {"event_id": "imp-1", "kind": "imported", "image_id": IMAGE_ID, "image": None}
+    journal.record_event("imp-1", "imported", IMAGE_ID, body, now)
+
+
+def test_an_import_is_fetched_again_until_active_without_holding_a_thread(service, journal, client) -> None:
+    client.images.records[IMAGE_ID]["status"] = "importing"
+    _imported(journal, NOW)
+    pump(service, NOW, until=lambda: "imp-1" in service._event_retry)
+    assert journal.region_records(IMAGE_ID) == {}
+    gets = len(client.images.gets)
+    pump(service, NOW + 1)  # before snapshot_sleep_interval: no new GET
+    assert len(client.images.gets) == gets
+    client.images.records[IMAGE_ID]["status"] = "active"
+    later = NOW + service.conf.snapshot_sleep_interval + 1
+    pump(service, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
+
+
+def test_an_import_never_active_is_planned_with_no_tasks_after_snapshot_timeout(service, journal, client) -> None:
+    client.images.records[IMAGE_ID]["status"] = "importing"
+    _imported(journal, NOW)
+    pump(service, NOW, until=lambda: "imp-1" in service._event_retry)
+    late = NOW + service.conf.snapshot_timeout + 1
+    pump(service, late, until=lambda: journal.unplanned_event("imp-1") is None)
+    assert journal.region_records(IMAGE_ID) == {}
+    assert "imp-1" not in service._event_retry
