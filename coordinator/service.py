@@ -48,6 +48,32 @@ FETCH_TRIES = 10
 AGENT_TYPES = frozenset({"hello", "ready", "ack", "progress", "done", "failed", "heartbeat", "bye"})
 
 
+class SteadyClock:
+    """Wall-clock seconds that never jump: the start's wall time plus monotonic progress.
+
+    Leases, retries and liveness are stored as wall-clock times (they must mean
+    something after a restart), but an NTP step or a resumed VM would lapse every
+    lease at once, or stop heartbeats for as long as the clock went back. The loop
+    therefore runs on this clock and only warns when the wall clock moves away from
+    it; a restart takes the wall clock again and gives handed-out tasks a new lease.
+    """
+
+    WARN_AFTER = 5.0
+
+    def __init__(self) -> None:
+        self.base_wall, self.base_mono = time.time(), time.monotonic()
+        self.warned = 0.0
+
+    def now(self) -> float:
+        steady = self.base_wall + (time.monotonic() - self.base_mono)
+        drift = time.time() - steady
+        if abs(drift - self.warned) > self.WARN_AFTER:
+            self.warned = drift
+            LOG.warning("the wall clock moved %+.0f s away from the coordinator's steady clock; "
+                        "leases and heartbeats keep the steady clock until the next restart", drift)
+        return steady
+
+
 def peer_name(routing_id: bytes) -> str:
     return routing_id.hex()[:16] or "?"
 
@@ -66,6 +92,7 @@ class Service:
         self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout, self._retry_policy)
         self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy)
         self.started_at = time.time()
+        self.now = self.started_at
         self.agent_sock: zmq.Socket | None = None
         self.client_sock: zmq.Socket | None = None
         self.auth: Any = None
@@ -115,16 +142,18 @@ class Service:
             self.auth = None
 
     def run(self, stop: threading.Event) -> None:
+        clock = SteadyClock()
         try:
-            self.initialize(time.time())
+            self.initialize(clock.now())
             while not stop.is_set():
-                self.loop(time.time())
+                self.loop(clock.now())
         finally:
             self.shutdown()
 
     # -- one iteration ---------------------------------------------------------------
 
     def loop(self, now: float, poll_seconds: float = POLL_SECONDS) -> None:
+        self.now = now
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
         except zmq.ZMQError as exc:
@@ -249,7 +278,7 @@ class Service:
     def _status(self, body: dict[str, Any]) -> bytes:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
-        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body)
+        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- timers and queues ------------------------------------------------------------------

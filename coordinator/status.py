@@ -2,11 +2,11 @@
 
 The shapes are a contract with glancesync.status (the status tool)::
 
-    summary: {"coordinator": {"version", "started_at"},
+    summary: {"coordinator": {"version", "started_at", "now"},
               "regions": {region: {"queued", "in_flight", "synced", "failed",
                                    "agents": [{"agent_id", "online", "last_heartbeat",
                                                "capacity", "credits", "tasks"}]}}}
-    image:   {"image_id", "known", "planned", "regions": {region: {"state", "task_kind", "task_id",
+    image:   {"image_id", "known", "planned", "now", "regions": {region: {"state", "task_kind", "task_id",
               "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
               "updated_at", "synced_at"}}}
 
@@ -30,7 +30,8 @@ from glancesync import __version__
 _EMPTY_COUNTS = {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0}
 
 
-def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float) -> dict[str, Any]:
+def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
+            now: float) -> dict[str, Any]:
     counts = journal.region_counts()
     sessions = agents.by_region()
     names = list(regions)
@@ -40,18 +41,19 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
         entry: dict[str, Any] = dict(counts.get(name, _EMPTY_COUNTS))
         entry["agents"] = [s.status() for s in sorted(sessions.get(name, []), key=lambda s: s.agent_id)]
         data[name] = entry
-    return {"coordinator": {"version": __version__, "started_at": started_at}, "regions": data}
+    return {"coordinator": {"version": __version__, "started_at": started_at, "now": now}, "regions": data}
 
 
-def image(journal: Journal, image_id: str) -> dict[str, Any]:
+def image(journal: Journal, image_id: str, now: float) -> dict[str, Any]:
     known, regions = journal.image_view(image_id)
     planned = known and journal.unplanned_count(image_id) == 0
-    return {"image_id": image_id, "known": known, "planned": planned, "regions": regions}
+    return {"image_id": image_id, "known": known, "planned": planned, "regions": regions, "now": now}
 
 
 def build(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
-          body: dict[str, Any]) -> dict[str, Any]:
-    """The ``data`` of the reply to a ``status_query`` body."""
+          body: dict[str, Any], now: float) -> dict[str, Any]:
+    """The ``data`` of the reply to a ``status_query`` body; ``now`` is the coordinator's clock,
+    so a client renders ages right even when its own clock differs."""
     if body.get("view") == "image" and body.get("image_id"):
-        return image(journal, body["image_id"])
-    return summary(journal, agents, regions, started_at)
+        return image(journal, body["image_id"], now)
+    return summary(journal, agents, regions, started_at, now)

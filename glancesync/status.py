@@ -11,10 +11,10 @@ It sends one ``status_query`` to the coordinator's client socket
 file as the services, ``--host``/``--port`` override them) over a zmq DEALER and
 prints the ``status_reply``.  The coordinator's reply ``data``:
 
-- summary: ``{"coordinator": {"version", "started_at"}, "regions": {<region>:
+- summary: ``{"coordinator": {"version", "started_at", "now"}, "regions": {<region>:
   {"queued", "in_flight", "synced", "failed", "agents": [{"agent_id", "online",
   "last_heartbeat", "capacity", "credits", "tasks"}]}}}``
-- image: ``{"image_id", "known", "planned", "regions": {<region>: {"state", "task_kind",
+- image: ``{"image_id", "known", "planned", "now", "regions": {<region>: {"state", "task_kind",
   "task_id", "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
   "updated_at", "synced_at"}}}``
 
@@ -124,6 +124,12 @@ def query(
             # Anything else is not meant for us: keep waiting for the reply.
     finally:
         sock.close()
+
+
+def coordinator_now(data: Mapping[str, Any]) -> float:
+    """The coordinator's clock from a reply (ages are shown against it), else ours."""
+    now = data.get("now") or (data.get("coordinator") or {}).get("now")
+    return float(now) if isinstance(now, (int, float)) else time.time()
 
 
 def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
@@ -239,9 +245,9 @@ def run(conf: cfg.ConfigOpts, context: zmq.Context, out: TextIO) -> int:
     if conf.json:
         _print_json(data, out)
     elif view == "image":
-        out.write(status_render.render_image(data, time.time()))
+        out.write(status_render.render_image(data, coordinator_now(data)))
     else:
-        out.write(status_render.render_summary(data, time.time()))
+        out.write(status_render.render_summary(data, coordinator_now(data)))
     return 0
 
 

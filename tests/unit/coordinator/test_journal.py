@@ -192,13 +192,13 @@ def test_refused_source_fails_the_region(journal: Journal) -> None:
 def test_image_view_tells_planned_with_nothing_to_do_from_not_planned_yet(journal: Journal) -> None:
     from coordinator import status
 
-    assert status.image(journal, IMAGE_ID) == {"image_id": IMAGE_ID, "known": False, "planned": False,
-                                               "regions": {}}
+    assert status.image(journal, IMAGE_ID, NOW) == {"image_id": IMAGE_ID, "known": False, "planned": False,
+                                                    "regions": {}, "now": NOW}
     journal.record_event("e1", "uploaded", IMAGE_ID, {}, NOW)
-    waiting = status.image(journal, IMAGE_ID)
+    waiting = status.image(journal, IMAGE_ID, NOW)
     assert waiting["known"] is True and waiting["planned"] is False and waiting["regions"] == {}
     journal.plan_event("e1", IMAGE_ID, [], {}, NOW)  # sync_strategy None: no region wants it
-    done = status.image(journal, IMAGE_ID)
+    done = status.image(journal, IMAGE_ID, NOW)
     assert done["known"] is True and done["planned"] is True and done["regions"] == {}
     journal.record_event("e2", "updated", IMAGE_ID, {}, NOW + 1)  # a later event is not planned yet
-    assert status.image(journal, IMAGE_ID)["planned"] is False
+    assert status.image(journal, IMAGE_ID, NOW)["planned"] is False

@@ -269,7 +269,7 @@ def test_status_views(ctx, service) -> None:
     assert image["regions"]["RegionOne"]["task_kind"] == "copy"
     query.send(protocol.encode("status_query", {"view": "image", "image_id": "nope"}))
     assert receive(query, service, NOW).body["data"] == {"image_id": "nope", "known": False, "planned": False,
-                                                            "regions": {}}
+                                                            "regions": {}, "now": NOW}
 
 
 def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> float:
@@ -507,3 +507,24 @@ def test_an_import_never_active_is_planned_with_no_tasks_after_snapshot_timeout(
     pump(service, late, until=lambda: journal.unplanned_event("imp-1") is None)
     assert journal.region_records(IMAGE_ID) == {}
     assert "imp-1" not in service._event_retry
+
+
+def test_status_carries_the_coordinators_clock(service, ctx) -> None:
+    query = dealer(ctx, service.conf.sync_server_port)
+    query.send(protocol.encode("status_query", {"view": "summary"}))
+    assert receive(query, service, NOW + 42).body["data"]["coordinator"]["now"] == NOW + 42
+
+
+def test_steady_clock_ignores_a_wall_clock_step(monkeypatch) -> None:
+    from coordinator import service as service_module
+
+    wall, mono = [1000.0], [50.0]
+    monkeypatch.setattr(service_module.time, "time", lambda: wall[0])
+    monkeypatch.setattr(service_module.time, "monotonic", lambda: mono[0])
+    clock = service_module.SteadyClock()
+    mono[0] += 2
+    wall[0] += 3600 + 2  # NTP stepped the wall clock an hour forward
+    assert clock.now() == 1002.0
+    wall[0] -= 7200  # and then two hours back
+    mono[0] += 1
+    assert clock.now() == 1003.0

@@ -361,3 +361,10 @@ def test_bad_value_in_config_file_is_one_line(tmp_path: Any, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert err.startswith("glance-sync-status: configuration error:") and err.count("\n") == 1
     assert "sync_server_port" in err
+
+
+def test_ages_are_measured_against_the_coordinators_clock() -> None:
+    assert status.coordinator_now({"coordinator": {"now": 123.0}}) == 123.0
+    assert status.coordinator_now({"now": 456.0, "regions": {}}) == 456.0
+    before = time.time()
+    assert status.coordinator_now({"coordinator": {}}) >= before  # an older coordinator: our clock
