@@ -1,15 +1,17 @@
 """The coordinator's poll loop: two ROUTER sockets, timers, and the journal behind them.
 
 ``initialize(now)`` binds the sockets, ``loop(now)`` runs one iteration and
-``shutdown()`` closes everything; ``run()`` drives them with the wall clock (times
-are stored in the journal and must survive a restart).  One iteration:
+``shutdown()`` closes everything; ``run()`` drives them with a steady wall clock
+(times are stored in the journal and must survive a restart).  One iteration:
 
 1. poll both sockets briefly and serve every frame that arrived: agents' session
    messages on the agent socket, ``event`` and ``status_query`` on the client socket;
 2. apply what the glance thread pool finished (registrations, image fetches);
 3. mark silent agents offline, requeue tasks whose lease lapsed;
-4. plan journaled events that have no tasks yet (the image is fetched in the pool);
-5. hand tasks to agents with credits, and send heartbeats every interval.
+4. plan journaled events that have no tasks yet (eventdesk.py; the image is fetched
+   in the pool);
+5. hand tasks to agents with credits, send heartbeats every interval, and start a
+   reconciler pass when one is due.
 
 Every frame and every step is wrapped: bad input or a failing step is logged and the
 loop goes on.  No SQL here (journal.py) and no HTTP (registrar.py).
@@ -25,10 +27,11 @@ from typing import Any
 import zmq
 from oslo_config import cfg
 
-from coordinator import planner, status
+from coordinator import status
 from coordinator.agents import Agents, Session
-from coordinator.journal import EventRow, Journal
-from coordinator.registrar import ON_THE_WAY, FetchResult, ReconcileResult, Registrar, TaskResult
+from coordinator.eventdesk import EventDesk
+from coordinator.journal import Journal
+from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import TaskDesk
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
@@ -37,13 +40,6 @@ from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
-FIRST_RECONCILE_AFTER = 60.0
-# Tries of the image fetch an event is planned from before it is planned with no tasks and
-# its plan_error. With the task backoff (5 s doubling, capped at max_retry_backoff) that
-# rides out a cascading glance outage of about half an hour; an image glance cannot show
-# for longer (a 500 on one record) must not keep its event, and the retry map, for ever.
-# The retry state is in memory only: after a restart, unplanned events start over.
-FETCH_TRIES = 10
 # Message types an agent may send; anything else on the agent socket is refused.
 AGENT_TYPES = frozenset({"hello", "ready", "ack", "progress", "done", "failed", "heartbeat", "bye"})
 
@@ -98,15 +94,8 @@ class Service:
         self.auth: Any = None
         self.poller = zmq.Poller()
         self._last_heartbeat = 0.0
-        self._fetching: set[str] = set()
-        self._event_retry: dict[str, tuple[int, float]] = {}
-        # The first pass comes soon after start (events may have been lost while the
-        # coordinator was down), later ones every reconcile_interval.
-        interval = conf.coordinator.reconcile_interval
-        self._next_reconcile: float | None = (
-            time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
-        self._reconciling = False
-        self._unapplied: list[TaskResult | FetchResult] = []
+        self.events = EventDesk(conf, storemap, journal, registrar)
+        self._unapplied: list[GlanceResult] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -162,8 +151,8 @@ class Service:
         for sock, handler in ((self.agent_sock, self._agent_frame), (self.client_sock, self._client_frame)):
             if sock in ready:
                 self._drain(sock, handler, now)
-        for step in (self._apply_results, self._housekeeping, self._plan_events, self._dispatch,
-                     self._heartbeats, self._reconcile):
+        for step in (self._apply_results, self._housekeeping, self.events.plan_events, self._dispatch,
+                     self._heartbeats, self.events.reconcile):
             try:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
@@ -304,9 +293,9 @@ class Service:
                 if isinstance(result, TaskResult):
                     self.tasks.registered(result, now)
                 elif isinstance(result, FetchResult):
-                    self._fetched(result, now)
+                    self.events.fetched(result, now)
                 elif isinstance(result, ReconcileResult):
-                    self._reconciled(result, now)
+                    self.events.reconciled(result, now)
             except JournalError as exc:
                 LOG.error("%d glance result(s) wait for the journal: %s", len(pending) - index, exc)
                 self._unapplied = pending[index:]
@@ -314,7 +303,7 @@ class Service:
             except Exception:
                 LOG.exception("glance result %r could not be applied; dropped", result)
                 if isinstance(result, FetchResult):
-                    self._fetching.discard(result.event_id)  # fetched again next time
+                    self.events.fetching.discard(result.event_id)  # fetched again next time
 
     def _housekeeping(self, now: float) -> None:
         self.agents.expire(now)
@@ -333,86 +322,3 @@ class Service:
             self.send_agent(session.routing_id, "heartbeat", {})
 
     # -- planning ------------------------------------------------------------------------------
-
-    def _plan_events(self, now: float) -> None:
-        for event in self.journal.unplanned_events():
-            if event.event_id in self._fetching or self._event_retry.get(event.event_id, (0, 0.0))[1] > now:
-                continue
-            if event.kind == "deleted":
-                self._plan(event, event.body.get("image"), now)
-                continue
-            self._fetching.add(event.event_id)
-            self.registrar.fetch(event)
-
-    def _fetched(self, result: FetchResult, now: float) -> None:
-        event = self.journal.unplanned_event(result.event_id)
-        self._fetching.discard(result.event_id)
-        if event is None:
-            self._event_retry.pop(result.event_id, None)
-            return
-        tries = self._event_retry.get(event.event_id, (0, 0.0))[0] + 1
-        if result.error is not None and result.error.retryable and tries < FETCH_TRIES:
-            c = self.conf.coordinator
-            delay = retry_delay(tries, max(c.retry_backoff, 1.0), max(c.max_retry_backoff, 1.0))
-            self._event_retry[event.event_id] = (tries, now + delay)
-            LOG.warning("event %s: cannot fetch image %s (%s); retry in %.0f s",
-                        event.event_id, event.image_id, result.error, delay)
-            return
-        if result.error is None and self._still_importing(event, result.image, tries - 1, now):
-            return
-        self._event_retry.pop(event.event_id, None)
-        if result.error is not None:
-            LOG.error("event %s: image %s cannot be fetched (%d tries): %s; no tasks", event.event_id,
-                      event.image_id, tries, result.error)
-            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=str(result.error))
-            return
-        self._plan(event, result.image, now)
-
-    def _still_importing(self, event: EventRow, image: dict[str, Any] | None, tries: int, now: float) -> bool:
-        """An imported image not active yet: fetch it again later, up to snapshot_timeout."""
-        status = (image or {}).get("status")
-        if event.kind != "imported" or status not in ON_THE_WAY:
-            return False
-        if now - event.received_at < self.conf.snapshot_timeout:
-            self._event_retry[event.event_id] = (tries, now + self.conf.snapshot_sleep_interval)
-            return True
-        self._event_retry.pop(event.event_id, None)
-        reason = f"image is still {status} {self.conf.snapshot_timeout} s after its import (snapshot_timeout)"
-        LOG.error("event %s: %s; no tasks", event.event_id, reason)
-        self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
-        return True
-
-    def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float) -> None:
-        if event.kind != "deleted" and self.journal.deleted_event(event.image_id):
-            # Fetched before the delete, answered after it: the record is stale, and copies
-            # made from it would outlive the image (its delete was planned without them).
-            LOG.info("event %s (%s of %s): the image was deleted since; no tasks", event.event_id, event.kind,
-                     event.image_id)
-            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="the image was deleted")
-            return
-        existing = self.journal.region_records(event.image_id)
-        plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
-                            self.conf.sync_strategy, existing, self.storemap.source_path)
-        created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now)
-        LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
-                 len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
-
-    def _reconcile(self, now: float) -> None:
-        if self._next_reconcile is None or self._reconciling or now < self._next_reconcile:
-            return
-        self._reconciling = True
-        self.registrar.reconcile(self.journal.known_image_ids(), self.journal.tracked_image_ids())
-
-    def _reconciled(self, result: ReconcileResult, now: float) -> None:
-        # Journal first: when recording fails the JournalError keeps this result for the
-        # next iteration and the pass counts as not finished.
-        if result.drift is not None:
-            for body in result.drift.events():
-                if self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now):
-                    LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
-                                body["kind"], body["image_id"])
-        else:
-            LOG.error("reconciler: pass failed, next in %ss: %s", self.conf.coordinator.reconcile_interval,
-                      result.error)
-        self._reconciling = False
-        self._next_reconcile = now + self.conf.coordinator.reconcile_interval

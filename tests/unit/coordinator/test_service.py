@@ -379,9 +379,9 @@ def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal)
 
     journal.record_event("e1", "uploaded", IMAGE_ID, {"event_id": "e1"}, NOW)
     journal.record_event("e2", "deleted", IMAGE_ID, {"event_id": "e2"}, NOW + 1)
-    service._fetching.add("e1")
-    service._plan_events(NOW + 1)
-    service._fetched(FetchResult("e1", image_record(store_dir=service.storemap.store.store_dir)), NOW + 2)
+    service.events.fetching.add("e1")
+    service.events.plan_events(NOW + 1)
+    service.events.fetched(FetchResult("e1", image_record(store_dir=service.storemap.store.store_dir)), NOW + 2)
     assert planned(service)
     assert journal.dispatchable("RegionOne", NOW + 2) == [] and journal.dispatchable("RegionTwo", NOW + 2) == []
     assert journal.image_view(IMAGE_ID)[1] == {}
@@ -417,7 +417,7 @@ def test_an_image_deleted_before_planning_is_planned_with_no_tasks(ctx, service,
     del client.images.records[IMAGE_ID]
     send_event(ctx, service)
     pump(service, NOW, lambda: planned(service))
-    assert service._event_retry == {} and service._fetching == set()
+    assert service.events.retry == {} and service.events.fetching == set()
     assert journal.image_view(IMAGE_ID)[1] == {} and len(client.images.gets) == 1
 
 
@@ -431,15 +431,15 @@ def test_a_fetch_that_keeps_failing_gives_up_with_a_reason(ctx, service, journal
     monkeypatch.setattr(client.images, "get", broken)
     send_event(ctx, service)
     now = NOW
-    pump(service, now, lambda: client.images.gets and "e1" not in service._fetching)
+    pump(service, now, lambda: client.images.gets and "e1" not in service.events.fetching)
     for _ in range(40):
         now += 3600  # past any backoff
         before = len(client.images.gets)
-        pump(service, now, lambda b=before: len(client.images.gets) > b and "e1" not in service._fetching)
+        pump(service, now, lambda b=before: len(client.images.gets) > b and "e1" not in service.events.fetching)
         if planned(service):
             break
     assert planned(service), "the event is fetched for ever"
-    assert service._event_retry == {}
+    assert service.events.retry == {}
     with journal.transaction() as conn:
         from coordinator.schema import events
         error = conn.execute(events.select()).one().plan_error
@@ -458,14 +458,14 @@ def test_reconciler_makes_events_for_an_image_whose_event_was_lost(service, jour
     from .conftest import add_listing
 
     add_listing(client.images)
-    assert service._next_reconcile is not None
-    later = service._next_reconcile + 1
+    assert service.events.next_reconcile is not None
+    later = service.events.next_reconcile + 1
     pump(service, later, until=lambda: journal.known_image_ids() == {IMAGE_ID})
     pump(service, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
     assert all(r.state == SyncState.PENDING for r in journal.region_records(IMAGE_ID).values())
     # The next pass is a full interval away, and a second pass makes no second event.
-    assert service._next_reconcile == pytest.approx(later + service.conf.coordinator.reconcile_interval)
-    pump(service, service._next_reconcile + 1)
+    assert service.events.next_reconcile == pytest.approx(later + service.conf.coordinator.reconcile_interval)
+    pump(service, service.events.next_reconcile + 1)
     assert journal.unplanned_count(IMAGE_ID) == 0
 
 
@@ -473,10 +473,10 @@ def test_reconciler_deletes_regional_copies_of_a_vanished_image(service, journal
     from .conftest import add_listing
 
     add_listing(client.images)
-    later = service._next_reconcile + 1
+    later = service.events.next_reconcile + 1
     pump(service, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
     del client.images.records[IMAGE_ID]  # deleted in the cascading glance, its event lost
-    again = service._next_reconcile + 1
+    again = service.events.next_reconcile + 1
     pump(service, again, until=lambda: all(
         r.state == SyncState.DELETING for r in journal.region_records(IMAGE_ID).values()))
 
@@ -489,7 +489,7 @@ def _imported(journal, now: float) -> None:
 def test_an_import_is_fetched_again_until_active_without_holding_a_thread(service, journal, client) -> None:
     client.images.records[IMAGE_ID]["status"] = "importing"
     _imported(journal, NOW)
-    pump(service, NOW, until=lambda: "imp-1" in service._event_retry)
+    pump(service, NOW, until=lambda: "imp-1" in service.events.retry)
     assert journal.region_records(IMAGE_ID) == {}
     gets = len(client.images.gets)
     pump(service, NOW + 1)  # before snapshot_sleep_interval: no new GET
@@ -502,11 +502,11 @@ def test_an_import_is_fetched_again_until_active_without_holding_a_thread(servic
 def test_an_import_never_active_is_planned_with_no_tasks_after_snapshot_timeout(service, journal, client) -> None:
     client.images.records[IMAGE_ID]["status"] = "importing"
     _imported(journal, NOW)
-    pump(service, NOW, until=lambda: "imp-1" in service._event_retry)
+    pump(service, NOW, until=lambda: "imp-1" in service.events.retry)
     late = NOW + service.conf.snapshot_timeout + 1
     pump(service, late, until=lambda: journal.unplanned_event("imp-1") is None)
     assert journal.region_records(IMAGE_ID) == {}
-    assert "imp-1" not in service._event_retry
+    assert "imp-1" not in service.events.retry
 
 
 def test_status_carries_the_coordinators_clock(service, ctx) -> None:

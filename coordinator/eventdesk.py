@@ -1,0 +1,132 @@
+"""Events on their way to tasks: fetching the image, waiting for imports, planning, reconciling.
+
+The coordinator's loop hands this desk each tick; it never waits. An event is
+planned once glance has answered for its image (in the glance thread pool):
+retryable fetch errors are tried again with backoff (``FETCH_TRIES`` at most), an
+imported image is fetched again every ``snapshot_sleep_interval`` until active or
+``snapshot_timeout``, a ``deleted`` event needs no fetch.  The reconciler's passes
+are timed here too, and their synthetic events are journaled like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from oslo_config import cfg
+
+from coordinator import planner
+from coordinator.journal import EventRow, Journal
+from coordinator.registrar import ON_THE_WAY, FetchResult, ReconcileResult, Registrar
+from glancesync.liveness import retry_delay
+from glancesync.storemap import StoreMap
+
+LOG = logging.getLogger(__name__)
+# Tries of the image fetch an event is planned from before it is planned with no tasks and
+# its plan_error. With the task backoff (5 s doubling, capped at max_retry_backoff) that
+# rides out a cascading glance outage of about half an hour; an image glance cannot show
+# for longer (a 500 on one record) must not keep its event, and the retry map, for ever.
+# The retry state is in memory only: after a restart, unplanned events start over.
+FETCH_TRIES = 10
+# The first reconciler pass comes soon after start (events may have been lost while
+# the coordinator was down), later ones every reconcile_interval.
+FIRST_RECONCILE_AFTER = 60.0
+
+
+class EventDesk:
+    def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar) -> None:
+        self.conf = conf
+        self.storemap = storemap
+        self.journal = journal
+        self.registrar = registrar
+        self.fetching: set[str] = set()
+        # event id -> (fetch tries so far, not before)
+        self.retry: dict[str, tuple[int, float]] = {}
+        interval = conf.coordinator.reconcile_interval
+        self.next_reconcile: float | None = (
+            time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
+        self.reconciling = False
+
+    def plan_events(self, now: float) -> None:
+        for event in self.journal.unplanned_events():
+            if event.event_id in self.fetching or self.retry.get(event.event_id, (0, 0.0))[1] > now:
+                continue
+            if event.kind == "deleted":
+                self._plan(event, event.body.get("image"), now)
+                continue
+            self.fetching.add(event.event_id)
+            self.registrar.fetch(event)
+
+    def fetched(self, result: FetchResult, now: float) -> None:
+        event = self.journal.unplanned_event(result.event_id)
+        self.fetching.discard(result.event_id)
+        if event is None:
+            self.retry.pop(result.event_id, None)
+            return
+        tries = self.retry.get(event.event_id, (0, 0.0))[0] + 1
+        if result.error is not None and result.error.retryable and tries < FETCH_TRIES:
+            c = self.conf.coordinator
+            delay = retry_delay(tries, max(c.retry_backoff, 1.0), max(c.max_retry_backoff, 1.0))
+            self.retry[event.event_id] = (tries, now + delay)
+            LOG.warning("event %s: cannot fetch image %s (%s); retry in %.0f s",
+                        event.event_id, event.image_id, result.error, delay)
+            return
+        if result.error is None and self._still_importing(event, result.image, tries - 1, now):
+            return
+        self.retry.pop(event.event_id, None)
+        if result.error is not None:
+            LOG.error("event %s: image %s cannot be fetched (%d tries): %s; no tasks", event.event_id,
+                      event.image_id, tries, result.error)
+            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=str(result.error))
+            return
+        self._plan(event, result.image, now)
+
+    def _still_importing(self, event: EventRow, image: dict[str, Any] | None, tries: int, now: float) -> bool:
+        """An imported image not active yet: fetch it again later, up to snapshot_timeout."""
+        status = (image or {}).get("status")
+        if event.kind != "imported" or status not in ON_THE_WAY:
+            return False
+        if now - event.received_at < self.conf.snapshot_timeout:
+            self.retry[event.event_id] = (tries, now + self.conf.snapshot_sleep_interval)
+            return True
+        self.retry.pop(event.event_id, None)
+        reason = f"image is still {status} {self.conf.snapshot_timeout} s after its import (snapshot_timeout)"
+        LOG.error("event %s: %s; no tasks", event.event_id, reason)
+        self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
+        return True
+
+    def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float) -> None:
+        if event.kind != "deleted" and self.journal.deleted_event(event.image_id):
+            # Fetched before the delete, answered after it: the record is stale, and copies
+            # made from it would outlive the image (its delete was planned without them).
+            LOG.info("event %s (%s of %s): the image was deleted since; no tasks", event.event_id, event.kind,
+                     event.image_id)
+            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="the image was deleted")
+            return
+        existing = self.journal.region_records(event.image_id)
+        plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
+                            self.conf.sync_strategy, existing, self.storemap.source_path)
+        created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now)
+        LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
+                 len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
+
+    def reconcile(self, now: float) -> None:
+        if self.next_reconcile is None or self.reconciling or now < self.next_reconcile:
+            return
+        self.reconciling = True
+        self.registrar.reconcile(self.journal.known_image_ids(), self.journal.tracked_image_ids())
+
+    def reconciled(self, result: ReconcileResult, now: float) -> None:
+        # Journal first: when recording fails the JournalError keeps this result for the
+        # next iteration and the pass counts as not finished.
+        if result.drift is not None:
+            for body in result.drift.events():
+                if self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now):
+                    LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
+                                body["kind"], body["image_id"])
+        else:
+            LOG.error("reconciler: pass failed, next in %ss: %s", self.conf.coordinator.reconcile_interval,
+                      result.error)
+        self.reconciling = False
+        self.next_reconcile = now + self.conf.coordinator.reconcile_interval
