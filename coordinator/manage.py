@@ -1,4 +1,4 @@
-"""``glance-sync-manage``: journal schema upgrades, CurveZMQ key generation, resync.
+"""``glance-sync-manage``: journal schema upgrades, CurveZMQ key generation, resync, purge.
 
 ::
 
@@ -6,6 +6,7 @@
     glance-sync-manage [--config-file F] db_version    # current and head revisions
     glance-sync-manage keygen --dir D --name N         # D/N.key and D/N.key_secret (0600)
     glance-sync-manage [--config-file F] resync IMAGE_ID  # sync it again where it failed or is missing
+    glance-sync-manage [--config-file F] purge [--days N] # forget history older than N days (30)
 
 The migrations live in ``coordinator/migrations`` and run programmatically: no
 alembic.ini, and the database URL (which may hold a password) reaches alembic only
@@ -31,7 +32,8 @@ from glancesync import config, keys
 from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
-COMMANDS = ("db_sync", "db_version", "keygen", "resync")
+COMMANDS = ("db_sync", "db_version", "keygen", "resync", "purge")
+DEFAULT_PURGE_DAYS = 30
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 
 
@@ -114,6 +116,27 @@ def _resync(conf_args: list[str], args: list[str]) -> int:
     return 0
 
 
+def _purge(conf_args: list[str], args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} purge")
+    parser.add_argument("--days", type=int, default=DEFAULT_PURGE_DAYS,
+                        help=f"keep the last DAYS days of history (default {DEFAULT_PURGE_DAYS}, at least 1)")
+    ns = parser.parse_args(args)
+    if ns.days < 1:
+        config.fail(PROG, f"purge: --days must be at least 1, not {ns.days}", code=2)
+    conf = config.load(conf_args, PROG, setup_logging=False)
+    store = None
+    try:
+        store = journal.Journal(conf.database.connection)
+        gone_events, gone_tasks = store.purge(time.time() - ns.days * 86400)
+    except Exception as exc:  # any database error: one line, exit 1
+        config.fail(PROG, f"purge failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    finally:
+        if store is not None:
+            store.close()
+    print(f"purged {gone_events} planned event(s) and {gone_tasks} finished task(s) older than {ns.days} day(s)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     cmd, conf_args, cmd_args = _split(args)
@@ -123,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keygen(cmd_args)
     if cmd == "resync":
         return _resync(conf_args, cmd_args)
+    if cmd == "purge":
+        return _purge(conf_args, cmd_args)
     conf = config.load(conf_args + cmd_args, PROG, setup_logging=False)
     url = conf.database.connection
     try:

@@ -17,8 +17,8 @@ promise is worth one fsync per commit at control-message rates.
 
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``base`` (engine, rows, transactions), ``planning`` (events and
-planning), ``taskstate`` (the task state machine, leases, retries) and ``views``
-(status queries).
+planning), ``taskstate`` (the task state machine, leases, retries), ``views``
+(status queries) and ``retention`` (purging old history).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from coordinator.journal.base import (
     unpack,
 )
 from coordinator.journal.planning import PlanningMixin
+from coordinator.journal.retention import RetentionMixin
 from coordinator.journal.taskstate import TaskStateMixin
 from coordinator.journal.views import ViewsMixin
 
 __all__ = ["EventRow", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, TaskStateMixin, ViewsMixin, JournalBase):
+class Journal(PlanningMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""

@@ -202,3 +202,36 @@ def test_image_view_tells_planned_with_nothing_to_do_from_not_planned_yet(journa
     assert done["known"] is True and done["planned"] is True and done["regions"] == {}
     journal.record_event("e2", "updated", IMAGE_ID, {}, NOW + 1)  # a later event is not planned yet
     assert status.image(journal, IMAGE_ID, NOW)["planned"] is False
+
+
+def _count(journal: Journal, table) -> int:
+    import sqlalchemy as sa
+
+    with journal.transaction() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar())
+
+
+def test_purge_forgets_old_history_and_keeps_state_and_live_work(journal: Journal) -> None:
+    from coordinator.schema import events, tasks
+
+    [copy_id] = plan(journal, copy_task())  # finished, then superseded as current by the update
+    update = NewTask("RegionOne", "update", {"image": image_record(), "source": None})
+    [update_id] = plan(journal, update, event_id="e2")
+    journal.assign(copy_id, "a", NOW, NOW + 10)
+    journal.done(copy_id, 1, {}, NOW)
+    journal.finish(copy_id, 1, NOW)
+    journal.assign(update_id, "a", NOW, NOW + 10)
+    journal.done(update_id, 1, {}, NOW)  # update: straight to synced; it is the current task
+    [live_id] = plan(journal, copy_task("RegionTwo"), event_id="e3")  # still pending
+    journal.record_event("e4", "uploaded", IMAGE_ID, {}, NOW)  # not planned yet
+    assert (_count(journal, events), _count(journal, tasks)) == (4, 3)
+
+    assert journal.purge(NOW - 1) == (0, 0)  # nothing is that old
+    assert journal.purge(NOW + 100) == (3, 1)  # e1..e3 and the superseded copy
+    assert journal.task(copy_id) is None
+    assert journal.task(update_id) is not None and journal.task(live_id) is not None
+    assert [e.event_id for e in journal.unplanned_events()] == ["e4"]
+    view = journal.image_view(IMAGE_ID)[1]
+    assert view["RegionOne"]["state"] == "synced" and view["RegionOne"]["task_kind"] == "update"
+    assert view["RegionTwo"]["state"] == "pending"
+    assert IMAGE_ID in journal.known_image_ids()

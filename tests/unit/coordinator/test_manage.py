@@ -102,3 +102,15 @@ def test_resync_refuses_a_blank_image_id(tmp_path: Path, db_url: str, store_yaml
         manage.main(["--config-file", str(conf), "resync", " "])
     assert exited.value.code == 2
     assert "is not an image id" in capsys.readouterr().err
+
+
+def test_purge_command(tmp_path: Path, db_url: str, store_yaml: Path, capsys) -> None:
+    import pytest
+
+    make_conf(tmp_path, db_url, store_yaml)
+    conf = tmp_path / "coordinator.conf"
+    assert manage.main(["--config-file", str(conf), "purge", "--days", "7"]) == 0
+    assert "purged 0 planned event(s) and 0 finished task(s) older than 7 day(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        manage.main(["--config-file", str(conf), "purge", "--days", "0"])
+    assert exited.value.code == 2 and "--days must be at least 1" in capsys.readouterr().err
