@@ -27,10 +27,6 @@ class SyncServices:
     def agent_id(self, region: str) -> str:
         return f"{region.lower()}-main"
 
-    def start(self) -> SyncServices:
-        self.ensure()
-        return self
-
     def ensure(self) -> None:
         """Coordinator running and every region's main agent online."""
         if self.coordinator is None or not self.coordinator.running:
@@ -66,13 +62,6 @@ class SyncServices:
     def coordinator_log(self) -> str:
         assert self.coordinator is not None
         return Path(self.coordinator.log_path).read_text(errors="replace")
-
-
-def send_raw(topo: Topology, port: int, frames: list[bytes], expect_reply: bool, timeout: float = 3.0) -> list:
-    """Send raw frames from a fresh DEALER; the decoded replies (None for one not answered)."""
-    if expect_reply:
-        return send_raw_to(port, frames, timeout)
-    return send_raw_to(port, frames, timeout=0.05)
 
 
 def send_event(port: int, kind: str, image_id: str, image: dict | None = None, timeout: float = 5.0) -> str:

@@ -232,18 +232,11 @@ def test_images_synced_together_keep_every_regional_location(topology: Topology,
 
 
 def test_an_upload_whose_event_was_lost_is_synced_by_the_reconciler(topology: Topology, sync: SyncServices) -> None:
-    from glanceclient import client as glance_client
-    from keystoneauth1 import noauth, session
-
     from glancesync.protocol import INTERNAL_REQUEST_HEADER
-    from tests.harness.glance import IDENTITY_HEADERS
+    from tests.harness.glance import admin_client
 
     # The loop-guard header makes the filter ignore these calls: no event is ever sent.
-    headers = {**IDENTITY_HEADERS, INTERNAL_REQUEST_HEADER: "1"}
-    url = topology.cascading.url
-    silent = glance_client.Client("2", session=session.Session(auth=noauth.NoAuth(endpoint=url),
-                                                               additional_headers=headers),
-                                  endpoint_override=url)
+    silent = admin_client(topology.cascading.url, **{INTERNAL_REQUEST_HEADER: "1"})
     image = helpers.upload_random(silent, helpers.MIB)
     helpers.wait_states(topology, image.id, "synced", timeout=90)
     for server in topology.cascaded.values():

@@ -16,7 +16,7 @@ import pytest
 
 from tests.functional import helpers
 from tests.functional.services import SyncServices
-from tests.harness.glance import IDENTITY_HEADERS, venv_bin
+from tests.harness.glance import admin_client, venv_bin
 from tests.harness.procs import LOOPBACK, ServiceProcess, free_port, tcp_open
 from tests.harness.topology import Topology
 
@@ -86,12 +86,7 @@ class ProxiedSite:
         return self
 
     def client(self):
-        from glanceclient import client as glance_client
-        from keystoneauth1 import noauth, session
-
-        url = f"http://{LOOPBACK}:{self.proxy_port}"
-        sess = session.Session(auth=noauth.NoAuth(endpoint=url), additional_headers=dict(IDENTITY_HEADERS))
-        return glance_client.Client("2", session=sess, endpoint_override=url)
+        return admin_client(f"http://{LOOPBACK}:{self.proxy_port}")
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import time
 
 import pytest
 import yaml
-from keystoneauth1 import noauth, session
 
 from glancesync import protocol
 from tests.harness import IDENTITY_HEADERS, GlanceServer, free_port
+from tests.harness.glance import admin_session
 from tests.unit.glance_proxy.test_sender import Coordinator
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -90,10 +90,7 @@ def test_events_locations_and_download_through_driver(glances):
     rclient = region.client()
     rclient.images.create(id=IMG, name="cirros", disk_format="raw", container_format="bare")
     rclient.images.upload(IMG, io.BytesIO(DATA))
-    internal = session.Session(
-        auth=noauth.NoAuth(endpoint=cascading.url),
-        additional_headers={**IDENTITY_HEADERS, protocol.INTERNAL_REQUEST_HEADER: "1"},
-    )
+    internal = admin_session(cascading.url, **{protocol.INTERNAL_REQUEST_HEADER: "1"})
     patch = [{"op": "add", "path": "/locations/-",
               "value": {"url": protocol.cascaded_url("RegionA", IMG), "metadata": {"region": "RegionA"}}}]  # fmt: skip
     resp = internal.patch(
@@ -196,7 +193,7 @@ def test_standalone_proxy_streams_a_large_image_in_flat_memory(glances, tmp_path
     try:
         wait_tcp("127.0.0.1", port, 30)
         url = f"http://127.0.0.1:{port}"
-        sess = session.Session(auth=noauth.NoAuth(endpoint=url), additional_headers=dict(IDENTITY_HEADERS))
+        sess = admin_session(url)
         json_headers = {"Content-Type": "application/json"}
         # Warm every worker (imports, first event) before the baseline.
         for _ in range(6):

@@ -114,6 +114,21 @@ def paste_ini(sync_filter: bool) -> str:
     return "\n".join(lines)
 
 
+def admin_session(url: str, **extra_headers: str) -> Any:
+    """A keystoneauth1 session to ``url`` sending the admin identity headers (and ``extra_headers``)."""
+    from keystoneauth1 import noauth, session
+
+    return session.Session(auth=noauth.NoAuth(endpoint=url),
+                           additional_headers={**IDENTITY_HEADERS, **extra_headers})
+
+
+def admin_client(url: str, **extra_headers: str) -> Any:
+    """A python-glanceclient v2 Client talking to ``url`` as admin (a glance-api or a proxy in front)."""
+    from glanceclient import client as glance_client
+
+    return glance_client.Client("2", session=admin_session(url, **extra_headers), endpoint_override=url)
+
+
 class GlanceServer:
     """One glance-api under gunicorn, with its own config, database and file store."""
 
@@ -259,12 +274,8 @@ class GlanceServer:
 
     def session(self) -> Any:
         """A keystoneauth1 session sending the admin identity headers to this glance."""
-        from keystoneauth1 import noauth, session
-
-        return session.Session(auth=noauth.NoAuth(endpoint=self.url), additional_headers=IDENTITY_HEADERS)
+        return admin_session(self.url)
 
     def client(self) -> Any:
         """A python-glanceclient v2 Client for this glance, as admin."""
-        from glanceclient import client as glance_client
-
-        return glance_client.Client("2", session=self.session())
+        return admin_client(self.url)
