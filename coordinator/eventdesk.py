@@ -18,7 +18,7 @@ from oslo_config import cfg
 
 from coordinator import planner
 from coordinator.journal import EventRow, Journal
-from coordinator.registrar import ON_THE_WAY, FetchResult, ReconcileResult, Registrar
+from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync.liveness import retry_delay
 from glancesync.storemap import StoreMap
 
@@ -29,6 +29,8 @@ LOG = logging.getLogger(__name__)
 # for longer (a 500 on one record) must not keep its event, and the retry map, for ever.
 # The retry state is in memory only: after a restart, unplanned events start over.
 FETCH_TRIES = 10
+# Statuses from which an image still becomes active without anyone's help.
+ON_THE_WAY = frozenset({"queued", "saving", "importing", "uploading"})
 # The first reconciler pass comes soon after start (events may have been lost while
 # the coordinator was down), later ones every reconcile_interval.
 FIRST_RECONCILE_AFTER = 60.0

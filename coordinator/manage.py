@@ -27,7 +27,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from coordinator import journal
+from coordinator import journal, reconciler
 from glancesync import config, keys
 from glancesync.exceptions import GlanceSyncError
 
@@ -91,8 +91,7 @@ def resync(url: str, image_id: str, now: float) -> str:
     made a sync fail (a host key, a full disk, a region's glance).
     """
     event_id = f"resync-{uuid.uuid4().hex}"
-    body = {"event_id": event_id, "kind": "uploaded", "image_id": image_id, "image": None,
-            "changes": [], "context": {"origin": PROG}}
+    body = reconciler.synthetic_event(event_id, "uploaded", image_id, PROG)
     store = journal.Journal(url)
     try:
         store.record_event(event_id, "uploaded", image_id, body, now)

@@ -43,19 +43,15 @@ class Drift:
 
     def events(self) -> list[dict[str, Any]]:
         """Synthetic event bodies (protocol ``event`` fields) for the journal."""
-        made = [_event("uploaded", image_id) for image_id in self.missing]
-        return made + [_event("deleted", image_id) for image_id in self.vanished]
+        made = [synthetic_event(f"reconcile-uploaded-{i}", "uploaded", i, "reconciler") for i in self.missing]
+        return made + [synthetic_event(f"reconcile-deleted-{i}", "deleted", i, "reconciler")
+                       for i in self.vanished]
 
 
-def _event(kind: str, image_id: str) -> dict[str, Any]:
-    return {
-        "event_id": f"reconcile-{kind}-{image_id}",
-        "kind": kind,
-        "image_id": image_id,
-        "image": None,
-        "changes": [],
-        "context": {"origin": "reconciler"},
-    }
+def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dict[str, Any]:
+    """An ``event`` body made by the coordinator's side itself, not seen by glance_proxy."""
+    return {"event_id": event_id, "kind": kind, "image_id": image_id, "image": None, "changes": [],
+            "context": {"origin": origin}}
 
 
 def list_cascading(client: Any) -> dict[str, str]:

@@ -40,8 +40,6 @@ from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, Ver
 from glancesync.storemap import DEFAULT_HTTP_TIMEOUT, GlanceEndpoint, StoreMap
 
 LOG = logging.getLogger(__name__)
-# Statuses from which an image still becomes active without anyone's help.
-ON_THE_WAY = frozenset({"queued", "saving", "importing", "uploading"})
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,6 @@ class Registrar:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glance")
         self._results: queue.SimpleQueue[GlanceResult] = queue.SimpleQueue()
         self._local = threading.local()
-        self._stopping = threading.Event()
         # Glance rewrites an image's whole location set on every location PATCH, so two
         # concurrent adds to one image lose one of them (seen with two regions finishing
         # together). Location changes of one image therefore run one at a time; striped
@@ -124,7 +121,6 @@ class Registrar:
         self._location_locks = [threading.Lock() for _ in range(LOCATION_LOCK_STRIPES)]
 
     def shutdown(self) -> None:
-        self._stopping.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def results(self) -> list[GlanceResult]:

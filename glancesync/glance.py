@@ -35,8 +35,6 @@ GLANCE_OWNED_FIELDS = frozenset(
         "protected",
     }
 )
-# Fields that the image create call takes as arguments of their own.
-CREATE_FIELDS = ("disk_format", "container_format", "visibility", "min_disk", "min_ram", "name")
 
 
 def make_session(endpoint: GlanceEndpoint) -> session.Session:
