@@ -50,10 +50,11 @@ def bind_server(context: zmq.Context, sock_type: int, host: str, port: int, conf
             source="[coordinator] bind_host",
             detail=f"{host} is not a loopback address; enable [curve] to accept remote peers",
         )
+    # Keys first: one that does not load must not leave a socket behind.
+    secret = keys.load_secret(curve.secret_key_file or "")[1] if curve.enabled else None
     sock = context.socket(sock_type)
     _common(sock)
-    if curve.enabled:
-        _, secret = keys.load_secret(curve.secret_key_file or "")
+    if secret is not None:
         sock.curve_secretkey = secret
         sock.curve_server = True
     try:
@@ -67,13 +68,15 @@ def bind_server(context: zmq.Context, sock_type: int, host: str, port: int, conf
 def connect_client(context: zmq.Context, sock_type: int, host: str, port: int, conf: Any) -> zmq.Socket:
     """A connected client socket, pinning the coordinator's key when CURVE is on."""
     curve = conf.curve
+    if curve.enabled:
+        public, secret = keys.load_secret(curve.secret_key_file or "")
+        server_key = keys.load_public(curve.server_public_key_file or "")
     sock = context.socket(sock_type)
     _common(sock)
     if curve.enabled:
-        public, secret = keys.load_secret(curve.secret_key_file or "")
         sock.curve_publickey = public
         sock.curve_secretkey = secret
-        sock.curve_serverkey = keys.load_public(curve.server_public_key_file or "")
+        sock.curve_serverkey = server_key
     sock.connect(tcp_endpoint(host, port))
     return sock
 
