@@ -7,13 +7,21 @@ drains without blocking (``poll``).  A worker that dies without a result (killed
 crashed interpreter) is reported failed and retryable with its exit code; one that
 runs past ``timeout`` (``scp_copy_timeout``) is terminated and reported the same
 way.  Its slot is free again at once.
+
+Workers die with their agent: each asks the kernel for SIGKILL when its parent
+exits (``PR_SET_PDEATHSIG``).  An orphan that outlived a ``kill -9`` of the agent
+would otherwise keep appending to the ``.part`` file that the restarted agent's
+next attempt resumes, and corrupt it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import queue as queue_mod
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +30,8 @@ LOG = logging.getLogger(__name__)
 
 # Seconds a terminated worker gets to exit before it is killed.
 TERMINATE_GRACE = 2.0
+# prctl(2) option: the signal a process gets when its parent thread exits.
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ class Pool:
             raise RuntimeError("no free worker slot")
         task_id = task["task_id"]
         process = self.ctx.Process(
-            target=self.target, args=(task, self.settings, self.queue), name=f"glance-sync-worker-{task_id}"
+            target=bound_to_parent, args=(os.getpid(), self.target, task, self.settings, self.queue),
+            name=f"glance-sync-worker-{task_id}",
         )
         process.daemon = True
         process.start()
@@ -143,6 +154,20 @@ class Pool:
         self.running.clear()
         self.queue.close()
         self.queue.cancel_join_thread()
+
+
+def bound_to_parent(parent_pid: int, target: Callable[..., None], *args: Any) -> None:
+    """Worker entry: die with the agent, then run ``target(*args)``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    except (OSError, AttributeError) as exc:
+        LOG.warning("worker %d will not die with its agent: %s", os.getpid(), exc)
+    # The agent may have died between fork and prctl: the signal would never come.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    target(*args)
 
 
 def _failed(reason: str) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 from agent.pool import Pool
@@ -90,3 +93,47 @@ def test_start_refuses_beyond_capacity():
         run_until_result(pool)
     finally:
         pool.shutdown()
+
+
+# A stand-in agent: starts one stuck worker, then waits to be killed.
+_AGENT_SCRIPT = """
+import sys, time
+from agent.pool import Pool
+from tests.unit.agent import helpers
+pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=sys.argv[1])
+pool.start({"task_id": "t1", "attempt": 1, "kind": "copy", "image_id": "img"}, time.monotonic())
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "zombie" not in status.read().lower()
+    except FileNotFoundError:
+        return False
+
+
+def test_worker_dies_when_its_agent_is_killed(tmp_path):
+    pid_file = tmp_path / "pid"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    agent = subprocess.Popen([sys.executable, "-c", _AGENT_SCRIPT, str(pid_file)], cwd=root,
+                             env={**os.environ, "PYTHONPATH": root})
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert agent.poll() is None, "the stand-in agent exited early"
+            assert time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        assert _alive(worker)
+        agent.kill()  # kill -9 of the agent alone, not of its process group
+        agent.wait()
+        deadline = time.monotonic() + 60
+        while _alive(worker):
+            assert time.monotonic() < deadline, f"worker {worker} outlived its agent"
+            time.sleep(0.05)
+    finally:
+        agent.kill()
+        if pid_file.exists() and pid_file.read_text() and _alive(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
