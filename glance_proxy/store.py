@@ -10,6 +10,14 @@ then needs a driver for the scheme, or it refuses the location.  This driver:
   size of 0 (no data yet) or an unknown region makes glance answer 400.
 - ``get()``: streams the regional image data, honouring ``offset`` and
   ``chunk_size`` (the length of a ranged read), as ``(iterator, length)``.
+- Both read with the driver's own (admin) credentials, so both first authorize the
+  caller of the cascading glance (``context``) against the regional image record,
+  as glance would (:func:`may_read`): admin, the owning project, a public or
+  community image, or an *accepted* member of a shared one.  Anyone else, and a
+  call without a context, gets ``NotFound``, exactly what a missing image gives, so
+  a refusal says nothing about whether the image exists.  Without this a project
+  member could point an image of theirs at ``cascaded://<region>/<someone else's
+  private image>`` and read it (a confused deputy); doc/store-driver.md.
 - ``delete()``: returns at once.  Glance calls it inside the user's DELETE (once
   per cascaded location); regional copies are removed by the coordinator, later.
 - ``add()``: refused.  ``WRITE_ACCESS`` is declared only because glance never calls
@@ -17,7 +25,9 @@ then needs a driver for the scheme, or it refuses the location.  This driver:
 
 Regions, endpoints and credentials come from ``glance_store.yaml``
 (``[glance_store] cascaded_store_config``), loaded once; a glanceclient per region
-is built once and reused (``DRIVER_REUSABLE``).  Enable the driver with
+is built once and reused (``DRIVER_REUSABLE``).  Image records, memberships and
+decisions are never cached: each read asks the regional glance again, so one
+caller's authorization can never serve another.  Enable the driver with
 ``[glance_store] stores = file,http,cascaded``.
 """
 
@@ -26,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import glance_store.driver
@@ -79,6 +89,43 @@ class StoreLocation(glance_store.location.StoreLocation):
             raise gs_exc.BadStoreUri(uri=uri, reason="expected cascaded://<region>/<image-id>")
         self.region = urllib.parse.unquote(pieces.netloc)
         self.image_id = urllib.parse.unquote(image_id)
+
+
+# Visibilities that let every project read an image (glance's is_image_visible).
+OPEN_VISIBILITIES = frozenset({"public", "community"})
+
+
+def _field(record: Any, name: str) -> Any:
+    """A field of a glanceclient model, a plain dict or an object."""
+    return record.get(name) if hasattr(record, "get") else getattr(record, name, None)
+
+
+def may_read(context: Any, image: Any, member_status: Callable[[str], str | None]) -> bool:
+    """Whether the caller of ``context`` may read the regional ``image`` through us.
+
+    Glance's own rule for a download, on the regional record: admin; or the
+    caller's project owns it; or it is public or community; or it is shared and the
+    caller's project is a member whose status (``member_status(project_id)``, asked
+    of the regional glance) is ``accepted``.  Stricter than glance in one place:
+    glance lets a pending or rejected member read a shared image it can name, we
+    do not.  Like glance, a deactivated image is readable by admins only.
+    """
+    if context is None:
+        return False
+    if getattr(context, "is_admin", False) is True:
+        return True
+    if _field(image, "status") == "deactivated":
+        return False
+    if _field(image, "visibility") in OPEN_VISIBILITIES:
+        return True
+    project = getattr(context, "project_id", None)
+    if not project:
+        # No project: nothing below can match (an ownerless private image must not
+        # match a projectless caller).
+        return False
+    if _field(image, "owner") == project:
+        return True
+    return _field(image, "visibility") == "shared" and member_status(project) == "accepted"
 
 
 def _slice(chunks: Iterable[bytes], offset: int, length: int | None) -> Iterator[bytes]:
@@ -168,28 +215,65 @@ class Store(glance_store.driver.Store):
         except Exception as exc:
             raise self._translate(exc, loc) from None
 
+    def _member_status(self, loc: StoreLocation, project: str) -> str | None:
+        """The status of ``project``'s membership of the regional image, None if not a member."""
+        try:
+            member = self.client(loc.region).image_members.get(loc.image_id, project)
+        except Exception as exc:
+            if not glance.is_not_found(exc):
+                # Refuse rather than answer with another error: which error a
+                # caller gets must not tell it that the image exists and is shared.
+                LOG.warning("cascaded store: membership of %s in %s unknown, read refused: %s",
+                            project, loc.get_uri(), type(exc).__name__)
+            return None
+        return _field(member, "status")
+
+    def _authorized_image(self, loc: StoreLocation, context: Any) -> Any:
+        """The regional image record, once the caller of ``context`` may read it; NotFound otherwise."""
+        if context is None:
+            # glance passes the request context on every read we serve (a download,
+            # a location add, a location import's hash, the cache prefetcher's admin
+            # context); a read without one has no caller to authorize.
+            LOG.warning("cascaded store: read of %s without a request context refused", loc.get_uri())
+            raise self._not_found(loc)
+        image = self._regional_image(loc)
+        if not may_read(context, image, lambda project: self._member_status(loc, project)):
+            LOG.info("cascaded store: project %s may not read %s; answered as missing",
+                     getattr(context, "project_id", None), loc.get_uri())
+            raise self._not_found(loc)
+        return image
+
+    @staticmethod
+    def _not_found(loc: StoreLocation) -> gs_exc.NotFound:
+        return gs_exc.NotFound(
+            message=f"{cascaded_url(loc.region, loc.image_id)}: no such image in region {loc.region}"
+        )
+
     @staticmethod
     def _translate(exc: BaseException, loc: StoreLocation) -> gs_exc.GlanceStoreException:
         where = cascaded_url(loc.region, loc.image_id)
         if glance.is_not_found(exc):
-            return gs_exc.NotFound(message=f"{where}: no such image in region {loc.region}")
+            return Store._not_found(loc)
         return gs_exc.RemoteServiceUnavailable(message=f"{where}: {type(exc).__name__}: {str(exc)[:300]}")
 
     def get_size(self, location: Any, context: Any = None) -> int:
-        """The size of the regional copy; glance answers 400 for a copy without data."""
+        """The size of the regional copy, for a caller who may read it; 400 for a copy without data."""
         loc = location.store_location
-        image = self._regional_image(loc)
-        size = image.get("size") if hasattr(image, "get") else getattr(image, "size", None)
+        image = self._authorized_image(loc, context)
+        size = _field(image, "size")
         if not size:
             raise gs_exc.BadStoreUri(
                 message=f"{cascaded_url(loc.region, loc.image_id)}: regional image has no data "
-                f"(status {image.get('status') if hasattr(image, 'get') else '?'})"
+                f"(status {_field(image, 'status')})"
             )
         return int(size)
 
     @capabilities.check
     def get(self, location: Any, offset: int = 0, chunk_size: int | None = None, context: Any = None) -> tuple:
-        """``(iterator, length)`` of the regional data from ``offset``, ``chunk_size`` bytes long."""
+        """``(iterator, length)`` of the regional data from ``offset``, ``chunk_size`` bytes long.
+
+        Authorized by get_size(), on the same call: nothing is remembered between calls.
+        """
         loc = location.store_location
         size = self.get_size(location, context)
         length = min(chunk_size, max(0, size - offset)) if chunk_size else max(0, size - offset)

@@ -44,6 +44,8 @@ def print_topology(topo: Topology) -> None:
     print(f"  coordinator            events+status tcp://127.0.0.1:{topo.client_port}, "
           f"agents tcp://127.0.0.1:{topo.agent_port}")
     print(f"  config                 {topo.service_conf}, {topo.store_yaml}")
+    print(f"  glance policy          {topo.cascading.policy_path}   (cascading: location writes "
+          "for admin/service only)")
     print(f"  logs                   {topo.log_dir}/")
     sys.stdout.flush()
 

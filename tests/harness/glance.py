@@ -10,8 +10,10 @@ headers keystonemiddleware would set; :data:`IDENTITY_HEADERS` are those of an a
 The database schema is made once per process (``glance-manage db_sync`` into a
 template file, see :func:`db_template`) and copied for every server.
 
-The cascading instance can load our paste filter (``sync_filter=True``) and our
-``cascaded://`` store driver (``cascaded_store=True``).
+The cascading instance can load our paste filter (``sync_filter=True``), our
+``cascaded://`` store driver (``cascaded_store=True``) and a policy file
+(``policy_file=``, e.g. :data:`POLICY_FILE`, the one we ship: location writes for
+admin and service only), copied into its config dir as an operator would install it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ IDENTITY_HEADERS: dict[str, str] = {
     "X-Project-Id": ADMIN_PROJECT_ID,
     "X-Roles": ROLES,
 }
+
+# The glance policy file the project ships for the cascading glance (doc/store-driver.md).
+POLICY_FILE = Path(__file__).resolve().parents[2] / "etc" / "glance-policy.yaml"
 
 VENV_BIN = Path(sys.executable).parent
 GLANCE_ETC = VENV_BIN.parent / "etc" / "glance"
@@ -144,6 +149,7 @@ class GlanceServer:
         spool_dir: str | Path | None = None,
         cascaded_store: bool = False,
         store_config: str | Path | None = None,
+        policy_file: str | Path | None = None,
     ) -> None:
         self.name = name
         self.base_dir = Path(base_dir)
@@ -161,6 +167,8 @@ class GlanceServer:
         self.spool_dir = Path(spool_dir) if spool_dir else self.base_dir / "spool"
         self.cascaded_store = cascaded_store
         self.store_config = Path(store_config) if store_config else None
+        self.policy_source = Path(policy_file) if policy_file else None
+        self.policy_path = self.conf_dir / "glance-policy.yaml"
         self.process: ServiceProcess | None = None
 
     def __repr__(self) -> str:
@@ -199,6 +207,8 @@ class GlanceServer:
             stores += ",cascaded"
             store["cascaded_store_config"] = str(self.store_config)
         store["stores"] = stores
+        if self.policy_source is not None:
+            sections["oslo_policy"] = {"policy_file": str(self.policy_path)}
         return sections
 
     def write_config(self) -> None:
@@ -207,6 +217,8 @@ class GlanceServer:
             path.mkdir(parents=True, exist_ok=True)
         _write_ini(self.conf_dir / "glance-api.conf", self.conf_sections())
         (self.conf_dir / "glance-api-paste.ini").write_text(paste_ini(self.sync_filter))
+        if self.policy_source is not None:
+            shutil.copyfile(self.policy_source, self.policy_path)
         if not self.db_path.exists():
             shutil.copyfile(db_template(self.template_dir), self.db_path)
 

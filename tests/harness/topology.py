@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.glance import IDENTITY_HEADERS, GlanceServer, venv_bin
+from tests.harness.glance import IDENTITY_HEADERS, POLICY_FILE, GlanceServer, venv_bin
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, tcp_open
 from tests.harness.sshd import SshServer
 
@@ -90,6 +90,7 @@ class Topology:
             spool_dir=self.spool_dir,
             cascaded_store=cascaded_store,
             store_config=self.store_yaml,
+            policy_file=POLICY_FILE,  # location writes: admin and service only, as deployed
         )
         self.cascaded = {name: GlanceServer(name, glance_dir / name) for name in self.region_names}
         self.sshd = SshServer(self.base_dir / "sshd")
