@@ -34,6 +34,15 @@ def _check_work_dir(work_dir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: a SIGTERM during start-up (systemd, a test on a busy machine) must
+    # still stop the agent cleanly, not kill it half-started.
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     conf = config.load(argv, PROG)
     region = conf.agent.region
     if not region:
@@ -54,13 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool.shutdown()
         config.fail(PROG, _one_line(str(exc)))
 
-    stopping: list[int] = []
-
-    def stop(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     LOG.info("agent of region %s running with %d worker(s)", region, conf.agent.workers)
     try:
         while not stopping:

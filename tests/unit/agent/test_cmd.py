@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -50,14 +49,20 @@ def test_runs_until_sigterm(tmp_path):
         [sys.executable, "-m", "agent.cmd", "--config-file", write_conf(tmp_path, "RegionA")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    seen: list[str] = []
     try:
-        time.sleep(2.0)  # long enough to lose the (absent) coordinator and schedule a reconnect
-        assert proc.poll() is None
+        # Wait until it has lost the (absent) coordinator and scheduled a reconnect.
+        for line in proc.stdout:
+            seen.append(line)
+            if "reconnecting" in line:
+                break
+        assert proc.poll() is None, "".join(seen)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    out = "".join(seen) + out
     assert proc.returncode == 0, out
     assert "reconnecting" in out and "stopped" in out
 
