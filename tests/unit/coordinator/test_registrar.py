@@ -283,3 +283,11 @@ def wait_results(registrar: Registrar, count: int) -> list:
         time.sleep(0.01)
     assert len(results) == count, results
     return results
+
+
+def test_a_cascading_image_not_active_is_not_registered_and_is_retried(registrar, client) -> None:
+    client.images.records[IMAGE_ID]["status"] = "deactivated"
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert not result.ok and result.retryable and "cascading image is deactivated" in result.reason
+    assert client.images.added == []
