@@ -31,7 +31,7 @@ image's id needs an operator).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,8 +86,8 @@ def verify(expected: Digest, actual: Digest, *, image_id: str, via: Digest | Non
         if side.is_record and side.status != ACTIVE:
             raise fail(f"{side.what} is {side.status}, not {ACTIVE}", retryable=True)
     if expected.size is None or not (expected.checksum or expected.hashes):
-        raise fail(f"{expected.what} has no size or neither checksum nor os_hash_value: "
-                   "its bytes cannot be verified", retryable=False)
+        lacks = "no size" if expected.size is None else "neither checksum nor os_hash_value"
+        raise fail(f"{expected.what} has {lacks}: its bytes cannot be verified", retryable=False)
     if actual.size != expected.size:
         raise fail(_mismatch("size", expected, actual, expected.size, actual.size))
     if expected.checksum and actual.checksum != expected.checksum:
@@ -103,7 +103,8 @@ def verify(expected: Digest, actual: Digest, *, image_id: str, via: Digest | Non
         _bridge(expected, actual, via, fail)
 
 
-def _bridge(expected: Digest, actual: Digest, via: Digest | None, fail: Any) -> None:
+def _bridge(expected: Digest, actual: Digest, via: Digest | None,
+            fail: Callable[[str], VerificationError]) -> None:
     """Different algorithms on each side: ``via`` must match each side in that side's algorithm."""
     if not actual.hashes:
         raise fail(f"os_hash_value mismatch: {actual.what} has none, {expected.what} has {_algos(expected)}")
