@@ -5,10 +5,15 @@ speaks the real protocol, takes RegionA's task and reports ``done`` with the cas
 image's own (correct-looking) size and hashes, while RegionA's glance actually holds
 other bytes under that image id.  The coordinator must read RegionA's image itself,
 refuse the location and say why in the status.
+
+And a region whose glance hashes with sha256 (the cascading one with sha512) still
+gets its copy verified and registered: md5 and size from glance, the multihashes
+linked by the agent's ``region_hash_value`` (doc/verification.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -64,9 +69,9 @@ def plant_other_bytes(topology: Topology, image_id: str, size: int) -> dict:
     return dict(client.images.get(image_id))
 
 
-def settled_state(topology: Topology, image_id: str) -> dict | None:
-    """RegionA's view once its task is synced or failed (either way the coordinator decided)."""
-    view = helpers.image_regions(topology, image_id).get(REGION, {})
+def settled(topology: Topology, image_id: str, region: str = REGION) -> dict | None:
+    """The region's view once its task is synced or failed (either way the coordinator decided)."""
+    view = helpers.image_regions(topology, image_id).get(region, {})
     return view if view.get("state") in ("synced", "failed") else None
 
 
@@ -88,13 +93,45 @@ def test_a_forged_done_for_a_region_holding_other_bytes_registers_nothing(
         forger.send("done", {**ref, "size": cascading["size"], "checksum": cascading["checksum"],
                              "os_hash_algo": cascading["os_hash_algo"],
                              "os_hash_value": cascading["os_hash_value"]})
-        settled = helpers.wait_until(lambda: settled_state(topology, image.id), 60, "RegionA's task to settle")
+        view = helpers.wait_until(lambda: settled(topology, image.id), 60, "RegionA's task to settle")
     finally:
         forger.close()
 
-    assert settled["state"] == "failed", settled
-    reason = settled["last_error"]
+    assert view["state"] == "failed", view
+    reason = view["last_error"]
     assert "checksum mismatch" in reason and f"{REGION} image" in reason, reason
     urls = [loc["url"] for loc in topology.cascading.client().images.get(image.id)["locations"]]
     assert protocol.cascaded_url(REGION, image.id) not in urls, urls
     assert protocol.cascaded_url("RegionB", image.id) in urls, urls
+
+
+@contextlib.contextmanager
+def hashing_with(server, algo: str):
+    """Run ``server`` (a regional glance of the session) with ``hashing_algorithm = algo`` for a while."""
+    plain = server.conf_sections
+
+    def sections() -> dict:
+        conf = plain()
+        conf["DEFAULT"]["hashing_algorithm"] = algo
+        return conf
+
+    server.conf_sections = sections
+    try:
+        server.restart()
+        yield server
+    finally:
+        server.conf_sections = plain
+        server.restart()
+
+
+def test_a_region_hashing_with_another_algorithm_is_verified_and_registered(
+        topology: Topology, sync: SyncServices) -> None:
+    region = "RegionB"
+    with hashing_with(topology.cascaded[region], "sha256"):
+        image = helpers.upload_random(topology.cascading.client(), helpers.MIB)
+        view = helpers.wait_until(lambda: settled(topology, image.id, region), 120, f"{region}'s task to settle")
+        assert view["state"] == "synced", view
+        regional = topology.cascaded[region].client().images.get(image.id)
+    assert regional["os_hash_algo"] == "sha256" and regional["checksum"] == image.md5
+    urls = [loc["url"] for loc in topology.cascading.client().images.get(image.id)["locations"]]
+    assert protocol.cascaded_url(region, image.id) in urls, urls
