@@ -229,7 +229,8 @@ class AgentService:
 
     def _finish(self, ref: dict[str, Any], result: dict[str, Any]) -> None:
         if result.get("outcome") == "done":
-            fields = ("size", "checksum", "os_hash_algo", "os_hash_value", "elapsed")
+            fields = ("size", "checksum", "os_hash_algo", "os_hash_value", "region_hash_algo", "region_hash_value",
+                      "elapsed")
             msg_type, body = "done", {**ref, **{k: result.get(k) for k in fields if result.get(k) is not None}}
             LOG.info("task %s done", ref["task_id"])
         else:

@@ -7,9 +7,10 @@ runs the task and puts ``("progress", task_id, done, total)`` and finally
 work without a process, for tests and for callers that want a plain function.
 
 A result is ``{"outcome": "done", size, checksum, os_hash_algo, os_hash_value,
-elapsed}`` (hash fields None for update and delete) or ``{"outcome": "failed",
-reason, retryable}``.  No exception leaves ``run_task``: a bug becomes a
-retryable failure with its message, never a dead worker with no word.
+elapsed}`` (hash fields None for update and delete; a copy to a region whose glance
+hashes with another algorithm adds ``region_hash_algo`` and ``region_hash_value``)
+or ``{"outcome": "failed", reason, retryable}``.  No exception leaves ``run_task``:
+a bug becomes a retryable failure with its message, never a dead worker with no word.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from oslo_utils import strutils
 
 from agent import apply, transfer, upload
 from glancesync import glance
+from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError
 from glancesync.storemap import StoreMap
 
@@ -116,6 +118,16 @@ def _done(**fields: Any) -> dict[str, Any]:
     return result
 
 
+def _report(verified: check.Digest, algo: str) -> dict[str, Any]:
+    """The ``done`` of a copy: the bytes' values in the cascading image's algorithm, plus the region's own."""
+    fields = {"size": verified.size, "checksum": verified.checksum, "os_hash_algo": algo,
+              "os_hash_value": verified.hashes.get(algo)}
+    region_algo = next((a for a in sorted(verified.hashes) if a != algo), None)
+    if region_algo:
+        fields.update(region_hash_algo=region_algo, region_hash_value=verified.hashes[region_algo])
+    return _done(**fields)
+
+
 def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress: Callable[[int, int], None]) -> dict:
     image = dict(task["image"])
     image.setdefault("id", task["image_id"])
@@ -124,16 +136,18 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     region = settings.store_map.region(settings.region)
     endpoint = region.glance.url or settings.region
     regional = glance.get_image(client, image["id"], endpoint)
-    if upload.existing_copy(regional, image, endpoint) == "done":
-        # Idempotent: an earlier attempt (or another agent) already made the copy.
-        return _done(**{k: regional.get(k) for k in ("size", "checksum", "os_hash_algo", "os_hash_value")})
+    action = upload.existing_copy(regional, image, endpoint)
+    # Idempotent: an earlier attempt (or another agent) may already have made the copy.
+    if action == "done":
+        return _report(check.Digest.of_record(image, "cascading image"), image.get("os_hash_algo"))
+    if action == "rehash" and regional is not None:
+        return _report(upload.rehash_regional(client, image, regional, endpoint), image["os_hash_algo"])
     store = settings.store_map.store
     source = transfer.checked_source(image["id"], task.get("source"), store)
     dest = transfer.part_path(region.work_dir, image["id"])
     fetched = transfer.fetch(store, image, source, dest, progress, timeout=settings.ssh_timeout)
-    expected = {"size": fetched.size, "checksum": fetched.checksum, "os_hash_value": fetched.os_hash_value}
-    upload.register(client, image, fetched.path, expected, endpoint)
-    return _done(**expected, os_hash_algo=fetched.os_hash_algo)
+    verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
+    return _report(verified, fetched.os_hash_algo)
 
 
 def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict:

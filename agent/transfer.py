@@ -8,9 +8,10 @@ client key from ``private_key_file``; no agent, no password.  The bytes go to
 the same loop, so verification costs no second pass.
 
 A ``.part`` left by an earlier attempt is resumed: its bytes are hashed again and
-only the rest is fetched.  Whatever happens, nothing is registered unless size,
-``checksum`` and ``os_hash_value`` all equal the cascading image's; on a mismatch
-the file is deleted, so the retry starts clean.
+only the rest is fetched.  Whatever happens, the file goes no further unless it
+passes glancesync.verify against the cascading image (size, ``checksum``,
+``os_hash_value``; doc/verification.md); on a mismatch the file is deleted, so the
+retry starts clean.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import paramiko
 
+from glancesync import verify as check
 from glancesync.exceptions import SourceRefused, TransferError, VerificationError
 from glancesync.storemap import SshStore
 
@@ -56,6 +58,9 @@ class Fetched:
     os_hash_value: str
     elapsed: float
     resumed_from: int = 0
+
+    def digest(self) -> check.Digest:
+        return check.Digest("received bytes", self.size, self.checksum, {self.os_hash_algo: self.os_hash_value})
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -269,22 +274,13 @@ def _discard(path: str) -> None:
 
 
 def verify(image: dict[str, Any], fetched: Fetched) -> None:
-    """Compare what arrived with the image record; on a mismatch delete the file and raise."""
-    expected = {
-        "size": image.get("size"),
-        "checksum": image.get("checksum"),
-        "os_hash_value": image.get("os_hash_value"),
-    }
-    got = {"size": fetched.size, "checksum": fetched.checksum, "os_hash_value": fetched.os_hash_value}
-    for name, want in expected.items():
-        # A legacy image may lack a hash; size is always known for an active image.
-        if want is None and name != "size":
-            continue
-        if want != got[name]:
-            try:
-                os.unlink(fetched.path)
-            except FileNotFoundError:
-                pass
-            raise VerificationError(
-                image_id=str(image.get("id")), detail=f"{name} mismatch: expected {want!r}, got {got[name]!r}"
-            )
+    """Compare what arrived with the image record (glancesync.verify); on a mismatch delete the file and raise.
+
+    A mismatch is retryable: bytes corrupted on the way arrive right next time.
+    """
+    try:
+        check.verify(check.Digest.of_record(image, "cascading image"), fetched.digest(),
+                     image_id=str(image.get("id")), mismatch_retryable=True)
+    except VerificationError:
+        _discard(fetched.path)
+        raise

@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   current, head)
         return 1
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers,
-                          endpoint.url or "cascading glance")
+                          endpoint.url or "cascading glance",
+                          regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
     service = Service(conf, stores, Journal(url), registrar)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -3,11 +3,14 @@
 Three jobs, each answered through ``results()`` (the loop writes the journal; these
 threads never touch it):
 
-- ``register``: a copy task came back ``done``.  Fetch the cascading image, check the
-  agent's size, ``checksum`` and ``os_hash_value`` against it (glance itself never
-  checks the bytes behind a location, so a mismatch must never be registered), then
-  add ``cascaded://<region>/<id>`` with metadata ``{"region": region}`` unless the
-  image already lists it.  "already exists" from glance counts as done.
+- ``register``: a copy task came back ``done``.  The agent's word is not enough (any
+  allow-listed key could claim to be an agent): read the cascading image and the
+  regional image itself, with that region's credentials, and compare them with
+  glancesync.verify (glance itself never checks the bytes behind a location, so a
+  mismatch must never be registered); only then add ``cascaded://<region>/<id>``
+  with metadata ``{"region": region}`` unless the image already lists it.  "already
+  exists" from glance counts as done.  The agent's report serves only to link two
+  different hashing algorithms (doc/verification.md).
 - ``unregister``: a delete task came back ``done``.  Remove that region's location if
   the image still exists and keeps another one (glance refuses to remove the last).
 - ``fetch``: the image record (with locations) that an event is planned from; for an
@@ -35,7 +38,7 @@ from oslo_config import cfg
 
 from coordinator import reconciler
 from coordinator.journal import EventRow, TaskRow
-from glancesync import glance, protocol
+from glancesync import glance, protocol, verify
 from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, VerificationError
 from glancesync.storemap import DEFAULT_HTTP_TIMEOUT, GlanceEndpoint, StoreMap
 
@@ -92,24 +95,21 @@ def cascading_endpoint(conf: cfg.ConfigOpts, storemap: StoreMap | None) -> Glanc
     return dataclasses.replace(base, headers=headers)
 
 
-def verify(image: dict[str, Any], report: dict[str, Any]) -> None:
-    """Raise VerificationError unless the agent's report matches the cascading image."""
-    image_id = image.get("id")
-    for key in ("size", "checksum", "os_hash_value"):
-        expected, got = image.get(key), report.get(key)
-        if expected is None or got is None or expected != got:
-            raise VerificationError(image_id=image_id, detail=f"{key} reported {got!r}, cascading has {expected!r}")
-
-
 LOCATION_LOCK_STRIPES = 64
 
 
 class Registrar:
-    """The thread pool and its result queue; ``client_factory`` gives one glance client per thread."""
+    """The thread pool and its result queue.
 
-    def __init__(self, client_factory: Callable[[], Any], workers: int, endpoint_name: str,
-) -> None:
+    ``client_factory()`` gives a cascading glance client and ``regional_client_factory(region)``
+    a client of that region's glance (its own credentials); each thread builds its
+    own clients on first use, since a keystoneauth1 session is not shared across threads.
+    """
+
+    def __init__(self, client_factory: Callable[[], Any], workers: int, endpoint_name: str, *,
+                 regional_client_factory: Callable[[str], Any]) -> None:
         self.client_factory = client_factory
+        self.regional_client_factory = regional_client_factory
         self.endpoint_name = endpoint_name
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glance")
         self._results: queue.SimpleQueue[GlanceResult] = queue.SimpleQueue()
@@ -136,6 +136,14 @@ class Registrar:
         if client is None:
             client = self._local.client = self.client_factory()
         return client
+
+    def _regional_client(self, region: str) -> Any:
+        clients = getattr(self._local, "regional", None)
+        if clients is None:
+            clients = self._local.regional = {}
+        if region not in clients:
+            clients[region] = self.regional_client_factory(region)
+        return clients[region]
 
     def _run(self, job: Callable[[], GlanceResult], fallback: Callable[[Exception], Any]) -> None:
         try:
@@ -186,9 +194,7 @@ class Registrar:
             image = self._get(task.image_id)
             if image is None:
                 return result(False, "the cascading image no longer exists", retryable=False)
-            if image.get("status") != "active":
-                return result(False, f"the cascading image is {image.get('status')}, not active")
-            verify(image, task.report or {})
+            self._verify_regional(task, image)
             url = protocol.cascaded_url(task.region, task.image_id)
             if url in [loc.get("url") for loc in image.get("locations") or []]:
                 LOG.info("image %s: location %s already registered", task.image_id, url)
@@ -198,6 +204,23 @@ class Registrar:
             LOG.warning("image %s region %s: not registered: %s", task.image_id, task.region, exc)
             return result(False, str(exc), retryable=exc.retryable)
         return result(True, h=image.get("os_hash_value"))
+
+    def _verify_regional(self, task: TaskRow, image: dict[str, Any]) -> None:
+        """Read the regional image with the region's own credentials and compare it with ``image``.
+
+        A region that holds other bytes under this id needs an operator (not
+        retryable); a regional image that is missing or not active yet is retried,
+        and the agent's next attempt finds out what became of it.
+        """
+        where = f"glance of region {task.region}"
+        regional = glance.get_image(self._regional_client(task.region), task.image_id, where)
+        if regional is None:
+            raise VerificationError(image_id=task.image_id, retryable=True,
+                                    detail=f"the agent reported done, but {where} has no such image")
+        verify.verify(verify.Digest.of_record(image, "cascading image"),
+                      verify.Digest.of_record(regional, f"{task.region} image"),
+                      image_id=task.image_id,
+                      via=verify.Digest.of_report(task.report or {}, f"the {task.region} agent's report"))
 
     def _add_location(self, image_id: str, url: str, region: str) -> None:
         try:

@@ -144,6 +144,12 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "checksum": Field(_STR, required=False, nullable=True),
         "os_hash_algo": Field(_STR, required=False, nullable=True),
         "os_hash_value": Field(_STR, required=False, nullable=True),
+        # Only when the region's glance hashes with another algorithm than the
+        # cascading image: the uploaded bytes hashed in the region's algorithm, so the
+        # coordinator can link the regional os_hash_value to the cascading one
+        # (glancesync/verify.py).  Older agents leave them out.
+        "region_hash_algo": Field(_STR, required=False, nullable=True),
+        "region_hash_value": Field(_STR, required=False, nullable=True),
         "elapsed": Field(_NUM, required=False, default=0.0, check=_non_negative),
     },
     "failed": {

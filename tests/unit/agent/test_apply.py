@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from glanceclient import exc as glance_exc
 
-from agent import apply, upload
+from agent import apply
 from glancesync.exceptions import GlanceError
 
 CASCADING = {
@@ -83,30 +83,3 @@ def test_delete_tolerates_404_and_removes_part_file(tmp_path):
     assert apply.apply_delete(FakeClient({}), "img-1", str(part), "ep") is False
     assert not part.exists()
     assert apply.apply_delete(FakeClient({"img-1": dict(CASCADING)}), "img-1", None, "ep") is True
-
-
-@pytest.mark.parametrize(
-    "regional, action",
-    [(None, "create"), ({"status": "queued"}, "upload"), ({"status": "active", "os_hash_value": "h1"}, "done"),
-     ({"status": "deactivated", "os_hash_value": "h1"}, "done")],
-)
-def test_existing_copy_decisions(regional, action):
-    assert upload.existing_copy(regional, CASCADING, "ep") == action
-
-
-@pytest.mark.parametrize(
-    "regional, retryable",
-    [({"status": "killed"}, False), ({"status": "deleted"}, False), ({"status": "saving"}, True),
-     ({"status": "active", "os_hash_value": "other"}, False)],
-)
-def test_existing_copy_refusals(regional, retryable):
-    with pytest.raises(GlanceError) as info:
-        upload.existing_copy(regional, CASCADING, "ep")
-    assert info.value.retryable is retryable
-
-
-def test_check_uploaded_names_the_field_glance_computed_differently():
-    with pytest.raises(GlanceError) as info:
-        upload.check_uploaded({"size": 10, "checksum": "zz", "os_hash_value": "h1"},
-                              {"id": "img-1", "size": 10, "checksum": "c1", "os_hash_value": "h1"}, "ep")
-    assert "checksum" in str(info.value) and "'zz'" in str(info.value) and info.value.retryable

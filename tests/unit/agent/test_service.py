@@ -90,6 +90,18 @@ def test_hello_welcome_ready_task_ack_progress_done(session):
     assert coord.expect(service, "ready", 0.5).body["credits"] == 1
 
 
+def test_done_carries_the_regions_own_hash(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.expect(service, "ready", 0.1)
+    coord.send("task", task_body())
+    coord.expect(service, "ack", 0.2)
+    pool.finish("t1", {"outcome": "done", "size": 100, "checksum": "c", "os_hash_algo": "sha512",
+                       "os_hash_value": "h", "region_hash_algo": "sha256", "region_hash_value": "r"})
+    done = coord.expect(service, "done", 0.3)
+    assert (done.body["region_hash_algo"], done.body["region_hash_value"]) == ("sha256", "r")
+
+
 def test_failure_is_reported_with_retryable(session):
     coord, service, pool = session
     welcome(coord, service)

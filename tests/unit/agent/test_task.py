@@ -95,3 +95,52 @@ def test_worker_process_logs_through_oslo_log_to_the_agents_log_file(tmp_path):
     line = next((ln for ln in text.splitlines() if "t-log" in ln), "")
     # oslo.log's default format: "<date> <time>.<ms> <pid> ERROR agent.task [-] ..."
     assert " ERROR agent.task [-] task t-log failed unexpectedly" in line, text
+
+
+class FakeImages:
+    def __init__(self, records: dict, data: bytes = b"") -> None:
+        self.records, self.payload = records, data
+
+    def get(self, image_id):
+        from glanceclient import exc
+
+        if image_id not in self.records:
+            raise exc.HTTPNotFound("no image")
+        return dict(self.records[image_id])
+
+    def data(self, image_id):
+        return iter([self.payload])
+
+
+class FakeClient:
+    def __init__(self, records: dict, data: bytes = b"") -> None:
+        self.images = FakeImages(records, data)
+
+
+def digest_record(data: bytes, algo: str) -> dict:
+    import hashlib
+
+    return {"id": "img-1", "status": "active", "size": len(data), "checksum": hashlib.md5(data).hexdigest(),
+            "os_hash_algo": algo, "os_hash_value": hashlib.new(algo, data).hexdigest()}
+
+
+def copy_of(image: dict) -> dict:
+    return {"task_id": "t", "attempt": 1, "kind": "copy", "image_id": "img-1", "region": "RegionA", "image": image}
+
+
+def test_a_copy_an_earlier_attempt_made_is_reported_with_the_cascading_values():
+    data = b"bytes" * 100
+    cascading = digest_record(data, "sha512")
+    client = FakeClient({"img-1": digest_record(data, "sha512")})
+    result = task_mod._copy(copy_of(cascading), settings(), client, lambda d, t: None)
+    assert result == {"outcome": "done", "size": 500, "checksum": cascading["checksum"], "os_hash_algo": "sha512",
+                      "os_hash_value": cascading["os_hash_value"]}
+
+
+def test_a_copy_in_a_region_hashing_otherwise_is_read_back_and_reported_with_both_hashes():
+    data = b"bytes" * 100
+    cascading, regional = digest_record(data, "sha512"), digest_record(data, "sha256")
+    client = FakeClient({"img-1": regional}, data)
+    result = task_mod._copy(copy_of(cascading), settings(), client, lambda d, t: None)
+    assert result["os_hash_value"] == cascading["os_hash_value"]
+    assert (result["region_hash_algo"], result["region_hash_value"]) == ("sha256", regional["os_hash_value"])

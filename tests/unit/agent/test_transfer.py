@@ -18,6 +18,7 @@ DATA = b"x" * 3_000_000
 def image_of(data: bytes, **overrides) -> dict:
     record = {
         "id": "img-1",
+        "status": "active",
         "size": len(data),
         "checksum": hashlib.md5(data).hexdigest(),
         "os_hash_algo": "sha512",
@@ -69,7 +70,8 @@ def test_verify_accepts_matching_bytes(tmp_path):
 
 @pytest.mark.parametrize(
     "field, override",
-    [("size", {"size": 1}), ("checksum", {"checksum": "0" * 32}), ("os_hash_value", {"os_hash_value": "f" * 128})],
+    [("size", {"size": 1}), ("checksum", {"checksum": "0" * 32}),
+     ("os_hash_value (sha512)", {"os_hash_value": "f" * 128})],
 )
 def test_verification_mismatch_deletes_file_and_names_field(tmp_path, field, override):
     path = tmp_path / "img-1.part"
@@ -77,9 +79,28 @@ def test_verification_mismatch_deletes_file_and_names_field(tmp_path, field, ove
     with pytest.raises(VerificationError) as info:
         transfer.verify(image_of(DATA, **override), fetched_of(path, DATA))
     assert not path.exists()
-    assert f"{field} mismatch" in str(info.value)
-    assert repr(override[field]) in str(info.value)
+    assert f"{field} mismatch: received bytes has" in str(info.value)
+    assert repr(next(iter(override.values()))) in str(info.value)
     assert info.value.retryable is True
+
+
+def test_legacy_image_is_verified_on_size_and_md5(tmp_path):
+    path = tmp_path / "img-1.part"
+    path.write_bytes(DATA)
+    transfer.verify(image_of(DATA, os_hash_algo=None, os_hash_value=None), fetched_of(path, DATA))
+    with pytest.raises(VerificationError, match="checksum mismatch"):
+        transfer.verify(image_of(DATA, os_hash_algo=None, os_hash_value=None, checksum="0" * 32),
+                        fetched_of(path, DATA))
+    assert not path.exists()
+
+
+def test_image_without_any_hash_cannot_be_verified_and_is_not_retried(tmp_path):
+    path = tmp_path / "img-1.part"
+    path.write_bytes(DATA)
+    with pytest.raises(VerificationError) as info:
+        transfer.verify(image_of(DATA, checksum=None, os_hash_value=None), fetched_of(path, DATA))
+    assert "cannot be verified" in str(info.value) and info.value.retryable is False
+    assert not path.exists()
 
 
 class FakeRemote:

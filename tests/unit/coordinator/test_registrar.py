@@ -1,4 +1,4 @@
-"""The registrar: verification before registration, idempotent location add, endpoint building."""
+"""The registrar: the regional image read and verified before registration, idempotent location add, endpoints."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from coordinator.journal import EventRow, TaskRow
 from coordinator.registrar import FetchResult, Registrar, TaskResult, cascading_endpoint
 from glancesync import protocol
+from glancesync.exceptions import ConfigError
 from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, FakeClient, image_record
@@ -24,7 +25,7 @@ def task(kind: str = "copy", report=None) -> TaskRow:
 
 def good_report() -> dict:
     image = image_record()
-    return {k: image[k] for k in ("size", "checksum", "os_hash_value")}
+    return {k: image[k] for k in ("size", "checksum", "os_hash_algo", "os_hash_value")}
 
 
 @pytest.fixture
@@ -35,8 +36,34 @@ def client():
 
 
 @pytest.fixture
-def registrar(client):
-    reg = Registrar(lambda: client, 2, "http://cascading")
+def regionals():
+    """Each region's glance, holding the verified copy unless a test changes it."""
+    fakes = {name: FakeClient() for name in ("RegionOne", "RegionTwo", "RegionThree")}
+    for fake in fakes.values():
+        fake.images.records[IMAGE_ID] = regional_record()
+    return fakes
+
+
+def regional_record(**overrides) -> dict:
+    record = {k: v for k, v in image_record().items() if k != "locations"}
+    record.update(overrides)
+    return record
+
+
+def regional_factory(regionals: dict, built: list | None = None):
+    def make(region: str):
+        if built is not None:
+            built.append(region)
+        if region not in regionals:
+            raise ConfigError(source="glance_store.yaml", detail=f"unknown region {region!r}")
+        return regionals[region]
+
+    return make
+
+
+@pytest.fixture
+def registrar(client, regionals):
+    reg = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=regional_factory(regionals))
     yield reg
     reg.shutdown()
 
@@ -51,26 +78,116 @@ def wait_result(registrar: Registrar) -> TaskResult | FetchResult:
     raise AssertionError("no result")
 
 
-def test_verified_copy_is_registered_with_region_metadata(registrar, client) -> None:
+def test_verified_copy_is_registered_with_region_metadata(registrar, client, regionals) -> None:
     registrar.register(task(report=good_report()))
     result = wait_result(registrar)
     assert result.ok and (result.task_id, result.attempt) == ("t1", 3)
     assert client.images.added == [(IMAGE_ID, protocol.cascaded_url("RegionOne", IMAGE_ID), {"region": "RegionOne"})]
+    assert regionals["RegionOne"].images.gets == [IMAGE_ID], "the regional image was never read"
 
 
-@pytest.mark.parametrize("key", ["size", "checksum", "os_hash_value"])
-def test_mismatch_is_never_registered(registrar, client, key) -> None:
-    report = good_report()
-    report[key] = 1 if key == "size" else "bad"
-    registrar.register(task(report=report))
+@pytest.mark.parametrize("key, value", [
+    ("size", 1), ("checksum", "0" * 32), ("os_hash_value", "0" * 128),
+    ("size", None), ("checksum", None), ("os_hash_value", None),
+])
+def test_a_regional_image_with_other_bytes_is_never_registered(registrar, client, regionals, key, value) -> None:
+    """The agent's report is correct-looking (forged or mistaken); the region holds something else."""
+    regionals["RegionOne"].images.records[IMAGE_ID][key] = value
+    registrar.register(task(report=good_report()))
     result = wait_result(registrar)
-    assert not result.ok and result.retryable and key in result.reason
+    assert not result.ok and not result.retryable, result
+    assert key in result.reason and "RegionOne image" in result.reason
     assert client.images.added == []
 
 
-def test_missing_report_is_never_registered(registrar, client) -> None:
+def test_a_missing_regional_image_is_never_registered_and_is_retried(registrar, client, regionals) -> None:
+    regionals["RegionOne"].images.records.clear()
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert not result.ok and result.retryable
+    assert "region RegionOne has no such image" in result.reason
+    assert client.images.added == []
+
+
+@pytest.mark.parametrize("status", ["queued", "saving", "deactivated"])
+def test_a_regional_image_not_active_is_never_registered_and_is_retried(registrar, client, regionals,
+                                                                        status) -> None:
+    regionals["RegionOne"].images.records[IMAGE_ID]["status"] = status
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert not result.ok and result.retryable and f"is {status}, not active" in result.reason
+    assert client.images.added == []
+
+
+def test_the_agents_report_is_not_believed_glance_is(registrar, client) -> None:
+    """A report that disagrees does not matter when the regional image itself matches."""
+    registrar.register(task(report={**good_report(), "checksum": "0" * 32}))
+    assert wait_result(registrar).ok
+    assert len(client.images.added) == 1
+
+
+def test_an_empty_report_still_registers_a_matching_regional_image(registrar, client) -> None:
     registrar.register(task(report={}))
-    assert not wait_result(registrar).ok
+    assert wait_result(registrar).ok
+
+
+def test_a_legacy_image_is_registered_on_size_and_md5(registrar, client, regionals) -> None:
+    client.images.records[IMAGE_ID].update(os_hash_algo=None, os_hash_value=None)
+    registrar.register(task(report=good_report()))
+    assert wait_result(registrar).ok
+    regionals["RegionTwo"].images.records[IMAGE_ID]["checksum"] = "0" * 32
+    registrar.register(dataclasses.replace(task(report=good_report()), task_id="t2", region="RegionTwo"))
+    result = wait_result(registrar)
+    assert not result.ok and "checksum mismatch" in result.reason
+    assert [a[1] for a in client.images.added] == [protocol.cascaded_url("RegionOne", IMAGE_ID)]
+
+
+def test_an_image_with_no_hash_at_all_cannot_be_verified(registrar, client) -> None:
+    client.images.records[IMAGE_ID].update(checksum=None, os_hash_algo=None, os_hash_value=None)
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert not result.ok and not result.retryable and "cannot be verified" in result.reason
+    assert client.images.added == []
+
+
+SHA256 = "2" * 64
+
+
+def test_a_region_hashing_with_sha256_is_linked_by_the_agents_region_hash(registrar, client, regionals) -> None:
+    regionals["RegionOne"].images.records[IMAGE_ID].update(os_hash_algo="sha256", os_hash_value=SHA256)
+    registrar.register(task(report={**good_report(), "region_hash_algo": "sha256", "region_hash_value": SHA256}))
+    assert wait_result(registrar).ok
+    assert len(client.images.added) == 1
+
+
+@pytest.mark.parametrize("extra", [{}, {"region_hash_algo": "sha256", "region_hash_value": "3" * 64}])
+def test_a_region_hashing_with_sha256_without_a_matching_region_hash_is_not_registered(
+        registrar, client, regionals, extra) -> None:
+    regionals["RegionOne"].images.records[IMAGE_ID].update(os_hash_algo="sha256", os_hash_value=SHA256)
+    registrar.register(task(report={**good_report(), **extra}))
+    result = wait_result(registrar)
+    assert not result.ok and not result.retryable and "sha256" in result.reason
+    assert client.images.added == []
+
+
+def test_regional_clients_are_built_lazily_once_per_region_and_thread(client, regionals) -> None:
+    built: list[str] = []
+    registrar = Registrar(lambda: client, 1, "http://cascading",
+                          regional_client_factory=regional_factory(regionals, built))
+    try:
+        assert built == []
+        for n, region in enumerate(["RegionOne", "RegionTwo", "RegionOne"]):
+            registrar.register(dataclasses.replace(task(report=good_report()), task_id=f"t{n}", region=region))
+        assert all(r.ok for r in wait_results(registrar, 3))
+    finally:
+        registrar.shutdown()
+    assert built == ["RegionOne", "RegionTwo"]
+
+
+def test_a_region_without_configuration_fails_for_good(registrar, client) -> None:
+    registrar.register(dataclasses.replace(task(report=good_report()), region="Nowhere"))
+    result = wait_result(registrar)
+    assert not result.ok and not result.retryable and "unknown region" in result.reason
     assert client.images.added == []
 
 
@@ -131,10 +248,10 @@ def test_every_session_request_sends_the_loop_guard_header(conf, stores) -> None
     assert session.additional_headers[protocol.INTERNAL_REQUEST_HEADER] == "1"
 
 
-def test_concurrent_registrations_of_one_image_keep_every_location(client) -> None:
+def test_concurrent_registrations_of_one_image_keep_every_location(client, regionals) -> None:
     """Glance rewrites the whole location set per PATCH: adds to one image must not overlap."""
     client.images.write_delay = 0.05
-    registrar = Registrar(lambda: client, 4, "http://cascading")
+    registrar = Registrar(lambda: client, 4, "http://cascading", regional_client_factory=regional_factory(regionals))
     try:
         for n, region in enumerate(["RegionOne", "RegionTwo", "RegionThree"]):
             row = task(report=good_report())
@@ -166,3 +283,11 @@ def wait_results(registrar: Registrar, count: int) -> list:
         time.sleep(0.01)
     assert len(results) == count, results
     return results
+
+
+def test_a_cascading_image_not_active_is_not_registered_and_is_retried(registrar, client) -> None:
+    client.images.records[IMAGE_ID]["status"] = "deactivated"
+    registrar.register(task(report=good_report()))
+    result = wait_result(registrar)
+    assert not result.ok and result.retryable and "cascading image is deactivated" in result.reason
+    assert client.images.added == []

@@ -25,6 +25,14 @@ def client(stores):
 
 
 @pytest.fixture
+def regional(client):
+    """Every region's glance: here it holds the cascading record, i.e. the verified copy."""
+    fake = FakeClient()
+    fake.images.records[IMAGE_ID] = {k: v for k, v in client.images.records[IMAGE_ID].items() if k != "locations"}
+    return fake
+
+
+@pytest.fixture
 def ctx():
     context = zmq.Context()
     yield context
@@ -32,8 +40,8 @@ def ctx():
 
 
 @pytest.fixture
-def service(conf, stores, journal, client, ctx):
-    registrar = Registrar(lambda: client, 2, "http://cascading")
+def service(conf, stores, journal, client, regional, ctx):
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)
     svc = Service(conf, stores, journal, registrar, context=ctx)
     svc.initialize(NOW)
     yield svc
@@ -150,12 +158,14 @@ def test_verified_done_registers_and_syncs(ctx, service, journal, client) -> Non
     assert [a[1] for a in client.images.added] == [protocol.cascaded_url("RegionOne", IMAGE_ID)]
 
 
-def test_done_with_a_wrong_checksum_is_not_registered(ctx, service, journal, client) -> None:
+def test_done_for_a_regional_image_with_other_bytes_is_not_registered(ctx, service, journal, client,
+                                                                    regional) -> None:
+    regional.images.records[IMAGE_ID]["checksum"] = "0" * 32
     sock, task = run_copy(ctx, service)
-    sock.send(protocol.encode("done", report(task, checksum="0" * 32)))
-    pump(service, NOW, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
+    sock.send(protocol.encode("done", report(task)))
+    pump(service, NOW, lambda: journal.task(task["task_id"]).state == SyncState.FAILED)
     assert client.images.added == []
-    assert "checksum" in journal.task(task["task_id"]).last_error
+    assert "checksum mismatch" in journal.task(task["task_id"]).last_error
 
 
 def test_lapsed_lease_requeues_and_a_late_done_is_ignored(ctx, service, journal, client) -> None:
@@ -301,7 +311,7 @@ def test_a_task_that_keeps_losing_its_agent_ends_failed(ctx, service, journal, h
 
 
 def test_a_restarted_coordinator_gives_agents_a_lease_to_come_back(ctx, service, journal, conf, stores,
-                                                                    client) -> None:
+                                                                    client, regional) -> None:
     # The coordinator was down longer than lease_timeout: its agents kept working and say hello
     # again within a few heartbeats. Their tasks must not lapse (and burn a retry) before that.
     sock, task = run_copy(ctx, service)
@@ -310,7 +320,8 @@ def test_a_restarted_coordinator_gives_agents_a_lease_to_come_back(ctx, service,
     # New ports: zmq releases the old ones asynchronously.
     conf.set_override("agent_port", free_port(), group="coordinator")
     conf.set_override("sync_server_port", free_port())
-    again = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)
+    again = Service(conf, stores, journal, registrar, context=ctx)
     again.initialize(restart)
     try:
         pump(again, restart)

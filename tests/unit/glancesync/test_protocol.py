@@ -25,6 +25,8 @@ VALID: dict[str, dict[str, Any]] = {
         "checksum": "d41d8cd98f00b204e9800998ecf8427e",
         "os_hash_algo": "sha512",
         "os_hash_value": "ab" * 64,
+        "region_hash_algo": "sha256",
+        "region_hash_value": "cd" * 32,
         "elapsed": 1.5,
     },
     "failed": {**TASK_REF, "reason": "sftp: connection reset", "retryable": True},
@@ -94,6 +96,8 @@ def test_optional_fields_get_defaults() -> None:
     assert hello.body["in_flight"] == []
     done = protocol.decode(protocol.encode("done", TASK_REF))
     assert done.body["size"] is None and done.body["checksum"] is None and done.body["elapsed"] == 0.0
+    # An agent from before region hashes: the fields read as absent.
+    assert done.body["region_hash_algo"] is None and done.body["region_hash_value"] is None
     event = protocol.decode(protocol.encode("event", {"event_id": "e", "kind": "deleted", "image_id": "i"}))
     assert event.body["changes"] == [] and event.body["context"] is None and event.body["occurred_at"] == 0.0
     assert protocol.decode(protocol.encode("bye")).body == {"reason": ""}
