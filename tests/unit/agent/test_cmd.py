@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 import yaml
@@ -50,16 +50,29 @@ def test_runs_until_sigterm(tmp_path):
         [sys.executable, "-m", "agent.cmd", "--config-file", write_conf(tmp_path, "RegionA")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    lines: list[str] = []
+    reconnecting = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "reconnecting" in line:
+                reconnecting.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        time.sleep(2.0)  # long enough to lose the (absent) coordinator and schedule a reconnect
-        assert proc.poll() is None
+        # Running its loop: it lost the (absent) coordinator and scheduled a reconnect.
+        assert reconnecting.wait(60), "".join(lines)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+    reader.join(10)
+    out = "".join(lines)
     assert proc.returncode == 0, out
-    assert "reconnecting" in out and "stopped" in out
+    assert "stopped" in out
 
 
 def test_bad_yaml_is_one_line_and_exit_1(tmp_path, capsys):

@@ -69,9 +69,20 @@ def test_coordinator_does_not_hold_the_sftp_account(tmp_path: Path) -> None:
     assert (smap.store.host, smap.store.private_key_file, smap.store.known_hosts_file) == (None, None, None)
 
 
-def test_checked_in_sample_loads(tmp_path: Path) -> None:
-    smap = storemap.load(str(SAMPLE))
-    assert smap.regions and smap.store.scheme == "file"
+def test_checked_in_samples_load_for_every_role(tmp_path: Path) -> None:
+    import shutil
+
+    (tmp_path / "regions.d").mkdir()
+    shutil.copy(SAMPLE, tmp_path / "glance_store.yaml")
+    shutil.copy(SAMPLE.parent / "regions.d" / "RegionOne.yaml.sample", tmp_path / "regions.d" / "RegionOne.yaml")
+    path = str(tmp_path / "glance_store.yaml")
+    coordinator = storemap.load(path)
+    assert sorted(coordinator.regions) == ["RegionOne", "RegionTwo"] and coordinator.store.scheme == "file"
+    assert coordinator.region("RegionOne").glance.auth["username"] == "glance-sync-regionone"
+    assert sorted(storemap.load(path, storemap.Role.DRIVER).regions) == ["RegionOne", "RegionTwo"]
+    for region in ("RegionOne", "RegionTwo"):
+        agent = storemap.load(path, storemap.Role.AGENT, region)
+        assert agent.store.sftp_root == "/srv/glance-store" and agent.region(region).work_dir
 
 
 def test_unknown_region_names_the_known_ones(tmp_path: Path) -> None:
