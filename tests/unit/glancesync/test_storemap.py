@@ -386,3 +386,10 @@ def test_sftp_root_is_normalised(tmp_path: Path) -> None:
     data["cascading"]["store"]["sftp_root"] = "/var/lib/glance/"
     smap = storemap.load(write(tmp_path, data), storemap.Role.AGENT, "RegionOne")
     assert smap.store is not None and smap.store.sftp_root == "/var/lib/glance"
+
+
+def test_agent_role_needs_its_region_and_only_it_names_one() -> None:
+    with pytest.raises(ValueError):
+        storemap.parse(GOOD, "f.yaml", storemap.Role.AGENT)
+    with pytest.raises(ValueError):
+        storemap.parse(GOOD, "f.yaml", storemap.Role.COORDINATOR, "RegionOne")
