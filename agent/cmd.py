@@ -48,8 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not region:
         config.fail(PROG, "[agent] region is required")
     try:
-        store_map = storemap.load(conf.glance_store_config)
-        work_dir = store_map.region(region).work_dir
+        # Only this region's glance (and glance_file) is read: another region's
+        # credentials need not, and should not, be on this host.
+        store_map = storemap.load(conf.glance_store_config, storemap.Role.AGENT, region)
+        work_dir = str(store_map.region(region).work_dir)
     except ConfigError as exc:
         config.fail(PROG, _one_line(str(exc)))
     _check_work_dir(work_dir)

@@ -96,6 +96,17 @@ def checked_source(image_id: str, source: Any, store: SshStore) -> str:
     return path
 
 
+def remote_path(store: SshStore, path: str) -> str:
+    """The name the SFTP server knows ``path`` (a checked path in ``store_dir``) by.
+
+    When sshd chroots the account into ``sftp_root``, the server shows that
+    directory as ``/``: ``<sftp_root>/images/x`` is asked for as ``/images/x``.
+    """
+    if store.sftp_root is None:
+        return path
+    return posixpath.normpath(posixpath.join("/", posixpath.relpath(path, store.sftp_root)))
+
+
 def connect(store: SshStore, image_id: str, timeout: float) -> paramiko.SSHClient:
     """An SSHClient to the store host, host key checked against ``known_hosts_file`` only."""
     where = f"{store.host}:{store.port}"
@@ -155,7 +166,7 @@ def _check_regular(sftp: Any, store: SshStore, image_id: str, source_path: str) 
     current = root
     for index, part in enumerate(parts):
         current = posixpath.join(current, part)
-        attrs = sftp.lstat(current)
+        attrs = sftp.lstat(remote_path(store, current))
         mode = attrs.st_mode or 0
         last = index == len(parts) - 1
         if stat.S_ISLNK(mode):
@@ -230,7 +241,7 @@ def fetch(
         sftp = client.open_sftp()
         sftp.get_channel().settimeout(timeout)
         checked = _check_regular(sftp, store, image_id, source_path)
-        with sftp.open(source_path, "rb") as remote:
+        with sftp.open(remote_path(store, source_path), "rb") as remote:
             opened = remote.stat()
             if not stat.S_ISREG(opened.st_mode or 0) or (opened.st_size, opened.st_mtime) != (
                 checked.st_size,

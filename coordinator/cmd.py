@@ -23,7 +23,7 @@ LOG = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> int:
     conf = config.load(argv, PROG)
     try:
-        stores = storemap.load(conf.glance_store_config)
+        stores = storemap.load(conf.glance_store_config, storemap.Role.COORDINATOR)
         endpoint = cascading_endpoint(conf, stores)
     except ConfigError as exc:
         LOG.error("cannot start: %s", exc)

@@ -187,7 +187,7 @@ class Store(glance_store.driver.Store):
         if self._map is None:
             path = self._config_path()
             try:
-                self._map = storemap.load(path)
+                self._map = storemap.load(path, storemap.Role.DRIVER)
             except GlanceSyncError as exc:
                 raise gs_exc.BadStoreConfiguration(store_name=CASCADED_SCHEME, reason=str(exc)) from None
         return self._map

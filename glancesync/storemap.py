@@ -1,29 +1,39 @@
 """``glance_store.yaml``: where the cascading store's bytes live and how to reach each region.
 
-The file (see etc/glance_store.yaml.sample)::
+The file (see etc/glance_store.yaml.sample and doc/least-privilege.md)::
 
     cascading:
       glance: {url: ..., auth: {auth_type: password, ...}, headers: {...}}   # optional
       store:
         scheme: file                 # the only scheme served over SFTP today
-        host: glance.example.com
+        store_dir: /srv/glance-store/images
+        host: glance.example.com     # host ... sftp_root: the agent's SFTP account
         port: 22
         user: glancesync
         private_key_file: /etc/glance-sync/id_ed25519
         known_hosts_file: /etc/glance-sync/known_hosts
-        store_dir: /var/lib/glance/images
+        sftp_root: /srv/glance-store # sshd's ChrootDirectory for that account (optional)
     regions:
       RegionOne:
-        glance: {url: http://..., auth: {auth_type: none}, headers: {...}}
+        glance_file: regions.d/RegionOne.yaml   # {glance: {url: ..., auth: ...}}
         work_dir: /var/lib/glance-sync/work
+      RegionTwo:
+        glance: {url: http://..., auth: {auth_type: none}, headers: {...}}   # inline
 
-It is loaded into frozen dataclasses and checked completely on load: every error
-names the file and the key, so a service refuses to start on a broken file rather
-than failing a transfer an hour later.
+Each host loads it for its :class:`Role` and reads only what that role uses, so a
+host's file can leave out everything else: the agent reads its own region (no other
+region's ``glance_file`` is ever opened), its ``work_dir`` and the SFTP account; the
+coordinator reads every region's glance, the cascading glance and ``store_dir``; the
+``cascaded://`` driver reads every region's glance and nothing of ``cascading``.
+
+What is read is loaded into frozen dataclasses and checked completely on load:
+every error names the file and the key, so a service refuses to start on a broken
+file rather than failing a transfer an hour later.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import posixpath
 import urllib.parse
@@ -38,6 +48,14 @@ from glancesync.exceptions import ConfigError, SourceRefused
 DEFAULT_HTTP_TIMEOUT = 120.0
 # An auth option whose name contains one of these never reaches a log line.
 _SECRET_MARKS = ("password", "secret", "token", "passcode", "totp", "key")
+
+
+class Role(enum.Enum):
+    """Which host loads glance_store.yaml; each reads only the keys it uses."""
+
+    COORDINATOR = "coordinator"
+    AGENT = "agent"
+    DRIVER = "driver"
 
 
 @dataclass(frozen=True)
@@ -62,28 +80,35 @@ class GlanceEndpoint:
 
 @dataclass(frozen=True)
 class SshStore:
-    """The cascading glance's file store, reached over SFTP."""
+    """The cascading glance's file store, reached over SFTP.
 
-    host: str
-    port: int
-    user: str
-    private_key_file: str
-    known_hosts_file: str
+    Only the agent's load fills the account fields (host, port, user, key files,
+    ``sftp_root``); for the coordinator they are None and ``store_dir`` is all it uses.
+    """
+
+    host: str | None
+    port: int | None
+    user: str | None
+    private_key_file: str | None
+    known_hosts_file: str | None
     store_dir: str
     scheme: str = "file"
+    # The directory sshd chroots the account into (ChrootDirectory): the SFTP server
+    # shows it as "/".  None: the account sees the host's own paths.
+    sftp_root: str | None = None
 
 
 @dataclass(frozen=True)
 class Region:
     name: str
     glance: GlanceEndpoint
-    work_dir: str
+    work_dir: str | None = None  # loaded for the agent only
 
 
 @dataclass(frozen=True)
 class StoreMap:
     path: str
-    store: SshStore
+    store: SshStore | None  # None for the cascaded:// driver
     regions: Mapping[str, Region]
     cascading_glance: GlanceEndpoint | None = None
 
@@ -100,6 +125,8 @@ class StoreMap:
         Anything outside ``store_dir`` (``..``, symlink-free absolute escapes, other
         schemes) is refused: a location is data from glance, not a path we trust.
         """
+        if self.store is None:
+            raise ConfigError(source=self.path, detail="cascading.store is required")
         parsed = urllib.parse.urlparse(location_url)
         if parsed.scheme != self.store.scheme:
             raise SourceRefused(image_id=image_id, detail=f"location scheme {parsed.scheme!r} is not served over SFTP")
@@ -160,7 +187,7 @@ def _endpoint(data: Any, where: str, path: str) -> GlanceEndpoint:
     )
 
 
-def _store(data: Any, path: str) -> SshStore:
+def _store(data: Any, path: str, sftp: bool) -> SshStore:
     where = "cascading.store"
     data = _mapping(data, where, path)
     scheme = data.get("scheme", "file")
@@ -169,9 +196,18 @@ def _store(data: Any, path: str) -> SshStore:
     store_dir = _require(data, "store_dir", where, path)
     if not store_dir.startswith("/"):
         raise ConfigError(source=path, detail=f"{where}.store_dir must be an absolute path")
+    if not sftp:
+        return SshStore(None, None, None, None, None, store_dir=store_dir, scheme=scheme)
     port = data.get("port", 22)
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise ConfigError(source=path, detail=f"{where}.port must be a port number, not {port!r}")
+    sftp_root = data.get("sftp_root")
+    if sftp_root is not None:
+        if not isinstance(sftp_root, str) or not sftp_root.startswith("/"):
+            raise ConfigError(source=path, detail=f"{where}.sftp_root must be an absolute path, not {sftp_root!r}")
+        sftp_root = posixpath.normpath(sftp_root)
+        if posixpath.commonpath([sftp_root, posixpath.normpath(store_dir)]) != sftp_root:
+            raise ConfigError(source=path, detail=f"{where}.store_dir must be inside sftp_root {sftp_root!r}")
     return SshStore(
         host=_require(data, "host", where, path),
         port=port,
@@ -180,42 +216,76 @@ def _store(data: Any, path: str) -> SshStore:
         known_hosts_file=_require(data, "known_hosts_file", where, path),
         store_dir=store_dir,
         scheme=scheme,
+        sftp_root=sftp_root,
     )
 
 
-def parse(data: Any, path: str = "<glance_store.yaml>") -> StoreMap:
-    """Build a StoreMap from parsed YAML, raising ConfigError naming the key."""
-    data = _mapping(data, "top level", path)
-    cascading = _mapping(data.get("cascading"), "cascading", path)
-    if "store" not in cascading:
-        raise ConfigError(source=path, detail="cascading.store is required")
-    regions_data = _mapping(data.get("regions"), "regions", path)
-    if not regions_data:
-        raise ConfigError(source=path, detail="regions must name at least one region")
-    regions = {}
-    for name, region in regions_data.items():
-        where = f"regions.{name}"
-        region = _mapping(region, where, path)
-        work_dir = _require(region, "work_dir", where, path)
-        regions[str(name)] = Region(
-            name=str(name), glance=_endpoint(region.get("glance"), f"{where}.glance", path), work_dir=work_dir
-        )
-    glance = cascading.get("glance")
-    return StoreMap(
-        path=path,
-        store=_store(cascading["store"], path),
-        regions=regions,
-        cascading_glance=_endpoint(glance, "cascading.glance", path) if glance is not None else None,
-    )
-
-
-def load(path: str) -> StoreMap:
-    """Read and validate glance_store.yaml."""
+def _read_yaml(path: str, named_by: str = "") -> Any:
+    """The parsed content of ``path``; ConfigError naming it (and who named it) otherwise."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            return yaml.safe_load(handle)
     except OSError as exc:
-        raise ConfigError(source=path, detail=f"cannot read: {exc.strerror}") from None
+        raise ConfigError(source=path, detail=f"cannot read: {exc.strerror}{named_by}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(source=path, detail=f"not valid YAML: {exc}") from None
-    return parse(data, os.path.abspath(path))
+        raise ConfigError(source=path, detail=f"not valid YAML: {exc}{named_by}") from None
+
+
+def _region_glance(data: Mapping[str, Any], where: str, path: str) -> GlanceEndpoint:
+    """A region's endpoint: inline ``glance``, or the ``glance`` mapping of ``glance_file``."""
+    glance_file = data.get("glance_file")
+    if glance_file is None:
+        return _endpoint(data.get("glance"), f"{where}.glance", path)
+    if data.get("glance") is not None:
+        raise ConfigError(source=path, detail=f"{where}: give glance or glance_file, not both")
+    if not isinstance(glance_file, str) or not glance_file:
+        raise ConfigError(source=path, detail=f"{where}.glance_file must be a file path")
+    # Relative to the directory of the file that names it, like an include.
+    own = os.path.normpath(os.path.join(os.path.dirname(path), glance_file))
+    content = _mapping(_read_yaml(own, f" ({where}.glance_file in {path})"), "top level", own)
+    return _endpoint(content.get("glance"), "glance", own)
+
+
+def _regions(data: Any, path: str, role: Role, only: str | None) -> dict[str, Region]:
+    regions_data = {str(name): entry for name, entry in _mapping(data, "regions", path).items()}
+    if not regions_data:
+        raise ConfigError(source=path, detail="regions must name at least one region")
+    if only is not None:
+        if only not in regions_data:
+            known = ", ".join(sorted(regions_data))
+            raise ConfigError(source=path, detail=f"unknown region {only!r} (known: {known})")
+        # Other regions are never looked at: their files need not exist on this host.
+        regions_data = {only: regions_data[only]}
+    regions = {}
+    for name, entry in regions_data.items():
+        where = f"regions.{name}"
+        entry = _mapping(entry, where, path)
+        work_dir = _require(entry, "work_dir", where, path) if role is Role.AGENT else None
+        regions[name] = Region(name=name, glance=_region_glance(entry, where, path), work_dir=work_dir)
+    return regions
+
+
+def parse(data: Any, path: str = "<glance_store.yaml>", role: Role = Role.COORDINATOR,
+          region: str | None = None) -> StoreMap:
+    """Build the StoreMap ``role`` needs from parsed YAML, raising ConfigError naming the key.
+
+    ``region`` (the agent's, required for Role.AGENT) limits the regions to that one.
+    """
+    if (role is Role.AGENT) != (region is not None):
+        raise ValueError("a region is given for, and only for, Role.AGENT")
+    data = _mapping(data, "top level", path)
+    store = glance = None
+    if role is not Role.DRIVER:
+        cascading = _mapping(data.get("cascading"), "cascading", path)
+        if "store" not in cascading:
+            raise ConfigError(source=path, detail="cascading.store is required")
+        store = _store(cascading["store"], path, sftp=role is Role.AGENT)
+        if role is Role.COORDINATOR and cascading.get("glance") is not None:
+            glance = _endpoint(cascading["glance"], "cascading.glance", path)
+    return StoreMap(path=path, store=store, regions=_regions(data.get("regions"), path, role, region),
+                    cascading_glance=glance)
+
+
+def load(path: str, role: Role = Role.COORDINATOR, region: str | None = None) -> StoreMap:
+    """Read and validate glance_store.yaml as ``role`` needs it (the agent: for ``region``)."""
+    return parse(_read_yaml(path), os.path.abspath(path), role, region)

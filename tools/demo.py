@@ -41,9 +41,17 @@ def print_topology(topo: Topology) -> None:
     for name, server in topo.cascaded.items():
         print(f"  {name:<22} {server.url}")
     print(f"  sshd (cascading store) 127.0.0.1:{topo.sshd.port}   store dir {topo.cascading.data_dir}")
+    if topo.sshd.chroot_dir is not None:
+        print(f"                         account {topo.sshd.user}: chrooted into the store dir, read-only SFTP, "
+              "no shell, no TTY, no forwarding")
     print(f"  coordinator            events+status tcp://127.0.0.1:{topo.client_port}, "
           f"agents tcp://127.0.0.1:{topo.agent_port}")
-    print(f"  config                 {topo.service_conf}, {topo.store_yaml}")
+    print(f"  config                 {topo.service_conf}")
+    print("  glance_store.yaml, one per host (doc/least-privilege.md):")
+    print(f"    coordinator          {topo.store_yaml}   (every region, no SSH key)")
+    print(f"    glance-api (driver)  {topo.driver_store_yaml}   (regions only)")
+    for name in topo.region_names:
+        print(f"    agent of {name:<11} {topo.agent_store_yaml(name)}   (its region, the SSH key)")
     print(f"  glance policy          {topo.cascading.policy_path}   (cascading: location writes "
           "for admin/service only)")
     print(f"  logs                   {topo.log_dir}/")

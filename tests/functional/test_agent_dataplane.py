@@ -28,7 +28,9 @@ from tests.unit.agent.helpers import make_conf
 
 @pytest.fixture(scope="module")
 def store_map(topology: Topology) -> storemap.StoreMap:
-    return storemap.load(str(topology.store_yaml))
+    """What the agents' hosts load, both regions in one map (their SFTP account is the same)."""
+    own = {r: storemap.load(str(topology.agent_store_yaml(r)), storemap.Role.AGENT, r) for r in topology.region_names}
+    return dataclasses.replace(own[topology.region_names[0]], regions={r: m.region(r) for r, m in own.items()})
 
 
 @pytest.fixture(scope="module")

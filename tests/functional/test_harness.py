@@ -96,7 +96,7 @@ def test_sftp_reads_image_with_pinned_host_key(topology: Topology, uploaded: Upl
     try:
         with (
             client.open_sftp() as sftp,
-            sftp.open(str(topology.cascading.data_dir / uploaded.id), "rb") as fh,
+            sftp.open(topology.sshd.sftp_path(topology.cascading.data_dir / uploaded.id), "rb") as fh,
         ):
             data = fh.read()
     finally:
@@ -116,13 +116,25 @@ def test_empty_known_hosts_is_refused(topology: Topology, tmp_path) -> None:
         topology.sshd.connect(empty).close()
 
 
-def test_store_yaml_loads_with_project_loader(topology: Topology) -> None:
-    loaded = storemap.load(str(topology.store_yaml))
-    assert loaded.store.port == topology.sshd.port
-    assert loaded.store.store_dir == str(topology.cascading.data_dir)
-    assert sorted(loaded.regions) == ["RegionA", "RegionB"]
-    assert loaded.region("RegionB").glance.url == topology.cascaded["RegionB"].url
-    assert loaded.cascading_glance is not None and loaded.cascading_glance.url == topology.cascading.url
+def test_each_hosts_store_files_load_with_project_loader(topology: Topology) -> None:
+    coordinator = storemap.load(str(topology.store_yaml), storemap.Role.COORDINATOR)
+    assert coordinator.store is not None and coordinator.store.store_dir == str(topology.cascading.data_dir)
+    assert coordinator.store.private_key_file is None
+    assert sorted(coordinator.regions) == ["RegionA", "RegionB"]
+    assert coordinator.region("RegionB").glance.url == topology.cascaded["RegionB"].url
+    assert coordinator.cascading_glance is not None and coordinator.cascading_glance.url == topology.cascading.url
+    driver = storemap.load(str(topology.driver_store_yaml), storemap.Role.DRIVER)
+    assert driver.store is None and driver.cascading_glance is None and sorted(driver.regions) == ["RegionA", "RegionB"]
+    for region in topology.region_names:
+        agent = storemap.load(str(topology.agent_store_yaml(region)), storemap.Role.AGENT, region)
+        assert agent.store is not None and agent.store.port == topology.sshd.port
+        assert list(agent.regions) == [region] and agent.cascading_glance is None
+        # Nothing of another region, and no SSH key, on any host but the agent's.
+        others = set(topology.region_names) - {region}
+        text = "".join(p.read_text() for p in topology.agent_store_yaml(region).parent.rglob("*.yaml"))
+        assert not any(topology.cascaded[o].url in text for o in others)
+    for path in (topology.store_yaml, topology.driver_store_yaml):
+        assert "private_key_file" not in path.read_text() and (path.stat().st_mode & 0o777) == 0o640
 
 
 def test_service_conf_loads_with_project_options(topology: Topology) -> None:
@@ -211,7 +223,7 @@ def test_glance_and_sshd_survive_kill_and_restart(topology: Topology, uploaded: 
     client = sshd.connect()  # same port and pinned host key after the restart
     try:
         with client.open_sftp() as sftp:
-            assert sftp.stat(str(topology.cascading.data_dir / uploaded.id)).st_size == MIB
+            assert sftp.stat(topology.sshd.sftp_path(topology.cascading.data_dir / uploaded.id)).st_size == MIB
     finally:
         client.close()
 

@@ -9,12 +9,24 @@ can check that an unknown host key is refused.
 
 Readiness is a real paramiko connection with ``RejectPolicy`` that opens SFTP: the
 harness never auto-adds host keys.
+
+With ``chroot_dir`` (the cascading store directory) the account is confined the way
+doc/least-privilege.md tells an operator to: a ``Match User`` block with
+``ChrootDirectory``, ``ForceCommand internal-sftp -R`` (read-only SFTP, no shell, no
+exec), no TTY and no forwarding.  sshd refuses a chroot unless every component of its
+path is root-owned and not group- or world-writable, and pytest's directories live
+under ``/tmp`` (mode 1777): then ChrootDirectory names a link in a root-only directory
+under ``/run`` (sshd stats through it; the kernel chroots into its target).  Chrooting
+needs root; the test topology confines the account only when it runs as root.
 """
 
 from __future__ import annotations
 
 import getpass
+import os
+import posixpath
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -23,6 +35,17 @@ import paramiko
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, read_tail
 
 SSHD = "/usr/sbin/sshd"
+# Where chroot links go when the store's own path would not pass sshd's checks.
+CHROOT_LINK_DIR = Path("/run/glance-sync-test")
+
+
+def sshd_accepts_chroot(path: Path) -> bool:
+    """True when sshd would chroot into ``path``: every component root-owned, not g/o-writable."""
+    for component in (path, *path.parents):
+        info = component.stat()
+        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+    return True
 
 
 def ssh_keygen(path: Path, comment: str) -> str:
@@ -46,7 +69,14 @@ def ssh_keygen(path: Path, comment: str) -> str:
 class SshServer:
     """sshd with its own host key, config and client key, on 127.0.0.1:<free port>."""
 
-    def __init__(self, base_dir: str | Path, *, port: int | None = None, user: str | None = None) -> None:
+    def __init__(
+        self,
+        base_dir: str | Path,
+        *,
+        port: int | None = None,
+        user: str | None = None,
+        chroot_dir: str | Path | None = None,
+    ) -> None:
         self.base_dir = Path(base_dir)
         self.host = LOOPBACK
         self.port = port or free_port()
@@ -60,35 +90,70 @@ class SshServer:
         self.pid_file = self.base_dir / "sshd.pid"
         self.log_path = self.base_dir / "sshd.log"
         self.process: ServiceProcess | None = None
+        # The directory the account is confined to (it sees it as "/"); None: not confined.
+        self.chroot_dir = Path(chroot_dir).resolve() if chroot_dir else None
+        self.chroot_link = CHROOT_LINK_DIR / f"sftp-{self.port}"
+        self.chroot_path: Path | None = None  # what sshd_config's ChrootDirectory names
 
     def __repr__(self) -> str:
         return f"<SshServer {self.user}@{self.host}:{self.port}>"
 
     def config_text(self) -> str:
         """The content of sshd_config."""
-        return "\n".join(
-            [
-                f"Port {self.port}",
-                f"ListenAddress {self.host}",
-                f"HostKey {self.host_key_file}",
-                f"AuthorizedKeysFile {self.authorized_keys_file}",
-                f"PidFile {self.pid_file}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "PermitRootLogin prohibit-password",
-                # Keys live under /tmp (world-writable): StrictModes would refuse them.
-                "StrictModes no",
-                "UseDNS no",
-                "X11Forwarding no",
-                "AllowTcpForwarding no",
-                "PrintMotd no",
-                "LogLevel INFO",
-                "Subsystem sftp internal-sftp",
-                "",
+        lines = [
+            f"Port {self.port}",
+            f"ListenAddress {self.host}",
+            f"HostKey {self.host_key_file}",
+            f"AuthorizedKeysFile {self.authorized_keys_file}",
+            f"PidFile {self.pid_file}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "PermitRootLogin prohibit-password",
+            # Keys live under /tmp (world-writable): StrictModes would refuse them.
+            "StrictModes no",
+            "UseDNS no",
+            "X11Forwarding no",
+            "AllowTcpForwarding no",
+            "PrintMotd no",
+            "LogLevel INFO",
+            "Subsystem sftp internal-sftp",
+        ]
+        if self.chroot_path is not None:
+            lines += [
+                f"Match User {self.user}",
+                f"    ChrootDirectory {self.chroot_path}",
+                "    ForceCommand internal-sftp -R",
+                "    PermitTTY no",
+                "    DisableForwarding yes",
+                "    PermitTunnel no",
+                "    PermitUserRC no",
             ]
-        )
+        return "\n".join([*lines, ""])
+
+    def _prepare_chroot(self) -> None:
+        """Make the chroot directory acceptable to sshd; link to it from /run when its path is not."""
+        if self.chroot_dir is None:
+            return
+        if os.geteuid() != 0:
+            raise ServiceError("a chrooted SFTP account needs sshd to run as root")
+        self.chroot_dir.mkdir(parents=True, exist_ok=True)
+        self.chroot_dir.chmod(0o755)
+        if sshd_accepts_chroot(self.chroot_dir):
+            self.chroot_path = self.chroot_dir
+            return
+        CHROOT_LINK_DIR.mkdir(mode=0o755, exist_ok=True)
+        CHROOT_LINK_DIR.chmod(0o755)
+        self.chroot_link.unlink(missing_ok=True)
+        self.chroot_link.symlink_to(self.chroot_dir)
+        self.chroot_path = self.chroot_link
+
+    def sftp_path(self, path: str | Path) -> str:
+        """The name the (possibly chrooted) account knows ``path`` by."""
+        if self.chroot_dir is None:
+            return str(path)
+        return posixpath.normpath(posixpath.join("/", os.path.relpath(path, self.chroot_dir)))
 
     def write_config(self) -> None:
         """Keys, authorized_keys, known_hosts (right and wrong) and sshd_config."""
@@ -105,6 +170,7 @@ class SshServer:
         pattern = f"[{self.host}]:{self.port}"
         self.known_hosts_file.write_text(f"{pattern} {host_pub}\n")
         self.wrong_known_hosts_file.write_text(f"{pattern} {wrong_pub}\n")
+        self._prepare_chroot()
         self.config_file.write_text(self.config_text())
 
     def command(self) -> list[str]:
@@ -148,14 +214,19 @@ class SshServer:
         if self.process is None:
             self.write_config()
             self.process = ServiceProcess("sshd", self.command(), self.log_path, cwd=self.base_dir)
+        elif self.chroot_path == self.chroot_link:
+            self.chroot_link.unlink(missing_ok=True)
+            self.chroot_link.symlink_to(self.chroot_dir)
         self.process.start()
         self.process.wait_ready(self.answers, timeout, interval=0.2)
         return self
 
     def stop(self) -> None:
-        """Stop sshd (idempotent)."""
+        """Stop sshd (idempotent) and remove its chroot link."""
         if self.process is not None:
             self.process.stop()
+        if self.chroot_path == self.chroot_link:
+            self.chroot_link.unlink(missing_ok=True)
 
     def restart(self, timeout: float = 30.0) -> None:
         """Stop and start again: same port, host key and client key."""

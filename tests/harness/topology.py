@@ -4,8 +4,13 @@
 
 - one cascading :class:`GlanceServer` (optionally with our paste filter and
   ``cascaded://`` store driver), N cascaded ones (``RegionA``, ``RegionB``, ...),
-- one :class:`SshServer` serving the cascading glance's file store over SFTP,
-- our own config files (``glance_store.yaml`` and the oslo.config service file),
+- one :class:`SshServer` serving the cascading glance's file store over SFTP to a
+  confined account (chrooted into the store, read-only, no shell) when run as root,
+- our own config files, per host as a deployment has them (doc/least-privilege.md):
+  ``etc/coordinator/``, ``etc/glance-api/`` (the ``cascaded://`` driver's) and
+  ``etc/agent-<Region>/``, each a ``glance_store.yaml`` with only what that host
+  needs and a ``regions.d/<Region>.yaml`` per region it may reach; plus the
+  oslo.config service file,
 - the coordinator and agents it starts as real processes (``start_coordinator``,
   ``start_agent``).
 
@@ -21,6 +26,8 @@ dependency, so the demo script uses it as is::
 
 from __future__ import annotations
 
+import configparser
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +67,13 @@ def write_conf(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def _store_config_of(conf: Path) -> str | None:
+    """``[DEFAULT] glance_store_config`` of an ini file we wrote, or None."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.read(conf)
+    return parser.defaults().get("glance_store_config")
+
+
 class Topology:
     """Cascading glance + cascaded glances + sshd (+ coordinator and agents on demand)."""
 
@@ -77,7 +91,9 @@ class Topology:
         self.region_names = region_names(regions) if isinstance(regions, int) else list(regions)
         self.client_port = free_port()  # coordinator: events + status (sync_server_port)
         self.agent_port = free_port()  # coordinator: agents
-        self.store_yaml = self.etc_dir / "glance_store.yaml"
+        # glance_store.yaml per host; store_yaml is the coordinator's.
+        self.store_yaml = self.host_etc("coordinator") / "glance_store.yaml"
+        self.driver_store_yaml = self.host_etc("glance-api") / "glance_store.yaml"
         self.service_conf = self.etc_dir / "glance-sync.conf"
         self.journal_path = self.base_dir / "coordinator" / "journal.sqlite"
         self.spool_dir = self.base_dir / "cascading" / "spool"
@@ -89,11 +105,13 @@ class Topology:
             sync_server_port=self.client_port,
             spool_dir=self.spool_dir,
             cascaded_store=cascaded_store,
-            store_config=self.store_yaml,
+            store_config=self.driver_store_yaml,
             policy_file=POLICY_FILE,  # location writes: admin and service only, as deployed
         )
         self.cascaded = {name: GlanceServer(name, glance_dir / name) for name in self.region_names}
-        self.sshd = SshServer(self.base_dir / "sshd")
+        # sshd can chroot the account only when it runs as root.
+        confine = os.geteuid() == 0
+        self.sshd = SshServer(self.base_dir / "sshd", chroot_dir=self.cascading.data_dir if confine else None)
         self.services: list[ServiceProcess] = []
         self.start_seconds: float | None = None
 
@@ -115,39 +133,90 @@ class Topology:
 
     # -- our config files ---------------------------------------------------
 
+    def host_etc(self, host: str) -> Path:
+        """The config directory of one host: ``coordinator``, ``glance-api`` or ``agent-<Region>``."""
+        return self.etc_dir / host
+
+    def agent_store_yaml(self, region: str) -> Path:
+        """The glance_store.yaml of ``region``'s agent host."""
+        return self.host_etc(f"agent-{region}") / "glance_store.yaml"
+
+    @staticmethod
+    def _endpoint(server: GlanceServer) -> dict[str, Any]:
+        return {"url": server.url, "auth": {"auth_type": "none"}, "headers": dict(IDENTITY_HEADERS)}
+
+    def _sftp_account(self) -> dict[str, Any]:
+        """cascading.store as the agents need it: the store directory and the SFTP account."""
+        store = {
+            "scheme": "file",
+            "store_dir": str(self.cascading.data_dir),
+            "host": self.sshd.host,
+            "port": self.sshd.port,
+            "user": self.sshd.user,
+            "private_key_file": str(self.sshd.private_key_file),
+            "known_hosts_file": str(self.sshd.known_hosts_file),
+        }
+        if self.sshd.chroot_dir is not None:
+            store["sftp_root"] = str(self.sshd.chroot_dir)
+        return store
+
     def store_map(self) -> dict[str, Any]:
-        """The content of glance_store.yaml, as data."""
-
-        def endpoint(server: GlanceServer) -> dict[str, Any]:
-            return {"url": server.url, "auth": {"auth_type": "none"}, "headers": dict(IDENTITY_HEADERS)}
-
+        """A one-host glance_store.yaml, as data: everything inline, loadable by every role."""
         return {
-            "cascading": {
-                "glance": endpoint(self.cascading),
-                "store": {
-                    "scheme": "file",
-                    "host": self.sshd.host,
-                    "port": self.sshd.port,
-                    "user": self.sshd.user,
-                    "private_key_file": str(self.sshd.private_key_file),
-                    "known_hosts_file": str(self.sshd.known_hosts_file),
-                    "store_dir": str(self.cascading.data_dir),
-                },
-            },
+            "cascading": {"glance": self._endpoint(self.cascading), "store": self._sftp_account()},
             "regions": {
-                name: {"glance": endpoint(server), "work_dir": str(self.work_dir(name))}
+                name: {"glance": self._endpoint(server), "work_dir": str(self.work_dir(name))}
                 for name, server in self.cascaded.items()
             },
         }
 
-    def write_store_yaml(self, path: str | Path | None = None) -> Path:
-        """Write glance_store.yaml (default: etc/glance_store.yaml) and the regions' work dirs."""
-        target = Path(path) if path else self.store_yaml
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def host_files(self) -> dict[Path, dict[str, Any]]:
+        """Every host's glance_store.yaml and regions.d files, as data, by path.
+
+        The coordinator: the cascading glance, store_dir and every region's glance; the
+        glance-api host (cascaded:// driver): every region's glance only; each agent: the
+        SFTP account and its own region.  Here every region file carries the same
+        identity headers; in a deployment the agent's are its region's write
+        credentials, the others' read-only ones.
+        """
+        def region_file(name: str) -> str:
+            return f"regions.d/{name}.yaml"
+
+        files: dict[Path, dict[str, Any]] = {}
+        for host in ("coordinator", "glance-api"):
+            for name, server in self.cascaded.items():
+                files[self.host_etc(host) / region_file(name)] = {"glance": self._endpoint(server)}
+        files[self.store_yaml] = {
+            "cascading": {"glance": self._endpoint(self.cascading),
+                          "store": {"scheme": "file", "store_dir": str(self.cascading.data_dir)}},
+            "regions": {name: {"glance_file": region_file(name)} for name in self.region_names},
+        }
+        files[self.driver_store_yaml] = {"regions": {name: {"glance_file": region_file(name)}
+                                                     for name in self.region_names}}
+        for name, server in self.cascaded.items():
+            agent = self.agent_store_yaml(name)
+            files[agent.parent / region_file(name)] = {"glance": self._endpoint(server)}
+            files[agent] = {
+                "cascading": {"store": self._sftp_account()},
+                "regions": {name: {"glance_file": region_file(name), "work_dir": str(self.work_dir(name))}},
+            }
+        return files
+
+    def write_store_files(self) -> list[Path]:
+        """Write every host's files (directories 0750, files 0640) and the regions' work dirs."""
         for name in self.region_names:
             self.work_dir(name).mkdir(parents=True, exist_ok=True)
-        target.write_text(yaml.safe_dump(self.store_map(), sort_keys=False))
-        return target
+        written = []
+        for path, data in self.host_files().items():
+            directory = self.etc_dir
+            directory.mkdir(parents=True, exist_ok=True)
+            for part in path.parent.relative_to(self.etc_dir).parts:
+                directory = directory / part
+                directory.mkdir(mode=0o750, exist_ok=True)
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            path.chmod(0o640)
+            written.append(path)
+        return written
 
     def service_sections(self) -> dict[str, dict[str, Any]]:
         """The default content of glance-sync.conf, by section (names from glancesync/opts.py)."""
@@ -194,7 +263,7 @@ class Topology:
         """Write our configs, start every glance and sshd in parallel, wait for all."""
         started = time.monotonic()
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.write_store_yaml()
+        self.write_store_files()
         self.write_service_conf()
         starters: list[Callable[[], object]] = [lambda g=g: g.start(timeout) for g in self.glances]
         starters.append(lambda: self.sshd.start(timeout))
@@ -271,13 +340,16 @@ class Topology:
             agent_id
             or f"{region.lower()}-agent-{sum(s.name.startswith('agent ') for s in self.services) + 1}"
         )
-        own = write_conf(
-            self.etc_dir / f"agent-{agent_id}.conf", {"agent": {"region": region, "agent_id": agent_id}}
-        )
+        conf = conf or self.service_conf
+        own_sections: dict[str, dict[str, Any]] = {"agent": {"region": region, "agent_id": agent_id}}
+        if _store_config_of(conf) in (None, str(self.store_yaml)):
+            # The shared file names the coordinator's glance_store.yaml: this agent's host has its own.
+            own_sections["DEFAULT"] = {"glance_store_config": self.agent_store_yaml(region)}
+        own = write_conf(self.host_etc(f"agent-{region}") / f"agent-{agent_id}.conf", own_sections)
         argv = [
             venv_bin("glance-sync-agent"),
             "--config-file",
-            str(conf or self.service_conf),
+            str(conf),
             "--config-file",
             str(own),
         ]

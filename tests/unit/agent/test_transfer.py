@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 
@@ -53,6 +54,45 @@ def test_sources_outside_the_store_are_refused_not_retryable(source):
 
 def test_source_inside_the_store_is_normalised():
     assert transfer.checked_source("i", {"type": "sftp", "path": "/store/images/./a"}, STORE) == "/store/images/a"
+
+
+@pytest.mark.parametrize(
+    ("sftp_root", "asked"),
+    [(None, "/store/images/sub/a"), ("/store/images", "/sub/a"), ("/store", "/images/sub/a"), ("/", "/store/images/sub/a")],
+)
+def test_chrooted_account_is_asked_for_paths_inside_its_root(sftp_root, asked):
+    store = dataclasses.replace(STORE, sftp_root=sftp_root)
+    assert transfer.remote_path(store, "/store/images/sub/a") == asked
+
+
+def test_fetch_through_a_chroot_stats_and_opens_the_mapped_path(tmp_path, monkeypatch):
+    asked: list[tuple[str, str]] = []
+
+    class Recording(_Sftp):
+        def lstat(self, path):
+            asked.append(("lstat", path))
+            return super().lstat(path)
+
+        def open(self, path, mode):
+            asked.append(("open", path))
+            return super().open(path, mode)
+
+    class Client(_Client):
+        def open_sftp(self):
+            return Recording(self.size)
+
+    def copy(remote, out, start, total, hashers, progress):
+        out.write(DATA)
+        for hasher in hashers:
+            hasher.update(DATA)
+        return len(DATA)
+
+    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
+    monkeypatch.setattr(transfer, "_copy", copy)
+    store = dataclasses.replace(STORE, sftp_root="/store/images")
+    fetched = transfer.fetch(store, image_of(DATA), "/store/images/sub/img", str(tmp_path / "p"), lambda d, t: None)
+    assert fetched.size == len(DATA)
+    assert asked == [("lstat", "/sub"), ("lstat", "/sub/img"), ("open", "/sub/img")]
 
 
 @pytest.mark.parametrize("image_id", ["../x", "a/b", "", ".hidden"])

@@ -44,8 +44,7 @@ def write(tmp_path: Path, data: Any) -> str:
 
 def test_good_file_loads(tmp_path: Path) -> None:
     smap = storemap.load(write(tmp_path, GOOD))
-    assert smap.store.host == "store.example.com" and smap.store.port == 2222
-    assert smap.store.store_dir == "/var/lib/glance/images"
+    assert smap.store is not None and smap.store.store_dir == "/var/lib/glance/images"
     assert sorted(smap.regions) == ["RegionOne", "RegionTwo"]
     two = smap.region("RegionTwo")
     assert two.glance.url == "https://two:9292"
@@ -55,9 +54,35 @@ def test_good_file_loads(tmp_path: Path) -> None:
     assert smap.cascading_glance is not None and smap.cascading_glance.auth["password"] == "hunter2"
 
 
-def test_checked_in_sample_loads() -> None:
-    smap = storemap.load(str(SAMPLE))
-    assert smap.regions and smap.store.scheme == "file"
+def test_agent_loads_its_region_and_the_sftp_account_only(tmp_path: Path) -> None:
+    smap = storemap.load(write(tmp_path, GOOD), storemap.Role.AGENT, "RegionTwo")
+    assert smap.store is not None and smap.store.host == "store.example.com" and smap.store.port == 2222
+    assert smap.store.private_key_file == "/etc/glance-sync/id_ed25519" and smap.store.sftp_root is None
+    assert list(smap.regions) == ["RegionTwo"] and smap.region("RegionTwo").work_dir == "/srv/work"
+    # The cascading glance's admin credentials are not the agent's business.
+    assert smap.cascading_glance is None
+
+
+def test_coordinator_does_not_hold_the_sftp_account(tmp_path: Path) -> None:
+    smap = storemap.load(write(tmp_path, GOOD), storemap.Role.COORDINATOR)
+    assert smap.store is not None
+    assert (smap.store.host, smap.store.private_key_file, smap.store.known_hosts_file) == (None, None, None)
+
+
+def test_checked_in_samples_load_for_every_role(tmp_path: Path) -> None:
+    import shutil
+
+    (tmp_path / "regions.d").mkdir()
+    shutil.copy(SAMPLE, tmp_path / "glance_store.yaml")
+    shutil.copy(SAMPLE.parent / "regions.d" / "RegionOne.yaml.sample", tmp_path / "regions.d" / "RegionOne.yaml")
+    path = str(tmp_path / "glance_store.yaml")
+    coordinator = storemap.load(path)
+    assert sorted(coordinator.regions) == ["RegionOne", "RegionTwo"] and coordinator.store.scheme == "file"
+    assert coordinator.region("RegionOne").glance.auth["username"] == "glance-sync-regionone"
+    assert sorted(storemap.load(path, storemap.Role.DRIVER).regions) == ["RegionOne", "RegionTwo"]
+    for region in ("RegionOne", "RegionTwo"):
+        agent = storemap.load(path, storemap.Role.AGENT, region)
+        assert agent.store.sftp_root == "/srv/glance-store" and agent.region(region).work_dir
 
 
 def test_unknown_region_names_the_known_ones(tmp_path: Path) -> None:
@@ -88,17 +113,36 @@ _DELETE = object()
         (("cascading", "store", "host"), _DELETE, "cascading.store.host"),
         (("cascading", "store", "user"), "", "cascading.store.user"),
         (("cascading", "store", "private_key_file"), 5, "cascading.store.private_key_file"),
+        (("cascading", "store", "private_key_file"), _DELETE, "cascading.store.private_key_file"),
         (("cascading", "store", "known_hosts_file"), _DELETE, "cascading.store.known_hosts_file"),
-        (("cascading", "store", "store_dir"), "relative/dir", "cascading.store.store_dir"),
         (("cascading", "store", "port"), True, "cascading.store.port"),
         (("cascading", "store", "port"), 70000, "cascading.store.port"),
+        (("cascading", "store", "sftp_root"), "relative", "cascading.store.sftp_root"),
+        (("cascading", "store", "sftp_root"), "/srv/other", "cascading.store.store_dir must be inside sftp_root"),
+        (("cascading", "store", "sftp_root"), "/var/lib/glance/images/sub", "cascading.store.store_dir"),
+        (("regions", "RegionOne", "work_dir"), _DELETE, "regions.RegionOne.work_dir"),
+    ],
+)
+def test_bad_agent_key_names_key_and_file(tmp_path: Path, path: tuple[str, ...], value: Any, named: str) -> None:
+    """What only the agent reads (the SFTP account, its work_dir) is checked when the agent loads it."""
+    filename = write(tmp_path, _broken(path, value))
+    storemap.load(filename, storemap.Role.COORDINATOR)  # not the coordinator's business
+    with pytest.raises(ConfigError) as info:
+        storemap.load(filename, storemap.Role.AGENT, "RegionOne")
+    assert named in str(info.value)
+    assert filename in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("cascading", "store", "store_dir"), "relative/dir", "cascading.store.store_dir"),
         (("cascading", "store", "scheme"), "rbd", "cascading.store.scheme"),
         (("cascading", "store"), _DELETE, "cascading.store"),
         (("cascading", "glance", "url"), "ftp://x", "cascading.glance.url"),
         (("cascading", "glance", "auth"), "password", "cascading.glance.auth"),
         (("regions",), {}, "regions"),
         (("regions",), ["RegionOne"], "regions"),
-        (("regions", "RegionOne", "work_dir"), _DELETE, "regions.RegionOne.work_dir"),
         (("regions", "RegionOne", "glance"), _DELETE, "regions.RegionOne.glance.url"),
         (("regions", "RegionOne", "glance", "headers"), ["X"], "regions.RegionOne.glance.headers"),
         (("regions", "RegionTwo", "glance", "verify"), 3, "regions.RegionTwo.glance.verify"),
@@ -225,3 +269,127 @@ def test_translated_glance_errors_mask_secrets() -> None:
 
     error = glance.translate(RuntimeError('failed: {"password": "hunter2", "X-Auth-Token": "abc"}'), "http://g")
     assert "hunter2" not in str(error)
+
+
+# -- per-host files: each region's glance in its own file --------------------------------------
+
+def _split_layout(tmp_path: Path) -> tuple[str, Path]:
+    """glance_store.yaml naming regions.d/<region>.yaml; only RegionOne's file exists."""
+    data = copy.deepcopy(GOOD)
+    for name in data["regions"]:
+        del data["regions"][name]["glance"]
+        data["regions"][name]["glance_file"] = f"regions.d/{name}.yaml"
+    (tmp_path / "regions.d").mkdir()
+    (tmp_path / "regions.d" / "RegionOne.yaml").write_text(yaml.safe_dump(
+        {"glance": {"url": "http://one:9292", "auth": {"auth_type": "password", "password": "one-secret"}}}))
+    return write(tmp_path, data), tmp_path / "regions.d"
+
+
+def _opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import builtins
+
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def spy(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    return opened
+
+
+def test_agent_never_opens_another_regions_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    filename, regions_d = _split_layout(tmp_path)
+    # RegionTwo's file is a directory here: opening it would fail, so would a missing one.
+    (regions_d / "RegionTwo.yaml").mkdir()
+    opened = _opened_paths(monkeypatch)
+    smap = storemap.load(filename, storemap.Role.AGENT, "RegionOne")
+    assert list(smap.regions) == ["RegionOne"]
+    assert smap.region("RegionOne").glance.auth["password"] == "one-secret"
+    assert smap.region("RegionOne").work_dir == "/var/lib/glance-sync/work"
+    assert opened == [filename, str(regions_d / "RegionOne.yaml")]
+
+
+def test_agent_of_a_region_whose_file_is_missing_names_it(tmp_path: Path) -> None:
+    filename, regions_d = _split_layout(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        storemap.load(filename, storemap.Role.AGENT, "RegionTwo")
+    text = str(info.value)
+    assert str(regions_d / "RegionTwo.yaml") in text and "cannot read" in text
+    assert "regions.RegionTwo.glance_file" in text and filename in text
+
+
+def test_coordinator_reads_every_regions_file(tmp_path: Path) -> None:
+    filename, regions_d = _split_layout(tmp_path)
+    with pytest.raises(ConfigError, match="RegionTwo.yaml"):
+        storemap.load(filename, storemap.Role.COORDINATOR)
+    (regions_d / "RegionTwo.yaml").write_text(yaml.safe_dump({"glance": {"url": "http://two:9292"}}))
+    smap = storemap.load(filename, storemap.Role.COORDINATOR)
+    assert smap.region("RegionTwo").glance.url == "http://two:9292"
+    assert smap.region("RegionOne").glance.auth["password"] == "one-secret"
+
+
+def test_region_file_errors_name_that_file_and_key(tmp_path: Path) -> None:
+    filename, regions_d = _split_layout(tmp_path)
+    (regions_d / "RegionOne.yaml").write_text(yaml.safe_dump({"glance": {"url": "ftp://one"}}))
+    with pytest.raises(ConfigError) as info:
+        storemap.load(filename, storemap.Role.AGENT, "RegionOne")
+    assert str(regions_d / "RegionOne.yaml") in str(info.value) and "glance.url" in str(info.value)
+
+
+def test_glance_and_glance_file_together_are_refused(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["regions"]["RegionOne"]["glance_file"] = "one.yaml"
+    with pytest.raises(ConfigError, match="regions.RegionOne: give glance or glance_file, not both"):
+        storemap.load(write(tmp_path, data))
+
+
+def test_absolute_glance_file(tmp_path: Path) -> None:
+    own = tmp_path / "elsewhere" / "one.yaml"
+    own.parent.mkdir()
+    own.write_text(yaml.safe_dump({"glance": {"url": "http://one:9292"}}))
+    data = copy.deepcopy(GOOD)
+    data["regions"]["RegionOne"] = {"glance_file": str(own), "work_dir": "/w"}
+    assert storemap.load(write(tmp_path, data)).region("RegionOne").glance.url == "http://one:9292"
+
+
+def test_coordinator_file_without_the_sftp_account_loads(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["cascading"]["store"] = {"store_dir": "/var/lib/glance/images"}
+    for region in data["regions"].values():
+        del region["work_dir"]
+    smap = storemap.load(write(tmp_path, data), storemap.Role.COORDINATOR)
+    assert smap.store is not None and smap.store.private_key_file is None
+    assert smap.source_path("img", "file:///var/lib/glance/images/img") == "/var/lib/glance/images/img"
+    with pytest.raises(ConfigError, match="cascading.store.host is required"):
+        storemap.load(write(tmp_path, data), storemap.Role.AGENT, "RegionOne")
+
+
+def test_driver_file_with_regions_only_loads(tmp_path: Path) -> None:
+    data = {"regions": {name: {"glance": entry["glance"]} for name, entry in GOOD["regions"].items()}}
+    smap = storemap.load(write(tmp_path, data), storemap.Role.DRIVER)
+    assert smap.store is None and smap.cascading_glance is None
+    assert smap.region("RegionTwo").glance.url == "https://two:9292"
+    with pytest.raises(ConfigError, match="cascading.store is required"):
+        smap.source_path("img", "file:///var/lib/glance/images/img")
+
+
+def test_agent_of_an_unknown_region_names_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        storemap.load(write(tmp_path, GOOD), storemap.Role.AGENT, "RegionNine")
+    assert "RegionNine" in str(info.value) and "RegionOne, RegionTwo" in str(info.value)
+
+
+def test_sftp_root_is_normalised(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["cascading"]["store"]["sftp_root"] = "/var/lib/glance/"
+    smap = storemap.load(write(tmp_path, data), storemap.Role.AGENT, "RegionOne")
+    assert smap.store is not None and smap.store.sftp_root == "/var/lib/glance"
+
+
+def test_agent_role_needs_its_region_and_only_it_names_one() -> None:
+    with pytest.raises(ValueError):
+        storemap.parse(GOOD, "f.yaml", storemap.Role.AGENT)
+    with pytest.raises(ValueError):
+        storemap.parse(GOOD, "f.yaml", storemap.Role.COORDINATOR, "RegionOne")
