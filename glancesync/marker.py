@@ -92,21 +92,25 @@ def check(secret: bytes | None, value: str | None, method: str, target: bytes, n
     return True, "valid"
 
 
+def _refused(path: str, detail: str) -> KeyLoadError:
+    return KeyLoadError(f"sync_internal_secret_file {path}: {detail}", path=path, detail=detail)
+
+
 def load_secret(path: str) -> bytes:
     """The shared secret from ``path``; KeyLoadError unless only its owner can read it and it is long enough."""
     try:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
-            raise KeyLoadError(path=path, detail="not a regular file")
+            raise _refused(path, "not a regular file")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyLoadError(path=path, detail=f"mode {stat.S_IMODE(mode):o} lets others read it; chmod 600")
+            raise _refused(path, f"mode {stat.S_IMODE(mode):o} lets others read it; chmod 600")
         with open(path, "rb") as handle:
             secret = handle.read(4096).strip()
     except OSError as exc:
-        raise KeyLoadError(path=path, detail=exc.strerror or str(exc)) from None
+        raise _refused(path, exc.strerror or str(exc)) from None
     if len(secret) < MIN_SECRET_LENGTH:
-        raise KeyLoadError(path=path, detail=f"holds {len(secret)} characters, at least {MIN_SECRET_LENGTH} "
-                           "are needed ('glance-sync-manage gensecret --file F' makes one)")
+        raise _refused(path, f"holds {len(secret)} characters, at least {MIN_SECRET_LENGTH} are needed "
+                       "('glance-sync-manage gensecret --file F' makes one)")
     return secret
 
 
