@@ -5,7 +5,9 @@
 - one cascading :class:`GlanceServer` (optionally with our paste filter and
   ``cascaded://`` store driver), N cascaded ones (``RegionA``, ``RegionB``, ...),
 - one :class:`SshServer` serving the cascading glance's file store over SFTP,
-- our own config files (``glance_store.yaml`` and the oslo.config service file),
+- our own config files (``glance_store.yaml``, the oslo.config service file and
+  the loop-guard secret ``etc/internal.secret`` that the coordinator and the
+  cascading glance-api's filter share),
 - the coordinator and agents it starts as real processes (``start_coordinator``,
   ``start_agent``).
 
@@ -30,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from glancesync import marker
 from tests.harness.glance import IDENTITY_HEADERS, GlanceServer, venv_bin
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, tcp_open
 from tests.harness.sshd import SshServer
@@ -81,6 +84,7 @@ class Topology:
         self.service_conf = self.etc_dir / "glance-sync.conf"
         self.journal_path = self.base_dir / "coordinator" / "journal.sqlite"
         self.spool_dir = self.base_dir / "cascading" / "spool"
+        self.internal_secret_file = self.etc_dir / "internal.secret"
         glance_dir = self.base_dir / "glance"
         self.cascading = GlanceServer(
             "cascading",
@@ -90,6 +94,7 @@ class Topology:
             spool_dir=self.spool_dir,
             cascaded_store=cascaded_store,
             store_config=self.store_yaml,
+            internal_secret_file=self.internal_secret_file,
         )
         self.cascaded = {name: GlanceServer(name, glance_dir / name) for name in self.region_names}
         self.sshd = SshServer(self.base_dir / "sshd")
@@ -148,6 +153,13 @@ class Topology:
         target.write_text(yaml.safe_dump(self.store_map(), sort_keys=False))
         return target
 
+    def write_internal_secret(self) -> Path:
+        """The loop-guard secret shared by the coordinator and the filter (made once, mode 0600)."""
+        if not self.internal_secret_file.exists():
+            self.internal_secret_file.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_secret(str(self.internal_secret_file))
+        return self.internal_secret_file
+
     def service_sections(self) -> dict[str, dict[str, Any]]:
         """The default content of glance-sync.conf, by section (names from glancesync/opts.py)."""
         headers = ",".join(f"{k}:{v}" for k, v in SERVICE_IDENTITY_HEADERS.items())
@@ -159,6 +171,7 @@ class Topology:
                 "glance_store_config": self.store_yaml,
                 "cascading_endpoint_url": self.cascading.url,
                 "snapshot_sleep_interval": 1,
+                "sync_internal_secret_file": self.internal_secret_file,
             },
             "coordinator": {
                 "bind_host": LOOPBACK,
@@ -194,6 +207,7 @@ class Topology:
         started = time.monotonic()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.write_store_yaml()
+        self.write_internal_secret()
         self.write_service_conf()
         starters: list[Callable[[], object]] = [lambda g=g: g.start(timeout) for g in self.glances]
         starters.append(lambda: self.sshd.start(timeout))
