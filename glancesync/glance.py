@@ -58,8 +58,11 @@ def make_session(endpoint: GlanceEndpoint) -> session.Session:
         auth=auth, verify=endpoint.verify, additional_headers=dict(endpoint.headers), timeout=endpoint.timeout
     )
     if endpoint.internal_secret:
+        # Only requests to glance itself: a keystone token request on the same
+        # session has no use for the marker.
+        prefixes = [endpoint.url.rstrip("/") + "/"] if endpoint.url else ["http://", "https://"]
         adapter = SigningAdapter(endpoint.internal_secret)
-        for prefix in ("http://", "https://"):
+        for prefix in prefixes:
             sess.session.mount(prefix, adapter)
     return sess
 

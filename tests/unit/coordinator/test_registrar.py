@@ -208,6 +208,14 @@ def test_every_request_of_the_session_is_signed_for_its_own_method_and_path(reco
     assert not marker.check(secret, first, "DELETE", marker.url_target(f"{url}{seen[0][1]}"), now)[0]
 
 
+def test_only_requests_to_the_glance_endpoint_are_signed(recorder) -> None:
+    url, seen = recorder
+    sess = glance.make_session(GlanceEndpoint(url=f"{url}/image/", internal_secret=b"s" * 40))
+    sess.get(f"{url}/identity/v3")  # e.g. keystone on the same session
+    sess.get(f"{url}/image/v2/images")
+    assert [(p, v is not None) for _, p, v in seen] == [("/identity/v3", False), ("/image/v2/images", True)]
+
+
 def test_a_session_without_a_secret_sends_no_marker(recorder) -> None:
     url, seen = recorder
     glance.make_session(GlanceEndpoint(url=url)).get(f"{url}/v2/images")
