@@ -1,10 +1,11 @@
-"""``glance-sync-manage``: journal schema upgrades, CurveZMQ key generation, resync, purge.
+"""``glance-sync-manage``: journal schema upgrades, key and secret generation, resync, purge.
 
 ::
 
     glance-sync-manage [--config-file F] db_sync       # alembic upgrade head
     glance-sync-manage [--config-file F] db_version    # current and head revisions
     glance-sync-manage keygen --dir D --name N         # D/N.key and D/N.key_secret (0600)
+    glance-sync-manage gensecret --file F              # the loop-guard secret (0600, new file only)
     glance-sync-manage [--config-file F] resync IMAGE_ID  # sync it again where it failed or is missing
     glance-sync-manage [--config-file F] purge [--days N] # forget history older than N days (30)
 
@@ -28,11 +29,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from coordinator import journal, reconciler
-from glancesync import config, keys
+from glancesync import config, keys, marker
 from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
-COMMANDS = ("db_sync", "db_version", "keygen", "resync", "purge")
+COMMANDS = ("db_sync", "db_version", "keygen", "gensecret", "resync", "purge")
 DEFAULT_PURGE_DAYS = 30
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 
@@ -80,6 +81,20 @@ def _keygen(args: list[str]) -> int:
         config.fail(PROG, f"keygen failed: {exc}")
     print(f"public key: {public}")
     print(f"secret key: {secret}")
+    return 0
+
+
+def _gensecret(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"{PROG} gensecret")
+    parser.add_argument("--file", required=True,
+                        help="new file for the secret shared by the coordinator and glance_proxy (mode 0600)")
+    ns = parser.parse_args(args)
+    try:
+        marker.write_secret(ns.file)
+    except OSError as exc:  # the file exists already, or its directory is missing or unwritable
+        config.fail(PROG, f"gensecret failed: {ns.file}: {exc.strerror or exc}")
+    print(f"secret written to {ns.file} (mode 0600); copy it to the glance-api host and the coordinator "
+          "host and name it in [DEFAULT] sync_internal_secret_file")
     return 0
 
 
@@ -143,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.fail(PROG, f"a command is required: {', '.join(COMMANDS)}", code=2)
     if cmd == "keygen":
         return _keygen(cmd_args)
+    if cmd == "gensecret":
+        return _gensecret(cmd_args)
     if cmd == "resync":
         return _resync(conf_args, cmd_args)
     if cmd == "purge":

@@ -17,8 +17,9 @@ threads never touch it):
   import, poll until it is active, every ``snapshot_sleep_interval`` up to
   ``snapshot_timeout``.
 
-Every request carries ``INTERNAL_REQUEST_HEADER`` so that the glance_proxy filter
-makes no event of the coordinator's own changes.
+Every request carries ``INTERNAL_REQUEST_HEADER`` signed with the shared secret
+(glancesync.marker, set up by ``cascading_endpoint``) so that the glance_proxy
+filter makes no event of the coordinator's own changes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from oslo_config import cfg
 
 from coordinator import reconciler
 from coordinator.journal import EventRow, TaskRow
-from glancesync import glance, protocol, verify
+from glancesync import glance, marker, protocol, verify
 from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, VerificationError
 from glancesync.storemap import DEFAULT_HTTP_TIMEOUT, GlanceEndpoint, StoreMap
 
@@ -91,8 +92,15 @@ def cascading_endpoint(conf: cfg.ConfigOpts, storemap: StoreMap | None) -> Glanc
         base = GlanceEndpoint(url=url, auth=auth, headers=dict(group.identity_headers or {}),
                               verify=(group.cafile or not group.insecure), region_name=group.region_name,
                               interface=group.interface, timeout=group.timeout or DEFAULT_HTTP_TIMEOUT)
-    headers = {**base.headers, protocol.INTERNAL_REQUEST_HEADER: "1"}
-    return dataclasses.replace(base, headers=headers)
+    # A loop-guard header from any other source must never reach glance as ours.
+    headers = {k: v for k, v in base.headers.items() if k.lower() != protocol.INTERNAL_REQUEST_HEADER.lower()}
+    secret = None
+    if conf.sync_internal_secret_file:
+        secret = marker.load_secret(conf.sync_internal_secret_file)  # KeyLoadError: refuse to start
+    else:
+        LOG.warning("[DEFAULT] sync_internal_secret_file is not set: the coordinator's own location "
+                    "changes come back as locations_changed events (planned as nothing)")
+    return dataclasses.replace(base, headers=headers, internal_secret=secret)
 
 
 LOCATION_LOCK_STRIPES = 64

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from glance_proxy.proxy import ProxyServer, make_app
 from glancesync import config
+from glancesync.exceptions import ConfigError
 from glancesync.transport import tcp_endpoint
 
 PROG = "glance-sync-proxy"
@@ -46,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         config.fail(PROG, f"[proxy] spool_dir {conf.proxy.spool_dir}: {exc.strerror}")
     _check_port_free(conf.proxy.listen_host, conf.proxy.listen_port)
     bind = tcp_endpoint(conf.proxy.listen_host, conf.proxy.listen_port).removeprefix("tcp://")
-    ProxyServer(make_app(conf), bind, workers=WORKERS).run()
+    try:
+        app = make_app(conf)
+    except ConfigError as exc:  # a loop-guard secret file that does not load
+        config.fail(PROG, str(exc))
+    ProxyServer(app, bind, workers=WORKERS).run()
 
 
 if __name__ == "__main__":

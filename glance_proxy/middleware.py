@@ -4,6 +4,10 @@ Placed right after ``context`` (``... authtoken context glancesync rootapp``), t
 filter sees the identity headers on the way in and glance's final status and JSON
 on the way out (GLANCE-NOTES.md).  For each request it:
 
+- takes ``X-Glance-Sync-Internal`` out of the request, so glance (or the proxy's
+  upstream) never sees it, and passes the request on without an event when the
+  header holds a valid loop-guard marker of our coordinator (glancesync.marker);
+  a bare, forged or stale header is ignored and the request makes its event;
 - asks ``events.match`` about method + path; anything else (GET, HEAD, downloads,
   non-image routes) goes straight to glance, untouched;
 - keeps the PATCH request body (small JSON, re-wrapped for glance) and, for create
@@ -30,7 +34,8 @@ from oslo_config import cfg
 
 from glance_proxy import events
 from glance_proxy.sender import EventSender
-from glancesync import opts
+from glancesync import marker, opts
+from glancesync.exceptions import KeyLoadError
 from glancesync.protocol import INTERNAL_REQUEST_HEADER
 
 LOG = logging.getLogger(__name__)
@@ -236,17 +241,59 @@ class _Observed:
             self._on_close(b"".join(self._parts) if self._keep else None)
 
 
+def load_internal_secret(conf: Any, strict: bool) -> bytes | None:
+    """The loop-guard secret of ``[DEFAULT] sync_internal_secret_file``, None when unset.
+
+    A file that does not load raises KeyLoadError when ``strict`` (glance-sync-proxy
+    refuses to start); inside glance-api it is logged and no marker is trusted, so
+    every change still makes its event.
+    """
+    path = conf.sync_internal_secret_file
+    if not path:
+        LOG.warning("glance-sync: [DEFAULT] sync_internal_secret_file is not set: no %s header is "
+                    "trusted, the coordinator's own changes make (harmless) events too", INTERNAL_REQUEST_HEADER)
+        return None
+    try:
+        return marker.load_secret(path)
+    except KeyLoadError as exc:
+        if strict:
+            raise
+        LOG.error("glance-sync: %s; no %s header is trusted, every change makes its event", exc,
+                  INTERNAL_REQUEST_HEADER)
+        return None
+
+
 class SyncObserver:
     """WSGI middleware that turns successful image changes into events."""
 
-    def __init__(self, app: WSGIApp, senders: SenderHolder) -> None:
+    def __init__(self, app: WSGIApp, senders: SenderHolder, secret: bytes | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.app = app
         self.senders = senders
+        self.secret = secret
+        self.clock = clock
+
+    def _is_internal(self, environ: dict[str, Any]) -> bool:
+        """Whether the request is our coordinator's; the header leaves ``environ`` either way."""
+        value = environ.pop(_INTERNAL_ENVIRON, None)
+        if value is None:
+            return False
+        method = environ.get("REQUEST_METHOD", "")
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        try:
+            target = marker.request_target(path.encode("latin-1"), environ.get("QUERY_STRING", ""))
+            trusted, reason = marker.check(self.secret, value, method, target, self.clock())
+        except (UnicodeError, ValueError) as exc:
+            trusted, reason = False, f"unreadable request target ({type(exc).__name__})"
+        if not trusted and self.secret:
+            LOG.warning("glance-sync: %s on %s %s not trusted (%s); the request makes its event as usual",
+                        INTERNAL_REQUEST_HEADER, method, path[:200], reason)
+        return trusted
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
             route = None
-            if _INTERNAL_ENVIRON not in environ:
+            if not self._is_internal(environ):
                 route = events.match(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
         except Exception:
             LOG.exception("glance-sync: cannot classify request; passed through")
@@ -317,8 +364,9 @@ def filter_factory(global_conf: dict[str, Any], **local_conf: Any) -> Callable[[
         return lambda app: app
     LOG.info("glance-sync: image events go to %s:%s", conf.sync_server_host, conf.sync_server_port)
     senders = SenderHolder(conf)
+    secret = load_internal_secret(conf, strict=False)
 
     def _filter(app: WSGIApp) -> WSGIApp:
-        return SyncObserver(app, senders)
+        return SyncObserver(app, senders, secret)
 
     return _filter

@@ -10,6 +10,10 @@ gunicorn (gthread worker) without a gunicorn config file.
 
 Without keystonemiddleware in front of it, the proxy sees a token and no identity
 headers: events carry the image's owner and visibility but no user or roles.
+
+``X-Glance-Sync-Internal`` never reaches the upstream glance: ``SyncObserver``
+checks it (a valid marker of our coordinator means no event) and removes it, and
+``Forwarder`` drops it again should it ever run unobserved.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from typing import Any
 import urllib3
 from gunicorn.app.base import BaseApplication
 
-from glance_proxy.middleware import SenderHolder, SyncObserver
+from glance_proxy.middleware import SenderHolder, SyncObserver, load_internal_secret
+from glancesync.protocol import INTERNAL_REQUEST_HEADER
 
 LOG = logging.getLogger(__name__)
 
@@ -31,6 +36,8 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
      "transfer-encoding", "upgrade", "proxy-connection"}
 )  # fmt: skip
+# Set by the proxy itself (Host: the upstream's) or meant for us only (the loop guard).
+_NOT_FORWARDED = HOP_BY_HOP | {"host", INTERNAL_REQUEST_HEADER.lower()}
 # An image upload or download may take many minutes; only connecting is bounded.
 TIMEOUT = urllib3.Timeout(connect=10.0, read=None)
 
@@ -40,7 +47,7 @@ def _request_headers(environ: dict[str, Any]) -> dict[str, str]:
     for key, value in environ.items():
         if key.startswith("HTTP_"):
             name = key[5:].replace("_", "-").title()
-            if name.lower() not in HOP_BY_HOP and name.lower() != "host":
+            if name.lower() not in _NOT_FORWARDED:
                 headers[name] = value
     for key, name in (("CONTENT_TYPE", "Content-Type"), ("CONTENT_LENGTH", "Content-Length")):
         if environ.get(key):
@@ -108,9 +115,11 @@ def make_app(conf: Any) -> Any:
     """The proxy's WSGI app: forwarding, observed for image events.
 
     Emitting events is the proxy's only reason to exist, so it does not read
-    ``sync_enabled`` (that option switches the filter inside glance-api).
+    ``sync_enabled`` (that option switches the filter inside glance-api).  Raises
+    KeyLoadError for a ``sync_internal_secret_file`` that does not load.
     """
-    return SyncObserver(Forwarder(conf.proxy.upstream_url), SenderHolder(conf))
+    secret = load_internal_secret(conf, strict=True)
+    return SyncObserver(Forwarder(conf.proxy.upstream_url), SenderHolder(conf), secret)
 
 
 class ProxyServer(BaseApplication):

@@ -4,11 +4,14 @@ The coordinator (cascading glance), the agents (their own region) and the
 ``cascaded://`` store driver (every region) all reach glance the same way, so the
 session building lives here once.  ``auth_type: none`` serves glances without
 keystone; ``headers`` are sent with every request (identity headers for a glance
-that trusts them, as the test harness runs it).
+that trusts them, as the test harness runs it).  An endpoint with an
+``internal_secret`` (the coordinator's cascading glance) signs every request with
+the loop-guard marker (glancesync.marker) just before it goes on the wire.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,7 +22,9 @@ from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import noauth, session
 from oslo_utils import strutils
 
+from glancesync import marker
 from glancesync.exceptions import ConfigError, GlanceError
+from glancesync.protocol import INTERNAL_REQUEST_HEADER
 from glancesync.storemap import GlanceEndpoint
 
 T = TypeVar("T")
@@ -49,9 +54,36 @@ def make_session(endpoint: GlanceEndpoint) -> session.Session:
             auth = loader.load_from_options(**options)
         except (ks_exc.NoMatchingPlugin, ks_exc.MissingRequiredOptions, TypeError) as exc:
             raise ConfigError(source="glance auth", detail=f"auth_type {auth_type}: {exc}") from None
-    return session.Session(
+    sess = session.Session(
         auth=auth, verify=endpoint.verify, additional_headers=dict(endpoint.headers), timeout=endpoint.timeout
     )
+    if endpoint.internal_secret:
+        # Only requests to glance itself: a keystone token request on the same
+        # session has no use for the marker.
+        prefixes = [endpoint.url.rstrip("/") + "/"] if endpoint.url else ["http://", "https://"]
+        adapter = SigningAdapter(endpoint.internal_secret)
+        for prefix in prefixes:
+            sess.session.mount(prefix, adapter)
+    return sess
+
+
+class SigningAdapter(session.TCPKeepAliveAdapter):
+    """keystoneauth1's transport adapter, adding the loop-guard marker to each request it sends.
+
+    Signing the prepared request here covers exactly the method, path and query
+    that go on the wire, for every retry and redirect (each gets a fresh time).
+    """
+
+    def __init__(self, secret: bytes, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._secret = secret
+        self._clock = clock
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        request.headers[INTERNAL_REQUEST_HEADER] = marker.sign(
+            self._secret, request.method, marker.url_target(request.url), self._clock()
+        )
+        return super().send(request, *args, **kwargs)
 
 
 def make_client(endpoint: GlanceEndpoint, sess: session.Session | None = None) -> Any:

@@ -95,6 +95,25 @@ default_opts = [
     ),
 ]
 
+internal_secret_opt = cfg.StrOpt(
+    "sync_internal_secret_file",
+    help="File holding the secret shared by the coordinator and glance_proxy (the glancesync filter "
+    "in glance-api, or glance-sync-proxy). The coordinator signs each of its requests to the "
+    "cascading glance with it (an HMAC in the X-Glance-Sync-Internal header), and glance_proxy "
+    "makes no image event of a request whose signature is valid, so the coordinator's own "
+    "location registrations do not come back to it as events. The file must be readable by its "
+    "owner only (mode 0600) and hold at least 32 characters; make one with "
+    "'glance-sync-manage gensecret --file F' and copy it to both hosts. Set it in glance-api.conf "
+    "[DEFAULT] for the filter and in glance-sync.conf for the coordinator and glance-sync-proxy. "
+    "Possible values: unset (default): the header is never trusted, every change makes an event "
+    "and the coordinator's own registrations make locations_changed events that it plans "
+    "nothing for; a path: requests signed with this secret within 300 seconds of the receiver's "
+    "clock make no event. A file that is missing, too short or readable by others stops the "
+    "coordinator and glance-sync-proxy at start; the filter then logs an error and trusts no "
+    "header.",
+)
+default_opts.append(internal_secret_opt)
+
 coordinator_opts = [
     cfg.HostAddressOpt(
         "bind_host",
@@ -289,7 +308,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 
 def register_filter_opts(conf: cfg.ConfigOpts) -> None:
     """The few options glance_proxy's filter reads from glance-api.conf."""
-    for opt in default_opts[:3]:
+    for opt in [*default_opts[:3], internal_secret_opt]:
         try:
             conf.register_opt(opt)
         except cfg.DuplicateOptError:

@@ -71,6 +71,9 @@ class GlanceEndpoint:
     # Seconds a connection or a read may hang: a hung glance must not hold a worker
     # thread or a user's request forever. Long enough for glance to finish an upload.
     timeout: float = DEFAULT_HTTP_TIMEOUT
+    # The loop-guard secret (glancesync.marker): set only for the coordinator's
+    # cascading glance, never read from glance_store.yaml, never shown.
+    internal_secret: bytes | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         # Credentials never reach a log line through a repr.

@@ -2,18 +2,23 @@
 
 Through the paste filter inside the cascading glance-api, through the standalone
 ``glance-sync-proxy`` in front of an unmodified glance-api, and with the coordinator
-down (events wait in the on-disk outbox and sync once it is back).
+down (events wait in the on-disk outbox and sync once it is back).  Also the loop
+guard: a client's ``X-Glance-Sync-Internal`` header switches no event off, while the
+coordinator's own signed location registrations make none.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from glancesync.protocol import INTERNAL_REQUEST_HEADER
 from tests.functional import helpers
 from tests.functional.services import SyncServices
 from tests.harness.glance import admin_client, venv_bin
@@ -23,6 +28,35 @@ from tests.harness.topology import Topology
 
 def _spooled(topology: Topology) -> list[Path]:
     return [p for p in topology.spool_dir.rglob("*") if p.is_file()]
+
+
+def _sent_events(topology: Topology, image_id: str) -> list[str]:
+    """Kinds of the journaled events that glance_proxy sent for the image (not reconciler or resync ones)."""
+    with closing(sqlite3.connect(f"file:{topology.journal_path}?mode=ro", uri=True, timeout=10)) as db:
+        rows = db.execute("SELECT event_id, kind FROM events WHERE image_id = ? ORDER BY received_at",
+                          (image_id,)).fetchall()
+    return [kind for event_id, kind in rows if not event_id.startswith(("reconcile-", "resync-"))]
+
+
+def _check_loop_guard(topology: Topology, client_url: str, owner_client) -> None:
+    """A client's bare header still makes events; the coordinator's registrations make none."""
+    sneaky = admin_client(client_url, **{INTERNAL_REQUEST_HEADER: "1"})
+    image = helpers.upload_random(sneaky, helpers.MIB)
+    helpers.wait_until(lambda: "uploaded" in _sent_events(topology, image.id), 60,
+                       "the upload's own event despite the client's loop-guard header")
+    helpers.wait_states(topology, image.id, "synced", timeout=120)
+    # The coordinator registered one location per region by now. Its events, had it
+    # made any, would be journaled before this later change's event.
+    owner_client.images.update(image.id, name="after-sync")
+    helpers.wait_until(lambda: "updated" in _sent_events(topology, image.id), 60, "the rename's event")
+    kinds = _sent_events(topology, image.id)
+    assert "locations_changed" not in kinds, kinds
+    locations = [loc["url"] for loc in owner_client.images.get(image.id)["locations"]]
+    assert all(f"cascaded://{region}/{image.id}" in locations for region in topology.region_names), locations
+
+
+def test_loop_guard_through_the_filter(topology: Topology, sync: SyncServices) -> None:
+    _check_loop_guard(topology, topology.cascading.url, topology.cascading.client())
 
 
 def test_create_and_upload_alone_sync_every_region(topology: Topology, sync: SyncServices) -> None:
@@ -72,21 +106,27 @@ class ProxiedSite:
 
     def start(self) -> ProxiedSite:
         self.topo.start()
-        conf = self.topo.write_service_conf(proxy={
+        # The coordinator, too, reaches glance through the proxy (as it would through
+        # a keystone catalog that names the proxy): its signed calls make no event.
+        conf = self.topo.write_service_conf(DEFAULT={"cascading_endpoint_url": self.url}, proxy={
             "listen_host": LOOPBACK, "listen_port": self.proxy_port,
             "upstream_url": self.topo.cascading.url, "spool_dir": self.topo.base_dir / "proxy-spool",
         })
-        self.topo.start_coordinator(conf)
-        self.topo.start_agent("RegionP", "regionp-main", conf=conf)
         argv = [venv_bin("glance-sync-proxy"), "--config-file", str(conf)]
         self.proxy = ServiceProcess("glance-sync-proxy", argv, self.topo.log_dir / "proxy.log")
         self.topo.services.append(self.proxy)
         self.proxy.start()
         self.proxy.wait_ready(lambda: tcp_open(LOOPBACK, self.proxy_port), 30)
+        self.topo.start_coordinator(conf)
+        self.topo.start_agent("RegionP", "regionp-main", conf=conf)
         return self
 
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.proxy_port}"
+
     def client(self):
-        return admin_client(f"http://{LOOPBACK}:{self.proxy_port}")
+        return admin_client(self.url)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +155,7 @@ def test_standalone_proxy_passes_errors_through(proxied: ProxiedSite) -> None:
 
     with pytest.raises(glance_exc.HTTPNotFound):
         proxied.client().images.get("00000000-0000-0000-0000-000000000000")
+
+
+def test_loop_guard_through_the_standalone_proxy(proxied: ProxiedSite) -> None:
+    _check_loop_guard(proxied.topo, proxied.url, proxied.client())

@@ -3,7 +3,8 @@
 One regional glance (plain) and one cascading glance with our filter and driver,
 both real gunicorn processes on 127.0.0.1; the test plays the coordinator's event
 socket with a zmq ROUTER.  Checks: every image change makes the right event, the
-loop-guard header makes none, a regional ``cascaded://`` location is accepted
+loop-guard marker of the coordinator makes none while a client's bare, forged or stale
+one changes nothing, a regional ``cascaded://`` location is accepted
 (get_size), the image is served through the driver once its file location is gone
 (get), and deleting the cascading image returns at once (delete).
 """
@@ -18,9 +19,9 @@ import time
 import pytest
 import yaml
 
-from glancesync import protocol
+from glancesync import marker, protocol
 from tests.harness import IDENTITY_HEADERS, GlanceServer, free_port
-from tests.harness.glance import admin_session
+from tests.harness.glance import admin_client, admin_session, signed_client
 from tests.unit.glance_proxy.test_sender import Coordinator
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -39,9 +40,11 @@ def glances(tmp_path_factory):
                                 "work_dir": str(base / "work")}},
     }))  # fmt: skip
     sync_port = free_port()
+    marker.write_secret(str(base / "internal.secret"))
     cascading = GlanceServer(
         "cascading", base / "cascading", template_dir=base / "template", sync_filter=True,
         sync_server_port=sync_port, cascaded_store=True, store_config=store_yaml,
+        internal_secret_file=base / "internal.secret",
     ).start()  # fmt: skip
     coord = Coordinator(sync_port)
     try:
@@ -86,18 +89,12 @@ def test_events_locations_and_download_through_driver(glances):
     assert next_event(coord)["kind"] == "tags_changed"
 
     # The regional copy (what an agent would upload), then the coordinator's own
-    # location registration: carries the loop-guard header, so no event.
+    # location registration: signed with the shared secret, so no event.
     rclient = region.client()
     rclient.images.create(id=IMG, name="cirros", disk_format="raw", container_format="bare")
     rclient.images.upload(IMG, io.BytesIO(DATA))
-    internal = admin_session(cascading.url, **{protocol.INTERNAL_REQUEST_HEADER: "1"})
-    patch = [{"op": "add", "path": "/locations/-",
-              "value": {"url": protocol.cascaded_url("RegionA", IMG), "metadata": {"region": "RegionA"}}}]  # fmt: skip
-    resp = internal.patch(
-        f"{cascading.url}/v2/images/{IMG}", json=patch,
-        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"}, raise_exc=False,
-    )  # fmt: skip
-    assert resp.status_code == 200, resp.text + cascading.log_tail()
+    internal = signed_client(cascading.url, cascading.internal_secret_file)
+    internal.images.add_location(IMG, protocol.cascaded_url("RegionA", IMG), {"region": "RegionA"})
     no_event(coord)
     urls = [loc["url"] for loc in client.images.get(IMG)["locations"]]
     assert protocol.cascaded_url("RegionA", IMG) in urls
@@ -133,6 +130,77 @@ def test_failed_requests_and_reads_make_no_event(glances):
     resp = cascading.session().delete(f"{cascading.url}/v2/images/{'0' * 32}", raise_exc=False)
     assert resp.status_code == 404
     no_event(coord)
+
+
+def forged_markers(method: str, path: str, secret_file) -> dict[str, str]:
+    """Bare, forged (another secret) and stale (the right secret, an hour old) markers for one request."""
+    target = marker.request_target(path.encode())
+    secret = marker.load_secret(str(secret_file))
+    return {
+        "bare": "1",
+        "forged": marker.sign(b"guessed-" * 8, method, target, time.time()),
+        "stale": marker.sign(secret, method, target, time.time() - 3600),
+        "other request": marker.sign(secret, "DELETE", target, time.time()),
+    }
+
+
+def test_a_client_loop_guard_header_never_switches_events_off(glances):
+    """Through the filter: bare, forged and stale markers are ignored, and glance never sees them."""
+    _, cascading, coord = glances
+    image = cascading.client().images.create(name="guarded", disk_format="raw", container_format="bare")
+    assert next_event(coord)["kind"] == "created"
+    path = f"/v2/images/{image['id']}"
+    for label, value in forged_markers("PATCH", path, cascading.internal_secret_file).items():
+        client = admin_client(cascading.url, **{protocol.INTERNAL_REQUEST_HEADER: value})
+        client.images.update(image["id"], name=f"renamed {label}")
+        updated = next_event(coord)
+        assert (updated["kind"], updated["image_id"], updated["changes"]) == ("updated", image["id"], ["name"]), label
+    bare = admin_client(cascading.url, **{protocol.INTERNAL_REQUEST_HEADER: "1"})
+    bare.images.delete(image["id"])
+    assert next_event(coord)["kind"] == "deleted"
+
+
+def test_standalone_proxy_trusts_only_the_coordinators_marker(glances, tmp_path):
+    """glance-sync-proxy in front of a plain glance: only a validly signed request makes no event."""
+    from tests.harness import ServiceProcess, wait_tcp
+    from tests.harness.glance import venv_bin
+
+    region, _, _ = glances
+    port, sync_port = free_port(), free_port()
+    secret_file = tmp_path / "internal.secret"
+    marker.write_secret(str(secret_file))
+    conf = tmp_path / "proxy.conf"
+    conf.write_text(
+        f"[DEFAULT]\nsync_server_host = 127.0.0.1\nsync_server_port = {sync_port}\n"
+        f"sync_internal_secret_file = {secret_file}\n"
+        f"[proxy]\nlisten_host = 127.0.0.1\nlisten_port = {port}\nupstream_url = {region.url}\n"
+        f"spool_dir = {tmp_path / 'spool'}\n"
+    )
+    coord = Coordinator(sync_port)
+    proxy = ServiceProcess("glance-sync-proxy", [venv_bin("glance-sync-proxy"), "--config-file", str(conf)],
+                           tmp_path / "proxy.log").start()
+    try:
+        wait_tcp("127.0.0.1", port, 30)
+        url = f"http://127.0.0.1:{port}"
+        image = admin_client(url).images.create(name="proxied", disk_format="raw", container_format="bare")
+        assert next_event(coord)["kind"] == "created"
+        path = f"/v2/images/{image['id']}"
+        for label, value in forged_markers("PATCH", path, secret_file).items():
+            admin_client(url, **{protocol.INTERNAL_REQUEST_HEADER: value}).images.update(image["id"], name=label)
+            updated = next_event(coord)
+            assert (updated["kind"], updated["changes"]) == ("updated", ["name"]), label + proxy.log_tail()
+        # The coordinator's own calls, signed with the shared secret: no event.
+        signed = signed_client(url, secret_file)
+        signed.images.update(image["id"], name="by the coordinator")
+        signed.image_tags.update(image["id"], "internal")
+        record = region.client().images.get(image["id"])
+        assert record["name"] == "by the coordinator" and record["tags"] == ["internal"]
+        no_event(coord)
+        admin_client(url).images.delete(image["id"])
+        assert next_event(coord)["kind"] == "deleted"
+    finally:
+        proxy.stop()
+        coord.close()
 
 
 def test_chunked_patch_keeps_its_changes(glances):

@@ -10,7 +10,8 @@ headers keystonemiddleware would set; :data:`IDENTITY_HEADERS` are those of an a
 The database schema is made once per process (``glance-manage db_sync`` into a
 template file, see :func:`db_template`) and copied for every server.
 
-The cascading instance can load our paste filter (``sync_filter=True``), our
+The cascading instance can load our paste filter (``sync_filter=True``, with the
+loop-guard secret file ``internal_secret_file`` when given), our
 ``cascaded://`` store driver (``cascaded_store=True``) and a policy file
 (``policy_file=``, e.g. :data:`POLICY_FILE`, the one we ship: location writes for
 admin and service only), copied into its config dir as an operator would install it.
@@ -134,6 +135,16 @@ def admin_client(url: str, **extra_headers: str) -> Any:
     return glance_client.Client("2", session=admin_session(url, **extra_headers), endpoint_override=url)
 
 
+def signed_client(url: str, secret_file: str | Path) -> Any:
+    """A glanceclient that signs every request with the loop-guard marker, as the coordinator does."""
+    from glancesync import glance, marker
+    from glancesync.storemap import GlanceEndpoint
+
+    endpoint = GlanceEndpoint(url=url, headers=dict(IDENTITY_HEADERS),
+                              internal_secret=marker.load_secret(str(secret_file)))
+    return glance.make_client(endpoint)
+
+
 class GlanceServer:
     """One glance-api under gunicorn, with its own config, database and file store."""
 
@@ -150,6 +161,7 @@ class GlanceServer:
         cascaded_store: bool = False,
         store_config: str | Path | None = None,
         policy_file: str | Path | None = None,
+        internal_secret_file: str | Path | None = None,
     ) -> None:
         self.name = name
         self.base_dir = Path(base_dir)
@@ -169,6 +181,7 @@ class GlanceServer:
         self.store_config = Path(store_config) if store_config else None
         self.policy_source = Path(policy_file) if policy_file else None
         self.policy_path = self.conf_dir / "glance-policy.yaml"
+        self.internal_secret_file = Path(internal_secret_file) if internal_secret_file else None
         self.process: ServiceProcess | None = None
 
     def __repr__(self) -> str:
@@ -201,6 +214,8 @@ class GlanceServer:
                 sync_enabled="True", sync_server_host=LOOPBACK, sync_server_port=self.sync_server_port
             )
             sections["proxy"] = {"spool_dir": str(self.spool_dir)}
+            if self.internal_secret_file:
+                default["sync_internal_secret_file"] = str(self.internal_secret_file)
         if self.cascaded_store:
             if self.store_config is None:
                 raise ServiceError(f"{self.name}: cascaded_store needs store_config")

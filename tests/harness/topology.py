@@ -10,7 +10,8 @@
   ``etc/coordinator/``, ``etc/glance-api/`` (the ``cascaded://`` driver's) and
   ``etc/agent-<Region>/``, each a ``glance_store.yaml`` with only what that host
   needs and a ``regions.d/<Region>.yaml`` per region it may reach; plus the
-  oslo.config service file,
+  oslo.config service file and the loop-guard secret ``etc/internal.secret`` that
+  the coordinator and the cascading glance-api's filter share,
 - the coordinator and agents it starts as real processes (``start_coordinator``,
   ``start_agent``).
 
@@ -37,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from glancesync import marker
 from tests.harness.glance import IDENTITY_HEADERS, POLICY_FILE, GlanceServer, venv_bin
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, tcp_open
 from tests.harness.sshd import SshServer
@@ -97,6 +99,7 @@ class Topology:
         self.service_conf = self.etc_dir / "glance-sync.conf"
         self.journal_path = self.base_dir / "coordinator" / "journal.sqlite"
         self.spool_dir = self.base_dir / "cascading" / "spool"
+        self.internal_secret_file = self.etc_dir / "internal.secret"
         glance_dir = self.base_dir / "glance"
         self.cascading = GlanceServer(
             "cascading",
@@ -107,6 +110,7 @@ class Topology:
             cascaded_store=cascaded_store,
             store_config=self.driver_store_yaml,
             policy_file=POLICY_FILE,  # location writes: admin and service only, as deployed
+            internal_secret_file=self.internal_secret_file,
         )
         self.cascaded = {name: GlanceServer(name, glance_dir / name) for name in self.region_names}
         # sshd can chroot the account only when it runs as root.
@@ -218,6 +222,13 @@ class Topology:
             written.append(path)
         return written
 
+    def write_internal_secret(self) -> Path:
+        """The loop-guard secret shared by the coordinator and the filter (made once, mode 0600)."""
+        if not self.internal_secret_file.exists():
+            self.internal_secret_file.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_secret(str(self.internal_secret_file))
+        return self.internal_secret_file
+
     def service_sections(self) -> dict[str, dict[str, Any]]:
         """The default content of glance-sync.conf, by section (names from glancesync/opts.py)."""
         headers = ",".join(f"{k}:{v}" for k, v in SERVICE_IDENTITY_HEADERS.items())
@@ -229,6 +240,7 @@ class Topology:
                 "glance_store_config": self.store_yaml,
                 "cascading_endpoint_url": self.cascading.url,
                 "snapshot_sleep_interval": 1,
+                "sync_internal_secret_file": self.internal_secret_file,
             },
             "coordinator": {
                 "bind_host": LOOPBACK,
@@ -264,6 +276,7 @@ class Topology:
         started = time.monotonic()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.write_store_files()
+        self.write_internal_secret()
         self.write_service_conf()
         starters: list[Callable[[], object]] = [lambda g=g: g.start(timeout) for g in self.glances]
         starters.append(lambda: self.sshd.start(timeout))

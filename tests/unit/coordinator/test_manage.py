@@ -114,3 +114,23 @@ def test_purge_command(tmp_path: Path, db_url: str, store_yaml: Path, capsys) ->
     with pytest.raises(SystemExit) as exited:
         manage.main(["--config-file", str(conf), "purge", "--days", "0"])
     assert exited.value.code == 2 and "--days must be at least 1" in capsys.readouterr().err
+
+
+def test_gensecret_writes_a_private_secret_once(tmp_path: Path, capsys) -> None:
+    from glancesync import marker
+
+    path = tmp_path / "internal.secret"
+    assert manage.main(["gensecret", "--file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert str(path) in out and "sync_internal_secret_file" in out
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    secret = marker.load_secret(str(path))
+    assert secret.decode() not in out
+    # Never over an existing secret: rotation writes a new file and moves it into place.
+    try:
+        code = manage.main(["gensecret", "--file", str(path)])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+    assert marker.load_secret(str(path)) == secret

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 from oslo_config import cfg
@@ -11,6 +12,7 @@ from webob import Request
 
 from glance_proxy import middleware
 from glance_proxy.middleware import SenderHolder, SyncObserver
+from glancesync import marker
 
 IMG = "1b2c3d4e-0000-4000-8000-000000000001"
 IMAGE = {"id": IMG, "owner": "p1", "visibility": "private", "name": "n"}
@@ -204,20 +206,127 @@ def test_failed_requests_make_no_event(status):
     assert holder.get().events == []
 
 
-def test_get_and_internal_requests_pass_untouched():
-    calls = []
+def test_get_requests_pass_untouched():
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return data
+
+    data = [b"data"]
+    wrapped, holder = observed(app)
+    assert wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": f"/v2/images/{IMG}/file"}, lambda *a: None) is data
+    assert holder.get().events == []
+
+
+# -- the loop-guard marker ---------------------------------------------------------
+
+SECRET = b"k" * 64
+NOW = 1_800_000_000.0
+
+
+def guarded(secret=SECRET, now=NOW):
+    glance = FakeGlance(status="204 No Content", body=b"")
+    seen = []
 
     def app(environ, start_response):
-        calls.append(environ)
-        start_response("200 OK", [])
-        return marker
+        seen.append(dict(environ))
+        return glance(environ, start_response)
 
-    marker = [b"data"]
-    wrapped, holder = observed(app)
-    assert wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": f"/v2/images/{IMG}/file"}, lambda *a: None) is marker
-    internal = {"REQUEST_METHOD": "DELETE", "PATH_INFO": f"/v2/images/{IMG}", "HTTP_X_GLANCE_SYNC_INTERNAL": "1"}
-    assert wrapped(internal, lambda *a: None) is marker
+    holder = SenderHolder(conf=None, factory=lambda conf: FakeSender())
+    return SyncObserver(app, holder, secret, clock=lambda: now), holder, seen
+
+
+def signed(method="DELETE", path=f"/v2/images/{IMG}", secret=SECRET, at=NOW, query=""):
+    return marker.sign(secret, method, marker.request_target(path.encode(), query), at)
+
+
+def test_a_valid_marker_makes_no_event_and_never_reaches_glance():
+    app, holder, seen = guarded()
+    resp = call(app, "DELETE", f"/v2/images/{IMG}", headers={"X-Glance-Sync-Internal": signed()})
+    assert resp.status_int == 204
     assert holder.get().events == []
+    assert "HTTP_X_GLANCE_SYNC_INTERNAL" not in seen[0]
+    # Also behind a prefix (SCRIPT_NAME) and with a query string.
+    value = signed("PATCH", f"/image/v2/images/{IMG}", query="a=1")
+    environ = {"REQUEST_METHOD": "PATCH", "SCRIPT_NAME": "/image", "PATH_INFO": f"/v2/images/{IMG}",
+               "QUERY_STRING": "a=1", "HTTP_X_GLANCE_SYNC_INTERNAL": value, "wsgi.input": io.BytesIO()}
+    b"".join(app(environ, lambda *a: None))
+    assert holder.get().events == [] and "HTTP_X_GLANCE_SYNC_INTERNAL" not in seen[1]
+
+
+@pytest.mark.parametrize("value", [
+    "1",
+    "coordinator",
+    signed(secret=b"x" * 64),  # forged with another secret
+    signed(at=NOW - marker.MAX_SKEW - 1),  # stale
+    signed(at=NOW + marker.MAX_SKEW + 1),  # from the future
+    signed(method="PATCH"),  # made for another request
+    signed(path="/v2/images/someone-else"),
+    "v1:1800000000:" + "0" * 64,
+])  # fmt: skip
+def test_a_bare_forged_or_stale_marker_still_makes_the_event(value, caplog):
+    app, holder, seen = guarded()
+    with caplog.at_level("WARNING", logger="glance_proxy"):
+        resp = call(app, "DELETE", f"/v2/images/{IMG}", headers={"X-Glance-Sync-Internal": value})
+    assert resp.status_int == 204
+    (event,) = holder.get().events
+    assert (event["kind"], event["image_id"]) == ("deleted", IMG)
+    assert "HTTP_X_GLANCE_SYNC_INTERNAL" not in seen[0]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "not trusted" in line and (len(value) < 20 or value not in line)
+
+
+def test_without_a_secret_no_marker_is_trusted():
+    app, holder, seen = guarded(secret=None)
+    call(app, "DELETE", f"/v2/images/{IMG}", headers={"X-Glance-Sync-Internal": signed()})
+    assert [e["kind"] for e in holder.get().events] == ["deleted"]
+    assert "HTTP_X_GLANCE_SYNC_INTERNAL" not in seen[0]
+
+
+def test_the_header_is_removed_from_reads_too():
+    app, holder, seen = guarded()
+    call(app, "GET", f"/v2/images/{IMG}", headers={"X-Glance-Sync-Internal": "1"})
+    assert "HTTP_X_GLANCE_SYNC_INTERNAL" not in seen[0] and holder.get().events == []
+
+
+def _filter_conf(monkeypatch, tmp_path, secret_file=None):
+    conf = cfg.ConfigOpts()
+    conf([], default_config_files=[])
+    monkeypatch.setattr(middleware.cfg, "CONF", conf)
+    middleware.opts.register_filter_opts(conf)
+    conf.set_override("sync_enabled", True)
+    conf.set_override("spool_dir", str(tmp_path), group="proxy")
+    if secret_file:
+        conf.set_override("sync_internal_secret_file", str(secret_file))
+    return conf
+
+
+def test_filter_factory_without_a_secret_warns_once_and_trusts_nothing(monkeypatch, tmp_path, caplog):
+    _filter_conf(monkeypatch, tmp_path)
+    with caplog.at_level("WARNING", logger="glance_proxy"):
+        wrapped = middleware.filter_factory({})(FakeGlance())
+    assert wrapped.secret is None
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "sync_internal_secret_file is not set" in line
+
+
+def test_filter_factory_loads_the_secret(monkeypatch, tmp_path):
+    secret_file = tmp_path / "internal.secret"
+    marker.write_secret(str(secret_file))
+    _filter_conf(monkeypatch, tmp_path, secret_file)
+    assert middleware.filter_factory({})(FakeGlance()).secret == secret_file.read_bytes().strip()
+
+
+def test_filter_factory_refuses_a_readable_secret_but_keeps_serving(monkeypatch, tmp_path, caplog):
+    secret_file = tmp_path / "internal.secret"
+    marker.write_secret(str(secret_file))
+    os.chmod(secret_file, 0o644)
+    _filter_conf(monkeypatch, tmp_path, secret_file)
+    with caplog.at_level("WARNING", logger="glance_proxy"):
+        wrapped = middleware.filter_factory({})(FakeGlance())
+    assert isinstance(wrapped, SyncObserver) and wrapped.secret is None
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert str(secret_file) in line and "chmod 600" in line
+    assert secret_file.read_text().strip() not in caplog.text
 
 
 def test_filter_factory_disabled_returns_app_untouched(monkeypatch):

@@ -179,3 +179,41 @@ def test_port_in_use_is_one_line_and_non_zero_exit(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr + done.stdout and time.monotonic() - started < 10
+
+
+def test_the_loop_guard_header_is_never_forwarded(upstream):
+    from glance_proxy.proxy import Forwarder
+
+    app = Forwarder(f"http://127.0.0.1:{upstream.server_port}")
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v2/images", "HTTP_X_GLANCE_SYNC_INTERNAL": "1",
+               "HTTP_X_OTHER": "kept", "wsgi.input": None}
+    statuses = []
+    result = app(environ, lambda s, h: statuses.append(s))
+    b"".join(result)
+    result.close()
+    assert statuses == ["200 OK"]
+    headers = {k.lower(): v for k, v in Upstream.seen[-1]["headers"].items()}
+    assert "x-glance-sync-internal" not in headers and headers["x-other"] == "kept"
+
+
+def test_a_readable_secret_file_stops_the_proxy_in_one_line(tmp_path):
+    from glancesync import marker
+
+    secret = tmp_path / "internal.secret"
+    marker.write_secret(str(secret))
+    secret.chmod(0o644)
+    conf = tmp_path / "proxy.conf"
+    conf.write_text(
+        f"[DEFAULT]\nsync_internal_secret_file = {secret}\n"
+        f"[proxy]\nlisten_host = 127.0.0.1\nlisten_port = {free_port()}\nupstream_url = http://127.0.0.1:1\n"
+        f"spool_dir = {tmp_path / 'spool'}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "glance_proxy.cmd", "--config-file", str(conf)], capture_output=True, text=True,
+        cwd=Path(__file__).parents[3], timeout=30,
+    )  # fmt: skip
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(secret) in last and "chmod 600" in last, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert secret.read_text().strip() not in done.stderr + done.stdout
