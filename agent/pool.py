@@ -6,7 +6,8 @@ survives a fork.  Workers report through one multiprocessing Queue that the loop
 drains without blocking (``poll``).  A worker that dies without a result (killed,
 crashed interpreter) is reported failed and retryable with its exit code; one that
 runs past ``timeout`` (``scp_copy_timeout``) is terminated and reported the same
-way.  Its slot is free again at once.
+way.  Its slot is free again at once; ``poll`` never waits for a process to exit
+(one slow to go is killed after ``TERMINATE_GRACE``, on a later poll).
 
 Workers die with their agent: each asks the kernel for SIGKILL when its parent
 exits (``PR_SET_PDEATHSIG``).  An orphan that outlived a ``kill -9`` of the agent
@@ -69,6 +70,8 @@ class Pool:
         self.ctx = context or multiprocessing.get_context("spawn")
         self.queue = self.ctx.Queue()
         self.running: dict[str, _Running] = {}
+        # Workers that are done with their task but not yet gone: (process, since).
+        self.exiting: list[tuple[Any, float]] = []
 
     def free_slots(self) -> int:
         return max(0, self.workers - len(self.running))
@@ -125,20 +128,34 @@ class Pool:
                 # Its last put may have reached the pipe just before it exited.
                 self._drain(events)
             if entry.result is not None:
-                entry.process.join(TERMINATE_GRACE)
                 result = entry.result
             elif not entry.process.is_alive():
                 entry.process.join(0)
                 code = entry.process.exitcode
                 result = _failed(f"worker process exited with code {code} before reporting a result")
             elif now - entry.started > self.timeout:
-                self._stop(entry.process)
+                entry.process.terminate()
                 result = _failed(f"timed out after {self.timeout:g} s (scp_copy_timeout); worker terminated")
             else:
                 continue
             del self.running[task_id]
+            self.exiting.append((entry.process, now))
             events.append(PoolEvent("result", entry.task, result))
+        self._reap(now)
         return events
+
+    def _reap(self, now: float) -> None:
+        # Never wait here: a worker slow to exit on a busy machine would stall the
+        # agent's loop past its heartbeats, and the coordinator would take it for dead.
+        still = []
+        for process, since in self.exiting:
+            if not process.is_alive():
+                process.join(0)
+                continue
+            if now - since > TERMINATE_GRACE:
+                process.kill()
+            still.append((process, since))
+        self.exiting = still
 
     def _stop(self, process: Any) -> None:
         process.terminate()
@@ -149,9 +166,10 @@ class Pool:
 
     def shutdown(self) -> None:
         """Terminate every worker; their tasks go back to the coordinator by lease expiry."""
-        for entry in self.running.values():
-            self._stop(entry.process)
+        for process in [entry.process for entry in self.running.values()] + [p for p, _ in self.exiting]:
+            self._stop(process)
         self.running.clear()
+        self.exiting.clear()
         self.queue.close()
         self.queue.cancel_join_thread()
 

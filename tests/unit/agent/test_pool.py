@@ -58,12 +58,12 @@ def test_stuck_worker_is_terminated_after_timeout(tmp_path):
         assert events[0].body["retryable"] is True and "timed out" in events[0].body["reason"]
         assert pool.free_slots() == 1
         pid = int(pid_file.read_text())
-        try:
-            os.kill(pid, 0)
-            alive = os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()
-        except ProcessLookupError:
-            alive = False
-        assert not alive
+        # Terminated, and killed after the grace period by a later poll if it lingers.
+        deadline = time.monotonic() + 60
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"worker {pid} still runs"
+            pool.poll(time.monotonic() + 10)
+            time.sleep(0.05)
     finally:
         pool.shutdown()
 
@@ -137,3 +137,62 @@ def test_worker_dies_when_its_agent_is_killed(tmp_path):
         agent.kill()
         if pid_file.exists() and pid_file.read_text() and _alive(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+class _LingeringProcess:
+    """A worker that has reported its result but does not exit; records every wait."""
+
+    def __init__(self, **_kwargs) -> None:
+        self.pid, self.alive, self.waits, self.killed = 4242, True, [], False
+
+    def start(self) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def join(self, timeout=None) -> None:
+        self.waits.append(timeout)
+
+    def terminate(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        self.killed, self.alive = True, False
+
+
+class _FakeContext:
+    def __init__(self) -> None:
+        import queue as queue_mod
+
+        self.queues: list = []
+        self.processes: list[_LingeringProcess] = []
+        self._queue_mod = queue_mod
+
+    def Queue(self):  # noqa: N802 - multiprocessing's spelling
+        queue = self._queue_mod.Queue()
+        queue.close = queue.cancel_join_thread = lambda: None
+        self.queues.append(queue)
+        return queue
+
+    def Process(self, **kwargs):  # noqa: N802
+        process = _LingeringProcess(**kwargs)
+        self.processes.append(process)
+        return process
+
+
+def test_poll_never_waits_for_a_worker_that_lingers_after_its_result():
+    ctx = _FakeContext()
+    pool = Pool(1, timeout=60, target=helpers.target_ok, settings=None, context=ctx)
+    pool.start(task(), 0.0)
+    ctx.queues[0].put(("result", "t1", {"outcome": "done"}))
+    events = pool.poll(1.0)
+    process = ctx.processes[0]
+    assert [e.kind for e in events] == ["result"] and pool.free_slots() == 1
+    assert all(not wait for wait in process.waits), process.waits  # no blocking join in the loop
+    pool.poll(1.5)
+    assert not process.killed
+    pool.poll(1.0 + 2 * 2.0 + 1)  # past the grace period: killed, still without waiting
+    assert process.killed and all(not wait for wait in process.waits)
+    pool.poll(10.0)
+    assert pool.exiting == []
