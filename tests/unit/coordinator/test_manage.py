@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from coordinator import cmd, manage
+from coordinator import admincheck, cmd, manage
 
 from .conftest import make_conf
 
@@ -14,10 +14,10 @@ from .conftest import make_conf
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     current, head = manage.schema_revisions(url)
-    assert current is None and head == "0001"
+    assert current is None and head == "0002"
     manage.db_sync(url)
     manage.db_sync(url)  # twice is fine
-    assert manage.schema_revisions(url) == ("0001", "0001")
+    assert manage.schema_revisions(url) == ("0002", "0002")
 
 
 def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
@@ -27,7 +27,7 @@ def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
     assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
     assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
     assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
-    assert "current=0001" in capsys.readouterr().out
+    assert "current=0002" in capsys.readouterr().out
     assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
     secret = tmp_path / "keys" / "coord.key_secret"
     assert str(secret) in capsys.readouterr().out
@@ -70,6 +70,7 @@ def test_coordinator_journal_failing_at_start_is_one_line(tmp_path: Path, db_url
         raise JournalError(detail="OperationalError: database is locked")
 
     monkeypatch.setattr(Service, "initialize", locked)
+    monkeypatch.setattr(admincheck, "check", lambda client, endpoint: True)
     make_conf(tmp_path, db_url, store_yaml)
     assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1
     captured = capsys.readouterr()
@@ -114,3 +115,68 @@ def test_purge_command(tmp_path: Path, db_url: str, store_yaml: Path, capsys) ->
     with pytest.raises(SystemExit) as exited:
         manage.main(["--config-file", str(conf), "purge", "--days", "0"])
     assert exited.value.code == 2 and "--days must be at least 1" in capsys.readouterr().err
+
+
+def test_migrations_build_the_schema_the_models_describe(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from coordinator import journal, schema
+
+    engine = journal.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_reconcile_lists_and_confirms_held_deletions(tmp_path: Path, db_url: str, store_yaml: Path,
+                                                     capsys) -> None:
+    from coordinator.journal import Journal
+
+    make_conf(tmp_path, db_url, store_yaml)
+    conf = str(tmp_path / "coordinator.conf")
+    assert manage.main(["--config-file", conf, "reconcile"]) == 0
+    assert capsys.readouterr().out.strip() == "no deletions held"
+    journal = Journal(db_url)
+    try:
+        journal.next_reconcile_pass()
+        journal.record_reconcile([], ["img-a", "img-b"], 1000.0, "reconciler")
+        assert manage.main(["--config-file", conf, "reconcile"]) == 0
+        out = capsys.readouterr().out
+        assert "deletions held: 2 image(s)" in out and "img-a" in out and "waiting for confirmation" in out
+        assert "--confirm-deletes" in out
+        assert all(h.confirmed_at is None for h in journal.held_deletes())  # listing confirms nothing
+        assert manage.main(["--config-file", conf, "reconcile", "--confirm-deletes"]) == 0
+        out = capsys.readouterr().out
+        assert "confirmed 2 held deletion(s)" in out
+        assert all(h.confirmed_at is not None for h in journal.held_deletes())
+        # A later pass that still holds img-a keeps its first held_at; img-b is no longer held.
+        journal.record_reconcile([], ["img-a"], 2000.0, "reconciler")
+        assert [(h.image_id, h.held_at) for h in journal.held_deletes()] == [("img-a", 1000.0)]
+    finally:
+        journal.close()
+
+
+def test_coordinator_refuses_credentials_glance_does_not_treat_as_admin(tmp_path: Path, db_url: str,
+                                                                        store_yaml: Path, monkeypatch,
+                                                                        capsys) -> None:
+    from glanceclient import exc
+
+    class Http:
+        def get(self, url):
+            assert url == admincheck.ADMIN_PROBE
+            raise exc.HTTPForbidden("403 Forbidden: You are not authorized to complete list tasks action.")
+
+    class Client:
+        http_client = Http()
+
+    monkeypatch.setattr(cmd.glance, "make_client", lambda endpoint: Client())
+    make_conf(tmp_path, db_url, store_yaml)
+    assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "not treat them as admin" in lines[0]
+    assert "Traceback" not in captured.out + captured.err
