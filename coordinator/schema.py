@@ -107,7 +107,7 @@ held_deletes = sa.Table(
     sa.Column("confirmed_at", sa.Float, nullable=True),
 )
 
-reconciler = sa.Table(
+reconciler_state = sa.Table(
     "reconciler",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from coordinator.schema import events, held_deletes, reconciler
+from coordinator.schema import events, held_deletes, reconciler_state
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,11 @@ class HoldsMixin:
     def next_reconcile_pass(self) -> int:
         """Count a new reconciler pass; its number (1, 2, ...) is the generation of its event ids."""
         with self.transaction() as conn:
-            passes = conn.execute(sa.select(reconciler.c.passes).where(reconciler.c.id == 1)).scalar()
+            passes = conn.execute(sa.select(reconciler_state.c.passes).where(reconciler_state.c.id == 1)).scalar()
             if passes is None:
-                conn.execute(reconciler.insert().values(id=1, passes=1))
+                conn.execute(reconciler_state.insert().values(id=1, passes=1))
                 return 1
-            conn.execute(reconciler.update().where(reconciler.c.id == 1).values(passes=passes + 1))
+            conn.execute(reconciler_state.update().where(reconciler_state.c.id == 1).values(passes=passes + 1))
             return passes + 1
 
     def held_deletes(self) -> list[HeldDelete]:
@@ -71,7 +71,7 @@ class HoldsMixin:
             conn.execute(held_deletes.delete())
             for image_id in sorted(keep):
                 conn.execute(held_deletes.insert().values(image_id=image_id, held_at=since.get(image_id, now)))
-            conn.execute(reconciler.update().where(reconciler.c.id == 1).values(last_pass_at=now))
+            conn.execute(reconciler_state.update().where(reconciler_state.c.id == 1).values(last_pass_at=now))
         return made
 
     @staticmethod
