@@ -141,7 +141,8 @@ coordinator_opts = [
         min=0,
         help="Seconds between two passes of the reconciler, which lists the cascading glance "
         "and makes the events that never arrived: an active image the journal has never heard "
-        "of is synced, one deleted unseen is removed from the regions. The first pass runs at "
+        "of is synced, one deleted unseen (404) is removed from the regions, within "
+        "reconcile_max_deletes and reconcile_max_delete_percent. The first pass runs at "
         "most 60 s after start. 0 disables it.",
     ),
     cfg.IntOpt(
