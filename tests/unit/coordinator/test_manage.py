@@ -180,3 +180,25 @@ def test_coordinator_refuses_credentials_glance_does_not_treat_as_admin(tmp_path
     lines = [line for line in (captured.out + captured.err).splitlines() if "cannot start" in line]
     assert len(lines) == 1 and "not treat them as admin" in lines[0]
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_upgrade_from_0001_keeps_the_journal(tmp_path: Path) -> None:
+    from alembic import command
+
+    from coordinator.journal import Journal
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    command.upgrade(manage.alembic_config(url), "0001")
+    journal = Journal(url)
+    try:
+        with journal.transaction() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO events (event_id, kind, image_id, payload, received_at, planned) "
+                "VALUES ('e1', 'uploaded', 'img-1', x'80', 1.0, 0)")
+        manage.db_sync(url)
+        (event,) = journal.unplanned_events()
+        assert (event.event_id, event.image_id, event.sender) == ("e1", "img-1", None)
+        assert journal.held_deletes() == [] and journal.next_reconcile_pass() == 1
+    finally:
+        journal.close()
+    assert manage.schema_revisions(url) == ("0002", "0002")
