@@ -1,4 +1,5 @@
-"""``glance-sync-coordinator``: load the configuration, check the journal, run until SIGTERM."""
+"""``glance-sync-coordinator``: load the configuration, check the journal and the cascading
+credentials' admin role (admincheck.py), run until SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 from oslo_log import log as logging
 
-from coordinator import manage
+from coordinator import admincheck, manage
 from coordinator.journal import Journal
 from coordinator.registrar import Registrar, cascading_endpoint
 from coordinator.service import Service
@@ -38,13 +39,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("cannot start: journal schema is at %s, not %s; run 'glance-sync-manage db_sync'",
                   current, head)
         return 1
-    registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers,
-                          endpoint.url or "cascading glance",
-                          regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
-    service = Service(conf, stores, Journal(url), registrar)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    name = endpoint.url or "cascading glance"
+    try:
+        client = glance.make_client(endpoint)
+        if not admincheck.wait_until_checked(lambda: admincheck.check(client, name), stop, name):
+            return 0
+    except ConfigError as exc:
+        LOG.error("cannot start: %s", exc)
+        return 1
+    registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
+                          regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
+    service = Service(conf, stores, Journal(url), registrar)
     try:
         service.run(stop)
     except GlanceSyncError as exc:  # a socket that cannot bind, a key that does not load, the journal

@@ -4,8 +4,12 @@ The coordinator's loop hands this desk each tick; it never waits. An event is
 planned once glance has answered for its image (in the glance thread pool):
 retryable fetch errors are tried again with backoff (``FETCH_TRIES`` at most), an
 imported image is fetched again every ``snapshot_sleep_interval`` until active or
-``snapshot_timeout``, a ``deleted`` event needs no fetch.  The reconciler's passes
-are timed here too, and their synthetic events are journaled like any other.
+``snapshot_timeout``.  A ``deleted`` event is fetched too: events are hints, and
+a regional delete is final, so it is planned only when glance itself says the
+image is gone (planner.image_gone); for an image glance still shows it is refused,
+with one WARNING naming the event, its claimed context and its sender.  The
+reconciler's passes are timed here too; their synthetic events pass the safety
+limit (reconciler.limit_deletes) and are journaled like any other.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from coordinator import planner
+from coordinator import planner, reconciler
 from coordinator.journal import EventRow, Journal
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync.liveness import retry_delay
@@ -53,9 +57,6 @@ class EventDesk:
     def plan_events(self, now: float) -> None:
         for event in self.journal.unplanned_events():
             if event.event_id in self.fetching or self.retry.get(event.event_id, (0, 0.0))[1] > now:
-                continue
-            if event.kind == "deleted":
-                self._plan(event, event.body.get("image"), now)
                 continue
             self.fetching.add(event.event_id)
             self.registrar.fetch(event)
@@ -109,6 +110,14 @@ class EventDesk:
         existing = self.journal.region_records(event.image_id)
         plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
                             self.conf.sync_strategy, existing, self.storemap.source_path)
+        if plan.refused:
+            context = event.body.get("context") or {}
+            LOG.warning("event %s (%s of %s) refused: %s; the delete is not planned in any region "
+                        "(claimed context: user %s, project %s; sender %s)", event.event_id, event.kind,
+                        event.image_id, plan.refused, context.get("user_id"), context.get("project_id"),
+                        event.sender or "unknown")
+            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=f"refused: {plan.refused}")
+            return
         created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
                  len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
@@ -123,12 +132,26 @@ class EventDesk:
         # Journal first: when recording fails the JournalError keeps this result for the
         # next iteration and the pass counts as not finished.
         if result.drift is not None:
-            for body in result.drift.events():
-                if self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now):
-                    LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
-                                body["kind"], body["image_id"])
+            self._record_drift(result.drift, now)
         else:
             LOG.error("reconciler: pass failed, next in %ss: %s", self.conf.coordinator.reconcile_interval,
                       result.error)
         self.reconciling = False
         self.next_reconcile = now + self.conf.coordinator.reconcile_interval
+
+    def _record_drift(self, drift: reconciler.Drift, now: float) -> None:
+        c = self.conf.coordinator
+        confirmed = {h.image_id for h in self.journal.held_deletes() if h.confirmed_at is not None}
+        deletes = reconciler.limit_deletes(drift.vanished, drift.tracked, confirmed, c.reconcile_max_deletes,
+                                           c.reconcile_max_delete_percent)
+        generation = self.journal.next_reconcile_pass()
+        bodies = reconciler.synthetic_events(drift.missing, deletes.delete, generation)
+        for body in self.journal.record_reconcile(bodies, deletes.held, now, reconciler.ORIGIN):
+            LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
+                        body["kind"], body["image_id"])
+        if deletes.held:
+            LOG.error("reconciler: %d of %d tracked image(s) are gone from the cascading glance, over the "
+                      "safety limit (reconcile_max_deletes %d, reconcile_max_delete_percent %s): no regional "
+                      "copy deleted, deletions held until 'glance-sync-manage reconcile --confirm-deletes' "
+                      "(check the cascading endpoint, its database and the coordinator's admin role first)",
+                      len(deletes.held), drift.tracked, c.reconcile_max_deletes, c.reconcile_max_delete_percent)

@@ -1,4 +1,4 @@
-"""``glance-sync-manage``: journal schema upgrades, key and secret generation, resync, purge.
+"""``glance-sync-manage``: journal schema upgrades, key and secret generation, resync, purge, reconcile.
 
 ::
 
@@ -8,6 +8,8 @@
     glance-sync-manage gensecret --file F              # the loop-guard secret (0600, new file only)
     glance-sync-manage [--config-file F] resync IMAGE_ID  # sync it again where it failed or is missing
     glance-sync-manage [--config-file F] purge [--days N] # forget history older than N days (30)
+    glance-sync-manage [--config-file F] reconcile [--confirm-deletes]
+                                        # show (and confirm) the deletions the reconciler holds
 
 The migrations live in ``coordinator/migrations`` and run programmatically: no
 alembic.ini, and the database URL (which may hold a password) reaches alembic only
@@ -33,7 +35,7 @@ from glancesync import config, keys, marker
 from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
-COMMANDS = ("db_sync", "db_version", "keygen", "gensecret", "resync", "purge")
+COMMANDS = ("db_sync", "db_version", "keygen", "gensecret", "resync", "purge", "reconcile")
 DEFAULT_PURGE_DAYS = 30
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 
@@ -109,7 +111,7 @@ def resync(url: str, image_id: str, now: float) -> str:
     body = reconciler.synthetic_event(event_id, "uploaded", image_id, PROG)
     store = journal.Journal(url)
     try:
-        store.record_event(event_id, "uploaded", image_id, body, now)
+        store.record_event(event_id, "uploaded", image_id, body, now, PROG)
     finally:
         store.close()
     return event_id
@@ -151,6 +153,42 @@ def _purge(conf_args: list[str], args: list[str]) -> int:
     return 0
 
 
+def _reconcile(conf_args: list[str], args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} reconcile",
+        description="List the regional deletions the reconciler holds back (its safety limit), or confirm them.")
+    parser.add_argument("--confirm-deletes", action="store_true",
+                        help="let the next reconciler pass delete the regional copies of the held images that "
+                             "the cascading glance still answers 404 for")
+    ns = parser.parse_args(args)
+    conf = config.load(conf_args, PROG, setup_logging=False)
+    store = None
+    try:
+        store = journal.Journal(conf.database.connection)
+        confirmed = store.confirm_held_deletes(time.time()) if ns.confirm_deletes else 0
+        held = store.held_deletes()
+    except Exception as exc:  # any database error: one line, exit 1
+        config.fail(PROG, f"reconcile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    finally:
+        if store is not None:
+            store.close()
+    if not held:
+        print("no deletions held")
+        return 0
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))  # noqa: E731
+    print(f"deletions held: {len(held)} image(s)")
+    for h in held:
+        state = f"confirmed {stamp(h.confirmed_at)}" if h.confirmed_at is not None else "waiting for confirmation"
+        print(f"  {h.image_id}  held since {stamp(h.held_at)}  {state}")
+    if ns.confirm_deletes:
+        print(f"confirmed {confirmed} held deletion(s): the next reconciler pass deletes the regional copies "
+              "of those the cascading glance still answers 404 for")
+    elif any(h.confirmed_at is None for h in held):
+        print("check the cascading glance first (endpoint, database, the coordinator's admin role), then run "
+              f"'{PROG} reconcile --confirm-deletes'")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     cmd, conf_args, cmd_args = _split(args)
@@ -164,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _resync(conf_args, cmd_args)
     if cmd == "purge":
         return _purge(conf_args, cmd_args)
+    if cmd == "reconcile":
+        return _reconcile(conf_args, cmd_args)
     conf = config.load(conf_args + cmd_args, PROG, setup_logging=False)
     url = conf.database.connection
     try:

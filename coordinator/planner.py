@@ -10,7 +10,11 @@ fail at once (a source we refuse to read from, an image that never became active
 - ``updated`` / ``tags_changed`` / ``deactivated`` / ``reactivated``: ``update`` for
   every region that has or is getting the image; ``updated`` and ``reactivated`` of an
   active image also copy to new targets (``glance_sync_regions`` may have changed).
-- ``deleted``: ``delete`` for every region with a record that is not deleted already.
+- ``deleted``: ``delete`` for every region with a record that is not deleted already,
+  but only when ``image`` (the coordinator's own fetch) says glance no longer has it:
+  None (404) or a status in ``GONE_STATUSES``.  A regional delete is final (glance
+  never takes a deleted id back), so for an image glance still shows the plan is
+  ``refused`` and holds no task, whoever sent the event.
 
 Targets by ``sync_strategy``: ``ALL`` every region, ``None`` none, ``USER`` the
 regions named in the image property ``glance_sync_regions`` (comma-separated) that
@@ -32,6 +36,8 @@ COPY_EVENTS = frozenset({"uploaded", "imported", "created"})
 UPDATE_EVENTS = frozenset({"updated", "tags_changed", "deactivated", "reactivated"})
 # Events after which an active image may need copies to regions that lack it.
 RECOPY_EVENTS = frozenset({"updated", "reactivated"})
+# Statuses of an image glance has let go of; any other status means it still exists.
+GONE_STATUSES = frozenset({"deleted", "killed", "pending_delete"})
 # (image_id, file:// url) -> absolute path in the cascading store; storemap.source_path.
 SourcePath = Callable[[str, str], str]
 
@@ -40,6 +46,13 @@ SourcePath = Callable[[str, str], str]
 class Plan:
     tasks: list[NewTask] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    # Why the event was refused (nothing planned), e.g. a delete of an image glance still has.
+    refused: str | None = None
+
+
+def image_gone(image: Mapping[str, Any] | None) -> bool:
+    """True when the cascading glance no longer has the image (404, or a status in GONE_STATUSES)."""
+    return image is None or image.get("status") in GONE_STATUSES
 
 
 def target_regions(image: Mapping[str, Any], regions: Iterable[str], strategy: str) -> list[str]:
@@ -103,9 +116,11 @@ def _holds_image(record: RegionRecord) -> bool:
 
 def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str,
          existing: Mapping[str, RegionRecord], source_path: SourcePath) -> Plan:
-    """The tasks an event of ``kind`` asks for; ``image`` is None when glance no longer has it."""
+    """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404)."""
     regions = list(regions)
     if kind == "deleted":
+        if not image_gone(image):
+            return Plan(refused=f"glance still has the image (status {image.get('status')})")
         record = dict(image) if image else {"id": image_id}
         return Plan(tasks=[NewTask(region, "delete", {"image": record, "source": None})
                            for region, rec in existing.items()

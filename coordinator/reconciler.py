@@ -12,10 +12,22 @@ loop) and compares it with the image ids its journal holds:
   glance no longer has (confirmed by a 404 on GET, not just by its absence from a
   listing) gets a synthetic ``deleted`` event.
 
-Synthetic events go through the journal and the planner like any other.  Their ids
-are derived from the image id, so a second pass before the first was planned is
-recognised as a duplicate.  On a first deployment beside an existing glance, the
-first pass brings every existing image to the regions the strategy names.
+Synthetic events go through the journal and the planner like any other: a
+``deleted`` one, too, deletes nothing before the planner's own fetch has seen the
+image gone.  Their ids carry the image id and the pass number (its *generation*),
+so a delete that failed is tried again by a later pass; the journal skips an event
+while one of the same kind for the image still waits for planning, so a second pass
+before the first was planned makes no duplicate.  On a first deployment beside an
+existing glance, the first pass brings every existing image to the regions the
+strategy names.
+
+The safety limit (``limit_deletes``): a listing can be wrong as a whole — a
+cascading database restored from an old backup, a wrong endpoint, credentials that
+do not see every project (another project's private image answers 404 too).  A
+pass that would delete more than ``reconcile_max_deletes`` images' copies, or more
+than ``reconcile_max_delete_percent`` of the tracked images, deletes none: it holds
+them in the journal until an operator confirms (``glance-sync-manage reconcile
+--confirm-deletes``); the next pass then deletes those still confirmed gone.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from typing import Any
 from glancesync import glance
 
 LOG = logging.getLogger(__name__)
+# The sender and context origin of the reconciler's synthetic events.
+ORIGIN = "reconciler"
 
 # Images that hold bytes a region can copy; queued/saving/importing ones are still
 # on their way and their own event will come.
@@ -40,12 +54,47 @@ class Drift:
 
     missing: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
+    # How many images had regional copies when the pass began (the safety limit's base).
+    tracked: int = 0
 
-    def events(self) -> list[dict[str, Any]]:
-        """Synthetic event bodies (protocol ``event`` fields) for the journal."""
-        made = [synthetic_event(f"reconcile-uploaded-{i}", "uploaded", i, "reconciler") for i in self.missing]
-        return made + [synthetic_event(f"reconcile-deleted-{i}", "deleted", i, "reconciler")
-                       for i in self.vanished]
+
+def synthetic_events(missing: Iterable[str], deleted: Iterable[str], generation: int) -> list[dict[str, Any]]:
+    """Event bodies (protocol ``event`` fields) of pass ``generation`` for the journal."""
+    made = [synthetic_event(f"reconcile-uploaded-{i}-{generation}", "uploaded", i, ORIGIN) for i in missing]
+    return made + [synthetic_event(f"reconcile-deleted-{i}-{generation}", "deleted", i, ORIGIN) for i in deleted]
+
+
+@dataclass(frozen=True)
+class DeletePlan:
+    """Of the images a pass found gone: those to delete now and those held for an operator."""
+
+    delete: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+
+
+def over_limit(count: int, tracked: int, max_deletes: int, max_percent: float) -> bool:
+    """True when deleting ``count`` of ``tracked`` images passes either limit (0 disables one)."""
+    if count <= 0:
+        return False
+    if max_deletes > 0 and count > max_deletes:
+        return True
+    return max_percent > 0 and count * 100.0 > max_percent * max(tracked, count)
+
+
+def limit_deletes(vanished: Iterable[str], tracked: int, confirmed: Iterable[str], max_deletes: int,
+                  max_percent: float) -> DeletePlan:
+    """Apply the safety limit to the images a pass found gone.
+
+    Images an operator confirmed are deleted whatever their number; the others are all
+    deleted when they stay within both limits, and all held when they do not.
+    """
+    ok = set(confirmed)
+    gone = sorted(set(vanished))
+    approved = [i for i in gone if i in ok]
+    others = [i for i in gone if i not in ok]
+    if over_limit(len(others), tracked, max_deletes, max_percent):
+        return DeletePlan(delete=approved, held=others)
+    return DeletePlan(delete=gone)
 
 
 def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dict[str, Any]:
@@ -77,10 +126,10 @@ def find_drift(
     whether the cascading glance still has an image (a listing can miss one that is
     only hidden from it).
     """
-    known_ids = set(known)
+    known_ids, tracked_ids = set(known), set(tracked)
     missing = sorted(i for i, status in listed.items() if status in SYNCABLE_STATUSES and i not in known_ids)
-    vanished = sorted(i for i in set(tracked) - set(listed) if not exists(i))
-    return Drift(missing=missing, vanished=vanished)
+    vanished = sorted(i for i in tracked_ids - set(listed) if not exists(i))
+    return Drift(missing=missing, vanished=vanished, tracked=len(tracked_ids))
 
 
 def scan(client: Any, known: Iterable[str], tracked: Iterable[str], endpoint: str) -> Drift:

@@ -1,6 +1,6 @@
 """The journal's tables, as SQLAlchemy Core metadata shared by journal.py and the migrations.
 
-Three tables:
+Five tables:
 
 ``events``
     every image event received, keyed by the sender's event id so that a resend
@@ -13,6 +13,13 @@ Three tables:
 ``image_regions``
     the state of one image in one region, as status shows it; ``task_id`` is the
     task that currently drives it.
+``held_deletes``
+    images whose regional copies a reconciler pass would have deleted but held
+    back (the pass was over the safety limit); ``confirmed_at`` is set by
+    ``glance-sync-manage reconcile --confirm-deletes``.
+``reconciler``
+    one row: how many reconciler passes have run (the generation in the ids of
+    their synthetic events) and when the last one finished.
 
 Times are float seconds since the epoch (wall clock: they must survive a restart).
 Blobs are msgpack.  Any change here needs a new migration in migrations/versions/.
@@ -35,7 +42,11 @@ events = sa.Table(
     sa.Column("planned", sa.Boolean, nullable=False, default=False),
     sa.Column("planned_at", sa.Float, nullable=True),
     sa.Column("plan_error", sa.Text, nullable=True),
+    # Who sent it: the peer of the event socket, or the coordinator's own side
+    # (reconciler, glance-sync-manage). Named in the log when a delete is refused.
+    sa.Column("sender", sa.String(255), nullable=True),
     sa.Index("ix_events_planned", "planned", "received_at"),
+    sa.Index("ix_events_image_kind", "image_id", "kind"),
 )
 
 tasks = sa.Table(
@@ -86,4 +97,20 @@ image_regions = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("synced_at", sa.Float, nullable=True),
     sa.Index("ix_image_regions_region_state", "region", "state"),
+)
+
+held_deletes = sa.Table(
+    "held_deletes",
+    metadata,
+    sa.Column("image_id", sa.String(64), primary_key=True),
+    sa.Column("held_at", sa.Float, nullable=False),
+    sa.Column("confirmed_at", sa.Float, nullable=True),
+)
+
+reconciler_state = sa.Table(
+    "reconciler",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("passes", sa.Integer, nullable=False, default=0),
+    sa.Column("last_pass_at", sa.Float, nullable=True),
 )

@@ -242,7 +242,7 @@ class Service:
             msg = protocol.decode(payload)
             ref = msg.id
             if msg.type == "event":
-                reply = self._event(msg.body, now)
+                reply = self._event(msg.body, now, peer_name(envelope[0]))
             elif msg.type == "status_query":
                 reply = self._status(msg.body)
             else:
@@ -255,11 +255,12 @@ class Service:
             reply = protocol.encode("error", {"code": "unavailable", "reason": str(exc), "ref": ref})
         self._send(self.client_sock, envelope, reply)
 
-    def _event(self, body: dict[str, Any], now: float) -> bytes:
-        # Durable first, ack second: the sender forgets the event once acked.
-        fresh = self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now)
+    def _event(self, body: dict[str, Any], now: float, sender: str) -> bytes:
+        # Durable first, ack second: the sender forgets the event once acked. The sender is
+        # kept with the event: a refused delete names it.
+        fresh = self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now, sender)
         if fresh:
-            LOG.info("event %s: %s of image %s", body["event_id"], body["kind"], body["image_id"])
+            LOG.info("event %s: %s of image %s from %s", body["event_id"], body["kind"], body["image_id"], sender)
         else:
             LOG.info("event %s: duplicate, acked again", body["event_id"])
         return protocol.encode("event_ack", {"event_id": body["event_id"]})

@@ -5,7 +5,8 @@ The shapes are a contract with glancesync.status (the status tool)::
     summary: {"coordinator": {"version", "started_at", "now"},
               "regions": {region: {"queued", "in_flight", "synced", "failed",
                                    "agents": [{"agent_id", "online", "last_heartbeat",
-                                               "capacity", "credits", "tasks"}]}}}
+                                               "capacity", "credits", "tasks"}]}},
+              "deletions_held": {"images", "confirmed", "since"}}
     image:   {"image_id", "known", "planned", "now", "regions": {region: {"state", "task_kind", "task_id",
               "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
               "updated_at", "synced_at"}}}
@@ -16,6 +17,8 @@ planned and no regions means nothing to do (sync_strategy None, USER with no reg
 while ``planned`` false means more may come (an event still waits for planning).
 
 Regions are those of glance_store.yaml plus any region an agent announced.
+``deletions_held``: images whose regional copies the reconciler's safety limit holds
+back, how many of them an operator confirmed, and since when (None when none).
 """
 
 from __future__ import annotations
@@ -41,7 +44,14 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
         entry: dict[str, Any] = dict(counts.get(name, _EMPTY_COUNTS))
         entry["agents"] = [s.status() for s in sorted(sessions.get(name, []), key=lambda s: s.agent_id)]
         data[name] = entry
-    return {"coordinator": {"version": __version__, "started_at": started_at, "now": now}, "regions": data}
+    return {"coordinator": {"version": __version__, "started_at": started_at, "now": now}, "regions": data,
+            "deletions_held": deletions_held(journal)}
+
+
+def deletions_held(journal: Journal) -> dict[str, Any]:
+    held = journal.held_deletes()
+    return {"images": len(held), "confirmed": sum(1 for h in held if h.confirmed_at is not None),
+            "since": min((h.held_at for h in held), default=None)}
 
 
 def image(journal: Journal, image_id: str, now: float) -> dict[str, Any]:

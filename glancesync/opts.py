@@ -160,8 +160,31 @@ coordinator_opts = [
         min=0,
         help="Seconds between two passes of the reconciler, which lists the cascading glance "
         "and makes the events that never arrived: an active image the journal has never heard "
-        "of is synced, one deleted unseen is removed from the regions. The first pass runs at "
+        "of is synced, one deleted unseen (404) is removed from the regions, within "
+        "reconcile_max_deletes and reconcile_max_delete_percent. The first pass runs at "
         "most 60 s after start. 0 disables it.",
+    ),
+    cfg.IntOpt(
+        "reconcile_max_deletes",
+        default=10,
+        min=0,
+        help="Safety limit of the reconciler: a pass that finds more images than this gone from "
+        "the cascading glance deletes the regional copies of none of them and holds them until "
+        "an operator runs 'glance-sync-manage reconcile --confirm-deletes' (a cascading database "
+        "restored from an old backup or a wrong endpoint looks like many deletes at once). "
+        "Deletes announced by glance_proxy events are not limited. 0 disables this limit. "
+        "Related options: reconcile_max_delete_percent.",
+    ),
+    cfg.FloatOpt(
+        "reconcile_max_delete_percent",
+        default=10.0,
+        min=0.0,
+        max=100.0,
+        help="Safety limit of the reconciler, as a share of the images that have regional copies: "
+        "a pass that finds more than this percentage of them gone deletes none and holds them "
+        "for 'glance-sync-manage reconcile --confirm-deletes'. In a small deployment a single "
+        "lost delete can pass it; that is on purpose. 0 disables this limit. "
+        "Related options: reconcile_max_deletes.",
     ),
 ]
 

@@ -83,6 +83,7 @@ def render_summary(data: Mapping[str, Any], now: float) -> str:
     if started:
         head += f", up {duration(now - started)} (since {_stamp(started)})"
     lines = [head]
+    lines += _held_lines(data.get("deletions_held") or {}, now)
     regions: Mapping[str, Any] = data.get("regions") or {}
     if not regions:
         lines.append("no regions")
@@ -102,6 +103,18 @@ def render_summary(data: Mapping[str, Any], now: float) -> str:
         lines.append("")
         lines += _agent_lines(name, regions[name].get("agents") or [], now)
     return "\n".join(lines) + "\n"
+
+
+def _held_lines(held: Mapping[str, Any], now: float) -> list[str]:
+    """The reconciler's held deletions, when there are any (coordinator.status.deletions_held)."""
+    count = held.get("images") or 0
+    if not count:
+        return []
+    line = f"deletions held: {count} image(s) since {age(held.get('since'), now)}"
+    confirmed = held.get("confirmed") or 0
+    if confirmed >= count:
+        return [line + ", confirmed: the next reconciler pass deletes those still gone"]
+    return [line + " (reconciler safety limit; see 'glance-sync-manage reconcile')"]
 
 
 def _agent_lines(region: str, agents: Sequence[Mapping[str, Any]], now: float) -> list[str]:

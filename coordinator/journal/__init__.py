@@ -18,7 +18,8 @@ promise is worth one fsync per commit at control-message rates.
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``base`` (engine, rows, transactions), ``planning`` (events and
 planning), ``taskstate`` (the task state machine, leases, retries), ``views``
-(status queries) and ``retention`` (purging old history).
+(status queries), ``retention`` (purging old history) and ``holds`` (the reconciler's
+pass counter and the deletions it holds back for an operator).
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from coordinator.journal.base import (
     pack,
     unpack,
 )
+from coordinator.journal.holds import HeldDelete, HoldsMixin
 from coordinator.journal.planning import PlanningMixin
 from coordinator.journal.retention import RetentionMixin
 from coordinator.journal.taskstate import TaskStateMixin
 from coordinator.journal.views import ViewsMixin
 
-__all__ = ["EventRow", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
+__all__ = ["EventRow", "HeldDelete", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
+class Journal(PlanningMixin, HoldsMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""

@@ -88,6 +88,8 @@ class EventRow:
     image_id: str
     body: dict[str, Any]
     received_at: float
+    # The peer that sent it (event socket) or the coordinator's own side; None in old rows.
+    sender: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,38 +21,50 @@ S = SyncState
 class PlanningMixin:
     """Events and planning; uses the state machine of ``TaskStateMixin`` on the same journal."""
 
-    def record_event(self, event_id: str, kind: str, image_id: str, body: dict[str, Any], now: float) -> bool:
+    def record_event(self, event_id: str, kind: str, image_id: str, body: dict[str, Any], now: float,
+                     sender: str | None = None) -> bool:
         """Store an event durably; False when that event id was already recorded."""
         with self.transaction() as conn:
             if conn.execute(sa.select(events.c.event_id).where(events.c.event_id == event_id)).first():
                 return False
             try:
-                conn.execute(events.insert().values(
-                    event_id=event_id, kind=kind, image_id=image_id, payload=pack(body), received_at=now,
-                    planned=False,
-                ))
+                self._insert_event(conn, event_id, kind, image_id, body, now, sender)
             except sa.exc.IntegrityError:
                 # Another coordinator of an active/passive pair stored it first.
                 return False
         return True
+
+    @staticmethod
+    def _insert_event(conn: Connection, event_id: str, kind: str, image_id: str, body: dict[str, Any],
+                      now: float, sender: str | None) -> None:
+        conn.execute(events.insert().values(
+            event_id=event_id, kind=kind, image_id=image_id, payload=pack(body), received_at=now,
+            planned=False, sender=sender,
+        ))
 
     def unplanned_events(self, limit: int = 100) -> list[EventRow]:
         query = (sa.select(events).where(events.c.planned.is_(False))
                  .order_by(events.c.received_at, events.c.event_id).limit(limit))
         with self.transaction() as conn:
             rows = conn.execute(query).all()
-        return [EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at) for r in rows]
+        return [EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at, r.sender) for r in rows]
 
     def unplanned_event(self, event_id: str) -> EventRow | None:
         """The event ``event_id`` if it is recorded and not planned yet."""
         query = sa.select(events).where(events.c.event_id == event_id, events.c.planned.is_(False))
         with self.transaction() as conn:
             r = conn.execute(query).first()
-        return None if r is None else EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at)
+        return None if r is None else EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at,
+                                               r.sender)
 
     def deleted_event(self, image_id: str) -> bool:
-        """True once a ``deleted`` event of ``image_id`` was recorded: glance never brings that id back."""
-        query = sa.select(events.c.event_id).where(events.c.image_id == image_id, events.c.kind == "deleted")
+        """True once a ``deleted`` event of ``image_id`` was planned as a delete, i.e. after glance
+        confirmed the image gone: glance never brings that id back.  A refused or unconfirmed
+        ``deleted`` event (planned with a plan_error) does not count, or a forged one would
+        stop every later sync of the image."""
+        query = sa.select(events.c.event_id).where(
+            events.c.image_id == image_id, events.c.kind == "deleted", events.c.planned.is_(True),
+            events.c.plan_error.is_(None))
         with self.transaction() as conn:
             return conn.execute(query.limit(1)).first() is not None
 

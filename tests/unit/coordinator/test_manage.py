@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from coordinator import cmd, manage
+from coordinator import admincheck, cmd, manage
 
 from .conftest import make_conf
 
@@ -14,10 +14,10 @@ from .conftest import make_conf
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     current, head = manage.schema_revisions(url)
-    assert current is None and head == "0001"
+    assert current is None and head == "0002"
     manage.db_sync(url)
     manage.db_sync(url)  # twice is fine
-    assert manage.schema_revisions(url) == ("0001", "0001")
+    assert manage.schema_revisions(url) == ("0002", "0002")
 
 
 def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
@@ -27,7 +27,7 @@ def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
     assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
     assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
     assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
-    assert "current=0001" in capsys.readouterr().out
+    assert "current=0002" in capsys.readouterr().out
     assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
     secret = tmp_path / "keys" / "coord.key_secret"
     assert str(secret) in capsys.readouterr().out
@@ -70,6 +70,7 @@ def test_coordinator_journal_failing_at_start_is_one_line(tmp_path: Path, db_url
         raise JournalError(detail="OperationalError: database is locked")
 
     monkeypatch.setattr(Service, "initialize", locked)
+    monkeypatch.setattr(admincheck, "check", lambda client, endpoint: True)
     make_conf(tmp_path, db_url, store_yaml)
     assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1
     captured = capsys.readouterr()
@@ -134,3 +135,5 @@ def test_gensecret_writes_a_private_secret_once(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and str(path) in err and "Traceback" not in err
     assert marker.load_secret(str(path)) == secret
+
+

@@ -97,3 +97,15 @@ def test_deleted_deletes_every_region_with_a_record(stores: StoreMap) -> None:
 def test_image_gone_or_locations_changed_makes_nothing(stores: StoreMap) -> None:
     assert run(stores, "updated", None).tasks == []
     assert run(stores, "locations_changed", image_record(store_dir=stores.store.store_dir)).tasks == []
+
+
+def test_deleted_of_an_image_glance_still_has_is_refused(stores: StoreMap) -> None:
+    existing = {"RegionOne": RegionRecord(SyncState.SYNCED, "copy", "x")}
+    for status in ("active", "queued", "deactivated", "saving"):
+        image = image_record(store_dir=stores.store.store_dir, status=status)
+        result = run(stores, "deleted", image, existing=existing)
+        assert result.tasks == [] and "glance still has the image" in (result.refused or ""), status
+    for status in ("deleted", "killed", "pending_delete"):
+        image = image_record(store_dir=stores.store.store_dir, status=status)
+        result = run(stores, "deleted", image, existing=existing)
+        assert kinds(result) == {"RegionOne": "delete"} and result.refused is None, status

@@ -44,15 +44,52 @@ def test_only_images_confirmed_gone_are_vanished() -> None:
     assert drift.vanished == ["x"]
 
 
-def test_synthetic_events_have_stable_ids_and_valid_kinds() -> None:
-    events = reconciler.Drift(missing=["a"], vanished=["b"]).events()
+def test_synthetic_events_carry_the_pass_generation_and_valid_kinds() -> None:
+    events = reconciler.synthetic_events(["a"], ["b"], generation=7)
     assert [(e["kind"], e["image_id"]) for e in events] == [("uploaded", "a"), ("deleted", "b")]
-    again = reconciler.Drift(missing=["a"], vanished=["b"]).events()
-    assert [e["event_id"] for e in events] == [e["event_id"] for e in again]
+    later = reconciler.synthetic_events(["a"], ["b"], generation=8)
+    # A later pass gets new ids, so a delete that failed can be tried again.
+    assert not {e["event_id"] for e in events} & {e["event_id"] for e in later}
+    assert events == reconciler.synthetic_events(["a"], ["b"], generation=7)
+    uuid_id = "11111111-2222-3333-4444-555555555555"
+    longest = reconciler.synthetic_events([uuid_id], [], generation=9_999_999)[0]["event_id"]
+    assert len(longest) <= 64  # events.event_id is a String(64)
     from glancesync import protocol
 
     for event in events:  # each must pass the wire contract the journal's events follow
         protocol.decode(protocol.encode("event", event))
+
+
+def test_drift_counts_the_tracked_images() -> None:
+    drift = reconciler.find_drift({}, known={"x", "y"}, tracked={"x", "y"}, exists=lambda i: False)
+    assert drift.vanished == ["x", "y"] and drift.tracked == 2
+
+
+@pytest.mark.parametrize(("count", "tracked", "max_deletes", "max_percent", "over"), [
+    (0, 0, 10, 10.0, False),
+    (10, 1000, 10, 10.0, False),
+    (11, 1000, 10, 10.0, True),     # more than reconcile_max_deletes
+    (5, 40, 10, 10.0, True),        # 12.5 % of the tracked images
+    (4, 40, 10, 10.0, False),       # exactly 10 %
+    (1, 1, 10, 10.0, True),         # the only tracked image: 100 %
+    (1, 1, 10, 0.0, False),         # 0 disables the percentage
+    (500, 1000, 0, 60.0, False),    # 0 disables the count
+    (500, 1000, 0, 0.0, False),
+])
+def test_over_limit(count, tracked, max_deletes, max_percent, over) -> None:
+    assert reconciler.over_limit(count, tracked, max_deletes, max_percent) is over
+
+
+def test_a_pass_over_the_limit_deletes_none_but_what_was_confirmed() -> None:
+    gone = [f"i{n}" for n in range(12)]
+    plan = reconciler.limit_deletes(gone, tracked=100, confirmed=(), max_deletes=10, max_percent=50)
+    assert plan.delete == [] and plan.held == sorted(gone)
+    plan = reconciler.limit_deletes(gone, tracked=100, confirmed=gone[:11], max_deletes=10, max_percent=50)
+    assert plan.delete == sorted(gone) and plan.held == []  # i11 alone is within the limit
+    plan = reconciler.limit_deletes(gone, tracked=100, confirmed=gone[:1], max_deletes=10, max_percent=50)
+    assert plan.delete == ["i0"] and plan.held == sorted(gone[1:])  # 11 unconfirmed: still over
+    plan = reconciler.limit_deletes(gone[:3], tracked=100, confirmed=(), max_deletes=10, max_percent=50)
+    assert plan.delete == sorted(gone[:3]) and plan.held == []
 
 
 def test_scan_lists_hidden_images_too_and_confirms_with_get() -> None:

@@ -272,6 +272,11 @@ def test_status_views(ctx, service) -> None:
     assert region["in_flight"] == 1 and region["queued"] == 0
     assert region["agents"][0]["tasks"] == [task["task_id"]] and region["agents"][0]["online"] is True
     assert data["regions"]["RegionTwo"]["queued"] == 1
+    assert data["deletions_held"] == {"images": 0, "confirmed": 0, "since": None}
+    service.journal.record_reconcile([], ["img-x"], NOW - 5, "reconciler")
+    query.send(protocol.encode("status_query", {"view": "summary"}))
+    held = receive(query, service, NOW).body["data"]["deletions_held"]
+    assert held == {"images": 1, "confirmed": 0, "since": NOW - 5}
     query.send(protocol.encode("status_query", {"view": "image", "image_id": IMAGE_ID}))
     image = receive(query, service, NOW).body["data"]
     assert image["known"] is True
@@ -382,7 +387,7 @@ def test_a_done_the_journal_could_not_take_is_redone_after_the_lease(ctx, servic
     assert journal.task(task["task_id"]).state == SyncState.PENDING
 
 
-def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal) -> None:
+def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal, client) -> None:
     # uploaded is being fetched when deleted arrives and is planned (no regions yet); the
     # fetch then answers with the image as it was. Copying it now would leave regional
     # copies of a deleted image that nothing ever removes.
@@ -390,9 +395,10 @@ def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal)
 
     journal.record_event("e1", "uploaded", IMAGE_ID, {"event_id": "e1"}, NOW)
     journal.record_event("e2", "deleted", IMAGE_ID, {"event_id": "e2"}, NOW + 1)
+    old = client.images.records.pop(IMAGE_ID)  # gone: the delete is confirmed by a 404
     service.events.fetching.add("e1")
-    service.events.plan_events(NOW + 1)
-    service.events.fetched(FetchResult("e1", image_record(store_dir=service.storemap.store.store_dir)), NOW + 2)
+    pump(service, NOW + 1, until=lambda: journal.unplanned_event("e2") is None)
+    service.events.fetched(FetchResult("e1", old), NOW + 2)
     assert planned(service)
     assert journal.dispatchable("RegionOne", NOW + 2) == [] and journal.dispatchable("RegionTwo", NOW + 2) == []
     assert journal.image_view(IMAGE_ID)[1] == {}
@@ -480,16 +486,25 @@ def test_reconciler_makes_events_for_an_image_whose_event_was_lost(service, jour
     assert journal.unplanned_count(IMAGE_ID) == 0
 
 
-def test_reconciler_deletes_regional_copies_of_a_vanished_image(service, journal, client) -> None:
-    from .conftest import add_listing
+def test_reconciler_deletes_regional_copies_of_a_vanished_image_within_the_limit(
+        tmp_path, db_url, store_yaml, stores, journal, client, ctx) -> None:
+    from .conftest import add_listing, make_conf
 
-    add_listing(client.images)
-    later = service.events.next_reconcile + 1
-    pump(service, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
-    del client.images.records[IMAGE_ID]  # deleted in the cascading glance, its event lost
-    again = service.events.next_reconcile + 1
-    pump(service, again, until=lambda: all(
-        r.state == SyncState.DELETING for r in journal.region_records(IMAGE_ID).values()))
+    conf = make_conf(tmp_path, db_url, store_yaml,
+                     coordinator={"reconcile_max_deletes": 0, "reconcile_max_delete_percent": 0})
+    svc = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    svc.initialize(NOW)
+    try:
+        add_listing(client.images)
+        later = svc.events.next_reconcile + 1
+        pump(svc, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
+        del client.images.records[IMAGE_ID]  # deleted in the cascading glance, its event lost
+        again = svc.events.next_reconcile + 1
+        pump(svc, again, until=lambda: all(
+            r.state == SyncState.DELETING for r in journal.region_records(IMAGE_ID).values()))
+        assert journal.held_deletes() == []
+    finally:
+        svc.shutdown()
 
 
 def _imported(journal, now: float) -> None:

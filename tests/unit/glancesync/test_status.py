@@ -368,3 +368,16 @@ def test_ages_are_measured_against_the_coordinators_clock() -> None:
     assert status.coordinator_now({"now": 456.0, "regions": {}}) == 456.0
     before = time.time()
     assert status.coordinator_now({"coordinator": {}}) >= before  # an older coordinator: our clock
+
+
+def test_summary_names_held_deletions() -> None:
+    base = {"coordinator": {"version": "0.1.0", "started_at": NOW}, "regions": {}}
+    assert "deletions held" not in status_render.render_summary(
+        {**base, "deletions_held": {"images": 0, "confirmed": 0, "since": None}}, NOW)
+    held = status_render.render_summary({**base, "deletions_held": {"images": 3, "confirmed": 0,
+                                                                     "since": NOW - 60}}, NOW)
+    line = next(line for line in held.splitlines() if line.startswith("deletions held"))
+    assert line.startswith("deletions held: 3 image(s) since 60s ago") and "glance-sync-manage reconcile" in line
+    confirmed = status_render.render_summary({**base, "deletions_held": {"images": 3, "confirmed": 3,
+                                                                          "since": NOW - 60}}, NOW)
+    assert "confirmed" in next(line for line in confirmed.splitlines() if line.startswith("deletions held"))

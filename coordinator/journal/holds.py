@@ -1,0 +1,81 @@
+"""Journal, the reconciler's memory: its pass counter, the deletions it holds back, its findings.
+
+A pass that would delete more regional copies than the safety limit allows deletes
+none and records the images here (``held_deletes``); they wait until an operator
+confirms them (``glance-sync-manage reconcile --confirm-deletes``), and the next
+pass then makes their ``deleted`` events, each still confirmed by a 404 at that
+time.  The pass's synthetic events and the new set of held images are written in
+one transaction, so a confirmed image is never both deleted and still held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from coordinator.schema import events, held_deletes, reconciler_state
+
+
+@dataclass(frozen=True)
+class HeldDelete:
+    image_id: str
+    held_at: float
+    confirmed_at: float | None
+
+
+class HoldsMixin:
+    """The reconciler's pass counter and held deletions; uses ``PlanningMixin._insert_event``."""
+
+    def next_reconcile_pass(self) -> int:
+        """Count a new reconciler pass; its number (1, 2, ...) is the generation of its event ids."""
+        with self.transaction() as conn:
+            passes = conn.execute(sa.select(reconciler_state.c.passes).where(reconciler_state.c.id == 1)).scalar()
+            if passes is None:
+                conn.execute(reconciler_state.insert().values(id=1, passes=1))
+                return 1
+            conn.execute(reconciler_state.update().where(reconciler_state.c.id == 1).values(passes=passes + 1))
+            return passes + 1
+
+    def held_deletes(self) -> list[HeldDelete]:
+        query = sa.select(held_deletes).order_by(held_deletes.c.held_at, held_deletes.c.image_id)
+        with self.transaction() as conn:
+            return [HeldDelete(r.image_id, r.held_at, r.confirmed_at) for r in conn.execute(query).all()]
+
+    def confirm_held_deletes(self, now: float) -> int:
+        """The operator's go-ahead for every held deletion; how many were newly confirmed."""
+        with self.transaction() as conn:
+            return conn.execute(held_deletes.update().where(held_deletes.c.confirmed_at.is_(None))
+                                .values(confirmed_at=now)).rowcount
+
+    def record_reconcile(self, bodies: Iterable[dict[str, Any]], held: Iterable[str], now: float,
+                         sender: str) -> list[dict[str, Any]]:
+        """Journal a pass's synthetic events and replace the held set by ``held``; the events made.
+
+        An event is skipped when an event of the same kind for the same image still waits
+        for planning (an earlier pass's, or a real one): a second pass before the first was
+        planned makes no second event, while a pass after it may try again.
+        """
+        made = []
+        with self.transaction() as conn:
+            for body in bodies:
+                if self._waiting(conn, body["image_id"], body["kind"]):
+                    continue
+                self._insert_event(conn, body["event_id"], body["kind"], body["image_id"], body, now, sender)
+                made.append(body)
+            keep = set(held)
+            since = {r.image_id: r.held_at for r in conn.execute(sa.select(held_deletes)).all()}
+            conn.execute(held_deletes.delete())
+            for image_id in sorted(keep):
+                conn.execute(held_deletes.insert().values(image_id=image_id, held_at=since.get(image_id, now)))
+            conn.execute(reconciler_state.update().where(reconciler_state.c.id == 1).values(last_pass_at=now))
+        return made
+
+    @staticmethod
+    def _waiting(conn: Connection, image_id: str, kind: str) -> bool:
+        query = sa.select(events.c.event_id).where(
+            events.c.image_id == image_id, events.c.kind == kind, events.c.planned.is_(False))
+        return conn.execute(query.limit(1)).first() is not None

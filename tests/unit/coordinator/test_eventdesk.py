@@ -1,0 +1,193 @@
+"""Deletes are planned only on glance's word; the reconciler's safety limit; synthetic event ids.
+
+Runs the service loop over real zmq sockets with a fake cascading glance (see
+test_service.py for the fixtures).
+"""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import logging
+
+from glanceclient import exc as glance_exc
+
+from coordinator.registrar import Registrar
+from coordinator.schema import events as events_table
+from coordinator.service import Service
+from glancesync import protocol
+from glancesync.states import SyncState
+
+from .conftest import IMAGE_ID, add_listing, image_record, make_conf
+
+# The service fixtures of test_service.py, shared (ruff sees test arguments as redefinitions).
+from .test_service import NOW, client, ctx, dealer, planned, pump, receive, service  # noqa: F401
+
+
+def synced_everywhere(journal, image_id: str = IMAGE_ID) -> None:
+    """Journal an image as synced in both regions, as after a finished copy."""
+    from coordinator.journal import NewTask
+
+    journal.record_event(f"up-{image_id}", "uploaded", image_id, {"event_id": f"up-{image_id}"}, NOW)
+    tasks = [NewTask(r, "copy", {"image": {"id": image_id}, "source": None}) for r in ("RegionOne", "RegionTwo")]
+    journal.plan_event(f"up-{image_id}", image_id, tasks, {}, NOW)
+    with journal.transaction() as conn:
+        from coordinator.schema import image_regions
+        from coordinator.schema import tasks as tasks_table
+
+        conn.execute(tasks_table.update().where(tasks_table.c.image_id == image_id)
+                     .values(state=SyncState.SYNCED.value, finished_at=NOW))
+        conn.execute(image_regions.update().where(image_regions.c.image_id == image_id)
+                     .values(state=SyncState.SYNCED.value, synced_at=NOW))
+
+
+def states(journal, image_id: str = IMAGE_ID) -> dict[str, SyncState]:
+    return {region: rec.state for region, rec in journal.region_records(image_id).items()}
+
+
+def plan_error(journal, event_id: str) -> str | None:
+    with journal.transaction() as conn:
+        return conn.execute(events_table.select().where(events_table.c.event_id == event_id)).one().plan_error
+
+
+def send_forged_delete(ctx, service, event_id: str = "forged-1"):
+    sock = dealer(ctx, service.conf.sync_server_port)
+    body = {"event_id": event_id, "kind": "deleted", "image_id": IMAGE_ID, "image": None,
+            "context": {"user_id": "mallory", "project_id": "evil-project", "roles": ["admin"]}}
+    sock.send(protocol.encode("event", body))
+    reply = receive(sock, service, NOW)
+    sock.close()
+    return reply
+
+
+def test_a_deleted_event_for_an_image_glance_still_has_deletes_nothing(ctx, service, journal, client,
+                                                                      caplog) -> None:
+    synced_everywhere(journal)
+    caplog.set_level(logging.WARNING, logger="coordinator.eventdesk")
+    assert send_forged_delete(ctx, service).type == "event_ack"
+    pump(service, NOW, until=lambda: planned(service))
+    assert states(journal) == {"RegionOne": SyncState.SYNCED, "RegionTwo": SyncState.SYNCED}
+    assert journal.dispatchable("RegionOne", NOW) == [] and journal.dispatchable("RegionTwo", NOW) == []
+    assert IMAGE_ID in client.images.gets  # the coordinator asked glance itself
+    assert "glance still has the image" in plan_error(journal, "forged-1")
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
+    line = refusals[0].getMessage()
+    for part in ("forged-1", "deleted", IMAGE_ID, "mallory", "evil-project", "sender "):
+        assert part in line, line
+    assert "sender unknown" not in line  # the peer of the event socket is named
+
+
+def test_a_refused_delete_does_not_stop_later_syncs_of_the_image(ctx, service, journal, client) -> None:
+    assert send_forged_delete(ctx, service).type == "event_ack"
+    pump(service, NOW, until=lambda: planned(service))
+    journal.record_event("up-1", "uploaded", IMAGE_ID, {"event_id": "up-1"}, NOW + 1)
+    pump(service, NOW + 1, until=lambda: planned(service))
+    assert states(journal) == {"RegionOne": SyncState.PENDING, "RegionTwo": SyncState.PENDING}
+
+
+def test_a_deleted_event_is_planned_once_glance_answers_404(ctx, service, journal, client) -> None:
+    synced_everywhere(journal)
+    del client.images.records[IMAGE_ID]
+    assert send_forged_delete(ctx, service, "real-1").type == "event_ack"
+    pump(service, NOW, until=lambda: planned(service))
+    assert states(journal) == {"RegionOne": SyncState.DELETING, "RegionTwo": SyncState.DELETING}
+    assert plan_error(journal, "real-1") is None
+
+
+def test_a_deleted_or_killed_status_counts_as_gone(ctx, service, journal, client) -> None:
+    synced_everywhere(journal)
+    client.images.records[IMAGE_ID]["status"] = "killed"
+    assert send_forged_delete(ctx, service).type == "event_ack"
+    pump(service, NOW, until=lambda: planned(service))
+    assert set(states(journal).values()) == {SyncState.DELETING}
+
+
+def test_a_delete_whose_fetch_fails_waits_for_a_retry(ctx, service, journal, client, monkeypatch) -> None:
+    synced_everywhere(journal)
+
+    def unavailable(image_id):
+        client.images.gets.append(image_id)
+        raise glance_exc.HTTPServiceUnavailable("glance is down")
+
+    monkeypatch.setattr(client.images, "get", unavailable)
+    assert send_forged_delete(ctx, service, "later-1").type == "event_ack"
+    pump(service, NOW, until=lambda: "later-1" in service.events.retry)
+    assert journal.unplanned_event("later-1") is not None
+    assert set(states(journal).values()) == {SyncState.SYNCED}
+    monkeypatch.undo()
+    del client.images.records[IMAGE_ID]
+    pump(service, NOW + 3600, until=lambda: planned(service))
+    assert set(states(journal).values()) == {SyncState.DELETING}
+
+
+def reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, **coordinator):
+    conf = make_conf(tmp_path, db_url, store_yaml, coordinator=coordinator)
+    svc = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    svc.initialize(NOW)
+    add_listing(client.images)
+    return svc
+
+
+def run_pass(svc, now: float) -> float:
+    """Run one reconciler pass to its end; the time after it."""
+    now = max(now, svc.events.next_reconcile) + 1
+    pump(svc, now, until=lambda: svc.events.reconciling)
+    pump(svc, now, until=lambda: not svc.events.reconciling)
+    return now
+
+
+def test_a_pass_over_the_safety_limit_holds_every_delete_until_confirmed(
+        tmp_path, db_url, store_yaml, stores, journal, client, ctx, caplog) -> None:
+    ids = [f"img-{n}" for n in range(4)]
+    for image_id in ids:
+        synced_everywhere(journal, image_id)
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx,
+                              reconcile_max_deletes=2, reconcile_max_delete_percent=100)
+    try:
+        caplog.set_level(logging.ERROR, logger="coordinator.eventdesk")
+        now = run_pass(svc, NOW)  # a listing without any of them: a restored backup, a wrong endpoint
+        assert [h.image_id for h in journal.held_deletes()] == ids
+        assert all(set(states(journal, i).values()) == {SyncState.SYNCED} for i in ids)
+        assert [r.levelno for r in caplog.records if "safety limit" in r.getMessage()] == [logging.ERROR]
+        now = run_pass(svc, now)  # held again, nothing deleted, no event made
+        assert not [e for e in journal.unplanned_events() if e.kind == "deleted"]
+        assert all(set(states(journal, i).values()) == {SyncState.SYNCED} for i in ids)
+        client.images.records["img-0"] = image_record("img-0", store_dir=stores.store.store_dir)  # back
+        assert journal.confirm_held_deletes(now) == 4
+        now = run_pass(svc, now)
+        pump(svc, now, until=lambda: planned(svc))
+        assert set(states(journal, "img-0").values()) == {SyncState.SYNCED}  # glance has it again
+        for image_id in ids[1:]:
+            assert set(states(journal, image_id).values()) == {SyncState.DELETING}, image_id
+        assert journal.held_deletes() == []
+    finally:
+        svc.shutdown()
+
+
+def test_a_later_pass_tries_a_failed_delete_again(tmp_path, db_url, store_yaml, stores, journal, client,
+                                                 ctx) -> None:
+    synced_everywhere(journal)
+    del client.images.records[IMAGE_ID]  # deleted in the cascading glance, its event lost
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx,
+                              reconcile_max_deletes=0, reconcile_max_delete_percent=0)
+    try:
+        svc.events.plan_events = lambda now: None  # planning waits: passes see their own events
+        now = run_pass(svc, NOW)
+        now = run_pass(svc, now)
+        deletes = [e for e in journal.unplanned_events() if e.kind == "deleted"]
+        assert len(deletes) == 1  # the second pass before planning is a duplicate
+        assert deletes[0].sender == "reconciler"
+        # Planned, and the delete then failed in RegionOne for good: the image is tracked again.
+        del svc.events.plan_events
+        pump(svc, now, until=lambda: planned(svc))
+        with journal.transaction() as conn:
+            from coordinator.schema import image_regions
+
+            conn.execute(image_regions.update().where(image_regions.c.region == "RegionOne")
+                         .values(state=SyncState.FAILED.value))
+        svc.events.plan_events = lambda now: None
+        now = run_pass(svc, now)
+        again = [e for e in journal.unplanned_events() if e.kind == "deleted"]
+        assert len(again) == 1 and again[0].event_id != deletes[0].event_id
+    finally:
+        svc.shutdown()
