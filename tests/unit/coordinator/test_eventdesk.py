@@ -20,7 +20,7 @@ from glancesync.states import SyncState
 from .conftest import IMAGE_ID, add_listing, image_record, make_conf
 
 # The service fixtures of test_service.py, shared (ruff sees test arguments as redefinitions).
-from .test_service import NOW, client, ctx, dealer, planned, pump, receive, service  # noqa: F401
+from .test_service import NOW, client, ctx, dealer, planned, pump, receive, regional, service  # noqa: F401
 
 
 def synced_everywhere(journal, image_id: str = IMAGE_ID) -> None:
@@ -122,7 +122,8 @@ def test_a_delete_whose_fetch_fails_waits_for_a_retry(ctx, service, journal, cli
 
 def reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, **coordinator):
     conf = make_conf(tmp_path, db_url, store_yaml, coordinator=coordinator)
-    svc = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: client)
+    svc = Service(conf, stores, journal, registrar, context=ctx)
     svc.initialize(NOW)
     add_listing(client.images)
     return svc

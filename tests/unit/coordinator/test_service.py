@@ -492,7 +492,8 @@ def test_reconciler_deletes_regional_copies_of_a_vanished_image_within_the_limit
 
     conf = make_conf(tmp_path, db_url, store_yaml,
                      coordinator={"reconcile_max_deletes": 0, "reconcile_max_delete_percent": 0})
-    svc = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: client)
+    svc = Service(conf, stores, journal, registrar, context=ctx)
     svc.initialize(NOW)
     try:
         add_listing(client.images)
