@@ -1,4 +1,7 @@
-"""``glance-sync-coordinator``: load the configuration, check the journal, run until SIGTERM."""
+"""``glance-sync-coordinator``: load the configuration, check the journal, run until SIGTERM.
+
+SIGHUP re-reads the CURVE allow-list (``[curve] allowed_clients_dir``) without a restart.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     try:
         service.run(stop)
     except GlanceSyncError as exc:  # a socket that cannot bind, a key that does not load, the journal
