@@ -544,3 +544,35 @@ def test_steady_clock_ignores_a_wall_clock_step(monkeypatch) -> None:
     wall[0] -= 7200  # and then two hours back
     mono[0] += 1
     assert clock.now() == 1003.0
+
+
+def test_a_second_agent_with_a_taken_id_is_refused_and_evicts_nothing(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    twin = dealer(ctx, service.conf.coordinator.agent_port)
+    twin.send(protocol.encode("hello", {"region": "RegionOne", "agent_id": "a1", "capacity": 2,
+                                        "version": "t", "in_flight": []}))
+    reply = receive(twin, service, NOW, "error")
+    assert reply.body["code"] == "agent_id_in_use" and "a1" in reply.body["reason"]
+    row = journal.task(task["task_id"])
+    assert row.state == SyncState.ASSIGNED and row.retries == 0  # the live agent keeps its task
+    assert [s.online for s in service.agents.sessions.values()] == [True]
+    sock.send(protocol.encode("ack", {"task_id": task["task_id"], "attempt": 1}))
+    pump(service, NOW)
+    assert not any(receive_all(sock, "disconnect"))
+
+
+def receive_all(sock: zmq.Socket, msg_type: str) -> list[protocol.Message]:
+    found = []
+    while sock.poll(0):
+        msg = protocol.decode(sock.recv())
+        if msg.type == msg_type:
+            found.append(msg)
+    return found
+
+
+def test_a_hello_for_a_region_the_store_map_does_not_name_is_refused(ctx, service) -> None:
+    sock = dealer(ctx, service.conf.coordinator.agent_port)
+    sock.send(protocol.encode("hello", {"region": "RegionMadeUp", "agent_id": "a1", "capacity": 2,
+                                        "version": "t"}))
+    assert receive(sock, service, NOW, "error").body["code"] == "unknown_region"
+    assert service.agents.sessions == {}
