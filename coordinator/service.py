@@ -270,7 +270,8 @@ class Service:
             ref = msg.id
             if msg.type not in ("event", "status_query"):
                 raise ProtocolError(code="unexpected", detail=f"{msg.type} is not served on this socket")
-            if self._admitted(self.client_sock, envelope, key, msg) is None:
+            peer = self._admitted(self.client_sock, envelope, key, msg)
+            if peer is None:
                 return
             if msg.type == "event":
                 reply = self._event(msg.body, now)
