@@ -9,6 +9,12 @@ a jittered backoff and a new ``hello`` whose ``in_flight`` lists the tasks still
 running here: they keep running, and results finished while disconnected are sent
 after the next ``welcome``.
 
+A ``hello`` the coordinator refuses (``error`` with ``agent_id_in_use``: another live
+session holds this agent id; ``too_many_sessions``; ``forbidden``: this key may not
+serve the region; ``unknown_region``) is logged once as an ERROR and tried again on a
+fresh socket with the same backoff, so a restarted agent gets in as soon as its
+previous session has lapsed, and two agents given one id do not push each other out.
+
 ``initialize()`` / ``step(now)`` / ``shutdown()`` with the time passed in, so tests
 drive the loop without sleeping.  A bad frame is logged and dropped; nothing the
 coordinator sends can end the loop.
@@ -34,6 +40,8 @@ MAX_PENDING_RESULTS = 1000
 # Seconds between attempts to send held results while the session is up but the
 # socket's queue is full (each refused attempt logs a warning).
 PENDING_RETRY = 1.0
+# Error codes by which the coordinator refuses to open (or keep) our session.
+REFUSALS = frozenset({"agent_id_in_use", "too_many_sessions", "forbidden", "unknown_region"})
 
 
 class AgentService:
@@ -56,6 +64,7 @@ class AgentService:
         self.reconnect_at: float | None = None
         self.pending: list[tuple[str, dict[str, Any]]] = []
         self.retry_pending_at = 0.0
+        self.refused = False  # the last hello was refused: repeat refusals are not errors again
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -173,6 +182,7 @@ class AgentService:
 
     def _on_welcome(self, body: dict[str, Any], now: float) -> None:
         self.welcomed = True
+        self.refused = False
         self.backoff.reset()
         # Judge the coordinator's liveness by the rate it promised to beat at.
         self.liveness = Liveness(interval=max(body["heartbeat_interval"], 0.1), last_heard=now)
@@ -186,7 +196,23 @@ class AgentService:
         self._reconnect(now, f"coordinator said disconnect ({body.get('reason') or 'no reason'})")
 
     def _on_error(self, body: dict[str, Any], now: float) -> None:
-        LOG.warning("coordinator refused a message: %s %s", body["code"], body["reason"])
+        code = body["code"]
+        if code in REFUSALS and (not self.welcomed or code == "forbidden"):
+            self._refused(code, body["reason"], now)
+            return
+        LOG.warning("coordinator refused a message: %s %s", code, body["reason"])
+
+    def _refused(self, code: str, reason: str, now: float) -> None:
+        """No session for us now: a fresh socket and a new hello after the backoff."""
+        delay = self.backoff.next_delay()
+        if not self.refused:
+            LOG.error("the coordinator refused agent %s of region %s: %s: %s; trying again in %.1f s and "
+                      "then with backoff", self.agent_id, self.region, code, reason, delay)
+        else:
+            LOG.info("hello refused again (%s); next try in %.1f s", code, delay)
+        self.refused = True
+        self._close()
+        self.reconnect_at = now + delay
 
     def _on_task(self, body: dict[str, Any], now: float) -> None:
         ref = {"task_id": body["task_id"], "attempt": body["attempt"]}

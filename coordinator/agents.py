@@ -1,7 +1,16 @@
-"""Agent sessions: who is connected, for which region, with how many free slots.
+"""Agent sessions: who is connected, for which region, with which key, with how many free slots.
 
 A session is keyed by the zmq routing id of the agent's DEALER socket and created
-by ``hello``.  ``ready`` adds credits (free slots, capped at the announced
+by ``hello``; it is also found in O(1) by (region, agent_id) and by the id of each
+task it holds.  Nobody evicts a live session: a ``hello`` for a (region, agent_id)
+that is online on another connection (another key, or the same key on another
+socket) is refused with ``agent_id_in_use``, so a restarted agent gets in once its
+old session has gone offline (a ``bye``, or three silent heartbeat intervals) and
+two agents configured with one id cannot push each other out in a loop.  Sessions
+are bounded per key (``[coordinator] max_sessions_per_key``, CURVE only) and per
+region (``max_sessions_per_region``): at a bound the offline session heard from
+longest ago is dropped to make room, and with only online ones the ``hello`` is
+refused with ``too_many_sessions``.  ``ready`` adds credits (free slots, capped at the announced
 capacity); every task handed out spends one.  Any message renews the agent's
 liveness and the leases of the tasks it holds.  An agent silent for three heartbeat
 intervals goes offline: it gets no work and stays listed for status, and if it
@@ -22,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.journal import Journal
-from glancesync.exceptions import StaleAttempt
+from glancesync.exceptions import GlanceSyncError, StaleAttempt
 from glancesync.liveness import Liveness
 from glancesync.states import SyncState
 
@@ -33,6 +42,17 @@ LOG = logging.getLogger(__name__)
 FORGET_AFTER = 24 * 3600
 # (retryable, now[, backoff]) -> retry_at(retries) for Journal.fail; backoff=False retries at once.
 RetryPolicy = Callable[..., Callable[[int], float | None]]
+
+
+class SessionRefused(GlanceSyncError):
+    """A ``hello`` that may not open a session; ``code`` goes into the error reply."""
+
+    message = "%(code)s: %(reason)s"
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(code=code, reason=reason)
 
 
 @dataclass
@@ -47,6 +67,9 @@ class Session:
     tasks: set[str] = field(default_factory=set)
     online: bool = True
     leases_renewed_at: float = 0.0
+    # The CURVE key (z85 public key, the ZAP User-Id) and its file name; None without CURVE.
+    key: str | None = None
+    key_name: str = ""
 
     def status(self) -> dict[str, Any]:
         """The agent entry of the status summary."""
@@ -64,36 +87,94 @@ class Agents:
     """Every agent session, online or not; the journal holds the tasks, this holds the peers."""
 
     def __init__(self, journal: Journal, heartbeat_interval: float, lease_timeout: float,
-                 retry_policy: RetryPolicy | None = None) -> None:
+                 retry_policy: RetryPolicy | None = None, max_per_key: int = 16,
+                 max_per_region: int = 64) -> None:
         self.journal = journal
         # (retryable, now) -> retry_at(retries); without one, a lost task fails at once.
         self.retry_policy: RetryPolicy = retry_policy or (lambda *_args: lambda _retries: None)
         self.heartbeat_interval = heartbeat_interval
         self.lease_timeout = lease_timeout
+        self.max_per_key = max_per_key
+        self.max_per_region = max_per_region
         self.sessions: dict[bytes, Session] = {}
+        self._by_name: dict[tuple[str, str], Session] = {}
+        self._by_task: dict[str, Session] = {}
+        self._by_key: dict[str, dict[bytes, Session]] = {}
+        self._by_region: dict[str, dict[bytes, Session]] = {}
+        self._online: dict[bytes, Session] = {}
+        # Offline sessions in the order they went offline, to forget them without a scan.
+        self._offline: dict[bytes, Session] = {}
 
     def get(self, routing_id: bytes) -> Session | None:
         """The online session of ``routing_id``; None for a stranger or an agent gone offline."""
         session = self.sessions.get(routing_id)
         return session if session is not None and session.online else None
 
-    def hello(self, routing_id: bytes, body: dict[str, Any], now: float) -> Session:
-        """A new session; it replaces any older session of the same agent id."""
+    def find(self, region: str, agent_id: str) -> Session | None:
+        return self._by_name.get((region, agent_id))
+
+    def holder(self, task_id: str) -> Session | None:
+        """The session holding ``task_id``, if any."""
+        return self._by_task.get(task_id)
+
+    def hello(self, routing_id: bytes, body: dict[str, Any], now: float, key: str | None = None,
+              key_name: str = "") -> Session:
+        """A new session, or SessionRefused; it replaces only what is not live elsewhere."""
         agent_id, region = body["agent_id"], body["region"]
         # An agent is (region, agent_id): agent_id is unique within a region only.
-        for old_id, old in list(self.sessions.items()):
-            if (old.agent_id, old.region) == (agent_id, region) or old_id == routing_id:
-                del self.sessions[old_id]
+        holder = self._by_name.get((region, agent_id))
+        if holder is not None and holder.online and holder.routing_id != routing_id:
+            on = (f"key {holder.key_name}" if holder.key != key
+                  else "another connection" + (" of the same key" if key else ""))
+            raise SessionRefused("agent_id_in_use", (
+                f"agent {agent_id} of region {region} is online on {on}, last heard "
+                f"{max(0.0, now - holder.liveness.last_heard):.1f} s ago; a restarted agent gets in once "
+                f"that session is offline (three heartbeat intervals), two agents need two agent_ids"))
+        replaced = {s.routing_id: s for s in (self.sessions.get(routing_id), holder) if s is not None}
+        victims = self._make_room(replaced, key, key_name, region)
+        for old in (*replaced.values(), *victims):
+            self._drop(old)
         session = Session(
-            routing_id=routing_id, agent_id=agent_id, region=body["region"], capacity=body["capacity"],
-            version=body["version"], liveness=Liveness(self.heartbeat_interval),
+            routing_id=routing_id, agent_id=agent_id, region=region, capacity=body["capacity"],
+            version=body["version"], liveness=Liveness(self.heartbeat_interval), key=key, key_name=key_name,
         )
         session.liveness.heard(now)
-        self.sessions[routing_id] = session
-        in_flight = set(body.get("in_flight") or ())
+        self._add(session)
+        self._adopt_tasks(session, set(body.get("in_flight") or ()), now)
+        self.renew(session, now, force=True)
+        LOG.info("agent %s of region %s connected (capacity %d, %d tasks in flight%s)", agent_id, region,
+                 session.capacity, len(session.tasks), f", key {key_name}" if key_name else "")
+        return session
+
+    def _make_room(self, replaced: dict[bytes, Session], key: str | None, key_name: str,
+                   region: str) -> list[Session]:
+        """Offline sessions to drop so the key's and the region's bounds hold; or SessionRefused."""
+        victims: dict[bytes, Session] = {}
+        groups = [(self._by_region.get(region), self.max_per_region, f"region {region}",
+                   "max_sessions_per_region")]
+        if key is not None:
+            groups.append((self._by_key.get(key), self.max_per_key, f"key {key_name}", "max_sessions_per_key"))
+        for group, bound, what, option in groups:
+            if group is None or len(group) < bound:
+                continue
+            # A group holds at most ``bound`` sessions: this look is O(bound), not O(sessions).
+            members = [s for rid, s in group.items() if rid not in replaced and rid not in victims]
+            if len(members) < bound:
+                continue
+            offline = [s for s in members if not s.online]
+            if not offline:
+                raise SessionRefused("too_many_sessions", (
+                    f"{what} already has {bound} agents online ([coordinator] {option})"))
+            oldest = min(offline, key=lambda s: s.liveness.last_heard)
+            victims[oldest.routing_id] = oldest
+        return list(victims.values())
+
+    def _adopt_tasks(self, session: Session, in_flight: set[str], now: float) -> None:
+        """Keep the journal's tasks of this agent that it still runs; requeue the others."""
+        agent_id, region = session.agent_id, session.region
         for task in self.journal.agent_tasks(agent_id, region):
             if task.task_id in in_flight:
-                session.tasks.add(task.task_id)
+                self._hold(session, task.task_id)
                 continue
             # Lost with the agent's previous life: counts as a retry, like a lapsed lease,
             # so a task that crashes its agent every time ends failed instead of looping.
@@ -105,10 +186,41 @@ class Agents:
                             else "back in the queue")
             except StaleAttempt:
                 pass
-        self.renew(session, now, force=True)
-        LOG.info("agent %s of region %s connected (capacity %d, %d tasks in flight)",
-                 agent_id, session.region, session.capacity, len(session.tasks))
-        return session
+
+    def _add(self, session: Session) -> None:
+        rid = session.routing_id
+        self.sessions[rid] = session
+        self._by_name[(session.region, session.agent_id)] = session
+        self._by_region.setdefault(session.region, {})[rid] = session
+        if session.key is not None:
+            self._by_key.setdefault(session.key, {})[rid] = session
+        self._online[rid] = session
+
+    def _drop(self, session: Session) -> None:
+        rid = session.routing_id
+        if self.sessions.get(rid) is not session:
+            return
+        del self.sessions[rid]
+        if self._by_name.get((session.region, session.agent_id)) is session:
+            del self._by_name[(session.region, session.agent_id)]
+        for index, group_key in ((self._by_region, session.region), (self._by_key, session.key)):
+            group = index.get(group_key) if group_key is not None else None
+            if group is not None:
+                group.pop(rid, None)
+                if not group:
+                    del index[group_key]
+        self._online.pop(rid, None)
+        self._offline.pop(rid, None)
+        for task_id in session.tasks:
+            if self._by_task.get(task_id) is session:
+                del self._by_task[task_id]
+
+    def _hold(self, session: Session, task_id: str) -> None:
+        former = self._by_task.get(task_id)
+        if former is not None and former is not session:
+            former.tasks.discard(task_id)
+        session.tasks.add(task_id)
+        self._by_task[task_id] = session
 
     def heard(self, session: Session, now: float) -> None:
         session.liveness.heard(now)
@@ -126,12 +238,32 @@ class Agents:
 
     def took(self, session: Session, task_id: str) -> None:
         session.credits -= 1
-        session.tasks.add(task_id)
+        self._hold(session, task_id)
 
     def released(self, task_id: str) -> None:
         """A task is no longer with any agent (finished, failed or requeued)."""
-        for session in self.sessions.values():
+        session = self._by_task.pop(task_id, None)
+        if session is not None:
             session.tasks.discard(task_id)
+
+    def offline(self, session: Session) -> None:
+        """No more work for ``session`` (silent, said bye, or its key was revoked); listed still."""
+        if not session.online:
+            return
+        session.online = False
+        session.credits = 0
+        self._online.pop(session.routing_id, None)
+        self._offline[session.routing_id] = session
+
+    def revoke(self, admitted: Callable[[str, str], bool]) -> list[Session]:
+        """Take offline every session whose key ``admitted(key, region)`` no longer allows."""
+        gone = [s for key, group in self._by_key.items() for s in group.values()
+                if s.online and not admitted(key, s.region)]
+        for session in gone:
+            self.offline(session)
+            LOG.warning("agent %s of region %s is offline: its key %s is no longer admitted for it",
+                        session.agent_id, session.region, session.key_name)
+        return gone
 
     def expire(self, now: float) -> list[Session]:
         """Mark silent agents offline; returns the ones that just went.
@@ -139,26 +271,22 @@ class Agents:
         Offline sessions stay listed for status, but not for ever: agents named after a
         container's random hostname never come back under the same name.
         """
-        gone = []
-        for routing_id, session in list(self.sessions.items()):
-            if not session.online and now - session.liveness.last_heard > FORGET_AFTER:
-                del self.sessions[routing_id]
-                LOG.info("agent %s of region %s forgotten: offline for over %d s", session.agent_id,
+        while self._offline:
+            session = next(iter(self._offline.values()))
+            if now - session.liveness.last_heard <= FORGET_AFTER:
+                break
+            self._drop(session)
+            LOG.info("agent %s of region %s forgotten: offline for over %d s", session.agent_id,
                          session.region, FORGET_AFTER)
-                continue
-            if session.online and session.liveness.expired(now):
-                session.online = False
-                session.credits = 0
-                gone.append(session)
-                LOG.warning("agent %s of region %s is offline: silent since %.1f s",
-                            session.agent_id, session.region, now - session.liveness.last_heard)
+        gone = [s for s in self._online.values() if s.liveness.expired(now)]
+        for session in gone:
+            self.offline(session)
+            LOG.warning("agent %s of region %s is offline: silent since %.1f s",
+                        session.agent_id, session.region, now - session.liveness.last_heard)
         return gone
 
     def online(self) -> list[Session]:
-        return [s for s in self.sessions.values() if s.online]
+        return list(self._online.values())
 
     def by_region(self) -> dict[str, list[Session]]:
-        regions: dict[str, list[Session]] = {}
-        for session in self.sessions.values():
-            regions.setdefault(session.region, []).append(session)
-        return regions
+        return {region: list(group.values()) for region, group in self._by_region.items()}

@@ -1,5 +1,8 @@
 """``glance-sync-coordinator``: load the configuration, check the journal and the cascading
-credentials' admin role (admincheck.py), run until SIGTERM."""
+credentials' admin role (admincheck.py), run until SIGTERM.
+
+SIGHUP re-reads the CURVE allow-list (``[curve] allowed_clients_dir``) without a restart.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
     service = Service(conf, stores, Journal(url), registrar)
+    signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     try:
         service.run(stop)
     except GlanceSyncError as exc:  # a socket that cannot bind, a key that does not load, the journal

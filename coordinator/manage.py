@@ -6,6 +6,8 @@
     glance-sync-manage [--config-file F] db_version    # current and head revisions
     glance-sync-manage keygen --dir D --name N         # D/N.key and D/N.key_secret (0600)
     glance-sync-manage gensecret --file F              # the loop-guard secret (0600, new file only)
+    glance-sync-manage [--config-file F] keygen --dir D --name N --role R [--region X] [--allowed-dir A]
+                                                       # ... and N.key on the allow-list as role R
     glance-sync-manage [--config-file F] resync IMAGE_ID  # sync it again where it failed or is missing
     glance-sync-manage [--config-file F] purge [--days N] # forget history older than N days (30)
     glance-sync-manage [--config-file F] reconcile [--confirm-deletes]
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -31,7 +34,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from coordinator import journal, reconciler
-from glancesync import config, keys, marker
+from glancesync import config, keys, marker, roles
 from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
@@ -72,17 +75,39 @@ def _split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
     return None, argv, []
 
 
-def _keygen(args: list[str]) -> int:
+def _keygen(conf_args: list[str], args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{PROG} keygen")
     parser.add_argument("--dir", required=True, help="directory for the key files (created 0700)")
     parser.add_argument("--name", required=True, help="key name: NAME.key and NAME.key_secret")
+    parser.add_argument("--role", choices=roles.ROLES,
+                        help="also put NAME.key on the coordinator's allow-list with this role")
+    parser.add_argument("--region", help="with --role agent: the region the agent serves (required)")
+    parser.add_argument("--allowed-dir", help="the allow-list directory (default: [curve] allowed_clients_dir)")
     ns = parser.parse_args(args)
+    target = None
+    if ns.role or ns.region or ns.allowed_dir:
+        allowed = ns.allowed_dir or _allowed_clients_dir(conf_args)
+        try:
+            if not ns.role:
+                raise ValueError("--region and --allowed-dir go with --role")
+            target = roles.key_path(allowed, ns.role, ns.name, ns.region)
+        except ValueError as exc:
+            config.fail(PROG, f"keygen: {exc}", code=2)
+        if os.path.exists(target):
+            config.fail(PROG, f"keygen: {target} exists; remove it first to replace that key", code=2)
     try:
         public, secret = keys.generate(ns.dir, ns.name)
+        if target is not None:
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            shutil.copyfile(public, target)
     except (OSError, GlanceSyncError) as exc:  # an unwritable or missing directory, a bad name
         config.fail(PROG, f"keygen failed: {exc}")
     print(f"public key: {public}")
     print(f"secret key: {secret}")
+    if target is not None:
+        where = f"region {ns.region}" if ns.region else ns.role
+        print(f"allowed as {ns.role} ({where}): {target}; the coordinator picks it up within "
+              "[curve] reload_interval, or at once on SIGHUP")
     return 0
 
 
@@ -98,6 +123,12 @@ def _gensecret(args: list[str]) -> int:
     print(f"secret written to {ns.file} (mode 0600); copy it to the glance-api host and the coordinator "
           "host and name it in [DEFAULT] sync_internal_secret_file")
     return 0
+def _allowed_clients_dir(conf_args: list[str]) -> str:
+    conf = config.load(conf_args, PROG, setup_logging=False)
+    if not conf.curve.allowed_clients_dir:
+        config.fail(PROG, "keygen: --role needs --allowed-dir or [curve] allowed_clients_dir in the config",
+                    code=2)
+    return str(conf.curve.allowed_clients_dir)
 
 
 def resync(url: str, image_id: str, now: float) -> str:
@@ -195,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         config.fail(PROG, f"a command is required: {', '.join(COMMANDS)}", code=2)
     if cmd == "keygen":
-        return _keygen(cmd_args)
+        return _keygen(conf_args, cmd_args)
     if cmd == "gensecret":
         return _gensecret(cmd_args)
     if cmd == "resync":

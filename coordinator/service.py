@@ -5,13 +5,16 @@
 (times are stored in the journal and must survive a restart).  One iteration:
 
 1. poll both sockets briefly and serve every frame that arrived: agents' session
-   messages on the agent socket, ``event`` and ``status_query`` on the client socket;
+   messages on the agent socket, ``event`` and ``status_query`` on the client socket,
+   each only from a peer whose key's role may send it (glancesync.roles; the key is
+   looked up per message, so a revoked key is refused at once);
 2. apply what the glance thread pool finished (registrations, image fetches);
 3. mark silent agents offline, requeue tasks whose lease lapsed;
 4. plan journaled events that have no tasks yet (eventdesk.py; the image is fetched
    in the pool);
-5. hand tasks to agents with credits, send heartbeats every interval, and start a
-   reconciler pass when one is due.
+5. hand tasks to agents with credits, send heartbeats every interval, start a
+   reconciler pass when one is due, and re-read the CURVE allow-list when it changed
+   (checked every ``[curve] reload_interval``) or on SIGHUP.
 
 Every frame and every step is wrapped: bad input or a failing step is logged and the
 loop goes on.  No SQL here (journal.py) and no HTTP (registrar.py).
@@ -28,12 +31,12 @@ import zmq
 from oslo_config import cfg
 
 from coordinator import status
-from coordinator.agents import Agents, Session
+from coordinator.agents import Agents, Session, SessionRefused
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import TaskDesk
-from glancesync import protocol, transport
+from glancesync import protocol, roles, transport
 from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
 from glancesync.liveness import retry_delay
 from glancesync.storemap import StoreMap
@@ -41,7 +44,7 @@ from glancesync.storemap import StoreMap
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 # Message types an agent may send; anything else on the agent socket is refused.
-AGENT_TYPES = frozenset({"hello", "ready", "ack", "progress", "done", "failed", "heartbeat", "bye"})
+AGENT_TYPES = frozenset(roles.AGENT_MESSAGES)
 
 
 class SteadyClock:
@@ -85,13 +88,16 @@ class Service:
         self.registrar = registrar
         self.context = context or zmq.Context.instance()
         c = conf.coordinator
-        self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout, self._retry_policy)
+        self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout, self._retry_policy,
+                             c.max_sessions_per_key, c.max_sessions_per_region)
         self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy)
         self.started_at = time.time()
         self.now = self.started_at
         self.agent_sock: zmq.Socket | None = None
         self.client_sock: zmq.Socket | None = None
-        self.auth: Any = None
+        self.auth: roles.ClientAuth | None = None
+        self._reload_keys = False
+        self._keys_checked = 0.0
         self.poller = zmq.Poller()
         self._last_heartbeat = 0.0
         self.events = EventDesk(conf, storemap, journal, registrar)
@@ -103,6 +109,7 @@ class Service:
         c = self.conf.coordinator
         self.started_at = now
         self.auth = transport.start_server_auth(self.context, self.conf)
+        self._keys_checked = now
         self.agent_sock = transport.bind_server(self.context, zmq.ROUTER, c.bind_host, c.agent_port, self.conf)
         self.client_sock = transport.bind_server(
             self.context, zmq.ROUTER, c.bind_host, self.conf.sync_server_port, self.conf)
@@ -151,8 +158,8 @@ class Service:
         for sock, handler in ((self.agent_sock, self._agent_frame), (self.client_sock, self._client_frame)):
             if sock in ready:
                 self._drain(sock, handler, now)
-        for step in (self._apply_results, self._housekeeping, self.events.plan_events, self._dispatch,
-                     self._heartbeats, self.events.reconcile):
+        for step in (self._keys, self._apply_results, self._housekeeping, self.events.plan_events,
+                     self._dispatch, self._heartbeats, self.events.reconcile):
             try:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
@@ -162,14 +169,17 @@ class Service:
         # A bounded batch per iteration, so a flood on one socket cannot starve the timers.
         for _ in range(1000):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
                 LOG.error("receive failed: %s", exc)
                 return
+            # Who sent it: the ZAP User-Id (the CURVE key) travels with each message.
+            key = transport.peer_key(parts[-1]) if self.auth is not None else None
+            frames = [part.bytes for part in parts]
             try:
-                handler(frames, now)
+                handler(frames, now, key)
             except Exception:
                 LOG.exception("frame from %s could not be handled", peer_name(frames[0]))
 
@@ -186,7 +196,7 @@ class Service:
     def send_agent(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> None:
         self._send(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
 
-    def _agent_frame(self, frames: list[bytes], now: float) -> None:
+    def _agent_frame(self, frames: list[bytes], now: float, key: str | None = None) -> None:
         if len(frames) < 2:
             LOG.warning("agent peer %s: frame without payload dropped", peer_name(frames[0]))
             return
@@ -199,11 +209,11 @@ class Service:
             LOG.warning("agent peer %s: refused frame: %s", peer_name(routing_id), exc)
             self._send(self.agent_sock, [routing_id], protocol.error_reply(exc))
             return
+        peer = self._admitted(self.agent_sock, [routing_id], key, msg)
+        if peer is None:
+            return
         if msg.type == "hello":
-            session = self.agents.hello(routing_id, msg.body, now)
-            c = self.conf.coordinator
-            self.send_agent(routing_id, "welcome",
-                            {"heartbeat_interval": c.heartbeat_interval, "lease_timeout": c.lease_timeout})
+            self._hello(routing_id, peer, key, msg, now)
             return
         session = self.agents.get(routing_id)
         if session is None:
@@ -213,6 +223,24 @@ class Service:
             return
         self.agents.heard(session, now)
         self._agent_message(session, msg, now)
+
+    def _hello(self, routing_id: bytes, peer: roles.Peer, key: str | None, msg: protocol.Message,
+               now: float) -> None:
+        region = msg.body["region"]
+        try:
+            if peer is not roles.LOCAL and peer.region != region:
+                raise SessionRefused("forbidden", f"key {peer.name} is for region {peer.region}, not {region}")
+            if region not in self.storemap.regions:
+                raise SessionRefused("unknown_region", f"region {region} is not in glance_store.yaml")
+            self.agents.hello(routing_id, msg.body, now, key, "" if peer is roles.LOCAL else peer.name)
+        except SessionRefused as exc:
+            LOG.warning("agent peer %s (%s): hello as %s of region %s refused: %s", peer_name(routing_id),
+                        peer.name, msg.body["agent_id"], region, exc)
+            self.send_agent(routing_id, "error", {"code": exc.code, "reason": exc.reason, "ref": msg.id})
+            return
+        c = self.conf.coordinator
+        self.send_agent(routing_id, "welcome",
+                        {"heartbeat_interval": c.heartbeat_interval, "lease_timeout": c.lease_timeout})
 
     def _agent_message(self, session: Session, msg: protocol.Message, now: float) -> None:
         body = msg.body
@@ -228,12 +256,11 @@ class Service:
             self.tasks.failed(session, body, now)
         elif msg.type == "bye":
             LOG.info("agent %s of region %s said bye: %s", session.agent_id, session.region, body["reason"])
-            session.online = False
-            session.credits = 0
+            self.agents.offline(session)
 
     # -- client socket --------------------------------------------------------------------
 
-    def _client_frame(self, frames: list[bytes], now: float) -> None:
+    def _client_frame(self, frames: list[bytes], now: float, key: str | None = None) -> None:
         envelope, payload = frames[:-1], frames[-1]
         if not envelope:
             return
@@ -241,12 +268,15 @@ class Service:
         try:
             msg = protocol.decode(payload)
             ref = msg.id
-            if msg.type == "event":
-                reply = self._event(msg.body, now, peer_name(envelope[0]))
-            elif msg.type == "status_query":
-                reply = self._status(msg.body)
-            else:
+            if msg.type not in ("event", "status_query"):
                 raise ProtocolError(code="unexpected", detail=f"{msg.type} is not served on this socket")
+            peer = self._admitted(self.client_sock, envelope, key, msg)
+            if peer is None:
+                return
+            if msg.type == "event":
+                reply = self._event(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
+            else:
+                reply = self._status(msg.body)
         except ProtocolError as exc:
             LOG.warning("client peer %s: refused frame: %s", peer_name(envelope[0]), exc)
             reply = protocol.error_reply(exc, ref)
@@ -270,6 +300,43 @@ class Service:
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
         data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
+
+    # -- who may send what ------------------------------------------------------------------
+
+    def _admitted(self, sock: zmq.Socket | None, envelope: list[bytes], key: str | None,
+                  msg: protocol.Message) -> roles.Peer | None:
+        """The sender's role if it may send ``msg``; otherwise an error reply, one log line, None."""
+        if self.auth is None:
+            return roles.LOCAL  # no CURVE: loopback only, every local peer is trusted
+        peer = self.auth.peer(key)
+        if peer is not None and peer.may_send(msg.type):
+            return peer
+        if peer is None:
+            code, reason = "forbidden", "this key is not (or no longer) on the coordinator's allow-list"
+        else:
+            code, reason = "forbidden", f"a {peer.role} key may not send {msg.type}"
+        LOG.warning("peer %s: %s refused: key %s: %s", peer_name(envelope[0]), msg.type,
+                    self.auth.describe(key), reason)
+        self._send(sock, envelope, protocol.encode("error", {"code": code, "reason": reason, "ref": msg.id}))
+        return None
+
+    def request_reload(self) -> None:
+        """Re-read the allow-list at the next iteration (SIGHUP; safe in a signal handler)."""
+        self._reload_keys = True
+
+    def _keys(self, now: float) -> None:
+        if self.auth is None:
+            return
+        forced, self._reload_keys = self._reload_keys, False
+        if not forced and now - self._keys_checked < self.conf.curve.reload_interval:
+            return
+        self._keys_checked = now
+        if self.auth.refresh(force=forced):
+            self.agents.revoke(self._agent_key_admitted)
+
+    def _agent_key_admitted(self, key: str, region: str) -> bool:
+        peer = self.auth.peer(key) if self.auth is not None else None
+        return peer is not None and peer.role == roles.AGENT and peer.region == region
 
     # -- timers and queues ------------------------------------------------------------------
 

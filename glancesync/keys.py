@@ -1,8 +1,8 @@
-"""CurveZMQ keys: files in zmq.auth format, an allow-list directory of client public keys.
+"""CurveZMQ key files in zmq.auth format: make a pair, load a secret or a public key.
 
-Fails closed: a key that does not load, a secret key readable by others, or an
-empty allow-list stops the service with a message naming the file, instead of
-silently running unauthenticated.
+Fails closed: a key that does not load or a secret key readable by others stops the
+service with a message naming the file, instead of silently running
+unauthenticated.  The allow-list of client keys and their roles is glancesync.roles.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
-import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from glancesync.exceptions import KeyLoadError
 
@@ -48,15 +46,3 @@ def load_public(path: str) -> bytes:
     except (OSError, ValueError) as exc:
         raise KeyLoadError(path=path, detail=str(exc)) from None
     return public
-
-
-def start_authenticator(context: zmq.Context, allowed_dir: str) -> ThreadAuthenticator:
-    """Allow CURVE clients whose public key file is in ``allowed_dir``; nobody else."""
-    if not allowed_dir or not os.path.isdir(allowed_dir):
-        raise KeyLoadError(path=allowed_dir or "<unset>", detail="allowed_clients_dir is not a directory")
-    if not any(name.endswith(".key") for name in os.listdir(allowed_dir)):
-        raise KeyLoadError(path=allowed_dir, detail="allowed_clients_dir holds no .key file")
-    auth = ThreadAuthenticator(context)
-    auth.start()
-    auth.configure_curve(domain="*", location=allowed_dir)
-    return auth

@@ -186,6 +186,23 @@ coordinator_opts = [
         "lost delete can pass it; that is on purpose. 0 disables this limit. "
         "Related options: reconcile_max_deletes.",
     ),
+    cfg.IntOpt(
+        "max_sessions_per_key",
+        default=16,
+        min=1,
+        help="With [curve] enabled: most agent sessions one agent key may hold. At the bound the "
+        "offline session heard from longest ago is dropped to make room; when all are online, a "
+        "further hello is refused (error too_many_sessions), so a flood of made-up agents costs "
+        "nothing lasting. Related options: max_sessions_per_region.",
+    ),
+    cfg.IntOpt(
+        "max_sessions_per_region",
+        default=64,
+        min=1,
+        help="Most agent sessions of one region, online or offline, with or without CURVE. At the "
+        "bound offline sessions are dropped first; with only online ones a further hello is "
+        "refused (error too_many_sessions). Related options: max_sessions_per_key.",
+    ),
 ]
 
 database_opts = [
@@ -260,7 +277,26 @@ curve_opts = [
     ),
     cfg.StrOpt(
         "allowed_clients_dir",
-        help="Coordinator: directory of the public key files of the clients allowed to connect.",
+        help="Coordinator: directory of the public key files of the clients allowed to connect; "
+        "where a key sits is its role: agent/<region>/NAME.key (the agent of that region only), "
+        "sender/NAME.key (glance_proxy event senders), status/NAME.key (glance-sync-status), "
+        "operator/NAME.key (events and status). A key file directly in this directory stops the "
+        "coordinator at start. Changes are picked up without a restart (see reload_interval, "
+        "SIGHUP). See doc/keys-and-roles.md.",
+    ),
+    cfg.FloatOpt(
+        "reload_interval",
+        default=5.0,
+        min=0.5,
+        help="Coordinator: seconds between two checks of allowed_clients_dir for changed key "
+        "files (a stat of its directories and keys); a change is applied at once, a removed "
+        "key is refused for new connections and further messages. SIGHUP re-reads it at once.",
+    ),
+    cfg.StrOpt(
+        "status_secret_key_file",
+        help="glance-sync-status: the secret key file of its own status (or operator) key, when "
+        "the config file it reads is a service's (whose secret_key_file is that service's key). "
+        "Unset: secret_key_file. The --key-file argument overrides both.",
     ),
 ]
 

@@ -9,7 +9,9 @@ Usage::
 It sends one ``status_query`` to the coordinator's client socket
 (``sync_server_host``/``sync_server_port`` and ``[curve]`` from the same config
 file as the services, ``--host``/``--port`` override them) over a zmq DEALER and
-prints the ``status_reply``.  The coordinator's reply ``data``:
+prints the ``status_reply``.  With CURVE it needs a key of its own whose public half
+is in the coordinator's ``allowed_clients_dir/status/`` (or ``operator/``):
+``--key-file``, else ``[curve] status_secret_key_file``, else ``secret_key_file``.  The coordinator's reply ``data``:
 
 - summary: ``{"coordinator": {"version", "started_at", "now"}, "regions": {<region>:
   {"queued", "in_flight", "synced", "failed", "agents": [{"agent_id", "online",
@@ -66,6 +68,9 @@ cli_opts = [
     ),
     cfg.BoolOpt("json", default=False, help="Print the reply's data as JSON instead of a table."),
     cfg.StrOpt("wait", metavar="IMAGE_ID", help="Wait until IMAGE_ID is synced in every region it is meant for."),
+    cfg.StrOpt("key-file", metavar="FILE",
+               help="With [curve] enabled: this tool's own secret key file (a status or operator key); "
+               "overrides [curve] status_secret_key_file and secret_key_file."),
 ]
 
 
@@ -100,7 +105,9 @@ def query(
     no_answer = StatusFailure(f"no answer from coordinator at {where} within {timeout:g} s")
     # A fresh socket per query: a reply that arrives after we gave up on it can
     # never be taken for the answer to the next query.
-    sock = transport.connect_client(context, zmq.DEALER, host, port, conf)
+    curve = conf.curve
+    sock = transport.connect_client(context, zmq.DEALER, host, port, conf,
+                                    conf.key_file or curve.status_secret_key_file or curve.secret_key_file)
     try:
         try:
             sock.send(protocol.encode("status_query", body), flags=zmq.NOBLOCK)

@@ -2,9 +2,11 @@
 
 Role-named constructors: ``bind_server`` for the coordinator's ROUTER sockets,
 ``connect_client`` for agents, the event sender and the status tool.  With
-``[curve] enabled`` a server authenticates clients against the allow-list and a
-client pins the coordinator's public key; without it, binding anything but a
-loopback address is refused, because plain zmq would accept any peer.
+``[curve] enabled`` a server authenticates clients against the allow-list of
+glancesync.roles and a client pins the coordinator's public key; without it,
+binding anything but a loopback address is refused, because plain zmq would accept
+any peer.  ``peer_key`` reads the ZAP User-Id (the sender's z85 public key) off a
+received frame, which is how the coordinator knows a message's role.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from glancesync import keys, protocol
+from glancesync import keys, protocol, roles
 from glancesync.exceptions import ConfigError
 
 
@@ -65,11 +67,15 @@ def bind_server(context: zmq.Context, sock_type: int, host: str, port: int, conf
     return sock
 
 
-def connect_client(context: zmq.Context, sock_type: int, host: str, port: int, conf: Any) -> zmq.Socket:
-    """A connected client socket, pinning the coordinator's key when CURVE is on."""
+def connect_client(context: zmq.Context, sock_type: int, host: str, port: int, conf: Any,
+                   secret_key_file: str | None = None) -> zmq.Socket:
+    """A connected client socket, pinning the coordinator's key when CURVE is on.
+
+    ``secret_key_file`` overrides ``[curve] secret_key_file`` (the status tool's own key).
+    """
     curve = conf.curve
     if curve.enabled:
-        public, secret = keys.load_secret(curve.secret_key_file or "")
+        public, secret = keys.load_secret(secret_key_file or curve.secret_key_file or "")
         server_key = keys.load_public(curve.server_public_key_file or "")
     sock = context.socket(sock_type)
     _common(sock)
@@ -81,8 +87,19 @@ def connect_client(context: zmq.Context, sock_type: int, host: str, port: int, c
     return sock
 
 
-def start_server_auth(context: zmq.Context, conf: Any) -> Any:
-    """Start the CURVE allow-list for a server context; None when CURVE is off."""
+def start_server_auth(context: zmq.Context, conf: Any) -> roles.ClientAuth | None:
+    """Start the CURVE allow-list (with roles) for a server context; None when CURVE is off."""
     if not conf.curve.enabled:
         return None
-    return keys.start_authenticator(context, conf.curve.allowed_clients_dir or "")
+    return roles.ClientAuth(context, conf.curve.allowed_clients_dir or "")
+
+
+def peer_key(frame: zmq.Frame) -> str | None:
+    """The ZAP User-Id of a received frame (a CURVE client's z85 public key); None without one."""
+    try:
+        user_id = frame.get("User-Id")
+    except (zmq.ZMQError, AttributeError):
+        return None
+    if isinstance(user_id, bytes):
+        user_id = user_id.decode("ascii", "replace")
+    return user_id or None

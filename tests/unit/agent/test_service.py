@@ -255,3 +255,27 @@ def test_second_task_for_an_image_already_running_here_is_refused_retryable(sess
     assert failed.body["task_id"] == "t2" and failed.body["retryable"] is True
     assert "busy" in failed.body["reason"] and "t1" in failed.body["reason"]
     assert list(pool.running) == ["t1"]
+
+
+def test_a_refused_hello_is_one_error_then_retried_with_backoff(session, caplog):
+    # Another live session holds this agent id: the agent must neither give up nor hammer.
+    coord, service, pool = session
+    now, delays = 0.0, []
+    for _ in range(3):
+        hello = coord.expect(service, "hello", now)
+        coord.send("error", {"code": "agent_id_in_use", "reason": "agent a1 of region RegionA is online",
+                             "ref": hello.id})
+        for _ in range(20):
+            service.step(now, timeout_ms=20)
+            if service.sock is None:
+                break
+        assert service.sock is None and not service.welcomed
+        delays.append(service.reconnect_at - now)
+        now = service.reconnect_at
+    assert delays[0] > 0 and delays[-1] > delays[0]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "agent_id_in_use" in errors[0].getMessage()
+    hello = coord.expect(service, "hello", now)  # once the old session lapsed, it gets in
+    coord.send("welcome", {"heartbeat_interval": 1.0, "lease_timeout": 10.0})
+    assert coord.expect(service, "ready", now + 0.1).body["credits"] == 2
+    assert service.welcomed and not service.refused

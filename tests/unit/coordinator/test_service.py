@@ -181,10 +181,18 @@ def test_lapsed_lease_requeues_and_a_late_done_is_ignored(ctx, service, journal,
     assert client.images.added == []
 
 
+def bye(service: Service, sock: zmq.Socket, now: float = NOW) -> None:
+    """The agent of ``sock`` stops cleanly: its session goes offline at once."""
+    sock.send(protocol.encode("bye", {"reason": "shutdown"}))
+    pump(service, now, lambda: not any(s.online for s in service.agents.sessions.values()))
+
+
 def test_hello_requeues_tasks_missing_from_in_flight_and_keeps_the_others(ctx, service, journal) -> None:
     sock, task = run_copy(ctx, service)
-    agent(ctx, service, in_flight=[task["task_id"]])
+    bye(service, sock)
+    again = agent(ctx, service, in_flight=[task["task_id"]])
     assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
+    bye(service, again)
     agent(ctx, service, in_flight=[])
     assert journal.task(task["task_id"]).state == SyncState.PENDING
 
@@ -287,14 +295,18 @@ def test_status_views(ctx, service) -> None:
                                                             "regions": {}, "now": NOW}
 
 
-def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> float:
-    """Let the agent holding ``task_id`` lose it (lease lapse or restart); returns the time after."""
+def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> tuple[float, zmq.Socket | None]:
+    """Let the agent holding ``task_id`` lose it (lease lapse or restart): (the time after, the
+    restarted agent's socket or None)."""
     if how == "lapse":
         now += service.conf.coordinator.lease_timeout + 1
         pump(service, now, lambda: journal.task(task_id).state != SyncState.ASSIGNED)
-    else:
-        agent(ctx, service, in_flight=[], now=now)  # the same agent id, restarted without the task
-    return now
+        return now, None
+    # The agent crashed and restarted without the task: its hello gets in once the old
+    # session has gone offline (three silent heartbeat intervals, well within the lease).
+    now += 3 * service.conf.coordinator.heartbeat_interval + 0.5
+    pump(service, now)
+    return now, agent(ctx, service, in_flight=[], now=now)
 
 
 @pytest.mark.parametrize("how", ["lapse", "restart"])
@@ -304,10 +316,14 @@ def test_a_task_that_keeps_losing_its_agent_ends_failed(ctx, service, journal, h
     sock, task = run_copy(ctx, service)
     task_id, now = task["task_id"], NOW
     for attempt in (1, 2):
-        now = lose_task(ctx, service, journal, task_id, how, now)
+        now, restarted = lose_task(ctx, service, journal, task_id, how, now)
         row = journal.task(task_id)
         assert row.state == SyncState.PENDING and row.retries == attempt
-        again = agent(ctx, service, credits=1, now=now)
+        if restarted is None:
+            again = agent(ctx, service, credits=1, now=now)
+        else:
+            again = restarted
+            again.send(protocol.encode("ready", {"credits": 1}))
         assert receive(again, service, now, "task").body["attempt"] == attempt + 1
     lose_task(ctx, service, journal, task_id, how, now)
     assert journal.task(task_id).state == SyncState.FAILED
@@ -555,3 +571,35 @@ def test_steady_clock_ignores_a_wall_clock_step(monkeypatch) -> None:
     wall[0] -= 7200  # and then two hours back
     mono[0] += 1
     assert clock.now() == 1003.0
+
+
+def test_a_second_agent_with_a_taken_id_is_refused_and_evicts_nothing(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    twin = dealer(ctx, service.conf.coordinator.agent_port)
+    twin.send(protocol.encode("hello", {"region": "RegionOne", "agent_id": "a1", "capacity": 2,
+                                        "version": "t", "in_flight": []}))
+    reply = receive(twin, service, NOW, "error")
+    assert reply.body["code"] == "agent_id_in_use" and "a1" in reply.body["reason"]
+    row = journal.task(task["task_id"])
+    assert row.state == SyncState.ASSIGNED and row.retries == 0  # the live agent keeps its task
+    assert [s.online for s in service.agents.sessions.values()] == [True]
+    sock.send(protocol.encode("ack", {"task_id": task["task_id"], "attempt": 1}))
+    pump(service, NOW)
+    assert not any(receive_all(sock, "disconnect"))
+
+
+def receive_all(sock: zmq.Socket, msg_type: str) -> list[protocol.Message]:
+    found = []
+    while sock.poll(0):
+        msg = protocol.decode(sock.recv())
+        if msg.type == msg_type:
+            found.append(msg)
+    return found
+
+
+def test_a_hello_for_a_region_the_store_map_does_not_name_is_refused(ctx, service) -> None:
+    sock = dealer(ctx, service.conf.coordinator.agent_port)
+    sock.send(protocol.encode("hello", {"region": "RegionMadeUp", "agent_id": "a1", "capacity": 2,
+                                        "version": "t"}))
+    assert receive(sock, service, NOW, "error").body["code"] == "unknown_region"
+    assert service.agents.sessions == {}

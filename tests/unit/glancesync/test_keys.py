@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-import zmq
 
 from glancesync import keys
 from glancesync.exceptions import KeyLoadError
@@ -55,28 +54,3 @@ def test_garbage_key_file(tmp_path: Path) -> None:
     os.chmod(path, 0o600)
     with pytest.raises(KeyLoadError):
         keys.load_secret(str(path))
-
-
-def test_authenticator_refuses_empty_or_missing_dir(tmp_path: Path) -> None:
-    context = zmq.Context()
-    try:
-        with pytest.raises(KeyLoadError) as info:
-            keys.start_authenticator(context, str(tmp_path))
-        assert "no .key file" in str(info.value)
-        with pytest.raises(KeyLoadError):
-            keys.start_authenticator(context, str(tmp_path / "missing"))
-        with pytest.raises(KeyLoadError):
-            keys.start_authenticator(context, "")
-    finally:
-        context.term()
-
-
-def test_authenticator_starts_with_a_key(tmp_path: Path) -> None:
-    keys.generate(str(tmp_path), "client")
-    context = zmq.Context()
-    auth = keys.start_authenticator(context, str(tmp_path))
-    try:
-        assert auth.is_alive()
-    finally:
-        auth.stop()
-        context.term()

@@ -99,8 +99,8 @@ def curve_world(tmp_path: Path) -> dict[str, str]:
     for name in ("server", "client", "stranger", "impostor"):
         public, secret = keys.generate(str(tmp_path / name), name)
         paths[f"{name}_public"], paths[f"{name}_secret"] = public, secret
-    allowed.mkdir()
-    (allowed / "client.key").write_text(Path(paths["client_public"]).read_text())
+    (allowed / "status").mkdir(parents=True)
+    (allowed / "status" / "client.key").write_text(Path(paths["client_public"]).read_text())
     return paths
 
 
@@ -119,8 +119,10 @@ def _curve_exchange(world: dict[str, str], client_secret: str, pinned_server: st
         client.send(protocol.encode("status_query", {"view": "summary"}))
         if not server.poll(SHORT):
             return False
-        identity, frame = server.recv_multipart()
-        assert protocol.decode(frame).type == "status_query"
+        identity, frame = server.recv_multipart(copy=False)
+        assert protocol.decode(frame.bytes).type == "status_query"
+        # The ZAP User-Id names the key: the coordinator finds its role from it.
+        assert auth.peer(transport.peer_key(frame)).name == "status/client.key"
         server.send_multipart([identity, protocol.encode("status_reply", {"view": "summary", "data": {}})])
         assert client.poll(SHORT)
         assert protocol.decode(client.recv()).type == "status_reply"
@@ -158,3 +160,15 @@ def test_curve_without_allow_list_does_not_start(context: zmq.Context, tmp_path:
 
 def test_no_authenticator_without_curve(context: zmq.Context) -> None:
     assert transport.start_server_auth(context, make_conf()) is None
+
+
+def test_a_frame_without_curve_has_no_peer_key(context: zmq.Context) -> None:
+    conf = make_conf()
+    port = free_port()
+    server = transport.bind_server(context, zmq.ROUTER, "127.0.0.1", port, conf)
+    client = transport.connect_client(context, zmq.DEALER, "127.0.0.1", port, conf)
+    client.send(protocol.encode("heartbeat"))
+    assert server.poll(SHORT)
+    assert transport.peer_key(server.recv_multipart(copy=False)[-1]) is None
+    server.close()
+    client.close()
