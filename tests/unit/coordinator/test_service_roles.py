@@ -63,7 +63,8 @@ def service(tmp_path, db_url, store_yaml, journal, stores, world, ctx):
         "enabled": True, "secret_key_file": world.server_secret, "allowed_clients_dir": world.allowed,
         "reload_interval": 30})
     client = FakeClient()
-    svc = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: client)
+    svc = Service(conf, stores, journal, registrar, context=ctx)
     svc.initialize(NOW)
     yield svc
     svc.shutdown()
@@ -183,7 +184,7 @@ def test_the_old_layout_stops_the_coordinator(tmp_path, db_url, store_yaml, jour
     conf = make_conf(tmp_path, db_url, store_yaml, curve={
         "enabled": True, "secret_key_file": world.server_secret, "allowed_clients_dir": world.allowed},
         coordinator={"agent_port": free_port()})
-    svc = Service(conf, stores, journal, Registrar(lambda: None, 1, "x"), context=ctx)
+    svc = Service(conf, stores, journal, Registrar(lambda: None, 1, "x", regional_client_factory=lambda _region: None), context=ctx)
     try:
         with pytest.raises(keys.KeyLoadError) as info:
             svc.initialize(NOW)
