@@ -175,7 +175,7 @@ def old_listing(base: Path, backlog_size: int, count: int) -> tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=30_000, help="backlog size (default 30000)")
-    parser.add_argument("--old-events", type=int, default=300, help="events sent by the old loop (default 300)")
+    parser.add_argument("--old-events", type=int, default=100, help="events sent by the old loop (default 100)")
     parser.add_argument("--no-journal", action="store_true", help="skip the run against the SQLite journal")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
@@ -190,7 +190,7 @@ def main() -> None:
     print(f"outbox drain, backlog {args.events} events; {os.cpu_count()} cores, load {load}")
     print(f"{'':38} {'events/s':>10} {'CPU us/event':>13} {'new / this':>11}")
     for name, (rate, cpu) in results.items():
-        print(f"{name:38} {rate:10.0f} {cpu * 1e6:13.0f} {new / rate:11.2f}")
+        print(f"{name:38} {rate:10.1f} {cpu * 1e6:13.0f} {new / rate:11.2f}")
 
 
 if __name__ == "__main__":
