@@ -145,13 +145,15 @@ class EventSender:
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.is_alive():
+            # Its socket and spools are still in use: leave them (and the context, whose
+            # term() would wait for that socket) to the process's end.
             LOG.error("glance-sync: sender thread did not stop within %g s; %d queued event(s) may be lost",
                       timeout, self.queue.qsize())
-        else:
-            self._spool_queued(wait=0)  # never started, or stopped: nothing else drains the queue now
-            for spool in (*self.adopted, self.spool):
-                spool.close()
-            self.usage.close()
+            return
+        self._spool_queued(wait=0)  # never started, or stopped: nothing else drains the queue now
+        for spool in (*self.adopted, self.spool):
+            spool.close()
+        self.usage.close()
         self._drop_socket()
         if self._own_context:
             self._context.term()
