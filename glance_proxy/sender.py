@@ -101,17 +101,10 @@ class EventSender:
 
     # ---- the request path -------------------------------------------------
     def start(self) -> EventSender:
-        """Recount the shared usage, adopt orphaned spools and start the sending thread (once)."""
+        """Start the sending thread (once); it first recounts the shared usage and adopts orphans."""
         with self._lock:
             if self._thread.is_alive() or self._closed:
                 return self
-            try:
-                # A worker that crashed may have left the shared count off by its last event.
-                self.usage.recount()
-                self.adopt_orphans()
-            except OSError as exc:
-                LOG.error("glance-sync: cannot adopt orphaned spools under %s: %s", self.usage.root, exc)
-            self._adopt_at = self.clock() + ADOPT_INTERVAL
             self._thread.start()
             # How a gunicorn worker ends (SIGTERM, SIGQUIT, max_requests): SystemExit, then atexit.
             atexit.register(self.close)
@@ -177,6 +170,15 @@ class EventSender:
                 spool.close()
         return found
 
+    def _look_for_orphans(self, recount: bool = False) -> None:
+        try:
+            if recount:  # a worker that crashed may have left the shared count off by its last event
+                self.usage.recount()
+            self.adopt_orphans()
+        except OSError as exc:
+            LOG.error("glance-sync: cannot adopt orphaned spools under %s: %s", self.usage.root, exc)
+        self._adopt_at = self.clock() + ADOPT_INTERVAL
+
     def _sending_spool(self) -> Spool | None:
         """The spool whose oldest event goes next: adopted ones first, emptied ones removed."""
         while self.adopted:
@@ -187,6 +189,8 @@ class EventSender:
 
     # ---- the sending thread -----------------------------------------------
     def _run(self) -> None:
+        # Here, not in start(): start() runs on a request's path, and a big orphan takes a while to read.
+        self._look_for_orphans(recount=True)
         while not self._stop.is_set():
             try:
                 self.step()
@@ -199,8 +203,7 @@ class EventSender:
         """One round: adopt when due, spool what is queued, then send the oldest event if it is time."""
         now = self.clock()
         if now >= self._adopt_at:
-            self._adopt_at = now + ADOPT_INTERVAL
-            self.adopt_orphans()
+            self._look_for_orphans()
         spool = self._sending_spool()
         wait = _IDLE_WAIT if spool is None else max(0.0, min(_IDLE_WAIT, self._retry_at - now))
         self._spool_queued(wait=wait)

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -357,3 +358,12 @@ def test_events_queued_in_memory_are_spooled_when_the_process_exits(conf):
         assert Spool.adopt(files[0].parent, usage) is not None
     finally:
         usage.close()
+
+
+def test_start_leaves_the_orphan_scan_to_the_sender_thread(conf, make_sender, monkeypatch):
+    """start() runs on the first event's request: reading a big orphaned spool must not happen there."""
+    scanned_in = []
+    monkeypatch.setattr(EventSender, "adopt_orphans", lambda self: scanned_in.append(threading.current_thread()) or 0)
+    s = make_sender().start()
+    wait_until(lambda: scanned_in)
+    assert scanned_in[0] is s._thread
