@@ -20,7 +20,7 @@ from glancesync.transport import tcp_endpoint
 
 PROG = "glance-sync-proxy"
 # Two worker processes of 8 threads: the proxy only moves bytes, so a few
-# processes saturate a link; each worker has its own outbox (spool_dir/<pid>).
+# processes saturate a link; each worker has its own locked directory in spool_dir.
 WORKERS = 2
 
 

@@ -4,11 +4,17 @@
 in-memory queue (full: the event is dropped with an ERROR line, the request goes
 on).  One daemon thread per process does the rest:
 
-1. moves queued events into the on-disk outbox (``spool.Spool``);
+1. moves queued events into the on-disk outbox (``spool.Spool``, its own locked
+   directory under ``spool_dir``);
 2. sends the oldest spooled event over a zmq DEALER to the coordinator and waits
    up to ``ack_timeout`` for its ``event_ack``; only then deletes the file;
 3. on silence: closes the socket (stale replies die with it), waits a jittered
    backoff, opens a fresh socket and replays from the oldest file, so order holds.
+
+Spools left by dead workers (their lock is free) are adopted at start and every
+``ADOPT_INTERVAL``, and sent before this worker's own events: they happened first.
+``close()`` (also run at interpreter exit, which is how a gunicorn worker stops)
+writes what is still queued in memory to the spool, within a bounded time.
 
 One event is in flight at a time (stop-and-wait): the coordinator sees events of a
 process in the order they happened, and every reply on the current socket answers
@@ -19,18 +25,19 @@ transient codes below, which are retried like silence.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import msgpack
 import zmq
 
-from glance_proxy.spool import Spool, SpoolFull
+from glance_proxy.spool import SharedUsage, Spool, SpoolFull
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.liveness import Backoff
@@ -45,6 +52,12 @@ ACK_TIMEOUT = 2.0
 TRANSIENT_ERROR_CODES = frozenset({"busy", "unavailable", "journal", "internal", "not_leader", "retry"})
 # Longest wait on the in-memory queue, so close() is noticed promptly.
 _IDLE_WAIT = 0.5
+# How often a running sender looks for spools of workers that died since: a
+# listing of spool_dir's top level (a few entries), not of any spool.
+ADOPT_INTERVAL = 30.0
+# What close() may take: gunicorn kills a worker that is not gone within its
+# graceful_timeout (30 s by default), and the interpreter exit must not hang.
+CLOSE_TIMEOUT = 5.0
 
 
 class EventSender:
@@ -66,7 +79,15 @@ class EventSender:
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.clock = clock
         self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=conf.proxy.queue_size)
-        self.spool = Spool(conf.proxy.spool_dir, conf.proxy.spool_max_bytes)
+        self.usage = SharedUsage(conf.proxy.spool_dir, conf.proxy.spool_max_bytes)
+        try:
+            self.spool = Spool.create(self.usage.root, self.usage)
+        except BaseException:
+            self.usage.close()
+            raise
+        self.adopted: list[Spool] = []
+        self.dropped_full = 0
+        self._pid = os.getpid()
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._socket: zmq.Socket | None = None
@@ -74,19 +95,19 @@ class EventSender:
         self._closed = False
         self._lock = threading.Lock()
         self._retry_at = 0.0
+        self._adopt_at = 0.0
+        self._flush_until = float("inf")
         self._thread = threading.Thread(target=self._run, name="glance-sync-sender", daemon=True)
 
     # ---- the request path -------------------------------------------------
     def start(self) -> EventSender:
-        """Adopt orphaned outboxes and start the sending thread (once)."""
+        """Start the sending thread (once); it first recounts the shared usage and adopts orphans."""
         with self._lock:
             if self._thread.is_alive() or self._closed:
                 return self
-            try:
-                self.spool.adopt_orphans()
-            except OSError as exc:
-                LOG.error("glance-sync: cannot adopt orphaned spool dirs under %s: %s", self.spool.root, exc)
             self._thread.start()
+            # How a gunicorn worker ends (SIGTERM, SIGQUIT, max_requests): SystemExit, then atexit.
+            atexit.register(self.close)
         return self
 
     def submit(self, event: dict[str, Any]) -> bool:
@@ -101,21 +122,75 @@ class EventSender:
             )  # fmt: skip
             return False
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the thread (idempotent); what is spooled stays for the next start."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Stop the thread and spool what is still queued, within ``timeout`` (idempotent).
+
+        What is spooled stays on disk: this worker's directory is released and the
+        next sender that looks adopts it.  A no-op in a process forked from the owner.
+        """
         with self._lock:
-            if self._closed:
+            if self._closed or os.getpid() != self._pid:
                 return
             self._closed = True
+        atexit.unregister(self.close)
+        self._flush_until = self.clock() + timeout
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._thread.is_alive():
+            # Its socket and spools are still in use: leave them (and the context, whose
+            # term() would wait for that socket) to the process's end.
+            LOG.error("glance-sync: sender thread did not stop within %g s; %d queued event(s) may be lost",
+                      timeout, self.queue.qsize())
+            return
+        self._spool_queued(wait=0)  # never started, or stopped: nothing else drains the queue now
+        for spool in (*self.adopted, self.spool):
+            spool.close()
+        self.usage.close()
         self._drop_socket()
         if self._own_context:
             self._context.term()
 
+    # ---- orphans ------------------------------------------------------------
+    def adopt_orphans(self) -> int:
+        """Take every spool under spool_dir whose lock is free; returns how many events they hold."""
+        held = {self.spool.dir, *(s.dir for s in self.adopted)}
+        found = 0
+        for path in sorted(self.usage.root.iterdir()):
+            if path.name.startswith(".") or path in held or not path.is_dir():
+                continue
+            spool = Spool.adopt(path, self.usage)
+            if spool is None:
+                continue  # a live worker's, or another worker adopted it first
+            if len(spool):
+                LOG.info("glance-sync: adopted %d spooled event(s) of a stopped worker from %s", len(spool), path)
+                self.adopted.append(spool)
+                found += len(spool)
+            else:
+                spool.close()
+        return found
+
+    def _look_for_orphans(self, recount: bool = False) -> None:
+        try:
+            if recount:  # a worker that crashed may have left the shared count off by its last event
+                self.usage.recount()
+            self.adopt_orphans()
+        except OSError as exc:
+            LOG.error("glance-sync: cannot adopt orphaned spools under %s: %s", self.usage.root, exc)
+        self._adopt_at = self.clock() + ADOPT_INTERVAL
+
+    def _sending_spool(self) -> Spool | None:
+        """The spool whose oldest event goes next: adopted ones first, emptied ones removed."""
+        while self.adopted:
+            if len(self.adopted[0]):
+                return self.adopted[0]
+            self.adopted.pop(0).close()
+        return self.spool if len(self.spool) else None
+
     # ---- the sending thread -----------------------------------------------
     def _run(self) -> None:
+        # Here, not in start(): start() runs on a request's path, and a big orphan takes a while to read.
+        self._look_for_orphans(recount=True)
         while not self._stop.is_set():
             try:
                 self.step()
@@ -125,14 +200,18 @@ class EventSender:
         self._spool_queued(wait=0)
 
     def step(self) -> None:
-        """One round: spool what is queued, then send the oldest event if it is time."""
+        """One round: adopt when due, spool what is queued, then send the oldest event if it is time."""
         now = self.clock()
-        pending = self.spool.pending()
-        wait = _IDLE_WAIT if not pending else max(0.0, min(_IDLE_WAIT, self._retry_at - now))
+        if now >= self._adopt_at:
+            self._look_for_orphans()
+        spool = self._sending_spool()
+        wait = _IDLE_WAIT if spool is None else max(0.0, min(_IDLE_WAIT, self._retry_at - now))
         self._spool_queued(wait=wait)
-        pending = self.spool.pending()
-        if pending and self.clock() >= self._retry_at:
-            self._send_one(pending[0])
+        spool = self._sending_spool()
+        if spool is not None and self.clock() >= self._retry_at:
+            seq = spool.first()
+            if seq is not None:
+                self._send_one(spool, seq)
 
     def _spool_queued(self, wait: float) -> None:
         try:
@@ -141,6 +220,10 @@ class EventSender:
             return
         while True:
             self._spool_event(event)
+            if self._stop.is_set() and self.clock() > self._flush_until:
+                LOG.error("glance-sync: stopping; %d queued event(s) not written to the outbox in time, lost",
+                          self.queue.qsize())
+                return
             try:
                 event = self.queue.get_nowait()
             except queue.Empty:
@@ -151,10 +234,12 @@ class EventSender:
             data = msgpack.packb(event, use_bin_type=True)
             self.spool.put(data)
         except SpoolFull:
+            self.dropped_full += 1
             LOG.error(
-                "glance-sync: event outbox %s is full (limit spool_max_bytes=%d bytes): dropped %s event "
-                "of image %s; the coordinator's reconciler will repair it",
-                self.spool.dir, self.spool.max_bytes, event.get("kind"), event.get("image_id"),
+                "glance-sync: event outbox %s is full (limit spool_max_bytes=%d bytes, all workers together): "
+                "dropped %s event of image %s (%d dropped by this worker); the coordinator's reconciler "
+                "will repair it",
+                self.usage.root, self.usage.max_bytes, event.get("kind"), event.get("image_id"), self.dropped_full,
             )  # fmt: skip
         except (OSError, TypeError, ValueError) as exc:
             LOG.error("glance-sync: cannot spool %s event of image %s: %s", event.get("kind"), event.get("image_id"), exc)
@@ -169,15 +254,17 @@ class EventSender:
             self._socket.close(linger=0)
             self._socket = None
 
-    def _send_one(self, path: Path) -> None:
+    def _send_one(self, spool: Spool, seq: int) -> None:
         try:
-            event = msgpack.unpackb(self.spool.read(path), raw=False)
+            event = msgpack.unpackb(spool.read(seq), raw=False)
             frame = protocol.encode("event", event)
         except FileNotFoundError:
+            LOG.error("glance-sync: spooled event %s of %s vanished; skipped", seq, spool.dir)
+            spool.remove(seq)
             return
         except (ValueError, TypeError, msgpack.UnpackException, ProtocolError) as exc:
-            LOG.error("glance-sync: dropping unsendable spooled event %s: %s", path.name, exc)
-            self.spool.remove(path)
+            LOG.error("glance-sync: dropping unsendable spooled event %s of %s: %s", seq, spool.dir, exc)
+            spool.remove(seq)
             return
         try:
             sock = self._socket_now()
@@ -187,7 +274,7 @@ class EventSender:
             LOG.warning("glance-sync: cannot reach coordinator at %s:%s: %s", self.host, self.port, exc)
             outcome = "retry"
         if outcome == "done":
-            self.spool.remove(path)
+            spool.remove(seq)
             self.backoff.reset()
             return
         self._drop_socket()

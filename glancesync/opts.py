@@ -305,14 +305,18 @@ proxy_opts = [
         "spool_dir",
         default="/var/lib/glance-sync/spool",
         help="Directory of the event outbox: events wait there (fsync'd) until the coordinator "
-        "acknowledges them.",
+        "acknowledges them. Every worker of a glance-api (or of glance-sync-proxy) keeps its events "
+        "in its own locked subdirectory; the spools of stopped workers are adopted and sent by a "
+        "live one. Give each glance-api or proxy its own directory on a local file system "
+        "(doc/outbox.md).",
     ),
     cfg.IntOpt(
         "spool_max_bytes",
         default=64 * 1024 * 1024,
         min=1024,
-        help="Largest size of the outbox. When full, new events are dropped with an error log "
-        "line and the periodic reconciler repairs what they would have done.",
+        help="Largest size of the outbox in bytes: of all event files in spool_dir together, "
+        "whichever worker wrote them. When full, new events are dropped with one error log line "
+        "each and the periodic reconciler repairs what they would have done.",
     ),
     cfg.IntOpt(
         "queue_size",

@@ -27,7 +27,7 @@ from tests.harness.topology import Topology
 
 
 def _spooled(topology: Topology) -> list[Path]:
-    return [p for p in topology.spool_dir.rglob("*") if p.is_file()]
+    return list(topology.spool_dir.rglob("*.evt"))  # events only: .usage and the lock-held directories stay
 
 
 def _sent_events(topology: Topology, image_id: str) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,6 +14,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import msgpack
 import pytest
 import urllib3
 
@@ -217,3 +220,63 @@ def test_a_readable_secret_file_stops_the_proxy_in_one_line(tmp_path):
     assert str(secret) in last and "chmod 600" in last, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert secret.read_text().strip() not in done.stderr + done.stdout
+
+
+_GUNICORN_WORKER = """
+import functools, sys
+from oslo_config import cfg
+from glancesync import opts
+from glance_proxy.middleware import SenderHolder, SyncObserver
+from glance_proxy.proxy import ProxyServer
+from glance_proxy.sender import EventSender
+conf = cfg.ConfigOpts()
+opts.register_filter_opts(conf)
+conf([], default_config_files=[])
+conf.set_override("sync_server_host", "127.0.0.1")
+conf.set_override("sync_server_port", int(sys.argv[2]))
+conf.set_override("spool_dir", sys.argv[1], group="proxy")
+
+def glance(environ, start_response):
+    start_response("204 No Content", [("Content-Length", "0")])
+    return [b""]
+
+# The first event waits for an ack that never comes: the ones after it stay queued in memory.
+holder = SenderHolder(conf, functools.partial(EventSender, ack_timeout=600))
+ProxyServer(SyncObserver(glance, holder), "127.0.0.1:" + sys.argv[3], workers=1, threads=2).run()
+"""
+
+
+def test_sigterm_to_gunicorn_spools_the_events_its_worker_still_held_in_memory(tmp_path):
+    """The filter's and the proxy's way out: gunicorn's graceful stop of a worker, then atexit."""
+    spool, sync_port, port = tmp_path / "spool", free_port(), free_port()
+    coord = Coordinator(sync_port)
+    log = open(tmp_path / "gunicorn.log", "wb")
+    root = Path(__file__).parents[3]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GUNICORN_WORKER, str(spool), str(sync_port), str(port)], stdout=log, stderr=log,
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    ids = [f"1b2c3d4e-0000-4000-8000-{n:012d}" for n in range(1, 6)]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert urllib3.request("DELETE", f"{url}/v2/images/{ids[0]}", retries=False).status == 204
+                break
+            except urllib3.exceptions.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+                time.sleep(0.2)
+        _, msg = coord.recv(timeout=30)
+        assert msg.body["image_id"] == ids[0]  # in flight, never acked
+        for image_id in ids[1:]:
+            assert urllib3.request("DELETE", f"{url}/v2/images/{image_id}").status == 204
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "gunicorn.log").read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+        coord.close()
+    files = sorted(spool.glob("*/*.evt"))
+    assert [msgpack.unpackb(f.read_bytes())["image_id"] for f in files] == ids

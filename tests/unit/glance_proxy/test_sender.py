@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import zmq
 
 from glance_proxy import sender as sender_mod
 from glance_proxy.sender import EventSender
-from glance_proxy.spool import Spool
+from glance_proxy.spool import SharedUsage, Spool
 from glancesync import protocol
 from glancesync.liveness import Backoff
+
+ROOT_DIR = Path(__file__).resolve().parents[3]
 
 
 def event(n: int) -> dict:
@@ -165,8 +168,63 @@ def test_full_spool_logs_error_and_drops(conf, make_sender, caplog):
         s.submit(big)
         s.submit(dict(big, event_id="f" * 32))
         wait_until(lambda: "is full" in caplog.text)
-    assert len(s.spool.pending()) == 1
-    assert str(s.spool.dir) in caplog.text and "1024" in caplog.text
+    assert len(s.spool.pending()) == 1 and s.dropped_full == 1
+    assert len([r for r in caplog.records if "is full" in r.getMessage()]) == 1
+    assert conf.proxy.spool_dir in caplog.text and "1024" in caplog.text
+
+
+def test_two_senders_sharing_a_spool_dir_share_one_cap(conf, make_sender, caplog):
+    """spool_max_bytes bounds the whole spool_dir, not each worker's part of it."""
+    conf.set_override("spool_max_bytes", 1024, group="proxy")
+    one, two = make_sender().start(), make_sender().start()
+    assert one.spool.dir != two.spool.dir
+    big = dict(event(1), image={"blob": "x" * 700})
+    one.submit(big)
+    wait_until(lambda: len(one.spool) == 1)
+    with caplog.at_level(logging.ERROR, logger=sender_mod.__name__):
+        two.submit(dict(big, event_id="e" * 32))
+        wait_until(lambda: two.dropped_full == 1)
+    assert len(two.spool) == 0 and "is full" in caplog.text
+    assert one.usage.used == two.usage.used == one.spool.used_bytes
+    coord = Coordinator(conf.sync_server_port)
+    try:  # once the first worker's event is acked, its room is the second worker's
+        ident, msg = coord.recv()
+        coord.ack(ident, msg)
+        wait_until(lambda: one.usage.used == 0)
+        two.submit(dict(big, event_id="d" * 32))
+        ident, msg = coord.recv()
+        assert msg.body["event_id"] == "d" * 32
+        coord.ack(ident, msg)
+        wait_until(lambda: two.usage.used == 0)
+    finally:
+        coord.close()
+    assert two.dropped_full == 1
+
+
+def test_sending_a_backlog_never_lists_the_spool_directory(conf, make_sender, monkeypatch):
+    s = make_sender()
+    for n in range(1, 41):
+        s.spool.put(msgpack.packb(event(n)))
+    listed = []
+    real_scandir, real_listdir, real_iterdir = os.scandir, os.listdir, Path.iterdir
+    monkeypatch.setattr(os, "scandir", lambda p=".": (listed.append(str(p)), real_scandir(p))[1])
+    monkeypatch.setattr(os, "listdir", lambda p=".": (listed.append(str(p)), real_listdir(p))[1])
+    monkeypatch.setattr(Path, "iterdir", lambda self: (listed.append(str(self)), real_iterdir(self))[1])
+    coord = Coordinator(conf.sync_server_port)
+    try:
+        s.start()
+        got = []
+        while len(got) < 40:
+            ident, msg = coord.recv()
+            if msg.body["event_id"] not in got:
+                got.append(msg.body["event_id"])
+            coord.ack(ident, msg)
+        wait_until(lambda: len(s.spool) == 0)
+    finally:
+        coord.close()
+    assert got == [event(n)["event_id"] for n in range(1, 41)]
+    # Once at start (the shared count is recounted), never per event: the old code listed it twice per event.
+    assert listed.count(str(s.spool.dir)) <= 1, listed
 
 
 def test_full_queue_drops_without_blocking(conf, caplog):
@@ -184,55 +242,58 @@ def test_full_queue_drops_without_blocking(conf, caplog):
         s.close()  # idempotent
 
 
-def test_spool_write_is_fsynced_and_atomic(tmp_path, monkeypatch):
-    synced = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    spool = Spool(tmp_path, 10_000, pid=123)
-    path = spool.put(b"abc")
-    assert path.read_bytes() == b"abc"
-    assert len(synced) == 2  # the file and its directory
-    assert [p.name for p in (tmp_path / "123").iterdir()] == [path.name]
-
-
-def test_spool_restart_continues_sequence_and_drops_half_written(tmp_path):
-    spool = Spool(tmp_path, 10_000, pid=7)
-    first = spool.put(b"1")
-    (tmp_path / "7" / ".tmp-99").write_bytes(b"partial")
-    again = Spool(tmp_path, 10_000, pid=7)
-    second = again.put(b"2")
-    assert again.pending() == [first, second]
-    assert again.used_bytes == 2
-    assert not (tmp_path / "7" / ".tmp-99").exists()
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def test_orphaned_spool_of_dead_pid_is_adopted_in_order_and_sent(conf, make_sender):
+def test_orphaned_spools_are_adopted_in_order_and_sent_and_held_ones_left_alone(conf, make_sender):
     root = Path(conf.proxy.spool_dir)
-    dead = Spool(root, 10_000, pid=_dead_pid())
+    usage = SharedUsage(root, 10_000)
+    dead = Spool.create(root, usage)  # a worker that stopped and released its lock
     for n in (1, 2, 3):
         dead.put(msgpack.packb(event(n)))
-    alive = Spool(root, 10_000, pid=os.getppid())  # a live process: left alone
+    dead.close()
+    reused = root / str(os.getppid())  # named after a live PID (reused after a reboot), but unlocked
+    reused.mkdir()
+    (reused / f"{1:020d}.evt").write_bytes(msgpack.packb(event(4)))
+    alive = Spool.create(root, usage)  # a live worker: holds its lock
     alive.put(msgpack.packb(event(9)))
     coord = Coordinator(conf.sync_server_port)
     try:
         s = make_sender().start()
         got = []
-        for _ in range(3):
+        for _ in range(4):
             ident, msg = coord.recv()
             got.append(msg.body["event_id"])
             coord.ack(ident, msg)
-        assert got == [event(n)["event_id"] for n in (1, 2, 3)]
-        assert not dead.dir.exists()
-        assert len(alive.pending()) == 1
-        wait_until(lambda: not s.spool.pending())
+        assert [g for g in got if g != event(4)["event_id"]] == [event(n)["event_id"] for n in (1, 2, 3)]
+        assert set(got) == {event(n)["event_id"] for n in (1, 2, 3, 4)}
+        wait_until(lambda: not dead.dir.exists() and not reused.exists())
+        assert s.adopted == []
+        assert len(alive) == 1 and alive.pending()[0].exists()
+        assert not coord.sock.poll(300)  # the live worker's event is not ours to send
     finally:
         coord.close()
+        alive.close()
+        usage.close()
+
+
+def test_a_worker_that_dies_later_is_adopted_by_a_running_sender(conf, make_sender):
+    offset = [0.0]
+    s = make_sender(clock=lambda: time.monotonic() + offset[0]).start()
+    root = Path(conf.proxy.spool_dir)
+    usage = SharedUsage(root, 10_000)
+    dead = Spool.create(root, usage)
+    dead.put(msgpack.packb(event(5)))
+    dead.close()
+    usage.close()
+    coord = Coordinator(conf.sync_server_port)
+    try:
+        assert not coord.sock.poll(300)  # not before the next look
+        offset[0] += sender_mod.ADOPT_INTERVAL
+        ident, msg = coord.recv()
+        assert msg.body["event_id"] == event(5)["event_id"]
+        coord.ack(ident, msg)
+        wait_until(lambda: not dead.dir.exists())
+    finally:
+        coord.close()
+    assert s.spool.dir.is_dir()
 
 
 def test_close_spools_what_is_still_queued(conf):
@@ -241,3 +302,68 @@ def test_close_spools_what_is_still_queued(conf):
     s.close()
     files = list(Path(conf.proxy.spool_dir).glob("*/*.evt"))
     assert len(files) == 1
+
+
+def test_close_of_a_sender_never_started_spools_its_queue(conf):
+    s = EventSender(conf)
+    s.submit(event(1))
+    s.submit(event(2))
+    s.close()
+    files = sorted(Path(conf.proxy.spool_dir).glob("*/*.evt"))
+    assert [msgpack.unpackb(f.read_bytes())["event_id"] for f in files] == [event(1)["event_id"], event(2)["event_id"]]
+
+
+_EXITING_WORKER = """
+import sys
+from oslo_config import cfg
+from glancesync import opts
+from glance_proxy.sender import EventSender
+from tests.unit.glance_proxy.test_sender import event
+conf = cfg.ConfigOpts()
+opts.register_filter_opts(conf)
+conf([], default_config_files=[])
+conf.set_override("sync_server_host", "127.0.0.1")
+conf.set_override("sync_server_port", int(sys.argv[2]))
+conf.set_override("spool_dir", sys.argv[1], group="proxy")
+sender = EventSender(conf, ack_timeout=600).start()
+sender.submit(event(1))
+sys.stdin.readline()  # event 1 is in flight: the thread waits for its ack, the next ones stay queued
+for n in (2, 3, 4, 5):
+    sender.submit(event(n))
+sys.exit(0)  # how a gunicorn worker ends; nobody calls close()
+"""
+
+
+def test_events_queued_in_memory_are_spooled_when_the_process_exits(conf):
+    root = ROOT_DIR
+    coord = Coordinator(conf.sync_server_port)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EXITING_WORKER, conf.proxy.spool_dir, str(conf.sync_server_port)],
+        stdin=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root,
+    )  # fmt: skip
+    try:
+        _, msg = coord.recv(timeout=60)
+        assert msg.body["event_id"] == event(1)["event_id"]  # sent, never acked
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        coord.close()
+    files = sorted(Path(conf.proxy.spool_dir).glob("*/*.evt"))
+    assert [msgpack.unpackb(f.read_bytes())["event_id"] for f in files] == [event(n)["event_id"] for n in range(1, 6)]
+    usage = SharedUsage(conf.proxy.spool_dir, 10_000)
+    try:  # and the exited worker's spool is free for a live one to adopt
+        assert Spool.adopt(files[0].parent, usage) is not None
+    finally:
+        usage.close()
+
+
+def test_start_leaves_the_orphan_scan_to_the_sender_thread(conf, make_sender, monkeypatch):
+    """start() runs on the first event's request: reading a big orphaned spool must not happen there."""
+    scanned_in = []
+    monkeypatch.setattr(EventSender, "adopt_orphans", lambda self: scanned_in.append(threading.current_thread()) or 0)
+    s = make_sender().start()
+    wait_until(lambda: scanned_in)
+    assert scanned_in[0] is s._thread
