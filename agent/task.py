@@ -28,7 +28,7 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 from oslo_utils import strutils
 
-from agent import apply, transfer, upload
+from agent import apply, partlock, transfer, upload
 from glancesync import glance
 from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError
@@ -133,6 +133,7 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     image.setdefault("id", task["image_id"])
     if image["id"] != task["image_id"]:
         raise transfer.SourceRefused(image_id=task["image_id"], detail="task image record has another id")
+    upload.refuse_empty(image)
     region = settings.store_map.region(settings.region)
     endpoint = region.glance.url or settings.region
     regional = glance.get_image(client, image["id"], endpoint)
@@ -145,8 +146,10 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     store = settings.store_map.store
     source = transfer.checked_source(image["id"], task.get("source"), store)
     dest = transfer.part_path(region.work_dir, image["id"])
-    fetched = transfer.fetch(store, image, source, dest, progress, timeout=settings.ssh_timeout)
-    verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
+    # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
+    with partlock.hold(dest, image["id"]):
+        fetched = transfer.fetch(store, image, source, dest, progress, timeout=settings.ssh_timeout)
+        verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
     return _report(verified, fetched.os_hash_algo)
 
 
@@ -164,7 +167,9 @@ def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable
         return _done()
     if kind == "delete":
         part = transfer.part_path(region.work_dir, task["image_id"])
-        apply.apply_delete(client, task["image_id"], part, endpoint)
+        # A copy attempt still running would upload after the delete: wait for it.
+        with partlock.hold(part, task["image_id"]):
+            apply.apply_delete(client, task["image_id"], part, endpoint)
         return _done()
     return {"outcome": "failed", "reason": f"unknown task kind {kind!r}", "retryable": False}
 
