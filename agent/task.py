@@ -16,6 +16,7 @@ a bug becomes a retryable failure with its message, never a dead worker with no 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import time
@@ -31,7 +32,7 @@ from oslo_utils import strutils
 from agent import apply, partlock, transfer, upload
 from glancesync import glance
 from glancesync import verify as check
-from glancesync.exceptions import GlanceSyncError
+from glancesync.exceptions import GlanceSyncError, VerificationError
 from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
@@ -148,9 +149,30 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     dest = transfer.part_path(region.work_dir, image["id"])
     # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
     with partlock.hold(dest, image["id"]):
-        fetched = transfer.fetch(store, image, source, dest, progress, timeout=settings.ssh_timeout)
+        fetched = _fetch(store, image, source, dest, progress, settings.ssh_timeout)
         verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
     return _report(verified, fetched.os_hash_algo)
+
+
+def _fetch(store: Any, image: dict[str, Any], source: str, dest: str, progress: Callable[[int, int], None],
+           timeout: float) -> transfer.Fetched:
+    """transfer.fetch, resuming a ``.part`` that an attempt now over left, and starting afresh if that was bad.
+
+    Under the lock, a ``.part`` found here was written by an attempt that is over
+    (ended, killed, its machine restarted).  Its bytes are hashed again before the
+    rest is fetched; if the whole then fails verification, the fault may be in what
+    that attempt left (a write cut short by a crash), so the file, already removed
+    by the check, is fetched once more from its first byte before the attempt fails.
+    """
+    leftover = os.path.exists(dest)
+    try:
+        return transfer.fetch(store, image, source, dest, progress, timeout=timeout)
+    except VerificationError as exc:
+        if not leftover or not exc.retryable:
+            raise
+        LOG.warning("image %s: the .part left by an earlier attempt did not verify (%s); fetching it afresh",
+                    image["id"], exc)
+    return transfer.fetch(store, image, source, dest, progress, timeout=timeout)
 
 
 def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict:

@@ -45,12 +45,14 @@ def stored_image(topology: Topology, size: int) -> tuple[dict, bytes]:
     return record, data
 
 
-def run_copy(topology: Topology, store_map: storemap.StoreMap, image: dict, region: str) -> dict:
+def run_copy(topology: Topology, store_map: storemap.StoreMap, image: dict, region: str,
+             progress: list | None = None) -> dict:
     task = {"task_id": f"copy-{image['id']}", "attempt": 1, "kind": "copy", "image_id": image["id"],
             "region": region, "image": image,
             "source": {"type": "sftp", "path": str(topology.cascading.data_dir / image["id"])}}
     settings = task_mod.WorkerSettings(store_map=store_map, region=region, ssh_timeout=10.0)
-    return task_mod.run_task(task, settings, lambda done, total: None)
+    seen = progress if progress is not None else []
+    return task_mod.run_task(task, settings, lambda done, total: seen.append(done))
 
 
 def fetch_then(change):
@@ -96,6 +98,26 @@ def test_a_part_with_other_bytes_is_never_uploaded_whole_and_a_good_attempt_comp
     assert (record["size"], record["checksum"], record["os_hash_value"]) == (
         image["size"], image["checksum"], image["os_hash_value"])
     assert b"".join(regional.images.data(image["id"])) == data
+
+
+def test_a_part_left_by_an_attempt_now_over_is_resumed_when_good_and_fetched_afresh_when_not(
+        topology: Topology, store_map: storemap.StoreMap) -> None:
+    region = topology.region_names[0]
+    regional = topology.cascaded[region].client()
+    for leftover_is_good in (True, False):
+        image, data = stored_image(topology, 4 * helpers.MIB)
+        part = topology.work_dir(region) / f"{image['id']}.part"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        # What a killed attempt leaves: the first 3 MiB, or (a write lost in a crash) other bytes.
+        part.write_bytes(data[:3 * helpers.MIB] if leftover_is_good else os.urandom(3 * helpers.MIB))
+        progress: list[int] = []
+        result = run_copy(topology, store_map, image, region, progress)
+        assert result["outcome"] == "done", result  # in this one attempt, either way
+        if leftover_is_good:
+            assert progress[0] > 3 * helpers.MIB, progress[:3]  # resumed, not fetched again
+        record = regional.images.get(image["id"])
+        assert (record["status"], record["checksum"]) == ("active", image["checksum"])
+        assert not part.exists()
 
 
 class StallingBody:
