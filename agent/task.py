@@ -11,6 +11,11 @@ elapsed}`` (hash fields None for update and delete; a copy to a region whose gla
 hashes with another algorithm adds ``region_hash_algo`` and ``region_hash_value``)
 or ``{"outcome": "failed", reason, retryable}``.  No exception leaves ``run_task``:
 a bug becomes a retryable failure with its message, never a dead worker with no word.
+
+A copy holds the image's ``.part`` lock (agent/partlock.py) from its fetch to the
+end of its upload, and a delete holds it while it removes the file: one attempt
+per image and agent host, whatever the pool or a restart did.  A 0-byte image is
+refused before anything is created in the region (agent/upload.py says why).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class FakeImages:
         self.uploads = 0
         self.stored = stored  # when set, glance "stores" these bytes whatever it was sent
         self.received: dict[str, bytearray] = {}
+        self.largest_piece = 0
         self.refuse: Exception | None = None  # raised by upload, the image left queued
 
     def get(self, image_id):
@@ -56,6 +57,7 @@ class FakeImages:
         try:
             while chunk := handle.read(1024 * 1024):
                 received += chunk
+                self.largest_piece = max(self.largest_piece, len(chunk))
         except BaseException:
             record["status"] = "queued"
             raise
@@ -208,6 +210,7 @@ def test_the_upload_sends_the_file_in_pieces_and_reports_what_it_hashed(tmp_path
     path, verified = part_with(tmp_path, BIG)
     result = upload.register(client, BIG_IMAGE, path, verified, "ep")
     assert bytes(client.images.received["img-1"]) == BIG
+    assert client.images.largest_piece == upload.UPLOAD_PIECE == 64 * 1024
     assert client.images.records["img-1"]["status"] == "active"
     assert (result.what, result.size, result.checksum) == ("bytes being uploaded", len(BIG), BIG_IMAGE["checksum"])
     assert result.hashes == {"sha512": BIG_IMAGE["os_hash_value"]}
