@@ -9,6 +9,7 @@ system on a 0-byte image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -118,6 +119,40 @@ def test_a_part_left_by_an_attempt_now_over_is_resumed_when_good_and_fetched_afr
         record = regional.images.get(image["id"])
         assert (record["status"], record["checksum"]) == ("active", image["checksum"])
         assert not part.exists()
+
+
+@contextlib.contextmanager
+def size_cap(server, cap: int):
+    """Run ``server`` (a regional glance of the session) with ``image_size_cap = cap`` for a while."""
+    plain = server.conf_sections
+
+    def sections() -> dict:
+        conf = plain()
+        conf["DEFAULT"]["image_size_cap"] = str(cap)
+        return conf
+
+    server.conf_sections = sections
+    try:
+        server.restart()
+        yield server
+    finally:
+        server.conf_sections = plain
+        server.restart()
+
+
+def test_an_upload_refused_while_the_image_stays_queued_is_retried_and_completes_later(
+        topology: Topology, store_map: storemap.StoreMap) -> None:
+    region = topology.region_names[1]
+    image, _ = stored_image(topology, 2 * helpers.MIB)
+    with size_cap(topology.cascaded[region], helpers.MIB):
+        result = run_copy(topology, store_map, image, region)
+        assert result["outcome"] == "failed", result
+        assert result["retryable"] is True and "still queued" in result["reason"], result
+        assert topology.cascaded[region].client().images.get(image["id"])["status"] == "queued"
+    result = run_copy(topology, store_map, image, region)
+    assert result["outcome"] == "done", result
+    record = topology.cascaded[region].client().images.get(image["id"])
+    assert (record["status"], record["checksum"]) == ("active", image["checksum"])
 
 
 class StallingBody:
