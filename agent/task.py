@@ -11,11 +11,17 @@ elapsed}`` (hash fields None for update and delete; a copy to a region whose gla
 hashes with another algorithm adds ``region_hash_algo`` and ``region_hash_value``)
 or ``{"outcome": "failed", reason, retryable}``.  No exception leaves ``run_task``:
 a bug becomes a retryable failure with its message, never a dead worker with no word.
+
+A copy holds the image's ``.part`` lock (agent/partlock.py) from its fetch to the
+end of its upload, and a delete holds it while it removes the file: one attempt
+per image and agent host, whatever the pool or a restart did.  A 0-byte image is
+refused before anything is created in the region (agent/upload.py says why).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import time
@@ -28,10 +34,10 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 from oslo_utils import strutils
 
-from agent import apply, transfer, upload
+from agent import apply, partlock, transfer, upload
 from glancesync import glance
 from glancesync import verify as check
-from glancesync.exceptions import GlanceSyncError
+from glancesync.exceptions import GlanceSyncError, VerificationError
 from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
@@ -133,6 +139,7 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     image.setdefault("id", task["image_id"])
     if image["id"] != task["image_id"]:
         raise transfer.SourceRefused(image_id=task["image_id"], detail="task image record has another id")
+    upload.refuse_empty(image)
     region = settings.store_map.region(settings.region)
     endpoint = region.glance.url or settings.region
     regional = glance.get_image(client, image["id"], endpoint)
@@ -145,9 +152,32 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     store = settings.store_map.store
     source = transfer.checked_source(image["id"], task.get("source"), store)
     dest = transfer.part_path(region.work_dir, image["id"])
-    fetched = transfer.fetch(store, image, source, dest, progress, timeout=settings.ssh_timeout)
-    verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
+    # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
+    with partlock.hold(dest, image["id"]):
+        fetched = _fetch(store, image, source, dest, progress, settings.ssh_timeout)
+        verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
     return _report(verified, fetched.os_hash_algo)
+
+
+def _fetch(store: Any, image: dict[str, Any], source: str, dest: str, progress: Callable[[int, int], None],
+           timeout: float) -> transfer.Fetched:
+    """transfer.fetch, resuming a ``.part`` that an attempt now over left, and starting afresh if that was bad.
+
+    Under the lock, a ``.part`` found here was written by an attempt that is over
+    (ended, killed, its machine restarted).  Its bytes are hashed again before the
+    rest is fetched; if the whole then fails verification, the fault may be in what
+    that attempt left (a write cut short by a crash), so the file, already removed
+    by the check, is fetched once more from its first byte before the attempt fails.
+    """
+    leftover = os.path.exists(dest)
+    try:
+        return transfer.fetch(store, image, source, dest, progress, timeout=timeout)
+    except VerificationError as exc:
+        if not leftover or not exc.retryable:
+            raise
+        LOG.warning("image %s: the .part left by an earlier attempt did not verify (%s); fetching it afresh",
+                    image["id"], exc)
+    return transfer.fetch(store, image, source, dest, progress, timeout=timeout)
 
 
 def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict:
@@ -164,7 +194,9 @@ def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable
         return _done()
     if kind == "delete":
         part = transfer.part_path(region.work_dir, task["image_id"])
-        apply.apply_delete(client, task["image_id"], part, endpoint)
+        # A copy attempt still running would upload after the delete: wait for it.
+        with partlock.hold(part, task["image_id"]):
+            apply.apply_delete(client, task["image_id"], part, endpoint)
         return _done()
     return {"outcome": "failed", "reason": f"unknown task kind {kind!r}", "retryable": False}
 

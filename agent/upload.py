@@ -17,6 +17,15 @@ Glance recomputes ``checksum`` and ``os_hash_value`` on upload; the record is re
 back and compared with what the agent verified (glancesync.verify) before the copy
 counts as done.  A region hashing with another algorithm than the cascading image
 gets the uploaded file hashed once more in its algorithm.
+
+The bytes uploaded are the bytes verified: the upload reads the local file and
+hashes exactly the pieces it hands to glance (md5 and the image's algorithm, one
+pass), and holds the last piece back until glancesync.verify has compared the
+size and both hashes with the cascading image.  On a mismatch the request is
+aborted before its last byte: glance then puts the image back to ``queued``
+(doc/glance-behaviour.md), so a corrupt copy never becomes active, and a later
+attempt uploads into the same id.  Glance refusing an upload while the image stays
+``queued`` (400, 409, 413) is likewise retried, never final.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from glanceclient import exc as glance_exc
 
 from glancesync import glance
 from glancesync import verify as check
-from glancesync.exceptions import GlanceError, GlanceSyncError, VerificationError
+from glancesync.exceptions import GlanceError, GlanceSyncError, TransferError, VerificationError
 
 LOG = logging.getLogger(__name__)
 
@@ -40,6 +49,10 @@ HAS_DATA = ("active", "deactivated")
 # Statuses in which another upload or import is running: try again later.
 BUSY = ("saving", "uploading", "importing")
 READ_BYTES = 1024 * 1024
+# Pieces handed to glance while uploading: gunicorn's chunked reader copies its
+# buffer per 64 KiB read, and 64 KiB chunks cut glance's CPU by about a quarter
+# against glanceclient's 1 MiB (doc/glance-behaviour.md).
+UPLOAD_PIECE = 64 * 1024
 
 
 def _fail(endpoint: str, detail: str, retryable: bool) -> GlanceError:
@@ -71,17 +84,46 @@ def existing_copy(regional: dict[str, Any] | None, image: dict[str, Any], endpoi
         return "done"
     if status == "queued":
         return "upload"
+    if status == "saving":
+        raise _fail(endpoint, stuck_saving(regional, str(image_id)), retryable=True)
     if status in BUSY:
-        # Usually another upload still running; but glance never moves an image out of
-        # 'saving' by itself after a failed upload, so say so for when retries run out.
-        raise _fail(endpoint, f"image {image_id} is {status} in this region (another upload running, "
-                    "or one that glance failed to finish: such an image needs an operator)", retryable=True)
+        raise _fail(endpoint, f"image {image_id} is {status} in this region (another upload or import running)",
+                    retryable=True)
     raise _fail(
         endpoint,
         f"image {image_id} is {status} in this region; glance never re-creates a deleted or "
         "killed id, so this region cannot get the copy without an operator",
         retryable=False,
     )
+
+
+def stuck_saving(regional: dict[str, Any], image_id: str) -> str:
+    """Why a ``saving`` image is not uploaded into, and what an operator does when no upload runs.
+
+    Retryable, because another upload may really be running.  But glance never moves
+    an image out of ``saving`` by itself when its glance-api died mid-upload, and
+    refuses any upload into it (409); the partial data it wrote stays in its store.
+    """
+    return (f"image {image_id} is saving in this region since {regional.get('updated_at') or 'an unknown time'}: "
+            "another upload is running, or the glance-api that ran it died; glance never leaves 'saving' by "
+            "itself and refuses uploads into it. If no upload runs, an operator removes the partial data of "
+            f"{image_id} from that glance's store (file store: <filesystem_store_datadir>/{image_id}) and sets "
+            f"its status back to queued in glance's database (UPDATE images SET status='queued' WHERE "
+            f"id='{image_id}' AND status='saving'); the next attempt (or glance-sync-manage resync "
+            f"{image_id}) then completes the same image (doc/glance-behaviour.md)")
+
+
+def refuse_empty(image: dict[str, Any]) -> None:
+    """Raise for a 0-byte image, before anything is created in a region.
+
+    Glance refuses every location whose store reports a size of 0 (``400 Invalid
+    location``, "The Store URI was malformed"), so a regional copy of it could never
+    be registered and would only be left behind unregistered.
+    """
+    if image.get("size") == 0:
+        raise GlanceSyncError(
+            f"image {image.get('id')} has 0 bytes: glance refuses a location of size 0, so no region can "
+            "serve it through the cascading glance; it is not copied (nothing was created in this region)")
 
 
 def create(client: Any, image: dict[str, Any], endpoint: str) -> None:
@@ -106,24 +148,110 @@ def create(client: Any, image: dict[str, Any], endpoint: str) -> None:
         raise glance.translate(exc, endpoint) from None
 
 
-def upload_file(client: Any, image_id: str, path: str, size: int, endpoint: str) -> None:
-    """Upload the verified local file into the (queued) regional image."""
+class HeldBackBody:
+    """The body of an upload: the file in ``UPLOAD_PIECE`` pieces, hashed as handed out, the last held back.
+
+    Before the piece that completes ``expected.size`` leaves, the file must end
+    there and glancesync.verify must accept the size and hashes of everything read;
+    otherwise ``read`` raises VerificationError (retryable) and the request is
+    aborted with that piece unsent.  ``digest`` is set once the last piece passed.
+    """
+
+    def __init__(self, handle: Any, expected: check.Digest, algos: Iterable[str], image_id: str) -> None:
+        self.handle = handle
+        self.expected = expected
+        self.image_id = image_id
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.hashers = _hashers(algos, image_id)
+        self.sent = 0
+        self.digest: check.Digest | None = None
+
+    def read(self, _size: int = -1) -> bytes:
+        if self.digest is not None:
+            return b""
+        want = (self.expected.size or 0) - self.sent
+        try:
+            piece = self.handle.read(min(UPLOAD_PIECE, want)) if want > 0 else b""
+            last = not piece or len(piece) == want
+            extra = self.handle.read(1) if last else b""
+        except OSError as exc:
+            raise TransferError(image_id=self.image_id, detail=f"cannot read {self.handle.name}: {exc.strerror}",
+                                retryable=True) from None
+        for hasher in (self.md5, *self.hashers.values()):
+            hasher.update(piece)
+        if not last:
+            self.sent += len(piece)
+            return piece
+        self._check(self.sent + len(piece), short=not piece, longer=bool(extra))
+        self.sent += len(piece)
+        return piece
+
+    def _check(self, read: int, short: bool, longer: bool) -> None:
+        """Verify everything read before the last piece leaves; the file's real size when it is not ``read``."""
+        size = os.fstat(self.handle.fileno()).st_size if short or longer else read
+        digest = check.Digest("bytes being uploaded", size, self.md5.hexdigest(),
+                              {algo: h.hexdigest() for algo, h in self.hashers.items()})
+        check.verify(self.expected, digest, image_id=self.image_id, mismatch_retryable=True)
+        if short or longer:  # same size on disk but the file changed under us: never send it
+            raise VerificationError(image_id=self.image_id, retryable=True,
+                                    detail=f"{self.handle.name} changed size while it was uploaded")
+        self.digest = digest
+
+
+def upload_file(client: Any, image: dict[str, Any], path: str, algos: Iterable[str], endpoint: str) -> check.Digest:
+    """Upload ``path`` into the queued regional image, verified as it goes; returns the digest of what was sent.
+
+    A mismatch aborts the upload before its last byte, removes ``path`` and raises
+    VerificationError (retryable): glance keeps the image ``queued``.
+    """
+    image_id = str(image["id"])
+    expected = check.Digest.of_record(image, "cascading image")
     try:
-        with open(path, "rb") as handle:
-            client.images.upload(image_id, handle, image_size=size)
+        handle = open(path, "rb")
     except OSError as exc:
         raise _fail(endpoint, f"cannot read {path}: {exc.strerror}", retryable=True) from None
-    except Exception as exc:
-        raise glance.translate(exc, endpoint) from None
+    with handle:
+        body = HeldBackBody(handle, expected, algos, image_id)
+        try:
+            client.images.upload(image_id, body, image_size=expected.size)
+        except VerificationError:
+            LOG.warning("upload of %s to %s aborted before its last byte: %s file differs from the "
+                        "cascading image; removed", image_id, endpoint, path)
+            remove_file(path)
+            raise
+        except GlanceSyncError:
+            raise
+        except Exception as exc:
+            raise _refused(client, image_id, exc, endpoint) from None
+    if body.digest is None:
+        raise _fail(endpoint, f"glance answered the upload of {image_id} before its last byte", retryable=True)
+    return body.digest
+
+
+def _refused(client: Any, image_id: str, exc: Exception, endpoint: str) -> GlanceError:
+    """A failed upload; retryable whatever glance answered while the image is still ``queued``."""
+    error = glance.translate(exc, endpoint)
+    try:
+        regional = glance.get_image(client, image_id, endpoint)
+    except GlanceSyncError:
+        return error
+    if regional is not None and regional.get("status") == "queued":
+        return _fail(endpoint, f"upload of {image_id} refused ({error.kwargs.get('detail')}); the image is "
+                     "still queued in this region, so a later attempt uploads again", retryable=True)
+    return error
+
+
+def _hashers(algos: Iterable[str], image_id: str) -> dict[str, Any]:
+    try:
+        return {algo: hashlib.new(algo) for algo in algos}
+    except ValueError as exc:
+        raise VerificationError(image_id=image_id, detail=f"unsupported hashing algorithm: {exc}",
+                                retryable=False) from None
 
 
 def _hash(chunks: Iterable[bytes], algos: Iterable[str], image_id: str) -> tuple[int, str, dict[str, str]]:
     """Size, md5 and one hash per algorithm of ``chunks``, in one pass."""
-    try:
-        hashers = {algo: hashlib.new(algo) for algo in algos}
-    except ValueError as exc:
-        raise VerificationError(image_id=image_id, detail=f"unsupported hashing algorithm: {exc}",
-                                retryable=False) from None
+    hashers = _hashers(algos, image_id)
     md5, size = hashlib.md5(usedforsecurity=False), 0
     for chunk in chunks:
         size += len(chunk)
@@ -181,12 +309,14 @@ def rehash_regional(client: Any, image: dict[str, Any], regional: dict[str, Any]
 
 
 def register(client: Any, image: dict[str, Any], path: str, verified: check.Digest, endpoint: str) -> check.Digest:
-    """Make the regional copy of ``image`` from the verified file ``path``; returns what was verified.
+    """Make the regional copy of ``image`` from the file ``path``; returns what was verified.
 
-    ``verified`` is the digest of the file, checked against the cascading image; the
-    result adds the region's own hash when it uses another algorithm.  The local
-    file is removed on success; on a failure it is kept only when the failure is
-    retryable, so a retry need not fetch the bytes again.
+    ``verified`` is the digest of the file as it arrived, checked against the
+    cascading image; the upload checks the file again as it sends it (its hashes in
+    the algorithms of ``verified``), and the result is what was sent, plus the
+    region's own hash when it uses another algorithm.  The local file is removed on
+    success; on a failure it is kept only when the failure is retryable and the file
+    was not found to differ, so a retry need not fetch the bytes again.
     """
     image_id = image["id"]
     try:
@@ -195,7 +325,7 @@ def register(client: Any, image: dict[str, Any], path: str, verified: check.Dige
             create(client, image, endpoint)
             action = existing_copy(glance.get_image(client, image_id, endpoint), image, endpoint)
         if action == "upload":
-            upload_file(client, image_id, path, verified.size or 0, endpoint)
+            verified = upload_file(client, image, path, sorted(verified.hashes), endpoint)
         regional = glance.get_image(client, image_id, endpoint)
         verified = check_uploaded(regional, verified, path, image_id, endpoint)
     except GlanceSyncError as exc:

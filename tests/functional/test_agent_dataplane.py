@@ -130,7 +130,7 @@ def test_corrupted_source_fails_verification_and_leaves_no_file(topology, store_
     dest = tmp_path / "img.part"
     with pytest.raises(transfer.VerificationError) as info:
         transfer.fetch(store_map.store, lying, source, str(dest), lambda d, t: None, timeout=10)
-    assert "os_hash_value mismatch" in str(info.value) and not dest.exists()
+    assert "os_hash_value (sha512) mismatch" in str(info.value) and not dest.exists()
 
 
 def test_symlink_in_store_dir_is_refused_not_followed(topology, store_map, image, tmp_path):

@@ -144,3 +144,17 @@ def test_a_copy_in_a_region_hashing_otherwise_is_read_back_and_reported_with_bot
     result = task_mod._copy(copy_of(cascading), settings(), client, lambda d, t: None)
     assert result["os_hash_value"] == cascading["os_hash_value"]
     assert (result["region_hash_algo"], result["region_hash_value"]) == ("sha256", regional["os_hash_value"])
+
+
+def test_a_zero_byte_image_is_refused_before_anything_is_created(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(task_mod.glance, "make_client", lambda endpoint: calls.append("client") or object())
+    monkeypatch.setattr(task_mod.glance, "get_image", lambda *args: calls.append("get") or None)
+    monkeypatch.setattr(task_mod.upload, "create", lambda *args: calls.append("create"))
+    image = {"id": "img-1", "status": "active", "size": 0, "checksum": "d41d8cd98f00b204e9800998ecf8427e"}
+    task = {"task_id": "t", "attempt": 1, "kind": "copy", "image_id": "img-1", "region": "RegionA", "image": image,
+            "source": {"type": "sftp", "path": "/store/img-1"}}
+    result = task_mod.run_task(task, settings(), lambda d, t: None)
+    assert result["outcome"] == "failed" and result["retryable"] is False
+    assert "has 0 bytes" in result["reason"] and "glance refuses a location of size 0" in result["reason"]
+    assert "get" not in calls and "create" not in calls
