@@ -45,9 +45,10 @@ def test_only_images_confirmed_gone_are_vanished() -> None:
 
 
 def test_synthetic_events_have_stable_ids_and_valid_kinds() -> None:
-    events = reconciler.Drift(missing=["a"], vanished=["b"]).events()
-    assert [(e["kind"], e["image_id"]) for e in events] == [("uploaded", "a"), ("deleted", "b")]
-    again = reconciler.Drift(missing=["a"], vanished=["b"]).events()
+    a, b = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
+    events = reconciler.Drift(missing=[a], vanished=[b]).events()
+    assert [(e["kind"], e["image_id"]) for e in events] == [("uploaded", a), ("deleted", b)]
+    again = reconciler.Drift(missing=[a], vanished=[b]).events()
     assert [e["event_id"] for e in events] == [e["event_id"] for e in again]
     from glancesync import protocol
 
