@@ -95,3 +95,16 @@ def test_worker_process_logs_through_oslo_log_to_the_agents_log_file(tmp_path):
     line = next((ln for ln in text.splitlines() if "t-log" in ln), "")
     # oslo.log's default format: "<date> <time>.<ms> <pid> ERROR agent.task [-] ..."
     assert " ERROR agent.task [-] task t-log failed unexpectedly" in line, text
+
+
+def test_failure_reasons_carry_no_terminal_control_characters(monkeypatch):
+    from glancesync.exceptions import GlanceError
+
+    def hostile(task, settings, progress):
+        raise GlanceError(endpoint="http://r", detail="409 <html>\x1b[2J\x1b]0;owned\x07\r\nbody\x9b</html>")
+
+    monkeypatch.setattr(task_mod, "_dispatch", hostile)
+    task = {"task_id": "t", "attempt": 1, "kind": "copy", "image_id": "img-1", "region": "RegionA", "image": {}}
+    reason = task_mod.run_task(task, settings(), lambda d, t: None)["reason"]
+    assert not any(c in reason for c in "\x1b\x07\r\n\x9b")
+    assert "409 <html>\\x1b[2J\\x1b]0;owned\\x07  body\\x9b</html>" in reason
