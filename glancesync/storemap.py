@@ -100,7 +100,10 @@ class StoreMap:
         Anything outside ``store_dir`` (``..``, symlink-free absolute escapes, other
         schemes) is refused: a location is data from glance, not a path we trust.
         """
-        parsed = urllib.parse.urlparse(location_url)
+        try:
+            parsed = urllib.parse.urlparse(location_url)
+        except ValueError:  # "file://[x/..." (an invalid IPv6 host) and the like
+            raise SourceRefused(image_id=image_id, detail=f"location {location_url!r} is not a URL") from None
         if parsed.scheme != self.store.scheme:
             raise SourceRefused(image_id=image_id, detail=f"location scheme {parsed.scheme!r} is not served over SFTP")
         raw_path = urllib.parse.unquote(parsed.path)
@@ -216,6 +219,8 @@ def load(path: str) -> StoreMap:
             data = yaml.safe_load(handle)
     except OSError as exc:
         raise ConfigError(source=path, detail=f"cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: not UTF-8
         raise ConfigError(source=path, detail=f"not valid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(source=path, detail="not valid YAML: nested too deep") from None
     return parse(data, os.path.abspath(path))
