@@ -150,13 +150,12 @@ def _label(limit: int) -> Callable[[Any], bool]:
     return check
 
 
-def _labels(limit: int) -> Callable[[Any], bool]:
-    one = _label(limit)
-
+def _labels(limit: int, controls: bool = False) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
-        return all(isinstance(item, str) and one(item) for item in value)
+        return all(isinstance(item, str) and 0 < len(item) <= limit
+                   and (controls or _CONTROL.search(item) is None) for item in value)
 
-    check.__doc__ = f"a list of strings of {one.__doc__}"
+    check.__doc__ = f"a list of strings of 1 to {limit} characters" + ("" if controls else " without control characters")
     return check
 
 
@@ -269,8 +268,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "image_id": Field(_STR, check=_image_id),
         # The image record from glance's response when it had one (POST, PATCH).
         "image": Field(_MAP, required=False, nullable=True),
-        # Names of the properties a PATCH changed.
-        "changes": Field(_LIST, required=False, default=(), check=_labels(MAX_NAME)),
+        # Names of the properties a PATCH changed: a hint, as the user wrote them (glance
+        # takes any property name of up to 255 characters), so control characters pass.
+        "changes": Field(_LIST, required=False, default=(), check=_labels(MAX_NAME, controls=True)),
         # user_id, project_id, roles as glance saw them; image owner and visibility.
         "context": Field(_MAP, required=False, default=None, nullable=True),
         "occurred_at": Field(_NUM, required=False, default=0.0, check=_finite),

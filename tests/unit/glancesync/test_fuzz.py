@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from glancesync import glance, protocol, status, status_render, storemap, untrusted
-from glancesync.exceptions import ConfigError, ProtocolError
+from glancesync.exceptions import ConfigError, ProtocolError, SourceRefused
 from tests.unit.fuzz import FUZZ, IMAGE_ID, json_maps, nested, scalars, values
 
 from .test_protocol import VALID
@@ -213,3 +213,10 @@ def test_status_rendering_is_a_text_or_one_line(data: dict[str, Any]) -> None:
         except status.StatusFailure:
             continue
         assert isinstance(text, str) and "\x1b" not in text
+
+
+@pytest.mark.parametrize("url", ["file://[/var/lib/glance/images/x", "file://[::1/x"])
+def test_a_location_that_urlparse_refuses_is_a_refused_source(url: str) -> None:
+    stores = storemap.parse(copy.deepcopy(SAMPLE))
+    with pytest.raises(SourceRefused):
+        stores.source_path(IMAGE_ID, url)

@@ -291,7 +291,7 @@ HELLO = VALID["hello"]
         ("hello", {**HELLO, "in_flight": ["t"] * (protocol.MAX_ITEMS + 1)}, "in_flight"),
         ("hello", {**HELLO, "in_flight": ["t" * (protocol.MAX_ID + 1)]}, "in_flight"),
         ("event", {**VALID["event"], "event_id": "e" * (protocol.MAX_ID + 1)}, "event_id"),
-        ("event", {**VALID["event"], "changes": ["name\r\nx"]}, "changes"),
+        ("event", {**VALID["event"], "changes": ["n" * (protocol.MAX_NAME + 1)]}, "changes"),
         ("ack", {"task_id": "t\x00", "attempt": 1}, "task_id"),
     ],
 )
