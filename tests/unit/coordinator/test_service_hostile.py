@@ -138,3 +138,11 @@ def test_garbage_frames_are_answered_and_the_loop_keeps_serving(ctx, service, ca
     assert receive(query, service, NOW).type == "status_reply"
     fresh = agent(ctx, service, agent_id="after-the-storm")  # welcomed: the agent socket serves too
     fresh.close()
+
+
+def test_an_event_journaled_with_a_bad_id_by_an_older_version_never_reaches_glance(service, journal,
+                                                                                  client) -> None:
+    journal.record_event("old-1", "uploaded", "../../../../etc/passwd", {"event_id": "old-1"}, NOW)
+    pump(service, NOW, lambda: not journal.unplanned_events())
+    assert client.images.gets == []
+    assert journal.image_view("../../../../etc/passwd")[1] == {}
