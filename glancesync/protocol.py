@@ -31,7 +31,7 @@ What a field may hold, whoever sent it:
   (``glancesync.untrusted.is_image_id``): an id reaches glance URLs and file names;
 - counts and sizes are bounded: ``capacity`` and ``credits`` 1..MAX_CAPACITY,
   ``attempt`` 1..MAX_ATTEMPT, byte counts 0..MAX_SIZE (the journal's 64-bit columns),
-  seconds are finite;
+  seconds are finite and at most MAX_SECONDS;
 - ids (task, event: at most MAX_ID) and names (region, agent, version: MAX_NAME) hold
   no control characters; other strings are at most MAX_TEXT long, lists MAX_ITEMS;
 - maps nest at most MAX_DEPTH deep, have string keys and plain values (no msgpack
@@ -82,6 +82,9 @@ MAX_SIZE = 2**63 - 1
 # String(255) columns.
 MAX_ID = 64
 MAX_NAME = 255
+# Seconds, epoch times and intervals alike: finite and of at most this size (over
+# 30,000 years), so that no later arithmetic on them overflows.
+MAX_SECONDS = 1e12
 # Any other string (failure reasons quote glance's answers) and any list.
 MAX_TEXT = 4096
 MAX_ITEMS = 1024
@@ -131,20 +134,24 @@ def _seconds(minimum: float, inclusive: bool = True) -> Callable[[Any], bool]:
     # "> 0", not ">= 1" for intervals: welcome.heartbeat_interval may be a fraction
     # of a second ([coordinator] min 0.1).
     def check(value: Any) -> bool:
-        return math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        return _finite(value) and (value >= minimum if inclusive else value > minimum)
 
-    check.__doc__ = f"a finite number {'>=' if inclusive else '>'} {minimum:g}"
+    check.__doc__ = f"a number of seconds {'>=' if inclusive else '>'} {minimum:g} and <= {MAX_SECONDS:g}"
     return check
 
 
 def _finite(value: Any) -> bool:
-    """a finite number"""
-    return math.isfinite(value)
+    """a number of seconds between -1e12 and 1e12"""
+    return math.isfinite(value) and -MAX_SECONDS <= value <= MAX_SECONDS
+
+
+def _fits(value: str, limit: int, controls: bool = False) -> bool:
+    return 0 < len(value) <= limit and (controls or _CONTROL.search(value) is None)
 
 
 def _label(limit: int) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
-        return 0 < len(value) <= limit and _CONTROL.search(value) is None
+        return _fits(value, limit)
 
     check.__doc__ = f"1 to {limit} characters without control characters"
     return check
@@ -152,10 +159,9 @@ def _label(limit: int) -> Callable[[Any], bool]:
 
 def _labels(limit: int, controls: bool = False) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
-        return all(isinstance(item, str) and 0 < len(item) <= limit
-                   and (controls or _CONTROL.search(item) is None) for item in value)
+        return all(isinstance(item, str) and _fits(item, limit, controls) for item in value)
 
-    check.__doc__ = f"a list of strings of 1 to {limit} characters" + ("" if controls else " without control characters")
+    check.__doc__ = f"a list of strings of 1 to {limit} characters" + ("" if controls else ", no control characters")
     return check
 
 
@@ -184,7 +190,7 @@ class Field:
     """One body field: its accepted types, whether it must be there, a value check.
 
     ``nullable``: null is a value of its own here (see the module docstring); for any
-    other field null means absent.  ``max_len`` bounds strings and lists.
+    other field null means absent.  Strings are at most MAX_TEXT long, lists MAX_ITEMS.
     """
 
     types: tuple[type, ...]
@@ -192,7 +198,6 @@ class Field:
     default: Any = None
     check: Callable[[Any], bool] | None = None
     nullable: bool = False
-    max_len: int = 0  # 0: MAX_TEXT for strings, MAX_ITEMS for lists
 
 
 _STR = (str,)
@@ -318,7 +323,7 @@ def _check_value(where: str, field: Field, value: Any) -> None:
         wanted = "/".join(t.__name__ for t in field.types)
         raise _refuse("bad_field", f"{where} must be {wanted}, not {type(value).__name__}")
     if isinstance(value, (str, list)):
-        limit = field.max_len or (MAX_TEXT if isinstance(value, str) else MAX_ITEMS)
+        limit = MAX_TEXT if isinstance(value, str) else MAX_ITEMS
         if len(value) > limit:
             raise _refuse("bad_field", f"{where} is {len(value)} long, more than {limit}")
     if field.check is not None and not field.check(value):
@@ -396,8 +401,8 @@ def decode(frame: bytes) -> Message:
         raise _refuse("unknown_type", f"unknown message type {untrusted.quote(msg_type)}")
     if not isinstance(msg_id, str) or not _ID(msg_id):
         raise _refuse("bad_envelope", f"envelope.id must be {_ID.__doc__}")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
-        raise _refuse("bad_envelope", "envelope.ts must be a finite number")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not _finite(ts):
+        raise _refuse("bad_envelope", f"envelope.ts must be {_finite.__doc__}")
     if not isinstance(body, dict):
         raise _refuse("bad_envelope", "envelope.body must be a map")
     _check_plain(body)

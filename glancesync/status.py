@@ -235,7 +235,7 @@ def _shown(render: Callable[..., Any], *args: Any) -> Any:
     # version of the tool expects (a newer or broken coordinator): one line, no traceback.
     try:
         return render(*args)
-    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
+    except (AttributeError, LookupError, TypeError, ValueError, OverflowError) as exc:
         raise StatusFailure(f"cannot show the coordinator's reply ({type(exc).__name__})") from None
 
 

@@ -7,12 +7,14 @@ point, and a failure prints the shrunk input to add as a plain regression test.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-FUZZ = settings(max_examples=60, deadline=None, database=None,
+# GLANCE_SYNC_FUZZ_EXAMPLES=2000 for a deeper run by hand.
+FUZZ = settings(max_examples=int(os.environ.get("GLANCE_SYNC_FUZZ_EXAMPLES", "60")), deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 IMAGE_ID = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"

@@ -32,8 +32,8 @@ def _bounded(body: dict[str, Any]) -> None:
     for name, value in body.items():
         if isinstance(value, int) and not isinstance(value, bool):
             assert -(2**63) <= value <= protocol.MAX_SIZE, name
-        if isinstance(value, float):
-            assert math.isfinite(value), name
+        if isinstance(value, float) or name in ("elapsed", "occurred_at", "heartbeat_interval", "lease_timeout"):
+            assert math.isfinite(value) and abs(value) <= protocol.MAX_SECONDS, name
         if isinstance(value, (str, list)):
             assert len(value) <= protocol.MAX_TEXT, name
         if name == "image_id" and value is not None:

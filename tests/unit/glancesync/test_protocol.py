@@ -285,6 +285,7 @@ HELLO = VALID["hello"]
         ("done", {**VALID["done"], "elapsed": float("inf")}, "elapsed"),
         ("welcome", {"heartbeat_interval": float("nan"), "lease_timeout": 1.0}, "heartbeat_interval"),
         ("event", {**VALID["event"], "occurred_at": float("inf")}, "occurred_at"),
+        ("welcome", {"heartbeat_interval": 2**63, "lease_timeout": 1.0}, "heartbeat_interval"),
         ("failed", {**TASK_REF, "reason": "x" * (protocol.MAX_TEXT + 1), "retryable": True}, "reason"),
         ("hello", {**HELLO, "region": "R" * (protocol.MAX_NAME + 1)}, "region"),
         ("hello", {**HELLO, "agent_id": "a\x1b[2J"}, "agent_id"),
@@ -389,7 +390,7 @@ def test_map_keys_must_be_strings() -> None:
     assert code_of(frame) == "bad_body"
 
 
-@pytest.mark.parametrize("overrides", [{"id": "i" * 65}, {"id": "m\n"}, {"ts": float("nan")}])
+@pytest.mark.parametrize("overrides", [{"id": "i" * 65}, {"id": "m\n"}, {"ts": float("nan")}, {"ts": 2**64 - 1}])
 def test_envelope_id_and_time_are_bounded(overrides: dict[str, Any]) -> None:
     assert code_of(envelope(**overrides)) == "bad_envelope"
 
