@@ -402,3 +402,20 @@ def test_refused_report_names_the_task_of_a_bad_done() -> None:
     assert protocol.refused_report(envelope(type="progress", body={**TASK_REF, "bytes_done": -1})) is None
     assert protocol.refused_report(envelope(type="done", body={"task_id": "", "attempt": 1})) is None
     assert protocol.refused_report(b"\xc1") is None
+
+
+def test_an_agent_cannot_be_configured_beyond_what_its_hello_may_carry() -> None:
+    from oslo_config import cfg
+
+    from glancesync import opts
+
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf([], default_config_files=[])
+    conf.set_override("workers", protocol.MAX_CAPACITY, group="agent")
+    assert conf.agent.workers == protocol.MAX_CAPACITY
+    with pytest.raises(ValueError):
+        conf.set_override("workers", protocol.MAX_CAPACITY + 1, group="agent")
+        conf.agent.workers  # noqa: B018  (the value is checked when read)
+    hello = {**VALID["hello"], "capacity": protocol.MAX_CAPACITY, "agent_id": "a" * protocol.MAX_NAME}
+    protocol.encode("hello", hello)
