@@ -35,7 +35,7 @@ from oslo_log import log as oslo_log
 from oslo_utils import strutils
 
 from agent import apply, partlock, transfer, upload
-from glancesync import glance
+from glancesync import glance, untrusted
 from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError, VerificationError
 from glancesync.storemap import StoreMap
@@ -96,6 +96,15 @@ def setup_worker_logging(log_options: tuple[tuple[str, Any], ...]) -> None:
 def redact(text: str) -> str:
     """``text`` with passwords, tokens and secrets masked (for reasons and log lines)."""
     return strutils.mask_password(_SECRET_HEADER.sub(r"\1***", text))
+
+
+def failure_reason(text: str) -> str:
+    """A failure reason as it travels and is stored: secrets masked, control characters escaped.
+
+    Reasons quote library and glance messages; they end up in the journal's
+    last_error and on operators' terminals, where an escape sequence must do nothing.
+    """
+    return untrusted.printable(redact(text))
 
 
 class ProgressThrottle:
@@ -207,11 +216,11 @@ def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[
     try:
         result = _dispatch(task, settings, progress)
     except GlanceSyncError as exc:
-        result = {"outcome": "failed", "reason": redact(str(exc)), "retryable": exc.retryable}
+        result = {"outcome": "failed", "reason": failure_reason(str(exc)), "retryable": exc.retryable}
     except Exception as exc:  # a bug or an unexpected library error: report it, let the coordinator retry
         # Library messages may quote request headers or auth bodies: no traceback
         # text of theirs goes to the log unmasked.
-        reason = redact(f"unexpected {type(exc).__name__}: {exc}")
+        reason = failure_reason(f"unexpected {type(exc).__name__}: {exc}")
         LOG.error("task %s failed unexpectedly: %s", task.get("task_id"), reason)
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("task %s: %s", task.get("task_id"), redact("".join(traceback.format_exception(exc))))

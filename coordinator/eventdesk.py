@@ -23,6 +23,7 @@ from oslo_config import cfg
 from coordinator import planner, reconciler
 from coordinator.journal import EventRow, Journal
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
+from glancesync import untrusted
 from glancesync.liveness import retry_delay
 from glancesync.storemap import StoreMap
 
@@ -57,6 +58,12 @@ class EventDesk:
     def plan_events(self, now: float) -> None:
         for event in self.journal.unplanned_events():
             if event.event_id in self.fetching or self.retry.get(event.event_id, (0, 0.0))[1] > now:
+                continue
+            if not untrusted.is_image_id(event.image_id):
+                # Journaled before ids were checked at the door: never let it reach a glance URL.
+                LOG.error("event %s: image id %s is not a glance id; no tasks", event.event_id,
+                          untrusted.quote(event.image_id))
+                self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="not a glance image id")
                 continue
             self.fetching.add(event.event_id)
             self.registrar.fetch(event)

@@ -34,7 +34,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from coordinator import journal, reconciler
-from glancesync import config, keys, marker, roles
+from glancesync import config, keys, marker, roles, untrusted
 from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
@@ -152,8 +152,9 @@ def _resync(conf_args: list[str], args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"{PROG} resync")
     parser.add_argument("image_id", help="id of the cascading image to sync again")
     ns = parser.parse_args(args)
-    if not ns.image_id.strip() or any(c.isspace() for c in ns.image_id):
-        config.fail(PROG, f"resync: {ns.image_id!r} is not an image id", code=2)
+    if not untrusted.is_image_id(ns.image_id):
+        config.fail(PROG, f"resync: {untrusted.quote(ns.image_id)} is not an image id: expected "
+                    f"{untrusted.IMAGE_ID_FORM}", code=2)
     conf = config.load(conf_args, PROG, setup_logging=False)
     try:
         event_id = resync(conf.database.connection, ns.image_id, time.time())

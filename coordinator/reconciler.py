@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from glancesync import glance
+from glancesync import glance, untrusted
 
 LOG = logging.getLogger(__name__)
 # The sender and context origin of the reconciler's synthetic events.
@@ -109,6 +109,10 @@ def list_cascading(client: Any) -> dict[str, str]:
     # Glance leaves os_hidden images out of a listing unless asked for them.
     for hidden in (False, True):
         for image in client.images.list(filters={"visibility": "all", "os_hidden": hidden}):
+            if not untrusted.is_image_id(image.get("id")):
+                # Ids become URLs and journal keys: only glance's own form is let in.
+                LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))
+                continue
             found[image["id"]] = image.get("status", "")
     return found
 

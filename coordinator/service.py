@@ -208,6 +208,9 @@ class Service:
         except ProtocolError as exc:
             LOG.warning("agent peer %s: refused frame: %s", peer_name(routing_id), exc)
             self._send(self.agent_sock, [routing_id], protocol.error_reply(exc))
+            ref, session = protocol.refused_report(payload), self.agents.get(routing_id)
+            if ref is not None and session is not None:
+                self.tasks.refused(session, ref, f"the agent's report was refused: {exc}", now)
             return
         peer = self._admitted(self.agent_sock, [routing_id], key, msg)
         if peer is None:

@@ -92,6 +92,8 @@ class TaskDesk:
             self.journal.progress(body["task_id"], body["attempt"], body["bytes_done"], body["bytes_total"], now)
         except StaleAttempt:
             self._stale("progress", body, session)
+        except JournalError as exc:  # progress is a hint: the next one, or done, brings it up to date
+            LOG.warning("progress of task %s not journaled: %s", body["task_id"], exc)
 
     def _lost_report(self, what: str, body: dict[str, Any], exc: JournalError) -> None:
         # The agent sends done / failed once. Stop renewing the lease, so the task lapses
@@ -129,6 +131,14 @@ class TaskDesk:
             self._lost_report("failed", body, exc)
             return
         self.agents.released(body["task_id"])
+
+    def refused(self, session: Session, ref: dict[str, Any], reason: str, now: float) -> None:
+        """A ``done`` or ``failed`` of ``ref`` that broke the protocol: that attempt failed.
+
+        The agent has finished with the task and will not report it again; without
+        this the task would stay handed out, its lease renewed by every heartbeat.
+        """
+        self.failed(session, {**ref, "reason": reason, "retryable": True}, now)
 
     def _fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,
               backoff: bool = True) -> None:

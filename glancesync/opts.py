@@ -17,6 +17,8 @@ import socket
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from glancesync import protocol
+
 SYNC_STRATEGIES = ("None", "ALL", "USER")
 
 default_opts = [
@@ -225,7 +227,9 @@ agent_opts = [
         "agent_id",
         default=socket.gethostname(),
         sample_default="<hostname>",
-        help="Name of this agent in status output; unique among the agents of a region.",
+        max_length=protocol.MAX_NAME,
+        help="Name of this agent in status output; unique among the agents of a region. At most "
+        f"{protocol.MAX_NAME} characters, no control characters.",
     ),
     cfg.HostAddressOpt(
         "coordinator_host",
@@ -237,7 +241,9 @@ agent_opts = [
         "workers",
         default=2,
         min=1,
-        help="Worker processes, i.e. how many tasks this agent runs at once.",
+        max=protocol.MAX_CAPACITY,
+        help="Worker processes, i.e. how many tasks this agent runs at once. At most "
+        f"{protocol.MAX_CAPACITY}, the largest capacity the coordinator accepts from one agent.",
     ),
     cfg.FloatOpt(
         "heartbeat_interval",

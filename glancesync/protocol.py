@@ -25,11 +25,36 @@ consumes one.  ``hello.in_flight`` lists the task ids the agent is still running
 so a reconnecting agent keeps its leases.  Any message from a peer counts as a
 heartbeat.  ``failed.retryable`` false means: do not try again without a change.
 
+What a field may hold, whoever sent it:
+
+- image ids (``event``, ``task``, ``status_query``) are glance ids, UUIDs
+  (``glancesync.untrusted.is_image_id``): an id reaches glance URLs and file names;
+- counts and sizes are bounded: ``capacity`` and ``credits`` 1..MAX_CAPACITY,
+  ``attempt`` 1..MAX_ATTEMPT, byte counts 0..MAX_SIZE (the journal's 64-bit columns),
+  seconds are finite and at most MAX_SECONDS;
+- ids (task, event: at most MAX_ID) and names (region, agent, version: MAX_NAME) hold
+  no control characters; other strings are at most MAX_TEXT long, lists MAX_ITEMS;
+- maps nest at most MAX_DEPTH deep, have string keys and plain values (no msgpack
+  bin or ext types), and a whole frame is at most MAX_MESSAGE_BYTES, which bounds
+  an image record too.
+
+``null`` means "absent": an optional field sent as null gets its default, a
+required one sent as null is refused.  Only fields *nullable by design* keep a
+null, where it means "not applicable": ``done``'s size and hashes (update and
+delete tasks verify no bytes), ``task.source`` (nothing to fetch), ``event.image``
+and ``event.context`` (no record to pass on), ``status_query.image_id`` (the
+summary view) and ``error.ref`` (nothing to refer to).
+
+Error replies and log lines quote at most a short, escaped prefix of a refused
+value (``glancesync.untrusted.quote``), never the frame.
+
 No sockets here: this module turns dicts into bytes and back, nothing more.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -38,6 +63,7 @@ from typing import Any
 
 import msgpack
 
+from glancesync import untrusted
 from glancesync.exceptions import ProtocolError
 
 VERSION = 1
@@ -45,6 +71,26 @@ VERSION = 1
 # 1 MiB is far above any control message (the largest is a task carrying an image
 # record with its properties) and keeps a hostile peer from making us buffer much.
 MAX_MESSAGE_BYTES = 1024 * 1024
+# Worker slots of one agent: far above what one host runs, small enough that credits
+# and task lists stay cheap.
+MAX_CAPACITY = 256
+# Attempts of one task: the journal column is a 32-bit integer on every database.
+MAX_ATTEMPT = 2**31 - 1
+# Byte counts: the journal's BigInteger columns are signed 64-bit.
+MAX_SIZE = 2**63 - 1
+# Task and event ids fit the journal's String(64) keys; region and agent names its
+# String(255) columns.
+MAX_ID = 64
+MAX_NAME = 255
+# Seconds, epoch times and intervals alike: finite and of at most this size (over
+# 30,000 years), so that no later arithmetic on them overflows.
+MAX_SECONDS = 1e12
+# Any other string (failure reasons quote glance's answers) and any list.
+MAX_TEXT = 4096
+MAX_ITEMS = 1024
+# Maps and lists in a body nest at most this deep (an image record needs 3 or 4);
+# deeper ones only make every later walk over the record risk the recursion limit.
+MAX_DEPTH = 32
 
 TASK_KINDS = ("copy", "update", "delete")
 EVENT_KINDS = (
@@ -72,18 +118,51 @@ def cascaded_url(region: str, image_id: str) -> str:
     return f"{CASCADED_SCHEME}://{region}/{image_id}"
 
 
-def _non_negative(value: Any) -> bool:
-    return value >= 0
+# C0, DEL and C1: never part of an id or a name (they end up in logs and on terminals).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def _positive(value: Any) -> bool:
-    # "> 0", not ">= 1": for counts it is the same, and intervals such as
-    # welcome.heartbeat_interval may be fractions of a second ([coordinator] min 0.1).
-    return value > 0
+def _count(low: int, high: int) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return low <= value <= high
+
+    check.__doc__ = f"between {low} and {high}"
+    return check
 
 
-def _not_empty(value: Any) -> bool:
-    return len(value) > 0
+def _seconds(minimum: float, inclusive: bool = True) -> Callable[[Any], bool]:
+    # "> 0", not ">= 1" for intervals: welcome.heartbeat_interval may be a fraction
+    # of a second ([coordinator] min 0.1).
+    def check(value: Any) -> bool:
+        return _finite(value) and (value >= minimum if inclusive else value > minimum)
+
+    check.__doc__ = f"a number of seconds {'>=' if inclusive else '>'} {minimum:g} and <= {MAX_SECONDS:g}"
+    return check
+
+
+def _finite(value: Any) -> bool:
+    """a number of seconds between -1e12 and 1e12"""
+    return math.isfinite(value) and -MAX_SECONDS <= value <= MAX_SECONDS
+
+
+def _fits(value: str, limit: int, controls: bool = False) -> bool:
+    return 0 < len(value) <= limit and (controls or _CONTROL.search(value) is None)
+
+
+def _label(limit: int) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return _fits(value, limit)
+
+    check.__doc__ = f"1 to {limit} characters without control characters"
+    return check
+
+
+def _labels(limit: int, controls: bool = False) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return all(isinstance(item, str) and _fits(item, limit, controls) for item in value)
+
+    check.__doc__ = f"a list of strings of 1 to {limit} characters" + ("" if controls else ", no control characters")
+    return check
 
 
 def _in(choices: tuple[str, ...]) -> Callable[[Any], bool]:
@@ -94,13 +173,25 @@ def _in(choices: tuple[str, ...]) -> Callable[[Any], bool]:
     return check
 
 
-def _strings(value: Any) -> bool:
-    return all(isinstance(item, str) for item in value)
+def _not_empty(value: Any) -> bool:
+    """not empty"""
+    return len(value) > 0
+
+
+def _image_id(value: Any) -> bool:
+    return untrusted.is_image_id(value)
+
+
+_image_id.__doc__ = untrusted.IMAGE_ID_FORM
 
 
 @dataclass(frozen=True)
 class Field:
-    """One body field: its accepted types, whether it must be there, a value check."""
+    """One body field: its accepted types, whether it must be there, a value check.
+
+    ``nullable``: null is a value of its own here (see the module docstring); for any
+    other field null means absent.  Strings are at most MAX_TEXT long, lists MAX_ITEMS.
+    """
 
     types: tuple[type, ...]
     required: bool = True
@@ -116,31 +207,35 @@ _BOOL = (bool,)
 _MAP = (dict,)
 _LIST = (list,)
 
+_ID = _label(MAX_ID)
+_NAME = _label(MAX_NAME)
+_SIZE = _count(0, MAX_SIZE)
+
 _TASK_REF = {
-    "task_id": Field(_STR, check=_not_empty),
-    "attempt": Field(_INT, check=_positive),
+    "task_id": Field(_STR, check=_ID),
+    "attempt": Field(_INT, check=_count(1, MAX_ATTEMPT)),
 }
 
 SCHEMAS: dict[str, dict[str, Field]] = {
     # agent -> coordinator
     "hello": {
-        "region": Field(_STR, check=_not_empty),
-        "agent_id": Field(_STR, check=_not_empty),
-        "capacity": Field(_INT, check=_positive),
-        "version": Field(_STR),
-        "in_flight": Field(_LIST, required=False, default=(), check=_strings),
+        "region": Field(_STR, check=_NAME),
+        "agent_id": Field(_STR, check=_NAME),
+        "capacity": Field(_INT, check=_count(1, MAX_CAPACITY)),
+        "version": Field(_STR, check=_NAME),
+        "in_flight": Field(_LIST, required=False, default=(), check=_labels(MAX_ID)),
     },
-    "ready": {"credits": Field(_INT, check=_positive)},
+    "ready": {"credits": Field(_INT, check=_count(1, MAX_CAPACITY))},
     "ack": dict(_TASK_REF),
     "progress": {
         **_TASK_REF,
-        "bytes_done": Field(_INT, check=_non_negative),
-        "bytes_total": Field(_INT, check=_non_negative),
+        "bytes_done": Field(_INT, check=_SIZE),
+        "bytes_total": Field(_INT, check=_SIZE),
     },
     "done": {
         **_TASK_REF,
         # copy tasks report what they verified; update and delete tasks send None.
-        "size": Field(_INT, required=False, nullable=True, check=_non_negative),
+        "size": Field(_INT, required=False, nullable=True, check=_SIZE),
         "checksum": Field(_STR, required=False, nullable=True),
         "os_hash_algo": Field(_STR, required=False, nullable=True),
         "os_hash_value": Field(_STR, required=False, nullable=True),
@@ -150,7 +245,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # (glancesync/verify.py).  Older agents leave them out.
         "region_hash_algo": Field(_STR, required=False, nullable=True),
         "region_hash_value": Field(_STR, required=False, nullable=True),
-        "elapsed": Field(_NUM, required=False, default=0.0, check=_non_negative),
+        "elapsed": Field(_NUM, required=False, default=0.0, check=_seconds(0.0)),
     },
     "failed": {
         **_TASK_REF,
@@ -161,14 +256,14 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "bye": {"reason": Field(_STR, required=False, default="")},
     # coordinator -> agent
     "welcome": {
-        "heartbeat_interval": Field(_NUM, check=_positive),
-        "lease_timeout": Field(_NUM, check=_positive),
+        "heartbeat_interval": Field(_NUM, check=_seconds(0.0, inclusive=False)),
+        "lease_timeout": Field(_NUM, check=_seconds(0.0, inclusive=False)),
     },
     "task": {
         **_TASK_REF,
         "kind": Field(_STR, check=_in(TASK_KINDS)),
-        "image_id": Field(_STR, check=_not_empty),
-        "region": Field(_STR, check=_not_empty),
+        "image_id": Field(_STR, check=_image_id),
+        "region": Field(_STR, check=_NAME),
         # The cascading image record as glance returned it (id, size, checksum,
         # os_hash_algo, os_hash_value, disk_format, container_format, properties...).
         "image": Field(_MAP),
@@ -179,29 +274,30 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "disconnect": {"reason": Field(_STR, required=False, default="")},
     # glance_proxy -> coordinator
     "event": {
-        "event_id": Field(_STR, check=_not_empty),
+        "event_id": Field(_STR, check=_ID),
         "kind": Field(_STR, check=_in(EVENT_KINDS)),
-        "image_id": Field(_STR, check=_not_empty),
+        "image_id": Field(_STR, check=_image_id),
         # The image record from glance's response when it had one (POST, PATCH).
         "image": Field(_MAP, required=False, nullable=True),
-        # Names of the properties a PATCH changed.
-        "changes": Field(_LIST, required=False, default=(), check=_strings),
+        # Names of the properties a PATCH changed: a hint, as the user wrote them (glance
+        # takes any property name of up to 255 characters), so control characters pass.
+        "changes": Field(_LIST, required=False, default=(), check=_labels(MAX_NAME, controls=True)),
         # user_id, project_id, roles as glance saw them; image owner and visibility.
         "context": Field(_MAP, required=False, default=None, nullable=True),
-        "occurred_at": Field(_NUM, required=False, default=0.0),
+        "occurred_at": Field(_NUM, required=False, default=0.0, check=_finite),
     },
-    "event_ack": {"event_id": Field(_STR, check=_not_empty)},
+    "event_ack": {"event_id": Field(_STR, check=_ID)},
     # status tool <-> coordinator
     "status_query": {
         "view": Field(_STR, check=_in(STATUS_VIEWS)),
-        "image_id": Field(_STR, required=False, nullable=True),
+        "image_id": Field(_STR, required=False, nullable=True, check=_image_id),
     },
-    "status_reply": {"view": Field(_STR), "data": Field(_MAP)},
+    "status_reply": {"view": Field(_STR, check=_in(STATUS_VIEWS)), "data": Field(_MAP)},
     # any reply to a message that could not be served
     "error": {
-        "code": Field(_STR),
+        "code": Field(_STR, check=_NAME),
         "reason": Field(_STR),
-        "ref": Field(_STR, required=False, nullable=True),
+        "ref": Field(_STR, required=False, nullable=True, check=_NAME),
     },
 }
 
@@ -221,75 +317,124 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _refuse(code: str, detail: str) -> ProtocolError:
+    return ProtocolError(code=code, detail=detail)
+
+
+def _check_value(where: str, field: Field, value: Any) -> None:
+    # bool is an int in Python: never let True pass as a count.
+    if isinstance(value, bool) and bool not in field.types:
+        raise _refuse("bad_field", f"{where} must not be a boolean")
+    if not isinstance(value, field.types):
+        wanted = "/".join(t.__name__ for t in field.types)
+        raise _refuse("bad_field", f"{where} must be {wanted}, not {type(value).__name__}")
+    if isinstance(value, (str, list)):
+        limit = MAX_TEXT if isinstance(value, str) else MAX_ITEMS
+        if len(value) > limit:
+            raise _refuse("bad_field", f"{where} is {len(value)} long, more than {limit}")
+    if field.check is not None and not field.check(value):
+        why = field.check.__doc__ or field.check.__name__.strip("_").replace("_", " ")
+        raise _refuse("bad_field", f"{where}={untrusted.quote(value)} is not {why}")
+
+
 def _check_body(msg_type: str, body: Mapping[str, Any]) -> dict[str, Any]:
     schema = SCHEMAS[msg_type]
     checked: dict[str, Any] = {}
     for name, field in schema.items():
-        if name not in body:
+        value = body.get(name)
+        if value is None and not (field.nullable and name in body):
+            # Absent, or null where null means absent.
             if field.required:
-                raise ProtocolError(code="missing_field", detail=f"{msg_type}.{name} is missing")
+                raise _refuse("missing_field", f"{msg_type}.{name} is {'null' if name in body else 'missing'}")
             default = field.default
             checked[name] = list(default) if isinstance(default, tuple) else default
             continue
-        value = body[name]
-        if value is None and (field.nullable or not field.required):
-            checked[name] = None
-            continue
-        # bool is an int in Python: never let True pass as a count.
-        if isinstance(value, bool) and bool not in field.types:
-            raise ProtocolError(code="bad_field", detail=f"{msg_type}.{name} must not be a boolean")
-        if not isinstance(value, field.types):
-            wanted = "/".join(t.__name__ for t in field.types)
-            raise ProtocolError(
-                code="bad_field",
-                detail=f"{msg_type}.{name} must be {wanted}, not {type(value).__name__}",
-            )
-        if field.check is not None and not field.check(value):
-            why = field.check.__doc__ or field.check.__name__.strip("_").replace("_", " ")
-            raise ProtocolError(code="bad_field", detail=f"{msg_type}.{name}={value!r} is not {why}")
+        if value is not None:
+            _check_value(f"{msg_type}.{name}", field, value)
         checked[name] = value
     return checked
+
+
+def _check_plain(value: Any, depth: int = 0) -> None:
+    """Refuse what no sender of ours makes: deep nesting, non-string keys, bin and ext types."""
+    if depth > MAX_DEPTH:
+        raise _refuse("bad_body", f"maps and lists nest more than {MAX_DEPTH} deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _refuse("bad_body", f"map key {untrusted.quote(key)} is not a string")
+            _check_plain(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_plain(item, depth + 1)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise _refuse("bad_body", f"a {type(value).__name__} value is not allowed")
 
 
 def encode(msg_type: str, body: Mapping[str, Any] | None = None, msg_id: str | None = None) -> bytes:
     """Validate and pack one message; raises ProtocolError for a body we would refuse."""
     if msg_type not in SCHEMAS:
-        raise ProtocolError(code="unknown_type", detail=f"unknown message type {msg_type!r}")
+        raise _refuse("unknown_type", f"unknown message type {untrusted.quote(msg_type)}")
     checked = _check_body(msg_type, body or {})
     envelope = {"v": VERSION, "type": msg_type, "id": msg_id or new_id(), "ts": time.time(), "body": checked}
-    packed = msgpack.packb(envelope, use_bin_type=True)
+    try:
+        packed = msgpack.packb(envelope, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _refuse("unpackable", f"{msg_type} cannot be packed: {type(exc).__name__}") from None
     if len(packed) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(code="oversized", detail=f"{msg_type} is {len(packed)} bytes")
+        raise _refuse("oversized", f"{msg_type} is {len(packed)} bytes")
     return packed
 
 
 def decode(frame: bytes) -> Message:
     """Unpack and validate one frame; raises ProtocolError naming what is wrong."""
     if len(frame) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(code="oversized", detail=f"frame of {len(frame)} bytes > {MAX_MESSAGE_BYTES}")
+        raise _refuse("oversized", f"frame of {len(frame)} bytes > {MAX_MESSAGE_BYTES}")
     try:
         envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ProtocolError(code="undecodable", detail=f"not a msgpack frame: {exc}") from None
+        # The library's message may quote the data; its type names the problem.
+        raise _refuse("undecodable", f"not a msgpack frame ({type(exc).__name__})") from None
     if not isinstance(envelope, dict):
-        raise ProtocolError(code="bad_envelope", detail=f"envelope is {type(envelope).__name__}, not a map")
+        raise _refuse("bad_envelope", f"envelope is {type(envelope).__name__}, not a map")
     version = envelope.get("v")
     if version != VERSION or isinstance(version, bool):
-        raise ProtocolError(code="version", detail=f"unsupported protocol version {version!r}")
+        raise _refuse("version", f"unsupported protocol version {untrusted.quote(version)}")
     msg_type, msg_id, ts, body = (envelope.get(k) for k in ("type", "id", "ts", "body"))
     if not isinstance(msg_type, str):
-        raise ProtocolError(code="bad_envelope", detail="envelope.type must be a string")
+        raise _refuse("bad_envelope", "envelope.type must be a string")
     if msg_type not in SCHEMAS:
-        raise ProtocolError(code="unknown_type", detail=f"unknown message type {msg_type[:64]!r}")
-    if not isinstance(msg_id, str) or not msg_id:
-        raise ProtocolError(code="bad_envelope", detail="envelope.id must be a non-empty string")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-        raise ProtocolError(code="bad_envelope", detail="envelope.ts must be a number")
+        raise _refuse("unknown_type", f"unknown message type {untrusted.quote(msg_type)}")
+    if not isinstance(msg_id, str) or not _ID(msg_id):
+        raise _refuse("bad_envelope", f"envelope.id must be {_ID.__doc__}")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not _finite(ts):
+        raise _refuse("bad_envelope", f"envelope.ts must be {_finite.__doc__}")
     if not isinstance(body, dict):
-        raise ProtocolError(code="bad_envelope", detail="envelope.body must be a map")
+        raise _refuse("bad_envelope", "envelope.body must be a map")
+    _check_plain(body)
     return Message(type=msg_type, body=_check_body(msg_type, body), id=msg_id, ts=float(ts))
 
 
+def refused_report(frame: bytes) -> dict[str, Any] | None:
+    """``{"task_id", "attempt"}`` of a ``done`` or ``failed`` frame that ``decode`` refused.
+
+    A final report that cannot be accepted must still end its attempt: the agent has
+    finished with the task, and without this the coordinator would wait on it (and
+    renew its lease) for as long as the agent stays connected.  None when the frame
+    names no task in a well-formed reference.
+    """
+    try:
+        envelope = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        if not isinstance(envelope, dict) or envelope.get("type") not in ("done", "failed"):
+            return None
+        body = envelope.get("body")
+        return _check_body("ack", body) if isinstance(body, dict) else None
+    except (ValueError, TypeError, msgpack.UnpackException, ProtocolError):
+        return None
+
+
 def error_reply(exc: ProtocolError, ref: str | None = None) -> bytes:
-    """The frame that answers a message we refused."""
-    return encode("error", {"code": exc.code, "reason": exc.detail, "ref": ref})
+    """The frame that answers a message we refused; never raises for the reason's content."""
+    reason = untrusted.printable(exc.detail)[:MAX_TEXT]
+    code = exc.code if isinstance(exc.code, str) and _NAME(exc.code) else "refused"
+    return encode("error", {"code": code, "reason": reason, "ref": ref if ref and _ID(ref) else None})

@@ -20,6 +20,11 @@ is in the coordinator's ``allowed_clients_dir/status/`` (or ``operator/``):
   "task_id", "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
   "updated_at", "synced_at"}}}``
 
+An image id must be a glance id (a UUID); anything else is refused before the
+coordinator is asked.  Every string of a reply (region and agent names, errors,
+image names) reaches the terminal with its control characters escaped
+(``glancesync.untrusted.printable``); ``--json`` output is escaped by JSON itself.
+
 Exit codes: 0 success; 1 ``--wait`` saw a failed region or ran out of time;
 2 no answer, an ``error`` reply, or a configuration error.  Every failure is one
 line on stderr, never a traceback.  Rendering lives in ``glancesync.status_render``.
@@ -37,7 +42,7 @@ from typing import Any, TextIO
 import zmq
 from oslo_config import cfg
 
-from glancesync import __version__, config, opts, protocol, status_render, transport
+from glancesync import __version__, config, opts, protocol, status_render, transport, untrusted
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.states import SyncState
 
@@ -218,11 +223,27 @@ def _request(conf: cfg.ConfigOpts) -> tuple[str, str | None]:
     words = list(conf.view or [])
     if not words or words == ["summary"]:
         return "summary", None
-    if len(words) == 2 and words[0] == "image" and words[1]:
-        return "image", words[1]
+    if len(words) == 2 and words[0] == "image":
+        return "image", checked_image_id(words[1])
     if words == ["image"]:
         raise StatusFailure("'image' needs an image id: glance-sync-status image <image-id>")
-    raise StatusFailure(f"unknown view {' '.join(words)!r}; use no argument or 'image <image-id>'")
+    raise StatusFailure(f"unknown view {untrusted.quote(' '.join(words))}; use no argument or 'image <image-id>'")
+
+
+def checked_image_id(value: str) -> str:
+    """``value`` if it is an image id; else StatusFailure, before anything is asked."""
+    if not untrusted.is_image_id(value):
+        raise StatusFailure(f"{untrusted.quote(value)} is not an image id: expected {untrusted.IMAGE_ID_FORM}")
+    return value
+
+
+def _shown(render: Callable[..., Any], *args: Any) -> Any:
+    # A reply passed the protocol's checks but may still not have the shape this
+    # version of the tool expects (a newer or broken coordinator): one line, no traceback.
+    try:
+        return render(*args)
+    except (AttributeError, LookupError, TypeError, ValueError, OverflowError) as exc:
+        raise StatusFailure(f"cannot show the coordinator's reply ({type(exc).__name__})") from None
 
 
 def _print_json(data: Mapping[str, Any], out: TextIO) -> None:
@@ -238,10 +259,17 @@ def run(conf: cfg.ConfigOpts, context: zmq.Context, out: TextIO) -> int:
         return query(context, conf, host, port, {"view": view, "image_id": image_id}, timeout)
 
     if conf.wait:
+        image_id = checked_image_id(conf.wait)
         display = None if conf.json else _Display(out, out.isatty()).show
-        code, why, data = wait_for_image(lambda t: fetch("image", conf.wait, t), conf.timeout, display)
+
+        def fetch_shown(timeout: float) -> Mapping[str, Any]:
+            # Text for the terminal: every string of the reply made printable first.
+            data = fetch("image", image_id, timeout)
+            return data if conf.json else untrusted.printable_data(data)
+
+        code, why, data = _shown(wait_for_image, fetch_shown, conf.timeout, display)
         if conf.json:
-            _print_json(data, out)
+            _shown(_print_json, data, out)
         if code:
             raise StatusFailure(why, code=code)
         if not conf.json:
@@ -250,11 +278,12 @@ def run(conf: cfg.ConfigOpts, context: zmq.Context, out: TextIO) -> int:
     view, image_id = _request(conf)
     data = fetch(view, image_id, conf.timeout)
     if conf.json:
-        _print_json(data, out)
-    elif view == "image":
-        out.write(status_render.render_image(data, coordinator_now(data)))
-    else:
-        out.write(status_render.render_summary(data, coordinator_now(data)))
+        # json.dumps escapes every control character itself.
+        _shown(_print_json, data, out)
+        return 0
+    shown = untrusted.printable_data(data)
+    render = status_render.render_image if view == "image" else status_render.render_summary
+    out.write(_shown(lambda: render(shown, coordinator_now(shown))))
     return 0
 
 
@@ -265,11 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf = load_conf(sys.argv[1:] if argv is None else argv)
         return run(conf, context, sys.stdout)
     except StatusFailure as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
+        # Messages may quote the coordinator's words (an error's reason, a last_error).
+        sys.stderr.write(f"{PROG}: {untrusted.printable(exc)}\n")
         return exc.code
     except GlanceSyncError as exc:
         # A key that does not load, a CURVE file missing: the config is at fault.
-        sys.stderr.write(f"{PROG}: {exc}\n")
+        sys.stderr.write(f"{PROG}: {untrusted.printable(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")

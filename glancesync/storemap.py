@@ -130,7 +130,10 @@ class StoreMap:
         """
         if self.store is None:
             raise ConfigError(source=self.path, detail="cascading.store is required")
-        parsed = urllib.parse.urlparse(location_url)
+        try:
+            parsed = urllib.parse.urlparse(location_url)
+        except ValueError:  # "file://[x/..." (an invalid IPv6 host) and the like
+            raise SourceRefused(image_id=image_id, detail=f"location {location_url!r} is not a URL") from None
         if parsed.scheme != self.store.scheme:
             raise SourceRefused(image_id=image_id, detail=f"location scheme {parsed.scheme!r} is not served over SFTP")
         raw_path = urllib.parse.unquote(parsed.path)
@@ -230,8 +233,10 @@ def _read_yaml(path: str, named_by: str = "") -> Any:
             return yaml.safe_load(handle)
     except OSError as exc:
         raise ConfigError(source=path, detail=f"cannot read: {exc.strerror}{named_by}") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: not UTF-8
         raise ConfigError(source=path, detail=f"not valid YAML: {exc}{named_by}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(source=path, detail=f"not valid YAML: nested too deep{named_by}") from None
 
 
 def _region_glance(data: Mapping[str, Any], where: str, path: str) -> GlanceEndpoint:

@@ -23,7 +23,26 @@ _FINAL = tuple(s.value for s in FINAL_STATES)
 
 
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:  # too deep, too large, not packable
+        raise JournalError(detail=f"cannot store a value: {type(exc).__name__}", retryable=False) from None
+
+
+# The BigInteger columns (bytes_done, bytes_total) are signed 64-bit on every database.
+MAX_BIGINT = 2**63 - 1
+
+
+def byte_count(name: str, value: Any) -> int:
+    """``value`` if a BigInteger column takes it; a JournalError (not retryable) otherwise.
+
+    The protocol already bounds what agents report; this keeps any other caller from
+    reaching the driver with a number it cannot bind.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BIGINT:
+        raise JournalError(detail=f"{name} {str(value)[:32]} is not a byte count between 0 and 2**63-1",
+                           retryable=False)
+    return value
 
 
 def unpack(blob: bytes | None) -> Any:
@@ -138,3 +157,7 @@ class JournalBase:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise JournalError(detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+        except OverflowError as exc:
+            # The DB-API driver cannot bind a number (sqlite3 raises this unwrapped): the
+            # same value fails every time, so it is no reason to retry.
+            raise JournalError(detail=f"a value does not fit its column: {exc}", retryable=False) from exc

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from coordinator.journal.base import _FINAL, _LIVE_TASK, TaskRow, _region_state, _task, pack
+from coordinator.journal.base import _FINAL, _LIVE_TASK, TaskRow, _region_state, _task, byte_count, pack
 from coordinator.schema import image_regions, tasks
 from glancesync.exceptions import StaleAttempt
 from glancesync.states import SyncState, can_move
@@ -143,6 +143,7 @@ class TaskStateMixin:
             self._set_task(conn, task, S.TRANSFERRING, now, started_at=now)
 
     def progress(self, task_id: str, attempt: int, bytes_done: int, bytes_total: int, now: float) -> None:
+        bytes_done, bytes_total = byte_count("bytes_done", bytes_done), byte_count("bytes_total", bytes_total)
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
             conn.execute(tasks.update().where(tasks.c.task_id == task_id, tasks.c.attempt == attempt)
@@ -154,6 +155,8 @@ class TaskStateMixin:
 
     def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
         """The agent finished: copy and delete go on to registering, update is synced at once."""
+        if report.get("size") is not None:
+            byte_count("size", report["size"])
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
             if task.kind == "update":

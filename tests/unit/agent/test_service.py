@@ -12,6 +12,8 @@ from agent.service import AgentService
 from glancesync import protocol
 from tests.unit.agent.helpers import FakePool, make_conf
 
+IMAGE_ID = "aaaaaaaa-0000-4000-8000-000000000001"
+
 
 class Coordinator:
     """The test's side of the session: a ROUTER that records what the agent says."""
@@ -44,8 +46,8 @@ class Coordinator:
 
 
 def task_body(task_id: str = "t1", region: str = "RegionA", kind: str = "copy") -> dict[str, Any]:
-    return {"task_id": task_id, "attempt": 1, "kind": kind, "image_id": "img-1", "region": region,
-            "image": {"id": "img-1", "size": 100}, "source": {"type": "sftp", "path": "/store/img-1"}}
+    return {"task_id": task_id, "attempt": 1, "kind": kind, "image_id": IMAGE_ID, "region": region,
+            "image": {"id": IMAGE_ID, "size": 100}, "source": {"type": "sftp", "path": f"/store/{IMAGE_ID}"}}
 
 
 @pytest.fixture

@@ -158,3 +158,16 @@ def test_a_zero_byte_image_is_refused_before_anything_is_created(monkeypatch):
     assert result["outcome"] == "failed" and result["retryable"] is False
     assert "has 0 bytes" in result["reason"] and "glance refuses a location of size 0" in result["reason"]
     assert "get" not in calls and "create" not in calls
+
+
+def test_failure_reasons_carry_no_terminal_control_characters(monkeypatch):
+    from glancesync.exceptions import GlanceError
+
+    def hostile(task, settings, progress):
+        raise GlanceError(endpoint="http://r", detail="409 <html>\x1b[2J\x1b]0;owned\x07\r\nbody\x9b</html>")
+
+    monkeypatch.setattr(task_mod, "_dispatch", hostile)
+    task = {"task_id": "t", "attempt": 1, "kind": "copy", "image_id": "img-1", "region": "RegionA", "image": {}}
+    reason = task_mod.run_task(task, settings(), lambda d, t: None)["reason"]
+    assert not any(c in reason for c in "\x1b\x07\r\n\x9b")
+    assert "409 <html>\\x1b[2J\\x1b]0;owned\\x07  body\\x9b</html>" in reason

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from coordinator.journal import Journal, NewTask
-from glancesync.exceptions import StaleAttempt
+from coordinator.schema import tasks
+from glancesync.exceptions import JournalError, StaleAttempt
 from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, image_record
@@ -110,6 +111,38 @@ def test_copy_goes_through_registering_to_synced(journal: Journal) -> None:
     assert view["state"] == "synced" and view["synced_at"] == NOW + 1
     assert journal.region_records(IMAGE_ID)["RegionOne"].os_hash_value == "h"
     assert journal.region_counts()["RegionOne"]["synced"] == 1
+
+
+@pytest.mark.parametrize("too_large", [2**64 - 1, 2**63, -1])
+def test_byte_counts_the_columns_cannot_hold_are_refused_as_journal_errors(journal: Journal,
+                                                                          too_large: int) -> None:
+    # sqlite3 raises OverflowError, not a DB-API error, for 2**63 and above: it must
+    # come out as the JournalError every caller handles, with nothing changed.
+    [task_id] = plan(journal, copy_task())
+    journal.assign(task_id, "a", NOW, NOW + 10)
+    journal.ack(task_id, 1, NOW)
+    with pytest.raises(JournalError) as info:
+        journal.progress(task_id, 1, too_large, 1024, NOW)
+    assert not info.value.retryable
+    with pytest.raises(JournalError):
+        journal.done(task_id, 1, {"size": too_large, "checksum": "c"}, NOW)
+    assert journal.task(task_id).state == SyncState.TRANSFERRING
+    journal.progress(task_id, 1, 2**63 - 1, 2**63 - 1, NOW)
+    assert journal.image_view(IMAGE_ID)[1]["RegionOne"]["bytes_done"] == 2**63 - 1
+
+
+def test_an_overflow_inside_a_transaction_is_a_journal_error(journal: Journal) -> None:
+    [task_id] = plan(journal, copy_task())
+    with pytest.raises(JournalError) as info, journal.transaction() as conn:
+        conn.execute(tasks.update().where(tasks.c.task_id == task_id).values(retries=1, bytes_done=2**64))
+    assert "does not fit" in str(info.value) and not info.value.retryable
+    assert journal.task(task_id).retries == 0
+
+
+def test_a_value_that_cannot_be_packed_is_a_journal_error(journal: Journal) -> None:
+    with pytest.raises(JournalError):
+        journal.record_event("e-obj", "uploaded", IMAGE_ID, {"x": object()}, NOW)
+    assert journal.unplanned_events() == []
 
 
 def test_later_task_waits_for_the_earlier_one(journal: Journal) -> None:

@@ -6,9 +6,11 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from coordinator import admincheck, cmd, manage
 
-from .conftest import make_conf
+from .conftest import IMAGE_ID, make_conf
 
 
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
@@ -84,12 +86,12 @@ def test_resync_journals_an_uploaded_event_the_coordinator_will_plan(tmp_path: P
 
     make_conf(tmp_path, db_url, store_yaml)
     conf = tmp_path / "coordinator.conf"
-    assert manage.main(["--config-file", str(conf), "resync", "img-1"]) == 0
+    assert manage.main(["--config-file", str(conf), "resync", IMAGE_ID]) == 0
     assert "journaled as event resync-" in capsys.readouterr().out
     journal = Journal(db_url)
     try:
         (event,) = journal.unplanned_events()
-        assert (event.kind, event.image_id) == ("uploaded", "img-1")
+        assert (event.kind, event.image_id) == ("uploaded", IMAGE_ID)
     finally:
         journal.close()
 
@@ -103,6 +105,25 @@ def test_resync_refuses_a_blank_image_id(tmp_path: Path, db_url: str, store_yaml
         manage.main(["--config-file", str(conf), "resync", " "])
     assert exited.value.code == 2
     assert "is not an image id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["../../../../etc/passwd", f"../images/{IMAGE_ID}", "img-1",
+                                 "\x1b]0;pwned\x07" + "A" * 5000])
+def test_resync_refuses_what_is_not_a_glance_id_and_journals_nothing(tmp_path: Path, db_url: str,
+                                                                     store_yaml: Path, capsys, bad: str) -> None:
+    from coordinator.journal import Journal
+
+    make_conf(tmp_path, db_url, store_yaml)
+    with pytest.raises(SystemExit) as exited:
+        manage.main(["--config-file", str(tmp_path / "coordinator.conf"), "resync", bad])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not an image id" in err and len(err.splitlines()) == 1 and len(err) < 300 and "\x1b" not in err
+    journal = Journal(db_url)
+    try:
+        assert journal.unplanned_events() == []
+    finally:
+        journal.close()
 
 
 def test_purge_command(tmp_path: Path, db_url: str, store_yaml: Path, capsys) -> None:

@@ -93,9 +93,11 @@ def test_a_pass_over_the_limit_deletes_none_but_what_was_confirmed() -> None:
 
 
 def test_scan_lists_hidden_images_too_and_confirms_with_get() -> None:
-    images = ListingImages(visible={"a": "active"}, hidden={"h": "active"}, existing={"a", "h", "t2"})
+    a, h = "aaaaaaaa-0000-4000-8000-000000000001", "eeeeeeee-0000-4000-8000-000000000002"
+    images = ListingImages(visible={a: "active", "../../etc/passwd": "active"}, hidden={h: "active"},
+                           existing={a, h, "t2"})
     drift = reconciler.scan(Client(images), known=set(), tracked={"t1", "t2"}, endpoint="http://c")
-    assert drift.missing == ["a", "h"]
+    assert drift.missing == [a, h]  # an entry whose id is not a glance id is ignored
     assert drift.vanished == ["t1"]
     assert {f["os_hidden"] for f in images.filters} == {False, True}
 

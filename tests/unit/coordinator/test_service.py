@@ -15,6 +15,7 @@ from glancesync.states import SyncState
 from .conftest import IMAGE_ID, FakeClient, free_port, image_record
 
 NOW = 2_000_000.0
+OTHER_ID = "99999999-0000-4000-8000-000000000000"
 
 
 @pytest.fixture
@@ -290,8 +291,8 @@ def test_status_views(ctx, service) -> None:
     assert image["known"] is True
     assert image["regions"]["RegionOne"]["agent_id"] == "a1"
     assert image["regions"]["RegionOne"]["task_kind"] == "copy"
-    query.send(protocol.encode("status_query", {"view": "image", "image_id": "nope"}))
-    assert receive(query, service, NOW).body["data"] == {"image_id": "nope", "known": False, "planned": False,
+    query.send(protocol.encode("status_query", {"view": "image", "image_id": OTHER_ID}))
+    assert receive(query, service, NOW).body["data"] == {"image_id": OTHER_ID, "known": False, "planned": False,
                                                             "regions": {}, "now": NOW}
 
 

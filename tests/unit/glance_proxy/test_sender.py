@@ -27,7 +27,7 @@ def event(n: int) -> dict:
     return {
         "event_id": f"{n:032x}",
         "kind": "updated",
-        "image_id": f"img-{n}",
+        "image_id": f"00000000-0000-4000-8000-{n:012x}",
         "image": None,
         "changes": ["name"],
         "context": {"user_id": "u"},

@@ -53,3 +53,23 @@ def test_backoff_reset() -> None:
 )
 def test_retry_delay(attempt: int, expected: float) -> None:
     assert retry_delay(attempt, base=5.0, maximum=300.0) == expected
+
+
+@pytest.mark.parametrize("attempt", [1023, 1024, 1100, 10**6])
+def test_backoff_stays_capped_for_any_attempt_count(attempt: int) -> None:
+    backoff = Backoff(initial=1.0, maximum=32.0, attempt=attempt, rng=random.Random(3))
+    for _ in range(3):
+        delay = backoff.next_delay()
+        assert 16.0 <= delay <= 32.0
+
+
+@pytest.mark.parametrize("attempt", [1025, 10**6])
+def test_retry_delay_stays_capped_for_any_attempt_count(attempt: int) -> None:
+    assert retry_delay(attempt, base=5.0, maximum=300.0) == 300.0
+
+
+def test_backoff_after_a_thousand_failures_in_a_row() -> None:
+    # A coordinator down for a weekend: the agent retries on and on, never raising.
+    backoff = Backoff(initial=1.0, maximum=32.0, rng=random.Random(5))
+    delays = [backoff.next_delay() for _ in range(3000)]
+    assert max(delays) <= 32.0 and min(delays[10:]) >= 16.0

@@ -11,6 +11,7 @@ from glancesync import protocol
 from glancesync.exceptions import ProtocolError
 
 TASK_REF = {"task_id": "t-1", "attempt": 1}
+IMAGE_ID = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
 
 # One valid body per message type; the test below fails when a type is added
 # to SCHEMAS without an example here.
@@ -36,23 +37,23 @@ VALID: dict[str, dict[str, Any]] = {
     "task": {
         **TASK_REF,
         "kind": "copy",
-        "image_id": "img-1",
+        "image_id": IMAGE_ID,
         "region": "RegionOne",
-        "image": {"id": "img-1", "size": 100, "properties": {"a": "b"}},
-        "source": {"type": "sftp", "path": "/var/lib/glance/images/img-1"},
+        "image": {"id": IMAGE_ID, "size": 100, "properties": {"a": "b"}},
+        "source": {"type": "sftp", "path": f"/var/lib/glance/images/{IMAGE_ID}"},
     },
     "disconnect": {"reason": "coordinator restarting"},
     "event": {
         "event_id": "e-1",
         "kind": "uploaded",
-        "image_id": "img-1",
-        "image": {"id": "img-1"},
+        "image_id": IMAGE_ID,
+        "image": {"id": IMAGE_ID},
         "changes": ["name"],
         "context": {"user_id": "u", "project_id": "p", "roles": ["admin"]},
         "occurred_at": 1700000000.5,
     },
     "event_ack": {"event_id": "e-1"},
-    "status_query": {"view": "image", "image_id": "img-1"},
+    "status_query": {"view": "image", "image_id": IMAGE_ID},
     "status_reply": {"view": "summary", "data": {"regions": {}}},
     "error": {"code": "bad_field", "reason": "x", "ref": "m-1"},
 }
@@ -98,7 +99,7 @@ def test_optional_fields_get_defaults() -> None:
     assert done.body["size"] is None and done.body["checksum"] is None and done.body["elapsed"] == 0.0
     # An agent from before region hashes: the fields read as absent.
     assert done.body["region_hash_algo"] is None and done.body["region_hash_value"] is None
-    event = protocol.decode(protocol.encode("event", {"event_id": "e", "kind": "deleted", "image_id": "i"}))
+    event = protocol.decode(protocol.encode("event", {"event_id": "e", "kind": "deleted", "image_id": IMAGE_ID}))
     assert event.body["changes"] == [] and event.body["context"] is None and event.body["occurred_at"] == 0.0
     assert protocol.decode(protocol.encode("bye")).body == {"reason": ""}
 
@@ -158,7 +159,6 @@ def test_missing_field() -> None:
         ("failed", {**TASK_REF, "reason": "x", "retryable": 1}, "retryable"),
         ("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1", "in_flight": "t"}, "in_flight"),
         ("task", {**VALID["task"], "image": ["not", "a", "map"]}, "image"),
-        ("ready", {"credits": None}, "credits"),
     ],
 )
 def test_wrong_type(msg_type: str, body: dict[str, Any], field: str) -> None:
@@ -174,7 +174,7 @@ def test_wrong_type(msg_type: str, body: dict[str, Any], field: str) -> None:
         ("hello", {"region": "R", "agent_id": "a", "capacity": 0, "version": "1"}, "capacity"),
         ("ready", {"credits": 0}, "credits"),
         ("task", {**VALID["task"], "kind": "move"}, "kind"),
-        ("event", {"event_id": "e", "kind": "exploded", "image_id": "i"}, "kind"),
+        ("event", {"event_id": "e", "kind": "exploded", "image_id": IMAGE_ID}, "kind"),
         ("progress", {**TASK_REF, "bytes_done": -1, "bytes_total": 5}, "bytes_done"),
         ("ack", {"task_id": "t", "attempt": 0}, "attempt"),
         ("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1", "in_flight": [1]}, "in_flight"),
@@ -240,3 +240,186 @@ def test_sub_second_intervals_are_positive() -> None:
     assert protocol.decode(protocol.encode("welcome", body)).body == body
     with pytest.raises(ProtocolError):
         protocol.encode("welcome", {"heartbeat_interval": 0.0, "lease_timeout": 1.0})
+
+
+# -- identities, bounds and the null rule -----------------------------------------------
+
+BAD_IMAGE_IDS = [
+    "../../../../etc/passwd",
+    f"../images/{IMAGE_ID}",
+    f"{IMAGE_ID}/../../x",
+    f"{IMAGE_ID}?all_stores=true",
+    f"{IMAGE_ID}\n",
+    IMAGE_ID.replace("-", ""),
+    "img-1",
+    "",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_IMAGE_IDS)
+@pytest.mark.parametrize(
+    "msg_type", ["event", "task", "status_query"],
+)
+def test_image_ids_must_be_glance_ids(msg_type: str, bad: str) -> None:
+    body = {**VALID[msg_type], "image_id": bad}
+    assert code_of(envelope(type=msg_type, body=body)) == "bad_field"
+    with pytest.raises(ProtocolError):
+        protocol.encode(msg_type, body)
+
+
+def test_upper_case_uuid_is_an_image_id() -> None:
+    # Glance's schema accepts a user-given id in upper-case hex too.
+    body = {**VALID["event"], "image_id": IMAGE_ID.upper()}
+    assert protocol.decode(protocol.encode("event", body)).body["image_id"] == IMAGE_ID.upper()
+
+
+HELLO = VALID["hello"]
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "field"),
+    [
+        ("hello", {**HELLO, "capacity": 10**9}, "capacity"),
+        ("hello", {**HELLO, "capacity": protocol.MAX_CAPACITY + 1}, "capacity"),
+        ("ready", {"credits": 10**9}, "credits"),
+        ("ack", {"task_id": "t", "attempt": 2**31}, "attempt"),
+        ("progress", {**TASK_REF, "bytes_done": 2**64 - 1, "bytes_total": 5}, "bytes_done"),
+        ("progress", {**TASK_REF, "bytes_done": 5, "bytes_total": 2**63}, "bytes_total"),
+        ("done", {**VALID["done"], "size": 2**64 - 1}, "size"),
+        ("done", {**VALID["done"], "elapsed": float("inf")}, "elapsed"),
+        ("welcome", {"heartbeat_interval": float("nan"), "lease_timeout": 1.0}, "heartbeat_interval"),
+        ("event", {**VALID["event"], "occurred_at": float("inf")}, "occurred_at"),
+        ("welcome", {"heartbeat_interval": 2**63, "lease_timeout": 1.0}, "heartbeat_interval"),
+        ("failed", {**TASK_REF, "reason": "x" * (protocol.MAX_TEXT + 1), "retryable": True}, "reason"),
+        ("hello", {**HELLO, "region": "R" * (protocol.MAX_NAME + 1)}, "region"),
+        ("hello", {**HELLO, "agent_id": "a\x1b[2J"}, "agent_id"),
+        ("hello", {**HELLO, "in_flight": ["t"] * (protocol.MAX_ITEMS + 1)}, "in_flight"),
+        ("hello", {**HELLO, "in_flight": ["t" * (protocol.MAX_ID + 1)]}, "in_flight"),
+        ("event", {**VALID["event"], "event_id": "e" * (protocol.MAX_ID + 1)}, "event_id"),
+        ("event", {**VALID["event"], "changes": ["n" * (protocol.MAX_NAME + 1)]}, "changes"),
+        ("ack", {"task_id": "t\x00", "attempt": 1}, "task_id"),
+    ],
+)
+def test_every_count_size_and_string_is_bounded(msg_type: str, body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type=msg_type, body=body))
+    assert info.value.code == "bad_field"
+    assert f"{msg_type}.{field}" in str(info.value)
+
+
+def test_largest_values_still_pass() -> None:
+    body = {**TASK_REF, "bytes_done": protocol.MAX_SIZE, "bytes_total": protocol.MAX_SIZE}
+    assert protocol.decode(protocol.encode("progress", body)).body["bytes_done"] == 2**63 - 1
+    hello = {**HELLO, "capacity": protocol.MAX_CAPACITY}
+    assert protocol.decode(protocol.encode("hello", hello)).body["capacity"] == 256
+
+
+def test_null_is_absent_for_optional_fields() -> None:
+    hello = protocol.decode(envelope(type="hello", body={**HELLO, "in_flight": None}))
+    assert hello.body["in_flight"] == []
+    event = protocol.decode(envelope(type="event", body={**VALID["event"], "changes": None, "occurred_at": None}))
+    assert event.body["changes"] == [] and event.body["occurred_at"] == 0.0
+    done = protocol.decode(envelope(type="done", body={**TASK_REF, "elapsed": None}))
+    assert done.body["elapsed"] == 0.0
+    assert protocol.decode(envelope(type="bye", body={"reason": None})).body == {"reason": ""}
+
+
+def test_null_is_kept_where_it_is_a_value() -> None:
+    done = protocol.decode(envelope(type="done", body={**TASK_REF, "size": None, "checksum": None}))
+    assert done.body["size"] is None and done.body["checksum"] is None
+    task = protocol.decode(envelope(type="task", body={**VALID["task"], "source": None}))
+    assert task.body["source"] is None
+    query = protocol.decode(envelope(type="status_query", body={"view": "summary", "image_id": None}))
+    assert query.body["image_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("msg_type", "body", "field"),
+    [
+        ("ready", {"credits": None}, "credits"),
+        ("task", {**VALID["task"], "image_id": None}, "image_id"),
+        ("task", {**VALID["task"], "image": None}, "image"),
+        ("failed", {**TASK_REF, "reason": "x", "retryable": None}, "retryable"),
+    ],
+)
+def test_null_is_refused_for_required_fields(msg_type: str, body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type=msg_type, body=body))
+    assert info.value.code == "missing_field"
+    assert f"{msg_type}.{field} is null" in str(info.value)
+
+
+def test_errors_quote_only_a_short_escaped_prefix() -> None:
+    hostile = "\x1b]0;owned\x07" + "A" * 4000
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type="event", body={**VALID["event"], "image_id": hostile}))
+    assert len(str(info.value)) < 300
+    assert "\x1b" not in str(info.value) and "\\x1b" in str(info.value)
+    reply = protocol.error_reply(info.value, ref="m-1")
+    assert len(reply) < 500
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(envelope(type="A" * 100_000))
+    assert len(str(info.value)) < 300
+
+
+def test_error_reply_never_raises_on_odd_content() -> None:
+    exc = ProtocolError(code="x" * 1000, detail="\x00" * (protocol.MAX_TEXT * 3))
+    reply = protocol.decode(protocol.error_reply(exc, ref="r" * 500))
+    assert reply.body["ref"] is None and len(reply.body["reason"]) <= protocol.MAX_TEXT
+    assert "\x00" not in reply.body["reason"]
+
+
+def nested(depth: int) -> Any:
+    value: Any = "deep"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        {"a": nested(protocol.MAX_DEPTH + 1)},
+        {"blob": b"\x00\x01"},
+        {"ext": msgpack.ExtType(5, b"x")},
+    ],
+)
+def test_bodies_hold_plain_shallow_data_only(image: dict[str, Any]) -> None:
+    assert code_of(envelope(type="task", body={**VALID["task"], "image": image})) == "bad_body"
+
+
+def test_map_keys_must_be_strings() -> None:
+    frame = msgpack.packb({"v": 1, "type": "task", "id": "m", "ts": 1.0,
+                           "body": {**VALID["task"], "image": {b"raw": 1}}}, use_bin_type=True)
+    assert code_of(frame) == "bad_body"
+
+
+@pytest.mark.parametrize("overrides", [{"id": "i" * 65}, {"id": "m\n"}, {"ts": float("nan")}, {"ts": 2**64 - 1}])
+def test_envelope_id_and_time_are_bounded(overrides: dict[str, Any]) -> None:
+    assert code_of(envelope(**overrides)) == "bad_envelope"
+
+
+def test_refused_report_names_the_task_of_a_bad_done() -> None:
+    bad_done = envelope(type="done", body={**TASK_REF, "size": 2**64 - 1})
+    assert code_of(bad_done) == "bad_field"
+    assert protocol.refused_report(bad_done) == TASK_REF
+    assert protocol.refused_report(envelope(type="progress", body={**TASK_REF, "bytes_done": -1})) is None
+    assert protocol.refused_report(envelope(type="done", body={"task_id": "", "attempt": 1})) is None
+    assert protocol.refused_report(b"\xc1") is None
+
+
+def test_an_agent_cannot_be_configured_beyond_what_its_hello_may_carry() -> None:
+    from oslo_config import cfg
+
+    from glancesync import opts
+
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf([], default_config_files=[])
+    conf.set_override("workers", protocol.MAX_CAPACITY, group="agent")
+    assert conf.agent.workers == protocol.MAX_CAPACITY
+    with pytest.raises(ValueError):
+        conf.set_override("workers", protocol.MAX_CAPACITY + 1, group="agent")
+        conf.agent.workers  # noqa: B018  (the value is checked when read)
+    hello = {**VALID["hello"], "capacity": protocol.MAX_CAPACITY, "agent_id": "a" * protocol.MAX_NAME}
+    protocol.encode("hello", hello)

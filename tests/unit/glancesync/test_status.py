@@ -46,7 +46,7 @@ def region(state: str, done: int = 0, total: int = 0, error: str | None = None, 
 
 
 def image(known: bool = True, **regions: dict[str, Any]) -> dict[str, Any]:
-    return {"image_id": "img-1", "known": known, "regions": regions}
+    return {"image_id": "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10", "known": known, "regions": regions}
 
 
 # --- rendering -------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_image_view() -> None:
         RegionThree=region("synced", 100 * MIB, 100 * MIB, agent_id=None),
     )
     lines = status_render.render_image(data, NOW).splitlines()
-    assert lines[0] == "image img-1"
+    assert lines[0] == "image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
     header = lines[2].split()
     assert header == ["REGION", "STATE", "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST", "ERROR"]
     one = next(line for line in lines if line.startswith("RegionOne"))
@@ -94,7 +94,7 @@ def test_image_view() -> None:
 
 
 def test_image_view_unknown() -> None:
-    assert status_render.render_image(image(known=False), NOW) == "image img-1: not known to the coordinator\n"
+    assert status_render.render_image(image(known=False), NOW) == "image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10: not known to the coordinator\n"
 
 
 @pytest.mark.parametrize(
@@ -300,7 +300,7 @@ def coordinator(request: pytest.FixtureRequest) -> Iterator[FakeCoordinator]:
 def _answers(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if body["view"] == "summary":
         return "status_reply", {"view": "summary", "data": SUMMARY}
-    if body["image_id"] == "img-1":
+    if body["image_id"] == "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10":
         return "status_reply", {"view": "image", "data": image(RegionOne=region("synced", 10, 10))}
     return "error", {"code": "not_found", "reason": f"no image {body['image_id']}"}
 
@@ -310,17 +310,17 @@ def test_main_summary_image_json_and_error(coordinator: FakeCoordinator, capsys:
     base = ["--host", "127.0.0.1", "--port", str(coordinator.port), "--timeout", "5"]
     assert status.main(base) == 0
     assert "RegionOne" in capsys.readouterr().out
-    assert status.main(base + ["image", "img-1"]) == 0
+    assert status.main(base + ["image", "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"]) == 0
     assert "RegionOne  synced" in capsys.readouterr().out
     assert status.main(base + ["--json"]) == 0
     assert json.loads(capsys.readouterr().out) == SUMMARY
-    assert status.main(base + ["--json", "image", "img-1"]) == 0
+    assert status.main(base + ["--json", "image", "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"]) == 0
     assert json.loads(capsys.readouterr().out)["regions"]["RegionOne"]["state"] == "synced"
-    assert status.main(base + ["image", "img-404"]) == 2
-    assert capsys.readouterr().err == "glance-sync-status: coordinator error not_found: no image img-404\n"
-    assert status.main(base + ["--wait", "img-1"]) == 0
+    assert status.main(base + ["image", "00000000-0000-4000-8000-000000000404"]) == 2
+    assert capsys.readouterr().err == "glance-sync-status: coordinator error not_found: no image 00000000-0000-4000-8000-000000000404\n"
+    assert status.main(base + ["--wait", "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"]) == 0
     assert "synced in RegionOne" in capsys.readouterr().out
-    assert coordinator.queries[:2] == [{"view": "summary", "image_id": None}, {"view": "image", "image_id": "img-1"}]
+    assert coordinator.queries[:2] == [{"view": "summary", "image_id": None}, {"view": "image", "image_id": "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"}]
 
 
 @pytest.mark.parametrize(
@@ -329,10 +329,10 @@ def test_main_summary_image_json_and_error(coordinator: FakeCoordinator, capsys:
     indirect=True,
 )
 def test_main_wait_failed_exit_1(coordinator: FakeCoordinator, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--host", "127.0.0.1", "--port", str(coordinator.port), "--wait", "img-1", "--timeout", "5"]
+    argv = ["--host", "127.0.0.1", "--port", str(coordinator.port), "--wait", "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10", "--timeout", "5"]
     assert status.main(argv) == 1
     err = capsys.readouterr().err
-    assert err == "glance-sync-status: image img-1 failed in RegionOne: boom\n"
+    assert err == "glance-sync-status: image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10 failed in RegionOne: boom\n"
 
 
 def test_config_file_supplies_host_and_port(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

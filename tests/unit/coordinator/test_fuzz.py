@@ -1,0 +1,94 @@
+"""Fuzzing what the coordinator parses from glance: image records into plans, reports against records.
+
+Glance is the truth, but its records are still data: the planner must turn any
+record into a plan (refusing a source with a reason), never raise; verification
+raises VerificationError and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator import planner, reconciler, registrar
+from coordinator.journal import RegionRecord
+from glancesync import storemap
+from glancesync.exceptions import GlanceSyncError, VerificationError
+from glancesync.states import SyncState
+from tests.unit.fuzz import FUZZ, IMAGE_ID, json_maps, scalars, values
+
+SAMPLE = Path(__file__).resolve().parents[3] / "etc" / "glance_store.yaml.sample"
+STORES = storemap.parse(yaml.safe_load(SAMPLE.read_text()))
+STORE_DIR = STORES.store.store_dir
+KINDS = sorted(planner.COPY_EVENTS | planner.UPDATE_EVENTS | {"deleted", "locations_changed"})
+
+urls = st.sampled_from([
+    f"file://{STORE_DIR}/{IMAGE_ID}", f"file://{STORE_DIR}/../../etc/passwd", "file:///etc/shadow",
+    f"file://[{STORE_DIR}", "file://host/x", f"http://{STORE_DIR}", "file://", f"file://{STORE_DIR}",
+    f"file://{STORE_DIR}/a%00b", f"file://localhost{STORE_DIR}/x",
+]) | st.text(max_size=40)
+locations = st.lists(st.fixed_dictionaries({}, optional={"url": urls | scalars, "metadata": values}) | values,
+                     max_size=3)
+images = st.fixed_dictionaries({}, optional={
+    "id": st.just(IMAGE_ID) | scalars,
+    "status": st.sampled_from(["active", "queued", "importing", "killed", "deleted"]) | scalars,
+    "locations": locations | values,
+    "direct_url": urls | scalars,
+    planner.USER_REGIONS_PROPERTY: st.sampled_from(["RegionOne", "RegionOne, RegionTwo", ",,"]) | scalars,
+    "os_hash_value": scalars, "size": scalars, "checksum": scalars,
+}) | json_maps
+records = st.builds(RegionRecord, st.sampled_from(list(SyncState)),
+                    st.sampled_from(["copy", "update", "delete", None]), st.none() | st.text(max_size=8))
+
+
+@FUZZ
+@given(kind=st.sampled_from(KINDS), image=st.none() | images, strategy=st.sampled_from(["ALL", "USER", "None"]),
+       existing=st.dictionaries(st.sampled_from(sorted(STORES.regions)), records, max_size=2))
+def test_any_image_record_becomes_a_plan(kind: str, image: dict[str, Any] | None, strategy: str,
+                                         existing: dict[str, RegionRecord]) -> None:
+    plan = planner.plan(kind, IMAGE_ID, image, STORES.regions, strategy, existing, STORES.source_path)
+    for task in plan.tasks:
+        assert task.region in STORES.regions
+        msgpack.packb(task.payload, use_bin_type=True)  # the journal stores it
+        source = task.payload["source"]
+        if source is not None:
+            assert source["path"].startswith(STORE_DIR + "/") and ".." not in source["path"].split("/")
+    assert all(isinstance(why, str) for why in plan.failures.values())
+
+
+@FUZZ
+@given(image=images, report=json_maps | st.fixed_dictionaries({}, optional={
+    k: scalars for k in ("size", "checksum", "os_hash_value")}))
+def test_verification_raises_only_verification_error(image: dict[str, Any], report: dict[str, Any]) -> None:
+    try:
+        registrar.verify(image, report)
+    except VerificationError:
+        return
+    assert all(image.get(k) == report.get(k) is not None for k in ("size", "checksum", "os_hash_value"))
+
+
+class Listing:
+    def __init__(self, pages: list[Any]) -> None:
+        self.pages = pages
+
+    def list(self, filters: dict[str, Any]) -> Any:
+        return iter(self.pages)
+
+    def get(self, image_id: str) -> Any:
+        return {"id": image_id}
+
+
+@FUZZ
+@given(listing=st.lists(images | values, max_size=4))
+def test_a_glance_listing_of_any_shape_is_drift_or_a_glance_error(listing: list[Any]) -> None:
+    client = type("C", (), {"images": Listing(listing)})()
+    try:
+        drift = reconciler.scan(client, known=set(), tracked=set(), endpoint="http://c")
+    except GlanceSyncError:
+        return
+    assert all(isinstance(i, str) for i in drift.missing)
