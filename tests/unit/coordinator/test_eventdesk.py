@@ -139,7 +139,7 @@ def run_pass(svc, now: float) -> float:
 
 def test_a_pass_over_the_safety_limit_holds_every_delete_until_confirmed(
         tmp_path, db_url, store_yaml, stores, journal, client, ctx, caplog) -> None:
-    ids = [f"img-{n}" for n in range(4)]
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(4)]
     for image_id in ids:
         synced_everywhere(journal, image_id)
     svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx,
@@ -153,11 +153,11 @@ def test_a_pass_over_the_safety_limit_holds_every_delete_until_confirmed(
         now = run_pass(svc, now)  # held again, nothing deleted, no event made
         assert not [e for e in journal.unplanned_events() if e.kind == "deleted"]
         assert all(set(states(journal, i).values()) == {SyncState.SYNCED} for i in ids)
-        client.images.records["img-0"] = image_record("img-0", store_dir=stores.store.store_dir)  # back
+        client.images.records[ids[0]] = image_record(ids[0], store_dir=stores.store.store_dir)  # back
         assert journal.confirm_held_deletes(now) == 4
         now = run_pass(svc, now)
         pump(svc, now, until=lambda: planned(svc))
-        assert set(states(journal, "img-0").values()) == {SyncState.SYNCED}  # glance has it again
+        assert set(states(journal, ids[0]).values()) == {SyncState.SYNCED}  # glance has it again
         for image_id in ids[1:]:
             assert set(states(journal, image_id).values()) == {SyncState.DELETING}, image_id
         assert journal.held_deletes() == []

@@ -15,15 +15,26 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator import planner, reconciler, registrar
+from coordinator import planner, reconciler
 from coordinator.journal import RegionRecord
 from glancesync import storemap
+from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError, VerificationError
 from glancesync.states import SyncState
 from tests.unit.fuzz import FUZZ, IMAGE_ID, json_maps, scalars, values
 
 SAMPLE = Path(__file__).resolve().parents[3] / "etc" / "glance_store.yaml.sample"
-STORES = storemap.parse(yaml.safe_load(SAMPLE.read_text()))
+
+def _sample_inline() -> dict:
+    """The sample glance_store.yaml with each region's glance_file replaced by an inline endpoint."""
+    data = yaml.safe_load(SAMPLE.read_text())
+    for region in data["regions"].values():
+        if region.pop("glance_file", None):
+            region["glance"] = {"url": "http://glance.example.com:9292"}
+    return data
+
+
+STORES = storemap.parse(_sample_inline())
 STORE_DIR = STORES.store.store_dir
 KINDS = sorted(planner.COPY_EVENTS | planner.UPDATE_EVENTS | {"deleted", "locations_changed"})
 
@@ -62,14 +73,17 @@ def test_any_image_record_becomes_a_plan(kind: str, image: dict[str, Any] | None
 
 
 @FUZZ
-@given(image=images, report=json_maps | st.fixed_dictionaries({}, optional={
-    k: scalars for k in ("size", "checksum", "os_hash_value")}))
-def test_verification_raises_only_verification_error(image: dict[str, Any], report: dict[str, Any]) -> None:
+@given(image=images, regional=json_maps | st.fixed_dictionaries({}, optional={
+    k: scalars for k in ("status", "size", "checksum", "os_hash_algo", "os_hash_value")}))
+def test_verification_raises_only_verification_error(image: dict[str, Any], regional: dict[str, Any]) -> None:
     try:
-        registrar.verify(image, report)
+        check.verify(check.Digest.of_record(image, "cascading image"),
+                     check.Digest.of_record(regional, "regional image"), image_id=IMAGE_ID)
     except VerificationError:
         return
-    assert all(image.get(k) == report.get(k) is not None for k in ("size", "checksum", "os_hash_value"))
+    # Passed: the regional record is active, with the same size and at least one content hash.
+    assert regional.get("status") == "active" and image.get("size") == regional.get("size") is not None
+    assert any(image.get(k) == regional.get(k) is not None for k in ("checksum", "os_hash_value"))
 
 
 class Listing:

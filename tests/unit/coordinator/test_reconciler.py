@@ -45,12 +45,13 @@ def test_only_images_confirmed_gone_are_vanished() -> None:
 
 
 def test_synthetic_events_carry_the_pass_generation_and_valid_kinds() -> None:
-    events = reconciler.synthetic_events(["a"], ["b"], generation=7)
-    assert [(e["kind"], e["image_id"]) for e in events] == [("uploaded", "a"), ("deleted", "b")]
-    later = reconciler.synthetic_events(["a"], ["b"], generation=8)
+    a, b = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
+    events = reconciler.synthetic_events([a], [b], generation=7)
+    assert [(e["kind"], e["image_id"]) for e in events] == [("uploaded", a), ("deleted", b)]
+    later = reconciler.synthetic_events([a], [b], generation=8)
     # A later pass gets new ids, so a delete that failed can be tried again.
     assert not {e["event_id"] for e in events} & {e["event_id"] for e in later}
-    assert events == reconciler.synthetic_events(["a"], ["b"], generation=7)
+    assert events == reconciler.synthetic_events([a], [b], generation=7)
     uuid_id = "11111111-2222-3333-4444-555555555555"
     longest = reconciler.synthetic_events([uuid_id], [], generation=9_999_999)[0]["event_id"]
     assert len(longest) <= 64  # events.event_id is a String(64)

@@ -39,7 +39,8 @@ def ctx():
 
 @pytest.fixture
 def service(conf, stores, journal, client, ctx):
-    svc = Service(conf, stores, journal, Registrar(lambda: client, 2, "http://cascading"), context=ctx)
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: client)
+    svc = Service(conf, stores, journal, registrar, context=ctx)
     svc.initialize(NOW)
     yield svc
     svc.shutdown()

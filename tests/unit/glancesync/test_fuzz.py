@@ -138,7 +138,16 @@ def test_status_queries(body: dict[str, Any]) -> None:
 
 # -- glance_store.yaml ---------------------------------------------------------------------------
 
-SAMPLE = yaml.safe_load((Path(__file__).resolve().parents[3] / "etc" / "glance_store.yaml.sample").read_text())
+def _sample_inline() -> dict:
+    """The sample glance_store.yaml with each region's glance_file replaced by an inline endpoint."""
+    data = yaml.safe_load((Path(__file__).resolve().parents[3] / "etc" / "glance_store.yaml.sample").read_text())
+    for region in data["regions"].values():
+        if region.pop("glance_file", None):
+            region["glance"] = {"url": "http://glance.example.com:9292"}
+    return data
+
+
+SAMPLE = _sample_inline()
 PATHS = [("cascading",), ("cascading", "store"), ("cascading", "glance"), ("regions",),
          ("cascading", "store", "port"), ("cascading", "store", "store_dir"), ("cascading", "store", "scheme")]
 
