@@ -67,7 +67,10 @@ class CurveSite:
 
     def start_agent(self, region: str, agent_id: str, key: str) -> ServiceProcess:
         """An agent process named after its key (two may share an agent id), with its own log."""
-        own = write_conf(self.topo.etc_dir / f"agent-{key}.conf", {"agent": {"region": region, "agent_id": agent_id}})
+        # Each agent host reads its own glance_store.yaml (its region only, the SSH key).
+        own = write_conf(self.topo.etc_dir / f"agent-{key}.conf", {
+            "DEFAULT": {"glance_store_config": self.topo.agent_store_yaml(region)},
+            "agent": {"region": region, "agent_id": agent_id}})
         argv = [venv_bin("glance-sync-agent"), "--config-file", str(self.keys.conf_for(key)), "--config-file", str(own)]
         agent = ServiceProcess(f"agent {key}", argv, self.topo.log_dir / f"agent-{key}.log", cwd=self.topo.base_dir)
         self.topo.services.append(agent)
