@@ -13,7 +13,7 @@ from glancesync import protocol
 from glancesync.exceptions import ConfigError
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, FakeClient, image_record
+from .conftest import IMAGE_ID, FakeClient, image_record, make_conf
 
 
 def task(kind: str = "copy", report=None) -> TaskRow:
@@ -239,6 +239,22 @@ def test_cascading_endpoint_carries_the_loop_guard_header(conf, stores) -> None:
     assert endpoint.url == "http://127.0.0.1:1"
     assert endpoint.headers[protocol.INTERNAL_REQUEST_HEADER] == "1"
     assert endpoint.auth["auth_type"] == "none"
+
+
+def test_cascading_glance_password_auth_keeps_every_option(tmp_path, db_url, store_yaml) -> None:
+    """[cascading_glance] keystoneauth1 password options all reach the session, the URL from the catalog."""
+    conf = make_conf(tmp_path, db_url, store_yaml,
+                     cascading_glance={"auth_type": "password", "auth_url": "http://127.0.0.1:5000/v3",
+                                       "username": "glance-sync", "password": "s3cret",
+                                       "project_name": "service", "user_domain_name": "Default",
+                                       "project_domain_name": "Default", "region_name": "Cascading"})
+    conf.set_override("cascading_endpoint_url", None)
+    endpoint = cascading_endpoint(conf, None)
+    assert endpoint.url is None and endpoint.region_name == "Cascading"
+    assert endpoint.auth == {"auth_type": "password", "auth_url": "http://127.0.0.1:5000/v3",
+                             "username": "glance-sync", "password": "s3cret", "project_name": "service",
+                             "user_domain_name": "Default", "project_domain_name": "Default"}
+    assert "s3cret" not in repr(endpoint)
 
 
 def test_every_session_request_sends_the_loop_guard_header(conf, stores) -> None:
