@@ -45,12 +45,9 @@ def cli(topo: Topology, account: str, *argv: str, timeout: float = 180) -> str:
 
 
 def glance_as(topo: Topology, account: str, url: str) -> Any:
-    """A glanceclient for ``url`` with a keystone token of ``account``."""
-    from glanceclient import client as glance_client
-
-    assert topo.keystone is not None
-    user = topo.keystone.admin if account == "admin" else topo.accounts[account]
-    return glance_client.Client("2", session=topo.keystone.session(user), endpoint_override=url)
+    """A glanceclient for the glance at ``url`` with a keystone token of ``account``."""
+    server = next(g for g in topo.glances if g.url == url)
+    return topo.client(server, account)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +57,10 @@ def ks_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                     cascaded_store=True, keystone=True)
     try:
         topo.start()
+        # Heartbeats every 2 s (offline after 6 s of silence) rather than the harness's
+        # 0.5 s: with keystone beside them on a busy machine, agents were seen
+        # silent for 1.5 s and their tasks requeued, again and again.
+        topo.write_service_conf(coordinator={"heartbeat_interval": 2}, agent={"heartbeat_interval": 2})
         topo.start_coordinator()
         for region in topo.region_names:
             topo.start_agent(region)

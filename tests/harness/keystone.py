@@ -104,7 +104,8 @@ def _conf_sections(db: Path, fernet_keys: Path, credential_keys: Path) -> dict[s
         "fernet_tokens": {"key_repository": str(fernet_keys)},
         "fernet_receipts": {"key_repository": str(fernet_keys)},
         "credential": {"key_repository": str(credential_keys)},
-        "identity": {"password_hash_rounds": PASSWORD_HASH_ROUNDS},
+        # bcrypt reads 72 bytes at most; saying so keeps keystone from warning at every hash.
+        "identity": {"password_hash_rounds": PASSWORD_HASH_ROUNDS, "max_password_length": 72},
     }
 
 

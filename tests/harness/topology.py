@@ -380,6 +380,15 @@ class Topology:
         path.write_text(self.openrc(account))
         return path
 
+    def client(self, server: GlanceServer, account: str = "admin") -> Any:
+        """A glanceclient for ``server``: as ``account`` with a keystone token, or with forged admin headers."""
+        if self.keystone is None:
+            return server.client()
+        from glanceclient import client as glance_client
+
+        user = self.keystone.admin if account == "admin" else self.accounts[account]
+        return glance_client.Client("2", session=self.keystone.session(user), endpoint_override=server.url)
+
     def cli_env(self, account: str = "admin") -> dict[str, str]:
         """The environment a sourced :meth:`openrc` gives, on top of ours (for the CLIs as subprocesses)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
