@@ -126,6 +126,21 @@ def test_each_host_logs_in_as_its_own_service_user(ks_topology: Topology) -> Non
         "[cascading_glance]")[1]
 
 
+def test_each_account_holds_only_its_role_on_its_project(ks_topology: Topology) -> None:
+    """Service users are admins of ``service`` only, glance's user a ``service``, demo a plain member."""
+    assert ks_topology.keystone is not None
+    sess = ks_topology.keystone.session()
+    url = f"{ks_topology.keystone.auth_url}/role_assignments?include_names=true"
+    held: dict[str, set[tuple[str, str]]] = {}
+    for grant in sess.get(url).json()["role_assignments"]:
+        scope = grant["scope"].get("project", {}).get("name") or "system"
+        held.setdefault(grant["user"]["name"], set()).add((scope, grant["role"]["name"]))
+    expected = {account.username: {(account.project, role) for role in account.roles}
+                for account in ks_topology.accounts.values()}
+    assert {user: held.get(user) for user in expected} == expected
+    assert expected["demo"] == {("demo", "member")} and expected["glance"] == {("service", "service")}
+
+
 def test_driver_serves_a_download_from_a_region_with_its_own_user(ks_topology: Topology,
                                                                   demo_image: CliImage, tmp_path: Path) -> None:
     """With only cascaded:// locations left, ``openstack image save`` of the demo user still gets the bytes."""

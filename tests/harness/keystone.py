@@ -109,12 +109,12 @@ def _conf_sections(db: Path, fernet_keys: Path, credential_keys: Path) -> dict[s
     }
 
 
-def _manage(conf: Path, *args: str, timeout: float) -> None:
+def _manage(conf: Path, *args: str, timeout: float, env: dict[str, str] | None = None) -> None:
     argv = [str(VENV_BIN / "keystone-manage"), "--config-file", str(conf), *args]
-    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-        # The bootstrap password is never on the command line (environment), so never in this text.
         raise ServiceError(f"keystone-manage {args[0]} failed (exit {result.returncode}):\n{tail}")
 
 
@@ -149,20 +149,11 @@ def keystone_template(work_dir: str | Path, timeout: float = 300.0) -> KeystoneT
             for job in jobs:
                 job.result()
         password = secrets.token_urlsafe(18)
-        _bootstrap(conf, password, timeout)
+        # The password goes through the environment: never on a command line, so never in an error.
+        _manage(conf, "bootstrap", "--bootstrap-username", ADMIN_USER, "--bootstrap-project-name", ADMIN_PROJECT,
+                timeout=timeout, env={"OS_BOOTSTRAP_PASSWORD": password})
         _template = KeystoneTemplate(db, fernet_keys, credential_keys, password)
         return _template
-
-
-def _bootstrap(conf: Path, password: str, timeout: float) -> None:
-    argv = [str(VENV_BIN / "keystone-manage"), "--config-file", str(conf), "bootstrap",
-            "--bootstrap-username", ADMIN_USER, "--bootstrap-project-name", ADMIN_PROJECT]
-    env = {**os.environ, "OS_BOOTSTRAP_PASSWORD": password}
-    result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=timeout, env=env)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-        raise ServiceError(f"keystone-manage bootstrap failed (exit {result.returncode}):\n{tail}")
 
 
 def wsgi_application() -> Any:
