@@ -63,6 +63,10 @@ def print_topology(topo: Topology) -> None:
         print(f"    agent of {name:<11} {topo.agent_store_yaml(name)}   (its region, the SSH key)")
     print(f"  glance policy          {topo.cascading.policy_path}   (cascading: location writes "
           "for admin/service only)")
+    if topo.keystone is not None:
+        for name in topo.region_names:
+            print(f"  glance policy {name:<8} {topo.region_policy_file(name)}   (its agent's role is admin there "
+                  "only)")
     print(f"  logs                   {topo.log_dir}/")
     sys.stdout.flush()
 

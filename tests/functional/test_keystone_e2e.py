@@ -141,6 +141,23 @@ def test_each_account_holds_only_its_role_on_its_project(ks_topology: Topology) 
     assert expected["demo"] == {("demo", "member")} and expected["glance"] == {("service", "service")}
 
 
+def test_an_agent_is_admin_in_its_own_region_only(ks_topology: Topology) -> None:
+    """RegionA's agent token creates an image for another project in RegionA, not in RegionB."""
+    from glanceclient import exc as glance_exc
+
+    topo = ks_topology
+    assert topo.keystone is not None
+    projects = topo.keystone.session().get(f"{topo.keystone.auth_url}/projects?name=demo").json()["projects"]
+    other_project = projects[0]["id"]
+    own = topo.client(topo.cascaded["RegionA"], "agent-RegionA")
+    created = own.images.create(name="agent-probe", owner=other_project)
+    assert created["owner"] == other_project
+    own.images.delete(created["id"])
+    with pytest.raises(glance_exc.HTTPForbidden):
+        topo.client(topo.cascaded["RegionB"], "agent-RegionA").images.create(name="agent-probe",
+                                                                            owner=other_project)
+
+
 def test_driver_serves_a_download_from_a_region_with_its_own_user(ks_topology: Topology,
                                                                   demo_image: CliImage, tmp_path: Path) -> None:
     """With only cascaded:// locations left, ``openstack image save`` of the demo user still gets the bytes."""

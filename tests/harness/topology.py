@@ -85,11 +85,13 @@ def keystone_accounts(regions: Sequence[str]) -> dict[str, Account]:
     """The keystone accounts of a deployment, by role; random passwords.
 
     glance's default policy lets only ``admin`` read or write other projects'
-    images, so the coordinator (sees every project's images, adds locations),
-    each agent (creates copies owned by the image's project) and the cascaded://
-    driver (reads regional images of any project) are admins of the ``service``
-    project; glance's own user only validates tokens (``service``); ``demo`` is
-    an ordinary project member.
+    images, so the coordinator (sees every project's images, adds locations) and
+    the cascaded:// driver (reads regional images of any project) are admins of
+    the ``service`` project.  Each agent (creates copies owned by the image's
+    project) holds a role of its own, :func:`agent_role`, which only its region's
+    glance makes an admin role (:func:`region_policy`): keystone roles hold in
+    every region, and an agent's token must not.  glance's own user only
+    validates tokens (``service``); ``demo`` is an ordinary project member.
     """
     def account(username: str, project: str, role: str) -> Account:
         return Account(username, secrets.token_urlsafe(18), project, (role,))
@@ -101,8 +103,20 @@ def keystone_accounts(regions: Sequence[str]) -> dict[str, Account]:
         "demo": account("demo", "demo", "member"),
     }
     for region in regions:
-        accounts[f"agent-{region}"] = account(f"glance-sync-agent-{region.lower()}", "service", "admin")
+        accounts[f"agent-{region}"] = account(f"glance-sync-agent-{region.lower()}", "service",
+                                              agent_role(region))
     return accounts
+
+
+def agent_role(region: str) -> str:
+    """The keystone role of ``region``'s agent: admin in that region's glance only."""
+    return f"sync-agent-{region.lower()}"
+
+
+def region_policy(region: str) -> str:
+    """A regional glance's policy file (keystone topologies): its agent's role counts as admin there."""
+    return (f"# {region}'s agent creates copies owned by other projects: admin here, nowhere else.\n"
+            f'"context_is_admin": "role:admin or role:{agent_role(region)}"\n')
 
 
 def _store_config_of(conf: Path) -> str | None:
@@ -151,8 +165,11 @@ class Topology:
             policy_file=POLICY_FILE,  # location writes: admin and service only, as deployed
             keystone_authtoken=authtoken,
         )
-        self.cascaded = {name: GlanceServer(name, glance_dir / name, keystone_authtoken=authtoken)
-                         for name in self.region_names}
+        self.cascaded = {
+            name: GlanceServer(name, glance_dir / name, keystone_authtoken=authtoken,
+                               policy_file=self.region_policy_file(name) if keystone else None)
+            for name in self.region_names
+        }
         # sshd can chroot the account only when it runs as root.
         confine = os.geteuid() == 0
         self.sshd = SshServer(self.base_dir / "sshd", chroot_dir=self.cascading.data_dir if confine else None)
@@ -184,6 +201,10 @@ class Topology:
     def agent_store_yaml(self, region: str) -> Path:
         """The glance_store.yaml of ``region``'s agent host."""
         return self.host_etc(f"agent-{region}") / "glance_store.yaml"
+
+    def region_policy_file(self, region: str) -> Path:
+        """Where the policy file of ``region``'s glance is written before it starts (keystone only)."""
+        return self.host_etc(f"glance-{region}") / "glance-policy.yaml"
 
     def _authtoken(self) -> dict[str, str] | None:
         """keystonemiddleware's options for every glance-api (glance's own service user)."""
@@ -327,6 +348,11 @@ class Topology:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.write_store_files()
         self.write_service_conf()
+        if self.keystone is not None:
+            for name in self.region_names:
+                path = self.region_policy_file(name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(region_policy(name))
         starters: list[Callable[[], object]] = [lambda g=g: g.start(timeout) for g in self.glances]
         starters.append(lambda: self.sshd.start(timeout))
         if self.keystone is not None:
