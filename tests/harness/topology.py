@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import secrets
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -49,7 +48,14 @@ from typing import Any
 import yaml
 
 from tests.harness.glance import IDENTITY_HEADERS, POLICY_FILE, GlanceServer, venv_bin
-from tests.harness.keystone import Account, Catalog, KeystoneServer
+from tests.harness.keystone import (
+    Catalog,
+    KeystoneServer,
+    keystone_accounts,
+    openrc_env,
+    region_policy,
+    write_private,
+)
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, tcp_open
 from tests.harness.sshd import SshServer
 
@@ -79,44 +85,6 @@ def write_conf(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
-
-
-def keystone_accounts(regions: Sequence[str]) -> dict[str, Account]:
-    """The keystone accounts of a deployment, by role; random passwords.
-
-    glance's default policy lets only ``admin`` read or write other projects'
-    images, so the coordinator (sees every project's images, adds locations) and
-    the cascaded:// driver (reads regional images of any project) are admins of
-    the ``service`` project.  Each agent (creates copies owned by the image's
-    project) holds a role of its own, :func:`agent_role`, which only its region's
-    glance makes an admin role (:func:`region_policy`): keystone roles hold in
-    every region, and an agent's token must not.  glance's own user only
-    validates tokens (``service``); ``demo`` is an ordinary project member.
-    """
-    def account(username: str, project: str, role: str) -> Account:
-        return Account(username, secrets.token_urlsafe(18), project, (role,))
-
-    accounts = {
-        "glance": account("glance", "service", "service"),
-        "coordinator": account("glance-sync-coordinator", "service", "admin"),
-        "driver": account("glance-sync-driver", "service", "admin"),
-        "demo": account("demo", "demo", "member"),
-    }
-    for region in regions:
-        accounts[f"agent-{region}"] = account(f"glance-sync-agent-{region.lower()}", "service",
-                                              agent_role(region))
-    return accounts
-
-
-def agent_role(region: str) -> str:
-    """The keystone role of ``region``'s agent: admin in that region's glance only."""
-    return f"sync-agent-{region.lower()}"
-
-
-def region_policy(region: str) -> str:
-    """A regional glance's policy file (keystone topologies): its agent's role counts as admin there."""
-    return (f"# {region}'s agent creates copies owned by other projects: admin here, nowhere else.\n"
-            f'"context_is_admin": "role:admin or role:{agent_role(region)}"\n')
 
 
 def _store_config_of(conf: Path) -> str | None:
@@ -399,12 +367,7 @@ class Topology:
 
     def write_openrc(self, path: str | Path, account: str = "admin") -> Path:
         """Write :meth:`openrc` to ``path``, mode 0600 (it holds a password)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_text(self.openrc(account))
-        return path
+        return write_private(Path(path), self.openrc(account))
 
     def client(self, server: GlanceServer, account: str = "admin") -> Any:
         """A glanceclient for ``server``: as ``account`` with a keystone token, or with forged admin headers."""
@@ -417,11 +380,7 @@ class Topology:
 
     def cli_env(self, account: str = "admin") -> dict[str, str]:
         """The environment a sourced :meth:`openrc` gives, on top of ours (for the CLIs as subprocesses)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-        for line in self.openrc(account).splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value
-        return env
+        return openrc_env(self.openrc(account))
 
     # -- our services -----------------------------------------------------------
 
