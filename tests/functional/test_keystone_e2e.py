@@ -122,6 +122,7 @@ def test_each_host_logs_in_as_its_own_service_user(ks_topology: Topology) -> Non
     for region in topo.region_names:
         assert users(topo.host_etc(f"agent-{region}")) == {f"glance-sync-agent-{region.lower()}"}
     conf = topo.service_conf.read_text()
+    assert topo.service_conf.stat().st_mode & 0o777 == 0o640  # it holds the coordinator's password
     assert "username = glance-sync-coordinator" in conf and "identity_headers" not in conf.split(
         "[cascading_glance]")[1]
 

@@ -234,6 +234,8 @@ class GlanceServer:
         for path in (self.conf_dir, self.data_dir, self.staging_dir, self.lock_dir, self.spool_dir):
             path.mkdir(parents=True, exist_ok=True)
         _write_ini(self.conf_dir / "glance-api.conf", self.conf_sections())
+        if self.keystone_authtoken is not None:
+            (self.conf_dir / "glance-api.conf").chmod(0o640)  # glance's keystone password
         (self.conf_dir / "glance-api-paste.ini").write_text(paste_ini(self.sync_filter))
         if self.policy_source is not None:
             shutil.copyfile(self.policy_source, self.policy_path)

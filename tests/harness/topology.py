@@ -306,7 +306,10 @@ class Topology:
         for section, values in overrides.items():
             sections.setdefault(section, {}).update(values)
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        return write_conf(Path(path) if path else self.service_conf, sections)
+        written = write_conf(Path(path) if path else self.service_conf, sections)
+        if self.keystone is not None:
+            written.chmod(0o640)  # [cascading_glance] holds the coordinator's password
+        return written
 
     # -- lifecycle ------------------------------------------------------------
 
