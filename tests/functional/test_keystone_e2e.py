@@ -96,6 +96,13 @@ def test_openstack_cli_upload_of_a_project_user_syncs_to_every_region(ks_topolog
         assert copy["owner"] == demo_project
 
 
+def test_the_filter_sees_the_upload_in_the_keystone_pipeline(ks_topology: Topology, demo_image: CliImage) -> None:
+    """Our paste filter runs in glance's ``keystone`` pipeline: its ``uploaded`` event reaches the coordinator."""
+    coordinator = next(s for s in ks_topology.services if s.name == "coordinator")
+    helpers.wait_until(lambda: f"(uploaded of {demo_image.id})" in coordinator.log_path.read_text(errors="replace"),
+                       60, "the filter's uploaded event in the coordinator's log")
+
+
 def test_glance_and_openstack_cli_list_the_image_with_the_openrc(ks_topology: Topology,
                                                                  demo_image: CliImage) -> None:
     assert demo_image.id in cli(ks_topology, "demo", "glance", "image-list")
