@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,7 +100,9 @@ def test_openstack_cli_upload_of_a_project_user_syncs_to_every_region(ks_topolog
 def test_the_filter_sees_the_upload_in_the_keystone_pipeline(ks_topology: Topology, demo_image: CliImage) -> None:
     """Our paste filter runs in glance's ``keystone`` pipeline: its ``uploaded`` event reaches the coordinator."""
     coordinator = next(s for s in ks_topology.services if s.name == "coordinator")
-    helpers.wait_until(lambda: f"(uploaded of {demo_image.id})" in coordinator.log_path.read_text(errors="replace"),
+    # The filter's events have uuid ids; the reconciler's own are "reconcile-uploaded-<n>".
+    from_filter = re.compile(rf"event [0-9a-f]{{32}} \(uploaded of {demo_image.id}\)")
+    helpers.wait_until(lambda: from_filter.search(coordinator.log_path.read_text(errors="replace")),
                        60, "the filter's uploaded event in the coordinator's log")
 
 
