@@ -41,6 +41,7 @@ from coordinator import reconciler
 from coordinator.journal import EventRow, TaskRow
 from glancesync import glance, marker, protocol, verify
 from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, VerificationError
+from glancesync.opts import GLANCE_GROUP
 from glancesync.storemap import DEFAULT_HTTP_TIMEOUT, GlanceEndpoint, StoreMap
 
 LOG = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ def cascading_endpoint(conf: cfg.ConfigOpts, storemap: StoreMap | None) -> Glanc
         auth: dict[str, Any] = {"auth_type": group.auth_type or "none"}
         if auth["auth_type"] not in ("none", "noauth"):
             plugin = ks_loading.get_plugin_loader(auth["auth_type"])
+            # Only auth_type is registered up front: the plugin's own options (auth_url,
+            # username, ...) must be registered before they can be read.
+            conf.register_opts(ks_loading.get_auth_plugin_conf_options(plugin), group=GLANCE_GROUP)
             for opt in plugin.get_options():
                 value = getattr(group, opt.dest, None)
                 if value is not None:

@@ -1,10 +1,14 @@
-"""The local demo: a cascading glance, regional glances, sshd, coordinator and agents on 127.0.0.1.
+"""The local demo: keystone, a cascading glance, regional glances, sshd, coordinator and agents on 127.0.0.1.
 
 It starts everything as real processes (the same harness the end-to-end tests use),
 prints where each service listens, uploads a random image to the cascading glance with
-python-glanceclient exactly as a user would, shows per-region progress with
+python-glanceclient as the non-admin ``demo`` user would, shows per-region progress with
 ``glance-sync-status --wait`` until every region is synced, and prints the cascading
-image's locations.  Everything lives under ``--dir`` (default ``demo-run/``).
+image's locations.  Everything lives under ``--dir`` (default ``demo-run/``), among it
+``openrc`` (keystone's admin) and ``openrc-demo`` (the ``demo`` project's user): source
+one and the ``openstack`` and ``glance`` CLIs work against the cascading glance (keep
+the services running with ``--keep``).  ``--no-keystone`` runs the glances without
+keystone, trusting forged identity headers, as most functional tests do.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.glance import venv_bin  # noqa: E402
-from tests.harness.topology import Topology  # noqa: E402
+from tests.harness.topology import CASCADING_REGION, Topology  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -32,11 +36,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=64, help="size of the random image (default 64)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the sync")
     parser.add_argument("--keep", action="store_true", help="keep the services running until Ctrl-C")
+    parser.add_argument("--no-keystone", action="store_true",
+                        help="no keystone: glances trust identity headers (the openstack/glance CLIs cannot log in)")
     return parser.parse_args()
 
 
 def print_topology(topo: Topology) -> None:
     print("Services (all on 127.0.0.1):")
+    if topo.keystone is not None:
+        print(f"  keystone               {topo.keystone.auth_url}   (every glance-api runs behind "
+              "keystonemiddleware)")
     print(f"  cascading glance-api   {topo.cascading.url}   (glancesync filter + cascaded:// store)")
     for name, server in topo.cascaded.items():
         print(f"  {name:<22} {server.url}")
@@ -54,6 +63,10 @@ def print_topology(topo: Topology) -> None:
         print(f"    agent of {name:<11} {topo.agent_store_yaml(name)}   (its region, the SSH key)")
     print(f"  glance policy          {topo.cascading.policy_path}   (cascading: location writes "
           "for admin/service only)")
+    if topo.keystone is not None:
+        for name in topo.region_names:
+            print(f"  glance policy {name:<8} {topo.region_policy_file(name)}   (its agent's role is admin there "
+                  "only)")
     print(f"  logs                   {topo.log_dir}/")
     sys.stdout.flush()
 
@@ -66,15 +79,31 @@ def status_json(topo: Topology) -> str:
     return result.stdout
 
 
+def print_openrc(topo: Topology, files: dict[str, Path], keep: bool) -> None:
+    print("\nCredentials for the openstack and glance CLIs (keystone region "
+          f"{CASCADING_REGION} is the cascading glance):")
+    for account, path in files.items():
+        who = "keystone's admin" if account == "admin" else "user demo, member of project demo"
+        print(f"  {path}   ({who})")
+    demo = files.get("demo")
+    print("In another shell, while the services run:")
+    print(f"  source {demo}")
+    print("  openstack image create --file <some file> --disk-format raw --container-format bare my-image")
+    print("  openstack image list        # or: glance image-list")
+    if not keep:
+        print("(this run stops its services at the end: start it with --keep to try them)")
+    sys.stdout.flush()
+
+
 def upload_image(topo: Topology, size_mib: int) -> str:
-    client = topo.cascading.client()
+    client = topo.client(topo.cascading, "demo" if topo.keystone is not None else "admin")
     with tempfile.NamedTemporaryFile(dir=topo.base_dir, suffix=".img") as data:
         for _ in range(size_mib):
             data.write(os.urandom(1024 * 1024))
         data.flush()
         data.seek(0)
-        image = client.images.create(name="demo-image", disk_format="raw", container_format="bare",
-                                     visibility="public")
+        # Private to its project: a member may not publish images (glance's default policy).
+        image = client.images.create(name="demo-image", disk_format="raw", container_format="bare")
         print(f"\nUploading {size_mib} MiB as image {image['id']} to the cascading glance ...")
         started = time.monotonic()
         client.images.upload(image["id"], data, image_size=size_mib * 1024 * 1024)
@@ -83,7 +112,7 @@ def upload_image(topo: Topology, size_mib: int) -> str:
 
 
 def show_locations(topo: Topology, image_id: str) -> None:
-    image = topo.cascading.client().images.get(image_id)
+    image = topo.client(topo.cascading).images.get(image_id)
     print(f"\nCascading image {image_id}: size {image['size']}, checksum {image['checksum']}")
     print("Locations:")
     for location in image.get("locations", []):
@@ -94,10 +123,17 @@ def run(args: argparse.Namespace) -> int:
     base = Path(args.dir)
     if base.exists():
         shutil.rmtree(base)
-    topo = Topology(base, regions=args.regions, sync_filter=True, cascaded_store=True)
-    print(f"Starting glance-api x{args.regions + 1} and sshd ...")
+    keystone = not args.no_keystone
+    topo = Topology(base, regions=args.regions, sync_filter=True, cascaded_store=True, keystone=keystone)
+    print(f"Starting {'keystone, ' if keystone else ''}glance-api x{args.regions + 1} and sshd"
+          f"{' (preparing keystone takes a minute)' if keystone else ''} ...")
+    sys.stdout.flush()
     topo.start()
     try:
+        openrc = {}
+        if keystone:
+            openrc = {"admin": topo.write_openrc(base / "openrc"),
+                      "demo": topo.write_openrc(base / "openrc-demo", "demo")}
         topo.start_coordinator()
         for region in topo.region_names:
             topo.start_agent(region)
@@ -121,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"\nThe sync did not complete; logs are in {topo.log_dir}/", file=sys.stderr)
             return waited.returncode
         print("\nEvery region holds a verified copy.")
+        if openrc:
+            print_openrc(topo, openrc, args.keep)
         if args.keep:
             print("Services keep running; Ctrl-C stops them.")
             while True:

@@ -6,10 +6,13 @@ No pytest imports anywhere in this package.
 - ``procs``: ServiceProcess (start, wait_ready, kill, stop, restart), free_port, wait_tcp.
 - ``glance``: GlanceServer (gunicorn + glance.wsgi.api), IDENTITY_HEADERS.
 - ``sshd``: SshServer (private sshd, host key pinned in known_hosts).
-- ``topology``: Topology (cascading + cascaded glances + sshd + coordinator/agents).
+- ``keystone``: KeystoneServer (gunicorn + keystone, SQLite, fernet; prepared once per process).
+- ``topology``: Topology (cascading + cascaded glances + sshd + coordinator/agents; with
+  ``keystone=True`` a keystone too, every glance behind keystonemiddleware).
 """
 
 from tests.harness.glance import IDENTITY_HEADERS, GlanceServer
+from tests.harness.keystone import KeystoneServer
 from tests.harness.procs import ServiceError, ServiceProcess, free_port, wait_tcp
 from tests.harness.sshd import SshServer
 from tests.harness.topology import Topology
@@ -17,6 +20,7 @@ from tests.harness.topology import Topology
 __all__ = [
     "IDENTITY_HEADERS",
     "GlanceServer",
+    "KeystoneServer",
     "ServiceError",
     "ServiceProcess",
     "SshServer",

@@ -3,9 +3,13 @@
 :class:`GlanceServer` runs PyPI glance as the WSGI app ``glance.wsgi.api:application``
 under gunicorn (see GLANCE-NOTES.md), with everything private to the instance: config
 dir (``OS_GLANCE_CONFIG_DIR``), SQLite database, file store, staging dir, lock path
-and gunicorn control socket.  No keystone: the paste ``default`` pipeline uses
-``context`` instead of ``unauthenticated-context``, so glance trusts the identity
+and gunicorn control socket.  By default no keystone: the paste ``default`` pipeline
+uses ``context`` instead of ``unauthenticated-context``, so glance trusts the identity
 headers keystonemiddleware would set; :data:`IDENTITY_HEADERS` are those of an admin.
+Most functional tests run so, because forging headers lets one test act as any
+project and role without a keystone user for each.  With ``keystone_authtoken=``
+(keystonemiddleware's options, see tests/harness/keystone.py) glance runs the
+``keystone`` flavor instead and only keystone tokens get in.
 
 The database schema is made once per process (``glance-manage db_sync`` into a
 template file, see :func:`db_template`) and copied for every server.
@@ -102,16 +106,23 @@ def db_template(work_dir: str | Path, timeout: float = 120.0) -> Path:
 
 
 def paste_ini(sync_filter: bool) -> str:
-    """glance's sample paste ini with the trusted-headers ``default`` pipeline (and our filter)."""
+    """glance's sample paste ini with the trusted-headers ``default`` pipeline (and our filter).
+
+    With ``sync_filter`` the ``keystone`` pipeline (``[paste_deploy] flavor = keystone``)
+    gets our filter too, right after ``context`` as etc/glance-api-paste.ini.snippet says.
+    """
     parser = configparser.RawConfigParser(strict=False)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read(PASTE_SAMPLE)
-    pipeline = parser.get("composite:api", "default").split()
-    pipeline[pipeline.index("unauthenticated-context")] = "context"
+    for flavor in ("default", "keystone"):
+        pipeline = parser.get("composite:api", flavor).split()
+        if flavor == "default":
+            pipeline[pipeline.index("unauthenticated-context")] = "context"
+        if sync_filter:
+            pipeline.insert(pipeline.index("context") + 1, "glancesync")
+        parser.set("composite:api", flavor, " ".join(pipeline))
     if sync_filter:
-        pipeline.insert(pipeline.index("context") + 1, "glancesync")
         parser["filter:glancesync"] = {"paste.filter_factory": "glance_proxy.middleware:filter_factory"}
-    parser.set("composite:api", "default", " ".join(pipeline))
     lines: list[str] = []
     for section in parser.sections():
         lines.append(f"[{section}]")
@@ -162,6 +173,7 @@ class GlanceServer:
         store_config: str | Path | None = None,
         policy_file: str | Path | None = None,
         internal_secret_file: str | Path | None = None,
+        keystone_authtoken: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.base_dir = Path(base_dir)
@@ -182,6 +194,9 @@ class GlanceServer:
         self.policy_source = Path(policy_file) if policy_file else None
         self.policy_path = self.conf_dir / "glance-policy.yaml"
         self.internal_secret_file = Path(internal_secret_file) if internal_secret_file else None
+        # keystonemiddleware's [keystone_authtoken] options: with them glance runs the
+        # ``keystone`` pipeline and trusts only keystone tokens, no forged headers.
+        self.keystone_authtoken = dict(keystone_authtoken) if keystone_authtoken else None
         self.process: ServiceProcess | None = None
 
     def __repr__(self) -> str:
@@ -222,6 +237,9 @@ class GlanceServer:
             stores += ",cascaded"
             store["cascaded_store_config"] = str(self.store_config)
         store["stores"] = stores
+        if self.keystone_authtoken is not None:
+            sections["paste_deploy"] = {"flavor": "keystone"}
+            sections["keystone_authtoken"] = self.keystone_authtoken
         if self.policy_source is not None:
             sections["oslo_policy"] = {"policy_file": str(self.policy_path)}
         return sections
@@ -231,6 +249,8 @@ class GlanceServer:
         for path in (self.conf_dir, self.data_dir, self.staging_dir, self.lock_dir, self.spool_dir):
             path.mkdir(parents=True, exist_ok=True)
         _write_ini(self.conf_dir / "glance-api.conf", self.conf_sections())
+        if self.keystone_authtoken is not None:
+            (self.conf_dir / "glance-api.conf").chmod(0o640)  # glance's keystone password
         (self.conf_dir / "glance-api-paste.ini").write_text(paste_ini(self.sync_filter))
         if self.policy_source is not None:
             shutil.copyfile(self.policy_source, self.policy_path)

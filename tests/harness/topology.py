@@ -15,7 +15,17 @@
 - the coordinator and agents it starts as real processes (``start_coordinator``,
   ``start_agent``).
 
-``start()`` brings glances and sshd up in parallel; ``stop()`` tears everything
+With ``keystone=True`` a real keystone (tests/harness/keystone.py) starts first,
+beside sshd and the glances; it holds the catalog (the cascading site as region
+``Cascading`` and every region, each with its glance as public ``image``
+endpoint) and one account per service (:func:`keystone_accounts`, doc/keystone.md).
+Every glance-api then runs behind keystonemiddleware, and our services log in with
+keystoneauth1 password auth: each host's ``glance_store.yaml`` carries its own
+service user, glance-sync.conf's ``[cascading_glance]`` the coordinator's, which
+finds the cascading glance in the catalog.  Without it (the default, what most
+tests use) glances trust forged identity headers, see tests/harness/glance.py.
+
+``start()`` brings keystone, glances and sshd up in parallel; ``stop()`` tears everything
 down, also after a partial start.  It is a context manager and has no pytest
 dependency, so the demo script uses it as is::
 
@@ -40,11 +50,21 @@ import yaml
 
 from glancesync import marker
 from tests.harness.glance import IDENTITY_HEADERS, POLICY_FILE, GlanceServer, venv_bin
+from tests.harness.keystone import (
+    Catalog,
+    KeystoneServer,
+    keystone_accounts,
+    openrc_env,
+    region_policy,
+    write_private,
+)
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, tcp_open
 from tests.harness.sshd import SshServer
 
 # oslo DictOpt splits on commas, so a multi-role X-Roles cannot be written there.
 SERVICE_IDENTITY_HEADERS = {**IDENTITY_HEADERS, "X-Roles": "admin"}
+# The keystone region of the cascading site (its glance's catalog entry).
+CASCADING_REGION = "Cascading"
 
 
 def region_names(count: int) -> list[str]:
@@ -86,6 +106,7 @@ class Topology:
         regions: int | Sequence[str] = 2,
         sync_filter: bool = False,
         cascaded_store: bool = False,
+        keystone: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.etc_dir = self.base_dir / "etc"
@@ -101,6 +122,9 @@ class Topology:
         self.spool_dir = self.base_dir / "cascading" / "spool"
         self.internal_secret_file = self.etc_dir / "internal.secret"
         glance_dir = self.base_dir / "glance"
+        self.keystone = KeystoneServer(self.base_dir / "keystone") if keystone else None
+        self.accounts = keystone_accounts(self.region_names) if keystone else {}
+        authtoken = self._authtoken()
         self.cascading = GlanceServer(
             "cascading",
             glance_dir / "cascading",
@@ -111,8 +135,13 @@ class Topology:
             store_config=self.driver_store_yaml,
             policy_file=POLICY_FILE,  # location writes: admin and service only, as deployed
             internal_secret_file=self.internal_secret_file,
+            keystone_authtoken=authtoken,
         )
-        self.cascaded = {name: GlanceServer(name, glance_dir / name) for name in self.region_names}
+        self.cascaded = {
+            name: GlanceServer(name, glance_dir / name, keystone_authtoken=authtoken,
+                               policy_file=self.region_policy_file(name) if keystone else None)
+            for name in self.region_names
+        }
         # sshd can chroot the account only when it runs as root.
         confine = os.geteuid() == 0
         self.sshd = SshServer(self.base_dir / "sshd", chroot_dir=self.cascading.data_dir if confine else None)
@@ -145,9 +174,22 @@ class Topology:
         """The glance_store.yaml of ``region``'s agent host."""
         return self.host_etc(f"agent-{region}") / "glance_store.yaml"
 
-    @staticmethod
-    def _endpoint(server: GlanceServer) -> dict[str, Any]:
-        return {"url": server.url, "auth": {"auth_type": "none"}, "headers": dict(IDENTITY_HEADERS)}
+    def region_policy_file(self, region: str) -> Path:
+        """Where the policy file of ``region``'s glance is written before it starts (keystone only)."""
+        return self.host_etc(f"glance-{region}") / "glance-policy.yaml"
+
+    def _authtoken(self) -> dict[str, str] | None:
+        """keystonemiddleware's options for every glance-api (glance's own service user)."""
+        if self.keystone is None:
+            return None
+        glance = self.accounts["glance"]
+        return {"www_authenticate_uri": self.keystone.url, **glance.auth(self.keystone.auth_url)}
+
+    def _endpoint(self, server: GlanceServer, account: str = "coordinator") -> dict[str, Any]:
+        """A glance_store.yaml ``glance:`` entry: forged admin headers, or ``account``'s keystone login."""
+        if self.keystone is None:
+            return {"url": server.url, "auth": {"auth_type": "none"}, "headers": dict(IDENTITY_HEADERS)}
+        return {"url": server.url, "auth": self.accounts[account].auth(self.keystone.auth_url)}
 
     def _sftp_account(self) -> dict[str, Any]:
         """cascading.store as the agents need it: the store directory and the SFTP account."""
@@ -179,17 +221,17 @@ class Topology:
 
         The coordinator: the cascading glance, store_dir and every region's glance; the
         glance-api host (cascaded:// driver): every region's glance only; each agent: the
-        SFTP account and its own region.  Here every region file carries the same
-        identity headers; in a deployment the agent's are its region's write
-        credentials, the others' read-only ones.
+        SFTP account and its own region.  Without keystone every region file carries
+        the same identity headers; with it each host's files carry its own service
+        user (coordinator, driver, agent-<Region>).
         """
         def region_file(name: str) -> str:
             return f"regions.d/{name}.yaml"
 
         files: dict[Path, dict[str, Any]] = {}
-        for host in ("coordinator", "glance-api"):
+        for host, account in (("coordinator", "coordinator"), ("glance-api", "driver")):
             for name, server in self.cascaded.items():
-                files[self.host_etc(host) / region_file(name)] = {"glance": self._endpoint(server)}
+                files[self.host_etc(host) / region_file(name)] = {"glance": self._endpoint(server, account)}
         files[self.store_yaml] = {
             "cascading": {"glance": self._endpoint(self.cascading),
                           "store": {"scheme": "file", "store_dir": str(self.cascading.data_dir)}},
@@ -199,7 +241,7 @@ class Topology:
                                                      for name in self.region_names}}
         for name, server in self.cascaded.items():
             agent = self.agent_store_yaml(name)
-            files[agent.parent / region_file(name)] = {"glance": self._endpoint(server)}
+            files[agent.parent / region_file(name)] = {"glance": self._endpoint(server, f"agent-{name}")}
             files[agent] = {
                 "cascading": {"store": self._sftp_account()},
                 "regions": {name: {"glance_file": region_file(name), "work_dir": str(self.work_dir(name))}},
@@ -232,7 +274,7 @@ class Topology:
     def service_sections(self) -> dict[str, dict[str, Any]]:
         """The default content of glance-sync.conf, by section (names from glancesync/opts.py)."""
         headers = ",".join(f"{k}:{v}" for k, v in SERVICE_IDENTITY_HEADERS.items())
-        return {
+        sections: dict[str, dict[str, Any]] = {
             "DEFAULT": {
                 "debug": True,
                 "sync_server_host": LOOPBACK,
@@ -260,6 +302,15 @@ class Topology:
             "cascading_glance": {"auth_type": "none", "identity_headers": headers},
             "proxy": {"spool_dir": self.base_dir / "proxy-spool"},
         }
+        if self.keystone is not None:
+            # The coordinator's own login; the cascading glance's URL comes from the catalog.
+            del sections["DEFAULT"]["cascading_endpoint_url"]
+            sections["cascading_glance"] = {
+                **self.accounts["coordinator"].auth(self.keystone.auth_url),
+                "region_name": CASCADING_REGION,
+                "interface": "public",
+            }
+        return sections
 
     def write_service_conf(self, path: str | Path | None = None, **overrides: dict[str, Any]) -> Path:
         """Write glance-sync.conf; ``overrides`` are per section, e.g. ``coordinator={"lease_timeout": 2}``."""
@@ -267,7 +318,10 @@ class Topology:
         for section, values in overrides.items():
             sections.setdefault(section, {}).update(values)
         self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-        return write_conf(Path(path) if path else self.service_conf, sections)
+        written = write_conf(Path(path) if path else self.service_conf, sections)
+        if self.keystone is not None:
+            written.chmod(0o640)  # [cascading_glance] holds the coordinator's password
+        return written
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -278,8 +332,16 @@ class Topology:
         self.write_store_files()
         self.write_internal_secret()
         self.write_service_conf()
+        if self.keystone is not None:
+            for name in self.region_names:
+                path = self.region_policy_file(name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(region_policy(name))
         starters: list[Callable[[], object]] = [lambda g=g: g.start(timeout) for g in self.glances]
         starters.append(lambda: self.sshd.start(timeout))
+        if self.keystone is not None:
+            # First in the pool: preparing its database is the longest step of all.
+            starters.insert(0, self._start_keystone)
         with ThreadPoolExecutor(max_workers=len(starters)) as pool:
             futures = [pool.submit(fn) for fn in starters]
             errors = [f.exception() for f in futures]
@@ -294,10 +356,47 @@ class Topology:
         return self
 
     def stop(self) -> None:
-        """Stop agents, coordinator, glances and sshd; safe after a partial start and twice."""
+        """Stop agents, coordinator, glances, sshd and keystone; safe after a partial start and twice."""
         self.stop_services()
-        with ThreadPoolExecutor(max_workers=len(self.glances) + 1) as pool:
-            list(pool.map(lambda s: s.stop(), [*self.glances, self.sshd]))
+        servers: list[Any] = [*self.glances, self.sshd]
+        if self.keystone is not None:
+            servers.append(self.keystone)
+        with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+            list(pool.map(lambda s: s.stop(), servers))
+
+    # -- keystone -----------------------------------------------------------------
+
+    def _start_keystone(self) -> None:
+        """Start keystone and register the catalog and every account (keystone topologies only)."""
+        assert self.keystone is not None
+        self.keystone.start()
+        image_endpoints = {CASCADING_REGION: self.cascading.url}
+        image_endpoints.update({name: server.url for name, server in self.cascaded.items()})
+        self.keystone.provision(Catalog(image_endpoints, list(self.accounts.values())))
+
+    def openrc(self, account: str = "admin") -> str:
+        """An openrc file's text: ``admin`` (keystone's bootstrap admin) or an account of :func:`keystone_accounts`."""
+        if self.keystone is None:
+            raise ServiceError("openrc: this topology runs without keystone")
+        user = self.keystone.admin if account == "admin" else self.accounts[account]
+        return self.keystone.openrc(user, CASCADING_REGION)
+
+    def write_openrc(self, path: str | Path, account: str = "admin") -> Path:
+        """Write :meth:`openrc` to ``path``, mode 0600 (it holds a password)."""
+        return write_private(Path(path), self.openrc(account))
+
+    def client(self, server: GlanceServer, account: str = "admin") -> Any:
+        """A glanceclient for ``server``: as ``account`` with a keystone token, or with forged admin headers."""
+        if self.keystone is None:
+            return server.client()
+        from glanceclient import client as glance_client
+
+        user = self.keystone.admin if account == "admin" else self.accounts[account]
+        return glance_client.Client("2", session=self.keystone.session(user), endpoint_override=server.url)
+
+    def cli_env(self, account: str = "admin") -> dict[str, str]:
+        """The environment a sourced :meth:`openrc` gives, on top of ours (for the CLIs as subprocesses)."""
+        return openrc_env(self.openrc(account))
 
     # -- our services -----------------------------------------------------------
 

@@ -274,6 +274,22 @@ def test_a_readable_secret_file_stops_the_coordinator(tmp_path, db_url, store_ya
     assert secret_file.read_text().strip() not in captured.out + captured.err
 
 
+def test_cascading_glance_password_auth_keeps_every_option(tmp_path, db_url, store_yaml) -> None:
+    """[cascading_glance] keystoneauth1 password options all reach the session, the URL from the catalog."""
+    conf = make_conf(tmp_path, db_url, store_yaml,
+                     cascading_glance={"auth_type": "password", "auth_url": "http://127.0.0.1:5000/v3",
+                                       "username": "glance-sync", "password": "s3cret",
+                                       "project_name": "service", "user_domain_name": "Default",
+                                       "project_domain_name": "Default", "region_name": "Cascading"})
+    conf.set_override("cascading_endpoint_url", None)
+    endpoint = cascading_endpoint(conf, None)
+    assert endpoint.url is None and endpoint.region_name == "Cascading"
+    assert endpoint.auth == {"auth_type": "password", "auth_url": "http://127.0.0.1:5000/v3",
+                             "username": "glance-sync", "password": "s3cret", "project_name": "service",
+                             "user_domain_name": "Default", "project_domain_name": "Default"}
+    assert "s3cret" not in repr(endpoint)
+
+
 class _Recorder(BaseHTTPRequestHandler):
     seen: list[tuple[str, str, str | None]] = []
 
