@@ -60,8 +60,8 @@ schema is not at head; 2 a bad argument or configuration (one line on stderr).
 
 def build_parser() -> cli.Parser:
     """The command line: one sub-command per task, each with its own --help."""
-    parser = cli.Parser(prog=PROG, description="Journal schema, keys and secrets, and the operator's "
-                        "repairs for the glance sync coordinator.", epilog=EPILOG)
+    parser = cli.Parser(prog=PROG, description="The journal's schema, keys, secrets and repairs of the glance sync "
+                        "coordinator.", epilog=EPILOG)
     cli.add_config_options(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
