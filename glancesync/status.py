@@ -69,7 +69,7 @@ views:
 """
 EPILOG = """\
 exit codes:
-  0  done (--wait: synced everywhere it is meant to be, deleted everywhere, or meant for no region)
+  0  done; --wait: synced where it is meant to be, deleted everywhere, or meant for no region
   1  --wait only: a region failed, or --timeout ran out
   2  no answer from the coordinator, an error reply, a bad argument or configuration
 
