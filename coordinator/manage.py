@@ -13,6 +13,11 @@
     glance-sync-manage [--config-file F] reconcile [--confirm-deletes]
                                         # show (and confirm) the deletions the reconciler holds
 
+Each command is an argparse sub-command with its own ``--help``; ``--help`` or no
+argument lists them, one line each.  A bad argument is one line on stderr and exit
+code 2 (``glancesync.cli.Parser``); only ``--config-file``/``--config-dir`` reach
+oslo.config, which reads the files.
+
 The migrations live in ``coordinator/migrations`` and run programmatically: no
 alembic.ini, and the database URL (which may hold a password) reaches alembic only
 in memory.  ``schema_revisions`` is also what the coordinator checks at start.
@@ -24,6 +29,7 @@ import argparse
 import os
 import shutil
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,13 +40,67 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from coordinator import journal, reconciler
-from glancesync import config, keys, marker, roles, untrusted
+from glancesync import __version__, cli, config, keys, marker, roles, untrusted
 from glancesync.exceptions import GlanceSyncError
 
 PROG = "glance-sync-manage"
-COMMANDS = ("db_sync", "db_version", "keygen", "gensecret", "resync", "purge", "reconcile")
 DEFAULT_PURGE_DAYS = 30
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+
+
+EPILOG = """\
+Every command reads --config-file (before or after the command word) when it needs the
+journal or [curve]; keygen without --role and gensecret need none.
+'%(prog)s COMMAND --help' shows a command's own options.
+
+exit codes: 0 done; 1 the command failed (database, files) or, for db_version, the
+schema is not at head; 2 a bad argument or configuration (one line on stderr).
+"""
+
+
+def build_parser() -> cli.Parser:
+    """The command line: one sub-command per task, each with its own --help."""
+    parser = cli.Parser(prog=PROG, description="The journal's schema, keys, secrets and repairs of the glance sync "
+                        "coordinator.", epilog=EPILOG)
+    cli.add_config_options(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", required=True)
+
+    def command(name: str, summary: str, description: str = "") -> cli.Parser:
+        found = sub.add_parser(name, help=summary, description=textwrap.fill(description or summary, 79))
+        # --config-file also after the command word, as "db_version --config-file F" always worked.
+        cli.add_config_options(found, prefix="sub_")
+        return found
+
+    command("db_sync", "create or upgrade the journal schema to the newest revision (alembic)")
+    command("db_version", "print the journal's schema revision and the newest one (exit 1 when behind)")
+    keygen = command("keygen", "make a CurveZMQ key pair, and with --role put its public key on the allow-list",
+                     "Make NAME.key and NAME.key_secret (mode 0600) in DIR; with --role, also copy NAME.key "
+                     "to the coordinator's allow-list as that role.")
+    keygen.add_argument("--dir", required=True, help="directory for the key files (created 0700)")
+    keygen.add_argument("--name", required=True, help="key name: NAME.key and NAME.key_secret")
+    keygen.add_argument("--role", choices=roles.ROLES,
+                        help="also put NAME.key on the coordinator's allow-list with this role")
+    keygen.add_argument("--region", help="with --role agent: the region the agent serves (required)")
+    keygen.add_argument("--allowed-dir", help="the allow-list directory (default: [curve] allowed_clients_dir)")
+    gensecret = command("gensecret", "make the loop-guard secret shared by the coordinator and glance-api")
+    gensecret.add_argument("--file", required=True,
+                           help="new file for the secret shared by the coordinator and glance_proxy (mode 0600)")
+    resync = command("resync", "sync an image again wherever it failed or is missing",
+                     "Journal an 'uploaded' event for IMAGE_ID: the running coordinator gives every target "
+                     "region that failed or has no copy a new copy task; synced regions are left alone.")
+    resync.add_argument("image_id", metavar="IMAGE_ID", help="id of the cascading image to sync again")
+    purge = command("purge", f"forget planned events and finished tasks older than --days (default "
+                    f"{DEFAULT_PURGE_DAYS})")
+    purge.add_argument("--days", type=int, default=DEFAULT_PURGE_DAYS,
+                       help=f"keep the last DAYS days of history (default {DEFAULT_PURGE_DAYS}, at least 1)")
+    reconcile = command("reconcile", "list the regional deletions the reconciler holds back, or confirm them",
+                        "List the regional deletions the reconciler holds back (its safety limit), or "
+                        "confirm them.")
+    reconcile.add_argument("--confirm-deletes", action="store_true",
+                           help="let the next reconciler pass delete the regional copies of the held images "
+                           "that the cascading glance still answers 404 for")
+    return parser
 
 
 def alembic_config(url: str) -> Config:
@@ -67,23 +127,7 @@ def schema_revisions(url: str) -> tuple[str | None, str | None]:
     return current, head
 
 
-def _split(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """(command, oslo.config arguments, command arguments): the command word splits them."""
-    for index, token in enumerate(argv):
-        if token in COMMANDS:
-            return token, argv[:index], argv[index + 1:]
-    return None, argv, []
-
-
-def _keygen(conf_args: list[str], args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} keygen")
-    parser.add_argument("--dir", required=True, help="directory for the key files (created 0700)")
-    parser.add_argument("--name", required=True, help="key name: NAME.key and NAME.key_secret")
-    parser.add_argument("--role", choices=roles.ROLES,
-                        help="also put NAME.key on the coordinator's allow-list with this role")
-    parser.add_argument("--region", help="with --role agent: the region the agent serves (required)")
-    parser.add_argument("--allowed-dir", help="the allow-list directory (default: [curve] allowed_clients_dir)")
-    ns = parser.parse_args(args)
+def _keygen(conf_args: list[str], ns: argparse.Namespace) -> int:
     target = None
     if ns.role or ns.region or ns.allowed_dir:
         allowed = ns.allowed_dir or _allowed_clients_dir(conf_args)
@@ -111,11 +155,7 @@ def _keygen(conf_args: list[str], args: list[str]) -> int:
     return 0
 
 
-def _gensecret(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} gensecret")
-    parser.add_argument("--file", required=True,
-                        help="new file for the secret shared by the coordinator and glance_proxy (mode 0600)")
-    ns = parser.parse_args(args)
+def _gensecret(conf_args: list[str], ns: argparse.Namespace) -> int:
     try:
         marker.write_secret(ns.file)
     except OSError as exc:  # the file exists already, or its directory is missing or unwritable
@@ -123,6 +163,8 @@ def _gensecret(args: list[str]) -> int:
     print(f"secret written to {ns.file} (mode 0600); copy it to the glance-api host and the coordinator "
           "host and name it in [DEFAULT] sync_internal_secret_file")
     return 0
+
+
 def _allowed_clients_dir(conf_args: list[str]) -> str:
     conf = config.load(conf_args, PROG, setup_logging=False)
     if not conf.curve.allowed_clients_dir:
@@ -148,10 +190,7 @@ def resync(url: str, image_id: str, now: float) -> str:
     return event_id
 
 
-def _resync(conf_args: list[str], args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} resync")
-    parser.add_argument("image_id", help="id of the cascading image to sync again")
-    ns = parser.parse_args(args)
+def _resync(conf_args: list[str], ns: argparse.Namespace) -> int:
     if not untrusted.is_image_id(ns.image_id):
         config.fail(PROG, f"resync: {untrusted.quote(ns.image_id)} is not an image id: expected "
                     f"{untrusted.IMAGE_ID_FORM}", code=2)
@@ -164,11 +203,7 @@ def _resync(conf_args: list[str], args: list[str]) -> int:
     return 0
 
 
-def _purge(conf_args: list[str], args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"{PROG} purge")
-    parser.add_argument("--days", type=int, default=DEFAULT_PURGE_DAYS,
-                        help=f"keep the last DAYS days of history (default {DEFAULT_PURGE_DAYS}, at least 1)")
-    ns = parser.parse_args(args)
+def _purge(conf_args: list[str], ns: argparse.Namespace) -> int:
     if ns.days < 1:
         config.fail(PROG, f"purge: --days must be at least 1, not {ns.days}", code=2)
     conf = config.load(conf_args, PROG, setup_logging=False)
@@ -185,14 +220,7 @@ def _purge(conf_args: list[str], args: list[str]) -> int:
     return 0
 
 
-def _reconcile(conf_args: list[str], args: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} reconcile",
-        description="List the regional deletions the reconciler holds back (its safety limit), or confirm them.")
-    parser.add_argument("--confirm-deletes", action="store_true",
-                        help="let the next reconciler pass delete the regional copies of the held images that "
-                             "the cascading glance still answers 404 for")
-    ns = parser.parse_args(args)
+def _reconcile(conf_args: list[str], ns: argparse.Namespace) -> int:
     conf = config.load(conf_args, PROG, setup_logging=False)
     store = None
     try:
@@ -221,31 +249,37 @@ def _reconcile(conf_args: list[str], args: list[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    cmd, conf_args, cmd_args = _split(args)
-    if cmd is None:
-        config.fail(PROG, f"a command is required: {', '.join(COMMANDS)}", code=2)
-    if cmd == "keygen":
-        return _keygen(conf_args, cmd_args)
-    if cmd == "gensecret":
-        return _gensecret(cmd_args)
-    if cmd == "resync":
-        return _resync(conf_args, cmd_args)
-    if cmd == "purge":
-        return _purge(conf_args, cmd_args)
-    if cmd == "reconcile":
-        return _reconcile(conf_args, cmd_args)
-    conf = config.load(conf_args + cmd_args, PROG, setup_logging=False)
+def _schema(conf_args: list[str], ns: argparse.Namespace) -> int:
+    """db_sync and db_version: (upgrade and) print the schema revisions."""
+    conf = config.load(conf_args, PROG, setup_logging=False)
     url = conf.database.connection
     try:
-        if cmd == "db_sync":
+        if ns.command == "db_sync":
             db_sync(url)
         current, head = schema_revisions(url)
     except Exception as exc:  # any database or migration error: one line, exit 1
-        config.fail(PROG, f"{cmd} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        config.fail(PROG, f"{ns.command} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     print(f"journal schema: current={current} head={head}")
-    return 0 if cmd == "db_sync" or current == head else 1
+    return 0 if ns.command == "db_sync" or current == head else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script entry point: the exit code, or SystemExit from a command's one-line failure."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not args:
+        # Nothing asked: what there is to ask, and a usage error's code for a script.
+        parser.print_help()
+        return 2
+    try:
+        ns = parser.parse_args(args)
+    except cli.UsageError as exc:
+        config.fail(PROG, str(exc), code=2)
+    conf_args = cli.config_argv((ns.config_file or []) + (ns.sub_config_file or []),
+                                (ns.config_dir or []) + (ns.sub_config_dir or []))
+    handlers = {"db_sync": _schema, "db_version": _schema, "keygen": _keygen, "gensecret": _gensecret,
+                "resync": _resync, "purge": _purge, "reconcile": _reconcile}
+    return handlers[ns.command](conf_args, ns)
 
 
 if __name__ == "__main__":

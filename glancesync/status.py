@@ -1,24 +1,21 @@
 """``glance-sync-status``: ask the coordinator how the sync is going, and wait for an image.
 
-Usage::
+Usage (``--help`` for all options; doc/status.md for the views, exit codes and JSON fields)::
 
-    glance-sync-status [--config-file F] [--host H] [--port P] [--timeout S] [--json]
+    glance-sync-status [--config-file F] [--host H] [--port P] [--json] [summary]
     glance-sync-status [...] image <image-id>
-    glance-sync-status [...] --wait <image-id>
+    glance-sync-status [...] --wait <image-id> [--timeout S] [--answer-timeout S]
 
 It sends one ``status_query`` to the coordinator's client socket
 (``sync_server_host``/``sync_server_port`` and ``[curve]`` from the same config
 file as the services, ``--host``/``--port`` override them) over a zmq DEALER and
-prints the ``status_reply``.  With CURVE it needs a key of its own whose public half
-is in the coordinator's ``allowed_clients_dir/status/`` (or ``operator/``):
-``--key-file``, else ``[curve] status_secret_key_file``, else ``secret_key_file``.  The coordinator's reply ``data``:
+prints the ``status_reply``; the shapes of its ``data`` are those of
+``coordinator.status``.  With CURVE it needs a key of its own whose public half is
+in the coordinator's ``allowed_clients_dir/status/`` (or ``operator/``):
+``--key-file``, else ``[curve] status_secret_key_file``, else ``secret_key_file``.
 
-- summary: ``{"coordinator": {"version", "started_at", "now"}, "regions": {<region>:
-  {"queued", "in_flight", "synced", "failed", "agents": [{"agent_id", "online",
-  "last_heartbeat", "capacity", "credits", "tasks"}]}}}``
-- image: ``{"image_id", "known", "planned", "now", "regions": {<region>: {"state", "task_kind",
-  "task_id", "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
-  "updated_at", "synced_at"}}}``
+Time: each answer gets ``--answer-timeout`` (5 s); ``--wait`` has no overall limit
+unless ``--timeout`` sets one, because a normal transfer takes minutes to hours.
 
 An image id must be a glance id (a UUID); anything else is refused before the
 coordinator is asked.  Every string of a reply (region and agent names, errors,
@@ -26,12 +23,14 @@ image names) reaches the terminal with its control characters escaped
 (``glancesync.untrusted.printable``); ``--json`` output is escaped by JSON itself.
 
 Exit codes: 0 success; 1 ``--wait`` saw a failed region or ran out of time;
-2 no answer, an ``error`` reply, or a configuration error.  Every failure is one
-line on stderr, never a traceback.  Rendering lives in ``glancesync.status_render``.
+2 no answer, an ``error`` reply, a bad argument or a configuration error.  Every
+failure is one line on stderr, never a usage block or a traceback (``cli.Parser``).
+Rendering lives in ``glancesync.status_render``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -40,43 +39,67 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import zmq
-from oslo_config import cfg
+from oslo_config import cfg, types
 
-from glancesync import __version__, config, opts, protocol, status_render, transport, untrusted
+from glancesync import __version__, cli, config, opts, protocol, status_render, transport, untrusted
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.states import SyncState
 
 PROG = "glance-sync-status"
 DEFAULT_CONFIG_FILE = "/etc/glance-sync/glance-sync.conf"
+# The coordinator answers a status query from memory: an answer that takes longer
+# than this means it is down, unreachable or stuck, not busy.
+DEFAULT_ANSWER_TIMEOUT = 5.0
 # Two polls a second: progress looks live, and the coordinator answers a status
 # query from memory, so this costs it next to nothing.
 POLL_INTERVAL = 0.5
 # While waiting, one query gets at least this long even if the overall deadline is
 # closer, so that a slow last answer reads as "not synced", not "coordinator down".
 MIN_QUERY_TIMEOUT = 1.0
+# Without a terminal, a transfer that runs for an hour would print nothing between
+# its state changes: its bytes are shown at most this often (seconds).
+PROGRESS_EVERY = 60.0
 
-cli_opts = [
-    cfg.MultiStrOpt(
-        "view",
-        positional=True,
-        required=False,
-        metavar="VIEW",
-        help="Nothing for the summary of every region, or 'image IMAGE_ID' for one image.",
-    ),
-    cfg.HostAddressOpt("host", help="Coordinator address; overrides sync_server_host."),
-    cfg.PortOpt("port", help="Coordinator client port; overrides sync_server_port."),
-    cfg.FloatOpt(
-        "timeout",
-        default=5.0,
-        min=0.0,
-        help="Seconds to wait for the coordinator's answer; with --wait, for the image to be synced.",
-    ),
-    cfg.BoolOpt("json", default=False, help="Print the reply's data as JSON instead of a table."),
-    cfg.StrOpt("wait", metavar="IMAGE_ID", help="Wait until IMAGE_ID is synced in every region it is meant for."),
-    cfg.StrOpt("key-file", metavar="FILE",
-               help="With [curve] enabled: this tool's own secret key file (a status or operator key); "
-               "overrides [curve] status_secret_key_file and secret_key_file."),
-]
+DESCRIPTION = """\
+Ask the glance sync coordinator how the sync is going, or wait for one image.
+
+views:
+  (none) or summary   every region: queued, in flight, synced, failed; its agents
+  image IMAGE_ID      one image: state, bytes, attempts and last error per region
+"""
+EPILOG = """\
+exit codes:
+  0  done; --wait: synced where it is meant to be, deleted everywhere, or meant for no region
+  1  --wait only: a region failed, or --timeout ran out
+  2  no answer from the coordinator, an error reply, a bad argument or configuration
+
+Details, and the fields of --json: doc/status.md.
+"""
+
+
+def build_parser() -> cli.Parser:
+    """The command line of glance-sync-status."""
+    parser = cli.Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("view", nargs="*", metavar="VIEW", help="nothing or 'summary', or 'image IMAGE_ID'")
+    cli.add_config_options(parser)
+    parser.add_argument("--host", type=cli.checked(types.HostAddress(), "a host name or IP address"),
+                        help="the coordinator's address; overrides sync_server_host")
+    parser.add_argument("--port", type=cli.checked(types.Port(), "a port number (0-65535)"),
+                        help="the coordinator's client port; overrides sync_server_port")
+    parser.add_argument("--key-file", metavar="FILE",
+                        help="with [curve] enabled: this tool's own secret key file (a status or operator key); "
+                        "overrides [curve] status_secret_key_file and secret_key_file")
+    parser.add_argument("--json", action="store_true", help="print the reply's data as JSON instead of a table")
+    parser.add_argument("--wait", metavar="IMAGE_ID",
+                        help="wait until IMAGE_ID is synced in every region it is meant for (or failed)")
+    parser.add_argument("--timeout", type=cli.seconds(), metavar="S",
+                        help="give up after S seconds: with --wait, on the whole wait (default: no limit); "
+                        "otherwise on the coordinator's answer (default: --answer-timeout)")
+    parser.add_argument("--answer-timeout", type=cli.seconds(0.0, inclusive=False), metavar="S",
+                        help="seconds the coordinator may take to answer one query; no answer in time ends "
+                        f"the command with exit code 2 (default {DEFAULT_ANSWER_TIMEOUT:g})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
 
 
 class StatusFailure(Exception):
@@ -87,15 +110,24 @@ class StatusFailure(Exception):
         self.code = code
 
 
-def load_conf(argv: Sequence[str]) -> cfg.ConfigOpts:
-    """The services' options plus this tool's CLI options, parsed from ``argv``."""
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; StatusFailure (exit 2) for anything wrong with it."""
+    try:
+        # Intermixed: "image ID --json" and "--json image ID" alike.
+        return build_parser().parse_intermixed_args(list(argv))
+    except cli.UsageError as exc:
+        raise StatusFailure(str(exc)) from None
+
+
+def load_conf(args: argparse.Namespace) -> cfg.ConfigOpts:
+    """The services' options, read from the files that ``args`` names (or the default file)."""
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
-    conf.register_cli_opts(cli_opts)
     # An operator on the coordinator's host types just "glance-sync-status".
     defaults = [DEFAULT_CONFIG_FILE] if os.path.isfile(DEFAULT_CONFIG_FILE) else []
     try:
-        conf(list(argv), project="glance-sync", prog=PROG, version=__version__, default_config_files=defaults)
+        conf(cli.config_argv(args.config_file, args.config_dir), project="glance-sync", prog=PROG,
+             version=__version__, default_config_files=defaults)
         config.check_values(conf)
     except (cfg.Error, ValueError) as exc:
         raise StatusFailure(f"configuration error: {exc}") from None
@@ -103,7 +135,8 @@ def load_conf(argv: Sequence[str]) -> cfg.ConfigOpts:
 
 
 def query(
-    context: zmq.Context, conf: cfg.ConfigOpts, host: str, port: int, body: Mapping[str, Any], timeout: float
+    context: zmq.Context, conf: cfg.ConfigOpts, host: str, port: int, body: Mapping[str, Any], timeout: float,
+    key_file: str | None = None,
 ) -> dict[str, Any]:
     """Send one status_query and return the reply's data; StatusFailure when there is none."""
     where = transport.tcp_endpoint(host, port)
@@ -112,7 +145,7 @@ def query(
     # never be taken for the answer to the next query.
     curve = conf.curve
     sock = transport.connect_client(context, zmq.DEALER, host, port, conf,
-                                    conf.key_file or curve.status_secret_key_file or curve.secret_key_file)
+                                    key_file or curve.status_secret_key_file or curve.secret_key_file)
     try:
         try:
             sock.send(protocol.encode("status_query", body), flags=zmq.NOBLOCK)
@@ -168,44 +201,80 @@ def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
 
 
 class _Display:
-    """Progress while waiting: redrawn lines on a TTY, one line per state change otherwise."""
+    """Progress while waiting.
 
-    def __init__(self, out: TextIO, tty: bool) -> None:
+    On a terminal: a header with the time waited, then one line per region, redrawn
+    in place.  Otherwise (a log, a pipe): one line per state change, and the bytes of
+    a region still moving at most every PROGRESS_EVERY seconds.
+    """
+
+    def __init__(self, out: TextIO, tty: bool, limit: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
         self.tty = tty
+        self.limit = limit
+        self.clock = clock
+        self.started = clock()
         self.drawn = 0
+        self.headed = False
         self.states: dict[str, str] = {}
+        self.shown_at: dict[str, float] = {}
+
+    def _header(self, image_id: str) -> str:
+        waited = status_render.duration(self.clock() - self.started)
+        bound = f"at most {self.limit:g} s" if self.limit is not None else "no time limit"
+        return f"waiting {waited} for image {image_id} ({bound}; Ctrl-C stops waiting)"
 
     def show(self, data: Mapping[str, Any]) -> None:
         regions: Mapping[str, Any] = data.get("regions") or {}
+        image_id = str(data.get("image_id", "?"))
         if self.tty:
             lines = [status_render.region_progress_line(n, regions[n]) for n in sorted(regions)]
-            lines = lines or [f"{data.get('image_id', '?')}: not known yet"]
+            lines = [self._header(image_id)] + (lines or [f"{image_id}: not known yet"])
             # Move back to the first line drawn last time and overwrite each line.
             prefix = f"\x1b[{self.drawn}F" if self.drawn else ""
             self.out.write(prefix + "".join(f"\x1b[2K{line}\n" for line in lines))
             self.drawn = len(lines)
         else:
+            if not self.headed:
+                self.headed = True
+                self.out.write(self._header(image_id) + "\n")
+            now = self.clock()
             for name in sorted(regions):
                 state = str(regions[name].get("state", "?"))
-                if self.states.get(name) != state:
+                moving = now - self.shown_at.get(name, now) >= PROGRESS_EVERY and state != SyncState.SYNCED
+                if self.states.get(name) != state or moving:
                     self.states[name] = state
+                    self.shown_at[name] = now
                     self.out.write(status_render.region_progress_line(name, regions[name]) + "\n")
         self.out.flush()
 
 
+def _query_timeout(answer_timeout: float, remaining: float | None) -> float:
+    """One answer's time: ``answer_timeout``, cut to what is left of the wait, but never below a floor."""
+    if remaining is None:
+        return answer_timeout
+    return min(answer_timeout, max(remaining, min(MIN_QUERY_TIMEOUT, answer_timeout)))
+
+
 def wait_for_image(
     fetch: Callable[[float], Mapping[str, Any]],
-    timeout: float,
+    timeout: float | None,
     display: Callable[[Mapping[str, Any]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    answer_timeout: float = DEFAULT_ANSWER_TIMEOUT,
 ) -> tuple[int, str, Mapping[str, Any]]:
-    """Poll ``fetch(query_timeout)`` until synced, failed or ``timeout``: (exit code, why, last data)."""
-    deadline = clock() + timeout
+    """Poll ``fetch(query_timeout)`` until synced, failed or ``timeout``: (exit code, why, last data).
+
+    ``timeout`` None waits as long as the sync takes (a transfer may take an hour);
+    each answer still gets at most ``answer_timeout``, so a dead coordinator ends the
+    wait at once (``fetch`` raises) instead of never.
+    """
+    deadline = None if timeout is None else clock() + timeout
     while True:
-        remaining = deadline - clock()
-        data = fetch(max(remaining, min(timeout, MIN_QUERY_TIMEOUT)))
+        remaining = None if deadline is None else deadline - clock()
+        data = fetch(_query_timeout(answer_timeout, remaining))
         if display is not None:
             display(data)
         outcome, why = evaluate(data)
@@ -213,14 +282,17 @@ def wait_for_image(
             return 0, why, data
         if outcome == "failed":
             return 1, why, data
+        if deadline is None:
+            sleep(POLL_INTERVAL)
+            continue
         if clock() >= deadline:
             return 1, f"timed out after {timeout:g} s: {why}", data
         sleep(max(0.0, min(POLL_INTERVAL, deadline - clock())))
 
 
-def _request(conf: cfg.ConfigOpts) -> tuple[str, str | None]:
+def _request(args: argparse.Namespace) -> tuple[str, str | None]:
     """(view, image_id) from the positional arguments."""
-    words = list(conf.view or [])
+    words = list(args.view or [])
     if not words or words == ["summary"]:
         return "summary", None
     if len(words) == 2 and words[0] == "image":
@@ -250,34 +322,24 @@ def _print_json(data: Mapping[str, Any], out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def run(conf: cfg.ConfigOpts, context: zmq.Context, out: TextIO) -> int:
+def run(args: argparse.Namespace, conf: cfg.ConfigOpts, context: zmq.Context, out: TextIO) -> int:
     """Serve one invocation; raises StatusFailure for an exit with a message."""
-    host = conf.host or conf.sync_server_host
-    port = conf.port if conf.port is not None else conf.sync_server_port
+    host = args.host or conf.sync_server_host
+    port = args.port if args.port is not None else conf.sync_server_port
+    answer_timeout = args.answer_timeout or DEFAULT_ANSWER_TIMEOUT
 
     def fetch(view: str, image_id: str | None, timeout: float) -> dict[str, Any]:
-        return query(context, conf, host, port, {"view": view, "image_id": image_id}, timeout)
+        return query(context, conf, host, port, {"view": view, "image_id": image_id}, timeout, args.key_file)
 
-    if conf.wait:
-        image_id = checked_image_id(conf.wait)
-        display = None if conf.json else _Display(out, out.isatty()).show
-
-        def fetch_shown(timeout: float) -> Mapping[str, Any]:
-            # Text for the terminal: every string of the reply made printable first.
-            data = fetch("image", image_id, timeout)
-            return data if conf.json else untrusted.printable_data(data)
-
-        code, why, data = _shown(wait_for_image, fetch_shown, conf.timeout, display)
-        if conf.json:
-            _shown(_print_json, data, out)
-        if code:
-            raise StatusFailure(why, code=code)
-        if not conf.json:
-            out.write(why + "\n")
-        return 0
-    view, image_id = _request(conf)
-    data = fetch(view, image_id, conf.timeout)
-    if conf.json:
+    if args.wait:
+        if args.view:
+            raise StatusFailure("--wait takes no view: glance-sync-status --wait <image-id>")
+        return _wait(args, fetch, answer_timeout, out)
+    view, image_id = _request(args)
+    # A view is one answer: --timeout, when given, bounds it too.
+    limits = [t for t in (args.timeout, args.answer_timeout) if t is not None]
+    data = fetch(view, image_id, min(limits) if limits else DEFAULT_ANSWER_TIMEOUT)
+    if args.json:
         # json.dumps escapes every control character itself.
         _shown(_print_json, data, out)
         return 0
@@ -287,12 +349,37 @@ def run(conf: cfg.ConfigOpts, context: zmq.Context, out: TextIO) -> int:
     return 0
 
 
+def _wait(args: argparse.Namespace, fetch: Callable[..., dict[str, Any]], answer_timeout: float,
+          out: TextIO) -> int:
+    image_id = checked_image_id(args.wait)
+    display = None if args.json else _Display(out, out.isatty(), args.timeout).show
+
+    def fetch_shown(timeout: float) -> Mapping[str, Any]:
+        # Text for the terminal: every string of the reply made printable first.
+        data = fetch("image", image_id, timeout)
+        return data if args.json else untrusted.printable_data(data)
+
+    code, why, data = _shown(wait_for_image, fetch_shown, args.timeout, display, time.monotonic, time.sleep,
+                             answer_timeout)
+    if args.json:
+        _shown(_print_json, data, out)
+    if code:
+        raise StatusFailure(why, code=code)
+    if not args.json:
+        out.write(why + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point: returns the exit code."""
     context = zmq.Context()
     try:
-        conf = load_conf(sys.argv[1:] if argv is None else argv)
-        return run(conf, context, sys.stdout)
+        try:
+            args = parse_args(sys.argv[1:] if argv is None else argv)
+        except SystemExit as exc:  # --help or --version: printed already
+            return int(exc.code or 0)
+        conf = load_conf(args)
+        return run(args, conf, context, sys.stdout)
     except StatusFailure as exc:
         # Messages may quote the coordinator's words (an error's reason, a last_error).
         sys.stderr.write(f"{PROG}: {untrusted.printable(exc)}\n")

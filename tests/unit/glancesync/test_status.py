@@ -212,22 +212,43 @@ def test_wait_gives_each_query_at_least_a_second() -> None:
 
 def test_display_without_tty_prints_state_changes_only() -> None:
     out = io.StringIO()
-    display = status._Display(out, tty=False)
+    clock = FakeClock()
+    display = status._Display(out, tty=False, clock=clock)
     display.show(image(RegionOne=region("pending")))
     display.show(image(RegionOne=region("pending")))
     display.show(image(RegionOne=region("transferring", 1, 2)))
     display.show(image(RegionOne=region("transferring", 2, 2)))
-    assert out.getvalue().splitlines() == ["RegionOne: pending", "RegionOne: transferring 1 B/2 B (50%)"]
+    assert out.getvalue().splitlines() == [
+        "waiting 0s for image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10 (no time limit; Ctrl-C stops waiting)",
+        "RegionOne: pending", "RegionOne: transferring 1 B/2 B (50%)"]
 
 
-def test_display_on_tty_redraws_one_line_per_region() -> None:
+def test_display_without_tty_shows_a_long_transfer_moving() -> None:
     out = io.StringIO()
-    display = status._Display(out, tty=True)
+    clock = FakeClock()
+    display = status._Display(out, tty=False, limit=7200.0, clock=clock)
+    display.show(image(RegionOne=region("transferring", 1 * MIB, 100 * MIB)))
+    clock.now = status.PROGRESS_EVERY - 1
+    display.show(image(RegionOne=region("transferring", 2 * MIB, 100 * MIB)))
+    clock.now = status.PROGRESS_EVERY
+    display.show(image(RegionOne=region("transferring", 60 * MIB, 100 * MIB)))
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("(at most 7200 s; Ctrl-C stops waiting)")
+    assert lines[1:] == ["RegionOne: transferring 1.0 MiB/100.0 MiB (1%)",
+                         "RegionOne: transferring 60.0 MiB/100.0 MiB (60%)"]
+
+
+def test_display_on_tty_redraws_a_header_and_one_line_per_region() -> None:
+    out = io.StringIO()
+    clock = FakeClock()
+    display = status._Display(out, tty=True, clock=clock)
     display.show(image(RegionOne=region("pending"), RegionTwo=region("pending")))
+    clock.now = 75.0
     display.show(image(RegionOne=region("transferring", 1, 4), RegionTwo=region("pending")))
     text = out.getvalue()
-    assert text.count("\x1b[2F") == 1
+    assert text.count("\x1b[3F") == 1
     assert "\x1b[2KRegionOne: transferring 1 B/4 B (25%)\n" in text
+    assert "\x1b[2Kwaiting 1m 15s for image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10 (no time limit" in text
 
 
 # --- real runs of main() ---------------------------------------------------------------------------------
