@@ -20,7 +20,7 @@ from glancesync.states import SyncState
 from .conftest import IMAGE_ID, add_listing, image_record, make_conf
 
 # The service fixtures of test_service.py, shared (ruff sees test arguments as redefinitions).
-from .test_service import NOW, client, ctx, dealer, planned, pump, receive, regional, service  # noqa: F401
+from .test_service import NOW, client, ctx, dealer, deferred, planned, pump, receive, regional, service  # noqa: F401
 
 
 def synced_everywhere(journal, image_id: str = IMAGE_ID) -> None:
@@ -111,7 +111,7 @@ def test_a_delete_whose_fetch_fails_waits_for_a_retry(ctx, service, journal, cli
 
     monkeypatch.setattr(client.images, "get", unavailable)
     assert send_forged_delete(ctx, service, "later-1").type == "event_ack"
-    pump(service, NOW, until=lambda: "later-1" in service.events.retry)
+    pump(service, NOW, until=lambda: deferred(journal, "later-1"))
     assert journal.unplanned_event("later-1") is not None
     assert set(states(journal).values()) == {SyncState.SYNCED}
     monkeypatch.undo()

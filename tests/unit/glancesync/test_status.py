@@ -184,7 +184,7 @@ def test_wait_times_out_on_an_image_never_known() -> None:
 
 def test_wait_exits_0_for_a_planned_image_with_nowhere_to_go() -> None:
     clock = FakeClock()
-    nowhere = {**image(), "planned": True}
+    nowhere = {**image(), "planned": True, "settled": True}
     code, why, _ = status.wait_for_image(replies(image(), nowhere), 10.0, clock=clock, sleep=clock.sleep)
     assert code == 0 and "no region" in why
 
