@@ -189,6 +189,17 @@ def test_wait_exits_0_for_a_planned_image_with_nowhere_to_go() -> None:
     assert code == 0 and "no region" in why
 
 
+def test_wait_keeps_waiting_for_an_image_planned_but_not_settled() -> None:
+    # Created and not uploaded yet (or its import still runs): its created event asks for nothing.
+    clock = FakeClock()
+    created = {**image(), "planned": True, "settled": False}
+    code, why, _ = status.wait_for_image(replies(created), 2.0, clock=clock, sleep=clock.sleep)
+    assert code == 1 and "timed out" in why and "not active" in why
+    uploaded = {**image(), "planned": True, "settled": True}
+    code, _why, _ = status.wait_for_image(replies(created, uploaded), 10.0, clock=clock, sleep=clock.sleep)
+    assert code == 0
+
+
 def test_wait_keeps_waiting_for_an_image_not_planned_yet() -> None:
     clock = FakeClock()
     code, why, _ = status.wait_for_image(replies({**image(), "planned": False}), 2.0, clock=clock, sleep=clock.sleep)
