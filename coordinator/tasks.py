@@ -225,7 +225,7 @@ class TaskDesk:
             LOG.error("task %s failed for good: %s", result.task_id, reason)
             return
         self.journal.defer_registration(result.task_id, result.attempt, result.reason, now, due)
-        LOG.warning("task %s: registration failed, copy kept, next try in %.0f s: %s", result.task_id,
+        LOG.warning("task %s: registration failed, copy kept, next try in %.1f s: %s", result.task_id,
                     due - now, result.reason)
 
     # -- leases ----------------------------------------------------------------------------
