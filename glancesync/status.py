@@ -18,7 +18,8 @@ is in the coordinator's ``allowed_clients_dir/status/`` (or ``operator/``):
   "last_heartbeat", "capacity", "credits", "tasks"}]}}}``
 - image: ``{"image_id", "known", "planned", "settled", "now", "regions": {<region>: {"state", "task_kind",
   "task_id", "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
-  "updated_at", "synced_at"}}}``
+  "updated_at", "synced_at", "copy_registered", "metadata_applied"}}}``; ``settled``: planned from
+  an active record or deleted, so ``--wait`` may succeed (doc/states.md)
 
 An image id must be a glance id (a UUID); anything else is refused before the
 coordinator is asked.  Every string of a reply (region and agent names, errors,
