@@ -94,6 +94,8 @@ tasks = sa.Table(
     sa.Index("ix_tasks_dispatch", "region", "state", "not_before"),
     sa.Index("ix_tasks_image_region", "image_id", "region", "seq"),
     sa.Index("ix_tasks_agent", "agent_id", "state"),
+    # Registrations due for another try, read every loop iteration.
+    sa.Index("ix_tasks_state_due", "state", "not_before"),
 )
 
 image_regions = sa.Table(

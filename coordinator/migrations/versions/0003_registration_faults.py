@@ -8,7 +8,8 @@ Create Date: 2026-11-30
   events are read due-first, so events in backoff never block ready ones, and the
   backoff survives a restart.
 - ``tasks.register_retries`` / ``tasks.register_failing_since``: a registration that
-  fails keeps its verified copy and is retried on its own backoff and horizon.
+  fails keeps its verified copy and is retried on its own backoff and horizon;
+  ``ix_tasks_state_due`` finds the registrations due.
 - ``image_regions.copy_registered_at`` / ``image_regions.metadata_applied_at``: the
   two facts ``synced`` needs.  Existing synced rows had both, so they get their
   ``synced_at``.
@@ -35,6 +36,7 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(sa.Column("register_retries", sa.Integer, nullable=False, server_default="0"))
         batch.add_column(sa.Column("register_failing_since", sa.Float, nullable=True))
+        batch.create_index("ix_tasks_state_due", ["state", "not_before"])
     with op.batch_alter_table("image_regions") as batch:
         batch.add_column(sa.Column("copy_registered_at", sa.Float, nullable=True))
         batch.add_column(sa.Column("metadata_applied_at", sa.Float, nullable=True))
@@ -54,6 +56,7 @@ def downgrade() -> None:
         batch.drop_column("metadata_applied_at")
         batch.drop_column("copy_registered_at")
     with op.batch_alter_table("tasks") as batch:
+        batch.drop_index("ix_tasks_state_due")
         batch.drop_column("register_failing_since")
         batch.drop_column("register_retries")
     with op.batch_alter_table("events") as batch:

@@ -158,3 +158,28 @@ def test_gensecret_writes_a_private_secret_once(tmp_path: Path, capsys) -> None:
     assert marker.load_secret(str(path)) == secret
 
 
+
+
+def test_migration_0003_keeps_synced_regions_synced_and_goes_back(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from coordinator import schema
+
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    command.upgrade(manage.alembic_config(url), "0002")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO image_regions (image_id, region, state, attempts, bytes_done, "
+                             "bytes_total, updated_at, synced_at) VALUES (:i, 'R', 'synced', 1, 0, 0, 5, 5)"),
+                     {"i": IMAGE_ID})
+    manage.db_sync(url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT copy_registered_at, metadata_applied_at FROM image_regions")).one()
+        assert tuple(row) == (5.0, 5.0)  # synced before the upgrade: both facts held
+        assert compare_metadata(MigrationContext.configure(conn), schema.metadata) == []
+    command.downgrade(manage.alembic_config(url), "0002")
+    assert manage.schema_revisions(url)[0] == "0002"
+    engine.dispose()
