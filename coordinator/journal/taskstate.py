@@ -67,9 +67,9 @@ class TaskStateMixin:
         target = S.DELETING if task.kind == "delete" else S.PENDING
         fields: dict[str, Any] = dict(task_id=task.task_id, last_error=None, attempts=0, bytes_done=0,
                                       bytes_total=0)
-        # A new copy brings (maybe other) bytes and metadata, an update new metadata: until it
-        # finishes, that fact no longer holds.
-        if task.kind == "copy":
+        # A new copy brings (maybe other) bytes and metadata, an update new metadata, a delete
+        # removes both: from now on, that fact no longer holds.
+        if task.kind in ("copy", "delete"):
             fields.update(copy_registered_at=None, metadata_applied_at=None)
         elif task.kind == "update":
             fields["metadata_applied_at"] = None
