@@ -93,6 +93,14 @@ def test_image_view() -> None:
     assert "100.0 MiB/100.0 MiB (100%)" in three
 
 
+def test_image_view_names_the_fact_a_failed_region_misses() -> None:
+    failed = {**region("failed", 0, 100 * MIB, error="metadata applied, but no registered copy"),
+              "copy_registered": False, "metadata_applied": True}
+    lines = status_render.render_image(image(RegionOne=failed), NOW).splitlines()
+    row = next(line for line in lines if line.startswith("RegionOne"))
+    assert "failed (missing: copy registered)" in row
+
+
 def test_image_view_unknown() -> None:
     assert status_render.render_image(image(known=False), NOW) == "image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10: not known to the coordinator\n"
 
