@@ -4,7 +4,12 @@ The coordinator's loop hands this desk each tick; it never waits. An event is
 planned once glance has answered for its image (in the glance thread pool):
 retryable fetch errors are tried again with backoff (``FETCH_TRIES`` at most), an
 imported image is fetched again every ``snapshot_sleep_interval`` until active or
-``snapshot_timeout``.  A ``deleted`` event is fetched too: events are hints, and
+``snapshot_timeout``.  Both waits are the event's ``not_before`` in the journal, and
+only due events are read, oldest first, at most ``FETCHES_IN_FLIGHT`` fetches at a
+time: events that wait never block the ones that are ready, and a restart keeps the
+backoff.  Image records are ordered by ``updated_at``: a record older than the newest
+one already planned from (fetched before a change, answered after it) is never
+applied; its event is fetched again.  A ``deleted`` event is fetched too: events are hints, and
 a regional delete is final, so it is planned only when glance itself says the
 image is gone (planner.image_gone); for an image glance still shows it is refused,
 with one WARNING naming the event, its claimed context and its sender.  The
@@ -14,6 +19,7 @@ limit (reconciler.limit_deletes) and are journaled like any other.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from typing import Any
@@ -31,9 +37,10 @@ LOG = logging.getLogger(__name__)
 # Tries of the image fetch an event is planned from before it is planned with no tasks and
 # its plan_error. With the task backoff (5 s doubling, capped at max_retry_backoff) that
 # rides out a cascading glance outage of about half an hour; an image glance cannot show
-# for longer (a 500 on one record) must not keep its event, and the retry map, for ever.
-# The retry state is in memory only: after a restart, unplanned events start over.
+# for longer (a 500 on one record) must not keep its event for ever.
 FETCH_TRIES = 10
+# Fetches in the glance pool at once; more due events wait in the journal, in due order.
+FETCHES_IN_FLIGHT = 32
 # Statuses from which an image still becomes active without anyone's help.
 ON_THE_WAY = frozenset({"queued", "saving", "importing", "uploading"})
 # The first reconciler pass comes soon after start (events may have been lost while
@@ -48,16 +55,17 @@ class EventDesk:
         self.journal = journal
         self.registrar = registrar
         self.fetching: set[str] = set()
-        # event id -> (fetch tries so far, not before)
-        self.retry: dict[str, tuple[int, float]] = {}
         interval = conf.coordinator.reconcile_interval
         self.next_reconcile: float | None = (
             time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
         self.reconciling = False
 
     def plan_events(self, now: float) -> None:
-        for event in self.journal.unplanned_events():
-            if event.event_id in self.fetching or self.retry.get(event.event_id, (0, 0.0))[1] > now:
+        room = FETCHES_IN_FLIGHT - len(self.fetching)
+        if room <= 0:
+            return
+        for event in self.journal.unplanned_events(now, limit=room + len(self.fetching)):
+            if event.event_id in self.fetching:
                 continue
             if not untrusted.is_image_id(event.image_id):
                 # Journaled before ids were checked at the door: never let it reach a glance URL.
@@ -72,38 +80,58 @@ class EventDesk:
         event = self.journal.unplanned_event(result.event_id)
         self.fetching.discard(result.event_id)
         if event is None:
-            self.retry.pop(result.event_id, None)
             return
-        tries = self.retry.get(event.event_id, (0, 0.0))[0] + 1
+        tries = event.fetch_tries + 1
         if result.error is not None and result.error.retryable and tries < FETCH_TRIES:
             c = self.conf.coordinator
             delay = retry_delay(tries, max(c.retry_backoff, 1.0), max(c.max_retry_backoff, 1.0))
-            self.retry[event.event_id] = (tries, now + delay)
+            self.journal.defer_event(event.event_id, now + delay, tries)
             LOG.warning("event %s: cannot fetch image %s (%s); retry in %.0f s",
                         event.event_id, event.image_id, result.error, delay)
             return
-        if result.error is None and self._still_importing(event, result.image, tries - 1, now):
+        if result.error is None and self._still_importing(event, result.image, now):
             return
-        self.retry.pop(event.event_id, None)
         if result.error is not None:
             LOG.error("event %s: image %s cannot be fetched (%d tries): %s; no tasks", event.event_id,
                       event.image_id, tries, result.error)
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=str(result.error))
             return
+        if self._stale(event, result.image, tries, now):
+            return
         self._plan(event, result.image, now)
 
-    def _still_importing(self, event: EventRow, image: dict[str, Any] | None, tries: int, now: float) -> bool:
+    def _still_importing(self, event: EventRow, image: dict[str, Any] | None, now: float) -> bool:
         """An imported image not active yet: fetch it again later, up to snapshot_timeout."""
         status = (image or {}).get("status")
         if event.kind != "imported" or status not in ON_THE_WAY:
             return False
         if now - event.received_at < self.conf.snapshot_timeout:
-            self.retry[event.event_id] = (tries, now + self.conf.snapshot_sleep_interval)
+            self.journal.defer_event(event.event_id, now + self.conf.snapshot_sleep_interval)
             return True
-        self.retry.pop(event.event_id, None)
         reason = f"image is still {status} {self.conf.snapshot_timeout} s after its import (snapshot_timeout)"
         LOG.error("event %s: %s; no tasks", event.event_id, reason)
         self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
+        return True
+
+    def _stale(self, event: EventRow, image: dict[str, Any] | None, tries: int, now: float) -> bool:
+        """A record older than the newest planned from: fetched before a change, answered after it.
+
+        Applying it would undo the newer change (a deactivate over a reactivate), so it
+        makes no tasks; the event is fetched again and planned from what glance says now.
+        """
+        newest, _active = self.journal.image_record_state(event.image_id)
+        updated_at = record_time(image)
+        if newest is None or updated_at is None or updated_at >= newest:
+            return False
+        if tries >= FETCH_TRIES:
+            reason = "glance keeps answering an image record older than one already applied"
+            LOG.error("event %s (%s of %s): %s; no tasks", event.event_id, event.kind, event.image_id, reason)
+            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
+            return True
+        LOG.warning("event %s (%s of %s): image record of updated_at %s is older than one already applied; "
+                    "not applied, fetched again", event.event_id, event.kind, event.image_id,
+                    (image or {}).get("updated_at"))
+        self.journal.defer_event(event.event_id, now, tries)
         return True
 
     def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float) -> None:
@@ -125,7 +153,9 @@ class EventDesk:
                         event.sender or "unknown")
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=f"refused: {plan.refused}")
             return
-        created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now)
+        record = None if image is None else (record_time(image), image.get("status") == "active")
+        created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now,
+                                          record=record)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
                  len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
 
@@ -162,3 +192,17 @@ class EventDesk:
                       "copy deleted, deletions held until 'glance-sync-manage reconcile --confirm-deletes' "
                       "(check the cascading endpoint, its database and the coordinator's admin role first)",
                       len(deletes.held), drift.tracked, c.reconcile_max_deletes, c.reconcile_max_delete_percent)
+
+
+def record_time(image: dict[str, Any] | None) -> float | None:
+    """A glance record's ``updated_at`` as epoch seconds; None when missing or not a time."""
+    value = (image or {}).get("updated_at")
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)  # glance's times are UTC
+    return stamp.timestamp()

@@ -55,6 +55,9 @@ class TaskResult:
     reason: str = ""
     retryable: bool = True
     os_hash_value: str | None = None
+    # The regional copy is missing or not usable yet: the transfer must be done again
+    # (any other retryable failure retries the registration only, keeping the copy).
+    redo_transfer: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,8 +203,8 @@ class Registrar:
             return self._register_locked(task)
 
     def _register_locked(self, task: TaskRow) -> TaskResult:
-        result = lambda ok, reason="", retryable=True, h=None: TaskResult(  # noqa: E731
-            task.task_id, task.attempt, ok, reason, retryable, h)
+        result = lambda ok, reason="", retryable=True, h=None, redo=False: TaskResult(  # noqa: E731
+            task.task_id, task.attempt, ok, reason, retryable, h, redo)
         try:
             image = self._get(task.image_id)
             if image is None:
@@ -214,7 +217,8 @@ class Registrar:
                 self._add_location(task.image_id, url, task.region)
         except GlanceSyncError as exc:
             LOG.warning("image %s region %s: not registered: %s", task.image_id, task.region, exc)
-            return result(False, str(exc), retryable=exc.retryable)
+            redo = isinstance(exc, VerificationError) and exc.retryable
+            return result(False, str(exc), retryable=exc.retryable, redo=redo)
         return result(True, h=image.get("os_hash_value"))
 
     def _verify_regional(self, task: TaskRow, image: dict[str, Any]) -> None:

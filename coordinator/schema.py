@@ -1,22 +1,33 @@
 """The journal's tables, as SQLAlchemy Core metadata shared by journal.py and the migrations.
 
-Five tables:
+Six tables:
 
 ``events``
     every image event received, keyed by the sender's event id so that a resend
     after a lost ack is recognised; ``planned`` flips once its tasks exist.
+    ``not_before`` is when an unplanned event is due for (another) fetch of its
+    image and ``fetch_tries`` how many fetches failed: planning reads due events
+    only, so events in backoff never block ready ones, and a restart keeps the backoff.
 ``tasks``
     one unit of work for one (image, region): copy, update or delete.  ``seq``
     orders the tasks of an (image, region); they run one at a time in that order.
     ``attempt`` grows on every hand-out so that reports of an old attempt can be
-    told apart and ignored.
+    told apart and ignored.  A task in ``registering`` whose registration failed
+    waits for ``not_before``; ``register_retries`` and ``register_failing_since``
+    drive the registration's own backoff and horizon (doc/states.md).
 ``image_regions``
     the state of one image in one region, as status shows it; ``task_id`` is the
-    task that currently drives it.
+    task that currently drives it.  Two separate facts: ``copy_registered_at``
+    (a copy was verified and its location registered) and ``metadata_applied_at``
+    (the newest planned metadata is in the regional image); ``synced`` needs both.
 ``held_deletes``
     images whose regional copies a reconciler pass would have deleted but held
     back (the pass was over the safety limit); ``confirmed_at`` is set by
     ``glance-sync-manage reconcile --confirm-deletes``.
+``image_records``
+    per image, the newest glance ``updated_at`` an event was planned from (an
+    older record fetched late is never applied over it) and when an event was
+    first planned from an *active* record (the image is "settled", status.py).
 ``reconciler``
     one row: how many reconciler passes have run (the generation in the ids of
     their synthetic events) and when the last one finished.
@@ -45,7 +56,10 @@ events = sa.Table(
     # Who sent it: the peer of the event socket, or the coordinator's own side
     # (reconciler, glance-sync-manage). Named in the log when a delete is refused.
     sa.Column("sender", sa.String(255), nullable=True),
+    sa.Column("not_before", sa.Float, nullable=False, default=0.0, server_default="0"),
+    sa.Column("fetch_tries", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Index("ix_events_planned", "planned", "received_at"),
+    sa.Index("ix_events_due", "planned", "not_before"),
     sa.Index("ix_events_image_kind", "image_id", "kind"),
 )
 
@@ -70,6 +84,8 @@ tasks = sa.Table(
     # The agent's ``done`` body, kept so that a registration cut short by a
     # coordinator restart can be redone without asking the agent again.
     sa.Column("report", sa.LargeBinary, nullable=True),
+    sa.Column("register_retries", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("register_failing_since", sa.Float, nullable=True),
     sa.Column("event_id", sa.String(64), nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
@@ -78,6 +94,8 @@ tasks = sa.Table(
     sa.Index("ix_tasks_dispatch", "region", "state", "not_before"),
     sa.Index("ix_tasks_image_region", "image_id", "region", "seq"),
     sa.Index("ix_tasks_agent", "agent_id", "state"),
+    # Registrations due for another try, read every loop iteration.
+    sa.Index("ix_tasks_state_due", "state", "not_before"),
 )
 
 image_regions = sa.Table(
@@ -96,7 +114,18 @@ image_regions = sa.Table(
     sa.Column("os_hash_value", sa.String(256), nullable=True),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("synced_at", sa.Float, nullable=True),
+    sa.Column("copy_registered_at", sa.Float, nullable=True),
+    sa.Column("metadata_applied_at", sa.Float, nullable=True),
     sa.Index("ix_image_regions_region_state", "region", "state"),
+)
+
+image_records = sa.Table(
+    "image_records",
+    metadata,
+    sa.Column("image_id", sa.String(64), primary_key=True),
+    # The cascading record's updated_at, as seconds since the epoch.
+    sa.Column("updated_at", sa.Float, nullable=True),
+    sa.Column("active_at", sa.Float, nullable=True),
 )
 
 held_deletes = sa.Table(

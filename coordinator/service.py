@@ -35,7 +35,7 @@ from coordinator.agents import Agents, Session, SessionRefused
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
-from coordinator.tasks import TaskDesk
+from coordinator.tasks import RegistrationRetry, TaskDesk
 from glancesync import protocol, roles, transport
 from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
 from glancesync.liveness import retry_delay
@@ -90,7 +90,8 @@ class Service:
         c = conf.coordinator
         self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout, self._retry_policy,
                              c.max_sessions_per_key, c.max_sessions_per_region)
-        self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy)
+        self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy, RegistrationRetry(
+            c.registration_retry_backoff, c.max_registration_retry_backoff, c.registration_retry_horizon))
         self.started_at = time.time()
         self.now = self.started_at
         self.agent_sock: zmq.Socket | None = None
@@ -379,6 +380,7 @@ class Service:
     def _housekeeping(self, now: float) -> None:
         self.agents.expire(now)
         self.tasks.requeue_lapsed(now)
+        self.tasks.retry_registrations(now)
 
     def _dispatch(self, now: float) -> None:
         for session in self.agents.online():

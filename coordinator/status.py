@@ -7,14 +7,24 @@ The shapes are a contract with glancesync.status (the status tool)::
                                    "agents": [{"agent_id", "online", "last_heartbeat",
                                                "capacity", "credits", "tasks"}]}},
               "deletions_held": {"images", "confirmed", "since"}}
-    image:   {"image_id", "known", "planned", "now", "regions": {region: {"state", "task_kind", "task_id",
+    image:   {"image_id", "known", "planned", "settled", "now",
+              "regions": {region: {"state", "task_kind", "task_id",
               "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
-              "updated_at", "synced_at"}}}
+              "updated_at", "synced_at", "copy_registered", "metadata_applied"}}}
 
 ``known``: some event or region names the image.  ``planned``: known, and every event
-received for it has been planned, so ``regions`` lists all the work there is: known,
-planned and no regions means nothing to do (sync_strategy None, USER with no region),
-while ``planned`` false means more may come (an event still waits for planning).
+received for it has been planned, so ``regions`` lists all the work there is.
+``planned`` false means more may come (an event still waits for planning).
+
+``settled``: planned, and the cascading glance has let the journal see the image's
+final shape: some event was planned from an *active* record of it, or a ``deleted``
+event was planned as a delete (glance said it is gone).  An image created but not
+uploaded yet, or whose import still runs, is planned (its ``created`` event asks for
+nothing) but not settled: more events are on their way.  Only a settled image with
+no regions means nothing to do (sync_strategy None, USER with no region).
+
+``copy_registered`` / ``metadata_applied``: the two facts a region's ``synced`` needs
+(a verified copy whose location is registered; the newest planned metadata applied).
 
 Regions are those of glance_store.yaml plus any region an agent announced.
 ``deletions_held``: images whose regional copies the reconciler's safety limit holds
@@ -57,7 +67,14 @@ def deletions_held(journal: Journal) -> dict[str, Any]:
 def image(journal: Journal, image_id: str, now: float) -> dict[str, Any]:
     known, regions = journal.image_view(image_id)
     planned = known and journal.unplanned_count(image_id) == 0
-    return {"image_id": image_id, "known": known, "planned": planned, "regions": regions, "now": now}
+    return {"image_id": image_id, "known": known, "planned": planned,
+            "settled": planned and settled(journal, image_id), "regions": regions, "now": now}
+
+
+def settled(journal: Journal, image_id: str) -> bool:
+    """An event was planned from an active record of the image, or its delete was planned."""
+    _updated_at, active_at = journal.image_record_state(image_id)
+    return active_at is not None or journal.deleted_event(image_id)
 
 
 def build(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,

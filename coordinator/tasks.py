@@ -9,32 +9,62 @@ Lifecycle of a handed-out task::
     pending --task--> assigned --ack--> transferring --done--> registering --(pool)--> synced
                                      \\--failed / lease lapsed / agent lost it--> pending (retry) | failed
 
-Update tasks are synced at ``done``; delete tasks finish (deleted) once the pool has
+Update tasks are synced at ``done`` (when the region holds a registered copy, else
+the region fails: see doc/states.md); delete tasks finish (deleted) once the pool has
 removed the region's location from the cascading image.
+
+A registration (or location removal) that fails for a reason that may pass, such as
+the cascading glance-api restarting, keeps the verified regional copy and is retried
+on its own backoff (``registration_retry_backoff`` doubling up to
+``max_registration_retry_backoff``) for ``registration_retry_horizon`` seconds from its
+first failure; it does not use the task's ``task_retry_times``.  Only a verification
+that finds the copy missing sends the task back to transfer, and only a non-retryable
+failure (other bytes, the cascading image gone) or the horizon ends it ``failed``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from coordinator.agents import Agents, RetryPolicy, Session
 from coordinator.journal import Journal, TaskRow
 from coordinator.registrar import Registrar, TaskResult
 from glancesync.exceptions import JournalError, ProtocolError, StaleAttempt
+from glancesync.liveness import retry_delay
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
 Send = Callable[[bytes, str, dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class RegistrationRetry:
+    """The registration's own backoff and horizon ([coordinator] registration_retry_*)."""
+
+    backoff: float = 5.0
+    max_backoff: float = 3600.0
+    horizon: float = 86400.0
+
+    def due(self, retries: int, failing_since: float | None, now: float) -> float | None:
+        """When to try again after failure number ``retries + 1``; None once past the horizon."""
+        if now - (now if failing_since is None else failing_since) >= self.horizon:
+            return None
+        return now + retry_delay(retries + 1, self.backoff, self.max_backoff)
+
+
 class TaskDesk:
-    def __init__(self, journal: Journal, agents: Agents, registrar: Registrar, retry_policy: RetryPolicy) -> None:
+    def __init__(self, journal: Journal, agents: Agents, registrar: Registrar, retry_policy: RetryPolicy,
+                 registration_retry: RegistrationRetry | None = None) -> None:
         self.journal = journal
         self.agents = agents
         self.registrar = registrar
         self.retry_policy = retry_policy
+        self.registration_retry = registration_retry or RegistrationRetry()
+        # Tasks whose registration is in the glance pool now (not to be submitted twice).
+        self.registering: set[str] = set()
 
     def _stale(self, what: str, body: dict[str, Any], session: Session | None = None) -> None:
         who = f" from agent {session.agent_id}" if session else ""
@@ -152,21 +182,51 @@ class TaskDesk:
 
     def register(self, task: TaskRow) -> None:
         """Verification and registration (copy) or location removal (delete), in the pool."""
+        self.registering.add(task.task_id)
         if task.kind == "delete":
             self.registrar.unregister(task)
         else:
             self.registrar.register(task)
 
+    def retry_registrations(self, now: float) -> None:
+        """Submit the registrations whose backoff is over (and any a restart left unfinished)."""
+        for task in self.journal.registrations_due(now):
+            if task.task_id not in self.registering:
+                if task.register_retries:
+                    LOG.info("task %s of %s: registration try %d", task.task_id, task.image_id,
+                             task.register_retries + 1)
+                self.register(task)
+
     def registered(self, result: TaskResult, now: float) -> None:
+        """Apply a registration's result; a JournalError leaves it in flight for the caller to retry."""
         try:
             if result.ok:
                 self.journal.finish(result.task_id, result.attempt, now, result.os_hash_value)
                 LOG.info("task %s complete", result.task_id)
+            elif result.retryable and not result.redo_transfer:
+                self._retry_registration(result, now)
             else:
                 self._fail(result.task_id, result.attempt, result.reason, result.retryable, now)
         except StaleAttempt:
             LOG.info("registration result of task %s attempt %d ignored: no longer current",
                      result.task_id, result.attempt)
+        self.registering.discard(result.task_id)
+
+    def _retry_registration(self, result: TaskResult, now: float) -> None:
+        """Keep the copy and try the registration again later, or fail once past the horizon."""
+        task = self.journal.task(result.task_id)
+        if task is None or task.attempt != result.attempt or task.state != SyncState.REGISTERING:
+            raise StaleAttempt(task_id=result.task_id, attempt=result.attempt)
+        due = self.registration_retry.due(task.register_retries, task.register_failing_since, now)
+        if due is None:
+            reason = (f"registration failed for {self.registration_retry.horizon:g} s "
+                      f"(registration_retry_horizon): {result.reason}")
+            self.journal.fail(result.task_id, result.attempt, reason, now, lambda _retries: None)
+            LOG.error("task %s failed for good: %s", result.task_id, reason)
+            return
+        self.journal.defer_registration(result.task_id, result.attempt, result.reason, now, due)
+        LOG.warning("task %s: registration failed, copy kept, next try in %.1f s: %s", result.task_id,
+                    due - now, result.reason)
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -149,6 +149,34 @@ coordinator_opts = [
         min=0.0,
         help="Upper bound, in seconds, of the wait between two retries of a task.",
     ),
+    cfg.FloatOpt(
+        "registration_retry_backoff",
+        default=5.0,
+        min=0.1,
+        help="Seconds before a failed location registration is tried again; doubled on each "
+        "further failure up to max_registration_retry_backoff. A registration runs after the "
+        "agent's copy is done: it reads the cascading and the regional image, verifies the copy "
+        "and adds its location to the cascading image. When that fails for a reason that may "
+        "pass (the cascading glance-api restarting, a timeout), the regional copy is kept and "
+        "only the registration is retried, apart from task_retry_times; a verification that "
+        "finds other bytes ends it at once.",
+    ),
+    cfg.FloatOpt(
+        "max_registration_retry_backoff",
+        default=3600.0,
+        min=0.1,
+        help="Upper bound, in seconds, of the wait between two tries of a failing location "
+        "registration.",
+    ),
+    cfg.FloatOpt(
+        "registration_retry_horizon",
+        default=86400.0,
+        min=0.0,
+        help="Seconds a location registration keeps being retried, counted from its first "
+        "failure; once over, the (image, region) is marked failed with the last error. The "
+        "default (a day) rides out a rolling restart or a long outage of the cascading "
+        "glance without throwing away finished copies.",
+    ),
     cfg.IntOpt(
         "glance_workers",
         default=4,

@@ -10,8 +10,12 @@
 ``transferring``: the agent acknowledged it and is moving bytes (or applying an update).
 ``registering``: the agent reported ``done``; the coordinator verifies the copy against
 the cascading image and adds the regional location.
-A lapsed lease or a retryable failure returns to ``pending``.  ``deleted`` is final:
-glance never lets a deleted image id be created again in that region.
+A lapsed lease or a retryable failure of the transfer returns to ``pending``; a
+registration that fails for a reason that may pass stays ``registering`` (retried on its
+own horizon).  ``synced`` also needs two facts kept beside the state in the journal: the
+copy is verified and registered, and the newest metadata is applied (doc/states.md); an
+update that finishes without a registered copy makes the region ``failed``.
+``deleted`` is final: glance never lets a deleted image id be created again in that region.
 
 No other module spells a state as a string: use ``SyncState``.
 """

@@ -183,8 +183,11 @@ def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
     regions: Mapping[str, Any] = data.get("regions") or {}
     if not data.get("known"):
         return "waiting", f"image {image_id} is not known to the coordinator"
-    if not regions and data.get("planned"):
+    if not regions and data.get("settled"):
         return "synced", f"image {image_id} is to be synced to no region (sync_strategy or its regions)"
+    if not regions and data.get("planned"):
+        # Created but not uploaded, or its import still runs: more events are on their way.
+        return "waiting", f"image {image_id} is not active in the cascading glance yet"
     if not regions:
         return "waiting", f"no region is listed for image {image_id} yet"
     if all(regions[name].get("state") == SyncState.DELETED for name in regions):

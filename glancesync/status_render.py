@@ -142,13 +142,26 @@ def render_image(data: Mapping[str, Any], now: float) -> str:
     for name in sorted(regions):
         r = regions[name]
         rows.append(
-            [name, r.get("state", "?"), progress(r.get("bytes_done", 0), r.get("bytes_total", 0)),
+            [name, _state_cell(r), progress(r.get("bytes_done", 0), r.get("bytes_total", 0)),
              r.get("attempts", 0), r.get("agent_id"), age(r.get("updated_at"), now),
              _one_line(r.get("last_error"))]
         )
     lines.append("")
     lines += table(["REGION", "STATE", "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST ERROR"], rows)
     return "\n".join(lines) + "\n"
+
+
+# The two facts ``synced`` needs (doc/states.md), as the image view names them.
+FACTS = (("copy_registered", "copy registered"), ("metadata_applied", "metadata applied"))
+
+
+def _state_cell(r: Mapping[str, Any]) -> str:
+    """The state; for a failed region, which of the facts ``synced`` needs is missing."""
+    state = str(r.get("state", "?"))
+    if state != SyncState.FAILED:
+        return state
+    missing = [label for key, label in FACTS if key in r and not r[key]]
+    return f"{state} (missing: {', '.join(missing)})" if missing else state
 
 
 def _one_line(text: str | None, limit: int = 120) -> str | None:

@@ -98,6 +98,9 @@ class TaskRow:
     last_error: str | None
     payload: dict[str, Any] = field(repr=False)
     report: dict[str, Any] | None = field(repr=False, default=None)
+    # Failed tries of this task's registration and when the first of them failed.
+    register_retries: int = 0
+    register_failing_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ class EventRow:
     received_at: float
     # The peer that sent it (event socket) or the coordinator's own side; None in old rows.
     sender: str | None = None
+    # When it is due for (another) fetch, and how many fetches of it failed so far.
+    not_before: float = 0.0
+    fetch_tries: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ def _task(row: Any) -> TaskRow:
         lease_expires=m["lease_expires"], not_before=m["not_before"], retries=m["retries"],
         bytes_done=m["bytes_done"], bytes_total=m["bytes_total"], last_error=m["last_error"],
         payload=unpack(m["payload"]), report=unpack(m["report"]),
+        register_retries=m["register_retries"] or 0, register_failing_since=m["register_failing_since"],
     )
 
 

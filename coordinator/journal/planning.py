@@ -1,5 +1,11 @@
-"""Journal, events and planning: record events (duplicates recognised), list unplanned ones, and
-store an event's tasks and refused regions in the same transaction that marks it planned.
+"""Journal, events and planning: record events (duplicates recognised), list the unplanned ones that
+are due, and store an event's tasks and refused regions in the same transaction that marks it planned.
+
+Unplanned events are read in due order: each has a ``not_before`` (0 when it arrives,
+later while its fetch backs off or its import is awaited), and only due ones are read,
+oldest first, so events that wait never block the ones that are ready; the backoff is
+in the journal, so a restart keeps it.  Per image, ``image_records`` remembers the
+newest glance ``updated_at`` planned from and whether a plan came from an active record.
 """
 
 from __future__ import annotations
@@ -12,10 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from coordinator.journal.base import EventRow, NewTask, RegionRecord, pack, unpack
-from coordinator.schema import events, image_regions, tasks
+from coordinator.schema import events, image_records, image_regions, tasks
 from glancesync.states import SyncState, can_move
 
 S = SyncState
+
+
+def _event(r: Any) -> EventRow:
+    return EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at, r.sender,
+                    r.not_before or 0.0, r.fetch_tries or 0)
 
 
 class PlanningMixin:
@@ -42,20 +53,53 @@ class PlanningMixin:
             planned=False, sender=sender,
         ))
 
-    def unplanned_events(self, limit: int = 100) -> list[EventRow]:
-        query = (sa.select(events).where(events.c.planned.is_(False))
-                 .order_by(events.c.received_at, events.c.event_id).limit(limit))
+    def unplanned_events(self, now: float | None = None, limit: int = 100) -> list[EventRow]:
+        """Unplanned events due by ``now`` (all when None), oldest first."""
+        query = sa.select(events).where(events.c.planned.is_(False))
+        if now is not None:
+            query = query.where(events.c.not_before <= now)
+        query = query.order_by(events.c.received_at, events.c.event_id).limit(limit)
         with self.transaction() as conn:
             rows = conn.execute(query).all()
-        return [EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at, r.sender) for r in rows]
+        return [_event(r) for r in rows]
+
+    def defer_event(self, event_id: str, not_before: float, fetch_tries: int | None = None) -> None:
+        """An unplanned event is due again at ``not_before`` (its fetch failed, or its import runs)."""
+        values: dict[str, Any] = {"not_before": not_before}
+        if fetch_tries is not None:
+            values["fetch_tries"] = fetch_tries
+        with self.transaction() as conn:
+            conn.execute(events.update().where(events.c.event_id == event_id, events.c.planned.is_(False))
+                         .values(**values))
+
+    def image_record_state(self, image_id: str) -> tuple[float | None, float | None]:
+        """(newest glance updated_at planned from, when first planned from an active record)."""
+        with self.transaction() as conn:
+            row = conn.execute(sa.select(image_records.c.updated_at, image_records.c.active_at)
+                               .where(image_records.c.image_id == image_id)).first()
+        return (None, None) if row is None else (row.updated_at, row.active_at)
+
+    @staticmethod
+    def _note_record(conn: Connection, image_id: str, updated_at: float | None, active: bool, now: float) -> None:
+        row = conn.execute(sa.select(image_records).where(image_records.c.image_id == image_id)).first()
+        if row is None:
+            conn.execute(image_records.insert().values(image_id=image_id, updated_at=updated_at,
+                                                       active_at=now if active else None))
+            return
+        values: dict[str, Any] = {}
+        if updated_at is not None and (row.updated_at is None or updated_at > row.updated_at):
+            values["updated_at"] = updated_at
+        if active and row.active_at is None:
+            values["active_at"] = now
+        if values:
+            conn.execute(image_records.update().where(image_records.c.image_id == image_id).values(**values))
 
     def unplanned_event(self, event_id: str) -> EventRow | None:
         """The event ``event_id`` if it is recorded and not planned yet."""
         query = sa.select(events).where(events.c.event_id == event_id, events.c.planned.is_(False))
         with self.transaction() as conn:
             r = conn.execute(query).first()
-        return None if r is None else EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at,
-                                               r.sender)
+        return None if r is None else _event(r)
 
     def deleted_event(self, image_id: str) -> bool:
         """True once a ``deleted`` event of ``image_id`` was planned as a delete, i.e. after glance
@@ -78,10 +122,16 @@ class PlanningMixin:
         return {r.region: RegionRecord(SyncState(r.state), r.kind, r.os_hash_value) for r in rows}
 
     def plan_event(self, event_id: str, image_id: str, new_tasks: Iterable[NewTask],
-                   failures: dict[str, str], now: float, error: str | None = None) -> list[str]:
-        """Create an event's tasks, fail refused regions and mark the event planned, all at once."""
+                   failures: dict[str, str], now: float, error: str | None = None,
+                   record: tuple[float | None, bool] | None = None) -> list[str]:
+        """Create an event's tasks, fail refused regions and mark the event planned, all at once.
+
+        ``record``: (updated_at, active) of the glance record the plan came from, kept per image.
+        """
         created = []
         with self.transaction() as conn:
+            if record is not None:
+                self._note_record(conn, image_id, record[0], record[1], now)
             for new in new_tasks:
                 created.append(self._add_task(conn, event_id, image_id, new, now))
             for region, reason in failures.items():

@@ -19,6 +19,8 @@ from glancesync.exceptions import StaleAttempt
 from glancesync.states import SyncState, can_move
 
 S = SyncState
+# Keyword values of ``_set_task`` that go to the (image, region) row only.
+_REGION_ONLY = ("os_hash_value", "copy_registered_at", "metadata_applied_at")
 
 
 class TaskStateMixin:
@@ -63,7 +65,14 @@ class TaskStateMixin:
             return
         task = _task(nxt)
         target = S.DELETING if task.kind == "delete" else S.PENDING
-        fields = dict(task_id=task.task_id, last_error=None, attempts=0, bytes_done=0, bytes_total=0)
+        fields: dict[str, Any] = dict(task_id=task.task_id, last_error=None, attempts=0, bytes_done=0,
+                                      bytes_total=0)
+        # A new copy brings (maybe other) bytes and metadata, an update new metadata, a delete
+        # removes both: from now on, that fact no longer holds.
+        if task.kind in ("copy", "delete"):
+            fields.update(copy_registered_at=None, metadata_applied_at=None)
+        elif task.kind == "update":
+            fields["metadata_applied_at"] = None
         if row is None:
             conn.execute(image_regions.insert().values(image_id=image_id, region=region, state=target.value,
                                                        updated_at=now, **fields))
@@ -83,7 +92,8 @@ class TaskStateMixin:
         """Compare-and-set one task (same state and attempt) and carry its region along."""
         if not can_move(task.state, new):
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
-        os_hash_value = values.pop("os_hash_value", None)
+        # Facts of the (image, region) only, not columns of the task.
+        region_only = {k: values.pop(k) for k in _REGION_ONLY if k in values}
         values.update(state=new.value, updated_at=now)
         result = conn.execute(tasks.update().where(
             tasks.c.task_id == task.task_id, tasks.c.state == task.state.value,
@@ -97,10 +107,28 @@ class TaskStateMixin:
         mirrored = {k: values[k] for k in ("last_error", "bytes_done", "bytes_total") if k in values}
         if "attempt" in values:
             mirrored["attempts"] = values["attempt"]
-        if os_hash_value is not None:
-            mirrored["os_hash_value"] = os_hash_value
+        mirrored.update({k: v for k, v in region_only.items() if v is not None or k != "os_hash_value"})
+        region_state = _region_state(task, new)
+        if task.kind == "update" and new == S.SYNCED:
+            region_state = self._after_update(conn, task, mirrored)
         self._move_region(conn, task.image_id, task.region, SyncState(region_row.state),
-                          _region_state(task, new), now, **mirrored)
+                          region_state, now, **mirrored)
+
+    @staticmethod
+    def _after_update(conn: Connection, task: TaskRow, mirrored: dict[str, Any]) -> SyncState:
+        """The region's state once an update applied its metadata: synced only over a registered copy.
+
+        The agent may update a regional image whose copy was never verified and
+        registered (its registration failed for good while the update waited behind
+        it): the metadata is there, the location is not, and that is not ``synced``.
+        """
+        registered = conn.execute(sa.select(image_regions.c.copy_registered_at).where(
+            image_regions.c.image_id == task.image_id, image_regions.c.region == task.region)).scalar()
+        if registered is not None:
+            return S.SYNCED
+        mirrored["last_error"] = ("metadata applied, but the region has no verified and registered copy "
+                                  "(its copy or its registration failed)")
+        return S.FAILED
 
     def _current(self, conn: Connection, task_id: str, attempt: int | None,
                  states: Iterable[SyncState]) -> TaskRow:
@@ -160,13 +188,14 @@ class TaskStateMixin:
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
             if task.kind == "update":
-                self._set_task(conn, task, S.SYNCED, now, finished_at=now, lease_expires=None)
+                self._set_task(conn, task, S.SYNCED, now, finished_at=now, lease_expires=None,
+                               metadata_applied_at=now)
                 self._advance(conn, task.image_id, task.region, now)
             else:
                 size = report.get("size")
                 extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
                 self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
-                               **extra)
+                               not_before=0.0, register_retries=0, register_failing_since=None, **extra)
             return _task(conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one())
 
     def finish(self, task_id: str, attempt: int, now: float, os_hash_value: str | None = None) -> None:
@@ -178,7 +207,8 @@ class TaskStateMixin:
                 task.state = S.DELETING
                 self._set_task(conn, task, S.DELETED, now, finished_at=now)
             else:
-                self._set_task(conn, task, S.SYNCED, now, finished_at=now, os_hash_value=os_hash_value)
+                self._set_task(conn, task, S.SYNCED, now, finished_at=now, os_hash_value=os_hash_value,
+                               copy_registered_at=now, metadata_applied_at=now)
             self._advance(conn, task.image_id, task.region, now)
 
     def fail(self, task_id: str, attempt: int, reason: str, now: float,
@@ -195,6 +225,31 @@ class TaskStateMixin:
             self._set_task(conn, task, S.PENDING, now, last_error=reason, retries=task.retries + 1,
                            not_before=when, agent_id=None, lease_expires=None)
             return S.PENDING
+
+    def defer_registration(self, task_id: str, attempt: int, reason: str, now: float, due: float) -> None:
+        """A registration that failed for a reason that may pass: stay ``registering``, try again at ``due``.
+
+        The verified regional copy is kept; the transfer's retries are not touched.
+        """
+        with self.transaction() as conn:
+            task = self._current(conn, task_id, attempt, [S.REGISTERING])
+            result = conn.execute(tasks.update().where(
+                tasks.c.task_id == task_id, tasks.c.state == S.REGISTERING.value, tasks.c.attempt == attempt,
+            ).values(not_before=due, register_retries=task.register_retries + 1, last_error=reason,
+                     register_failing_since=sa.func.coalesce(tasks.c.register_failing_since, now),
+                     updated_at=now))
+            if result.rowcount != 1:
+                raise StaleAttempt(task_id=task_id, attempt=attempt)
+            conn.execute(image_regions.update().where(
+                image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
+                image_regions.c.task_id == task_id).values(last_error=reason, updated_at=now))
+
+    def registrations_due(self, now: float) -> list[TaskRow]:
+        """Tasks in ``registering`` whose next registration try is due by ``now``."""
+        query = (sa.select(tasks).where(tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= now)
+                 .order_by(tasks.c.not_before, tasks.c.seq))
+        with self.transaction() as conn:
+            return [_task(r) for r in conn.execute(query).all()]
 
     def requeue(self, task_id: str, attempt: int, now: float, reason: str) -> None:
         """Put a handed-out task back in its queue (lease lapsed, agent reconnected without it)."""

@@ -44,6 +44,9 @@ class ViewsMixin:
                 "state": r.state, "task_kind": r.kind, "task_id": r.task_id, "bytes_done": r.bytes_done,
                 "bytes_total": r.bytes_total, "attempts": r.attempts, "last_error": r.last_error,
                 "agent_id": r.agent_id, "updated_at": r.updated_at, "synced_at": r.synced_at,
+                # The two facts ``synced`` needs (doc/states.md); status shows which is missing.
+                "copy_registered": r.copy_registered_at is not None,
+                "metadata_applied": r.metadata_applied_at is not None,
             }
         return bool(rows) or seen is not None, regions
 

@@ -20,7 +20,7 @@ from glancesync.states import SyncState
 from .conftest import IMAGE_ID, add_listing, image_record, make_conf
 
 # The service fixtures of test_service.py, shared (ruff sees test arguments as redefinitions).
-from .test_service import NOW, client, ctx, dealer, planned, pump, receive, regional, service  # noqa: F401
+from .test_service import NOW, client, ctx, dealer, deferred, planned, pump, receive, regional, service  # noqa: F401
 
 
 def synced_everywhere(journal, image_id: str = IMAGE_ID) -> None:
@@ -37,7 +37,8 @@ def synced_everywhere(journal, image_id: str = IMAGE_ID) -> None:
         conn.execute(tasks_table.update().where(tasks_table.c.image_id == image_id)
                      .values(state=SyncState.SYNCED.value, finished_at=NOW))
         conn.execute(image_regions.update().where(image_regions.c.image_id == image_id)
-                     .values(state=SyncState.SYNCED.value, synced_at=NOW))
+                     .values(state=SyncState.SYNCED.value, synced_at=NOW, copy_registered_at=NOW,
+                             metadata_applied_at=NOW))
 
 
 def states(journal, image_id: str = IMAGE_ID) -> dict[str, SyncState]:
@@ -111,7 +112,7 @@ def test_a_delete_whose_fetch_fails_waits_for_a_retry(ctx, service, journal, cli
 
     monkeypatch.setattr(client.images, "get", unavailable)
     assert send_forged_delete(ctx, service, "later-1").type == "event_ack"
-    pump(service, NOW, until=lambda: "later-1" in service.events.retry)
+    pump(service, NOW, until=lambda: deferred(journal, "later-1"))
     assert journal.unplanned_event("later-1") is not None
     assert set(states(journal).values()) == {SyncState.SYNCED}
     monkeypatch.undo()
@@ -192,3 +193,51 @@ def test_a_later_pass_tries_a_failed_delete_again(tmp_path, db_url, store_yaml, 
         assert len(again) == 1 and again[0].event_id != deletes[0].event_id
     finally:
         svc.shutdown()
+
+
+OTHER_ID = "99999999-0000-4000-8000-000000000000"
+
+
+def test_events_that_wait_do_not_block_later_ones(ctx, service, journal, client, stores) -> None:
+    from .conftest import image_record
+
+    client.images.records[IMAGE_ID]["status"] = "importing"
+    for n in range(120):  # more than one batch of imports still importing, oldest first
+        journal.record_event(f"imp-{n}", "imported", IMAGE_ID, {"event_id": f"imp-{n}"}, NOW - 60 + n / 10)
+    client.images.records[OTHER_ID] = image_record(OTHER_ID, store_dir=stores.store.store_dir)
+    journal.record_event("later", "uploaded", OTHER_ID, {"event_id": "later"}, NOW)
+    pump(service, NOW, until=lambda: journal.unplanned_event("later") is None, rounds=400)
+    assert set(journal.region_records(OTHER_ID)) == {"RegionOne", "RegionTwo"}
+    # The imports wait in the journal (a restart keeps it), each fetched once so far.
+    waiting = journal.unplanned_event("imp-0")
+    assert waiting is not None and waiting.not_before > NOW
+    assert journal.unplanned_events(NOW) == []
+
+
+def test_unplanned_events_are_read_due_first_oldest_first(journal) -> None:
+    for n in range(3):
+        journal.record_event(f"e{n}", "uploaded", IMAGE_ID, {}, NOW + n)
+    journal.defer_event("e0", NOW + 60, fetch_tries=1)
+    assert [e.event_id for e in journal.unplanned_events(NOW + 10)] == ["e1", "e2"]
+    assert [e.event_id for e in journal.unplanned_events(NOW + 60)] == ["e0", "e1", "e2"]
+    assert journal.unplanned_event("e0").fetch_tries == 1
+
+
+def test_a_stale_record_fetched_late_is_not_applied_over_a_newer_one(service, journal, client) -> None:
+    from coordinator.registrar import FetchResult
+
+    synced_everywhere(journal)
+    newer = dict(client.images.records[IMAGE_ID], updated_at="2026-11-30T10:00:05Z")
+    client.images.records[IMAGE_ID] = newer
+    journal.record_event("react", "reactivated", IMAGE_ID, {}, NOW)
+    pump(service, NOW, until=lambda: journal.unplanned_event("react") is None and not service.events.fetching)
+    updates = len(journal.dispatchable("RegionOne", NOW, limit=50))
+    journal.record_event("deact", "deactivated", IMAGE_ID, {}, NOW)
+    # The deactivate's record, fetched before the reactivate and answered after it:
+    stale = dict(newer, status="deactivated", updated_at="2026-11-30T10:00:01Z")
+    service.events.fetched(FetchResult("deact", stale), NOW)
+    assert journal.unplanned_event("deact") is not None  # not planned from the stale record
+    pump(service, NOW, until=lambda: journal.unplanned_event("deact") is None)
+    tasks = [t for t in journal.dispatchable("RegionOne", NOW, limit=50)]
+    assert all(t.payload["image"]["status"] == "active" for t in tasks) and len(tasks) >= updates
+    assert journal.image_record_state(IMAGE_ID)[0] is not None

@@ -16,10 +16,10 @@ from .conftest import IMAGE_ID, make_conf
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     current, head = manage.schema_revisions(url)
-    assert current is None and head == "0002"
+    assert current is None and head == "0003"
     manage.db_sync(url)
     manage.db_sync(url)  # twice is fine
-    assert manage.schema_revisions(url) == ("0002", "0002")
+    assert manage.schema_revisions(url) == ("0003", "0003")
 
 
 def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
@@ -29,7 +29,7 @@ def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
     assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
     assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
     assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
-    assert "current=0002" in capsys.readouterr().out
+    assert "current=0003" in capsys.readouterr().out
     assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
     secret = tmp_path / "keys" / "coord.key_secret"
     assert str(secret) in capsys.readouterr().out
@@ -158,3 +158,28 @@ def test_gensecret_writes_a_private_secret_once(tmp_path: Path, capsys) -> None:
     assert marker.load_secret(str(path)) == secret
 
 
+
+
+def test_migration_0003_keeps_synced_regions_synced_and_goes_back(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from coordinator import schema
+
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    command.upgrade(manage.alembic_config(url), "0002")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO image_regions (image_id, region, state, attempts, bytes_done, "
+                             "bytes_total, updated_at, synced_at) VALUES (:i, 'R', 'synced', 1, 0, 0, 5, 5)"),
+                     {"i": IMAGE_ID})
+    manage.db_sync(url)
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT copy_registered_at, metadata_applied_at FROM image_regions")).one()
+        assert tuple(row) == (5.0, 5.0)  # synced before the upgrade: both facts held
+        assert compare_metadata(MigrationContext.configure(conn), schema.metadata) == []
+    command.downgrade(manage.alembic_config(url), "0002")
+    assert manage.schema_revisions(url)[0] == "0002"
+    engine.dispose()

@@ -100,6 +100,12 @@ def planned(service: Service) -> bool:
     return not service.journal.unplanned_events()
 
 
+def deferred(journal: Journal, event_id: str, now: float = NOW) -> bool:
+    """The event waits in the journal for a later fetch (backoff, or an import that runs)."""
+    event = journal.unplanned_event(event_id)
+    return event is not None and event.not_before > now
+
+
 def state(journal: Journal, region: str = "RegionOne") -> str:
     return journal.image_view(IMAGE_ID)[1][region]["state"]
 
@@ -293,7 +299,7 @@ def test_status_views(ctx, service) -> None:
     assert image["regions"]["RegionOne"]["task_kind"] == "copy"
     query.send(protocol.encode("status_query", {"view": "image", "image_id": OTHER_ID}))
     assert receive(query, service, NOW).body["data"] == {"image_id": OTHER_ID, "known": False, "planned": False,
-                                                            "regions": {}, "now": NOW}
+                                                            "settled": False, "regions": {}, "now": NOW}
 
 
 def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> tuple[float, zmq.Socket | None]:
@@ -451,7 +457,7 @@ def test_an_image_deleted_before_planning_is_planned_with_no_tasks(ctx, service,
     del client.images.records[IMAGE_ID]
     send_event(ctx, service)
     pump(service, NOW, lambda: planned(service))
-    assert service.events.retry == {} and service.events.fetching == set()
+    assert service.events.fetching == set()
     assert journal.image_view(IMAGE_ID)[1] == {} and len(client.images.gets) == 1
 
 
@@ -473,7 +479,6 @@ def test_a_fetch_that_keeps_failing_gives_up_with_a_reason(ctx, service, journal
         if planned(service):
             break
     assert planned(service), "the event is fetched for ever"
-    assert service.events.retry == {}
     with journal.transaction() as conn:
         from coordinator.schema import events
         error = conn.execute(events.select()).one().plan_error
@@ -533,7 +538,7 @@ def _imported(journal, now: float) -> None:
 def test_an_import_is_fetched_again_until_active_without_holding_a_thread(service, journal, client) -> None:
     client.images.records[IMAGE_ID]["status"] = "importing"
     _imported(journal, NOW)
-    pump(service, NOW, until=lambda: "imp-1" in service.events.retry)
+    pump(service, NOW, until=lambda: deferred(journal, "imp-1"))
     assert journal.region_records(IMAGE_ID) == {}
     gets = len(client.images.gets)
     pump(service, NOW + 1)  # before snapshot_sleep_interval: no new GET
@@ -546,11 +551,10 @@ def test_an_import_is_fetched_again_until_active_without_holding_a_thread(servic
 def test_an_import_never_active_is_planned_with_no_tasks_after_snapshot_timeout(service, journal, client) -> None:
     client.images.records[IMAGE_ID]["status"] = "importing"
     _imported(journal, NOW)
-    pump(service, NOW, until=lambda: "imp-1" in service.events.retry)
+    pump(service, NOW, until=lambda: deferred(journal, "imp-1"))
     late = NOW + service.conf.snapshot_timeout + 1
     pump(service, late, until=lambda: journal.unplanned_event("imp-1") is None)
     assert journal.region_records(IMAGE_ID) == {}
-    assert "imp-1" not in service.events.retry
 
 
 def test_status_carries_the_coordinators_clock(service, ctx) -> None:

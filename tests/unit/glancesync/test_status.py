@@ -93,6 +93,14 @@ def test_image_view() -> None:
     assert "100.0 MiB/100.0 MiB (100%)" in three
 
 
+def test_image_view_names_the_fact_a_failed_region_misses() -> None:
+    failed = {**region("failed", 0, 100 * MIB, error="metadata applied, but no registered copy"),
+              "copy_registered": False, "metadata_applied": True}
+    lines = status_render.render_image(image(RegionOne=failed), NOW).splitlines()
+    row = next(line for line in lines if line.startswith("RegionOne"))
+    assert "failed (missing: copy registered)" in row
+
+
 def test_image_view_unknown() -> None:
     assert status_render.render_image(image(known=False), NOW) == "image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10: not known to the coordinator\n"
 
@@ -184,9 +192,20 @@ def test_wait_times_out_on_an_image_never_known() -> None:
 
 def test_wait_exits_0_for_a_planned_image_with_nowhere_to_go() -> None:
     clock = FakeClock()
-    nowhere = {**image(), "planned": True}
+    nowhere = {**image(), "planned": True, "settled": True}
     code, why, _ = status.wait_for_image(replies(image(), nowhere), 10.0, clock=clock, sleep=clock.sleep)
     assert code == 0 and "no region" in why
+
+
+def test_wait_keeps_waiting_for_an_image_planned_but_not_settled() -> None:
+    # Created and not uploaded yet (or its import still runs): its created event asks for nothing.
+    clock = FakeClock()
+    created = {**image(), "planned": True, "settled": False}
+    code, why, _ = status.wait_for_image(replies(created), 2.0, clock=clock, sleep=clock.sleep)
+    assert code == 1 and "timed out" in why and "not active" in why
+    uploaded = {**image(), "planned": True, "settled": True}
+    code, _why, _ = status.wait_for_image(replies(created, uploaded), 10.0, clock=clock, sleep=clock.sleep)
+    assert code == 0
 
 
 def test_wait_keeps_waiting_for_an_image_not_planned_yet() -> None:

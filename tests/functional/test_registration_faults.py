@@ -1,0 +1,77 @@
+"""Registration outages and images not settled yet, end to end (doc/states.md).
+
+- The cascading glance-api stops while a region's copy is being registered (a
+  rolling restart that lasts): the coordinator keeps the regional copy and retries
+  the registration on its own backoff, well past the task's old retry horizon; once
+  glance-api is back the copy ends ``synced`` with no new transfer.
+- ``glance-sync-status --wait`` on an image created but not uploaded does not report
+  success; after the upload it does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+from tests.functional import helpers
+from tests.functional.services import SyncServices
+from tests.harness.topology import Topology
+
+REGION = "RegionA"
+
+
+def _use_coordinator(sync: SyncServices, topology: Topology, conf: Path | None) -> None:
+    """Restart the shared coordinator with ``conf`` (None: the standard one)."""
+    if sync.coordinator is not None:
+        sync.coordinator.stop()
+        if sync.coordinator in topology.services:
+            topology.services.remove(sync.coordinator)
+    sync.coordinator = topology.start_coordinator(conf) if conf else topology.start_coordinator()
+
+
+def test_a_copy_survives_a_cascading_outage_longer_than_the_task_retries(
+        topology: Topology, sync: SyncServices, tmp_path: Path) -> None:
+    # One retry 0.5 s after the first failure: the old code failed the copy within a second.
+    conf = topology.write_service_conf(
+        tmp_path / "short-backoff.conf", DEFAULT={"task_retry_times": 1},
+        coordinator={"retry_backoff": 0.5, "max_retry_backoff": 0.5, "registration_retry_backoff": 0.2,
+                     "max_registration_retry_backoff": 0.5})
+    _use_coordinator(sync, topology, conf)
+    try:
+        sync.stop_agent(REGION)
+        image = helpers.upload_random(topology.cascading.client(), helpers.MIB)
+        others = {r: "synced" for r in topology.region_names if r != REGION}
+        helpers.wait_states(topology, image.id, {REGION: "pending", **others}, timeout=90)
+        topology.cascading.stop()
+        try:
+            sync.ensure()  # RegionA's agent copies; its registration meets a stopped glance-api
+            task_id = helpers.image_regions(topology, image.id)[REGION]["task_id"]
+            helpers.wait_until(lambda: sync.coordinator_log().count(f"{task_id}: registration failed, copy kept")
+                               >= 6, 90, "six failed registration tries")
+            view = helpers.image_regions(topology, image.id)[REGION]
+            assert view["state"] == "registering" and view["attempts"] == 1, view
+            assert view["copy_registered"] is False
+        finally:
+            topology.cascading.start()
+        done = helpers.wait_states(topology, image.id, {REGION: "synced"}, [REGION], timeout=90)
+        assert done[REGION]["attempts"] == 1, "the copy was transferred again"
+        assert done[REGION]["copy_registered"] and done[REGION]["metadata_applied"]
+    finally:
+        _use_coordinator(sync, topology, None)
+
+
+def test_wait_does_not_report_success_for_an_image_created_but_not_uploaded(
+        topology: Topology, sync: SyncServices) -> None:
+    client = topology.cascading.client()
+    image = client.images.create(name="not-uploaded-yet", disk_format="raw", container_format="bare")
+    helpers.wait_until(lambda: helpers.status(topology, "image", image["id"]).get("planned"), 60,
+                       "the created event planned")
+    early = helpers.run_status(topology, "--timeout", "3", "--wait", image["id"])
+    assert early.returncode != 0, early.stdout + early.stderr
+    view = helpers.status(topology, "image", image["id"])
+    assert view["settled"] is False, json.dumps(view)
+    client.images.upload(image["id"], io.BytesIO(os.urandom(helpers.MIB)), image_size=helpers.MIB)
+    done = helpers.run_status(topology, "--timeout", "120", "--wait", image["id"], timeout=150)
+    assert done.returncode == 0, done.stdout + done.stderr
