@@ -41,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-mib", type=float, default=40, help="largest image in MiB (default 40)")
     parser.add_argument("--converge-timeout", type=float, default=600,
                         help="seconds a trial waits for convergence before its tasks count as stuck (default 600)")
+    parser.add_argument("--heartbeat-interval", type=float, default=None,
+                        help="[coordinator] and [agent] heartbeat_interval (default: the harness's 0.5 s; an "
+                             "agent silent for 3 intervals is offline)")
     parser.add_argument("--dir", default=None, help="run directory (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, journal, results.json)")
     return parser.parse_args()
@@ -58,7 +61,7 @@ def main() -> int:
     if args.dir and base.exists():
         shutil.rmtree(base)
     print(f"seed {seed}, {args.trials} trials, run dir {base}", flush=True)
-    site = Site(base)
+    site = Site(base, heartbeat_interval=args.heartbeat_interval)
     started = time.monotonic()
     try:
         site.start()

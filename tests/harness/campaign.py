@@ -76,6 +76,7 @@ class Trial:
     converge_s: float | None
     problems: list[Problem]
     seconds: float
+    offline: int = 0  # times the coordinator marked an agent offline during the trial
 
 
 def image_sizes(rng: random.Random, count: int, smallest: int, largest: int) -> list[int]:
@@ -191,6 +192,7 @@ class Campaign:
         kind = self.kind_of(index)
         sizes = image_sizes(rng, rng.randint(*self.images), *self.sizes)
         started = time.monotonic()
+        log_start = self.coordinator_log_size()
         uploads: list[Upload] = []
         errors: list[str] = []
         uploader = threading.Thread(target=self.upload_all, args=(sizes, uploads, errors), daemon=True)
@@ -206,9 +208,25 @@ class Campaign:
         converge_s = time.monotonic() - ready if converged else None
         problems = [p for u in uploads for p in self.check(u, views.get(u.id))]
         problems += [Problem("upload", "-", "cascading", e) for e in errors]
-        trial = Trial(index, fault, uploads, errors, converge_s, problems, time.monotonic() - started)
+        trial = Trial(index, fault, uploads, errors, converge_s, problems, time.monotonic() - started,
+                      self.offline_count(log_start))
         self.cleanup(ids)
         return trial
+
+    def coordinator_log_size(self) -> int:
+        try:
+            return (self.topo.log_dir / "coordinator.log").stat().st_size
+        except OSError:
+            return 0
+
+    def offline_count(self, offset: int) -> int:
+        """How often the coordinator marked an agent offline in its log since byte ``offset``."""
+        try:
+            with open(self.topo.log_dir / "coordinator.log", "rb") as fh:
+                fh.seek(offset)
+                return fh.read().count(b" is offline: ")
+        except OSError:
+            return 0
 
     def run(self, count: int) -> list[Trial]:
         for index in range(count):
@@ -217,7 +235,8 @@ class Campaign:
             took = f"converged in {trial.converge_s:.1f} s" if trial.converge_s is not None else "NOT converged"
             mb = sum(u.size for u in trial.uploads) / MIB
             self.log(f"trial {index + 1}/{count}: {trial.fault.kind} ({trial.fault.detail}); "
-                     f"{len(trial.uploads)} images, {mb:.1f} MiB; {took}; {len(trial.problems)} problem(s)")
+                     f"{len(trial.uploads)} images, {mb:.1f} MiB; {took}; agents marked offline "
+                     f"{trial.offline} time(s); {len(trial.problems)} problem(s)")
             for problem in trial.problems:
                 self.log("  " + problem.render(trial.fault.kind))
         return self.trials
@@ -339,6 +358,7 @@ def summarize(trials: Sequence[Trial]) -> dict[str, Any]:
         "converge_p50": percentile(converge, 0.50),
         "converge_p95": percentile(converge, 0.95),
         "converge_max": max(converge, default=None),
+        "offline": sum(t.offline for t in trials),
     }
 
 
@@ -361,6 +381,7 @@ def render(summary: dict[str, Any]) -> str:
         f"failed (should succeed):    {summary['failed']} (regions: {', '.join(summary['failed_regions']) or '-'})",
         f"bad locations:              {summary['location']}",
         f"uploads refused:            {summary['upload']}",
+        f"agents marked offline:      {summary['offline']} time(s) (a fault that stops or kills one: 1 each)",
         f"time to converge:           p50 {secs(summary['converge_p50'])}, p95 {secs(summary['converge_p95'])}, "
         f"max {secs(summary['converge_max'])}",
     ])

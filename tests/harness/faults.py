@@ -52,16 +52,23 @@ class Injected:
 class Site:
     """A Topology with coordinator and agents running, driven by the campaign."""
 
-    def __init__(self, base_dir: Path, regions: int = 2) -> None:
+    def __init__(self, base_dir: Path, regions: int = 2, heartbeat_interval: float | None = None) -> None:
         self.topo = Topology(base_dir, regions=regions, sync_filter=True, cascaded_store=True)
         self.coordinator: ServiceProcess | None = None
         self.agents: dict[str, ServiceProcess] = {}
         self.tmpfs: list[Path] = []
+        # None: the harness's own timing, as every functional test runs with.
+        self.overrides = {} if heartbeat_interval is None else {
+            "coordinator": {"heartbeat_interval": heartbeat_interval},
+            "agent": {"heartbeat_interval": heartbeat_interval},
+        }
         sections = self.topo.service_sections()
         self.lease_timeout = float(sections["coordinator"]["lease_timeout"])
 
     def start(self) -> Site:
         self.topo.start()
+        if self.overrides:
+            self.topo.write_service_conf(**self.overrides)
         if os.geteuid() == 0:
             for region in self.topo.region_names:
                 self._mount_tmpfs(self.topo.work_dir(region))
