@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness.campaign import MIB, Campaign, ok, render, summarize  # noqa: E402
+from tests.harness.campaign import MIB, Campaign, Trial, ok, render, summarize  # noqa: E402
 from tests.harness.faults import INJECTORS, Site  # noqa: E402
 
 
@@ -49,6 +49,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def write_results(base: Path, seed: int, trials: list[Trial]) -> None:
+    """results.json, rewritten after every trial so that an interrupted campaign keeps its figures."""
+    results = {"seed": seed, "summary": summarize(trials), "trials": [dataclasses.asdict(t) for t in trials]}
+    (base / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
 def main() -> int:
     args = parse_args()
     seed = args.seed if args.seed is not None else int(time.time())
@@ -58,11 +64,15 @@ def main() -> int:
         print(f"unknown fault kind(s): {', '.join(unknown)}; known: {', '.join(INJECTORS)}", file=sys.stderr)
         return 2
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="glance-sync-faults-"))
-    if args.dir and base.exists():
+    if args.dir and base.exists() and any(base.iterdir()):
+        if not (base / "etc" / "glance-sync.conf").exists():
+            print(f"{base} is not empty and holds no earlier run: not removing it", file=sys.stderr)
+            return 2
         shutil.rmtree(base)
     print(f"seed {seed}, {args.trials} trials, run dir {base}", flush=True)
     site = Site(base, heartbeat_interval=args.heartbeat_interval)
     started = time.monotonic()
+    trials: list[Trial] = []
     try:
         site.start()
         if not site.can_fill_disk:
@@ -70,25 +80,27 @@ def main() -> int:
         campaign = Campaign(site, seed=seed, kinds=kinds or None, sizes=(4096, int(args.max_mib * MIB)),
                             converge_timeout=args.converge_timeout,
                             log=lambda line: print(line, flush=True))
+        trials = campaign.trials
         try:
-            trials = campaign.run(args.trials)
+            campaign.run(args.trials, after=lambda done: write_results(base, seed, done))
         finally:
             campaign.close()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(f"interrupted after {len(trials)} trial(s)", file=sys.stderr)
+    except Exception as exc:  # the harness itself failed (a service that would not restart): say so
+        print(f"campaign stopped after {len(trials)} trial(s): {type(exc).__name__}: {exc}", file=sys.stderr)
+        args.keep = True
     finally:
         site.stop()
     summary = summarize(trials)
     print(f"\nFault campaign, seed {seed}, {time.monotonic() - started:.0f} s:")
     print(render(summary))
-    results = {"seed": seed, "summary": summary, "trials": [dataclasses.asdict(t) for t in trials]}
-    (base / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_results(base, seed, trials)
     if args.keep:
         print(f"run directory kept: {base} (results.json, logs/)")
     else:
         shutil.rmtree(base, ignore_errors=True)
-    return 0 if ok(summary) else 1
+    return 0 if ok(summary) and len(trials) == args.trials else 1
 
 
 if __name__ == "__main__":

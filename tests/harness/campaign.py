@@ -228,10 +228,13 @@ class Campaign:
         except OSError:
             return 0
 
-    def run(self, count: int) -> list[Trial]:
+    def run(self, count: int, after: Callable[[list[Trial]], None] | None = None) -> list[Trial]:
+        """Run ``count`` trials; ``after(trials so far)`` is called after each one."""
         for index in range(count):
             trial = self.trial(index)
             self.trials.append(trial)
+            if after is not None:
+                after(self.trials)
             took = f"converged in {trial.converge_s:.1f} s" if trial.converge_s is not None else "NOT converged"
             mb = sum(u.size for u in trial.uploads) / MIB
             self.log(f"trial {index + 1}/{count}: {trial.fault.kind} ({trial.fault.detail}); "
