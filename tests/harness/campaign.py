@@ -20,6 +20,7 @@ bench/faults.py and tests/functional/test_fault_campaign.py both run this code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -179,13 +180,17 @@ class Campaign:
         client = self.topo.cascading.client()
         for size in sizes:
             data = os.urandom(size)
+            image: dict[str, Any] = {}
             try:
                 image = client.images.create(name=f"fault-{uuid.uuid4().hex[:8]}", disk_format="raw",
                                              container_format="bare", visibility="public")
                 client.images.upload(image["id"], io.BytesIO(data), image_size=size)
                 done.append(Upload(image["id"], size, hashlib.sha512(data).hexdigest()))
             except Exception as exc:  # an upload that fails is reported, not a campaign crash
-                errors.append(f"upload of {size} bytes failed: {type(exc).__name__}: {exc}")
+                errors.append(f"upload of {size} bytes as {image.get('id')} failed: {type(exc).__name__}: {exc}")
+                if image.get("id"):
+                    with contextlib.suppress(Exception):
+                        client.images.delete(image["id"])
 
     def trial(self, index: int) -> Trial:
         rng = random.Random(f"{self.seed}-{index}")
