@@ -7,6 +7,7 @@ No pytest imports anywhere in this package.
 - ``glance``: GlanceServer (gunicorn + glance.wsgi.api), IDENTITY_HEADERS.
 - ``sshd``: SshServer (private sshd, host key pinned in known_hosts).
 - ``topology``: Topology (cascading + cascaded glances + sshd + coordinator/agents).
+- ``faults`` and ``campaign``: the fault campaign (bench/faults.py, doc/faults.md).
 """
 
 from tests.harness.glance import IDENTITY_HEADERS, GlanceServer
