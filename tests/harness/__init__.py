@@ -9,6 +9,7 @@ No pytest imports anywhere in this package.
 - ``keystone``: KeystoneServer (gunicorn + keystone, SQLite, fernet; prepared once per process).
 - ``topology``: Topology (cascading + cascaded glances + sshd + coordinator/agents; with
   ``keystone=True`` a keystone too, every glance behind keystonemiddleware).
+- ``faults`` and ``campaign``: the fault campaign (bench/faults.py, doc/faults.md).
 """
 
 from tests.harness.glance import IDENTITY_HEADERS, GlanceServer

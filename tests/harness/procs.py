@@ -7,8 +7,9 @@ quotes the tail of its log, so a broken start explains itself in the test report
 ``kill()`` sends any signal to the whole group (SIGKILL for crash tests), ``stop()``
 is SIGTERM then SIGKILL after a grace period and may be called any number of times.
 
-Also: ``free_port()`` and ``wait_tcp()`` on 127.0.0.1 only.  No pytest imports here:
-the demo uses this package outside pytest.
+Also: ``free_port()`` and ``wait_tcp()`` on 127.0.0.1 only; ``child_pids()`` and
+``cmdline()`` read /proc (the fault campaign finds an agent's workers with them).
+No pytest imports here: the demo uses this package outside pytest.
 """
 
 from __future__ import annotations
@@ -97,6 +98,27 @@ def read_errors(path: Path, offset: int = 0, limit: int = ERROR_LINES) -> list[s
     except FileNotFoundError:
         return []
     return [line for line in text.splitlines() if _ERROR_RE.search(line)][-limit:]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (from /proc; [] when it is gone)."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                children += [int(word) for word in fh.read().split()]
+    except OSError:
+        return []
+    return children
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, words joined by spaces ('' when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
 class ServiceProcess:
