@@ -101,6 +101,14 @@ class Pool:
         LOG.info("task %s (%s %s) started in worker pid %s", task_id, task.get("kind"), task.get("image_id"),
                  process.pid)
 
+    def cancel(self, task_id: str, now: float) -> None:
+        """Terminate the worker of ``task_id`` (if any) without a result; its slot is free at once."""
+        entry = self.running.pop(task_id, None)
+        if entry is None:
+            return
+        entry.process.terminate()
+        self.exiting.append((entry.process, now))  # killed if still there after TERMINATE_GRACE
+
     def _drain(self, events: list[PoolEvent]) -> None:
         while True:
             try:
