@@ -95,6 +95,22 @@ def test_start_refuses_beyond_capacity():
         pool.shutdown()
 
 
+def test_a_worker_outlives_a_stop_signal_sent_to_the_group_even_during_its_start(tmp_path):
+    pid_file = tmp_path / "pid"
+    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file))
+    try:
+        pool.start(task(), time.monotonic())
+        os.kill(pool.running["t1"].process.pid, signal.SIGTERM)  # at once: the worker is still starting
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the worker died of the SIGTERM"
+            assert pool.running["t1"].process.is_alive(), "the worker died of the SIGTERM"
+            time.sleep(0.05)
+        assert pool.poll(time.monotonic()) == [] and pool.running_ids() == ["t1"]
+    finally:
+        pool.shutdown()
+
+
 def test_a_cancelled_worker_is_terminated_and_reports_nothing(tmp_path):
     pid_file = tmp_path / "pid"
     pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file))
