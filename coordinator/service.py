@@ -16,6 +16,13 @@
    reconciler pass when one is due, and re-read the CURVE allow-list when it changed
    (checked every ``[curve] reload_interval``) or on SIGHUP.
 
+Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer whose connection is gone
+fails (EHOSTUNREACH) instead of vanishing; an agent's session then goes offline, and a
+task just handed to it is requeued without counting a retry.  ``done`` and ``failed``
+are answered with ``result_ack`` after the journal commit; a ``hello`` is answered with
+``welcome`` and a ``cancel`` for each attempt it lists that is no longer the agent's
+(doc/sessions.md).
+
 Every frame and every step is wrapped: bad input or a failing step is logged and the
 loop goes on.  No SQL here (journal.py) and no HTTP (registrar.py).
 """

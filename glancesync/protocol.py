@@ -45,8 +45,10 @@ The session rules (doc/sessions.md):
   and requeues, as a retry, its tasks the agent did not list.
 - every ``done`` and ``failed`` is answered with ``result_ack`` once the journal
   has it (or it was stale); the agent keeps the result and sends it again after
-  every ``welcome`` and every few seconds (``agent.service.RESEND_SECONDS``) until acked.  A resent report of an
-  attempt already finished is acked again and changes nothing.
+  every ``welcome`` and every few seconds (``agent.service.RESEND_SECONDS``) until
+  acked.  A resent report of an attempt already finished is acked again and
+  changes nothing.  A stopping agent takes no new work (a ``task`` it gets then is
+  not started, and not acked).
 - ``bye.handed_back`` lists the attempts a stopping agent gives back unfinished:
   they return to their queue at once without counting a retry.
 
