@@ -1,4 +1,9 @@
-"""``glance-sync-agent``: the agent of one region, run until SIGTERM or SIGINT."""
+"""``glance-sync-agent``: the agent of one region, run until SIGTERM or SIGINT.
+
+The first signal drains: running transfers get ``[agent] stop_grace`` seconds to
+finish, the rest is handed back to the coordinator in the ``bye``; a second signal
+stops at once (unfinished work is still handed back).
+"""
 
 from __future__ import annotations
 
@@ -67,9 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     LOG.info("agent of region %s running with %d worker(s)", region, conf.agent.workers)
     try:
-        while not stopping:
+        # The first signal drains (stop_grace for running transfers), a second one stops at once.
+        while len(stopping) < 2:
+            now = time.monotonic()
+            if stopping:
+                service.stop(now, conf.agent.stop_grace)
+                if service.drained(now):
+                    break
             try:
-                service.step(time.monotonic())
+                service.step(now)
             except Exception:  # one bad iteration must not end the agent
                 LOG.exception("agent loop iteration failed")
                 time.sleep(1.0)

@@ -9,8 +9,11 @@ runs past ``timeout`` (``scp_copy_timeout``) is terminated and reported the same
 way.  Its slot is free again at once; ``poll`` never waits for a process to exit
 (one slow to go is killed after ``TERMINATE_GRACE``, on a later poll).
 
-Workers die with their agent: each asks the kernel for SIGKILL when its parent
-exits (``PR_SET_PDEATHSIG``).  An orphan that outlived a ``kill -9`` of the agent
+Workers ignore SIGTERM and SIGINT: a stop signal sent to the agent's whole process
+group (a terminal's Ctrl-C, a service manager) must not end the transfers the
+stopping agent lets finish (``[agent] stop_grace``); the pool ends a worker with
+SIGKILL.  Workers die with their agent: each asks the kernel for SIGKILL when its
+parent exits (``PR_SET_PDEATHSIG``).  An orphan that outlived a ``kill -9`` of the agent
 would otherwise keep appending to the ``.part`` file that the restarted agent's
 next attempt resumes, and corrupt it.
 """
@@ -31,6 +34,8 @@ LOG = logging.getLogger(__name__)
 
 # Seconds a terminated worker gets to exit before it is killed.
 TERMINATE_GRACE = 2.0
+# What the agent's process group gets when it is stopped; workers leave them to the agent.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # prctl(2) option: the signal a process gets when its parent thread exits.
 PR_SET_PDEATHSIG = 1
 
@@ -96,10 +101,25 @@ class Pool:
             name=f"glance-sync-worker-{task_id}",
         )
         process.daemon = True
-        process.start()
+        # Blocked across the spawn (the mask is inherited through fork and exec) until the
+        # worker ignores them: a stop signal to the process group during its start-up
+        # would otherwise kill it before it could.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.running[task_id] = _Running(task=task, process=process, started=now)
         LOG.info("task %s (%s %s) started in worker pid %s", task_id, task.get("kind"), task.get("image_id"),
                  process.pid)
+
+    def cancel(self, task_id: str, now: float) -> None:
+        """Terminate the worker of ``task_id`` (if any) without a result; its slot is free at once."""
+        entry = self.running.pop(task_id, None)
+        if entry is None:
+            return
+        entry.process.kill()
+        self.exiting.append((entry.process, now))  # reaped by a later poll
 
     def _drain(self, events: list[PoolEvent]) -> None:
         while True:
@@ -134,7 +154,7 @@ class Pool:
                 code = entry.process.exitcode
                 result = _failed(f"worker process exited with code {code} before reporting a result")
             elif now - entry.started > self.timeout:
-                entry.process.terminate()
+                entry.process.kill()
                 result = _failed(f"timed out after {self.timeout:g} s (scp_copy_timeout); worker terminated")
             else:
                 continue
@@ -158,11 +178,8 @@ class Pool:
         self.exiting = still
 
     def _stop(self, process: Any) -> None:
-        process.terminate()
+        process.kill()
         process.join(TERMINATE_GRACE)
-        if process.is_alive():
-            process.kill()
-            process.join(TERMINATE_GRACE)
 
     def shutdown(self) -> None:
         """Terminate every worker; their tasks go back to the coordinator by lease expiry."""
@@ -182,6 +199,11 @@ def bound_to_parent(parent_pid: int, target: Callable[..., None], *args: Any) ->
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     except (OSError, AttributeError) as exc:
         LOG.warning("worker %d will not die with its agent: %s", os.getpid(), exc)
+    # Stop signals are the agent's to act on (see the module docstring); one that came
+    # while they were blocked during the spawn is discarded here.
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     # The agent may have died between fork and prctl: the signal would never come.
     if os.getppid() != parent_pid:
         os._exit(1)

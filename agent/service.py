@@ -5,9 +5,18 @@ The dialog is the ``agent session`` grammar of glancesync.protocol: ``hello`` �
 ``progress``…, ``done`` | ``failed`` → ``ready`` 1.  Heartbeats go out every
 ``[agent] heartbeat_interval``, busy or not.  A coordinator silent for three of
 its heartbeat intervals, or one that says ``disconnect``, gets a fresh socket after
-a jittered backoff and a new ``hello`` whose ``in_flight`` lists the tasks still
-running here: they keep running, and results finished while disconnected are sent
-after the next ``welcome``.
+a jittered backoff and a new ``hello`` whose ``running`` lists the attempts still
+running here or with an unacknowledged result: they keep running unless the
+coordinator answers ``cancel`` (the attempt is no longer ours: the worker is
+terminated, its result forgotten).  Every ``done`` / ``failed`` is kept until the
+coordinator's ``result_ack`` and sent again after each ``welcome`` and every
+RESEND_SECONDS.  One worker per task: a ``task`` for a task running here (or
+whose result is held) is acked and answered by that worker or result, relabelled
+to the new attempt, never run twice.
+
+``stop(now, grace)`` (SIGTERM) drains: no new work is taken, running transfers get
+``grace`` seconds to finish and their results to be acked; ``drained(now)`` says
+when to call ``shutdown()``, whose ``bye`` hands back what is left unfinished.
 
 A ``hello`` the coordinator refuses (``error`` with ``agent_id_in_use``: another live
 session holds this agent id; ``too_many_sessions``; ``forbidden``: this key may not
@@ -23,6 +32,7 @@ coordinator sends can end the loop.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -34,14 +44,26 @@ from glancesync.liveness import Backoff, Liveness
 
 LOG = logging.getLogger(__name__)
 
-# Results kept while disconnected; beyond this the oldest are dropped (their
-# leases lapse and the coordinator runs them again, which is idempotent).
+# Results held unacknowledged; beyond this the oldest are dropped (their leases
+# lapse and the coordinator runs them again, which is idempotent).
 MAX_PENDING_RESULTS = 1000
-# Seconds between attempts to send held results while the session is up but the
-# socket's queue is full (each refused attempt logs a warning).
-PENDING_RETRY = 1.0
+# Seconds between two sends of a result the coordinator has not acknowledged.
+RESEND_SECONDS = 5.0
+# Seconds before a result the socket refused (queue full) is tried again.
+REFUSED_RETRY = 1.0
+# Seconds the final socket close waits for the bye to leave.
+BYE_LINGER_MS = 1000
 # Error codes by which the coordinator refuses to open (or keep) our session.
 REFUSALS = frozenset({"agent_id_in_use", "too_many_sessions", "forbidden", "unknown_region"})
+
+
+@dataclass
+class Result:
+    """A ``done`` or ``failed`` not yet acknowledged by the coordinator."""
+
+    msg_type: str
+    body: dict[str, Any]
+    resend_at: float = 0.0
 
 
 class AgentService:
@@ -62,19 +84,41 @@ class AgentService:
         self.backoff = Backoff(initial=1.0, maximum=agent.reconnect_max_backoff)
         self.next_heartbeat = 0.0
         self.reconnect_at: float | None = None
-        self.pending: list[tuple[str, dict[str, Any]]] = []
-        self.retry_pending_at = 0.0
+        # The attempt each running worker answers for (task id -> attempt).
+        self.attempts: dict[str, int] = {}
+        # Results until acked, in the order they were made, by task id.
+        self.results: dict[str, Result] = {}
+        self.credits_owed = 0  # slots freed since the last ready
         self.refused = False  # the last hello was refused: repeat refusals are not errors again
+        self.stop_at: float | None = None  # draining until then (SIGTERM)
+        self.handed_back: dict[str, dict[str, Any]] = {}  # tasks received while draining
 
     # -- lifecycle ------------------------------------------------------------
 
     def initialize(self, now: float) -> None:
         self._connect(now)
 
+    def stop(self, now: float, grace: float) -> None:
+        """Take no more work; give running transfers ``grace`` seconds (see drained)."""
+        if self.stop_at is None:
+            self.stop_at = now + grace
+            LOG.info("stopping: %d running task(s) get %.0f s to finish", len(self.attempts), grace)
+
+    def drained(self, now: float) -> bool:
+        """Stopping, and nothing runs or waits for an ack any more (or the grace is over)."""
+        if self.stop_at is None:
+            return False
+        return now >= self.stop_at or (not self.pool.running_ids() and not self.results)
+
     def shutdown(self) -> None:
-        if self.sock is not None:
-            self._send("bye", {"reason": "shutdown"})
-        self._close()
+        """Say bye, handing back every attempt not finished; terminate the workers."""
+        back = [{"task_id": tid, "attempt": attempt} for tid, attempt in self.attempts.items()]
+        back += [{"task_id": b["task_id"], "attempt": b["attempt"]} for b in self.handed_back.values()]
+        if self.sock is not None and self.welcomed:
+            self._send("bye", {"reason": "shutdown", "handed_back": back[:protocol.MAX_ITEMS]})
+            if back:
+                LOG.info("handed %d unfinished task(s) back to the coordinator", len(back))
+        self._close(linger_ms=BYE_LINGER_MS)
         self.pool.shutdown()
 
     def step(self, now: float, timeout_ms: int = 100) -> None:
@@ -87,13 +131,8 @@ class AgentService:
         if self.sock is not None and self.sock.poll(timeout_ms, zmq.POLLIN):
             self._receive_all(now)
         for event in self.pool.poll(now):
-            self._on_pool_event(event)
-        if self.pending and self.welcomed and now >= self.retry_pending_at:
-            if self._flush_pending() and self.pool.free_slots() > 0:
-                # Results that had been held went out: their slots are credits again.
-                self._send("ready", {"credits": self.pool.free_slots()})
-            if self.pending:
-                self.retry_pending_at = now + PENDING_RETRY
+            self._on_pool_event(event, now)
+        self._send_results(now)
         if self.sock is None:
             return
         if self.liveness.expired(now):
@@ -104,8 +143,15 @@ class AgentService:
 
     # -- socket ---------------------------------------------------------------
 
+    def running(self) -> list[dict[str, Any]]:
+        """Every attempt this agent answers for: running workers, then held results."""
+        refs = [{"task_id": tid, "attempt": attempt} for tid, attempt in self.attempts.items()]
+        refs += [{"task_id": tid, "attempt": r.body["attempt"]} for tid, r in self.results.items()
+                 if tid not in self.attempts]
+        return refs[:protocol.MAX_ITEMS]
+
     def in_flight(self) -> list[str]:
-        return self.pool.running_ids() + [body["task_id"] for _, body in self.pending]
+        return [ref["task_id"] for ref in self.running()]
 
     def _connect(self, now: float) -> None:
         agent = self.conf.agent
@@ -117,22 +163,23 @@ class AgentService:
         # The coordinator gets three of our intervals to answer hello.
         self.liveness = Liveness(interval=self.heartbeat_interval, last_heard=now)
         self.next_heartbeat = now + self.heartbeat_interval
+        running = self.running()
         self._send("hello", {
             "region": self.region, "agent_id": self.agent_id, "capacity": self.capacity,
-            "version": __version__, "in_flight": self.in_flight(),
+            "version": __version__, "in_flight": [ref["task_id"] for ref in running], "running": running,
         })  # fmt: skip
         LOG.info("connecting to coordinator %s:%s as %s/%s", agent.coordinator_host, agent.coordinator_port,
                  self.region, self.agent_id)
 
-    def _close(self) -> None:
+    def _close(self, linger_ms: int = 0) -> None:
         if self.sock is not None:
-            self.sock.close(linger=0)
+            self.sock.close(linger=linger_ms)
             self.sock = None
         self.welcomed = False
 
     def _reconnect(self, now: float, why: str) -> None:
         delay = self.backoff.next_delay()
-        LOG.warning("%s; reconnecting in %.1f s with %d task(s) in flight", why, delay, len(self.in_flight()))
+        LOG.warning("%s; reconnecting in %.1f s with %d task(s) in flight", why, delay, len(self.running()))
         self._close()
         self.reconnect_at = now + delay
 
@@ -186,11 +233,19 @@ class AgentService:
         self.backoff.reset()
         # Judge the coordinator's liveness by the rate it promised to beat at.
         self.liveness = Liveness(interval=max(body["heartbeat_interval"], 0.1), last_heard=now)
-        delivered = self._flush_pending()
-        LOG.info("welcomed by the coordinator; %d result(s) delivered, %d free slot(s)", delivered,
+        for result in self.results.values():
+            result.resend_at = now  # every held result goes out again now
+        delivered = self._send_results(now)
+        LOG.info("welcomed by the coordinator; %d result(s) sent, %d free slot(s)", delivered,
                  self.pool.free_slots())
-        if self.pool.free_slots() > 0:
-            self._send("ready", {"credits": self.pool.free_slots()})
+        self.credits_owed = self.pool.free_slots()
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the coordinator about freed slots (never while stopping)."""
+        if self.credits_owed > 0 and self.welcomed and self.stop_at is None:
+            if self._send("ready", {"credits": min(self.credits_owed, protocol.MAX_CAPACITY)}):
+                self.credits_owed = 0
 
     def _on_disconnect(self, body: dict[str, Any], now: float) -> None:
         self._reconnect(now, f"coordinator said disconnect ({body.get('reason') or 'no reason'})")
@@ -214,46 +269,99 @@ class AgentService:
         self._close()
         self.reconnect_at = now + delay
 
+    def _on_result_ack(self, body: dict[str, Any], now: float) -> None:
+        result = self.results.get(body["task_id"])
+        if result is not None and result.body["attempt"] == body["attempt"]:
+            del self.results[body["task_id"]]
+
+    def _on_cancel(self, body: dict[str, Any], now: float) -> None:
+        task_id, attempt = body["task_id"], body["attempt"]
+        why = body.get("reason") or "no longer this agent's"
+        if self.attempts.get(task_id) == attempt:
+            LOG.warning("task %s attempt %d cancelled by the coordinator (%s): worker terminated",
+                        task_id, attempt, why)
+            self.pool.cancel(task_id, now)
+            del self.attempts[task_id]
+            self.credits_owed += 1
+            self._announce()
+        result = self.results.get(task_id)
+        if result is not None and result.body["attempt"] == attempt:
+            LOG.warning("result of task %s attempt %d dropped: cancelled (%s)", task_id, attempt, why)
+            del self.results[task_id]
+        self.handed_back.pop(task_id, None)
+
     def _on_task(self, body: dict[str, Any], now: float) -> None:
-        ref = {"task_id": body["task_id"], "attempt": body["attempt"]}
+        task_id, attempt = body["task_id"], body["attempt"]
+        ref = {"task_id": task_id, "attempt": attempt}
+        if self.stop_at is not None:
+            # Stopping: not started, handed back in the bye.
+            self.handed_back[task_id] = dict(body)
+            return
         self._send("ack", ref)
         if body["region"] != self.region:
             self._finish(ref, {"outcome": "failed", "retryable": False,
-                               "reason": f"task for region {body['region']} sent to an agent of {self.region}"})
+                               "reason": f"task for region {body['region']} sent to an agent of {self.region}"},
+                         now, freed=False)
             return
-        if self.pool.is_running(body["task_id"]):
-            LOG.info("task %s is already running here; attempt %s acknowledged", body["task_id"], body["attempt"])
+        if self._answered(task_id, attempt, now):
             return
         other = self.pool.running_image(body["image_id"])
         if other is not None:
             # Two workers on one image would write the same <image_id>.part: the
             # second waits for the coordinator's retry.
             self._finish(ref, {"outcome": "failed", "retryable": True,
-                               "reason": f"image {body['image_id']} is busy here with task {other}"})
+                               "reason": f"image {body['image_id']} is busy here with task {other}"},
+                         now, freed=False)
             return
         if self.pool.free_slots() <= 0:
             # More tasks than credits: refuse without giving a credit back.
-            failed = {**ref, "reason": "no free worker slot", "retryable": True}
-            if not self._send("failed", failed):
-                self._hold("failed", failed)
+            self._finish(ref, {"outcome": "failed", "reason": "no free worker slot", "retryable": True},
+                         now, freed=False)
             return
         try:
             self.pool.start(dict(body), now)
         except OSError as exc:  # no process could be started (fd or memory exhaustion)
-            self._finish(ref, {"outcome": "failed", "reason": f"cannot start a worker: {exc}", "retryable": True})
+            self._finish(ref, {"outcome": "failed", "reason": f"cannot start a worker: {exc}", "retryable": True},
+                         now, freed=False)
+            return
+        self.attempts[task_id] = attempt
+
+    def _answered(self, task_id: str, attempt: int, now: float) -> bool:
+        """One worker per task: a new attempt of a task running here (or with a held ``done``)
+        is answered by that worker or result, relabelled; never a second run."""
+        if task_id in self.attempts:
+            if attempt > self.attempts[task_id]:
+                LOG.info("task %s: attempt %d is answered by the worker of attempt %d still running here",
+                         task_id, attempt, self.attempts[task_id])
+                self.attempts[task_id] = attempt
+            return True
+        result = self.results.get(task_id)
+        if result is None or attempt <= result.body["attempt"]:
+            return result is not None
+        if result.msg_type == "failed":
+            # Superseded: the coordinator has moved on to a new attempt; run it.
+            del self.results[task_id]
+            return False
+        LOG.info("task %s: attempt %d is answered by the held result of attempt %d", task_id, attempt,
+                 result.body["attempt"])
+        result.body = {**result.body, "attempt": attempt}
+        result.resend_at = now
+        return True
 
     # -- worker events ------------------------------------------------------------
 
-    def _on_pool_event(self, event: PoolEvent) -> None:
-        task = event.task
-        ref = {"task_id": task["task_id"], "attempt": task["attempt"]}
+    def _on_pool_event(self, event: PoolEvent, now: float) -> None:
+        task_id = event.task["task_id"]
+        ref = {"task_id": task_id, "attempt": self.attempts.get(task_id, event.task["attempt"])}
         if event.kind == "progress":
             if self.welcomed:
                 self._send("progress", {**ref, **event.body})
             return
-        self._finish(ref, event.body)
+        if self.attempts.pop(task_id, None) is None:
+            return  # cancelled meanwhile
+        self._finish(ref, event.body, now)
 
-    def _finish(self, ref: dict[str, Any], result: dict[str, Any]) -> None:
+    def _finish(self, ref: dict[str, Any], result: dict[str, Any], now: float, freed: bool = True) -> None:
         if result.get("outcome") == "done":
             fields = ("size", "checksum", "os_hash_algo", "os_hash_value", "region_hash_algo", "region_hash_value",
                       "elapsed")
@@ -263,23 +371,27 @@ class AgentService:
             reason = str(result.get("reason") or "unknown failure")[:2000]
             msg_type, body = "failed", {**ref, "reason": reason, "retryable": bool(result.get("retryable"))}
             LOG.warning("task %s failed (retryable=%s): %s", ref["task_id"], body["retryable"], reason)
-        if not self.welcomed or self.pending or not self._send(msg_type, body):
-            # Not sendable now (no session, older results waiting, or the socket's
-            # queue full): keep it, in order, for the next healthy moment.
-            self._hold(msg_type, body)
-            return
-        self._send("ready", {"credits": 1})
+        # Kept until acked; sent now when the session is up (after older ones, in order).
+        self.results.pop(ref["task_id"], None)
+        self.results[ref["task_id"]] = Result(msg_type, body, resend_at=now)
+        while len(self.results) > MAX_PENDING_RESULTS:
+            del self.results[next(iter(self.results))]
+        self._send_results(now)
+        if freed:
+            self.credits_owed += 1
+            self._announce()
 
-    def _hold(self, msg_type: str, body: dict[str, Any]) -> None:
-        self.pending = [*self.pending, (msg_type, body)][-MAX_PENDING_RESULTS:]
-
-    def _flush_pending(self) -> int:
-        """Send held results in order until the socket refuses one; returns how many went."""
+    def _send_results(self, now: float) -> int:
+        """Send held results that are due, in order, until the socket refuses one."""
         sent = 0
-        while self.pending and self.welcomed:
-            msg_type, body = self.pending[0]
-            if not self._send(msg_type, body):
+        if not self.welcomed:
+            return sent
+        for result in self.results.values():
+            if result.resend_at > now:
+                continue
+            if not self._send(result.msg_type, result.body):
+                result.resend_at = now + REFUSED_RETRY
                 break
-            self.pending.pop(0)
+            result.resend_at = now + RESEND_SECONDS
             sent += 1
         return sent

@@ -17,10 +17,14 @@ intervals goes offline: it gets no work and stays listed for status, and if it
 speaks again without a new ``hello`` it is told to ``disconnect`` and say hello again,
 so that its credits are counted afresh.
 
-On ``hello``, tasks the journal shows assigned to that agent id but missing from
-``hello.in_flight`` went down with the agent's previous life: they return to their
-queue, and that counts as a retry (see ``TaskDesk.requeue_lapsed``).  Those still in
-flight keep their lease.
+On ``hello`` the attempts the agent runs (``hello.running``; ``in_flight`` ids of an
+older agent are taken as current attempts) are reconciled with the journal: one
+still the agent's (the current attempt, or an older one while the current attempt
+is held by the same agent, see glancesync.protocol's session rules) keeps its
+lease; any other is listed in ``Session.stale`` for the service to ``cancel``.
+Tasks the journal shows assigned to that agent id but not listed went down with the
+agent's previous life: they return to their queue, and that counts as a retry (see
+``TaskDesk.requeue_lapsed``).
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class Session:
     # The CURVE key (z85 public key, the ZAP User-Id) and its file name; None without CURVE.
     key: str | None = None
     key_name: str = ""
+    # Attempts the agent said it runs that are no longer its ({task_id, attempt}): to cancel.
+    stale: list[dict[str, Any]] = field(default_factory=list)
 
     def status(self) -> dict[str, Any]:
         """The agent entry of the status summary."""
@@ -140,7 +146,8 @@ class Agents:
         )
         session.liveness.heard(now)
         self._add(session)
-        self._adopt_tasks(session, set(body.get("in_flight") or ()), now)
+        running = body.get("running") or [{"task_id": tid, "attempt": None} for tid in body.get("in_flight") or ()]
+        self._adopt_tasks(session, running, now)
         self.renew(session, now, force=True)
         LOG.info("agent %s of region %s connected (capacity %d, %d tasks in flight%s)", agent_id, region,
                  session.capacity, len(session.tasks), f", key {key_name}" if key_name else "")
@@ -169,12 +176,22 @@ class Agents:
             victims[oldest.routing_id] = oldest
         return list(victims.values())
 
-    def _adopt_tasks(self, session: Session, in_flight: set[str], now: float) -> None:
-        """Keep the journal's tasks of this agent that it still runs; requeue the others."""
+    def _adopt_tasks(self, session: Session, running: list[dict[str, Any]], now: float) -> None:
+        """Keep the agent's attempts that are still its own, mark the others stale, requeue the lost."""
         agent_id, region = session.agent_id, session.region
-        for task in self.journal.agent_tasks(agent_id, region):
-            if task.task_id in in_flight:
+        kept: set[str] = set()
+        for ref in running:
+            task = self.journal.task(ref["task_id"])
+            attempt = ref["attempt"]
+            if (task is not None and task.agent_id == agent_id and task.region == region
+                    and task.state in (SyncState.ASSIGNED, SyncState.TRANSFERRING)
+                    and (attempt is None or attempt <= task.attempt)):
+                kept.add(task.task_id)
                 self._hold(session, task.task_id)
+            elif attempt is not None:
+                session.stale.append({"task_id": ref["task_id"], "attempt": attempt})
+        for task in self.journal.agent_tasks(agent_id, region):
+            if task.task_id in kept:
                 continue
             # Lost with the agent's previous life: counts as a retry, like a lapsed lease,
             # so a task that crashes its agent every time ends failed instead of looping.

@@ -16,6 +16,13 @@
    reconciler pass when one is due, and re-read the CURVE allow-list when it changed
    (checked every ``[curve] reload_interval``) or on SIGHUP.
 
+Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer whose connection is gone
+fails (EHOSTUNREACH) instead of vanishing; an agent's session then goes offline, and a
+task just handed to it is requeued without counting a retry.  ``done`` and ``failed``
+are answered with ``result_ack`` after the journal commit; a ``hello`` is answered with
+``welcome`` and a ``cancel`` for each attempt it lists that is no longer the agent's
+(doc/sessions.md).
+
 Every frame and every step is wrapped: bad input or a failing step is logged and the
 loop goes on.  No SQL here (journal.py) and no HTTP (registrar.py).
 """
@@ -114,6 +121,9 @@ class Service:
         self.agent_sock = transport.bind_server(self.context, zmq.ROUTER, c.bind_host, c.agent_port, self.conf)
         self.client_sock = transport.bind_server(
             self.context, zmq.ROUTER, c.bind_host, self.conf.sync_server_port, self.conf)
+        # A send to a peer that is gone raises EHOSTUNREACH instead of vanishing silently.
+        for sock in (self.agent_sock, self.client_sock):
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.poller.register(self.agent_sock, zmq.POLLIN)
         self.poller.register(self.client_sock, zmq.POLLIN)
         # Leases are wall-clock times in the journal: after a stop longer than lease_timeout
@@ -184,18 +194,34 @@ class Service:
             except Exception:
                 LOG.exception("frame from %s could not be handled", peer_name(frames[0]))
 
-    def _send(self, sock: zmq.Socket | None, envelope: list[bytes], payload: bytes) -> None:
+    def _send(self, sock: zmq.Socket | None, envelope: list[bytes], payload: bytes) -> bool:
+        """Hand one message to ``sock``; False (and one log line) when it cannot take it."""
         if sock is None:
-            return
+            return False
         try:
             sock.send_multipart([*envelope, payload], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
-            LOG.warning("cannot send to %s: %s", peer_name(envelope[0]), exc)
+            if exc.errno == zmq.EHOSTUNREACH:
+                LOG.info("peer %s is gone; message dropped", peer_name(envelope[0]))
+                if sock is self.agent_sock:
+                    self._unreachable(envelope[0])
+            else:
+                LOG.warning("cannot send to %s: %s", peer_name(envelope[0]), exc)
+            return False
+        return True
 
     # -- agent socket ------------------------------------------------------------------
 
-    def send_agent(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> None:
-        self._send(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
+    def send_agent(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> bool:
+        return self._send(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
+
+    def _unreachable(self, routing_id: bytes) -> None:
+        """The agent's connection is gone (ROUTER_MANDATORY): no more work for its session."""
+        session = self.agents.get(routing_id)
+        if session is not None:
+            LOG.warning("agent %s of region %s is offline: its connection is gone", session.agent_id,
+                        session.region)
+            self.agents.offline(session)
 
     def _agent_frame(self, frames: list[bytes], now: float, key: str | None = None) -> None:
         if len(frames) < 2:
@@ -211,7 +237,8 @@ class Service:
             self._send(self.agent_sock, [routing_id], protocol.error_reply(exc))
             ref, session = protocol.refused_report(payload), self.agents.get(routing_id)
             if ref is not None and session is not None:
-                self.tasks.refused(session, ref, f"the agent's report was refused: {exc}", now)
+                if self.tasks.refused(session, ref, f"the agent's report was refused: {exc}", now):
+                    self.send_agent(routing_id, "result_ack", ref)
             return
         peer = self._admitted(self.agent_sock, [routing_id], key, msg)
         if peer is None:
@@ -245,6 +272,14 @@ class Service:
         c = self.conf.coordinator
         self.send_agent(routing_id, "welcome",
                         {"heartbeat_interval": c.heartbeat_interval, "lease_timeout": c.lease_timeout})
+        session = self.agents.get(routing_id)
+        if session is None:  # gone before the welcome reached it
+            return
+        for ref in session.stale:
+            LOG.warning("agent %s of region %s runs task %s attempt %d, which is no longer its own: cancelled",
+                        session.agent_id, region, ref["task_id"], ref["attempt"])
+            self.send_agent(routing_id, "cancel", {**ref, "reason": "attempt no longer current for this agent"})
+        session.stale = []
 
     def _agent_message(self, session: Session, msg: protocol.Message, now: float) -> None:
         body = msg.body
@@ -254,12 +289,14 @@ class Service:
             self.tasks.ack(session, body, now)
         elif msg.type == "progress":
             self.tasks.progress(session, body, now)
-        elif msg.type == "done":
-            self.tasks.done(session, body, now)
-        elif msg.type == "failed":
-            self.tasks.failed(session, body, now)
+        elif msg.type in ("done", "failed"):
+            settled = (self.tasks.done if msg.type == "done" else self.tasks.failed)(session, body, now)
+            if settled:  # journaled (or stale): the agent may forget it
+                self.send_agent(session.routing_id, "result_ack",
+                                {"task_id": body["task_id"], "attempt": body["attempt"]})
         elif msg.type == "bye":
             LOG.info("agent %s of region %s said bye: %s", session.agent_id, session.region, body["reason"])
+            self.tasks.handed_back(session, body["handed_back"], now)
             self.agents.offline(session)
 
     # -- client socket --------------------------------------------------------------------

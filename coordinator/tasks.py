@@ -3,6 +3,10 @@
 Every report names a task and an attempt; the journal accepts it only while that
 attempt is current (compare-and-set), so a late ``done`` of an attempt whose lease
 lapsed, or a duplicate report, raises ``StaleAttempt`` and is dropped with a log line.
+One exception, a session rule of glancesync.protocol: a ``done`` or ``progress`` of
+an older attempt counts for the current one when the same agent holds it (an agent
+runs one worker per task).  ``done`` and ``failed`` return whether the report is
+settled (journaled or stale), i.e. whether the agent may forget it (``result_ack``).
 
 Lifecycle of a handed-out task::
 
@@ -37,7 +41,9 @@ from glancesync.liveness import retry_delay
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
-Send = Callable[[bytes, str, dict[str, Any]], None]
+# Sends one message to an agent; False when it could not be handed to the socket.
+Send = Callable[[bytes, str, dict[str, Any]], bool]
+_HELD = (SyncState.ASSIGNED, SyncState.TRANSFERRING)
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,17 @@ class TaskDesk:
                     "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
                     "source": task.payload.get("source")}
             try:
-                send(session.routing_id, "task", body)
+                sent = send(session.routing_id, "task", body)
             except ProtocolError as exc:
                 LOG.error("task %s cannot be sent: %s", task.task_id, exc)
                 self.journal.fail(task.task_id, task.attempt, f"task cannot be sent: {exc}", now,
                                   lambda _retries: None)
                 continue
+            if not sent:
+                # The agent is gone (or its queue is full): nobody got the task, no retry burnt.
+                self.journal.requeue(task.task_id, task.attempt, now,
+                                     f"agent {session.agent_id} could not be reached")
+                break
             self.agents.took(session, task.task_id)
             given += 1
             LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s", task.task_id, task.kind,
@@ -100,75 +111,92 @@ class TaskDesk:
 
     # -- agent reports -------------------------------------------------------------------
 
-    def _owned(self, session: Session, body: dict[str, Any]) -> bool:
+    def _attempt(self, session: Session, body: dict[str, Any], older: bool = False) -> int:
+        """The current attempt ``body`` reports on for ``session``, or StaleAttempt.
+
+        ``older``: a report of an older attempt counts for the current one when this
+        agent holds it (one worker per task: it is the same worker's).
+        """
         task = self.journal.task(body["task_id"])
-        if (task is None or task.agent_id != session.agent_id or task.region != session.region
-                or task.attempt != body["attempt"]):
-            return False
-        return True
+        if task is not None and task.agent_id == session.agent_id and task.region == session.region:
+            if task.attempt == body["attempt"]:
+                return task.attempt
+            if older and body["attempt"] < task.attempt and task.state in _HELD:
+                LOG.info("task %s: report of attempt %d from agent %s counts for attempt %d, which it holds",
+                         task.task_id, body["attempt"], session.agent_id, task.attempt)
+                return task.attempt
+        raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
 
     def ack(self, session: Session, body: dict[str, Any], now: float) -> None:
         try:
-            if not self._owned(session, body):
-                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
-            self.journal.ack(body["task_id"], body["attempt"], now)
+            self.journal.ack(body["task_id"], self._attempt(session, body), now)
         except StaleAttempt:
             self._stale("ack", body, session)
 
     def progress(self, session: Session, body: dict[str, Any], now: float) -> None:
         try:
-            if not self._owned(session, body):
-                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
-            self.journal.progress(body["task_id"], body["attempt"], body["bytes_done"], body["bytes_total"], now)
+            self.journal.progress(body["task_id"], self._attempt(session, body, older=True), body["bytes_done"],
+                                  body["bytes_total"], now)
         except StaleAttempt:
             self._stale("progress", body, session)
         except JournalError as exc:  # progress is a hint: the next one, or done, brings it up to date
             LOG.warning("progress of task %s not journaled: %s", body["task_id"], exc)
 
     def _lost_report(self, what: str, body: dict[str, Any], exc: JournalError) -> None:
-        # The agent sends done / failed once. Stop renewing the lease, so the task lapses
-        # and is redone instead of staying with an agent that has finished with it.
-        LOG.error("%s of task %s attempt %s not journaled (%s); the task is redone once its lease lapses",
+        # Not acked: the agent sends it again. Stop renewing the lease meanwhile, so the
+        # task is redone if the journal stays unable to take it.
+        LOG.error("%s of task %s attempt %s not journaled (%s); not acked, the agent sends it again",
                   what, body["task_id"], body["attempt"], exc)
         self.agents.released(body["task_id"])
 
-    def done(self, session: Session, body: dict[str, Any], now: float) -> None:
+    def done(self, session: Session, body: dict[str, Any], now: float) -> bool:
         try:
-            if not self._owned(session, body):
-                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
-            task = self.journal.done(body["task_id"], body["attempt"], dict(body), now)
+            attempt = self._attempt(session, body, older=True)
+            task = self.journal.done(body["task_id"], attempt, {**body, "attempt": attempt}, now)
         except StaleAttempt:
             self._stale("done", body, session)
-            return
+            return True
         except JournalError as exc:
             self._lost_report("done", body, exc)
-            return
+            return False
         self.agents.released(task.task_id)
         LOG.info("task %s (%s %s -> %s) done by agent %s", task.task_id, task.kind, task.image_id,
                  task.region, session.agent_id)
         if task.state == SyncState.REGISTERING:
             self.register(task)
+        return True
 
-    def failed(self, session: Session, body: dict[str, Any], now: float) -> None:
+    def failed(self, session: Session, body: dict[str, Any], now: float) -> bool:
         try:
-            if not self._owned(session, body):
-                raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
-            self._fail(body["task_id"], body["attempt"], body["reason"], body["retryable"], now)
+            self._fail(body["task_id"], self._attempt(session, body), body["reason"], body["retryable"], now)
         except StaleAttempt:
             self._stale("failed", body, session)
-            return
+            return True
         except JournalError as exc:
             self._lost_report("failed", body, exc)
-            return
+            return False
         self.agents.released(body["task_id"])
+        return True
 
-    def refused(self, session: Session, ref: dict[str, Any], reason: str, now: float) -> None:
+    def handed_back(self, session: Session, refs: list[dict[str, Any]], now: float) -> None:
+        """A stopping agent gives these attempts back unfinished: requeued, no retry counted."""
+        for ref in refs:
+            try:
+                attempt = self._attempt(session, ref)
+                self.journal.requeue(ref["task_id"], attempt, now, f"handed back by agent {session.agent_id}")
+            except StaleAttempt:
+                continue
+            self.agents.released(ref["task_id"])
+            LOG.info("task %s attempt %d handed back by agent %s: back in the queue", ref["task_id"], attempt,
+                     session.agent_id)
+
+    def refused(self, session: Session, ref: dict[str, Any], reason: str, now: float) -> bool:
         """A ``done`` or ``failed`` of ``ref`` that broke the protocol: that attempt failed.
 
         The agent has finished with the task and will not report it again; without
         this the task would stay handed out, its lease renewed by every heartbeat.
         """
-        self.failed(session, {**ref, "reason": reason, "retryable": True}, now)
+        return self.failed(session, {**ref, "reason": reason, "retryable": True}, now)
 
     def _fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,
               backoff: bool = True) -> None:

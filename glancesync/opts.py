@@ -292,6 +292,16 @@ agent_opts = [
         min=0.1,
         help="Seconds between two progress reports of a running transfer (also sent every 5%).",
     ),
+    cfg.FloatOpt(
+        "stop_grace",
+        default=30.0,
+        min=0.0,
+        help="Seconds a stopping agent (SIGTERM) gives its running transfers to finish and their "
+        "results to be acknowledged. It takes no new work meanwhile; what is still running when the "
+        "time is up is terminated and handed back to the coordinator in the agent's bye, which "
+        "requeues it without counting a retry. Keep it below the service manager's stop timeout "
+        "(TimeoutStopSec=60s in the shipped systemd unit). A second signal stops at once.",
+    ),
 ]
 
 curve_opts = [

@@ -13,17 +13,44 @@ are ignored; optional fields an older sender leaves out get their defaults.
 The dialogs, as grammars (C = coordinator, A = agent, P = glance_proxy sender,
 S = status client)::
 
-    agent session   A: hello  C: welcome
-                    ( A: ready | C: task  A: ack  A: progress*  A: done | A: failed
-                      | A: heartbeat | C: heartbeat )*
-                    C: disconnect  -> A says hello again on a fresh socket
+    agent session   A: hello  C: welcome  C: cancel*
+                    ( A: ready | C: task  A: ack  A: progress*  report
+                      | C: cancel | A: heartbeat | C: heartbeat )*
+                    ( A: bye | C: disconnect  -> A says hello again on a fresh socket )
+    report          ( A: done | A: failed )+  C: result_ack
     event           P: event  C: event_ack | C: error
     status          S: status_query  C: status_reply | C: error
 
 ``ready.credits`` adds that many free slots to the agent's credit; each ``task``
-consumes one.  ``hello.in_flight`` lists the task ids the agent is still running
-so a reconnecting agent keeps its leases.  Any message from a peer counts as a
-heartbeat.  ``failed.retryable`` false means: do not try again without a change.
+consumes one.  Any message from a peer counts as a heartbeat.
+``failed.retryable`` false means: do not try again without a change.
+
+The session rules (doc/sessions.md):
+
+- one worker per task: an agent runs at most one attempt of a task.  A ``task``
+  for a task it already runs (or holds an unacked ``done`` of) is acked and not
+  started again: that worker, or that result, now answers for the new attempt.
+- a ``done`` or ``progress`` for an *older* attempt of a task whose current
+  attempt is held (assigned or transferring) by the same agent is taken as the
+  current attempt's: by the rule above it comes from the same worker, and the
+  registration verifies the copy against glance whatever the attempt.  Any other
+  report (and every ``ack`` and ``failed``) of an attempt that is not current is
+  stale and changes nothing.
+- ``hello.running`` lists ``{task_id, attempt}`` of every attempt the agent still
+  runs or holds an unacknowledged result of (``hello.in_flight``: the same ids, for
+  coordinators that predate ``running``; from an agent without ``running`` the ids
+  are taken as the current attempts).  The coordinator keeps the lease of each
+  listed attempt that is (by the rule above) still the agent's, answers ``cancel``
+  for each other one (the agent terminates that worker and forgets its result),
+  and requeues, as a retry, its tasks the agent did not list.
+- every ``done`` and ``failed`` is answered with ``result_ack`` once the journal
+  has it (or it was stale); the agent keeps the result and sends it again after
+  every ``welcome`` and every few seconds (``agent.service.RESEND_SECONDS``) until
+  acked.  A resent report of an attempt already finished is acked again and
+  changes nothing.  A stopping agent takes no new work (a ``task`` it gets then is
+  not started, and not acked).
+- ``bye.handed_back`` lists the attempts a stopping agent gives back unfinished:
+  they return to their queue at once without counting a retry.
 
 What a field may hold, whoever sent it:
 
@@ -216,6 +243,17 @@ _TASK_REF = {
     "attempt": Field(_INT, check=_count(1, MAX_ATTEMPT)),
 }
 
+
+def _task_refs(value: Any) -> bool:
+    """a list of {task_id, attempt} maps"""
+    try:
+        return all(isinstance(item, dict) and _check_body("ack", item) is not None for item in value)
+    except ProtocolError:
+        return False
+
+
+_REFS = Field(_LIST, required=False, default=(), check=_task_refs)
+
 SCHEMAS: dict[str, dict[str, Field]] = {
     # agent -> coordinator
     "hello": {
@@ -224,6 +262,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "capacity": Field(_INT, check=_count(1, MAX_CAPACITY)),
         "version": Field(_STR, check=_NAME),
         "in_flight": Field(_LIST, required=False, default=(), check=_labels(MAX_ID)),
+        # The attempts behind in_flight; older agents leave it out.
+        "running": _REFS,
     },
     "ready": {"credits": Field(_INT, check=_count(1, MAX_CAPACITY))},
     "ack": dict(_TASK_REF),
@@ -253,7 +293,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "retryable": Field(_BOOL),
     },
     "heartbeat": {},
-    "bye": {"reason": Field(_STR, required=False, default="")},
+    "bye": {"reason": Field(_STR, required=False, default=""), "handed_back": _REFS},
     # coordinator -> agent
     "welcome": {
         "heartbeat_interval": Field(_NUM, check=_seconds(0.0, inclusive=False)),
@@ -272,6 +312,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "source": Field(_MAP, required=False, nullable=True),
     },
     "disconnect": {"reason": Field(_STR, required=False, default="")},
+    # The coordinator has the report of this attempt (or it was stale): stop resending it.
+    "result_ack": dict(_TASK_REF),
+    # This attempt is no longer the agent's: terminate its worker, drop its result.
+    "cancel": {**_TASK_REF, "reason": Field(_STR, required=False, default="")},
     # glance_proxy -> coordinator
     "event": {
         "event_id": Field(_STR, check=_ID),

@@ -41,6 +41,7 @@ class FakePool:
         self.running: dict[str, dict[str, Any]] = {}
         self.events: list[PoolEvent] = []
         self.shut = False
+        self.cancelled: list[str] = []
 
     def free_slots(self) -> int:
         return self.workers - len(self.running)
@@ -56,6 +57,10 @@ class FakePool:
 
     def start(self, task: dict[str, Any], now: float) -> None:
         self.running[task["task_id"]] = task
+
+    def cancel(self, task_id: str, now: float) -> None:
+        self.running.pop(task_id, None)
+        self.cancelled.append(task_id)
 
     def progress(self, task_id: str, done: int, total: int) -> None:
         self.events.append(PoolEvent("progress", self.running[task_id], {"bytes_done": done, "bytes_total": total}))

@@ -95,6 +95,43 @@ def test_start_refuses_beyond_capacity():
         pool.shutdown()
 
 
+def test_a_worker_outlives_a_stop_signal_sent_to_the_group_even_during_its_start(tmp_path):
+    pid_file = tmp_path / "pid"
+    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file))
+    try:
+        pool.start(task(), time.monotonic())
+        os.kill(pool.running["t1"].process.pid, signal.SIGTERM)  # at once: the worker is still starting
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the worker died of the SIGTERM"
+            assert pool.running["t1"].process.is_alive(), "the worker died of the SIGTERM"
+            time.sleep(0.05)
+        assert pool.poll(time.monotonic()) == [] and pool.running_ids() == ["t1"]
+    finally:
+        pool.shutdown()
+
+
+def test_a_cancelled_worker_is_terminated_and_reports_nothing(tmp_path):
+    pid_file = tmp_path / "pid"
+    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file))
+    try:
+        pool.start(task(), time.monotonic())
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pid = int(pid_file.read_text())
+        pool.cancel("t1", time.monotonic())
+        assert pool.free_slots() == 1 and pool.running_ids() == []
+        deadline = time.monotonic() + 60
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"worker {pid} still runs"
+            assert pool.poll(time.monotonic()) == []  # no result for a cancelled attempt
+            time.sleep(0.05)
+    finally:
+        pool.shutdown()
+
+
 # A stand-in agent: starts one stuck worker, then waits to be killed.
 _AGENT_SCRIPT = """
 import sys, time

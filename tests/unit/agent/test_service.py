@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import zmq
 
+from agent import service as agent_service
 from agent.service import AgentService
 from glancesync import protocol
 from tests.unit.agent.helpers import FakePool, make_conf
@@ -241,8 +242,9 @@ def test_result_dropped_by_a_full_socket_is_resent_once_the_session_is_healthy(s
     full.full = False
     failed = coord.expect(service, "failed", 1.3)
     assert failed.body["task_id"] == "t1" and failed.body["reason"] == "boom"
-    assert coord.expect(service, "ready", 1.3).body["credits"] == 2
-    assert service.in_flight() == []
+    assert service.in_flight() == ["t1"]  # kept until the coordinator acknowledges it
+    coord.send("result_ack", {"task_id": "t1", "attempt": 1})
+    assert until(service, 1.4, lambda: service.in_flight() == [])
     service.sock = full.sock
 
 
@@ -281,3 +283,120 @@ def test_a_refused_hello_is_one_error_then_retried_with_backoff(session, caplog)
     coord.send("welcome", {"heartbeat_interval": 1.0, "lease_timeout": 10.0})
     assert coord.expect(service, "ready", now + 0.1).body["credits"] == 2
     assert service.welcomed and not service.refused
+
+
+# -- session faults ------------------------------------------------------------------------------
+
+
+def until(service: AgentService, now: float, condition) -> bool:
+    """Step the agent at ``now`` until ``condition()`` holds (a message may take a moment to arrive)."""
+    for _ in range(50):
+        service.step(now, timeout_ms=20)
+        if condition():
+            return True
+    return False
+
+
+def started(coord, service, body, now: float = 0.1) -> None:
+    coord.send("task", body)
+    coord.expect(service, "ack", now)
+
+
+def test_hello_names_the_attempt_of_every_running_task(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    started(coord, service, {**task_body(), "attempt": 3})
+    coord.send("disconnect", {"reason": "test"})
+    assert until(service, 0.2, lambda: service.sock is None)
+    hello = coord.expect(service, "hello", 5.0)
+    assert hello.body["running"] == [{"task_id": "t1", "attempt": 3}] and hello.body["in_flight"] == ["t1"]
+
+
+def test_a_new_attempt_of_a_running_task_is_answered_by_the_running_worker(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    started(coord, service, task_body())
+    coord.send("task", {**task_body(), "attempt": 2})
+    assert coord.expect(service, "ack", 0.2).body["attempt"] == 2
+    assert list(pool.running) == ["t1"] and pool.running["t1"]["attempt"] == 1  # not started twice
+    pool.finish("t1", {"outcome": "done", "size": 100})
+    done = coord.expect(service, "done", 0.3)
+    assert (done.body["task_id"], done.body["attempt"]) == ("t1", 2)
+
+
+def test_a_new_attempt_of_a_task_whose_done_is_unacked_is_answered_by_that_done(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    started(coord, service, task_body())
+    pool.finish("t1", {"outcome": "done", "size": 100})
+    assert coord.expect(service, "done", 0.2).body["attempt"] == 1
+    coord.send("task", {**task_body(), "attempt": 2})
+    done = coord.expect(service, "done", 0.3)
+    assert done.body["attempt"] == 2 and pool.running == {}
+
+
+def test_cancel_terminates_the_worker_of_that_attempt_only(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    started(coord, service, {**task_body(), "attempt": 2})
+    coord.send("cancel", {"task_id": "t1", "attempt": 1})  # an older attempt: not this worker
+    coord.send("heartbeat", {})
+    assert until(service, 1.1, lambda: service.liveness.last_heard == 1.1)
+    assert pool.cancelled == [] and service.in_flight() == ["t1"]
+    coord.send("cancel", {"task_id": "t1", "attempt": 2})
+    assert coord.expect(service, "ready", 1.2).body["credits"] == 1  # its slot is free again
+    assert pool.cancelled == ["t1"] and service.in_flight() == []
+
+
+def test_results_are_resent_until_acked(session, monkeypatch):
+    coord, service, pool = session
+    monkeypatch.setattr(agent_service, "RESEND_SECONDS", 2.0)  # within the coordinator's liveness
+    welcome(coord, service)
+    started(coord, service, task_body())
+    pool.finish("t1", {"outcome": "failed", "reason": "boom", "retryable": True})
+    assert coord.expect(service, "failed", 0.2).body["task_id"] == "t1"
+    resend = 0.2 + agent_service.RESEND_SECONDS
+    assert coord.expect(service, "failed", resend).body["task_id"] == "t1"  # no ack: again
+    coord.send("result_ack", {"task_id": "t1", "attempt": 1})
+    assert until(service, resend + 0.1, lambda: service.results == {})
+    # A fresh session gets every unacked result again after its welcome.
+    started(coord, service, task_body("t2"), resend + 0.2)
+    pool.finish("t2", {"outcome": "done", "size": 100})
+    coord.expect(service, "done", resend + 0.3)
+    coord.send("disconnect", {"reason": "coordinator restarting"})
+    assert until(service, resend + 0.4, lambda: service.sock is None)
+    hello = coord.expect(service, "hello", resend + 5.0)
+    assert hello.body["running"] == [{"task_id": "t2", "attempt": 1}]
+    coord.send("welcome", {"heartbeat_interval": 1.0, "lease_timeout": 10.0})
+    assert coord.expect(service, "done", resend + 5.1).body["task_id"] == "t2"
+
+
+def test_stop_lets_running_work_finish_and_hands_back_the_rest(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    coord.expect(service, "ready", 0.1)
+    started(coord, service, task_body("t1"))
+    service.stop(1.0, grace=30.0)
+    coord.send("task", {**task_body("t2"), "image_id": "bbbbbbbb-0000-4000-8000-000000000002"})
+    service.step(1.1, timeout_ms=50)
+    assert list(pool.running) == ["t1"] and not service.drained(1.1)  # t2 is not started
+    pool.finish("t1", {"outcome": "done", "size": 100})
+    coord.expect(service, "done", 1.2)
+    assert not service.drained(1.2)  # its done is not acked yet
+    coord.send("result_ack", {"task_id": "t1", "attempt": 1})
+    assert until(service, 1.3, lambda: service.drained(1.3))
+    service.shutdown()
+    bye = coord.expect(service, "bye", 1.4, steps=1)
+    assert bye.body["handed_back"] == [{"task_id": "t2", "attempt": 1}]
+
+
+def test_at_the_end_of_the_grace_running_tasks_are_handed_back(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    started(coord, service, task_body("t1"))
+    service.stop(1.0, grace=5.0)
+    service.step(2.0, timeout_ms=0)
+    assert not service.drained(2.0) and service.drained(6.0)
+    service.shutdown()
+    bye = coord.expect(service, "bye", 6.1, steps=1)
+    assert bye.body["handed_back"] == [{"task_id": "t1", "attempt": 1}] and pool.shut

@@ -175,17 +175,33 @@ def test_done_for_a_regional_image_with_other_bytes_is_not_registered(ctx, servi
     assert "checksum mismatch" in journal.task(task["task_id"]).last_error
 
 
-def test_lapsed_lease_requeues_and_a_late_done_is_ignored(ctx, service, journal, client) -> None:
+def test_lapsed_lease_requeues_and_a_late_done_of_another_agent_is_ignored(ctx, service, journal, client) -> None:
     sock, task = run_copy(ctx, service)
     later = NOW + 11  # past lease_timeout (10 s); the silent agent also goes offline
     pump(service, later, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
-    again = agent(ctx, service, credits=1, now=later)
+    again = agent(ctx, service, agent_id="a2", credits=1, now=later)
     second = receive(again, service, later, "task").body
     assert second["task_id"] == task["task_id"] and second["attempt"] == 2
-    again.send(protocol.encode("done", report(task)))  # attempt 1: stale
+    sock.send(protocol.encode("done", report(task)))  # attempt 1 of a1: stale
     pump(service, later)
     assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
     assert client.images.added == []
+
+
+def test_a_done_of_an_older_attempt_counts_when_the_same_agent_holds_the_current_one(ctx, service, journal,
+                                                                                   client) -> None:
+    sock, task = run_copy(ctx, service)
+    later = NOW + 11
+    pump(service, later, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
+    again = agent(ctx, service, credits=1, now=later)
+    second = receive(again, service, later, "task").body
+    assert second["attempt"] == 2
+    again.send(protocol.encode("ack", {"task_id": task["task_id"], "attempt": 2}))
+    again.send(protocol.encode("done", report(task)))  # attempt 1, the same worker: not lost
+    ack = receive(again, service, later, "result_ack").body
+    assert ack == {"task_id": task["task_id"], "attempt": 1}
+    pump(service, later, lambda: state(journal) == "synced")
+    assert journal.task(task["task_id"]).retries == 1  # the one lapse, nothing more
 
 
 def bye(service: Service, sock: zmq.Socket, now: float = NOW) -> None:
@@ -608,3 +624,86 @@ def test_a_hello_for_a_region_the_store_map_does_not_name_is_refused(ctx, servic
                                         "version": "t"}))
     assert receive(sock, service, NOW, "error").body["code"] == "unknown_region"
     assert service.agents.sessions == {}
+
+
+# -- session faults: reconcile on hello, acked results, mandatory routes, hand-back ----------------
+
+
+def hello_running(ctx, service, running, now: float, agent_id: str = "a1") -> zmq.Socket:
+    sock = dealer(ctx, service.conf.coordinator.agent_port)
+    sock.send(protocol.encode("hello", {"region": "RegionOne", "agent_id": agent_id, "capacity": 2,
+                                        "version": "t", "in_flight": [r["task_id"] for r in running],
+                                        "running": running}))
+    receive(sock, service, now, "welcome")
+    return sock
+
+
+def test_hello_cancels_an_attempt_that_is_no_longer_the_agents(ctx, service, journal) -> None:
+    # The partition: the agent was cut off past lease_timeout, its task went back to the queue.
+    sock, task = run_copy(ctx, service)
+    later = NOW + 11
+    pump(service, later, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
+    again = hello_running(ctx, service, [{"task_id": task["task_id"], "attempt": 1}], later)
+    cancel = receive(again, service, later, "cancel").body
+    assert (cancel["task_id"], cancel["attempt"]) == (task["task_id"], 1)
+
+
+def test_hello_keeps_the_lease_of_an_attempt_still_current(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    bye(service, sock)
+    again = hello_running(ctx, service, [{"task_id": task["task_id"], "attempt": 1}], NOW + 1)
+    row = journal.task(task["task_id"])
+    assert row.state == SyncState.ASSIGNED and row.retries == 0 and row.lease_expires == NOW + 11
+    pump(service, NOW + 1)
+    assert receive_all(again, "cancel") == []
+
+
+def test_done_and_failed_are_acked_after_the_journal_and_a_resent_one_changes_nothing(ctx, service,
+                                                                                    journal) -> None:
+    sock, task = run_copy(ctx, service)
+    ref = {"task_id": task["task_id"], "attempt": 1}
+    sock.send(protocol.encode("done", report(task)))
+    assert receive(sock, service, NOW, "result_ack").body == ref
+    pump(service, NOW, lambda: state(journal) == "synced")
+    sock.send(protocol.encode("done", report(task)))  # resent after a lost ack
+    assert receive(sock, service, NOW, "result_ack").body == ref
+    assert state(journal) == "synced" and journal.task(task["task_id"]).retries == 0
+
+
+def test_a_done_the_journal_cannot_take_is_not_acked(ctx, service, journal, monkeypatch) -> None:
+    sock, task = run_copy(ctx, service)
+    failing_once(monkeypatch, service.journal, "done")
+    sock.send(protocol.encode("done", report(task)))
+    pump(service, NOW)
+    assert receive_all(sock, "result_ack") == []
+    sock.send(protocol.encode("done", report(task)))  # the agent's resend
+    assert receive(sock, service, NOW, "result_ack").body["task_id"] == task["task_id"]
+    pump(service, NOW, lambda: state(journal) == "synced")
+
+
+def test_a_task_for_an_agent_whose_connection_is_gone_is_requeued_without_a_retry(ctx, service,
+                                                                                 journal) -> None:
+    monitor = service.agent_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    try:
+        sock = agent(ctx, service, credits=1)
+        rid = next(iter(service.agents.sessions))
+        sock.close(linger=0)
+        assert monitor.poll(10_000), "the coordinator never saw the agent's connection close"
+        send_event(ctx, service)
+        pump(service, NOW, lambda: planned(service) and service.agents.get(rid) is None)
+    finally:
+        service.agent_sock.disable_monitor()
+        monitor.close(linger=0)
+    row = journal.dispatchable("RegionOne", NOW)[0]
+    assert row.retries == 0 and "could not be reached" in row.last_error
+
+
+def test_bye_hands_back_unfinished_tasks_without_a_retry(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    sock.send(protocol.encode("ack", {"task_id": task["task_id"], "attempt": 1}))
+    pump(service, NOW, lambda: state(journal) == "transferring")
+    sock.send(protocol.encode("bye", {"reason": "shutdown",
+                                      "handed_back": [{"task_id": task["task_id"], "attempt": 1}]}))
+    pump(service, NOW, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
+    row = journal.task(task["task_id"])
+    assert row.retries == 0 and "handed back" in row.last_error

@@ -16,7 +16,8 @@ IMAGE_ID = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
 # One valid body per message type; the test below fails when a type is added
 # to SCHEMAS without an example here.
 VALID: dict[str, dict[str, Any]] = {
-    "hello": {"region": "RegionOne", "agent_id": "a1", "capacity": 2, "version": "0.1.0", "in_flight": ["t-9"]},
+    "hello": {"region": "RegionOne", "agent_id": "a1", "capacity": 2, "version": "0.1.0", "in_flight": ["t-9"],
+              "running": [{"task_id": "t-9", "attempt": 3}]},
     "ready": {"credits": 2},
     "ack": dict(TASK_REF),
     "progress": {**TASK_REF, "bytes_done": 10, "bytes_total": 100},
@@ -32,7 +33,7 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "failed": {**TASK_REF, "reason": "sftp: connection reset", "retryable": True},
     "heartbeat": {},
-    "bye": {"reason": "shutting down"},
+    "bye": {"reason": "shutting down", "handed_back": [{"task_id": "t-9", "attempt": 3}]},
     "welcome": {"heartbeat_interval": 5.0, "lease_timeout": 60},
     "task": {
         **TASK_REF,
@@ -43,6 +44,8 @@ VALID: dict[str, dict[str, Any]] = {
         "source": {"type": "sftp", "path": f"/var/lib/glance/images/{IMAGE_ID}"},
     },
     "disconnect": {"reason": "coordinator restarting"},
+    "result_ack": dict(TASK_REF),
+    "cancel": {**TASK_REF, "reason": "attempt no longer current"},
     "event": {
         "event_id": "e-1",
         "kind": "uploaded",
@@ -94,14 +97,14 @@ def test_encode_gives_fresh_ids() -> None:
 
 def test_optional_fields_get_defaults() -> None:
     hello = protocol.decode(protocol.encode("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1"}))
-    assert hello.body["in_flight"] == []
+    assert hello.body["in_flight"] == [] and hello.body["running"] == []
     done = protocol.decode(protocol.encode("done", TASK_REF))
     assert done.body["size"] is None and done.body["checksum"] is None and done.body["elapsed"] == 0.0
     # An agent from before region hashes: the fields read as absent.
     assert done.body["region_hash_algo"] is None and done.body["region_hash_value"] is None
     event = protocol.decode(protocol.encode("event", {"event_id": "e", "kind": "deleted", "image_id": IMAGE_ID}))
     assert event.body["changes"] == [] and event.body["context"] is None and event.body["occurred_at"] == 0.0
-    assert protocol.decode(protocol.encode("bye")).body == {"reason": ""}
+    assert protocol.decode(protocol.encode("bye")).body == {"reason": "", "handed_back": []}
 
 
 def test_unknown_extra_fields_are_ignored() -> None:
@@ -295,6 +298,10 @@ HELLO = VALID["hello"]
         ("hello", {**HELLO, "agent_id": "a\x1b[2J"}, "agent_id"),
         ("hello", {**HELLO, "in_flight": ["t"] * (protocol.MAX_ITEMS + 1)}, "in_flight"),
         ("hello", {**HELLO, "in_flight": ["t" * (protocol.MAX_ID + 1)]}, "in_flight"),
+        ("hello", {**HELLO, "running": [{"task_id": "t", "attempt": 0}]}, "running"),
+        ("hello", {**HELLO, "running": [{"task_id": "t\x00", "attempt": 1}]}, "running"),
+        ("hello", {**HELLO, "running": ["t"]}, "running"),
+        ("bye", {"handed_back": [{"task_id": "t"}]}, "handed_back"),
         ("event", {**VALID["event"], "event_id": "e" * (protocol.MAX_ID + 1)}, "event_id"),
         ("event", {**VALID["event"], "changes": ["n" * (protocol.MAX_NAME + 1)]}, "changes"),
         ("ack", {"task_id": "t\x00", "attempt": 1}, "task_id"),
@@ -321,7 +328,7 @@ def test_null_is_absent_for_optional_fields() -> None:
     assert event.body["changes"] == [] and event.body["occurred_at"] == 0.0
     done = protocol.decode(envelope(type="done", body={**TASK_REF, "elapsed": None}))
     assert done.body["elapsed"] == 0.0
-    assert protocol.decode(envelope(type="bye", body={"reason": None})).body == {"reason": ""}
+    assert protocol.decode(envelope(type="bye", body={"reason": None})).body == {"reason": "", "handed_back": []}
 
 
 def test_null_is_kept_where_it_is_a_value() -> None:
