@@ -72,6 +72,7 @@ def command(store: SshStore, binary: str, connect_timeout: float, image_id: str 
     destination = f"[{host}]" if ":" in host else host
     options = {
         "BatchMode": "yes",
+        "LogLevel": "ERROR",
         "StrictHostKeyChecking": "yes",
         "UserKnownHostsFile": store.known_hosts_file,
         "GlobalKnownHostsFile": "/dev/null",
@@ -90,7 +91,7 @@ def command(store: SshStore, binary: str, connect_timeout: float, image_id: str 
         "ServerAliveInterval": str(ALIVE_INTERVAL),
         "ServerAliveCountMax": str(ALIVE_COUNT),
     }
-    argv = [binary, "-q", "-F", "/dev/null", "-b", "-", "-P", str(store.port)]
+    argv = [binary, "-F", "/dev/null", "-b", "-", "-P", str(store.port)]
     for key, value in options.items():
         argv += ["-o", f"{key}={value}"]
     return [*argv, destination]
