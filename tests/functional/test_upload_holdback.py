@@ -58,8 +58,8 @@ def run_copy(topology: Topology, store_map: storemap.StoreMap, image: dict, regi
 
 def fetch_then(change):
     """transfer.fetch that verifies the stream as usual, then lets ``change`` rewrite the .part (a second writer)."""
-    def fetch(store, image, source, dest, progress, timeout=30.0):
-        fetched = REAL_FETCH(store, image, source, dest, progress, timeout=timeout)
+    def fetch(store, image, source, dest, progress, **kwargs):
+        fetched = REAL_FETCH(store, image, source, dest, progress, **kwargs)
         with open(dest, "r+b") as part:
             change(part)
         return fetched
