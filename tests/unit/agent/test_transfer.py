@@ -260,3 +260,51 @@ def test_full_work_dir_fails_retryable_naming_it_and_removes_the_partial_file(tm
     assert info.value.retryable is True
     assert "work dir full" in str(info.value) and str(dest) in str(info.value)
     assert not dest.exists()  # the space that ran out is given back
+
+
+def test_paramiko_read_that_stalls_past_the_idle_timeout_fails_retryable_and_keeps_the_part(tmp_path, monkeypatch):
+    dest = tmp_path / "img-1.part"
+    timeouts: list[float] = []
+
+    class Channel:
+        def settimeout(self, timeout) -> None:
+            timeouts.append(timeout)
+
+    class Sftp(_Sftp):
+        def get_channel(self):
+            return Channel()
+
+    class Client(_Client):
+        def open_sftp(self):
+            return Sftp(self.size)
+
+    def stalls(remote, out, start, total, sink, progress):
+        out.write(DATA[:1000])
+        raise TimeoutError("timed out")  # what paramiko's channel raises after its timeout
+
+    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
+    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
+    monkeypatch.setattr(transfer, "_copy", stalls)
+    options = transfer.FetchOptions(method="paramiko", idle_timeout=42.0)
+    with pytest.raises(transfer.TransferError) as info:
+        transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None, timeout=7,
+                       options=options)
+    assert info.value.retryable is True and "no new byte for 42 s" in str(info.value)
+    assert timeouts == [7, 42.0]  # control requests under the ssh timeout, the copy under the idle timeout
+    assert dest.stat().st_size == 1000  # kept: the next attempt resumes after re-hashing it
+
+
+def test_openssh_missing_falls_back_to_paramiko_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(transfer.sftp_openssh, "find_binary", lambda name="sftp": None)
+    with caplog.at_level("WARNING"):
+        assert transfer.resolve_method("openssh") == "paramiko"
+    assert transfer.resolve_method("paramiko") == "paramiko"
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "not installed" in caplog.text
+    monkeypatch.setattr(transfer.sftp_openssh, "find_binary", lambda name="sftp": "/usr/bin/sftp")
+    assert transfer.resolve_method("openssh") == "openssh"
+
+
+def test_odd_store_paths_are_refused_before_sftp_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "connect", lambda *a: pytest.fail("no connection for a path sftp cannot take"))
+    with pytest.raises(SourceRefused, match="sftp batch mode"):
+        transfer.fetch(STORE, image_of(DATA), '/store/images/a"b', str(tmp_path / "p"), lambda d, t: None)
