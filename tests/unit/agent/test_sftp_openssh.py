@@ -136,3 +136,42 @@ def test_popen_gets_an_argument_list_without_a_shell(tmp_path, monkeypatch):
 def test_sftp_failures_become_one_line_reasons(stderr, kind, text):
     error = sftp_openssh.failure(STORE, "img", "/images/x", "/nonexistent/i.part", 1, stderr)
     assert type(error) is kind and text in str(error) and "\n" not in str(error) and "\x1b" not in str(error)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] == "Z"  # dead, waiting for its new parent
+    except FileNotFoundError:
+        return True
+
+
+def test_sftp_dies_with_its_worker(tmp_path):
+    """A worker killed mid-transfer (kill -9, pool timeout) takes its sftp along: no orphan keeps writing."""
+    import sys
+    import time
+
+    dest = tmp_path / "img.part"
+    dest.touch()
+    pid_file = tmp_path / "pid"
+    binary = fake_sftp(tmp_path, f"echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}\nexec sleep 600\n")
+    code = ("import hashlib, sys; from agent import sftp_openssh; from glancesync.storemap import SshStore; "
+            "store = SshStore(host='h', port=22, user='u', private_key_file='k', known_hosts_file='kh', "
+            "store_dir='/s'); sftp_openssh.run(store, 'i', '/s/x', sys.argv[1], (hashlib.md5(),), "
+            "lambda d: None, 600.0, 5.0, sys.argv[2])")
+    worker = subprocess.Popen([sys.executable, "-c", code, str(dest), binary], env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists():
+            assert worker.poll() is None and time.monotonic() < deadline, "the fake sftp never started"
+            time.sleep(0.05)
+        sftp_pid = int(pid_file.read_text())
+        assert not _gone(sftp_pid)
+        worker.kill()
+        worker.wait()
+        while not _gone(sftp_pid):
+            assert time.monotonic() < deadline, "sftp outlived its worker"
+            time.sleep(0.05)
+    finally:
+        worker.kill()
+        worker.wait()
