@@ -111,10 +111,13 @@ def follow(
     stall: Callable[[], None],
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    report_from: int = 0,
 ) -> int:
     """Hash ``path`` from byte 0 while another process appends to it; the bytes read.
 
     Returns when ``writer_done()`` was true before a read that found nothing new.
+    ``progress(done)`` is called for what lies past ``report_from`` (the prefix an
+    earlier attempt left is hashed, but it is not progress of this transfer).
     Raises :class:`Stalled` (after calling ``stall``) when nothing arrived for
     ``idle_timeout`` seconds while the writer still ran.
     """
@@ -129,7 +132,8 @@ def follow(
                 sink.update(block)
                 done += len(block)
                 grew = True
-                progress(done)
+                if done > report_from:
+                    progress(done)
             if finished:
                 return done
             now = clock()

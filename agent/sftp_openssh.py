@@ -138,7 +138,8 @@ def run(
     plain_path(image_id, remote, "remote")
     plain_path(image_id, local, "local")
     argv = command(store, binary, connect_timeout, image_id)
-    resume = os.path.getsize(local) > 0
+    start = os.path.getsize(local)
+    resume = start > 0
     with tempfile.TemporaryFile() as errors:
         try:
             process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
@@ -155,7 +156,7 @@ def run(
         sink = hashing.HashPipe(hashers)
         try:
             size = hashing.follow(local, sink, lambda: process.poll() is not None, progress, idle_timeout,
-                                  lambda: _kill(process))
+                                  lambda: _kill(process), report_from=start)
         except hashing.Stalled as exc:
             raise TransferError(image_id=image_id, detail=f"sftp of {remote} from {store.host}: {exc}; killed") from None
         except BaseException:
