@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Sequence
 
+from agent import transfer
 from agent.pool import Pool
 from agent.service import AgentService
 from agent.task import WorkerSettings, logging_options, worker_main
@@ -60,8 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         config.fail(PROG, _one_line(str(exc)))
     _check_work_dir(work_dir)
+    fetch = transfer.FetchOptions(method=transfer.resolve_method(conf.agent.fetch_method),
+                                  idle_timeout=float(conf.agent.transfer_idle_timeout),
+                                  window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
-                              log_options=logging_options(conf))
+                              fetch=fetch, log_options=logging_options(conf))
     pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings)
     try:
         service = AgentService(conf, pool)

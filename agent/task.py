@@ -65,6 +65,8 @@ class WorkerSettings:
     region: str
     progress_interval: float = 1.0
     ssh_timeout: float = 30.0
+    # Method, idle timeout and paramiko window of the fetch ([agent] options).
+    fetch: transfer.FetchOptions = transfer.FetchOptions()
     # The agent's oslo.log option values (name, value), so a worker logs where and
     # how the agent does; empty: oslo.log defaults (stderr).
     log_options: tuple[tuple[str, Any], ...] = ()
@@ -163,13 +165,13 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     dest = transfer.part_path(region.work_dir, image["id"])
     # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
     with partlock.hold(dest, image["id"]):
-        fetched = _fetch(store, image, source, dest, progress, settings.ssh_timeout)
+        fetched = _fetch(store, image, source, dest, progress, settings)
         verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
     return _report(verified, fetched.os_hash_algo)
 
 
 def _fetch(store: Any, image: dict[str, Any], source: str, dest: str, progress: Callable[[int, int], None],
-           timeout: float) -> transfer.Fetched:
+           settings: WorkerSettings) -> transfer.Fetched:
     """transfer.fetch, resuming a ``.part`` that an attempt now over left, and starting afresh if that was bad.
 
     Under the lock, a ``.part`` found here was written by an attempt that is over
@@ -179,14 +181,15 @@ def _fetch(store: Any, image: dict[str, Any], source: str, dest: str, progress: 
     by the check, is fetched once more from its first byte before the attempt fails.
     """
     leftover = os.path.exists(dest)
+    timeout, options = settings.ssh_timeout, settings.fetch
     try:
-        return transfer.fetch(store, image, source, dest, progress, timeout=timeout)
+        return transfer.fetch(store, image, source, dest, progress, timeout=timeout, options=options)
     except VerificationError as exc:
         if not leftover or not exc.retryable:
             raise
         LOG.warning("image %s: the .part left by an earlier attempt did not verify (%s); fetching it afresh",
                     image["id"], exc)
-    return transfer.fetch(store, image, source, dest, progress, timeout=timeout)
+    return transfer.fetch(store, image, source, dest, progress, timeout=timeout, options=options)
 
 
 def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict:

@@ -82,7 +82,10 @@ default_opts = [
         "scp_copy_timeout",
         default=3600,
         min=1,
-        help="Seconds one transfer of image bytes may take before it is aborted and retried.",
+        help="Total cap, in seconds, on one task of an agent (fetch and upload of an image): "
+        "the worker is terminated and the task retried. A safety net only, generous enough for "
+        "the largest image over the slowest link; a stalled transfer is caught much earlier by "
+        "[agent] transfer_idle_timeout.",
     ),
     cfg.ListOpt(
         "snapshot_region_names",
@@ -301,6 +304,35 @@ agent_opts = [
         "time is up is terminated and handed back to the coordinator in the agent's bye, which "
         "requeues it without counting a retry. Keep it below the service manager's stop timeout "
         "(TimeoutStopSec=60s in the shipped systemd unit). A second signal stops at once.",
+    ),
+    cfg.StrOpt(
+        "fetch_method",
+        default="openssh",
+        choices=[
+            ("openssh", "OpenSSH's sftp client moves the bytes (about a third of paramiko's CPU); "
+             "paramiko only checks the path first. Falls back to paramiko, with one warning at "
+             "start, when no sftp binary is installed."),
+            ("paramiko", "paramiko moves the bytes: pure Python, needs no OpenSSH client."),
+        ],
+        help="How the agent fetches image bytes from the cascading store. Both pin the host key "
+        "to the store's known_hosts_file and use only its private_key_file (doc/performance.md).",
+    ),
+    cfg.IntOpt(
+        "transfer_idle_timeout",
+        default=300,
+        min=5,
+        help="Seconds a fetch may go without receiving a new byte before it is killed and the "
+        "task fails, retryable (the .part is kept and resumed). The primary guard against a "
+        "stalled transfer; scp_copy_timeout only caps a whole task.",
+    ),
+    cfg.IntOpt(
+        "paramiko_window_mib",
+        default=32,
+        min=1,
+        max=1024,
+        help="SSH window, in MiB, of the paramiko fetch: at least the link's bandwidth-delay "
+        "product (32 MiB keeps 1 Gbit/s busy over a 250 ms round trip). Unused with "
+        "fetch_method = openssh, whose client sizes its own window.",
     ),
 ]
 

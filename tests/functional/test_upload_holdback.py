@@ -10,6 +10,7 @@ system on a 0-byte image.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -32,7 +33,9 @@ REAL_FETCH = transfer.fetch
 
 @pytest.fixture(scope="module")
 def store_map(topology: Topology) -> storemap.StoreMap:
-    return storemap.load(str(topology.store_yaml))
+    """What the agents' hosts load (their role reads work_dir), both regions in one map."""
+    own = {r: storemap.load(str(topology.agent_store_yaml(r)), storemap.Role.AGENT, r) for r in topology.region_names}
+    return dataclasses.replace(own[topology.region_names[0]], regions={r: m.region(r) for r, m in own.items()})
 
 
 def stored_image(topology: Topology, size: int) -> tuple[dict, bytes]:
@@ -58,8 +61,8 @@ def run_copy(topology: Topology, store_map: storemap.StoreMap, image: dict, regi
 
 def fetch_then(change):
     """transfer.fetch that verifies the stream as usual, then lets ``change`` rewrite the .part (a second writer)."""
-    def fetch(store, image, source, dest, progress, timeout=30.0):
-        fetched = REAL_FETCH(store, image, source, dest, progress, timeout=timeout)
+    def fetch(store, image, source, dest, progress, **kwargs):
+        fetched = REAL_FETCH(store, image, source, dest, progress, **kwargs)
         with open(dest, "r+b") as part:
             change(part)
         return fetched

@@ -8,10 +8,11 @@ import io
 
 import pytest
 
-from agent import transfer
+from agent import hashing, transfer
 from glancesync.exceptions import SourceRefused, VerificationError
 from glancesync.storemap import SshStore
 
+PARAMIKO = transfer.FetchOptions(method="paramiko")
 STORE = SshStore(host="h", port=22, user="u", private_key_file="k", known_hosts_file="kh", store_dir="/store/images")
 DATA = b"x" * 3_000_000
 
@@ -81,16 +82,17 @@ def test_fetch_through_a_chroot_stats_and_opens_the_mapped_path(tmp_path, monkey
         def open_sftp(self):
             return Recording(self.size)
 
-    def copy(remote, out, start, total, hashers, progress):
+    def copy(remote, out, start, total, sink, progress):
         out.write(DATA)
-        for hasher in hashers:
-            hasher.update(DATA)
+        sink.update(DATA)
         return len(DATA)
 
     monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
+    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
     monkeypatch.setattr(transfer, "_copy", copy)
     store = dataclasses.replace(STORE, sftp_root="/store/images")
-    fetched = transfer.fetch(store, image_of(DATA), "/store/images/sub/img", str(tmp_path / "p"), lambda d, t: None)
+    fetched = transfer.fetch(store, image_of(DATA), "/store/images/sub/img", str(tmp_path / "p"), lambda d, t: None,
+                             options=PARAMIKO)
     assert fetched.size == len(DATA)
     assert asked == [("lstat", "/sub"), ("lstat", "/sub/img"), ("open", "/sub/img")]
 
@@ -158,30 +160,31 @@ class FakeRemote:
 
 def test_copy_loop_hashes_writes_and_reports_progress():
     remote, out = FakeRemote(DATA), io.BytesIO()
-    hashers = (hashlib.md5(), hashlib.sha512())
+    sink = hashing.HashPipe((hashlib.md5(), hashlib.sha512()))
     seen = []
-    size = transfer._copy(remote, out, 0, len(DATA), hashers, lambda d, t: seen.append((d, t)))
+    size = transfer._copy(remote, out, 0, len(DATA), sink, lambda d, t: seen.append((d, t)))
     assert size == len(DATA) and out.getvalue() == DATA
-    assert hashers[0].hexdigest() == hashlib.md5(DATA).hexdigest()
+    assert sink.hexdigests()[0] == hashlib.md5(DATA).hexdigest()
     assert seen[-1] == (len(DATA), len(DATA)) and len(seen) == 3  # three 1 MiB pieces
 
 
 def test_copy_loop_resumes_after_the_verified_prefix(tmp_path):
     part = tmp_path / "p"
     part.write_bytes(DATA[:1_000_000])
-    hashers = (hashlib.md5(), hashlib.sha512())
-    start = transfer._rehash_part(str(part), hashers)
+    sink = hashing.HashPipe((hashlib.md5(), hashlib.sha512()))
+    start = transfer._rehash_part(str(part), sink)
     remote = FakeRemote(DATA)
     with open(part, "ab") as out:
-        transfer._copy(remote, out, start, len(DATA), hashers, lambda d, t: None)
+        transfer._copy(remote, out, start, len(DATA), sink, lambda d, t: None)
     assert remote.requests[0][0] == 1_000_000
-    assert part.read_bytes() == DATA and hashers[1].hexdigest() == hashlib.sha512(DATA).hexdigest()
+    assert part.read_bytes() == DATA and sink.hexdigests()[1] == hashlib.sha512(DATA).hexdigest()
 
 
 def test_short_source_is_a_transfer_error_not_a_silent_truncation():
     remote = FakeRemote(DATA[:10])
     with pytest.raises(EOFError):
-        transfer._copy(remote, io.BytesIO(), 0, len(DATA), (hashlib.md5(),), lambda d, t: None)
+        with hashing.HashPipe((hashlib.md5(),)) as sink:
+            transfer._copy(remote, io.BytesIO(), 0, len(DATA), sink, lambda d, t: None)
 
 
 def test_missing_known_hosts_file_is_refused(tmp_path):
@@ -244,15 +247,64 @@ def test_full_work_dir_fails_retryable_naming_it_and_removes_the_partial_file(tm
 
     dest = tmp_path / "work" / "img-1.part"
 
-    def disk_full(remote, out, start, total, hashers, progress):
+    def disk_full(remote, out, start, total, sink, progress):
         out.write(DATA[:100_000])
         out.flush()
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
+    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
     monkeypatch.setattr(transfer, "_copy", disk_full)
     with pytest.raises(transfer.TransferError) as info:
-        transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None)
+        transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None, options=PARAMIKO)
     assert info.value.retryable is True
     assert "work dir full" in str(info.value) and str(dest) in str(info.value)
     assert not dest.exists()  # the space that ran out is given back
+
+
+def test_paramiko_read_that_stalls_past_the_idle_timeout_fails_retryable_and_keeps_the_part(tmp_path, monkeypatch):
+    dest = tmp_path / "img-1.part"
+    timeouts: list[float] = []
+
+    class Channel:
+        def settimeout(self, timeout) -> None:
+            timeouts.append(timeout)
+
+    class Sftp(_Sftp):
+        def get_channel(self):
+            return Channel()
+
+    class Client(_Client):
+        def open_sftp(self):
+            return Sftp(self.size)
+
+    def stalls(remote, out, start, total, sink, progress):
+        out.write(DATA[:1000])
+        raise TimeoutError("timed out")  # what paramiko's channel raises after its timeout
+
+    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
+    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
+    monkeypatch.setattr(transfer, "_copy", stalls)
+    options = transfer.FetchOptions(method="paramiko", idle_timeout=42.0)
+    with pytest.raises(transfer.TransferError) as info:
+        transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None, timeout=7,
+                       options=options)
+    assert info.value.retryable is True and "no new byte for 42 s" in str(info.value)
+    assert timeouts == [7, 42.0]  # control requests under the ssh timeout, the copy under the idle timeout
+    assert dest.stat().st_size == 1000  # kept: the next attempt resumes after re-hashing it
+
+
+def test_openssh_missing_falls_back_to_paramiko_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(transfer.sftp_openssh, "find_binary", lambda name="sftp": None)
+    with caplog.at_level("WARNING"):
+        assert transfer.resolve_method("openssh") == "paramiko"
+    assert transfer.resolve_method("paramiko") == "paramiko"
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "not installed" in caplog.text
+    monkeypatch.setattr(transfer.sftp_openssh, "find_binary", lambda name="sftp": "/usr/bin/sftp")
+    assert transfer.resolve_method("openssh") == "openssh"
+
+
+def test_odd_store_paths_are_refused_before_sftp_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(transfer, "connect", lambda *a: pytest.fail("no connection for a path sftp cannot take"))
+    with pytest.raises(SourceRefused, match="sftp batch mode"):
+        transfer.fetch(STORE, image_of(DATA), '/store/images/a"b', str(tmp_path / "p"), lambda d, t: None)
