@@ -287,7 +287,10 @@ class Topology:
             "coordinator": {
                 "bind_host": LOOPBACK,
                 "agent_port": self.agent_port,
-                "heartbeat_interval": 0.5,
+                # Liveness is three intervals: 3 s rides out the stalls of a busy 2-core CI
+                # machine (at 0.5 s agents were taken for dead and their work requeued),
+                # while a lapsed lease still shows within seconds.
+                "heartbeat_interval": 1.0,
                 "lease_timeout": 5,
                 "retry_backoff": 0.5,
                 "reconcile_interval": 3,
@@ -296,7 +299,7 @@ class Topology:
             "agent": {
                 "coordinator_host": LOOPBACK,
                 "coordinator_port": self.agent_port,
-                "heartbeat_interval": 0.5,
+                "heartbeat_interval": 1.0,
                 "workers": 2,
             },
             "cascading_glance": {"auth_type": "none", "identity_headers": headers},
