@@ -1,4 +1,5 @@
-"""Fixtures for the coordinator's unit tests: a migrated SQLite journal, a config, a fake glance."""
+"""Fixtures for the coordinator's unit tests: a migrated SQLite journal, a config, a fake glance,
+and the service loop over real zmq sockets (``service``) with its fake cascading and regional glances."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from typing import Any
 
 import pytest
 import yaml
+import zmq
 
 from coordinator import manage
 from coordinator.journal import Journal
+from coordinator.registrar import Registrar
+from coordinator.service import Service
 from glancesync import config, storemap
 
 REGIONS = ("RegionOne", "RegionTwo")
 IMAGE_ID = "11111111-2222-3333-4444-555555555555"
+# The loop's clock in the service tests.
+NOW = 2_000_000.0
 
 
 def free_port() -> int:
@@ -139,3 +145,41 @@ def add_listing(images: FakeImages) -> None:
         return iter([dict(r) for r in images.records.values() if bool(r.get("os_hidden", False)) == hidden])
 
     images.list = listing  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def client(stores):
+    """The cascading glance, holding IMAGE_ID."""
+    fake = FakeClient()
+    fake.images.records[IMAGE_ID] = image_record(store_dir=stores.store.store_dir)
+    return fake
+
+
+@pytest.fixture
+def regional(client):
+    """Every region's glance: here it holds the cascading record, i.e. the verified copy."""
+    fake = FakeClient()
+    fake.images.records[IMAGE_ID] = {k: v for k, v in client.images.records[IMAGE_ID].items() if k != "locations"}
+    return fake
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def start_service(conf, stores, journal, client, regional, ctx) -> Service:
+    """A coordinator Service over real sockets, initialized at NOW; the caller shuts it down."""
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)
+    svc = Service(conf, stores, journal, registrar, context=ctx)
+    svc.initialize(NOW)
+    return svc
+
+
+@pytest.fixture
+def service(conf, stores, journal, client, regional, ctx):
+    svc = start_service(conf, stores, journal, client, regional, ctx)
+    yield svc
+    svc.shutdown()

@@ -1,9 +1,8 @@
 """Deletes are planned only on glance's word; the reconciler's safety limit; synthetic event ids.
 
-Runs the service loop over real zmq sockets with a fake cascading glance (see
-test_service.py for the fixtures).
+Runs the service loop over real zmq sockets with a fake cascading glance (the
+``service`` fixture of conftest.py).
 """
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -17,10 +16,8 @@ from coordinator.service import Service
 from glancesync import protocol
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, add_listing, image_record, make_conf
-
-# The service fixtures of test_service.py, shared (ruff sees test arguments as redefinitions).
-from .test_service import NOW, client, ctx, dealer, deferred, planned, pump, receive, regional, service  # noqa: F401
+from .conftest import IMAGE_ID, NOW, add_listing, image_record, make_conf
+from .test_service import dealer, deferred, planned, pump, receive
 
 
 def synced_everywhere(journal, image_id: str = IMAGE_ID) -> None:

@@ -12,41 +12,9 @@ from coordinator.service import Service
 from glancesync import protocol
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, FakeClient, free_port, image_record
+from .conftest import IMAGE_ID, NOW, free_port, image_record
 
-NOW = 2_000_000.0
 OTHER_ID = "99999999-0000-4000-8000-000000000000"
-
-
-@pytest.fixture
-def client(stores):
-    fake = FakeClient()
-    fake.images.records[IMAGE_ID] = image_record(store_dir=stores.store.store_dir)
-    return fake
-
-
-@pytest.fixture
-def regional(client):
-    """Every region's glance: here it holds the cascading record, i.e. the verified copy."""
-    fake = FakeClient()
-    fake.images.records[IMAGE_ID] = {k: v for k, v in client.images.records[IMAGE_ID].items() if k != "locations"}
-    return fake
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def service(conf, stores, journal, client, regional, ctx):
-    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)
-    svc = Service(conf, stores, journal, registrar, context=ctx)
-    svc.initialize(NOW)
-    yield svc
-    svc.shutdown()
 
 
 def dealer(ctx, port: int) -> zmq.Socket:

@@ -6,44 +6,17 @@ import logging
 from typing import Any
 
 import msgpack
-import pytest
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.registrar import Registrar
-from coordinator.service import Service
 from glancesync import protocol
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, FakeClient, image_record
-from .test_service import NOW, agent, dealer, pump, receive, report, run_copy
+from .conftest import IMAGE_ID, NOW
+from .test_service import agent, dealer, pump, receive, report, run_copy
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture
-def client(stores):
-    fake = FakeClient()
-    fake.images.records[IMAGE_ID] = image_record(store_dir=stores.store.store_dir)
-    return fake
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def service(conf, stores, journal, client, ctx):
-    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: client)
-    svc = Service(conf, stores, journal, registrar, context=ctx)
-    svc.initialize(NOW)
-    yield svc
-    svc.shutdown()
 
 
 def raw(msg_type: str, body: dict[str, Any], msg_id: str = "m-1") -> bytes:

@@ -13,8 +13,8 @@ from coordinator.registrar import Registrar
 from coordinator.service import Service
 from glancesync import keys, protocol, roles
 
-from .conftest import IMAGE_ID, FakeClient, free_port, make_conf
-from .test_service import NOW, pump, receive
+from .conftest import IMAGE_ID, NOW, FakeClient, free_port, make_conf
+from .test_service import pump, receive
 
 SHORT = 2000
 
@@ -48,13 +48,6 @@ def world(tmp_path: Path) -> Keys:
                                ("reader", "status", None), ("admin", "operator", None)):
         world.make(name, role, region)
     return world
-
-
-@pytest.fixture
-def ctx():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 @pytest.fixture

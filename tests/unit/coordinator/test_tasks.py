@@ -1,6 +1,5 @@
 """The task desk's registration path: retried apart from the transfer, and what ``synced`` needs."""
 
-# ruff: noqa: F811  (pytest fixtures imported from test_service are redefined as parameters)
 from __future__ import annotations
 
 from glanceclient import exc as glance_exc
@@ -12,8 +11,8 @@ from coordinator.tasks import RegistrationRetry
 from glancesync import protocol
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, make_conf
-from .test_service import NOW, client, ctx, pump, regional, report, run_copy, service, state  # noqa: F401
+from .conftest import IMAGE_ID, NOW, make_conf
+from .test_service import pump, report, run_copy, state
 
 
 def cascading_down(monkeypatch, client) -> list[str]:
