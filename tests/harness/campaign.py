@@ -120,7 +120,7 @@ class Campaign:
         self.log = log
         self.trials: list[Trial] = []
         self.zmq = zmq.Context()
-        self.status_conf = status_tool.load_conf(["--config-file", str(self.topo.service_conf)])
+        self.status_conf = status_tool.load_conf(status_tool.parse_args(["--config-file", str(self.topo.service_conf)]))
 
     def close(self) -> None:
         self.zmq.term()

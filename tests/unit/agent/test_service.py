@@ -27,14 +27,17 @@ class Coordinator:
 
     def expect(self, service: AgentService, msg_type: str, now: float, steps: int = 50) -> protocol.Message:
         """Step the agent until it sends ``msg_type`` (other types are skipped)."""
-        for _ in range(steps):
-            while self.sock.poll(0):
+        for step in range(steps + 1):
+            # After the last step, wait a little: delivery over TCP is asynchronous (a bye
+            # sent by shutdown() may still be on its way when the last step returns).
+            while self.sock.poll(0 if step < steps else 2000):
                 peer, frame = self.sock.recv_multipart()
                 self.peer = peer
                 msg = protocol.decode(frame)
                 if msg.type == msg_type:
                     return msg
-            service.step(now, timeout_ms=20)
+            if step < steps:
+                service.step(now, timeout_ms=20)
         raise AssertionError(f"agent never sent {msg_type}")
 
     def send(self, msg_type: str, body: dict[str, Any]) -> None:
