@@ -42,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--converge-timeout", type=float, default=600,
                         help="seconds a trial waits for convergence before its tasks count as stuck (default 600)")
     parser.add_argument("--heartbeat-interval", type=float, default=None,
-                        help="[coordinator] and [agent] heartbeat_interval (default: the harness's 0.5 s; an "
+                        help="[coordinator] and [agent] heartbeat_interval (default: the harness's 1 s; an "
                              "agent silent for 3 intervals is offline)")
     parser.add_argument("--dir", default=None, help="run directory (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, journal, results.json)")
