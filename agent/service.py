@@ -32,6 +32,7 @@ coordinator sends can end the loop.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,13 +124,15 @@ class AgentService:
 
     def step(self, now: float, timeout_ms: int = 100) -> None:
         """One loop iteration: receive, reap workers, send what is due."""
-        if self.sock is None:
-            if self.reconnect_at is not None and now >= self.reconnect_at:
-                self._connect(now)
-            else:
-                timeout_ms = 0
-        if self.sock is not None and self.sock.poll(timeout_ms, zmq.POLLIN):
-            self._receive_all(now)
+        if self.sock is None and self.reconnect_at is not None and now >= self.reconnect_at:
+            self._connect(now)
+        if self.sock is not None:
+            if self.sock.poll(timeout_ms, zmq.POLLIN):
+                self._receive_all(now)
+        elif timeout_ms > 0:
+            # Disconnected, waiting to reconnect: nothing to wait on but the clock. Keep the
+            # loop's pace instead of spinning a core for the whole coordinator outage.
+            time.sleep(timeout_ms / 1000)
         for event in self.pool.poll(now):
             self._on_pool_event(event, now)
         self._send_results(now)

@@ -403,3 +403,13 @@ def test_at_the_end_of_the_grace_running_tasks_are_handed_back(session):
     service.shutdown()
     bye = coord.expect(service, "bye", 6.1, steps=1)
     assert bye.body["handed_back"] == [{"task_id": "t1", "attempt": 1}] and pool.shut
+
+
+def test_a_disconnected_agent_waits_between_steps_instead_of_spinning(monkeypatch):
+    svc = AgentService(make_conf(1), FakePool())
+    svc.reconnect_at = 1_000.0  # disconnected, reconnecting later
+    slept: list[float] = []
+    monkeypatch.setattr(agent_service.time, "sleep", slept.append)
+    svc.step(10.0)
+    svc.step(11.0, timeout_ms=0)  # the tests' way to step without waiting still does not wait
+    assert slept == [0.1] and svc.sock is None
