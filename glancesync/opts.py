@@ -7,17 +7,19 @@ its own ``ConfigOpts``, so tests never share global state.  ``list_opts()`` feed
 The first options keep the names and meaning they had in the original Tricircle
 glancesync (``sync_enabled``, ``sync_server_host``, ``sync_server_port``,
 ``sync_strategy``, ``snapshot_*``, ``task_retry_times``, ``scp_copy_timeout``).
+The option lists of the coordinator and the agent live in ``coordinator_opts`` and
+``agent_opts``; this module registers and lists every group.
 """
 
 from __future__ import annotations
 
 import copy
-import socket
 
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
-from glancesync import protocol
+from glancesync.agent_opts import agent_opts
+from glancesync.coordinator_opts import coordinator_opts, database_opts
 
 SYNC_STRATEGIES = ("None", "ALL", "USER")
 
@@ -118,223 +120,6 @@ internal_secret_opt = cfg.StrOpt(
     "header.",
 )
 default_opts.append(internal_secret_opt)
-
-coordinator_opts = [
-    cfg.HostAddressOpt(
-        "bind_host",
-        default="127.0.0.1",
-        help="Address the coordinator binds its client and agent sockets to. Use 0.0.0.0 or a "
-        "routable address only with [curve] enabled = True.",
-    ),
-    cfg.PortOpt("agent_port", default=9596, help="Port of the socket agents connect to."),
-    cfg.FloatOpt(
-        "heartbeat_interval",
-        default=5.0,
-        min=0.1,
-        help="Seconds between heartbeats to agents. An agent silent for three intervals is offline.",
-    ),
-    cfg.FloatOpt(
-        "lease_timeout",
-        default=60.0,
-        min=1.0,
-        help="Seconds a task stays with an agent that has gone silent before it returns to its "
-        "region's queue. Any message from the agent renews its leases.",
-    ),
-    cfg.FloatOpt(
-        "retry_backoff",
-        default=5.0,
-        min=0.0,
-        help="Seconds before the first retry of a failed task; doubled on each further retry.",
-    ),
-    cfg.FloatOpt(
-        "max_retry_backoff",
-        default=300.0,
-        min=0.0,
-        help="Upper bound, in seconds, of the wait between two retries of a task.",
-    ),
-    cfg.FloatOpt(
-        "registration_retry_backoff",
-        default=5.0,
-        min=0.1,
-        help="Seconds before a failed location registration is tried again; doubled on each "
-        "further failure up to max_registration_retry_backoff. A registration runs after the "
-        "agent's copy is done: it reads the cascading and the regional image, verifies the copy "
-        "and adds its location to the cascading image. When that fails for a reason that may "
-        "pass (the cascading glance-api restarting, a timeout), the regional copy is kept and "
-        "only the registration is retried, apart from task_retry_times; a verification that "
-        "finds other bytes ends it at once.",
-    ),
-    cfg.FloatOpt(
-        "max_registration_retry_backoff",
-        default=3600.0,
-        min=0.1,
-        help="Upper bound, in seconds, of the wait between two tries of a failing location "
-        "registration.",
-    ),
-    cfg.FloatOpt(
-        "registration_retry_horizon",
-        default=86400.0,
-        min=0.0,
-        help="Seconds a location registration keeps being retried, counted from its first "
-        "failure; once over, the (image, region) is marked failed with the last error. The "
-        "default (a day) rides out a rolling restart or a long outage of the cascading "
-        "glance without throwing away finished copies.",
-    ),
-    cfg.IntOpt(
-        "glance_workers",
-        default=4,
-        min=1,
-        help="Threads for glance API calls (location registration, image lookups), so the poll "
-        "loop never waits on HTTP.",
-    ),
-    cfg.IntOpt(
-        "reconcile_interval",
-        default=600,
-        min=0,
-        help="Seconds between two passes of the reconciler, which lists the cascading glance "
-        "and makes the events that never arrived: an active image the journal has never heard "
-        "of is synced, one deleted unseen (404) is removed from the regions, within "
-        "reconcile_max_deletes and reconcile_max_delete_percent. The first pass runs at "
-        "most 60 s after start. 0 disables it.",
-    ),
-    cfg.IntOpt(
-        "reconcile_max_deletes",
-        default=10,
-        min=0,
-        help="Safety limit of the reconciler: a pass that finds more images than this gone from "
-        "the cascading glance deletes the regional copies of none of them and holds them until "
-        "an operator runs 'glance-sync-manage reconcile --confirm-deletes' (a cascading database "
-        "restored from an old backup or a wrong endpoint looks like many deletes at once). "
-        "Deletes announced by glance_proxy events are not limited. 0 disables this limit. "
-        "Related options: reconcile_max_delete_percent.",
-    ),
-    cfg.FloatOpt(
-        "reconcile_max_delete_percent",
-        default=10.0,
-        min=0.0,
-        max=100.0,
-        help="Safety limit of the reconciler, as a share of the images that have regional copies: "
-        "a pass that finds more than this percentage of them gone deletes none and holds them "
-        "for 'glance-sync-manage reconcile --confirm-deletes'. In a small deployment a single "
-        "lost delete can pass it; that is on purpose. 0 disables this limit. "
-        "Related options: reconcile_max_deletes.",
-    ),
-    cfg.IntOpt(
-        "max_sessions_per_key",
-        default=16,
-        min=1,
-        help="With [curve] enabled: most agent sessions one agent key may hold. At the bound the "
-        "offline session heard from longest ago is dropped to make room; when all are online, a "
-        "further hello is refused (error too_many_sessions), so a flood of made-up agents costs "
-        "nothing lasting. Related options: max_sessions_per_region.",
-    ),
-    cfg.IntOpt(
-        "max_sessions_per_region",
-        default=64,
-        min=1,
-        help="Most agent sessions of one region, online or offline, with or without CURVE. At the "
-        "bound offline sessions are dropped first; with only online ones a further hello is "
-        "refused (error too_many_sessions). Related options: max_sessions_per_key.",
-    ),
-]
-
-database_opts = [
-    cfg.StrOpt(
-        "connection",
-        default="sqlite:////var/lib/glance-sync/journal.sqlite",
-        secret=True,
-        help="SQLAlchemy URL of the coordinator's journal. SQLite (WAL mode) serves one "
-        "coordinator; a MySQL or PostgreSQL URL serves an active/passive pair. Create or upgrade "
-        "the schema with 'glance-sync-manage db_sync'.",
-    ),
-]
-
-agent_opts = [
-    cfg.StrOpt(
-        "region",
-        help="Name of the region this agent serves, as in glance_store.yaml. Required.",
-    ),
-    cfg.StrOpt(
-        "agent_id",
-        default=socket.gethostname(),
-        sample_default="<hostname>",
-        max_length=protocol.MAX_NAME,
-        help="Name of this agent in status output; unique among the agents of a region. At most "
-        f"{protocol.MAX_NAME} characters, no control characters.",
-    ),
-    cfg.HostAddressOpt(
-        "coordinator_host",
-        default="127.0.0.1",
-        help="Address of the coordinator's agent socket.",
-    ),
-    cfg.PortOpt("coordinator_port", default=9596, help="Port of the coordinator's agent socket."),
-    cfg.IntOpt(
-        "workers",
-        default=2,
-        min=1,
-        max=protocol.MAX_CAPACITY,
-        help="Worker processes, i.e. how many tasks this agent runs at once. At most "
-        f"{protocol.MAX_CAPACITY}, the largest capacity the coordinator accepts from one agent.",
-    ),
-    cfg.FloatOpt(
-        "heartbeat_interval",
-        default=5.0,
-        min=0.1,
-        help="Seconds between heartbeats to the coordinator. Three missed coordinator heartbeats "
-        "make the agent reconnect.",
-    ),
-    cfg.FloatOpt(
-        "reconnect_max_backoff",
-        default=32.0,
-        min=1.0,
-        help="Upper bound, in seconds, of the jittered exponential wait between reconnects.",
-    ),
-    cfg.FloatOpt(
-        "progress_interval",
-        default=1.0,
-        min=0.1,
-        help="Seconds between two progress reports of a running transfer (also sent every 5%).",
-    ),
-    cfg.FloatOpt(
-        "stop_grace",
-        default=30.0,
-        min=0.0,
-        help="Seconds a stopping agent (SIGTERM) gives its running transfers to finish and their "
-        "results to be acknowledged. It takes no new work meanwhile; what is still running when the "
-        "time is up is terminated and handed back to the coordinator in the agent's bye, which "
-        "requeues it without counting a retry. Keep it below the service manager's stop timeout "
-        "(TimeoutStopSec=60s in the shipped systemd unit). A second signal stops at once.",
-    ),
-    cfg.StrOpt(
-        "fetch_method",
-        default="openssh",
-        choices=[
-            ("openssh", "OpenSSH's sftp client moves the bytes (about a third of paramiko's CPU); "
-             "paramiko only checks the path first. Falls back to paramiko, with one warning at "
-             "start, when no sftp binary is installed."),
-            ("paramiko", "paramiko moves the bytes: pure Python, needs no OpenSSH client."),
-        ],
-        help="How the agent fetches image bytes from the cascading store. Both pin the host key "
-        "to the store's known_hosts_file and use only its private_key_file (doc/performance.md).",
-    ),
-    cfg.IntOpt(
-        "transfer_idle_timeout",
-        default=300,
-        min=5,
-        help="Seconds a fetch may go without receiving a new byte before it is killed and the "
-        "task fails, retryable (the .part is kept and resumed). The primary guard against a "
-        "stalled transfer; scp_copy_timeout only caps a whole task.",
-    ),
-    cfg.IntOpt(
-        "paramiko_window_mib",
-        default=32,
-        min=1,
-        max=1024,
-        help="SSH window, in MiB, of the paramiko fetch: at least the link's bandwidth-delay "
-        "product (32 MiB keeps 1 Gbit/s busy over a 250 ms round trip). Unused with "
-        "fetch_method = openssh, whose client sizes its own window.",
-    ),
-]
 
 curve_opts = [
     cfg.BoolOpt(

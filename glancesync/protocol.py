@@ -80,18 +80,17 @@ No sockets here: this module turns dicts into bytes and back, nothing more.
 
 from __future__ import annotations
 
-import math
-import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from glancesync import untrusted
+from glancesync import untrusted, wirefields
 from glancesync.exceptions import ProtocolError
+from glancesync.wirefields import Field
 
 VERSION = 1
 
@@ -109,9 +108,7 @@ MAX_SIZE = 2**63 - 1
 # String(255) columns.
 MAX_ID = 64
 MAX_NAME = 255
-# Seconds, epoch times and intervals alike: finite and of at most this size (over
-# 30,000 years), so that no later arithmetic on them overflows.
-MAX_SECONDS = 1e12
+MAX_SECONDS = wirefields.MAX_SECONDS
 # Any other string (failure reasons quote glance's answers) and any list.
 MAX_TEXT = 4096
 MAX_ITEMS = 1024
@@ -145,88 +142,6 @@ def cascaded_url(region: str, image_id: str) -> str:
     return f"{CASCADED_SCHEME}://{region}/{image_id}"
 
 
-# C0, DEL and C1: never part of an id or a name (they end up in logs and on terminals).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def _count(low: int, high: int) -> Callable[[Any], bool]:
-    def check(value: Any) -> bool:
-        return low <= value <= high
-
-    check.__doc__ = f"between {low} and {high}"
-    return check
-
-
-def _seconds(minimum: float, inclusive: bool = True) -> Callable[[Any], bool]:
-    # "> 0", not ">= 1" for intervals: welcome.heartbeat_interval may be a fraction
-    # of a second ([coordinator] min 0.1).
-    def check(value: Any) -> bool:
-        return _finite(value) and (value >= minimum if inclusive else value > minimum)
-
-    check.__doc__ = f"a number of seconds {'>=' if inclusive else '>'} {minimum:g} and <= {MAX_SECONDS:g}"
-    return check
-
-
-def _finite(value: Any) -> bool:
-    """a number of seconds between -1e12 and 1e12"""
-    return math.isfinite(value) and -MAX_SECONDS <= value <= MAX_SECONDS
-
-
-def _fits(value: str, limit: int, controls: bool = False) -> bool:
-    return 0 < len(value) <= limit and (controls or _CONTROL.search(value) is None)
-
-
-def _label(limit: int) -> Callable[[Any], bool]:
-    def check(value: Any) -> bool:
-        return _fits(value, limit)
-
-    check.__doc__ = f"1 to {limit} characters without control characters"
-    return check
-
-
-def _labels(limit: int, controls: bool = False) -> Callable[[Any], bool]:
-    def check(value: Any) -> bool:
-        return all(isinstance(item, str) and _fits(item, limit, controls) for item in value)
-
-    check.__doc__ = f"a list of strings of 1 to {limit} characters" + ("" if controls else ", no control characters")
-    return check
-
-
-def _in(choices: tuple[str, ...]) -> Callable[[Any], bool]:
-    def check(value: Any) -> bool:
-        return value in choices
-
-    check.__doc__ = "one of " + ", ".join(choices)
-    return check
-
-
-def _not_empty(value: Any) -> bool:
-    """not empty"""
-    return len(value) > 0
-
-
-def _image_id(value: Any) -> bool:
-    return untrusted.is_image_id(value)
-
-
-_image_id.__doc__ = untrusted.IMAGE_ID_FORM
-
-
-@dataclass(frozen=True)
-class Field:
-    """One body field: its accepted types, whether it must be there, a value check.
-
-    ``nullable``: null is a value of its own here (see the module docstring); for any
-    other field null means absent.  Strings are at most MAX_TEXT long, lists MAX_ITEMS.
-    """
-
-    types: tuple[type, ...]
-    required: bool = True
-    default: Any = None
-    check: Callable[[Any], bool] | None = None
-    nullable: bool = False
-
-
 _STR = (str,)
 _INT = (int,)
 _NUM = (int, float)
@@ -234,13 +149,13 @@ _BOOL = (bool,)
 _MAP = (dict,)
 _LIST = (list,)
 
-_ID = _label(MAX_ID)
-_NAME = _label(MAX_NAME)
-_SIZE = _count(0, MAX_SIZE)
+_ID = wirefields.label(MAX_ID)
+_NAME = wirefields.label(MAX_NAME)
+_SIZE = wirefields.count(0, MAX_SIZE)
 
 _TASK_REF = {
     "task_id": Field(_STR, check=_ID),
-    "attempt": Field(_INT, check=_count(1, MAX_ATTEMPT)),
+    "attempt": Field(_INT, check=wirefields.count(1, MAX_ATTEMPT)),
 }
 
 
@@ -259,13 +174,13 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "hello": {
         "region": Field(_STR, check=_NAME),
         "agent_id": Field(_STR, check=_NAME),
-        "capacity": Field(_INT, check=_count(1, MAX_CAPACITY)),
+        "capacity": Field(_INT, check=wirefields.count(1, MAX_CAPACITY)),
         "version": Field(_STR, check=_NAME),
-        "in_flight": Field(_LIST, required=False, default=(), check=_labels(MAX_ID)),
+        "in_flight": Field(_LIST, required=False, default=(), check=wirefields.labels(MAX_ID)),
         # The attempts behind in_flight; older agents leave it out.
         "running": _REFS,
     },
-    "ready": {"credits": Field(_INT, check=_count(1, MAX_CAPACITY))},
+    "ready": {"credits": Field(_INT, check=wirefields.count(1, MAX_CAPACITY))},
     "ack": dict(_TASK_REF),
     "progress": {
         **_TASK_REF,
@@ -285,24 +200,24 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # (glancesync/verify.py).  Older agents leave them out.
         "region_hash_algo": Field(_STR, required=False, nullable=True),
         "region_hash_value": Field(_STR, required=False, nullable=True),
-        "elapsed": Field(_NUM, required=False, default=0.0, check=_seconds(0.0)),
+        "elapsed": Field(_NUM, required=False, default=0.0, check=wirefields.seconds(0.0)),
     },
     "failed": {
         **_TASK_REF,
-        "reason": Field(_STR, check=_not_empty),
+        "reason": Field(_STR, check=wirefields.not_empty),
         "retryable": Field(_BOOL),
     },
     "heartbeat": {},
     "bye": {"reason": Field(_STR, required=False, default=""), "handed_back": _REFS},
     # coordinator -> agent
     "welcome": {
-        "heartbeat_interval": Field(_NUM, check=_seconds(0.0, inclusive=False)),
-        "lease_timeout": Field(_NUM, check=_seconds(0.0, inclusive=False)),
+        "heartbeat_interval": Field(_NUM, check=wirefields.seconds(0.0, inclusive=False)),
+        "lease_timeout": Field(_NUM, check=wirefields.seconds(0.0, inclusive=False)),
     },
     "task": {
         **_TASK_REF,
-        "kind": Field(_STR, check=_in(TASK_KINDS)),
-        "image_id": Field(_STR, check=_image_id),
+        "kind": Field(_STR, check=wirefields.one_of(TASK_KINDS)),
+        "image_id": Field(_STR, check=wirefields.image_id),
         "region": Field(_STR, check=_NAME),
         # The cascading image record as glance returned it (id, size, checksum,
         # os_hash_algo, os_hash_value, disk_format, container_format, properties...).
@@ -319,24 +234,24 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     # glance_proxy -> coordinator
     "event": {
         "event_id": Field(_STR, check=_ID),
-        "kind": Field(_STR, check=_in(EVENT_KINDS)),
-        "image_id": Field(_STR, check=_image_id),
+        "kind": Field(_STR, check=wirefields.one_of(EVENT_KINDS)),
+        "image_id": Field(_STR, check=wirefields.image_id),
         # The image record from glance's response when it had one (POST, PATCH).
         "image": Field(_MAP, required=False, nullable=True),
         # Names of the properties a PATCH changed: a hint, as the user wrote them (glance
         # takes any property name of up to 255 characters), so control characters pass.
-        "changes": Field(_LIST, required=False, default=(), check=_labels(MAX_NAME, controls=True)),
+        "changes": Field(_LIST, required=False, default=(), check=wirefields.labels(MAX_NAME, controls=True)),
         # user_id, project_id, roles as glance saw them; image owner and visibility.
         "context": Field(_MAP, required=False, default=None, nullable=True),
-        "occurred_at": Field(_NUM, required=False, default=0.0, check=_finite),
+        "occurred_at": Field(_NUM, required=False, default=0.0, check=wirefields.finite),
     },
     "event_ack": {"event_id": Field(_STR, check=_ID)},
     # status tool <-> coordinator
     "status_query": {
-        "view": Field(_STR, check=_in(STATUS_VIEWS)),
-        "image_id": Field(_STR, required=False, nullable=True, check=_image_id),
+        "view": Field(_STR, check=wirefields.one_of(STATUS_VIEWS)),
+        "image_id": Field(_STR, required=False, nullable=True, check=wirefields.image_id),
     },
-    "status_reply": {"view": Field(_STR, check=_in(STATUS_VIEWS)), "data": Field(_MAP)},
+    "status_reply": {"view": Field(_STR, check=wirefields.one_of(STATUS_VIEWS)), "data": Field(_MAP)},
     # any reply to a message that could not be served
     "error": {
         "code": Field(_STR, check=_NAME),
@@ -451,8 +366,8 @@ def decode(frame: bytes) -> Message:
         raise _refuse("unknown_type", f"unknown message type {untrusted.quote(msg_type)}")
     if not isinstance(msg_id, str) or not _ID(msg_id):
         raise _refuse("bad_envelope", f"envelope.id must be {_ID.__doc__}")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not _finite(ts):
-        raise _refuse("bad_envelope", f"envelope.ts must be {_finite.__doc__}")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not wirefields.finite(ts):
+        raise _refuse("bad_envelope", f"envelope.ts must be {wirefields.finite.__doc__}")
     if not isinstance(body, dict):
         raise _refuse("bad_envelope", "envelope.body must be a map")
     _check_plain(body)

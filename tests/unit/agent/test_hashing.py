@@ -44,9 +44,9 @@ def test_follower_hashes_a_file_that_grows_in_pieces(tmp_path):
 
     seen: list[int] = []
     sink = hashing.HashPipe(hashing.new_hashers("sha512"))
+    prefix = path.stat().st_size  # before the writer starts, or it may already hold a piece
     thread = threading.Thread(target=writer)
     thread.start()
-    prefix = path.stat().st_size
     size = hashing.follow(str(path), sink, written.is_set, seen.append, idle_timeout=60.0, stall=lambda: None,
                           report_from=prefix)
     thread.join()

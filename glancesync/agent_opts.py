@@ -1,0 +1,99 @@
+"""The options of the agent: ``[agent]``.
+
+Registered and listed through :mod:`glancesync.opts`, which owns every group.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from oslo_config import cfg
+
+from glancesync import protocol
+
+agent_opts = [
+    cfg.StrOpt(
+        "region",
+        help="Name of the region this agent serves, as in glance_store.yaml. Required.",
+    ),
+    cfg.StrOpt(
+        "agent_id",
+        default=socket.gethostname(),
+        sample_default="<hostname>",
+        max_length=protocol.MAX_NAME,
+        help="Name of this agent in status output; unique among the agents of a region. At most "
+        f"{protocol.MAX_NAME} characters, no control characters.",
+    ),
+    cfg.HostAddressOpt(
+        "coordinator_host",
+        default="127.0.0.1",
+        help="Address of the coordinator's agent socket.",
+    ),
+    cfg.PortOpt("coordinator_port", default=9596, help="Port of the coordinator's agent socket."),
+    cfg.IntOpt(
+        "workers",
+        default=2,
+        min=1,
+        max=protocol.MAX_CAPACITY,
+        help="Worker processes, i.e. how many tasks this agent runs at once. At most "
+        f"{protocol.MAX_CAPACITY}, the largest capacity the coordinator accepts from one agent.",
+    ),
+    cfg.FloatOpt(
+        "heartbeat_interval",
+        default=5.0,
+        min=0.1,
+        help="Seconds between heartbeats to the coordinator. Three missed coordinator heartbeats "
+        "make the agent reconnect.",
+    ),
+    cfg.FloatOpt(
+        "reconnect_max_backoff",
+        default=32.0,
+        min=1.0,
+        help="Upper bound, in seconds, of the jittered exponential wait between reconnects.",
+    ),
+    cfg.FloatOpt(
+        "progress_interval",
+        default=1.0,
+        min=0.1,
+        help="Seconds between two progress reports of a running transfer (also sent every 5%).",
+    ),
+    cfg.FloatOpt(
+        "stop_grace",
+        default=30.0,
+        min=0.0,
+        help="Seconds a stopping agent (SIGTERM) gives its running transfers to finish and their "
+        "results to be acknowledged. It takes no new work meanwhile; what is still running when the "
+        "time is up is terminated and handed back to the coordinator in the agent's bye, which "
+        "requeues it without counting a retry. Keep it below the service manager's stop timeout "
+        "(TimeoutStopSec=60s in the shipped systemd unit). A second signal stops at once.",
+    ),
+    cfg.StrOpt(
+        "fetch_method",
+        default="openssh",
+        choices=[
+            ("openssh", "OpenSSH's sftp client moves the bytes (about a third of paramiko's CPU); "
+             "paramiko only checks the path first. Falls back to paramiko, with one warning at "
+             "start, when no sftp binary is installed."),
+            ("paramiko", "paramiko moves the bytes: pure Python, needs no OpenSSH client."),
+        ],
+        help="How the agent fetches image bytes from the cascading store. Both pin the host key "
+        "to the store's known_hosts_file and use only its private_key_file (doc/performance.md).",
+    ),
+    cfg.IntOpt(
+        "transfer_idle_timeout",
+        default=300,
+        min=5,
+        help="Seconds a fetch may go without receiving a new byte before it is killed and the "
+        "task fails, retryable (the .part is kept and resumed). The primary guard against a "
+        "stalled transfer; scp_copy_timeout only caps a whole task.",
+    ),
+    cfg.IntOpt(
+        "paramiko_window_mib",
+        default=32,
+        min=1,
+        max=1024,
+        help="SSH window, in MiB, of the paramiko fetch: at least the link's bandwidth-delay "
+        "product (32 MiB keeps 1 Gbit/s busy over a 250 ms round trip). Unused with "
+        "fetch_method = openssh, whose client sizes its own window.",
+    ),
+]

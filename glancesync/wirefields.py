@@ -1,0 +1,100 @@
+"""Checks for the values of wire fields: types, bounds and the shape of ids and names.
+
+``glancesync.protocol`` builds its message schemas from these; each check carries a
+docstring that says what it accepts, which is what a refusal quotes to the peer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from glancesync import untrusted
+
+# Seconds, epoch times and intervals alike: finite and of at most this size (over
+# 30,000 years), so that no later arithmetic on them overflows.
+MAX_SECONDS = 1e12
+
+# C0, DEL and C1: never part of an id or a name (they end up in logs and on terminals).
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def count(low: int, high: int) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return low <= value <= high
+
+    check.__doc__ = f"between {low} and {high}"
+    return check
+
+
+def seconds(minimum: float, inclusive: bool = True) -> Callable[[Any], bool]:
+    # "> 0", not ">= 1" for intervals: welcome.heartbeat_interval may be a fraction
+    # of a second ([coordinator] min 0.1).
+    def check(value: Any) -> bool:
+        return finite(value) and (value >= minimum if inclusive else value > minimum)
+
+    check.__doc__ = f"a number of seconds {'>=' if inclusive else '>'} {minimum:g} and <= {MAX_SECONDS:g}"
+    return check
+
+
+def finite(value: Any) -> bool:
+    """a number of seconds between -1e12 and 1e12"""
+    return math.isfinite(value) and -MAX_SECONDS <= value <= MAX_SECONDS
+
+
+def fits(value: str, limit: int, controls: bool = False) -> bool:
+    return 0 < len(value) <= limit and (controls or CONTROL.search(value) is None)
+
+
+def label(limit: int) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return fits(value, limit)
+
+    check.__doc__ = f"1 to {limit} characters without control characters"
+    return check
+
+
+def labels(limit: int, controls: bool = False) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return all(isinstance(item, str) and fits(item, limit, controls) for item in value)
+
+    check.__doc__ = f"a list of strings of 1 to {limit} characters" + ("" if controls else ", no control characters")
+    return check
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return value in choices
+
+    check.__doc__ = "one of " + ", ".join(choices)
+    return check
+
+
+def not_empty(value: Any) -> bool:
+    """not empty"""
+    return len(value) > 0
+
+
+def image_id(value: Any) -> bool:
+    return untrusted.is_image_id(value)
+
+
+image_id.__doc__ = untrusted.IMAGE_ID_FORM
+
+
+@dataclass(frozen=True)
+class Field:
+    """One body field: its accepted types, whether it must be there, a value check.
+
+    ``nullable``: null is a value of its own here (see the module docstring); for any
+    other field null means absent.  Strings are at most MAX_TEXT long, lists MAX_ITEMS.
+    """
+
+    types: tuple[type, ...]
+    required: bool = True
+    default: Any = None
+    check: Callable[[Any], bool] | None = None
+    nullable: bool = False
