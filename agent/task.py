@@ -192,16 +192,29 @@ def _fetch(store: Any, image: dict[str, Any], source: str, dest: str, progress: 
     return transfer.fetch(store, image, source, dest, progress, timeout=timeout, options=options)
 
 
+def _share(task: dict[str, Any], client: Any, endpoint: str, region: str) -> dict[str, Any]:
+    """Apply the members a task carries (only a shared image's tasks carry them)."""
+    if task.get("members") is None:
+        return {}
+    changed = apply.apply_members(client, task["image_id"], task["members"], endpoint)
+    if changed:
+        LOG.info("image %s members in %s: %s", task["image_id"], region, changed)
+    return changed
+
+
 def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict:
     region = settings.store_map.region(settings.region)
     endpoint = region.glance.url or settings.region
     client = glance.make_client(region.glance)
     kind = task["kind"]
     if kind == "copy":
-        return _copy(task, settings, client, progress)
+        report = _copy(task, settings, client, progress)
+        _share(task, client, endpoint, settings.region)
+        return report
     if kind == "update":
         image = dict(task["image"], id=task["image_id"])
         changed = apply.apply_update(client, image, endpoint)
+        changed.update(_share(task, client, endpoint, settings.region))
         LOG.info("image %s updated in %s: %s", task["image_id"], settings.region, changed or "nothing to change")
         return _done()
     if kind == "delete":

@@ -98,7 +98,7 @@ class EventDesk:
             return
         if self._stale(event, result.image, tries, now):
             return
-        self._plan(event, result.image, now)
+        self._plan(event, result.image, now, result.members)
 
     def _still_importing(self, event: EventRow, image: dict[str, Any] | None, now: float) -> bool:
         """An imported image not active yet: fetch it again later, up to snapshot_timeout."""
@@ -134,7 +134,8 @@ class EventDesk:
         self.journal.defer_event(event.event_id, now, tries)
         return True
 
-    def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float) -> None:
+    def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float,
+              members: list[dict[str, str]] | None = None) -> None:
         if event.kind != "deleted" and self.journal.deleted_event(event.image_id):
             # Fetched before the delete, answered after it: the record is stale, and copies
             # made from it would outlive the image (its delete was planned without them).
@@ -144,7 +145,7 @@ class EventDesk:
             return
         existing = self.journal.region_records(event.image_id)
         plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
-                            self.conf.sync_strategy, existing, self.storemap.source_path)
+                            self.conf.sync_strategy, existing, self.storemap.source_path, members)
         if plan.refused:
             context = event.body.get("context") or {}
             LOG.warning("event %s (%s of %s) refused: %s; the delete is not planned in any region "

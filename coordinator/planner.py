@@ -7,7 +7,7 @@ fail at once (a source we refuse to read from, an image that never became active
 
 - ``uploaded`` / ``imported`` / ``created`` of an *active* image: ``copy`` to every
   target region that does not hold (or is not already getting) the same bytes.
-- ``updated`` / ``tags_changed`` / ``deactivated`` / ``reactivated``: ``update`` for
+- ``updated`` / ``tags_changed`` / ``members_changed`` / ``deactivated`` / ``reactivated``: ``update`` for
   every region that has or is getting the image; ``updated`` and ``reactivated`` of an
   active image also copy to new targets (``glance_sync_regions`` may have changed).
 - ``deleted``: ``delete`` for every region with a record that is not deleted already,
@@ -15,6 +15,9 @@ fail at once (a source we refuse to read from, an image that never became active
   None (404) or a status in ``GONE_STATUSES``.  A regional delete is final (glance
   never takes a deleted id back), so for an image glance still shows the plan is
   ``refused`` and holds no task, whoever sent the event.
+
+Copy and update tasks of a shared image carry its ``members`` (the coordinator's own
+listing, fetched with the image), so every region shares it with the same projects.
 
 Targets by ``sync_strategy``: ``ALL`` every region, ``None`` none, ``USER`` the
 regions named in the image property ``glance_sync_regions`` (comma-separated) that
@@ -33,7 +36,7 @@ from glancesync.states import ACTIVE_STATES, SyncState
 
 USER_REGIONS_PROPERTY = "glance_sync_regions"
 COPY_EVENTS = frozenset({"uploaded", "imported", "created"})
-UPDATE_EVENTS = frozenset({"updated", "tags_changed", "deactivated", "reactivated"})
+UPDATE_EVENTS = frozenset({"updated", "tags_changed", "deactivated", "reactivated", "members_changed"})
 # Events after which an active image may need copies to regions that lack it.
 RECOPY_EVENTS = frozenset({"updated", "reactivated"})
 # Statuses of an image glance has let go of; any other status means it still exists.
@@ -90,8 +93,16 @@ def _needs_copy(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
     return True
 
 
+def _payload(image: Mapping[str, Any], source: dict[str, Any] | None,
+             members: list[dict[str, str]] | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"image": dict(image), "source": source}
+    if members is not None:
+        payload["members"] = members
+    return payload
+
+
 def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str, RegionRecord],
-            source_path: SourcePath) -> Plan:
+            source_path: SourcePath, members: list[dict[str, str]] | None = None) -> Plan:
     plan = Plan()
     needed = [region for region in targets if _needs_copy(existing.get(region), image)]
     if not needed:
@@ -105,7 +116,7 @@ def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str,
     except SourceRefused as exc:
         plan.failures = {region: str(exc) for region in needed}
         return plan
-    plan.tasks = [NewTask(region, "copy", {"image": dict(image), "source": source}) for region in needed]
+    plan.tasks = [NewTask(region, "copy", _payload(image, source, members)) for region in needed]
     return plan
 
 
@@ -115,8 +126,12 @@ def _holds_image(record: RegionRecord) -> bool:
 
 
 def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str,
-         existing: Mapping[str, RegionRecord], source_path: SourcePath) -> Plan:
-    """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404)."""
+         existing: Mapping[str, RegionRecord], source_path: SourcePath,
+         members: list[dict[str, str]] | None = None) -> Plan:
+    """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404).
+
+    ``members``: the shared image's members as the coordinator listed them (None: not shared).
+    """
     regions = list(regions)
     if kind == "deleted":
         if not image_gone(image):
@@ -132,7 +147,7 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     targets = target_regions(image, regions, strategy)
     if kind in COPY_EVENTS:
         if active:
-            return _copies(image, targets, existing, source_path)
+            return _copies(image, targets, existing, source_path, members)
         if kind == "created":
             return Plan()  # the upload or import event comes later
         status = image.get("status")
@@ -140,11 +155,11 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
                               for r in targets if _needs_copy(existing.get(r), image)})
     if kind not in UPDATE_EVENTS:
         return Plan()  # locations_changed: our own registrations, or nothing to sync
-    result = Plan(tasks=[NewTask(region, "update", {"image": dict(image), "source": None})
+    result = Plan(tasks=[NewTask(region, "update", _payload(image, None, members))
                          for region, rec in existing.items() if _holds_image(rec)])
     if active and kind in RECOPY_EVENTS:
         fresh = [r for r in targets if r not in existing or existing[r].state == SyncState.FAILED]
-        copies = _copies(image, fresh, existing, source_path)
+        copies = _copies(image, fresh, existing, source_path, members)
         result.tasks += copies.tasks
         result.failures.update(copies.failures)
     return result

@@ -65,6 +65,8 @@ class FetchResult:
     event_id: str
     image: dict[str, Any] | None
     error: GlanceSyncError | None = None
+    # The members of a shared image ({"member_id", "status"}); None for any other image.
+    members: list[dict[str, str]] | None = None
 
 
 @dataclass
@@ -280,6 +282,7 @@ class Registrar:
         # loop, so no thread of this small pool ever sleeps waiting for it.
         try:
             image = self._get(event.image_id)
+            members = glance.shared_members(self._client(), image, self.endpoint_name)
         except GlanceSyncError as exc:
             return FetchResult(event.event_id, None, exc)
-        return FetchResult(event.event_id, image)
+        return FetchResult(event.event_id, image, members=members)

@@ -90,7 +90,7 @@ class TaskDesk:
                 continue
             body = {"task_id": task.task_id, "attempt": task.attempt, "kind": task.kind,
                     "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
-                    "source": task.payload.get("source")}
+                    "source": task.payload.get("source"), "members": task.payload.get("members")}
             try:
                 sent = send(session.routing_id, "task", body)
             except ProtocolError as exc:

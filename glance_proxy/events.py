@@ -26,6 +26,9 @@ The routes (glance API v2; ``{id}`` is the image id)::
     POST   /v2/images/{id}/actions/deactivate  204 deactivated
     POST   /v2/images/{id}/actions/reactivate  204 reactivated
     DELETE /v2/images/{id}                     204 deleted
+    POST   /v2/images/{id}/members             200 members_changed
+    PUT    /v2/images/{id}/members/{member}    200 members_changed (a member's status)
+    DELETE /v2/images/{id}/members/{member}    204 members_changed
 
 ``PUT .../stage`` is not an event: a staged image changes nothing the regions hold.
 """
@@ -60,6 +63,9 @@ _ROUTES: dict[tuple[str, str], str] = {
     ("POST", "actions/deactivate"): "deactivated",
     ("POST", "actions/reactivate"): "reactivated",
     ("DELETE", ""): "deleted",
+    ("POST", "members"): "members_changed",
+    ("PUT", "members/*"): "members_changed",
+    ("DELETE", "members/*"): "members_changed",
 }
 
 # Identity headers keystonemiddleware sets (older names second).
@@ -83,7 +89,7 @@ class Route:
 def _shape(rest: str) -> str:
     """``tags/foo`` -> ``tags/*``; ``actions/deactivate`` stays as it is."""
     head, _, tail = rest.partition("/")
-    if head in ("tags", "stores") and tail and "/" not in tail:
+    if head in ("tags", "stores", "members") and tail and "/" not in tail:
         return f"{head}/*"
     return rest
 

@@ -151,3 +151,15 @@ def copied_properties(image: dict[str, Any]) -> dict[str, Any]:
         for key, value in image.items()
         if key not in GLANCE_OWNED_FIELDS and not key.startswith("os_glance") and value is not None
     }
+
+
+def shared_members(client: Any, image: dict[str, Any] | None, endpoint: str) -> list[dict[str, str]] | None:
+    """The members of a shared image as ``[{"member_id", "status"}]``, sorted; None for any other image.
+
+    Glance keeps members only for ``shared`` images (it refuses the call for the others).
+    """
+    if not image or image.get("visibility") != "shared":
+        return None
+    listed = call(lambda: list(client.image_members.list(image["id"])), endpoint, missing=[])
+    return sorted(({"member_id": str(m["member_id"]), "status": str(m["status"])} for m in listed),
+                  key=lambda m: m["member_id"])

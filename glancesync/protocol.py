@@ -127,6 +127,7 @@ EVENT_KINDS = (
     "deleted",
     "locations_changed",
     "tags_changed",
+    "members_changed",
 )
 STATUS_VIEWS = ("summary", "image")
 
@@ -225,6 +226,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # Where the bytes come from; None for update and delete tasks.  For an SFTP
         # source: {"type": "sftp", "path": <absolute path in the cascading store>}.
         "source": Field(_MAP, required=False, nullable=True),
+        # The members of a shared cascading image, [{"member_id", "status"}], for copy and
+        # update tasks; absent when the image is not shared or the coordinator is older.
+        "members": Field(_LIST, required=False, nullable=True, check=wirefields.members),
     },
     "disconnect": {"reason": Field(_STR, required=False, default="")},
     # The coordinator has the report of this attempt (or it was stale): stop resending it.

@@ -98,3 +98,17 @@ class Field:
     default: Any = None
     check: Callable[[Any], bool] | None = None
     nullable: bool = False
+
+
+MEMBER_STATUSES = ("pending", "accepted", "rejected")
+_MEMBER_ID = label(255)
+
+
+def members(value: Any) -> bool:
+    """a list of {member_id, status} maps, status one of pending, accepted, rejected"""
+    return all(
+        isinstance(item, dict)
+        and isinstance(item.get("member_id"), str) and _MEMBER_ID(item["member_id"])
+        and item.get("status") in MEMBER_STATUSES
+        for item in value
+    )

@@ -83,3 +83,50 @@ def test_delete_tolerates_404_and_removes_part_file(tmp_path):
     assert apply.apply_delete(FakeClient({}), "img-1", str(part), "ep") is False
     assert not part.exists()
     assert apply.apply_delete(FakeClient({"img-1": dict(CASCADING)}), "img-1", None, "ep") is True
+
+
+class FakeMembers:
+    def __init__(self, members: dict[str, str]) -> None:
+        self.members = dict(members)
+        self.calls: list[tuple] = []
+
+    def list(self, image_id):
+        return [{"member_id": m, "status": s} for m, s in self.members.items()]
+
+    def create(self, image_id, member_id):
+        self.calls.append(("create", member_id))
+        self.members[member_id] = "pending"
+
+    def update(self, image_id, member_id, status):
+        self.calls.append(("update", member_id, status))
+        self.members[member_id] = status
+
+    def delete(self, image_id, member_id):
+        self.calls.append(("delete", member_id))
+        del self.members[member_id]
+
+
+def test_members_are_added_restated_and_removed_to_match():
+    client = FakeClient({})
+    client.image_members = FakeMembers({"p-keep": "accepted", "p-gone": "pending", "p-flip": "pending"})
+    want = [{"member_id": "p-keep", "status": "accepted"}, {"member_id": "p-flip", "status": "rejected"},
+            {"member_id": "p-new", "status": "accepted"}]
+    done = apply.apply_members(client, "img-1", want, "ep")
+    assert client.image_members.members == {"p-keep": "accepted", "p-flip": "rejected", "p-new": "accepted"}
+    assert done == {"members_added": ["p-new"], "members_restated": ["p-flip", "p-new"],
+                    "members_removed": ["p-gone"]}
+    client.image_members.calls.clear()
+    assert apply.apply_members(client, "img-1", want, "ep") == {}
+    assert client.image_members.calls == []
+
+
+def test_members_refused_by_glance_fail_the_task():
+    class Refusing(FakeMembers):
+        def create(self, image_id, member_id):
+            raise glance_exc.HTTPForbidden("Only shared images have members.")
+
+    client = FakeClient({})
+    client.image_members = Refusing({})
+    with pytest.raises(GlanceError) as info:
+        apply.apply_members(client, "img-1", [{"member_id": "p", "status": "pending"}], "ep")
+    assert "shared" in str(info.value)

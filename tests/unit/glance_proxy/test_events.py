@@ -23,6 +23,9 @@ ROUTES = [
     ("DELETE", f"/v2/images/{IMG}", 204, "deleted"),
     ("POST", f"/v2/images/{IMG}/locations", 202, "locations_changed"),
     ("DELETE", f"/v2/images/{IMG}/stores/fast", 204, "locations_changed"),
+    ("POST", f"/v2/images/{IMG}/members", 200, "members_changed"),
+    ("PUT", f"/v2/images/{IMG}/members/project-b", 200, "members_changed"),
+    ("DELETE", f"/v2/images/{IMG}/members/project-b", 204, "members_changed"),
 ]
 
 
@@ -72,7 +75,8 @@ def test_internal_header_makes_no_event(method, path, status, kind):
         ("POST", "/v2/tasks"),
         ("POST", "/v2/schemas/images"),
         ("GET", "/versions"),
-        ("POST", f"/v2/images/{IMG}/members"),
+        ("GET", f"/v2/images/{IMG}/members"),
+        ("POST", f"/v2/images/{IMG}/members/{IMG}"),
         ("POST", f"/v2/images/{IMG}/actions/unknown"),
         ("PUT", "/v2/images"),
         ("DELETE", "/v2/images"),
@@ -181,3 +185,4 @@ def test_event_ids_are_unique():
     first = _map("DELETE", f"/v2/images/{IMG}", 204)
     second = _map("DELETE", f"/v2/images/{IMG}", 204)
     assert first["event_id"] != second["event_id"]
+

@@ -42,6 +42,7 @@ VALID: dict[str, dict[str, Any]] = {
         "region": "RegionOne",
         "image": {"id": IMAGE_ID, "size": 100, "properties": {"a": "b"}},
         "source": {"type": "sftp", "path": f"/var/lib/glance/images/{IMAGE_ID}"},
+        "members": [{"member_id": "0123abcd", "status": "pending"}],
     },
     "disconnect": {"reason": "coordinator restarting"},
     "result_ack": dict(TASK_REF),
@@ -182,6 +183,9 @@ def test_wrong_type(msg_type: str, body: dict[str, Any], field: str) -> None:
         ("ack", {"task_id": "t", "attempt": 0}, "attempt"),
         ("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1", "in_flight": [1]}, "in_flight"),
         ("status_query", {"view": "everything"}, "view"),
+        ("task", {**VALID["task"], "members": [{"member_id": "p", "status": "maybe"}]}, "members"),
+        ("task", {**VALID["task"], "members": [{"member_id": "p\x1b[2J", "status": "pending"}]}, "members"),
+        ("task", {**VALID["task"], "members": ["p"]}, "members"),
     ],
 )
 def test_failed_value_check(msg_type: str, body: dict[str, Any], field: str) -> None:
@@ -430,3 +434,10 @@ def test_an_agent_cannot_be_configured_beyond_what_its_hello_may_carry() -> None
         conf.agent.workers  # noqa: B018  (the value is checked when read)
     hello = {**VALID["hello"], "capacity": protocol.MAX_CAPACITY, "agent_id": "a" * protocol.MAX_NAME}
     protocol.encode("hello", hello)
+
+
+def test_task_members_are_optional_and_pass_when_well_formed() -> None:
+    members = [{"member_id": "0123abcd", "status": "accepted"}]
+    older = {k: v for k, v in VALID["task"].items() if k != "members"}
+    assert protocol.decode(envelope(type="task", body=older)).body["members"] is None
+    assert protocol.decode(envelope(type="task", body={**VALID["task"], "members": members})).body["members"] == members

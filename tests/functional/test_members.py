@@ -1,0 +1,51 @@
+"""Image sharing follows the cascading image into every region, on real glance-apis.
+
+Members added before the upload arrive with the copy; members added, accepted
+and removed later arrive as ``members_changed`` events from the glancesync filter.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.functional import helpers
+from tests.functional.services import SyncServices
+from tests.harness.topology import Topology
+
+
+def _regional_members(topology: Topology, image_id: str) -> dict[str, dict[str, str]]:
+    return {
+        region: {m["member_id"]: m["status"] for m in server.client().image_members.list(image_id)}
+        for region, server in topology.cascaded.items()
+    }
+
+
+def _wait_members(topology: Topology, image_id: str, want: dict[str, str], what: str) -> None:
+    helpers.wait_until(
+        lambda: all(have == want for have in _regional_members(topology, image_id).values()), 90, what)
+
+
+def test_members_follow_the_cascading_image(topology: Topology, sync: SyncServices) -> None:
+    client = topology.cascading.client()
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    image = helpers.upload_random(client, helpers.MIB, visibility="shared")
+    client.image_members.create(image.id, first)
+    helpers.wait_states(topology, image.id, "synced")
+    _wait_members(topology, image.id, {first: "pending"}, "the first member in every region")
+
+    client.image_members.update(image.id, first, "accepted")
+    client.image_members.create(image.id, second)
+    _wait_members(topology, image.id, {first: "accepted", second: "pending"},
+                  "the acceptance and the second member in every region")
+
+    client.image_members.delete(image.id, first)
+    _wait_members(topology, image.id, {second: "pending"}, "the removal in every region")
+    copy = next(iter(topology.cascaded.values())).client().images.get(image.id)
+    assert copy["visibility"] == "shared"
+
+
+def test_a_private_image_gets_no_members(topology: Topology, sync: SyncServices) -> None:
+    client = topology.cascading.client()
+    image = helpers.upload_random(client, helpers.MIB, visibility="private")
+    helpers.wait_states(topology, image.id, "synced")
+    assert _regional_members(topology, image.id) == {region: {} for region in topology.region_names}
