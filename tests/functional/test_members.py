@@ -44,8 +44,14 @@ def test_members_follow_the_cascading_image(topology: Topology, sync: SyncServic
     assert copy["visibility"] == "shared"
 
 
-def test_a_private_image_gets_no_members(topology: Topology, sync: SyncServices) -> None:
+def test_an_image_made_shared_later_shares_in_every_region(topology: Topology, sync: SyncServices) -> None:
     client = topology.cascading.client()
+    member = uuid.uuid4().hex
     image = helpers.upload_random(client, helpers.MIB, visibility="private")
     helpers.wait_states(topology, image.id, "synced")
-    assert _regional_members(topology, image.id) == {region: {} for region in topology.region_names}
+    client.images.update(image.id, visibility="shared")
+    helpers.wait_until(
+        lambda: all(s.client().images.get(image.id)["visibility"] == "shared" for s in topology.cascaded.values()),
+        90, "the visibility change in every region")
+    client.image_members.create(image.id, member)
+    _wait_members(topology, image.id, {member: "pending"}, "the member in every region")
