@@ -26,7 +26,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from coordinator import planner, reconciler
+from coordinator import planner, reconciler, regiondrift
 from coordinator.journal import EventRow, Journal
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync import untrusted
@@ -145,7 +145,8 @@ class EventDesk:
             return
         existing = self.journal.region_records(event.image_id)
         plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
-                            self.conf.sync_strategy, existing, self.storemap.source_path, members)
+                            self.conf.sync_strategy, existing, self.storemap.source_path, members,
+                            repairs=event.body.get("repairs"))
         if plan.refused:
             context = event.body.get("context") or {}
             LOG.warning("event %s (%s of %s) refused: %s; the delete is not planned in any region "
@@ -164,7 +165,10 @@ class EventDesk:
         if self.next_reconcile is None or self.reconciling or now < self.next_reconcile:
             return
         self.reconciling = True
-        self.registrar.reconcile(self.journal.known_image_ids(), self.journal.tracked_image_ids())
+        policy = regiondrift.Policy(tuple(self.storemap.regions), self.conf.sync_strategy, now,
+                                    self.conf.coordinator.reconcile_failed_retry_interval)
+        self.registrar.reconcile(reconciler.Inputs(self.journal.known_image_ids(), self.journal.tracked_image_ids(),
+                                                   self.journal.region_facts(), policy))
 
     def reconciled(self, result: ReconcileResult, now: float) -> None:
         # Journal first: when recording fails the JournalError keeps this result for the
@@ -183,10 +187,17 @@ class EventDesk:
         deletes = reconciler.limit_deletes(drift.vanished, drift.tracked, confirmed, c.reconcile_max_deletes,
                                            c.reconcile_max_delete_percent)
         generation = self.journal.next_reconcile_pass()
-        bodies = reconciler.synthetic_events(drift.missing, deletes.delete, generation)
+        bodies = reconciler.synthetic_events(drift.missing, deletes.delete, generation, drift.repairs)
         for body in self.journal.record_reconcile(bodies, deletes.held, now, reconciler.ORIGIN):
-            LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
-                        body["kind"], body["image_id"])
+            if body["kind"] == "drift":
+                LOG.warning("reconciler: image %s drifted; repairs %s", body["image_id"], body["repairs"])
+            else:
+                LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
+                            body["kind"], body["image_id"])
+        for repair in drift.repairs:
+            if repair.action not in regiondrift.ACTED_ON:
+                LOG.warning("reconciler: image %s in %s not repaired (%s): %s", repair.image_id, repair.region,
+                            repair.action, repair.reason)
         if deletes.held:
             LOG.error("reconciler: %d of %d tracked image(s) are gone from the cascading glance, over the "
                       "safety limit (reconcile_max_deletes %d, reconcile_max_delete_percent %s): no regional "

@@ -16,6 +16,11 @@ fail at once (a source we refuse to read from, an image that never became active
   never takes a deleted id back), so for an image glance still shows the plan is
   ``refused`` and holds no task, whoever sent the event.
 
+- ``drift`` (a reconciler pass's event, coordinator/regiondrift.py): the repairs it names
+  per region, ``copy`` also where the journal says synced (the copy is gone from the
+  region, or its location from the cascading image: the agent confirms or restores
+  it), ``update`` where the region holds the image.
+
 Copy and update tasks of a shared image carry its ``members`` (the coordinator's own
 listing, fetched with the image), so every region shares it with the same projects.
 
@@ -102,9 +107,10 @@ def _payload(image: Mapping[str, Any], source: dict[str, Any] | None,
 
 
 def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str, RegionRecord],
-            source_path: SourcePath, members: list[dict[str, str]] | None = None) -> Plan:
+            source_path: SourcePath, members: list[dict[str, str]] | None = None,
+            needs: Callable[[RegionRecord | None, Mapping[str, Any]], bool] = _needs_copy) -> Plan:
     plan = Plan()
-    needed = [region for region in targets if _needs_copy(existing.get(region), image)]
+    needed = [region for region in targets if needs(existing.get(region), image)]
     if not needed:
         return plan
     image_id = str(image.get("id"))
@@ -120,6 +126,23 @@ def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str,
     return plan
 
 
+def _may_repair(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
+    """A drift copy: also over a synced record (its copy or location went missing), never mid-task."""
+    return record is None or record.state in (SyncState.SYNCED, SyncState.FAILED)
+
+
+def _repairs(image: Mapping[str, Any], repairs: Mapping[str, str], existing: Mapping[str, RegionRecord],
+             source_path: SourcePath, members: list[dict[str, str]] | None) -> Plan:
+    copy_to = [r for r, action in repairs.items() if action == "copy"]
+    result = Plan()
+    if copy_to and image.get("status") == "active":
+        result = _copies(image, copy_to, existing, source_path, members, needs=_may_repair)
+    result.tasks += [NewTask(region, "update", _payload(image, None, members))
+                     for region, action in repairs.items()
+                     if action == "update" and region in existing and _holds_image(existing[region])]
+    return result
+
+
 def _holds_image(record: RegionRecord) -> bool:
     return record.state == SyncState.SYNCED or (
         record.state in ACTIVE_STATES and record.state != SyncState.DELETING)
@@ -127,10 +150,11 @@ def _holds_image(record: RegionRecord) -> bool:
 
 def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str,
          existing: Mapping[str, RegionRecord], source_path: SourcePath,
-         members: list[dict[str, str]] | None = None) -> Plan:
+         members: list[dict[str, str]] | None = None, repairs: Mapping[str, str] | None = None) -> Plan:
     """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404).
 
     ``members``: the shared image's members as the coordinator listed them (None: not shared).
+    ``repairs``: a ``drift`` event's region -> ``copy`` | ``update``.
     """
     regions = list(regions)
     if kind == "deleted":
@@ -143,6 +167,11 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     if image is None:
         # Gone from the cascading glance: the ``deleted`` event that follows cleans up.
         return Plan()
+    if kind == "drift":
+        # Judged against a listing a moment ago; re-checked here against this fetch.
+        wanted = set(target_regions(image, regions, strategy))
+        return _repairs(image, {r: a for r, a in (repairs or {}).items() if r in wanted}, existing,
+                        source_path, members)
     active = image.get("status") == "active"
     targets = target_regions(image, regions, strategy)
     if kind in COPY_EVENTS:

@@ -21,6 +21,11 @@ before the first was planned makes no duplicate.  On a first deployment beside a
 existing glance, the first pass brings every existing image to the regions the
 strategy names.
 
+The same pass also lists every region's glance (with that region's credentials)
+and finds drift per (image, region) for the images the journal knows
+(coordinator/regiondrift.py): missing copies, failed ones due for a retry, drifted
+metadata, lost locations.  Those become ``drift`` events naming their repairs.
+
 The safety limit (``limit_deletes``): a listing can be wrong as a whole — a
 cascading database restored from an old backup, a wrong endpoint, credentials that
 do not see every project (another project's private image answers 404 too).  A
@@ -37,7 +42,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator import regiondrift
 from glancesync import glance, untrusted
+from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
 # The sender and context origin of the reconciler's synthetic events.
@@ -56,12 +63,19 @@ class Drift:
     vanished: list[str] = field(default_factory=list)
     # How many images had regional copies when the pass began (the safety limit's base).
     tracked: int = 0
+    # Per (image, region) differences of images the journal knows (regiondrift.py).
+    repairs: list[regiondrift.Repair] = field(default_factory=list)
 
 
-def synthetic_events(missing: Iterable[str], deleted: Iterable[str], generation: int) -> list[dict[str, Any]]:
+def synthetic_events(missing: Iterable[str], deleted: Iterable[str], generation: int,
+                     repairs: Iterable[regiondrift.Repair] = ()) -> list[dict[str, Any]]:
     """Event bodies (protocol ``event`` fields) of pass ``generation`` for the journal."""
     made = [synthetic_event(f"reconcile-uploaded-{i}-{generation}", "uploaded", i, ORIGIN) for i in missing]
-    return made + [synthetic_event(f"reconcile-deleted-{i}-{generation}", "deleted", i, ORIGIN) for i in deleted]
+    made += [synthetic_event(f"reconcile-deleted-{i}-{generation}", "deleted", i, ORIGIN) for i in deleted]
+    for image_id, by_region in sorted(regiondrift.acted_on(repairs).items()):
+        body = synthetic_event(f"reconcile-drift-{image_id}-{generation}", "drift", image_id, ORIGIN)
+        made.append(dict(body, repairs=by_region))
+    return made
 
 
 @dataclass(frozen=True)
@@ -103,9 +117,9 @@ def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dic
             "context": {"origin": origin}}
 
 
-def list_cascading(client: Any) -> dict[str, str]:
-    """Image id -> status of every image of the cascading glance, hidden ones included."""
-    found: dict[str, str] = {}
+def list_images(client: Any) -> dict[str, dict[str, Any]]:
+    """Image id -> record of every image of a glance (paged by glanceclient), hidden ones included."""
+    found: dict[str, dict[str, Any]] = {}
     # Glance leaves os_hidden images out of a listing unless asked for them.
     for hidden in (False, True):
         for image in client.images.list(filters={"visibility": "all", "os_hidden": hidden}):
@@ -113,12 +127,12 @@ def list_cascading(client: Any) -> dict[str, str]:
                 # Ids become URLs and journal keys: only glance's own form is let in.
                 LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))
                 continue
-            found[image["id"]] = image.get("status", "")
+            found[image["id"]] = glance.image_to_dict(image)
     return found
 
 
 def find_drift(
-    listed: dict[str, str],
+    listed: dict[str, dict[str, Any]],
     known: Iterable[str],
     tracked: Iterable[str],
     exists: Callable[[str], bool],
@@ -131,23 +145,60 @@ def find_drift(
     only hidden from it).
     """
     known_ids, tracked_ids = set(known), set(tracked)
-    missing = sorted(i for i, status in listed.items() if status in SYNCABLE_STATUSES and i not in known_ids)
+    missing = sorted(i for i, image in listed.items()
+                     if image.get("status") in SYNCABLE_STATUSES and i not in known_ids)
     vanished = sorted(i for i in tracked_ids - set(listed) if not exists(i))
     return Drift(missing=missing, vanished=vanished, tracked=len(tracked_ids))
 
 
-def scan(client: Any, known: Iterable[str], tracked: Iterable[str], endpoint: str) -> Drift:
-    """One pass against the cascading glance; raises GlanceError when glance does not answer."""
+@dataclass(frozen=True)
+class Inputs:
+    """What a pass reads from the journal (on the loop thread) before it lists the glances."""
+
+    known: set[str]
+    tracked: set[str]
+    # image id -> region -> (state, updated_at), as Journal.region_facts() gives it.
+    facts: dict[str, dict[str, tuple[str, float]]]
+    policy: regiondrift.Policy
+
+
+def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str]) -> dict[str, dict | None]:
+    """region -> its listing; None for a region whose glance did not answer (judged not at all)."""
+    listings: dict[str, dict | None] = {}
+    for region in regions:
+        try:
+            listings[region] = list_images(regional_client(region))
+        except Exception as exc:
+            LOG.warning("reconciler: region %s not listed, its drift not judged this pass: %s", region,
+                        glance.translate(exc, region))
+            listings[region] = None
+    return listings
+
+
+def region_drift(listed: dict[str, dict[str, Any]], listings: dict[str, dict | None],
+                 inputs: Inputs) -> list[regiondrift.Repair]:
+    """The per-(image, region) repairs of every image the journal knows."""
+    journal = {image_id: {} for image_id in inputs.known}
+    for image_id, regions in inputs.facts.items():
+        journal[image_id] = {r: regiondrift.Fact(SyncState(state), at) for r, (state, at) in regions.items()}
+    return regiondrift.find_repairs(listed, listings, journal, inputs.policy)
+
+
+def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, endpoint: str) -> Drift:
+    """One pass against the cascading glance and the regions; raises GlanceError when the cascading
+    glance does not answer."""
     try:
-        listed = list_cascading(client)
+        listed = list_images(client)
     except Exception as exc:
         raise glance.translate(exc, endpoint) from exc
 
     def exists(image_id: str) -> bool:
         return glance.call(lambda: client.images.get(image_id) is not None, endpoint, missing=False)
 
-    drift = find_drift(listed, known, tracked, exists)
-    if drift.missing or drift.vanished:
-        LOG.warning("reconciler: %d image(s) unknown to the journal, %d gone from the cascading glance",
-                    len(drift.missing), len(drift.vanished))
+    drift = find_drift(listed, inputs.known, inputs.tracked, exists)
+    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions), inputs)
+    drift = Drift(missing=drift.missing, vanished=drift.vanished, tracked=drift.tracked, repairs=repairs)
+    if drift.missing or drift.vanished or repairs:
+        LOG.warning("reconciler: %d image(s) unknown to the journal, %d gone from the cascading glance, "
+                    "%d (image, region) difference(s)", len(drift.missing), len(drift.vanished), len(repairs))
     return drift

@@ -183,14 +183,15 @@ class Registrar:
             endpoint=self.endpoint_name, detail=str(exc)))
         self.pool.submit(self._run, lambda: self._fetch(event), fail)
 
-    def reconcile(self, known: set[str], tracked: set[str]) -> None:
-        """Compare the cascading glance with what the journal knows (see reconciler.py)."""
+    def reconcile(self, inputs: reconciler.Inputs) -> None:
+        """Compare the glances with what the journal knows (see reconciler.py)."""
         fail = lambda exc: ReconcileResult(None, GlanceError(endpoint=self.endpoint_name, detail=str(exc)))  # noqa: E731
-        self.pool.submit(self._run, lambda: self._reconcile(known, tracked), fail)
+        self.pool.submit(self._run, lambda: self._reconcile(inputs), fail)
 
-    def _reconcile(self, known: set[str], tracked: set[str]) -> ReconcileResult:
+    def _reconcile(self, inputs: reconciler.Inputs) -> ReconcileResult:
         try:
-            return ReconcileResult(reconciler.scan(self._client(), known, tracked, self.endpoint_name))
+            return ReconcileResult(reconciler.scan(self._client(), self._regional_client, inputs,
+                                                   self.endpoint_name))
         except GlanceSyncError as exc:
             return ReconcileResult(None, exc)
 

@@ -85,6 +85,15 @@ coordinator_opts = [
         "reconcile_max_deletes and reconcile_max_delete_percent. The first pass runs at "
         "most 60 s after start. 0 disables it.",
     ),
+    cfg.FloatOpt(
+        "reconcile_failed_retry_interval",
+        default=3600.0,
+        min=0.0,
+        help="Seconds after which the reconciler copies a failed (image, region) again (the slow "
+        "schedule for failures that may have passed: a region that was full, a glance that "
+        "refused for a while). A failure that cannot pass fails again and waits again. 0: failed "
+        "regions wait for 'glance-sync-manage resync'. Related options: reconcile_interval.",
+    ),
     cfg.IntOpt(
         "reconcile_max_deletes",
         default=10,

@@ -64,6 +64,16 @@ class ViewsMixin:
             seen |= {row[0] for row in conn.execute(sa.select(image_regions.c.image_id).distinct())}
         return seen
 
+    def region_facts(self) -> dict[str, dict[str, tuple[str, float]]]:
+        """image id -> region -> (state, updated_at) of every regional record (for the reconciler)."""
+        query = sa.select(image_regions.c.image_id, image_regions.c.region, image_regions.c.state,
+                          image_regions.c.updated_at)
+        facts: dict[str, dict[str, tuple[str, float]]] = {}
+        with self.transaction() as conn:
+            for image_id, region, state, updated_at in conn.execute(query):
+                facts.setdefault(image_id, {})[region] = (state, updated_at)
+        return facts
+
     def tracked_image_ids(self) -> set[str]:
         """Ids with a regional record that is neither deleted nor being deleted."""
         query = (sa.select(image_regions.c.image_id).distinct()

@@ -6,6 +6,7 @@ import pytest
 from glanceclient import exc as glance_exc
 
 from agent import apply
+from glancesync import imagediff
 from glancesync.exceptions import GlanceError
 
 CASCADING = {
@@ -18,14 +19,14 @@ CASCADING = {
 def test_property_changes_patches_only_what_differs():
     regional = dict(CASCADING, name="old", tags=["b", "a"], extra="gone", os_hash_value="ignored")
     del regional["hw_disk_bus"]
-    changes, removes = apply.property_changes(CASCADING, regional)
+    changes, removes = imagediff.property_changes(CASCADING, regional)
     assert changes == {"name": "cirros", "hw_disk_bus": "virtio"}
     assert removes == ["extra"]
 
 
 def test_property_changes_never_removes_core_fields_or_touches_create_only():
     regional = dict(CASCADING, disk_format="qcow2", owner="p1")
-    changes, removes = apply.property_changes(CASCADING, regional)
+    changes, removes = imagediff.property_changes(CASCADING, regional)
     assert changes == {} and removes == []
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent import apply, transfer, upload
+from agent import transfer, upload
+from glancesync import imagediff
 from glancesync import verify as check
 from glancesync.exceptions import GlanceError, SourceRefused, VerificationError
 from glancesync.storemap import SshStore
@@ -43,8 +44,8 @@ def test_a_regional_image_of_any_shape_is_a_decision_or_a_glance_error(regional:
 @FUZZ
 @given(cascading=records, regional=records)
 def test_property_changes_of_any_two_records(cascading: dict, regional: dict) -> None:
-    changes, removes = apply.property_changes(cascading, regional)
-    assert not set(changes) & apply.CREATE_ONLY and all(isinstance(k, str) for k in removes)
+    changes, removes = imagediff.property_changes(cascading, regional)
+    assert not set(changes) & imagediff.CREATE_ONLY and all(isinstance(k, str) for k in removes)
 
 
 @FUZZ

@@ -118,9 +118,19 @@ def test_a_delete_whose_fetch_fails_waits_for_a_retry(ctx, service, journal, cli
     assert set(states(journal).values()) == {SyncState.DELETING}
 
 
-def reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, **coordinator):
+class Unlisted:
+    """A region whose listing fails: its per-region drift is not judged (tests of the cascading side)."""
+
+    class images:  # noqa: N801
+        @staticmethod
+        def list(filters):
+            raise ConnectionError("region not answering")
+
+
+def reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, regional=None, **coordinator):
     conf = make_conf(tmp_path, db_url, store_yaml, coordinator=coordinator)
-    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: client)
+    regional = regional or Unlisted()
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)
     svc = Service(conf, stores, journal, registrar, context=ctx)
     svc.initialize(NOW)
     add_listing(client.images)

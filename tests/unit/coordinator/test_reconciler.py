@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from glanceclient import exc as glance_exc
 
-from coordinator import reconciler
+from coordinator import reconciler, regiondrift
 from glancesync.exceptions import GlanceError
 
 
@@ -30,9 +30,16 @@ class Client:
         self.images = images
 
 
+def inputs(tracked=(), regions=()) -> reconciler.Inputs:
+    policy = regiondrift.Policy(tuple(regions), "ALL", 1000.0)
+    return reconciler.Inputs(known=set(), tracked=set(tracked), facts={}, policy=policy)
+
+
 def test_active_images_unknown_to_the_journal_are_missing() -> None:
     drift = reconciler.find_drift(
-        {"a": "active", "b": "active", "q": "queued", "d": "deactivated"}, known={"b"}, tracked=(),
+        {i: {"id": i, "status": s} for i, s in (("a", "active"), ("b", "active"), ("q", "queued"),
+                                                ("d", "deactivated"))},
+        known={"b"}, tracked=(),
         exists=lambda i: True,
     )
     assert drift.missing == ["a", "d"]
@@ -97,7 +104,7 @@ def test_scan_lists_hidden_images_too_and_confirms_with_get() -> None:
     a, h = "aaaaaaaa-0000-4000-8000-000000000001", "eeeeeeee-0000-4000-8000-000000000002"
     images = ListingImages(visible={a: "active", "../../etc/passwd": "active"}, hidden={h: "active"},
                            existing={a, h, "t2"})
-    drift = reconciler.scan(Client(images), known=set(), tracked={"t1", "t2"}, endpoint="http://c")
+    drift = reconciler.scan(Client(images), lambda region: None, inputs(tracked={"t1", "t2"}), endpoint="http://c")
     assert drift.missing == [a, h]  # an entry whose id is not a glance id is ignored
     assert drift.vanished == ["t1"]
     assert {f["os_hidden"] for f in images.filters} == {False, True}
@@ -109,5 +116,5 @@ def test_scan_translates_glance_errors() -> None:
             raise glance_exc.HTTPServiceUnavailable("down")
 
     with pytest.raises(GlanceError) as caught:
-        reconciler.scan(Client(Broken()), known=(), tracked=(), endpoint="http://c")
+        reconciler.scan(Client(Broken()), lambda region: None, inputs(), endpoint="http://c")
     assert caught.value.retryable

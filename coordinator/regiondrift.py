@@ -1,0 +1,166 @@
+"""Drift per (image, region): what a reconciler pass repairs.  Pure: no I/O, no clock.
+
+``reconciler.py`` finds images the journal never heard of and images gone from the
+cascading glance.  This module compares, for every image the journal knows, what
+should be (the strategy's targets and the cascading record) with what is (the
+region's own listing, the journal's state, the cascading image's locations), and
+says what to do about each difference:
+
+- ``copy``: an active image that a target region should hold and does not: no copy
+  was ever planned there (a region added later, a lost ``uploaded`` after a seen
+  ``created``); the copy failed long enough ago (``failed_retry_after``); the
+  journal says ``synced`` but the region's glance no longer lists it (deleted by
+  hand: the agent restores it under the same id, or reports that glance refuses a
+  deleted id); or its ``cascaded://`` location is missing from the cascading image
+  (the agent finds its verified copy, and the coordinator registers it again).
+- ``update``: a synced copy whose status (active / deactivated) or copied metadata
+  differs from the cascading image's (``glancesync.imagediff``).
+- ``operator``: a difference the service must not repair by itself: a regional image
+  with the same id and other bytes.
+- ``unwanted``: a copy this service made (the journal says ``synced``) in a region
+  the strategy no longer targets.  Shown by ``glance-sync-manage plan``; removing it
+  is a delete, which only the targeting rules decide, never a reconciler pass.
+
+Only ``copy`` and ``update`` become events.  A region whose listing failed this
+pass is judged not at all: an unanswered listing is not an empty one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator import planner
+from glancesync import imagediff, protocol
+from glancesync.states import ACTIVE_STATES, SyncState
+
+ACTIONS = ("copy", "update", "operator", "unwanted")
+# Actions a pass turns into events; the others are reported only.
+ACTED_ON = frozenset({"copy", "update"})
+# Statuses of a cascading image whose copies the regions should hold.
+HELD_STATUSES = frozenset({"active", "deactivated"})
+GONE = frozenset({"deleted", "killed", "pending_delete"})
+
+
+@dataclass(frozen=True)
+class Fact:
+    """What the journal says of one (image, region)."""
+
+    state: SyncState
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Repair:
+    image_id: str
+    region: str
+    action: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"image_id": self.image_id, "region": self.region, "action": self.action, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What decides the targets and the retry of failed copies."""
+
+    regions: tuple[str, ...]
+    strategy: str
+    now: float
+    # Seconds after which a failed (image, region) is copied again; 0: never.
+    failed_retry_after: float = 0.0
+
+
+def _same_bytes(cascading: Mapping[str, Any], regional: Mapping[str, Any]) -> bool:
+    for key in ("size", "checksum"):
+        if cascading.get(key) is not None and regional.get(key) is not None and cascading[key] != regional[key]:
+            return False
+    same_algo = cascading.get("os_hash_algo") == regional.get("os_hash_algo")
+    return not same_algo or cascading.get("os_hash_value") == regional.get("os_hash_value")
+
+
+def _registered(image: Mapping[str, Any], region: str) -> bool | None:
+    """Whether the cascading image lists this region's location; None when glance shows no locations."""
+    if "locations" not in image:
+        return None
+    url = protocol.cascaded_url(region, str(image.get("id")))
+    return any(isinstance(loc, Mapping) and loc.get("url") == url for loc in image.get("locations") or [])
+
+
+def _synced_drift(image: Mapping[str, Any], region: str, regional: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    active = image.get("status") == "active"
+    if regional is None or regional.get("status") in GONE:
+        if not active:
+            return None
+        return "copy", "the journal says synced but the region's glance no longer has the image"
+    if not _same_bytes(image, regional):
+        return "operator", "the regional image has this id and other bytes; an operator must resolve it"
+    if regional.get("status") in HELD_STATUSES and regional.get("status") != image.get("status"):
+        return "update", f"the copy is {regional.get('status')}, the cascading image {image.get('status')}"
+    changes, removes = imagediff.property_changes(dict(image), dict(regional))
+    if changes or removes:
+        return "update", "metadata differs: " + ", ".join(sorted([*changes, *removes]))
+    if active and regional.get("status") == "active" and _registered(image, region) is False:
+        return "copy", f"location {protocol.cascaded_url(region, str(image.get('id')))} is missing"
+    return None
+
+
+def _judge(image: Mapping[str, Any], region: str, fact: Fact | None, regional: Mapping[str, Any] | None,
+           policy: Policy) -> tuple[str, str] | None:
+    active = image.get("status") == "active"
+    if fact is None:
+        return ("copy", "no copy was ever planned for this region") if active else None
+    if fact.state in ACTIVE_STATES or fact.state == SyncState.DELETED:
+        return None  # in flight, or final
+    if fact.state == SyncState.FAILED:
+        waited = policy.now - fact.updated_at
+        if active and policy.failed_retry_after > 0 and waited >= policy.failed_retry_after:
+            return "copy", f"failed {waited:.0f} s ago; tried again"
+        return None
+    return _synced_drift(image, region, regional)
+
+
+def find_repairs(
+    cascading: Mapping[str, Mapping[str, Any]],
+    regional: Mapping[str, Mapping[str, Mapping[str, Any]] | None],
+    journal: Mapping[str, Mapping[str, Fact]],
+    policy: Policy,
+) -> list[Repair]:
+    """Every repair for the images the journal knows, sorted by image then region.
+
+    ``cascading``: id -> record of the cascading listing; ``regional``: region -> id ->
+    record of that region's listing (None: the listing failed); ``journal``: id ->
+    region -> Fact, for every image the journal has regional records of.
+    """
+    repairs: list[Repair] = []
+    for image_id in sorted(journal):
+        image = cascading.get(image_id)
+        if image is None or image.get("status") not in HELD_STATUSES:
+            continue
+        facts = journal[image_id]
+        targets = planner.target_regions(image, policy.regions, policy.strategy)
+        for region in policy.regions:
+            listing = regional.get(region)
+            if listing is None:
+                continue
+            fact = facts.get(region)
+            if region in targets:
+                verdict = _judge(image, region, fact, listing.get(image_id), policy)
+            elif fact is not None and fact.state == SyncState.SYNCED:
+                verdict = "unwanted", f"strategy {policy.strategy} no longer targets this region"
+            else:
+                verdict = None
+            if verdict:
+                repairs.append(Repair(image_id, region, *verdict))
+    return repairs
+
+
+def acted_on(repairs: Iterable[Repair]) -> dict[str, dict[str, str]]:
+    """image id -> region -> action, for the repairs a pass turns into events."""
+    by_image: dict[str, dict[str, str]] = {}
+    for repair in repairs:
+        if repair.action in ACTED_ON:
+            by_image.setdefault(repair.image_id, {})[repair.region] = repair.action
+    return by_image
