@@ -12,6 +12,8 @@
     glance-sync-manage [--config-file F] purge [--days N] # forget history older than N days (30)
     glance-sync-manage [--config-file F] reconcile [--confirm-deletes]
                                         # show (and confirm) the deletions the reconciler holds
+    glance-sync-manage [--config-file F] plan [IMAGE_ID] [--json]
+                                        # what the next reconciler pass would do (planview.py)
 
 Each command is an argparse sub-command with its own ``--help``; ``--help`` or no
 argument lists them, one line each.  A bad argument is one line on stderr and exit
@@ -39,7 +41,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from coordinator import journal, reconciler
+from coordinator import journal, planview, reconciler
 from glancesync import __version__, cli, config, keys, marker, roles, untrusted
 from glancesync.exceptions import GlanceSyncError
 
@@ -100,6 +102,13 @@ def build_parser() -> cli.Parser:
     reconcile.add_argument("--confirm-deletes", action="store_true",
                            help="let the next reconciler pass delete the regional copies of the held images "
                            "that the cascading glance still answers 404 for")
+    plan = command("plan", "print what the next reconciler pass would do, without doing it",
+                   "List the cascading glance and every region with the coordinator's configuration, compare "
+                   "them with the journal as a reconciler pass does, and print one line per finding: image, "
+                   "region ('*' for the whole image), action (sync, delete, delete-held, copy, update, "
+                   "operator, unwanted) and why. Prints nothing on a converged system. Nothing is changed.")
+    plan.add_argument("image_id", metavar="IMAGE_ID", nargs="?", help="only the findings of this image")
+    plan.add_argument("--json", action="store_true", help="print a JSON list of {image_id, region, action, reason}")
     return parser
 
 
@@ -249,6 +258,20 @@ def _reconcile(conf_args: list[str], ns: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(conf_args: list[str], ns: argparse.Namespace) -> int:
+    if ns.image_id is not None and not untrusted.is_image_id(ns.image_id):
+        config.fail(PROG, f"plan: {untrusted.quote(ns.image_id)} is not an image id: expected "
+                    f"{untrusted.IMAGE_ID_FORM}", code=2)
+    conf = config.load(conf_args, PROG, setup_logging=False)
+    try:
+        out = planview.run(conf, ns.image_id, ns.json)
+    except Exception as exc:  # a glance that does not answer, a database error: one line, exit 1
+        config.fail(PROG, f"plan failed: {type(exc).__name__}: {untrusted.printable(str(exc).splitlines()[0][:300])}")
+    if out:
+        print(out)
+    return 0
+
+
 def _schema(conf_args: list[str], ns: argparse.Namespace) -> int:
     """db_sync and db_version: (upgrade and) print the schema revisions."""
     conf = config.load(conf_args, PROG, setup_logging=False)
@@ -278,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     conf_args = cli.config_argv((ns.config_file or []) + (ns.sub_config_file or []),
                                 (ns.config_dir or []) + (ns.sub_config_dir or []))
     handlers = {"db_sync": _schema, "db_version": _schema, "keygen": _keygen, "gensecret": _gensecret,
-                "resync": _resync, "purge": _purge, "reconcile": _reconcile}
+                "resync": _resync, "purge": _purge, "reconcile": _reconcile, "plan": _plan}
     return handlers[ns.command](conf_args, ns)
 
 

@@ -53,6 +53,9 @@ ORIGIN = "reconciler"
 # Images that hold bytes a region can copy; queued/saving/importing ones are still
 # on their way and their own event will come.
 SYNCABLE_STATUSES = frozenset({"active", "deactivated"})
+# Images per listing request (glanceclient follows the ``next`` links); glance caps a
+# page at its api_limit_max (1000 by default).
+PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def list_images(client: Any) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     # Glance leaves os_hidden images out of a listing unless asked for them.
     for hidden in (False, True):
-        for image in client.images.list(filters={"visibility": "all", "os_hidden": hidden}):
+        for image in client.images.list(filters={"visibility": "all", "os_hidden": hidden}, page_size=PAGE_SIZE):
             if not untrusted.is_image_id(image.get("id")):
                 # Ids become URLs and journal keys: only glance's own form is let in.
                 LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))

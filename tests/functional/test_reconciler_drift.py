@@ -8,13 +8,15 @@ glance. The shared topology's coordinator reconciles every 3 s.
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 
 from glanceclient import exc as glance_exc
 
 from glancesync.protocol import cascaded_url
 from tests.functional import helpers
 from tests.functional.services import SyncServices
-from tests.harness.glance import signed_client
+from tests.harness.glance import signed_client, venv_bin
 from tests.harness.topology import Topology
 
 
@@ -73,3 +75,32 @@ def test_a_copy_deleted_by_hand_is_reported_as_needing_an_operator(topology: Top
     except glance_exc.HTTPNotFound:
         copy = None
     assert copy is None
+
+
+def _plan(topology: Topology, *args: str) -> str:
+    """glance-sync-manage plan's stdout (its stderr may carry the pass's warning lines)."""
+    result = subprocess.run([venv_bin("glance-sync-manage"), "--config-file", str(topology.service_conf), "plan",
+                             *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_plan_shows_drift_without_repairing_it(topology: Topology, sync: SyncServices) -> None:
+    image = helpers.upload_random(topology.cascading.client(), helpers.MIB, os_distro="debian")
+    helpers.wait_states(topology, image.id, "synced")
+    assert json.loads(_plan(topology, image.id, "--json")) == []
+    assert _plan(topology, image.id) == ""  # converged: nothing at all
+    region = topology.region_names[0]
+    regional = topology.cascaded[region].client()
+    sync.kill_coordinator()  # no pass repairs it while plan looks
+    try:
+        regional.images.update(image.id, os_distro="tampered")
+        rows = json.loads(_plan(topology, image.id, "--json"))
+        assert rows == [{"image_id": image.id, "region": region, "action": "update",
+                         "reason": "metadata differs: os_distro"}]
+        assert regional.images.get(image.id)["os_distro"] == "tampered"  # plan changed nothing
+        assert f"{image.id}  {region}  update" in _plan(topology, image.id)
+    finally:
+        sync.ensure()
+    helpers.wait_until(lambda: regional.images.get(image.id).get("os_distro") == "debian", 90,
+                       "the restarted coordinator's pass to repair it")

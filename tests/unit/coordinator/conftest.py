@@ -140,7 +140,7 @@ def conf(tmp_path: Path, db_url: str, store_yaml: Path):
 def add_listing(images: FakeImages) -> None:
     """Give the fake glance the listing call the reconciler makes."""
 
-    def listing(filters: dict[str, Any]):
+    def listing(filters: dict[str, Any], page_size: int = 20):
         hidden = bool(filters.get("os_hidden"))
         return iter([dict(r) for r in images.records.values() if bool(r.get("os_hidden", False)) == hidden])
 

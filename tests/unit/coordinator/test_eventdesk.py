@@ -123,7 +123,7 @@ class Unlisted:
 
     class images:  # noqa: N801
         @staticmethod
-        def list(filters):
+        def list(filters, page_size=20):
             raise ConnectionError("region not answering")
 
 

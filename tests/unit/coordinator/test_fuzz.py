@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator import planner, reconciler
+from coordinator import planner, reconciler, regiondrift
 from coordinator.journal import RegionRecord
 from glancesync import storemap
 from glancesync import verify as check
@@ -90,7 +90,7 @@ class Listing:
     def __init__(self, pages: list[Any]) -> None:
         self.pages = pages
 
-    def list(self, filters: dict[str, Any]) -> Any:
+    def list(self, filters: dict[str, Any], page_size: int = 20) -> Any:
         return iter(self.pages)
 
     def get(self, image_id: str) -> Any:
@@ -102,7 +102,13 @@ class Listing:
 def test_a_glance_listing_of_any_shape_is_drift_or_a_glance_error(listing: list[Any]) -> None:
     client = type("C", (), {"images": Listing(listing)})()
     try:
-        drift = reconciler.scan(client, known=set(), tracked=set(), endpoint="http://c")
+        # The same listing stands for a region's, judged against a journal that knows its ids.
+        ids = {i.get("id") for i in listing if isinstance(i, dict) and isinstance(i.get("id"), str)}
+        facts = {i: {"RegionOne": ("synced", 0.0)} for i in ids}
+        policy = regiondrift.Policy(("RegionOne",), "ALL", 10_000.0, failed_retry_after=1.0)
+        inputs = reconciler.Inputs(known=ids, tracked=set(), facts=facts, policy=policy)
+        drift = reconciler.scan(client, lambda region: client, inputs, endpoint="http://c")
     except GlanceSyncError:
         return
     assert all(isinstance(i, str) for i in drift.missing)
+    assert all(r.action in regiondrift.ACTIONS and r.region == "RegionOne" for r in drift.repairs)

@@ -99,3 +99,11 @@ def test_config_file_before_or_after_the_command(tmp_path: Path, db_url: str, st
 def test_a_missing_config_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "db_version", "--config-file", str(tmp_path / "none.conf"))
     assert code == 2 and err.count("\n") == 1 and "none.conf" in err
+
+
+def test_plan_refuses_a_bad_image_id_in_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        manage.main(["plan", "../etc"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not an image id" in err

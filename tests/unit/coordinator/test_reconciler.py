@@ -14,7 +14,7 @@ class ListingImages:
         self.visible, self.hidden, self.existing = visible, hidden, existing
         self.filters: list[dict] = []
 
-    def list(self, filters: dict):
+    def list(self, filters: dict, page_size: int = 20):
         self.filters.append(filters)
         source = self.hidden if filters.get("os_hidden") else self.visible
         return iter([{"id": i, "status": s} for i, s in source.items()])
@@ -112,7 +112,7 @@ def test_scan_lists_hidden_images_too_and_confirms_with_get() -> None:
 
 def test_scan_translates_glance_errors() -> None:
     class Broken:
-        def list(self, filters):
+        def list(self, filters, page_size=20):
             raise glance_exc.HTTPServiceUnavailable("down")
 
     with pytest.raises(GlanceError) as caught:
