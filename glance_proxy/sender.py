@@ -50,8 +50,11 @@ LOG = logging.getLogger(__name__)
 # coordinator acks after one journal commit, milliseconds on a healthy host.
 ACK_TIMEOUT = 2.0
 # Error codes a coordinator answers when it cannot take an event *now* (journal
-# unavailable, not the leader, shutting down): retried, never dropped.
-TRANSIENT_ERROR_CODES = frozenset({"busy", "unavailable", "journal", "internal", "not_leader", "retry"})
+# unavailable, not the leader, shutting down): retried, never dropped.  "version":
+# this sender and the coordinator speak different protocol versions, which lasts only
+# until the other side is upgraded (doc/upgrade.md); the spooled event is re-encoded
+# on each send, so it goes out in the new version once this host is upgraded.
+TRANSIENT_ERROR_CODES = frozenset({"busy", "unavailable", "journal", "internal", "not_leader", "retry", "version"})
 # Longest wait on the in-memory queue, so close() is noticed promptly.
 _IDLE_WAIT = 0.5
 # How often a running sender looks for spools of workers that died since: a

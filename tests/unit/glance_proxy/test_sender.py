@@ -134,6 +134,9 @@ def test_permanent_error_drops_event_and_transient_error_keeps_it(conf, make_sen
         coord.error(ident, msg, "journal")  # transient: kept, resent
         ident, msg = coord.recv()
         assert msg.body["event_id"] == event(1)["event_id"]
+        coord.error(ident, msg, "version")  # a coordinator of another protocol version: kept until upgraded
+        ident, msg = coord.recv()
+        assert msg.body["event_id"] == event(1)["event_id"]
         with caplog.at_level(logging.ERROR, logger=sender_mod.__name__):
             coord.error(ident, msg, "bad_field")
             wait_until(lambda: not s.spool.pending())
