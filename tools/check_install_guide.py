@@ -162,6 +162,7 @@ def facts(hosts: Path) -> list[str]:
         expect(mode == 0o600, f"{secret.relative_to(hosts)}: mode {mode and oct(mode)}, expected 0o600")
     expect((coord / "etc/glance-sync/allowed/agent/RegionOne/regionone-1.key").is_file(),
            "coordinator: the agent key is not on the allow-list")
+    broken += services_read_their_config(coord, agent)
     # glance-api reads glance-api.conf, then its prog's config directory.
     conf = cfg.ConfigOpts()
     opts.register_filter_opts(conf)
@@ -178,6 +179,29 @@ def facts(hosts: Path) -> list[str]:
     expect(paste.count("[filter:glancesync]") == 1, "glance-api: [filter:glancesync] missing or doubled")
     keys = (hosts / "store/etc/ssh/authorized_keys/glancesync").read_text().splitlines()
     expect(len(keys) == 1 and keys[0].startswith("restrict ssh-ed25519 "), "store: authorized key line wrong")
+    return broken
+
+
+def services_read_their_config(coord: Path, agent: Path) -> list[str]:
+    """The coordinator and the agent find in their glance-sync.conf what the guide says they do."""
+    from oslo_config import cfg
+
+    from glancesync import opts
+
+    broken = []
+    for host, want in ((coord, {("coordinator", "bind_host"): "192.0.2.10", ("DEFAULT", "sync_server_port"): 9595,
+                                ("database", "connection"): f"sqlite:///{coord}/var/lib/glance-sync/journal.sqlite",
+                                ("curve", "enabled"): True}),
+                       (agent, {("agent", "region"): "RegionOne", ("agent", "coordinator_host"): "192.0.2.10",
+                                ("agent", "coordinator_port"): 9596, ("curve", "enabled"): True})):
+        conf = cfg.ConfigOpts()
+        opts.register_opts(conf)
+        conf([], project="glance-sync", default_config_files=[str(host / "etc/glance-sync/glance-sync.conf")],
+             default_config_dirs=[])
+        for (group, name), value in want.items():
+            got = getattr(conf, name) if group == "DEFAULT" else getattr(getattr(conf, group), name)
+            if got != value:
+                broken.append(f"{host.name}: glance-sync.conf gives [{group}] {name} = {got!r}, expected {value!r}")
     return broken
 
 
