@@ -46,7 +46,7 @@ FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
 # Real paths the guide names for an operator: the check must never create them.
 GUARDED = ("/etc/glance-sync", "/var/lib/glance-sync", "/etc/glance/glance-api.conf.d",
            "/etc/systemd/system/glance-sync-coordinator.service", "/etc/ssh/authorized_keys",
-           "/root/glance-sync-stage")
+           "/root/glance-sync-stage", "/root/.glance-sync")
 
 
 @dataclass
@@ -163,6 +163,7 @@ def facts(hosts: Path) -> list[str]:
     expect((coord / "etc/glance-sync/allowed/agent/RegionOne/regionone-1.key").is_file(),
            "coordinator: the agent key is not on the allow-list")
     broken += services_read_their_config(coord, agent)
+    broken += status_tool_loads_its_keys(coord)
     # glance-api reads glance-api.conf, then its prog's config directory.
     conf = cfg.ConfigOpts()
     opts.register_filter_opts(conf)
@@ -203,6 +204,17 @@ def services_read_their_config(coord: Path, agent: Path) -> list[str]:
             if got != value:
                 broken.append(f"{host.name}: glance-sync.conf gives [{group}] {name} = {got!r}, expected {value!r}")
     return broken
+
+
+def status_tool_loads_its_keys(coord: Path) -> list[str]:
+    """glance-sync-status with the guide's config gets as far as asking (no coordinator runs here)."""
+    status = Path(sys.executable).parent / "glance-sync-status"
+    result = subprocess.run([str(status), "--config-file", str(coord / "root/.glance-sync/status.conf"),
+                             "--host", "127.0.0.1", "--answer-timeout", "0.5"],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    if result.returncode == 2 and "no answer from coordinator" in result.stderr:
+        return []
+    return [f"coordinator: glance-sync-status with status.conf: exit {result.returncode}: {result.stderr.strip()}"]
 
 
 def untouched() -> dict[str, bool]:
