@@ -44,7 +44,7 @@ LOG = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 
-# paramiko's best read pattern measured here (GLANCE-NOTES): readv over large
+# paramiko's best read pattern measured here (doc/glance-behaviour.md): readv over large
 # batches; each batch is split into 1 MiB pieces so hashing and writing overlap
 # with the next requests already in flight.  Measured on loopback as fast as
 # prefetch() of the whole file (130-200 vs ~170 MiB/s), but prefetch() buffers
@@ -175,7 +175,7 @@ def connect(store: SshStore, image_id: str, timeout: float) -> paramiko.SSHClien
         client.close()
         raise TransferError(image_id=image_id, detail=f"cannot connect to {where}: {exc}") from None
     # paramiko's own first cipher choice is aes128-ctr, its fastest here
-    # (GLANCE-NOTES: gcm slower, no chacha20), so no cipher list is forced.
+    # (doc/glance-behaviour.md: gcm slower, no chacha20), so no cipher list is forced.
     return client
 
 

@@ -2,7 +2,7 @@
 
 Placed right after ``context`` (``... authtoken context glancesync rootapp``), the
 filter sees the identity headers on the way in and glance's final status and JSON
-on the way out (GLANCE-NOTES.md).  For each request it:
+on the way out (doc/glance-behaviour.md).  For each request it:
 
 - takes ``X-Glance-Sync-Internal`` out of the request, so glance (or the proxy's
   upstream) never sees it, and passes the request on without an event when the

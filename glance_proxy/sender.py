@@ -9,7 +9,8 @@ on).  One daemon thread per process does the rest:
 2. sends the oldest spooled event over a zmq DEALER to the coordinator and waits
    up to ``ack_timeout`` for its ``event_ack``; only then deletes the file;
 3. on silence: closes the socket (stale replies die with it), waits a jittered
-   backoff, opens a fresh socket and replays from the oldest file, so order holds.
+   backoff, opens a fresh socket and replays from the oldest file, so order holds;
+   a silence longer than ``[proxy] outage_warning_after`` is logged (outage.AckWatch).
 
 Spools left by dead workers (their lock is free) are adopted at start and every
 ``ADOPT_INTERVAL``, and sent before this worker's own events: they happened first.
@@ -37,6 +38,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from glance_proxy.outage import AckWatch
 from glance_proxy.spool import SharedUsage, Spool, SpoolFull
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
@@ -48,8 +50,11 @@ LOG = logging.getLogger(__name__)
 # coordinator acks after one journal commit, milliseconds on a healthy host.
 ACK_TIMEOUT = 2.0
 # Error codes a coordinator answers when it cannot take an event *now* (journal
-# unavailable, not the leader, shutting down): retried, never dropped.
-TRANSIENT_ERROR_CODES = frozenset({"busy", "unavailable", "journal", "internal", "not_leader", "retry"})
+# unavailable, not the leader, shutting down): retried, never dropped.  "version":
+# this sender and the coordinator speak different protocol versions, which lasts only
+# until the other side is upgraded (doc/upgrade.md); the spooled event is re-encoded
+# on each send, so it goes out in the new version once this host is upgraded.
+TRANSIENT_ERROR_CODES = frozenset({"busy", "unavailable", "journal", "internal", "not_leader", "retry", "version"})
 # Longest wait on the in-memory queue, so close() is noticed promptly.
 _IDLE_WAIT = 0.5
 # How often a running sender looks for spools of workers that died since: a
@@ -87,6 +92,7 @@ class EventSender:
             raise
         self.adopted: list[Spool] = []
         self.dropped_full = 0
+        self.watch = AckWatch(conf.proxy.outage_warning_after, f"{self.host}:{self.port}", self.backlog)
         self._pid = os.getpid()
         self._own_context = context is None
         self._context = context or zmq.Context()
@@ -151,6 +157,10 @@ class EventSender:
         if self._own_context:
             self._context.term()
 
+    def backlog(self) -> int:
+        """Events in this sender's outbox: its own spool and the adopted ones."""
+        return len(self.spool) + sum(len(s) for s in self.adopted)
+
     # ---- orphans ------------------------------------------------------------
     def adopt_orphans(self) -> int:
         """Take every spool under spool_dir whose lock is free; returns how many events they hold."""
@@ -212,6 +222,7 @@ class EventSender:
             seq = spool.first()
             if seq is not None:
                 self._send_one(spool, seq)
+        self.watch.check(self.clock())
 
     def _spool_queued(self, wait: float) -> None:
         try:
@@ -266,6 +277,7 @@ class EventSender:
             LOG.error("glance-sync: dropping unsendable spooled event %s of %s: %s", seq, spool.dir, exc)
             spool.remove(seq)
             return
+        sent_at = self.clock()
         try:
             sock = self._socket_now()
             sock.send(frame, zmq.NOBLOCK)
@@ -276,7 +288,9 @@ class EventSender:
         if outcome == "done":
             spool.remove(seq)
             self.backoff.reset()
+            self.watch.acked(self.clock())
             return
+        self.watch.unacked(sent_at, self.clock())
         self._drop_socket()
         delay = self.backoff.next_delay()
         self._retry_at = self.clock() + delay

@@ -185,6 +185,15 @@ proxy_opts = [
         min=1,
         help="Events held in memory on their way to the outbox; the request path never waits on it.",
     ),
+    cfg.IntOpt(
+        "outage_warning_after",
+        default=60,
+        min=1,
+        help="Seconds without an ack from the coordinator, while events wait in the outbox, after "
+        "which each worker's sender logs one WARNING in glance-api's (or glance-sync-proxy's) log, "
+        "then one reminder every 5 minutes while the silence lasts and one INFO line when acks "
+        "resume. Shorter silences are retried quietly (doc/outbox.md).",
+    ),
     cfg.HostAddressOpt("listen_host", default="127.0.0.1", help="glance-sync-proxy: address to listen on."),
     cfg.PortOpt("listen_port", default=9293, help="glance-sync-proxy: port to listen on."),
     cfg.URIOpt(

@@ -4,10 +4,11 @@ It starts everything as real processes (the same harness the end-to-end tests us
 prints where each service listens, uploads a random image to the cascading glance with
 python-glanceclient as the non-admin ``demo`` user would, shows per-region progress with
 ``glance-sync-status --wait`` until every region is synced, and prints the cascading
-image's locations.  Everything lives under ``--dir`` (default ``demo-run/``), among it
-``openrc`` (keystone's admin) and ``openrc-demo`` (the ``demo`` project's user): source
-one and the ``openstack`` and ``glance`` CLIs work against the cascading glance (keep
-the services running with ``--keep``).  ``--no-keystone`` runs the glances without
+image's locations.  Each run keeps its own directory ``<dir>/<UTC time>/`` (``--dir``,
+default ``demo-run/``; ``<dir>/latest`` names the newest, the oldest beyond ``--runs-kept``
+are removed), among it ``openrc`` (keystone's admin) and ``openrc-demo`` (the ``demo``
+project's user): source one and the ``openstack`` and ``glance`` CLIs work against the
+cascading glance (keep the services running with ``--keep``).  ``--no-keystone`` runs the glances without
 keystone, trusting forged identity headers, as most functional tests do.
 """
 
@@ -15,23 +16,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.harness.glance import venv_bin  # noqa: E402
+from tests.harness.rundirs import LATEST, new_run_dir  # noqa: E402
 from tests.harness.topology import CASCADING_REGION, Topology  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default=str(ROOT / "demo-run"), help="where configs, data and logs go")
+    parser.add_argument("--dir", default=str(ROOT / "demo-run"),
+                        help="where the runs go: one directory per run (configs, data, logs), DIR/latest the newest")
+    parser.add_argument("--runs-kept", type=int, default=5,
+                        help="runs kept under --dir, this one included; older ones are removed (0: keep all)")
     parser.add_argument("--regions", type=int, default=2, help="number of cascaded regions (default 2)")
     parser.add_argument("--size-mib", type=int, default=64, help="size of the random image (default 64)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the sync")
@@ -79,7 +84,7 @@ def status_json(topo: Topology) -> str:
     return result.stdout
 
 
-def print_openrc(topo: Topology, files: dict[str, Path], keep: bool) -> None:
+def print_openrc(files: dict[str, Path], keep: bool) -> None:
     print("\nCredentials for the openstack and glance CLIs (keystone region "
           f"{CASCADING_REGION} is the cascading glance):")
     for account, path in files.items():
@@ -120,9 +125,12 @@ def show_locations(topo: Topology, image_id: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    base = Path(args.dir)
-    if base.exists():
-        shutil.rmtree(base)
+    try:
+        base = new_run_dir(Path(args.dir), datetime.now(UTC), keep=max(args.runs_kept, 0))
+    except OSError as exc:
+        print(f"demo: cannot make a run directory under {args.dir}: {exc}", file=sys.stderr)
+        return 2
+    print(f"This run's configs, data and logs: {base}/ (also {Path(args.dir) / LATEST}/)")
     keystone = not args.no_keystone
     topo = Topology(base, regions=args.regions, sync_filter=True, cascaded_store=True, keystone=keystone)
     print(f"Starting {'keystone, ' if keystone else ''}glance-api x{args.regions + 1} and sshd"
@@ -132,8 +140,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         openrc = {}
         if keystone:
-            openrc = {"admin": topo.write_openrc(base / "openrc"),
-                      "demo": topo.write_openrc(base / "openrc-demo", "demo")}
+            topo.write_openrc(base / "openrc")
+            topo.write_openrc(base / "openrc-demo", "demo")
+            # Named through latest: the lines printed stay right for whichever run is the newest.
+            latest = Path(args.dir) / LATEST
+            openrc = {"admin": latest / "openrc", "demo": latest / "openrc-demo"}
         topo.start_coordinator()
         for region in topo.region_names:
             topo.start_agent(region)
@@ -158,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             return waited.returncode
         print("\nEvery region holds a verified copy.")
         if openrc:
-            print_openrc(topo, openrc, args.keep)
+            print_openrc(openrc, args.keep)
         if args.keep:
             print("Services keep running; Ctrl-C stops them.")
             while True:

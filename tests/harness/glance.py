@@ -1,7 +1,7 @@
 """A real glance-api on 127.0.0.1 for the end-to-end tests and the demo.
 
 :class:`GlanceServer` runs PyPI glance as the WSGI app ``glance.wsgi.api:application``
-under gunicorn (see GLANCE-NOTES.md), with everything private to the instance: config
+under gunicorn (see doc/glance-behaviour.md), with everything private to the instance: config
 dir (``OS_GLANCE_CONFIG_DIR``), SQLite database, file store, staging dir, lock path
 and gunicorn control socket.  By default no keystone: the paste ``default`` pipeline
 uses ``context`` instead of ``unauthenticated-context``, so glance trusts the identity

@@ -1,4 +1,4 @@
-"""Shared fixtures: a private ConfigOpts with the filter options, a free loopback port."""
+"""Shared fixtures: a private ConfigOpts with the filter options, a free loopback port, senders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import socket
 import pytest
 from oslo_config import cfg
 
+from glance_proxy.sender import EventSender
 from glancesync import opts
+from glancesync.liveness import Backoff
 
 
 def free_port() -> int:
@@ -26,3 +28,19 @@ def conf(tmp_path):
     conf.set_override("sync_server_port", free_port())
     conf.set_override("spool_dir", str(tmp_path / "spool"), group="proxy")
     return conf
+
+
+@pytest.fixture
+def make_sender(conf):
+    made: list[EventSender] = []
+
+    def make(**kwargs) -> EventSender:
+        kwargs.setdefault("ack_timeout", 0.3)
+        kwargs.setdefault("backoff", Backoff(initial=0.05, maximum=0.2))
+        s = EventSender(conf, **kwargs)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()

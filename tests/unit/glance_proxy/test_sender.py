@@ -11,14 +11,12 @@ import time
 from pathlib import Path
 
 import msgpack
-import pytest
 import zmq
 
 from glance_proxy import sender as sender_mod
 from glance_proxy.sender import EventSender
 from glance_proxy.spool import SharedUsage, Spool
 from glancesync import protocol
-from glancesync.liveness import Backoff
 
 ROOT_DIR = Path(__file__).resolve().parents[3]
 
@@ -68,22 +66,6 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("condition not met in time")
-
-
-@pytest.fixture
-def make_sender(conf):
-    made: list[EventSender] = []
-
-    def make(**kwargs) -> EventSender:
-        kwargs.setdefault("ack_timeout", 0.3)
-        kwargs.setdefault("backoff", Backoff(initial=0.05, maximum=0.2))
-        s = EventSender(conf, **kwargs)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def test_acked_event_removes_its_spool_file(conf, make_sender):
@@ -150,6 +132,9 @@ def test_permanent_error_drops_event_and_transient_error_keeps_it(conf, make_sen
         s.submit(event(1))
         ident, msg = coord.recv()
         coord.error(ident, msg, "journal")  # transient: kept, resent
+        ident, msg = coord.recv()
+        assert msg.body["event_id"] == event(1)["event_id"]
+        coord.error(ident, msg, "version")  # a coordinator of another protocol version: kept until upgraded
         ident, msg = coord.recv()
         assert msg.body["event_id"] == event(1)["event_id"]
         with caplog.at_level(logging.ERROR, logger=sender_mod.__name__):
