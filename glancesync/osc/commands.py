@@ -96,11 +96,12 @@ def image_rows(data: Mapping[str, Any], long: bool) -> tuple[list[str], list[lis
     rows = []
     for name in sorted(regions):
         r = regions[name]
-        row = [name, r.get("state"), r.get("phase"), Human(r.get("bytes_done"), status_render.size(
-               r.get("bytes_done") or 0)), Human(r.get("bytes_total"), status_render.size(r.get("bytes_total") or 0)),
+        done, total, updated = r.get("bytes_done"), r.get("bytes_total"), r.get("updated_at")
+        row = [name, r.get("state"), r.get("phase"),
+               Human(done, status_render.size(done or 0)), Human(total, status_render.size(total or 0)),
                Human(r.get("rate"), status_render.rate(r.get("rate"))),
                Human(r.get("eta"), status_render.eta(r.get("eta"))), r.get("attempts"), r.get("agent_id"),
-               Human(r.get("updated_at"), status_render.age(r.get("updated_at"), now)), r.get("last_error")]
+               Human(updated, status_render.age(updated, now)), r.get("last_error")]
         if long:
             synced_at = r.get("synced_at")
             row += [r.get("task_kind"), r.get("task_id"),
