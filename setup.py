@@ -30,6 +30,7 @@ setup(
         "alembic>=1.10",
         "WebOb>=1.8",
         "gunicorn>=21.2",
+        "rich>=13",
     ],
     entry_points={
         "console_scripts": [
@@ -45,6 +46,17 @@ setup(
         ],
         "glance_store.drivers": [
             "cascaded = glance_proxy.store:Store",
+        ],
+        "openstack.cli.extension": [
+            "glance_sync = glancesync.osc.plugin",
+        ],
+        "openstack.glance_sync.v1": [
+            "image_sync_status = glancesync.osc.commands:ShowSyncStatus",
+            "image_sync_show = glancesync.osc.commands:ShowImageSync",
+            "image_sync_wait = glancesync.osc.commands:WaitImageSync",
+            "image_sync_resync = glancesync.osc.commands:ResyncImage",
+            "image_sync_plan = glancesync.osc.commands:ShowSyncPlan",
+            "image_sync_cancel = glancesync.osc.commands:CancelImageSync",
         ],
         "paste.filter_factory": [
             "glancesync = glance_proxy.middleware:filter_factory",

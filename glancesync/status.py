@@ -25,7 +25,8 @@ image names) reaches the terminal with its control characters escaped
 Exit codes: 0 success; 1 ``--wait`` saw a failed region or ran out of time;
 2 no answer, an ``error`` reply, a bad argument or a configuration error.  Every
 failure is one line on stderr, never a usage block or a traceback (``cli.Parser``).
-Rendering lives in ``glancesync.status_render``.
+Rendering lives in ``glancesync.status_render`` (plain) and ``glancesync.status_live``
+(rich tables and the live wait display on a terminal).
 """
 
 from __future__ import annotations
@@ -41,7 +42,17 @@ from typing import Any, TextIO
 import zmq
 from oslo_config import cfg, types
 
-from glancesync import __version__, cli, config, opts, protocol, status_render, transport, untrusted
+from glancesync import (
+    __version__,
+    cli,
+    config,
+    opts,
+    protocol,
+    status_live,
+    status_render,
+    transport,
+    untrusted,
+)
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.states import SyncState
 
@@ -56,9 +67,6 @@ POLL_INTERVAL = 0.5
 # While waiting, one query gets at least this long even if the overall deadline is
 # closer, so that a slow last answer reads as "not synced", not "coordinator down".
 MIN_QUERY_TIMEOUT = 1.0
-# Without a terminal, a transfer that runs for an hour would print nothing between
-# its state changes: its bytes are shown at most this often (seconds).
-PROGRESS_EVERY = 60.0
 
 DESCRIPTION = """\
 Ask the glance sync coordinator how the sync is going, or wait for one image.
@@ -203,56 +211,6 @@ def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
     return "waiting", f"image {image_id} not synced in {shown}"
 
 
-class _Display:
-    """Progress while waiting.
-
-    On a terminal: a header with the time waited, then one line per region, redrawn
-    in place.  Otherwise (a log, a pipe): one line per state change, and the bytes of
-    a region still moving at most every PROGRESS_EVERY seconds.
-    """
-
-    def __init__(self, out: TextIO, tty: bool, limit: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.out = out
-        self.tty = tty
-        self.limit = limit
-        self.clock = clock
-        self.started = clock()
-        self.drawn = 0
-        self.headed = False
-        self.states: dict[str, str] = {}
-        self.shown_at: dict[str, float] = {}
-
-    def _header(self, image_id: str) -> str:
-        waited = status_render.duration(self.clock() - self.started)
-        bound = f"at most {self.limit:g} s" if self.limit is not None else "no time limit"
-        return f"waiting {waited} for image {image_id} ({bound}; Ctrl-C stops waiting)"
-
-    def show(self, data: Mapping[str, Any]) -> None:
-        regions: Mapping[str, Any] = data.get("regions") or {}
-        image_id = str(data.get("image_id", "?"))
-        if self.tty:
-            lines = [status_render.region_progress_line(n, regions[n]) for n in sorted(regions)]
-            lines = [self._header(image_id)] + (lines or [f"{image_id}: not known yet"])
-            # Move back to the first line drawn last time and overwrite each line.
-            prefix = f"\x1b[{self.drawn}F" if self.drawn else ""
-            self.out.write(prefix + "".join(f"\x1b[2K{line}\n" for line in lines))
-            self.drawn = len(lines)
-        else:
-            if not self.headed:
-                self.headed = True
-                self.out.write(self._header(image_id) + "\n")
-            now = self.clock()
-            for name in sorted(regions):
-                state = str(regions[name].get("state", "?"))
-                moving = now - self.shown_at.get(name, now) >= PROGRESS_EVERY and state != SyncState.SYNCED
-                if self.states.get(name) != state or moving:
-                    self.states[name] = state
-                    self.shown_at[name] = now
-                    self.out.write(status_render.region_progress_line(name, regions[name]) + "\n")
-        self.out.flush()
-
-
 def _query_timeout(answer_timeout: float, remaining: float | None) -> float:
     """One answer's time: ``answer_timeout``, cut to what is left of the wait, but never below a floor."""
     if remaining is None:
@@ -347,23 +305,26 @@ def run(args: argparse.Namespace, conf: cfg.ConfigOpts, context: zmq.Context, ou
         _shown(_print_json, data, out)
         return 0
     shown = untrusted.printable_data(data)
-    render = status_render.render_image if view == "image" else status_render.render_summary
-    out.write(_shown(lambda: render(shown, coordinator_now(shown))))
+    _shown(status_live.print_view, out, out.isatty(), view, shown, coordinator_now(shown))
     return 0
 
 
 def _wait(args: argparse.Namespace, fetch: Callable[..., dict[str, Any]], answer_timeout: float,
           out: TextIO) -> int:
     image_id = checked_image_id(args.wait)
-    display = None if args.json else _Display(out, out.isatty(), args.timeout).show
+    display = None if args.json else status_live.WaitDisplay(out, out.isatty(), args.timeout)
 
     def fetch_shown(timeout: float) -> Mapping[str, Any]:
         # Text for the terminal: every string of the reply made printable first.
         data = fetch("image", image_id, timeout)
         return data if args.json else untrusted.printable_data(data)
 
-    code, why, data = _shown(wait_for_image, fetch_shown, args.timeout, display, time.monotonic, time.sleep,
-                             answer_timeout)
+    try:
+        code, why, data = _shown(wait_for_image, fetch_shown, args.timeout, display and display.show,
+                                 time.monotonic, time.sleep, answer_timeout)
+    finally:
+        if display is not None:
+            display.close()
     if args.json:
         _shown(_print_json, data, out)
     if code:

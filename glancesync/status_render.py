@@ -1,8 +1,14 @@
-"""Text rendering of the coordinator's status replies, for ``glance-sync-status``.
+"""Text rendering of the coordinator's status replies, for ``glance-sync-status`` and the OSC plugin.
 
 Pure functions from the reply's ``data`` (shapes in ``glancesync.status``) to
-strings, with the current time passed in, so that every view is unit-tested
-without a socket or a clock.  Nothing here prints.
+strings and table rows, with the current time passed in, so that every view is
+unit-tested without a socket or a clock.  Nothing here prints: plain text for a
+pipe comes from ``render_*``, the terminal's tables (``glancesync.status_live``)
+and the plugin's columns (``glancesync.osc``) from the same ``*_rows``.
+
+A region of the image view may carry ``phase`` (``fetching``, ``uploading``,
+``registering``), ``rate`` (bytes per second) and ``eta`` (seconds) when the
+coordinator reports them; a coordinator that does not is shown by state alone.
 """
 
 from __future__ import annotations
@@ -75,19 +81,23 @@ def _stamp(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def render_summary(data: Mapping[str, Any], now: float) -> str:
-    """The summary view: one row per region, then its agents."""
+SUMMARY_HEADERS = ("REGION", "QUEUED", "IN FLIGHT", "SYNCED", "FAILED", "AGENTS")
+AGENT_HEADERS = ("AGENT", "STATUS", "LAST HEARTBEAT", "CAPACITY", "CREDITS", "TASKS")
+
+
+def summary_head(data: Mapping[str, Any], now: float) -> list[str]:
+    """The lines above the summary's table: the coordinator, and deletions held when there are any."""
     coord = data.get("coordinator") or {}
     started = coord.get("started_at")
     head = f"coordinator {coord.get('version', '?')}"
     if started:
         head += f", up {duration(now - started)} (since {_stamp(started)})"
-    lines = [head]
-    lines += _held_lines(data.get("deletions_held") or {}, now)
+    return [head] + held_lines(data.get("deletions_held") or {}, now)
+
+
+def summary_rows(data: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per region under SUMMARY_HEADERS, sorted by name."""
     regions: Mapping[str, Any] = data.get("regions") or {}
-    if not regions:
-        lines.append("no regions")
-        return "\n".join(lines) + "\n"
     rows = []
     for name in sorted(regions):
         info = regions[name]
@@ -97,15 +107,34 @@ def render_summary(data: Mapping[str, Any], now: float) -> str:
             [name, info.get("queued", 0), info.get("in_flight", 0), info.get("synced", 0),
              info.get("failed", 0), f"{online}/{len(agents)} online"]
         )
+    return rows
+
+
+def agent_rows(agents: Sequence[Mapping[str, Any]], now: float) -> list[list[Any]]:
+    """One row per agent under AGENT_HEADERS, sorted by id."""
+    return [
+        [a.get("agent_id", "?"), "online" if a.get("online") else "offline", age(a.get("last_heartbeat"), now),
+         a.get("capacity", 0), a.get("credits", 0), len(a.get("tasks") or [])]
+        for a in sorted(agents, key=lambda a: str(a.get("agent_id", "")))
+    ]
+
+
+def render_summary(data: Mapping[str, Any], now: float) -> str:
+    """The summary view: one row per region, then its agents."""
+    lines = summary_head(data, now)
+    regions: Mapping[str, Any] = data.get("regions") or {}
+    if not regions:
+        lines.append("no regions")
+        return "\n".join(lines) + "\n"
     lines.append("")
-    lines += table(["REGION", "QUEUED", "IN FLIGHT", "SYNCED", "FAILED", "AGENTS"], rows)
+    lines += table(SUMMARY_HEADERS, summary_rows(data))
     for name in sorted(regions):
         lines.append("")
         lines += _agent_lines(name, regions[name].get("agents") or [], now)
     return "\n".join(lines) + "\n"
 
 
-def _held_lines(held: Mapping[str, Any], now: float) -> list[str]:
+def held_lines(held: Mapping[str, Any], now: float) -> list[str]:
     """The reconciler's held deletions, when there are any (coordinator.status.deletions_held)."""
     count = held.get("images") or 0
     if not count:
@@ -120,35 +149,74 @@ def _held_lines(held: Mapping[str, Any], now: float) -> list[str]:
 def _agent_lines(region: str, agents: Sequence[Mapping[str, Any]], now: float) -> list[str]:
     if not agents:
         return [f"{region}: no agent has connected"]
-    rows = [
-        [a.get("agent_id", "?"), "online" if a.get("online") else "offline", age(a.get("last_heartbeat"), now),
-         a.get("capacity", 0), a.get("credits", 0), len(a.get("tasks") or [])]
-        for a in sorted(agents, key=lambda a: str(a.get("agent_id", "")))
-    ]
-    return [f"{region}:"] + table(["AGENT", "STATUS", "LAST HEARTBEAT", "CAPACITY", "CREDITS", "TASKS"], rows, "  ")
+    return [f"{region}:"] + table(AGENT_HEADERS, agent_rows(agents, now), "  ")
+
+
+def image_head(data: Mapping[str, Any]) -> str | None:
+    """The image view's only line when there is no table to show, else None."""
+    image_id = data.get("image_id", "?")
+    if not data.get("known"):
+        return f"image {image_id}: not known to the coordinator"
+    if not data.get("regions"):
+        return f"image {image_id}: no region is to hold this image"
+    return None
+
+
+def has_motion(regions: Mapping[str, Any]) -> bool:
+    """Whether any region reports phase, rate or ETA (a coordinator that measures them)."""
+    return any(key in (info or {}) for info in regions.values() for key in ("phase", "rate", "eta"))
+
+
+def image_headers(regions: Mapping[str, Any]) -> list[str]:
+    """The image table's headers: PHASE, RATE and ETA only when the coordinator reports them."""
+    motion = ["PHASE", "RATE", "ETA"] if has_motion(regions) else []
+    return ["REGION", "STATE", *motion, "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST ERROR"]
+
+
+def image_rows(regions: Mapping[str, Any], now: float) -> list[list[Any]]:
+    """One row per region under image_headers(regions), sorted by name."""
+    motion = has_motion(regions)
+    rows = []
+    for name in sorted(regions):
+        r = regions[name]
+        extra = [phase(r), rate(r.get("rate")), eta(r.get("eta"))] if motion else []
+        rows.append(
+            [name, _state_cell(r), *extra, progress(r.get("bytes_done", 0), r.get("bytes_total", 0)),
+             r.get("attempts", 0), r.get("agent_id"), age(r.get("updated_at"), now),
+             _one_line(r.get("last_error"))]
+        )
+    return rows
 
 
 def render_image(data: Mapping[str, Any], now: float) -> str:
     """The image view: one row per region with state, bytes, attempts, agent and last error."""
-    image_id = data.get("image_id", "?")
-    if not data.get("known"):
-        return f"image {image_id}: not known to the coordinator\n"
+    head = image_head(data)
+    if head is not None:
+        return head + "\n"
     regions: Mapping[str, Any] = data.get("regions") or {}
-    lines = [f"image {image_id}"]
-    if not regions:
-        lines.append("no region is to hold this image")
-        return "\n".join(lines) + "\n"
-    rows = []
-    for name in sorted(regions):
-        r = regions[name]
-        rows.append(
-            [name, _state_cell(r), progress(r.get("bytes_done", 0), r.get("bytes_total", 0)),
-             r.get("attempts", 0), r.get("agent_id"), age(r.get("updated_at"), now),
-             _one_line(r.get("last_error"))]
-        )
-    lines.append("")
-    lines += table(["REGION", "STATE", "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST ERROR"], rows)
+    lines = [f"image {data.get('image_id', '?')}", ""]
+    lines += table(image_headers(regions), image_rows(regions, now))
     return "\n".join(lines) + "\n"
+
+
+def phase(r: Mapping[str, Any]) -> str | None:
+    """The step a moving region is in (fetching, uploading, registering); None when not moving."""
+    value = r.get("phase")
+    return str(value) if value and r.get("state") != SyncState.SYNCED else None
+
+
+def rate(value: Any) -> str | None:
+    """Bytes per second as ``12.0 MiB/s``; None when unknown."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        return None
+    return f"{size(value)}/s"
+
+
+def eta(value: Any) -> str | None:
+    """Seconds left as a duration; None when unknown."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or value == float("inf"):
+        return None
+    return duration(value)
 
 
 # The two facts ``synced`` needs (doc/states.md), as the image view names them.
@@ -173,12 +241,22 @@ def _one_line(text: str | None, limit: int = 120) -> str | None:
 
 
 def region_progress_line(region: str, info: Mapping[str, Any] | None) -> str:
-    """One line of the --wait progress display for one region."""
+    """One line of the --wait progress display for one region: state (phase), bytes, rate, ETA."""
     if info is None:
         return f"{region}: unknown"
     state = info.get("state", "?")
     line = f"{region}: {state}"
+    if state == SyncState.SYNCED:
+        return line
+    step = phase(info)
+    if step:
+        line += f" ({step})"
     shown = progress(info.get("bytes_done", 0), info.get("bytes_total", 0))
-    if shown != "-" and state != SyncState.SYNCED:
+    if shown != "-":
         line += f" {shown}"
+    speed, left = rate(info.get("rate")), eta(info.get("eta"))
+    if speed:
+        line += f" at {speed}"
+    if left:
+        line += f", {left} left"
     return line

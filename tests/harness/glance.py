@@ -197,6 +197,8 @@ class GlanceServer:
         # keystonemiddleware's [keystone_authtoken] options: with them glance runs the
         # ``keystone`` pipeline and trusts only keystone tokens, no forged headers.
         self.keystone_authtoken = dict(keystone_authtoken) if keystone_authtoken else None
+        # More options by section, set before start (e.g. the filter's [curve] keys).
+        self.extra_sections: dict[str, dict[str, Any]] = {}
         self.process: ServiceProcess | None = None
 
     def __repr__(self) -> str:
@@ -242,6 +244,8 @@ class GlanceServer:
             sections["keystone_authtoken"] = self.keystone_authtoken
         if self.policy_source is not None:
             sections["oslo_policy"] = {"policy_file": str(self.policy_path)}
+        for section, values in self.extra_sections.items():
+            sections.setdefault(section, {}).update(values)
         return sections
 
     def write_config(self) -> None:

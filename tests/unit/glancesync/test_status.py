@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import zmq
 
-from glancesync import protocol, status, status_render
+from glancesync import protocol, status, status_live, status_render
 
 NOW = 1_700_000_000.0
 MIB = 1024 * 1024
@@ -50,6 +50,18 @@ def image(known: bool = True, **regions: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- rendering -------------------------------------------------------------------------------------------
+
+
+def test_image_view_shows_phase_rate_and_eta_when_the_coordinator_reports_them() -> None:
+    moving = region("transferring", 3 * MIB, 4 * MIB, phase="uploading", rate=1.5 * MIB, eta=65.2)
+    lines = status_render.render_image(image(RegionOne=moving, RegionTwo=region("synced", phase=None)),
+                                       NOW).splitlines()
+    assert lines[2].split()[:5] == ["REGION", "STATE", "PHASE", "RATE", "ETA"]
+    one = next(line for line in lines if line.startswith("RegionOne"))
+    assert "uploading" in one and "1.5 MiB/s" in one and "1m 5s" in one
+    # Without them (an older coordinator) the columns are not there at all.
+    plain = status_render.render_image(image(RegionOne=region("transferring", 1, 2)), NOW)
+    assert "PHASE" not in plain and "RATE" not in plain
 
 
 def test_summary_view() -> None:
@@ -232,7 +244,7 @@ def test_wait_gives_each_query_at_least_a_second() -> None:
 def test_display_without_tty_prints_state_changes_only() -> None:
     out = io.StringIO()
     clock = FakeClock()
-    display = status._Display(out, tty=False, clock=clock)
+    display = status_live.WaitDisplay(out, tty=False, clock=clock)
     display.show(image(RegionOne=region("pending")))
     display.show(image(RegionOne=region("pending")))
     display.show(image(RegionOne=region("transferring", 1, 2)))
@@ -245,11 +257,11 @@ def test_display_without_tty_prints_state_changes_only() -> None:
 def test_display_without_tty_shows_a_long_transfer_moving() -> None:
     out = io.StringIO()
     clock = FakeClock()
-    display = status._Display(out, tty=False, limit=7200.0, clock=clock)
+    display = status_live.WaitDisplay(out, tty=False, limit=7200.0, clock=clock)
     display.show(image(RegionOne=region("transferring", 1 * MIB, 100 * MIB)))
-    clock.now = status.PROGRESS_EVERY - 1
+    clock.now = status_live.PROGRESS_EVERY - 1
     display.show(image(RegionOne=region("transferring", 2 * MIB, 100 * MIB)))
-    clock.now = status.PROGRESS_EVERY
+    clock.now = status_live.PROGRESS_EVERY
     display.show(image(RegionOne=region("transferring", 60 * MIB, 100 * MIB)))
     lines = out.getvalue().splitlines()
     assert lines[0].endswith("(at most 7200 s; Ctrl-C stops waiting)")
@@ -257,17 +269,40 @@ def test_display_without_tty_shows_a_long_transfer_moving() -> None:
                          "RegionOne: transferring 60.0 MiB/100.0 MiB (60%)"]
 
 
-def test_display_on_tty_redraws_a_header_and_one_line_per_region() -> None:
+def test_display_on_tty_redraws_a_live_table_with_a_header_and_one_row_per_region() -> None:
     out = io.StringIO()
     clock = FakeClock()
-    display = status._Display(out, tty=True, clock=clock)
+    display = status_live.WaitDisplay(out, tty=True, clock=clock)
     display.show(image(RegionOne=region("pending"), RegionTwo=region("pending")))
     clock.now = 75.0
-    display.show(image(RegionOne=region("transferring", 1, 4), RegionTwo=region("pending")))
+    display.show(image(RegionOne=region("transferring", 1, 4, phase="uploading", rate=2 * MIB, eta=90),
+                       RegionTwo=region("pending")))
+    display.close()
     text = out.getvalue()
-    assert text.count("\x1b[3F") == 1
-    assert "\x1b[2KRegionOne: transferring 1 B/4 B (25%)\n" in text
-    assert "\x1b[2Kwaiting 1m 15s for image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10 (no time limit" in text
+    assert "\x1b[" in text  # drawn for a terminal, and redrawn in place
+    assert "waiting 1m 15s for image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10 (no time limit" in text
+    last = text[text.rindex("waiting 1m 15s"):]
+    row = next(line for line in last.splitlines() if "RegionOne" in line)
+    assert "uploading" in row and "1 B/4 B (25%)" in row
+    assert "2.0 MiB/s" in row and "1m 30s" in row
+
+
+def test_display_without_tty_prints_a_phase_change_with_rate_and_eta() -> None:
+    out = io.StringIO()
+    display = status_live.WaitDisplay(out, tty=False, clock=FakeClock())
+    display.show(image(RegionOne=region("transferring", 1 * MIB, 4 * MIB, phase="fetching")))
+    display.show(image(RegionOne=region("transferring", 4 * MIB, 4 * MIB, phase="uploading", rate=MIB, eta=3)))
+    assert out.getvalue().splitlines()[1:] == [
+        "RegionOne: transferring (fetching) 1.0 MiB/4.0 MiB (25%)",
+        "RegionOne: transferring (uploading) 4.0 MiB/4.0 MiB (100%) at 1.0 MiB/s, 3s left"]
+
+
+def test_view_on_a_terminal_is_a_rich_table_that_interprets_no_markup() -> None:
+    out = io.StringIO()
+    data = image(**{"[bold]Region": region("transferring", MIB, 4 * MIB, phase="uploading", rate=MIB, eta=3)})
+    status_live.print_view(out, True, "image", data, NOW)
+    text = out.getvalue()
+    assert "[bold]Region" in text and "PHASE" in text and "1.0 MiB/s" in text
 
 
 # --- real runs of main() ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ and --wait bounded per answer (--answer-timeout), not over a transfer, unless --
 
 from __future__ import annotations
 
+import io
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -147,3 +148,25 @@ def test_main_wait_without_timeout_shows_progress_until_synced(synced_on_third: 
     assert "RegionOne: transferring 4 B/10 B (40%)" in lines
     assert lines[-1] == f"image {IMAGE_ID} is synced in RegionOne"
     assert len(synced_on_third.queries) == 3
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_main_on_a_terminal_draws_rich_tables_and_plain_text_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    moving = region("transferring", 4, 10, phase="uploading", rate=2048, eta=3)
+    fake = FakeCoordinator(lambda body: ("status_reply", {"view": "image", "data": image(RegionOne=moving)}))
+    try:
+        shown = {}
+        for name, out in (("tty", Terminal()), ("pipe", io.StringIO())):
+            monkeypatch.setattr("sys.stdout", out)
+            assert status.main(["--host", "127.0.0.1", "--port", str(fake.port), "image", IMAGE_ID]) == 0
+            shown[name] = out.getvalue()
+    finally:
+        fake.close()
+    assert "\x1b[1m" in shown["tty"] and "uploading" in shown["tty"] and "2.0 KiB/s" in shown["tty"]
+    assert "\x1b" not in shown["pipe"]
+    row = next(line for line in shown["pipe"].splitlines() if line.startswith("RegionOne"))
+    assert row.split()[:5] == ["RegionOne", "transferring", "uploading", "2.0", "KiB/s"]
