@@ -30,6 +30,7 @@ setup(
         "alembic>=1.10",
         "WebOb>=1.8",
         "gunicorn>=21.2",
+        "prometheus_client>=0.20",
     ],
     entry_points={
         "console_scripts": [

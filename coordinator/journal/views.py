@@ -1,7 +1,8 @@
-"""Journal, status queries: per-region counts and the view of one image."""
+"""Journal, status queries: per-region counts, the view of one image, and what the metrics read."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import sqlalchemy as sa
@@ -70,3 +71,32 @@ class ViewsMixin:
                  .where(image_regions.c.state.notin_([S.DELETED.value, S.DELETING.value])))
         with self.transaction() as conn:
             return {row[0] for row in conn.execute(query)}
+
+    # -- for coordinator/metrics.py (read every few seconds, so each one is a single indexed query) --
+
+    def oldest_pending(self) -> dict[str, float]:
+        """Per region, when its oldest pending task was planned (the queue's lag)."""
+        query = (sa.select(tasks.c.region, sa.func.min(tasks.c.created_at))
+                 .where(tasks.c.state == S.PENDING.value).group_by(tasks.c.region))
+        with self.transaction() as conn:
+            return {region: float(at) for region, at in conn.execute(query).all() if at is not None}
+
+    def unplanned_total(self) -> int:
+        """Events journaled (acked) and not planned yet."""
+        query = sa.select(sa.func.count()).select_from(events).where(events.c.planned.is_(False))
+        with self.transaction() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def sqlite_bytes(self) -> int | None:
+        """Bytes of the SQLite file and its WAL; None when the journal is not a SQLite file."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return sum(os.path.getsize(path) for path in (url.database, url.database + "-wal")
+                   if os.path.exists(path))
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows of the tables that grow: events, tasks and image_regions (a full count: call rarely)."""
+        with self.transaction() as conn:
+            return {table.name: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() or 0)
+                    for table in (events, tasks, image_regions)}
