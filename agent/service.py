@@ -122,7 +122,6 @@ class AgentService:
 
     def step(self, now: float, timeout_ms: int = 100) -> None:
         """One loop iteration: receive, reap workers, send what is due."""
-        self.metrics.tick(now, self)
         if self.sock is None and self.reconnect_at is not None and now >= self.reconnect_at:
             self._connect(now)
         if self.sock is not None:
@@ -134,6 +133,7 @@ class AgentService:
             time.sleep(timeout_ms / 1000)
         for event in self.pool.poll(now):
             self._on_pool_event(event, now)
+        self.metrics.tick(now, self)
         self._send_results(now)
         if self.sock is None:
             return

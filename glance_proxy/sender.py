@@ -38,6 +38,7 @@ import msgpack
 import zmq
 
 from glance_proxy.spool import SharedUsage, Spool, SpoolFull
+from glance_proxy.spoolstats import TextfileWriter
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.liveness import Backoff
@@ -86,6 +87,8 @@ class EventSender:
             self.usage.close()
             raise
         self.adopted: list[Spool] = []
+        path = conf.proxy.metrics_textfile
+        self.textfile = TextfileWriter(path, conf.proxy.spool_dir) if path else None
         self.dropped_full = 0
         self._pid = os.getpid()
         self._own_context = context is None
@@ -204,6 +207,8 @@ class EventSender:
         now = self.clock()
         if now >= self._adopt_at:
             self._look_for_orphans()
+        if self.textfile is not None:
+            self.textfile.maybe_write(now, time.time())
         spool = self._sending_spool()
         wait = _IDLE_WAIT if spool is None else max(0.0, min(_IDLE_WAIT, self._retry_at - now))
         self._spool_queued(wait=wait)
