@@ -214,7 +214,10 @@ class TaskDesk:
 
     def _count_failure(self, task_id: str, reason: str, region: str | None) -> None:
         if region is None:  # a registration's result names no region: rare enough to look it up
-            task = self.journal.task(task_id)
+            try:
+                task = self.journal.task(task_id)
+            except JournalError:  # the failure is journaled: a metric must not undo its handling
+                task = None
             region = task.region if task is not None else "?"
         self.failures[region, failure_kind(reason)] += 1
 

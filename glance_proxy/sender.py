@@ -11,6 +11,9 @@ on).  One daemon thread per process does the rest:
 3. on silence: closes the socket (stale replies die with it), waits a jittered
    backoff, opens a fresh socket and replays from the oldest file, so order holds.
 
+With ``[proxy] metrics_textfile`` set, the thread also rewrites the outbox's depth for
+node_exporter's textfile collector every 15 s (spoolstats.py).
+
 Spools left by dead workers (their lock is free) are adopted at start and every
 ``ADOPT_INTERVAL``, and sent before this worker's own events: they happened first.
 ``close()`` (also run at interpreter exit, which is how a gunicorn worker stops)

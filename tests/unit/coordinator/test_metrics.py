@@ -12,6 +12,7 @@ from glancesync import protocol
 from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, NOW
+from .test_eventdesk import reconciling_service
 from .test_service import agent, planned, pump, receive, report, run_copy, send_event, state
 
 
@@ -98,13 +99,23 @@ def test_a_lapsed_lease_counts_as_a_failure(ctx, service, journal, published) ->
     assert value(samples, "glancesync_agents_online", region="RegionOne") == 0
 
 
-def test_the_reconcilers_last_pass(service, published) -> None:
-    service.events.last_pass = (NOW, 2.5, True)
-    pump(service, NOW)
-    samples = scrape(published)
-    assert value(samples, "glancesync_reconciler_last_pass_timestamp_seconds") == NOW
+@pytest.mark.parametrize("works", [True, False])
+def test_the_reconcilers_last_pass(tmp_path, db_url, store_yaml, stores, journal, client, ctx, works) -> None:
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, reconcile_interval=60)
+    try:
+        if not works:
+            client.images.list = lambda filters: (_ for _ in ()).throw(RuntimeError("listing broke"))
+        svc.metrics.publish_every = 0.0
+        start = svc.events.next_reconcile + 1
+        pump(svc, start, until=lambda: svc.events.reconciling)
+        pump(svc, start + 2.5, until=lambda: not svc.events.reconciling)
+        pump(svc, start + 2.5)
+        samples = scrape(svc.metrics)
+    finally:
+        svc.shutdown()
+    assert value(samples, "glancesync_reconciler_last_pass_timestamp_seconds") == start + 2.5
     assert value(samples, "glancesync_reconciler_last_pass_duration_seconds") == 2.5
-    assert value(samples, "glancesync_reconciler_last_pass_success") == 1
+    assert value(samples, "glancesync_reconciler_last_pass_success") == (1 if works else 0)
 
 
 def test_snapshots_are_published_at_most_every_interval(ctx, service) -> None:

@@ -57,3 +57,29 @@ def test_the_writer_writes_at_most_every_interval_and_survives_a_bad_path(tmp_pa
     bad.maybe_write(0.0, 100.0)
     bad.maybe_write(spoolstats.WRITE_SECONDS, 100.0)
     assert caplog.text.count("cannot write the outbox metrics") == 1
+
+
+def test_a_sender_with_a_textfile_writes_its_outbox_depth(tmp_path: Path) -> None:
+    """No coordinator answers: the spooled event shows in the file the sender's own thread writes."""
+    from glance_proxy.sender import EventSender
+    from glancesync import config
+    from glancesync.liveness import Backoff
+
+    out = tmp_path / "glance_sync_sender.prom"
+    path = tmp_path / "proxy.conf"
+    path.write_text(f"[DEFAULT]\nsync_server_port = 1\n[proxy]\nspool_dir = {tmp_path / 'spool'}\n"
+                    f"metrics_textfile = {out}\n")
+    conf = config.load(["--config-file", str(path)], "test-proxy", setup_logging=False)
+    clock = [0.0]
+    sender = EventSender(conf, ack_timeout=0.05, backoff=Backoff(initial=60.0, maximum=60.0),
+                         clock=lambda: clock[0])
+    sender._retry_at = float("inf")  # nothing listens: never try to send, only spool
+    try:
+        sender.submit({"event_id": "e1", "kind": "updated", "image_id": "00000000-0000-4000-8000-000000000001"})
+        sender.step()  # spools the event; the first write of the file came before it
+        assert read(out)["glancesync_sender_spool_events"] == 0
+        clock[0] += spoolstats.WRITE_SECONDS
+        sender.step()
+        assert read(out)["glancesync_sender_spool_events"] == 1
+    finally:
+        sender.close()
