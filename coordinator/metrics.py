@@ -29,7 +29,8 @@ from glancesync.metrics import Health
 # Seconds between two snapshots: a scrape every 15-30 s sees data at most this old, and
 # the loop pays for a few indexed queries this often, whatever the scrape rate.
 PUBLISH_SECONDS = 5.0
-# Seconds between two row counts of a journal that is not a SQLite file (a full count).
+# Seconds between two row counts of a journal that is not a SQLite file (catalog estimates:
+# they change slowly).
 ROW_COUNT_SECONDS = 60.0
 # Tasks whose last progress is remembered (to turn bytes_done into bytes moved); beyond
 # this the oldest are forgotten, so tasks whose agent vanished cannot grow it forever.
@@ -218,8 +219,8 @@ def _journal_families(snap: Snapshot) -> Iterator[Metric]:
     if snap.journal_bytes is not None:
         yield GaugeMetricFamily("glancesync_journal_size_bytes", "Bytes of the SQLite journal and its WAL.",
                                 value=snap.journal_bytes)
-    rows = GaugeMetricFamily("glancesync_journal_rows", "Rows of the journal's growing tables "
-                             "(not SQLite; counted every minute).", labels=["table"])
+    rows = GaugeMetricFamily("glancesync_journal_rows", "Rows of the journal's growing tables (not SQLite; "
+                             "the database's estimate where it keeps one, read every minute).", labels=["table"])
     for table, count in sorted(snap.journal_rows.items()):
         rows.add_metric([table], count)
     yield rows

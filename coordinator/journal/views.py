@@ -96,7 +96,25 @@ class ViewsMixin:
                    if os.path.exists(path))
 
     def row_counts(self) -> dict[str, int]:
-        """Rows of the tables that grow: events, tasks and image_regions (a full count: call rarely)."""
+        """Rows of the tables that grow (events, tasks, image_regions), for a journal that is not a file.
+
+        PostgreSQL and MySQL/MariaDB answer from their catalog's estimates (what ANALYZE or
+        InnoDB's statistics last saw), which costs nothing; a ``count(*)`` would scan every
+        row with the loop waiting.  Any other database is counted.
+        """
+        names = [table.name for table in (events, tasks, image_regions)]
+        dialect = self.engine.dialect.name
         with self.transaction() as conn:
-            return {table.name: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() or 0)
-                    for table in (events, tasks, image_regions)}
+            if dialect == "postgresql":
+                query = sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)")
+                rows = {name: conn.execute(query, {"name": name}).scalar() for name in names}
+            elif dialect in ("mysql", "mariadb"):
+                query = sa.text("SELECT table_name, table_rows FROM information_schema.tables "
+                                "WHERE table_schema = DATABASE() AND table_name IN :names"
+                                ).bindparams(sa.bindparam("names", expanding=True))
+                rows = {str(name): count for name, count in conn.execute(query, {"names": names}).all()}
+            else:
+                rows = {table.name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+                        for table in (events, tasks, image_regions)}
+        # PostgreSQL says -1 for a table never analyzed yet.
+        return {name: max(0, int(rows.get(name) or 0)) for name in names}
