@@ -16,6 +16,7 @@ Every series and label is listed in doc/metrics.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from glancesync import __version__, protocol
+from glancesync.exceptions import JournalError
 from glancesync.metrics import Health
+
+LOG = logging.getLogger(__name__)
 
 # Seconds between two snapshots: a scrape every 15-30 s sees data at most this old, and
 # the loop pays for a few indexed queries this often, whatever the scrape rate.
@@ -72,6 +76,7 @@ class CoordinatorMetrics:
         self._published_at: float | None = None
         self._rows_at: float | None = None
         self._rows: dict[str, int] = {}
+        self._stale = False  # the last snapshot could not be taken (logged once)
 
     # -- on the loop thread ---------------------------------------------------------
 
@@ -108,7 +113,14 @@ class CoordinatorMetrics:
         if self._published_at is not None and now - self._published_at < self.publish_every:
             return
         self._published_at = now
-        self.snapshot = self.take_snapshot(now)
+        try:
+            self.snapshot = self.take_snapshot(now)
+        except JournalError as exc:  # the loop's own steps report the journal; one line here
+            if not self._stale:
+                LOG.warning("metrics keep the snapshot of %.0f s ago: %s", now - self.snapshot.taken_at, exc)
+            self._stale = True
+            return
+        self._stale = False
 
     def take_snapshot(self, now: float) -> Snapshot:
         service, previous = self.source, self.snapshot

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.metrics import CoordinatorMetrics, Snapshot
 from glancesync import protocol
+from glancesync.exceptions import JournalError
 from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, NOW
@@ -155,3 +156,20 @@ def test_journal_rows_when_the_journal_is_not_a_file(journal) -> None:
     samples = scrape(metrics)
     assert value(samples, "glancesync_journal_rows", table="events") == 4
     assert ("glancesync_journal_size_bytes", ()) not in samples
+
+
+def test_a_journal_that_cannot_answer_keeps_the_last_snapshot(service, published, monkeypatch, caplog) -> None:
+    pump(service, NOW)
+    kept = published.snapshot
+
+    def broken() -> dict:
+        raise JournalError(detail="database is locked")
+
+    monkeypatch.setattr(service.journal, "region_counts", broken)
+    pump(service, NOW + 10)
+    assert published.snapshot is kept
+    assert caplog.text.count("metrics keep the snapshot of 10 s ago: journal: database is locked") == 1
+    assert published.health.check()[0]  # the loop still iterates: healthy
+    monkeypatch.undo()
+    pump(service, NOW + 11)
+    assert published.snapshot.taken_at == NOW + 11
