@@ -117,12 +117,17 @@ class CoordinatorMetrics:
             self.snapshot = self.take_snapshot(now)
         except JournalError as exc:  # the loop's own steps report the journal; one line here
             if not self._stale:
-                LOG.warning("metrics keep the snapshot of %.0f s ago: %s", now - self.snapshot.taken_at, exc)
+                age = f"of {now - self.snapshot.taken_at:.0f} s ago" if self.snapshot.taken_at else "(none yet)"
+                LOG.warning("metrics keep the snapshot %s: %s", age, exc)
             self._stale = True
             return
         self._stale = False
 
     def take_snapshot(self, now: float) -> Snapshot:
+        """Everything a scrape shows, read from the service: the journal's per-region counts,
+        oldest pending tasks, unplanned events and size; the agent sessions; the task desk's
+        failures; the reconciler's last pass.  The one place to change when these come from
+        in-memory counters instead of the journal."""
         service, previous = self.source, self.snapshot
         journal = service.journal
         counts = journal.region_counts()
