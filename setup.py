@@ -31,6 +31,7 @@ setup(
         "WebOb>=1.8",
         "gunicorn>=21.2",
         "rich>=13",
+        "prometheus_client>=0.20",
     ],
     entry_points={
         "console_scripts": [

@@ -17,7 +17,7 @@ from agent import transfer
 from agent.pool import Pool
 from agent.service import AgentService
 from agent.task import WorkerSettings, logging_options, worker_main
-from glancesync import config, storemap
+from glancesync import config, metrics, storemap
 from glancesync.exceptions import ConfigError
 
 PROG = "glance-sync-agent"
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings)
     try:
         service = AgentService(conf, pool)
+        server = metrics.serve(conf.agent, service.metrics.registry(), service.metrics.health)
         service.initialize(time.monotonic())
     except ConfigError as exc:
         pool.shutdown()
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(1.0)
     finally:
         service.shutdown()
+        if server is not None:
+            server.close()
     LOG.info("agent of region %s stopped (signal %s)", region, stopping[0] if stopping else None)
     return 0
 

@@ -1,32 +1,28 @@
 """The agent's session with the coordinator: one zmq DEALER, stepped by a poll loop.
 
-The dialog is the ``agent session`` grammar of glancesync.protocol: ``hello`` →
-``welcome`` → ``ready`` credits (free worker slots) → ``task`` → ``ack`` at once,
-``progress``…, ``done`` | ``failed`` → ``ready`` 1.  Heartbeats go out every
-``[agent] heartbeat_interval``, busy or not.  A coordinator silent for three of
-its heartbeat intervals, or one that says ``disconnect``, gets a fresh socket after
-a jittered backoff and a new ``hello`` whose ``running`` lists the attempts still
-running here or with an unacknowledged result: they keep running unless the
-coordinator answers ``cancel`` (the attempt is no longer ours: the worker is
-terminated, its result forgotten).  Every ``done`` / ``failed`` is kept until the
-coordinator's ``result_ack`` and sent again after each ``welcome`` and every
-RESEND_SECONDS.  One worker per task: a ``task`` for a task running here (or
-whose result is held) is acked and answered by that worker or result, relabelled
-to the new attempt, never run twice.
+The dialog is the ``agent session`` grammar of glancesync.protocol: ``hello`` → ``welcome`` → ``ready``
+credits (free worker slots) → ``task`` → ``ack`` at once, ``progress``…, ``done`` | ``failed`` → ``ready``
+1.  Heartbeats go out every ``[agent] heartbeat_interval``, busy or not.  A coordinator silent for three of
+its heartbeat intervals, or one that says ``disconnect``, gets a fresh socket after a jittered backoff and a
+new ``hello`` whose ``running`` lists the attempts still running here or with an unacknowledged result: they
+keep running unless the coordinator answers ``cancel`` (the attempt is no longer ours: the worker is
+terminated, its result forgotten).  Every ``done`` / ``failed`` is kept until the coordinator's
+``result_ack`` and sent again after each ``welcome`` and every RESEND_SECONDS.  One worker per task: a
+``task`` for a task running here (or whose result is held) is acked and answered by that worker or result,
+relabelled to the new attempt, never run twice.
 
-``stop(now, grace)`` (SIGTERM) drains: no new work is taken, running transfers get
-``grace`` seconds to finish and their results to be acked; ``drained(now)`` says
-when to call ``shutdown()``, whose ``bye`` hands back what is left unfinished.
+``stop(now, grace)`` (SIGTERM) drains: no new work is taken, running transfers get ``grace`` seconds to
+finish and their results to be acked; ``drained(now)`` says when to call ``shutdown()``, whose ``bye`` hands
+back what is left unfinished.
 
-A ``hello`` the coordinator refuses (``error`` with ``agent_id_in_use``: another live
-session holds this agent id; ``too_many_sessions``; ``forbidden``: this key may not
-serve the region; ``unknown_region``) is logged once as an ERROR and tried again on a
-fresh socket with the same backoff, so a restarted agent gets in as soon as its
-previous session has lapsed, and two agents given one id do not push each other out.
+A ``hello`` the coordinator refuses (``error`` with ``agent_id_in_use``: another live session holds this
+agent id; ``too_many_sessions``; ``forbidden``: this key may not serve the region; ``unknown_region``) is
+logged once as an ERROR and tried again on a fresh socket with the same backoff, so a restarted agent gets
+in as soon as its previous session has lapsed, and two agents given one id do not push each other out.
 
-``initialize()`` / ``step(now)`` / ``shutdown()`` with the time passed in, so tests
-drive the loop without sleeping.  A bad frame is logged and dropped; nothing the
-coordinator sends can end the loop.
+``initialize()`` / ``step(now)`` / ``shutdown()`` with the time passed in, so tests drive the loop without
+sleeping.  A bad frame is logged and dropped; nothing the coordinator sends can end the loop. Each step also
+feeds agent/metrics.py, which ``/metrics`` and ``/healthz`` read.
 """
 
 from __future__ import annotations
@@ -38,6 +34,7 @@ from typing import Any
 
 import zmq
 
+from agent.metrics import AgentMetrics
 from agent.pool import Pool, PoolEvent
 from glancesync import __version__, protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
@@ -93,6 +90,7 @@ class AgentService:
         self.refused = False  # the last hello was refused: repeat refusals are not errors again
         self.stop_at: float | None = None  # draining until then (SIGTERM)
         self.handed_back: dict[str, dict[str, Any]] = {}  # tasks received while draining
+        self.metrics = AgentMetrics(self.region, self.agent_id, agent.healthz_max_loop_age)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -135,6 +133,7 @@ class AgentService:
             time.sleep(timeout_ms / 1000)
         for event in self.pool.poll(now):
             self._on_pool_event(event, now)
+        self.metrics.tick(now, self)
         self._send_results(now)
         if self.sock is None:
             return
@@ -354,6 +353,7 @@ class AgentService:
     # -- worker events ------------------------------------------------------------
 
     def _on_pool_event(self, event: PoolEvent, now: float) -> None:
+        self.metrics.worker_event(event.kind, event.task, event.body)
         task_id = event.task["task_id"]
         ref = {"task_id": task_id, "attempt": self.attempts.get(task_id, event.task["attempt"])}
         if event.kind == "progress":

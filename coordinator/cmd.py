@@ -15,9 +15,10 @@ from oslo_log import log as logging
 
 from coordinator import admincheck, manage
 from coordinator.journal import Journal
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.registrar import Registrar, cascading_endpoint
 from coordinator.service import Service
-from glancesync import config, glance, storemap
+from glancesync import config, glance, metrics, storemap
 from glancesync.exceptions import ConfigError, GlanceSyncError
 
 PROG = "glance-sync-coordinator"
@@ -46,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     name = endpoint.url or "cascading glance"
+    stats = CoordinatorMetrics(metrics.Health(conf.coordinator.healthz_max_loop_age))
+    stats.health.not_started(f"checking that the cascading credentials are admin in {name}")
     try:
+        # Up before the admin check, which may wait long: /healthz says 503 and why until the loop runs.
+        server = metrics.serve(conf.coordinator, stats.registry(), stats.health)
         client = glance.make_client(endpoint)
         if not admincheck.wait_until_checked(lambda: admincheck.check(client, name), stop, name):
             return 0
@@ -55,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
-    service = Service(conf, stores, Journal(url), registrar)
+    service = Service(conf, stores, Journal(url), registrar, metrics=stats)
     signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     try:
         service.run(stop)
@@ -64,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         service.journal.close()
+        if server is not None:
+            server.close()
     LOG.info("coordinator stopped")
     return 0
 

@@ -59,6 +59,10 @@ class EventDesk:
         self.next_reconcile: float | None = (
             time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
         self.reconciling = False
+        # For coordinator/metrics.py: when the running pass started, and the last finished
+        # pass as (ended at, seconds it took, succeeded).
+        self.reconcile_started: float | None = None
+        self.last_pass: tuple[float, float, bool] | None = None
 
     def plan_events(self, now: float) -> None:
         room = FETCHES_IN_FLIGHT - len(self.fetching)
@@ -165,6 +169,7 @@ class EventDesk:
         if self.next_reconcile is None or self.reconciling or now < self.next_reconcile:
             return
         self.reconciling = True
+        self.reconcile_started = now
         policy = regiondrift.Policy(tuple(self.storemap.regions), self.conf.sync_strategy, now,
                                     self.conf.coordinator.reconcile_failed_retry_interval)
         self.registrar.reconcile(reconciler.Inputs(self.journal.known_image_ids(), self.journal.tracked_image_ids(),
@@ -180,6 +185,7 @@ class EventDesk:
                       result.error)
         self.reconciling = False
         self.next_reconcile = now + self.conf.coordinator.reconcile_interval
+        self.last_pass = (now, now - (self.reconcile_started or now), result.drift is not None)
 
     def _record_drift(self, drift: reconciler.Drift, now: float) -> None:
         c = self.conf.coordinator

@@ -14,7 +14,9 @@
    in the pool);
 5. hand tasks to agents with credits, send heartbeats every interval, start a
    reconciler pass when one is due, and re-read the CURVE allow-list when it changed
-   (checked every ``[curve] reload_interval``) or on SIGHUP.
+   (checked every ``[curve] reload_interval``) or on SIGHUP;
+6. mark the loop alive for ``/healthz`` and publish a metrics snapshot when one is due
+   (coordinator/metrics.py; the HTTP thread only reads what was published).
 
 Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer whose connection is gone
 fails (EHOSTUNREACH) instead of vanishing; an agent's session then goes offline, and a
@@ -41,6 +43,7 @@ from coordinator import status
 from coordinator.agents import Agents, Session, SessionRefused
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from glancesync import protocol, roles, transport
@@ -88,7 +91,7 @@ class Service:
     """The coordinator service; ``context`` may be shared with tests."""
 
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, metrics: CoordinatorMetrics | None = None) -> None:
         self.conf = conf
         self.storemap = storemap
         self.journal = journal
@@ -110,6 +113,8 @@ class Service:
         self._last_heartbeat = 0.0
         self.events = EventDesk(conf, storemap, journal, registrar)
         self._unapplied: list[GlanceResult] = []
+        self.metrics = metrics or CoordinatorMetrics()
+        self.metrics.source = self
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -170,7 +175,7 @@ class Service:
             if sock in ready:
                 self._drain(sock, handler, now)
         for step in (self._keys, self._apply_results, self._housekeeping, self.events.plan_events,
-                     self._dispatch, self._heartbeats, self.events.reconcile):
+                     self._dispatch, self._heartbeats, self.events.reconcile, self.metrics.tick):
             try:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
@@ -253,6 +258,7 @@ class Service:
             self.send_agent(routing_id, "disconnect", {"reason": "unknown session; send hello"})
             return
         self.agents.heard(session, now)
+        self.metrics.agent_message(session.region, msg)
         self._agent_message(session, msg, now)
 
     def _hello(self, routing_id: bytes, peer: roles.Peer, key: str | None, msg: protocol.Message,
@@ -330,6 +336,7 @@ class Service:
         # Durable first, ack second: the sender forgets the event once acked. The sender is
         # kept with the event: a refused delete names it.
         fresh = self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now, sender)
+        self.metrics.event_received(fresh)
         if fresh:
             LOG.info("event %s: %s of image %s from %s", body["event_id"], body["kind"], body["image_id"], sender)
         else:

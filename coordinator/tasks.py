@@ -29,6 +29,7 @@ failure (other bytes, the cascading image gone) or the horizon ends it ``failed`
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from coordinator.journal import Journal, TaskRow
 from coordinator.registrar import Registrar, TaskResult
 from glancesync.exceptions import JournalError, ProtocolError, StaleAttempt
 from glancesync.liveness import retry_delay
+from glancesync.metrics import failure_kind
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class TaskDesk:
         self.registration_retry = registration_retry or RegistrationRetry()
         # Tasks whose registration is in the glance pool now (not to be submitted twice).
         self.registering: set[str] = set()
+        # Failed attempts since start by (region, failure kind), read by coordinator/metrics.py.
+        self.failures: Counter[tuple[str, str]] = Counter()
 
     def _stale(self, what: str, body: dict[str, Any], session: Session | None = None) -> None:
         who = f" from agent {session.agent_id}" if session else ""
@@ -168,7 +172,8 @@ class TaskDesk:
 
     def failed(self, session: Session, body: dict[str, Any], now: float) -> bool:
         try:
-            self._fail(body["task_id"], self._attempt(session, body), body["reason"], body["retryable"], now)
+            self._fail(body["task_id"], self._attempt(session, body), body["reason"], body["retryable"], now,
+                       region=session.region)
         except StaleAttempt:
             self._stale("failed", body, session)
             return True
@@ -199,12 +204,22 @@ class TaskDesk:
         return self.failed(session, {**ref, "reason": reason, "retryable": True}, now)
 
     def _fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,
-              backoff: bool = True) -> None:
+              backoff: bool = True, region: str | None = None) -> None:
         state = self.journal.fail(task_id, attempt, reason, now, self.retry_policy(retryable, now, backoff))
+        self._count_failure(task_id, reason, region)
         if state == SyncState.FAILED:
             LOG.error("task %s failed for good: %s", task_id, reason)
         else:
             LOG.warning("task %s attempt %d failed, will retry: %s", task_id, attempt, reason)
+
+    def _count_failure(self, task_id: str, reason: str, region: str | None) -> None:
+        if region is None:  # a registration's result names no region: rare enough to look it up
+            try:
+                task = self.journal.task(task_id)
+            except JournalError:  # the failure is journaled: a metric must not undo its handling
+                task = None
+            region = task.region if task is not None else "?"
+        self.failures[region, failure_kind(reason)] += 1
 
     # -- the glance pool ------------------------------------------------------------------
 
@@ -250,9 +265,11 @@ class TaskDesk:
             reason = (f"registration failed for {self.registration_retry.horizon:g} s "
                       f"(registration_retry_horizon): {result.reason}")
             self.journal.fail(result.task_id, result.attempt, reason, now, lambda _retries: None)
+            self._count_failure(task.task_id, reason, task.region)
             LOG.error("task %s failed for good: %s", result.task_id, reason)
             return
         self.journal.defer_registration(result.task_id, result.attempt, result.reason, now, due)
+        self._count_failure(task.task_id, f"registration: {result.reason}", task.region)
         LOG.warning("task %s: registration failed, copy kept, next try in %.1f s: %s", result.task_id,
                     due - now, result.reason)
 
@@ -270,7 +287,7 @@ class TaskDesk:
             reason = (f"lease of agent {task.agent_id} lapsed on attempt {task.attempt} "
                       "(the agent died or went silent while running it)")
             try:
-                self._fail(task.task_id, task.attempt, reason, True, now, backoff=False)
+                self._fail(task.task_id, task.attempt, reason, True, now, backoff=False, region=task.region)
             except StaleAttempt:
                 continue
             self.agents.released(task.task_id)

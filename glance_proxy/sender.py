@@ -12,6 +12,9 @@ on).  One daemon thread per process does the rest:
    backoff, opens a fresh socket and replays from the oldest file, so order holds;
    a silence longer than ``[proxy] outage_warning_after`` is logged (outage.AckWatch).
 
+With ``[proxy] metrics_textfile`` set, the thread also rewrites the outbox's depth for
+node_exporter's textfile collector every 15 s (spoolstats.py).
+
 Spools left by dead workers (their lock is free) are adopted at start and every
 ``ADOPT_INTERVAL``, and sent before this worker's own events: they happened first.
 ``close()`` (also run at interpreter exit, which is how a gunicorn worker stops)
@@ -40,6 +43,7 @@ import zmq
 
 from glance_proxy.outage import AckWatch
 from glance_proxy.spool import SharedUsage, Spool, SpoolFull
+from glance_proxy.spoolstats import TextfileWriter
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.liveness import Backoff
@@ -91,6 +95,8 @@ class EventSender:
             self.usage.close()
             raise
         self.adopted: list[Spool] = []
+        path = conf.proxy.metrics_textfile
+        self.textfile = TextfileWriter(path, conf.proxy.spool_dir) if path else None
         self.dropped_full = 0
         self.watch = AckWatch(conf.proxy.outage_warning_after, f"{self.host}:{self.port}", self.backlog)
         self._pid = os.getpid()
@@ -214,6 +220,8 @@ class EventSender:
         now = self.clock()
         if now >= self._adopt_at:
             self._look_for_orphans()
+        if self.textfile is not None:
+            self.textfile.maybe_write(now, time.time())
         spool = self._sending_spool()
         wait = _IDLE_WAIT if spool is None else max(0.0, min(_IDLE_WAIT, self._retry_at - now))
         self._spool_queued(wait=wait)

@@ -96,4 +96,27 @@ agent_opts = [
         "product (32 MiB keeps 1 Gbit/s busy over a 250 ms round trip). Unused with "
         "fetch_method = openssh, whose client sizes its own window.",
     ),
+    cfg.HostAddressOpt(
+        "metrics_bind_host",
+        default="127.0.0.1",
+        help="Address of the agent's HTTP endpoint for Prometheus (/metrics) and health checks "
+        "(/healthz). The endpoint has no authentication: bind a routable address only on a "
+        "network where the metrics may be read. Related options: metrics_port.",
+    ),
+    cfg.PortOpt(
+        "metrics_port",
+        default=0,
+        help="Port of the agent's /metrics and /healthz endpoint; 0 (the default) serves none. "
+        "9598 is the port this project suggests for an agent (9597 for the coordinator); two agents "
+        "on one host need two ports. A port that cannot be bound stops the agent from starting. "
+        "Related options: metrics_bind_host, healthz_max_loop_age (doc/metrics.md).",
+    ),
+    cfg.FloatOpt(
+        "healthz_max_loop_age",
+        default=15.0,
+        min=1.0,
+        help="Seconds since the agent's poll loop last iterated after which /healthz answers 503 "
+        "instead of 200. A healthy loop iterates several times a second; the default equals "
+        "three heartbeat intervals, the window in which a peer would judge the agent gone.",
+    ),
 ]

@@ -133,6 +133,29 @@ coordinator_opts = [
         "bound offline sessions are dropped first; with only online ones a further hello is "
         "refused (error too_many_sessions). Related options: max_sessions_per_key.",
     ),
+    cfg.HostAddressOpt(
+        "metrics_bind_host",
+        default="127.0.0.1",
+        help="Address of the coordinator's HTTP endpoint for Prometheus (/metrics) and health checks "
+        "(/healthz). The endpoint has no authentication: bind a routable address only on a "
+        "network where the metrics may be read. Related options: metrics_port.",
+    ),
+    cfg.PortOpt(
+        "metrics_port",
+        default=0,
+        help="Port of the coordinator's /metrics and /healthz endpoint; 0 (the default) serves none. "
+        "9597 is the port this project suggests for the coordinator (9598 for agents). A port that "
+        "cannot be bound stops the coordinator from starting. "
+        "Related options: metrics_bind_host, healthz_max_loop_age (doc/metrics.md).",
+    ),
+    cfg.FloatOpt(
+        "healthz_max_loop_age",
+        default=15.0,
+        min=1.0,
+        help="Seconds since the coordinator's poll loop last iterated after which /healthz answers 503 "
+        "instead of 200. A healthy loop iterates several times a second; the default equals "
+        "three heartbeat intervals, the window in which a peer would judge the coordinator gone.",
+    ),
 ]
 
 database_opts = [

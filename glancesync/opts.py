@@ -194,6 +194,13 @@ proxy_opts = [
         "then one reminder every 5 minutes while the silence lasts and one INFO line when acks "
         "resume. Shorter silences are retried quietly (doc/outbox.md).",
     ),
+    cfg.StrOpt(
+        "metrics_textfile",
+        help="A .prom file where the event sender (in glance-api or glance-sync-proxy) writes the "
+        "depth of its outbox every 15 s, for node_exporter's textfile collector: put it in the "
+        "directory named by node_exporter's --collector.textfile.directory, writable by glance. "
+        "Unset (the default): no file. Series: doc/metrics.md.",
+    ),
     cfg.HostAddressOpt("listen_host", default="127.0.0.1", help="glance-sync-proxy: address to listen on."),
     cfg.PortOpt("listen_port", default=9293, help="glance-sync-proxy: port to listen on."),
     cfg.URIOpt(

@@ -1,7 +1,8 @@
-"""Journal, status queries: per-region counts and the view of one image."""
+"""Journal, status queries: per-region counts, the view of one image, and what the metrics read."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import sqlalchemy as sa
@@ -80,3 +81,50 @@ class ViewsMixin:
                  .where(image_regions.c.state.notin_([S.DELETED.value, S.DELETING.value])))
         with self.transaction() as conn:
             return {row[0] for row in conn.execute(query)}
+
+    # -- for coordinator/metrics.py (read every few seconds, so each one is a single indexed query) --
+
+    def oldest_pending(self) -> dict[str, float]:
+        """Per region, when its oldest pending task was planned (the queue's lag)."""
+        query = (sa.select(tasks.c.region, sa.func.min(tasks.c.created_at))
+                 .where(tasks.c.state == S.PENDING.value).group_by(tasks.c.region))
+        with self.transaction() as conn:
+            return {region: float(at) for region, at in conn.execute(query).all() if at is not None}
+
+    def unplanned_total(self) -> int:
+        """Events journaled (acked) and not planned yet."""
+        query = sa.select(sa.func.count()).select_from(events).where(events.c.planned.is_(False))
+        with self.transaction() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def sqlite_bytes(self) -> int | None:
+        """Bytes of the SQLite file and its WAL; None when the journal is not a SQLite file."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return sum(os.path.getsize(path) for path in (url.database, url.database + "-wal")
+                   if os.path.exists(path))
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows of the tables that grow (events, tasks, image_regions), for a journal that is not a file.
+
+        PostgreSQL and MySQL/MariaDB answer from their catalog's estimates (what ANALYZE or
+        InnoDB's statistics last saw), which costs nothing; a ``count(*)`` would scan every
+        row with the loop waiting.  Any other database is counted.
+        """
+        names = [table.name for table in (events, tasks, image_regions)]
+        dialect = self.engine.dialect.name
+        with self.transaction() as conn:
+            if dialect == "postgresql":
+                query = sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)")
+                rows = {name: conn.execute(query, {"name": name}).scalar() for name in names}
+            elif dialect in ("mysql", "mariadb"):
+                query = sa.text("SELECT table_name, table_rows FROM information_schema.tables "
+                                "WHERE table_schema = DATABASE() AND table_name IN :names"
+                                ).bindparams(sa.bindparam("names", expanding=True))
+                rows = {str(name): count for name, count in conn.execute(query, {"names": names}).all()}
+            else:
+                rows = {table.name: conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+                        for table in (events, tasks, image_regions)}
+        # PostgreSQL says -1 for a table never analyzed yet.
+        return {name: max(0, int(rows.get(name) or 0)) for name in names}
