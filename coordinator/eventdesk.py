@@ -26,10 +26,10 @@ from typing import Any
 
 from oslo_config import cfg
 
-from coordinator import planner, reconciler
+from coordinator import operator, planner, reconciler
 from coordinator.journal import EventRow, Journal
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
-from glancesync import untrusted
+from glancesync import strategy, untrusted
 from glancesync.liveness import retry_delay
 from glancesync.storemap import StoreMap
 
@@ -59,6 +59,8 @@ class EventDesk:
         self.next_reconcile: float | None = (
             time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
         self.reconciling = False
+        # Checked at start (coordinator/cmd.py): here they are known to be valid.
+        self.rules = strategy.parse_rules(conf.sync_user_rules, storemap.regions)
 
     def plan_events(self, now: float) -> None:
         room = FETCHES_IN_FLIGHT - len(self.fetching)
@@ -143,8 +145,11 @@ class EventDesk:
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="the image was deleted")
             return
         existing = self.journal.region_records(event.image_id)
-        plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
-                            self.conf.sync_strategy, existing, self.storemap.source_path)
+        # An operator's resync or sync names its regions (coordinator/operator.py).
+        regions, strategy_name, by_operator = operator.event_targets(
+            event.body, self.storemap.regions, self.conf.sync_strategy, existing)
+        plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
+                            self.storemap.source_path, self.rules, by_operator)
         if plan.refused:
             context = event.body.get("context") or {}
             LOG.warning("event %s (%s of %s) refused: %s; the delete is not planned in any region "
@@ -154,8 +159,9 @@ class EventDesk:
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=f"refused: {plan.refused}")
             return
         record = None if image is None else (record_time(image), image.get("status") == "active")
+        error = operator.targeting_error(image, self.storemap.regions, self.conf.sync_strategy, event.event_id)
         created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now,
-                                          record=record)
+                                          error=error, record=record)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
                  len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
 

@@ -5,7 +5,8 @@
 (times are stored in the journal and must survive a restart).  One iteration:
 
 1. poll both sockets briefly and serve every frame that arrived: agents' session
-   messages on the agent socket, ``event`` and ``status_query`` on the client socket,
+   messages on the agent socket, ``event``, ``status_query`` and ``operator`` (operator.py)
+   on the client socket,
    each only from a peer whose key's role may send it (glancesync.roles; the key is
    looked up per message, so a revoked key is refused at once);
 2. apply what the glance thread pool finished (registrations, image fetches);
@@ -41,6 +42,7 @@ from coordinator import status
 from coordinator.agents import Agents, Session, SessionRefused
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
+from coordinator.operator import OperatorDesk
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from glancesync import protocol, roles, transport
@@ -109,6 +111,7 @@ class Service:
         self.poller = zmq.Poller()
         self._last_heartbeat = 0.0
         self.events = EventDesk(conf, storemap, journal, registrar)
+        self.operator = OperatorDesk(journal, self.agents, storemap.regions, self.send_agent)
         self._unapplied: list[GlanceResult] = []
 
     # -- lifecycle ------------------------------------------------------------------
@@ -170,7 +173,7 @@ class Service:
             if sock in ready:
                 self._drain(sock, handler, now)
         for step in (self._keys, self._apply_results, self._housekeeping, self.events.plan_events,
-                     self._dispatch, self._heartbeats, self.events.reconcile):
+                     self.operator.step, self._dispatch, self._heartbeats, self.events.reconcile):
             try:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
@@ -309,13 +312,16 @@ class Service:
         try:
             msg = protocol.decode(payload)
             ref = msg.id
-            if msg.type not in ("event", "status_query"):
+            if msg.type not in ("event", "status_query", "operator"):
                 raise ProtocolError(code="unexpected", detail=f"{msg.type} is not served on this socket")
             peer = self._admitted(self.client_sock, envelope, key, msg)
             if peer is None:
                 return
             if msg.type == "event":
                 reply = self._event(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
+            elif msg.type == "operator":
+                data = self.operator.request(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
+                reply = protocol.encode("operator_reply", {"action": msg.body["action"], "data": data})
             else:
                 reply = self._status(msg.body)
         except ProtocolError as exc:
