@@ -61,6 +61,7 @@ class EventDesk:
         self.reconciling = False
         # Checked at start (coordinator/cmd.py): here they are known to be valid.
         self.rules = strategy.parse_rules(conf.sync_user_rules, storemap.regions)
+        self.strategy_in_force = strategy.describe(strategy.canonical(conf.sync_strategy), self.rules)
 
     def plan_events(self, now: float) -> None:
         room = FETCHES_IN_FLIGHT - len(self.fetching)

@@ -74,9 +74,9 @@ def targeting_error(image: Mapping[str, Any] | None, known: Iterable[str], strat
     return TARGETING_PREFIX + "; ".join(problems)
 
 
-def operator_event(image_id: str, regions: list[str] | None, who: str) -> dict[str, Any]:
+def operator_event(image_id: str, regions: list[str] | None, who: str, prefix: str = ORIGIN) -> dict[str, Any]:
     """The journaled body of an operator's resync or sync of ``image_id``."""
-    body = reconciler.synthetic_event(f"{ORIGIN}-{uuid.uuid4().hex}", "uploaded", image_id, who)
+    body = reconciler.synthetic_event(f"{prefix}-{uuid.uuid4().hex}", "uploaded", image_id, who)
     body["operator"] = True
     if regions:
         body["regions"] = list(regions)
@@ -149,6 +149,11 @@ class OperatorDesk:
         images = [self._journal_sync(image_id, names, now, who) for image_id, names in failed.items() if names]
         LOG.info("resync of failed regions asked by %s: %d image(s)", who, len(images))
         return {"images": images, "regions": sorted(regions)}
+
+    def cancelled(self, task_id: str) -> bool:
+        """True when ``task_id`` was cancelled for good: an agent that still runs it drops its partial file."""
+        task = self.journal.task(task_id)
+        return task is not None and task.state == SyncState.CANCELLED
 
     def step(self, now: float) -> None:
         """A delete of the cascading image cancels the copies its regions still run."""

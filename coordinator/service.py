@@ -281,7 +281,8 @@ class Service:
         for ref in session.stale:
             LOG.warning("agent %s of region %s runs task %s attempt %d, which is no longer its own: cancelled",
                         session.agent_id, region, ref["task_id"], ref["attempt"])
-            self.send_agent(routing_id, "cancel", {**ref, "reason": "attempt no longer current for this agent"})
+            self.send_agent(routing_id, "cancel", {**ref, "reason": "attempt no longer current for this agent",
+                                                   "discard": self.operator.cancelled(ref["task_id"])})
         session.stale = []
 
     def _agent_message(self, session: Session, msg: protocol.Message, now: float) -> None:
@@ -345,7 +346,8 @@ class Service:
     def _status(self, body: dict[str, Any]) -> bytes:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
-        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now)
+        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now,
+                            self.events.strategy_in_force)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- who may send what ------------------------------------------------------------------
