@@ -57,8 +57,12 @@ Every command reads --config-file (before or after the command word) when it nee
 journal or [curve]; keygen without --role and gensecret need none.
 '%(prog)s COMMAND --help' shows a command's own options.
 
-exit codes: 0 done; 1 the command failed (database, files) or, for db_version, the
-schema is not at head; 2 a bad argument or configuration (one line on stderr).
+cancel, resync --failed and sync ask the running coordinator (an operator key under
+CURVE; doc/operator-commands.md) and print its reply, as JSON with --json.
+
+exit codes: 0 done; 1 the command failed (database, files, the coordinator refused or
+did not answer, cancel found nothing to cancel) or, for db_version, the schema is not
+at head; 2 a bad argument or configuration (one line on stderr).
 """
 
 

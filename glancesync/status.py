@@ -70,7 +70,8 @@ views:
 EPILOG = """\
 exit codes:
   0  done; --wait: synced where it is meant to be, deleted everywhere, or meant for no region
-  1  --wait only: a region failed, or --timeout ran out
+  1  --wait only: a region failed or was cancelled, glance_sync_regions names a region
+     that is not one, or --timeout ran out
   2  no answer from the coordinator, an error reply, a bad argument or configuration
 
 Details, and the fields of --json: doc/status.md.
