@@ -135,3 +135,48 @@ def test_operator_event_targets() -> None:
     assert operator.event_targets({"operator": True, "regions": ["RegionTwo"]}, known, "None", {}) == (
         ["RegionTwo"], "ALL", True)
     assert operator.event_targets({"operator": True}, known, "ON_DEMAND", existing) == (["RegionTwo"], "ALL", True)
+
+
+@pytest.mark.parametrize("rules, words", [
+    ("p1:regionone", "did you mean 'RegionOne'"),
+    ("p1:Mars", "'Mars' is not known"),
+])
+def test_a_bad_user_rule_stops_the_coordinator_at_start_with_one_line(tmp_path, db_url, store_yaml, capsys,
+                                                                      rules, words) -> None:
+    from coordinator import cmd
+
+    make_conf(tmp_path, db_url, store_yaml, DEFAULT={"sync_strategy": "USER", "sync_user_rules": rules})
+    with pytest.raises(SystemExit) as info:
+        cmd.main(["--config-file", str(tmp_path / "coordinator.conf")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and words in err and "sync_user_rules" in err
+
+
+def test_manage_talks_to_the_loop_and_prints_json(tmp_path, conf, service, journal, capsys) -> None:
+    import json
+    import threading
+
+    from coordinator import manage
+
+    conf_file = str(tmp_path / "coordinator.conf")
+    results: dict[str, int] = {}
+
+    def run(name: str, *argv: str) -> None:
+        def target() -> None:
+            try:
+                results[name] = manage.main(["--config-file", conf_file, *argv])
+            except SystemExit as exc:
+                results[name] = int(exc.code or 0)
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        pump(service, NOW, lambda: name in results, rounds=3000)
+        thread.join()
+
+    run("sync", "sync", IMAGE_ID, "--regions", "RegionTwo", "--json")
+    assert results["sync"] == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["regions"] == ["RegionTwo"] and reply["event_id"].startswith("operator-")
+    run("cancel", "cancel", IMAGE_ID, "--region", "RegionOne")
+    out = capsys.readouterr().out
+    assert results["cancel"] == 1 and "RegionOne: not cancelled" in out and "nothing to cancel" in out
