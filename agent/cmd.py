@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               fetch=fetch, log_options=logging_options(conf))
-    pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings)
+    pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings, work_dir=work_dir)
     try:
         service = AgentService(conf, pool)
         server = metrics.serve(conf.agent, service.metrics.registry(), service.metrics.health)

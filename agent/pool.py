@@ -15,7 +15,8 @@ stopping agent lets finish (``[agent] stop_grace``); the pool ends a worker with
 SIGKILL.  Workers die with their agent: each asks the kernel for SIGKILL when its
 parent exits (``PR_SET_PDEATHSIG``).  An orphan that outlived a ``kill -9`` of the agent
 would otherwise keep appending to the ``.part`` file that the restarted agent's
-next attempt resumes, and corrupt it.
+next attempt resumes, and corrupt it.  A task cancelled for good (``discard``) also
+loses its partial file, once its worker is gone (agent/discard.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent.discard import Discards
 
 LOG = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class Pool:
         target: Callable[..., None],
         settings: Any,
         context: Any = None,
+        work_dir: str | None = None,
     ) -> None:
         self.workers = workers
         self.timeout = timeout
@@ -77,6 +81,8 @@ class Pool:
         self.running: dict[str, _Running] = {}
         # Workers that are done with their task but not yet gone: (process, since).
         self.exiting: list[tuple[Any, float]] = []
+        # Partial files of tasks cancelled for good, removed once their worker let go.
+        self.discards = Discards(work_dir)
 
     def free_slots(self) -> int:
         return max(0, self.workers - len(self.running))
@@ -96,6 +102,7 @@ class Pool:
         if self.free_slots() <= 0:
             raise RuntimeError("no free worker slot")
         task_id = task["task_id"]
+        self.discards.forget(str(task.get("image_id")))  # its .part is this attempt's again
         process = self.ctx.Process(
             target=bound_to_parent, args=(os.getpid(), self.target, task, self.settings, self.queue),
             name=f"glance-sync-worker-{task_id}",
@@ -113,13 +120,18 @@ class Pool:
         LOG.info("task %s (%s %s) started in worker pid %s", task_id, task.get("kind"), task.get("image_id"),
                  process.pid)
 
-    def cancel(self, task_id: str, now: float) -> None:
-        """Terminate the worker of ``task_id`` (if any) without a result; its slot is free at once."""
+    def cancel(self, task_id: str, now: float, discard: bool = False) -> None:
+        """Terminate the worker of ``task_id`` (if any) without a result; its slot is free at once.
+
+        ``discard``: the copy is over for good, its ``.part`` is removed once the worker is gone.
+        """
         entry = self.running.pop(task_id, None)
         if entry is None:
             return
         entry.process.kill()
         self.exiting.append((entry.process, now))  # reaped by a later poll
+        if discard and entry.task.get("image_id"):
+            self.discards.add(str(entry.task["image_id"]), now)
 
     def _drain(self, events: list[PoolEvent]) -> None:
         while True:
@@ -162,6 +174,7 @@ class Pool:
             self.exiting.append((entry.process, now))
             events.append(PoolEvent("result", entry.task, result))
         self._reap(now)
+        self.discards.sweep(now)
         return events
 
     def _reap(self, now: float) -> None:

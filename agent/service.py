@@ -6,7 +6,7 @@ credits (free worker slots) → ``task`` → ``ack`` at once, ``progress``…, `
 its heartbeat intervals, or one that says ``disconnect``, gets a fresh socket after a jittered backoff and a
 new ``hello`` whose ``running`` lists the attempts still running here or with an unacknowledged result: they
 keep running unless the coordinator answers ``cancel`` (the attempt is no longer ours: the worker is
-terminated, its result forgotten).  Every ``done`` / ``failed`` is kept until the coordinator's
+terminated, its result forgotten; ``discard``: its partial file too).  Every ``done`` / ``failed`` is kept until the coordinator's
 ``result_ack`` and sent again after each ``welcome`` and every RESEND_SECONDS.  One worker per task: a
 ``task`` for a task running here (or whose result is held) is acked and answered by that worker or result,
 relabelled to the new attempt, never run twice.
@@ -282,7 +282,7 @@ class AgentService:
         if self.attempts.get(task_id) == attempt:
             LOG.warning("task %s attempt %d cancelled by the coordinator (%s): worker terminated",
                         task_id, attempt, why)
-            self.pool.cancel(task_id, now)
+            self.pool.cancel(task_id, now, discard=body.get("discard") is True)
             del self.attempts[task_id]
             self.credits_owed += 1
             self._announce()

@@ -18,7 +18,7 @@ from coordinator.journal import Journal
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.registrar import Registrar, cascading_endpoint
 from coordinator.service import Service
-from glancesync import config, glance, metrics, storemap
+from glancesync import config, glance, metrics, storemap, strategy
 from glancesync.exceptions import ConfigError, GlanceSyncError
 
 PROG = "glance-sync-coordinator"
@@ -33,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         LOG.error("cannot start: %s", exc)
         return 1
+    try:
+        rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
+    except ValueError as exc:  # a rule naming an unknown region: one line, as for any bad option
+        config.fail(PROG, f"configuration error: {exc}", code=2)
+    LOG.info("sync_strategy in force: %s", strategy.describe(strategy.canonical(conf.sync_strategy), rules))
     url = conf.database.connection
     try:
         current, head = manage.schema_revisions(url)

@@ -26,10 +26,10 @@ from typing import Any
 
 from oslo_config import cfg
 
-from coordinator import planner, reconciler, regiondrift
+from coordinator import operator, planner, reconciler, regiondrift
 from coordinator.journal import EventRow, Journal
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
-from glancesync import untrusted
+from glancesync import strategy, untrusted
 from glancesync.liveness import retry_delay
 from glancesync.storemap import StoreMap
 
@@ -63,6 +63,9 @@ class EventDesk:
         # pass as (ended at, seconds it took, succeeded).
         self.reconcile_started: float | None = None
         self.last_pass: tuple[float, float, bool] | None = None
+        # Checked at start (coordinator/cmd.py): here they are known to be valid.
+        self.rules = strategy.parse_rules(conf.sync_user_rules, storemap.regions)
+        self.strategy_in_force = strategy.describe(strategy.canonical(conf.sync_strategy), self.rules)
 
     def plan_events(self, now: float) -> None:
         room = FETCHES_IN_FLIGHT - len(self.fetching)
@@ -148,8 +151,11 @@ class EventDesk:
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="the image was deleted")
             return
         existing = self.journal.region_records(event.image_id)
-        plan = planner.plan(event.kind, event.image_id, image, self.storemap.regions,
-                            self.conf.sync_strategy, existing, self.storemap.source_path, members,
+        # An operator's resync or sync names its regions (coordinator/operator.py).
+        regions, strategy_name, by_operator = operator.event_targets(
+            event.body, self.storemap.regions, self.conf.sync_strategy, existing)
+        plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
+                            self.storemap.source_path, self.rules, by_operator, members,
                             repairs=event.body.get("repairs"))
         if plan.refused:
             context = event.body.get("context") or {}
@@ -160,8 +166,9 @@ class EventDesk:
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=f"refused: {plan.refused}")
             return
         record = None if image is None else (record_time(image), image.get("status") == "active")
+        error = operator.targeting_error(image, self.storemap.regions, self.conf.sync_strategy, event.event_id)
         created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now,
-                                          record=record)
+                                          error=error, record=record)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
                  len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
 
@@ -171,7 +178,7 @@ class EventDesk:
         self.reconciling = True
         self.reconcile_started = now
         policy = regiondrift.Policy(tuple(self.storemap.regions), self.conf.sync_strategy, now,
-                                    self.conf.coordinator.reconcile_failed_retry_interval)
+                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules)
         self.registrar.reconcile(reconciler.Inputs(self.journal.known_image_ids(), self.journal.tracked_image_ids(),
                                                    self.journal.region_facts(), policy))
 

@@ -1,4 +1,5 @@
-"""``glance-sync-manage``: journal schema upgrades, key and secret generation, resync, purge, reconcile.
+"""``glance-sync-manage``: journal schema upgrades, key and secret generation, resync, purge, reconcile,
+and the operator requests (cancel, resync --failed, sync: coordinator/manage_ops.py).
 
 ::
 
@@ -9,6 +10,9 @@
     glance-sync-manage [--config-file F] keygen --dir D --name N --role R [--region X] [--allowed-dir A]
                                                        # ... and N.key on the allow-list as role R
     glance-sync-manage [--config-file F] resync IMAGE_ID  # sync it again where it failed or is missing
+    glance-sync-manage [--config-file F] resync --failed [--region R]   # every failed region, in bulk
+    glance-sync-manage [--config-file F] cancel IMAGE_ID [--region R]   # stop its in-flight copies
+    glance-sync-manage [--config-file F] sync IMAGE_ID --regions A,B    # copy it there now
     glance-sync-manage [--config-file F] purge [--days N] # forget history older than N days (30)
     glance-sync-manage [--config-file F] reconcile [--confirm-deletes]
                                         # show (and confirm) the deletions the reconciler holds
@@ -28,12 +32,12 @@ in memory.  ``schema_revisions`` is also what the coordinator checks at start.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Sequence
 
 from alembic import command
@@ -41,7 +45,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from coordinator import journal, planview, reconciler
+from coordinator import journal, manage_ops, operator, planview
 from glancesync import __version__, cli, config, keys, marker, roles, untrusted
 from glancesync.exceptions import GlanceSyncError
 
@@ -55,8 +59,12 @@ Every command reads --config-file (before or after the command word) when it nee
 journal or [curve]; keygen without --role and gensecret need none.
 '%(prog)s COMMAND --help' shows a command's own options.
 
-exit codes: 0 done; 1 the command failed (database, files) or, for db_version, the
-schema is not at head; 2 a bad argument or configuration (one line on stderr).
+cancel, resync --failed and sync ask the running coordinator (an operator key under
+CURVE; doc/operator-commands.md) and print its reply, as JSON with --json.
+
+exit codes: 0 done; 1 the command failed (database, files, the coordinator refused or
+did not answer, cancel found nothing to cancel) or, for db_version, the schema is not
+at head; 2 a bad argument or configuration (one line on stderr).
 """
 
 
@@ -88,10 +96,18 @@ def build_parser() -> cli.Parser:
     gensecret = command("gensecret", "make the loop-guard secret shared by the coordinator and glance-api")
     gensecret.add_argument("--file", required=True,
                            help="new file for the secret shared by the coordinator and glance_proxy (mode 0600)")
-    resync = command("resync", "sync an image again wherever it failed or is missing",
-                     "Journal an 'uploaded' event for IMAGE_ID: the running coordinator gives every target "
-                     "region that failed or has no copy a new copy task; synced regions are left alone.")
-    resync.add_argument("image_id", metavar="IMAGE_ID", help="id of the cascading image to sync again")
+    resync = command("resync", "sync an image again wherever it failed, is cancelled or missing; or, with "
+                     "--failed, every failed region",
+                     "With IMAGE_ID: journal an operator event for it; the running coordinator gives every "
+                     "target region that failed, was cancelled or has no copy a new copy task (synced regions "
+                     "are left alone). With --failed: ask the running coordinator to do so for every failed "
+                     "(image, region), or those of the regions given with --region.")
+    resync.add_argument("image_id", metavar="IMAGE_ID", nargs="?", help="id of the cascading image to sync again")
+    resync.add_argument("--failed", action="store_true", help="every image with a failed region, in bulk")
+    resync.add_argument("--region", action="append", default=[], metavar="R",
+                        help="with --failed: only failed regions of this name (may be repeated)")
+    manage_ops.add_client_options(resync)
+    manage_ops.add_parsers(command)
     purge = command("purge", f"forget planned events and finished tasks older than --days (default "
                     f"{DEFAULT_PURGE_DAYS})")
     purge.add_argument("--days", type=int, default=DEFAULT_PURGE_DAYS,
@@ -189,17 +205,23 @@ def resync(url: str, image_id: str, now: float) -> str:
     task, and leaves synced regions alone: the operator's way back after fixing what
     made a sync fail (a host key, a full disk, a region's glance).
     """
-    event_id = f"resync-{uuid.uuid4().hex}"
-    body = reconciler.synthetic_event(event_id, "uploaded", image_id, PROG)
+    # An operator's event: it also restarts a region whose copy was cancelled.
+    body = operator.operator_event(image_id, None, PROG, prefix="resync")
     store = journal.Journal(url)
     try:
-        store.record_event(event_id, "uploaded", image_id, body, now, PROG)
+        store.record_event(body["event_id"], "uploaded", image_id, body, now, PROG)
     finally:
         store.close()
-    return event_id
+    return str(body["event_id"])
 
 
 def _resync(conf_args: list[str], ns: argparse.Namespace) -> int:
+    if ns.failed or ns.region:
+        if not ns.failed or ns.image_id:
+            config.fail(PROG, "resync: either IMAGE_ID, or --failed [--region R]", code=2)
+        return manage_ops.resync_failed(conf_args, ns)
+    if ns.image_id is None:
+        config.fail(PROG, "resync: IMAGE_ID or --failed is required", code=2)
     if not untrusted.is_image_id(ns.image_id):
         config.fail(PROG, f"resync: {untrusted.quote(ns.image_id)} is not an image id: expected "
                     f"{untrusted.IMAGE_ID_FORM}", code=2)
@@ -208,6 +230,9 @@ def _resync(conf_args: list[str], ns: argparse.Namespace) -> int:
         event_id = resync(conf.database.connection, ns.image_id, time.time())
     except Exception as exc:  # any database error: one line, exit 1
         config.fail(PROG, f"resync failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    if ns.json:
+        print(json.dumps({"image_id": ns.image_id, "event_id": event_id}))
+        return 0
     print(f"resync of image {ns.image_id} journaled as event {event_id}; the coordinator plans it next")
     return 0
 
@@ -301,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     conf_args = cli.config_argv((ns.config_file or []) + (ns.sub_config_file or []),
                                 (ns.config_dir or []) + (ns.sub_config_dir or []))
     handlers = {"db_sync": _schema, "db_version": _schema, "keygen": _keygen, "gensecret": _gensecret,
-                "resync": _resync, "purge": _purge, "reconcile": _reconcile, "plan": _plan}
+                "resync": _resync, "purge": _purge, "reconcile": _reconcile, "cancel": manage_ops.cancel,
+                "sync": manage_ops.sync, "plan": _plan}
     return handlers[ns.command](conf_args, ns)
 
 

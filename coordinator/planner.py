@@ -15,7 +15,6 @@ fail at once (a source we refuse to read from, an image that never became active
   None (404) or a status in ``GONE_STATUSES``.  A regional delete is final (glance
   never takes a deleted id back), so for an image glance still shows the plan is
   ``refused`` and holds no task, whoever sent the event.
-
 - ``drift`` (a reconciler pass's event, coordinator/regiondrift.py): the repairs it names
   per region, ``copy`` also where the journal says synced (the copy is gone from the
   region, or its location from the cascading image: the agent confirms or restores
@@ -24,9 +23,12 @@ fail at once (a source we refuse to read from, an image that never became active
 Copy and update tasks of a shared image carry its ``members`` (the coordinator's own
 listing, fetched with the image), so every region shares it with the same projects.
 
-Targets by ``sync_strategy``: ``ALL`` every region, ``None`` none, ``USER`` the
-regions named in the image property ``glance_sync_regions`` (comma-separated) that
-glance_store.yaml knows.
+Targets by ``sync_strategy`` (glancesync.strategy): ``ALL`` every region, ``None``
+and ``ON_DEMAND`` none, ``USER`` the regions named in the image property
+``glance_sync_regions`` (comma-separated) that glance_store.yaml knows, plus those a
+``sync_user_rules`` rule gives the owner's project; ``targeting_problems`` names the
+others.  An operator's request (``operator=True``: resync, sync) also copies to a
+``cancelled`` region, which no other event brings back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.journal import NewTask, RegionRecord
+from glancesync import strategy as strategies
 from glancesync.exceptions import SourceRefused
 from glancesync.states import ACTIVE_STATES, SyncState
 
@@ -63,16 +66,27 @@ def image_gone(image: Mapping[str, Any] | None) -> bool:
     return image is None or image.get("status") in GONE_STATUSES
 
 
-def target_regions(image: Mapping[str, Any], regions: Iterable[str], strategy: str) -> list[str]:
+def target_regions(image: Mapping[str, Any], regions: Iterable[str], strategy: str,
+                   rules: Mapping[str, Iterable[str]] | None = None) -> list[str]:
     """The regions ``strategy`` sends ``image`` to, in glance_store.yaml order."""
     known = list(regions)
-    if strategy == "ALL":
+    strategy = strategies.canonical(strategy)
+    if strategy == strategies.ALL:
         return known
-    if strategy == "USER":
-        raw = image.get(USER_REGIONS_PROPERTY) or ""
-        wanted = {name.strip() for name in str(raw).split(",") if name.strip()}
+    if strategy == strategies.USER:
+        wanted = set(strategies.split_names(image.get(USER_REGIONS_PROPERTY)))
+        wanted.update((rules or {}).get(str(image.get("owner") or ""), ()))
         return [name for name in known if name in wanted]
     return []
+
+
+def targeting_problems(image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str) -> list[str]:
+    """Why names of ``glance_sync_regions`` are no region (USER only): unknown, or known in another case."""
+    if image is None or strategies.canonical(strategy) != strategies.USER:
+        return []
+    known = list(regions)
+    found = (strategies.problem(name, known) for name in strategies.split_names(image.get(USER_REGIONS_PROPERTY)))
+    return [why for why in found if why is not None]
 
 
 def file_location(image: Mapping[str, Any]) -> str | None:
@@ -85,9 +99,11 @@ def file_location(image: Mapping[str, Any]) -> str | None:
     return direct if isinstance(direct, str) and direct.startswith("file://") else None
 
 
-def _needs_copy(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
+def _needs_copy(record: RegionRecord | None, image: Mapping[str, Any], operator: bool = False) -> bool:
     if record is None:
         return True
+    if record.state == SyncState.CANCELLED:
+        return operator  # an operator stopped it: only an operator starts it again
     if record.state in (SyncState.DELETING, SyncState.DELETED):
         # Glance never takes a deleted id back; a region mid-delete must finish first.
         return False
@@ -107,9 +123,10 @@ def _payload(image: Mapping[str, Any], source: dict[str, Any] | None,
 
 
 def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str, RegionRecord],
-            source_path: SourcePath, members: list[dict[str, str]] | None = None,
-            needs: Callable[[RegionRecord | None, Mapping[str, Any]], bool] = _needs_copy) -> Plan:
+            source_path: SourcePath, members: list[dict[str, str]] | None = None, operator: bool = False,
+            needs: Callable[[RegionRecord | None, Mapping[str, Any]], bool] | None = None) -> Plan:
     plan = Plan()
+    needs = needs or (lambda record, img: _needs_copy(record, img, operator))
     needed = [region for region in targets if needs(existing.get(region), image)]
     if not needed:
         return plan
@@ -128,7 +145,7 @@ def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str,
 
 def _may_repair(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
     """A drift copy: also over a synced record (its copy or location went missing), never mid-task."""
-    return record is None or record.state in (SyncState.SYNCED, SyncState.FAILED)
+    return record is None or record.state in (SyncState.SYNCED, SyncState.FAILED)  # never cancelled
 
 
 def _repairs(image: Mapping[str, Any], repairs: Mapping[str, str], existing: Mapping[str, RegionRecord],
@@ -150,9 +167,11 @@ def _holds_image(record: RegionRecord) -> bool:
 
 def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str,
          existing: Mapping[str, RegionRecord], source_path: SourcePath,
+         rules: Mapping[str, Iterable[str]] | None = None, operator: bool = False,
          members: list[dict[str, str]] | None = None, repairs: Mapping[str, str] | None = None) -> Plan:
     """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404).
 
+    ``operator``: the event is an operator's resync or sync, which may restart a cancelled region.
     ``members``: the shared image's members as the coordinator listed them (None: not shared).
     ``repairs``: a ``drift`` event's region -> ``copy`` | ``update``.
     """
@@ -169,19 +188,19 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
         return Plan()
     if kind == "drift":
         # Judged against a listing a moment ago; re-checked here against this fetch.
-        wanted = set(target_regions(image, regions, strategy))
+        wanted = set(target_regions(image, regions, strategy, rules))
         return _repairs(image, {r: a for r, a in (repairs or {}).items() if r in wanted}, existing,
                         source_path, members)
     active = image.get("status") == "active"
-    targets = target_regions(image, regions, strategy)
+    targets = target_regions(image, regions, strategy, rules)
     if kind in COPY_EVENTS:
         if active:
-            return _copies(image, targets, existing, source_path, members)
+            return _copies(image, targets, existing, source_path, members, operator)
         if kind == "created":
             return Plan()  # the upload or import event comes later
         status = image.get("status")
         return Plan(failures={r: f"image {image_id} is {status}, not active; nothing to copy"
-                              for r in targets if _needs_copy(existing.get(r), image)})
+                              for r in targets if _needs_copy(existing.get(r), image, operator)})
     if kind not in UPDATE_EVENTS:
         return Plan()  # locations_changed: our own registrations, or nothing to sync
     result = Plan(tasks=[NewTask(region, "update", _payload(image, None, members))

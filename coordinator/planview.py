@@ -25,7 +25,7 @@ from oslo_config import cfg
 from coordinator import reconciler, regiondrift
 from coordinator.journal import Journal
 from coordinator.registrar import cascading_endpoint
-from glancesync import glance, storemap
+from glancesync import glance, storemap, strategy
 
 ALL_REGIONS = "*"
 
@@ -50,7 +50,9 @@ def compute(conf: cfg.ConfigOpts, now: float, image_id: str | None = None) -> li
     store = Journal(conf.database.connection)
     try:
         c = conf.coordinator
-        policy = regiondrift.Policy(tuple(stores.regions), conf.sync_strategy, now, c.reconcile_failed_retry_interval)
+        rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
+        policy = regiondrift.Policy(tuple(stores.regions), conf.sync_strategy, now, c.reconcile_failed_retry_interval,
+                                    rules)
         inputs = reconciler.Inputs(store.known_image_ids(), store.tracked_image_ids(), store.region_facts(), policy)
         confirmed = {h.image_id for h in store.held_deletes() if h.confirmed_at is not None}
     finally:

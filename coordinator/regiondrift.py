@@ -17,6 +17,7 @@ says what to do about each difference:
   differs from the cascading image's (``glancesync.imagediff``).
 - ``operator``: a difference the service must not repair by itself: a regional image
   with the same id and other bytes.
+- nothing for a region an operator cancelled (``cancelled`` waits for resync or sync).
 - ``unwanted``: a copy this service made (the journal says ``synced``) in a region
   the strategy no longer targets.  Shown by ``glance-sync-manage plan``; removing it
   is a delete, which only the targeting rules decide, never a reconciler pass.
@@ -28,11 +29,12 @@ pass is judged not at all: an unanswered listing is not an empty one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator import planner
 from glancesync import imagediff, protocol
+from glancesync import strategy as strategies
 from glancesync.states import ACTIVE_STATES, SyncState
 
 ACTIONS = ("copy", "update", "operator", "unwanted")
@@ -71,6 +73,16 @@ class Policy:
     now: float
     # Seconds after which a failed (image, region) is copied again; 0: never.
     failed_retry_after: float = 0.0
+    # USER's sync_user_rules: owner project -> regions.
+    rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def targets(self, image: Mapping[str, Any], facts: Mapping[str, Fact]) -> list[str]:
+        """The regions ``image`` should be in.  With ``None`` or ``ON_DEMAND`` no region is a
+        target by strategy: the copies an operator asked for (journaled) are kept up to date,
+        none is added and none is unwanted."""
+        if strategies.canonical(self.strategy) in (strategies.NONE, strategies.ON_DEMAND):
+            return [r for r in self.regions if r in facts]
+        return planner.target_regions(image, self.regions, self.strategy, self.rules)
 
 
 def _same_bytes(cascading: Mapping[str, Any], regional: Mapping[str, Any]) -> bool:
@@ -112,8 +124,8 @@ def _judge(image: Mapping[str, Any], region: str, fact: Fact | None, regional: M
     active = image.get("status") == "active"
     if fact is None:
         return ("copy", "no copy was ever planned for this region") if active else None
-    if fact.state in ACTIVE_STATES or fact.state == SyncState.DELETED:
-        return None  # in flight, or final
+    if fact.state in ACTIVE_STATES or fact.state in (SyncState.DELETED, SyncState.CANCELLED):
+        return None  # in flight, final, or stopped by an operator until one asks again
     if fact.state == SyncState.FAILED:
         waited = policy.now - fact.updated_at
         if active and policy.failed_retry_after > 0 and waited >= policy.failed_retry_after:
@@ -140,7 +152,7 @@ def find_repairs(
         if image is None or image.get("status") not in HELD_STATUSES:
             continue
         facts = journal[image_id]
-        targets = planner.target_regions(image, policy.regions, policy.strategy)
+        targets = policy.targets(image, facts)
         for region in policy.regions:
             listing = regional.get(region)
             if listing is None:

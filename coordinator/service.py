@@ -5,7 +5,8 @@
 (times are stored in the journal and must survive a restart).  One iteration:
 
 1. poll both sockets briefly and serve every frame that arrived: agents' session
-   messages on the agent socket, ``event`` and ``status_query`` on the client socket,
+   messages on the agent socket, ``event``, ``status_query`` and ``operator`` (operator.py)
+   on the client socket,
    each only from a peer whose key's role may send it (glancesync.roles; the key is
    looked up per message, so a revoked key is refused at once);
 2. apply what the glance thread pool finished (registrations, image fetches);
@@ -44,6 +45,7 @@ from coordinator.agents import Agents, Session, SessionRefused
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.operator import OperatorDesk
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from glancesync import protocol, roles, transport
@@ -112,6 +114,7 @@ class Service:
         self.poller = zmq.Poller()
         self._last_heartbeat = 0.0
         self.events = EventDesk(conf, storemap, journal, registrar)
+        self.operator = OperatorDesk(journal, self.agents, storemap.regions, self.send_agent)
         self._unapplied: list[GlanceResult] = []
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.source = self
@@ -175,7 +178,8 @@ class Service:
             if sock in ready:
                 self._drain(sock, handler, now)
         for step in (self._keys, self._apply_results, self._housekeeping, self.events.plan_events,
-                     self._dispatch, self._heartbeats, self.events.reconcile, self.metrics.tick):
+                     self.operator.step, self._dispatch, self._heartbeats, self.events.reconcile,
+                     self.metrics.tick):
             try:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
@@ -284,7 +288,8 @@ class Service:
         for ref in session.stale:
             LOG.warning("agent %s of region %s runs task %s attempt %d, which is no longer its own: cancelled",
                         session.agent_id, region, ref["task_id"], ref["attempt"])
-            self.send_agent(routing_id, "cancel", {**ref, "reason": "attempt no longer current for this agent"})
+            self.send_agent(routing_id, "cancel", {**ref, "reason": "attempt no longer current for this agent",
+                                                   "discard": self.operator.cancelled(ref["task_id"])})
         session.stale = []
 
     def _agent_message(self, session: Session, msg: protocol.Message, now: float) -> None:
@@ -315,13 +320,16 @@ class Service:
         try:
             msg = protocol.decode(payload)
             ref = msg.id
-            if msg.type not in ("event", "status_query"):
+            if msg.type not in ("event", "status_query", "operator"):
                 raise ProtocolError(code="unexpected", detail=f"{msg.type} is not served on this socket")
             peer = self._admitted(self.client_sock, envelope, key, msg)
             if peer is None:
                 return
             if msg.type == "event":
                 reply = self._event(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
+            elif msg.type == "operator":
+                data = self.operator.request(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
+                reply = protocol.encode("operator_reply", {"action": msg.body["action"], "data": data})
             else:
                 reply = self._status(msg.body)
         except ProtocolError as exc:
@@ -346,7 +354,8 @@ class Service:
     def _status(self, body: dict[str, Any]) -> bytes:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
-        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now)
+        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now,
+                            self.events.strategy_in_force)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- who may send what ------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 The shapes are a contract with glancesync.status (the status tool)::
 
-    summary: {"coordinator": {"version", "started_at", "now"},
+    summary: {"coordinator": {"version", "started_at", "now", "sync_strategy"},
               "regions": {region: {"queued", "in_flight", "synced", "failed",
                                    "agents": [{"agent_id", "online", "last_heartbeat",
                                                "capacity", "credits", "tasks"}]}},
               "deletions_held": {"images", "confirmed", "since"}}
-    image:   {"image_id", "known", "planned", "settled", "now",
+    image:   {"image_id", "known", "planned", "settled", "now", "targeting_error",
               "regions": {region: {"state", "task_kind", "task_id",
               "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
               "updated_at", "synced_at", "copy_registered", "metadata_applied"}}}
@@ -25,6 +25,10 @@ no regions means nothing to do (sync_strategy None, USER with no region).
 
 ``copy_registered`` / ``metadata_applied``: the two facts a region's ``synced`` needs
 (a verified copy whose location is registered; the newest planned metadata applied).
+
+``targeting_error``: why the newest plan left out regions the image names in
+``glance_sync_regions`` (unknown, or known in another case), or None; ``--wait``
+never reports success while it is set.  ``sync_strategy``: the strategy in force.
 
 Regions are those of glance_store.yaml plus any region an agent announced.
 ``deletions_held``: images whose regional copies the reconciler's safety limit holds
@@ -44,7 +48,7 @@ _EMPTY_COUNTS = {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0}
 
 
 def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
-            now: float) -> dict[str, Any]:
+            now: float, strategy: str = "") -> dict[str, Any]:
     counts = journal.region_counts()
     sessions = agents.by_region()
     names = list(regions)
@@ -54,7 +58,8 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
         entry: dict[str, Any] = dict(counts.get(name, _EMPTY_COUNTS))
         entry["agents"] = [s.status() for s in sorted(sessions.get(name, []), key=lambda s: s.agent_id)]
         data[name] = entry
-    return {"coordinator": {"version": __version__, "started_at": started_at, "now": now}, "regions": data,
+    return {"coordinator": {"version": __version__, "started_at": started_at, "now": now, "sync_strategy": strategy},
+            "regions": data,
             "deletions_held": deletions_held(journal)}
 
 
@@ -68,7 +73,8 @@ def image(journal: Journal, image_id: str, now: float) -> dict[str, Any]:
     known, regions = journal.image_view(image_id)
     planned = known and journal.unplanned_count(image_id) == 0
     return {"image_id": image_id, "known": known, "planned": planned,
-            "settled": planned and settled(journal, image_id), "regions": regions, "now": now}
+            "settled": planned and settled(journal, image_id), "regions": regions, "now": now,
+            "targeting_error": journal.targeting_error(image_id)}
 
 
 def settled(journal: Journal, image_id: str) -> bool:
@@ -78,9 +84,9 @@ def settled(journal: Journal, image_id: str) -> bool:
 
 
 def build(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
-          body: dict[str, Any], now: float) -> dict[str, Any]:
+          body: dict[str, Any], now: float, strategy: str = "") -> dict[str, Any]:
     """The ``data`` of the reply to a ``status_query`` body; ``now`` is the coordinator's clock,
     so a client renders ages right even when its own clock differs."""
     if body.get("view") == "image" and body.get("image_id"):
         return image(journal, body["image_id"], now)
-    return summary(journal, agents, regions, started_at, now)
+    return summary(journal, agents, regions, started_at, now, strategy)

@@ -18,10 +18,11 @@ import copy
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
+from glancesync import strategy
 from glancesync.agent_opts import agent_opts
 from glancesync.coordinator_opts import coordinator_opts, database_opts
 
-SYNC_STRATEGIES = ("None", "ALL", "USER")
+SYNC_STRATEGIES = strategy.CHOICES
 
 default_opts = [
     cfg.BoolOpt(
@@ -45,13 +46,29 @@ default_opts = [
     cfg.StrOpt(
         "sync_strategy",
         default="ALL",
+        ignore_case=True,
         choices=[
             ("None", "Sync nothing; events are journaled but make no tasks."),
             ("ALL", "Sync every image to every region in glance_store.yaml."),
-            ("USER", "Sync only images whose owner asked for it (image property glance_sync_regions)."),
+            ("USER", "Sync only images whose owner asked for it (image property glance_sync_regions) "
+             "or whose owner's project has a rule in sync_user_rules."),
+            ("ON_DEMAND", "Sync nothing until an operator asks: 'glance-sync-manage sync IMAGE --regions "
+             "A,B'. Updates and deletes still reach the regions that hold a copy."),
+            ("nova", "The original project's name for copying on demand: the same as ON_DEMAND."),
         ],
-        help="Which images go to which regions. The original default was None; ALL is the default "
-        "here because an operator installs the sync manager to have images synced.",
+        help="Which images go to which regions. Any case is accepted (the original's None, All, "
+        "User). The original default was None; ALL is the default here because an operator "
+        "installs the sync manager to have images synced. Changing it applies to the events "
+        "planned from then on.",
+    ),
+    cfg.DictOpt(
+        "sync_user_rules",
+        default={},
+        help="With sync_strategy USER: declarative rules, owner project id to regions, as "
+        "PROJECT_ID:RegionA;RegionB,OTHER_PROJECT:RegionC. An image owned by such a project goes to "
+        "the rule's regions and to those its glance_sync_regions property names. Region names are "
+        "exact (case matters); an unknown one stops the coordinator at start with one line. No "
+        "code is evaluated.",
     ),
     cfg.URIOpt(
         "cascading_endpoint_url",

@@ -11,7 +11,7 @@ so a service never acts on a half-understood message.  Fields a newer sender add
 are ignored; optional fields an older sender leaves out get their defaults.
 
 The dialogs, as grammars (C = coordinator, A = agent, P = glance_proxy sender,
-S = status client)::
+S = status client, O = operator tool)::
 
     agent session   A: hello  C: welcome  C: cancel*
                     ( A: ready | C: task  A: ack  A: progress*  report
@@ -20,6 +20,7 @@ S = status client)::
     report          ( A: done | A: failed )+  C: result_ack
     event           P: event  C: event_ack | C: error
     status          S: status_query  C: status_reply | C: error
+    operator        O: operator  C: operator_reply | C: error   (doc/operator-commands.md)
 
 ``ready.credits`` adds that many free slots to the agent's credit; each ``task``
 consumes one.  Any message from a peer counts as a heartbeat.
@@ -130,6 +131,7 @@ EVENT_KINDS = (
     "members_changed",
 )
 STATUS_VIEWS = ("summary", "image")
+OPERATOR_ACTIONS = ("cancel", "resync_failed", "sync")
 
 # The coordinator's own calls to the cascading glance carry this header, so the
 # glance_proxy filter makes no event of them (the loop guard of the original).
@@ -233,8 +235,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "disconnect": {"reason": Field(_STR, required=False, default="")},
     # The coordinator has the report of this attempt (or it was stale): stop resending it.
     "result_ack": dict(_TASK_REF),
-    # This attempt is no longer the agent's: terminate its worker, drop its result.
-    "cancel": {**_TASK_REF, "reason": Field(_STR, required=False, default="")},
+    # This attempt is no longer the agent's: terminate its worker, drop its result;
+    # ``discard``: the copy is cancelled for good, remove its partial file too.
+    "cancel": {**_TASK_REF, "reason": Field(_STR, required=False, default=""),
+               "discard": Field(_BOOL, required=False, default=False)},
     # glance_proxy -> coordinator
     "event": {
         "event_id": Field(_STR, check=_ID),
@@ -256,6 +260,13 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "image_id": Field(_STR, required=False, nullable=True, check=wirefields.image_id),
     },
     "status_reply": {"view": Field(_STR, check=wirefields.one_of(STATUS_VIEWS)), "data": Field(_MAP)},
+    # operator tool <-> coordinator (glance-sync-manage cancel, resync --failed, sync)
+    "operator": {
+        "action": Field(_STR, check=wirefields.one_of(OPERATOR_ACTIONS)),
+        "image_id": Field(_STR, required=False, nullable=True, check=wirefields.image_id),
+        "regions": Field(_LIST, required=False, default=(), check=wirefields.labels(MAX_NAME)),
+    },
+    "operator_reply": {"action": Field(_STR, check=wirefields.one_of(OPERATOR_ACTIONS)), "data": Field(_MAP)},
     # any reply to a message that could not be served
     "error": {
         "code": Field(_STR, check=_NAME),
@@ -318,22 +329,6 @@ def _check_body(msg_type: str, body: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def _check_plain(value: Any, depth: int = 0) -> None:
-    """Refuse what no sender of ours makes: deep nesting, non-string keys, bin and ext types."""
-    if depth > MAX_DEPTH:
-        raise _refuse("bad_body", f"maps and lists nest more than {MAX_DEPTH} deep")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _refuse("bad_body", f"map key {untrusted.quote(key)} is not a string")
-            _check_plain(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_plain(item, depth + 1)
-    elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise _refuse("bad_body", f"a {type(value).__name__} value is not allowed")
-
-
 def encode(msg_type: str, body: Mapping[str, Any] | None = None, msg_id: str | None = None) -> bytes:
     """Validate and pack one message; raises ProtocolError for a body we would refuse."""
     if msg_type not in SCHEMAS:
@@ -374,7 +369,7 @@ def decode(frame: bytes) -> Message:
         raise _refuse("bad_envelope", f"envelope.ts must be {wirefields.finite.__doc__}")
     if not isinstance(body, dict):
         raise _refuse("bad_envelope", "envelope.body must be a map")
-    _check_plain(body)
+    wirefields.check_plain(body, MAX_DEPTH)
     return Message(type=msg_type, body=_check_body(msg_type, body), id=msg_id, ts=float(ts))
 
 

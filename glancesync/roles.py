@@ -6,7 +6,7 @@ With ``[curve] enabled`` every client public key the coordinator admits sits in
     allowed_clients_dir/agent/<region>/<name>.key   the agent of that region only
     allowed_clients_dir/sender/<name>.key           glance_proxy event senders
     allowed_clients_dir/status/<name>.key           glance-sync-status readers
-    allowed_clients_dir/operator/<name>.key         events and status (an operator's tools)
+    allowed_clients_dir/operator/<name>.key         events, status and operator requests
 
 ``SENDS`` says which message types each role may send.  The ZAP handler
 (:class:`ClientAuth`, pyzmq's ThreadAuthenticator with this map as its credentials
@@ -47,6 +47,8 @@ SENDS: dict[str, frozenset[str]] = {
     **{msg_type: frozenset({AGENT}) for msg_type in AGENT_MESSAGES},
     "event": frozenset({SENDER, OPERATOR}),
     "status_query": frozenset({STATUS, OPERATOR}),
+    # cancel, resync --failed, sync: glance-sync-manage with an operator key only.
+    "operator": frozenset({OPERATOR}),
 }
 KEY_SUFFIX = ".key"
 # Unknown keys logged once each, up to this many, so a stranger's reconnect loop

@@ -5,6 +5,7 @@
     pending -> assigned -> transferring -> registering -> synced
         \\__________\\______________\\______________\\___> failed(reason)
     (any live state) -> deleting -> deleted
+    pending | assigned | transferring -> cancelled (an operator's cancel, or a delete)
 
 ``assigned``: a task was handed to an agent that has not acknowledged it yet.
 ``transferring``: the agent acknowledged it and is moving bytes (or applying an update).
@@ -16,6 +17,9 @@ own horizon).  ``synced`` also needs two facts kept beside the state in the jour
 copy is verified and registered, and the newest metadata is applied (doc/states.md); an
 update that finishes without a registered copy makes the region ``failed``.
 ``deleted`` is final: glance never lets a deleted image id be created again in that region.
+``cancelled``: an operator (``glance-sync-manage cancel``) or a delete of the cascading
+image stopped the copy before it was made; it is never retried on its own, only by an
+operator's ``resync``/``sync`` (back to ``pending``) or ended by a delete.
 
 No other module spells a state as a string: use ``SyncState``.
 """
@@ -34,18 +38,21 @@ class SyncState(enum.StrEnum):
     FAILED = "failed"
     DELETING = "deleting"
     DELETED = "deleted"
+    CANCELLED = "cancelled"
 
 
 S = SyncState
 TRANSITIONS: dict[SyncState, frozenset[SyncState]] = {
-    S.PENDING: frozenset({S.ASSIGNED, S.FAILED, S.DELETING}),
-    S.ASSIGNED: frozenset({S.TRANSFERRING, S.REGISTERING, S.SYNCED, S.PENDING, S.FAILED, S.DELETING}),
-    S.TRANSFERRING: frozenset({S.REGISTERING, S.SYNCED, S.PENDING, S.FAILED, S.DELETING}),
+    S.PENDING: frozenset({S.ASSIGNED, S.FAILED, S.DELETING, S.CANCELLED}),
+    S.ASSIGNED: frozenset({S.TRANSFERRING, S.REGISTERING, S.SYNCED, S.PENDING, S.FAILED, S.DELETING,
+                           S.CANCELLED}),
+    S.TRANSFERRING: frozenset({S.REGISTERING, S.SYNCED, S.PENDING, S.FAILED, S.DELETING, S.CANCELLED}),
     S.REGISTERING: frozenset({S.SYNCED, S.PENDING, S.FAILED, S.DELETING}),
     S.SYNCED: frozenset({S.PENDING, S.DELETING}),
     S.FAILED: frozenset({S.PENDING, S.DELETING}),
     S.DELETING: frozenset({S.DELETED, S.FAILED, S.DELETING}),
     S.DELETED: frozenset(),
+    S.CANCELLED: frozenset({S.PENDING, S.DELETING}),
 }
 del S
 
@@ -53,7 +60,9 @@ del S
 ACTIVE_STATES = frozenset(
     {SyncState.PENDING, SyncState.ASSIGNED, SyncState.TRANSFERRING, SyncState.REGISTERING, SyncState.DELETING}
 )
-FINAL_STATES = frozenset({SyncState.SYNCED, SyncState.FAILED, SyncState.DELETED})
+FINAL_STATES = frozenset({SyncState.SYNCED, SyncState.FAILED, SyncState.DELETED, SyncState.CANCELLED})
+# States an operator's cancel stops: the copy is not made yet.
+CANCELLABLE_STATES = frozenset({SyncState.PENDING, SyncState.ASSIGNED, SyncState.TRANSFERRING})
 
 
 def can_move(current: SyncState | None, new: SyncState) -> bool:

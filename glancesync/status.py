@@ -54,7 +54,6 @@ from glancesync import (
     untrusted,
 )
 from glancesync.exceptions import GlanceSyncError, ProtocolError
-from glancesync.states import SyncState
 
 PROG = "glance-sync-status"
 DEFAULT_CONFIG_FILE = "/etc/glance-sync/glance-sync.conf"
@@ -78,7 +77,8 @@ views:
 EPILOG = """\
 exit codes:
   0  done; --wait: synced where it is meant to be, deleted everywhere, or meant for no region
-  1  --wait only: a region failed, or --timeout ran out
+  1  --wait only: a region failed or was cancelled, glance_sync_regions names a region
+     that is not one, or --timeout ran out
   2  no answer from the coordinator, an error reply, a bad argument or configuration
 
 Details, and the fields of --json: doc/status.md.
@@ -144,9 +144,9 @@ def load_conf(args: argparse.Namespace) -> cfg.ConfigOpts:
 
 def query(
     context: zmq.Context, conf: cfg.ConfigOpts, host: str, port: int, body: Mapping[str, Any], timeout: float,
-    key_file: str | None = None,
+    key_file: str | None = None, msg_type: str = "status_query",
 ) -> dict[str, Any]:
-    """Send one status_query and return the reply's data; StatusFailure when there is none."""
+    """Send one status_query (or operator request) and return the reply's data; StatusFailure when none."""
     where = transport.tcp_endpoint(host, port)
     no_answer = StatusFailure(f"no answer from coordinator at {where} within {timeout:g} s")
     # A fresh socket per query: a reply that arrives after we gave up on it can
@@ -156,7 +156,7 @@ def query(
                                     key_file or curve.status_secret_key_file or curve.secret_key_file)
     try:
         try:
-            sock.send(protocol.encode("status_query", body), flags=zmq.NOBLOCK)
+            sock.send(protocol.encode(msg_type, body), flags=zmq.NOBLOCK)
         except zmq.Again:
             raise no_answer from None
         deadline = time.monotonic() + timeout
@@ -172,7 +172,7 @@ def query(
                 raise StatusFailure(f"coordinator at {where} sent an invalid reply: {exc}") from None
             if msg.type == "error":
                 raise StatusFailure(f"coordinator error {msg.body['code']}: {msg.body['reason']}")
-            if msg.type == "status_reply":
+            if msg.type in ("status_reply", "operator_reply"):
                 return msg.body["data"]
             # Anything else is not meant for us: keep waiting for the reply.
     finally:
@@ -185,30 +185,6 @@ def coordinator_now(data: Mapping[str, Any]) -> float:
     return float(now) if isinstance(now, (int, float)) else time.time()
 
 
-def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
-    """("synced" | "failed" | "waiting", why) for one image reply."""
-    image_id = data.get("image_id", "?")
-    regions: Mapping[str, Any] = data.get("regions") or {}
-    if not data.get("known"):
-        return "waiting", f"image {image_id} is not known to the coordinator"
-    if not regions and data.get("settled"):
-        return "synced", f"image {image_id} is to be synced to no region (sync_strategy or its regions)"
-    if not regions and data.get("planned"):
-        # Created but not uploaded, or its import still runs: more events are on their way.
-        return "waiting", f"image {image_id} is not active in the cascading glance yet"
-    if not regions:
-        return "waiting", f"no region is listed for image {image_id} yet"
-    if all(regions[name].get("state") == SyncState.DELETED for name in regions):
-        return "synced", f"image {image_id} is deleted in {', '.join(sorted(regions))}"
-    failed = [name for name in sorted(regions) if regions[name].get("state") == SyncState.FAILED]
-    if failed:
-        errors = "; ".join(f"{name}: {regions[name].get('last_error') or 'no error recorded'}" for name in failed)
-        return "failed", f"image {image_id} failed in {errors}"
-    behind = [name for name in sorted(regions) if regions[name].get("state") != SyncState.SYNCED]
-    if not behind:
-        return "synced", f"image {image_id} is synced in {', '.join(sorted(regions))}"
-    shown = ", ".join(status_render.region_progress_line(name, regions[name]) for name in behind)
-    return "waiting", f"image {image_id} not synced in {shown}"
 
 
 def _query_timeout(answer_timeout: float, remaining: float | None) -> float:
@@ -238,7 +214,7 @@ def wait_for_image(
         data = fetch(_query_timeout(answer_timeout, remaining))
         if display is not None:
             display(data)
-        outcome, why = evaluate(data)
+        outcome, why = status_render.evaluate(data)
         if outcome == "synced":
             return 0, why, data
         if outcome == "failed":

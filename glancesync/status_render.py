@@ -92,7 +92,10 @@ def summary_head(data: Mapping[str, Any], now: float) -> list[str]:
     head = f"coordinator {coord.get('version', '?')}"
     if started:
         head += f", up {duration(now - started)} (since {_stamp(started)})"
-    return [head] + held_lines(data.get("deletions_held") or {}, now)
+    lines = [head]
+    if coord.get("sync_strategy"):
+        lines.append(f"sync_strategy: {coord['sync_strategy']}")
+    return lines + held_lines(data.get("deletions_held") or {}, now)
 
 
 def summary_rows(data: Mapping[str, Any]) -> list[list[Any]]:
@@ -191,10 +194,11 @@ def image_rows(regions: Mapping[str, Any], now: float) -> list[list[Any]]:
 def render_image(data: Mapping[str, Any], now: float) -> str:
     """The image view: one row per region with state, bytes, attempts, agent and last error."""
     head = image_head(data)
+    targeting = [f"targeting: {_one_line(data['targeting_error'])}"] if data.get("targeting_error") else []
     if head is not None:
-        return head + "\n"
+        return "\n".join([head, *targeting]) + "\n"
     regions: Mapping[str, Any] = data.get("regions") or {}
-    lines = [f"image {data.get('image_id', '?')}", ""]
+    lines = [f"image {data.get('image_id', '?')}", *targeting, ""]
     lines += table(image_headers(regions), image_rows(regions, now))
     return "\n".join(lines) + "\n"
 
@@ -260,3 +264,42 @@ def region_progress_line(region: str, info: Mapping[str, Any] | None) -> str:
     if left:
         line += f", {left} left"
     return line
+
+
+def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
+    """("synced" | "failed" | "waiting", why) for one image reply."""
+    image_id = data.get("image_id", "?")
+    regions: Mapping[str, Any] = data.get("regions") or {}
+    if not data.get("known"):
+        return "waiting", f"image {image_id} is not known to the coordinator"
+    # glance_sync_regions names a region that is not one: never a silent success.
+    targeting = data.get("targeting_error")
+    if not regions and data.get("settled"):
+        if targeting:
+            return "failed", f"image {image_id} is synced to no region: {targeting}"
+        return "synced", f"image {image_id} is to be synced to no region (sync_strategy or its regions)"
+    if not regions and data.get("planned"):
+        # Created but not uploaded, or its import still runs: more events are on their way.
+        return "waiting", f"image {image_id} is not active in the cascading glance yet"
+    if not regions:
+        return "waiting", f"no region is listed for image {image_id} yet"
+    if all(regions[name].get("state") == SyncState.DELETED for name in regions):
+        return "synced", f"image {image_id} is deleted in {', '.join(sorted(regions))}"
+    failed = [name for name in sorted(regions)
+              if regions[name].get("state") in (SyncState.FAILED, SyncState.CANCELLED)]
+    if failed:
+        errors = "; ".join(f"{name}: {_outcome(regions[name])}" for name in failed)
+        return "failed", f"image {image_id} failed in {errors}"
+    behind = [name for name in sorted(regions) if regions[name].get("state") != SyncState.SYNCED]
+    if not behind and targeting:
+        return "failed", f"image {image_id} is synced in {', '.join(sorted(regions))}, but {targeting}"
+    if not behind:
+        return "synced", f"image {image_id} is synced in {', '.join(sorted(regions))}"
+    shown = ", ".join(region_progress_line(name, regions[name]) for name in behind)
+    return "waiting", f"image {image_id} not synced in {shown}"
+
+
+def _outcome(r: Mapping[str, Any]) -> str:
+    """A failed or cancelled region's last error, for ``--wait`` (a cancel says so)."""
+    error = r.get("last_error") or "no error recorded"
+    return f"cancelled: {error}" if r.get("state") == SyncState.CANCELLED else str(error)

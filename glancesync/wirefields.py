@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glancesync import untrusted
+from glancesync.exceptions import ProtocolError
 
 # Seconds, epoch times and intervals alike: finite and of at most this size (over
 # 30,000 years), so that no later arithmetic on them overflows.
@@ -98,6 +99,22 @@ class Field:
     default: Any = None
     check: Callable[[Any], bool] | None = None
     nullable: bool = False
+
+
+def check_plain(value: Any, max_depth: int, depth: int = 0) -> None:
+    """Refuse what no sender of ours makes: deep nesting, non-string keys, bin and ext types."""
+    if depth > max_depth:
+        raise ProtocolError(code="bad_body", detail=f"maps and lists nest more than {max_depth} deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(code="bad_body", detail=f"map key {untrusted.quote(key)} is not a string")
+            check_plain(item, max_depth, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_plain(item, max_depth, depth + 1)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        raise ProtocolError(code="bad_body", detail=f"a {type(value).__name__} value is not allowed")
 
 
 MEMBER_STATUSES = ("pending", "accepted", "rejected")

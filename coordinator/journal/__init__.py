@@ -18,8 +18,9 @@ promise is worth one fsync per commit at control-message rates.
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``base`` (engine, rows, transactions), ``planning`` (events and
 planning), ``taskstate`` (the task state machine, leases, retries), ``views``
-(status queries), ``retention`` (purging old history) and ``holds`` (the reconciler's
-pass counter and the deletions it holds back for an operator).
+(status queries), ``retention`` (purging old history), ``holds`` (the reconciler's
+pass counter and the deletions it holds back for an operator) and ``operations``
+(operators' cancels and bulk resyncs, applied by the loop).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from coordinator.journal.base import (
     unpack,
 )
 from coordinator.journal.holds import HeldDelete, HoldsMixin
+from coordinator.journal.operations import Cancelled, OperationsMixin
 from coordinator.journal.planning import PlanningMixin
 from coordinator.journal.retention import RetentionMixin
 from coordinator.journal.taskstate import TaskStateMixin
 from coordinator.journal.views import ViewsMixin
 
-__all__ = ["EventRow", "HeldDelete", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
+__all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
+class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""

@@ -42,6 +42,7 @@ class FakePool:
         self.events: list[PoolEvent] = []
         self.shut = False
         self.cancelled: list[str] = []
+        self.discarded: list[str] = []
 
     def free_slots(self) -> int:
         return self.workers - len(self.running)
@@ -58,9 +59,11 @@ class FakePool:
     def start(self, task: dict[str, Any], now: float) -> None:
         self.running[task["task_id"]] = task
 
-    def cancel(self, task_id: str, now: float) -> None:
+    def cancel(self, task_id: str, now: float, discard: bool = False) -> None:
         self.running.pop(task_id, None)
         self.cancelled.append(task_id)
+        if discard:
+            self.discarded.append(task_id)
 
     def progress(self, task_id: str, done: int, total: int) -> None:
         self.events.append(PoolEvent("progress", self.running[task_id], {"bytes_done": done, "bytes_total": total}))

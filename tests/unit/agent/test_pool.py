@@ -233,3 +233,25 @@ def test_poll_never_waits_for_a_worker_that_lingers_after_its_result():
     assert process.killed and all(not wait for wait in process.waits)
     pool.poll(10.0)
     assert pool.exiting == []
+
+
+def test_a_discarded_task_loses_its_part_once_the_worker_is_gone(tmp_path):
+    image_id = "11111111-2222-3333-4444-555555555555"
+    part = tmp_path / f"{image_id}.part"
+    part.write_bytes(b"partial")
+    pid_file = tmp_path / "pid"
+    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file), work_dir=str(tmp_path))
+    try:
+        pool.start({**task(), "image_id": image_id}, time.monotonic())
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pool.cancel("t1", time.monotonic(), discard=True)
+        while part.exists():
+            assert time.monotonic() < deadline
+            pool.poll(time.monotonic())
+            time.sleep(0.05)
+        assert not pool.discards.pending
+    finally:
+        pool.shutdown()

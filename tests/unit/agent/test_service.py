@@ -349,6 +349,16 @@ def test_cancel_terminates_the_worker_of_that_attempt_only(session):
     coord.send("cancel", {"task_id": "t1", "attempt": 2})
     assert coord.expect(service, "ready", 1.2).body["credits"] == 1  # its slot is free again
     assert pool.cancelled == ["t1"] and service.in_flight() == []
+    assert pool.discarded == []  # an attempt that is no longer ours: its .part stays for a resume
+
+
+def test_a_cancel_with_discard_removes_the_partial_data_too(session):
+    coord, service, pool = session
+    welcome(coord, service)
+    started(coord, service, task_body())
+    coord.send("cancel", {"task_id": "t1", "attempt": 1, "reason": "operator", "discard": True})
+    assert coord.expect(service, "ready", 1.2).body["credits"] == 1
+    assert pool.discarded == ["t1"]
 
 
 def test_results_are_resent_until_acked(session, monkeypatch):

@@ -10,7 +10,7 @@ from coordinator import manage
 
 from .conftest import IMAGE_ID, make_conf
 
-COMMANDS = ("db_sync", "db_version", "keygen", "gensecret", "resync", "purge", "reconcile")
+COMMANDS = ("db_sync", "db_version", "keygen", "gensecret", "resync", "cancel", "sync", "purge", "reconcile")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -107,3 +107,17 @@ def test_plan_refuses_a_bad_image_id_in_one_line(capsys) -> None:
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not an image id" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["resync"], "resync: IMAGE_ID or --failed is required"),
+    (["resync", "--failed", IMAGE_ID], "resync: either IMAGE_ID, or --failed"),
+    (["resync", IMAGE_ID, "--region", "RegionOne"], "resync: either IMAGE_ID, or --failed"),
+    (["cancel", "not-an-id"], "cancel: 'not-an-id' is not an image id"),
+    (["sync", IMAGE_ID, "--regions", " , "], "sync: --regions names no region"),
+    (["sync", IMAGE_ID], "the following arguments are required: --regions"),
+])
+def test_operator_commands_refuse_bad_arguments_with_one_line(capsys: pytest.CaptureFixture[str], argv,
+                                                              words) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and words in err and err.count("\n") == 1 and out == ""

@@ -114,11 +114,11 @@ def test_deleted_of_an_image_glance_still_has_is_refused(stores: StoreMap) -> No
 def test_a_shared_image_carries_its_members_into_copy_and_update_tasks(stores: StoreMap) -> None:
     image = image_record(store_dir=stores.store.store_dir)
     members = [{"member_id": "p-b", "status": "accepted"}]
-    copies = planner.plan("uploaded", IMAGE_ID, image, REGIONS, "ALL", {}, stores.source_path, members)
+    copies = planner.plan("uploaded", IMAGE_ID, image, REGIONS, "ALL", {}, stores.source_path, members=members)
     assert [t.payload["members"] for t in copies.tasks] == [members, members]
     existing = {region: RegionRecord(SyncState.SYNCED, "copy", "x") for region in REGIONS}
     updates = planner.plan("members_changed", IMAGE_ID, image, REGIONS, "ALL", existing, stores.source_path,
-                           members)
+                           members=members)
     assert kinds(updates) == {"RegionOne": "update", "RegionTwo": "update"}
     assert all(t.payload["members"] == members for t in updates.tasks)
     # Not shared: no members key at all, so an agent leaves the regional members alone.

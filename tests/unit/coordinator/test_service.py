@@ -283,7 +283,8 @@ def test_status_views(ctx, service) -> None:
     assert image["regions"]["RegionOne"]["task_kind"] == "copy"
     query.send(protocol.encode("status_query", {"view": "image", "image_id": OTHER_ID}))
     assert receive(query, service, NOW).body["data"] == {"image_id": OTHER_ID, "known": False, "planned": False,
-                                                            "settled": False, "regions": {}, "now": NOW}
+                                                            "settled": False, "regions": {}, "now": NOW,
+                                                            "targeting_error": None}
 
 
 def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> tuple[float, zmq.Socket | None]:

@@ -46,7 +46,7 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "disconnect": {"reason": "coordinator restarting"},
     "result_ack": dict(TASK_REF),
-    "cancel": {**TASK_REF, "reason": "attempt no longer current"},
+    "cancel": {**TASK_REF, "reason": "attempt no longer current", "discard": True},
     "event": {
         "event_id": "e-1",
         "kind": "uploaded",
@@ -59,6 +59,8 @@ VALID: dict[str, dict[str, Any]] = {
     "event_ack": {"event_id": "e-1"},
     "status_query": {"view": "image", "image_id": IMAGE_ID},
     "status_reply": {"view": "summary", "data": {"regions": {}}},
+    "operator": {"action": "sync", "image_id": IMAGE_ID, "regions": ["RegionOne", "RegionTwo"]},
+    "operator_reply": {"action": "cancel", "data": {"cancelled": []}},
     "error": {"code": "bad_field", "reason": "x", "ref": "m-1"},
 }
 

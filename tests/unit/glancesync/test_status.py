@@ -456,3 +456,28 @@ def test_summary_names_held_deletions() -> None:
     confirmed = status_render.render_summary({**base, "deletions_held": {"images": 3, "confirmed": 3,
                                                                           "since": NOW - 60}}, NOW)
     assert "confirmed" in next(line for line in confirmed.splitlines() if line.startswith("deletions held"))
+
+
+def test_wait_never_succeeds_for_a_region_name_that_is_no_region() -> None:
+    clock = FakeClock()
+    why_not = "region 'regiontwo' is not known; did you mean 'RegionTwo'? (region names are case-sensitive)"
+    synced = {**image(RegionOne=region("synced", 10, 10)), "targeting_error": why_not}
+    code, why, _ = status.wait_for_image(replies(synced), 10.0, clock=clock, sleep=clock.sleep)
+    assert code == 1 and "did you mean 'RegionTwo'" in why and clock.now == 0.0
+    nowhere = {**image(), "planned": True, "settled": True, "targeting_error": why_not}
+    code, why, _ = status.wait_for_image(replies(nowhere), 10.0, clock=clock, sleep=clock.sleep)
+    assert code == 1 and "synced to no region" in why
+    assert f"targeting: {why_not}" in status_render.render_image(synced, NOW)
+
+
+def test_wait_reports_a_cancelled_region() -> None:
+    clock = FakeClock()
+    data = image(RegionOne=region("synced", 10, 10), RegionTwo=region("cancelled", error="cancelled by an operator"))
+    code, why, _ = status.wait_for_image(replies(data), 10.0, clock=clock, sleep=clock.sleep)
+    assert code == 1 and "RegionTwo: cancelled: cancelled by an operator" in why
+
+
+def test_summary_shows_the_strategy_in_force() -> None:
+    data = {"coordinator": {"version": "0.1.0", "started_at": NOW, "sync_strategy": "ON_DEMAND (only what "
+                            "glance-sync-manage sync asks for)"}, "regions": {}}
+    assert "sync_strategy: ON_DEMAND" in status_render.render_summary(data, NOW)
