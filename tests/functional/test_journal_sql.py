@@ -1,0 +1,152 @@
+"""The journal on SQLite, a real PostgreSQL and a real MariaDB: the same tests, migrations, and models.
+
+Every test here runs once per backend.  The journal's own tests
+(tests/unit/coordinator/test_journal.py) are collected here again, so each change to
+them also runs on the servers; SQLite-only ones (pragmas) stay in the unit suite.
+Besides: ``db_sync`` from nothing and back down, the models of coordinator/schema.py
+against what the migrations made (alembic's autogenerate comparison, types
+included), and the portability traps a SQLite-only suite cannot see (single-precision
+FLOAT, 64 KiB BLOB, case-insensitive keys on MariaDB).
+
+Each test gets a database of its own: a copy of a template that ``db_sync`` migrated
+once per server (tests/harness/sqlserver.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from coordinator import manage, schema
+from coordinator.journal import Journal, NewTask, make_engine
+from tests.harness.sqlserver import SqlServer
+from tests.unit.coordinator import test_journal as unit
+from tests.unit.coordinator.conftest import IMAGE_ID, image_record
+
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+# Tests of SQLite's own settings, meaningless on a server.
+SQLITE_ONLY = {"test_sqlite_runs_in_wal_with_full_sync"}
+_names = itertools.count(1)
+
+for _name in dir(unit):
+    if _name.startswith("test_") and _name not in SQLITE_ONLY:
+        globals()[_name] = getattr(unit, _name)
+
+
+def new_database(backend: str, tmp_path: Path, servers: dict[str, SqlServer] | None, *,
+                 migrated: bool) -> str:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'journal.sqlite'}"
+        if migrated:
+            manage.db_sync(url)
+        return url
+    assert servers is not None
+    return servers[backend].database(f"journal_{next(_names)}", migrated=migrated, migrate=manage.db_sync)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def servers(backend: str, request: pytest.FixtureRequest) -> dict[str, SqlServer] | None:
+    """The running servers (started once, in parallel, by the first test that needs one)."""
+    return None if backend == "sqlite" else request.getfixturevalue("sql_servers")
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, servers: dict[str, SqlServer] | None) -> str:
+    """A journal database of its own at the newest schema."""
+    return new_database(backend, tmp_path, servers, migrated=True)
+
+
+@pytest.fixture
+def empty_url(backend: str, tmp_path: Path, servers: dict[str, SqlServer] | None) -> str:
+    """A database of its own with no table at all."""
+    return new_database(backend, tmp_path, servers, migrated=False)
+
+
+@pytest.fixture
+def journal(db_url: str) -> Iterator[Journal]:
+    j = Journal(db_url)
+    yield j
+    j.close()
+
+
+def schema_diff(url: str) -> list:
+    """What alembic's autogenerate finds between coordinator/schema.py and the database (types too)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(context, schema.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_db_sync_builds_the_schema_from_nothing_and_again_is_a_no_op(empty_url: str) -> None:
+    assert manage.schema_revisions(empty_url)[0] is None
+    manage.db_sync(empty_url)
+    current, head = manage.schema_revisions(empty_url)
+    assert current == head and head is not None
+    manage.db_sync(empty_url)
+    assert manage.schema_revisions(empty_url) == (head, head)
+    engine = make_engine(empty_url)
+    try:
+        assert set(sa.inspect(engine).get_table_names()) >= set(schema.metadata.tables)
+    finally:
+        engine.dispose()
+
+
+def test_the_models_match_what_the_migrations_make(empty_url: str) -> None:
+    manage.db_sync(empty_url)
+    assert schema_diff(empty_url) == []
+
+
+def test_every_migration_goes_down_to_nothing_and_up_again(empty_url: str) -> None:
+    manage.db_sync(empty_url)
+    command.downgrade(manage.alembic_config(empty_url), "base")
+    engine = make_engine(empty_url)
+    try:
+        assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+    manage.db_sync(empty_url)
+    assert schema_diff(empty_url) == []
+
+
+def test_times_keep_their_fractions_of_a_second(journal: Journal) -> None:
+    # MySQL's FLOAT is single precision: 1764530000.25 would come back as 1764530048.0.
+    now = 1_764_530_000.25
+    journal.record_event("e1", "uploaded", IMAGE_ID, {}, now)
+    [event] = journal.unplanned_events()
+    assert event.received_at == now
+    [task_id] = journal.plan_event("e1", IMAGE_ID, [unit.copy_task()], {}, now)
+    assert journal.assign(task_id, "a", now, now + 0.5).lease_expires == now + 0.5
+    assert journal.lapsed(now + 0.25) == [] and [t.task_id for t in journal.lapsed(now + 0.75)] == [task_id]
+
+
+def test_ids_and_region_names_compare_byte_for_byte(journal: Journal) -> None:
+    # MariaDB's default collation ignores case: these would be one event and one region.
+    assert journal.record_event("Event-1", "uploaded", IMAGE_ID, {}, unit.NOW) is True
+    assert journal.record_event("event-1", "uploaded", IMAGE_ID, {}, unit.NOW) is True
+    journal.plan_event("Event-1", IMAGE_ID, [unit.copy_task("RegionOne"), unit.copy_task("regionone")], {},
+                       unit.NOW)
+    assert set(journal.image_view(IMAGE_ID)[1]) == {"RegionOne", "regionone"}
+
+
+def test_a_large_image_record_is_stored_whole(journal: Journal) -> None:
+    # An image with many long properties: past the 64 KiB of MySQL's BLOB.
+    record = image_record(**{f"prop_{i}": "v" * 1000 for i in range(200)})
+    journal.record_event("e1", "uploaded", IMAGE_ID, {"image": record}, unit.NOW)
+    new = NewTask("RegionOne", "copy", {"image": record, "source": {"type": "sftp", "path": "/x"}})
+    [task_id] = journal.plan_event("e1", IMAGE_ID, [new], {}, unit.NOW)
+    assert journal.task(task_id).payload["image"] == record
