@@ -15,6 +15,7 @@ once per server (tests/harness/sqlserver.py).
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from alembic.migration import MigrationContext
 
 from coordinator import manage, schema
 from coordinator.journal import Journal, NewTask, make_engine
+from coordinator.journal import engine as engine_module
+from glancesync.states import SyncState
+from tests.functional import helpers
 from tests.harness.sqlserver import SqlServer
 from tests.unit.coordinator import test_journal as unit
 from tests.unit.coordinator.conftest import IMAGE_ID, image_record
@@ -150,3 +154,45 @@ def test_a_large_image_record_is_stored_whole(journal: Journal) -> None:
     new = NewTask("RegionOne", "copy", {"image": record, "source": {"type": "sftp", "path": "/x"}})
     [task_id] = journal.plan_event("e1", IMAGE_ID, [new], {}, unit.NOW)
     assert journal.task(task_id).payload["image"] == record
+
+
+def _lock_waits(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                return conn.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted").scalar()
+            return conn.exec_driver_sql("SELECT count(*) FROM information_schema.INNODB_LOCK_WAITS").scalar()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_a_write_the_server_aborts_as_deadlock_victim_runs_again(
+        journal: Journal, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    [task_id] = unit.plan(journal, unit.copy_task())
+    journal.assign(task_id, "a", unit.NOW, unit.NOW + 10)
+    tries = []
+    real = engine_module.transaction
+    monkeypatch.setattr(engine_module, "transaction", lambda context: tries.append(1) or real(context))
+    other = make_engine(db_url)
+    result: dict[str, object] = {}
+    # done() updates the task's row, then its region's row; the other transaction takes the
+    # region's row first and then asks for the task's: a deadlock.  It writes more rows, so
+    # that MariaDB (which rolls back the smaller transaction) picks the journal too.
+    with other.connect() as conn:
+        tx = conn.begin()
+        conn.execute(schema.held_deletes.insert(), [{"image_id": f"w{i}", "held_at": 0.0} for i in range(300)])
+        conn.execute(schema.image_regions.update().where(schema.image_regions.c.image_id == IMAGE_ID)
+                     .values(updated_at=schema.image_regions.c.updated_at))
+        worker = threading.Thread(target=lambda: result.update(task=journal.done(task_id, 1, {}, unit.NOW)))
+        worker.start()
+        helpers.wait_until(lambda: _lock_waits(db_url) > 0, 30, "the journal waiting for the region's row")
+        conn.execute(schema.tasks.update().where(schema.tasks.c.task_id == task_id)
+                     .values(updated_at=schema.tasks.c.updated_at))
+        tx.commit()
+    other.dispose()
+    worker.join(60)
+    assert len(tries) >= 2, "the journal's write was not the victim, or not run again"
+    assert getattr(result.get("task"), "state", None) == SyncState.REGISTERING, result
+    assert journal.task(task_id).state == SyncState.REGISTERING
