@@ -67,9 +67,12 @@ def servers(backend: str, request: pytest.FixtureRequest) -> dict[str, SqlServer
 
 
 @pytest.fixture
-def db_url(backend: str, tmp_path: Path, servers: dict[str, SqlServer] | None) -> str:
-    """A journal database of its own at the newest schema."""
-    return new_database(backend, tmp_path, servers, migrated=True)
+def db_url(backend: str, tmp_path: Path, servers: dict[str, SqlServer] | None) -> Iterator[str]:
+    """A journal database of its own at the newest schema, with no rows."""
+    url = new_database(backend, tmp_path, servers, migrated=True)
+    yield url
+    if servers is not None:
+        servers[backend].release(url)
 
 
 @pytest.fixture
