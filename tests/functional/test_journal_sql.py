@@ -199,3 +199,17 @@ def test_a_write_the_server_aborts_as_deadlock_victim_runs_again(
     assert len(tries) >= 2, "the journal's write was not the victim, or not run again"
     assert getattr(result.get("task"), "state", None) == SyncState.REGISTERING, result
     assert journal.task(task_id).state == SyncState.REGISTERING
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_the_database_options_reach_the_servers_engine(db_url: str) -> None:
+    journal = Journal(db_url, {"max_pool_size": 3, "max_overflow": 2})
+    try:
+        assert (journal.engine.pool.size(), journal.engine.pool._max_overflow) == (3, 2)
+        with journal.transaction() as conn:
+            if conn.dialect.name == "mysql":
+                # oslo.db's default mysql_sql_mode: a value that does not fit is an error, not cut.
+                assert "STRICT_ALL_TABLES" in conn.exec_driver_sql("SELECT @@SESSION.sql_mode").scalar()
+                assert conn.exec_driver_sql("SELECT @@character_set_client").scalar() == "utf8mb4"
+    finally:
+        journal.close()
