@@ -23,16 +23,22 @@ setup(
         "oslo.config>=9.0",
         "oslo.log>=5.0",
         "oslo.utils>=6.0",
+        "oslo.db>=16.0",
         "python-glanceclient>=4.0",
         "keystoneauth1>=5.0",
         "PyYAML>=6.0",
-        "SQLAlchemy>=1.4",
+        "SQLAlchemy>=2.0",
         "alembic>=1.10",
         "WebOb>=1.8",
         "gunicorn>=21.2",
         "rich>=13",
         "prometheus_client>=0.20",
     ],
+    # The journal's drivers beyond SQLite: pip install 'glance-sync-manager[postgresql]' or '[mysql]'.
+    extras_require={
+        "postgresql": ["psycopg2-binary>=2.9"],
+        "mysql": ["PyMySQL>=1.1"],
+    },
     entry_points={
         "console_scripts": [
             "glance-sync-coordinator = coordinator.cmd:main",

@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOG.info("sync_strategy in force: %s", strategy.describe(strategy.canonical(conf.sync_strategy), rules))
     url = conf.database.connection
     try:
-        current, head = manage.schema_revisions(url)
+        current, head = manage.schema_revisions(url, conf.database)
     except Exception as exc:  # an unreachable or unreadable database
         LOG.error("cannot start: journal not readable: %s", type(exc).__name__)
         return 1
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
-    service = Service(conf, stores, Journal(url), registrar, metrics=stats)
+    service = Service(conf, stores, Journal(url, conf.database), registrar, metrics=stats)
     signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     try:
         service.run(stop)

@@ -38,7 +38,8 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -128,22 +129,23 @@ def build_parser() -> cli.Parser:
     return parser
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, options: Mapping[str, Any] | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", MIGRATIONS_DIR)
     cfg.attributes["url"] = url
+    cfg.attributes["options"] = options
     return cfg
 
 
-def db_sync(url: str) -> None:
-    """Create or upgrade the journal schema to the newest revision."""
-    command.upgrade(alembic_config(url), "head")
+def db_sync(url: str, options: Mapping[str, Any] | None = None) -> None:
+    """Create or upgrade the journal schema to the newest revision (``options``: ``conf.database``)."""
+    command.upgrade(alembic_config(url, options), "head")
 
 
-def schema_revisions(url: str) -> tuple[str | None, str | None]:
+def schema_revisions(url: str, options: Mapping[str, Any] | None = None) -> tuple[str | None, str | None]:
     """(current revision of the database, head revision of the code)."""
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    engine = journal.make_engine(url)
+    engine = journal.make_engine(url, options)
     try:
         with engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
@@ -198,7 +200,7 @@ def _allowed_clients_dir(conf_args: list[str]) -> str:
     return str(conf.curve.allowed_clients_dir)
 
 
-def resync(url: str, image_id: str, now: float) -> str:
+def resync(url: str, image_id: str, now: float, options: Mapping[str, Any] | None = None) -> str:
     """Journal an ``uploaded`` event for ``image_id``; the running coordinator plans it.
 
     The planner gives every target region that is failed or has no copy a new copy
@@ -207,7 +209,7 @@ def resync(url: str, image_id: str, now: float) -> str:
     """
     # An operator's event: it also restarts a region whose copy was cancelled.
     body = operator.operator_event(image_id, None, PROG, prefix="resync")
-    store = journal.Journal(url)
+    store = journal.Journal(url, options)
     try:
         store.record_event(body["event_id"], "uploaded", image_id, body, now, PROG)
     finally:
@@ -227,7 +229,7 @@ def _resync(conf_args: list[str], ns: argparse.Namespace) -> int:
                     f"{untrusted.IMAGE_ID_FORM}", code=2)
     conf = config.load(conf_args, PROG, setup_logging=False)
     try:
-        event_id = resync(conf.database.connection, ns.image_id, time.time())
+        event_id = resync(conf.database.connection, ns.image_id, time.time(), conf.database)
     except Exception as exc:  # any database error: one line, exit 1
         config.fail(PROG, f"resync failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     if ns.json:
@@ -243,7 +245,7 @@ def _purge(conf_args: list[str], ns: argparse.Namespace) -> int:
     conf = config.load(conf_args, PROG, setup_logging=False)
     store = None
     try:
-        store = journal.Journal(conf.database.connection)
+        store = journal.Journal(conf.database.connection, conf.database)
         gone_events, gone_tasks = store.purge(time.time() - ns.days * 86400)
     except Exception as exc:  # any database error: one line, exit 1
         config.fail(PROG, f"purge failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
@@ -258,7 +260,7 @@ def _reconcile(conf_args: list[str], ns: argparse.Namespace) -> int:
     conf = config.load(conf_args, PROG, setup_logging=False)
     store = None
     try:
-        store = journal.Journal(conf.database.connection)
+        store = journal.Journal(conf.database.connection, conf.database)
         confirmed = store.confirm_held_deletes(time.time()) if ns.confirm_deletes else 0
         held = store.held_deletes()
     except Exception as exc:  # any database error: one line, exit 1
@@ -303,8 +305,8 @@ def _schema(conf_args: list[str], ns: argparse.Namespace) -> int:
     url = conf.database.connection
     try:
         if ns.command == "db_sync":
-            db_sync(url)
-        current, head = schema_revisions(url)
+            db_sync(url, conf.database)
+        current, head = schema_revisions(url, conf.database)
     except Exception as exc:  # any database or migration error: one line, exit 1
         config.fail(PROG, f"{ns.command} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     print(f"journal schema: current={current} head={head}")

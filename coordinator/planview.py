@@ -47,7 +47,7 @@ def compute(conf: cfg.ConfigOpts, now: float, image_id: str | None = None) -> li
     """The findings of a pass run now (optionally only those of ``image_id``)."""
     stores = storemap.load(conf.glance_store_config, storemap.Role.COORDINATOR)
     endpoint = cascading_endpoint(conf, stores)
-    store = Journal(conf.database.connection)
+    store = Journal(conf.database.connection, conf.database)
     try:
         c = conf.coordinator
         rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)

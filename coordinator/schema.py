@@ -32,15 +32,26 @@ Six tables:
     one row: how many reconciler passes have run (the generation in the ids of
     their synthetic events) and when the last one finished.
 
-Times are float seconds since the epoch (wall clock: they must survive a restart).
+Times are float seconds since the epoch (wall clock: they must survive a restart),
+stored as doubles.
 Blobs are msgpack.  Any change here needs a new migration in migrations/versions/.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 
 metadata = sa.MetaData()
+
+# Portable on SQLite, PostgreSQL and MariaDB/MySQL (doc/database.md):
+# - times are sa.Double: MySQL's FLOAT is single precision, steps of 128 s at today's epoch;
+# - blobs hold a whole image record: MEDIUMBLOB (16 MiB) on MySQL, whose BLOB stops at 64 KiB;
+# - MySQL tables are InnoDB with a binary utf8mb4 collation, so that ids and region names
+#   compare byte for byte as on the other databases (the server's default collation
+#   would take "RegionOne" and "regionone" for the same key).
+BLOB = sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 events = sa.Table(
     "events",
@@ -48,19 +59,20 @@ events = sa.Table(
     sa.Column("event_id", sa.String(64), primary_key=True),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("image_id", sa.String(64), nullable=False),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("payload", BLOB, nullable=False),
+    sa.Column("received_at", sa.Double, nullable=False),
     sa.Column("planned", sa.Boolean, nullable=False, default=False),
-    sa.Column("planned_at", sa.Float, nullable=True),
+    sa.Column("planned_at", sa.Double, nullable=True),
     sa.Column("plan_error", sa.Text, nullable=True),
     # Who sent it: the peer of the event socket, or the coordinator's own side
     # (reconciler, glance-sync-manage). Named in the log when a delete is refused.
     sa.Column("sender", sa.String(255), nullable=True),
-    sa.Column("not_before", sa.Float, nullable=False, default=0.0, server_default="0"),
+    sa.Column("not_before", sa.Double, nullable=False, default=0.0, server_default="0"),
     sa.Column("fetch_tries", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Index("ix_events_planned", "planned", "received_at"),
     sa.Index("ix_events_due", "planned", "not_before"),
     sa.Index("ix_events_image_kind", "image_id", "kind"),
+    **MYSQL_TABLE,
 )
 
 tasks = sa.Table(
@@ -74,28 +86,29 @@ tasks = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False, default=0),
     sa.Column("agent_id", sa.String(255), nullable=True),
-    sa.Column("lease_expires", sa.Float, nullable=True),
-    sa.Column("not_before", sa.Float, nullable=False, default=0.0),
+    sa.Column("lease_expires", sa.Double, nullable=True),
+    sa.Column("not_before", sa.Double, nullable=False, default=0.0),
     sa.Column("retries", sa.Integer, nullable=False, default=0),
     sa.Column("bytes_done", sa.BigInteger, nullable=False, default=0),
     sa.Column("bytes_total", sa.BigInteger, nullable=False, default=0),
     sa.Column("last_error", sa.Text, nullable=True),
-    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("payload", BLOB, nullable=False),
     # The agent's ``done`` body, kept so that a registration cut short by a
     # coordinator restart can be redone without asking the agent again.
-    sa.Column("report", sa.LargeBinary, nullable=True),
+    sa.Column("report", BLOB, nullable=True),
     sa.Column("register_retries", sa.Integer, nullable=False, default=0, server_default="0"),
-    sa.Column("register_failing_since", sa.Float, nullable=True),
+    sa.Column("register_failing_since", sa.Double, nullable=True),
     sa.Column("event_id", sa.String(64), nullable=True),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("started_at", sa.Float, nullable=True),
-    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double, nullable=True),
+    sa.Column("finished_at", sa.Double, nullable=True),
     sa.Index("ix_tasks_dispatch", "region", "state", "not_before"),
     sa.Index("ix_tasks_image_region", "image_id", "region", "seq"),
     sa.Index("ix_tasks_agent", "agent_id", "state"),
     # Registrations due for another try, read every loop iteration.
     sa.Index("ix_tasks_state_due", "state", "not_before"),
+    **MYSQL_TABLE,
 )
 
 image_regions = sa.Table(
@@ -112,11 +125,12 @@ image_regions = sa.Table(
     # The os_hash_value of the verified regional copy, so a repeated upload event
     # for the same bytes makes no new copy.
     sa.Column("os_hash_value", sa.String(256), nullable=True),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("synced_at", sa.Float, nullable=True),
-    sa.Column("copy_registered_at", sa.Float, nullable=True),
-    sa.Column("metadata_applied_at", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("synced_at", sa.Double, nullable=True),
+    sa.Column("copy_registered_at", sa.Double, nullable=True),
+    sa.Column("metadata_applied_at", sa.Double, nullable=True),
     sa.Index("ix_image_regions_region_state", "region", "state"),
+    **MYSQL_TABLE,
 )
 
 image_records = sa.Table(
@@ -124,16 +138,18 @@ image_records = sa.Table(
     metadata,
     sa.Column("image_id", sa.String(64), primary_key=True),
     # The cascading record's updated_at, as seconds since the epoch.
-    sa.Column("updated_at", sa.Float, nullable=True),
-    sa.Column("active_at", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.Double, nullable=True),
+    sa.Column("active_at", sa.Double, nullable=True),
+    **MYSQL_TABLE,
 )
 
 held_deletes = sa.Table(
     "held_deletes",
     metadata,
     sa.Column("image_id", sa.String(64), primary_key=True),
-    sa.Column("held_at", sa.Float, nullable=False),
-    sa.Column("confirmed_at", sa.Float, nullable=True),
+    sa.Column("held_at", sa.Double, nullable=False),
+    sa.Column("confirmed_at", sa.Double, nullable=True),
+    **MYSQL_TABLE,
 )
 
 reconciler_state = sa.Table(
@@ -141,5 +157,6 @@ reconciler_state = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("passes", sa.Integer, nullable=False, default=0),
-    sa.Column("last_pass_at", sa.Float, nullable=True),
+    sa.Column("last_pass_at", sa.Double, nullable=True),
+    **MYSQL_TABLE,
 )

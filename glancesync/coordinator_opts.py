@@ -1,11 +1,14 @@
-"""The options of the coordinator: ``[coordinator]`` and ``[database]``.
+"""The options of the coordinator: ``[coordinator]`` and ``[database]`` (oslo.db's standard ones).
 
 Registered and listed through :mod:`glancesync.opts`, which owns every group.
 """
 
 from __future__ import annotations
 
+import copy
+
 from oslo_config import cfg
+from oslo_db import options as db_options
 
 coordinator_opts = [
     cfg.HostAddressOpt(
@@ -158,13 +161,36 @@ coordinator_opts = [
     ),
 ]
 
-database_opts = [
-    cfg.StrOpt(
-        "connection",
-        default="sqlite:////var/lib/glance-sync/journal.sqlite",
-        secret=True,
-        help="SQLAlchemy URL of the coordinator's journal. SQLite (WAL mode) serves one "
-        "coordinator; a MySQL or PostgreSQL URL serves an active/passive pair. Create or upgrade "
-        "the schema with 'glance-sync-manage db_sync'.",
-    ),
-]
+DEFAULT_CONNECTION = "sqlite:////var/lib/glance-sync/journal.sqlite"
+
+CONNECTION_HELP = (
+    "SQLAlchemy URL of the coordinator's journal. SQLite (the default; WAL mode, every commit "
+    "fsynced) serves one coordinator on one node. PostgreSQL "
+    "(postgresql+psycopg2://USER:PASSWORD@HOST/DB) or MariaDB/MySQL "
+    "(mysql+pymysql://USER:PASSWORD@HOST/DB?charset=utf8mb4) serve a coordinator pair on a "
+    "database server. Create or upgrade the schema with 'glance-sync-manage db_sync' "
+    "(doc/database.md)."
+)
+
+SQLITE_SYNCHRONOUS_HELP = (
+    "SQLite journal only. True: every commit is fsynced (synchronous=FULL), so an acknowledged "
+    "event or report survives a power cut. False: no fsync at all (synchronous=OFF); a crash of "
+    "the host may lose or corrupt the journal. Keep True outside throw-away test setups."
+)
+
+
+def _database_opts() -> list[cfg.Opt]:
+    """oslo.db's standard [database] options, with the journal's default connection."""
+    opts = copy.deepcopy(db_options.database_opts)
+    for opt in opts:
+        if opt.dest == "connection":
+            opt.default = DEFAULT_CONNECTION
+            opt.help = CONNECTION_HELP
+        elif opt.dest == "sqlite_synchronous":
+            opt.help = SQLITE_SYNCHRONOUS_HELP
+    return opts
+
+
+# Pool sizes, connection retries at start, sqlite_synchronous, mysql_sql_mode...: all
+# of oslo.db's [database] options, read by coordinator/journal/engine.py.
+database_opts = _database_opts()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this checkout to run the demo and the tests on a fresh Debian machine:
-# OpenSSH's sshd from Debian (when missing) and a virtualenv in .venv with the project,
+# OpenSSH's sshd, PostgreSQL and MariaDB from Debian (when missing) and a virtualenv in .venv with the project,
 # glance (the real glance-api the tests and demo run), gunicorn and the test tools.
 # Idempotent: a second run only checks; delete .venv to rebuild it.
 set -euo pipefail
@@ -24,6 +24,13 @@ fi
 if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
     echo "bootstrap: installing python3-venv ($PYTHON cannot create a virtualenv)"
     apt_install python3-venv
+fi
+# The journal's tests on real database servers (tests/harness/sqlserver.py) start their own
+# PostgreSQL and MariaDB in a temporary directory: only the binaries are needed. Debian's
+# packages create a system cluster too; on a host without systemd (CI containers) it stays down.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v mariadb-install-db >/dev/null 2>&1; then
+    echo "bootstrap: installing postgresql and mariadb-server (the journal's server tests)"
+    apt_install postgresql mariadb-server
 fi
 if ! command -v ssh-keygen >/dev/null 2>&1; then
     echo "bootstrap: installing openssh-client (ssh-keygen is missing)"

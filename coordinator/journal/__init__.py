@@ -10,13 +10,15 @@ attempt can never overwrite newer work.
 Tasks of one (image, region) run one at a time in ``seq`` order; ``image_regions``
 follows the task that currently drives it (``image_regions.task_id``).
 
-SQLite runs in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL, so
+On PostgreSQL and MariaDB the same holds through the server's own durability
+(doc/database.md).  SQLite runs in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL, so
 a committed row survives kill -9 and also a power cut.  NORMAL would survive only
 the kill, and an ack tells the sender it may forget the event, so the stronger
 promise is worth one fsync per commit at control-message rates.
 
 The journal is split by job, each module a mixin of ``Journal`` and together the only
-modules with SQL: ``base`` (engine, rows, transactions), ``planning`` (events and
+modules with SQL: ``engine`` (oslo.db's enginefacade, the ``[database]`` options,
+SQLite's pragmas, deadlock retry), ``base`` (rows, transactions), ``planning`` (events and
 planning), ``taskstate`` (the task state machine, leases, retries), ``views``
 (status queries), ``retention`` (purging old history), ``holds`` (the reconciler's
 pass counter and the deletions it holds back for an operator) and ``operations``
@@ -31,10 +33,10 @@ from coordinator.journal.base import (
     NewTask,
     RegionRecord,
     TaskRow,
-    make_engine,
     pack,
     unpack,
 )
+from coordinator.journal.engine import make_engine
 from coordinator.journal.holds import HeldDelete, HoldsMixin
 from coordinator.journal.operations import Cancelled, OperationsMixin
 from coordinator.journal.planning import PlanningMixin

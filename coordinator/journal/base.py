@@ -6,14 +6,16 @@ See ``coordinator.journal`` for what the journal promises.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import sqlalchemy as sa
+from oslo_db import exception as db_exc
 from sqlalchemy.engine import Connection, Engine
 
+from coordinator.journal import engine
 from glancesync.exceptions import JournalError
 from glancesync.states import FINAL_STATES, SyncState
 
@@ -47,28 +49,6 @@ def byte_count(name: str, value: Any) -> int:
 
 def unpack(blob: bytes | None) -> Any:
     return None if blob is None else msgpack.unpackb(blob, raw=False)
-
-
-# Seconds a statement waits for another writer (glance-sync-manage) before it fails.
-# The poll loop waits with it, so it stays well under the agents' liveness (three
-# heartbeats, 15 s by default); a failed step is logged and tried on the next tick.
-SQLITE_BUSY_TIMEOUT = 5.0
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, FULL sync and a busy timeout."""
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.close()
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
 
 
 @dataclass(frozen=True)
@@ -148,23 +128,39 @@ def _region_state(task: TaskRow, task_state: SyncState) -> SyncState:
 
 
 class JournalBase:
-    """The engine and the one transaction helper every part of the journal goes through."""
+    """The engine and the one transaction helper every part of the journal goes through.
 
-    def __init__(self, url: str, engine: Engine | None = None) -> None:
-        self.engine = engine or make_engine(url)
+    ``options`` are the ``[database]`` options (``conf.database``) beside the URL:
+    pool, connection retries, ``sqlite_synchronous``... (coordinator/journal/engine.py).
+    """
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        self._facade = engine.facade(url, options)
+        self.engine: Engine = self._facade.writer.get_engine()
 
     def close(self) -> None:
-        self.engine.dispose()
+        self._facade.dispose_pool()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One transaction: committed on success, rolled back on any error.
+
+        Database errors become a JournalError whose cause is oslo.db's exception
+        (``DBDeadlock``, ``DBDuplicateEntry``...), which ``engine.retry_on_deadlock`` reads.
+        """
         try:
-            with self.engine.begin() as conn:
+            with engine.transaction(self._facade) as conn:
                 yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            raise JournalError(detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-        except OverflowError as exc:
-            # The DB-API driver cannot bind a number (sqlite3 raises this unwrapped): the
-            # same value fails every time, so it is no reason to retry.
-            raise JournalError(detail=f"a value does not fit its column: {exc}", retryable=False) from exc
+        except (sa.exc.SQLAlchemyError, db_exc.DBError, OverflowError) as exc:
+            raise _journal_error(exc) from exc
+
+
+def _journal_error(exc: BaseException) -> JournalError:
+    """The JournalError for a database error: retryable unless a value can never fit its column."""
+    inner = getattr(exc, "inner_exception", None) or exc
+    if isinstance(exc, db_exc.DBDataError) or isinstance(inner, (OverflowError, sa.exc.DataError)):
+        # The driver or the server cannot take a value (sqlite3 raises OverflowError for
+        # 2**63, PostgreSQL "out of range"): the same value fails every time.
+        return JournalError(detail=f"a value does not fit its column: {str(inner).splitlines()[0][:300]}",
+                            retryable=False)
+    return JournalError(detail=f"{type(inner).__name__}: {str(inner).splitlines()[0][:300]}")

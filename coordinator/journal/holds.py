@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import events, held_deletes, reconciler_state
 
 
@@ -30,6 +31,7 @@ class HeldDelete:
 class HoldsMixin:
     """The reconciler's pass counter and held deletions; uses ``PlanningMixin._insert_event``."""
 
+    @retry_on_deadlock
     def next_reconcile_pass(self) -> int:
         """Count a new reconciler pass; its number (1, 2, ...) is the generation of its event ids."""
         with self.transaction() as conn:
@@ -45,12 +47,14 @@ class HoldsMixin:
         with self.transaction() as conn:
             return [HeldDelete(r.image_id, r.held_at, r.confirmed_at) for r in conn.execute(query).all()]
 
+    @retry_on_deadlock
     def confirm_held_deletes(self, now: float) -> int:
         """The operator's go-ahead for every held deletion; how many were newly confirmed."""
         with self.transaction() as conn:
             return conn.execute(held_deletes.update().where(held_deletes.c.confirmed_at.is_(None))
                                 .values(confirmed_at=now)).rowcount
 
+    @retry_on_deadlock
     def record_reconcile(self, bodies: Iterable[dict[str, Any]], held: Iterable[str], now: float,
                          sender: str) -> list[dict[str, Any]]:
         """Journal a pass's synthetic events and replace the held set by ``held``; the events made.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from coordinator.journal.base import TaskRow, _task
+from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import events, image_regions, tasks
 from glancesync.exceptions import StaleAttempt
 from glancesync.states import CANCELLABLE_STATES, SyncState
@@ -37,6 +38,7 @@ class Cancelled:
 class OperationsMixin:
     """Cancels, bulk resync listings and the targeting reason; uses the state machine's compare-and-set."""
 
+    @retry_on_deadlock
     def cancel_copies(self, image_id: str, region: str | None, reason: str, now: float) -> list[Cancelled]:
         """Cancel the unfinished copy tasks of ``image_id`` not yet registering, and the updates behind them.
 
@@ -77,6 +79,7 @@ class OperationsMixin:
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query.order_by(tasks.c.seq)).all()]
 
+    @retry_on_deadlock
     def cancel_task(self, task: TaskRow, reason: str, now: float) -> bool:
         """Cancel one task seen by ``copies_behind_deletes``; False when it moved on meanwhile."""
         try:

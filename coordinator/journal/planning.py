@@ -15,9 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
+from oslo_db import exception as db_exc
 from sqlalchemy.engine import Connection
 
 from coordinator.journal.base import EventRow, NewTask, RegionRecord, pack, unpack
+from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import events, image_records, image_regions, tasks
 from glancesync.states import SyncState, can_move
 
@@ -32,6 +34,7 @@ def _event(r: Any) -> EventRow:
 class PlanningMixin:
     """Events and planning; uses the state machine of ``TaskStateMixin`` on the same journal."""
 
+    @retry_on_deadlock
     def record_event(self, event_id: str, kind: str, image_id: str, body: dict[str, Any], now: float,
                      sender: str | None = None) -> bool:
         """Store an event durably; False when that event id was already recorded."""
@@ -40,7 +43,7 @@ class PlanningMixin:
                 return False
             try:
                 self._insert_event(conn, event_id, kind, image_id, body, now, sender)
-            except sa.exc.IntegrityError:
+            except (sa.exc.IntegrityError, db_exc.DBDuplicateEntry):
                 # Another coordinator of an active/passive pair stored it first.
                 return False
         return True
@@ -63,6 +66,7 @@ class PlanningMixin:
             rows = conn.execute(query).all()
         return [_event(r) for r in rows]
 
+    @retry_on_deadlock
     def defer_event(self, event_id: str, not_before: float, fetch_tries: int | None = None) -> None:
         """An unplanned event is due again at ``not_before`` (its fetch failed, or its import runs)."""
         values: dict[str, Any] = {"not_before": not_before}
@@ -121,6 +125,7 @@ class PlanningMixin:
             rows = conn.execute(query).all()
         return {r.region: RegionRecord(SyncState(r.state), r.kind, r.os_hash_value) for r in rows}
 
+    @retry_on_deadlock
     def plan_event(self, event_id: str, image_id: str, new_tasks: Iterable[NewTask],
                    failures: dict[str, str], now: float, error: str | None = None,
                    record: tuple[float | None, bool] | None = None) -> list[str]:

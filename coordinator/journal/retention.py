@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import events, image_regions, tasks
 from glancesync.states import FINAL_STATES
 
 
 class RetentionMixin:
+    @retry_on_deadlock
     def purge(self, before: float) -> tuple[int, int]:
         """Delete planned events received and final tasks finished before ``before``;
         (events, tasks) deleted."""

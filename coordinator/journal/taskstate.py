@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from coordinator.journal.base import _FINAL, _LIVE_TASK, TaskRow, _region_state, _task, byte_count, pack
+from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import image_regions, tasks
 from glancesync.exceptions import StaleAttempt
 from glancesync.states import SyncState, can_move
@@ -157,6 +158,7 @@ class TaskStateMixin:
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query).all()]
 
+    @retry_on_deadlock
     def assign(self, task_id: str, agent_id: str, now: float, lease_expires: float) -> TaskRow:
         """Hand a pending task to an agent: attempt + 1, leased until ``lease_expires``."""
         with self.transaction() as conn:
@@ -165,11 +167,13 @@ class TaskStateMixin:
                            lease_expires=lease_expires, bytes_done=0, last_error=None)
             return _task(conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one())
 
+    @retry_on_deadlock
     def ack(self, task_id: str, attempt: int, now: float) -> None:
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED])
             self._set_task(conn, task, S.TRANSFERRING, now, started_at=now)
 
+    @retry_on_deadlock
     def progress(self, task_id: str, attempt: int, bytes_done: int, bytes_total: int, now: float) -> None:
         bytes_done, bytes_total = byte_count("bytes_done", bytes_done), byte_count("bytes_total", bytes_total)
         with self.transaction() as conn:
@@ -181,6 +185,7 @@ class TaskStateMixin:
                 image_regions.c.task_id == task_id).values(bytes_done=bytes_done, bytes_total=bytes_total,
                                                            updated_at=now))
 
+    @retry_on_deadlock
     def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
         """The agent finished: copy and delete go on to registering, update is synced at once."""
         if report.get("size") is not None:
@@ -198,6 +203,7 @@ class TaskStateMixin:
                                not_before=0.0, register_retries=0, register_failing_since=None, **extra)
             return _task(conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one())
 
+    @retry_on_deadlock
     def finish(self, task_id: str, attempt: int, now: float, os_hash_value: str | None = None) -> None:
         """Registration succeeded: the copy is synced, or the delete is complete."""
         with self.transaction() as conn:
@@ -211,6 +217,7 @@ class TaskStateMixin:
                                copy_registered_at=now, metadata_applied_at=now)
             self._advance(conn, task.image_id, task.region, now)
 
+    @retry_on_deadlock
     def fail(self, task_id: str, attempt: int, reason: str, now: float,
              retry_at: Callable[[int], float | None]) -> SyncState:
         """A failed attempt: back to pending at ``retry_at(retries)``, or failed when that is None."""
@@ -226,6 +233,7 @@ class TaskStateMixin:
                            not_before=when, agent_id=None, lease_expires=None)
             return S.PENDING
 
+    @retry_on_deadlock
     def defer_registration(self, task_id: str, attempt: int, reason: str, now: float, due: float) -> None:
         """A registration that failed for a reason that may pass: stay ``registering``, try again at ``due``.
 
@@ -251,6 +259,7 @@ class TaskStateMixin:
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query).all()]
 
+    @retry_on_deadlock
     def requeue(self, task_id: str, attempt: int, now: float, reason: str) -> None:
         """Put a handed-out task back in its queue (lease lapsed, agent reconnected without it)."""
         with self.transaction() as conn:
@@ -269,6 +278,7 @@ class TaskStateMixin:
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query).all()]
 
+    @retry_on_deadlock
     def renew_leases(self, agent_id: str, task_ids: Iterable[str], lease_expires: float) -> int:
         ids = list(task_ids)
         if not ids:
@@ -278,6 +288,7 @@ class TaskStateMixin:
                 tasks.c.agent_id == agent_id, tasks.c.task_id.in_(ids), tasks.c.state.in_(_LIVE_TASK),
             ).values(lease_expires=lease_expires)).rowcount
 
+    @retry_on_deadlock
     def extend_leases(self, until: float) -> int:
         """Let every handed-out task's lease run at least ``until`` (a restart's grace period)."""
         with self.transaction() as conn:

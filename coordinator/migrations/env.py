@@ -1,7 +1,8 @@
 """Alembic environment for the journal, run only programmatically by coordinator.manage.
 
 The database URL arrives in ``config.attributes["url"]`` (never in an ini file or a
-log line: it may hold a password).  Online mode only: the journal is always migrated
+log line: it may hold a password), the other ``[database]`` options in
+``config.attributes["options"]``.  Online mode only: the journal is always migrated
 against a live database.
 """
 
@@ -16,7 +17,7 @@ target_metadata = schema.metadata
 
 
 def run_migrations_online() -> None:
-    engine = journal.make_engine(config.attributes["url"])
+    engine = journal.make_engine(config.attributes["url"], config.attributes.get("options"))
     try:
         with engine.connect() as connection:
             context.configure(connection=connection, target_metadata=target_metadata,

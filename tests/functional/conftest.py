@@ -2,7 +2,8 @@
 
 The ``topology`` fixture starts, on 127.0.0.1, a cascading glance-api, two cascaded
 ones (RegionA, RegionB) and a private sshd (see tests/harness), and tears them all
-down at the end of the session.  ``sync`` adds our coordinator and one agent per
+down at the end of the session.  ``sql_servers`` starts a real PostgreSQL and MariaDB
+for the journal's tests the first time one asks.  ``sync`` adds our coordinator and one agent per
 region (shared, restarted when a test killed them).  Every test in this directory is
 marked ``functional`` (``pytest -m "not functional"`` runs only the fast tests).
 """
@@ -20,6 +21,7 @@ from tests.harness import Topology
 
 if TYPE_CHECKING:
     from tests.functional.services import SyncServices
+    from tests.harness.sqlserver import SqlServer
 
 # One-line switches for the cascading glance: our paste filter and our store driver
 # Both on by default; GLANCESYNC_TEST_SYNC_FILTER=0 / GLANCESYNC_TEST_CASCADED_STORE=0 turn them off.
@@ -52,6 +54,23 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         yield topo
     finally:
         topo.stop()
+
+
+@pytest.fixture(scope="session")
+def sql_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, SqlServer]]:
+    """A real PostgreSQL and a real MariaDB (tests/harness/sqlserver.py), started in parallel once."""
+    from tests.harness import sqlserver
+
+    absent = sqlserver.missing()
+    if absent:
+        pytest.fail(f"not installed: {', '.join(absent)} (tools/bootstrap.sh installs postgresql and "
+                    "mariadb-server from Debian)")
+    servers = sqlserver.start_servers(tmp_path_factory.mktemp("sql-servers"))
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@
   oslo.config service file and the loop-guard secret ``etc/internal.secret`` that
   the coordinator and the cascading glance-api's filter share,
 - the coordinator and agents it starts as real processes (``start_coordinator``,
-  ``start_agent``).
+  ``start_agent``); the coordinator's journal is SQLite in ``journal_path`` unless
+  ``journal_url`` names another ``[database] connection`` (tests/harness/sqlserver.py).
 
 With ``keystone=True`` a real keystone (tests/harness/keystone.py) starts first,
 beside sshd and the glances; it holds the catalog (the cascading site as region
@@ -107,6 +108,7 @@ class Topology:
         sync_filter: bool = False,
         cascaded_store: bool = False,
         keystone: bool = False,
+        journal_url: str | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.etc_dir = self.base_dir / "etc"
@@ -119,6 +121,8 @@ class Topology:
         self.driver_store_yaml = self.host_etc("glance-api") / "glance_store.yaml"
         self.service_conf = self.etc_dir / "glance-sync.conf"
         self.journal_path = self.base_dir / "coordinator" / "journal.sqlite"
+        # [database] connection of the coordinator: SQLite in journal_path, or a server's database.
+        self.journal_url = journal_url or f"sqlite:///{self.journal_path}"
         self.spool_dir = self.base_dir / "cascading" / "spool"
         self.internal_secret_file = self.etc_dir / "internal.secret"
         glance_dir = self.base_dir / "glance"
@@ -295,7 +299,7 @@ class Topology:
                 "retry_backoff": 0.5,
                 "reconcile_interval": 3,
             },
-            "database": {"connection": f"sqlite:///{self.journal_path}"},
+            "database": {"connection": self.journal_url},
             "agent": {
                 "coordinator_host": LOOPBACK,
                 "coordinator_port": self.agent_port,

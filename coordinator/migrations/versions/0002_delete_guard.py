@@ -24,6 +24,9 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# As in 0001: InnoDB and a binary utf8mb4 collation on MySQL.
+MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
 
 def upgrade() -> None:
     with op.batch_alter_table("events") as batch:
@@ -32,14 +35,16 @@ def upgrade() -> None:
     op.create_table(
         "held_deletes",
         sa.Column("image_id", sa.String(64), primary_key=True),
-        sa.Column("held_at", sa.Float, nullable=False),
-        sa.Column("confirmed_at", sa.Float, nullable=True),
+        sa.Column("held_at", sa.Double, nullable=False),
+        sa.Column("confirmed_at", sa.Double, nullable=True),
+        **MYSQL_TABLE,
     )
     op.create_table(
         "reconciler",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("passes", sa.Integer, nullable=False),
-        sa.Column("last_pass_at", sa.Float, nullable=True),
+        sa.Column("last_pass_at", sa.Double, nullable=True),
+        **MYSQL_TABLE,
     )
 
 

@@ -27,26 +27,30 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+# As in 0001: InnoDB and a binary utf8mb4 collation on MySQL.
+MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
 
 def upgrade() -> None:
     with op.batch_alter_table("events") as batch:
-        batch.add_column(sa.Column("not_before", sa.Float, nullable=False, server_default="0"))
+        batch.add_column(sa.Column("not_before", sa.Double, nullable=False, server_default="0"))
         batch.add_column(sa.Column("fetch_tries", sa.Integer, nullable=False, server_default="0"))
         batch.create_index("ix_events_due", ["planned", "not_before"])
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(sa.Column("register_retries", sa.Integer, nullable=False, server_default="0"))
-        batch.add_column(sa.Column("register_failing_since", sa.Float, nullable=True))
+        batch.add_column(sa.Column("register_failing_since", sa.Double, nullable=True))
         batch.create_index("ix_tasks_state_due", ["state", "not_before"])
     with op.batch_alter_table("image_regions") as batch:
-        batch.add_column(sa.Column("copy_registered_at", sa.Float, nullable=True))
-        batch.add_column(sa.Column("metadata_applied_at", sa.Float, nullable=True))
+        batch.add_column(sa.Column("copy_registered_at", sa.Double, nullable=True))
+        batch.add_column(sa.Column("metadata_applied_at", sa.Double, nullable=True))
     op.execute("UPDATE image_regions SET copy_registered_at = synced_at, metadata_applied_at = synced_at "
                "WHERE state = 'synced'")
     op.create_table(
         "image_records",
         sa.Column("image_id", sa.String(64), primary_key=True),
-        sa.Column("updated_at", sa.Float, nullable=True),
-        sa.Column("active_at", sa.Float, nullable=True),
+        sa.Column("updated_at", sa.Double, nullable=True),
+        sa.Column("active_at", sa.Double, nullable=True),
+        **MYSQL_TABLE,
     )
 
 
