@@ -13,10 +13,10 @@ import signal
 import time
 from collections.abc import Sequence
 
-from agent import transfer
+from agent import runners, transfer
 from agent.pool import Pool
 from agent.service import AgentService
-from agent.task import WorkerSettings, logging_options, worker_main
+from agent.task import WorkerSettings, logging_options, run_inline, worker_main
 from glancesync import config, storemap
 from glancesync.exceptions import ConfigError
 
@@ -37,6 +37,18 @@ def _check_work_dir(work_dir: str) -> None:
         config.fail(PROG, f"work_dir {work_dir}: {exc.strerror}")
     if not os.access(work_dir, os.W_OK | os.X_OK):
         config.fail(PROG, f"work_dir {work_dir}: not writable by this user")
+
+
+# Task kinds an agent thread runs under worker_mode = pool: a few glance calls each.
+INLINE_KINDS = frozenset({"update", "delete"})
+
+
+def build_pool(mode: str, workers: int, timeout: float, settings: WorkerSettings) -> Pool:
+    """The pool of ``[agent] worker_mode`` (agent/runners.py)."""
+    if mode == "spawn":
+        return Pool(workers, timeout, worker_main, settings, context=runners.context("spawn"))
+    return Pool(workers, timeout, worker_main, settings, context=runners.context(mode),
+                inline=run_inline, inline_kinds=INLINE_KINDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               fetch=fetch, log_options=logging_options(conf))
-    pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings)
+    pool = build_pool(conf.agent.worker_mode, conf.agent.workers, float(conf.scp_copy_timeout), settings)
     try:
         service = AgentService(conf, pool)
         service.initialize(time.monotonic())
@@ -74,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool.shutdown()
         config.fail(PROG, _one_line(str(exc)))
 
-    LOG.info("agent of region %s running with %d worker(s)", region, conf.agent.workers)
+    LOG.info("agent of region %s running %d task(s) at once (worker_mode %s)", region, conf.agent.workers,
+             conf.agent.worker_mode)
     try:
         # The first signal drains (stop_grace for running transfers), a second one stops at once.
         while len(stopping) < 2:

@@ -206,6 +206,9 @@ class _FakeContext:
         self.processes: list[_LingeringProcess] = []
         self._queue_mod = queue_mod
 
+    def get_start_method(self) -> str:
+        return "spawn"
+
     def Queue(self):  # noqa: N802 - multiprocessing's spelling
         queue = self._queue_mod.Queue()
         queue.close = queue.cancel_join_thread = lambda: None
