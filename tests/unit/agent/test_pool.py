@@ -380,3 +380,30 @@ def test_an_overdue_thread_task_is_reported_failed_and_cancelled(tmp_path):
         assert said.read_text() == "cancelled"
     finally:
         pool.shutdown()
+
+
+def test_a_killed_fork_server_takes_its_workers_along_and_the_next_copy_starts_a_new_one(tmp_path):
+    pid_file = tmp_path / "pid"
+    pool = make("pool", 1, 600, helpers.target_stuck, str(pid_file))
+    try:
+        pool.start(task(), time.monotonic())
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        server = _ppid(worker)
+        os.kill(server, signal.SIGKILL)
+        results = [e.body for e in run_until_result(pool) if e.kind == "result"]
+        for _ in range(5):
+            results += [e.body for e in pool.poll(time.monotonic()) if e.kind == "result"]
+        assert len(results) == 1 and results[0]["outcome"] == "failed" and results[0]["retryable"] is True
+        deadline = time.monotonic() + 60
+        while _alive(worker):
+            assert time.monotonic() < deadline, f"worker {worker} outlived its fork server"
+            time.sleep(0.05)
+        pool.target = helpers.target_probe
+        body = _result(pool, "t2")
+        assert body["outcome"] == "done" and body["ppid"] not in (server, os.getpid()) and body["preloaded"]
+    finally:
+        pool.shutdown()
