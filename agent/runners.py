@@ -31,10 +31,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import signal
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +50,6 @@ PR_SET_PDEATHSIG = 1
 # everything a task needs.  Anything imported later is paid again by every worker.
 PRELOAD = ("agent.runners", "agent.task", "agent.sftp_openssh", "keystoneauth1.loading", "glanceclient.v2.client")
 MODES = ("pool", "spawn")
-# Set in the agent's environment only while it starts the fork server: the pid the
-# server must die with.  Consumed (removed) by the server at its first import.
-_ARM_ENV = "GLANCE_SYNC_FORKSERVER_PARENT"
 
 # In the fork server and the workers it forks: the server's pid (their parent).
 server_pid: int | None = None
@@ -82,13 +79,21 @@ def bound_to_parent(parent_pid: int, target: Callable[..., None], *args: Any) ->
     target(*args)
 
 
+def _imported_by_fork_server() -> bool:
+    """True while multiprocessing's fork server imports its preload modules (this module first)."""
+    return any(frame.name == "main" and frame.filename.endswith(os.path.join("multiprocessing", "forkserver.py"))
+               for frame in traceback.extract_stack())
+
+
 def _arm_server() -> None:
-    """In the fork server, at its first import of this module: die with the agent, ignore stop signals."""
+    """In the fork server, at its preload: die with the agent, ignore stop signals.
+
+    The server's parent is the agent that spawned it.  Had the agent died before this
+    line, the server still exits: multiprocessing ends it when its pipe to the agent
+    closes, and no worker can have been asked for meanwhile.
+    """
     global server_pid
-    parent = os.environ.pop(_ARM_ENV, None)
-    if parent is None or not parent.isdigit():
-        return
-    die_with_parent(int(parent))
+    die_with_parent(os.getppid())
     server_pid = os.getpid()
 
 
@@ -106,17 +111,11 @@ def context(mode: str) -> Any:
 def start_process(ctx: Any, process: Any) -> None:
     """``process.start()`` with stop signals blocked (inherited through fork and exec until the child ignores them).
 
-    Under the fork server, it is (re)started here first, armed to die with this
-    process: ``ensure_running`` is cheap while it runs and starts a new one if it died.
+    Under the fork server, the start (re)starts the server first when it is not
+    running, with the same mask: its start-up is protected like a worker's.
     """
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        if ctx.get_start_method() == "forkserver":
-            os.environ[_ARM_ENV] = str(os.getpid())
-            try:
-                multiprocessing.forkserver.ensure_running()
-            finally:
-                os.environ.pop(_ARM_ENV, None)
         process.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -175,5 +174,5 @@ class TaskThread:
         self._thread.join(timeout)
 
 
-if __name__ != "__main__" and _ARM_ENV in os.environ:
+if _imported_by_fork_server():
     _arm_server()

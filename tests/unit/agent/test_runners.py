@@ -70,3 +70,9 @@ def test_modes_choose_the_start_method_and_what_runs_in_threads():
     finally:
         pool.shutdown()
         spawn.shutdown()
+
+
+def test_only_the_fork_server_arms_itself_on_import():
+    # Imported here (and in spawned workers) the module changes nothing: no pid to die with,
+    # stop signals keep their handlers.
+    assert runners.server_pid is None and not runners._imported_by_fork_server()
