@@ -47,8 +47,10 @@ def build_pool(mode: str, workers: int, timeout: float, settings: WorkerSettings
     """The pool of ``[agent] worker_mode`` (agent/runners.py)."""
     if mode == "spawn":
         return Pool(workers, timeout, worker_main, settings, context=runners.context("spawn"))
-    return Pool(workers, timeout, worker_main, settings, context=runners.context(mode),
+    pool = Pool(workers, timeout, worker_main, settings, context=runners.context(mode),
                 inline=run_inline, inline_kinds=INLINE_KINDS)
+    runners.prestart(pool.ctx)  # before the session starts: its imports never stall the loop
+    return pool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               fetch=fetch, log_options=logging_options(conf))
-    pool = build_pool(conf.agent.worker_mode, conf.agent.workers, float(conf.scp_copy_timeout), settings)
+    try:
+        pool = build_pool(conf.agent.worker_mode, conf.agent.workers, float(conf.scp_copy_timeout), settings)
+    except OSError as exc:  # no process could be started (fd or memory exhaustion)
+        config.fail(PROG, f"cannot start the worker pool: {exc}")
     try:
         service = AgentService(conf, pool)
         service.initialize(time.monotonic())

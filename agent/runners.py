@@ -121,6 +121,20 @@ def start_process(ctx: Any, process: Any) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+def prestart(ctx: Any, timeout: float = 120.0) -> None:
+    """Start the fork server of ``ctx`` now and wait until it has imported PRELOAD.
+
+    Otherwise the first copy would wait for it: ``Process.start`` blocks until the
+    server forks, and a loop stalled for its imports misses heartbeats.  Nothing to
+    do for spawn.  A server that dies later is started again by the next copy.
+    """
+    if ctx.get_start_method() != "forkserver":
+        return
+    probe = ctx.Process(target=os.getpid, name="glance-sync-forkserver-probe", daemon=True)
+    start_process(ctx, probe)  # returns once the server forked it: its imports are done
+    probe.join(timeout)
+
+
 class TaskCancelled(GlanceSyncError):
     """A cancelled thread task tried another glance call."""
 

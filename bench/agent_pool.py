@@ -81,7 +81,6 @@ def run_phase(pool: Any, tasks: list[dict[str, Any]]) -> tuple[float, int]:
 
 def runner(spec: dict[str, Any]) -> dict[str, Any]:
     """One mode, in its own process: start-up, then every phase; CPU and wall of each."""
-    from agent import runners
     from agent.cmd import build_pool
     from agent.task import WorkerSettings
 
@@ -91,11 +90,7 @@ def runner(spec: dict[str, Any]) -> dict[str, Any]:
     me, mode = os.getpid(), spec["mode"]
     out: dict[str, Any] = {}
     cpu0, wall0 = settle(me, 0), time.monotonic()
-    pool = build_pool(mode, spec["workers"], 600.0, settings)
-    if mode == "pool":  # the server has imported everything once its first child exists
-        probe = pool.ctx.Process(target=os.getpid)
-        runners.start_process(pool.ctx, probe)
-        probe.join()
+    pool = build_pool(mode, spec["workers"], 600.0, settings)  # with the fork server's start (pool)
     keep = 1 if mode == "spawn" else 2  # the resource tracker (and the fork server)
     cpu = settle(me, keep)
     out["start-up"] = {"cpu": cpu - cpu0, "wall": time.monotonic() - wall0, "failed": 0}

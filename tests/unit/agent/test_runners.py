@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ from keystoneauth1 import session
 
 from agent import runners
 from agent.cmd import INLINE_KINDS, build_pool
+from tests.harness.procs import child_pids, cmdline
 
 
 class _Recorder:
@@ -67,6 +69,8 @@ def test_modes_choose_the_start_method_and_what_runs_in_threads():
     spawn = build_pool("spawn", 2, 60.0, settings=None)
     try:
         assert pool.inline_kinds == INLINE_KINDS == {"update", "delete"} and spawn.inline_kinds == frozenset()
+        # The fork server is up before the first copy (its imports never stall the agent's loop).
+        assert any("multiprocessing.forkserver" in cmdline(pid) for pid in child_pids(os.getpid()))
     finally:
         pool.shutdown()
         spawn.shutdown()
