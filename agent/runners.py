@@ -17,6 +17,8 @@ Lifetime guarantees, whatever the mode:
   SIGKILL when the agent exits (``PR_SET_PDEATHSIG``); under the fork server,
   the server asks it for itself and each worker asks it when the server goes, so
   a ``kill -9`` of the agent takes the server and then every worker with it.
+  The kernel ties that signal to the thread that forked, so processes are started
+  from the agent's main thread (its loop), never from a task thread.
 - Stop signals (SIGTERM, SIGINT) sent to the agent's process group are the
   agent's to act on: the server and the workers ignore them (blocked from before
   their start until they do), and the pool ends a worker with SIGKILL.
