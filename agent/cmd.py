@@ -13,10 +13,10 @@ import signal
 import time
 from collections.abc import Sequence
 
-from agent import transfer
+from agent import runners, transfer
 from agent.pool import Pool
 from agent.service import AgentService
-from agent.task import WorkerSettings, logging_options, worker_main
+from agent.task import WorkerSettings, logging_options, run_inline, worker_main
 from glancesync import config, metrics, storemap
 from glancesync.exceptions import ConfigError
 
@@ -37,6 +37,21 @@ def _check_work_dir(work_dir: str) -> None:
         config.fail(PROG, f"work_dir {work_dir}: {exc.strerror}")
     if not os.access(work_dir, os.W_OK | os.X_OK):
         config.fail(PROG, f"work_dir {work_dir}: not writable by this user")
+
+
+# Task kinds an agent thread runs under worker_mode = pool: a few glance calls each.
+INLINE_KINDS = frozenset({"update", "delete"})
+
+
+def build_pool(mode: str, workers: int, timeout: float, settings: WorkerSettings,
+               work_dir: str | None = None) -> Pool:
+    """The pool of ``[agent] worker_mode`` (agent/runners.py); ``work_dir`` holds the ``.part`` files."""
+    if mode == "spawn":
+        return Pool(workers, timeout, worker_main, settings, context=runners.context("spawn"), work_dir=work_dir)
+    pool = Pool(workers, timeout, worker_main, settings, context=runners.context(mode), work_dir=work_dir,
+                inline=run_inline, inline_kinds=INLINE_KINDS)
+    runners.prestart(pool.ctx)  # before the session starts: its imports never stall the loop
+    return pool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,7 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               fetch=fetch, log_options=logging_options(conf))
-    pool = Pool(conf.agent.workers, float(conf.scp_copy_timeout), worker_main, settings, work_dir=work_dir)
+    try:
+        pool = build_pool(conf.agent.worker_mode, conf.agent.workers, float(conf.scp_copy_timeout), settings,
+                          work_dir)
+    except OSError as exc:  # no process could be started (fd or memory exhaustion)
+        config.fail(PROG, f"cannot start the worker pool: {exc}")
     try:
         service = AgentService(conf, pool)
         server = metrics.serve(conf.agent, service.metrics.registry(), service.metrics.health)
@@ -75,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool.shutdown()
         config.fail(PROG, _one_line(str(exc)))
 
-    LOG.info("agent of region %s running with %d worker(s)", region, conf.agent.workers)
+    LOG.info("agent of region %s running %d task(s) at once (worker_mode %s)", region, conf.agent.workers,
+             conf.agent.worker_mode)
     try:
         # The first signal drains (stop_grace for running transfers), a second one stops at once.
         while len(stopping) < 2:

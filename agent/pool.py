@@ -1,46 +1,40 @@
-"""Worker processes that run tasks, so a stuck transfer never blocks the agent's control loop.
+"""Runs tasks off the agent's control loop, so a stuck transfer never blocks it.
 
-One process per task, at most ``workers`` at once, started with the ``spawn``
-context: the agent holds a zmq context and paramiko threads, neither of which
-survives a fork.  Workers report through one multiprocessing Queue that the loop
-drains without blocking (``poll``).  A worker that dies without a result (killed,
-crashed interpreter) is reported failed and retryable with its exit code; one that
-runs past ``timeout`` (``scp_copy_timeout``) is terminated and reported the same
-way.  Its slot is free again at once; ``poll`` never waits for a process to exit
-(one slow to go is killed after ``TERMINATE_GRACE``, on a later poll).
+At most ``workers`` tasks at once.  A task runs in a worker process (a copy, or
+every kind under ``worker_mode = spawn``) or in an agent thread (update and delete
+under ``worker_mode = pool``); agent/runners.py says how each is started and why
+workers die with the agent and ignore stop signals.  Processes report through one
+multiprocessing Queue, threads through a plain queue; the loop drains both without
+blocking (``poll``).  A worker that dies without a result (killed, crashed
+interpreter) is reported failed and retryable with its exit code, once; one that
+runs past ``timeout`` (``scp_copy_timeout``) is killed (a thread: cancelled) and
+reported the same way.  Its slot is free again at once; ``poll`` never waits for a
+process to exit (one slow to go is killed again after ``TERMINATE_GRACE``, on a
+later poll).  A cancelled task reports nothing.
 
-Workers ignore SIGTERM and SIGINT: a stop signal sent to the agent's whole process
-group (a terminal's Ctrl-C, a service manager) must not end the transfers the
-stopping agent lets finish (``[agent] stop_grace``); the pool ends a worker with
-SIGKILL.  Workers die with their agent: each asks the kernel for SIGKILL when its
-parent exits (``PR_SET_PDEATHSIG``).  An orphan that outlived a ``kill -9`` of the agent
-would otherwise keep appending to the ``.part`` file that the restarted agent's
-next attempt resumes, and corrupt it.  A task cancelled for good (``discard``) also
+A worker that outlived a ``kill -9`` of the agent would keep appending to the
+``.part`` file that the restarted agent's next attempt resumes, and corrupt it:
+hence the parent-death signal, and the ``.part`` lock (agent/partlock.py) that
+every copy and delete holds, in a process or a thread alike.  A task cancelled for good (``discard``) also
 loses its partial file, once its worker is gone (agent/discard.py).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
 import os
 import queue as queue_mod
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import runners
 from agent.discard import Discards
 
 LOG = logging.getLogger(__name__)
 
 # Seconds a terminated worker gets to exit before it is killed.
 TERMINATE_GRACE = 2.0
-# What the agent's process group gets when it is stopped; workers leave them to the agent.
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-# prctl(2) option: the signal a process gets when its parent thread exits.
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -61,7 +55,8 @@ class _Running:
 
 
 class Pool:
-    """Runs ``target(task, settings, queue)`` in its own process for each task."""
+    """Runs ``target(task, settings, queue)`` in a worker process for each task, or
+    ``inline(task, settings, cancelled)`` in a thread for a task of ``inline_kinds``."""
 
     def __init__(
         self,
@@ -71,13 +66,18 @@ class Pool:
         settings: Any,
         context: Any = None,
         work_dir: str | None = None,
+        inline: Callable[..., dict[str, Any]] | None = None,
+        inline_kinds: frozenset[str] = frozenset(),
     ) -> None:
         self.workers = workers
         self.timeout = timeout
         self.target = target
         self.settings = settings
-        self.ctx = context or multiprocessing.get_context("spawn")
+        self.ctx = context or runners.context("spawn")
+        self.inline = inline
+        self.inline_kinds = inline_kinds if inline is not None else frozenset()
         self.queue = self.ctx.Queue()
+        self.inline_results: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self.running: dict[str, _Running] = {}
         # Workers that are done with their task but not yet gone: (process, since).
         self.exiting: list[tuple[Any, float]] = []
@@ -98,27 +98,26 @@ class Pool:
         return next((tid for tid, entry in self.running.items() if entry.task.get("image_id") == image_id), None)
 
     def start(self, task: dict[str, Any], now: float) -> None:
-        """Start ``task`` in a new worker; the caller checks free_slots first."""
+        """Start ``task`` in a new worker or thread; the caller checks free_slots first."""
         if self.free_slots() <= 0:
             raise RuntimeError("no free worker slot")
         task_id = task["task_id"]
         self.discards.forget(str(task.get("image_id")))  # its .part is this attempt's again
-        process = self.ctx.Process(
-            target=bound_to_parent, args=(os.getpid(), self.target, task, self.settings, self.queue),
-            name=f"glance-sync-worker-{task_id}",
-        )
-        process.daemon = True
-        # Blocked across the spawn (the mask is inherited through fork and exec) until the
-        # worker ignores them: a stop signal to the process group during its start-up
-        # would otherwise kill it before it could.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        try:
-            process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        self.running[task_id] = _Running(task=task, process=process, started=now)
-        LOG.info("task %s (%s %s) started in worker pid %s", task_id, task.get("kind"), task.get("image_id"),
-                 process.pid)
+        if task.get("kind") in self.inline_kinds:
+            runner: Any = runners.TaskThread(self.inline, task, self.settings,
+                                             lambda tid, result: self.inline_results.put((tid, result)))
+            runner.start()
+            where = "an agent thread"
+        else:
+            runner = self.ctx.Process(
+                target=runners.bound_to_parent, args=(os.getpid(), self.target, task, self.settings, self.queue),
+                name=f"glance-sync-worker-{task_id}",
+            )
+            runner.daemon = True
+            runners.start_process(self.ctx, runner)
+            where = f"worker pid {runner.pid}"
+        self.running[task_id] = _Running(task=task, process=runner, started=now)
+        LOG.info("task %s (%s %s) started in %s", task_id, task.get("kind"), task.get("image_id"), where)
 
     def cancel(self, task_id: str, now: float, discard: bool = False) -> None:
         """Terminate the worker of ``task_id`` (if any) without a result; its slot is free at once.
@@ -134,6 +133,13 @@ class Pool:
             self.discards.add(str(entry.task["image_id"]), now)
 
     def _drain(self, events: list[PoolEvent]) -> None:
+        while True:
+            try:
+                task_id, result = self.inline_results.get_nowait()
+            except queue_mod.Empty:
+                break
+            if task_id in self.running:
+                self.running[task_id].result = result
         while True:
             try:
                 item = self.queue.get_nowait()
@@ -167,7 +173,8 @@ class Pool:
                 result = _failed(f"worker process exited with code {code} before reporting a result")
             elif now - entry.started > self.timeout:
                 entry.process.kill()
-                result = _failed(f"timed out after {self.timeout:g} s (scp_copy_timeout); worker terminated")
+                what = "worker terminated" if entry.process.pid else "its thread cancelled"
+                result = _failed(f"timed out after {self.timeout:g} s (scp_copy_timeout); {what}")
             else:
                 continue
             del self.running[task_id]
@@ -202,25 +209,6 @@ class Pool:
         self.exiting.clear()
         self.queue.close()
         self.queue.cancel_join_thread()
-
-
-def bound_to_parent(parent_pid: int, target: Callable[..., None], *args: Any) -> None:
-    """Worker entry: die with the agent, then run ``target(*args)``."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    except (OSError, AttributeError) as exc:
-        LOG.warning("worker %d will not die with its agent: %s", os.getpid(), exc)
-    # Stop signals are the agent's to act on (see the module docstring); one that came
-    # while they were blocked during the spawn is discarded here.
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    # The agent may have died between fork and prctl: the signal would never come.
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    target(*args)
 
 
 def _failed(reason: str) -> dict[str, Any]:

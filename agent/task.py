@@ -4,7 +4,9 @@
 own glance client (nothing with sockets or threads crosses a process boundary),
 runs the task and puts ``("progress", task_id, done, total)`` and finally
 ``("result", task_id, result)`` on the pool's queue.  ``run_task`` is the same
-work without a process, for tests and for callers that want a plain function.
+work without a process, for tests and for callers that want a plain function;
+``run_inline`` is what an agent thread runs for an update or a delete (no process,
+a glance session that refuses further requests once the task is cancelled).
 
 A result is ``{"outcome": "done", size, checksum, os_hash_algo, os_hash_value,
 elapsed}`` (hash fields None for update and delete; a copy to a region whose glance
@@ -24,6 +26,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -34,7 +37,7 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 from oslo_utils import strutils
 
-from agent import apply, partlock, transfer, upload
+from agent import apply, partlock, runners, transfer, upload
 from glancesync import glance, untrusted
 from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError, VerificationError
@@ -202,10 +205,15 @@ def _share(task: dict[str, Any], client: Any, endpoint: str, region: str) -> dic
     return changed
 
 
-def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict:
+def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None],
+              cancelled: threading.Event | None) -> dict:
     region = settings.store_map.region(settings.region)
     endpoint = region.glance.url or settings.region
-    client = glance.make_client(region.glance)
+    if cancelled is None:
+        client = glance.make_client(region.glance)
+    else:  # an agent thread: no request once the task is cancelled (agent/runners.py)
+        sess = runners.cancellable(glance.make_session(region.glance), cancelled, task["task_id"])
+        client = glance.make_client(region.glance, sess)
     kind = task["kind"]
     if kind == "copy":
         report = _copy(task, settings, client, progress)
@@ -226,11 +234,12 @@ def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable
     return {"outcome": "failed", "reason": f"unknown task kind {kind!r}", "retryable": False}
 
 
-def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None]) -> dict[str, Any]:
+def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None],
+             cancelled: threading.Event | None = None) -> dict[str, Any]:
     """Run one task to its result dict; never raises."""
     started = time.monotonic()
     try:
-        result = _dispatch(task, settings, progress)
+        result = _dispatch(task, settings, progress, cancelled)
     except GlanceSyncError as exc:
         result = {"outcome": "failed", "reason": failure_reason(str(exc)), "retryable": exc.retryable}
     except Exception as exc:  # a bug or an unexpected library error: report it, let the coordinator retry
@@ -244,6 +253,11 @@ def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[
     if result["outcome"] == "done":
         result["elapsed"] = time.monotonic() - started
     return result
+
+
+def run_inline(task: dict[str, Any], settings: WorkerSettings, cancelled: threading.Event) -> dict[str, Any]:
+    """What an agent thread runs for an update or a delete (they report no progress)."""
+    return run_task(task, settings, lambda done, total: None, cancelled)
 
 
 def worker_main(task: dict[str, Any], settings: WorkerSettings, queue: Any) -> None:

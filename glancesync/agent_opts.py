@@ -35,8 +35,23 @@ agent_opts = [
         default=2,
         min=1,
         max=protocol.MAX_CAPACITY,
-        help="Worker processes, i.e. how many tasks this agent runs at once. At most "
-        f"{protocol.MAX_CAPACITY}, the largest capacity the coordinator accepts from one agent.",
+        help="How many tasks this agent runs at once (copies in worker processes, updates and "
+        f"deletes in threads with worker_mode = pool). At most {protocol.MAX_CAPACITY}, the "
+        "largest capacity the coordinator accepts from one agent.",
+    ),
+    cfg.StrOpt(
+        "worker_mode",
+        default="pool",
+        choices=[
+            ("pool", "A fork server started once with the task modules imported forks a fresh "
+             "worker process for each copy (milliseconds instead of about 1.2 CPU-s of imports); "
+             "update and delete tasks run in a thread of the agent and start no process."),
+            ("spawn", "A new Python interpreter for every task, whatever its kind: the former "
+             "behaviour, kept for comparison (bench/agent_pool.py) and as a fallback."),
+        ],
+        help="How the agent starts a task. Either way a worker process dies with the agent, a "
+        "cancelled or overdue task is stopped, and no state passes from one task to the next "
+        "(doc/performance.md, section Worker pool).",
     ),
     cfg.FloatOpt(
         "heartbeat_interval",

@@ -17,7 +17,7 @@ from glanceclient import exc as glance_exc
 
 from agent import task as task_mod
 from agent import transfer
-from agent.pool import Pool
+from agent.cmd import build_pool
 from agent.service import AgentService
 from glancesync import glance, protocol, storemap
 from glancesync.exceptions import SourceRefused
@@ -178,15 +178,17 @@ def test_throughput_100mib(topology, store_map, tmp_path):
 
 
 
-def test_service_runs_a_real_copy_in_a_worker_process(topology, store_map):
-    """Session + spawned worker + SFTP + glance, with the test playing the coordinator."""
+@pytest.mark.parametrize("mode", ["pool", "spawn"])
+def test_service_runs_a_real_copy_in_a_worker_then_an_update_and_a_delete(topology, store_map, mode):
+    """Session + worker (forked from the pre-imported server, or spawned) + SFTP + glance, then an
+    update and a delete (in an agent thread under worker_mode = pool); the test plays the coordinator."""
     uploaded = helpers.upload_random(topology.cascading.client(), 4 * helpers.MIB)
     image = glance.image_to_dict(topology.cascading.client().images.get(uploaded.id))
     region = topology.region_names[1]
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    pool = Pool(1, 120.0, task_mod.worker_main, settings(store_map, region))
+    pool = build_pool(mode, 1, 120.0, settings(store_map, region))
     service = AgentService(make_conf(port, region=region, workers=1, heartbeat=5.0), pool, context=ctx)
     peers: list[bytes] = []
 
@@ -205,17 +207,31 @@ def test_service_runs_a_real_copy_in_a_worker_process(topology, store_map):
                     return msg
         raise AssertionError(f"the agent never sent {msg_type}")
 
+    def run(task: dict) -> protocol.Message:
+        router.send_multipart([peers[-1], protocol.encode("task", task)])
+        assert until("ack").body["task_id"] == task["task_id"]
+        answer = until("done")
+        while answer.body["task_id"] != task["task_id"]:  # an earlier done, resent before its ack arrived
+            answer = until("done")
+        ack = {"task_id": task["task_id"], "attempt": task["attempt"]}
+        router.send_multipart([peers[-1], protocol.encode("result_ack", ack)])
+        assert until("ready").body["credits"] == 1
+        return answer
+
     try:
         service.initialize(time.monotonic())
         assert until("ready").body["credits"] == 1
-        task = copy_task(topology, image, region)
-        router.send_multipart([peers[-1], protocol.encode("task", task)])
-        assert until("ack").body["task_id"] == task["task_id"]
-        done = until("done")
+        done = run(copy_task(topology, image, region))
         assert done.body["os_hash_value"] == image["os_hash_value"] and done.body["size"] == image["size"]
-        assert until("ready").body["credits"] == 1
-        regional = topology.cascaded[region].client().images.get(image["id"])
+        regional_client = topology.cascaded[region].client()
+        regional = regional_client.images.get(image["id"])
         assert regional["status"] == "active" and regional["checksum"] == image["checksum"]
+        run(copy_task(topology, dict(image, name="renamed-by-update", min_ram=32), region, "update"))
+        regional = regional_client.images.get(image["id"])
+        assert (regional["name"], regional["min_ram"]) == ("renamed-by-update", 32)
+        run(copy_task(topology, image, region, "delete"))
+        with pytest.raises(glance_exc.HTTPNotFound):
+            regional_client.images.get(image["id"])
     finally:
         service.shutdown()
         router.close(linger=0)

@@ -121,11 +121,16 @@ class Site:
         self.coordinator.wait_ready(self.topo.coordinator_ready, 60)
 
     def worker_pids(self, region: str) -> list[int]:
-        """The agent's worker processes (multiprocessing spawn children, not its resource tracker)."""
+        """The agent's worker processes: the children of its fork server (worker_mode = pool), or
+        its spawned children (worker_mode = spawn); never the server or the resource tracker."""
         agent = self.agents[region]
         if agent.pid is None:
             return []
-        return [pid for pid in child_pids(agent.pid) if "spawn_main" in cmdline(pid)]
+        children = child_pids(agent.pid)
+        workers = [pid for pid in children if "spawn_main" in cmdline(pid)]
+        for server in (pid for pid in children if "multiprocessing.forkserver" in cmdline(pid)):
+            workers += child_pids(server)
+        return workers
 
     def registering(self, image_ids: set[str]) -> list[tuple[str, str]]:
         """(image, region) of the given images whose task is ``registering`` in the journal now."""

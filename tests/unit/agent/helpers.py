@@ -96,3 +96,37 @@ def target_stuck(task: dict[str, Any], settings: Any, queue: Any) -> None:
 
 def target_crash(task: dict[str, Any], settings: Any, queue: Any) -> None:
     os._exit(7)
+
+
+def target_probe(task: dict[str, Any], settings: Any, queue: Any) -> None:
+    """Reports what a task finds at its start; with ``dirty`` it then leaves state behind."""
+    import sys
+
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    found = {"outcome": "done", "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
+             "env": os.environ.get("GLANCE_SYNC_TEST_LEAK"), "fds": sorted(fds.values()),
+             "preloaded": "glanceclient.v2.client" in sys.modules, "leak_global": globals().get("_LEAKED")}
+    if task.get("dirty"):
+        os.environ["GLANCE_SYNC_TEST_LEAK"] = "1"
+        globals()["_LEAKED"] = open(os.path.join(settings, "leaked-file"), "w")  # noqa: SIM115 - left open
+        os.chdir(settings)
+    queue.put(("result", task["task_id"], found))
+
+
+def inline_ok(task: dict[str, Any], settings: Any, cancelled: Any) -> dict[str, Any]:
+    import threading
+
+    return {"outcome": "done", "pid": os.getpid(), "thread": threading.current_thread().name}
+
+
+def inline_wait(task: dict[str, Any], settings: Any, cancelled: Any) -> dict[str, Any]:
+    """Runs until cancelled, then says so in the file ``settings``."""
+    cancelled.wait(600)
+    with open(settings, "w") as handle:
+        handle.write("cancelled" if cancelled.is_set() else "timed out")
+    return {"outcome": "done"}

@@ -1,4 +1,4 @@
-"""agent.pool with real spawned worker processes."""
+"""agent.pool with real worker processes (forked from the pre-imported server, or spawned) and threads."""
 
 from __future__ import annotations
 
@@ -8,8 +8,17 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from agent import runners
 from agent.pool import Pool
 from tests.unit.agent import helpers
+
+MODES = pytest.mark.parametrize("mode", runners.MODES)
+
+
+def make(mode: str, workers: int, timeout: float, target, settings, **kwargs) -> Pool:
+    return Pool(workers, timeout=timeout, target=target, settings=settings, context=runners.context(mode), **kwargs)
 
 
 def run_until_result(pool: Pool, now_fn=time.monotonic, limit: float = 60.0):
@@ -27,8 +36,9 @@ def task(task_id: str = "t1") -> dict:
     return {"task_id": task_id, "attempt": 1, "kind": "copy", "image_id": "img"}
 
 
-def test_result_and_progress_come_back_and_slot_is_freed():
-    pool = Pool(2, timeout=60, target=helpers.target_ok, settings=None)
+@MODES
+def test_result_and_progress_come_back_and_slot_is_freed(mode):
+    pool = make(mode, 2, 60, helpers.target_ok, None)
     try:
         pool.start(task(), time.monotonic())
         assert pool.free_slots() == 1 and pool.running_ids() == ["t1"]
@@ -42,9 +52,10 @@ def test_result_and_progress_come_back_and_slot_is_freed():
         pool.shutdown()
 
 
-def test_stuck_worker_is_terminated_after_timeout(tmp_path):
+@MODES
+def test_stuck_worker_is_terminated_after_timeout(mode, tmp_path):
     pid_file = tmp_path / "pid"
-    pool = Pool(1, timeout=1.0, target=helpers.target_stuck, settings=str(pid_file))
+    pool = make(mode, 1, 1.0, helpers.target_stuck, str(pid_file))
     try:
         start = time.monotonic()
         pool.start(task(), start)
@@ -68,8 +79,9 @@ def test_stuck_worker_is_terminated_after_timeout(tmp_path):
         pool.shutdown()
 
 
-def test_dead_worker_reported_failed_with_exit_code():
-    pool = Pool(1, timeout=60, target=helpers.target_crash, settings=None)
+@MODES
+def test_dead_worker_reported_failed_with_exit_code(mode):
+    pool = make(mode, 1, 60, helpers.target_crash, None)
     try:
         pool.start(task(), time.monotonic())
         events = run_until_result(pool)
@@ -80,8 +92,9 @@ def test_dead_worker_reported_failed_with_exit_code():
         pool.shutdown()
 
 
-def test_start_refuses_beyond_capacity():
-    pool = Pool(1, timeout=60, target=helpers.target_ok, settings=None)
+@MODES
+def test_start_refuses_beyond_capacity(mode):
+    pool = make(mode, 1, 60, helpers.target_ok, None)
     try:
         pool.start(task("a"), time.monotonic())
         try:
@@ -95,9 +108,10 @@ def test_start_refuses_beyond_capacity():
         pool.shutdown()
 
 
-def test_a_worker_outlives_a_stop_signal_sent_to_the_group_even_during_its_start(tmp_path):
+@MODES
+def test_a_worker_outlives_a_stop_signal_sent_to_the_group_even_during_its_start(mode, tmp_path):
     pid_file = tmp_path / "pid"
-    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file))
+    pool = make(mode, 1, 600, helpers.target_stuck, str(pid_file))
     try:
         pool.start(task(), time.monotonic())
         os.kill(pool.running["t1"].process.pid, signal.SIGTERM)  # at once: the worker is still starting
@@ -107,13 +121,20 @@ def test_a_worker_outlives_a_stop_signal_sent_to_the_group_even_during_its_start
             assert pool.running["t1"].process.is_alive(), "the worker died of the SIGTERM"
             time.sleep(0.05)
         assert pool.poll(time.monotonic()) == [] and pool.running_ids() == ["t1"]
+        if mode == "pool":  # the fork server ignores the group's stop signals too
+            server = _ppid(int(pid_file.read_text()))
+            assert server != os.getpid()
+            os.kill(server, signal.SIGTERM)
+            os.kill(server, signal.SIGINT)
+            assert _alive(server) and pool.poll(time.monotonic()) == [] and pool.running["t1"].process.is_alive()
     finally:
         pool.shutdown()
 
 
-def test_a_cancelled_worker_is_terminated_and_reports_nothing(tmp_path):
+@MODES
+def test_a_cancelled_worker_is_terminated_and_reports_nothing(mode, tmp_path):
     pid_file = tmp_path / "pid"
-    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file))
+    pool = make(mode, 1, 600, helpers.target_stuck, str(pid_file))
     try:
         pool.start(task(), time.monotonic())
         deadline = time.monotonic() + 60
@@ -135,12 +156,19 @@ def test_a_cancelled_worker_is_terminated_and_reports_nothing(tmp_path):
 # A stand-in agent: starts one stuck worker, then waits to be killed.
 _AGENT_SCRIPT = """
 import sys, time
+from agent import runners
 from agent.pool import Pool
 from tests.unit.agent import helpers
-pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=sys.argv[1])
-pool.start({"task_id": "t1", "attempt": 1, "kind": "copy", "image_id": "img"}, time.monotonic())
-time.sleep(600)
+if __name__ == "__main__":
+    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=sys.argv[1], context=runners.context(sys.argv[2]))
+    pool.start({"task_id": "t1", "attempt": 1, "kind": "copy", "image_id": "img"}, time.monotonic())
+    time.sleep(600)
 """
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -151,10 +179,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_worker_dies_when_its_agent_is_killed(tmp_path):
+@MODES
+def test_worker_dies_when_its_agent_is_killed(mode, tmp_path):
     pid_file = tmp_path / "pid"
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    agent = subprocess.Popen([sys.executable, "-c", _AGENT_SCRIPT, str(pid_file)], cwd=root,
+    script = tmp_path / "agent_standin.py"
+    script.write_text(_AGENT_SCRIPT)
+    agent = subprocess.Popen([sys.executable, str(script), str(pid_file), mode], cwd=root,
                              env={**os.environ, "PYTHONPATH": root})
     try:
         deadline = time.monotonic() + 60
@@ -164,11 +195,13 @@ def test_worker_dies_when_its_agent_is_killed(tmp_path):
             time.sleep(0.05)
         worker = int(pid_file.read_text())
         assert _alive(worker)
+        parent = _ppid(worker)  # the fork server in pool mode
+        assert (parent == agent.pid) == (mode == "spawn")
         agent.kill()  # kill -9 of the agent alone, not of its process group
         agent.wait()
         deadline = time.monotonic() + 60
-        while _alive(worker):
-            assert time.monotonic() < deadline, f"worker {worker} outlived its agent"
+        while _alive(worker) or _alive(parent):
+            assert time.monotonic() < deadline, f"worker {worker} (parent {parent}) outlived its agent"
             time.sleep(0.05)
     finally:
         agent.kill()
@@ -206,6 +239,9 @@ class _FakeContext:
         self.processes: list[_LingeringProcess] = []
         self._queue_mod = queue_mod
 
+    def get_start_method(self) -> str:
+        return "spawn"
+
     def Queue(self):  # noqa: N802 - multiprocessing's spelling
         queue = self._queue_mod.Queue()
         queue.close = queue.cancel_join_thread = lambda: None
@@ -235,12 +271,151 @@ def test_poll_never_waits_for_a_worker_that_lingers_after_its_result():
     assert pool.exiting == []
 
 
-def test_a_discarded_task_loses_its_part_once_the_worker_is_gone(tmp_path):
+def _result(pool: Pool, task_id: str) -> dict:
+    pool.start(task(task_id), time.monotonic())
+    return run_until_result(pool)[-1].body
+
+
+def test_pool_mode_forks_every_copy_fresh_from_one_preloaded_server_so_no_state_passes(tmp_path):
+    pool = make("pool", 1, 60, helpers.target_probe, str(tmp_path))
+    try:
+        first = _result(pool, "clean")
+        pool.start(dict(task("dirty"), dirty=True), time.monotonic())
+        dirty = run_until_result(pool)[-1].body
+        after = _result(pool, "after")
+    finally:
+        pool.shutdown()
+    # Forked by one long-lived server, with the task modules already imported.
+    assert first["ppid"] == dirty["ppid"] == after["ppid"] != os.getpid()
+    assert len({first["pid"], dirty["pid"], after["pid"]}) == 3
+    assert first["preloaded"] and after["preloaded"]
+    # What the dirty task left (env, cwd, an open file, module state) is not in the next one.
+    assert after["env"] is None and after["cwd"] == first["cwd"] != str(tmp_path)
+    assert after["leak_global"] is None
+    assert not any("leaked-file" in path for path in after["fds"])
+    assert _kinds(after["fds"]) == _kinds(first["fds"])  # pipes and sockets are new per task, not more
+
+
+def _kinds(paths: list[str]) -> list[str]:
+    return sorted(path.split(":[")[0] for path in paths)
+
+
+@MODES
+def test_a_worker_killed_mid_task_is_reported_failed_and_retryable_once(mode, tmp_path):
+    pid_file = tmp_path / "pid"
+    pool = make(mode, 1, 600, helpers.target_stuck, str(pid_file))
+    try:
+        pool.start(task(), time.monotonic())
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        events = run_until_result(pool)
+        for _ in range(5):
+            events += pool.poll(time.monotonic())
+        results = [e.body for e in events if e.kind == "result"]
+        assert len(results) == 1 and results[0]["retryable"] is True and "code -9" in results[0]["reason"]
+        assert pool.free_slots() == 1
+        # The next task runs (in pool mode: the server is still there to fork it).
+        pool.target = helpers.target_ok
+        assert _result(pool, "t2")["outcome"] == "done"
+    finally:
+        pool.shutdown()
+
+
+def _inline_pool(target, settings, timeout: float = 600) -> Pool:
+    return make("pool", 1, timeout, helpers.target_ok, settings, inline=target,
+                inline_kinds=frozenset({"update", "delete"}))
+
+
+def test_updates_and_deletes_run_in_an_agent_thread_and_copies_in_a_worker():
+    pool = _inline_pool(helpers.inline_ok, None)
+    try:
+        for kind in ("update", "delete"):
+            pool.start(dict(task(kind), kind=kind), time.monotonic())
+            assert pool.free_slots() == 0
+            body = run_until_result(pool)[-1].body
+            assert body["pid"] == os.getpid() and body["thread"] == f"glance-sync-task-{kind}"
+            assert pool.free_slots() == 1
+        assert _result(pool, "copy")["pid"] != os.getpid()
+    finally:
+        pool.shutdown()
+
+
+def test_a_cancelled_thread_task_is_told_to_stop_and_reports_nothing(tmp_path):
+    said = tmp_path / "said"
+    pool = _inline_pool(helpers.inline_wait, str(said))
+    try:
+        pool.start(dict(task(), kind="update"), time.monotonic())
+        pool.cancel("t1", time.monotonic())
+        assert pool.free_slots() == 1 and pool.running_ids() == []
+        deadline = time.monotonic() + 60
+        while not said.exists() or not said.read_text():
+            assert time.monotonic() < deadline, "the thread was never told"
+            assert pool.poll(time.monotonic()) == []
+            time.sleep(0.05)
+        assert said.read_text() == "cancelled"
+        for _ in range(5):
+            assert pool.poll(time.monotonic()) == []
+        assert pool.exiting == []
+    finally:
+        pool.shutdown()
+
+
+def test_an_overdue_thread_task_is_reported_failed_and_cancelled(tmp_path):
+    said = tmp_path / "said"
+    pool = _inline_pool(helpers.inline_wait, str(said), timeout=1.0)
+    try:
+        start = time.monotonic()
+        pool.start(dict(task(), kind="delete"), start)
+        assert pool.poll(start + 0.5) == []
+        events = pool.poll(start + 2.0)
+        assert [e.kind for e in events] == ["result"] and events[0].body["retryable"] is True
+        assert "timed out" in events[0].body["reason"] and "thread cancelled" in events[0].body["reason"]
+        deadline = time.monotonic() + 60
+        while not said.exists() or not said.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert said.read_text() == "cancelled"
+    finally:
+        pool.shutdown()
+
+
+def test_a_killed_fork_server_takes_its_workers_along_and_the_next_copy_starts_a_new_one(tmp_path):
+    pid_file = tmp_path / "pid"
+    pool = make("pool", 1, 600, helpers.target_stuck, str(pid_file))
+    try:
+        pool.start(task(), time.monotonic())
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        server = _ppid(worker)
+        os.kill(server, signal.SIGKILL)
+        results = [e.body for e in run_until_result(pool) if e.kind == "result"]
+        for _ in range(5):
+            results += [e.body for e in pool.poll(time.monotonic()) if e.kind == "result"]
+        assert len(results) == 1 and results[0]["outcome"] == "failed" and results[0]["retryable"] is True
+        deadline = time.monotonic() + 60
+        while _alive(worker):
+            assert time.monotonic() < deadline, f"worker {worker} outlived its fork server"
+            time.sleep(0.05)
+        pool.target = helpers.target_probe
+        body = _result(pool, "t2")
+        assert body["outcome"] == "done" and body["ppid"] not in (server, os.getpid()) and body["preloaded"]
+    finally:
+        pool.shutdown()
+
+
+@MODES
+def test_a_discarded_task_loses_its_part_once_the_worker_is_gone(mode, tmp_path):
     image_id = "11111111-2222-3333-4444-555555555555"
     part = tmp_path / f"{image_id}.part"
     part.write_bytes(b"partial")
     pid_file = tmp_path / "pid"
-    pool = Pool(1, timeout=600, target=helpers.target_stuck, settings=str(pid_file), work_dir=str(tmp_path))
+    pool = make(mode, 1, 600, helpers.target_stuck, str(pid_file), work_dir=str(tmp_path))
     try:
         pool.start({**task(), "image_id": image_id}, time.monotonic())
         deadline = time.monotonic() + 60

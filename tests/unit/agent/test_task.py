@@ -52,7 +52,7 @@ def test_unknown_kind_fails_not_retryable():
 
 
 def test_failure_reasons_and_log_lines_never_carry_secrets(monkeypatch, caplog):
-    def leaky(task, settings, progress):
+    def leaky(task, settings, progress, cancelled=None):
         raise RuntimeError('auth failed: {"password": "s3cret-pw"} X-Auth-Token: gAAAAtok3n '
                            '{"X-Auth-Token": "gAAAAtok3n"} application_credential_secret=appsecr3t')
 
@@ -163,7 +163,7 @@ def test_a_zero_byte_image_is_refused_before_anything_is_created(monkeypatch):
 def test_failure_reasons_carry_no_terminal_control_characters(monkeypatch):
     from glancesync.exceptions import GlanceError
 
-    def hostile(task, settings, progress):
+    def hostile(task, settings, progress, cancelled=None):
         raise GlanceError(endpoint="http://r", detail="409 <html>\x1b[2J\x1b]0;owned\x07\r\nbody\x9b</html>")
 
     monkeypatch.setattr(task_mod, "_dispatch", hostile)

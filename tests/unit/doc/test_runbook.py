@@ -20,7 +20,7 @@ REASONS = [
     "is outside the store directory", "is a symbolic link", "is not a regular file",
     "has no file:// location to copy from", "changed while it was opened", "not found on",
     "cannot connect to", "exited with status", "no new byte for", "work dir full writing",
-    "another attempt still writes", "before reporting a result", "(scp_copy_timeout); worker terminated",
+    "another attempt still writes", "before reporting a result", "(scp_copy_timeout);",
     "lapsed on attempt", "has no such image", "registration_retry_horizon", "the cascading image no longer exists",
     "superseded by a delete", "the image was deleted in this region", "glance never re-creates a deleted or",
     "another upload or import running", "before its last byte", "refused by the image schema", "properties refused",
