@@ -22,8 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from glancesync import __version__
-from glancesync.metrics import Health, failure_kind
+from glancesync.metrics import Health, failure_kind, service_families
 
 # Seconds between two snapshots (and the window of the transfer rate).
 PUBLISH_SECONDS = 2.0
@@ -105,14 +104,7 @@ class AgentMetrics:
 
     def collect(self) -> Iterator[Metric]:
         snap, labels, values = self.snapshot, ["region", "agent"], [self.region, self.agent_id]
-        info = GaugeMetricFamily("glancesync_build_info", "Version of the running service.",
-                                 labels=["service", "version"])
-        info.add_metric(["agent", __version__], 1)
-        yield info
-        age = self.health.check_age()
-        yield GaugeMetricFamily("glancesync_loop_last_iteration_age_seconds",
-                                "Seconds since the poll loop last iterated (-1 before its first iteration).",
-                                value=-1.0 if age is None else age)
+        yield from service_families("agent", self.health)
 
         def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, text, labels=labels)

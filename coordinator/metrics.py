@@ -24,9 +24,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from glancesync import __version__, protocol
+from glancesync import protocol
 from glancesync.exceptions import JournalError
-from glancesync.metrics import Health
+from glancesync.metrics import Health, service_families
 
 LOG = logging.getLogger(__name__)
 
@@ -160,14 +160,7 @@ class CoordinatorMetrics:
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot  # one reference, read once: the loop may publish meanwhile
-        info = GaugeMetricFamily("glancesync_build_info", "Version of the running service.",
-                                 labels=["service", "version"])
-        info.add_metric(["coordinator", __version__], 1)
-        yield info
-        age = self.health.check_age()
-        yield GaugeMetricFamily("glancesync_loop_last_iteration_age_seconds",
-                                "Seconds since the poll loop last iterated (-1 before its first iteration).",
-                                value=-1.0 if age is None else age)
+        yield from service_families("coordinator", self.health)
         yield GaugeMetricFamily("glancesync_metrics_snapshot_timestamp_seconds",
                                 "When the loop published the snapshot these series come from (0: not yet).",
                                 value=snap.taken_at)

@@ -20,13 +20,15 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from glancesync import __version__
 from glancesync.exceptions import ConfigError
 
 # (kind, pattern) in order: the first pattern found in a reason names its kind.
@@ -147,3 +149,14 @@ def serve(group: Any, registry: CollectorRegistry, health: Health) -> MetricsSer
     if not group.metrics_port:
         return None
     return MetricsServer(group.metrics_bind_host, group.metrics_port, registry, health).start()
+
+
+def service_families(service: str, health: Health) -> Iterator[Metric]:
+    """The series every service exports: its build and the age of its loop's last iteration."""
+    info = GaugeMetricFamily("glancesync_build_info", "Version of the running service.", labels=["service", "version"])
+    info.add_metric([service, __version__], 1)
+    yield info
+    age = health.check_age()
+    yield GaugeMetricFamily("glancesync_loop_last_iteration_age_seconds",
+                            "Seconds since the poll loop last iterated (-1 before its first iteration).",
+                            value=-1.0 if age is None else age)

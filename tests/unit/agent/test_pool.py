@@ -21,6 +21,15 @@ def make(mode: str, workers: int, timeout: float, target, settings, **kwargs) ->
     return Pool(workers, timeout=timeout, target=target, settings=settings, context=runners.context(mode), **kwargs)
 
 
+def wait_for_pid(pid_file) -> float:
+    """Wait until the stuck target wrote its pid; the deadline the test may keep using."""
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return deadline
+
+
 def run_until_result(pool: Pool, now_fn=time.monotonic, limit: float = 60.0):
     events = []
     deadline = time.monotonic() + limit
@@ -59,10 +68,7 @@ def test_stuck_worker_is_terminated_after_timeout(mode, tmp_path):
     try:
         start = time.monotonic()
         pool.start(task(), start)
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        deadline = wait_for_pid(pid_file)
         assert pool.poll(start + 0.5) == []  # not overdue yet
         events = pool.poll(start + 2.0)
         assert len(events) == 1 and events[0].kind == "result"
@@ -137,10 +143,7 @@ def test_a_cancelled_worker_is_terminated_and_reports_nothing(mode, tmp_path):
     pool = make(mode, 1, 600, helpers.target_stuck, str(pid_file))
     try:
         pool.start(task(), time.monotonic())
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        deadline = wait_for_pid(pid_file)
         pid = int(pid_file.read_text())
         pool.cancel("t1", time.monotonic())
         assert pool.free_slots() == 1 and pool.running_ids() == []
@@ -306,10 +309,7 @@ def test_a_worker_killed_mid_task_is_reported_failed_and_retryable_once(mode, tm
     pool = make(mode, 1, 600, helpers.target_stuck, str(pid_file))
     try:
         pool.start(task(), time.monotonic())
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_pid(pid_file)
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
         events = run_until_result(pool)
         for _ in range(5):
@@ -387,10 +387,7 @@ def test_a_killed_fork_server_takes_its_workers_along_and_the_next_copy_starts_a
     pool = make("pool", 1, 600, helpers.target_stuck, str(pid_file))
     try:
         pool.start(task(), time.monotonic())
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        deadline = wait_for_pid(pid_file)
         worker = int(pid_file.read_text())
         server = _ppid(worker)
         os.kill(server, signal.SIGKILL)
@@ -418,10 +415,7 @@ def test_a_discarded_task_loses_its_part_once_the_worker_is_gone(mode, tmp_path)
     pool = make(mode, 1, 600, helpers.target_stuck, str(pid_file), work_dir=str(tmp_path))
     try:
         pool.start({**task(), "image_id": image_id}, time.monotonic())
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        deadline = wait_for_pid(pid_file)
         pool.cancel("t1", time.monotonic(), discard=True)
         while part.exists():
             assert time.monotonic() < deadline
