@@ -339,7 +339,8 @@ class Service:
     def _status(self, body: dict[str, Any]) -> bytes:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
-        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now)
+        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now,
+                            self.tasks.rates)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- who may send what ------------------------------------------------------------------

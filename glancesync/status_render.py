@@ -142,12 +142,12 @@ def render_image(data: Mapping[str, Any], now: float) -> str:
     for name in sorted(regions):
         r = regions[name]
         rows.append(
-            [name, _state_cell(r), progress(r.get("bytes_done", 0), r.get("bytes_total", 0)),
+            [name, _state_cell(r), progress(r.get("bytes_done", 0), r.get("bytes_total", 0)), rate(r), eta(r),
              r.get("attempts", 0), r.get("agent_id"), age(r.get("updated_at"), now),
              _one_line(r.get("last_error"))]
         )
     lines.append("")
-    lines += table(["REGION", "STATE", "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST ERROR"], rows)
+    lines += table(["REGION", "STATE", "BYTES", "RATE", "ETA", "ATTEMPTS", "AGENT", "UPDATED", "LAST ERROR"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -155,11 +155,34 @@ def render_image(data: Mapping[str, Any], now: float) -> str:
 FACTS = (("copy_registered", "copy registered"), ("metadata_applied", "metadata applied"))
 
 
+def rate(r: Mapping[str, Any]) -> str | None:
+    """``55.0 MiB/s`` from ``rate_bytes_per_s``; None (shown as ``-``) when there is none."""
+    value = r.get("rate_bytes_per_s")
+    return f"{size(value)}/s" if isinstance(value, (int, float)) and value > 0 else None
+
+
+def eta(r: Mapping[str, Any]) -> str | None:
+    value = r.get("eta_seconds")
+    return duration(value) if isinstance(value, (int, float)) else None
+
+
+def phase(r: Mapping[str, Any]) -> str | None:
+    """``fetching``, ``waiting: retry at 12:00:03 UTC``...: the ``phase`` of a region row, if any."""
+    name = r.get("phase")
+    if not name:
+        return None
+    retry_at = r.get("retry_at")
+    if name == "waiting" and isinstance(retry_at, (int, float)):
+        return f"waiting: retry at {_stamp(retry_at)[11:]}"
+    return str(name)
+
+
 def _state_cell(r: Mapping[str, Any]) -> str:
-    """The state; for a failed region, which of the facts ``synced`` needs is missing."""
+    """The state and its phase; for a failed region, which of the facts ``synced`` needs is missing."""
     state = str(r.get("state", "?"))
     if state != SyncState.FAILED:
-        return state
+        doing = phase(r)
+        return f"{state} ({doing})" if doing and doing != state else state
     missing = [label for key, label in FACTS if key in r and not r[key]]
     return f"{state} (missing: {', '.join(missing)})" if missing else state
 
@@ -177,8 +200,11 @@ def region_progress_line(region: str, info: Mapping[str, Any] | None) -> str:
     if info is None:
         return f"{region}: unknown"
     state = info.get("state", "?")
-    line = f"{region}: {state}"
+    line = f"{region}: {_state_cell(info) if state != SyncState.FAILED else state}"
     shown = progress(info.get("bytes_done", 0), info.get("bytes_total", 0))
-    if shown != "-" and state != SyncState.SYNCED:
+    if shown != "-" and state not in (SyncState.SYNCED, SyncState.PENDING):
         line += f" {shown}"
+        speed, left = rate(info), eta(info)
+        line += f" at {speed}" if speed else ""
+        line += f", ETA {left}" if left else ""
     return line

@@ -84,13 +84,35 @@ def test_image_view() -> None:
     lines = status_render.render_image(data, NOW).splitlines()
     assert lines[0] == "image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
     header = lines[2].split()
-    assert header == ["REGION", "STATE", "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST", "ERROR"]
+    assert header == ["REGION", "STATE", "BYTES", "RATE", "ETA", "ATTEMPTS", "AGENT", "UPDATED", "LAST", "ERROR"]
     one = next(line for line in lines if line.startswith("RegionOne"))
     assert "transferring" in one and "25.0 MiB/100.0 MiB (25%)" in one and "agent-a" in one and "5s ago" in one
     two = next(line for line in lines if line.startswith("RegionTwo"))
     assert "failed" in two and " 6 " in two and two.endswith("sftp: connection reset")
     three = next(line for line in lines if line.startswith("RegionThree"))
     assert "100.0 MiB/100.0 MiB (100%)" in three
+
+
+def test_image_view_and_wait_lines_show_phase_rate_eta_and_what_a_requeued_pair_waits_for() -> None:
+    data = image(
+        RegionOne=region("transferring", 25 * MIB, 100 * MIB, phase="uploading", rate_bytes_per_s=5 * MIB,
+                         eta_seconds=75.0),
+        RegionTwo=region("pending", 0, 100 * MIB, phase="waiting", retry_at=NOW + 30, error="connection reset"),
+        RegionThree=region("pending", 0, 100 * MIB, phase="queued"),
+    )
+    lines = status_render.render_image(data, NOW).splitlines()
+    one = next(line for line in lines if line.startswith("RegionOne"))
+    assert "transferring (uploading)" in one and "5.0 MiB/s" in one and "1m 15s" in one
+    two = next(line for line in lines if line.startswith("RegionTwo"))
+    stamp = time.strftime("%H:%M:%S", time.gmtime(NOW + 30))
+    assert f"pending (waiting: retry at {stamp} UTC)" in two
+    regions = data["regions"]
+    assert status_render.region_progress_line("RegionOne", regions["RegionOne"]) == (
+        "RegionOne: transferring (uploading) 25.0 MiB/100.0 MiB (25%) at 5.0 MiB/s, ETA 1m 15s")
+    # A requeued pair says what it waits for, never the bytes of the attempt that failed.
+    assert status_render.region_progress_line("RegionTwo", regions["RegionTwo"]) == (
+        f"RegionTwo: pending (waiting: retry at {stamp} UTC)")
+    assert status_render.region_progress_line("RegionThree", regions["RegionThree"]) == "RegionThree: pending (queued)"
 
 
 def test_image_view_names_the_fact_a_failed_region_misses() -> None:
