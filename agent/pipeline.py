@@ -149,7 +149,10 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
         arrival.failed(exc)
         if side.thread.ident is not None:
             side.wait(job.fetch.idle_timeout)
-        if isinstance(exc, stream.Aborted) and side.error is not None:
+        if side.error is not None and not isinstance(side.error, stream.Aborted):
+            # The upload failed on its own (glance refused, the id is gone): that is the
+            # reason; the fetch only ended because of it, or went on for nothing.
+            _drop_if_final(side.error, job.dest)
             raise side.error from None
         raise
     arrival.finished(fetched.digest())
@@ -158,6 +161,13 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
         progress(body.sent if body is not None else 0, total)
     side.wait(job.fetch.idle_timeout)
     if side.error is not None:
+        _drop_if_final(side.error, job.dest)
         raise side.error
     assert side.digest is not None
     return side.digest, algo
+
+
+def _drop_if_final(error: BaseException, dest: str) -> None:
+    """A failure no retry fixes leaves no ``.part``, even one the fetch wrote after the upload removed it."""
+    if not getattr(error, "retryable", True):
+        upload.remove_file(dest)

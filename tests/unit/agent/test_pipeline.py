@@ -132,6 +132,30 @@ def test_an_upload_that_fails_stops_the_fetch_and_its_reason_is_the_attempts(tmp
         pipeline.copy(job_for(tmp_path, client), lambda d, t: None, lambda p: None)
     assert info.value.retryable is False
     assert len(fetched) < len(DATA) // 4096
+    assert not (tmp_path / "img-1.part").exists()
+
+
+def test_the_upload_s_own_failure_is_the_reason_even_when_the_fetch_then_fails_too(tmp_path, monkeypatch):
+    """The upload removed the .part of an id deleted in the region; the fetch ends with an empty file."""
+    client = FakeClient()
+    client.images.create = lambda id, **props: (_ for _ in ()).throw(glance_exc.HTTPConflict("deleted"))
+    upload_over = threading.Event()
+    real_run = pipeline._Upload._run
+    monkeypatch.setattr(pipeline._Upload, "_run", lambda self: (real_run(self), upload_over.set()))
+
+    def fetch(store, image, source, dest, progress, timeout=30.0, options=None, on_start=None):
+        open(dest, "ab").close()
+        on_start()
+        assert upload_over.wait(30)
+        with open(dest, "ab") as out:  # sftp writing on, into a new file at the same path
+            out.write(DATA[:4096])
+        raise VerificationError(image_id="img-1", detail="size mismatch: received bytes has 0", retryable=True)
+
+    monkeypatch.setattr(transfer, "fetch", fetch)
+    with pytest.raises(GlanceError, match="was deleted in this region") as info:
+        pipeline.copy(job_for(tmp_path, client), lambda d, t: None, lambda p: None)
+    assert info.value.retryable is False
+    assert not (tmp_path / "img-1.part").exists()
 
 
 def test_a_fetch_that_fails_before_its_bytes_start_creates_nothing_in_the_region(tmp_path, monkeypatch):
