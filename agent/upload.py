@@ -18,11 +18,13 @@ back and compared with what the agent verified (glancesync.verify) before the co
 counts as done.  A region hashing with another algorithm than the cascading image
 gets the uploaded file hashed once more in its algorithm.
 
-The bytes uploaded are the bytes verified: the upload reads the local file and
-hashes exactly the pieces it hands to glance (md5 and the image's algorithm, one
-pass), and holds the last piece back until glancesync.verify has compared the
-size and both hashes with the cascading image.  On a mismatch the request is
-aborted before its last byte: glance then puts the image back to ``queued``
+The bytes uploaded are the bytes verified: the upload reads the local file (while
+the fetch still writes it: ``Follow``, agent/pipeline.py) and hashes exactly the
+pieces it hands to glance (md5 and the image's algorithm, one pass), and holds
+the last piece back until the fetch verified the stream and glancesync.verify has
+compared the size and both hashes of what was read with the cascading image
+(agent/stream.py).  On a mismatch or a failed fetch the request is aborted before
+its last byte: glance then puts the image back to ``queued``
 (doc/glance-behaviour.md), so a corrupt copy never becomes active, and a later
 attempt uploads into the same id.  Glance refusing an upload while the image stays
 ``queued`` (400, 409, 413) is likewise retried, never final.
