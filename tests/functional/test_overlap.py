@@ -154,3 +154,27 @@ def test_a_corrupt_source_streamed_to_the_region_never_becomes_active(topology: 
     # The upload streamed all but its last piece, then was aborted: glance put it back to queued.
     assert record["status"] == "queued" and record["checksum"] is None, dict(record)
     assert not part.exists()
+
+
+def test_the_whole_system_shows_the_fetching_phase_while_the_region_already_ingests(topology: Topology,
+                                                                                   sync) -> None:
+    region = topology.region_names[0]
+    server = topology.cascaded[region]
+    uploaded = helpers.upload_random(topology.cascading.client(), SIZE, name="overlap-e2e")
+    part = topology.work_dir(region) / f"{uploaded.id}.part"
+    with frozen_fetch(topology, part):
+        helpers.wait_until(lambda: db_status(server.db_path, uploaded.id) == "saving", 120,
+                           "the regional image saving while the agent's fetch is frozen")
+        # The bytes already in the .part are read and reported whatever the freeze.
+        row = helpers.wait_until(
+            lambda: (r := helpers.image_regions(topology, uploaded.id).get(region, {})).get("phase") == "fetching"
+            and r, 60, "the fetching phase in the status")
+        assert row["state"] == "transferring", row
+        assert part.stat().st_size < SIZE and 0 < row["bytes_done"] < SIZE, row
+        assert {"rate_bytes_per_s", "eta_seconds", "retry_at"} <= row.keys()
+        text = helpers.run_status(topology, "image", uploaded.id)
+        assert text.returncode == 0 and "transferring (fetching)" in text.stdout, text
+    view = helpers.wait_states(topology, uploaded.id, "synced", timeout=600)
+    assert all(view[name]["phase"] is None for name in topology.region_names), view
+    record = server.client().images.get(uploaded.id)
+    assert (record["status"], record["checksum"]) == ("active", uploaded.md5)
