@@ -66,7 +66,7 @@ class _Upload:
 
     def start(self) -> None:
         with self.lock:
-            if not self.thread.is_alive() and self.thread.ident is None:
+            if self.thread.ident is None:
                 self.thread.start()
 
     def _run(self) -> None:

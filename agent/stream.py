@@ -162,7 +162,7 @@ class FollowingBody:
                                 retryable=True) from None
 
     def _next_piece(self, want: int) -> tuple[bytes, bool]:
-        """(piece, last): up to one UPLOAD_PIECE of what is in the file, waiting for the fetch when caught up.
+        """(piece, last): one UPLOAD_PIECE (or what is left) of the file, waiting for the fetch when caught up.
 
         ``last``: the piece completes the image's size (returned only once the fetch
         is over), or the fetch is over and the file ends short of that size.
@@ -179,9 +179,8 @@ class FollowingBody:
                 return got, target == want
             if over:
                 return got, True  # the file ends short of the image: the check says so
-            if got and len(got) < target:
-                return got, False
-            # Caught up with the fetch, or holding the last piece until the fetch is over.
+            # Caught up with the fetch (a partial piece waits to be whole: glance's CPU goes
+            # per chunk), or holding the last piece until the fetch is over.
             if self.clock() - idle_since >= self.idle_timeout:
                 raise TransferError(image_id=self.image_id, retryable=True,
                                     detail=f"upload of {self.handle.name}: no new byte for "

@@ -19,10 +19,11 @@ from tests.unit.agent.test_upload import FakeClient, FakeImages, digest_record
 DATA = bytes(range(256)) * 4096 + b"end"  # 1 MiB and 3 bytes
 IMAGE = digest_record(DATA, name="big", disk_format="raw", container_format="bare")
 HALF = len(DATA) // 2
+SENT_OF_HALF = HALF // stream.UPLOAD_PIECE * stream.UPLOAD_PIECE  # whole pieces only while the fetch runs
 
 
 class WatchedImages(FakeImages):
-    """A regional glance that says when it has received ``HALF`` bytes."""
+    """A regional glance that says when it has received the whole pieces of the first ``HALF`` bytes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,7 +35,7 @@ class WatchedImages(FakeImages):
 
             def read(_self, size=-1):
                 chunk = handle.read(size)
-                if len(self.received.get(image_id, b"")) + len(chunk) >= HALF:
+                if len(self.received.get(image_id, b"")) + len(chunk) >= SENT_OF_HALF:
                     self.got_half.set()
                 return chunk
 
