@@ -82,7 +82,8 @@ class _Upload:
         while self.thread.is_alive():
             self.thread.join(WATCH_SECONDS)
             body = self.follow.body
-            if body is not None and body.digest is None and clock() - body.last_read > idle_timeout:
+            handed = body.handed_at if body is not None and body.digest is None else None
+            if handed is not None and clock() - handed > idle_timeout:
                 body.cancel(f"glance took no byte for {idle_timeout:g} s")
                 image_id = str(self.job.image["id"])
                 self.error = self.error or TransferError(

@@ -114,7 +114,8 @@ class FollowingBody:
     """The upload body: the ``.part`` in pieces, following the fetch, the last piece held back.
 
     ``digest`` is set once the last piece passed; ``sent`` counts the bytes handed
-    to glance; ``last_read`` is the clock when glance last asked for a piece.
+    to glance; ``handed_at`` is the clock when the body last handed glance a piece
+    (or was made), None while a ``read`` runs: from then on glance owes the next call.
     """
 
     def __init__(self, handle: Any, expected: check.Digest, algos: Iterable[str], image_id: str,
@@ -132,7 +133,7 @@ class FollowingBody:
         self.sent = 0
         self.digest: check.Digest | None = None
         self.cancelled: str | None = None
-        self.last_read = clock()
+        self.handed_at: float | None = clock()
 
     def cancel(self, why: str) -> None:
         """Every later ``read`` raises: the request can no longer complete."""
@@ -140,7 +141,7 @@ class FollowingBody:
         self.arrival.landed()  # wakes a read waiting for bytes
 
     def read(self, _size: int = -1) -> bytes:
-        self.last_read = self.clock()
+        self.handed_at = None  # waiting for the fetch is not glance's stall
         if self.digest is not None:
             return b""
         want = (self.expected.size or 0) - self.sent
@@ -152,6 +153,7 @@ class FollowingBody:
         self.sent += len(piece)
         if self.progress is not None:
             self.progress(self.sent)
+        self.handed_at = self.clock()
         return piece
 
     def _read(self, size: int) -> bytes:

@@ -158,7 +158,7 @@ class Follow:
     """How an upload follows the fetch of its file (agent/pipeline.py); ``Follow.of`` for a fetched file.
 
     ``body`` is the running upload's body while glance reads it (the pipeline
-    watches its ``last_read``); ``uploaded`` is called once glance has every byte.
+    watches its ``handed_at``); ``uploaded`` is called once glance has every byte.
     """
 
     arrival: stream.Arrival
