@@ -8,6 +8,12 @@ glances) one random image of ``--size-mib`` is copied to a region three ways:
 - ``openssh``: the agent's worker (``agent.task.run_task``, fetch_method = openssh);
 - ``paramiko``: the same worker with fetch_method = paramiko.
 
+The worker's wall time is the whole copy: the fetch, the upload to the regional
+glance (which follows the fetch: agent/pipeline.py) and the checks; the
+baseline's is ``scp`` then the upload, one after the other.  ``--methods openssh``
+skips the slow paramiko run, e.g. to compare wall times of two versions of the
+agent on the same machine (``PYTHONPATH`` at each version's tree).
+
 For every process involved it reads utime+stime (and the times of reaped children)
 before and after: the worker or client processes through ``wait4`` (they include
 their ``sftp``/``ssh`` children), sshd and the regional glance-api through
@@ -135,7 +141,7 @@ def self_argv(mode: str, spec: dict[str, Any], tmp: Path) -> list[str]:
     return [sys.executable, __file__, f"--{mode}", str(path)]
 
 
-def run(size_mib: int, base: Path) -> dict[str, dict[str, float]]:
+def run(size_mib: int, base: Path, methods: tuple[str, ...] = transfer.METHODS) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     with Topology(base / "topo", regions=2) as topo:
         first, second = topo.region_names
@@ -150,7 +156,7 @@ def run(size_mib: int, base: Path) -> dict[str, dict[str, float]]:
                                "glance-api": up["glance-api"], "rss_kib": max(scp["rss_kib"], up["rss_kib"]),
                                "wall": scp["wall"] + up["wall"]}
         local.unlink()
-        for method, region in (("openssh", first), ("paramiko", second)):
+        for method, region in zip(methods, (first, second), strict=False):
             task = {"task_id": f"bench-{method}", "attempt": 1, "kind": "copy", "image_id": image["id"],
                     "region": region, "image": image, "source": {"type": "sftp", "path": source}}
             spec = {"store_yaml": str(topo.agent_store_yaml(region)), "region": region, "method": method,
@@ -176,6 +182,9 @@ def report(results: dict[str, dict[str, float]], size_mib: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="image size in MiB (default 1024)")
+    parser.add_argument("--methods", default=",".join(transfer.METHODS),
+                        help="fetch methods to run the worker with, comma-separated (default: "
+                        f"{','.join(transfer.METHODS)}); each copies to its own region")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--upload", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +193,11 @@ def main() -> None:
     if args.upload:
         return upload(json.loads(Path(args.upload).read_text()))
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
-        report(run(args.size_mib, Path(tmp)), args.size_mib)
+        methods = tuple(m for m in args.methods.split(",") if m)
+        unknown = set(methods) - set(transfer.METHODS)
+        if unknown or not methods or len(methods) > 2:
+            parser.error(f"--methods: one or two of {', '.join(transfer.METHODS)}")
+        report(run(args.size_mib, Path(tmp), methods), args.size_mib)
 
 
 if __name__ == "__main__":
