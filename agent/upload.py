@@ -54,7 +54,6 @@ HAS_DATA = ("active", "deactivated")
 # Statuses in which another upload or import is running: try again later.
 BUSY = ("saving", "uploading", "importing")
 READ_BYTES = 1024 * 1024
-UPLOAD_PIECE = stream.UPLOAD_PIECE
 # How long an aborted upload may take to leave ``saving``, and how often to look.
 SETTLE_SECONDS = 30.0
 SETTLE_POLL = 0.1
