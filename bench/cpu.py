@@ -112,8 +112,8 @@ def worker(spec: dict[str, Any]) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     store_map = storemap.load(spec["store_yaml"], storemap.Role.AGENT, spec["region"])
-    settings = task_mod.WorkerSettings(store_map=store_map, region=spec["region"],
-                                       fetch=transfer.FetchOptions(method=spec["method"]))
+    fetch = transfer.FetchOptions(method=spec["method"], sftp_binary=spec.get("sftp") or "sftp")
+    settings = task_mod.WorkerSettings(store_map=store_map, region=spec["region"], fetch=fetch)
     result = task_mod.run_task(spec["task"], settings, lambda done, total: None)
     if result["outcome"] != "done":
         raise SystemExit(f"copy failed: {result}")
@@ -127,8 +127,17 @@ def upload(spec: dict[str, Any]) -> None:
         client.images.upload(image["id"], data, image_size=os.path.getsize(spec["file"]))
 
 
-def scp_argv(topo: Topology, store: storemap.SshStore, source: str, dest: str) -> list[str]:
-    return ["scp", "-q", "-F", "/dev/null", "-P", str(store.port), "-o", "BatchMode=yes",
+def limited_sftp(base: Path, mbit: int) -> str:
+    """An ``sftp`` that OpenSSH itself holds to ``mbit`` Mbit/s (``-l``): a WAN-like link for the fetch."""
+    path = base / "sftp-limited"
+    path.write_text(f'#!/bin/sh\nexec sftp -l {mbit * 1000} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def scp_argv(topo: Topology, store: storemap.SshStore, source: str, dest: str, mbit: int = 0) -> list[str]:
+    limit = ["-l", str(mbit * 1000)] if mbit else []
+    return ["scp", "-q", *limit, "-F", "/dev/null", "-P", str(store.port), "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={store.known_hosts_file}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
             "-o", f"IdentityFile={store.private_key_file}", "-o", "IdentityAgent=none",
@@ -141,7 +150,8 @@ def self_argv(mode: str, spec: dict[str, Any], tmp: Path) -> list[str]:
     return [sys.executable, __file__, f"--{mode}", str(path)]
 
 
-def run(size_mib: int, base: Path, methods: tuple[str, ...] = transfer.METHODS) -> dict[str, dict[str, float]]:
+def run(size_mib: int, base: Path, methods: tuple[str, ...] = transfer.METHODS,
+        limit_mbit: int = 0) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     with Topology(base / "topo", regions=2) as topo:
         first, second = topo.region_names
@@ -150,7 +160,7 @@ def run(size_mib: int, base: Path, methods: tuple[str, ...] = transfer.METHODS) 
         source = str(topo.cascading.data_dir / image["id"])
         store = storemap.load(str(topo.agent_store_yaml(first)), storemap.Role.AGENT, first).store
         local = base / "scp.img"
-        scp = measure(topo, first, scp_argv(topo, store, source, str(local)))
+        scp = measure(topo, first, scp_argv(topo, store, source, str(local), limit_mbit))
         up = measure(topo, first, self_argv("upload", {"url": topo.cascaded[first].url, "file": str(local)}, base))
         results["baseline"] = {"client": scp["client"] + up["client"], "sshd": scp["sshd"],
                                "glance-api": up["glance-api"], "rss_kib": max(scp["rss_kib"], up["rss_kib"]),
@@ -160,7 +170,7 @@ def run(size_mib: int, base: Path, methods: tuple[str, ...] = transfer.METHODS) 
             task = {"task_id": f"bench-{method}", "attempt": 1, "kind": "copy", "image_id": image["id"],
                     "region": region, "image": image, "source": {"type": "sftp", "path": source}}
             spec = {"store_yaml": str(topo.agent_store_yaml(region)), "region": region, "method": method,
-                    "task": task}
+                    "task": task, "sftp": limited_sftp(base, limit_mbit) if limit_mbit else None}
             results[method] = measure(topo, region, self_argv("worker", spec, base))
     return results
 
@@ -185,6 +195,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(transfer.METHODS),
                         help="fetch methods to run the worker with, comma-separated (default: "
                         f"{','.join(transfer.METHODS)}); each copies to its own region")
+    parser.add_argument("--limit-mbit", type=int, default=0,
+                        help="hold scp and the openssh fetch to this many Mbit/s (OpenSSH's -l), like a WAN "
+                        "link: the wall time then shows what overlapping the upload saves (default: no limit)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--upload", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -197,7 +210,7 @@ def main() -> None:
         unknown = set(methods) - set(transfer.METHODS)
         if unknown or not methods or len(methods) > 2:
             parser.error(f"--methods: one or two of {', '.join(transfer.METHODS)}")
-        report(run(args.size_mib, Path(tmp), methods), args.size_mib)
+        report(run(args.size_mib, Path(tmp), methods, args.limit_mbit), args.size_mib)
 
 
 if __name__ == "__main__":
