@@ -153,7 +153,10 @@ class Pool:
             if entry is None:
                 continue
             if kind == "progress":
-                events.append(PoolEvent("progress", entry.task, {"bytes_done": item[2], "bytes_total": item[3]}))
+                body = {"bytes_done": item[2], "bytes_total": item[3]}
+                if len(item) > 4 and item[4]:
+                    body["phase"] = item[4]  # fetching, uploading, registering (agent/pipeline.py)
+                events.append(PoolEvent("progress", entry.task, body))
             elif kind == "result":
                 entry.result = item[2]
 

@@ -128,12 +128,15 @@ def run(
     idle_timeout: float,
     connect_timeout: float,
     binary: str = DEFAULT_BINARY,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[int, tuple[str, ...]]:
     """Fetch ``remote`` into ``local`` (resuming what ``local`` holds) while ``hashers`` hash all of it.
 
     Returns the size of ``local`` and the hex digests.  The hash threads start
-    only once ``sftp`` runs: nothing but this thread exists when it forks.  Raises SourceRefused (host key, key refused,
-    permission) or TransferError (retryable: stalled, connection, missing file).
+    only once ``sftp`` runs, and so does whatever ``on_start()`` starts (the upload
+    that follows the file): nothing but this thread exists when it forks.  Raises
+    SourceRefused (host key, key refused, permission) or TransferError (retryable:
+    stalled, connection, missing file).
     """
     plain_path(image_id, remote, "remote")
     plain_path(image_id, local, "local")
@@ -155,6 +158,8 @@ def run(
             pass  # it already exited: its status and stderr say why
         sink = hashing.HashPipe(hashers)
         try:
+            if on_start is not None:
+                on_start()
             size = hashing.follow(local, sink, lambda: process.poll() is not None, progress, idle_timeout,
                                   lambda: _kill(process), report_from=start)
         except hashing.Stalled as exc:

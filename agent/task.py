@@ -2,7 +2,7 @@
 
 ``worker_main`` is the entry point of the process the pool starts: it builds its
 own glance client (nothing with sockets or threads crosses a process boundary),
-runs the task and puts ``("progress", task_id, done, total)`` and finally
+runs the task and puts ``("progress", task_id, done, total, phase)`` and finally
 ``("result", task_id, result)`` on the pool's queue.  ``run_task`` is the same
 work without a process, for tests and for callers that want a plain function;
 ``run_inline`` is what an agent thread runs for an update or a delete (no process,
@@ -37,7 +37,7 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 from oslo_utils import strutils
 
-from agent import apply, partlock, runners, transfer, upload
+from agent import apply, partlock, pipeline, runners, transfer, upload
 from glancesync import glance, untrusted
 from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError, VerificationError
@@ -57,6 +57,8 @@ _SECRET_HEADER = re.compile(
 # Progress is sent at most this often even when 5% steps come faster (small
 # images, fast links): a few per second is plenty for a status display.
 MIN_PROGRESS_GAP = 0.25
+ProgressFn = Callable[[int, int], None]
+PhaseFn = Callable[[str], None]
 PROGRESS_STEP = 0.05
 
 
@@ -113,23 +115,35 @@ def failure_reason(text: str) -> str:
 
 
 class ProgressThrottle:
-    """Calls ``send(done, total)`` every ``interval`` s and every 5%, but not more than ~4/s."""
+    """Calls ``send(done, total, phase)`` every ``interval`` s and every 5%, but not more than ~4/s.
 
-    def __init__(self, send: Callable[[int, int], None], interval: float, clock: Callable[[], float] = time.monotonic):
+    A new phase (``enter``) is sent with the next bytes whatever the pace; the
+    fetch and the upload report from their own threads, hence the lock.
+    """
+
+    def __init__(self, send: Callable[[int, int, str | None], None], interval: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.send = send
         self.interval = interval
         self.clock = clock
         self.last_time: float | None = None
         self.last_step = -1
+        self.phase: str | None = None
+        self.lock = threading.Lock()
+
+    def enter(self, phase: str) -> None:
+        with self.lock:
+            self.phase, self.last_time, self.last_step = phase, None, -1
 
     def __call__(self, done: int, total: int) -> None:
-        now = self.clock()
-        step = int(done / total / PROGRESS_STEP) if total > 0 else 0
-        since = None if self.last_time is None else now - self.last_time
-        due = since is None or since >= self.interval or (step > self.last_step and since >= MIN_PROGRESS_GAP)
-        if due or (done >= total and since is not None and since >= MIN_PROGRESS_GAP):
-            self.last_time, self.last_step = now, step
-            self.send(done, total)
+        with self.lock:
+            now = self.clock()
+            step = int(done / total / PROGRESS_STEP) if total > 0 else 0
+            since = None if self.last_time is None else now - self.last_time
+            due = since is None or since >= self.interval or (step > self.last_step and since >= MIN_PROGRESS_GAP)
+            if due or (done >= total and since is not None and since >= MIN_PROGRESS_GAP):
+                self.last_time, self.last_step = now, step
+                self.send(done, total, self.phase)
 
 
 def _done(**fields: Any) -> dict[str, Any]:
@@ -148,7 +162,8 @@ def _report(verified: check.Digest, algo: str) -> dict[str, Any]:
     return _done(**fields)
 
 
-def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress: Callable[[int, int], None]) -> dict:
+def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress: ProgressFn,
+          phase: PhaseFn) -> dict:
     image = dict(task["image"])
     image.setdefault("id", task["image_id"])
     if image["id"] != task["image_id"]:
@@ -166,33 +181,31 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     store = settings.store_map.store
     source = transfer.checked_source(image["id"], task.get("source"), store)
     dest = transfer.part_path(region.work_dir, image["id"])
+    job = pipeline.Copy(store, image, source, dest, client, endpoint, settings.fetch, settings.ssh_timeout)
     # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
     with partlock.hold(dest, image["id"]):
-        fetched = _fetch(store, image, source, dest, progress, settings)
-        verified = upload.register(client, image, fetched.path, fetched.digest(), endpoint)
-    return _report(verified, fetched.os_hash_algo)
+        return _report(*_overlapped(job, progress, phase))
 
 
-def _fetch(store: Any, image: dict[str, Any], source: str, dest: str, progress: Callable[[int, int], None],
-           settings: WorkerSettings) -> transfer.Fetched:
-    """transfer.fetch, resuming a ``.part`` that an attempt now over left, and starting afresh if that was bad.
+def _overlapped(job: pipeline.Copy, progress: ProgressFn, phase: PhaseFn) -> tuple[check.Digest, str]:
+    """pipeline.copy, resuming a ``.part`` that an attempt now over left, and starting afresh if that was bad.
 
     Under the lock, a ``.part`` found here was written by an attempt that is over
-    (ended, killed, its machine restarted).  Its bytes are hashed again before the
-    rest is fetched; if the whole then fails verification, the fault may be in what
-    that attempt left (a write cut short by a crash), so the file, already removed
-    by the check, is fetched once more from its first byte before the attempt fails.
+    (ended, killed, its machine restarted).  Its bytes are hashed (and uploaded)
+    again before the rest is fetched; if the whole then fails verification, the
+    fault may be in what that attempt left (a write cut short by a crash), so the
+    file, already removed by the check, is fetched once more from its first byte
+    before the attempt fails.  The aborted upload left the regional image queued.
     """
-    leftover = os.path.exists(dest)
-    timeout, options = settings.ssh_timeout, settings.fetch
+    leftover = os.path.exists(job.dest)
     try:
-        return transfer.fetch(store, image, source, dest, progress, timeout=timeout, options=options)
+        return pipeline.copy(job, progress, phase)
     except VerificationError as exc:
         if not leftover or not exc.retryable:
             raise
         LOG.warning("image %s: the .part left by an earlier attempt did not verify (%s); fetching it afresh",
-                    image["id"], exc)
-    return transfer.fetch(store, image, source, dest, progress, timeout=timeout, options=options)
+                    job.image["id"], exc)
+    return pipeline.copy(job, progress, phase)
 
 
 def _share(task: dict[str, Any], client: Any, endpoint: str, region: str) -> dict[str, Any]:
@@ -205,7 +218,7 @@ def _share(task: dict[str, Any], client: Any, endpoint: str, region: str) -> dic
     return changed
 
 
-def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None],
+def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: ProgressFn, phase: PhaseFn,
               cancelled: threading.Event | None) -> dict:
     region = settings.store_map.region(settings.region)
     endpoint = region.glance.url or settings.region
@@ -216,7 +229,7 @@ def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable
         client = glance.make_client(region.glance, sess)
     kind = task["kind"]
     if kind == "copy":
-        report = _copy(task, settings, client, progress)
+        report = _copy(task, settings, client, progress, phase)
         _share(task, client, endpoint, settings.region)
         return report
     if kind == "update":
@@ -234,12 +247,17 @@ def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Callable
     return {"outcome": "failed", "reason": f"unknown task kind {kind!r}", "retryable": False}
 
 
-def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[[int, int], None],
-             cancelled: threading.Event | None = None) -> dict[str, Any]:
-    """Run one task to its result dict; never raises."""
+def run_task(task: dict[str, Any], settings: WorkerSettings, progress: ProgressFn,
+             phase: PhaseFn | None = None, cancelled: threading.Event | None = None) -> dict[str, Any]:
+    """Run one task to its result dict; never raises.
+
+    ``progress(done, total)`` reports bytes of the current phase, which a copy
+    names through ``phase(name)`` first (agent/pipeline.py: fetching, uploading,
+    registering).
+    """
     started = time.monotonic()
     try:
-        result = _dispatch(task, settings, progress, cancelled)
+        result = _dispatch(task, settings, progress, phase or _no_phase, cancelled)
     except GlanceSyncError as exc:
         result = {"outcome": "failed", "reason": failure_reason(str(exc)), "retryable": exc.retryable}
     except Exception as exc:  # a bug or an unexpected library error: report it, let the coordinator retry
@@ -257,7 +275,11 @@ def run_task(task: dict[str, Any], settings: WorkerSettings, progress: Callable[
 
 def run_inline(task: dict[str, Any], settings: WorkerSettings, cancelled: threading.Event) -> dict[str, Any]:
     """What an agent thread runs for an update or a delete (they report no progress)."""
-    return run_task(task, settings, lambda done, total: None, cancelled)
+    return run_task(task, settings, lambda done, total: None, cancelled=cancelled)
+
+
+def _no_phase(_name: str) -> None:
+    pass
 
 
 def worker_main(task: dict[str, Any], settings: WorkerSettings, queue: Any) -> None:
@@ -266,6 +288,6 @@ def worker_main(task: dict[str, Any], settings: WorkerSettings, queue: Any) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_worker_logging(settings.log_options)
     task_id = task["task_id"]
-    throttle = ProgressThrottle(lambda done, total: queue.put(("progress", task_id, done, total)),
+    throttle = ProgressThrottle(lambda done, total, phase: queue.put(("progress", task_id, done, total, phase)),
                                 settings.progress_interval)
-    queue.put(("result", task_id, run_task(task, settings, throttle)))
+    queue.put(("result", task_id, run_task(task, settings, throttle, throttle.enter)))

@@ -210,11 +210,6 @@ def _hashers(algo: str, image_id: str) -> tuple[Any, Any]:
         raise SourceRefused(image_id=image_id, detail=f"unsupported os_hash_algo {algo!r}") from None
 
 
-def _rehash_part(path: str, sink: hashing.HashPipe) -> int:
-    """Hash what an earlier attempt left in ``path``; returns its size (0 when absent)."""
-    return hashing.rehash(path, sink)
-
-
 def _copy(remote: Any, out: Any, start: int, total: int, sink: hashing.HashPipe, progress: ProgressFn) -> int:
     done = start
     while done < total:
@@ -253,14 +248,19 @@ def fetch(
     progress: ProgressFn,
     timeout: float = 30.0,
     options: FetchOptions | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Fetched:
     """Fetch ``source_path`` into ``dest`` and verify it against ``image``.
 
     ``timeout`` bounds connecting and each control request; ``options`` chooses
-    the method and the idle timeout.  Raises SourceRefused (not retryable),
-    TransferError or VerificationError (retryable).
+    the method and the idle timeout.  ``on_start()`` is called once ``dest`` exists
+    and its bytes are on their way (after ``sftp`` was started: a reader of the
+    growing file may start its threads then, none exists when ``sftp`` forks).
+    Raises SourceRefused (not retryable), TransferError or VerificationError
+    (retryable).
     """
     options = options or FetchOptions()
+    on_start = on_start or (lambda: None)
     image_id = str(image.get("id"))
     algo = image.get("os_hash_algo") or DEFAULT_HASH_ALGO
     _hashers(algo, image_id)  # refuse an unknown algorithm before connecting
@@ -272,10 +272,10 @@ def fetch(
     try:
         if options.method == "openssh":
             size, resumed, digests = _via_openssh(store, image_id, algo, source_path, dest, progress, timeout,
-                                                  options)
+                                                  options, on_start)
         else:
             size, resumed, digests = _via_paramiko(store, image_id, algo, source_path, dest, progress, timeout,
-                                                   options)
+                                                   options, on_start)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             # Keeping the partial file for a resume would hold the space that ran out.
@@ -305,7 +305,8 @@ def _checked_remote(client: paramiko.SSHClient, store: SshStore, image_id: str, 
 
 
 def _via_openssh(store: SshStore, image_id: str, algo: str, source_path: str, dest: str, progress: ProgressFn,
-                 timeout: float, options: FetchOptions) -> tuple[int, int, tuple[str, ...]]:
+                 timeout: float, options: FetchOptions,
+                 on_start: Callable[[], None]) -> tuple[int, int, tuple[str, ...]]:
     remote = sftp_openssh.plain_path(image_id, remote_path(store, source_path), "remote")
     sftp_openssh.plain_path(image_id, os.path.abspath(dest), "local")
     client = connect(store, image_id, timeout)
@@ -325,22 +326,24 @@ def _via_openssh(store: SshStore, image_id: str, algo: str, source_path: str, de
     with open(dest, "ab"):
         pass  # the follower opens it before sftp writes a byte
     if resumed == total:
+        on_start()
         with hashing.HashPipe(_hashers(algo, image_id)) as sink:
             size = hashing.rehash(dest, sink)
             return size, resumed, sink.hexdigests()
     size, digests = sftp_openssh.run(store, image_id, remote, os.path.abspath(dest), _hashers(algo, image_id),
                                      lambda done: progress(done, total), options.idle_timeout, timeout,
-                                     options.sftp_binary)
+                                     options.sftp_binary, on_start)
     return size, resumed, digests
 
 
 def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, dest: str, progress: ProgressFn,
-                  timeout: float, options: FetchOptions) -> tuple[int, int, tuple[str, ...]]:
+                  timeout: float, options: FetchOptions,
+                  on_start: Callable[[], None]) -> tuple[int, int, tuple[str, ...]]:
     client = connect(store, image_id, timeout)
     sink = hashing.HashPipe(_hashers(algo, image_id))
     try:
         sftp, checked = _checked_remote(client, store, image_id, source_path, timeout, options.window_bytes)
-        resumed = _rehash_part(dest, sink)
+        resumed = hashing.rehash(dest, sink)  # what an earlier attempt left
         with sftp.open(remote_path(store, source_path), "rb") as remote:
             opened = remote.stat()
             if not stat.S_ISREG(opened.st_mode or 0) or (opened.st_size, opened.st_mtime) != (
@@ -358,6 +361,7 @@ def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, d
             # From here a stall is what the idle timeout is about, not the control timeout.
             sftp.get_channel().settimeout(options.idle_timeout)
             with open(dest, "ab") as out:
+                on_start()
                 size = _copy(remote, out, resumed, total, sink, progress)
     except FileNotFoundError:
         raise TransferError(image_id=image_id, detail=f"{source_path} not found on {store.host}") from None

@@ -18,11 +18,13 @@ back and compared with what the agent verified (glancesync.verify) before the co
 counts as done.  A region hashing with another algorithm than the cascading image
 gets the uploaded file hashed once more in its algorithm.
 
-The bytes uploaded are the bytes verified: the upload reads the local file and
-hashes exactly the pieces it hands to glance (md5 and the image's algorithm, one
-pass), and holds the last piece back until glancesync.verify has compared the
-size and both hashes with the cascading image.  On a mismatch the request is
-aborted before its last byte: glance then puts the image back to ``queued``
+The bytes uploaded are the bytes verified: the upload reads the local file (while
+the fetch still writes it: ``Follow``, agent/pipeline.py) and hashes exactly the
+pieces it hands to glance (md5 and the image's algorithm, one pass), and holds
+the last piece back until the fetch verified the stream and glancesync.verify has
+compared the size and both hashes of what was read with the cascading image
+(agent/stream.py).  On a mismatch or a failed fetch the request is aborted before
+its last byte: glance then puts the image back to ``queued``
 (doc/glance-behaviour.md), so a corrupt copy never becomes active, and a later
 attempt uploads into the same id.  Glance refusing an upload while the image stays
 ``queued`` (400, 409, 413) is likewise retried, never final.
@@ -33,14 +35,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from glanceclient import exc as glance_exc
 
+from agent import stream
 from glancesync import glance
 from glancesync import verify as check
-from glancesync.exceptions import GlanceError, GlanceSyncError, TransferError, VerificationError
+from glancesync.exceptions import GlanceError, GlanceSyncError, VerificationError
 
 LOG = logging.getLogger(__name__)
 
@@ -49,10 +54,9 @@ HAS_DATA = ("active", "deactivated")
 # Statuses in which another upload or import is running: try again later.
 BUSY = ("saving", "uploading", "importing")
 READ_BYTES = 1024 * 1024
-# Pieces handed to glance while uploading: gunicorn's chunked reader copies its
-# buffer per 64 KiB read, and 64 KiB chunks cut glance's CPU by about a quarter
-# against glanceclient's 1 MiB (doc/glance-behaviour.md).
-UPLOAD_PIECE = 64 * 1024
+# How long an aborted upload may take to leave ``saving``, and how often to look.
+SETTLE_SECONDS = 30.0
+SETTLE_POLL = 0.1
 
 
 def _fail(endpoint: str, detail: str, retryable: bool) -> GlanceError:
@@ -148,61 +152,32 @@ def create(client: Any, image: dict[str, Any], endpoint: str) -> None:
         raise glance.translate(exc, endpoint) from None
 
 
-class HeldBackBody:
-    """The body of an upload: the file in ``UPLOAD_PIECE`` pieces, hashed as handed out, the last held back.
+@dataclass
+class Follow:
+    """How an upload follows the fetch of its file (agent/pipeline.py); ``Follow.of`` for a fetched file.
 
-    Before the piece that completes ``expected.size`` leaves, the file must end
-    there and glancesync.verify must accept the size and hashes of everything read;
-    otherwise ``read`` raises VerificationError (retryable) and the request is
-    aborted with that piece unsent.  ``digest`` is set once the last piece passed.
+    ``body`` is the running upload's body while glance reads it (the pipeline
+    watches its ``handed_at``); ``uploaded`` is called once glance has every byte.
     """
 
-    def __init__(self, handle: Any, expected: check.Digest, algos: Iterable[str], image_id: str) -> None:
-        self.handle = handle
-        self.expected = expected
-        self.image_id = image_id
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.hashers = _hashers(algos, image_id)
-        self.sent = 0
-        self.digest: check.Digest | None = None
+    arrival: stream.Arrival
+    algos: list[str]
+    idle_timeout: float = 300.0
+    progress: Callable[[int], None] | None = None
+    uploaded: Callable[[], None] | None = None
+    body: stream.FollowingBody | None = None
 
-    def read(self, _size: int = -1) -> bytes:
-        if self.digest is not None:
-            return b""
-        want = (self.expected.size or 0) - self.sent
-        try:
-            piece = self.handle.read(min(UPLOAD_PIECE, want)) if want > 0 else b""
-            last = not piece or len(piece) == want
-            extra = self.handle.read(1) if last else b""
-        except OSError as exc:
-            raise TransferError(image_id=self.image_id, detail=f"cannot read {self.handle.name}: {exc.strerror}",
-                                retryable=True) from None
-        for hasher in (self.md5, *self.hashers.values()):
-            hasher.update(piece)
-        if not last:
-            self.sent += len(piece)
-            return piece
-        self._check(self.sent + len(piece), short=not piece, longer=bool(extra))
-        self.sent += len(piece)
-        return piece
-
-    def _check(self, read: int, short: bool, longer: bool) -> None:
-        """Verify everything read before the last piece leaves; the file's real size when it is not ``read``."""
-        size = os.fstat(self.handle.fileno()).st_size if short or longer else read
-        digest = check.Digest("bytes being uploaded", size, self.md5.hexdigest(),
-                              {algo: h.hexdigest() for algo, h in self.hashers.items()})
-        check.verify(self.expected, digest, image_id=self.image_id, mismatch_retryable=True)
-        if short or longer:  # same size on disk but the file changed under us: never send it
-            raise VerificationError(image_id=self.image_id, retryable=True,
-                                    detail=f"{self.handle.name} changed size while it was uploaded")
-        self.digest = digest
+    @classmethod
+    def of(cls, verified: check.Digest) -> Follow:
+        return cls(stream.Arrival.complete(verified), sorted(verified.hashes))
 
 
-def upload_file(client: Any, image: dict[str, Any], path: str, algos: Iterable[str], endpoint: str) -> check.Digest:
-    """Upload ``path`` into the queued regional image, verified as it goes; returns the digest of what was sent.
+def upload_file(client: Any, image: dict[str, Any], path: str, follow: Follow, endpoint: str) -> check.Digest:
+    """Upload ``path`` into the queued regional image as it arrives; returns the digest of what was sent.
 
     A mismatch aborts the upload before its last byte, removes ``path`` and raises
-    VerificationError (retryable): glance keeps the image ``queued``.
+    VerificationError (retryable): glance keeps the image ``queued``.  So does a
+    fetch that fails, or a stall, with their own errors (agent/stream.py).
     """
     image_id = str(image["id"])
     expected = check.Digest.of_record(image, "cascading image")
@@ -211,21 +186,46 @@ def upload_file(client: Any, image: dict[str, Any], path: str, algos: Iterable[s
     except OSError as exc:
         raise _fail(endpoint, f"cannot read {path}: {exc.strerror}", retryable=True) from None
     with handle:
-        body = HeldBackBody(handle, expected, algos, image_id)
+        body = stream.FollowingBody(handle, expected, follow.algos, image_id, follow.arrival, follow.idle_timeout,
+                                    follow.progress)
+        follow.body = body
         try:
             client.images.upload(image_id, body, image_size=expected.size)
         except VerificationError:
             LOG.warning("upload of %s to %s aborted before its last byte: %s file differs from the "
                         "cascading image; removed", image_id, endpoint, path)
             remove_file(path)
+            settle(client, image_id, endpoint)
             raise
-        except GlanceSyncError:
+        except GlanceSyncError as exc:
+            LOG.warning("upload of %s to %s aborted before its last byte: %s", image_id, endpoint, exc)
+            settle(client, image_id, endpoint)
             raise
         except Exception as exc:
             raise _refused(client, image_id, exc, endpoint) from None
+        finally:
+            follow.body = None
     if body.digest is None:
         raise _fail(endpoint, f"glance answered the upload of {image_id} before its last byte", retryable=True)
     return body.digest
+
+
+def settle(client: Any, image_id: str, endpoint: str, clock: Callable[[], float] = time.monotonic,
+           sleep: Callable[[float], None] = time.sleep) -> None:
+    """Wait (a little) until glance has put an aborted upload's image back from ``saving``.
+
+    glance does so as soon as it notices the closed connection; a retry in the same
+    attempt would otherwise find it ``saving`` and refuse it.
+    """
+    deadline = clock() + SETTLE_SECONDS
+    while clock() < deadline:
+        try:
+            record = glance.get_image(client, image_id, endpoint)
+        except GlanceSyncError:
+            return
+        if record is None or record.get("status") != "saving":
+            return
+        sleep(SETTLE_POLL)
 
 
 def _refused(client: Any, image_id: str, exc: Exception, endpoint: str) -> GlanceError:
@@ -241,17 +241,9 @@ def _refused(client: Any, image_id: str, exc: Exception, endpoint: str) -> Glanc
     return error
 
 
-def _hashers(algos: Iterable[str], image_id: str) -> dict[str, Any]:
-    try:
-        return {algo: hashlib.new(algo) for algo in algos}
-    except ValueError as exc:
-        raise VerificationError(image_id=image_id, detail=f"unsupported hashing algorithm: {exc}",
-                                retryable=False) from None
-
-
 def _hash(chunks: Iterable[bytes], algos: Iterable[str], image_id: str) -> tuple[int, str, dict[str, str]]:
     """Size, md5 and one hash per algorithm of ``chunks``, in one pass."""
-    hashers = _hashers(algos, image_id)
+    hashers = stream.hashers(algos, image_id)
     md5, size = hashlib.md5(usedforsecurity=False), 0
     for chunk in chunks:
         size += len(chunk)
@@ -308,16 +300,19 @@ def rehash_regional(client: Any, image: dict[str, Any], regional: dict[str, Any]
     return digest
 
 
-def register(client: Any, image: dict[str, Any], path: str, verified: check.Digest, endpoint: str) -> check.Digest:
+def register(client: Any, image: dict[str, Any], path: str, verified: check.Digest | Follow,
+             endpoint: str) -> check.Digest:
     """Make the regional copy of ``image`` from the file ``path``; returns what was verified.
 
     ``verified`` is the digest of the file as it arrived, checked against the
-    cascading image; the upload checks the file again as it sends it (its hashes in
-    the algorithms of ``verified``), and the result is what was sent, plus the
-    region's own hash when it uses another algorithm.  The local file is removed on
-    success; on a failure it is kept only when the failure is retryable and the file
-    was not found to differ, so a retry need not fetch the bytes again.
+    cascading image, or (``Follow``) the fetch still writing it, which the upload
+    follows.  The upload checks the file again as it sends it (its hashes in the
+    algorithms of the fetch), and the result is what was sent, plus the region's
+    own hash when it uses another algorithm.  The local file is removed on success;
+    on a failure it is kept only when the failure is retryable and the file was not
+    found to differ, so a retry need not fetch the bytes again.
     """
+    follow = verified if isinstance(verified, Follow) else Follow.of(verified)
     image_id = image["id"]
     try:
         action = existing_copy(glance.get_image(client, image_id, endpoint), image, endpoint)
@@ -325,15 +320,21 @@ def register(client: Any, image: dict[str, Any], path: str, verified: check.Dige
             create(client, image, endpoint)
             action = existing_copy(glance.get_image(client, image_id, endpoint), image, endpoint)
         if action == "upload":
-            verified = upload_file(client, image, path, sorted(verified.hashes), endpoint)
+            sent = upload_file(client, image, path, follow, endpoint)
+        else:  # made meanwhile by another attempt: compared with what our fetch verified
+            sent = follow.arrival.result(None)
+            if sent is None:
+                raise stream.Aborted(str(image_id), f"the fetch failed ({follow.arrival.error})")
+        if follow.uploaded is not None:
+            follow.uploaded()
         regional = glance.get_image(client, image_id, endpoint)
-        verified = check_uploaded(regional, verified, path, image_id, endpoint)
+        sent = check_uploaded(regional, sent, path, image_id, endpoint)
     except GlanceSyncError as exc:
         if not exc.retryable:
             remove_file(path)
         raise
     remove_file(path)
-    return verified
+    return sent
 
 
 def remove_file(path: str) -> None:

@@ -8,6 +8,12 @@ glances) one random image of ``--size-mib`` is copied to a region three ways:
 - ``openssh``: the agent's worker (``agent.task.run_task``, fetch_method = openssh);
 - ``paramiko``: the same worker with fetch_method = paramiko.
 
+The worker's wall time is the whole copy: the fetch, the upload to the regional
+glance (which follows the fetch: agent/pipeline.py) and the checks; the
+baseline's is ``scp`` then the upload, one after the other.  ``--methods openssh``
+skips the slow paramiko run, e.g. to compare wall times of two versions of the
+agent on the same machine (``PYTHONPATH`` at each version's tree).
+
 For every process involved it reads utime+stime (and the times of reaped children)
 before and after: the worker or client processes through ``wait4`` (they include
 their ``sftp``/``ssh`` children), sshd and the regional glance-api through
@@ -106,8 +112,8 @@ def worker(spec: dict[str, Any]) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     store_map = storemap.load(spec["store_yaml"], storemap.Role.AGENT, spec["region"])
-    settings = task_mod.WorkerSettings(store_map=store_map, region=spec["region"],
-                                       fetch=transfer.FetchOptions(method=spec["method"]))
+    fetch = transfer.FetchOptions(method=spec["method"], sftp_binary=spec.get("sftp") or "sftp")
+    settings = task_mod.WorkerSettings(store_map=store_map, region=spec["region"], fetch=fetch)
     result = task_mod.run_task(spec["task"], settings, lambda done, total: None)
     if result["outcome"] != "done":
         raise SystemExit(f"copy failed: {result}")
@@ -121,8 +127,17 @@ def upload(spec: dict[str, Any]) -> None:
         client.images.upload(image["id"], data, image_size=os.path.getsize(spec["file"]))
 
 
-def scp_argv(topo: Topology, store: storemap.SshStore, source: str, dest: str) -> list[str]:
-    return ["scp", "-q", "-F", "/dev/null", "-P", str(store.port), "-o", "BatchMode=yes",
+def limited_sftp(base: Path, mbit: int) -> str:
+    """An ``sftp`` that OpenSSH itself holds to ``mbit`` Mbit/s (``-l``): a WAN-like link for the fetch."""
+    path = base / "sftp-limited"
+    path.write_text(f'#!/bin/sh\nexec sftp -l {mbit * 1000} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def scp_argv(topo: Topology, store: storemap.SshStore, source: str, dest: str, mbit: int = 0) -> list[str]:
+    limit = ["-l", str(mbit * 1000)] if mbit else []
+    return ["scp", "-q", *limit, "-F", "/dev/null", "-P", str(store.port), "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={store.known_hosts_file}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
             "-o", f"IdentityFile={store.private_key_file}", "-o", "IdentityAgent=none",
@@ -135,7 +150,8 @@ def self_argv(mode: str, spec: dict[str, Any], tmp: Path) -> list[str]:
     return [sys.executable, __file__, f"--{mode}", str(path)]
 
 
-def run(size_mib: int, base: Path) -> dict[str, dict[str, float]]:
+def run(size_mib: int, base: Path, methods: tuple[str, ...] = transfer.METHODS,
+        limit_mbit: int = 0) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     with Topology(base / "topo", regions=2) as topo:
         first, second = topo.region_names
@@ -144,17 +160,17 @@ def run(size_mib: int, base: Path) -> dict[str, dict[str, float]]:
         source = str(topo.cascading.data_dir / image["id"])
         store = storemap.load(str(topo.agent_store_yaml(first)), storemap.Role.AGENT, first).store
         local = base / "scp.img"
-        scp = measure(topo, first, scp_argv(topo, store, source, str(local)))
+        scp = measure(topo, first, scp_argv(topo, store, source, str(local), limit_mbit))
         up = measure(topo, first, self_argv("upload", {"url": topo.cascaded[first].url, "file": str(local)}, base))
         results["baseline"] = {"client": scp["client"] + up["client"], "sshd": scp["sshd"],
                                "glance-api": up["glance-api"], "rss_kib": max(scp["rss_kib"], up["rss_kib"]),
                                "wall": scp["wall"] + up["wall"]}
         local.unlink()
-        for method, region in (("openssh", first), ("paramiko", second)):
+        for method, region in zip(methods, (first, second), strict=False):
             task = {"task_id": f"bench-{method}", "attempt": 1, "kind": "copy", "image_id": image["id"],
                     "region": region, "image": image, "source": {"type": "sftp", "path": source}}
             spec = {"store_yaml": str(topo.agent_store_yaml(region)), "region": region, "method": method,
-                    "task": task}
+                    "task": task, "sftp": limited_sftp(base, limit_mbit) if limit_mbit else None}
             results[method] = measure(topo, region, self_argv("worker", spec, base))
     return results
 
@@ -176,6 +192,12 @@ def report(results: dict[str, dict[str, float]], size_mib: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="image size in MiB (default 1024)")
+    parser.add_argument("--methods", default=",".join(transfer.METHODS),
+                        help="fetch methods to run the worker with, comma-separated (default: "
+                        f"{','.join(transfer.METHODS)}); each copies to its own region")
+    parser.add_argument("--limit-mbit", type=int, default=0,
+                        help="hold scp and the openssh fetch to this many Mbit/s (OpenSSH's -l), like a WAN "
+                        "link: the wall time then shows what overlapping the upload saves (default: no limit)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--upload", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,7 +206,11 @@ def main() -> None:
     if args.upload:
         return upload(json.loads(Path(args.upload).read_text()))
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
-        report(run(args.size_mib, Path(tmp)), args.size_mib)
+        methods = tuple(m for m in args.methods.split(",") if m)
+        unknown = set(methods) - set(transfer.METHODS)
+        if unknown or not methods or len(methods) > 2:
+            parser.error(f"--methods: one or two of {', '.join(transfer.METHODS)}")
+        report(run(args.size_mib, Path(tmp), methods, args.limit_mbit), args.size_mib)
 
 
 if __name__ == "__main__":

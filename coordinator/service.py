@@ -355,7 +355,7 @@ class Service:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
         data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now,
-                            self.events.strategy_in_force)
+                            self.events.strategy_in_force, self.tasks.rates)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- who may send what ------------------------------------------------------------------

@@ -10,7 +10,8 @@ The shapes are a contract with glancesync.status (the status tool)::
     image:   {"image_id", "known", "planned", "settled", "now", "targeting_error",
               "regions": {region: {"state", "task_kind", "task_id",
               "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
-              "updated_at", "synced_at", "copy_registered", "metadata_applied"}}}
+              "updated_at", "synced_at", "copy_registered", "metadata_applied",
+              "retry_at", "phase", "rate_bytes_per_s", "eta_seconds"}}}
 
 ``known``: some event or region names the image.  ``planned``: known, and every event
 received for it has been planned, so ``regions`` lists all the work there is.
@@ -22,6 +23,10 @@ event was planned as a delete (glance said it is gone).  An image created but no
 uploaded yet, or whose import still runs, is planned (its ``created`` event asks for
 nothing) but not settled: more events are on their way.  Only a settled image with
 no regions means nothing to do (sync_strategy None, USER with no region).
+
+``phase``: what the region's pair is doing (queued, waiting for ``retry_at``,
+starting, fetching, uploading, registering, deleting; None once final), with the
+rate and ETA of a transfer from its agent's progress reports (coordinator.rates).
 
 ``copy_registered`` / ``metadata_applied``: the two facts a region's ``synced`` needs
 (a verified copy whose location is registered; the newest planned metadata applied).
@@ -42,7 +47,9 @@ from typing import Any
 
 from coordinator.agents import Agents
 from coordinator.journal import Journal
+from coordinator.rates import Rates
 from glancesync import __version__
+from glancesync.states import SyncState as S
 
 _EMPTY_COUNTS = {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0}
 
@@ -69,12 +76,41 @@ def deletions_held(journal: Journal) -> dict[str, Any]:
             "since": min((h.held_at for h in held), default=None)}
 
 
-def image(journal: Journal, image_id: str, now: float) -> dict[str, Any]:
+def image(journal: Journal, image_id: str, now: float, rates: Rates | None = None) -> dict[str, Any]:
     known, regions = journal.image_view(image_id)
     planned = known and journal.unplanned_count(image_id) == 0
+    for row in regions.values():
+        row.update(activity(row, rates or Rates(), now))
     return {"image_id": image_id, "known": known, "planned": planned,
             "settled": planned and settled(journal, image_id), "regions": regions, "now": now,
             "targeting_error": journal.targeting_error(image_id)}
+
+
+# The phase of a region whose state says it all (doc/status.md); None: final states.
+_STATE_PHASES = {S.ASSIGNED: "starting", S.REGISTERING: "registering", S.DELETING: "deleting"}
+
+
+def activity(row: dict[str, Any], rates: Rates, now: float) -> dict[str, Any]:
+    """``phase``, ``rate_bytes_per_s``, ``eta_seconds`` of one region row, and its bytes as they stand.
+
+    A pending row waits for its retry (``waiting``, until ``retry_at``) or for an
+    agent (``queued``); the bytes of its earlier attempt are not its progress.
+    """
+    state = row.get("state")
+    fields: dict[str, Any] = {"phase": None, "rate_bytes_per_s": None, "eta_seconds": None}
+    if state == S.PENDING:
+        waiting = (row.get("retry_at") or 0) > now
+        fields.update(phase="waiting" if waiting else "queued", bytes_done=0,
+                      retry_at=row.get("retry_at") if waiting else None)
+    elif state == S.TRANSFERRING:
+        seen = rates.view(row.get("task_id"), row.get("attempts"), now)
+        # An agent that names no phase (older than the overlapped copy): just "transferring".
+        fields["phase"] = (seen or {}).get("phase") or "transferring"
+        if seen is not None:
+            fields.update(rate_bytes_per_s=seen["rate_bytes_per_s"], eta_seconds=seen["eta_seconds"])
+    else:
+        fields["phase"] = _STATE_PHASES.get(state)
+    return fields
 
 
 def settled(journal: Journal, image_id: str) -> bool:
@@ -84,9 +120,9 @@ def settled(journal: Journal, image_id: str) -> bool:
 
 
 def build(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
-          body: dict[str, Any], now: float, strategy: str = "") -> dict[str, Any]:
+          body: dict[str, Any], now: float, strategy: str = "", rates: Rates | None = None) -> dict[str, Any]:
     """The ``data`` of the reply to a ``status_query`` body; ``now`` is the coordinator's clock,
     so a client renders ages right even when its own clock differs."""
     if body.get("view") == "image" and body.get("image_id"):
-        return image(journal, body["image_id"], now)
+        return image(journal, body["image_id"], now, rates)
     return summary(journal, agents, regions, started_at, now, strategy)

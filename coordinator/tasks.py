@@ -36,6 +36,7 @@ from typing import Any
 
 from coordinator.agents import Agents, RetryPolicy, Session
 from coordinator.journal import Journal, TaskRow
+from coordinator.rates import Rates
 from coordinator.registrar import Registrar, TaskResult
 from glancesync.exceptions import JournalError, ProtocolError, StaleAttempt
 from glancesync.liveness import retry_delay
@@ -75,6 +76,8 @@ class TaskDesk:
         self.registering: set[str] = set()
         # Failed attempts since start by (region, failure kind), read by coordinator/metrics.py.
         self.failures: Counter[tuple[str, str]] = Counter()
+        # Phase, rate and ETA of running transfers, from their progress reports (status only).
+        self.rates = Rates()
 
     def _stale(self, what: str, body: dict[str, Any], session: Session | None = None) -> None:
         who = f" from agent {session.agent_id}" if session else ""
@@ -139,8 +142,10 @@ class TaskDesk:
 
     def progress(self, session: Session, body: dict[str, Any], now: float) -> None:
         try:
-            self.journal.progress(body["task_id"], self._attempt(session, body, older=True), body["bytes_done"],
-                                  body["bytes_total"], now)
+            attempt = self._attempt(session, body, older=True)
+            self.journal.progress(body["task_id"], attempt, body["bytes_done"], body["bytes_total"], now)
+            self.rates.record(body["task_id"], attempt, body.get("phase"), body["bytes_done"], body["bytes_total"],
+                              now)
         except StaleAttempt:
             self._stale("progress", body, session)
         except JournalError as exc:  # progress is a hint: the next one, or done, brings it up to date

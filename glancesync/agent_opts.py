@@ -98,9 +98,11 @@ agent_opts = [
         "transfer_idle_timeout",
         default=300,
         min=5,
-        help="Seconds a fetch may go without receiving a new byte before it is killed and the "
-        "task fails, retryable (the .part is kept and resumed). The primary guard against a "
-        "stalled transfer; scp_copy_timeout only caps a whole task.",
+        help="Seconds a copy may go without a new byte on either side: the fetch receiving none "
+        "(it is killed), or the upload to the region's glance, which runs while the fetch does, "
+        "sending none (waiting for the fetch, or glance taking none: the upload is cancelled). "
+        "The task then fails, retryable (the .part is kept and resumed). The primary guard "
+        "against a stalled transfer; scp_copy_timeout only caps a whole task.",
     ),
     cfg.IntOpt(
         "paramiko_window_mib",

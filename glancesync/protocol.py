@@ -118,20 +118,11 @@ MAX_ITEMS = 1024
 MAX_DEPTH = 32
 
 TASK_KINDS = ("copy", "update", "delete")
-EVENT_KINDS = (
-    "created",
-    "uploaded",
-    "imported",
-    "updated",
-    "deactivated",
-    "reactivated",
-    "deleted",
-    "locations_changed",
-    "tags_changed",
-    "members_changed",
-)
+EVENT_KINDS = ("created", "uploaded", "imported", "updated", "deactivated", "reactivated", "deleted",
+               "locations_changed", "tags_changed", "members_changed")
 STATUS_VIEWS = ("summary", "image")
 OPERATOR_ACTIONS = ("cancel", "resync_failed", "sync")
+PROGRESS_PHASES = ("fetching", "uploading", "registering")  # what a copy's progress bytes count
 
 # The coordinator's own calls to the cascading glance carry this header, so the
 # glance_proxy filter makes no event of them (the loop guard of the original).
@@ -189,6 +180,7 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         **_TASK_REF,
         "bytes_done": Field(_INT, check=_SIZE),
         "bytes_total": Field(_INT, check=_SIZE),
+        "phase": Field(_STR, required=False, check=wirefields.one_of(PROGRESS_PHASES)),  # older agents: absent
     },
     "done": {
         **_TASK_REF,

@@ -119,7 +119,7 @@ def progress_table(regions: Mapping[str, Any]) -> Table:
         # The phase says more than the state it is part of (uploading, not transferring).
         rows.append([Text(name), Text(status_render.phase(r) or state), bar,
                      Text(status_render.progress(r.get("bytes_done", 0), r.get("bytes_total", 0))),
-                     Text(status_render.rate(r.get("rate")) or "-"), Text(status_render.eta(r.get("eta")) or "-")])
+                     Text(status_render.rate(r) or "-"), Text(status_render.eta(r) or "-")])
     table = Table(box=None, pad_edge=False, header_style="bold")
     for i, header in enumerate(headers):
         if header == "PROGRESS":

@@ -166,14 +166,14 @@ def image_head(data: Mapping[str, Any]) -> str | None:
 
 
 def has_motion(regions: Mapping[str, Any]) -> bool:
-    """Whether any region reports phase, rate or ETA (a coordinator that measures them)."""
-    return any(key in (info or {}) for info in regions.values() for key in ("phase", "rate", "eta"))
+    """Whether any region reports a rate or an ETA (a coordinator that measures them)."""
+    return any(key in (info or {}) for info in regions.values() for key in ("rate_bytes_per_s", "eta_seconds"))
 
 
 def image_headers(regions: Mapping[str, Any]) -> list[str]:
-    """The image table's headers: PHASE, RATE and ETA only when the coordinator reports them."""
-    motion = ["PHASE", "RATE", "ETA"] if has_motion(regions) else []
-    return ["REGION", "STATE", *motion, "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST ERROR"]
+    """The image table's headers: RATE and ETA only when the coordinator reports them (the phase is in STATE)."""
+    motion = ["RATE", "ETA"] if has_motion(regions) else []
+    return ["REGION", "STATE", "BYTES", *motion, "ATTEMPTS", "AGENT", "UPDATED", "LAST ERROR"]
 
 
 def image_rows(regions: Mapping[str, Any], now: float) -> list[list[Any]]:
@@ -182,9 +182,9 @@ def image_rows(regions: Mapping[str, Any], now: float) -> list[list[Any]]:
     rows = []
     for name in sorted(regions):
         r = regions[name]
-        extra = [phase(r), rate(r.get("rate")), eta(r.get("eta"))] if motion else []
+        extra = [rate(r), eta(r)] if motion else []
         rows.append(
-            [name, _state_cell(r), *extra, progress(r.get("bytes_done", 0), r.get("bytes_total", 0)),
+            [name, _state_cell(r), progress(r.get("bytes_done", 0), r.get("bytes_total", 0)), *extra,
              r.get("attempts", 0), r.get("agent_id"), age(r.get("updated_at"), now),
              _one_line(r.get("last_error"))]
         )
@@ -203,35 +203,38 @@ def render_image(data: Mapping[str, Any], now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def phase(r: Mapping[str, Any]) -> str | None:
-    """The step a moving region is in (fetching, uploading, registering); None when not moving."""
-    value = r.get("phase")
-    return str(value) if value and r.get("state") != SyncState.SYNCED else None
-
-
-def rate(value: Any) -> str | None:
-    """Bytes per second as ``12.0 MiB/s``; None when unknown."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        return None
-    return f"{size(value)}/s"
-
-
-def eta(value: Any) -> str | None:
-    """Seconds left as a duration; None when unknown."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or value == float("inf"):
-        return None
-    return duration(value)
-
-
 # The two facts ``synced`` needs (doc/states.md), as the image view names them.
 FACTS = (("copy_registered", "copy registered"), ("metadata_applied", "metadata applied"))
 
 
+def rate(r: Mapping[str, Any]) -> str | None:
+    """``55.0 MiB/s`` from ``rate_bytes_per_s``; None (shown as ``-``) when there is none."""
+    value = r.get("rate_bytes_per_s")
+    return f"{size(value)}/s" if isinstance(value, (int, float)) and value > 0 else None
+
+
+def eta(r: Mapping[str, Any]) -> str | None:
+    value = r.get("eta_seconds")
+    return duration(value) if isinstance(value, (int, float)) else None
+
+
+def phase(r: Mapping[str, Any]) -> str | None:
+    """``fetching``, ``waiting: retry at 12:00:03 UTC``...: the ``phase`` of a region row, if any."""
+    name = r.get("phase")
+    if not name:
+        return None
+    retry_at = r.get("retry_at")
+    if name == "waiting" and isinstance(retry_at, (int, float)):
+        return f"waiting: retry at {_stamp(retry_at)[11:]}"
+    return str(name)
+
+
 def _state_cell(r: Mapping[str, Any]) -> str:
-    """The state; for a failed region, which of the facts ``synced`` needs is missing."""
+    """The state and its phase; for a failed region, which of the facts ``synced`` needs is missing."""
     state = str(r.get("state", "?"))
     if state != SyncState.FAILED:
-        return state
+        doing = phase(r)
+        return f"{state} ({doing})" if doing and doing != state else state
     missing = [label for key, label in FACTS if key in r and not r[key]]
     return f"{state} (missing: {', '.join(missing)})" if missing else state
 
@@ -249,20 +252,13 @@ def region_progress_line(region: str, info: Mapping[str, Any] | None) -> str:
     if info is None:
         return f"{region}: unknown"
     state = info.get("state", "?")
-    line = f"{region}: {state}"
-    if state == SyncState.SYNCED:
-        return line
-    step = phase(info)
-    if step:
-        line += f" ({step})"
+    line = f"{region}: {_state_cell(info) if state != SyncState.FAILED else state}"
     shown = progress(info.get("bytes_done", 0), info.get("bytes_total", 0))
-    if shown != "-":
+    if shown != "-" and state not in (SyncState.SYNCED, SyncState.PENDING):
         line += f" {shown}"
-    speed, left = rate(info.get("rate")), eta(info.get("eta"))
-    if speed:
-        line += f" at {speed}"
-    if left:
-        line += f", {left} left"
+        speed, left = rate(info), eta(info)
+        line += f" at {speed}" if speed else ""
+        line += f", ETA {left}" if left else ""
     return line
 
 

@@ -33,7 +33,7 @@ class ViewsMixin:
 
     def image_view(self, image_id: str) -> tuple[bool, dict[str, dict[str, Any]]]:
         """(known, per-region rows) for one image; known when any event or region names it."""
-        query = (sa.select(image_regions, tasks.c.kind, tasks.c.agent_id)
+        query = (sa.select(image_regions, tasks.c.kind, tasks.c.agent_id, tasks.c.not_before)
                  .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
                  .where(image_regions.c.image_id == image_id))
         with self.transaction() as conn:
@@ -48,6 +48,8 @@ class ViewsMixin:
                 # The two facts ``synced`` needs (doc/states.md); status shows which is missing.
                 "copy_registered": r.copy_registered_at is not None,
                 "metadata_applied": r.metadata_applied_at is not None,
+                # When a pending task is due (its retry backoff); status says what it waits for.
+                "retry_at": r.not_before if r.state == S.PENDING.value else None,
             }
         return bool(rows) or seen is not None, regions
 

@@ -99,8 +99,8 @@ def image_rows(data: Mapping[str, Any], long: bool) -> tuple[list[str], list[lis
         done, total, updated = r.get("bytes_done"), r.get("bytes_total"), r.get("updated_at")
         row = [name, r.get("state"), r.get("phase"),
                Human(done, status_render.size(done or 0)), Human(total, status_render.size(total or 0)),
-               Human(r.get("rate"), status_render.rate(r.get("rate"))),
-               Human(r.get("eta"), status_render.eta(r.get("eta"))), r.get("attempts"), r.get("agent_id"),
+               Human(r.get("rate_bytes_per_s"), status_render.rate(r)),
+               Human(r.get("eta_seconds"), status_render.eta(r)), r.get("attempts"), r.get("agent_id"),
                Human(updated, status_render.age(updated, now)), r.get("last_error")]
         if long:
             synced_at = r.get("synced_at")

@@ -104,7 +104,7 @@ def test_update_then_delete(topology, store_map, image):
         regional_client.images.get(image["id"])
     # Glance never re-creates a deleted id: the copy fails for good, saying why.
     result = task_mod.run_task(copy_task(topology, image, region), settings(store_map, region), lambda d, t: None)
-    assert result["outcome"] == "failed" and result["retryable"] is False
+    assert result["outcome"] == "failed" and result["retryable"] is False, result
     assert "deleted" in result["reason"]
 
 

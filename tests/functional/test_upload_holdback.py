@@ -60,8 +60,12 @@ def run_copy(topology: Topology, store_map: storemap.StoreMap, image: dict, regi
 
 
 def fetch_then(change):
-    """transfer.fetch that verifies the stream as usual, then lets ``change`` rewrite the .part (a second writer)."""
-    def fetch(store, image, source, dest, progress, **kwargs):
+    """transfer.fetch that verifies the stream as usual, then lets ``change`` rewrite the .part (a second writer).
+
+    The upload starts only once this returns (no ``on_start`` is passed on), so
+    it reads what ``change`` left: its own check must catch it.
+    """
+    def fetch(store, image, source, dest, progress, on_start=None, **kwargs):
         fetched = REAL_FETCH(store, image, source, dest, progress, **kwargs)
         with open(dest, "r+b") as part:
             change(part)

@@ -16,7 +16,7 @@ class Clock:
 
 def test_throttle_sends_every_interval_and_every_five_percent_but_not_flooding():
     clock, sent = Clock(), []
-    throttle = task_mod.ProgressThrottle(lambda d, t: sent.append(d), interval=1.0, clock=clock)
+    throttle = task_mod.ProgressThrottle(lambda d, t, p: sent.append(d), interval=1.0, clock=clock)
     throttle(0, 1000)
     assert sent == [0]
     clock.now = 0.1
@@ -52,7 +52,7 @@ def test_unknown_kind_fails_not_retryable():
 
 
 def test_failure_reasons_and_log_lines_never_carry_secrets(monkeypatch, caplog):
-    def leaky(task, settings, progress, cancelled=None):
+    def leaky(task, settings, progress, phase, cancelled=None):
         raise RuntimeError('auth failed: {"password": "s3cret-pw"} X-Auth-Token: gAAAAtok3n '
                            '{"X-Auth-Token": "gAAAAtok3n"} application_credential_secret=appsecr3t')
 
@@ -132,7 +132,7 @@ def test_a_copy_an_earlier_attempt_made_is_reported_with_the_cascading_values():
     data = b"bytes" * 100
     cascading = digest_record(data, "sha512")
     client = FakeClient({"img-1": digest_record(data, "sha512")})
-    result = task_mod._copy(copy_of(cascading), settings(), client, lambda d, t: None)
+    result = task_mod._copy(copy_of(cascading), settings(), client, lambda d, t: None, lambda p: None)
     assert result == {"outcome": "done", "size": 500, "checksum": cascading["checksum"], "os_hash_algo": "sha512",
                       "os_hash_value": cascading["os_hash_value"]}
 
@@ -141,7 +141,7 @@ def test_a_copy_in_a_region_hashing_otherwise_is_read_back_and_reported_with_bot
     data = b"bytes" * 100
     cascading, regional = digest_record(data, "sha512"), digest_record(data, "sha256")
     client = FakeClient({"img-1": regional}, data)
-    result = task_mod._copy(copy_of(cascading), settings(), client, lambda d, t: None)
+    result = task_mod._copy(copy_of(cascading), settings(), client, lambda d, t: None, lambda p: None)
     assert result["os_hash_value"] == cascading["os_hash_value"]
     assert (result["region_hash_algo"], result["region_hash_value"]) == ("sha256", regional["os_hash_value"])
 
@@ -163,7 +163,7 @@ def test_a_zero_byte_image_is_refused_before_anything_is_created(monkeypatch):
 def test_failure_reasons_carry_no_terminal_control_characters(monkeypatch):
     from glancesync.exceptions import GlanceError
 
-    def hostile(task, settings, progress, cancelled=None):
+    def hostile(task, settings, progress, phase, cancelled=None):
         raise GlanceError(endpoint="http://r", detail="409 <html>\x1b[2J\x1b]0;owned\x07\r\nbody\x9b</html>")
 
     monkeypatch.setattr(task_mod, "_dispatch", hostile)

@@ -172,7 +172,7 @@ def test_copy_loop_resumes_after_the_verified_prefix(tmp_path):
     part = tmp_path / "p"
     part.write_bytes(DATA[:1_000_000])
     sink = hashing.HashPipe((hashlib.md5(), hashlib.sha512()))
-    start = transfer._rehash_part(str(part), sink)
+    start = hashing.rehash(str(part), sink)
     remote = FakeRemote(DATA)
     with open(part, "ab") as out:
         transfer._copy(remote, out, start, len(DATA), sink, lambda d, t: None)

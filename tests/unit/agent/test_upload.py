@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from glanceclient import exc as glance_exc
 
-from agent import upload
+from agent import stream, upload
 from glancesync import verify as check
 from glancesync.exceptions import GlanceError, GlanceSyncError, VerificationError
 
@@ -210,7 +210,7 @@ def test_the_upload_sends_the_file_in_pieces_and_reports_what_it_hashed(tmp_path
     path, verified = part_with(tmp_path, BIG)
     result = upload.register(client, BIG_IMAGE, path, verified, "ep")
     assert bytes(client.images.received["img-1"]) == BIG
-    assert client.images.largest_piece == upload.UPLOAD_PIECE == 64 * 1024
+    assert client.images.largest_piece == stream.UPLOAD_PIECE == 64 * 1024
     assert client.images.records["img-1"]["status"] == "active"
     assert (result.what, result.size, result.checksum) == ("bytes being uploaded", len(BIG), BIG_IMAGE["checksum"])
     assert result.hashes == {"sha512": BIG_IMAGE["os_hash_value"]}

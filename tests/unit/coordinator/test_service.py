@@ -133,6 +133,19 @@ def test_verified_done_registers_and_syncs(ctx, service, journal, client) -> Non
     assert [a[1] for a in client.images.added] == [protocol.cascaded_url("RegionOne", IMAGE_ID)]
 
 
+def test_progress_phases_give_the_image_view_its_phase_rate_and_eta(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    sock.send(protocol.encode("ack", {"task_id": task["task_id"], "attempt": 1}))
+    for at, done in ((NOW + 1, 100), (NOW + 3, 300)):
+        sock.send(protocol.encode("progress", {"task_id": task["task_id"], "attempt": 1, "bytes_done": done,
+                                               "bytes_total": 1024, "phase": "uploading"}))
+        pump(service, at, lambda done=done: journal.image_view(IMAGE_ID)[1]["RegionOne"]["bytes_done"] == done)
+    reply = protocol.decode(service._status({"view": "image", "image_id": IMAGE_ID}))
+    row = reply.body["data"]["regions"]["RegionOne"]
+    assert (row["phase"], row["bytes_done"], row["rate_bytes_per_s"]) == ("uploading", 300, 100.0)
+    assert row["eta_seconds"] == pytest.approx(7.24)
+
+
 def test_done_for_a_regional_image_with_other_bytes_is_not_registered(ctx, service, journal, client,
                                                                     regional) -> None:
     regional.images.records[IMAGE_ID]["checksum"] = "0" * 32

@@ -20,7 +20,7 @@ VALID: dict[str, dict[str, Any]] = {
               "running": [{"task_id": "t-9", "attempt": 3}]},
     "ready": {"credits": 2},
     "ack": dict(TASK_REF),
-    "progress": {**TASK_REF, "bytes_done": 10, "bytes_total": 100},
+    "progress": {**TASK_REF, "bytes_done": 10, "bytes_total": 100, "phase": "uploading"},
     "done": {
         **TASK_REF,
         "size": 100,
@@ -162,6 +162,7 @@ def test_missing_field() -> None:
         ("ready", {"credits": True}, "credits"),
         ("ready", {"credits": 2.0}, "credits"),
         ("progress", {**TASK_REF, "bytes_done": True, "bytes_total": 5}, "bytes_done"),
+        ("progress", {**TASK_REF, "bytes_done": 1, "bytes_total": 5, "phase": "dancing"}, "phase"),
         ("failed", {**TASK_REF, "reason": "x", "retryable": 1}, "retryable"),
         ("hello", {"region": "R", "agent_id": "a", "capacity": 1, "version": "1", "in_flight": "t"}, "in_flight"),
         ("task", {**VALID["task"], "image": ["not", "a", "map"]}, "image"),

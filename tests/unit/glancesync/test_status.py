@@ -53,10 +53,10 @@ def image(known: bool = True, **regions: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_image_view_shows_phase_rate_and_eta_when_the_coordinator_reports_them() -> None:
-    moving = region("transferring", 3 * MIB, 4 * MIB, phase="uploading", rate=1.5 * MIB, eta=65.2)
+    moving = region("transferring", 3 * MIB, 4 * MIB, phase="uploading", rate_bytes_per_s=1.5 * MIB, eta_seconds=65.2)
     lines = status_render.render_image(image(RegionOne=moving, RegionTwo=region("synced", phase=None)),
                                        NOW).splitlines()
-    assert lines[2].split()[:5] == ["REGION", "STATE", "PHASE", "RATE", "ETA"]
+    assert lines[2].split()[:5] == ["REGION", "STATE", "BYTES", "RATE", "ETA"]
     one = next(line for line in lines if line.startswith("RegionOne"))
     assert "uploading" in one and "1.5 MiB/s" in one and "1m 5s" in one
     # Without them (an older coordinator) the columns are not there at all.
@@ -96,6 +96,7 @@ def test_image_view() -> None:
     lines = status_render.render_image(data, NOW).splitlines()
     assert lines[0] == "image 3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
     header = lines[2].split()
+    # No region reports a rate or an ETA here: no such columns.
     assert header == ["REGION", "STATE", "BYTES", "ATTEMPTS", "AGENT", "UPDATED", "LAST", "ERROR"]
     one = next(line for line in lines if line.startswith("RegionOne"))
     assert "transferring" in one and "25.0 MiB/100.0 MiB (25%)" in one and "agent-a" in one and "5s ago" in one
@@ -103,6 +104,28 @@ def test_image_view() -> None:
     assert "failed" in two and " 6 " in two and two.endswith("sftp: connection reset")
     three = next(line for line in lines if line.startswith("RegionThree"))
     assert "100.0 MiB/100.0 MiB (100%)" in three
+
+
+def test_image_view_and_wait_lines_show_phase_rate_eta_and_what_a_requeued_pair_waits_for() -> None:
+    data = image(
+        RegionOne=region("transferring", 25 * MIB, 100 * MIB, phase="uploading", rate_bytes_per_s=5 * MIB,
+                         eta_seconds=75.0),
+        RegionTwo=region("pending", 0, 100 * MIB, phase="waiting", retry_at=NOW + 30, error="connection reset"),
+        RegionThree=region("pending", 0, 100 * MIB, phase="queued"),
+    )
+    lines = status_render.render_image(data, NOW).splitlines()
+    one = next(line for line in lines if line.startswith("RegionOne"))
+    assert "transferring (uploading)" in one and "5.0 MiB/s" in one and "1m 15s" in one
+    two = next(line for line in lines if line.startswith("RegionTwo"))
+    stamp = time.strftime("%H:%M:%S", time.gmtime(NOW + 30))
+    assert f"pending (waiting: retry at {stamp} UTC)" in two
+    regions = data["regions"]
+    assert status_render.region_progress_line("RegionOne", regions["RegionOne"]) == (
+        "RegionOne: transferring (uploading) 25.0 MiB/100.0 MiB (25%) at 5.0 MiB/s, ETA 1m 15s")
+    # A requeued pair says what it waits for, never the bytes of the attempt that failed.
+    assert status_render.region_progress_line("RegionTwo", regions["RegionTwo"]) == (
+        f"RegionTwo: pending (waiting: retry at {stamp} UTC)")
+    assert status_render.region_progress_line("RegionThree", regions["RegionThree"]) == "RegionThree: pending (queued)"
 
 
 def test_image_view_names_the_fact_a_failed_region_misses() -> None:
@@ -275,7 +298,7 @@ def test_display_on_tty_redraws_a_live_table_with_a_header_and_one_row_per_regio
     display = status_live.WaitDisplay(out, tty=True, clock=clock)
     display.show(image(RegionOne=region("pending"), RegionTwo=region("pending")))
     clock.now = 75.0
-    display.show(image(RegionOne=region("transferring", 1, 4, phase="uploading", rate=2 * MIB, eta=90),
+    display.show(image(RegionOne=region("transferring", 1, 4, phase="uploading", rate_bytes_per_s=2 * MIB, eta_seconds=90),
                        RegionTwo=region("pending")))
     display.close()
     text = out.getvalue()
@@ -291,18 +314,18 @@ def test_display_without_tty_prints_a_phase_change_with_rate_and_eta() -> None:
     out = io.StringIO()
     display = status_live.WaitDisplay(out, tty=False, clock=FakeClock())
     display.show(image(RegionOne=region("transferring", 1 * MIB, 4 * MIB, phase="fetching")))
-    display.show(image(RegionOne=region("transferring", 4 * MIB, 4 * MIB, phase="uploading", rate=MIB, eta=3)))
+    display.show(image(RegionOne=region("transferring", 4 * MIB, 4 * MIB, phase="uploading", rate_bytes_per_s=MIB, eta_seconds=3)))
     assert out.getvalue().splitlines()[1:] == [
         "RegionOne: transferring (fetching) 1.0 MiB/4.0 MiB (25%)",
-        "RegionOne: transferring (uploading) 4.0 MiB/4.0 MiB (100%) at 1.0 MiB/s, 3s left"]
+        "RegionOne: transferring (uploading) 4.0 MiB/4.0 MiB (100%) at 1.0 MiB/s, ETA 3s"]
 
 
 def test_view_on_a_terminal_is_a_rich_table_that_interprets_no_markup() -> None:
     out = io.StringIO()
-    data = image(**{"[bold]Region": region("transferring", MIB, 4 * MIB, phase="uploading", rate=MIB, eta=3)})
+    data = image(**{"[bold]Region": region("transferring", MIB, 4 * MIB, phase="uploading", rate_bytes_per_s=MIB, eta_seconds=3)})
     status_live.print_view(out, True, "image", data, NOW)
     text = out.getvalue()
-    assert "[bold]Region" in text and "PHASE" in text and "1.0 MiB/s" in text
+    assert "[bold]Region" in text and "(uploading)" in text and "1.0 MiB/s" in text
 
 
 # --- real runs of main() ---------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_the_extension_module_names_its_group_and_version() -> None:
 
 def test_show_keeps_the_replys_values_in_json_and_words_in_a_table() -> None:
     reply = {"image_id": IMAGE, "known": True, "now": NOW,
-             "regions": {"RegionOne": region("transferring", phase="uploading", rate=2.0 * MIB, eta=90),
+             "regions": {"RegionOne": region("transferring", phase="uploading", rate_bytes_per_s=2.0 * MIB, eta_seconds=90),
                          "RegionTwo": region("synced", bytes_done=4 * MIB, synced_at=NOW - 60,
                                              copy_registered=True, metadata_applied=True)}}
     code, out, _ = run(commands.ShowImageSync, [IMAGE, "--long", "-f", "json"], FakeSync([reply]))

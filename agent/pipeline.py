@@ -1,0 +1,174 @@
+"""One copy attempt with the fetch and the regional upload overlapped.
+
+The fetch (agent/transfer.py) runs in the worker's own thread, as before; once
+its bytes are on their way (``on_start``: after ``sftp`` was forked, or paramiko
+opened the file), a second thread creates the image in the region's glance and
+uploads the ``.part`` while it grows (agent/upload.py with the body of
+agent/stream.py).  The upload holds back its last piece until the fetch is over
+and verified, and the bytes it read verify too (glancesync.verify): a corrupt
+source is never made active.  A region therefore gets the image about when the
+last byte arrives, not one whole upload later.
+
+Either side ending badly ends the other: a failed fetch aborts the upload before
+its last byte (glance puts the image back to ``queued``), and a failed upload
+stops the fetch at its next block; the attempt then fails with the first side's
+reason.  No new byte for ``transfer_idle_timeout`` ends it on both sides: the
+fetch's own watch, the upload waiting for the fetch, and glance taking no piece
+of the body (the upload is then cancelled, so it can never complete later).
+
+Phases, reported through ``phase(name)`` before the bytes: ``fetching`` (bytes
+fetched; the upload follows), ``uploading`` (the fetch is over; bytes uploaded),
+``registering`` (glance has every byte; its record is read back and checked).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent import stream, transfer, upload
+from glancesync import verify as check
+from glancesync.exceptions import TransferError
+from glancesync.storemap import SshStore
+
+# How often the worker's thread looks at a running upload while it waits for it.
+WATCH_SECONDS = 0.5
+
+FETCHING, UPLOADING, REGISTERING = "fetching", "uploading", "registering"
+
+
+@dataclass(frozen=True)
+class Copy:
+    """What one attempt copies, from where, to where."""
+
+    store: SshStore
+    image: dict[str, Any]
+    source: str
+    dest: str
+    client: Any
+    endpoint: str
+    fetch: transfer.FetchOptions
+    ssh_timeout: float
+
+
+class _Upload:
+    """The upload thread and what it ended with."""
+
+    def __init__(self, job: Copy, follow: upload.Follow) -> None:
+        self.job, self.follow = job, follow
+        self.digest: check.Digest | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"upload-{job.image['id']}", daemon=True)
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.lock:
+            if self.thread.ident is None:
+                self.thread.start()
+
+    def _run(self) -> None:
+        job = self.job
+        try:
+            self.digest = upload.register(job.client, job.image, job.dest, self.follow, job.endpoint)
+        except BaseException as exc:  # handed to the worker's thread, which raises it
+            self.error = exc
+
+    def wait(self, idle_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """Until the thread is over; cancels an upload glance took no piece of for ``idle_timeout``."""
+        self.start()  # a fetch that never called on_start (nothing to fetch) still gets its upload
+        while self.thread.is_alive():
+            self.thread.join(WATCH_SECONDS)
+            body = self.follow.body
+            handed = body.handed_at if body is not None and body.digest is None else None
+            if handed is not None and clock() - handed > idle_timeout:
+                body.cancel(f"glance took no byte for {idle_timeout:g} s")
+                image_id = str(self.job.image["id"])
+                self.error = self.error or TransferError(
+                    image_id=image_id, retryable=True,
+                    detail=f"upload to {self.job.endpoint}: glance took no byte for {idle_timeout:g} s "
+                    "(transfer_idle_timeout); cancelled")
+                return
+
+
+class _Phase:
+    """The phase of the attempt; it only moves forward, whichever thread moves it."""
+
+    ORDER = (FETCHING, UPLOADING, REGISTERING)
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.report = report
+        self.name: str | None = None
+        self.lock = threading.Lock()
+
+    def enter(self, name: str) -> bool:
+        """Move to ``name`` unless the attempt is there or past it already; whether it moved."""
+        with self.lock:
+            if self.name is not None and self.ORDER.index(self.name) >= self.ORDER.index(name):
+                return False
+            self.name = name
+            self.report(name)
+            return True
+
+
+def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str], None]) -> tuple[check.Digest, str]:
+    """Fetch and upload ``job`` at once; (what was sent and verified, the cascading image's algorithm).
+
+    Raises the fetch's error when the fetch failed, else the upload's.
+    """
+    image = job.image
+    image_id = str(image["id"])
+    total = image.get("size") or 0
+    algo = image.get("os_hash_algo") or transfer.DEFAULT_HASH_ALGO
+    arrival = stream.Arrival()
+    now = _Phase(phase)
+
+    def uploaded_bytes(sent: int) -> None:
+        if now.name == UPLOADING:
+            progress(sent, total)
+
+    def at_registering() -> None:
+        if now.enter(REGISTERING):
+            progress(total, total)
+
+    follow = upload.Follow(arrival, [algo], job.fetch.idle_timeout, uploaded_bytes, at_registering)
+    side = _Upload(job, follow)
+
+    def fetched_bytes(done: int, of: int) -> None:
+        arrival.landed()
+        if side.error is not None:  # the upload gave up: stop fetching for nothing
+            raise stream.Aborted(image_id, f"the upload to {job.endpoint} failed")
+        progress(done, of)
+
+    now.enter(FETCHING)
+    try:
+        fetched = transfer.fetch(job.store, image, job.source, job.dest, fetched_bytes, timeout=job.ssh_timeout,
+                                 options=job.fetch, on_start=side.start)
+    except BaseException as exc:
+        arrival.failed(exc)
+        if side.thread.ident is not None:
+            side.wait(job.fetch.idle_timeout)
+        if side.error is not None and not isinstance(side.error, stream.Aborted):
+            # The upload failed on its own (glance refused, the id is gone): that is the
+            # reason; the fetch only ended because of it, or went on for nothing.
+            _drop_if_final(side.error, job.dest)
+            raise side.error from None
+        raise
+    arrival.finished(fetched.digest())
+    body = follow.body
+    if now.enter(UPLOADING):
+        progress(body.sent if body is not None else 0, total)
+    side.wait(job.fetch.idle_timeout)
+    if side.error is not None:
+        _drop_if_final(side.error, job.dest)
+        raise side.error
+    assert side.digest is not None
+    return side.digest, algo
+
+
+def _drop_if_final(error: BaseException, dest: str) -> None:
+    """A failure no retry fixes leaves no ``.part``, even one the fetch wrote after the upload removed it."""
+    if not getattr(error, "retryable", True):
+        upload.remove_file(dest)
