@@ -20,7 +20,7 @@ from typing import Any
 from bench.wan_net import Link, Plan
 from tests.functional import helpers
 from tests.harness.glance import GlanceServer, venv_bin
-from tests.harness.procs import LOOPBACK, ServiceProcess
+from tests.harness.procs import LOOPBACK, ServiceProcess, tcp_open
 from tests.harness.topology import Topology, write_conf
 
 
@@ -61,6 +61,9 @@ class WanTopology(Topology):
         sections["coordinator"]["bind_host"] = self.plan.site_addr
         sections["agent"]["coordinator_host"] = self.plan.site_addr
         return sections
+
+    def coordinator_ready(self) -> bool:
+        return tcp_open(self.plan.site_addr, self.agent_port) and tcp_open(self.plan.site_addr, self.client_port)
 
     def start_region_agent(self, link: Link) -> ServiceProcess:
         """glance-sync-agent of ``link.region`` in its namespace (Topology.start_agent, under ip netns exec)."""
