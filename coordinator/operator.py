@@ -64,9 +64,10 @@ def event_targets(body: Mapping[str, Any], known: Iterable[str], strategy: str,
 
 
 def targeting_error(image: Mapping[str, Any] | None, known: Iterable[str], strategy: str,
-                    event_id: str) -> str | None:
-    """The plan_error that keeps a targeting problem (glance_sync_regions) for status, logged once."""
-    problems = planner.targeting_problems(image, known, strategy)
+                    event_id: str, refused: Iterable[str] = ()) -> str | None:
+    """The plan_error that keeps a targeting problem (glance_sync_regions, or a target whose copy
+    was deleted: ``refused``) for status, logged once."""
+    problems = [*planner.targeting_problems(image, known, strategy), *refused]
     if not problems:
         return None
     image_id = (image or {}).get("id")

@@ -19,11 +19,14 @@ says what to do about each difference:
   with the same id and other bytes.
 - nothing for a region an operator cancelled (``cancelled`` waits for resync or sync).
 - ``unwanted``: a copy this service made (the journal says ``synced``) in a region
-  the strategy no longer targets.  Shown by ``glance-sync-manage plan``; removing it
-  is a delete, which only the targeting rules decide, never a reconciler pass.
+  the strategy no longer targets (a strategy or rule changed, or an ``updated`` event
+  was lost).  It becomes a ``delete`` of that copy (and of its location), within the
+  reconciler's safety limit (reconciler.limit_removals); never under ``None`` or
+  ``ON_DEMAND``, whose copies an operator asked for.
 
-Only ``copy`` and ``update`` become events.  A region whose listing failed this
-pass is judged not at all: an unanswered listing is not an empty one.
+``copy``, ``update`` and ``unwanted`` become events (``unwanted`` as a ``delete``
+repair).  A region whose listing failed this pass is judged not at all: an
+unanswered listing is not an empty one.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from glancesync import strategy as strategies
 from glancesync.states import ACTIVE_STATES, SyncState
 
 ACTIONS = ("copy", "update", "operator", "unwanted")
-# Actions a pass turns into events; the others are reported only.
-ACTED_ON = frozenset({"copy", "update"})
+# Actions a pass turns into events, with the repair each event names; the others are reported only.
+ACTED_ON = {"copy": "copy", "update": "update", "unwanted": "delete"}
 # Statuses of a cascading image whose copies the regions should hold.
 HELD_STATUSES = frozenset({"active", "deactivated"})
 GONE = frozenset({"deleted", "killed", "pending_delete"})
@@ -170,9 +173,9 @@ def find_repairs(
 
 
 def acted_on(repairs: Iterable[Repair]) -> dict[str, dict[str, str]]:
-    """image id -> region -> action, for the repairs a pass turns into events."""
+    """image id -> region -> repair (``copy``, ``update``, ``delete``), for the repairs a pass acts on."""
     by_image: dict[str, dict[str, str]] = {}
     for repair in repairs:
         if repair.action in ACTED_ON:
-            by_image.setdefault(repair.image_id, {})[repair.region] = repair.action
+            by_image.setdefault(repair.image_id, {})[repair.region] = ACTED_ON[repair.action]
     return by_image
