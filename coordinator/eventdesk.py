@@ -156,7 +156,8 @@ class EventDesk:
             event.body, self.storemap.regions, self.conf.sync_strategy, existing)
         plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
                             self.storemap.source_path, self.rules, by_operator, members,
-                            repairs=event.body.get("repairs"))
+                            repairs=event.body.get("repairs"),
+                            asked=self.journal.asked_regions(event.image_id).get(event.image_id, set()))
         if plan.refused:
             context = event.body.get("context") or {}
             LOG.warning("event %s (%s of %s) refused: %s; the delete is not planned in any region "
@@ -183,7 +184,8 @@ class EventDesk:
         self.reconciling = True
         self.reconcile_started = now
         policy = regiondrift.Policy(tuple(self.storemap.regions), self.conf.sync_strategy, now,
-                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules)
+                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules,
+                                    self.journal.asked_regions())
         self.registrar.reconcile(reconciler.Inputs(self.journal.known_image_ids(), self.journal.tracked_image_ids(),
                                                    self.journal.region_facts(), policy))
 

@@ -97,14 +97,16 @@ def targeting_problems(image: Mapping[str, Any] | None, regions: Iterable[str], 
     return [why for why in found if why is not None]
 
 
-def removals(targets: Iterable[str], strategy: str, existing: Mapping[str, RegionRecord]) -> list[str]:
+def removals(targets: Iterable[str], strategy: str, existing: Mapping[str, RegionRecord],
+             asked: Iterable[str] = ()) -> list[str]:
     """Regions holding a synced copy that ``strategy`` no longer targets: their copy is to be deleted.
 
-    Never under ``None`` or ``ON_DEMAND``: there every copy is one an operator asked for.
+    Never under ``None`` or ``ON_DEMAND`` (there every copy is one an operator asked for),
+    nor in a region of ``asked`` (an operator's ``sync`` sent the copy there).
     """
     if strategies.canonical(strategy) in (strategies.NONE, strategies.ON_DEMAND):
         return []
-    wanted = set(targets)
+    wanted = set(targets) | set(asked)
     return [r for r, rec in existing.items() if r not in wanted and rec.state == SyncState.SYNCED]
 
 
@@ -201,12 +203,14 @@ def _holds_image(record: RegionRecord) -> bool:
 def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str,
          existing: Mapping[str, RegionRecord], source_path: SourcePath,
          rules: Mapping[str, Iterable[str]] | None = None, operator: bool = False,
-         members: list[dict[str, str]] | None = None, repairs: Mapping[str, str] | None = None) -> Plan:
+         members: list[dict[str, str]] | None = None, repairs: Mapping[str, str] | None = None,
+         asked: Iterable[str] = ()) -> Plan:
     """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404).
 
     ``operator``: the event is an operator's resync or sync, which may restart a cancelled region.
     ``members``: the shared image's members as the coordinator listed them (None: not shared).
     ``repairs``: a ``drift`` event's region -> ``copy`` | ``update`` | ``delete``.
+    ``asked``: regions an operator's sync sent the image to; never removed as untargeted.
     """
     regions = list(regions)
     if kind == "deleted":
@@ -220,19 +224,19 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
         # Gone from the cascading glance: the ``deleted`` event that follows cleans up.
         return Plan()
     targets = target_regions(image, regions, strategy, rules)
-    result = _plan_image(kind, image, targets, strategy, existing, source_path, operator, members, repairs)
+    removable = removals(targets, strategy, existing, asked)
+    result = _plan_image(kind, image, targets, removable, existing, source_path, operator, members, repairs)
     result.problems = deleted_targets(targets, existing, image_id)
     return result
 
 
-def _plan_image(kind: str, image: Mapping[str, Any], targets: list[str], strategy: str,
+def _plan_image(kind: str, image: Mapping[str, Any], targets: list[str], removable: list[str],
                 existing: Mapping[str, RegionRecord], source_path: SourcePath, operator: bool,
                 members: list[dict[str, str]] | None, repairs: Mapping[str, str] | None) -> Plan:
     image_id = str(image.get("id"))
     if kind == "drift":
         # Judged against a listing a moment ago; re-checked here against this fetch.
         wanted = set(targets)
-        removable = removals(targets, strategy, existing)
         return _repairs(image, {r: a for r, a in (repairs or {}).items() if r in wanted or a == "delete"},
                         existing, source_path, members, removable)
     active = image.get("status") == "active"
@@ -246,7 +250,7 @@ def _plan_image(kind: str, image: Mapping[str, Any], targets: list[str], strateg
                               for r in targets if _needs_copy(existing.get(r), image, operator)})
     if kind not in UPDATE_EVENTS:
         return Plan()  # locations_changed: our own registrations, or nothing to sync
-    removed = removals(targets, strategy, existing) if kind == "updated" else []
+    removed = removable if kind == "updated" else []
     result = Plan(tasks=[NewTask(region, "update", _payload(image, None, members))
                          for region, rec in existing.items() if _holds_image(rec) and region not in removed])
     result.tasks += _deletes(image, removed)

@@ -22,7 +22,8 @@ says what to do about each difference:
   the strategy no longer targets (a strategy or rule changed, or an ``updated`` event
   was lost).  It becomes a ``delete`` of that copy (and of its location), within the
   reconciler's safety limit (reconciler.limit_removals); never under ``None`` or
-  ``ON_DEMAND``, whose copies an operator asked for.
+  ``ON_DEMAND``, whose copies an operator asked for, nor for a copy an operator's
+  ``sync`` made under another strategy (``Policy.asked``).
 
 ``copy``, ``update`` and ``unwanted`` become events (``unwanted`` as a ``delete``
 repair).  A region whose listing failed this pass is judged not at all: an
@@ -31,7 +32,7 @@ unanswered listing is not an empty one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,8 @@ class Policy:
     failed_retry_after: float = 0.0
     # USER's sync_user_rules: owner project -> regions.
     rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # image id -> regions an operator's sync sent a copy to: never unwanted.
+    asked: Mapping[str, Collection[str]] = field(default_factory=dict)
 
     def targets(self, image: Mapping[str, Any], facts: Mapping[str, Fact]) -> list[str]:
         """The regions ``image`` should be in.  With ``None`` or ``ON_DEMAND`` no region is a
@@ -163,7 +166,8 @@ def find_repairs(
             fact = facts.get(region)
             if region in targets:
                 verdict = _judge(image, region, fact, listing.get(image_id), policy)
-            elif fact is not None and fact.state == SyncState.SYNCED:
+            elif (fact is not None and fact.state == SyncState.SYNCED
+                  and region not in policy.asked.get(image_id, ())):
                 verdict = "unwanted", f"strategy {policy.strategy} no longer targets this region"
             else:
                 verdict = None

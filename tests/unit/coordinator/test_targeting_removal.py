@@ -87,3 +87,26 @@ def test_removals_past_the_safety_limit_are_held_the_others_acted_on() -> None:
     assert held == [] and acted == found
     bodies = reconciler.synthetic_events([], [], 4, acted)
     assert {b["image_id"]: b["repairs"] for b in bodies}["img-0"] == {TWO: "delete"}
+
+
+def test_a_copy_an_operator_synced_to_is_never_removed_as_untargeted(stores: StoreMap) -> None:
+    image = image_record(store_dir=stores.store.store_dir, glance_sync_regions=ONE)
+    existing = {r: record(SyncState.SYNCED, image) for r in REGIONS}
+    assert kinds(plan(stores, "updated", image, existing, asked={TWO})) == {ONE: "update", TWO: "update"}
+    assert kinds(plan(stores, "drift", image, existing, repairs={TWO: "delete"}, asked={TWO})) == {}
+    facts = {r: regiondrift.Fact(SyncState.SYNCED, 1.0) for r in REGIONS}
+    listing = {r: {IMAGE_ID: {k: v for k, v in image.items() if k != "locations"}} for r in REGIONS}
+    asked = regiondrift.Policy(REGIONS, "USER", 10.0, asked={IMAGE_ID: {TWO}})
+    assert [r.action for r in regiondrift.find_repairs({IMAGE_ID: image}, listing, {IMAGE_ID: facts}, asked)
+            if r.action == "unwanted"] == []
+
+
+def test_the_journal_knows_which_regions_an_operator_synced_to(journal) -> None:
+    image = image_record()
+    for event_id, region in (("operator-1", TWO), ("resync-failed-2", ONE), ("e3", ONE)):
+        journal.record_event(event_id, "uploaded", IMAGE_ID, {"event_id": event_id}, 1.0)
+        journal.plan_event(event_id, IMAGE_ID, [planner.NewTask(region, "copy", {"image": image, "source": None})],
+                           {}, 1.0)
+    assert journal.asked_regions() == {IMAGE_ID: {TWO}}
+    assert journal.asked_regions(IMAGE_ID) == {IMAGE_ID: {TWO}}
+    assert journal.asked_regions("other") == {}
