@@ -11,7 +11,8 @@ fail at once (a source we refuse to read from, an image that never became active
   every region that has or is getting the image; ``updated`` and ``reactivated`` of an
   active image also copy to new targets (``glance_sync_regions`` may have changed).
   ``updated`` also deletes the synced copies in regions no longer targeted (``removals``):
-  a deliberate delete, never under ``None``/``ON_DEMAND`` (those copies an operator asked for).
+  a deliberate delete, never under ``None``/``ON_DEMAND`` (those copies an operator asked for),
+  never while ``glance_sync_regions`` names a region that is not one (a typo).
 - ``deleted``: ``delete`` for every region with a record that is not deleted already,
   but only when ``image`` (the coordinator's own fetch) says glance no longer has it:
   None (404) or a status in ``GONE_STATUSES``.  A regional delete is final (glance
@@ -224,7 +225,8 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
         # Gone from the cascading glance: the ``deleted`` event that follows cleans up.
         return Plan()
     targets = target_regions(image, regions, strategy, rules)
-    removable = removals(targets, strategy, existing, asked)
+    # A name that is no region (a typo) removes nothing: fixing it must not cost a copy.
+    removable = [] if targeting_problems(image, regions, strategy) else removals(targets, strategy, existing, asked)
     result = _plan_image(kind, image, targets, removable, existing, source_path, operator, members, repairs)
     result.problems = deleted_targets(targets, existing, image_id)
     return result

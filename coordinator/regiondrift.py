@@ -159,6 +159,8 @@ def find_repairs(
             continue
         facts = journal[image_id]
         targets = policy.targets(image, facts)
+        # glance_sync_regions names a region that is not one: nothing is unwanted until it is fixed.
+        typo = bool(planner.targeting_problems(image, policy.regions, policy.strategy))
         for region in policy.regions:
             listing = regional.get(region)
             if listing is None:
@@ -166,7 +168,7 @@ def find_repairs(
             fact = facts.get(region)
             if region in targets:
                 verdict = _judge(image, region, fact, listing.get(image_id), policy)
-            elif (fact is not None and fact.state == SyncState.SYNCED
+            elif (fact is not None and fact.state == SyncState.SYNCED and not typo
                   and region not in policy.asked.get(image_id, ())):
                 verdict = "unwanted", f"strategy {policy.strategy} no longer targets this region"
             else:

@@ -110,3 +110,15 @@ def test_the_journal_knows_which_regions_an_operator_synced_to(journal) -> None:
     assert journal.asked_regions() == {IMAGE_ID: {TWO}}
     assert journal.asked_regions(IMAGE_ID) == {IMAGE_ID: {TWO}}
     assert journal.asked_regions("other") == {}
+
+
+def test_a_mistyped_region_name_removes_nothing(stores: StoreMap) -> None:
+    image = image_record(store_dir=stores.store.store_dir, glance_sync_regions=f"{ONE}, {TWO.lower()}")
+    existing = {r: record(SyncState.SYNCED, image) for r in REGIONS}
+    assert kinds(plan(stores, "updated", image, existing)) == {ONE: "update", TWO: "update"}
+    assert kinds(plan(stores, "drift", image, existing, repairs={TWO: "delete"})) == {}
+    facts = {r: regiondrift.Fact(SyncState.SYNCED, 1.0) for r in REGIONS}
+    listing = {r: {IMAGE_ID: {k: v for k, v in image.items() if k != "locations"}} for r in REGIONS}
+    policy = regiondrift.Policy(REGIONS, "USER", 10.0)
+    assert [r for r in regiondrift.find_repairs({IMAGE_ID: image}, listing, {IMAGE_ID: facts}, policy)
+            if r.action == "unwanted"] == []
