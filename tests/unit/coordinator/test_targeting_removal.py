@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from coordinator import planner, reconciler, regiondrift
 from coordinator.journal import RegionRecord
+from glancesync.protocol import cascaded_url
 from glancesync.states import SyncState
 from glancesync.storemap import StoreMap
 
@@ -122,3 +123,21 @@ def test_a_mistyped_region_name_removes_nothing(stores: StoreMap) -> None:
     policy = regiondrift.Policy(REGIONS, "USER", 10.0)
     assert [r for r in regiondrift.find_repairs({IMAGE_ID: image}, listing, {IMAGE_ID: facts}, policy)
             if r.action == "unwanted"] == []
+
+
+def test_a_strategy_change_replans_every_image_at_the_next_pass() -> None:
+    ids = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(3)]
+    images = {i: image_record(image_id=i, glance_sync_regions=ONE) for i in ids}
+    for i, img in images.items():
+        img["locations"] = [*img["locations"], *({"url": cascaded_url(r, i), "metadata": {}} for r in REGIONS)]
+    listing = {r: {i: {k: v for k, v in img.items() if k != "locations"} for i, img in images.items()}
+               for r in REGIONS}
+    # Synced everywhere under ALL; the coordinator restarts with USER: every copy in TWO is unwanted.
+    everywhere = {i: {r: regiondrift.Fact(SyncState.SYNCED, 1.0) for r in REGIONS} for i in images}
+    found = regiondrift.find_repairs(images, listing, everywhere, regiondrift.Policy(REGIONS, "USER", 10.0))
+    assert {(r.image_id, r.region, r.action) for r in found} == {(i, TWO, "unwanted") for i in images}
+    # Synced in ONE only under USER; back to ALL: every image is copied to TWO.
+    in_one = {i: {ONE: regiondrift.Fact(SyncState.SYNCED, 1.0)} for i in images}
+    found = regiondrift.find_repairs(images, {ONE: listing[ONE], TWO: {}}, in_one,
+                                     regiondrift.Policy(REGIONS, "ALL", 10.0))
+    assert {(r.image_id, r.region, r.action) for r in found} == {(i, TWO, "copy") for i in images}
