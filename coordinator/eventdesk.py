@@ -156,7 +156,8 @@ class EventDesk:
             event.body, self.storemap.regions, self.conf.sync_strategy, existing)
         plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
                             self.storemap.source_path, self.rules, by_operator, members,
-                            repairs=event.body.get("repairs"))
+                            repairs=event.body.get("repairs"),
+                            asked=self.journal.asked_regions(event.image_id).get(event.image_id, set()))
         if plan.refused:
             context = event.body.get("context") or {}
             LOG.warning("event %s (%s of %s) refused: %s; the delete is not planned in any region "
@@ -166,11 +167,16 @@ class EventDesk:
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=f"refused: {plan.refused}")
             return
         record = None if image is None else (record_time(image), image.get("status") == "active")
-        error = operator.targeting_error(image, self.storemap.regions, self.conf.sync_strategy, event.event_id)
+        error = operator.targeting_error(image, self.storemap.regions, self.conf.sync_strategy, event.event_id,
+                                         plan.problems)
         created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now,
                                           error=error, record=record)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
                  len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
+        for task in plan.tasks:
+            if task.kind == "delete" and event.kind != "deleted":
+                LOG.warning("event %s: image %s is no longer targeted in %s (%s); its copy there is deleted",
+                            event.event_id, event.image_id, task.region, strategy_name)
 
     def reconcile(self, now: float) -> None:
         if self.next_reconcile is None or self.reconciling or now < self.next_reconcile:
@@ -178,7 +184,8 @@ class EventDesk:
         self.reconciling = True
         self.reconcile_started = now
         policy = regiondrift.Policy(tuple(self.storemap.regions), self.conf.sync_strategy, now,
-                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules)
+                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules,
+                                    self.journal.asked_regions())
         self.registrar.reconcile(reconciler.Inputs(self.journal.known_image_ids(), self.journal.tracked_image_ids(),
                                                    self.journal.region_facts(), policy))
 
@@ -199,8 +206,10 @@ class EventDesk:
         confirmed = {h.image_id for h in self.journal.held_deletes() if h.confirmed_at is not None}
         deletes = reconciler.limit_deletes(drift.vanished, drift.tracked, confirmed, c.reconcile_max_deletes,
                                            c.reconcile_max_delete_percent)
+        acted, held_removals = reconciler.limit_removals(drift.repairs, drift.tracked, c.reconcile_max_deletes,
+                                                         c.reconcile_max_delete_percent)
         generation = self.journal.next_reconcile_pass()
-        bodies = reconciler.synthetic_events(drift.missing, deletes.delete, generation, drift.repairs)
+        bodies = reconciler.synthetic_events(drift.missing, deletes.delete, generation, acted)
         for body in self.journal.record_reconcile(bodies, deletes.held, now, reconciler.ORIGIN):
             if body["kind"] == "drift":
                 LOG.warning("reconciler: image %s drifted; repairs %s", body["image_id"], body["repairs"])
@@ -208,9 +217,15 @@ class EventDesk:
                 LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
                             body["kind"], body["image_id"])
         for repair in drift.repairs:
-            if repair.action not in regiondrift.ACTED_ON:
+            if repair.action not in regiondrift.ACTED_ON or (
+                    repair.action == "unwanted" and repair.image_id in held_removals):
                 LOG.warning("reconciler: image %s in %s not repaired (%s): %s", repair.image_id, repair.region,
                             repair.action, repair.reason)
+        if held_removals:
+            LOG.error("reconciler: %d image(s) have copies in regions the strategy no longer targets, over the "
+                      "safety limit (reconcile_max_deletes %d, reconcile_max_delete_percent %s): none removed "
+                      "(check sync_strategy and sync_user_rules; raise the limits for one pass to remove them)",
+                      len(held_removals), c.reconcile_max_deletes, c.reconcile_max_delete_percent)
         if deletes.held:
             LOG.error("reconciler: %d of %d tracked image(s) are gone from the cascading glance, over the "
                       "safety limit (reconcile_max_deletes %d, reconcile_max_delete_percent %s): no regional "

@@ -41,6 +41,8 @@ LOG = logging.getLogger(__name__)
 ORIGIN = "operator"
 # Sends one message to an agent; False when it could not be handed to the socket.
 Send = Callable[[bytes, str, dict[str, Any]], bool]
+# Event ids of resync --failed: those copies follow the strategy, unlike a sync's.
+RESYNC_PREFIX = "resync-failed"
 DELETE_REASON = "cancelled: the image was deleted in the cascading glance"
 
 
@@ -64,9 +66,10 @@ def event_targets(body: Mapping[str, Any], known: Iterable[str], strategy: str,
 
 
 def targeting_error(image: Mapping[str, Any] | None, known: Iterable[str], strategy: str,
-                    event_id: str) -> str | None:
-    """The plan_error that keeps a targeting problem (glance_sync_regions) for status, logged once."""
-    problems = planner.targeting_problems(image, known, strategy)
+                    event_id: str, refused: Iterable[str] = ()) -> str | None:
+    """The plan_error that keeps a targeting problem (glance_sync_regions, or a target whose copy
+    was deleted: ``refused``) for status, logged once."""
+    problems = [*planner.targeting_problems(image, known, strategy), *refused]
     if not problems:
         return None
     image_id = (image or {}).get("id")
@@ -135,8 +138,10 @@ class OperatorDesk:
         return {"region": cancelled.region, "task_id": cancelled.task_id, "agent_id": cancelled.agent_id,
                 "agent_told": told}
 
-    def _journal_sync(self, image_id: str, regions: list[str], now: float, who: str) -> dict[str, Any]:
-        body = operator_event(image_id, regions, who)
+    def _journal_sync(self, image_id: str, regions: list[str], now: float, who: str,
+                      prefix: str = ORIGIN) -> dict[str, Any]:
+        # An ``operator-`` event id marks a copy asked for by name (never removed as untargeted).
+        body = operator_event(image_id, regions, who, prefix)
         self.journal.record_event(body["event_id"], "uploaded", image_id, body, now, who)
         LOG.info("event %s: sync of image %s to %s asked by %s", body["event_id"], image_id, ", ".join(regions), who)
         return {"image_id": image_id, "regions": regions, "event_id": body["event_id"]}
@@ -146,7 +151,8 @@ class OperatorDesk:
         for region in regions or [None]:
             for image_id, names in self.journal.failed_regions(region).items():
                 failed.setdefault(image_id, []).extend(n for n in names if n in self.known)
-        images = [self._journal_sync(image_id, names, now, who) for image_id, names in failed.items() if names]
+        images = [self._journal_sync(image_id, names, now, who, RESYNC_PREFIX)
+                  for image_id, names in failed.items() if names]
         LOG.info("resync of failed regions asked by %s: %d image(s)", who, len(images))
         return {"images": images, "regions": sorted(regions)}
 

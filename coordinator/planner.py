@@ -10,6 +10,9 @@ fail at once (a source we refuse to read from, an image that never became active
 - ``updated`` / ``tags_changed`` / ``members_changed`` / ``deactivated`` / ``reactivated``: ``update`` for
   every region that has or is getting the image; ``updated`` and ``reactivated`` of an
   active image also copy to new targets (``glance_sync_regions`` may have changed).
+  ``updated`` also deletes the synced copies in regions no longer targeted (``removals``):
+  a deliberate delete, never under ``None``/``ON_DEMAND`` (those copies an operator asked for),
+  never while ``glance_sync_regions`` names a region that is not one (a typo).
 - ``deleted``: ``delete`` for every region with a record that is not deleted already,
   but only when ``image`` (the coordinator's own fetch) says glance no longer has it:
   None (404) or a status in ``GONE_STATUSES``.  A regional delete is final (glance
@@ -18,7 +21,11 @@ fail at once (a source we refuse to read from, an image that never became active
 - ``drift`` (a reconciler pass's event, coordinator/regiondrift.py): the repairs it names
   per region, ``copy`` also where the journal says synced (the copy is gone from the
   region, or its location from the cascading image: the agent confirms or restores
-  it), ``update`` where the region holds the image.
+  it), ``update`` where the region holds the image, ``delete`` of a synced copy the
+  strategy no longer targets (the reconciler's ``unwanted``, within its safety limit).
+
+A target whose record is ``deleted`` (or ``deleting``) gets no copy: Glance never takes
+a deleted id back.  ``Plan.problems`` says so, for status's targeting error.
 
 Copy and update tasks of a shared image carry its ``members`` (the coordinator's own
 listing, fetched with the image), so every region shares it with the same projects.
@@ -59,6 +66,8 @@ class Plan:
     failures: dict[str, str] = field(default_factory=dict)
     # Why the event was refused (nothing planned), e.g. a delete of an image glance still has.
     refused: str | None = None
+    # Targets that get no copy and why (their copy was deleted: glance refuses the id).
+    problems: list[str] = field(default_factory=list)
 
 
 def image_gone(image: Mapping[str, Any] | None) -> bool:
@@ -87,6 +96,32 @@ def targeting_problems(image: Mapping[str, Any] | None, regions: Iterable[str], 
     known = list(regions)
     found = (strategies.problem(name, known) for name in strategies.split_names(image.get(USER_REGIONS_PROPERTY)))
     return [why for why in found if why is not None]
+
+
+def removals(targets: Iterable[str], strategy: str, existing: Mapping[str, RegionRecord],
+             asked: Iterable[str] = ()) -> list[str]:
+    """Regions holding a synced copy that ``strategy`` no longer targets: their copy is to be deleted.
+
+    Never under ``None`` or ``ON_DEMAND`` (there every copy is one an operator asked for),
+    nor in a region of ``asked`` (an operator's ``sync`` sent the copy there).
+    """
+    if strategies.canonical(strategy) in (strategies.NONE, strategies.ON_DEMAND):
+        return []
+    wanted = set(targets) | set(asked)
+    return [r for r, rec in existing.items() if r not in wanted and rec.state == SyncState.SYNCED]
+
+
+def deleted_targets(targets: Iterable[str], existing: Mapping[str, RegionRecord], image_id: str) -> list[str]:
+    """Why targets whose copy was deleted get none again (glance never re-creates a deleted id)."""
+    return [f"region {r!r}: the copy of image {image_id} there was deleted (its targets changed) and glance "
+            f"never creates a deleted id again; not copied until an operator purges the id in {r}'s glance"
+            for r in targets
+            if r in existing and existing[r].state in (SyncState.DELETED, SyncState.DELETING)]
+
+
+def _deletes(image: Mapping[str, Any], regions: Iterable[str]) -> list[NewTask]:
+    return [NewTask(region, "delete", {"image": dict(image), "source": None})
+            for region in regions]
 
 
 def file_location(image: Mapping[str, Any]) -> str | None:
@@ -149,7 +184,7 @@ def _may_repair(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
 
 
 def _repairs(image: Mapping[str, Any], repairs: Mapping[str, str], existing: Mapping[str, RegionRecord],
-             source_path: SourcePath, members: list[dict[str, str]] | None) -> Plan:
+             source_path: SourcePath, members: list[dict[str, str]] | None, removable: list[str]) -> Plan:
     copy_to = [r for r, action in repairs.items() if action == "copy"]
     result = Plan()
     if copy_to and image.get("status") == "active":
@@ -157,6 +192,7 @@ def _repairs(image: Mapping[str, Any], repairs: Mapping[str, str], existing: Map
     result.tasks += [NewTask(region, "update", _payload(image, None, members))
                      for region, action in repairs.items()
                      if action == "update" and region in existing and _holds_image(existing[region])]
+    result.tasks += _deletes(image, [r for r, action in repairs.items() if action == "delete" and r in removable])
     return result
 
 
@@ -168,12 +204,14 @@ def _holds_image(record: RegionRecord) -> bool:
 def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Iterable[str], strategy: str,
          existing: Mapping[str, RegionRecord], source_path: SourcePath,
          rules: Mapping[str, Iterable[str]] | None = None, operator: bool = False,
-         members: list[dict[str, str]] | None = None, repairs: Mapping[str, str] | None = None) -> Plan:
+         members: list[dict[str, str]] | None = None, repairs: Mapping[str, str] | None = None,
+         asked: Iterable[str] = ()) -> Plan:
     """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404).
 
     ``operator``: the event is an operator's resync or sync, which may restart a cancelled region.
     ``members``: the shared image's members as the coordinator listed them (None: not shared).
-    ``repairs``: a ``drift`` event's region -> ``copy`` | ``update``.
+    ``repairs``: a ``drift`` event's region -> ``copy`` | ``update`` | ``delete``.
+    ``asked``: regions an operator's sync sent the image to; never removed as untargeted.
     """
     regions = list(regions)
     if kind == "deleted":
@@ -186,13 +224,24 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     if image is None:
         # Gone from the cascading glance: the ``deleted`` event that follows cleans up.
         return Plan()
+    targets = target_regions(image, regions, strategy, rules)
+    # A name that is no region (a typo) removes nothing: fixing it must not cost a copy.
+    removable = [] if targeting_problems(image, regions, strategy) else removals(targets, strategy, existing, asked)
+    result = _plan_image(kind, image, targets, removable, existing, source_path, operator, members, repairs)
+    result.problems = deleted_targets(targets, existing, image_id)
+    return result
+
+
+def _plan_image(kind: str, image: Mapping[str, Any], targets: list[str], removable: list[str],
+                existing: Mapping[str, RegionRecord], source_path: SourcePath, operator: bool,
+                members: list[dict[str, str]] | None, repairs: Mapping[str, str] | None) -> Plan:
+    image_id = str(image.get("id"))
     if kind == "drift":
         # Judged against a listing a moment ago; re-checked here against this fetch.
-        wanted = set(target_regions(image, regions, strategy, rules))
-        return _repairs(image, {r: a for r, a in (repairs or {}).items() if r in wanted}, existing,
-                        source_path, members)
+        wanted = set(targets)
+        return _repairs(image, {r: a for r, a in (repairs or {}).items() if r in wanted or a == "delete"},
+                        existing, source_path, members, removable)
     active = image.get("status") == "active"
-    targets = target_regions(image, regions, strategy, rules)
     if kind in COPY_EVENTS:
         if active:
             return _copies(image, targets, existing, source_path, members, operator)
@@ -203,8 +252,10 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
                               for r in targets if _needs_copy(existing.get(r), image, operator)})
     if kind not in UPDATE_EVENTS:
         return Plan()  # locations_changed: our own registrations, or nothing to sync
+    removed = removable if kind == "updated" else []
     result = Plan(tasks=[NewTask(region, "update", _payload(image, None, members))
-                         for region, rec in existing.items() if _holds_image(rec)])
+                         for region, rec in existing.items() if _holds_image(rec) and region not in removed])
+    result.tasks += _deletes(image, removed)
     if active and kind in RECOPY_EVENTS:
         fresh = [r for r in targets if r not in existing or existing[r].state == SyncState.FAILED]
         copies = _copies(image, fresh, existing, source_path, members)

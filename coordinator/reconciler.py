@@ -24,7 +24,8 @@ strategy names.
 The same pass also lists every region's glance (with that region's credentials)
 and finds drift per (image, region) for the images the journal knows
 (coordinator/regiondrift.py): missing copies, failed ones due for a retry, drifted
-metadata, lost locations.  Those become ``drift`` events naming their repairs.
+metadata, lost locations, copies in regions no longer targeted.  Those become
+``drift`` events naming their repairs.
 
 The safety limit (``limit_deletes``): a listing can be wrong as a whole — a
 cascading database restored from an old backup, a wrong endpoint, credentials that
@@ -32,7 +33,10 @@ do not see every project (another project's private image answers 404 too).  A
 pass that would delete more than ``reconcile_max_deletes`` images' copies, or more
 than ``reconcile_max_delete_percent`` of the tracked images, deletes none: it holds
 them in the journal until an operator confirms (``glance-sync-manage reconcile
---confirm-deletes``); the next pass then deletes those still confirmed gone.
+--confirm-deletes``); the next pass then deletes those still confirmed gone.  The
+same limits apply, on their own, to the removal of copies the strategy no longer
+targets (``limit_removals``): a pass over them removes none and logs an ERROR (a
+strategy changed by mistake looks like that); they stay reported as ``unwanted``.
 """
 
 from __future__ import annotations
@@ -112,6 +116,19 @@ def limit_deletes(vanished: Iterable[str], tracked: int, confirmed: Iterable[str
     if over_limit(len(others), tracked, max_deletes, max_percent):
         return DeletePlan(delete=approved, held=others)
     return DeletePlan(delete=gone)
+
+
+def limit_removals(repairs: Iterable[regiondrift.Repair], tracked: int, max_deletes: int,
+                   max_percent: float) -> tuple[list[regiondrift.Repair], list[str]]:
+    """The repairs to act on, and the images whose ``unwanted`` copies the safety limit holds back.
+
+    Within both limits every removal is acted on; past either, none is (they stay reported).
+    """
+    repairs = list(repairs)
+    images = sorted({r.image_id for r in repairs if r.action == "unwanted"})
+    if not over_limit(len(images), tracked, max_deletes, max_percent):
+        return repairs, []
+    return [r for r in repairs if r.action != "unwanted"], images
 
 
 def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dict[str, Any]:

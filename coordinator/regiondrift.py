@@ -19,16 +19,20 @@ says what to do about each difference:
   with the same id and other bytes.
 - nothing for a region an operator cancelled (``cancelled`` waits for resync or sync).
 - ``unwanted``: a copy this service made (the journal says ``synced``) in a region
-  the strategy no longer targets.  Shown by ``glance-sync-manage plan``; removing it
-  is a delete, which only the targeting rules decide, never a reconciler pass.
+  the strategy no longer targets (a strategy or rule changed, or an ``updated`` event
+  was lost).  It becomes a ``delete`` of that copy (and of its location), within the
+  reconciler's safety limit (reconciler.limit_removals); never under ``None`` or
+  ``ON_DEMAND``, whose copies an operator asked for, nor for a copy an operator's
+  ``sync`` made under another strategy (``Policy.asked``).
 
-Only ``copy`` and ``update`` become events.  A region whose listing failed this
-pass is judged not at all: an unanswered listing is not an empty one.
+``copy``, ``update`` and ``unwanted`` become events (``unwanted`` as a ``delete``
+repair).  A region whose listing failed this pass is judged not at all: an
+unanswered listing is not an empty one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +42,8 @@ from glancesync import strategy as strategies
 from glancesync.states import ACTIVE_STATES, SyncState
 
 ACTIONS = ("copy", "update", "operator", "unwanted")
-# Actions a pass turns into events; the others are reported only.
-ACTED_ON = frozenset({"copy", "update"})
+# Actions a pass turns into events, with the repair each event names; the others are reported only.
+ACTED_ON = {"copy": "copy", "update": "update", "unwanted": "delete"}
 # Statuses of a cascading image whose copies the regions should hold.
 HELD_STATUSES = frozenset({"active", "deactivated"})
 GONE = frozenset({"deleted", "killed", "pending_delete"})
@@ -75,6 +79,8 @@ class Policy:
     failed_retry_after: float = 0.0
     # USER's sync_user_rules: owner project -> regions.
     rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # image id -> regions an operator's sync sent a copy to: never unwanted.
+    asked: Mapping[str, Collection[str]] = field(default_factory=dict)
 
     def targets(self, image: Mapping[str, Any], facts: Mapping[str, Fact]) -> list[str]:
         """The regions ``image`` should be in.  With ``None`` or ``ON_DEMAND`` no region is a
@@ -153,6 +159,8 @@ def find_repairs(
             continue
         facts = journal[image_id]
         targets = policy.targets(image, facts)
+        # glance_sync_regions names a region that is not one: nothing is unwanted until it is fixed.
+        typo = bool(planner.targeting_problems(image, policy.regions, policy.strategy))
         for region in policy.regions:
             listing = regional.get(region)
             if listing is None:
@@ -160,7 +168,8 @@ def find_repairs(
             fact = facts.get(region)
             if region in targets:
                 verdict = _judge(image, region, fact, listing.get(image_id), policy)
-            elif fact is not None and fact.state == SyncState.SYNCED:
+            elif (fact is not None and fact.state == SyncState.SYNCED and not typo
+                  and region not in policy.asked.get(image_id, ())):
                 verdict = "unwanted", f"strategy {policy.strategy} no longer targets this region"
             else:
                 verdict = None
@@ -170,9 +179,9 @@ def find_repairs(
 
 
 def acted_on(repairs: Iterable[Repair]) -> dict[str, dict[str, str]]:
-    """image id -> region -> action, for the repairs a pass turns into events."""
+    """image id -> region -> repair (``copy``, ``update``, ``delete``), for the repairs a pass acts on."""
     by_image: dict[str, dict[str, str]] = {}
     for repair in repairs:
         if repair.action in ACTED_ON:
-            by_image.setdefault(repair.image_id, {})[repair.region] = repair.action
+            by_image.setdefault(repair.image_id, {})[repair.region] = ACTED_ON[repair.action]
     return by_image

@@ -105,7 +105,9 @@ coordinator_opts = [
         "the cascading glance deletes the regional copies of none of them and holds them until "
         "an operator runs 'glance-sync-manage reconcile --confirm-deletes' (a cascading database "
         "restored from an old backup or a wrong endpoint looks like many deletes at once). "
-        "Deletes announced by glance_proxy events are not limited. 0 disables this limit. "
+        "Deletes announced by glance_proxy events are not limited. The same limit applies, on its "
+        "own, to a pass's removals of copies in regions the strategy no longer targets (none is "
+        "removed past it). 0 disables this limit. "
         "Related options: reconcile_max_delete_percent.",
     ),
     cfg.FloatOpt(
@@ -115,7 +117,8 @@ coordinator_opts = [
         max=100.0,
         help="Safety limit of the reconciler, as a share of the images that have regional copies: "
         "a pass that finds more than this percentage of them gone deletes none and holds them "
-        "for 'glance-sync-manage reconcile --confirm-deletes'. In a small deployment a single "
+        "for 'glance-sync-manage reconcile --confirm-deletes'. Also applies to removals of "
+        "copies the strategy no longer targets. In a small deployment a single "
         "lost delete can pass it; that is on purpose. 0 disables this limit. "
         "Related options: reconcile_max_deletes.",
     ),

@@ -286,11 +286,14 @@ def evaluate(data: Mapping[str, Any]) -> tuple[str, str]:
     if failed:
         errors = "; ".join(f"{name}: {_outcome(regions[name])}" for name in failed)
         return "failed", f"image {image_id} failed in {errors}"
-    behind = [name for name in sorted(regions) if regions[name].get("state") != SyncState.SYNCED]
+    # A deleted region beside synced ones: removed from the image's targets, done there.
+    behind = [name for name in sorted(regions)
+              if regions[name].get("state") not in (SyncState.SYNCED, SyncState.DELETED)]
+    held = ", ".join(name for name in sorted(regions) if regions[name].get("state") == SyncState.SYNCED)
     if not behind and targeting:
-        return "failed", f"image {image_id} is synced in {', '.join(sorted(regions))}, but {targeting}"
+        return "failed", f"image {image_id} is synced in {held}, but {targeting}"
     if not behind:
-        return "synced", f"image {image_id} is synced in {', '.join(sorted(regions))}"
+        return "synced", f"image {image_id} is synced in {held}"
     shown = ", ".join(region_progress_line(name, regions[name]) for name in behind)
     return "waiting", f"image {image_id} not synced in {shown}"
 

@@ -11,6 +11,8 @@ from coordinator.schema import events, image_regions, tasks
 from glancesync.states import SyncState
 
 S = SyncState
+# Event ids of an operator's sync (coordinator/operator.py ORIGIN).
+ASKED_PREFIX = "operator-"
 
 
 class ViewsMixin:
@@ -76,6 +78,22 @@ class ViewsMixin:
             for image_id, region, state, updated_at in conn.execute(query):
                 facts.setdefault(image_id, {})[region] = (state, updated_at)
         return facts
+
+    def asked_regions(self, image_id: str | None = None) -> dict[str, set[str]]:
+        """image id -> regions an operator's ``sync`` sent a copy to (its event id starts ``operator-``).
+
+        Those copies are never removed for being untargeted.  Known while the task rows are
+        kept (``glance-sync-manage purge`` forgets finished tasks older than its ``--days``).
+        """
+        query = (sa.select(tasks.c.image_id, tasks.c.region).distinct()
+                 .where(tasks.c.kind == "copy", tasks.c.event_id.like(f"{ASKED_PREFIX}%")))
+        if image_id is not None:
+            query = query.where(tasks.c.image_id == image_id)
+        asked: dict[str, set[str]] = {}
+        with self.transaction() as conn:
+            for found_id, region in conn.execute(query):
+                asked.setdefault(found_id, set()).add(region)
+        return asked
 
     def tracked_image_ids(self) -> set[str]:
         """Ids with a regional record that is neither deleted nor being deleted."""

@@ -101,14 +101,21 @@ def test_in_flight_deleted_and_unlisted_regions_are_not_judged() -> None:
     assert repairs(image, {ONE: {IMAGE_ID: copy_of(image)}, TWO: None}, {ONE: synced(), TWO: synced()}) == {}
 
 
-def test_a_copy_the_strategy_no_longer_targets_is_reported_not_repaired() -> None:
+def test_a_copy_the_strategy_no_longer_targets_becomes_a_delete() -> None:
     image = cascading(glance_sync_regions=ONE)
     user = regiondrift.Policy(REGIONS, "USER", NOW)
     found = repairs(image, {r: {IMAGE_ID: copy_of(image)} for r in REGIONS}, {r: synced() for r in REGIONS}, user)
     assert found == {TWO: ("unwanted", "strategy USER no longer targets this region")}
     assert regiondrift.acted_on(regiondrift.find_repairs(
         {IMAGE_ID: image}, {r: {IMAGE_ID: copy_of(image)} for r in REGIONS},
-        {IMAGE_ID: {r: synced() for r in REGIONS}}, user)) == {}
+        {IMAGE_ID: {r: synced() for r in REGIONS}}, user)) == {IMAGE_ID: {TWO: "delete"}}
+
+
+def test_copies_an_operator_asked_for_are_never_unwanted() -> None:
+    image = cascading()
+    for name in ("None", "ON_DEMAND", "nova"):
+        policy = regiondrift.Policy(REGIONS, name, NOW)
+        assert repairs(image, {r: {IMAGE_ID: copy_of(image)} for r in REGIONS}, {TWO: synced()}, policy) == {}
 
 
 def test_drift_events_name_their_repairs_and_the_planner_follows_them(stores) -> None:
