@@ -14,6 +14,7 @@ that fails keeps the last good answer: a keystone outage must not stop every reg
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import urllib.parse
@@ -88,7 +89,9 @@ class CatalogReader:
     (a keystoneauth1 session is not shared across threads)."""
 
     def __init__(self, endpoint: GlanceEndpoint, interface: str) -> None:
-        self.endpoint = endpoint
+        # Without the loop-guard secret: with no URL its signing adapter would take every
+        # request of the session, keystone's included, and keystone has no use for our marker.
+        self.endpoint = dataclasses.replace(endpoint, internal_secret=None)
         self.interface = interface
         self._session: Any = None
 
