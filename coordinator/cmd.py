@@ -16,6 +16,7 @@ from oslo_log import log as logging
 from coordinator import admincheck, manage
 from coordinator.journal import Journal
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.regioncatalog import live_regions
 from coordinator.registrar import Registrar, cascading_endpoint
 from coordinator.service import Service
 from glancesync import config, glance, metrics, storemap, strategy
@@ -30,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         stores = storemap.load(conf.glance_store_config, storemap.Role.COORDINATOR)
         endpoint = cascading_endpoint(conf, stores)
+        regions = live_regions(conf.coordinator, stores, endpoint)
     except ConfigError as exc:
         LOG.error("cannot start: %s", exc)
         return 1
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
-    service = Service(conf, stores, Journal(url, conf.database), registrar, metrics=stats)
+    service = Service(conf, stores, Journal(url, conf.database), registrar, metrics=stats, regions=regions)
     signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     try:
         service.run(stop)

@@ -28,6 +28,7 @@ from oslo_config import cfg
 
 from coordinator import operator, planner, reconciler, regiondrift
 from coordinator.journal import EventRow, Journal
+from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync import strategy, untrusted
 from glancesync.liveness import retry_delay
@@ -49,9 +50,12 @@ FIRST_RECONCILE_AFTER = 60.0
 
 
 class EventDesk:
-    def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
+                 regions: LiveRegions | None = None) -> None:
         self.conf = conf
         self.storemap = storemap
+        # The regions synced now (region_source): tasks and drift target these only.
+        self.regions = regions if regions is not None else LiveRegions(storemap.regions)
         self.journal = journal
         self.registrar = registrar
         self.fetching: set[str] = set()
@@ -68,6 +72,8 @@ class EventDesk:
         self.strategy_in_force = strategy.describe(strategy.canonical(conf.sync_strategy), self.rules)
 
     def plan_events(self, now: float) -> None:
+        if not self.regions.ready:  # the catalog not read yet: events wait in the journal
+            return
         room = FETCHES_IN_FLIGHT - len(self.fetching)
         if room <= 0:
             return
@@ -153,7 +159,7 @@ class EventDesk:
         existing = self.journal.region_records(event.image_id)
         # An operator's resync or sync names its regions (coordinator/operator.py).
         regions, strategy_name, by_operator = operator.event_targets(
-            event.body, self.storemap.regions, self.conf.sync_strategy, existing)
+            event.body, self.regions, self.conf.sync_strategy, existing)
         plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
                             self.storemap.source_path, self.rules, by_operator, members,
                             repairs=event.body.get("repairs"),
@@ -167,7 +173,7 @@ class EventDesk:
             self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=f"refused: {plan.refused}")
             return
         record = None if image is None else (record_time(image), image.get("status") == "active")
-        error = operator.targeting_error(image, self.storemap.regions, self.conf.sync_strategy, event.event_id,
+        error = operator.targeting_error(image, self.regions, self.conf.sync_strategy, event.event_id,
                                          plan.problems)
         created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now,
                                           error=error, record=record)
@@ -179,11 +185,11 @@ class EventDesk:
                             event.event_id, event.image_id, task.region, strategy_name)
 
     def reconcile(self, now: float) -> None:
-        if self.next_reconcile is None or self.reconciling or now < self.next_reconcile:
+        if self.next_reconcile is None or self.reconciling or now < self.next_reconcile or not self.regions.ready:
             return
         self.reconciling = True
         self.reconcile_started = now
-        policy = regiondrift.Policy(tuple(self.storemap.regions), self.conf.sync_strategy, now,
+        policy = regiondrift.Policy(tuple(self.regions), self.conf.sync_strategy, now,
                                     self.conf.coordinator.reconcile_failed_retry_interval, self.rules,
                                     self.journal.asked_regions())
         self.registrar.reconcile(reconciler.Inputs(self.journal.known_image_ids(), self.journal.tracked_image_ids(),

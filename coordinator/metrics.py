@@ -131,7 +131,7 @@ class CoordinatorMetrics:
         service, previous = self.source, self.snapshot
         journal = service.journal
         counts = journal.region_counts()
-        names = list(service.storemap.regions)
+        names = list(service.regions)
         sessions = service.agents.by_region()
         names += sorted(name for name in set(counts) | set(sessions) if name not in names)
         journal_bytes = journal.sqlite_bytes()

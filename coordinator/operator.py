@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from coordinator import planner, reconciler
@@ -87,17 +87,18 @@ def operator_event(image_id: str, regions: list[str] | None, who: str, prefix: s
 
 
 class OperatorDesk:
-    def __init__(self, journal: Journal, agents: Agents, known: Iterable[str], send: Send) -> None:
+    def __init__(self, journal: Journal, agents: Agents, known: Collection[str], send: Send) -> None:
         self.journal = journal
         self.agents = agents
-        self.known = list(known)
+        # The live regions (coordinator/regioncatalog.py): read at each request, never copied.
+        self.known = known
         self.send = send
 
     def request(self, body: dict[str, Any], now: float, who: str) -> dict[str, Any]:
         """Serve one ``operator`` message; the ``data`` of its reply, or ProtocolError (bad_request)."""
         regions = list(dict.fromkeys(body.get("regions") or []))
         for name in regions:
-            why = strategies.problem(name, self.known)
+            why = strategies.problem(name, list(self.known))
             if why is not None:
                 raise ProtocolError(code="bad_request", detail=why)
         action, image_id = body["action"], body.get("image_id")

@@ -22,7 +22,7 @@ from typing import Any
 
 from oslo_config import cfg
 
-from coordinator import reconciler, regiondrift
+from coordinator import reconciler, regioncatalog, regiondrift
 from coordinator.journal import Journal
 from coordinator.registrar import cascading_endpoint
 from glancesync import glance, storemap, strategy
@@ -47,11 +47,14 @@ def compute(conf: cfg.ConfigOpts, now: float, image_id: str | None = None) -> li
     """The findings of a pass run now (optionally only those of ``image_id``)."""
     stores = storemap.load(conf.glance_store_config, storemap.Role.COORDINATOR)
     endpoint = cascading_endpoint(conf, stores)
+    # The regions the coordinator syncs (region_source): the catalog is read here, once.
+    live = regioncatalog.live_regions(conf.coordinator, stores, endpoint)
+    live.read_now()
     store = Journal(conf.database.connection, conf.database)
     try:
         c = conf.coordinator
         rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
-        policy = regiondrift.Policy(tuple(stores.regions), conf.sync_strategy, now, c.reconcile_failed_retry_interval,
+        policy = regiondrift.Policy(tuple(live), conf.sync_strategy, now, c.reconcile_failed_retry_interval,
                                     rules, store.asked_regions())
         inputs = reconciler.Inputs(store.known_image_ids(), store.tracked_image_ids(), store.region_facts(), policy)
         confirmed = {h.image_id for h in store.held_deletes() if h.confirmed_at is not None}

@@ -46,6 +46,7 @@ from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.operator import OperatorDesk
+from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from glancesync import protocol, roles, transport
@@ -93,9 +94,12 @@ class Service:
     """The coordinator service; ``context`` may be shared with tests."""
 
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
-                 context: zmq.Context | None = None, metrics: CoordinatorMetrics | None = None) -> None:
+                 context: zmq.Context | None = None, metrics: CoordinatorMetrics | None = None,
+                 regions: LiveRegions | None = None) -> None:
         self.conf = conf
         self.storemap = storemap
+        # The regions synced now: what planner, reconciler, operators and status read.
+        self.regions = regions if regions is not None else LiveRegions(storemap.regions)
         self.journal = journal
         self.registrar = registrar
         self.context = context or zmq.Context.instance()
@@ -113,8 +117,8 @@ class Service:
         self._keys_checked = 0.0
         self.poller = zmq.Poller()
         self._last_heartbeat = 0.0
-        self.events = EventDesk(conf, storemap, journal, registrar)
-        self.operator = OperatorDesk(journal, self.agents, storemap.regions, self.send_agent)
+        self.events = EventDesk(conf, storemap, journal, registrar, self.regions)
+        self.operator = OperatorDesk(journal, self.agents, self.regions, self.send_agent)
         self._unapplied: list[GlanceResult] = []
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.source = self
@@ -147,6 +151,7 @@ class Service:
                  c.bind_host, c.agent_port, c.bind_host, self.conf.sync_server_port)
 
     def shutdown(self) -> None:
+        self.regions.shutdown()
         self.registrar.shutdown()
         for sock in (self.agent_sock, self.client_sock):
             if sock is not None:
@@ -177,7 +182,7 @@ class Service:
         for sock, handler in ((self.agent_sock, self._agent_frame), (self.client_sock, self._client_frame)):
             if sock in ready:
                 self._drain(sock, handler, now)
-        for step in (self._keys, self._apply_results, self._housekeeping, self.events.plan_events,
+        for step in (self._keys, self.regions.refresh, self._apply_results, self._housekeeping, self.events.plan_events,
                      self.operator.step, self._dispatch, self._heartbeats, self.events.reconcile,
                      self.metrics.tick):
             try:
@@ -354,7 +359,7 @@ class Service:
     def _status(self, body: dict[str, Any]) -> bytes:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
-        data = status.build(self.journal, self.agents, self.storemap.regions, self.started_at, body, self.now,
+        data = status.build(self.journal, self.agents, self.regions, self.started_at, body, self.now,
                             self.events.strategy_in_force, self.tasks.rates)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 

@@ -162,6 +162,36 @@ coordinator_opts = [
         "instead of 200. A healthy loop iterates several times a second; the default equals "
         "three heartbeat intervals, the window in which a peer would judge the coordinator gone.",
     ),
+    cfg.StrOpt(
+        "region_source",
+        default="config",
+        choices=[("config", "every region of glance_store.yaml is synced"),
+                 ("catalog", "the regions with an image endpoint in the keystone catalog are synced")],
+        help="Where the coordinator learns which regions to sync. 'config': the regions of "
+        "glance_store.yaml. 'catalog': the regions that have an image-service endpoint in the "
+        "keystone catalog of the [cascading_glance] credentials (which must then be keystone "
+        "credentials), re-read every catalog_refresh_interval seconds; the cascading glance's own "
+        "endpoint is never taken for a region. A region is synced only when it is in both: "
+        "glance_store.yaml still holds each region's credentials, and a catalog region missing "
+        "there, or a glance_store.yaml region missing from the catalog, is logged and not synced. "
+        "A region that appears later gets the existing images from the reconciler (doc/regions.md). "
+        "Related options: catalog_interface, catalog_refresh_interval.",
+    ),
+    cfg.StrOpt(
+        "catalog_interface",
+        default="public",
+        choices=["public", "internal", "admin"],
+        help="With region_source = catalog: the interface of the image endpoints read from the "
+        "catalog, and compared with the cascading glance's endpoint to leave that one out.",
+    ),
+    cfg.FloatOpt(
+        "catalog_refresh_interval",
+        default=300.0,
+        min=1.0,
+        help="With region_source = catalog: seconds between two reads of the keystone catalog. A "
+        "read that fails keeps the regions of the last good read. A region added to the catalog "
+        "is synced from the next read on.",
+    ),
 ]
 
 DEFAULT_CONNECTION = "sqlite:////var/lib/glance-sync/journal.sqlite"

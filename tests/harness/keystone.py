@@ -360,6 +360,15 @@ class KeystoneServer:
         self._api("POST", "/endpoints", endpoint={"service_id": service, "interface": interface,
                                                   "region_id": region, "url": url})
 
+    def set_image_endpoint(self, region: str, url: str, interface: str = "public") -> None:
+        """Point ``region``'s image endpoint of ``interface`` at ``url`` (a catalog changed under a running service)."""
+        image = self._service("image", "glance")
+        found = self._api("GET", f"/endpoints?service_id={image}&interface={interface}&region_id={region}")
+        for endpoint in found["endpoints"]:
+            self._api("PATCH", f"/endpoints/{endpoint['id']}", endpoint={"url": url})
+        if not found["endpoints"]:
+            raise ServiceError(f"keystone: no {interface} image endpoint in {region}")
+
     def _service(self, service_type: str, name: str) -> str:
         found = self._api("GET", f"/services?type={service_type}")["services"]
         if found:
