@@ -95,6 +95,8 @@ def print_openrc(files: dict[str, Path], keep: bool) -> None:
     print(f"  source {demo}")
     print("  openstack image create --file <some file> --disk-format raw --container-format bare my-image")
     print("  openstack image list        # or: glance image-list")
+    if "admin" in files:
+        print(f"  source {files['admin']}; openstack image sync status   # the sync, per region (admin)")
     if not keep:
         print("(this run stops its services at the end: start it with --keep to try them)")
     sys.stdout.flush()
@@ -141,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
         openrc = {}
         if keystone:
             topo.write_openrc(base / "openrc")
+            # The admin's shell also reaches the coordinator: `openstack image sync ...` (doc/osc-plugin.md).
+            with open(base / "openrc", "a", encoding="utf-8") as rc:
+                rc.write(f"export OS_GLANCE_SYNC_CONFIG={topo.service_conf}\n")
             topo.write_openrc(base / "openrc-demo", "demo")
             # Named through latest: the lines printed stay right for whichever run is the newest.
             latest = Path(args.dir) / LATEST
