@@ -110,6 +110,9 @@ class Service:
         self._last_heartbeat = 0.0
         self.events = EventDesk(conf, storemap, journal, registrar)
         self._unapplied: list[GlanceResult] = []
+        # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
+        self.longest_iteration = 0.0
+        self.iterations = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -139,6 +142,8 @@ class Service:
                  c.bind_host, c.agent_port, c.bind_host, self.conf.sync_server_port)
 
     def shutdown(self) -> None:
+        LOG.info("longest loop iteration: %.1f ms of work in %d iterations", self.longest_iteration * 1000,
+                 self.iterations)
         self.registrar.shutdown()
         for sock in (self.agent_sock, self.client_sock):
             if sock is not None:
@@ -166,6 +171,7 @@ class Service:
         except zmq.ZMQError as exc:
             LOG.error("poll failed: %s", exc)
             ready = {}
+        started = time.monotonic()
         for sock, handler in ((self.agent_sock, self._agent_frame), (self.client_sock, self._client_frame)):
             if sock in ready:
                 self._drain(sock, handler, now)
@@ -175,6 +181,16 @@ class Service:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
                 LOG.exception("coordinator step %s failed; continuing", step.__name__)
+        self._timed(time.monotonic() - started)
+
+    def _timed(self, took: float) -> None:
+        self.iterations += 1
+        if took > self.longest_iteration:
+            self.longest_iteration = took
+        if took > self.conf.coordinator.heartbeat_interval:
+            # Agents take a coordinator silent for three heartbeat intervals for dead.
+            LOG.warning("a loop iteration took %.1f s (heartbeat_interval %.1f s)", took,
+                        self.conf.coordinator.heartbeat_interval)
 
     def _drain(self, sock: zmq.Socket, handler: Any, now: float) -> None:
         # A bounded batch per iteration, so a flood on one socket cannot starve the timers.
