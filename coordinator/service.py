@@ -436,9 +436,7 @@ class Service:
         self.tasks.retry_registrations(now)
 
     def _dispatch(self, now: float) -> None:
-        for session in self.agents.online():
-            if session.credits > 0:
-                self.tasks.dispatch(session, now, self.send_agent)
+        self.tasks.dispatch_all(self.agents.online(), now, self.send_agent)
 
     def _heartbeats(self, now: float) -> None:
         if now - self._last_heartbeat < self.conf.coordinator.heartbeat_interval:

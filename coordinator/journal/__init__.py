@@ -45,3 +45,7 @@ __all__ = ["EventRow", "HeldDelete", "Journal", "NewTask", "RegionRecord", "Task
 
 class Journal(PlanningMixin, HoldsMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
+
+    def forget_memory(self) -> None:
+        """Drop the in-memory tables (leases); each is read from the journal again on next use."""
+        self._lease_table = None

@@ -6,7 +6,7 @@ See ``coordinator.journal`` for what the journal promises.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +62,18 @@ def make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # The sqlite3 module's own transaction handling begins a transaction only
+            # before a write, so a SAVEPOINT first would start (and its RELEASE commit)
+            # the whole batch: let SQLAlchemy emit BEGIN itself (below) instead.
+            dbapi_conn.isolation_level = None
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
@@ -152,15 +160,67 @@ class JournalBase:
 
     def __init__(self, url: str, engine: Engine | None = None) -> None:
         self.engine = engine or make_engine(url)
+        # The connection of the open batch, if any (``batch``).
+        self._batch_conn: Connection | None = None
+        # What to do once each open transaction level commits (``on_commit``), innermost last.
+        self._effects: list[list[Callable[[], None]]] = []
 
     def close(self) -> None:
         self.engine.dispose()
 
+    def on_commit(self, effect: Callable[[], None]) -> None:
+        """Run ``effect`` once what was written so far is committed; never if it rolls back.
+
+        The journal's in-memory tables (leases, status counters) change only this way,
+        so they always show committed state, even when a batch fails.
+        """
+        if self._effects:
+            self._effects[-1].append(effect)
+        else:
+            effect()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every journal call inside; each call is a savepoint in it.
+
+        A call that fails (a stale attempt) rolls back its own savepoint only; the
+        batch commits once at the end, so a loop iteration costs one commit (one fsync)
+        whatever it did.  Nothing written inside is durable before ``batch`` returns:
+        a caller acknowledges to a peer only after that (doc/control-plane.md).
+        """
+        if self._batch_conn is not None:
+            yield
+            return
+        try:
+            with self.transaction() as conn:
+                self._batch_conn = conn
+                try:
+                    yield
+                finally:
+                    self._batch_conn = None
+        except BaseException:
+            self.forget_memory()
+            raise
+
+    def forget_memory(self) -> None:
+        """Drop the in-memory tables; they are read from the journal again on next use."""
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        if self._batch_conn is not None:
+            with self._batch_conn.begin_nested():
+                yield self._batch_conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One transaction (a savepoint inside a batch): committed on success, rolled back on any error."""
+        effects: list[Callable[[], None]] = []
+        self._effects.append(effects)
         try:
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise JournalError(detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
@@ -168,3 +228,7 @@ class JournalBase:
             # The DB-API driver cannot bind a number (sqlite3 raises this unwrapped): the
             # same value fails every time, so it is no reason to retry.
             raise JournalError(detail=f"a value does not fit its column: {exc}", retryable=False) from exc
+        finally:
+            self._effects.pop()
+        for effect in effects:  # committed (or, in a batch, part of what the batch commits)
+            self.on_commit(effect)

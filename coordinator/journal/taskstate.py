@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from coordinator.journal.base import _FINAL, _LIVE_TASK, TaskRow, _region_state, _task, byte_count, pack
+from coordinator.journal.leases import Leases
 from coordinator.schema import image_regions, tasks
 from glancesync.exceptions import StaleAttempt
 from glancesync.states import SyncState, can_move
@@ -25,6 +26,33 @@ _REGION_ONLY = ("os_hash_value", "copy_registered_at", "metadata_applied_at")
 
 class TaskStateMixin:
     """Tasks: hand-out, reports, leases, retries; every change a compare-and-set."""
+
+    _lease_table: Leases | None = None
+
+    # -- leases (in memory, coordinator.journal.leases) ---------------------------------
+
+    def _leases(self) -> Leases:
+        if self._lease_table is None:
+            table = Leases()
+            query = sa.select(tasks.c.task_id, tasks.c.attempt, tasks.c.agent_id, tasks.c.lease_expires).where(
+                tasks.c.state.in_(_LIVE_TASK))
+            with self.transaction() as conn:
+                for row in conn.execute(query):
+                    table.set(row.task_id, row.attempt, row.agent_id, row.lease_expires)
+            self._lease_table = table
+        return self._lease_table
+
+    def _lease_changed(self, task: TaskRow, new: SyncState, values: dict[str, Any]) -> None:
+        """Carry a committed task change into the lease table."""
+        if self._lease_table is None:
+            return  # read from the journal on first use
+        if new not in (S.ASSIGNED, S.TRANSFERRING):
+            self.on_commit(lambda: self._lease_table.drop(task.task_id))
+        elif {"attempt", "agent_id", "lease_expires"} & values.keys():
+            attempt = values.get("attempt", task.attempt)
+            agent_id = values.get("agent_id", task.agent_id)
+            expires = values.get("lease_expires", task.lease_expires)
+            self.on_commit(lambda: self._lease_table.set(task.task_id, attempt, agent_id, expires))
 
     # -- image_regions ----------------------------------------------------------
 
@@ -100,6 +128,7 @@ class TaskStateMixin:
             tasks.c.attempt == task.attempt).values(**values))
         if result.rowcount != 1:
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
+        self._lease_changed(task, new, values)
         region_row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
             image_regions.c.image_id == task.image_id, image_regions.c.region == task.region)).first()
         if region_row is None or region_row.task_id != task.task_id:
@@ -143,19 +172,41 @@ class TaskStateMixin:
     def task(self, task_id: str) -> TaskRow | None:
         with self.transaction() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
-        return None if row is None else _task(row)
+        return None if row is None else self._with_lease(_task(row))
+
+    def _with_lease(self, task: TaskRow) -> TaskRow:
+        """``task`` with its lease as renewed in memory (the journal keeps the hand-out's)."""
+        lease = self._leases().current.get(task.task_id)
+        if lease is not None and lease.attempt == task.attempt and task.state in (S.ASSIGNED, S.TRANSFERRING):
+            task.lease_expires = lease.expires
+        return task
 
     def dispatchable(self, region: str, now: float, limit: int = 10) -> list[TaskRow]:
         """Pending tasks of ``region`` due by ``now`` with no earlier unfinished task of their image."""
+        return self.dispatchable_by_region({region: limit}, now).get(region, [])
+
+    def dispatchable_by_region(self, wants: dict[str, int], now: float) -> dict[str, list[TaskRow]]:
+        """``dispatchable`` for several regions (region -> limit) in one query per 200 regions."""
         earlier = tasks.alias("earlier")
         blocked = sa.exists().where(
             earlier.c.image_id == tasks.c.image_id, earlier.c.region == tasks.c.region,
             earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(_FINAL))
-        query = (sa.select(tasks).where(tasks.c.region == region, tasks.c.state == S.PENDING.value,
-                                        tasks.c.not_before <= now, ~blocked)
-                 .order_by(tasks.c.seq).limit(limit))
+        found: dict[str, list[TaskRow]] = {}
+        regions = [(region, limit) for region, limit in wants.items() if limit > 0]
         with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+            for start in range(0, len(regions), 200):
+                # One LIMITed select per region, each walking ix_tasks_dispatch_seq in seq order.
+                parts = [sa.select(tasks).where(tasks.c.region == region, tasks.c.state == S.PENDING.value,
+                                                tasks.c.not_before <= now, ~blocked)
+                         .order_by(tasks.c.seq).limit(limit).subquery()
+                         for region, limit in regions[start:start + 200]]
+                query = sa.union_all(*[sa.select(part) for part in parts]) if len(parts) > 1 else sa.select(parts[0])
+                for row in conn.execute(query).all():
+                    task = _task(row)
+                    found.setdefault(task.region, []).append(task)
+        for rows in found.values():
+            rows.sort(key=lambda t: t.seq)
+        return found
 
     def assign(self, task_id: str, agent_id: str, now: float, lease_expires: float) -> TaskRow:
         """Hand a pending task to an agent: attempt + 1, leased until ``lease_expires``."""
@@ -265,26 +316,44 @@ class TaskStateMixin:
             return [_task(r) for r in conn.execute(query).all()]
 
     def lapsed(self, now: float) -> list[TaskRow]:
-        query = sa.select(tasks).where(tasks.c.state.in_(_LIVE_TASK), tasks.c.lease_expires < now)
+        """Handed-out tasks whose lease ran out before ``now``: from the lease heap, O(due leases)."""
+        due = dict(self._leases().lapsed(now))
+        if not due:
+            return []
+        found = []
+        ids = list(due)
         with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+            for start in range(0, len(ids), 500):
+                query = sa.select(tasks).where(tasks.c.task_id.in_(ids[start:start + 500]),
+                                               tasks.c.state.in_(_LIVE_TASK))
+                found += [_task(r) for r in conn.execute(query).all()]
+        lapsed = []
+        for task in found:
+            if task.attempt == due.pop(task.task_id).attempt:
+                task.lease_expires = now
+                lapsed.append(task)
+        for task_id in due:  # no longer handed out (another process took it back)
+            self._leases().drop(task_id)
+        return lapsed
 
     def renew_leases(self, agent_id: str, task_ids: Iterable[str], lease_expires: float) -> int:
-        ids = list(task_ids)
-        if not ids:
-            return 0
-        with self.transaction() as conn:
-            return conn.execute(tasks.update().where(
-                tasks.c.agent_id == agent_id, tasks.c.task_id.in_(ids), tasks.c.state.in_(_LIVE_TASK),
-            ).values(lease_expires=lease_expires)).rowcount
+        """Extend the leases ``agent_id`` holds among ``task_ids``: in memory only (module docstring
+        of coordinator.journal.leases: a restart renews every lease anyway)."""
+        return self._leases().renew(agent_id, list(task_ids), lease_expires)
 
     def extend_leases(self, until: float) -> int:
         """Let every handed-out task's lease run at least ``until`` (a restart's grace period)."""
         with self.transaction() as conn:
-            return conn.execute(tasks.update().where(
+            count = conn.execute(tasks.update().where(
                 tasks.c.state.in_(_LIVE_TASK),
                 sa.or_(tasks.c.lease_expires.is_(None), tasks.c.lease_expires < until),
             ).values(lease_expires=until)).rowcount
+
+        def reload() -> None:
+            self._lease_table = None  # read again, with the extended leases, on next use
+
+        self.on_commit(reload)
+        return count
 
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""

@@ -1,0 +1,110 @@
+"""The loop's cost follows the work that is due: leases in a heap, one dispatch query, batched commits."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from coordinator.agents import Agents, Session
+from coordinator.journal import Journal, NewTask
+from coordinator.journal.leases import RETRY_LAPSED_AFTER, Leases
+from coordinator.tasks import TaskDesk
+from glancesync.liveness import Liveness
+
+from .conftest import IMAGE_ID, image_record
+
+NOW = 1_000_000.0
+OTHER = "22222222-3333-4444-5555-666666666666"
+
+
+class Statements:
+    """Counts the SQL statements an engine runs (and which of them read tasks)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.seen: list[str] = []
+        self.commit_count = 0
+        sa.event.listen(journal.engine, "before_cursor_execute", self._seen)
+        sa.event.listen(journal.engine, "commit", self._committed)
+
+    def _committed(self, _conn) -> None:
+        self.commit_count += 1
+
+    def _seen(self, _conn, _cursor, statement, *_args) -> None:
+        self.seen.append(statement)
+
+    def commits(self) -> int:
+        return self.commit_count
+
+
+def plan_copies(journal: Journal, image_id: str, regions: list[str], event_id: str) -> list[str]:
+    journal.record_event(event_id, "uploaded", image_id, {"event_id": event_id}, NOW)
+    new = [NewTask(r, "copy", {"image": image_record(image_id), "source": {"type": "sftp", "path": "/x"}})
+           for r in regions]
+    return journal.plan_event(event_id, image_id, new, {}, NOW)
+
+
+def test_leases_come_due_in_order_and_renewals_replace_old_entries() -> None:
+    leases = Leases()
+    leases.set("a", 1, "agent", NOW + 10)
+    leases.set("b", 1, "agent", NOW + 5)
+    leases.set("c", 1, "other", NOW + 5)
+    assert leases.renew("agent", ["a", "b", "c"], NOW + 20) == 2  # c is another agent's
+    assert [t for t, _ in leases.lapsed(NOW + 15)] == ["c"]
+    leases.drop("c")  # taken back
+    leases.drop("a")
+    assert [t for t, _ in leases.lapsed(NOW + 21)] == ["b"]
+    # Reported, not taken back: reported again a little later, not at every iteration.
+    assert leases.lapsed(NOW + 22) == []
+    assert [t for t, _ in leases.lapsed(NOW + 21 + RETRY_LAPSED_AFTER + 1)] == ["b"]
+
+
+def test_a_renewal_is_not_written_but_keeps_the_task_from_lapsing(journal: Journal) -> None:
+    [task_id] = plan_copies(journal, IMAGE_ID, ["RegionOne"], "e1")
+    journal.assign(task_id, "a", NOW, NOW + 10)
+    count = Statements(journal)
+    assert journal.renew_leases("a", [task_id], NOW + 60) == 1
+    assert not [s for s in count.seen if s.lstrip().upper().startswith("UPDATE")]
+    assert journal.lapsed(NOW + 30) == []
+    assert journal.task(task_id).lease_expires == NOW + 60
+    # A restart reads the journal again: the hand-out's lease, extended for the agents to come back.
+    again = Journal("", engine=journal.engine)
+    assert again.extend_leases(NOW + 100) == 1
+    assert again.lapsed(NOW + 99) == []
+    assert [t.task_id for t in again.lapsed(NOW + 101)] == [task_id]
+
+
+def test_lapsed_reads_only_the_due_tasks(journal: Journal) -> None:
+    ids = plan_copies(journal, IMAGE_ID, ["RegionOne", "RegionTwo"], "e1")
+    journal.assign(ids[0], "a", NOW, NOW + 10)
+    journal.assign(ids[1], "b", NOW, NOW + 50)
+    journal.lapsed(NOW)  # the heap is read once from the journal
+    count = Statements(journal)
+    assert journal.lapsed(NOW + 5) == []
+    assert count.seen == []  # nothing due: no SQL at all
+    assert [t.task_id for t in journal.lapsed(NOW + 20)] == [ids[0]]
+
+
+def session(region: str, name: str, credits: int) -> Session:
+    s = Session(routing_id=name.encode(), agent_id=name, region=region, capacity=8, version="t",
+                liveness=Liveness(1.0), credits=credits)
+    return s
+
+
+def test_dispatch_to_many_sessions_is_one_query_and_one_commit(journal: Journal) -> None:
+    regions = ["RegionOne", "RegionTwo"]
+    plan_copies(journal, IMAGE_ID, regions, "e1")
+    plan_copies(journal, OTHER, regions, "e2")
+    agents = Agents(journal, 1.0, 10.0)
+    desk = TaskDesk(journal, agents, registrar=None, retry_policy=lambda *_: lambda _r: None)
+    sessions = [session("RegionOne", "a1", 1), session("RegionOne", "a2", 1), session("RegionTwo", "b1", 4)]
+    for s in sessions:
+        agents._add(s)
+    sent: list[tuple[bytes, str]] = []
+    count = Statements(journal)
+    given = desk.dispatch_all(sessions, NOW, lambda rid, _type, body: sent.append((rid, body["image_id"])) or True)
+    assert given == 4
+    selects = [s for s in count.seen if s.lstrip().upper().startswith("SELECT") and "earlier" in s]
+    assert len(selects) == 1
+    assert count.commits() == 1
+    # RegionOne's two tasks went one to each of its agents, RegionTwo's both to its one agent.
+    assert sorted(rid for rid, _ in sent) == [b"a1", b"a2", b"b1", b"b1"]
+    assert [s.credits for s in sessions] == [0, 0, 2]
