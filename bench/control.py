@@ -105,7 +105,8 @@ class Run:
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "coordinator.cmd", "--config-file", str(self.conf)],
+        profile = ["-m", "cProfile", "-o", str(self.base / "coordinator.prof")] if os.environ.get("BENCH_PROFILE") else []
+        self.proc = subprocess.Popen([sys.executable, *profile, "-m", "coordinator.cmd", "--config-file", str(self.conf)],
                                      env=env, cwd=self.base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while self.query(timeout=0.5) is None:
@@ -231,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="how long the idle CPU is measured")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="[coordinator] heartbeat_interval")
     parser.add_argument("--skip", choices=("throughput", "status"), help="leave one run out")
+    parser.add_argument("--dir", help="keep the runs' files (logs, journals) in this new directory")
     args = parser.parse_args(argv)
     print(f"bench/control.py on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
+        tmp = args.dir or tmp
         if args.skip != "throughput":
             r = throughput(args, Path(tmp) / "throughput")
             print(f"throughput: {r['tasks']} tasks ({args.images} images x {args.regions} agents, capacity "

@@ -164,6 +164,8 @@ class JournalBase:
         self._batch_conn: Connection | None = None
         # What to do once each open transaction level commits (``on_commit``), innermost last.
         self._effects: list[list[Callable[[], None]]] = []
+        # Progress reports not written yet: task_id -> (attempt, image_id, region, done, total, at).
+        self._progress: dict[str, tuple[int, str, str, int, int, float]] = {}
 
     def close(self) -> None:
         self.engine.dispose()

@@ -39,7 +39,9 @@ class PlanningMixin:
             if conn.execute(sa.select(events.c.event_id).where(events.c.event_id == event_id)).first():
                 return False
             try:
-                self._insert_event(conn, event_id, kind, image_id, body, now, sender)
+                # Its own savepoint: on PostgreSQL a failed insert would abort the whole batch.
+                with conn.begin_nested():
+                    self._insert_event(conn, event_id, kind, image_id, body, now, sender)
             except sa.exc.IntegrityError:
                 # Another coordinator of an active/passive pair stored it first.
                 return False

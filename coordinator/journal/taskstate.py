@@ -129,6 +129,8 @@ class TaskStateMixin:
         if result.rowcount != 1:
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
         self._lease_changed(task, new, values)
+        if new not in (S.ASSIGNED, S.TRANSFERRING):
+            self.on_commit(lambda: self._progress.pop(task.task_id, None))
         region_row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
             image_regions.c.image_id == task.image_id, image_regions.c.region == task.region)).first()
         if region_row is None or region_row.task_id != task.task_id:
@@ -222,15 +224,37 @@ class TaskStateMixin:
             self._set_task(conn, task, S.TRANSFERRING, now, started_at=now)
 
     def progress(self, task_id: str, attempt: int, bytes_done: int, bytes_total: int, now: float) -> None:
+        """Note a progress report of the current attempt; written by ``flush_progress``, shown at once.
+
+        Progress is a hint (``done`` brings the final count): keeping it in memory
+        saves a write per report, and losing the last few seconds of it in a crash
+        costs nothing but a stale figure until the next report.
+        """
         bytes_done, bytes_total = byte_count("bytes_done", bytes_done), byte_count("bytes_total", bytes_total)
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
-            conn.execute(tasks.update().where(tasks.c.task_id == task_id, tasks.c.attempt == attempt)
-                         .values(bytes_done=bytes_done, bytes_total=bytes_total, updated_at=now))
-            conn.execute(image_regions.update().where(
-                image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
-                image_regions.c.task_id == task_id).values(bytes_done=bytes_done, bytes_total=bytes_total,
-                                                           updated_at=now))
+        self._progress[task_id] = (attempt, task.image_id, task.region, bytes_done, bytes_total, now)
+
+    def flush_progress(self) -> int:
+        """Write the progress noted since the last flush (one transaction); how many tasks it touched."""
+        pending, self._progress = self._progress, {}
+        written = 0
+        try:
+            with self.transaction() as conn:
+                for task_id, (attempt, image_id, region, done, total, at) in pending.items():
+                    if not conn.execute(tasks.update().where(
+                            tasks.c.task_id == task_id, tasks.c.attempt == attempt, tasks.c.state.in_(_LIVE_TASK),
+                    ).values(bytes_done=done, bytes_total=total, updated_at=at)).rowcount:
+                        continue
+                    conn.execute(image_regions.update().where(
+                        image_regions.c.image_id == image_id, image_regions.c.region == region,
+                        image_regions.c.task_id == task_id).values(bytes_done=done, bytes_total=total,
+                                                                   updated_at=at))
+                    written += 1
+        except BaseException:
+            self._progress = {**pending, **self._progress}  # kept for the next flush
+            raise
+        return written
 
     def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
         """The agent finished: copy and delete go on to registering, update is synced at once."""

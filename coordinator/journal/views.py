@@ -10,6 +10,7 @@ from coordinator.schema import events, image_regions, tasks
 from glancesync.states import SyncState
 
 S = SyncState
+_HELD = (S.ASSIGNED.value, S.TRANSFERRING.value)
 
 
 class ViewsMixin:
@@ -40,9 +41,13 @@ class ViewsMixin:
             seen = conn.execute(sa.select(events.c.event_id).where(events.c.image_id == image_id)).first()
         regions = {}
         for r in rows:
+            bytes_done, bytes_total = r.bytes_done, r.bytes_total
+            noted = self._progress.get(r.task_id) if r.state in _HELD else None
+            if noted is not None:  # a progress report not written yet (TaskStateMixin.progress)
+                bytes_done, bytes_total = noted[3], noted[4]
             regions[r.region] = {
-                "state": r.state, "task_kind": r.kind, "task_id": r.task_id, "bytes_done": r.bytes_done,
-                "bytes_total": r.bytes_total, "attempts": r.attempts, "last_error": r.last_error,
+                "state": r.state, "task_kind": r.kind, "task_id": r.task_id, "bytes_done": bytes_done,
+                "bytes_total": bytes_total, "attempts": r.attempts, "last_error": r.last_error,
                 "agent_id": r.agent_id, "updated_at": r.updated_at, "synced_at": r.synced_at,
                 # The two facts ``synced`` needs (doc/states.md); status shows which is missing.
                 "copy_registered": r.copy_registered_at is not None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from coordinator.agents import Agents, Session
@@ -108,3 +109,69 @@ def test_dispatch_to_many_sessions_is_one_query_and_one_commit(journal: Journal)
     # RegionOne's two tasks went one to each of its agents, RegionTwo's both to its one agent.
     assert sorted(rid for rid, _ in sent) == [b"a1", b"a2", b"b1", b"b1"]
     assert [s.credits for s in sessions] == [0, 0, 2]
+
+
+def test_reports_of_one_iteration_are_one_commit_and_acked_only_after_it(ctx, service, journal) -> None:
+    from glancesync import protocol
+
+    from .test_service import pump, receive, report, run_copy, state
+
+    sock, task = run_copy(ctx, service)
+    ref = {"task_id": task["task_id"], "attempt": 1}
+    failing = {"on": True}
+
+    def commit(_conn) -> None:
+        if failing["on"]:
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    sa.event.listen(journal.engine, "commit", commit)
+    count = Statements(journal)
+    sock.send(protocol.encode("ack", ref))
+    sock.send(protocol.encode("progress", {**ref, "bytes_done": 10, "bytes_total": 1024}))
+    sock.send(protocol.encode("done", report(task)))
+    pump(service, NOW, lambda: any("RELEASE" in s for s in count.seen))
+    pump(service, NOW)
+    failing["on"] = False
+    # The batch of ack, progress and done did not commit: nothing changed, nothing acknowledged.
+    assert state(journal) == "assigned"
+    assert not [m for m in iter(lambda: protocol.decode(sock.recv()) if sock.poll(0) else None, None)
+                if m.type == "result_ack"]
+    sock.send(protocol.encode("ack", ref))
+    sock.send(protocol.encode("done", report(task)))  # the agent sends its result again until acked
+    assert receive(sock, service, NOW, "result_ack").body == ref
+    assert state(journal) in ("registering", "synced")
+
+
+def test_a_batch_is_one_commit_and_a_stale_call_undoes_only_its_own_writes(journal: Journal) -> None:
+    from glancesync.exceptions import StaleAttempt
+
+    first, second = plan_copies(journal, IMAGE_ID, ["RegionOne", "RegionTwo"], "e1")
+    journal.assign(first, "a", NOW, NOW + 10)
+    journal.assign(second, "b", NOW, NOW + 10)
+    journal.lapsed(NOW)  # the lease table is read
+    count = Statements(journal)
+    with journal.batch():
+        journal.ack(first, 1, NOW)
+        with pytest.raises(StaleAttempt):
+            journal.ack(second, 7, NOW)  # not the current attempt
+        journal.done(first, 1, {"size": 1024}, NOW)
+        journal.requeue(second, 1, NOW, "agent gone")
+        # Leases change only on commit.
+        assert first in journal._leases().current
+    assert count.commits() == 1
+    assert journal.task(first).state.value == "registering"
+    assert journal.task(second).state.value == "pending"
+    assert journal._leases().current == {}
+
+
+def test_progress_is_shown_at_once_and_written_later(journal: Journal) -> None:
+    [task_id] = plan_copies(journal, IMAGE_ID, ["RegionOne"], "e1")
+    journal.assign(task_id, "a", NOW, NOW + 10)
+    count = Statements(journal)
+    journal.progress(task_id, 1, 512, 1024, NOW)
+    assert not [s for s in count.seen if s.lstrip().upper().startswith("UPDATE")]
+    assert journal.image_view(IMAGE_ID)[1]["RegionOne"]["bytes_done"] == 512
+    assert journal.flush_progress() == 1
+    again = Journal("", engine=journal.engine)  # what a restart would read
+    assert again.image_view(IMAGE_ID)[1]["RegionOne"]["bytes_done"] == 512
+    assert journal.flush_progress() == 0
