@@ -57,6 +57,7 @@ LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 # Progress reports are kept in memory and written at most this often (Journal.progress).
 PROGRESS_FLUSH_SECONDS = 5.0
+HELD_REFRESH_SECONDS = 5.0
 
 
 class SteadyClock:
@@ -119,6 +120,7 @@ class Service:
         # Replies that acknowledge journal writes, sent once the iteration's batch has committed.
         self._after_commit: list[tuple[zmq.Socket | None, list[bytes], bytes]] = []
         self._progress_flushed = 0.0
+        self._held_read = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0
         self.iterations = 0
@@ -386,6 +388,10 @@ class Service:
         if now - self._progress_flushed >= PROGRESS_FLUSH_SECONDS or now < self._progress_flushed:
             self._progress_flushed = now
             self.journal.flush_progress()
+        if abs(now - self._held_read) >= HELD_REFRESH_SECONDS:
+            # glance-sync-manage confirms held deletions from another process.
+            self._held_read = now
+            self.journal.reread_held_deletes()
 
     def _dispatch(self, now: float) -> None:
         self.tasks.dispatch_all(self.agents.online(), now, self.send_agent)

@@ -59,7 +59,7 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
 
 
 def deletions_held(journal: Journal) -> dict[str, Any]:
-    held = journal.held_deletes()
+    held = journal.held_deletes_known()
     return {"images": len(held), "confirmed": sum(1 for h in held if h.confirmed_at is not None),
             "since": min((h.held_at for h in held), default=None)}
 

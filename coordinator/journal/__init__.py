@@ -47,5 +47,7 @@ class Journal(PlanningMixin, HoldsMixin, TaskStateMixin, ViewsMixin, RetentionMi
     """All reads and writes of the journal; safe to share within one thread."""
 
     def forget_memory(self) -> None:
-        """Drop the in-memory tables (leases); each is read from the journal again on next use."""
+        """Drop the in-memory tables (leases, status counters); each is read from the journal again
+        on next use."""
         self._lease_table = None
+        self._count_table = None

@@ -166,6 +166,7 @@ class PlanningMixin:
             conn.execute(image_regions.insert().values(
                 image_id=image_id, region=region, state=S.PENDING.value, attempts=0, bytes_done=0,
                 bytes_total=0, updated_at=now))
+            self._count_region(region, None, S.PENDING.value)
             current = S.PENDING
         if can_move(current, S.FAILED):
             self._move_region(conn, image_id, region, current, S.FAILED, now, last_error=reason)

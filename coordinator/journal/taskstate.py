@@ -62,8 +62,7 @@ class TaskStateMixin:
             image_regions.c.image_id == image_id, image_regions.c.region == region)).scalar()
         return None if state is None else SyncState(state)
 
-    @staticmethod
-    def _move_region(conn: Connection, image_id: str, region: str, expected: SyncState, new: SyncState,
+    def _move_region(self, conn: Connection, image_id: str, region: str, expected: SyncState, new: SyncState,
                      now: float, **values: Any) -> None:
         """Compare-and-set of an (image, region) state; staying in a state only updates fields."""
         if expected != new and not can_move(expected, new):
@@ -77,6 +76,7 @@ class TaskStateMixin:
             image_regions.c.state == expected.value).values(**values))
         if result.rowcount != 1:
             raise StaleAttempt(f"{image_id}/{region} is no longer {expected}", task_id=None, attempt=None)
+        self._count_region(region, expected.value, new.value)
 
     def _advance(self, conn: Connection, image_id: str, region: str, now: float) -> None:
         """Point the (image, region) at its earliest unfinished task, if the current one is done."""
@@ -104,6 +104,7 @@ class TaskStateMixin:
         if row is None:
             conn.execute(image_regions.insert().values(image_id=image_id, region=region, state=target.value,
                                                        updated_at=now, **fields))
+            self._count_region(region, None, target.value)
             return
         current = SyncState(row.state)
         if current == target or can_move(current, target):

@@ -175,3 +175,28 @@ def test_progress_is_shown_at_once_and_written_later(journal: Journal) -> None:
     again = Journal("", engine=journal.engine)  # what a restart would read
     assert again.image_view(IMAGE_ID)[1]["RegionOne"]["bytes_done"] == 512
     assert journal.flush_progress() == 0
+
+
+def test_status_counts_are_kept_in_memory_and_match_the_journal(journal: Journal) -> None:
+    from coordinator import status
+
+    journal.region_counts()  # read once
+    first, second = plan_copies(journal, IMAGE_ID, ["RegionOne", "RegionTwo"], "e1")
+    journal.plan_event("e2", OTHER, [], {"RegionOne": "no source"}, NOW)
+    journal.assign(first, "a", NOW, NOW + 10)
+    journal.done(first, 1, {"size": 1024}, NOW)
+    journal.finish(first, 1, NOW)
+    journal.assign(second, "b", NOW, NOW + 10)
+    with pytest.raises(RuntimeError), journal.batch():  # a batch that fails changes no counter
+        journal.requeue(second, 1, NOW, "gone")
+        raise RuntimeError("the iteration failed")
+    agents = Agents(journal, 1.0, 10.0)
+    status.summary(journal, agents, ["RegionOne", "RegionTwo"], NOW, NOW)
+    count = Statements(journal)
+    data = status.summary(journal, agents, ["RegionOne", "RegionTwo"], NOW, NOW)
+    assert count.seen == []  # the summary ran no SQL
+    assert {r: {k: v for k, v in c.items() if k != "agents"} for r, c in data["regions"].items()} == {
+        "RegionOne": {"queued": 0, "in_flight": 0, "synced": 1, "failed": 1},
+        "RegionTwo": {"queued": 0, "in_flight": 1, "synced": 0, "failed": 0}}
+    fresh = Journal("", engine=journal.engine)
+    assert fresh.region_counts() == journal.region_counts()
