@@ -198,9 +198,11 @@ class TaskStateMixin:
         regions = [(region, limit) for region, limit in wants.items() if limit > 0]
         with self.transaction() as conn:
             for start in range(0, len(regions), 200):
-                # One LIMITed select per region, each walking ix_tasks_dispatch_seq in seq order.
+                # One LIMITed select per region, each walking ix_tasks_dispatch_seq in seq order and
+                # stopping at its limit. ``not_before + 0`` keeps the planner off ix_tasks_state_due,
+                # which would read every pending task of every region and sort them.
                 parts = [sa.select(tasks).where(tasks.c.region == region, tasks.c.state == S.PENDING.value,
-                                                tasks.c.not_before <= now, ~blocked)
+                                                tasks.c.not_before + 0 <= now, ~blocked)
                          .order_by(tasks.c.seq).limit(limit).subquery()
                          for region, limit in regions[start:start + 200]]
                 query = sa.union_all(*[sa.select(part) for part in parts]) if len(parts) > 1 else sa.select(parts[0])
