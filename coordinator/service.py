@@ -109,7 +109,6 @@ class Service:
         self._reload_keys = False
         self._keys_checked = 0.0
         self.poller = zmq.Poller()
-        self._last_heartbeat = 0.0
         self.events = EventDesk(conf, storemap, journal, registrar)
         self.dialog = AgentDialog(conf, storemap, self.agents, self.tasks, send=self.send_agent,
                                   send_raw=lambda rid, payload: self._send(self.agent_sock, [rid], payload),
@@ -397,10 +396,14 @@ class Service:
         self.tasks.dispatch_all(self.agents.online(), now, self.send_agent)
 
     def _heartbeats(self, now: float) -> None:
-        if now - self._last_heartbeat < self.conf.coordinator.heartbeat_interval:
-            return
-        self._last_heartbeat = now
+        # Each session on its own beat (from its hello on), so 500 agents are not all sent
+        # their heartbeat in the same iteration.
+        interval = self.conf.coordinator.heartbeat_interval
         for session in self.agents.online():
-            self.send_agent(session.routing_id, "heartbeat", {})
+            if not session.heartbeat_sent or now < session.heartbeat_sent:
+                session.heartbeat_sent = now
+            elif now - session.heartbeat_sent >= interval:
+                session.heartbeat_sent = now
+                self.send_agent(session.routing_id, "heartbeat", {})
 
     # -- planning ------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
     counts = journal.region_counts()
     sessions = agents.by_region()
     names = list(regions)
-    names += sorted(name for name in sessions if name not in names)
+    listed = set(names)
+    names += sorted(name for name in sessions if name not in listed)
     data: dict[str, Any] = {}
     for name in names:
         entry: dict[str, Any] = dict(counts.get(name, _EMPTY_COUNTS))
