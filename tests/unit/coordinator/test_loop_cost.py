@@ -200,3 +200,18 @@ def test_status_counts_are_kept_in_memory_and_match_the_journal(journal: Journal
         "RegionTwo": {"queued": 0, "in_flight": 1, "synced": 0, "failed": 0}}
     fresh = Journal("", engine=journal.engine)
     assert fresh.region_counts() == journal.region_counts()
+
+
+def test_planning_an_image_for_many_regions_is_a_few_statements(journal: Journal) -> None:
+    regions = [f"Region{i:03d}" for i in range(500)]
+    journal.region_counts()
+    journal.record_event("e1", "uploaded", IMAGE_ID, {"event_id": "e1"}, NOW)
+    count = Statements(journal)
+    new = [NewTask(r, "copy", {"image": image_record(), "source": {"type": "sftp", "path": "/x"}}) for r in regions]
+    created = journal.plan_event("e1", IMAGE_ID, new, {}, NOW)
+    assert len(created) == 500
+    assert len(count.seen) < 12  # not a few statements per region
+    view = journal.image_view(IMAGE_ID)[1]
+    assert {r["state"] for r in view.values()} == {"pending"} and len(view) == 500
+    assert journal.region_counts()["Region499"]["queued"] == 1
+    assert [t.task_id for t in journal.dispatchable("Region007", NOW)] == [created[7]]
