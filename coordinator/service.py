@@ -43,6 +43,7 @@ from oslo_config import cfg
 
 from coordinator import status
 from coordinator.agents import Agents
+from coordinator.clock import SteadyClock
 from coordinator.dialog import AgentDialog, peer_name
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
@@ -58,32 +59,10 @@ POLL_SECONDS = 0.1
 # Progress reports are kept in memory and written at most this often (Journal.progress).
 PROGRESS_FLUSH_SECONDS = 5.0
 HELD_REFRESH_SECONDS = 5.0
-
-
-class SteadyClock:
-    """Wall-clock seconds that never jump: the start's wall time plus monotonic progress.
-
-    Leases, retries and liveness are stored as wall-clock times (they must mean
-    something after a restart), but an NTP step or a resumed VM would lapse every
-    lease at once, or stop heartbeats for as long as the clock went back. The loop
-    therefore runs on this clock and only warns when the wall clock moves away from
-    it; a restart takes the wall clock again and gives handed-out tasks a new lease.
-    """
-
-    WARN_AFTER = 5.0
-
-    def __init__(self) -> None:
-        self.base_wall, self.base_mono = time.time(), time.monotonic()
-        self.warned = 0.0
-
-    def now(self) -> float:
-        steady = self.base_wall + (time.monotonic() - self.base_mono)
-        drift = time.time() - steady
-        if abs(drift - self.warned) > self.WARN_AFTER:
-            self.warned = drift
-            LOG.warning("the wall clock moved %+.0f s away from the coordinator's steady clock; "
-                        "leases and heartbeats keep the steady clock until the next restart", drift)
-        return steady
+# Seconds of frames and glance results one iteration takes on at most (a quarter of
+# heartbeat_interval when that is less): the rest waits for the next iteration, so timers,
+# heartbeats and status answers never wait behind a flood.
+ITERATION_BUDGET = 0.5
 
 
 class Service:
@@ -119,6 +98,7 @@ class Service:
         # Replies that acknowledge journal writes, sent once the iteration's batch has committed.
         self._after_commit: list[tuple[zmq.Socket | None, list[bytes], bytes]] = []
         self._progress_flushed = 0.0
+        self._deadline = 0.0
         self._held_read = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0
@@ -186,6 +166,8 @@ class Service:
             LOG.error("poll failed: %s", exc)
             ready = {}
         started = time.monotonic()
+        # Frames and glance results beyond this wait in their queues for the next iteration.
+        self._deadline = started + min(ITERATION_BUDGET, self.conf.coordinator.heartbeat_interval / 4)
         try:
             # Every journal write of the frames and of the steps below: one transaction, one commit.
             with self.journal.batch():
@@ -223,7 +205,9 @@ class Service:
 
     def _drain(self, sock: zmq.Socket, handler: Any, now: float) -> None:
         # A bounded batch per iteration, so a flood on one socket cannot starve the timers.
-        for _ in range(1000):
+        for count in range(1000):
+            if count and time.monotonic() > self._deadline:
+                return
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -364,6 +348,9 @@ class Service:
         # (locked, disk full), keep it and the ones after it for the next iteration.
         pending, self._unapplied = self._unapplied + self.registrar.results(), []
         for index, result in enumerate(pending):
+            if index and time.monotonic() > self._deadline:
+                self._unapplied = pending[index:]
+                return
             try:
                 if isinstance(result, TaskResult):
                     self.tasks.registered(result, now)

@@ -215,3 +215,31 @@ def test_planning_an_image_for_many_regions_is_a_few_statements(journal: Journal
     assert {r["state"] for r in view.values()} == {"pending"} and len(view) == 500
     assert journal.region_counts()["Region499"]["queued"] == 1
     assert [t.task_id for t in journal.dispatchable("Region007", NOW)] == [created[7]]
+
+
+def test_an_iteration_stops_taking_frames_once_its_budget_is_spent(ctx, service, monkeypatch) -> None:
+    from coordinator import service as service_module
+    from glancesync import protocol
+
+    from .test_service import dealer
+
+    monkeypatch.setattr(service_module, "ITERATION_BUDGET", 0.0)
+    query = dealer(ctx, service.conf.sync_server_port)
+    for _ in range(3):
+        query.send(protocol.encode("status_query", {"view": "summary"}))
+    while not service.client_sock.poll(0):
+        pass
+    service.loop(NOW, poll_seconds=0.5)
+    answered = 0
+    while query.poll(200):
+        query.recv()
+        answered += 1
+        if answered == 1:
+            break
+    assert answered == 1 and not query.poll(100)  # one frame per iteration on a spent budget
+    for _ in range(20):
+        service.loop(NOW, poll_seconds=0.05)
+        while query.poll(0):
+            query.recv()
+            answered += 1
+    assert answered == 3  # the others waited in the socket, none was lost
