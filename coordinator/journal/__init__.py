@@ -13,11 +13,18 @@ follows the task that currently drives it (``image_regions.task_id``).
 SQLite runs in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL, so
 a committed row survives kill -9 and also a power cut.  NORMAL would survive only
 the kill, and an ack tells the sender it may forget the event, so the stronger
-promise is worth one fsync per commit at control-message rates.
+promise is kept; the coordinator's loop pays it once per iteration, not once per
+message, by running each iteration's calls in one ``batch`` (each call a savepoint)
+and acknowledging only after its commit (doc/control-plane.md).
+
+Three tables live in memory, read from the journal once and changed only when the
+write that changes them commits (``on_commit``): the lease heap (``leases``), the
+per-region status counters (``views``) and the held deletions (``holds``); progress
+reports are kept in memory and written every few seconds (``taskstate``).
 
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``base`` (engine, rows, transactions), ``planning`` (events and
-planning), ``taskstate`` (the task state machine, leases, retries), ``views``
+planning), ``taskstate`` (the task state machine, retries), ``leases`` (the lease heap), ``views``
 (status queries), ``retention`` (purging old history) and ``holds`` (the reconciler's
 pass counter and the deletions it holds back for an operator).
 """
@@ -35,6 +42,7 @@ from coordinator.journal.base import (
     unpack,
 )
 from coordinator.journal.holds import HeldDelete, HoldsMixin
+from coordinator.journal.leases import LeaseMixin
 from coordinator.journal.planning import PlanningMixin
 from coordinator.journal.retention import RetentionMixin
 from coordinator.journal.taskstate import TaskStateMixin
@@ -43,11 +51,12 @@ from coordinator.journal.views import ViewsMixin
 __all__ = ["EventRow", "HeldDelete", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
+class Journal(PlanningMixin, HoldsMixin, TaskStateMixin, LeaseMixin, ViewsMixin, RetentionMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 
     def forget_memory(self) -> None:
-        """Drop the in-memory tables (leases, status counters); each is read from the journal again
+        """Drop the in-memory tables (leases, status counters, held deletions); each is read from the journal again
         on next use."""
         self._lease_table = None
         self._count_table = None
+        self._held_table = None

@@ -1,4 +1,6 @@
-"""The leases of handed-out tasks, in memory: a heap ordered by expiry, so the loop looks only at due ones.
+"""Journal, leases of handed-out tasks: a heap in memory ordered by expiry, so the loop looks only at due ones.
+
+``Leases`` is the table itself (no SQL); ``LeaseMixin`` is the journal's side of it.
 
 The journal is still the truth about who holds a task (``tasks.state``, ``agent_id``,
 ``attempt``); this table only says when each handed-out task's lease runs out.  It is
@@ -17,7 +19,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from coordinator.journal.base import _LIVE_TASK, TaskRow, _task
+from coordinator.schema import tasks
+from glancesync.states import SyncState
 
 # Seconds after which a lapsed lease that was reported but not taken back (the journal
 # refused the change) is reported again.
@@ -80,3 +90,74 @@ class Leases:
     def _compact(self) -> None:
         self._heap = [(lease.expires, next(self._order), task_id) for task_id, lease in self.current.items()]
         heapq.heapify(self._heap)
+
+
+class LeaseMixin:
+    """The journal's side of the lease table: read it once, keep it on commit, answer from it."""
+
+    _lease_table: Leases | None = None
+
+    # -- leases (in memory, coordinator.journal.leases) ---------------------------------
+
+    def _leases(self) -> Leases:
+        if self._lease_table is None:
+            table = Leases()
+            query = sa.select(tasks.c.task_id, tasks.c.attempt, tasks.c.agent_id, tasks.c.lease_expires).where(
+                tasks.c.state.in_(_LIVE_TASK))
+            with self.transaction() as conn:
+                for row in conn.execute(query):
+                    table.set(row.task_id, row.attempt, row.agent_id, row.lease_expires)
+            self._lease_table = table
+        return self._lease_table
+
+    def _lease_changed(self, task: TaskRow, new: SyncState, values: dict[str, Any]) -> None:
+        """Carry a committed task change into the lease table."""
+        if self._lease_table is None:
+            return  # read from the journal on first use
+        if new not in (SyncState.ASSIGNED, SyncState.TRANSFERRING):
+            self.on_commit(lambda: self._lease_table.drop(task.task_id))
+        elif {"attempt", "agent_id", "lease_expires"} & values.keys():
+            attempt = values.get("attempt", task.attempt)
+            agent_id = values.get("agent_id", task.agent_id)
+            expires = values.get("lease_expires", task.lease_expires)
+            self.on_commit(lambda: self._lease_table.set(task.task_id, attempt, agent_id, expires))
+
+    def lapsed(self, now: float) -> list[TaskRow]:
+        """Handed-out tasks whose lease ran out before ``now``: from the lease heap, O(due leases)."""
+        due = dict(self._leases().lapsed(now))
+        if not due:
+            return []
+        found = []
+        ids = list(due)
+        with self.transaction() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(tasks).where(tasks.c.task_id.in_(ids[start:start + 500]),
+                                               tasks.c.state.in_(_LIVE_TASK))
+                found += [_task(r) for r in conn.execute(query).all()]
+        lapsed = []
+        for task in found:
+            if task.attempt == due.pop(task.task_id).attempt:
+                task.lease_expires = now
+                lapsed.append(task)
+        for task_id in due:  # no longer handed out (another process took it back)
+            self._leases().drop(task_id)
+        return lapsed
+
+    def renew_leases(self, agent_id: str, task_ids: Iterable[str], lease_expires: float) -> int:
+        """Extend the leases ``agent_id`` holds among ``task_ids``: in memory only (module docstring
+        of coordinator.journal.leases: a restart renews every lease anyway)."""
+        return self._leases().renew(agent_id, list(task_ids), lease_expires)
+
+    def extend_leases(self, until: float) -> int:
+        """Let every handed-out task's lease run at least ``until`` (a restart's grace period)."""
+        with self.transaction() as conn:
+            count = conn.execute(tasks.update().where(
+                tasks.c.state.in_(_LIVE_TASK),
+                sa.or_(tasks.c.lease_expires.is_(None), tasks.c.lease_expires < until),
+            ).values(lease_expires=until)).rowcount
+
+        def reload() -> None:
+            self._lease_table = None  # read again, with the extended leases, on next use
+
+        self.on_commit(reload)
+        return count

@@ -7,14 +7,23 @@ and its transaction rolls back.  Tasks of one (image, region) run one at a time 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from coordinator.journal.base import _FINAL, _LIVE_TASK, TaskRow, _region_state, _task, byte_count, pack
-from coordinator.journal.leases import Leases
+from coordinator.journal.base import (
+    _FINAL,
+    _LIVE_TASK,
+    TaskRow,
+    _region_state,
+    _task,
+    byte_count,
+    pack,
+    unpack,
+)
 from coordinator.schema import image_regions, tasks
 from glancesync.exceptions import StaleAttempt
 from glancesync.states import SyncState, can_move
@@ -25,34 +34,10 @@ _REGION_ONLY = ("os_hash_value", "copy_registered_at", "metadata_applied_at")
 
 
 class TaskStateMixin:
-    """Tasks: hand-out, reports, leases, retries; every change a compare-and-set."""
+    """Tasks: hand-out, reports, leases, retries; every change a compare-and-set.
 
-    _lease_table: Leases | None = None
-
-    # -- leases (in memory, coordinator.journal.leases) ---------------------------------
-
-    def _leases(self) -> Leases:
-        if self._lease_table is None:
-            table = Leases()
-            query = sa.select(tasks.c.task_id, tasks.c.attempt, tasks.c.agent_id, tasks.c.lease_expires).where(
-                tasks.c.state.in_(_LIVE_TASK))
-            with self.transaction() as conn:
-                for row in conn.execute(query):
-                    table.set(row.task_id, row.attempt, row.agent_id, row.lease_expires)
-            self._lease_table = table
-        return self._lease_table
-
-    def _lease_changed(self, task: TaskRow, new: SyncState, values: dict[str, Any]) -> None:
-        """Carry a committed task change into the lease table."""
-        if self._lease_table is None:
-            return  # read from the journal on first use
-        if new not in (S.ASSIGNED, S.TRANSFERRING):
-            self.on_commit(lambda: self._lease_table.drop(task.task_id))
-        elif {"attempt", "agent_id", "lease_expires"} & values.keys():
-            attempt = values.get("attempt", task.attempt)
-            agent_id = values.get("agent_id", task.agent_id)
-            expires = values.get("lease_expires", task.lease_expires)
-            self.on_commit(lambda: self._lease_table.set(task.task_id, attempt, agent_id, expires))
+    Uses ``LeaseMixin`` (leases.py) of the same journal for the lease table.
+    """
 
     # -- image_regions ----------------------------------------------------------
 
@@ -219,7 +204,8 @@ class TaskStateMixin:
             task = self._current(conn, task_id, None, [S.PENDING])
             self._set_task(conn, task, S.ASSIGNED, now, attempt=task.attempt + 1, agent_id=agent_id,
                            lease_expires=lease_expires, bytes_done=0, last_error=None)
-            return _task(conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one())
+        return dataclasses.replace(task, state=S.ASSIGNED, attempt=task.attempt + 1, agent_id=agent_id,
+                                   lease_expires=lease_expires, bytes_done=0, last_error=None)
 
     def ack(self, task_id: str, attempt: int, now: float) -> None:
         with self.transaction() as conn:
@@ -269,12 +255,13 @@ class TaskStateMixin:
                 self._set_task(conn, task, S.SYNCED, now, finished_at=now, lease_expires=None,
                                metadata_applied_at=now)
                 self._advance(conn, task.image_id, task.region, now)
-            else:
-                size = report.get("size")
-                extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
-                self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
-                               not_before=0.0, register_retries=0, register_failing_since=None, **extra)
-            return _task(conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one())
+                return dataclasses.replace(task, state=S.SYNCED, lease_expires=None)
+            size = report.get("size")
+            extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
+            self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
+                           not_before=0.0, register_retries=0, register_failing_since=None, **extra)
+        return dataclasses.replace(task, state=S.REGISTERING, report=unpack(pack(report)), lease_expires=None,
+                                   not_before=0.0, register_retries=0, register_failing_since=None, **extra)
 
     def finish(self, task_id: str, attempt: int, now: float, os_hash_value: str | None = None) -> None:
         """Registration succeeded: the copy is synced, or the delete is complete."""
@@ -341,46 +328,6 @@ class TaskStateMixin:
             query = query.where(tasks.c.region == region)
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query).all()]
-
-    def lapsed(self, now: float) -> list[TaskRow]:
-        """Handed-out tasks whose lease ran out before ``now``: from the lease heap, O(due leases)."""
-        due = dict(self._leases().lapsed(now))
-        if not due:
-            return []
-        found = []
-        ids = list(due)
-        with self.transaction() as conn:
-            for start in range(0, len(ids), 500):
-                query = sa.select(tasks).where(tasks.c.task_id.in_(ids[start:start + 500]),
-                                               tasks.c.state.in_(_LIVE_TASK))
-                found += [_task(r) for r in conn.execute(query).all()]
-        lapsed = []
-        for task in found:
-            if task.attempt == due.pop(task.task_id).attempt:
-                task.lease_expires = now
-                lapsed.append(task)
-        for task_id in due:  # no longer handed out (another process took it back)
-            self._leases().drop(task_id)
-        return lapsed
-
-    def renew_leases(self, agent_id: str, task_ids: Iterable[str], lease_expires: float) -> int:
-        """Extend the leases ``agent_id`` holds among ``task_ids``: in memory only (module docstring
-        of coordinator.journal.leases: a restart renews every lease anyway)."""
-        return self._leases().renew(agent_id, list(task_ids), lease_expires)
-
-    def extend_leases(self, until: float) -> int:
-        """Let every handed-out task's lease run at least ``until`` (a restart's grace period)."""
-        with self.transaction() as conn:
-            count = conn.execute(tasks.update().where(
-                tasks.c.state.in_(_LIVE_TASK),
-                sa.or_(tasks.c.lease_expires.is_(None), tasks.c.lease_expires < until),
-            ).values(lease_expires=until)).rowcount
-
-        def reload() -> None:
-            self._lease_table = None  # read again, with the extended leases, on next use
-
-        self.on_commit(reload)
-        return count
 
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""
