@@ -294,8 +294,12 @@ class Registrar:
             client.http_client.patch(f"/v2/images/{image_id}", headers={"Content-Type": JSON_PATCH},
                                      data=json.dumps(ops))
         except Exception as exc:
-            if getattr(exc, "code", None) == 400 and "already exists" in str(exc):
-                # Someone added one of them meanwhile (the PATCH is all or nothing): one by one.
+            code = getattr(exc, "code", None) or getattr(exc, "http_status", None)
+            if isinstance(code, int) and 400 <= code < 500:
+                # Refused as a whole (the PATCH is all or nothing), e.g. one location appeared
+                # meanwhile ("already exists"): one location at a time, each judged on its own.
+                LOG.info("image %s: adding %d locations at once refused (%s); one at a time", image_id,
+                         len(locations), code)
                 for url, region in locations:
                     self._add_location(image_id, url, region)
                 return
