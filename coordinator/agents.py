@@ -71,6 +71,8 @@ class Session:
     tasks: set[str] = field(default_factory=set)
     online: bool = True
     leases_renewed_at: float = 0.0
+    # When the coordinator last sent this agent a heartbeat (0: not yet).
+    heartbeat_sent: float = 0.0
     # The CURVE key (z85 public key, the ZAP User-Id) and its file name; None without CURVE.
     key: str | None = None
     key_name: str = ""

@@ -10,7 +10,11 @@ threads never touch it):
   mismatch must never be registered); only then add ``cascaded://<region>/<id>``
   with metadata ``{"region": region}`` unless the image already lists it.  "already
   exists" from glance counts as done.  The agent's report serves only to link two
-  different hashing algorithms (doc/verification.md).
+  different hashing algorithms (doc/verification.md).  The regions of one image that
+  finished while its job waited for a worker go together: one read of the cascading
+  image, each regional image read and verified, one PATCH adding every location, one
+  read after (a PATCH refused as a whole because one location appeared meanwhile is
+  redone one location at a time).
 - ``unregister``: a delete task came back ``done``.  Remove that region's location if
   the image still exists and keeps another one (glance refuses to remove the last).
 - ``fetch``: the image record (with locations) that an event is planned from; for an
@@ -25,6 +29,7 @@ filter makes no event of the coordinator's own changes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import queue
 import threading
@@ -113,6 +118,7 @@ def cascading_endpoint(conf: cfg.ConfigOpts, storemap: StoreMap | None) -> Glanc
 
 
 LOCATION_LOCK_STRIPES = 64
+JSON_PATCH = "application/openstack-images-v2.1-json-patch"
 
 
 class Registrar:
@@ -136,6 +142,9 @@ class Registrar:
         # together). Location changes of one image therefore run one at a time; striped
         # locks keep that without a lock per image id ever seen.
         self._location_locks = [threading.Lock() for _ in range(LOCATION_LOCK_STRIPES)]
+        # Copy tasks waiting for their image's registration job, per image id.
+        self._waiting: dict[str, list[TaskRow]] = {}
+        self._waiting_lock = threading.Lock()
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -171,8 +180,28 @@ class Registrar:
         self._results.put(result)
 
     def register(self, task: TaskRow) -> None:
-        fail = lambda exc: TaskResult(task.task_id, task.attempt, False, f"registration: {exc}")  # noqa: E731
-        self.pool.submit(self._run, lambda: self._register(task), fail)
+        """Verify and register ``task``'s copy, together with the other regions of its image that
+        finished meanwhile: one read of the cascading image and one PATCH for all of them."""
+        with self._waiting_lock:
+            waiting = self._waiting.setdefault(task.image_id, [])
+            waiting.append(task)
+            if len(waiting) > 1:
+                return  # a job of this image is queued and takes it along
+        self.pool.submit(self._register_image, task.image_id)
+
+    def _register_image(self, image_id: str) -> None:
+        with self._location_lock(image_id):
+            with self._waiting_lock:
+                batch = self._waiting.pop(image_id, [])
+            if not batch:
+                return
+            try:
+                results = self._register_batch(image_id, batch)
+            except Exception as exc:  # a thread must always answer, whatever went wrong
+                LOG.exception("glance job failed unexpectedly")
+                results = [TaskResult(t.task_id, t.attempt, False, f"registration: {exc}") for t in batch]
+        for result in results:
+            self._results.put(result)
 
     def unregister(self, task: TaskRow) -> None:
         fail = lambda exc: TaskResult(task.task_id, task.attempt, False, f"unregistration: {exc}")  # noqa: E731
@@ -201,28 +230,43 @@ class Registrar:
     def _location_lock(self, image_id: str) -> threading.Lock:
         return self._location_locks[zlib.crc32(image_id.encode()) % LOCATION_LOCK_STRIPES]
 
-    def _register(self, task: TaskRow) -> TaskResult:
-        with self._location_lock(task.image_id):
-            return self._register_locked(task)
+    def _register_batch(self, image_id: str, batch: list[TaskRow]) -> list[TaskResult]:
+        def result(task: TaskRow, ok: bool, reason: str = "", retryable: bool = True, h: str | None = None,
+                   redo: bool = False) -> TaskResult:
+            return TaskResult(task.task_id, task.attempt, ok, reason, retryable, h, redo)
 
-    def _register_locked(self, task: TaskRow) -> TaskResult:
-        result = lambda ok, reason="", retryable=True, h=None, redo=False: TaskResult(  # noqa: E731
-            task.task_id, task.attempt, ok, reason, retryable, h, redo)
         try:
-            image = self._get(task.image_id)
-            if image is None:
-                return result(False, "the cascading image no longer exists", retryable=False)
-            self._verify_regional(task, image)
-            url = protocol.cascaded_url(task.region, task.image_id)
-            if url in [loc.get("url") for loc in image.get("locations") or []]:
-                LOG.info("image %s: location %s already registered", task.image_id, url)
-            else:
-                self._add_location(task.image_id, url, task.region)
+            image = self._get(image_id)
         except GlanceSyncError as exc:
-            LOG.warning("image %s region %s: not registered: %s", task.image_id, task.region, exc)
-            redo = isinstance(exc, VerificationError) and exc.retryable
-            return result(False, str(exc), retryable=exc.retryable, redo=redo)
-        return result(True, h=image.get("os_hash_value"))
+            LOG.warning("image %s: not registered: %s", image_id, exc)
+            return [result(t, False, str(exc), exc.retryable) for t in batch]
+        if image is None:
+            return [result(t, False, "the cascading image no longer exists", False) for t in batch]
+        present = {loc.get("url") for loc in image.get("locations") or []}
+        done: list[TaskResult] = []
+        to_add: list[tuple[TaskRow, str]] = []
+        for task in batch:
+            try:
+                self._verify_regional(task, image)
+            except GlanceSyncError as exc:
+                LOG.warning("image %s region %s: not registered: %s", image_id, task.region, exc)
+                redo = isinstance(exc, VerificationError) and exc.retryable
+                done.append(result(task, False, str(exc), exc.retryable, redo=redo))
+                continue
+            url = protocol.cascaded_url(task.region, image_id)
+            if url in present:
+                LOG.info("image %s: location %s already registered", image_id, url)
+                done.append(result(task, True, h=image.get("os_hash_value")))
+            else:
+                to_add.append((task, url))
+        if to_add:
+            try:
+                self._add_locations(image_id, [(url, task.region) for task, url in to_add])
+            except GlanceSyncError as exc:
+                LOG.warning("image %s: %d location(s) not registered: %s", image_id, len(to_add), exc)
+                return done + [result(task, False, str(exc), exc.retryable) for task, _url in to_add]
+            done += [result(task, True, h=image.get("os_hash_value")) for task, _url in to_add]
+        return done
 
     def _verify_regional(self, task: TaskRow, image: dict[str, Any]) -> None:
         """Read the regional image with the region's own credentials and compare it with ``image``.
@@ -240,6 +284,36 @@ class Registrar:
                       verify.Digest.of_record(regional, f"{task.region} image"),
                       image_id=task.image_id,
                       via=verify.Digest.of_report(task.report or {}, f"the {task.region} agent's report"))
+
+    def _add_locations(self, image_id: str, locations: list[tuple[str, str]]) -> None:
+        """Add every (url, region) location in one PATCH, then believe only what the image says."""
+        if len(locations) == 1:
+            self._add_location(image_id, *locations[0])
+            return
+        ops = [{"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": {"region": region}}}
+               for url, region in locations]
+        client = self._client()
+        try:
+            client.http_client.patch(f"/v2/images/{image_id}", headers={"Content-Type": JSON_PATCH},
+                                     data=json.dumps(ops))
+        except Exception as exc:
+            code = getattr(exc, "code", None) or getattr(exc, "http_status", None)
+            if isinstance(code, int) and 400 <= code < 500:
+                # Refused as a whole (the PATCH is all or nothing), e.g. one location appeared
+                # meanwhile ("already exists"): one location at a time, each judged on its own.
+                LOG.info("image %s: adding %d locations at once refused (%s); one at a time", image_id,
+                         len(locations), code)
+                for url, region in locations:
+                    self._add_location(image_id, url, region)
+                return
+            raise glance.translate(exc, self.endpoint_name) from exc
+        after = {loc.get("url") for loc in (self._get(image_id) or {}).get("locations") or []}
+        missing = [url for url, _region in locations if url not in after]
+        if missing:
+            raise GlanceError(endpoint=self.endpoint_name, retryable=True,
+                              detail=f"location(s) {', '.join(missing)} missing after they were added "
+                                     "(concurrent location change?)")
+        LOG.info("image %s: registered locations %s", image_id, ", ".join(url for url, _region in locations))
 
     def _add_location(self, image_id: str, url: str, region: str) -> None:
         try:

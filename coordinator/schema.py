@@ -103,7 +103,8 @@ tasks = sa.Table(
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("started_at", sa.Double, nullable=True),
     sa.Column("finished_at", sa.Double, nullable=True),
-    sa.Index("ix_tasks_dispatch", "region", "state", "not_before"),
+    # Dispatch: a region's pending tasks in seq order, up to the agents' credits.
+    sa.Index("ix_tasks_dispatch_seq", "region", "state", "seq"),
     sa.Index("ix_tasks_image_region", "image_id", "region", "seq"),
     sa.Index("ix_tasks_agent", "agent_id", "state"),
     # Registrations due for another try, read every loop iteration.

@@ -4,30 +4,24 @@
 ``shutdown()`` closes everything; ``run()`` drives them with a steady wall clock
 (times are stored in the journal and must survive a restart).  One iteration:
 
-1. poll both sockets briefly and serve every frame that arrived: agents' session
-   messages on the agent socket, ``event``, ``status_query`` and ``operator`` (operator.py)
-   on the client socket,
-   each only from a peer whose key's role may send it (glancesync.roles; the key is
-   looked up per message, so a revoked key is refused at once);
+1. serve every frame that arrived: agents' session messages (dialog.py), ``event``,
+   ``status_query`` and ``operator`` (operator.py) on the client socket, each only
+   from a peer whose key's role may send it (glancesync.roles, looked up per message);
 2. apply what the glance thread pool finished (registrations, image fetches);
-3. mark silent agents offline, requeue tasks whose lease lapsed;
-4. plan journaled events that have no tasks yet (eventdesk.py; the image is fetched
-   in the pool);
-5. hand tasks to agents with credits, send heartbeats every interval, start a
-   reconciler pass when one is due, and re-read the CURVE allow-list when it changed
-   (checked every ``[curve] reload_interval``) or on SIGHUP;
-6. mark the loop alive for ``/healthz`` and publish a metrics snapshot when one is due
-   (coordinator/metrics.py; the HTTP thread only reads what was published).
+3. mark silent agents offline, requeue the tasks whose lease is due (a heap in
+   memory), persist the progress reports kept in memory;
+4. plan journaled events that have no tasks yet (eventdesk.py), and cancel copies a
+   delete waits behind (operator.py);
+5. commit steps 1-4 in one transaction (``Journal.batch``); only then go the replies
+   that acknowledge them; when the commit fails none is sent and the peers send again;
+6. hand tasks to agents with credits, send heartbeats, start a reconciler pass when
+   one is due, re-read the CURVE allow-list when it changed or on SIGHUP, and
+   publish the metrics snapshot (coordinator/metrics.py).
 
-Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer whose connection is gone
-fails (EHOSTUNREACH) instead of vanishing; an agent's session then goes offline, and a
-task just handed to it is requeued without counting a retry.  ``done`` and ``failed``
-are answered with ``result_ack`` after the journal commit; a ``hello`` is answered with
-``welcome`` and a ``cancel`` for each attempt it lists that is no longer the agent's
-(doc/sessions.md).
-
-Every frame and every step is wrapped: bad input or a failing step is logged and the
-loop goes on.  No SQL here (journal.py) and no HTTP (registrar.py).
+Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer that is gone fails instead
+of vanishing (doc/control-plane.md, doc/sessions.md).  Every frame and every step is
+wrapped: bad input or a failing step is logged and the loop goes on.  No SQL here
+(journal.py) and no HTTP (registrar.py).
 """
 
 from __future__ import annotations
@@ -41,7 +35,9 @@ import zmq
 from oslo_config import cfg
 
 from coordinator import status
-from coordinator.agents import Agents, Session, SessionRefused
+from coordinator.agents import Agents
+from coordinator.clock import SteadyClock
+from coordinator.dialog import AgentDialog, peer_name
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
 from coordinator.metrics import CoordinatorMetrics
@@ -56,38 +52,13 @@ from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
-# Message types an agent may send; anything else on the agent socket is refused.
-AGENT_TYPES = frozenset(roles.AGENT_MESSAGES)
-
-
-class SteadyClock:
-    """Wall-clock seconds that never jump: the start's wall time plus monotonic progress.
-
-    Leases, retries and liveness are stored as wall-clock times (they must mean
-    something after a restart), but an NTP step or a resumed VM would lapse every
-    lease at once, or stop heartbeats for as long as the clock went back. The loop
-    therefore runs on this clock and only warns when the wall clock moves away from
-    it; a restart takes the wall clock again and gives handed-out tasks a new lease.
-    """
-
-    WARN_AFTER = 5.0
-
-    def __init__(self) -> None:
-        self.base_wall, self.base_mono = time.time(), time.monotonic()
-        self.warned = 0.0
-
-    def now(self) -> float:
-        steady = self.base_wall + (time.monotonic() - self.base_mono)
-        drift = time.time() - steady
-        if abs(drift - self.warned) > self.WARN_AFTER:
-            self.warned = drift
-            LOG.warning("the wall clock moved %+.0f s away from the coordinator's steady clock; "
-                        "leases and heartbeats keep the steady clock until the next restart", drift)
-        return steady
-
-
-def peer_name(routing_id: bytes) -> str:
-    return routing_id.hex()[:16] or "?"
+# Progress reports are kept in memory and written at most this often (Journal.progress).
+PROGRESS_FLUSH_SECONDS = 5.0
+HELD_REFRESH_SECONDS = 5.0
+# Seconds of frames and glance results one iteration takes on at most (a quarter of
+# heartbeat_interval when that is less): the rest waits for the next iteration, so timers,
+# heartbeats and status answers never wait behind a flood.
+ITERATION_BUDGET = 0.5
 
 
 class Service:
@@ -116,12 +87,26 @@ class Service:
         self._reload_keys = False
         self._keys_checked = 0.0
         self.poller = zmq.Poller()
-        self._last_heartbeat = 0.0
         self.events = EventDesk(conf, storemap, journal, registrar, self.regions)
-        self.operator = OperatorDesk(journal, self.agents, self.regions, self.send_agent)
-        self._unapplied: list[GlanceResult] = []
+        # The operator's cancels reach agents only once the batch that journals them commits.
+        self.operator = OperatorDesk(journal, self.agents, self.regions, self._ack_agent_later)
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.source = self
+        self.dialog = AgentDialog(conf, storemap, self.agents, self.tasks, send=self.send_agent,
+                                  send_raw=lambda rid, payload: self._send(self.agent_sock, [rid], payload),
+                                  ack_later=self._ack_agent_later, metrics=self.metrics,
+                                  cancelled=self.operator.cancelled,
+                                  admitted=lambda envelope, key, msg: self._admitted(
+                                      self.agent_sock, envelope, key, msg))
+        self._unapplied: list[GlanceResult] = []
+        # Replies that acknowledge journal writes, sent once the iteration's batch has committed.
+        self._after_commit: list[tuple[zmq.Socket | None, list[bytes], bytes]] = []
+        self._progress_flushed = 0.0
+        self._deadline = 0.0
+        self._held_read = 0.0
+        # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
+        self.longest_iteration = 0.0
+        self.iterations = 0
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -152,6 +137,12 @@ class Service:
 
     def shutdown(self) -> None:
         self.regions.shutdown()
+        LOG.info("longest loop iteration: %.1f ms of work in %d iterations", self.longest_iteration * 1000,
+                 self.iterations)
+        try:
+            self.journal.flush_progress()
+        except JournalError as exc:
+            LOG.warning("last progress reports not written: %s", exc)
         self.registrar.shutdown()
         for sock in (self.agent_sock, self.client_sock):
             if sock is not None:
@@ -179,20 +170,50 @@ class Service:
         except zmq.ZMQError as exc:
             LOG.error("poll failed: %s", exc)
             ready = {}
-        for sock, handler in ((self.agent_sock, self._agent_frame), (self.client_sock, self._client_frame)):
-            if sock in ready:
-                self._drain(sock, handler, now)
-        for step in (self._keys, self.regions.refresh, self._apply_results, self._housekeeping, self.events.plan_events,
-                     self.operator.step, self._dispatch, self._heartbeats, self.events.reconcile,
-                     self.metrics.tick):
+        started = time.monotonic()
+        # Frames and glance results beyond this wait in their queues for the next iteration.
+        self._deadline = started + min(ITERATION_BUDGET, self.conf.coordinator.heartbeat_interval / 4)
+        try:
+            # Every journal write of the frames and of the steps below: one transaction, one commit.
+            with self.journal.batch():
+                for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
+                    if sock in ready:
+                        self._drain(sock, handler, now)
+                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self._housekeeping,
+                                  self.events.plan_events, self.operator.step))
+        except Exception as exc:
+            # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
+            LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
+                      len(self._after_commit))
+            self._after_commit.clear()
+        replies, self._after_commit = self._after_commit, []
+        for sock, envelope, payload in replies:
+            self._send(sock, envelope, payload)
+        self._steps(now, (self._dispatch, self.dialog.heartbeats, self.events.reconcile, self.metrics.tick))
+        self._timed(time.monotonic() - started)
+
+    @staticmethod
+    def _steps(now: float, steps: tuple[Any, ...]) -> None:
+        for step in steps:
             try:
                 step(now)
             except Exception:  # one failing step must not stop the others or the loop
                 LOG.exception("coordinator step %s failed; continuing", step.__name__)
 
+    def _timed(self, took: float) -> None:
+        self.iterations += 1
+        if took > self.longest_iteration:
+            self.longest_iteration = took
+        if took > self.conf.coordinator.heartbeat_interval:
+            # Agents take a coordinator silent for three heartbeat intervals for dead.
+            LOG.warning("a loop iteration took %.1f s (heartbeat_interval %.1f s)", took,
+                        self.conf.coordinator.heartbeat_interval)
+
     def _drain(self, sock: zmq.Socket, handler: Any, now: float) -> None:
         # A bounded batch per iteration, so a flood on one socket cannot starve the timers.
-        for _ in range(1000):
+        for count in range(1000):
+            if count and time.monotonic() > self._deadline:
+                return
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -218,7 +239,7 @@ class Service:
             if exc.errno == zmq.EHOSTUNREACH:
                 LOG.info("peer %s is gone; message dropped", peer_name(envelope[0]))
                 if sock is self.agent_sock:
-                    self._unreachable(envelope[0])
+                    self.dialog.unreachable(envelope[0])
             else:
                 LOG.warning("cannot send to %s: %s", peer_name(envelope[0]), exc)
             return False
@@ -229,91 +250,9 @@ class Service:
     def send_agent(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> bool:
         return self._send(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
 
-    def _unreachable(self, routing_id: bytes) -> None:
-        """The agent's connection is gone (ROUTER_MANDATORY): no more work for its session."""
-        session = self.agents.get(routing_id)
-        if session is not None:
-            LOG.warning("agent %s of region %s is offline: its connection is gone", session.agent_id,
-                        session.region)
-            self.agents.offline(session)
-
-    def _agent_frame(self, frames: list[bytes], now: float, key: str | None = None) -> None:
-        if len(frames) < 2:
-            LOG.warning("agent peer %s: frame without payload dropped", peer_name(frames[0]))
-            return
-        routing_id, payload = frames[0], frames[-1]
-        try:
-            msg = protocol.decode(payload)
-            if msg.type not in AGENT_TYPES:
-                raise ProtocolError(code="unexpected", detail=f"{msg.type} is not an agent message")
-        except ProtocolError as exc:
-            LOG.warning("agent peer %s: refused frame: %s", peer_name(routing_id), exc)
-            self._send(self.agent_sock, [routing_id], protocol.error_reply(exc))
-            ref, session = protocol.refused_report(payload), self.agents.get(routing_id)
-            if ref is not None and session is not None:
-                if self.tasks.refused(session, ref, f"the agent's report was refused: {exc}", now):
-                    self.send_agent(routing_id, "result_ack", ref)
-            return
-        peer = self._admitted(self.agent_sock, [routing_id], key, msg)
-        if peer is None:
-            return
-        if msg.type == "hello":
-            self._hello(routing_id, peer, key, msg, now)
-            return
-        session = self.agents.get(routing_id)
-        if session is None:
-            LOG.info("agent peer %s: %s without a session; asking it to say hello", peer_name(routing_id),
-                     msg.type)
-            self.send_agent(routing_id, "disconnect", {"reason": "unknown session; send hello"})
-            return
-        self.agents.heard(session, now)
-        self.metrics.agent_message(session.region, msg)
-        self._agent_message(session, msg, now)
-
-    def _hello(self, routing_id: bytes, peer: roles.Peer, key: str | None, msg: protocol.Message,
-               now: float) -> None:
-        region = msg.body["region"]
-        try:
-            if peer is not roles.LOCAL and peer.region != region:
-                raise SessionRefused("forbidden", f"key {peer.name} is for region {peer.region}, not {region}")
-            if region not in self.storemap.regions:
-                raise SessionRefused("unknown_region", f"region {region} is not in glance_store.yaml")
-            self.agents.hello(routing_id, msg.body, now, key, "" if peer is roles.LOCAL else peer.name)
-        except SessionRefused as exc:
-            LOG.warning("agent peer %s (%s): hello as %s of region %s refused: %s", peer_name(routing_id),
-                        peer.name, msg.body["agent_id"], region, exc)
-            self.send_agent(routing_id, "error", {"code": exc.code, "reason": exc.reason, "ref": msg.id})
-            return
-        c = self.conf.coordinator
-        self.send_agent(routing_id, "welcome",
-                        {"heartbeat_interval": c.heartbeat_interval, "lease_timeout": c.lease_timeout})
-        session = self.agents.get(routing_id)
-        if session is None:  # gone before the welcome reached it
-            return
-        for ref in session.stale:
-            LOG.warning("agent %s of region %s runs task %s attempt %d, which is no longer its own: cancelled",
-                        session.agent_id, region, ref["task_id"], ref["attempt"])
-            self.send_agent(routing_id, "cancel", {**ref, "reason": "attempt no longer current for this agent",
-                                                   "discard": self.operator.cancelled(ref["task_id"])})
-        session.stale = []
-
-    def _agent_message(self, session: Session, msg: protocol.Message, now: float) -> None:
-        body = msg.body
-        if msg.type == "ready":
-            self.agents.ready(session, body["credits"])
-        elif msg.type == "ack":
-            self.tasks.ack(session, body, now)
-        elif msg.type == "progress":
-            self.tasks.progress(session, body, now)
-        elif msg.type in ("done", "failed"):
-            settled = (self.tasks.done if msg.type == "done" else self.tasks.failed)(session, body, now)
-            if settled:  # journaled (or stale): the agent may forget it
-                self.send_agent(session.routing_id, "result_ack",
-                                {"task_id": body["task_id"], "attempt": body["attempt"]})
-        elif msg.type == "bye":
-            LOG.info("agent %s of region %s said bye: %s", session.agent_id, session.region, body["reason"])
-            self.tasks.handed_back(session, body["handed_back"], now)
-            self.agents.offline(session)
+    def _ack_agent_later(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> bool:
+        self._after_commit.append((self.agent_sock, [routing_id], protocol.encode(msg_type, body)))
+        return True
 
     # -- client socket --------------------------------------------------------------------
 
@@ -343,7 +282,8 @@ class Service:
         except GlanceSyncError as exc:
             LOG.error("client peer %s: cannot serve: %s", peer_name(envelope[0]), exc)
             reply = protocol.encode("error", {"code": "unavailable", "reason": str(exc), "ref": ref})
-        self._send(self.client_sock, envelope, reply)
+        # An event_ack promises the event is durable: every reply waits for the batch's commit.
+        self._after_commit.append((self.client_sock, envelope, reply))
 
     def _event(self, body: dict[str, Any], now: float, sender: str) -> bytes:
         # Durable first, ack second: the sender forgets the event once acked. The sender is
@@ -419,6 +359,9 @@ class Service:
         # (locked, disk full), keep it and the ones after it for the next iteration.
         pending, self._unapplied = self._unapplied + self.registrar.results(), []
         for index, result in enumerate(pending):
+            if index and time.monotonic() > self._deadline:
+                self._unapplied = pending[index:]
+                return
             try:
                 if isinstance(result, TaskResult):
                     self.tasks.registered(result, now)
@@ -439,17 +382,15 @@ class Service:
         self.agents.expire(now)
         self.tasks.requeue_lapsed(now)
         self.tasks.retry_registrations(now)
+        if now - self._progress_flushed >= PROGRESS_FLUSH_SECONDS or now < self._progress_flushed:
+            self._progress_flushed = now
+            self.journal.flush_progress()
+        if abs(now - self._held_read) >= HELD_REFRESH_SECONDS:
+            # glance-sync-manage confirms held deletions from another process.
+            self._held_read = now
+            self.journal.reread_held_deletes()
 
     def _dispatch(self, now: float) -> None:
-        for session in self.agents.online():
-            if session.credits > 0:
-                self.tasks.dispatch(session, now, self.send_agent)
-
-    def _heartbeats(self, now: float) -> None:
-        if now - self._last_heartbeat < self.conf.coordinator.heartbeat_interval:
-            return
-        self._last_heartbeat = now
-        for session in self.agents.online():
-            self.send_agent(session.routing_id, "heartbeat", {})
+        self.tasks.dispatch_all(self.agents.online(), now, self.send_agent)
 
     # -- planning ------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
     counts = journal.region_counts()
     sessions = agents.by_region()
     names = list(regions)
-    names += sorted(name for name in sessions if name not in names)
+    listed = set(names)
+    names += sorted(name for name in sessions if name not in listed)
     data: dict[str, Any] = {}
     for name in names:
         entry: dict[str, Any] = dict(counts.get(name, _EMPTY_COUNTS))
@@ -71,7 +72,7 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
 
 
 def deletions_held(journal: Journal) -> dict[str, Any]:
-    held = journal.held_deletes()
+    held = journal.held_deletes_known()
     return {"images": len(held), "confirmed": sum(1 for h in held if h.confirmed_at is not None),
             "since": min((h.held_at for h in held), default=None)}
 

@@ -88,33 +88,92 @@ class TaskDesk:
 
     def dispatch(self, session: Session, now: float, send: Send) -> int:
         """Give ``session`` up to its credits of due tasks of its region; returns how many."""
-        given = 0
-        for pending in self.journal.dispatchable(session.region, now, limit=session.credits):
-            try:
-                task = self.journal.assign(pending.task_id, session.agent_id, now,
-                                           now + self.agents.lease_timeout)
-            except StaleAttempt:
-                continue
-            body = {"task_id": task.task_id, "attempt": task.attempt, "kind": task.kind,
-                    "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
-                    "source": task.payload.get("source"), "members": task.payload.get("members")}
-            try:
-                sent = send(session.routing_id, "task", body)
-            except ProtocolError as exc:
-                LOG.error("task %s cannot be sent: %s", task.task_id, exc)
-                self.journal.fail(task.task_id, task.attempt, f"task cannot be sent: {exc}", now,
-                                  lambda _retries: None)
-                continue
-            if not sent:
-                # The agent is gone (or its queue is full): nobody got the task, no retry burnt.
-                self.journal.requeue(task.task_id, task.attempt, now,
-                                     f"agent {session.agent_id} could not be reached")
-                break
-            self.agents.took(session, task.task_id)
-            given += 1
-            LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s", task.task_id, task.kind,
-                     task.image_id, task.region, task.attempt, session.agent_id)
+        return self.dispatch_all([session], now, send)
+
+    def dispatch_all(self, sessions: list[Session], now: float, send: Send) -> int:
+        """Give every session with credits due tasks of its region: one query, one commit, then the sends.
+
+        A task is sent only once its assignment is committed, so an agent never runs
+        an attempt the journal does not know.
+        """
+        assigned = []
+        try:
+            with self.journal.batch():
+                for session, pending in self._pick(sessions, now):
+                    try:
+                        assigned.append((session, self.journal.assign(
+                            pending.task_id, session.agent_id, now, now + self.agents.lease_timeout)))
+                    except StaleAttempt:
+                        continue
+        except JournalError as exc:
+            LOG.error("tasks not handed out this time: %s", exc)
+            return 0
+        given, back = 0, []
+        for session, task in assigned:
+            if self._send_task(session, task, send, back):
+                given += 1
+        if back:
+            self._take_back(back, now)
         return given
+
+    def _pick(self, sessions: list[Session], now: float) -> list[tuple[Session, TaskRow]]:
+        """Due tasks for the sessions' credits, spread over each region's sessions in turn."""
+        by_region: dict[str, list[Session]] = {}
+        for session in sessions:
+            if session.credits > 0 and session.online:
+                by_region.setdefault(session.region, []).append(session)
+        wants = {region: sum(s.credits for s in group) for region, group in by_region.items()}
+        picked = []
+        for region, pending in self.journal.dispatchable_by_region(wants, now).items():
+            left = {s.routing_id: s.credits for s in by_region[region]}
+            turn = 0
+            for task in pending:
+                group = [s for s in by_region[region] if left[s.routing_id] > 0]
+                if not group:
+                    break
+                session = group[turn % len(group)]
+                turn += 1
+                left[session.routing_id] -= 1
+                picked.append((session, task))
+        return picked
+
+    def _send_task(self, session: Session, task: TaskRow, send: Send, back: list[tuple[TaskRow, str | None]]) -> bool:
+        if not session.online:  # its connection went while earlier tasks were sent
+            back.append((task, None))
+            return False
+        body = {"task_id": task.task_id, "attempt": task.attempt, "kind": task.kind,
+                "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
+                "source": task.payload.get("source"), "members": task.payload.get("members")}
+        try:
+            sent = send(session.routing_id, "task", body)
+        except ProtocolError as exc:
+            LOG.error("task %s cannot be sent: %s", task.task_id, exc)
+            back.append((task, f"task cannot be sent: {exc}"))
+            return False
+        if not sent:
+            # The agent is gone (or its queue is full): nobody got the task, no retry burnt.
+            back.append((task, None))
+            return False
+        self.agents.took(session, task.task_id)
+        LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s", task.task_id, task.kind,
+                 task.image_id, task.region, task.attempt, session.agent_id)
+        return True
+
+    def _take_back(self, back: list[tuple[TaskRow, str | None]], now: float) -> None:
+        """Tasks assigned but not sent: requeued without a retry, or failed when they cannot be encoded."""
+        try:
+            with self.journal.batch():
+                for task, error in back:
+                    try:
+                        if error is None:
+                            self.journal.requeue(task.task_id, task.attempt, now,
+                                                 f"agent {task.agent_id} could not be reached")
+                        else:
+                            self.journal.fail(task.task_id, task.attempt, error, now, lambda _retries: None)
+                    except StaleAttempt:
+                        continue
+        except JournalError as exc:  # their leases lapse and requeue them
+            LOG.error("%d task(s) not sent stay assigned until their lease lapses: %s", len(back), exc)
 
     # -- agent reports -------------------------------------------------------------------
 

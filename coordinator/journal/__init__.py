@@ -14,15 +14,22 @@ On PostgreSQL and MariaDB the same holds through the server's own durability
 (doc/database.md).  SQLite runs in WAL mode with ``synchronous=FULL``: every commit fsyncs the WAL, so
 a committed row survives kill -9 and also a power cut.  NORMAL would survive only
 the kill, and an ack tells the sender it may forget the event, so the stronger
-promise is worth one fsync per commit at control-message rates.
+promise is kept; the coordinator's loop pays it once per iteration, not once per
+message, by running each iteration's calls in one ``batch`` (each call a savepoint)
+and acknowledging only after its commit (doc/control-plane.md).
+
+Three tables live in memory, read from the journal once and changed only when the
+write that changes them commits (``on_commit``): the lease heap (``leases``), the
+per-region status counters (``views``) and the held deletions (``holds``); progress
+reports are kept in memory and written every few seconds (``taskstate``).
 
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``engine`` (oslo.db's enginefacade, the ``[database]`` options,
-SQLite's pragmas, deadlock retry), ``base`` (rows, transactions), ``planning`` (events and
-planning), ``taskstate`` (the task state machine, leases, retries), ``views``
-(status queries), ``retention`` (purging old history), ``holds`` (the reconciler's
-pass counter and the deletions it holds back for an operator) and ``operations``
-(operators' cancels and bulk resyncs, applied by the loop).
+SQLite's pragmas, deadlock retry), ``base`` (rows, transactions, batches), ``planning``
+(events and planning), ``taskstate`` (the task state machine, retries), ``leases`` (the
+lease heap), ``views`` (status queries), ``retention`` (purging old history), ``holds``
+(the reconciler's pass counter and the deletions it holds back for an operator) and
+``operations`` (operators' cancels and bulk resyncs, applied by the loop).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from coordinator.journal.base import (
 )
 from coordinator.journal.engine import make_engine
 from coordinator.journal.holds import HeldDelete, HoldsMixin
+from coordinator.journal.leases import LeaseMixin
 from coordinator.journal.operations import Cancelled, OperationsMixin
 from coordinator.journal.planning import PlanningMixin
 from coordinator.journal.retention import RetentionMixin
@@ -47,5 +55,13 @@ from coordinator.journal.views import ViewsMixin
 __all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, ViewsMixin, RetentionMixin, JournalBase):
+class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, LeaseMixin, ViewsMixin, RetentionMixin,
+              JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
+
+    def forget_memory(self) -> None:
+        """Drop the in-memory tables (leases, status counters, held deletions); each is read from the journal again
+        on next use."""
+        self._lease_table = None
+        self._count_table = None
+        self._held_table = None

@@ -6,7 +6,7 @@ See ``coordinator.journal`` for what the journal promises.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,27 +132,104 @@ class JournalBase:
 
     ``options`` are the ``[database]`` options (``conf.database``) beside the URL:
     pool, connection retries, ``sqlite_synchronous``... (coordinator/journal/engine.py).
+    Connections come from oslo.db's enginefacade; a ``batch`` holds one of them for
+    its whole transaction and runs every journal call inside as a savepoint on it.
     """
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self._facade = engine.facade(url, options)
         self.engine: Engine = self._facade.writer.get_engine()
+        # The connection of the open batch, if any (``batch``), and the database error that
+        # broke its transaction (the batch then rolls back whole instead of committing).
+        self._batch_conn: Connection | None = None
+        self._batch_broken: JournalError | None = None
+        # What to do once each open transaction level commits (``on_commit``), innermost last.
+        self._effects: list[list[Callable[[], None]]] = []
+        # Progress reports not written yet: task_id -> (attempt, image_id, region, done, total, at).
+        self._progress: dict[str, tuple[int, str, str, int, int, float]] = {}
 
     def close(self) -> None:
         self._facade.dispose_pool()
 
+    def on_commit(self, effect: Callable[[], None]) -> None:
+        """Run ``effect`` once what was written so far is committed; never if it rolls back.
+
+        The journal's in-memory tables (leases, status counters) change only this way,
+        so they always show committed state, even when a batch fails.
+        """
+        if self._effects:
+            self._effects[-1].append(effect)
+        else:
+            effect()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for every journal call inside; each call is a savepoint in it.
+
+        A call that fails (a stale attempt) rolls back its own savepoint only; the
+        batch commits once at the end, so a loop iteration costs one commit (one fsync)
+        whatever it did.  Nothing written inside is durable before ``batch`` returns:
+        a caller acknowledges to a peer only after that (doc/control-plane.md).
+
+        A database error inside (a deadlock, a lost connection; not a stale attempt nor
+        a value that never fits) may have ended the transaction under the savepoints:
+        MariaDB rolls back a deadlock victim's whole transaction.  The batch then rolls
+        back whole and raises it, even when the caller caught it and went on.
+        """
+        if self._batch_conn is not None:
+            yield
+            return
+        try:
+            with self.transaction() as conn:
+                self._batch_conn, self._batch_broken = conn, None
+                try:
+                    yield
+                    if self._batch_broken is not None:
+                        raise self._batch_broken
+                finally:
+                    self._batch_conn = None
+        except BaseException:
+            self.forget_memory()
+            raise
+
+    def forget_memory(self) -> None:
+        """Drop the in-memory tables; they are read from the journal again on next use."""
+
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        if self._batch_conn is not None:
+            with self._batch_conn.begin_nested():
+                yield self._batch_conn
+        else:
+            with engine.transaction(self._facade) as conn:
+                yield conn
+
+    @property
+    def in_batch(self) -> bool:
+        """Whether a ``batch`` is open (a write then is a savepoint, not a transaction of its own)."""
+        return self._batch_conn is not None
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One transaction: committed on success, rolled back on any error.
+        """One transaction (a savepoint inside a batch): committed on success, rolled back on any error.
 
         Database errors become a JournalError whose cause is oslo.db's exception
         (``DBDeadlock``, ``DBDuplicateEntry``...), which ``engine.retry_on_deadlock`` reads.
         """
+        effects: list[Callable[[], None]] = []
+        self._effects.append(effects)
         try:
-            with engine.transaction(self._facade) as conn:
+            with self._begin() as conn:
                 yield conn
         except (sa.exc.SQLAlchemyError, db_exc.DBError, OverflowError) as exc:
-            raise _journal_error(exc) from exc
+            error = _journal_error(exc)
+            if self._batch_conn is not None and error.retryable and self._batch_broken is None:
+                self._batch_broken = JournalError(detail=f"the batch's transaction broke ({error})")
+            raise error from exc
+        finally:
+            self._effects.pop()
+        for effect in effects:  # committed (or, in a batch, part of what the batch commits)
+            self.on_commit(effect)
 
 
 def _journal_error(exc: BaseException) -> JournalError:

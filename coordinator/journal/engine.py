@@ -13,15 +13,27 @@ and a power cut) and waits up to ``SQLITE_BUSY_TIMEOUT`` for another writer.  On
 ``[database] sqlite_synchronous = False`` turns the fsync off (oslo.db then sets
 ``synchronous=OFF``), for operators who trade durability for speed knowingly.
 
+SQLite's savepoints (``Journal.batch`` runs each call as one) need the transaction
+begun by an explicit BEGIN: the sqlite3 module would otherwise begin one only before
+the first write, so a leading SAVEPOINT would open, and its RELEASE commit, the whole
+batch.  oslo.db's SQLite setup already does this (``isolation_level = None`` on each
+connection and its own ``BEGIN`` on SQLAlchemy's begin); our pragmas are added beside it.
+
 PostgreSQL and MariaDB/MySQL abort one of two transactions that deadlock;
-:data:`retry_on_deadlock` runs such a write again, a few times with a short jittered
-backoff, since its transaction rolled back whole (the journal's methods keep no
-state outside their transaction).
+:func:`retry_on_deadlock` runs such a write again, a few times with a short jittered
+backoff, since its transaction rolled back whole (the journal's in-memory tables
+change only once a write commits, through ``on_commit``, so a retry never applies
+them twice).  Inside a ``batch`` a write is a savepoint of the batch's transaction,
+and retrying it is not meaningful: MariaDB rolls back the whole transaction of a
+deadlock victim (the savepoint is gone), PostgreSQL keeps the locks the batch took.
+There the error goes up at once; the batch rolls back whole, its acks are withheld
+and the loop's next iteration does the work again (doc/control-plane.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from oslo_db import api as db_api
@@ -115,9 +127,21 @@ def _deadlocked(exc: BaseException) -> bool:
     return isinstance(exc, JournalError) and isinstance(exc.__cause__, db_exc.DBDeadlock)
 
 
-# Decorates the journal's write methods: each is one transaction, run again whole
-# when the database chose it as a deadlock victim.
-retry_on_deadlock = db_api.wrap_db_retry(
+_retry = db_api.wrap_db_retry(
     max_retries=DEADLOCK_RETRIES, retry_interval=DEADLOCK_FIRST_WAIT, inc_retry_interval=True,
     max_retry_interval=DEADLOCK_MAX_WAIT, retry_on_deadlock=True, exception_checker=_deadlocked,
 )
+
+
+def retry_on_deadlock(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorates the journal's write methods: each is one transaction, run again whole
+    when the database chose it as a deadlock victim; inside a batch, run once (see above)."""
+    retried = _retry(method)
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "in_batch", False):
+            return method(self, *args, **kwargs)
+        return retried(self, *args, **kwargs)
+
+    return call

@@ -42,17 +42,40 @@ class HoldsMixin:
             conn.execute(reconciler_state.update().where(reconciler_state.c.id == 1).values(passes=passes + 1))
             return passes + 1
 
+    _held_table: list[HeldDelete] | None = None
+
     def held_deletes(self) -> list[HeldDelete]:
         query = sa.select(held_deletes).order_by(held_deletes.c.held_at, held_deletes.c.image_id)
         with self.transaction() as conn:
             return [HeldDelete(r.image_id, r.held_at, r.confirmed_at) for r in conn.execute(query).all()]
 
+    def held_deletes_known(self) -> list[HeldDelete]:
+        """``held_deletes`` as last read (for the status summary, which runs no SQL once it is read).
+
+        Changes made through this journal show at once; ``glance-sync-manage`` confirms
+        from another process, which shows after the next ``reread_held_deletes``.
+        """
+        if self._held_table is None:
+            self._held_table = self.held_deletes()
+        return self._held_table
+
+    def reread_held_deletes(self) -> None:
+        self._held_table = self.held_deletes()
+
+    def _held_changed(self) -> None:
+        def forget() -> None:
+            self._held_table = None
+
+        self.on_commit(forget)
+
     @retry_on_deadlock
     def confirm_held_deletes(self, now: float) -> int:
         """The operator's go-ahead for every held deletion; how many were newly confirmed."""
         with self.transaction() as conn:
-            return conn.execute(held_deletes.update().where(held_deletes.c.confirmed_at.is_(None))
-                                .values(confirmed_at=now)).rowcount
+            count = conn.execute(held_deletes.update().where(held_deletes.c.confirmed_at.is_(None))
+                                 .values(confirmed_at=now)).rowcount
+        self._held_changed()
+        return count
 
     @retry_on_deadlock
     def record_reconcile(self, bodies: Iterable[dict[str, Any]], held: Iterable[str], now: float,
@@ -76,6 +99,7 @@ class HoldsMixin:
             for image_id in sorted(keep):
                 conn.execute(held_deletes.insert().values(image_id=image_id, held_at=since.get(image_id, now)))
             conn.execute(reconciler_state.update().where(reconciler_state.c.id == 1).values(last_pass_at=now))
+        self._held_changed()
         return made
 
     @staticmethod

@@ -42,7 +42,9 @@ class PlanningMixin:
             if conn.execute(sa.select(events.c.event_id).where(events.c.event_id == event_id)).first():
                 return False
             try:
-                self._insert_event(conn, event_id, kind, image_id, body, now, sender)
+                # Its own savepoint: on PostgreSQL a failed insert would abort the whole batch.
+                with conn.begin_nested():
+                    self._insert_event(conn, event_id, kind, image_id, body, now, sender)
             except (sa.exc.IntegrityError, db_exc.DBDuplicateEntry):
                 # Another coordinator of an active/passive pair stored it first.
                 return False
@@ -137,12 +139,39 @@ class PlanningMixin:
         with self.transaction() as conn:
             if record is not None:
                 self._note_record(conn, image_id, record[0], record[1], now)
-            for new in new_tasks:
-                created.append(self._add_task(conn, event_id, image_id, new, now))
+            created = self._add_tasks(conn, event_id, image_id, list(new_tasks), now)
             for region, reason in failures.items():
                 self._fail_region(conn, image_id, region, reason, now)
             conn.execute(events.update().where(events.c.event_id == event_id)
                          .values(planned=True, planned_at=now, plan_error=error))
+        return created
+
+    def _add_tasks(self, conn: Connection, event_id: str, image_id: str, new_tasks: list[NewTask],
+                   now: float) -> list[str]:
+        """An event's tasks; for regions the image has no record in yet (the common case of a new
+        image) tasks and records go in as two bulk inserts, whatever the number of regions."""
+        regions = [new.region for new in new_tasks]
+        known = {r.region for r in conn.execute(sa.select(image_regions.c.region).where(
+            image_regions.c.image_id == image_id, image_regions.c.region.in_(regions)))} if regions else set()
+        fresh = [new for new in new_tasks if new.region not in known and regions.count(new.region) == 1]
+        created = [self._add_task(conn, event_id, image_id, new, now) for new in new_tasks if new not in fresh]
+        if not fresh:
+            return created
+        seq = (conn.execute(sa.select(sa.func.max(tasks.c.seq))).scalar() or 0) + 1
+        rows, records = [], []
+        for offset, new in enumerate(fresh):
+            task_id = uuid.uuid4().hex
+            rows.append(dict(task_id=task_id, seq=seq + offset, image_id=image_id, region=new.region,
+                             kind=new.kind, state=S.PENDING.value, attempt=0, not_before=0.0, retries=0,
+                             bytes_done=0, bytes_total=0, payload=pack(new.payload), event_id=event_id,
+                             created_at=now, updated_at=now))
+            state = S.DELETING if new.kind == "delete" else S.PENDING
+            records.append(dict(image_id=image_id, region=new.region, state=state.value, task_id=task_id,
+                                attempts=0, bytes_done=0, bytes_total=0, updated_at=now))
+            self._count_region(new.region, None, state.value)
+            created.append(task_id)
+        conn.execute(tasks.insert(), rows)
+        conn.execute(image_regions.insert(), records)
         return created
 
     def _add_task(self, conn: Connection, event_id: str, image_id: str, new: NewTask, now: float) -> str:
@@ -169,6 +198,7 @@ class PlanningMixin:
             conn.execute(image_regions.insert().values(
                 image_id=image_id, region=region, state=S.PENDING.value, attempts=0, bytes_done=0,
                 bytes_total=0, updated_at=now))
+            self._count_region(region, None, S.PENDING.value)
             current = S.PENDING
         if can_move(current, S.FAILED):
             self._move_region(conn, image_id, region, current, S.FAILED, now, last_error=reason)

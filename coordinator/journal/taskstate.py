@@ -7,13 +7,23 @@ and its transaction rolls back.  Tasks of one (image, region) run one at a time 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from coordinator.journal.base import _FINAL, _LIVE_TASK, TaskRow, _region_state, _task, byte_count, pack
+from coordinator.journal.base import (
+    _FINAL,
+    _LIVE_TASK,
+    TaskRow,
+    _region_state,
+    _task,
+    byte_count,
+    pack,
+    unpack,
+)
 from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import image_regions, tasks
 from glancesync.exceptions import StaleAttempt
@@ -25,7 +35,10 @@ _REGION_ONLY = ("os_hash_value", "copy_registered_at", "metadata_applied_at")
 
 
 class TaskStateMixin:
-    """Tasks: hand-out, reports, leases, retries; every change a compare-and-set."""
+    """Tasks: hand-out, reports, leases, retries; every change a compare-and-set.
+
+    Uses ``LeaseMixin`` (leases.py) of the same journal for the lease table.
+    """
 
     # -- image_regions ----------------------------------------------------------
 
@@ -35,8 +48,7 @@ class TaskStateMixin:
             image_regions.c.image_id == image_id, image_regions.c.region == region)).scalar()
         return None if state is None else SyncState(state)
 
-    @staticmethod
-    def _move_region(conn: Connection, image_id: str, region: str, expected: SyncState, new: SyncState,
+    def _move_region(self, conn: Connection, image_id: str, region: str, expected: SyncState, new: SyncState,
                      now: float, **values: Any) -> None:
         """Compare-and-set of an (image, region) state; staying in a state only updates fields."""
         if expected != new and not can_move(expected, new):
@@ -50,6 +62,7 @@ class TaskStateMixin:
             image_regions.c.state == expected.value).values(**values))
         if result.rowcount != 1:
             raise StaleAttempt(f"{image_id}/{region} is no longer {expected}", task_id=None, attempt=None)
+        self._count_region(region, expected.value, new.value)
 
     def _advance(self, conn: Connection, image_id: str, region: str, now: float) -> None:
         """Point the (image, region) at its earliest unfinished task, if the current one is done."""
@@ -77,6 +90,7 @@ class TaskStateMixin:
         if row is None:
             conn.execute(image_regions.insert().values(image_id=image_id, region=region, state=target.value,
                                                        updated_at=now, **fields))
+            self._count_region(region, None, target.value)
             return
         current = SyncState(row.state)
         if current == target or can_move(current, target):
@@ -101,6 +115,9 @@ class TaskStateMixin:
             tasks.c.attempt == task.attempt).values(**values))
         if result.rowcount != 1:
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
+        self._lease_changed(task, new, values)
+        if new not in (S.ASSIGNED, S.TRANSFERRING):
+            self.on_commit(lambda: self._progress.pop(task.task_id, None))
         region_row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
             image_regions.c.image_id == task.image_id, image_regions.c.region == task.region)).first()
         if region_row is None or region_row.task_id != task.task_id:
@@ -144,19 +161,43 @@ class TaskStateMixin:
     def task(self, task_id: str) -> TaskRow | None:
         with self.transaction() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
-        return None if row is None else _task(row)
+        return None if row is None else self._with_lease(_task(row))
+
+    def _with_lease(self, task: TaskRow) -> TaskRow:
+        """``task`` with its lease as renewed in memory (the journal keeps the hand-out's)."""
+        lease = self._leases().current.get(task.task_id)
+        if lease is not None and lease.attempt == task.attempt and task.state in (S.ASSIGNED, S.TRANSFERRING):
+            task.lease_expires = lease.expires
+        return task
 
     def dispatchable(self, region: str, now: float, limit: int = 10) -> list[TaskRow]:
         """Pending tasks of ``region`` due by ``now`` with no earlier unfinished task of their image."""
+        return self.dispatchable_by_region({region: limit}, now).get(region, [])
+
+    def dispatchable_by_region(self, wants: dict[str, int], now: float) -> dict[str, list[TaskRow]]:
+        """``dispatchable`` for several regions (region -> limit) in one query per 200 regions."""
         earlier = tasks.alias("earlier")
         blocked = sa.exists().where(
             earlier.c.image_id == tasks.c.image_id, earlier.c.region == tasks.c.region,
             earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(_FINAL))
-        query = (sa.select(tasks).where(tasks.c.region == region, tasks.c.state == S.PENDING.value,
-                                        tasks.c.not_before <= now, ~blocked)
-                 .order_by(tasks.c.seq).limit(limit))
+        found: dict[str, list[TaskRow]] = {}
+        regions = [(region, limit) for region, limit in wants.items() if limit > 0]
         with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+            for start in range(0, len(regions), 200):
+                # One LIMITed select per region, each walking ix_tasks_dispatch_seq in seq order and
+                # stopping at its limit. ``not_before + 0`` keeps the planner off ix_tasks_state_due,
+                # which would read every pending task of every region and sort them.
+                parts = [sa.select(tasks).where(tasks.c.region == region, tasks.c.state == S.PENDING.value,
+                                                tasks.c.not_before + 0 <= now, ~blocked)
+                         .order_by(tasks.c.seq).limit(limit).subquery()
+                         for region, limit in regions[start:start + 200]]
+                query = sa.union_all(*[sa.select(part) for part in parts]) if len(parts) > 1 else sa.select(parts[0])
+                for row in conn.execute(query).all():
+                    task = _task(row)
+                    found.setdefault(task.region, []).append(task)
+        for rows in found.values():
+            rows.sort(key=lambda t: t.seq)
+        return found
 
     @retry_on_deadlock
     def assign(self, task_id: str, agent_id: str, now: float, lease_expires: float) -> TaskRow:
@@ -165,7 +206,8 @@ class TaskStateMixin:
             task = self._current(conn, task_id, None, [S.PENDING])
             self._set_task(conn, task, S.ASSIGNED, now, attempt=task.attempt + 1, agent_id=agent_id,
                            lease_expires=lease_expires, bytes_done=0, last_error=None)
-            return _task(conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one())
+        return dataclasses.replace(task, state=S.ASSIGNED, attempt=task.attempt + 1, agent_id=agent_id,
+                                   lease_expires=lease_expires, bytes_done=0, last_error=None)
 
     @retry_on_deadlock
     def ack(self, task_id: str, attempt: int, now: float) -> None:
@@ -175,15 +217,37 @@ class TaskStateMixin:
 
     @retry_on_deadlock
     def progress(self, task_id: str, attempt: int, bytes_done: int, bytes_total: int, now: float) -> None:
+        """Note a progress report of the current attempt; written by ``flush_progress``, shown at once.
+
+        Progress is a hint (``done`` brings the final count): keeping it in memory
+        saves a write per report, and losing the last few seconds of it in a crash
+        costs nothing but a stale figure until the next report.
+        """
         bytes_done, bytes_total = byte_count("bytes_done", bytes_done), byte_count("bytes_total", bytes_total)
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
-            conn.execute(tasks.update().where(tasks.c.task_id == task_id, tasks.c.attempt == attempt)
-                         .values(bytes_done=bytes_done, bytes_total=bytes_total, updated_at=now))
-            conn.execute(image_regions.update().where(
-                image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
-                image_regions.c.task_id == task_id).values(bytes_done=bytes_done, bytes_total=bytes_total,
-                                                           updated_at=now))
+        self._progress[task_id] = (attempt, task.image_id, task.region, bytes_done, bytes_total, now)
+
+    def flush_progress(self) -> int:
+        """Write the progress noted since the last flush (one transaction); how many tasks it touched."""
+        pending, self._progress = self._progress, {}
+        written = 0
+        try:
+            with self.transaction() as conn:
+                for task_id, (attempt, image_id, region, done, total, at) in pending.items():
+                    if not conn.execute(tasks.update().where(
+                            tasks.c.task_id == task_id, tasks.c.attempt == attempt, tasks.c.state.in_(_LIVE_TASK),
+                    ).values(bytes_done=done, bytes_total=total, updated_at=at)).rowcount:
+                        continue
+                    conn.execute(image_regions.update().where(
+                        image_regions.c.image_id == image_id, image_regions.c.region == region,
+                        image_regions.c.task_id == task_id).values(bytes_done=done, bytes_total=total,
+                                                                   updated_at=at))
+                    written += 1
+        except BaseException:
+            self._progress = {**pending, **self._progress}  # kept for the next flush
+            raise
+        return written
 
     @retry_on_deadlock
     def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
@@ -196,12 +260,13 @@ class TaskStateMixin:
                 self._set_task(conn, task, S.SYNCED, now, finished_at=now, lease_expires=None,
                                metadata_applied_at=now)
                 self._advance(conn, task.image_id, task.region, now)
-            else:
-                size = report.get("size")
-                extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
-                self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
-                               not_before=0.0, register_retries=0, register_failing_since=None, **extra)
-            return _task(conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).one())
+                return dataclasses.replace(task, state=S.SYNCED, lease_expires=None)
+            size = report.get("size")
+            extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
+            self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
+                           not_before=0.0, register_retries=0, register_failing_since=None, **extra)
+        return dataclasses.replace(task, state=S.REGISTERING, report=unpack(pack(report)), lease_expires=None,
+                                   not_before=0.0, register_retries=0, register_failing_since=None, **extra)
 
     @retry_on_deadlock
     def finish(self, task_id: str, attempt: int, now: float, os_hash_value: str | None = None) -> None:
@@ -272,30 +337,6 @@ class TaskStateMixin:
             query = query.where(tasks.c.region == region)
         with self.transaction() as conn:
             return [_task(r) for r in conn.execute(query).all()]
-
-    def lapsed(self, now: float) -> list[TaskRow]:
-        query = sa.select(tasks).where(tasks.c.state.in_(_LIVE_TASK), tasks.c.lease_expires < now)
-        with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
-
-    @retry_on_deadlock
-    def renew_leases(self, agent_id: str, task_ids: Iterable[str], lease_expires: float) -> int:
-        ids = list(task_ids)
-        if not ids:
-            return 0
-        with self.transaction() as conn:
-            return conn.execute(tasks.update().where(
-                tasks.c.agent_id == agent_id, tasks.c.task_id.in_(ids), tasks.c.state.in_(_LIVE_TASK),
-            ).values(lease_expires=lease_expires)).rowcount
-
-    @retry_on_deadlock
-    def extend_leases(self, until: float) -> int:
-        """Let every handed-out task's lease run at least ``until`` (a restart's grace period)."""
-        with self.transaction() as conn:
-            return conn.execute(tasks.update().where(
-                tasks.c.state.in_(_LIVE_TASK),
-                sa.or_(tasks.c.lease_expires.is_(None), tasks.c.lease_expires < until),
-            ).values(lease_expires=until)).rowcount
 
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""

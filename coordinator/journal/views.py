@@ -13,22 +13,54 @@ from glancesync.states import SyncState
 S = SyncState
 # Event ids of an operator's sync (coordinator/operator.py ORIGIN).
 ASKED_PREFIX = "operator-"
+_HELD = (S.ASSIGNED.value, S.TRANSFERRING.value)
+# Which summary column each state counts in.
+_GROUPS = {S.PENDING.value: "queued", S.ASSIGNED.value: "in_flight", S.TRANSFERRING.value: "in_flight",
+           S.REGISTERING.value: "in_flight", S.DELETING.value: "in_flight", S.SYNCED.value: "synced",
+           S.FAILED.value: "failed"}
 
 
 class ViewsMixin:
     """Read-only queries for the status reply."""
 
+    _count_table: dict[str, dict[str, int]] | None = None
+
+    def _counts(self) -> dict[str, dict[str, int]]:
+        """(image, region) rows per region per state: read once, then kept by ``_count_region``."""
+        if self._count_table is None:
+            query = (sa.select(image_regions.c.region, image_regions.c.state, sa.func.count())
+                     .group_by(image_regions.c.region, image_regions.c.state))
+            table: dict[str, dict[str, int]] = {}
+            with self.transaction() as conn:
+                for region, state, count in conn.execute(query).all():
+                    table.setdefault(region, {})[state] = count
+            self._count_table = table
+        return self._count_table
+
+    def _count_region(self, region: str, old: str | None, new: str) -> None:
+        """An (image, region) row moved from ``old`` (None: a new row) to ``new``; counted on commit."""
+        if self._count_table is None or old == new:
+            return
+
+        def count() -> None:
+            states = self._count_table.setdefault(region, {}) if self._count_table is not None else {}
+            if old is not None:
+                states[old] = states.get(old, 0) - 1
+            states[new] = states.get(new, 0) + 1
+
+        self.on_commit(count)
+
     def region_counts(self) -> dict[str, dict[str, int]]:
-        """Per region: queued (pending), in_flight, synced and failed (image, region) pairs."""
-        groups = {S.PENDING: "queued", S.ASSIGNED: "in_flight", S.TRANSFERRING: "in_flight",
-                  S.REGISTERING: "in_flight", S.DELETING: "in_flight", S.SYNCED: "synced", S.FAILED: "failed"}
-        query = (sa.select(image_regions.c.region, image_regions.c.state, sa.func.count())
-                 .group_by(image_regions.c.region, image_regions.c.state))
+        """Per region: queued (pending), in_flight, synced and failed (image, region) pairs.
+
+        From counters in memory, kept on every committed state change: no SQL once
+        they are read, whatever the size of the journal.
+        """
         counts: dict[str, dict[str, int]] = {}
-        with self.transaction() as conn:
-            for region, state, count in conn.execute(query).all():
-                bucket = counts.setdefault(region, {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0})
-                name = groups.get(SyncState(state))
+        for region, states in self._counts().items():
+            bucket = counts.setdefault(region, {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0})
+            for state, count in states.items():
+                name = _GROUPS.get(state)
                 if name:
                     bucket[name] += count
         return counts
@@ -43,9 +75,13 @@ class ViewsMixin:
             seen = conn.execute(sa.select(events.c.event_id).where(events.c.image_id == image_id)).first()
         regions = {}
         for r in rows:
+            bytes_done, bytes_total = r.bytes_done, r.bytes_total
+            noted = self._progress.get(r.task_id) if r.state in _HELD else None
+            if noted is not None:  # a progress report not written yet (TaskStateMixin.progress)
+                bytes_done, bytes_total = noted[3], noted[4]
             regions[r.region] = {
-                "state": r.state, "task_kind": r.kind, "task_id": r.task_id, "bytes_done": r.bytes_done,
-                "bytes_total": r.bytes_total, "attempts": r.attempts, "last_error": r.last_error,
+                "state": r.state, "task_kind": r.kind, "task_id": r.task_id, "bytes_done": bytes_done,
+                "bytes_total": bytes_total, "attempts": r.attempts, "last_error": r.last_error,
                 "agent_id": r.agent_id, "updated_at": r.updated_at, "synced_at": r.synced_at,
                 # The two facts ``synced`` needs (doc/states.md); status shows which is missing.
                 "copy_registered": r.copy_registered_at is not None,

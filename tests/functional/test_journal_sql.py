@@ -1,7 +1,7 @@
 """The journal on SQLite, a real PostgreSQL and a real MariaDB: the same tests, migrations, and models.
 
 Every test here runs once per backend.  The journal's own tests
-(tests/unit/coordinator/test_journal.py) are collected here again, so each change to
+(tests/unit/coordinator/test_journal.py, and the batch tests of test_loop_cost.py) are collected here again, so each change to
 them also runs on the servers; SQLite-only ones (pragmas) stay in the unit suite.
 Besides: ``db_sync`` from nothing and back down, the models of coordinator/schema.py
 against what the migrations made (alembic's autogenerate comparison, types
@@ -32,6 +32,7 @@ from glancesync.states import SyncState
 from tests.functional import helpers
 from tests.harness.sqlserver import SqlServer
 from tests.unit.coordinator import test_journal as unit
+from tests.unit.coordinator import test_loop_cost as loop_cost
 from tests.unit.coordinator.conftest import IMAGE_ID, image_record
 
 BACKENDS = ("sqlite", "postgresql", "mariadb")
@@ -42,6 +43,14 @@ _names = itertools.count(1)
 for _name in dir(unit):
     if _name.startswith("test_") and _name not in SQLITE_ONLY:
         globals()[_name] = getattr(unit, _name)
+# The loop's batch (each call a savepoint in one transaction per iteration) and its in-memory
+# tables, on each server too: those of its tests that need only a journal.
+for _name in ("test_a_batch_is_one_commit_and_a_stale_call_undoes_only_its_own_writes",
+              "test_a_renewal_is_not_written_but_keeps_the_task_from_lapsing", "test_lapsed_reads_only_the_due_tasks",
+              "test_dispatch_to_many_sessions_is_one_query_and_one_commit",
+              "test_progress_is_shown_at_once_and_written_later",
+              "test_status_counts_are_kept_in_memory_and_match_the_journal"):
+    globals()[_name] = getattr(loop_cost, _name)
 
 
 def new_database(backend: str, tmp_path: Path, servers: dict[str, SqlServer] | None, *,

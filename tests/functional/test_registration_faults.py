@@ -75,3 +75,32 @@ def test_wait_does_not_report_success_for_an_image_created_but_not_uploaded(
     client.images.upload(image["id"], io.BytesIO(os.urandom(helpers.MIB)), image_size=helpers.MIB)
     done = helpers.run_status(topology, "--timeout", "120", "--wait", image["id"], timeout=150)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_real_glance_takes_several_locations_in_one_patch(topology: Topology, sync: SyncServices,
+                                                            caplog) -> None:
+    """The coordinator adds the locations of regions that finished together in one PATCH."""
+    import logging
+
+    from coordinator.registrar import Registrar, cascading_endpoint
+    from glancesync import config, glance, protocol, storemap
+
+    client = topology.cascading.client()
+    image = helpers.upload_random(client, 64 * 1024)
+    helpers.wait_states(topology, image.id, "synced")
+    urls = {protocol.cascaded_url(region, image.id): region for region in topology.region_names}
+    glance.call(lambda: client.images.delete_locations(image.id, set(urls)), "cascading", None)
+    assert not set(urls) & {loc["url"] for loc in client.images.get(image.id)["locations"]}
+    conf = config.load(["--config-file", str(topology.service_conf)], "test-registrar", setup_logging=False)
+    stores = storemap.load(conf.glance_store_config, storemap.Role.COORDINATOR)
+    endpoint = cascading_endpoint(conf, stores)
+    registrar = Registrar(lambda: glance.make_client(endpoint), 1, "cascading",
+                          regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
+    try:
+        with caplog.at_level(logging.INFO, logger="coordinator.registrar"):
+            registrar._add_locations(image.id, list(urls.items()))
+    finally:
+        registrar.shutdown()
+    assert "registered locations" in caplog.text and "one at a time" not in caplog.text
+    after = {loc["url"]: (loc.get("metadata") or {}).get("region") for loc in client.images.get(image.id)["locations"]}
+    assert {url: after.get(url) for url in urls} == urls

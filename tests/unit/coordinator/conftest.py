@@ -74,9 +74,33 @@ class FakeImages:
         self.records[image_id]["locations"] = [loc for loc in locs if loc["url"] not in urls]
 
 
+class FakeHttp:
+    """The raw JSON-patch call the registrar makes to add several locations at once."""
+
+    def __init__(self, images: FakeImages) -> None:
+        self.images = images
+        self.patches: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def patch(self, url: str, headers: dict[str, str] | None = None, data: str = "[]") -> tuple[None, dict]:
+        import json
+
+        image_id = url.rsplit("/", 1)[-1]
+        ops = json.loads(data)
+        self.patches.append((image_id, ops))
+        record = self.images.records[image_id]
+        urls = [op["value"]["url"] for op in ops]
+        if any(loc["url"] in urls for loc in record["locations"]):
+            from glanceclient import exc
+
+            raise exc.HTTPBadRequest("Location already exists")
+        record["locations"] = [*record["locations"], *(op["value"] for op in ops)]
+        return None, dict(record)
+
+
 class FakeClient:
     def __init__(self) -> None:
         self.images = FakeImages()
+        self.http_client = FakeHttp(self.images)
 
 
 @pytest.fixture

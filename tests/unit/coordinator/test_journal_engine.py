@@ -92,6 +92,59 @@ def test_other_database_errors_are_not_retried(journal: Journal, monkeypatch: py
     assert len(tries) == 1 and "server has gone away" in str(info.value)
 
 
+def _deadlocking_insert(journal: Journal, monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Make the next ``times`` event inserts fail as a deadlock victim's statement would; count every try."""
+    tries = []
+    real = journal._insert_event
+    monkeypatch.setattr("oslo_db.api.time.sleep", lambda _s: None)
+
+    def insert(*args, **kwargs):
+        tries.append(1)
+        if len(tries) <= times:
+            raise db_exc.DBDeadlock(Exception("Deadlock found when trying to get lock"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(journal, "_insert_event", insert)
+    return tries
+
+
+def test_a_deadlock_inside_a_batch_is_not_retried_and_rolls_the_batch_back(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal.record_event("before", "uploaded", IMAGE_ID, {}, NOW)
+    tries = _deadlocking_insert(journal, monkeypatch, times=1)
+    with pytest.raises(JournalError) as info:
+        with journal.batch():
+            journal.record_event("e0", "uploaded", IMAGE_ID, {}, NOW)  # the first insert deadlocks
+    # A savepoint of a deadlock victim is no unit to retry (MariaDB rolled back the whole
+    # transaction): one try, and nothing of the batch is kept.
+    assert info.value.retryable and len(tries) == 1
+    assert not journal.in_batch
+    assert [e.event_id for e in journal.unplanned_events()] == ["before"]
+
+
+def test_a_batch_whose_caller_goes_on_after_a_deadlock_still_rolls_back_whole(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    effects = []
+    tries = _deadlocking_insert(journal, monkeypatch, times=1)
+    with pytest.raises(JournalError, match="transaction broke"):
+        with journal.batch():
+            with pytest.raises(JournalError):  # the loop logs a failing step and runs the next one
+                journal.record_event("e0", "uploaded", IMAGE_ID, {}, NOW)
+            journal.record_event("e1", "uploaded", IMAGE_ID, {}, NOW)
+            journal.on_commit(lambda: effects.append("committed"))
+    # On MariaDB the deadlock took the transaction under the savepoints: committing e1
+    # alone would keep half an iteration, so nothing is kept and nothing is applied.
+    assert len(tries) == 2 and effects == []
+    assert journal.unplanned_events() == []
+
+
+def test_a_deadlock_outside_a_batch_runs_the_write_again(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    tries = _deadlocking_insert(journal, monkeypatch, times=2)
+    assert journal.record_event("e1", "uploaded", IMAGE_ID, {}, NOW) is True
+    assert len(tries) == 3
+    assert [e.event_id for e in journal.unplanned_events()] == ["e1"]
+
+
 @pytest.mark.parametrize("table", sorted(schema.metadata.tables))
 def test_every_table_compiles_portably(table: str) -> None:
     t = schema.metadata.tables[table]

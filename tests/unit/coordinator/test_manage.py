@@ -16,10 +16,10 @@ from .conftest import IMAGE_ID, make_conf
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     current, head = manage.schema_revisions(url)
-    assert current is None and head == "0003"
+    assert current is None and head == "0004"
     manage.db_sync(url)
     manage.db_sync(url)  # twice is fine
-    assert manage.schema_revisions(url) == ("0003", "0003")
+    assert manage.schema_revisions(url) == ("0004", "0004")
 
 
 def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
@@ -29,7 +29,7 @@ def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
     assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
     assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
     assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
-    assert "current=0003" in capsys.readouterr().out
+    assert "current=0004" in capsys.readouterr().out
     assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
     secret = tmp_path / "keys" / "coord.key_secret"
     assert str(secret) in capsys.readouterr().out
@@ -183,3 +183,34 @@ def test_migration_0003_keeps_synced_regions_synced_and_goes_back(tmp_path: Path
     command.downgrade(manage.alembic_config(url), "0002")
     assert manage.schema_revisions(url)[0] == "0002"
     engine.dispose()
+
+
+def test_migration_0004_follows_the_dispatch_query_and_goes_back(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from coordinator import schema
+    from coordinator.journal import Journal
+
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    command.upgrade(manage.alembic_config(url), "0003")
+    manage.db_sync(url)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), schema.metadata) == []
+    journal = Journal(url)
+    seen: list[tuple[str, tuple]] = []
+    sa.event.listen(journal.engine, "before_cursor_execute",
+                    lambda _c, _cur, stmt, params, *_a: seen.append((stmt, tuple(params))))
+    journal.dispatchable("R", 0.0)
+    statement, params = next(s for s in seen if "earlier" in s[0])
+    with journal.engine.connect() as conn:
+        plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params))
+    journal.close()
+    assert "ix_tasks_dispatch_seq" in plan and "TEMP B-TREE" not in plan  # walked in seq order, no sort
+    command.downgrade(manage.alembic_config(url), "0003")
+    assert manage.schema_revisions(url)[0] == "0003"
+    engine.dispose()
+

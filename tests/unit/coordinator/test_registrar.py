@@ -398,3 +398,53 @@ def test_a_cascading_image_not_active_is_not_registered_and_is_retried(registrar
     result = wait_result(registrar)
     assert not result.ok and result.retryable and "cascading image is deactivated" in result.reason
     assert client.images.added == []
+
+
+def test_regions_of_one_image_waiting_together_are_registered_with_one_read_and_one_patch(
+        client, regionals) -> None:
+    regions = ["RegionOne", "RegionTwo", "RegionThree"]
+    registrar = Registrar(lambda: client, 1, "http://cascading", regional_client_factory=regional_factory(regionals))
+    hold = threading.Event()
+    try:
+        registrar.pool.submit(hold.wait)  # the one worker is busy: the three wait for the same job
+        for n, region in enumerate(regions):
+            registrar.register(dataclasses.replace(task(report=good_report()), task_id=f"t{n}", region=region))
+        hold.set()
+        results = wait_results(registrar, 3)
+    finally:
+        registrar.shutdown()
+    assert all(r.ok for r in results), results
+    assert [len(ops) for _image, ops in client.http_client.patches] == [3]  # one PATCH, every region
+    assert client.images.added == []
+    assert client.images.gets == [IMAGE_ID, IMAGE_ID]  # one read before, one after
+    urls = {loc["url"] for loc in client.images.records[IMAGE_ID]["locations"]}
+    assert {protocol.cascaded_url(r, IMAGE_ID) for r in regions} <= urls
+
+
+def test_a_batch_one_of_whose_locations_appeared_meanwhile_is_added_one_by_one(client, regionals) -> None:
+    registrar = Registrar(lambda: client, 1, "http://cascading", regional_client_factory=regional_factory(regionals))
+    real_get = client.images.get
+
+    def get_then_race(image_id):
+        record = real_get(image_id)
+        if not client.http_client.patches and not client.images.added:  # another writer adds one
+            url = protocol.cascaded_url("RegionTwo", IMAGE_ID)
+            locations = client.images.records[image_id]["locations"]
+            client.images.records[image_id]["locations"] = [*locations, {"url": url, "metadata": {}}]
+        return record
+
+    client.images.get = get_then_race
+    hold = threading.Event()
+    try:
+        registrar.pool.submit(hold.wait)
+        for n, region in enumerate(["RegionOne", "RegionTwo"]):
+            registrar.register(dataclasses.replace(task(report=good_report()), task_id=f"t{n}", region=region))
+        hold.set()
+        results = wait_results(registrar, 2)
+    finally:
+        registrar.shutdown()
+    assert all(r.ok for r in results), results
+    # The PATCH of both was refused as a whole; each was then added on its own.
+    assert [len(ops) for _image, ops in client.http_client.patches] == [2]
+    assert [url for _i, url, _m in client.images.added] == [
+        protocol.cascaded_url(r, IMAGE_ID) for r in ("RegionOne", "RegionTwo")]

@@ -1,0 +1,256 @@
+"""The coordinator's own ceiling: tasks per second, loop iteration, CPU per task, status latency.
+
+A real glance-sync-coordinator process runs against a fast fake cascading glance
+and a fake regional glance (bench/fakeglance.py) and simulated agents that speak
+the real session protocol but move no bytes (bench/simagents.py), so the figures
+are the control plane's, not a transfer's.  Two runs in one invocation:
+
+1. throughput: ``--regions`` agents (one per region) with ``--capacity`` credits
+   each; ``--images`` images get an ``uploaded`` event each; the clock runs from the
+   first event to the last region ``synced`` (every registration verified and its
+   location PATCHed into the fake cascading glance).  Prints tasks per second, the
+   coordinator's CPU-ms per task and its longest loop iteration (its own log line).
+2. status: a journal seeded with ``--status-tasks`` synced tasks over
+   ``--status-agents`` regions, one idle agent online per region; ``--queries``
+   summary queries, one after another, as glance-sync-status sends them.  Prints
+   p50 / p99 / max latency and the idle coordinator's CPU per second.
+
+Usage: ``.venv/bin/python bench/control.py`` (defaults: a quick run);
+``--images 250 --status-tasks 100000 --status-agents 500`` for the issue's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml  # noqa: E402
+import zmq  # noqa: E402
+
+from bench import fakeglance, seed, simagents  # noqa: E402
+from coordinator import manage  # noqa: E402
+from glancesync import protocol  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Run:
+    """One coordinator with its journal, fake glances and configuration in ``base``."""
+
+    def __init__(self, base: Path, regions: list[str], ids: list[str], heartbeat: float) -> None:
+        self.base, self.regions, self.heartbeat = base, regions, heartbeat
+        store_dir = base / "store"
+        store_dir.mkdir(parents=True)
+        parent, child = multiprocessing.Pipe()
+        self.glance = multiprocessing.Process(target=fakeglance.serve, args=(ids, str(store_dir), child),
+                                              daemon=True)
+        self.glance.start()
+        cascading_port, regional_port = parent.recv()
+        store = {
+            "cascading": {"store": {"host": "127.0.0.1", "user": "glance", "private_key_file": "/nonexistent",
+                                    "known_hosts_file": "/nonexistent", "store_dir": str(store_dir)}},
+            "regions": {r: {"glance": {"url": f"http://127.0.0.1:{regional_port}"}, "work_dir": str(base)}
+                        for r in regions},
+        }
+        (base / "glance_store.yaml").write_text(yaml.safe_dump(store))
+        self.db_url = f"sqlite:///{base / 'journal.sqlite'}"
+        self.event_port, self.agent_port = free_port(), free_port()
+        conf = {
+            "DEFAULT": {"sync_server_port": self.event_port, "glance_store_config": base / "glance_store.yaml",
+                        "cascading_endpoint_url": f"http://127.0.0.1:{cascading_port}",
+                        "log_file": base / "coordinator.log"},
+            "coordinator": {"agent_port": self.agent_port, "heartbeat_interval": heartbeat,
+                            "reconcile_interval": 0, "max_sessions_per_region": 4},
+            "database": {"connection": self.db_url},
+        }
+        self.conf = base / "coordinator.conf"
+        self.conf.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
+                                     for name, opts in conf.items()))
+        manage.db_sync(self.db_url)
+        self.proc: subprocess.Popen | None = None
+        self.ctx = zmq.Context()
+        self.client = self.ctx.socket(zmq.DEALER)
+        self.client.setsockopt(zmq.LINGER, 0)
+        self.client.connect(f"tcp://127.0.0.1:{self.event_port}")
+        self.agents: multiprocessing.Process | None = None
+        self.agent_pipe: Any = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        profile = ["-m", "cProfile", "-o", str(self.base / "coordinator.prof")] if os.environ.get("BENCH_PROFILE") else []
+        self.proc = subprocess.Popen([sys.executable, *profile, "-m", "coordinator.cmd", "--config-file", str(self.conf)],
+                                     env=env, cwd=self.base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while self.query(timeout=0.5) is None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"coordinator did not start; see {self.base / 'coordinator.log'}")
+
+    def start_agents(self, capacity: int, work: bool) -> None:
+        self.agent_pipe, child = multiprocessing.Pipe()
+        self.agents = multiprocessing.Process(target=simagents.run, daemon=True, args=(
+            self.agent_port, self.regions, capacity, self.heartbeat, work, child))
+        self.agents.start()
+
+    def query(self, view: str = "summary", timeout: float = 30.0) -> dict[str, Any] | None:
+        self.client.send(protocol.encode("status_query", {"view": view}))
+        if not self.client.poll(int(timeout * 1000)):
+            return None
+        msg = protocol.decode(self.client.recv())
+        return msg.body["data"] if msg.type == "status_reply" else None
+
+    def online(self) -> int:
+        data = self.query() or {"regions": {}}
+        return sum(a["online"] for r in data["regions"].values() for a in r["agents"])
+
+    def wait_online(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.online() < len(self.regions):
+            if time.monotonic() > deadline:
+                raise SystemExit("agents did not all come online")
+            time.sleep(0.2)
+
+    def stop(self) -> dict[str, Any]:
+        counts: dict[str, Any] = {}
+        if self.agents is not None:
+            self.agent_pipe.send("stop")
+            counts = self.agent_pipe.recv()
+            self.agents.join(10)
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+        self.glance.terminate()
+        self.ctx.destroy(linger=0)
+        log = (self.base / "coordinator.log").read_text(errors="replace")
+        found = re.findall(r"longest loop iteration: ([0-9.]+) ms", log)
+        counts["longest_ms"] = float(found[-1]) if found else None
+        counts["slow_iterations"] = len(re.findall(r"a loop iteration took", log))
+        return counts
+
+
+def send_events(run: Run, ids: list[str]) -> None:
+    sock = run.ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://127.0.0.1:{run.event_port}")
+    for image_id in ids:
+        sock.send(protocol.encode("event", {"event_id": uuid.uuid4().hex, "kind": "uploaded", "image_id": image_id}))
+    for _ in ids:
+        if not sock.poll(120_000):
+            raise SystemExit("events not acked")
+        sock.recv()
+    sock.close()
+
+
+def synced(data: dict[str, Any] | None) -> int:
+    return sum(r["synced"] for r in (data or {"regions": {}})["regions"].values())
+
+
+def throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    regions = [f"Region{i:03d}" for i in range(args.regions)]
+    ids = [str(uuid.uuid4()) for _ in range(args.images)]
+    run = Run(base, regions, ids, args.heartbeat)
+    try:
+        run.start()
+        run.start_agents(args.capacity, work=True)
+        run.wait_online()
+        total = len(ids) * len(regions)
+        cpu0, t0 = cpu_seconds(run.proc.pid), time.monotonic()
+        send_events(run, ids)
+        while synced(run.query()) < total:
+            if time.monotonic() - t0 > args.timeout:
+                print(f"  timeout: {synced(run.query())} of {total} synced after {args.timeout} s")
+                break
+            time.sleep(0.2)
+        elapsed, cpu = time.monotonic() - t0, cpu_seconds(run.proc.pid) - cpu0
+        done = synced(run.query())
+    finally:
+        counts = run.stop()
+    return {"tasks": done, "elapsed": elapsed, "per_s": done / elapsed, "cpu_ms_per_task": 1000 * cpu / max(done, 1),
+            **counts}
+
+
+def status_latency(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    regions = [f"Region{i:03d}" for i in range(args.status_agents)]
+    run = Run(base, regions, [], args.heartbeat)
+    try:
+        seed.synced_tasks(run.db_url, regions, args.status_tasks)
+        run.start()
+        run.start_agents(1, work=False)
+        run.wait_online()
+        times = []
+        for _ in range(args.queries):
+            t = time.perf_counter()
+            if run.query() is None:
+                raise SystemExit("status query unanswered")
+            times.append(time.perf_counter() - t)
+        cpu0, t0 = cpu_seconds(run.proc.pid), time.monotonic()
+        time.sleep(args.idle_seconds)
+        idle = (cpu_seconds(run.proc.pid) - cpu0) / (time.monotonic() - t0)
+    finally:
+        counts = run.stop()
+    times.sort()
+    pick = lambda q: 1000 * times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": 1000 * times[-1], "idle_cpu": idle, **counts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--regions", type=int, default=8, help="agents (one per region) in the throughput run")
+    parser.add_argument("--images", type=int, default=100, help="images in the throughput run (tasks = images x regions)")
+    parser.add_argument("--capacity", type=int, default=32, help="credits of each simulated agent")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds the throughput run may take")
+    parser.add_argument("--status-tasks", type=int, default=10000, help="synced tasks journaled for the status run")
+    parser.add_argument("--status-agents", type=int, default=100, help="idle agents online in the status run")
+    parser.add_argument("--queries", type=int, default=200, help="summary queries in the status run")
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="how long the idle CPU is measured")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="[coordinator] heartbeat_interval")
+    parser.add_argument("--skip", choices=("throughput", "status"), help="leave one run out")
+    parser.add_argument("--dir", help="keep the runs' files (logs, journals) in this new directory")
+    args = parser.parse_args(argv)
+    print(f"bench/control.py on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
+        tmp = args.dir or tmp
+        if args.skip != "throughput":
+            r = throughput(args, Path(tmp) / "throughput")
+            print(f"throughput: {r['tasks']} tasks ({args.images} images x {args.regions} agents, capacity "
+                  f"{args.capacity}) synced in {r['elapsed']:.1f} s: {r['per_s']:.0f} tasks/s; coordinator "
+                  f"{r['cpu_ms_per_task']:.1f} CPU-ms per task; longest loop iteration {r['longest_ms']} ms "
+                  f"({r['slow_iterations']} over heartbeat_interval); agents saw {r.get('tasks')} task messages")
+        if args.skip != "status":
+            r = status_latency(args, Path(tmp) / "status")
+            print(f"status summary with {args.status_tasks} tasks journaled and {args.status_agents} agents online: "
+                  f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms over {args.queries} queries; "
+                  f"idle coordinator {r['idle_cpu']:.3f} CPU-s per s; longest loop iteration {r['longest_ms']} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
