@@ -62,6 +62,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
 
 
+def start_services(topo: Topology, timeout: float = 60) -> None:
+    """Start the topology's coordinator and one agent per region; wait until every agent is online."""
+    topo.start_coordinator()
+    for region in topo.region_names:
+        topo.start_agent(region)
+    wait_until(lambda: all(online_agents(topo).get(r) for r in topo.region_names), timeout,
+               "every region's agent online")
+
+
 def wait_states(topo: Topology, image_id: str, wanted: dict[str, str] | str, regions: list[str] | None = None,
                 timeout: float = 120, conf: Path | None = None) -> dict[str, dict[str, Any]]:
     """Wait until each region of the image is in the wanted state."""

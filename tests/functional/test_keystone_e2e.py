@@ -62,11 +62,7 @@ def ks_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         # 0.5 s: with keystone beside them on a busy machine, agents were seen
         # silent for 1.5 s and their tasks requeued, again and again.
         topo.write_service_conf(coordinator={"heartbeat_interval": 2}, agent={"heartbeat_interval": 2})
-        topo.start_coordinator()
-        for region in topo.region_names:
-            topo.start_agent(region)
-        helpers.wait_until(lambda: all(helpers.online_agents(topo).get(r) for r in topo.region_names),
-                           60, "every region's agent online")
+        helpers.start_services(topo)
         yield topo
     finally:
         topo.stop()

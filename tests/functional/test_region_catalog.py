@@ -30,11 +30,7 @@ def catalog_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topol
         topo.write_service_conf(coordinator={"heartbeat_interval": 2, "region_source": "catalog",
                                              "catalog_refresh_interval": 1},
                                 agent={"heartbeat_interval": 2})
-        topo.start_coordinator()
-        for region in topo.region_names:
-            topo.start_agent(region)
-        helpers.wait_until(lambda: all(helpers.online_agents(topo).get(r) for r in topo.region_names),
-                           60, "every region's agent online")
+        helpers.start_services(topo)
         yield topo
     finally:
         topo.stop()
