@@ -59,12 +59,29 @@ def make_session(endpoint: GlanceEndpoint) -> session.Session:
     )
     if endpoint.internal_secret:
         # Only requests to glance itself: a keystone token request on the same
-        # session has no use for the marker.
-        prefixes = [endpoint.url.rstrip("/") + "/"] if endpoint.url else ["http://", "https://"]
-        adapter = SigningAdapter(endpoint.internal_secret)
-        for prefix in prefixes:
-            sess.session.mount(prefix, adapter)
+        # session has no use for the marker, and keystone must never see it.
+        if endpoint.url:
+            sess.session.mount(endpoint.url.rstrip("/") + "/", SigningAdapter(endpoint.internal_secret))
+        else:
+            adapter = SigningAdapter(endpoint.internal_secret, unsigned=keystone_urls(options.get("auth_url")))
+            for prefix in ("http://", "https://"):
+                sess.session.mount(prefix, adapter)
     return sess
+
+
+def keystone_urls(auth_url: str | None) -> tuple[str, str] | None:
+    """What keystoneauth's identity plugins call for ``auth_url``: (prefix, unversioned root).
+
+    Everything at or below ``auth_url`` is keystone's. Version discovery also
+    fetches the unversioned root itself, but only that URL: glance may live
+    below the same root (``http://host/v3`` beside ``http://host/image``).
+    """
+    if not auth_url:
+        return None
+    base = auth_url.rstrip("/")
+    head, _, last = base.rpartition("/")
+    root = head if last[:1].lower() == "v" and last[1:2].isdigit() else base
+    return base, root
 
 
 class SigningAdapter(session.TCPKeepAliveAdapter):
@@ -74,16 +91,28 @@ class SigningAdapter(session.TCPKeepAliveAdapter):
     that go on the wire, for every retry and redirect (each gets a fresh time).
     """
 
-    def __init__(self, secret: bytes, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
+    def __init__(
+        self, secret: bytes, clock: Callable[[], float] = time.time, unsigned: tuple[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._secret = secret
         self._clock = clock
+        self._unsigned = unsigned
 
     def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        request.headers[INTERNAL_REQUEST_HEADER] = marker.sign(
-            self._secret, request.method, marker.url_target(request.url), self._clock()
-        )
+        if not self._is_unsigned(request.url):
+            request.headers[INTERNAL_REQUEST_HEADER] = marker.sign(
+                self._secret, request.method, marker.url_target(request.url), self._clock()
+            )
         return super().send(request, *args, **kwargs)
+
+    def _is_unsigned(self, url: str) -> bool:
+        if self._unsigned is None:
+            return False
+        prefix, root = self._unsigned
+        bare = url.split("?", 1)[0].rstrip("/")
+        return bare in (prefix, root) or bare.startswith(prefix + "/")
 
 
 def make_client(endpoint: GlanceEndpoint, sess: session.Session | None = None) -> Any:
