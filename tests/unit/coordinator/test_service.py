@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import pytest
 import zmq
@@ -24,18 +26,28 @@ def dealer(ctx, port: int) -> zmq.Socket:
     return sock
 
 
-def pump(service: Service, now: float, until=None, rounds: int = 200) -> None:
-    """Run loop iterations at ``now`` until ``until()`` holds (or a few rounds when None)."""
-    for _ in range(rounds if until else 5):
+# Wall-clock bounds, not iteration counts: registrations run on the registrar's
+# threads, which a busy machine may leave waiting for seconds.
+PATIENCE = 60.0
+
+
+def pump(service: Service, now: float, until=None, rounds: int = 5) -> None:
+    """Run loop iterations at ``now`` until ``until()`` holds (or ``rounds`` iterations when None)."""
+    if until is None:
+        for _ in range(rounds):
+            service.loop(now, poll_seconds=0.01)
+        return
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
         service.loop(now, poll_seconds=0.01)
-        if until and until():
+        if until():
             return
-    if until:
-        raise AssertionError("condition not reached")
+    raise AssertionError("condition not reached")
 
 
 def receive(sock: zmq.Socket, service: Service, now: float, msg_type: str | None = None) -> protocol.Message:
-    for _ in range(300):
+    deadline = time.monotonic() + PATIENCE
+    while time.monotonic() < deadline:
         service.loop(now, poll_seconds=0.005)
         while sock.poll(0):
             msg = protocol.decode(sock.recv())
