@@ -3,11 +3,11 @@
 The dialog is the ``agent session`` grammar of glancesync.protocol: ``hello`` → ``welcome`` → ``ready``
 credits (free worker slots) → ``task`` → ``ack`` at once, ``progress``…, ``done`` | ``failed`` → ``ready``
 1.  Heartbeats go out every ``[agent] heartbeat_interval``, busy or not.  A coordinator silent for three of
-its heartbeat intervals, or one that says ``disconnect``, gets a fresh socket after a jittered backoff and a
-new ``hello`` whose ``running`` lists the attempts still running here or with an unacknowledged result: they
-keep running unless the coordinator answers ``cancel`` (the attempt is no longer ours: the worker is
-terminated, its result forgotten; ``discard``: its partial file too).  Every ``done`` / ``failed`` is kept until the coordinator's
-``result_ack`` and sent again after each ``welcome`` and every RESEND_SECONDS.  One worker per task: a
+its heartbeat intervals (then the next of ``[agent] coordinators``: a pair), or one that says ``disconnect``,
+gets a fresh socket after a jittered backoff and a new ``hello`` whose ``running`` lists the attempts still
+running here or with an unacknowledged result: they keep running unless the coordinator answers ``cancel``
+(the attempt is no longer ours: the worker is terminated, its result forgotten; ``discard``: its partial file
+too).  Every ``done`` / ``failed`` is kept until ``result_ack``, sent again after each ``welcome`` and every RESEND_SECONDS.  One worker per task: a
 ``task`` for a task running here (or whose result is held) is acked and answered by that worker or result,
 relabelled to the new attempt, never run twice.
 
@@ -49,8 +49,7 @@ MAX_PENDING_RESULTS = 1000
 RESEND_SECONDS = 5.0
 # Seconds before a result the socket refused (queue full) is tried again.
 REFUSED_RETRY = 1.0
-# Seconds the final socket close waits for the bye to leave.
-BYE_LINGER_MS = 1000
+BYE_LINGER_MS = 1000  # how long the final close waits for the bye to leave
 # Error codes by which the coordinator refuses to open (or keep) our session.
 REFUSALS = frozenset({"agent_id_in_use", "too_many_sessions", "forbidden", "unknown_region"})
 
@@ -75,6 +74,8 @@ class AgentService:
         self.capacity: int = agent.workers
         self.heartbeat_interval: float = agent.heartbeat_interval
         self.pool = pool
+        self.coordinators = transport.Failover(
+            transport.addresses(agent.coordinators, agent.coordinator_host, agent.coordinator_port))
         self.context = context or zmq.Context.instance()
         self.sock: zmq.Socket | None = None
         self.welcomed = False
@@ -138,7 +139,9 @@ class AgentService:
         if self.sock is None:
             return
         if self.liveness.expired(now):
-            self._reconnect(now, f"coordinator silent for {now - self.liveness.last_heard:.1f} s")
+            silent = f"coordinator {self.coordinators} silent for {now - self.liveness.last_heard:.1f} s"
+            self.coordinators.advance()  # only a pair's active member answers: try the next one
+            self._reconnect(now, silent)
         elif now >= self.next_heartbeat:
             self._send("heartbeat", {})
             self.next_heartbeat = now + self.heartbeat_interval
@@ -156,10 +159,8 @@ class AgentService:
         return [ref["task_id"] for ref in self.running()]
 
     def _connect(self, now: float) -> None:
-        agent = self.conf.agent
-        self.sock = transport.connect_client(
-            self.context, zmq.DEALER, agent.coordinator_host, agent.coordinator_port, self.conf
-        )
+        host, port = self.coordinators.current
+        self.sock = transport.connect_client(self.context, zmq.DEALER, host, port, self.conf)
         self.welcomed = False
         self.reconnect_at = None
         # The coordinator gets three of our intervals to answer hello.
@@ -170,8 +171,7 @@ class AgentService:
             "region": self.region, "agent_id": self.agent_id, "capacity": self.capacity,
             "version": __version__, "in_flight": [ref["task_id"] for ref in running], "running": running,
         })  # fmt: skip
-        LOG.info("connecting to coordinator %s:%s as %s/%s", agent.coordinator_host, agent.coordinator_port,
-                 self.region, self.agent_id)
+        LOG.info("connecting to coordinator %s as %s/%s", self.coordinators, self.region, self.agent_id)
 
     def _close(self, linger_ms: int = 0) -> None:
         if self.sock is not None:

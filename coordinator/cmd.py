@@ -2,6 +2,11 @@
 credentials' admin role (admincheck.py), run until SIGTERM.
 
 SIGHUP re-reads the CURVE allow-list (``[curve] allowed_clients_dir``) without a restart.
+
+With ``[coordinator] pair = True`` it waits, passive, for the leader lease before it binds
+anything (leadership.py), and exits with status 3 when it loses the lease.  The passive
+one serves ``/metrics`` and ``/healthz`` already (503, "passive: ..."), so that a monitor
+sees it alive and tells the standby from the active one.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from collections.abc import Sequence
 from oslo_log import log as logging
 
 from coordinator import admincheck, manage
+from coordinator.clock import SteadyClock
 from coordinator.journal import Journal
+from coordinator.leadership import LOST_EXIT, Leadership
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.regioncatalog import live_regions
 from coordinator.registrar import Registrar, cascading_endpoint
@@ -67,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
-    service = Service(conf, stores, Journal(url, conf.database), registrar, metrics=stats, regions=regions)
+    journal = Journal(url, conf.database)
+    leadership = _leadership(conf, journal, stop, stats)
+    if leadership is False:
+        journal.close()
+        registrar.shutdown()
+        return 0
+    service = Service(conf, stores, journal, registrar, metrics=stats, regions=regions, leadership=leadership)
     signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
     try:
         service.run(stop)
@@ -78,8 +91,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         service.journal.close()
         if server is not None:
             server.close()
+    if leadership is not None and leadership.lost is not None:
+        LOG.error("coordinator stopped: leader lease lost (%s)", leadership.lost)
+        return LOST_EXIT
     LOG.info("coordinator stopped")
     return 0
+
+
+def _leadership(conf, journal: Journal, stop: threading.Event, stats: CoordinatorMetrics) -> Leadership | None | bool:
+    """None without a pair; with one, the lease once taken (passive until then); False when stopped meanwhile."""
+    c = conf.coordinator
+    if not c.pair:
+        return None
+    if journal.engine.dialect.name == "sqlite":
+        LOG.warning("pair = True on an SQLite journal: both coordinators must share its file; a pair "
+                    "belongs on PostgreSQL or MariaDB (doc/database.md)")
+    try:
+        leadership = Leadership(journal, c.leader_lease_time, c.leader_renew_interval)
+    except ValueError as exc:
+        config.fail(PROG, f"configuration error: {exc}", code=2)
+    stats.health.not_started(f"passive: waiting for the leader lease ({leadership.holder})")
+    return leadership if leadership.wait(stop, SteadyClock().now) else False
 
 
 if __name__ == "__main__":

@@ -71,8 +71,8 @@ def request(conf_args: list[str], ns: argparse.Namespace, body: dict[str, Any]) 
     conf = config.load(conf_args, PROG, setup_logging=False)
     context = zmq.Context()
     try:
-        return status.query(context, conf, conf.sync_server_host, conf.sync_server_port, body,
-                            ns.answer_timeout, ns.key_file, msg_type="operator")
+        return status.query_any(context, conf, status.coordinators(conf), body, ns.answer_timeout, ns.key_file,
+                                msg_type="operator")
     except status.StatusFailure as exc:
         config.fail(PROG, f"{body['action']}: {untrusted.printable(exc)}")
     except Exception as exc:  # a key that does not load, a CURVE file missing: one line

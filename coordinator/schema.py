@@ -1,6 +1,6 @@
 """The journal's tables, as SQLAlchemy Core metadata shared by journal.py and the migrations.
 
-Six tables:
+Seven tables:
 
 ``events``
     every image event received, keyed by the sender's event id so that a resend
@@ -31,6 +31,10 @@ Six tables:
 ``reconciler``
     one row: how many reconciler passes have run (the generation in the ids of
     their synthetic events) and when the last one finished.
+``leader``
+    one row (``name = 'journal'``): the lease of the active coordinator of a pair
+    (``holder``, ``expires``) and ``generation``, which grows with every takeover and
+    fences the writes of a former holder (coordinator/journal/leader.py).
 
 Times are float seconds since the epoch (wall clock: they must survive a restart),
 stored as doubles.
@@ -159,5 +163,17 @@ reconciler_state = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("passes", sa.Integer, nullable=False, default=0),
     sa.Column("last_pass_at", sa.Double, nullable=True),
+    **MYSQL_TABLE,
+)
+
+leader = sa.Table(
+    "leader",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    # The coordinator holding the lease: host name and a random suffix made at start.
+    sa.Column("holder", sa.String(255), nullable=True),
+    # Seconds since the epoch (the holder's clock) after which another may take it.
+    sa.Column("expires", sa.Double, nullable=False, default=0.0, server_default="0"),
+    sa.Column("generation", sa.Integer, nullable=False, default=0, server_default="0"),
     **MYSQL_TABLE,
 )

@@ -18,10 +18,10 @@
    one is due, re-read the CURVE allow-list when it changed or on SIGHUP, and
    publish the metrics snapshot (coordinator/metrics.py).
 
-Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer that is gone fails instead
-of vanishing (doc/control-plane.md, doc/sessions.md).  Every frame and every step is
-wrapped: bad input or a failing step is logged and the loop goes on.  No SQL here
-(journal.py) and no HTTP (registrar.py).
+In a pair, the leader lease is renewed first; a lost one ends the loop (leadership.py).
+Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer that is gone fails instead of
+vanishing (doc/control-plane.md, doc/sessions.md).  Every frame and step is wrapped: bad
+input or a failing step is logged and the loop goes on.  No SQL or HTTP here.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from coordinator.clock import SteadyClock
 from coordinator.dialog import AgentDialog, peer_name
 from coordinator.eventdesk import EventDesk
 from coordinator.journal import Journal
+from coordinator.leadership import Leadership
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.operator import OperatorDesk
 from coordinator.regioncatalog import LiveRegions
@@ -66,8 +67,9 @@ class Service:
 
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
                  context: zmq.Context | None = None, metrics: CoordinatorMetrics | None = None,
-                 regions: LiveRegions | None = None) -> None:
+                 regions: LiveRegions | None = None, leadership: Leadership | None = None) -> None:
         self.conf = conf
+        self.leadership = leadership
         self.storemap = storemap
         # The regions synced now: what planner, reconciler, operators and status read.
         self.regions = regions if regions is not None else LiveRegions(storemap.regions)
@@ -101,9 +103,7 @@ class Service:
         self._unapplied: list[GlanceResult] = []
         # Replies that acknowledge journal writes, sent once the iteration's batch has committed.
         self._after_commit: list[tuple[zmq.Socket | None, list[bytes], bytes]] = []
-        self._progress_flushed = 0.0
-        self._deadline = 0.0
-        self._held_read = 0.0
+        self._progress_flushed = self._deadline = self._held_read = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0
         self.iterations = 0
@@ -143,6 +143,8 @@ class Service:
             self.journal.flush_progress()
         except JournalError as exc:
             LOG.warning("last progress reports not written: %s", exc)
+        if self.leadership is not None:
+            self.leadership.release()
         self.registrar.shutdown()
         for sock in (self.agent_sock, self.client_sock):
             if sock is not None:
@@ -156,7 +158,7 @@ class Service:
         clock = SteadyClock()
         try:
             self.initialize(clock.now())
-            while not stop.is_set():
+            while not stop.is_set() and (self.leadership is None or self.leadership.held):
                 self.loop(clock.now())
         finally:
             self.shutdown()
@@ -165,6 +167,8 @@ class Service:
 
     def loop(self, now: float, poll_seconds: float = POLL_SECONDS) -> None:
         self.now = now
+        if self.leadership is not None and not self.leadership.hold(now):
+            return  # the lease is lost: not one more act (run() stops)
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
         except zmq.ZMQError as exc:
@@ -202,8 +206,7 @@ class Service:
 
     def _timed(self, took: float) -> None:
         self.iterations += 1
-        if took > self.longest_iteration:
-            self.longest_iteration = took
+        self.longest_iteration = max(self.longest_iteration, took)
         if took > self.conf.coordinator.heartbeat_interval:
             # Agents take a coordinator silent for three heartbeat intervals for dead.
             LOG.warning("a loop iteration took %.1f s (heartbeat_interval %.1f s)", took,

@@ -8,9 +8,11 @@ on).  One daemon thread per process does the rest:
    directory under ``spool_dir``);
 2. sends the oldest spooled event over a zmq DEALER to the coordinator and waits
    up to ``ack_timeout`` for its ``event_ack``; only then deletes the file;
-3. on silence: closes the socket (stale replies die with it), waits a jittered
-   backoff, opens a fresh socket and replays from the oldest file, so order holds;
-   a silence longer than ``[proxy] outage_warning_after`` is logged (outage.AckWatch).
+3. on silence: closes the socket (stale replies die with it), opens a fresh one to
+   the next coordinator of ``sync_servers`` (a pair: only the active one answers) at
+   once, or after a jittered backoff once every one was tried, and replays from the
+   oldest file, so order holds; a silence longer than ``[proxy] outage_warning_after``
+   is logged (outage.AckWatch).
 
 With ``[proxy] metrics_textfile`` set, the thread also rewrites the outbox's depth for
 node_exporter's textfile collector every 15 s (spoolstats.py).
@@ -82,8 +84,8 @@ class EventSender:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.conf = conf
-        self.host = conf.sync_server_host
-        self.port = conf.sync_server_port
+        self.coordinators = transport.Failover(
+            transport.addresses(conf.sync_servers, conf.sync_server_host, conf.sync_server_port))
         self.ack_timeout = ack_timeout
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.clock = clock
@@ -98,7 +100,8 @@ class EventSender:
         path = conf.proxy.metrics_textfile
         self.textfile = TextfileWriter(path, conf.proxy.spool_dir) if path else None
         self.dropped_full = 0
-        self.watch = AckWatch(conf.proxy.outage_warning_after, f"{self.host}:{self.port}", self.backlog)
+        where = ", ".join(f"{host}:{port}" for host, port in self.coordinators.targets)
+        self.watch = AckWatch(conf.proxy.outage_warning_after, where, self.backlog)
         self._pid = os.getpid()
         self._own_context = context is None
         self._context = context or zmq.Context()
@@ -265,7 +268,8 @@ class EventSender:
 
     def _socket_now(self) -> zmq.Socket:
         if self._socket is None:
-            self._socket = transport.connect_client(self._context, zmq.DEALER, self.host, self.port, self.conf)
+            host, port = self.coordinators.current
+            self._socket = transport.connect_client(self._context, zmq.DEALER, host, port, self.conf)
         return self._socket
 
     def _drop_socket(self) -> None:
@@ -291,7 +295,7 @@ class EventSender:
             sock.send(frame, zmq.NOBLOCK)
             outcome = self._await_reply(sock, event["event_id"])
         except (zmq.ZMQError, GlanceSyncError) as exc:
-            LOG.warning("glance-sync: cannot reach coordinator at %s:%s: %s", self.host, self.port, exc)
+            LOG.warning("glance-sync: cannot reach coordinator at %s: %s", self.coordinators, exc)
             outcome = "retry"
         if outcome == "done":
             spool.remove(seq)
@@ -300,9 +304,10 @@ class EventSender:
             return
         self.watch.unacked(sent_at, self.clock())
         self._drop_socket()
-        delay = self.backoff.next_delay()
+        # The next coordinator of a pair at once; a backoff once each of them was tried.
+        delay = self.backoff.next_delay() if self.coordinators.advance() else 0.0
         self._retry_at = self.clock() + delay
-        LOG.debug("glance-sync: no ack for %s, retry in %.1fs", event["event_id"], delay)
+        LOG.debug("glance-sync: no ack for %s, retry at %s in %.1fs", event["event_id"], self.coordinators, delay)
 
     def _await_reply(self, sock: zmq.Socket, event_id: str) -> str:
         """'done' (acked or refused for good) or 'retry' (silence, transient error)."""

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import socket
 
-from oslo_config import cfg
+from oslo_config import cfg, types
 
 from glancesync import protocol
+
+# One coordinator address of a list: host:port, or [IPv6]:port (glancesync.transport.addresses).
+ADDRESS_REGEX = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
 
 agent_opts = [
     cfg.StrOpt(
@@ -30,6 +33,17 @@ agent_opts = [
         help="Address of the coordinator's agent socket.",
     ),
     cfg.PortOpt("coordinator_port", default=9596, help="Port of the coordinator's agent socket."),
+    cfg.ListOpt(
+        "coordinators",
+        default=[],
+        item_type=types.String(regex=ADDRESS_REGEX),
+        help="The agent sockets of an active/passive pair of coordinators, as host:port "
+        "([v6addr]:port for IPv6), in order of preference. The agent connects to the first; when "
+        "the coordinator it talks to falls silent for three heartbeat intervals it reconnects to "
+        "the next one (only the active coordinator of a pair binds its sockets), going round the "
+        "list. Both coordinators use the same CURVE key pair ([curve] server_public_key_file "
+        "names its public half). Empty (the default): coordinator_host:coordinator_port only.",
+    ),
     cfg.IntOpt(
         "workers",
         default=2,

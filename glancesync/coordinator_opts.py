@@ -192,6 +192,39 @@ coordinator_opts = [
         "read that fails keeps the regions of the last good read. A region added to the catalog "
         "is synced from the next read on.",
     ),
+    cfg.BoolOpt(
+        "pair",
+        default=False,
+        help="Run as one of an active/passive pair of coordinators sharing one journal on a "
+        "database server ([database] connection on PostgreSQL or MariaDB). The coordinator "
+        "then acts only while it holds the leader lease kept in the journal: until it takes it "
+        "(passive), it binds no socket, starts no reconciler and registers nothing, and only "
+        "tries to take the lease every leader_renew_interval; once it holds it, it binds its "
+        "sockets and starts like a coordinator after a restart. An active coordinator that "
+        "cannot renew the lease before it expires, or finds that another one took it, stops "
+        "acting at once and exits with status 3 (its supervisor starts it again, as a passive "
+        "one). Both coordinators of a pair need the same options (ports, CURVE key pair, "
+        "allowed_clients_dir, glance_store.yaml); agents and senders list both addresses. "
+        "False (the default): one coordinator, no lease, nothing changes.",
+    ),
+    cfg.FloatOpt(
+        "leader_lease_time",
+        default=15.0,
+        min=1.0,
+        help="With pair = True: seconds the leader lease lasts after each renewal. The passive "
+        "coordinator takes over at most this long, plus one leader_renew_interval, after the "
+        "active one stopped renewing (a crash, a lost host). It must exceed the worst clock "
+        "skew between the two hosts (keep both on NTP) plus the longest loop iteration.",
+    ),
+    cfg.FloatOpt(
+        "leader_renew_interval",
+        default=5.0,
+        min=0.1,
+        help="With pair = True: seconds between two renewals of the leader lease by the active "
+        "coordinator, and between two tries to take it by the passive one. At most half of "
+        "leader_lease_time (a third by default), so that one failed renewal (the database "
+        "briefly unreachable) does not cost the lease.",
+    ),
 ]
 
 DEFAULT_CONNECTION = "sqlite:////var/lib/glance-sync/journal.sqlite"

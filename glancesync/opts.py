@@ -16,10 +16,10 @@ from __future__ import annotations
 import copy
 
 from keystoneauth1 import loading as ks_loading
-from oslo_config import cfg
+from oslo_config import cfg, types
 
 from glancesync import strategy
-from glancesync.agent_opts import agent_opts
+from glancesync.agent_opts import ADDRESS_REGEX, agent_opts
 from glancesync.coordinator_opts import coordinator_opts, database_opts
 
 SYNC_STRATEGIES = strategy.CHOICES
@@ -42,6 +42,17 @@ default_opts = [
         "sync_server_port",
         default=9595,
         help="Port of the coordinator's client socket (image events and status queries).",
+    ),
+    cfg.ListOpt(
+        "sync_servers",
+        default=[],
+        item_type=types.String(regex=ADDRESS_REGEX),
+        help="The client sockets of an active/passive pair of coordinators, as host:port "
+        "([v6addr]:port for IPv6), in order of preference: glance_proxy sends events to the "
+        "first, and to the next one when an event gets no answer within its ack timeout (only "
+        "the active coordinator of a pair binds its sockets), going round the list. Both "
+        "coordinators use the same CURVE key pair ([curve] server_public_key_file names its "
+        "public half). Empty (the default): sync_server_host:sync_server_port only.",
     ),
     cfg.StrOpt(
         "sync_strategy",
@@ -265,7 +276,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 
 def register_filter_opts(conf: cfg.ConfigOpts) -> None:
     """The few options glance_proxy's filter reads from glance-api.conf."""
-    for opt in [*default_opts[:3], internal_secret_opt]:
+    for opt in [*default_opts[:4], internal_secret_opt]:  # sync_enabled to sync_servers
         try:
             conf.register_opt(opt)
         except cfg.DuplicateOptError:

@@ -118,6 +118,10 @@ class StatusFailure(Exception):
         self.code = code
 
 
+class NoAnswer(StatusFailure):
+    """No reply in time: the coordinator is down, or is a pair's passive one (it binds nothing)."""
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line; StatusFailure (exit 2) for anything wrong with it."""
     try:
@@ -148,7 +152,7 @@ def query(
 ) -> dict[str, Any]:
     """Send one status_query (or operator request) and return the reply's data; StatusFailure when none."""
     where = transport.tcp_endpoint(host, port)
-    no_answer = StatusFailure(f"no answer from coordinator at {where} within {timeout:g} s")
+    no_answer = NoAnswer(f"no answer from coordinator at {where} within {timeout:g} s")
     # A fresh socket per query: a reply that arrives after we gave up on it can
     # never be taken for the answer to the next query.
     curve = conf.curve
@@ -177,6 +181,24 @@ def query(
             # Anything else is not meant for us: keep waiting for the reply.
     finally:
         sock.close()
+
+
+def query_any(context: zmq.Context, conf: cfg.ConfigOpts, targets: transport.Failover, body: Mapping[str, Any],
+              timeout: float, key_file: str | None = None, msg_type: str = "status_query") -> dict[str, Any]:
+    """:func:`query` to the coordinators of ``targets`` in turn, from the last that answered, until one answers."""
+    for _ in targets.targets[1:]:
+        try:
+            return query(context, conf, *targets.current, body, timeout, key_file, msg_type)
+        except NoAnswer:
+            targets.advance()
+    return query(context, conf, *targets.current, body, timeout, key_file, msg_type)
+
+
+def coordinators(conf: cfg.ConfigOpts, host: str | None = None, port: int | None = None) -> transport.Failover:
+    """The coordinators to ask: ``host``/``port`` when given, else ``sync_servers`` (a pair) or the single one."""
+    if host or port is not None:
+        return transport.Failover([(host or conf.sync_server_host, conf.sync_server_port if port is None else port)])
+    return transport.Failover(transport.addresses(conf.sync_servers, conf.sync_server_host, conf.sync_server_port))
 
 
 def coordinator_now(data: Mapping[str, Any]) -> float:
@@ -261,12 +283,11 @@ def _print_json(data: Mapping[str, Any], out: TextIO) -> None:
 
 def run(args: argparse.Namespace, conf: cfg.ConfigOpts, context: zmq.Context, out: TextIO) -> int:
     """Serve one invocation; raises StatusFailure for an exit with a message."""
-    host = args.host or conf.sync_server_host
-    port = args.port if args.port is not None else conf.sync_server_port
+    targets = coordinators(conf, args.host, args.port)
     answer_timeout = args.answer_timeout or DEFAULT_ANSWER_TIMEOUT
 
     def fetch(view: str, image_id: str | None, timeout: float) -> dict[str, Any]:
-        return query(context, conf, host, port, {"view": view, "image_id": image_id}, timeout, args.key_file)
+        return query_any(context, conf, targets, {"view": view, "image_id": image_id}, timeout, args.key_file)
 
     if args.wait:
         if args.view:

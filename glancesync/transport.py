@@ -1,5 +1,6 @@
 """zmq sockets set up the same way everywhere: size limit, linger, CurveZMQ when enabled.
 
+``addresses`` and ``Failover``: the list of coordinators a client tries, in turn (a pair).
 Role-named constructors: ``bind_server`` for the coordinator's ROUTER sockets,
 ``connect_client`` for agents, the event sender and the status tool.  With
 ``[curve] enabled`` a server authenticates clients against the allow-list of
@@ -24,6 +25,47 @@ def tcp_endpoint(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"tcp://{host}:{port}"
+
+
+def addresses(entries: list[str] | None, host: str, port: int) -> list[tuple[str, int]]:
+    """The coordinators to try, in order: ``host:port`` entries (``[v6]:port`` too), or ``[(host, port)]``.
+
+    Entries are checked by the option's own type (``ADDRESS_REGEX``) when the config is read;
+    a port out of range here is a ConfigError.
+    """
+    found = []
+    for entry in entries or []:
+        name, _, number = entry.strip().rpartition(":")
+        if not name or not number.isdigit() or not 0 < int(number) < 65536:
+            raise ConfigError(source="coordinator address", detail=f"{entry[:80]!r} is not host:port")
+        found.append((name.strip("[]"), int(number)))
+    return found or [(host, port)]
+
+
+class Failover:
+    """The coordinator addresses of a pair (or one), and which one a client uses now.
+
+    Only the active coordinator of a pair binds its sockets, so a client that hears
+    nothing from the current address moves to the next (``advance``), round and round:
+    back to the first once the last one fell silent too.
+    """
+
+    def __init__(self, targets: list[tuple[str, int]]) -> None:
+        self.targets = targets
+        self.index = 0
+
+    @property
+    def current(self) -> tuple[str, int]:
+        return self.targets[self.index]
+
+    def advance(self) -> bool:
+        """Move to the next address; True when that starts a new round (every one was tried)."""
+        self.index = (self.index + 1) % len(self.targets)
+        return self.index == 0
+
+    def __str__(self) -> str:
+        host, port = self.current
+        return tcp_endpoint(host, port)[len("tcp://"):]
 
 
 def _is_loopback(host: str) -> bool:

@@ -28,8 +28,9 @@ modules with SQL: ``engine`` (oslo.db's enginefacade, the ``[database]`` options
 SQLite's pragmas, deadlock retry), ``base`` (rows, transactions, batches), ``planning``
 (events and planning), ``taskstate`` (the task state machine, retries), ``leases`` (the
 lease heap), ``views`` (status queries), ``retention`` (purging old history), ``holds``
-(the reconciler's pass counter and the deletions it holds back for an operator) and
-``operations`` (operators' cancels and bulk resyncs, applied by the loop).
+(the reconciler's pass counter and the deletions it holds back for an operator),
+``operations`` (operators' cancels and bulk resyncs, applied by the loop) and ``leader``
+(the lease of a coordinator pair's active member, and the fence on its writes).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from coordinator.journal.base import (
 )
 from coordinator.journal.engine import make_engine
 from coordinator.journal.holds import HeldDelete, HoldsMixin
+from coordinator.journal.leader import LeaderMixin, LeaseLost
 from coordinator.journal.leases import LeaseMixin
 from coordinator.journal.operations import Cancelled, OperationsMixin
 from coordinator.journal.planning import PlanningMixin
@@ -52,11 +54,11 @@ from coordinator.journal.retention import RetentionMixin
 from coordinator.journal.taskstate import TaskStateMixin
 from coordinator.journal.views import ViewsMixin
 
-__all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
+__all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "LeaseLost", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
 class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, LeaseMixin, ViewsMixin, RetentionMixin,
-              JournalBase):
+              LeaderMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 
     def forget_memory(self) -> None:

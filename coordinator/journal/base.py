@@ -195,6 +195,9 @@ class JournalBase:
     def forget_memory(self) -> None:
         """Drop the in-memory tables; they are read from the journal again on next use."""
 
+    def check_fence(self, conn: Connection) -> None:
+        """Checked at the start of every top-level transaction; the leader lease's fence overrides it."""
+
     @contextlib.contextmanager
     def _begin(self) -> Iterator[Connection]:
         if self._batch_conn is not None:
@@ -218,8 +221,11 @@ class JournalBase:
         """
         effects: list[Callable[[], None]] = []
         self._effects.append(effects)
+        top = self._batch_conn is None
         try:
             with self._begin() as conn:
+                if top:  # a pair's active coordinator: is the lease still ours (leader.py)?
+                    self.check_fence(conn)
                 yield conn
         except (sa.exc.SQLAlchemyError, db_exc.DBError, OverflowError) as exc:
             error = _journal_error(exc)

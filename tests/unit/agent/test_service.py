@@ -423,3 +423,32 @@ def test_a_disconnected_agent_waits_between_steps_instead_of_spinning(monkeypatc
     svc.step(10.0)
     svc.step(11.0, timeout_ms=0)  # the tests' way to step without waiting still does not wait
     assert slept == [0.1] and svc.sock is None
+
+
+def test_a_silent_coordinator_of_a_pair_makes_the_agent_go_to_the_other_and_back(context):
+    first, second = Coordinator(context), Coordinator(context)
+    conf = make_conf(first.port, heartbeat=1.0)
+    conf.set_override("coordinators", [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"], group="agent")
+    pool = FakePool(workers=2)
+    service = AgentService(conf, pool, context=context)
+    service.initialize(0.0)
+    try:
+        welcome(first, service)
+        coord_task = task_body()
+        first.send("task", coord_task)
+        first.expect(service, "ack", 0.1)
+        # The first one dies (it answers nothing more): after three intervals the agent moves on.
+        service.step(3.5, timeout_ms=0)
+        hello = second.expect(service, "hello", service.reconnect_at + 0.01)
+        assert hello.body["in_flight"] == ["t1"]  # the other coordinator learns what runs here
+        second.send("welcome", {"heartbeat_interval": 1.0, "lease_timeout": 10.0})
+        now = service.reconnect_at or 5.0
+        second.expect(service, "ready", now + 0.1)
+        # Then the second one falls silent too: round the list, back to the first.
+        service.step(now + 3.6, timeout_ms=0)
+        assert service.sock is None
+        assert first.expect(service, "hello", service.reconnect_at + 0.01).body["in_flight"] == ["t1"]
+    finally:
+        service.shutdown()
+        first.sock.close()
+        second.sock.close()

@@ -356,3 +356,36 @@ def test_start_leaves_the_orphan_scan_to_the_sender_thread(conf, make_sender, mo
     s = make_sender().start()
     wait_until(lambda: scanned_in)
     assert scanned_in[0] is s._thread
+
+
+def test_events_fail_over_to_the_other_coordinator_of_a_pair_and_back(conf, make_sender):
+    from .conftest import free_port
+
+    first, second = conf.sync_server_port, free_port()
+    conf.set_override("sync_servers", [f"127.0.0.1:{first}", f"127.0.0.1:{second}"])
+    # Only the second one is active (binds): the first event gets no answer there and moves on.
+    active = Coordinator(second)
+    try:
+        s = make_sender().start()
+        s.submit(event(1))
+        ident, msg = active.recv()
+        active.ack(ident, msg)
+        wait_until(lambda: not s.spool.pending())
+        assert s.coordinators.current == ("127.0.0.1", second)
+        s.submit(event(2))  # stays with the one that answers
+        ident, msg = active.recv()
+        active.ack(ident, msg)
+        wait_until(lambda: not s.spool.pending())
+    finally:
+        active.close()
+    # The second one dies, the first becomes active: the sender goes round the list, back to it.
+    active = Coordinator(first)
+    try:
+        s.submit(event(3))
+        ident, msg = active.recv(timeout=10.0)
+        assert msg.body["event_id"] == event(3)["event_id"]
+        active.ack(ident, msg)
+        wait_until(lambda: not s.spool.pending())
+        assert s.coordinators.current == ("127.0.0.1", first)
+    finally:
+        active.close()

@@ -444,6 +444,19 @@ def test_config_file_supplies_host_and_port(tmp_path: Any, capsys: pytest.Captur
     assert f"tcp://127.0.0.1:{other} within" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("coordinator", [_answers], indirect=True)
+def test_a_pair_in_sync_servers_is_asked_in_turn_until_one_answers(
+        coordinator: FakeCoordinator, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    passive = closed_port()  # a pair's passive coordinator binds nothing: no answer there
+    conf_file = tmp_path / "glance-sync.conf"
+    conf_file.write_text(f"[DEFAULT]\nsync_servers = 127.0.0.1:{passive},127.0.0.1:{coordinator.port}\n")
+    assert status.main(["--config-file", str(conf_file), "--timeout", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == SUMMARY
+    conf_file.write_text(f"[DEFAULT]\nsync_servers = 127.0.0.1:{passive},127.0.0.1:{closed_port()}\n")
+    assert status.main(["--config-file", str(conf_file), "--timeout", "0.2"]) == 2
+    assert "no answer from coordinator" in capsys.readouterr().err  # every one tried, one line
+
+
 def test_missing_curve_key_is_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     conf_file = tmp_path / "glance-sync.conf"
     conf_file.write_text(f"[curve]\nenabled = true\nsecret_key_file = {tmp_path}/none.key_secret\n")

@@ -172,3 +172,15 @@ def test_a_frame_without_curve_has_no_peer_key(context: zmq.Context) -> None:
     assert transport.peer_key(server.recv_multipart(copy=False)[-1]) is None
     server.close()
     client.close()
+
+
+def test_coordinator_addresses_default_to_the_single_one_and_go_round() -> None:
+    assert transport.addresses([], "10.0.0.9", 9595) == [("10.0.0.9", 9595)]
+    pair = transport.addresses(["ctl-a.example.com:9595", "[fd00::2]:9595"], "ignored", 1)
+    assert pair == [("ctl-a.example.com", 9595), ("fd00::2", 9595)]
+    failover = transport.Failover(pair)
+    assert str(failover) == "ctl-a.example.com:9595"
+    assert failover.advance() is False and str(failover) == "[fd00::2]:9595"
+    assert failover.advance() is True and failover.current == pair[0]  # a new round: back to the first
+    with pytest.raises(ConfigError):
+        transport.addresses(["host:99999"], "h", 1)

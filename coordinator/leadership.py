@@ -1,0 +1,133 @@
+"""Which coordinator of an active/passive pair acts: taking, renewing and losing the leader lease.
+
+With ``[coordinator] pair = True`` (doc/database.md, "The active/passive pair") the
+coordinator starts passive: :meth:`Leadership.wait` tries to take the lease in the
+journal every ``leader_renew_interval`` and binds nothing meanwhile.  Once it holds
+the lease, the journal's fence is set (coordinator/journal/leader.py) and the loop
+calls :meth:`Leadership.hold` at the start of every iteration, with the loop's time:
+it renews the lease when a renewal is due, in a small transaction of its own, and
+says False once the lease is lost: another coordinator took it (the renewal or the
+fence found a new generation), or it was not renewed before it expired (the database
+unreachable for a whole lease: the passive one may have taken it by now).  The loop
+then stops acting at once and the process exits with :data:`LOST_EXIT`.
+
+A clean stop gives the lease back (:meth:`Leadership.release`), so the passive
+coordinator takes over within one renew interval instead of one lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+
+from coordinator.journal import Journal, LeaseLost
+from glancesync.exceptions import JournalError
+
+LOG = logging.getLogger(__name__)
+# The exit status of a coordinator that lost the lease: not 0, so that systemd's
+# Restart=on-failure starts it again, as a passive one.
+LOST_EXIT = 3
+
+
+def holder_id() -> str:
+    """This process's name in the lease: host name and a random suffix (a restart is a new holder)."""
+    return f"{socket.gethostname()[:200]}-{secrets.token_hex(4)}"
+
+
+class Leadership:
+    """The leader lease as this coordinator sees it; ``journal`` is the one the loop writes through."""
+
+    def __init__(self, journal: Journal, lease: float, interval: float, holder: str | None = None) -> None:
+        if interval > lease / 2:
+            raise ValueError(f"leader_renew_interval ({interval:g} s) must be at most half of "
+                             f"leader_lease_time ({lease:g} s)")
+        self.journal = journal
+        self.lease = lease
+        self.interval = interval
+        self.holder = holder or holder_id()
+        self.generation: int | None = None
+        # The expiry of the lease as last written by us, on the loop's clock.
+        self.expires = 0.0
+        self.renewed_at = 0.0
+        self._next_renewal = 0.0
+        self.lost: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.generation is not None and self.lost is None
+
+    def try_take(self, now: float) -> bool:
+        """One try to take the lease; True when this coordinator holds it now."""
+        try:
+            generation = self.journal.take_leader(self.holder, now, self.lease)
+        except JournalError as exc:
+            LOG.warning("cannot try to take the leader lease: %s", exc)
+            return False
+        if generation is None:
+            return False
+        self.generation, self.expires, self.renewed_at, self.lost = generation, now + self.lease, now, None
+        self._next_renewal = now + self.interval
+        self.journal.fence_with(self.holder, generation)
+        LOG.info("leader lease taken by %s (generation %d): this coordinator is active", self.holder, generation)
+        return True
+
+    def wait(self, stop: threading.Event, now: Callable[[], float]) -> bool:
+        """Passive: try to take the lease every ``interval`` until it is ours (True) or ``stop`` is set."""
+        shown = None
+        while not stop.is_set():
+            if self.try_take(now()):
+                return True
+            try:
+                row = self.journal.leader_row()
+            except JournalError:
+                row = None
+            holder = row[0] if row else None
+            if holder != shown:  # one line per holder, not one per try
+                shown = holder
+                LOG.info("passive: the leader lease is held by %s (generation %s); trying to take it every %g s",
+                         holder, row[2] if row else "?", self.interval)
+            stop.wait(self.interval)
+        return False
+
+    def hold(self, now: float) -> bool:
+        """Active: renew the lease when due; False once it is lost (then stop acting at once)."""
+        if self.lost is not None:
+            return False
+        if self.journal.fence_broken is not None:
+            return self._lose(self.journal.fence_broken)
+        if now >= self.expires:
+            return self._lose(f"not renewed before it expired ({now - self.renewed_at:.1f} s since the last renewal)")
+        if now < self._next_renewal:
+            return True
+        try:
+            renewed = self.journal.renew_leader(self.holder, self.generation, now, self.lease)
+        except LeaseLost as exc:
+            return self._lose(str(exc))
+        except JournalError as exc:
+            # Tried again soon: one failure must not cost the lease while it has time left.
+            self._next_renewal = now + min(1.0, self.interval)
+            LOG.warning("leader lease not renewed (%s); it expires in %.1f s", exc, self.expires - now)
+            return True
+        if not renewed:
+            return self._lose("another coordinator took it")
+        self.expires, self.renewed_at, self._next_renewal = now + self.lease, now, now + self.interval
+        return True
+
+    def _lose(self, why: str) -> bool:
+        self.lost = why
+        LOG.error("leader lease lost (%s): this coordinator stops acting now", why)
+        return False
+
+    def release(self) -> None:
+        """Give the lease back on a clean stop, if still ours."""
+        if not self.held:
+            return
+        try:
+            if self.journal.release_leader(self.holder, self.generation):
+                LOG.info("leader lease released by %s (generation %d)", self.holder, self.generation)
+        except JournalError as exc:
+            LOG.warning("leader lease not released (%s): the other coordinator takes over once it expires", exc)
+        self.generation = None

@@ -1,0 +1,115 @@
+"""The active/passive pair's lease as the coordinator uses it (coordinator/leadership.py), on SQLite."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from coordinator.journal import Journal
+from coordinator.leadership import Leadership
+from coordinator.registrar import Registrar
+from coordinator.service import Service
+from glancesync import protocol
+from glancesync.exceptions import JournalError
+
+from .conftest import IMAGE_ID, NOW
+from .test_service import dealer, pump
+
+LEASE, INTERVAL = 15.0, 5.0
+
+
+@pytest.fixture
+def other(db_url: str):
+    journal = Journal(db_url)
+    yield journal
+    journal.close()
+
+
+def test_the_renew_interval_must_leave_room_for_a_failed_renewal(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="at most half"):
+        Leadership(journal, lease=10.0, interval=6.0)
+
+
+def test_the_active_renews_when_due_and_steps_down_once_another_took_over(journal: Journal, other: Journal) -> None:
+    active = Leadership(journal, LEASE, INTERVAL, holder="a")
+    passive = Leadership(other, LEASE, INTERVAL, holder="b")
+    assert active.try_take(NOW) and not passive.try_take(NOW + 1)
+    assert active.hold(NOW + 4) and journal.leader_row()[1] == NOW + LEASE  # not due yet: no write
+    assert active.hold(NOW + 5) and journal.leader_row()[1] == NOW + 5 + LEASE  # renewed
+    assert not passive.try_take(NOW + 19)  # still held: renewed until NOW + 20
+    assert passive.try_take(NOW + 30)  # a paused past its lease
+    assert not active.hold(NOW + 11)  # its renewal (or its fence) finds generation 2: lost
+    assert active.lost and not active.held
+    assert not active.hold(NOW + 12)  # and stays lost
+
+
+def test_an_active_that_cannot_renew_stops_acting_at_expiry(journal: Journal, monkeypatch) -> None:
+    active = Leadership(journal, LEASE, INTERVAL, holder="a")
+    assert active.try_take(NOW)
+
+    def unreachable(*_args) -> bool:
+        raise JournalError(detail="server unreachable")
+
+    monkeypatch.setattr(journal, "renew_leader", unreachable)
+    for t in (5, 6, 10, 14.9):  # failed renewals are tried again while the lease has time left
+        assert active.hold(NOW + t)
+    assert not active.hold(NOW + LEASE)  # the passive one may take it from now on: stop
+    assert "not renewed before it expired" in active.lost
+
+
+def test_the_passive_waits_binding_nothing_and_takes_a_released_lease(journal: Journal, other: Journal) -> None:
+    active = Leadership(journal, LEASE, INTERVAL, holder="a")
+    assert active.try_take(NOW)
+    passive = Leadership(other, LEASE, 0.01, holder="b")
+    stop = threading.Event()
+    clock = iter(NOW + 1 + i * 0.01 for i in range(10**6))
+    taken: list[bool] = []
+    waiter = threading.Thread(target=lambda: taken.append(passive.wait(stop, lambda: next(clock))))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not passive.held  # held by a, not lapsed: still waiting
+    active.release()  # a clean stop gives it back at once
+    waiter.join(30)
+    assert taken == [True] and passive.held and passive.generation == 2
+
+
+def _active_service(conf, stores, journal, client, regional, ctx) -> tuple[Service, Leadership]:
+    leadership = Leadership(journal, LEASE, INTERVAL, holder="a")
+    assert leadership.try_take(NOW)
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)
+    svc = Service(conf, stores, journal, registrar, context=ctx, leadership=leadership)
+    svc.initialize(NOW)
+    return svc, leadership
+
+
+def test_a_deposed_coordinator_acknowledges_and_writes_nothing(conf, stores, journal, other, client, regional,
+                                                                ctx) -> None:
+    svc, leadership = _active_service(conf, stores, journal, client, regional, ctx)
+    try:
+        sender = dealer(ctx, conf.sync_server_port)
+        sender.send(protocol.encode("event", {"event_id": "e1", "kind": "uploaded", "image_id": IMAGE_ID}))
+        pump(svc, NOW + 1, lambda: sender.poll(0))
+        assert protocol.decode(sender.recv()).type == "event_ack"
+        # The other coordinator takes over while this one still believes its lease runs (a pause):
+        assert Leadership(other, LEASE, INTERVAL, holder="b").try_take(NOW + 100)
+        sender.send(protocol.encode("event", {"event_id": "e2", "kind": "uploaded", "image_id": IMAGE_ID}))
+        for _ in range(20):
+            svc.loop(NOW + 2, poll_seconds=0.01)
+        assert not sender.poll(0)  # the fence rolled e2 back: no ack, the sender keeps it
+        assert leadership.lost is not None and not leadership.held
+        assert other.unplanned_event("e2") is None
+        svc.poller.poll = lambda *_a: pytest.fail("an iteration went on after the lease was lost")
+        svc.loop(NOW + 3)  # returns before it polls: not one more frame is served
+        sender.close()
+    finally:
+        svc.shutdown()
+    assert other.leader_row()[0] == "b"  # shutdown released nothing of b's
+
+
+def test_a_clean_stop_releases_the_lease(conf, stores, journal, other, client, regional, ctx) -> None:
+    svc, leadership = _active_service(conf, stores, journal, client, regional, ctx)
+    svc.loop(NOW + 1, poll_seconds=0.01)
+    svc.shutdown()
+    assert other.leader_row()[:2] == (None, 0.0)
+    assert Leadership(other, LEASE, INTERVAL, holder="b").try_take(NOW + 2)  # at once, not after the lease
