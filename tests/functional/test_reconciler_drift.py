@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+from pathlib import Path
 
 from glanceclient import exc as glance_exc
 
@@ -77,10 +78,10 @@ def test_a_copy_deleted_by_hand_is_reported_as_needing_an_operator(topology: Top
     assert copy is None
 
 
-def plan(topology: Topology, *args: str) -> str:
+def plan(topology: Topology, *args: str, conf: Path | None = None) -> str:
     """glance-sync-manage plan's stdout (its stderr may carry the pass's warning lines)."""
-    result = subprocess.run([venv_bin("glance-sync-manage"), "--config-file", str(topology.service_conf), "plan",
-                             *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([venv_bin("glance-sync-manage"), "--config-file", str(conf or topology.service_conf),
+                             "plan", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
