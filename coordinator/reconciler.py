@@ -24,8 +24,9 @@ strategy names.
 The same pass also lists every region's glance (with that region's credentials)
 and finds drift per (image, region) for the images the journal knows
 (coordinator/regiondrift.py): missing copies, failed ones due for a retry, drifted
-metadata, lost locations, copies in regions no longer targeted.  Those become
-``drift`` events naming their repairs.
+metadata, lost locations, copies in regions no longer targeted, and the members of
+shared images (coordinator/memberscan.py).  Those become ``drift`` events naming
+their repairs.
 
 The safety limit (``limit_deletes``): a listing can be wrong as a whole — a
 cascading database restored from an old backup, a wrong endpoint, credentials that
@@ -46,7 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator import regiondrift
+from coordinator import memberscan, regiondrift
 from glancesync import glance, untrusted
 from glancesync.states import SyncState
 
@@ -195,13 +196,20 @@ def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str]) 
     return listings
 
 
+MemberScan = Callable[[dict[str, list[str]]], list[regiondrift.Repair]]
+
+
 def region_drift(listed: dict[str, dict[str, Any]], listings: dict[str, dict | None],
-                 inputs: Inputs) -> list[regiondrift.Repair]:
-    """The per-(image, region) repairs of every image the journal knows."""
+                 inputs: Inputs, members: MemberScan | None = None) -> list[regiondrift.Repair]:
+    """The per-(image, region) repairs of every image the journal knows; ``members`` asks glance for
+    the members of the shared ones (coordinator/memberscan.py)."""
     journal = {image_id: {} for image_id in inputs.known}
     for image_id, regions in inputs.facts.items():
         journal[image_id] = {r: regiondrift.Fact(SyncState(state), at) for r, (state, at) in regions.items()}
-    return regiondrift.find_repairs(listed, listings, journal, inputs.policy)
+    repairs = regiondrift.find_repairs(listed, listings, journal, inputs.policy)
+    if members is not None:
+        repairs += members(regiondrift.member_candidates(listed, listings, journal, inputs.policy, repairs))
+    return sorted(repairs, key=lambda r: (r.image_id, r.region))
 
 
 def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, endpoint: str) -> Drift:
@@ -216,7 +224,8 @@ def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, end
         return glance.call(lambda: client.images.get(image_id) is not None, endpoint, missing=False)
 
     drift = find_drift(listed, inputs.known, inputs.tracked, exists)
-    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions), inputs)
+    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions), inputs,
+                           lambda wanted: memberscan.find(client, regional_client, wanted, endpoint))
     drift = Drift(missing=drift.missing, vanished=drift.vanished, tracked=drift.tracked, repairs=repairs)
     if drift.missing or drift.vanished or repairs:
         LOG.warning("reconciler: %d image(s) unknown to the journal, %d gone from the cascading glance, "

@@ -17,6 +17,10 @@ says what to do about each difference:
   differs from the cascading image's (``glancesync.imagediff``).
 - ``operator``: a difference the service must not repair by itself: a regional image
   with the same id and other bytes.
+- ``update`` too for a synced copy of a shared image whose members or member statuses
+  differ from the cascading image's (``member_candidates`` names the pairs to ask
+  about, since a listing carries no members; coordinator/memberscan.py asks and
+  ``member_differences`` compares).
 - nothing for a region an operator cancelled (``cancelled`` waits for resync or sync).
 - ``unwanted``: a copy this service made (the journal says ``synced``) in a region
   the strategy no longer targets (a strategy or rule changed, or an ``updated`` event
@@ -185,3 +189,57 @@ def acted_on(repairs: Iterable[Repair]) -> dict[str, dict[str, str]]:
         if repair.action in ACTED_ON:
             by_image.setdefault(repair.image_id, {})[repair.region] = ACTED_ON[repair.action]
     return by_image
+
+
+def _listed_shared(listing: Mapping[str, Mapping[str, Any]] | None, image_id: str) -> bool:
+    record = (listing or {}).get(image_id)
+    return record is not None and record.get("status") in HELD_STATUSES and record.get("visibility") == "shared"
+
+
+def member_candidates(
+    cascading: Mapping[str, Mapping[str, Any]],
+    regional: Mapping[str, Mapping[str, Mapping[str, Any]] | None],
+    journal: Mapping[str, Mapping[str, Fact]],
+    policy: Policy,
+    repairs: Iterable[Repair],
+) -> dict[str, list[str]]:
+    """image id -> regions whose members a pass compares.
+
+    Only a shared image (glance keeps members for no other), synced in a target region
+    whose listing shows the copy shared too, with no other repair planned there: an
+    ``update`` applies the members anyway, and a copy of another visibility is an
+    ``update`` of its metadata first.
+    """
+    busy = {(r.image_id, r.region) for r in repairs}
+    found: dict[str, list[str]] = {}
+    for image_id in sorted(journal):
+        image = cascading.get(image_id)
+        if image is None or image.get("status") not in HELD_STATUSES or image.get("visibility") != "shared":
+            continue
+        facts = journal[image_id]
+        regions = [r for r in policy.targets(image, facts)
+                   if (image_id, r) not in busy and r in facts and facts[r].state == SyncState.SYNCED
+                   and _listed_shared(regional.get(r), image_id)]
+        if regions:
+            found[image_id] = regions
+    return found
+
+
+def member_differences(want: Iterable[Mapping[str, str]], have: Iterable[Mapping[str, str]]) -> str | None:
+    """Why a copy's members (``have``) are not the cascading image's (``want``); None when equal.
+
+    Members are ``{"member_id", "status"}``; a status differs too (glance lets an admin set
+    any member's status, and the agent's regional credentials are admin).
+    """
+    wanted = {m["member_id"]: m["status"] for m in want}
+    held = {m["member_id"]: m["status"] for m in have}
+    parts = []
+    missing, extra = sorted(wanted.keys() - held.keys()), sorted(held.keys() - wanted.keys())
+    if missing:
+        parts.append("missing " + ", ".join(missing))
+    if extra:
+        parts.append("extra " + ", ".join(extra))
+    other = sorted(m for m in wanted.keys() & held.keys() if wanted[m] != held[m])
+    if other:
+        parts.append("status of " + ", ".join(f"{m} {held[m]}, not {wanted[m]}" for m in other))
+    return "members differ: " + "; ".join(parts) if parts else None

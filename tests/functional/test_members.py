@@ -2,14 +2,18 @@
 
 Members added before the upload arrive with the copy; members added, accepted
 and removed later arrive as ``members_changed`` events from the glancesync filter.
+Members changed by hand in a region (no event at all) are shown by ``plan`` and put
+back by the reconciler (coordinator/memberscan.py).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from tests.functional import helpers
 from tests.functional.services import SyncServices
+from tests.functional.test_reconciler_drift import plan
 from tests.harness.topology import Topology
 
 
@@ -55,3 +59,36 @@ def test_an_image_made_shared_later_shares_in_every_region(topology: Topology, s
         90, "the visibility change in every region")
     client.image_members.create(image.id, member)
     _wait_members(topology, image.id, {member: "pending"}, "the member in every region")
+
+
+def test_members_changed_by_hand_in_a_region_are_shown_by_plan_and_put_back(topology: Topology,
+                                                                             sync: SyncServices) -> None:
+    client = topology.cascading.client()
+    kept, dropped, stranger = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    image = helpers.upload_random(client, helpers.MIB, visibility="shared")
+    client.image_members.create(image.id, kept)
+    client.image_members.create(image.id, dropped)
+    client.image_members.update(image.id, kept, "accepted")
+    helpers.wait_states(topology, image.id, "synced")
+    want = {kept: "accepted", dropped: "pending"}
+    _wait_members(topology, image.id, want, "the members in every region")
+    assert plan(topology, image.id) == ""
+
+    region = topology.region_names[0]
+    regional = topology.cascaded[region].client()
+    sync.kill_coordinator()  # no pass repairs it while plan looks
+    try:
+        # By hand in the region, no event: a status changed, a member removed, a stranger added.
+        regional.image_members.update(image.id, kept, "rejected")
+        regional.image_members.delete(image.id, dropped)
+        regional.image_members.create(image.id, stranger)
+        rows = json.loads(plan(topology, image.id, "--json"))
+        assert rows == [{"image_id": image.id, "region": region, "action": "update",
+                         "reason": f"members differ: missing {dropped}; extra {stranger}; "
+                                   f"status of {kept} rejected, not accepted"}]
+        assert _regional_members(topology, image.id)[region] == {kept: "rejected", stranger: "pending"}
+    finally:
+        sync.ensure()
+    _wait_members(topology, image.id, want, "the reconciler to put the members back")
+    helpers.wait_states(topology, image.id, "synced")
+    helpers.wait_until(lambda: plan(topology, image.id) == "", 60, "plan to print nothing once converged")

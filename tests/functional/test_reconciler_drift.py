@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+from pathlib import Path
 
 from glanceclient import exc as glance_exc
 
@@ -77,10 +78,10 @@ def test_a_copy_deleted_by_hand_is_reported_as_needing_an_operator(topology: Top
     assert copy is None
 
 
-def _plan(topology: Topology, *args: str) -> str:
+def plan(topology: Topology, *args: str, conf: Path | None = None) -> str:
     """glance-sync-manage plan's stdout (its stderr may carry the pass's warning lines)."""
-    result = subprocess.run([venv_bin("glance-sync-manage"), "--config-file", str(topology.service_conf), "plan",
-                             *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([venv_bin("glance-sync-manage"), "--config-file", str(conf or topology.service_conf),
+                             "plan", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -88,18 +89,18 @@ def _plan(topology: Topology, *args: str) -> str:
 def test_plan_shows_drift_without_repairing_it(topology: Topology, sync: SyncServices) -> None:
     image = helpers.upload_random(topology.cascading.client(), helpers.MIB, os_distro="debian")
     helpers.wait_states(topology, image.id, "synced")
-    assert json.loads(_plan(topology, image.id, "--json")) == []
-    assert _plan(topology, image.id) == ""  # converged: nothing at all
+    assert json.loads(plan(topology, image.id, "--json")) == []
+    assert plan(topology, image.id) == ""  # converged: nothing at all
     region = topology.region_names[0]
     regional = topology.cascaded[region].client()
     sync.kill_coordinator()  # no pass repairs it while plan looks
     try:
         regional.images.update(image.id, os_distro="tampered")
-        rows = json.loads(_plan(topology, image.id, "--json"))
+        rows = json.loads(plan(topology, image.id, "--json"))
         assert rows == [{"image_id": image.id, "region": region, "action": "update",
                          "reason": "metadata differs: os_distro"}]
         assert regional.images.get(image.id)["os_distro"] == "tampered"  # plan changed nothing
-        assert f"{image.id}  {region}  update" in _plan(topology, image.id)
+        assert f"{image.id}  {region}  update" in plan(topology, image.id)
     finally:
         sync.ensure()
     helpers.wait_until(lambda: regional.images.get(image.id).get("os_distro") == "debian", 90,
