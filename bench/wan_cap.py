@@ -51,8 +51,10 @@ class LinkSampler:
 
     def _sample(self) -> None:
         for link in self.plan.links:
+            # Reading the counter starts a process: it was read halfway through that, give or take.
+            before = time.monotonic()
             count = wan_net.tx_bytes(self.plan.casc_ns, link.casc_dev)
-            self.samples[link.region].append((time.monotonic(), count))
+            self.samples[link.region].append(((before + time.monotonic()) / 2, count))
 
     def _run(self) -> None:
         while not self._stop.is_set():
