@@ -12,8 +12,9 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from agent import runners, transfer
+from agent import ratelimit, runners, transfer
 from agent.pool import Pool
 from agent.service import AgentService
 from agent.task import WorkerSettings, logging_options, run_inline, worker_main
@@ -44,14 +45,30 @@ INLINE_KINDS = frozenset({"update", "delete"})
 
 
 def build_pool(mode: str, workers: int, timeout: float, settings: WorkerSettings,
-               work_dir: str | None = None) -> Pool:
+               work_dir: str | None = None, max_copies: int = 0) -> Pool:
     """The pool of ``[agent] worker_mode`` (agent/runners.py); ``work_dir`` holds the ``.part`` files."""
     if mode == "spawn":
-        return Pool(workers, timeout, worker_main, settings, context=runners.context("spawn"), work_dir=work_dir)
+        return Pool(workers, timeout, worker_main, settings, context=runners.context("spawn"), work_dir=work_dir,
+                    max_copies=max_copies)
     pool = Pool(workers, timeout, worker_main, settings, context=runners.context(mode), work_dir=work_dir,
-                inline=run_inline, inline_kinds=INLINE_KINDS)
+                inline=run_inline, inline_kinds=INLINE_KINDS, max_copies=max_copies)
     runners.prestart(pool.ctx)  # before the session starts: its imports never stall the loop
     return pool
+
+
+def copy_slots(agent: Any) -> int:
+    """Copies the agent runs at once: ``max_concurrent_copies``, 0 meaning (and at most) ``workers``."""
+    wanted = agent.max_concurrent_copies
+    return min(wanted, agent.workers) if wanted > 0 else agent.workers
+
+
+def fetch_options(agent: Any) -> transfer.FetchOptions:
+    """How every copy of this agent fetches: method, idle timeout, and its share of ``max_bandwidth``."""
+    share = ratelimit.copy_share(agent.max_bandwidth, copy_slots(agent))
+    return transfer.FetchOptions(method=transfer.resolve_method(agent.fetch_method),
+                                 idle_timeout=float(agent.transfer_idle_timeout),
+                                 window_bytes=ratelimit.window(agent.paramiko_window_mib * 1024 * 1024, share),
+                                 rate_limit=share)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,14 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         config.fail(PROG, _one_line(str(exc)))
     _check_work_dir(work_dir)
-    fetch = transfer.FetchOptions(method=transfer.resolve_method(conf.agent.fetch_method),
-                                  idle_timeout=float(conf.agent.transfer_idle_timeout),
-                                  window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
+    fetch = fetch_options(conf.agent)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               fetch=fetch, log_options=logging_options(conf))
     try:
         pool = build_pool(conf.agent.worker_mode, conf.agent.workers, float(conf.scp_copy_timeout), settings,
-                          work_dir)
+                          work_dir, copy_slots(conf.agent))
     except OSError as exc:  # no process could be started (fd or memory exhaustion)
         config.fail(PROG, f"cannot start the worker pool: {exc}")
     try:
@@ -94,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool.shutdown()
         config.fail(PROG, _one_line(str(exc)))
 
-    LOG.info("agent of region %s running %d task(s) at once (worker_mode %s)", region, conf.agent.workers,
-             conf.agent.worker_mode)
+    LOG.info("agent of region %s running %d task(s) at once, %d of them copies (worker_mode %s); %s", region,
+             conf.agent.workers, copy_slots(conf.agent), conf.agent.worker_mode,
+             f"fetches capped at {conf.agent.max_bandwidth:g} Mbit/s in all ({fetch.rate_limit * 8 / 1e6:g} "
+             "per copy)" if fetch.rate_limit else "no bandwidth cap")
     try:
         # The first signal drains (stop_grace for running transfers), a second one stops at once.
         while len(stopping) < 2:

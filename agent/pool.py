@@ -1,6 +1,8 @@
 """Runs tasks off the agent's control loop, so a stuck transfer never blocks it.
 
-At most ``workers`` tasks at once.  A task runs in a worker process (a copy, or
+At most ``workers`` tasks at once, of which at most ``max_copies`` copies
+(``[agent] max_concurrent_copies``): a copy beyond that waits here, holding its
+slot, and starts when a running copy ends (first come, first started).  A task runs in a worker process (a copy, or
 every kind under ``worker_mode = spawn``) or in an agent thread (update and delete
 under ``worker_mode = pool``); agent/runners.py says how each is started and why
 workers die with the agent and ignore stop signals.  Processes report through one
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import queue as queue_mod
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +71,11 @@ class Pool:
         work_dir: str | None = None,
         inline: Callable[..., dict[str, Any]] | None = None,
         inline_kinds: frozenset[str] = frozenset(),
+        max_copies: int = 0,
     ) -> None:
         self.workers = workers
+        # Copies running at once; 0: as many as workers.
+        self.max_copies = min(max_copies, workers) if max_copies > 0 else workers
         self.timeout = timeout
         self.target = target
         self.settings = settings
@@ -79,28 +85,44 @@ class Pool:
         self.queue = self.ctx.Queue()
         self.inline_results: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
         self.running: dict[str, _Running] = {}
+        # Copies accepted but held back by max_copies, in arrival order (task id -> task).
+        self.waiting: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # Workers that are done with their task but not yet gone: (process, since).
         self.exiting: list[tuple[Any, float]] = []
         # Partial files of tasks cancelled for good, removed once their worker let go.
         self.discards = Discards(work_dir)
 
     def free_slots(self) -> int:
-        return max(0, self.workers - len(self.running))
+        return max(0, self.workers - len(self.running) - len(self.waiting))
 
     def running_ids(self) -> list[str]:
-        return list(self.running)
+        """Tasks this pool answers for: running, then waiting for a copy slot."""
+        return [*self.running, *self.waiting]
 
     def is_running(self, task_id: str) -> bool:
-        return task_id in self.running
+        return task_id in self.running or task_id in self.waiting
 
     def running_image(self, image_id: str) -> str | None:
-        """The id of a running task for ``image_id``, if any."""
-        return next((tid for tid, entry in self.running.items() if entry.task.get("image_id") == image_id), None)
+        """The id of a running (or waiting) task for ``image_id``, if any."""
+        tasks = [(tid, entry.task) for tid, entry in self.running.items()] + list(self.waiting.items())
+        return next((tid for tid, task in tasks if task.get("image_id") == image_id), None)
+
+    def copies_running(self) -> int:
+        return sum(1 for entry in self.running.values() if entry.task.get("kind") == "copy")
 
     def start(self, task: dict[str, Any], now: float) -> None:
-        """Start ``task`` in a new worker or thread; the caller checks free_slots first."""
+        """Start ``task`` in a new worker or thread, or hold a copy over max_copies back; the caller checks
+        free_slots first."""
         if self.free_slots() <= 0:
             raise RuntimeError("no free worker slot")
+        if task.get("kind") == "copy" and self.copies_running() >= self.max_copies:
+            self.waiting[task["task_id"]] = task
+            LOG.info("task %s (copy %s) waits: %d copies already run (max_concurrent_copies)", task["task_id"],
+                     task.get("image_id"), self.max_copies)
+            return
+        self._launch(task, now)
+
+    def _launch(self, task: dict[str, Any], now: float) -> None:
         task_id = task["task_id"]
         self.discards.forget(str(task.get("image_id")))  # its .part is this attempt's again
         if task.get("kind") in self.inline_kinds:
@@ -124,13 +146,15 @@ class Pool:
 
         ``discard``: the copy is over for good, its ``.part`` is removed once the worker is gone.
         """
+        waiting = self.waiting.pop(task_id, None)
         entry = self.running.pop(task_id, None)
-        if entry is None:
-            return
-        entry.process.kill()
-        self.exiting.append((entry.process, now))  # reaped by a later poll
-        if discard and entry.task.get("image_id"):
-            self.discards.add(str(entry.task["image_id"]), now)
+        if entry is not None:
+            entry.process.kill()
+            self.exiting.append((entry.process, now))  # reaped by a later poll
+        task = entry.task if entry is not None else waiting
+        if discard and task is not None and task.get("image_id"):
+            # A copy that never started may still find the .part an earlier attempt left.
+            self.discards.add(str(task["image_id"]), now)
 
     def _drain(self, events: list[PoolEvent]) -> None:
         while True:
@@ -183,9 +207,19 @@ class Pool:
             del self.running[task_id]
             self.exiting.append((entry.process, now))
             events.append(PoolEvent("result", entry.task, result))
+        self._start_waiting(now, events)
         self._reap(now)
         self.discards.sweep(now)
         return events
+
+    def _start_waiting(self, now: float, events: list[PoolEvent]) -> None:
+        """Start held-back copies while copy slots are free; one that cannot start is reported failed."""
+        while self.waiting and self.copies_running() < self.max_copies:
+            task_id, task = self.waiting.popitem(last=False)
+            try:
+                self._launch(task, now)
+            except OSError as exc:  # no process could be started (fd or memory exhaustion)
+                events.append(PoolEvent("result", task, _failed(f"cannot start a worker: {exc}")))
 
     def _reap(self, now: float) -> None:
         # Never wait here: a worker slow to exit on a busy machine would stall the
@@ -209,6 +243,7 @@ class Pool:
         for process in [entry.process for entry in self.running.values()] + [p for p, _ in self.exiting]:
             self._stop(process)
         self.running.clear()
+        self.waiting.clear()
         self.exiting.clear()
         self.queue.close()
         self.queue.cancel_join_thread()

@@ -64,8 +64,11 @@ def plain_path(image_id: str, path: str, what: str) -> str:
     return path
 
 
-def command(store: SshStore, binary: str, connect_timeout: float, image_id: str = "-") -> list[str]:
-    """The argument list of ``sftp`` for ``store``; the batch comes on stdin."""
+def command(store: SshStore, binary: str, connect_timeout: float, image_id: str = "-", limit: int = 0) -> list[str]:
+    """The argument list of ``sftp`` for ``store``; the batch comes on stdin.
+
+    ``limit``: ``sftp -l``, in OpenSSH's Kbit/s (1024 bit/s; agent/ratelimit.py); 0: none.
+    """
     if not _PLAIN_HOST.match(store.host) or not _PLAIN_USER.match(store.user):
         raise SourceRefused(image_id=image_id, detail=f"store host {store.host!r} or user {store.user!r} is not a plain name")
     host = store.host.strip("[]")
@@ -92,6 +95,8 @@ def command(store: SshStore, binary: str, connect_timeout: float, image_id: str 
         "ServerAliveCountMax": str(ALIVE_COUNT),
     }
     argv = [binary, "-F", "/dev/null", "-b", "-", "-P", str(store.port)]
+    if limit > 0:
+        argv += ["-l", str(int(limit))]
     for key, value in options.items():
         argv += ["-o", f"{key}={value}"]
     return [*argv, destination]
@@ -129,18 +134,20 @@ def run(
     connect_timeout: float,
     binary: str = DEFAULT_BINARY,
     on_start: Callable[[], None] | None = None,
+    limit: int = 0,
 ) -> tuple[int, tuple[str, ...]]:
     """Fetch ``remote`` into ``local`` (resuming what ``local`` holds) while ``hashers`` hash all of it.
 
     Returns the size of ``local`` and the hex digests.  The hash threads start
     only once ``sftp`` runs, and so does whatever ``on_start()`` starts (the upload
-    that follows the file): nothing but this thread exists when it forks.  Raises
+    that follows the file): nothing but this thread exists when it forks.  ``limit``
+    is ``sftp -l`` (see :func:`command`).  Raises
     SourceRefused (host key, key refused, permission) or TransferError (retryable:
     stalled, connection, missing file).
     """
     plain_path(image_id, remote, "remote")
     plain_path(image_id, local, "local")
-    argv = command(store, binary, connect_timeout, image_id)
+    argv = command(store, binary, connect_timeout, image_id, limit)
     start = os.path.getsize(local)
     resume = start > 0
     with tempfile.TemporaryFile() as errors:

@@ -35,7 +35,7 @@ from typing import Any
 
 import paramiko
 
-from agent import hashing, sftp_openssh
+from agent import hashing, ratelimit, sftp_openssh
 from glancesync import verify as check
 from glancesync.exceptions import SourceRefused, TransferError, VerificationError
 from glancesync.storemap import SshStore
@@ -80,12 +80,13 @@ class Fetched:
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """How bytes are fetched ([agent] fetch_method, transfer_idle_timeout, paramiko_window_mib)."""
+    """How bytes are fetched ([agent] fetch_method, transfer_idle_timeout, paramiko_window_mib, max_bandwidth)."""
 
     method: str = "openssh"
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     window_bytes: int = DEFAULT_WINDOW_BYTES
     sftp_binary: str = sftp_openssh.DEFAULT_BINARY
+    rate_limit: float = 0.0  # bytes/s: this copy's share of max_bandwidth (agent/ratelimit.py); 0: none
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -332,7 +333,7 @@ def _via_openssh(store: SshStore, image_id: str, algo: str, source_path: str, de
             return size, resumed, sink.hexdigests()
     size, digests = sftp_openssh.run(store, image_id, remote, os.path.abspath(dest), _hashers(algo, image_id),
                                      lambda done: progress(done, total), options.idle_timeout, timeout,
-                                     options.sftp_binary, on_start)
+                                     options.sftp_binary, on_start, ratelimit.sftp_limit(options.rate_limit))
     return size, resumed, digests
 
 
@@ -362,7 +363,7 @@ def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, d
             sftp.get_channel().settimeout(options.idle_timeout)
             with open(dest, "ab") as out:
                 on_start()
-                size = _copy(remote, out, resumed, total, sink, progress)
+                size = _copy(remote, out, resumed, total, sink, ratelimit.paced(progress, options.rate_limit, resumed))
     except FileNotFoundError:
         raise TransferError(image_id=image_id, detail=f"{source_path} not found on {store.host}") from None
     except PermissionError:

@@ -15,11 +15,17 @@ glance-api and agent, started inside the region's namespace.  One random image o
 - ``serial relay``: glanceclient download from the cascading glance, then one
   upload per region, one after the other (run from the cascading site).
 
-For each it prints the wall time and the bytes the cascading site sent over its
-links (veth ``tx_bytes`` before and after), then the ratios the issue sets as
-targets.  Namespaces and processes are removed on exit, Ctrl-C and failure.
+The three are run ``--rounds`` times (default 3), interleaved (project, scp,
+relay, then again), each round with a new image.  For each it prints the median
+wall time (and the range) and the bytes the cascading site sent over its links
+(veth ``tx_bytes`` before and after), then the ratios the issue sets as targets,
+on the medians.  Then, unless ``--cap-mbit 0``, a capped run (bench/wan_cap.py):
+each region's agent restarted with ``[agent] max_bandwidth``, ``--cap-copies``
+images per region, and the rate each link carried beside the cap.  Namespaces
+and processes are removed on exit, Ctrl-C and failure.
 
-Usage (root): ``.venv/bin/python bench/wan.py [--size-mib 1024] [--rate-mbit 400]``
+Usage (root): ``.venv/bin/python bench/wan.py [--size-mib 1024] [--rate-mbit 400] [--rounds 3]
+[--cap-mbit 80] [--cap-copies 2]``
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import wan_net  # noqa: E402
+from bench import wan_cap, wan_net  # noqa: E402
 
 MIB = 1024 * 1024
 TARGETS = {"project_vs_floor": 1.3, "relay_vs_project": 2.5, "site_bytes_vs_size": 1.3}
@@ -53,9 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst-kib", type=int, default=512, help="tbf burst, KiB (default 512)")
     parser.add_argument("--octet", type=int, default=77, help="second octet of the 127.x addresses (default 77)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each method")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three methods; medians "
+                        "are reported (default 3)")
+    parser.add_argument("--cap-mbit", type=float, default=80.0, help="max_bandwidth of each region's agent in the "
+                        "capped run, Mbit/s; 0 skips that run (default 80)")
+    parser.add_argument("--cap-copies", type=int, default=2, help="images per region in the capped run, copied "
+                        "side by side under the one cap (default 2)")
     args = parser.parse_args(argv)
     if args.size_mib < 1 or not 1 <= args.regions <= 26 or args.rate_mbit <= 0 or args.delay_ms < 0:
         parser.error("--size-mib >= 1, --regions 1..26, --rate-mbit > 0, --delay-ms >= 0")
+    if args.rounds < 1 or args.cap_mbit < 0 or args.cap_copies < 1:
+        parser.error("--rounds >= 1, --cap-mbit >= 0, --cap-copies >= 1")
     return args
 
 
@@ -86,19 +101,47 @@ def _measured(plan: wan_net.Plan, run: Any) -> dict[str, float]:
     return {"wall": time.monotonic() - started, "site_bytes": wan_net.site_tx_bytes(plan) - before}
 
 
-def run(args: argparse.Namespace, plan: wan_net.Plan, base: Path) -> dict[str, dict[str, float]]:
+def one_round(args: argparse.Namespace, plan: wan_net.Plan, base: Path, topo: Any) -> dict[str, dict[str, float]]:
+    """project, scp pulls and serial relay of one new image."""
+    results: dict[str, dict[str, float]] = {}
+    image_id, upload = topo.upload(args.size_mib * MIB)
+    results["project"] = _measured(plan, lambda: topo.wait_synced(image_id, upload, args.timeout))
+    source = topo.store_file(image_id)
+    results["scp"] = _measured(plan, lambda: topo.scp_pulls(source, args.timeout))
+    results["relay"] = _measured(plan, lambda: topo.serial_relay(image_id, base / "relay.img"))
+    for server in topo.cascaded.values():  # the relay's copies: only disk space from here on
+        client = server.client()
+        for image in list(client.images.list(filters={"name": "bench-wan-relay"})):
+            client.images.delete(image["id"])
+    return results
+
+
+def medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per method and figure, the median over the rounds, plus ``wall_min`` and ``wall_max``."""
+    out: dict[str, dict[str, float]] = {}
+    for method in rounds[0]:
+        walls = [r[method]["wall"] for r in rounds]
+        out[method] = {key: statistics.median(r[method][key] for r in rounds) for key in rounds[0][method]}
+        out[method].update(wall_min=min(walls), wall_max=max(walls))
+    return out
+
+
+def run(args: argparse.Namespace, plan: wan_net.Plan, base: Path) -> tuple[dict[str, dict[str, float]], list[str]]:
     from bench import wan_sites  # after enter(): the harness picks ports in this namespace
 
-    size = args.size_mib * MIB
     with wan_sites.WanTopology(base / "topo", plan) as topo:
         topo.start_services()
-        results: dict[str, dict[str, float]] = {}
-        image_id, upload = topo.upload(size)
-        results["project"] = _measured(plan, lambda: topo.wait_synced(image_id, upload, args.timeout))
-        source = topo.store_file(image_id)
-        results["scp"] = _measured(plan, lambda: topo.scp_pulls(source, args.timeout))
-        results["relay"] = _measured(plan, lambda: topo.serial_relay(image_id, base / "relay.img"))
-    return results
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            rounds.append(one_round(args, plan, base, topo))
+            print(f"round {number}: " + ", ".join(f"{k} {v['wall']:.1f} s" for k, v in rounds[-1].items()),
+                  flush=True)
+        capped: list[str] = []
+        if args.cap_mbit > 0:
+            result = wan_cap.capped_run(topo, plan, args.size_mib * MIB, args.cap_mbit, args.cap_copies,
+                                        args.timeout)
+            capped = wan_cap.report(result, args.cap_mbit)
+    return medians(rounds), capped
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
@@ -108,13 +151,15 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> No
     print(f"\n{args.size_mib} MiB image to {args.regions} regions, links {args.rate_mbit:g} Mbit/s"
           f"{f' + {args.delay_ms:g} ms' if args.delay_ms else ''}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{platform.node()}, {os.cpu_count()} CPUs, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print(f"{'method':<34}{'wall s':>9}{'x S/link':>10}{'sent by cascading site':>24}{'x S':>7}")
+    print(f"medians of {args.rounds} interleaved round(s)")
+    print(f"{'method':<34}{'wall s':>9}{'range':>14}{'x S/link':>10}{'sent by cascading site':>24}{'x S':>7}")
     rows = [("project (upload end -> all synced)", "project"), ("scp pulls, parallel", "scp"),
             ("serial relay (download, uploads)", "relay")]
-    print(f"{'link floor S/link':<34}{floor:>9.1f}{1:>10.2f}{'-':>24}{'-':>7}")
+    print(f"{'link floor S/link':<34}{floor:>9.1f}{'-':>14}{1:>10.2f}{'-':>24}{'-':>7}")
     for label, key in rows:
         row = results[key]
-        print(f"{label:<34}{row['wall']:>9.1f}{row['wall'] / floor:>10.2f}"
+        spread = f"{row['wall_min']:.1f}-{row['wall_max']:.1f}"
+        print(f"{label:<34}{row['wall']:>9.1f}{spread:>14}{row['wall'] / floor:>10.2f}"
               f"{row['site_bytes'] / MIB:>20,.0f} MiB{row['site_bytes'] / size:>7.2f}")
     print("targets (issue 15):")
     labels = {"project_vs_floor": "project / (S/link)     <=", "relay_vs_project": "relay / project        >=",
@@ -139,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         wan_net.setup(plan, args.rate_mbit, args.delay_ms, args.burst_kib)
         wan_net.enter(plan.casc_ns)
         with tempfile.TemporaryDirectory(prefix="bench-wan-") as tmp:
-            results = run(args, plan, Path(tmp))
+            results, capped = run(args, plan, Path(tmp))
         report(args, results)
+        print("\n".join(capped))
         return 0
     except (RuntimeError, TimeoutError, subprocess.SubprocessError, OSError) as exc:
         print(f"bench/wan.py failed: {exc}", file=sys.stderr)

@@ -65,12 +65,16 @@ class WanTopology(Topology):
     def coordinator_ready(self) -> bool:
         return tcp_open(self.plan.site_addr, self.agent_port) and tcp_open(self.plan.site_addr, self.client_port)
 
-    def start_region_agent(self, link: Link) -> ServiceProcess:
-        """glance-sync-agent of ``link.region`` in its namespace (Topology.start_agent, under ip netns exec)."""
-        agent_id = f"{link.region.lower()}-agent-1"
+    def start_region_agent(self, link: Link, options: dict[str, Any] | None = None,
+                           suffix: str = "1") -> ServiceProcess:
+        """glance-sync-agent of ``link.region`` in its namespace (Topology.start_agent, under ip netns exec).
+
+        ``options``: more ``[agent]`` options (the capped run's ``max_bandwidth``).
+        """
+        agent_id = f"{link.region.lower()}-agent-{suffix}"
         own = write_conf(self.host_etc(f"agent-{link.region}") / f"agent-{agent_id}.conf", {
             "DEFAULT": {"glance_store_config": self.agent_store_yaml(link.region)},
-            "agent": {"region": link.region, "agent_id": agent_id},
+            "agent": {"region": link.region, "agent_id": agent_id, **(options or {})},
         })
         argv = in_ns(link.ns, [venv_bin("glance-sync-agent"), "--config-file", str(self.service_conf),
                                "--config-file", str(own)])
@@ -87,6 +91,18 @@ class WanTopology(Topology):
         wanted = set(self.region_names)
         self.wait_for(lambda: {r for r, ids in helpers.online_agents(self).items() if ids} >= wanted,
                       timeout, "every region's agent online")
+
+    def stop_region_agents(self) -> None:
+        """Stop every region's agent (SIGTERM: each says bye, nothing is left running)."""
+        for service in self.services:
+            if service.name.startswith("agent "):
+                service.stop()
+
+    def start_region_agents(self, options: dict[str, Any], suffix: str, timeout: float = 120.0) -> None:
+        """A new agent per region with ``options``; wait until each is online."""
+        agents = {self.start_region_agent(link, options, suffix).name.split(" ", 1)[1] for link in self.plan.links}
+        self.wait_for(lambda: agents <= set().union(*helpers.online_agents(self).values()), timeout,
+                      f"agents {', '.join(sorted(agents))} online")
 
     def upload(self, size: int) -> tuple[str, helpers.Uploaded]:
         """A random image uploaded to the cascading glance (a local upload: no link carries it)."""

@@ -127,6 +127,31 @@ agent_opts = [
         "product (32 MiB keeps 1 Gbit/s busy over a 250 ms round trip). Unused with "
         "fetch_method = openssh, whose client sizes its own window.",
     ),
+    cfg.FloatOpt(
+        "max_bandwidth",
+        default=0.0,
+        min=0.0,
+        help="Cap, in Mbit/s (1,000,000 bit/s), on the bytes this agent fetches for its region, all "
+        "its copies together; 0 (the default) sets none. Each copy gets an equal share, "
+        "max_bandwidth / max_concurrent_copies, fixed when it starts (OpenSSH's sftp -l; paramiko's "
+        "reader is paced), so the total holds however copies start and end, and a copy running "
+        "alone uses only its share: set max_concurrent_copies = 1 to give one copy the whole cap. "
+        "Only the fetch from the source is capped, not the upload to the region's own glance. "
+        "With several agents in one region, each has its own cap (doc/performance.md).",
+    ),
+    cfg.IntOpt(
+        "max_concurrent_copies",
+        default=0,
+        min=0,
+        max=protocol.MAX_CAPACITY,
+        help="Copies this agent runs at once; 0 (the default) means as many as workers, the "
+        "credits the agent offers the coordinator, which bound every kind of task together. A "
+        "copy the coordinator sends beyond this number waits in the agent (holding its worker "
+        "slot, its lease kept alive by the heartbeats) until a copy ends. Updates and deletes are "
+        "not held back by it, but a waiting copy takes a worker slot: keep workers above this "
+        "number to leave room for them. Values above workers count as workers. Also divides "
+        "max_bandwidth between copies.",
+    ),
     cfg.HostAddressOpt(
         "metrics_bind_host",
         default="127.0.0.1",
