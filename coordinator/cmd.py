@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from oslo_log import log as logging
 
@@ -47,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # a rule naming an unknown region: one line, as for any bad option
         config.fail(PROG, f"configuration error: {exc}", code=2)
     LOG.info("sync_strategy in force: %s", strategy.describe(strategy.canonical(conf.sync_strategy), rules))
+    c = conf.coordinator
+    if c.pair and c.leader_renew_interval > c.leader_lease_time / 2:
+        config.fail(PROG, f"configuration error: [coordinator] leader_renew_interval ({c.leader_renew_interval:g}) "
+                    f"must be at most half of leader_lease_time ({c.leader_lease_time:g})", code=2)
     url = conf.database.connection
     try:
         current, head = manage.schema_revisions(url, conf.database)
@@ -76,9 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
     journal = Journal(url, conf.database)
     leadership = _leadership(conf, journal, stop, stats)
-    if leadership is False:
+    if leadership is False:  # stopped while passive
         journal.close()
         registrar.shutdown()
+        if server is not None:
+            server.close()
         return 0
     service = Service(conf, stores, journal, registrar, metrics=stats, regions=regions, leadership=leadership)
     signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
@@ -98,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _leadership(conf, journal: Journal, stop: threading.Event, stats: CoordinatorMetrics) -> Leadership | None | bool:
+def _leadership(conf: Any, journal: Journal, stop: threading.Event,
+                stats: CoordinatorMetrics) -> Leadership | None | bool:
     """None without a pair; with one, the lease once taken (passive until then); False when stopped meanwhile."""
     c = conf.coordinator
     if not c.pair:
@@ -106,10 +114,7 @@ def _leadership(conf, journal: Journal, stop: threading.Event, stats: Coordinato
     if journal.engine.dialect.name == "sqlite":
         LOG.warning("pair = True on an SQLite journal: both coordinators must share its file; a pair "
                     "belongs on PostgreSQL or MariaDB (doc/database.md)")
-    try:
-        leadership = Leadership(journal, c.leader_lease_time, c.leader_renew_interval)
-    except ValueError as exc:
-        config.fail(PROG, f"configuration error: {exc}", code=2)
+    leadership = Leadership(journal, c.leader_lease_time, c.leader_renew_interval)
     stats.health.not_started(f"passive: waiting for the leader lease ({leadership.holder})")
     return leadership if leadership.wait(stop, SteadyClock().now) else False
 

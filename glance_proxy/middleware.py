@@ -362,7 +362,8 @@ def filter_factory(global_conf: dict[str, Any], **local_conf: Any) -> Callable[[
         enabled = False
     if not enabled:
         return lambda app: app
-    LOG.info("glance-sync: image events go to %s:%s", conf.sync_server_host, conf.sync_server_port)
+    LOG.info("glance-sync: image events go to %s",
+             ", ".join(conf.sync_servers) or f"{conf.sync_server_host}:{conf.sync_server_port}")
     senders = SenderHolder(conf)
     secret = load_internal_secret(conf, strict=False)
 

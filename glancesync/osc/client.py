@@ -1,8 +1,8 @@
 """The plugin's client: the coordinator's status over zmq, and ``glance-sync-manage`` for the repairs.
 
-The status comes the way ``glance-sync-status`` gets it (``glancesync.status.query``):
-one ``status_query`` to ``sync_server_host``/``sync_server_port`` of a
-``glance-sync.conf``, with that file's ``[curve]`` keys (a key of the ``status`` or
+The status comes the way ``glance-sync-status`` gets it (``glancesync.status.query_any``):
+one ``status_query`` to ``sync_server_host``/``sync_server_port`` (or, in turn, to the
+``sync_servers`` of a pair) of a ``glance-sync.conf``, with that file's ``[curve]`` keys (a key of the ``status`` or
 ``operator`` role; ``doc/keys-and-roles.md``).  Which file: ``--sync-config``, else
 ``$OS_GLANCE_SYNC_CONFIG``, else ``/etc/glance-sync/glance-sync.conf`` when it exists.
 
@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 from osc_lib import exceptions
 
-from glancesync import status, untrusted
+from glancesync import status, transport, untrusted
 from glancesync.exceptions import GlanceSyncError
 
 CONFIG_ENV = "OS_GLANCE_SYNC_CONFIG"
@@ -48,6 +48,7 @@ class SyncClient:
         self.options: argparse.Namespace | None = None
         self.conf: Any = None
         self.context: zmq.Context | None = None
+        self._targets: transport.Failover | None = None
 
     def configure(self, options: argparse.Namespace) -> SyncClient:
         """Read the config files the options name; CommandError for one that does not load."""
@@ -59,21 +60,21 @@ class SyncClient:
             raise fail(exc) from None
         return self
 
-    def _where(self) -> tuple[str, int]:
+    def _coordinators(self) -> transport.Failover:
         assert self.options is not None and self.conf is not None, "configure() first"
-        host = self.options.sync_host or self.conf.sync_server_host
-        port = self.options.sync_port if self.options.sync_port is not None else self.conf.sync_server_port
-        return host, port
+        if self._targets is None:  # kept, so a pair's active coordinator is asked first next time
+            self._targets = status.coordinators(self.conf, self.options.sync_host, self.options.sync_port)
+        return self._targets
 
     def query(self, view: str, image_id: str | None = None, timeout: float | None = None) -> dict[str, Any]:
         """The ``data`` of the coordinator's reply to one status query; CommandError when there is none."""
         assert self.options is not None
-        host, port = self._where()
         if self.context is None:
             self.context = zmq.Context()
         try:
-            return status.query(self.context, self.conf, host, port, {"view": view, "image_id": image_id},
-                                timeout or self.options.answer_timeout, self.options.sync_key_file)
+            return status.query_any(self.context, self.conf, self._coordinators(),
+                                    {"view": view, "image_id": image_id},
+                                    timeout or self.options.answer_timeout, self.options.sync_key_file)
         except status.StatusFailure as exc:
             raise fail(exc) from None
         except GlanceSyncError as exc:  # a key that does not load, a CURVE file missing

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 
@@ -76,3 +78,29 @@ def test_without_a_fence_the_journal_never_reads_the_lease(journal: Journal) -> 
     sa.event.listen(journal.engine, "before_cursor_execute", lambda _c, _cur, stmt, *_a: seen.append(stmt))
     journal.record_event("e1", "uploaded", "i1", {"event_id": "e1"}, 101.0, "t")
     assert seen and not [s for s in seen if "leader" in s]
+
+
+def test_a_takeover_never_interleaves_with_the_holders_open_iteration(journal: Journal, other: Journal) -> None:
+    # The fence locks the lease row for the holder's whole transaction (FOR UPDATE on a server,
+    # the write lock on SQLite): a taker waits, and the holder's iteration lands before the takeover.
+    generation = journal.take_leader("a", 100.0, LEASE)
+    journal.fence_with("a", generation)
+    taken, result = threading.Event(), []
+
+    def take() -> None:
+        result.append(other.take_leader("b", 1000.0, LEASE))  # a's lease long lapsed on b's clock
+        taken.set()
+
+    taker = threading.Thread(target=take)
+    with journal.batch():
+        journal.record_event("e1", "uploaded", "i1", {"event_id": "e1"}, 101.0, "t")
+        taker.start()
+        taken.wait(1.0)
+        took_during = taken.is_set()
+        journal.record_event("e2", "uploaded", "i2", {"event_id": "e2"}, 101.0, "t")
+    taker.join(60)
+    assert not took_during and result == [generation + 1]
+    with other.engine.connect() as conn:
+        assert {r[0] for r in conn.exec_driver_sql("SELECT event_id FROM events")} == {"e1", "e2"}
+    with pytest.raises(LeaseLost):  # and the next iteration of a is refused
+        journal.record_event("e3", "uploaded", "i3", {"event_id": "e3"}, 102.0, "t")

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from coordinator import cmd
 from coordinator.journal import Journal
 from coordinator.leadership import Leadership
 from coordinator.registrar import Registrar
@@ -13,7 +14,7 @@ from coordinator.service import Service
 from glancesync import protocol
 from glancesync.exceptions import JournalError
 
-from .conftest import IMAGE_ID, NOW
+from .conftest import IMAGE_ID, NOW, make_conf
 from .test_service import dealer, pump
 
 LEASE, INTERVAL = 15.0, 5.0
@@ -58,7 +59,7 @@ def test_an_active_that_cannot_renew_stops_acting_at_expiry(journal: Journal, mo
     assert "not renewed before it expired" in active.lost
 
 
-def test_the_passive_waits_binding_nothing_and_takes_a_released_lease(journal: Journal, other: Journal) -> None:
+def test_the_passive_waits_and_takes_a_released_lease_at_once(journal: Journal, other: Journal) -> None:
     active = Leadership(journal, LEASE, INTERVAL, holder="a")
     assert active.try_take(NOW)
     passive = Leadership(other, LEASE, 0.01, holder="b")
@@ -113,3 +114,14 @@ def test_a_clean_stop_releases_the_lease(conf, stores, journal, other, client, r
     svc.shutdown()
     assert other.leader_row()[:2] == (None, 0.0)
     assert Leadership(other, LEASE, INTERVAL, holder="b").try_take(NOW + 2)  # at once, not after the lease
+
+
+def test_a_renew_interval_over_half_the_lease_stops_the_coordinator_with_one_line(tmp_path, db_url, store_yaml,
+                                                                                   capsys) -> None:
+    make_conf(tmp_path, db_url, store_yaml,
+              coordinator={"pair": True, "leader_lease_time": 4, "leader_renew_interval": 3})
+    with pytest.raises(SystemExit) as stopped:
+        cmd.main(["--config-file", str(tmp_path / "coordinator.conf")])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "leader_renew_interval (3) must be at most half" in err
