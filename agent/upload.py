@@ -10,7 +10,8 @@ left behind:
 - the id is ``queued`` (a half-made image from a failed upload): upload into it;
 - the id does not exist: create it with the cascading image's properties, upload;
 - the id was deleted in this region: glance never lets a deleted id be created
-  again (the row is soft-deleted), so that is a final, non-retryable failure;
+  again (the row is soft-deleted) until an operator purges that row, so that is a
+  non-retryable failure (the reconciler tries again on its slow schedule);
 - the id is ``active`` with other bytes: only an operator can sort that out.
 
 Glance recomputes ``checksum`` and ``os_hash_value`` on upload; the record is read
@@ -141,7 +142,8 @@ def create(client: Any, image: dict[str, Any], endpoint: str) -> None:
         if glance.get_image(client, image_id, endpoint) is None:
             raise _fail(
                 endpoint,
-                f"image id {image_id} was deleted in this region; glance never re-creates a deleted id",
+                f"image id {image_id} was deleted in this region; glance never re-creates a deleted id until "
+                "an operator purges it there (glance-manage db purge_images_table; doc/runbook.md)",
                 retryable=False,
             ) from None
     except TypeError as exc:

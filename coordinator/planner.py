@@ -24,8 +24,10 @@ fail at once (a source we refuse to read from, an image that never became active
   it), ``update`` where the region holds the image, ``delete`` of a synced copy the
   strategy no longer targets (the reconciler's ``unwanted``, within its safety limit).
 
-A target whose record is ``deleted`` (or ``deleting``) gets no copy: Glance never takes
-a deleted id back.  ``Plan.problems`` says so, for status's targeting error.
+A target whose record is ``deleted`` (or ``deleting``) gets no copy from an event: Glance
+never takes a deleted id back until an operator purges it in that region.  ``Plan.problems``
+says so, for status's targeting error.  Only an operator's resync or sync and a reconciler
+``drift`` copy try again (the agent's create tells whether the id was purged).
 
 Copy and update tasks of a shared image carry its ``members`` (the coordinator's own
 listing, fetched with the image), so every region shares it with the same projects.
@@ -56,6 +58,8 @@ UPDATE_EVENTS = frozenset({"updated", "tags_changed", "deactivated", "reactivate
 RECOPY_EVENTS = frozenset({"updated", "reactivated"})
 # Statuses of an image glance has let go of; any other status means it still exists.
 GONE_STATUSES = frozenset({"deleted", "killed", "pending_delete"})
+# A copy task's payload key: it is planned over a deleted region (coordinator-side only, never sent).
+RESTORE = "restore"
 # (image_id, file:// url) -> absolute path in the cascading store; storemap.source_path.
 SourcePath = Callable[[str, str], str]
 
@@ -114,7 +118,8 @@ def removals(targets: Iterable[str], strategy: str, existing: Mapping[str, Regio
 def deleted_targets(targets: Iterable[str], existing: Mapping[str, RegionRecord], image_id: str) -> list[str]:
     """Why targets whose copy was deleted get none again (glance never re-creates a deleted id)."""
     return [f"region {r!r}: the copy of image {image_id} there was deleted (its targets changed) and glance "
-            f"never creates a deleted id again; not copied until an operator purges the id in {r}'s glance"
+            f"never creates a deleted id again; not copied until an operator purges the id in {r}'s glance "
+            "(doc/runbook.md)"
             for r in targets
             if r in existing and existing[r].state in (SyncState.DELETED, SyncState.DELETING)]
 
@@ -139,9 +144,11 @@ def _needs_copy(record: RegionRecord | None, image: Mapping[str, Any], operator:
         return True
     if record.state == SyncState.CANCELLED:
         return operator  # an operator stopped it: only an operator starts it again
-    if record.state in (SyncState.DELETING, SyncState.DELETED):
-        # Glance never takes a deleted id back; a region mid-delete must finish first.
-        return False
+    if record.state == SyncState.DELETED:
+        # Glance takes a deleted id back only once an operator purged it: only an operator asks.
+        return operator
+    if record.state == SyncState.DELETING:
+        return False  # a region mid-delete must finish first
     if record.state == SyncState.SYNCED:
         return record.os_hash_value != image.get("os_hash_value")
     if record.state in ACTIVE_STATES and record.task_kind == "copy":
@@ -174,13 +181,22 @@ def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str,
     except SourceRefused as exc:
         plan.failures = {region: str(exc) for region in needed}
         return plan
-    plan.tasks = [NewTask(region, "copy", _payload(image, source, members)) for region in needed]
+    plan.tasks = [NewTask(region, "copy", _restore(_payload(image, source, members), existing.get(region)))
+                  for region in needed]
     return plan
 
 
+def _restore(payload: dict[str, Any], record: RegionRecord | None) -> dict[str, Any]:
+    """Mark a copy over a deleted region (the journal lets only such a copy move it on)."""
+    if record is not None and record.state == SyncState.DELETED:
+        payload[RESTORE] = True
+    return payload
+
+
 def _may_repair(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
-    """A drift copy: also over a synced record (its copy or location went missing), never mid-task."""
-    return record is None or record.state in (SyncState.SYNCED, SyncState.FAILED)  # never cancelled
+    """A drift copy: also over a synced record (its copy or location went missing) or a deleted one
+    (the id may have been purged), never mid-task."""
+    return record is None or record.state in (SyncState.SYNCED, SyncState.FAILED, SyncState.DELETED)
 
 
 def _repairs(image: Mapping[str, Any], repairs: Mapping[str, str], existing: Mapping[str, RegionRecord],
@@ -228,7 +244,8 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     # A name that is no region (a typo) removes nothing: fixing it must not cost a copy.
     removable = [] if targeting_problems(image, regions, strategy) else removals(targets, strategy, existing, asked)
     result = _plan_image(kind, image, targets, removable, existing, source_path, operator, members, repairs)
-    result.problems = deleted_targets(targets, existing, image_id)
+    copied = {t.region for t in result.tasks if t.kind == "copy"}
+    result.problems = deleted_targets([r for r in targets if r not in copied], existing, image_id)
     return result
 
 

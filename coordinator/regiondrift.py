@@ -8,7 +8,9 @@ says what to do about each difference:
 
 - ``copy``: an active image that a target region should hold and does not: no copy
   was ever planned there (a region added later, a lost ``uploaded`` after a seen
-  ``created``); the copy failed long enough ago (``failed_retry_after``); the
+  ``created``); the copy failed, or was deleted (the region was untargeted, then
+  targeted again), long enough ago (``failed_retry_after``: a deleted id comes back
+  only once an operator purged it in that region, and the agent's create tells); the
   journal says ``synced`` but the region's glance no longer lists it (deleted by
   hand: the agent restores it under the same id, or reports that glance refuses a
   deleted id); or its ``cascaded://`` location is missing from the cascading image
@@ -91,7 +93,8 @@ class Policy:
         target by strategy: the copies an operator asked for (journaled) are kept up to date,
         none is added and none is unwanted."""
         if strategies.canonical(self.strategy) in (strategies.NONE, strategies.ON_DEMAND):
-            return [r for r in self.regions if r in facts]
+            # A deleted copy is no longer one an operator asked for; a sync asks again.
+            return [r for r in self.regions if r in facts and facts[r].state != SyncState.DELETED]
         return planner.target_regions(image, self.regions, self.strategy, self.rules)
 
 
@@ -134,13 +137,17 @@ def _judge(image: Mapping[str, Any], region: str, fact: Fact | None, regional: M
     active = image.get("status") == "active"
     if fact is None:
         return ("copy", "no copy was ever planned for this region") if active else None
-    if fact.state in ACTIVE_STATES or fact.state in (SyncState.DELETED, SyncState.CANCELLED):
-        return None  # in flight, final, or stopped by an operator until one asks again
+    if fact.state in ACTIVE_STATES or fact.state == SyncState.CANCELLED:
+        return None  # in flight, or stopped by an operator until one asks again
+    waited = policy.now - fact.updated_at
+    due = active and policy.failed_retry_after > 0 and waited >= policy.failed_retry_after
     if fact.state == SyncState.FAILED:
-        waited = policy.now - fact.updated_at
-        if active and policy.failed_retry_after > 0 and waited >= policy.failed_retry_after:
-            return "copy", f"failed {waited:.0f} s ago; tried again"
-        return None
+        return ("copy", f"failed {waited:.0f} s ago; tried again") if due else None
+    if fact.state == SyncState.DELETED:
+        # Glance refuses the id (409) until an operator purges it there: the agent's create
+        # is the test, and a refusal leaves the region failed with that reason.
+        return ("copy", f"the copy here was deleted {waited:.0f} s ago and the region is a target again; "
+                        "tried again in case an operator purged the id") if due else None
     return _synced_drift(image, region, regional)
 
 

@@ -94,7 +94,9 @@ coordinator_opts = [
         min=0.0,
         help="Seconds after which the reconciler copies a failed (image, region) again (the slow "
         "schedule for failures that may have passed: a region that was full, a glance that "
-        "refused for a while). A failure that cannot pass fails again and waits again. 0: failed "
+        "refused for a while). A failure that cannot pass fails again and waits again. Also the "
+        "wait before a region whose copy was deleted, and that is a target again, is tried again: "
+        "its glance refuses the id until an operator purges it there. 0: failed and deleted "
         "regions wait for 'glance-sync-manage resync'. Related options: reconcile_interval.",
     ),
     cfg.IntOpt(

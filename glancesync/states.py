@@ -4,7 +4,7 @@
 
     pending -> assigned -> transferring -> registering -> synced
         \\__________\\______________\\______________\\___> failed(reason)
-    (any live state) -> deleting -> deleted
+    (any live state) -> deleting -> deleted (-> pending: a copy again, once the id was purged)
     pending | assigned | transferring -> cancelled (an operator's cancel, or a delete)
 
 ``assigned``: a task was handed to an agent that has not acknowledged it yet.
@@ -16,7 +16,10 @@ registration that fails for a reason that may pass stays ``registering`` (retrie
 own horizon).  ``synced`` also needs two facts kept beside the state in the journal: the
 copy is verified and registered, and the newest metadata is applied (doc/states.md); an
 update that finishes without a registered copy makes the region ``failed``.
-``deleted`` is final: glance never lets a deleted image id be created again in that region.
+``deleted`` is final while glance keeps the id: glance never lets a deleted image id be
+created again in that region until an operator purges its row there.  Only a copy moves it
+on (back to ``pending``): the reconciler's slow retry or an operator's resync, whose create
+glance refuses (409) until that purge, so the region then shows ``failed`` with that reason.
 ``cancelled``: an operator (``glance-sync-manage cancel``) or a delete of the cascading
 image stopped the copy before it was made; it is never retried on its own, only by an
 operator's ``resync``/``sync`` (back to ``pending``) or ended by a delete.
@@ -51,7 +54,7 @@ TRANSITIONS: dict[SyncState, frozenset[SyncState]] = {
     S.SYNCED: frozenset({S.PENDING, S.DELETING}),
     S.FAILED: frozenset({S.PENDING, S.DELETING}),
     S.DELETING: frozenset({S.DELETED, S.FAILED, S.DELETING}),
-    S.DELETED: frozenset(),
+    S.DELETED: frozenset({S.PENDING}),
     S.CANCELLED: frozenset({S.PENDING, S.DELETING}),
 }
 del S

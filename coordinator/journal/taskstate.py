@@ -93,10 +93,12 @@ class TaskStateMixin:
             self._count_region(region, None, target.value)
             return
         current = SyncState(row.state)
-        if current == target or can_move(current, target):
+        # A deleted region refuses all work but a copy planned as a restore (planner.RESTORE: glance
+        # takes the id back only once an operator purged it, and the agent's create tells).
+        restorable = current != S.DELETED or (task.kind == "copy" and task.payload.get("restore") is True)
+        if restorable and (current == target or can_move(current, target)):
             self._move_region(conn, image_id, region, current, target, now, **fields)
             return
-        # Only a deleted region refuses new work: glance never lets that id come back.
         self._set_task(conn, task, S.FAILED, now, last_error="the image was deleted in this region",
                        finished_at=now)
         self._advance(conn, image_id, region, now)
