@@ -22,6 +22,7 @@ Usage: ``.venv/bin/python bench/control.py`` (defaults: a quick run);
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,8 @@ class Run:
                                               daemon=True)
         self.glance.start()
         cascading_port, regional_port = parent.recv()
+        self.glance_urls = {"cascading": f"http://127.0.0.1:{cascading_port}",
+                            "regional": f"http://127.0.0.1:{regional_port}"}
         store = {
             "cascading": {"store": {"host": "127.0.0.1", "user": "glance", "private_key_file": "/nonexistent",
                                     "known_hosts_file": "/nonexistent", "store_dir": str(store_dir)}},
@@ -106,7 +110,9 @@ class Run:
     def start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         profile = ["-m", "cProfile", "-o", str(self.base / "coordinator.prof")] if os.environ.get("BENCH_PROFILE") else []
-        self.proc = subprocess.Popen([sys.executable, *profile, "-m", "coordinator.cmd", "--config-file", str(self.conf)],
+        # bench/sqlcount.py runs the coordinator's main and counts its SQL statements.
+        self.proc = subprocess.Popen([sys.executable, *profile, str(ROOT / "bench" / "sqlcount.py"),
+                                      str(self.base / "sql.json"), "--config-file", str(self.conf)],
                                      env=env, cwd=self.base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while self.query(timeout=0.5) is None:
@@ -137,11 +143,19 @@ class Run:
                 raise SystemExit("agents did not all come online")
             time.sleep(0.2)
 
+    def glance_requests(self) -> dict[str, int]:
+        """Requests the fake glances served, by server and kind (``cascading get``...)."""
+        served = {}
+        for name, url in self.glance_urls.items():
+            with urllib.request.urlopen(f"{url}/bench/requests", timeout=10) as reply:  # noqa: S310
+                served.update({f"{name} {kind}": n for kind, n in json.loads(reply.read()).items()})
+        return served
+
     def stop(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {}
+        counts: dict[str, Any] = {"glance": self.glance_requests()}
         if self.agents is not None:
             self.agent_pipe.send("stop")
-            counts = self.agent_pipe.recv()
+            counts.update(self.agent_pipe.recv())
             self.agents.join(10)
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
@@ -152,6 +166,8 @@ class Run:
         found = re.findall(r"longest loop iteration: ([0-9.]+) ms", log)
         counts["longest_ms"] = float(found[-1]) if found else None
         counts["slow_iterations"] = len(re.findall(r"a loop iteration took", log))
+        sql = self.base / "sql.json"
+        counts["sql"] = json.loads(sql.read_text()) if sql.exists() else {}
         return counts
 
 
@@ -192,8 +208,11 @@ def throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         done = synced(run.query())
     finally:
         counts = run.stop()
+    sql = counts.pop("sql")
+    counts["glance_per_task"] = {kind: n / max(done, 1) for kind, n in sorted(counts.pop("glance").items())}
+    per_task = {kind: n / max(done, 1) for kind, n in sorted(sql.items(), key=lambda kv: -kv[1])}
     return {"tasks": done, "elapsed": elapsed, "per_s": done / elapsed, "cpu_ms_per_task": 1000 * cpu / max(done, 1),
-            **counts}
+            "sql_per_task": per_task, **counts}
 
 
 def status_latency(args: argparse.Namespace, base: Path) -> dict[str, Any]:
@@ -244,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{args.capacity}) synced in {r['elapsed']:.1f} s: {r['per_s']:.0f} tasks/s; coordinator "
                   f"{r['cpu_ms_per_task']:.1f} CPU-ms per task; longest loop iteration {r['longest_ms']} ms "
                   f"({r['slow_iterations']} over heartbeat_interval); agents saw {r.get('tasks')} task messages")
+            print("  glance requests per task: " + ", ".join(
+                f"{kind} {n:.2f}" for kind, n in r["glance_per_task"].items()))
+            print("  SQL statements per task (whole run): " + ", ".join(
+                f"{kind} {n:.1f}" for kind, n in r["sql_per_task"].items()))
         if args.skip != "status":
             r = status_latency(args, Path(tmp) / "status")
             print(f"status summary with {args.status_tasks} tasks journaled and {args.status_agents} agents online: "

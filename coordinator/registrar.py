@@ -10,16 +10,15 @@ threads never touch it):
   mismatch must never be registered); only then add ``cascaded://<region>/<id>``
   with metadata ``{"region": region}`` unless the image already lists it.  "already
   exists" from glance counts as done.  The agent's report serves only to link two
-  different hashing algorithms (doc/verification.md).  The regions of one image that
-  finished while its job waited for a worker go together: one read of the cascading
-  image, each regional image read and verified, one PATCH adding every location, one
-  read after (a PATCH refused as a whole because one location appeared meanwhile is
-  redone one location at a time).
+  different hashing algorithms (doc/verification.md).  Copies that finished while a
+  job waited go together: one listing per region of their regional images (``id=in:``;
+  what it leaves out is read alone), then per image one read of the cascading image,
+  one PATCH adding every location and one read after (a PATCH refused as a whole
+  because one location appeared meanwhile is redone one location at a time).
 - ``unregister``: a delete task came back ``done``.  Remove that region's location if
   the image still exists and keeps another one (glance refuses to remove the last).
-- ``fetch``: the image record (with locations) that an event is planned from; for an
-  import, poll until it is active, every ``snapshot_sleep_interval`` up to
-  ``snapshot_timeout``.
+- ``fetch``: the image record (with locations) an event is planned from: one GET (an
+  import still on its way is fetched again later by the loop).
 
 Every request carries ``INTERNAL_REQUEST_HEADER`` signed with the shared secret
 (glancesync.marker, set up by ``cascading_endpoint``) so that the glance_proxy
@@ -44,6 +43,7 @@ from oslo_config import cfg
 
 from coordinator import reconciler
 from coordinator.journal import EventRow, TaskRow
+from coordinator.regionalreads import RegionalReads
 from glancesync import glance, marker, protocol, verify
 from glancesync.exceptions import ConfigError, GlanceError, GlanceSyncError, VerificationError
 from glancesync.opts import GLANCE_GROUP
@@ -145,6 +145,9 @@ class Registrar:
         # Copy tasks waiting for their image's registration job, per image id.
         self._waiting: dict[str, list[TaskRow]] = {}
         self._waiting_lock = threading.Lock()
+        # The first stage of ``register``: regional images read one listing per region.
+        self.reads = RegionalReads(self.pool.submit, self._regional_client, self._queue_image)
+        self.gathering = self.reads.gathering
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -181,7 +184,11 @@ class Registrar:
 
     def register(self, task: TaskRow) -> None:
         """Verify and register ``task``'s copy, together with the other regions of its image that
-        finished meanwhile: one read of the cascading image and one PATCH for all of them."""
+        finished meanwhile: one read of the cascading image and one PATCH for all of them,
+        after one listing per region of the regional images (coordinator/regionalreads.py)."""
+        self.reads.add(task)
+
+    def _queue_image(self, task: TaskRow) -> None:
         with self._waiting_lock:
             waiting = self._waiting.setdefault(task.image_id, [])
             waiting.append(task)
@@ -235,6 +242,7 @@ class Registrar:
                    redo: bool = False) -> TaskResult:
             return TaskResult(task.task_id, task.attempt, ok, reason, retryable, h, redo)
 
+        listed = self.reads.take(batch)
         try:
             image = self._get(image_id)
         except GlanceSyncError as exc:
@@ -247,7 +255,7 @@ class Registrar:
         to_add: list[tuple[TaskRow, str]] = []
         for task in batch:
             try:
-                self._verify_regional(task, image)
+                self._verify_regional(task, image, listed.get(task.task_id))
             except GlanceSyncError as exc:
                 LOG.warning("image %s region %s: not registered: %s", image_id, task.region, exc)
                 redo = isinstance(exc, VerificationError) and exc.retryable
@@ -268,15 +276,16 @@ class Registrar:
             done += [result(task, True, h=image.get("os_hash_value")) for task, _url in to_add]
         return done
 
-    def _verify_regional(self, task: TaskRow, image: dict[str, Any]) -> None:
-        """Read the regional image with the region's own credentials and compare it with ``image``.
+    def _verify_regional(self, task: TaskRow, image: dict[str, Any], listed: dict[str, Any] | None = None) -> None:
+        """Compare the regional image, read with the region's own credentials, with ``image``.
 
-        A region that holds other bytes under this id needs an operator (not
-        retryable); a regional image that is missing or not active yet is retried,
-        and the agent's next attempt finds out what became of it.
+        ``listed``: the regional record a listing showed after the agent's ``done``; without
+        it the image is read now.  A region holding other bytes under this id needs an
+        operator (not retryable); a regional image missing or not active yet is retried.
         """
         where = f"glance of region {task.region}"
-        regional = glance.get_image(self._regional_client(task.region), task.image_id, where)
+        regional = listed if listed is not None else glance.get_image(
+            self._regional_client(task.region), task.image_id, where)
         if regional is None:
             raise VerificationError(image_id=task.image_id, retryable=True,
                                     detail=f"the agent reported done, but {where} has no such image")

@@ -178,8 +178,9 @@ class Service:
         # Frames and glance results beyond this wait in their queues for the next iteration.
         self._deadline = started + min(ITERATION_BUDGET, self.conf.coordinator.heartbeat_interval / 4)
         try:
-            # Every journal write of the frames and of the steps below: one transaction, one commit.
-            with self.journal.batch():
+            # Every journal write of the frames and of the steps below: one transaction, one commit;
+            # the copies reported done in it have their regional images read together (one listing per region).
+            with self.registrar.gathering(), self.journal.batch():
                 for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
                     if sock in ready:
                         self._drain(sock, handler, now)

@@ -183,7 +183,7 @@ class TaskDesk:
         ``older``: a report of an older attempt counts for the current one when this
         agent holds it (one worker per task: it is the same worker's).
         """
-        task = self.journal.task(body["task_id"])
+        task = self.journal.held_task(body["task_id"])
         if task is not None and task.agent_id == session.agent_id and task.region == session.region:
             if task.attempt == body["attempt"]:
                 return task.attempt

@@ -20,7 +20,7 @@ and acknowledging only after its commit (doc/control-plane.md).
 
 Three tables live in memory, read from the journal once and changed only when the
 write that changes them commits (``on_commit``): the lease heap (``leases``), the
-per-region status counters (``views``) and the held deletions (``holds``); progress
+rows of running tasks (``livetasks``), the per-region status counters (``views``) and the held deletions (``holds``); progress
 reports are kept in memory and written every few seconds (``taskstate``).
 
 The journal is split by job, each module a mixin of ``Journal`` and together the only
@@ -48,6 +48,7 @@ from coordinator.journal.engine import make_engine
 from coordinator.journal.holds import HeldDelete, HoldsMixin
 from coordinator.journal.leader import LeaderMixin, LeaseLost
 from coordinator.journal.leases import LeaseMixin
+from coordinator.journal.livetasks import LiveTaskMixin
 from coordinator.journal.operations import Cancelled, OperationsMixin
 from coordinator.journal.planning import PlanningMixin
 from coordinator.journal.retention import RetentionMixin
@@ -57,13 +58,14 @@ from coordinator.journal.views import ViewsMixin
 __all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "LeaseLost", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, LeaseMixin, ViewsMixin, RetentionMixin,
-              LeaderMixin, JournalBase):
+class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
+              RetentionMixin, LeaderMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 
     def forget_memory(self) -> None:
-        """Drop the in-memory tables (leases, status counters, held deletions); each is read from the journal again
-        on next use."""
+        """Drop the in-memory tables (leases, status counters, held deletions, running tasks); each is read from
+        the journal again on next use."""
         self._lease_table = None
+        self._live_table = None
         self._count_table = None
         self._held_table = None

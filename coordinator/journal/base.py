@@ -145,6 +145,8 @@ class JournalBase:
         self._batch_broken: JournalError | None = None
         # What to do once each open transaction level commits (``on_commit``), innermost last.
         self._effects: list[list[Callable[[], None]]] = []
+        # What to undo if each open transaction level rolls back (``on_rollback``), innermost last.
+        self._undos: list[list[Callable[[], None]]] = []
         # Progress reports not written yet: task_id -> (attempt, image_id, region, done, total, at).
         self._progress: dict[str, tuple[int, str, str, int, int, float]] = {}
 
@@ -161,6 +163,15 @@ class JournalBase:
             self._effects[-1].append(effect)
         else:
             effect()
+
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` if what was written so far rolls back (a savepoint or the whole batch).
+
+        For in-memory shortcuts changed at once (the rows of running tasks): a call later
+        in the same batch must see what an earlier one wrote, before the commit.
+        """
+        if self._undos:
+            self._undos[-1].append(undo)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -220,20 +231,29 @@ class JournalBase:
         (``DBDeadlock``, ``DBDuplicateEntry``...), which ``engine.retry_on_deadlock`` reads.
         """
         effects: list[Callable[[], None]] = []
+        undos: list[Callable[[], None]] = []
         self._effects.append(effects)
         top = self._batch_conn is None
+        self._undos.append(undos)
         try:
             with self._begin() as conn:
                 if top:  # a pair's active coordinator: is the lease still ours (leader.py)?
                     self.check_fence(conn)
                 yield conn
-        except (sa.exc.SQLAlchemyError, db_exc.DBError, OverflowError) as exc:
-            error = _journal_error(exc)
-            if self._batch_conn is not None and error.retryable and self._batch_broken is None:
-                self._batch_broken = JournalError(detail=f"the batch's transaction broke ({error})")
-            raise error from exc
+        except BaseException as exc:
+            for undo in reversed(undos):
+                undo()
+            if isinstance(exc, (sa.exc.SQLAlchemyError, db_exc.DBError, OverflowError)):
+                error = _journal_error(exc)
+                if self._batch_conn is not None and error.retryable and self._batch_broken is None:
+                    self._batch_broken = JournalError(detail=f"the batch's transaction broke ({error})")
+                raise error from exc
+            raise
         finally:
             self._effects.pop()
+            self._undos.pop()
+        if self._undos:  # the enclosing level may still roll back
+            self._undos[-1].extend(undos)
         for effect in effects:  # committed (or, in a batch, part of what the batch commits)
             self.on_commit(effect)
 

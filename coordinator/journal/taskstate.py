@@ -7,6 +7,7 @@ and its transaction rolls back.  Tasks of one (image, region) run one at a time 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,6 +31,7 @@ from glancesync.exceptions import StaleAttempt
 from glancesync.states import SyncState, can_move
 
 S = SyncState
+_RegionRow = collections.namedtuple("_RegionRow", "state task_id")
 # Keyword values of ``_set_task`` that go to the (image, region) row only.
 _REGION_ONLY = ("os_hash_value", "copy_registered_at", "metadata_applied_at")
 
@@ -64,10 +66,18 @@ class TaskStateMixin:
             raise StaleAttempt(f"{image_id}/{region} is no longer {expected}", task_id=None, attempt=None)
         self._count_region(region, expected.value, new.value)
 
-    def _advance(self, conn: Connection, image_id: str, region: str, now: float) -> None:
-        """Point the (image, region) at its earliest unfinished task, if the current one is done."""
-        row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
-            image_regions.c.image_id == image_id, image_regions.c.region == region)).first()
+    def _advance(self, conn: Connection, image_id: str, region: str, now: float,
+                 finished: SyncState | None = None) -> None:
+        """Point the (image, region) at its earliest unfinished task, if the current one is done.
+
+        ``finished``: the region's state, when the caller just moved it with the final change
+        of the task that drives it (nothing to read to know that the current task is done).
+        """
+        if finished is not None:
+            row = _RegionRow(finished.value, None)
+        else:
+            row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
+                image_regions.c.image_id == image_id, image_regions.c.region == region)).first()
         if row is not None and row.task_id is not None:
             state = conn.execute(sa.select(tasks.c.state).where(tasks.c.task_id == row.task_id)).scalar()
             if state not in _FINAL:
@@ -105,8 +115,12 @@ class TaskStateMixin:
 
     # -- tasks ----------------------------------------------------------------------
 
-    def _set_task(self, conn: Connection, task: TaskRow, new: SyncState, now: float, **values: Any) -> None:
-        """Compare-and-set one task (same state and attempt) and carry its region along."""
+    def _set_task(self, conn: Connection, task: TaskRow, new: SyncState, now: float,
+                  **values: Any) -> SyncState | None:
+        """Compare-and-set one task (same state and attempt) and carry its region along.
+
+        Returns the region's new state when this task drives its region, else None.
+        """
         if not can_move(task.state, new):
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
         # Facts of the (image, region) only, not columns of the task.
@@ -116,23 +130,48 @@ class TaskStateMixin:
             tasks.c.task_id == task.task_id, tasks.c.state == task.state.value,
             tasks.c.attempt == task.attempt).values(**values))
         if result.rowcount != 1:
+            self._live_stale(task.task_id)
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
         self._lease_changed(task, new, values)
+        self._live_changed(task, new, values)
         if new not in (S.ASSIGNED, S.TRANSFERRING):
             self.on_commit(lambda: self._progress.pop(task.task_id, None))
-        region_row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
-            image_regions.c.image_id == task.image_id, image_regions.c.region == task.region)).first()
-        if region_row is None or region_row.task_id != task.task_id:
-            return
         mirrored = {k: values[k] for k in ("last_error", "bytes_done", "bytes_total") if k in values}
         if "attempt" in values:
             mirrored["attempts"] = values["attempt"]
         mirrored.update({k: v for k, v in region_only.items() if v is not None or k != "os_hash_value"})
         region_state = _region_state(task, new)
+        if not (task.kind == "update" and new == S.SYNCED):
+            # The common case in one statement: the region still follows this task, in the state
+            # the task's old state gave it. Anything else is read and judged below.
+            expected = _region_state(task, task.state)
+            if self._region_follows(conn, task, expected, region_state, now, mirrored):
+                return region_state
+        region_row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
+            image_regions.c.image_id == task.image_id, image_regions.c.region == task.region)).first()
+        if region_row is None or region_row.task_id != task.task_id:
+            return None
         if task.kind == "update" and new == S.SYNCED:
             region_state = self._after_update(conn, task, mirrored)
         self._move_region(conn, task.image_id, task.region, SyncState(region_row.state),
                           region_state, now, **mirrored)
+        return region_state
+
+    def _region_follows(self, conn: Connection, task: TaskRow, expected: SyncState, new: SyncState, now: float,
+                        mirrored: dict[str, Any]) -> bool:
+        """Move the region ``expected`` -> ``new`` if ``task`` drives it and it is ``expected``; whether it did."""
+        if expected != new and not can_move(expected, new):
+            return False
+        values = dict(mirrored, state=new.value, updated_at=now)
+        if new == S.SYNCED:
+            values["synced_at"] = now
+        result = conn.execute(image_regions.update().where(
+            image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
+            image_regions.c.task_id == task.task_id, image_regions.c.state == expected.value).values(**values))
+        if result.rowcount != 1:
+            return False
+        self._count_region(task.region, expected.value, new.value)
+        return True
 
     @staticmethod
     def _after_update(conn: Connection, task: TaskRow, mirrored: dict[str, Any]) -> SyncState:
@@ -152,11 +191,15 @@ class TaskStateMixin:
 
     def _current(self, conn: Connection, task_id: str, attempt: int | None,
                  states: Iterable[SyncState]) -> TaskRow:
+        states = set(states)
+        kept = self._live_row(task_id, attempt, states)
+        if kept is not None:  # the compare-and-set of ``_set_task`` still checks it
+            return kept
         row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
         if row is None:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
         task = _task(row)
-        if (attempt is not None and task.attempt != attempt) or task.state not in set(states):
+        if (attempt is not None and task.attempt != attempt) or task.state not in states:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
         return task
 
@@ -279,10 +322,11 @@ class TaskStateMixin:
                 self._set_task(conn, task, S.DELETING, now)
                 task.state = S.DELETING
                 self._set_task(conn, task, S.DELETED, now, finished_at=now)
+                self._advance(conn, task.image_id, task.region, now)
             else:
-                self._set_task(conn, task, S.SYNCED, now, finished_at=now, os_hash_value=os_hash_value,
-                               copy_registered_at=now, metadata_applied_at=now)
-            self._advance(conn, task.image_id, task.region, now)
+                moved = self._set_task(conn, task, S.SYNCED, now, finished_at=now, os_hash_value=os_hash_value,
+                                       copy_registered_at=now, metadata_applied_at=now)
+                self._advance(conn, task.image_id, task.region, now, finished=moved)
 
     @retry_on_deadlock
     def fail(self, task_id: str, attempt: int, reason: str, now: float,
@@ -315,6 +359,7 @@ class TaskStateMixin:
                      updated_at=now))
             if result.rowcount != 1:
                 raise StaleAttempt(task_id=task_id, attempt=attempt)
+            self._live_stale(task_id)  # its retries changed: read it again
             conn.execute(image_regions.update().where(
                 image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
                 image_regions.c.task_id == task_id).values(last_error=reason, updated_at=now))
