@@ -27,6 +27,13 @@ and finds drift per (image, region) for the images the journal knows
 metadata, lost locations, copies in regions no longer targeted.  Those become
 ``drift`` events naming their repairs.
 
+Bounded slices.  Nothing of a pass runs long on the poll loop: the journal is read
+(``read_inputs``) in the glance pool, on a connection of its own; the listings are
+fetched there page by page; only the pass's synthetic events are written on the loop,
+at most ``JOURNAL_SLICE`` per iteration (``Journaling``), so a first pass over 100,000
+images the journal never heard of leaves status answering and heartbeats flowing
+(doc/reconciler.md, Cost).
+
 The safety limit (``limit_deletes``): a listing can be wrong as a whole — a
 cascading database restored from an old backup, a wrong endpoint, credentials that
 do not see every project (another project's private image answers 404 too).  A
@@ -41,10 +48,11 @@ strategy changed by mistake looks like that); they stay reported as ``unwanted``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from coordinator import regiondrift
 from glancesync import glance, untrusted
@@ -60,6 +68,8 @@ SYNCABLE_STATUSES = frozenset({"active", "deactivated"})
 # Images per listing request (glanceclient follows the ``next`` links); glance caps a
 # page at its api_limit_max (1000 by default).
 PAGE_SIZE = 1000
+# Synthetic events one loop iteration journals at most; the rest wait for the next ones.
+JOURNAL_SLICE = 200
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,66 @@ class Inputs:
     # image id -> region -> (state, updated_at), as Journal.region_facts() gives it.
     facts: dict[str, dict[str, tuple[str, float]]]
     policy: regiondrift.Policy
+
+
+class JournalReads(Protocol):
+    """The journal reads a pass starts from (coordinator.journal.Journal has them)."""
+
+    def known_image_ids(self) -> set[str]: ...
+
+    def tracked_image_ids(self) -> set[str]: ...
+
+    def region_facts(self) -> dict[str, dict[str, tuple[str, float]]]: ...
+
+    def asked_regions(self) -> dict[str, set[str]]: ...
+
+
+def read_inputs(journal: JournalReads, policy: regiondrift.Policy) -> Inputs:
+    """What a pass needs from the journal; ``policy`` gets the regions operators asked for."""
+    policy = dataclasses.replace(policy, asked=journal.asked_regions())
+    return Inputs(journal.known_image_ids(), journal.tracked_image_ids(), journal.region_facts(), policy)
+
+
+@dataclass
+class Journaling:
+    """A finished pass whose synthetic events the loop journals a slice at a time.
+
+    The pass gets its number (``Journal.next_reconcile_pass``) with the first slice,
+    and every step counts only once committed (``start``, ``advance``): a slice that
+    rolls back is written again, under the same number.  ``held`` replaces the
+    journal's held deletions with the last slice: until then an operator's
+    confirmation stays recorded, so a crash between slices loses none (a confirmed
+    image is at worst shown held while its delete event is already journaled).
+    """
+
+    missing: list[str]
+    deleted: list[str]
+    repairs: list[regiondrift.Repair]
+    held: list[str]
+    generation: int | None = None
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    offset: int = 0
+    done: bool = False
+    slices: int = 0
+    made: int = 0  # events journaled (one still waiting to be planned is not made twice)
+
+    def numbered(self, generation: int) -> list[dict[str, Any]]:
+        """Every event of the pass, with ids of pass ``generation``."""
+        return synthetic_events(self.missing, self.deleted, generation, self.repairs)
+
+    def start(self, generation: int, bodies: list[dict[str, Any]]) -> None:
+        self.generation, self.bodies = generation, bodies
+
+    def next_slice(self) -> tuple[list[dict[str, Any]], list[str] | None]:
+        """The next events to journal, and the held set when this slice is the last one."""
+        end = self.offset + JOURNAL_SLICE
+        return self.bodies[self.offset:end], (self.held if end >= len(self.bodies) else None)
+
+    def advance(self, count: int, last: bool) -> None:
+        """The slice of ``count`` events is committed (with the held set when ``last``)."""
+        self.offset += count
+        self.slices += 1
+        self.done = last
 
 
 def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str]) -> dict[str, dict | None]:

@@ -7,7 +7,8 @@
 1. serve every frame that arrived: agents' session messages (dialog.py), ``event``,
    ``status_query`` and ``operator`` (operator.py) on the client socket, each only
    from a peer whose key's role may send it (glancesync.roles, looked up per message);
-2. apply what the glance thread pool finished (registrations, image fetches);
+2. apply what the glance thread pool finished (registrations, image fetches), and
+   journal the next slice of a finished reconciler pass's events;
 3. mark silent agents offline, requeue the tasks whose lease is due (a heap in
    memory), persist the progress reports kept in memory;
 4. plan journaled events that have no tasks yet (eventdesk.py), and cancel copies a
@@ -179,8 +180,8 @@ class Service:
                 for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
                     if sock in ready:
                         self._drain(sock, handler, now)
-                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self._housekeeping,
-                                  self.events.plan_events, self.operator.step))
+                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self.events.journal_slice,
+                                  self._housekeeping, self.events.plan_events, self.operator.step))
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
             LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
@@ -202,6 +203,7 @@ class Service:
 
     def _timed(self, took: float) -> None:
         self.iterations += 1
+        self.events.note_iteration(took)
         if took > self.longest_iteration:
             self.longest_iteration = took
         if took > self.conf.coordinator.heartbeat_interval:

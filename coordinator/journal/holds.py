@@ -4,8 +4,9 @@ A pass that would delete more regional copies than the safety limit allows delet
 none and records the images here (``held_deletes``); they wait until an operator
 confirms them (``glance-sync-manage reconcile --confirm-deletes``), and the next
 pass then makes their ``deleted`` events, each still confirmed by a 404 at that
-time.  The pass's synthetic events and the new set of held images are written in
-one transaction, so a confirmed image is never both deleted and still held.
+time.  A pass's synthetic events are written in slices, one per loop iteration; the
+new set of held images goes with the last one, so a confirmation is never lost: a
+crash between slices leaves it recorded, and the next pass makes its event again.
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ class HoldsMixin:
         return count
 
     @retry_on_deadlock
-    def record_reconcile(self, bodies: Iterable[dict[str, Any]], held: Iterable[str], now: float,
+    def record_reconcile(self, bodies: Iterable[dict[str, Any]], held: Iterable[str] | None, now: float,
                          sender: str) -> list[dict[str, Any]]:
         """Journal a pass's synthetic events and replace the held set by ``held``; the events made.
+
+        A pass is journaled in slices (reconciler.Journaling): ``held`` None leaves the
+        held set and the time of the last pass alone, for every slice but the last.
 
         An event is skipped when an event of the same kind for the same image still waits
         for planning (an earlier pass's, or a real one): a second pass before the first was
@@ -93,6 +97,8 @@ class HoldsMixin:
                     continue
                 self._insert_event(conn, body["event_id"], body["kind"], body["image_id"], body, now, sender)
                 made.append(body)
+            if held is None:
+                return made
             keep = set(held)
             since = {r.image_id: r.held_at for r in conn.execute(sa.select(held_deletes)).all()}
             conn.execute(held_deletes.delete())
