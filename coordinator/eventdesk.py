@@ -211,6 +211,7 @@ class EventDesk:
                 reader.close()
 
         self.registrar.reconcile(read)
+        LOG.info("reconciler: pass started over %d region(s)", len(policy.regions))
 
     def reconciled(self, result: ReconcileResult, now: float) -> None:
         """A pass's comparison is back: its events are journaled by ``journal_slice``, a slice per iteration."""

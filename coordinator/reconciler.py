@@ -190,6 +190,9 @@ class Inputs:
     # image id -> region -> (state, updated_at), as Journal.region_facts() gives it.
     facts: dict[str, dict[str, tuple[str, float]]]
     policy: regiondrift.Policy
+    # Ids with an event not planned yet: not judged per region (that event's plan decides what they
+    # get; a pass during a long initial planning must not double it with drift events).
+    waiting: set[str] = field(default_factory=set)
 
 
 class JournalReads(Protocol):
@@ -203,11 +206,14 @@ class JournalReads(Protocol):
 
     def asked_regions(self) -> dict[str, set[str]]: ...
 
+    def waiting_image_ids(self) -> set[str]: ...
+
 
 def read_inputs(journal: JournalReads, policy: regiondrift.Policy) -> Inputs:
     """What a pass needs from the journal; ``policy`` gets the regions operators asked for."""
     policy = dataclasses.replace(policy, asked=journal.asked_regions())
-    return Inputs(journal.known_image_ids(), journal.tracked_image_ids(), journal.region_facts(), policy)
+    waiting = journal.waiting_image_ids()  # read first: an event planned meanwhile shows in the facts
+    return Inputs(journal.known_image_ids(), journal.tracked_image_ids(), journal.region_facts(), policy, waiting)
 
 
 @dataclass
@@ -268,9 +274,10 @@ def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str]) 
 def region_drift(listed: dict[str, dict[str, Any]], listings: dict[str, dict | None],
                  inputs: Inputs) -> list[regiondrift.Repair]:
     """The per-(image, region) repairs of every image the journal knows."""
-    journal = {image_id: {} for image_id in inputs.known}
+    journal = {image_id: {} for image_id in inputs.known if image_id not in inputs.waiting}
     for image_id, regions in inputs.facts.items():
-        journal[image_id] = {r: regiondrift.Fact(SyncState(state), at) for r, (state, at) in regions.items()}
+        if image_id not in inputs.waiting:
+            journal[image_id] = {r: regiondrift.Fact(SyncState(state), at) for r, (state, at) in regions.items()}
     return regiondrift.find_repairs(listed, listings, journal, inputs.policy)
 
 

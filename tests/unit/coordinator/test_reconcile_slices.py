@@ -13,8 +13,8 @@ from coordinator import reconciler
 from coordinator.schema import events as events_table
 from coordinator.schema import held_deletes
 
-from .conftest import NOW, image_record
-from .test_eventdesk import reconciling_service, synced_everywhere
+from .conftest import NOW, FakeClient, add_listing, image_record
+from .test_eventdesk import reconciling_service, run_pass, synced_everywhere
 from .test_service import pump
 
 IMAGES = 23
@@ -106,5 +106,26 @@ def test_a_pass_reads_the_journal_off_the_loop_thread(tmp_path, db_url, store_ya
         pump(svc, now, until=lambda: svc.events.reconciling)
         pump(svc, now, until=lambda: not svc.events.reconciling)
         assert readers and threading.current_thread().name not in readers
+    finally:
+        svc.shutdown()
+
+
+def test_a_pass_while_events_wait_for_planning_makes_no_drift_events(
+        tmp_path, db_url, store_yaml, stores, journal, client, ctx) -> None:
+    """During a long initial planning, later passes must not double the work with ``copy`` repairs."""
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(5)]
+    client.images.records.clear()
+    for image_id in ids:
+        client.images.records[image_id] = image_record(image_id, store_dir=stores.store.store_dir)
+    listed = FakeClient()
+    add_listing(listed.images)  # the regions answer, and hold nothing yet
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, regional=listed)
+    try:
+        svc.events.plan_events = lambda now: None  # the first pass's events wait for planning
+        now = run_pass(svc, NOW)
+        assert reconciler_events(journal) == len(ids)
+        run_pass(svc, now)
+        assert reconciler_events(journal) == len(ids)
+        assert {e.kind for e in journal.unplanned_events(limit=100)} == {"uploaded"}
     finally:
         svc.shutdown()
