@@ -118,11 +118,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a coordinator killed mid-request (the restart bench): not worth a traceback
+
+
 def _server(records: dict[str, dict[str, Any]], regional: bool,
             by_region: dict[str, list[str]] | None = None) -> ThreadingHTTPServer:
     handler = type("Handler", (_Handler,), {"records": records, "regional": regional, "order": sorted(records),
                                             "by_region": by_region or {}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     return server
 

@@ -13,14 +13,16 @@ one task per image.  In one run:
    (from its start to its last event journaled), the coordinator's peak RSS, the
    longest loop iteration during it (the coordinator's own log line) and the
    latency of status summaries sent one after another during it (p50 / p99 / max);
-2. the initial planning: from the end of that pass until every image has its task;
-3. a steady pass over the same glance, now known to the journal: its time, longest
-   iteration and status latency;
-4. the journal's size;
-5. a restart: the coordinator is killed (SIGKILL) and started again; the agents find
-   it gone or are told ``disconnect`` and say hello after their jittered backoff.
-   Prints the time until all agents are back, the peak reconnect rate (hellos per
-   second) and the hellos per agent (1.0: no storm).
+2. a restart, with every image's event journaled and none planned yet: the
+   coordinator is killed (SIGKILL) and started again; the agents find it gone or are
+   told ``disconnect`` and say hello after their jittered backoff.  Prints the time
+   until all agents are back, the peak reconnect rate (hellos per second) and the
+   hellos per agent (1.00: no storm);
+3. the initial planning: from the restart until every image has its task;
+4. a pass over the same glance, now known to the journal: its time, longest
+   iteration and status latency; the coordinator's RSS and the journal's size.
+
+Each figure is printed as soon as it is measured.
 
 Usage: ``.venv/bin/python bench/scale.py`` (defaults: the issue's 100,000 images and
 500 agents; slow on a busy machine); ``--images 2000 --agents 50`` for a quick run.
@@ -144,13 +146,11 @@ def restart(run: control.Run, agents: int, timeout: float) -> dict[str, Any]:
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(60)
     killed = time.time()
-    # The first pass after the restart comes a minute later: the reconnects are measured alone.
-    run.conf.write_text(re.sub(r"reconcile_interval = .*", "reconcile_interval = 600", run.conf.read_text()))
     run.connect_client()
     run.start()
     answering = time.time()
     stats = wait_welcomed(run, agents, killed, timeout)
-    hellos = [t for t in stats["hellos"][hellos_before:]]
+    hellos = stats["hellos"][hellos_before:]
     back = max(sorted(t for t in stats["welcomes"] if t >= killed)[:agents])
     per_second = Counter(int(t - killed) for t in hellos)
     return {"start": answering - killed, "back": back - killed, "hellos": len(hellos),
@@ -158,7 +158,46 @@ def restart(run: control.Run, agents: int, timeout: float) -> dict[str, Any]:
             "spread": (max(hellos) - min(hellos)) if hellos else 0.0}
 
 
-def bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def first_pass(args: argparse.Namespace, run: control.Run, watch: Watch) -> None:
+    watch.until(PASS_STARTED, args.timeout, "the first reconciler pass")
+    found, latencies = watch.until(PASS_DONE, args.timeout, "the end of the first pass")
+    say(f"first reconciler pass (journal empty): {float(found[2]):.1f} s, {found[3]} events journaled in "
+        f"{found[4]} slices; longest loop iteration during it {found[5]} ms; status during it: "
+        f"{percentiles(latencies)}; coordinator peak RSS {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB")
+
+
+def planning(args: argparse.Namespace, watch: Watch) -> None:
+    began, latencies = time.monotonic(), []
+    while True:
+        took, data = watch.query()
+        latencies.append(took)
+        if queued(data) >= args.images:
+            break
+        if time.monotonic() - began > args.timeout:
+            raise SystemExit(f"planning: {queued(data)} of {args.images} tasks after {args.timeout} s")
+        time.sleep(0.5)
+    took = time.monotonic() - began
+    say(f"initial planning (from the restart until every image has its task): {took:.1f} s "
+        f"({args.images / max(took, 1e-9):.0f} images/s); status during it: {percentiles(latencies)}")
+
+
+def steady_pass(args: argparse.Namespace, run: control.Run, watch: Watch, base: Path) -> None:
+    watch.new_lines()  # a pass that ended during planning is not the steady one
+    watch.until(PASS_STARTED, args.timeout, "a pass over the known journal")
+    found, latencies = watch.until(PASS_DONE, args.timeout, "the end of that pass")
+    say(f"reconciler pass over the known journal: {float(found[2]):.1f} s ({found[3]} events); longest loop "
+        f"iteration during it {found[5]} ms; status during it: {percentiles(latencies)}")
+    journal = sum(p.stat().st_size for p in base.glob("journal.sqlite*"))
+    say(f"coordinator RSS: peak {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB since the restart, now "
+        f"{rss_mib(run.proc.pid):.0f} MiB; journal {journal / 2**20:.1f} MiB ({journal / max(args.images, 1):.0f} "
+        f"bytes per image)")
+
+
+def bench(args: argparse.Namespace, base: Path) -> None:
     regions = [f"Region{i:03d}" for i in range(args.regions or args.agents)]
     ids = sorted(str(uuid.uuid4()) for _ in range(args.images))
     targets = {image_id: regions[n % len(regions)] for n, image_id in enumerate(ids)}
@@ -168,36 +207,23 @@ def bench(args: argparse.Namespace, base: Path) -> dict[str, Any]:
                "coordinator": {"reconcile_interval": args.reconcile_interval,
                                "max_sessions_per_region": per_region}}
     run = control.Run(base, regions, ids, args.heartbeat, targets, options)
-    out: dict[str, Any] = {}
     try:
         started = time.monotonic()
         run.start()
         watch = Watch(run)
         start_agents(run, agent_regions, args.heartbeat)
         wait_welcomed(run, args.agents, 0.0, args.timeout)
-        out["online"] = time.monotonic() - started
-        watch.until(PASS_STARTED, args.timeout, "the first reconciler pass")
-        found, out["pass1_status"] = watch.until(PASS_DONE, args.timeout, "the end of the first pass")
-        out["pass1"] = (float(found[2]), int(found[3]), int(found[4]), int(found[5]))
-        out["pass1_rss"] = rss_mib(run.proc.pid, "VmHWM")
-        planning, latencies = time.monotonic(), []
-        while queued(data := watch.query()[1]) < args.images:
-            latencies.append(watch.query()[0])
-            if time.monotonic() - planning > args.timeout:
-                raise SystemExit(f"planning: {queued(data)} of {args.images} tasks after {args.timeout} s")
-            time.sleep(0.2)
-        out["planning"], out["planning_status"] = time.monotonic() - planning, latencies
-        watch.new_lines()  # a pass that ended during planning is not the steady one
-        watch.until(PASS_STARTED, args.timeout + 600, "a pass over the known journal")
-        found, out["pass2_status"] = watch.until(PASS_DONE, args.timeout, "the end of that pass")
-        out["pass2"] = (float(found[2]), int(found[3]), int(found[4]), int(found[5]))
-        out["rss_peak"] = rss_mib(run.proc.pid, "VmHWM")
-        out["rss_now"] = rss_mib(run.proc.pid)
-        out["journal_bytes"] = sum(p.stat().st_size for p in base.glob("journal.sqlite*"))
-        out["restart"] = restart(run, args.agents, args.timeout)
+        say(f"{args.images} images, {len(regions)} regions, {args.agents} agents online in "
+            f"{time.monotonic() - started:.1f} s")
+        first_pass(args, run, watch)
+        s = restart(run, args.agents, args.timeout)
+        say(f"restart (SIGKILL, started again): answering after {s['start']:.1f} s; all {args.agents} agents back "
+            f"{s['back']:.1f} s after the kill; peak {s['peak']} hellos/s, {s['hellos']} hellos "
+            f"({s['per_agent']:.2f} per agent) spread over {s['spread']:.1f} s")
+        planning(args, watch)
+        steady_pass(args, run, watch, base)
     finally:
         run.stop()
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,30 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds any one phase may take")
     parser.add_argument("--dir", help="keep the run's files (log, journal) in this new directory")
     args = parser.parse_args(argv)
-    load = os.getloadavg()
-    print(f"bench/scale.py on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load[0]:.1f}")
+    say(f"bench/scale.py on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        r = bench(args, Path(args.dir or tmp))
-    n_regions = args.regions or args.agents
-    print(f"{args.images} images, {n_regions} regions, {args.agents} agents online in {r['online']:.1f} s")
-    took, made, slices, longest = r["pass1"]
-    print(f"first reconciler pass (journal empty): {took:.1f} s, {made} events journaled in {slices} slices; "
-          f"longest loop iteration during it {longest} ms; status during it: {percentiles(r['pass1_status'])}; "
-          f"coordinator peak RSS {r['pass1_rss']:.0f} MiB")
-    print(f"initial planning (after that pass, until every image has its task): {r['planning']:.1f} s "
-          f"({args.images / max(r['planning'], 1e-9):.0f} images/s); status during it: "
-          f"{percentiles(r['planning_status'])}")
-    took, made, slices, longest = r["pass2"]
-    print(f"reconciler pass over the known journal: {took:.1f} s ({made} events); longest loop iteration "
-          f"during it {longest} ms; status during it: {percentiles(r['pass2_status'])}")
-    print(f"coordinator RSS: peak {r['rss_peak']:.0f} MiB, now {r['rss_now']:.0f} MiB; journal "
-          f"{r['journal_bytes'] / 2**20:.1f} MiB ({r['journal_bytes'] / max(args.images, 1):.0f} bytes per image)")
-    s = r["restart"]
-    print(f"restart (SIGKILL, started again): answering after {s['start']:.1f} s; all {args.agents} agents back "
-          f"{s['back']:.1f} s after the kill; peak {s['peak']} hellos/s, {s['hellos']} hellos "
-          f"({s['per_agent']:.2f} per agent) spread over {s['spread']:.1f} s")
-    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        bench(args, Path(args.dir or tmp))
+    say(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 
