@@ -166,6 +166,8 @@ class Service:
 
     def loop(self, now: float, poll_seconds: float = POLL_SECONDS) -> None:
         self.now = now
+        if self.events.journaling is not None or self._unapplied:
+            poll_seconds = 0  # work is waiting (a pass's next slice, results): only take what arrived
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
         except zmq.ZMQError as exc:
