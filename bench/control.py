@@ -67,12 +67,14 @@ def cpu_seconds(pid: int) -> float:
 class Run:
     """One coordinator with its journal, fake glances and configuration in ``base``."""
 
-    def __init__(self, base: Path, regions: list[str], ids: list[str], heartbeat: float) -> None:
+    def __init__(self, base: Path, regions: list[str], ids: list[str], heartbeat: float,
+                 targets: dict[str, str] | None = None, options: dict[str, dict[str, Any]] | None = None) -> None:
+        """``targets``: image id -> its one region (glance_sync_regions); ``options``: more config."""
         self.base, self.regions, self.heartbeat = base, regions, heartbeat
         store_dir = base / "store"
         store_dir.mkdir(parents=True)
         parent, child = multiprocessing.Pipe()
-        self.glance = multiprocessing.Process(target=fakeglance.serve, args=(ids, str(store_dir), child),
+        self.glance = multiprocessing.Process(target=fakeglance.serve, args=(ids, str(store_dir), child, targets),
                                               daemon=True)
         self.glance.start()
         cascading_port, regional_port = parent.recv()
@@ -81,7 +83,7 @@ class Run:
         store = {
             "cascading": {"store": {"host": "127.0.0.1", "user": "glance", "private_key_file": "/nonexistent",
                                     "known_hosts_file": "/nonexistent", "store_dir": str(store_dir)}},
-            "regions": {r: {"glance": {"url": f"http://127.0.0.1:{regional_port}"}, "work_dir": str(base)}
+            "regions": {r: {"glance": {"url": f"http://127.0.0.1:{regional_port}/region/{r}"}, "work_dir": str(base)}
                         for r in regions},
         }
         (base / "glance_store.yaml").write_text(yaml.safe_dump(store))
@@ -95,15 +97,16 @@ class Run:
                             "reconcile_interval": 0, "max_sessions_per_region": 4},
             "database": {"connection": self.db_url},
         }
+        for section, values in (options or {}).items():
+            conf.setdefault(section, {}).update(values)
         self.conf = base / "coordinator.conf"
         self.conf.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
                                      for name, opts in conf.items()))
         manage.db_sync(self.db_url)
         self.proc: subprocess.Popen | None = None
         self.ctx = zmq.Context()
-        self.client = self.ctx.socket(zmq.DEALER)
-        self.client.setsockopt(zmq.LINGER, 0)
-        self.client.connect(f"tcp://127.0.0.1:{self.event_port}")
+        self.client: zmq.Socket | None = None
+        self.connect_client()
         self.agents: multiprocessing.Process | None = None
         self.agent_pipe: Any = None
 
@@ -125,11 +128,27 @@ class Run:
             self.agent_port, self.regions, capacity, self.heartbeat, work, child))
         self.agents.start()
 
+    def connect_client(self) -> None:
+        """A fresh status socket (after a restart: the queries the old process took are lost)."""
+        if getattr(self, "client", None) is not None:
+            self.client.close(linger=0)
+        self.client = self.ctx.socket(zmq.DEALER)
+        self.client.setsockopt(zmq.LINGER, 0)
+        self.client.connect(f"tcp://127.0.0.1:{self.event_port}")
+        self.outstanding = 0
+
     def query(self, view: str = "summary", timeout: float = 30.0) -> dict[str, Any] | None:
+        # Replies to earlier queries that timed out (while the coordinator started) come first:
+        # take them off, or every later latency would be measured against a stale reply.
+        while self.outstanding and self.client.poll(int(timeout * 1000)):
+            self.client.recv()
+            self.outstanding -= 1
         self.client.send(protocol.encode("status_query", {"view": view}))
+        self.outstanding += 1
         if not self.client.poll(int(timeout * 1000)):
             return None
         msg = protocol.decode(self.client.recv())
+        self.outstanding -= 1
         return msg.body["data"] if msg.type == "status_reply" else None
 
     def online(self) -> int:

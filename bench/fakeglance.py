@@ -1,30 +1,35 @@
-"""A fast fake cascading glance and a fake regional glance for the control-plane bench.
+"""A fast fake cascading glance and a fake regional glance for the control-plane benches.
 
 Both answer only what the coordinator asks: the admin probe (``GET /v2/tasks``), the
-image schema glanceclient fetches once, ``GET /v2/images/<id>``, the listing filtered
-by id as glance v2 serves it (``GET /v2/images?id=in:a,b,...&limit=N``, paged with
-``marker`` and ``next``; any other listing is refused) and, on the cascading one, the
-``PATCH`` that adds a location.  Every regional glance of the bench is this one
-server: it shows each image as the verified copy (active, same size and hashes), so
-every registration verifies.  No bytes exist anywhere.  ``GET /bench/requests`` answers
-how many requests of each kind each server served (not a glance API).
+image schema glanceclient fetches once, ``GET /v2/images/<id>``, the paged listing
+the reconciler reads (``GET /v2/images?limit=&marker=``, with a ``next`` link as
+glance gives it) and, on the cascading one, the ``PATCH`` that adds a location.
+Every regional glance of a bench is this one server, each region under its own path
+(``/region/<name>``): a GET shows any image as the verified copy (active, same size
+and hashes), so every registration verifies; a region's listing shows the images
+that name it in ``glance_sync_regions`` (all of them when none does).  No bytes exist
+anywhere.
 
-``serve(ids, ready)`` runs both servers in the calling process until it is
-terminated; ``ready`` receives ``(cascading_port, regional_port)``.
+``serve(ids, store_dir, ready, targets)`` runs both servers in the calling process
+until it is terminated; ``ready`` receives ``(cascading_port, regional_port)``;
+``targets`` (image id -> region) sets each image's ``glance_sync_regions``.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 SCHEMA = {"name": "image", "properties": {}, "additionalProperties": True}
 SIZE = 1024
+# glance's api_limit_max: the largest page it serves whatever the client asks.
+MAX_PAGE = 1000
 
 
 def record(image_id: str, store_dir: str) -> dict[str, Any]:
@@ -42,9 +47,32 @@ def record(image_id: str, store_dir: str) -> dict[str, Any]:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the coordinator's sessions reuse connections
     records: dict[str, dict[str, Any]] = {}
+    # Sorted ids of every image, and of the images each region lists (regional server).
+    order: list[str] = []
+    by_region: dict[str, list[str]] = {}
     regional = False
     lock = threading.Lock()
     served: Counter[str] = Counter()
+
+    def _listing(self, region: str | None, query: dict[str, list[str]]) -> None:
+        ids = self.by_region.get(region, []) if region is not None and self.by_region else self.order
+        if query.get("os_hidden", ["false"])[0].lower() == "true":
+            ids = []  # no hidden image in a bench
+        limit = min(int(query.get("limit", ["20"])[0]), MAX_PAGE)
+        start = bisect.bisect_right(ids, query["marker"][0]) if "marker" in query else 0
+        page = ids[start:start + limit]
+        body: dict[str, Any] = {"images": [self._shown(self.records[i]) for i in page], "schema": "/v2/schemas/images",
+                                "first": "/v2/images"}
+        if start + limit < len(ids):
+            body["next"] = "/v2/images?" + urlencode({**{k: v[0] for k, v in query.items()}, "marker": page[-1]})
+        self._reply(200, body)
+
+    def _shown(self, image: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            body = dict(image, locations=list(image["locations"]))
+        if self.regional:
+            body.pop("locations")
+        return body
 
     def _reply(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -58,57 +86,46 @@ class _Handler(BaseHTTPRequestHandler):
         with self.lock:
             self.served[kind] += 1
 
+    def _by_ids(self, query: dict[str, list[str]]) -> None:
+        wanted = query["id"][0]
+        ids = sorted(set(wanted[3:].split(",")))
+        limit = int(query.get("limit", ["25"])[0])
+        if "marker" in query:
+            ids = [i for i in ids if i > query["marker"][0]]
+        page = [i for i in ids if i in self.records][:limit]
+        body: dict[str, Any] = {"images": [self._shown(self.records[i]) for i in page]}
+        if len(page) == limit and page:
+            body["next"] = "/v2/images?" + urlencode({"id": wanted, "limit": limit, "marker": page[-1]})
+        self._reply(200, body)
+
     def do_GET(self) -> None:  # noqa: N802
-        path = self.path.split("?")[0]
+        url = urlsplit(self.path)
+        path, region = url.path, None
+        if path.startswith("/region/"):
+            _, _, region, path = path.split("/", 3)
+            path = "/" + path
         if path == "/bench/requests":
             self._reply(200, dict(self.served))
-            return
-        if path == "/v2/images":
+        elif path == "/v2/images":
             self._count("list")
-            self._list()
-            return
-        if path.startswith("/v2/images/"):
-            self._count("get")
-        if path.startswith("/v2/tasks"):
+            query = parse_qs(url.query)
+            if query.get("id", [""])[0].startswith("in:"):
+                self._by_ids(query)
+            else:
+                self._listing(region, query)
+        elif path.startswith("/v2/tasks"):
             self._reply(200, {"tasks": []})
         elif path == "/v2/schemas/image":
             self._reply(200, SCHEMA)
         elif path.startswith("/v2/images/"):
+            self._count("get")
             image = self.records.get(path.rsplit("/", 1)[-1])
             if image is None:
                 self._reply(404, {"message": "not found"})
                 return
-            with self.lock:
-                body = dict(image, locations=list(image["locations"]))
-            if self.regional:
-                body.pop("locations")
-            self._reply(200, body)
+            self._reply(200, self._shown(image))
         else:
             self._reply(404, {"message": "not served by the fake"})
-
-    def _list(self) -> None:
-        query = parse_qs(urlsplit(self.path).query)
-        wanted = query.get("id", [""])[0]
-        if not wanted.startswith("in:"):
-            self._reply(400, {"message": "the fake lists by id=in: only"})
-            return
-        ids = sorted(set(wanted[3:].split(",")))
-        limit = int(query.get("limit", ["25"])[0])
-        marker = query.get("marker", [None])[0]
-        if marker is not None:
-            ids = [i for i in ids if i > marker]
-        page = [i for i in ids if i in self.records][:limit]
-        images = []
-        with self.lock:
-            for image_id in page:
-                image = dict(self.records[image_id], locations=list(self.records[image_id]["locations"]))
-                if self.regional:
-                    image.pop("locations")
-                images.append(image)
-        body: dict[str, Any] = {"images": images}
-        if len(page) == limit and page:
-            body["next"] = f"/v2/images?id={wanted}&limit={limit}&marker={page[-1]}"
-        self._reply(200, body)
 
     def do_PATCH(self) -> None:  # noqa: N802
         self._count("patch")
@@ -128,16 +145,27 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def _server(records: dict[str, dict[str, Any]], regional: bool) -> ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"records": records, "regional": regional, "served": Counter()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a coordinator killed mid-request (the restart bench): not worth a traceback
+
+
+def _server(records: dict[str, dict[str, Any]], regional: bool,
+            by_region: dict[str, list[str]] | None = None) -> ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"records": records, "regional": regional, "order": sorted(records),
+                                            "by_region": by_region or {}, "served": Counter()})
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     return server
 
 
-def serve(ids: list[str], store_dir: str, ready: Any) -> None:
+def serve(ids: list[str], store_dir: str, ready: Any, targets: dict[str, str] | None = None) -> None:
     records = {image_id: record(image_id, store_dir) for image_id in ids}
-    cascading, regional = _server(records, False), _server(records, True)
+    by_region: dict[str, list[str]] = {}
+    for image_id, region in sorted((targets or {}).items()):
+        records[image_id]["glance_sync_regions"] = region
+        by_region.setdefault(region, []).append(image_id)
+    cascading, regional = _server(records, False), _server(records, True, by_region)
     threading.Thread(target=regional.serve_forever, daemon=True).start()
     ready.send((cascading.server_address[1], regional.server_address[1]))
     cascading.serve_forever()

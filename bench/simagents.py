@@ -1,12 +1,18 @@
-"""Simulated agents for the control-plane bench: the real session protocol, no bytes moved.
+"""Simulated agents for the control-plane benches: the real session protocol, no bytes moved.
 
 One process runs every agent on one zmq poller.  Each agent says ``hello``, gives
 its whole capacity as credits after ``welcome`` (when ``work`` is set; idle agents
 give none), answers each ``task`` with ``ack`` and at once ``done`` carrying the
 size and hashes of the task's image record (what a real worker would have
 verified), and gives the slot back with ``ready``.  Every agent sends a heartbeat
-each interval, as glance-sync-agent does.  ``run`` serves until the pipe says
-``stop`` and answers with its counters.
+each interval, as glance-sync-agent does, and reconnects as it does
+(agent/service.py): after three silent coordinator heartbeat intervals, or when told
+``disconnect`` or refused, it closes its socket and says ``hello`` on a fresh one
+after the same jittered exponential backoff (glancesync.liveness.Backoff).
+
+``run`` serves until the pipe says ``stop`` and answers with its counters; ``stats``
+on the pipe answers with them and goes on (the restart bench reads the time of every
+``hello`` and ``welcome`` from them).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import zmq
 
 from glancesync import protocol
+from glancesync.liveness import Backoff, Liveness
 
 DONE_FIELDS = ("size", "checksum", "os_hash_algo", "os_hash_value")
 
@@ -25,67 +32,127 @@ DONE_FIELDS = ("size", "checksum", "os_hash_algo", "os_hash_value")
 @dataclass
 class SimAgent:
     region: str
-    sock: zmq.Socket
+    agent_id: str
+    sock: zmq.Socket | None = None
     welcomed: bool = False
     owed: int = 0
     last_sent: float = 0.0
     unacked: set[tuple[str, int]] = field(default_factory=set)
+    liveness: Liveness = field(default_factory=lambda: Liveness(interval=5.0))
+    backoff: Backoff = field(default_factory=Backoff)
+    reconnect_at: float | None = None
+
+
+@dataclass
+class Counts:
+    tasks: int = 0
+    result_acks: int = 0
+    refused: int = 0
+    # Wall-clock times of every hello sent and every welcome received, for the restart bench.
+    hellos: list[float] = field(default_factory=list)
+    welcomes: list[float] = field(default_factory=list)
+
+    def as_dict(self, agents: list[SimAgent]) -> dict[str, Any]:
+        return {"tasks": self.tasks, "result_acks": self.result_acks, "refused": self.refused,
+                "hellos": list(self.hellos), "welcomes": list(self.welcomes),
+                "welcomed": sum(a.welcomed for a in agents)}
 
 
 def _send(agent: SimAgent, msg_type: str, body: dict[str, Any], now: float) -> None:
-    agent.sock.send(protocol.encode(msg_type, body), zmq.NOBLOCK)
-    agent.last_sent = now
+    if agent.sock is not None:
+        agent.sock.send(protocol.encode(msg_type, body), zmq.NOBLOCK)
+        agent.last_sent = now
 
 
-def _on_message(agent: SimAgent, msg: protocol.Message, capacity: int, work: bool, counts: dict[str, int],
-                now: float) -> None:
-    if msg.type == "welcome":
-        agent.welcomed = True
-        if work:
-            agent.owed = capacity
-    elif msg.type == "task":
-        ref = {"task_id": msg.body["task_id"], "attempt": msg.body["attempt"]}
-        image = msg.body["image"]
-        _send(agent, "ack", ref, now)
-        _send(agent, "done", {**ref, **{k: image.get(k) for k in DONE_FIELDS}}, now)
-        agent.unacked.add((ref["task_id"], ref["attempt"]))
-        agent.owed += 1
-        counts["tasks"] += 1
-    elif msg.type == "result_ack":
-        agent.unacked.discard((msg.body["task_id"], msg.body["attempt"]))
-        counts["result_acks"] += 1
-    elif msg.type in ("disconnect", "error"):
-        counts["refused"] += 1
+class Pool:
+    """Every simulated agent, on one poller."""
+
+    def __init__(self, agent_port: int, regions: list[str], capacity: int, heartbeat: float, work: bool) -> None:
+        self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        self.port, self.capacity, self.heartbeat, self.work = agent_port, capacity, heartbeat, work
+        self.agents = [SimAgent(region, f"sim-{index}") for index, region in enumerate(regions)]
+        self.by_sock: dict[zmq.Socket, SimAgent] = {}
+        self.counts = Counts()
+
+    def connect(self, agent: SimAgent, now: float) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.connect(f"tcp://127.0.0.1:{self.port}")
+        agent.sock, agent.welcomed, agent.reconnect_at = sock, False, None
+        agent.liveness = Liveness(interval=self.heartbeat, last_heard=now)
+        self.by_sock[sock] = agent
+        self.poller.register(sock, zmq.POLLIN)
+        _send(agent, "hello", {"region": agent.region, "agent_id": agent.agent_id, "capacity": self.capacity,
+                               "version": "bench", "running": []}, now)
+        self.counts.hellos.append(time.time())
+
+    def reconnect_later(self, agent: SimAgent, now: float) -> None:
+        """What glance-sync-agent does when the coordinator went silent or said disconnect."""
+        if agent.sock is not None:
+            self.poller.unregister(agent.sock)
+            del self.by_sock[agent.sock]
+            agent.sock.close(linger=0)
+        agent.sock, agent.welcomed = None, False
+        agent.reconnect_at = now + agent.backoff.next_delay()
+
+    def on_message(self, agent: SimAgent, msg: protocol.Message, now: float) -> None:
+        agent.liveness.heard(now)
+        if msg.type == "welcome":
+            agent.welcomed = True
+            agent.backoff.reset()
+            agent.liveness = Liveness(interval=max(msg.body["heartbeat_interval"], 0.1), last_heard=now)
+            self.counts.welcomes.append(time.time())
+            if self.work:
+                agent.owed = self.capacity
+        elif msg.type == "task":
+            ref = {"task_id": msg.body["task_id"], "attempt": msg.body["attempt"]}
+            image = msg.body["image"]
+            _send(agent, "ack", ref, now)
+            _send(agent, "done", {**ref, **{k: image.get(k) for k in DONE_FIELDS}}, now)
+            agent.unacked.add((ref["task_id"], ref["attempt"]))
+            agent.owed += 1
+            self.counts.tasks += 1
+        elif msg.type == "result_ack":
+            agent.unacked.discard((msg.body["task_id"], msg.body["attempt"]))
+            self.counts.result_acks += 1
+        elif msg.type == "disconnect" or (msg.type == "error" and not agent.welcomed):
+            self.counts.refused += msg.type == "error"
+            self.reconnect_later(agent, now)
+        elif msg.type == "error":
+            self.counts.refused += 1
+
+    def step(self, now: float) -> None:
+        for sock in dict(self.poller.poll(50)):
+            agent = self.by_sock.get(sock)
+            while agent is not None and agent.sock is sock and sock.poll(0):
+                self.on_message(agent, protocol.decode(sock.recv()), now)
+        for agent in self.agents:
+            if agent.sock is None:
+                if agent.reconnect_at is not None and now >= agent.reconnect_at:
+                    self.connect(agent, now)
+            elif agent.liveness.expired(now):
+                self.reconnect_later(agent, now)
+            elif agent.welcomed and agent.owed:
+                _send(agent, "ready", {"credits": min(agent.owed, self.capacity)}, now)
+                agent.owed = 0
+            elif now - agent.last_sent >= self.heartbeat:
+                _send(agent, "heartbeat", {}, now)
 
 
 def run(agent_port: int, regions: list[str], capacity: int, heartbeat: float, work: bool, pipe: Any) -> None:
-    ctx = zmq.Context()
-    poller = zmq.Poller()
-    agents: dict[zmq.Socket, SimAgent] = {}
+    pool = Pool(agent_port, regions, capacity, heartbeat, work)
     now = time.monotonic()
-    for index, region in enumerate(regions):
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.connect(f"tcp://127.0.0.1:{agent_port}")
-        agent = agents[sock] = SimAgent(region, sock)
-        _send(agent, "hello", {"region": region, "agent_id": f"sim-{index}", "capacity": capacity,
-                               "version": "bench", "running": []}, now)
-        poller.register(sock, zmq.POLLIN)
-    counts = {"tasks": 0, "result_acks": 0, "refused": 0}
-    while not pipe.poll(0):
-        ready = dict(poller.poll(50))
+    for agent in pool.agents:
+        pool.connect(agent, now)
+    while True:
+        if pipe.poll(0):
+            request = pipe.recv()
+            if request != "stats":
+                break
+            pipe.send(pool.counts.as_dict(pool.agents))
         now = time.monotonic()
-        for sock in ready:
-            agent = agents[sock]
-            while sock.poll(0):
-                _on_message(agent, protocol.decode(sock.recv()), capacity, work, counts, now)
-        for agent in agents.values():
-            if agent.welcomed and agent.owed:
-                _send(agent, "ready", {"credits": min(agent.owed, capacity)}, now)
-                agent.owed = 0
-            elif now - agent.last_sent >= heartbeat:
-                _send(agent, "heartbeat", {}, now)
-    counts["welcomed"] = sum(a.welcomed for a in agents.values())
-    pipe.send(counts)
-    ctx.destroy(linger=0)
+        pool.step(now)
+    pipe.send(pool.counts.as_dict(pool.agents))
+    pool.ctx.destroy(linger=0)

@@ -13,8 +13,9 @@ applied; its event is fetched again.  A ``deleted`` event is fetched too: events
 a regional delete is final, so it is planned only when glance itself says the
 image is gone (planner.image_gone); for an image glance still shows it is refused,
 with one WARNING naming the event, its claimed context and its sender.  The
-reconciler's passes are timed here too; their synthetic events pass the safety
-limit (reconciler.limit_deletes) and are journaled like any other.
+reconciler's passes are started here too (their journal reads and listings run in the
+pool); their synthetic events pass the safety limit (reconciler.limit_deletes) and are
+journaled like any other, a bounded slice per loop iteration (``journal_slice``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
@@ -51,7 +53,7 @@ FIRST_RECONCILE_AFTER = 60.0
 
 class EventDesk:
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
-                 regions: LiveRegions | None = None) -> None:
+                 regions: LiveRegions | None = None, open_reader: Callable[[], Journal] | None = None) -> None:
         self.conf = conf
         self.storemap = storemap
         # The regions synced now (region_source): tasks and drift target these only.
@@ -67,6 +69,11 @@ class EventDesk:
         # pass as (ended at, seconds it took, succeeded).
         self.reconcile_started: float | None = None
         self.last_pass: tuple[float, float, bool] | None = None
+        # The finished pass whose events are being journaled, a slice per iteration.
+        self.journaling: reconciler.Journaling | None = None
+        self.pass_longest = 0.0  # seconds of the longest loop iteration during the running pass
+        # A journal of its own for the pass's reads, in the glance pool (never the loop's).
+        self.open_reader = open_reader or (lambda: Journal(conf.database.connection, conf.database))
         # Checked at start (coordinator/cmd.py): here they are known to be valid.
         self.rules = strategy.parse_rules(conf.sync_user_rules, storemap.regions)
         self.strategy_in_force = strategy.describe(strategy.canonical(conf.sync_strategy), self.rules)
@@ -185,43 +192,85 @@ class EventDesk:
                             event.event_id, event.image_id, task.region, strategy_name)
 
     def reconcile(self, now: float) -> None:
+        """Start a pass when one is due: it reads the journal and lists the glances in the pool."""
         if self.next_reconcile is None or self.reconciling or now < self.next_reconcile or not self.regions.ready:
             return
         self.reconciling = True
         self.reconcile_started = now
+        self.pass_longest = 0.0
         policy = regiondrift.Policy(tuple(self.regions), self.conf.sync_strategy, now,
-                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules,
-                                    self.journal.asked_regions())
-        self.registrar.reconcile(reconciler.Inputs(self.journal.known_image_ids(), self.journal.tracked_image_ids(),
-                                                   self.journal.region_facts(), policy))
+                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules)
+        open_reader = self.open_reader
+
+        def read() -> reconciler.Inputs:
+            # Its own connection, off the loop thread: at 100k images these reads take seconds.
+            reader = open_reader()
+            try:
+                return reconciler.read_inputs(reader, policy)
+            finally:
+                reader.close()
+
+        self.registrar.reconcile(read)
+        LOG.info("reconciler: pass started over %d region(s)", len(policy.regions))
 
     def reconciled(self, result: ReconcileResult, now: float) -> None:
-        # Journal first: when recording fails the JournalError keeps this result for the
-        # next iteration and the pass counts as not finished.
-        if result.drift is not None:
-            self._record_drift(result.drift, now)
-        else:
+        """A pass's comparison is back: its events are journaled by ``journal_slice``, a slice per iteration."""
+        if result.drift is None:
             LOG.error("reconciler: pass failed, next in %ss: %s", self.conf.coordinator.reconcile_interval,
                       result.error)
+            self._pass_over(now, False)
+            return
+        # When this fails the JournalError keeps the result for the next iteration.
+        self.journaling = self._prepare(result.drift, now)
+
+    def journal_slice(self, now: float) -> None:
+        """Journal the next slice of the finished pass's events (reconciler.JOURNAL_SLICE at most)."""
+        work = self.journaling
+        if work is None:
+            return
+        if work.generation is None:
+            generation = self.journal.next_reconcile_pass()
+            self.journal.on_commit(lambda: work.start(generation, work.numbered(generation)))
+            return
+        chunk, held = work.next_slice()
+        made = self.journal.record_reconcile(chunk, held, now, reconciler.ORIGIN)
+
+        def committed() -> None:
+            work.advance(len(chunk), held is not None)
+            work.made += len(made)
+            for body in made:
+                if body["kind"] == "drift":
+                    LOG.warning("reconciler: image %s drifted; repairs %s", body["image_id"], body["repairs"])
+                else:
+                    LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
+                                body["kind"], body["image_id"])
+            if work.done and self.journaling is work:
+                self.journaling = None
+                LOG.info("reconciler: pass %d done in %.1f s: %d event(s) journaled in %d slice(s); longest loop "
+                         "iteration during it %.0f ms", work.generation, now - (self.reconcile_started or now),
+                         work.made, work.slices, self.pass_longest * 1000)
+                self._pass_over(now, True)
+
+        # Advanced only once the batch commits: a slice rolled back is written again.
+        self.journal.on_commit(committed)
+
+    def note_iteration(self, took: float) -> None:
+        """The loop's iteration times, for the longest one during a pass (its last log line)."""
+        if self.reconciling and took > self.pass_longest:
+            self.pass_longest = took
+
+    def _pass_over(self, now: float, ok: bool) -> None:
         self.reconciling = False
         self.next_reconcile = now + self.conf.coordinator.reconcile_interval
-        self.last_pass = (now, now - (self.reconcile_started or now), result.drift is not None)
+        self.last_pass = (now, now - (self.reconcile_started or now), ok)
 
-    def _record_drift(self, drift: reconciler.Drift, now: float) -> None:
+    def _prepare(self, drift: reconciler.Drift, now: float) -> reconciler.Journaling:
         c = self.conf.coordinator
         confirmed = {h.image_id for h in self.journal.held_deletes() if h.confirmed_at is not None}
         deletes = reconciler.limit_deletes(drift.vanished, drift.tracked, confirmed, c.reconcile_max_deletes,
                                            c.reconcile_max_delete_percent)
         acted, held_removals = reconciler.limit_removals(drift.repairs, drift.tracked, c.reconcile_max_deletes,
                                                          c.reconcile_max_delete_percent)
-        generation = self.journal.next_reconcile_pass()
-        bodies = reconciler.synthetic_events(drift.missing, deletes.delete, generation, acted)
-        for body in self.journal.record_reconcile(bodies, deletes.held, now, reconciler.ORIGIN):
-            if body["kind"] == "drift":
-                LOG.warning("reconciler: image %s drifted; repairs %s", body["image_id"], body["repairs"])
-            else:
-                LOG.warning("reconciler: %s event made for image %s (its own event was lost)",
-                            body["kind"], body["image_id"])
         for repair in drift.repairs:
             if repair.action not in regiondrift.ACTED_ON or (
                     repair.action == "unwanted" and repair.image_id in held_removals):
@@ -238,6 +287,7 @@ class EventDesk:
                       "copy deleted, deletions held until 'glance-sync-manage reconcile --confirm-deletes' "
                       "(check the cascading endpoint, its database and the coordinator's admin role first)",
                       len(deletes.held), drift.tracked, c.reconcile_max_deletes, c.reconcile_max_delete_percent)
+        return reconciler.Journaling(drift.missing, deletes.delete, acted, deletes.held)
 
 
 def record_time(image: dict[str, Any] | None) -> float | None:

@@ -54,9 +54,8 @@ def compute(conf: cfg.ConfigOpts, now: float, image_id: str | None = None) -> li
     try:
         c = conf.coordinator
         rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
-        policy = regiondrift.Policy(tuple(live), conf.sync_strategy, now, c.reconcile_failed_retry_interval,
-                                    rules, store.asked_regions())
-        inputs = reconciler.Inputs(store.known_image_ids(), store.tracked_image_ids(), store.region_facts(), policy)
+        policy = regiondrift.Policy(tuple(live), conf.sync_strategy, now, c.reconcile_failed_retry_interval, rules)
+        inputs = reconciler.read_inputs(store, policy)
         confirmed = {h.image_id for h in store.held_deletes() if h.confirmed_at is not None}
     finally:
         store.close()

@@ -28,6 +28,13 @@ metadata, lost locations, copies in regions no longer targeted, and the members 
 shared images (coordinator/memberscan.py).  Those become ``drift`` events naming
 their repairs.
 
+Bounded slices.  Nothing of a pass runs long on the poll loop: the journal is read
+(``read_inputs``) in the glance pool, on a connection of its own; the listings are
+fetched there page by page; only the pass's synthetic events are written on the loop,
+at most ``JOURNAL_SLICE`` per iteration (``Journaling``), so a first pass over 100,000
+images the journal never heard of leaves status answering and heartbeats flowing
+(doc/reconciler.md, Cost).
+
 The safety limit (``limit_deletes``): a listing can be wrong as a whole — a
 cascading database restored from an old backup, a wrong endpoint, credentials that
 do not see every project (another project's private image answers 404 too).  A
@@ -42,10 +49,11 @@ strategy changed by mistake looks like that); they stay reported as ``unwanted``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from coordinator import memberscan, regiondrift
 from glancesync import glance, untrusted
@@ -61,6 +69,8 @@ SYNCABLE_STATUSES = frozenset({"active", "deactivated"})
 # Images per listing request (glanceclient follows the ``next`` links); glance caps a
 # page at its api_limit_max (1000 by default).
 PAGE_SIZE = 1000
+# Synthetic events one loop iteration journals at most; the rest wait for the next ones.
+JOURNAL_SLICE = 200
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,72 @@ class Inputs:
     # image id -> region -> (state, updated_at), as Journal.region_facts() gives it.
     facts: dict[str, dict[str, tuple[str, float]]]
     policy: regiondrift.Policy
+    # Ids with an event not planned yet: not judged per region (that event's plan decides what they
+    # get; a pass during a long initial planning must not double it with drift events).
+    waiting: set[str] = field(default_factory=set)
+
+
+class JournalReads(Protocol):
+    """The journal reads a pass starts from (coordinator.journal.Journal has them)."""
+
+    def known_image_ids(self) -> set[str]: ...
+
+    def tracked_image_ids(self) -> set[str]: ...
+
+    def region_facts(self) -> dict[str, dict[str, tuple[str, float]]]: ...
+
+    def asked_regions(self) -> dict[str, set[str]]: ...
+
+    def waiting_image_ids(self) -> set[str]: ...
+
+
+def read_inputs(journal: JournalReads, policy: regiondrift.Policy) -> Inputs:
+    """What a pass needs from the journal; ``policy`` gets the regions operators asked for."""
+    policy = dataclasses.replace(policy, asked=journal.asked_regions())
+    waiting = journal.waiting_image_ids()  # read first: an event planned meanwhile shows in the facts
+    return Inputs(journal.known_image_ids(), journal.tracked_image_ids(), journal.region_facts(), policy, waiting)
+
+
+@dataclass
+class Journaling:
+    """A finished pass whose synthetic events the loop journals a slice at a time.
+
+    The pass gets its number (``Journal.next_reconcile_pass``) with the first slice,
+    and every step counts only once committed (``start``, ``advance``): a slice that
+    rolls back is written again, under the same number.  ``held`` replaces the
+    journal's held deletions with the last slice: until then an operator's
+    confirmation stays recorded, so a crash between slices loses none (a confirmed
+    image is at worst shown held while its delete event is already journaled).
+    """
+
+    missing: list[str]
+    deleted: list[str]
+    repairs: list[regiondrift.Repair]
+    held: list[str]
+    generation: int | None = None
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    offset: int = 0
+    done: bool = False
+    slices: int = 0
+    made: int = 0  # events journaled (one still waiting to be planned is not made twice)
+
+    def numbered(self, generation: int) -> list[dict[str, Any]]:
+        """Every event of the pass, with ids of pass ``generation``."""
+        return synthetic_events(self.missing, self.deleted, generation, self.repairs)
+
+    def start(self, generation: int, bodies: list[dict[str, Any]]) -> None:
+        self.generation, self.bodies = generation, bodies
+
+    def next_slice(self) -> tuple[list[dict[str, Any]], list[str] | None]:
+        """The next events to journal, and the held set when this slice is the last one."""
+        end = self.offset + JOURNAL_SLICE
+        return self.bodies[self.offset:end], (self.held if end >= len(self.bodies) else None)
+
+    def advance(self, count: int, last: bool) -> None:
+        """The slice of ``count`` events is committed (with the held set when ``last``)."""
+        self.offset += count
+        self.slices += 1
+        self.done = last
 
 
 def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str]) -> dict[str, dict | None]:
@@ -201,11 +277,13 @@ MemberScan = Callable[[dict[str, list[str]]], list[regiondrift.Repair]]
 
 def region_drift(listed: dict[str, dict[str, Any]], listings: dict[str, dict | None],
                  inputs: Inputs, members: MemberScan | None = None) -> list[regiondrift.Repair]:
-    """The per-(image, region) repairs of every image the journal knows; ``members`` asks glance for
-    the members of the shared ones (coordinator/memberscan.py)."""
-    journal = {image_id: {} for image_id in inputs.known}
+    """The per-(image, region) repairs of every image the journal knows and whose event is not
+    waiting for planning; ``members`` asks glance for the members of the shared ones
+    (coordinator/memberscan.py)."""
+    journal = {image_id: {} for image_id in inputs.known if image_id not in inputs.waiting}
     for image_id, regions in inputs.facts.items():
-        journal[image_id] = {r: regiondrift.Fact(SyncState(state), at) for r, (state, at) in regions.items()}
+        if image_id not in inputs.waiting:
+            journal[image_id] = {r: regiondrift.Fact(SyncState(state), at) for r, (state, at) in regions.items()}
     repairs = regiondrift.find_repairs(listed, listings, journal, inputs.policy)
     if members is not None:
         repairs += members(regiondrift.member_candidates(listed, listings, journal, inputs.policy, repairs))

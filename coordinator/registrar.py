@@ -219,14 +219,14 @@ class Registrar:
             endpoint=self.endpoint_name, detail=str(exc)))
         self.pool.submit(self._run, lambda: self._fetch(event), fail)
 
-    def reconcile(self, inputs: reconciler.Inputs) -> None:
-        """Compare the glances with what the journal knows (see reconciler.py)."""
+    def reconcile(self, read: Callable[[], reconciler.Inputs]) -> None:
+        """Compare the glances with what the journal knows (``read()``, in the pool; see reconciler.py)."""
         fail = lambda exc: ReconcileResult(None, GlanceError(endpoint=self.endpoint_name, detail=str(exc)))  # noqa: E731
-        self.pool.submit(self._run, lambda: self._reconcile(inputs), fail)
+        self.pool.submit(self._run, lambda: self._reconcile(read), fail)
 
-    def _reconcile(self, inputs: reconciler.Inputs) -> ReconcileResult:
+    def _reconcile(self, read: Callable[[], reconciler.Inputs]) -> ReconcileResult:
         try:
-            return ReconcileResult(reconciler.scan(self._client(), self._regional_client, inputs,
+            return ReconcileResult(reconciler.scan(self._client(), self._regional_client, read(),
                                                    self.endpoint_name))
         except GlanceSyncError as exc:
             return ReconcileResult(None, exc)

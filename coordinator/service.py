@@ -7,7 +7,8 @@
 1. serve every frame that arrived: agents' session messages (dialog.py), ``event``,
    ``status_query`` and ``operator`` (operator.py) on the client socket, each only
    from a peer whose key's role may send it (glancesync.roles, looked up per message);
-2. apply what the glance thread pool finished (registrations, image fetches);
+2. apply what the glance thread pool finished (registrations, image fetches), and
+   journal the next slice of a finished reconciler pass's events;
 3. mark silent agents offline, requeue the tasks whose lease is due (a heap in
    memory), persist the progress reports kept in memory;
 4. plan journaled events that have no tasks yet (eventdesk.py), and cancel copies a
@@ -169,6 +170,8 @@ class Service:
         self.now = now
         if self.leadership is not None and not self.leadership.hold(now):
             return  # the lease is lost: not one more act (run() stops)
+        if self.events.journaling is not None or self._unapplied:
+            poll_seconds = 0  # work is waiting (a pass's next slice, results): only take what arrived
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
         except zmq.ZMQError as exc:
@@ -184,8 +187,8 @@ class Service:
                 for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
                     if sock in ready:
                         self._drain(sock, handler, now)
-                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self._housekeeping,
-                                  self.events.plan_events, self.operator.step))
+                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self.events.journal_slice,
+                                  self._housekeeping, self.events.plan_events, self.operator.step))
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
             LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
@@ -207,7 +210,9 @@ class Service:
 
     def _timed(self, took: float) -> None:
         self.iterations += 1
-        self.longest_iteration = max(self.longest_iteration, took)
+        self.events.note_iteration(took)
+        if took > self.longest_iteration:
+            self.longest_iteration = took
         if took > self.conf.coordinator.heartbeat_interval:
             # Agents take a coordinator silent for three heartbeat intervals for dead.
             LOG.warning("a loop iteration took %.1f s (heartbeat_interval %.1f s)", took,

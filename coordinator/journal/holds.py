@@ -4,8 +4,9 @@ A pass that would delete more regional copies than the safety limit allows delet
 none and records the images here (``held_deletes``); they wait until an operator
 confirms them (``glance-sync-manage reconcile --confirm-deletes``), and the next
 pass then makes their ``deleted`` events, each still confirmed by a 404 at that
-time.  The pass's synthetic events and the new set of held images are written in
-one transaction, so a confirmed image is never both deleted and still held.
+time.  A pass's synthetic events are written in slices, one per loop iteration; the
+new set of held images goes with the last one, so a confirmation is never lost: a
+crash between slices leaves it recorded, and the next pass makes its event again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from coordinator.journal.base import pack
 from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import events, held_deletes, reconciler_state
 
@@ -29,7 +31,7 @@ class HeldDelete:
 
 
 class HoldsMixin:
-    """The reconciler's pass counter and held deletions; uses ``PlanningMixin._insert_event``."""
+    """The reconciler's pass counter, its held deletions and its synthetic events."""
 
     @retry_on_deadlock
     def next_reconcile_pass(self) -> int:
@@ -78,21 +80,33 @@ class HoldsMixin:
         return count
 
     @retry_on_deadlock
-    def record_reconcile(self, bodies: Iterable[dict[str, Any]], held: Iterable[str], now: float,
+    def record_reconcile(self, bodies: Iterable[dict[str, Any]], held: Iterable[str] | None, now: float,
                          sender: str) -> list[dict[str, Any]]:
         """Journal a pass's synthetic events and replace the held set by ``held``; the events made.
+
+        A pass is journaled in slices (reconciler.Journaling): ``held`` None leaves the
+        held set and the time of the last pass alone, for every slice but the last.
 
         An event is skipped when an event of the same kind for the same image still waits
         for planning (an earlier pass's, or a real one): a second pass before the first was
         planned makes no second event, while a pass after it may try again.
         """
-        made = []
+        made, rows = [], []
+        bodies = list(bodies)
         with self.transaction() as conn:
+            # One read and one insert per slice, not two statements per event.
+            waiting = self._waiting(conn, {body["image_id"] for body in bodies})
             for body in bodies:
-                if self._waiting(conn, body["image_id"], body["kind"]):
+                if (body["image_id"], body["kind"]) in waiting:
                     continue
-                self._insert_event(conn, body["event_id"], body["kind"], body["image_id"], body, now, sender)
+                waiting.add((body["image_id"], body["kind"]))
+                rows.append({"event_id": body["event_id"], "kind": body["kind"], "image_id": body["image_id"],
+                             "payload": pack(body), "received_at": now, "planned": False, "sender": sender})
                 made.append(body)
+            if rows:
+                conn.execute(events.insert(), rows)
+            if held is None:
+                return made
             keep = set(held)
             since = {r.image_id: r.held_at for r in conn.execute(sa.select(held_deletes)).all()}
             conn.execute(held_deletes.delete())
@@ -103,7 +117,10 @@ class HoldsMixin:
         return made
 
     @staticmethod
-    def _waiting(conn: Connection, image_id: str, kind: str) -> bool:
-        query = sa.select(events.c.event_id).where(
-            events.c.image_id == image_id, events.c.kind == kind, events.c.planned.is_(False))
-        return conn.execute(query.limit(1)).first() is not None
+    def _waiting(conn: Connection, image_ids: set[str]) -> set[tuple[str, str]]:
+        """(image id, kind) of the events of ``image_ids`` that still wait for planning."""
+        if not image_ids:
+            return set()
+        query = sa.select(events.c.image_id, events.c.kind).distinct().where(
+            events.c.image_id.in_(sorted(image_ids)), events.c.planned.is_(False))
+        return {(image_id, kind) for image_id, kind in conn.execute(query)}

@@ -105,6 +105,12 @@ class ViewsMixin:
             seen |= {row[0] for row in conn.execute(sa.select(image_regions.c.image_id).distinct())}
         return seen
 
+    def waiting_image_ids(self) -> set[str]:
+        """Ids with an event journaled and not planned yet (for the reconciler: its plan decides)."""
+        query = sa.select(events.c.image_id).distinct().where(events.c.planned.is_(False))
+        with self.transaction() as conn:
+            return {row[0] for row in conn.execute(query)}
+
     def region_facts(self) -> dict[str, dict[str, tuple[str, float]]]:
         """image id -> region -> (state, updated_at) of every regional record (for the reconciler)."""
         query = sa.select(image_regions.c.image_id, image_regions.c.region, image_regions.c.state,
