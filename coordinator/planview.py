@@ -55,7 +55,7 @@ def compute(conf: cfg.ConfigOpts, now: float, image_id: str | None = None) -> li
         c = conf.coordinator
         rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
         policy = regiondrift.Policy(tuple(live), conf.sync_strategy, now, c.reconcile_failed_retry_interval,
-                                    rules, store.asked_regions())
+                                    rules, store.asked_regions(), tuple(conf.snapshot_region_names))
         inputs = reconciler.Inputs(store.known_image_ids(), store.tracked_image_ids(), store.region_facts(), policy)
         confirmed = {h.image_id for h in store.held_deletes() if h.confirmed_at is not None}
     finally:
