@@ -103,8 +103,13 @@ def target_regions(image: Mapping[str, Any], regions: Iterable[str], strategy: s
     known = list(regions)
     made_in = snapshots.source_region(image, known)
     if made_in is not None:
-        wanted = set(snapshot_regions) or set(target_regions(image, known, strategy, rules))
+        wanted = set(snapshot_regions) or set(_by_strategy(image, known, strategy, rules))
         return [name for name in known if name in wanted or name == made_in]
+    return _by_strategy(image, known, strategy, rules)
+
+
+def _by_strategy(image: Mapping[str, Any], known: list[str], strategy: str,
+                 rules: Mapping[str, Iterable[str]] | None) -> list[str]:
     strategy = strategies.canonical(strategy)
     if strategy == strategies.ALL:
         return known
