@@ -177,8 +177,7 @@ def _fetch(job: Copy, progress: Callable[[int, int], None], on_start: Callable[[
     if job.download is not None:
         return download.fetch(job.download, str(job.source_region), job.image, job.dest, progress, job.fetch,
                               on_start)
-    assert job.store is not None and job.source is not None
-    return transfer.fetch(job.store, job.image, job.source, job.dest, progress, timeout=job.ssh_timeout,
+    return transfer.fetch(job.store, job.image, job.source, job.dest, progress, timeout=job.ssh_timeout,  # type: ignore[arg-type]
                           options=job.fetch, on_start=on_start)
 
 
