@@ -100,6 +100,22 @@ def test_a_snapshot_made_in_region_a_reaches_b_and_c_from_a(topo: Topology) -> N
     assert b"".join(cascading.images.data(image_id)) == data
 
 
+def test_a_snapshot_announced_through_glance_33s_location_api_is_spread_too(topo: Topology) -> None:
+    """glance 33's own way: the location is added once RegionA has the bytes; the image is active at once."""
+    regional = topo.cascaded[SOURCE].client()
+    data = os.urandom(helpers.MIB)
+    image_id = regional.images.create(name="snap-api", disk_format="raw", container_format="bare")["id"]
+    regional.images.upload(image_id, io.BytesIO(data), image_size=len(data))
+    cascading = topo.cascading.client()
+    cascading.images.create(id=image_id, name="snap-api", disk_format="raw", container_format="bare")
+    cascading.images.add_location(image_id, cascaded_url(SOURCE, image_id), {})
+    helpers.wait_states(topo, image_id, "synced", timeout=180)
+    for region in ("RegionB", "RegionC"):
+        copy = topo.cascaded[region].client().images.get(image_id)
+        assert (copy["size"], copy["os_hash_value"]) == (len(data), hashlib.sha512(data).hexdigest())
+    assert b"".join(cascading.images.data(image_id)) == data
+
+
 def test_a_snapshot_that_stays_queued_fails_after_snapshot_timeout(topo: Topology) -> None:
     conf = topo.write_service_conf(topo.etc_dir / "glance-sync-short.conf", DEFAULT={"snapshot_timeout": 3})
     for service in [s for s in topo.services if s.name == "coordinator"]:
