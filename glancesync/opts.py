@@ -114,8 +114,8 @@ default_opts = [
         default=[],
         help="Regions a snapshot is synced to: a cascading image whose bytes are in the region "
         "that made it (only cascaded://<region>/<id> locations, no file:// one). The region that "
-        "made it always keeps it. Empty: the sync_strategy decides. Names that are no region "
-        "are ignored. The bytes are read from the region that made the snapshot, never from "
+        "made it always keeps it. Empty: the sync_strategy decides. A name that is not a "
+        "region of glance_store.yaml stops the coordinator at start. The bytes are read from the region that made the snapshot, never from "
         "the cascading store (doc/snapshots.md). Related options: snapshot_timeout, "
         "snapshot_sleep_interval.",
     ),

@@ -218,3 +218,15 @@ def test_a_copy_with_other_bytes_than_the_recorded_snapshot_is_not_registered(
     assert not result.ok and not result.retryable and "os_hash_value" in result.reason
     assert client.images.records[IMAGE_ID]["status"] == "queued"
     assert len(client.images.records[IMAGE_ID]["locations"]) == 1
+
+
+@pytest.mark.parametrize("names, words", [("regiontwo", "did you mean 'RegionTwo'"), ("RegionTwo,Mars", "'Mars'")])
+def test_a_snapshot_region_that_is_no_region_stops_the_coordinator_at_start(tmp_path, db_url, store_yaml, capsys,
+                                                                             names, words) -> None:
+    from coordinator import cmd
+
+    make_conf(tmp_path, db_url, store_yaml, DEFAULT={"snapshot_region_names": names})
+    with pytest.raises(SystemExit) as info:
+        cmd.main(["--config-file", str(tmp_path / "coordinator.conf")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and words in err and "snapshot_region_names" in err
