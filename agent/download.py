@@ -44,25 +44,31 @@ class From:
     region: str | None = None
 
 
+def snapshot_region(source: Any) -> str | None:
+    """The region a task's source names (a snapshot's), else None."""
+    region = source.get("region") if isinstance(source, dict) else None
+    return region if isinstance(region, str) else None
+
+
 def where_from(image_id: str, source: Any, store_map: StoreMap) -> From:
     """The checked source of a copy task; SourceRefused when this agent cannot read it."""
-    region = source.get("region") if isinstance(source, dict) else None
+    region = snapshot_region(source)
     if region is None:
         if store_map.store is None:
             raise SourceRefused(image_id=image_id, detail="glance_store.yaml has no cascading.store")
         return From(store_map.store, transfer.checked_source(image_id, source, store_map.store))
-    mapped = store_map.sources.get(str(region))
+    mapped = store_map.sources.get(region)
     kind = source.get("type")
     if kind == "sftp":
         if mapped is None or mapped.store is None:
             raise SourceRefused(image_id=image_id, detail=f"snapshot in {region}: glance_store.yaml has no "
                                 f"regions.{region}.source.store to read it over SFTP")
-        return From(mapped.store, transfer.checked_source(image_id, source, mapped.store), region=str(region))
+        return From(mapped.store, transfer.checked_source(image_id, source, mapped.store), region=region)
     if kind == "glance":
         if mapped is None or mapped.glance is None:
             raise SourceRefused(image_id=image_id, detail=f"snapshot in {region}: glance_store.yaml has no "
                                 f"regions.{region}.source glance account to download it with")
-        return From(None, download=mapped.glance, region=str(region))
+        return From(None, download=mapped.glance, region=region)
     raise SourceRefused(image_id=image_id, detail=f"unsupported source type {kind!r}")
 
 

@@ -178,11 +178,11 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
         return _report(check.Digest.of_record(image, "cascading image"), image.get("os_hash_algo"))
     if action == "rehash" and regional is not None:
         return _report(upload.rehash_regional(client, image, regional, endpoint), image["os_hash_algo"])
-    source = download.where_from(image["id"], task.get("source"), settings.store_map)
-    if source.region == settings.region:
+    if download.snapshot_region(task.get("source")) == settings.region:
         # The snapshot's own region: its image is the copy, checked above; nothing to fetch.
         raise VerificationError(image_id=image["id"], retryable=False,
                                 detail=f"the snapshot in this region is not the recorded one ({action})")
+    source = download.where_from(image["id"], task.get("source"), settings.store_map)
     dest = transfer.part_path(region.work_dir, image["id"])
     job = pipeline.Copy(source.store, image, source.path, dest, client, endpoint, settings.fetch,
                         settings.ssh_timeout, source.download, source.region)
