@@ -1,6 +1,7 @@
 """One copy attempt with the fetch and the regional upload overlapped.
 
-The fetch (agent/transfer.py) runs in the worker's own thread, as before; once
+The fetch (agent/transfer.py, or agent/download.py for a snapshot read from its
+region's glance API) runs in the worker's own thread, as before; once
 its bytes are on their way (``on_start``: after ``sftp`` was forked, or paramiko
 opened the file), a second thread creates the image in the region's glance and
 uploads the ``.part`` while it grows (agent/upload.py with the body of
@@ -29,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent import stream, transfer, upload
+from agent import download, stream, transfer, upload
 from glancesync import verify as check
 from glancesync.exceptions import TransferError
-from glancesync.storemap import SshStore
+from glancesync.storemap import GlanceEndpoint, SshStore
 
 # How often the worker's thread looks at a running upload while it waits for it.
 WATCH_SECONDS = 0.5
@@ -44,14 +45,18 @@ FETCHING, UPLOADING, REGISTERING = "fetching", "uploading", "registering"
 class Copy:
     """What one attempt copies, from where, to where."""
 
-    store: SshStore
+    store: SshStore | None
     image: dict[str, Any]
-    source: str
+    source: str | None
     dest: str
     client: Any
     endpoint: str
     fetch: transfer.FetchOptions
     ssh_timeout: float
+    # A snapshot read from the glance API of the region that made it (agent/download.py)
+    # instead of over SFTP: that region's download account, and its name.
+    download: GlanceEndpoint | None = None
+    source_region: str | None = None
 
 
 class _Upload:
@@ -144,8 +149,7 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
 
     now.enter(FETCHING)
     try:
-        fetched = transfer.fetch(job.store, image, job.source, job.dest, fetched_bytes, timeout=job.ssh_timeout,
-                                 options=job.fetch, on_start=side.start)
+        fetched = _fetch(job, fetched_bytes, side.start)
     except BaseException as exc:
         arrival.failed(exc)
         if side.thread.ident is not None:
@@ -166,6 +170,15 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
         raise side.error
     assert side.digest is not None
     return side.digest, algo
+
+
+def _fetch(job: Copy, progress: Callable[[int, int], None], on_start: Callable[[], None]) -> transfer.Fetched:
+    """The fetch side: a download from a region's glance, or SFTP (the cascading store or a region's)."""
+    if job.download is not None:
+        return download.fetch(job.download, str(job.source_region), job.image, job.dest, progress, job.fetch,
+                              on_start)
+    return transfer.fetch(job.store, job.image, job.source, job.dest, progress, timeout=job.ssh_timeout,  # type: ignore[arg-type]
+                          options=job.fetch, on_start=on_start)
 
 
 def _drop_if_final(error: BaseException, dest: str) -> None:

@@ -37,7 +37,7 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 from oslo_utils import strutils
 
-from agent import apply, partlock, pipeline, runners, transfer, upload
+from agent import apply, download, partlock, pipeline, runners, transfer, upload
 from glancesync import glance, untrusted
 from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError, VerificationError
@@ -178,10 +178,14 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
         return _report(check.Digest.of_record(image, "cascading image"), image.get("os_hash_algo"))
     if action == "rehash" and regional is not None:
         return _report(upload.rehash_regional(client, image, regional, endpoint), image["os_hash_algo"])
-    store = settings.store_map.store
-    source = transfer.checked_source(image["id"], task.get("source"), store)
+    if download.snapshot_region(task.get("source")) == settings.region:
+        # The snapshot's own region: its image is the copy, checked above; nothing to fetch.
+        raise VerificationError(image_id=image["id"], retryable=False,
+                                detail=f"the snapshot in this region is not the recorded one ({action})")
+    source = download.where_from(image["id"], task.get("source"), settings.store_map)
     dest = transfer.part_path(region.work_dir, image["id"])
-    job = pipeline.Copy(store, image, source, dest, client, endpoint, settings.fetch, settings.ssh_timeout)
+    job = pipeline.Copy(source.store, image, source.path, dest, client, endpoint, settings.fetch,
+                        settings.ssh_timeout, source.download, source.region)
     # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
     with partlock.hold(dest, image["id"]):
         return _report(*_overlapped(job, progress, phase))

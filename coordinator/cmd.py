@@ -47,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
     except ValueError as exc:  # a rule naming an unknown region: one line, as for any bad option
         config.fail(PROG, f"configuration error: {exc}", code=2)
+    for name in conf.snapshot_region_names:
+        why = strategy.problem(name, stores.regions)
+        if why is not None:  # a typo would silently keep snapshots from a region
+            config.fail(PROG, f"configuration error: snapshot_region_names: {why}", code=2)
     LOG.info("sync_strategy in force: %s", strategy.describe(strategy.canonical(conf.sync_strategy), rules))
     c = conf.coordinator
     if c.pair and c.leader_renew_interval > c.leader_lease_time / 2:

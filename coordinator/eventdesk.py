@@ -7,7 +7,10 @@ imported image is fetched again every ``snapshot_sleep_interval`` until active o
 ``snapshot_timeout``.  Both waits are the event's ``not_before`` in the journal, and
 only due events are read, oldest first, at most ``FETCHES_IN_FLIGHT`` fetches at a
 time: events that wait never block the ones that are ready, and a restart keeps the
-backoff.  Image records are ordered by ``updated_at``: a record older than the newest
+backoff.  A snapshot (coordinator/snapshot.py) waits the same way for its regional
+image: fetched again every ``snapshot_sleep_interval`` while that image is missing or
+on its way to active; ``snapshot_timeout`` after the event its targets are ``failed``
+with the reason.  Image records are ordered by ``updated_at``: a record older than the newest
 one already planned from (fetched before a change, answered after it) is never
 applied; its event is fetched again.  A ``deleted`` event is fetched too: events are hints, and
 a regional delete is final, so it is planned only when glance itself says the
@@ -28,12 +31,13 @@ from typing import Any
 
 from oslo_config import cfg
 
-from coordinator import operator, planner, reconciler, regiondrift
+from coordinator import operator, planner, reconciler, regiondrift, snapshot
 from coordinator.journal import EventRow, Journal
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync import strategy, untrusted
 from glancesync.liveness import retry_delay
+from glancesync.states import SyncState
 from glancesync.storemap import StoreMap
 
 LOG = logging.getLogger(__name__)
@@ -94,7 +98,7 @@ class EventDesk:
                 self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="not a glance image id")
                 continue
             self.fetching.add(event.event_id)
-            self.registrar.fetch(event)
+            self.registrar.fetch(event, tuple(self.storemap.regions))
 
     def fetched(self, result: FetchResult, now: float) -> None:
         event = self.journal.unplanned_event(result.event_id)
@@ -111,6 +115,8 @@ class EventDesk:
             return
         if result.error is None and self._still_importing(event, result.image, now):
             return
+        if result.error is None and self._snapshot_waits(event, result, now):
+            return
         if result.error is not None:
             LOG.error("event %s: image %s cannot be fetched (%d tries): %s; no tasks", event.event_id,
                       event.image_id, tries, result.error)
@@ -118,7 +124,7 @@ class EventDesk:
             return
         if self._stale(event, result.image, tries, now):
             return
-        self._plan(event, result.image, now, result.members)
+        self._plan(event, result.image, now, result.members, result.snapshot)
 
     def _still_importing(self, event: EventRow, image: dict[str, Any] | None, now: float) -> bool:
         """An imported image not active yet: fetch it again later, up to snapshot_timeout."""
@@ -131,6 +137,29 @@ class EventDesk:
         reason = f"image is still {status} {self.conf.snapshot_timeout} s after its import (snapshot_timeout)"
         LOG.error("event %s: %s; no tasks", event.event_id, reason)
         self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
+        return True
+
+    def _snapshot_waits(self, event: EventRow, result: FetchResult, now: float) -> bool:
+        """A snapshot whose regional image is not active yet: fetch again later, up to snapshot_timeout.
+
+        Past it, every target of the image (its own region too) is failed with the reason.
+        """
+        made = result.snapshot
+        if made is None or result.image is None or not snapshot.waiting(made):
+            return False
+        existing = self.journal.region_records(event.image_id)
+        if made.regional is None and existing:
+            return False  # gone from its region after it was spread: the planner says why, nothing waits
+        if now - event.received_at < self.conf.snapshot_timeout:
+            self.journal.defer_event(event.event_id, now + self.conf.snapshot_sleep_interval)
+            return True
+        reason = snapshot.timeout_reason(made, event.image_id, self.conf.snapshot_timeout)
+        targets = planner.target_regions(result.image, self.regions, self.conf.sync_strategy, self.rules,
+                                         self.conf.snapshot_region_names)
+        # A copy already made stays what it is; only the regions still waiting for one fail.
+        failed = {r: reason for r in targets if r not in existing or existing[r].state != SyncState.SYNCED}
+        LOG.error("event %s: %s; failed in %s", event.event_id, reason, ", ".join(failed) or "no region")
+        self.journal.plan_event(event.event_id, event.image_id, [], failed, now, error=reason)
         return True
 
     def _stale(self, event: EventRow, image: dict[str, Any] | None, tries: int, now: float) -> bool:
@@ -155,7 +184,7 @@ class EventDesk:
         return True
 
     def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float,
-              members: list[dict[str, str]] | None = None) -> None:
+              members: list[dict[str, str]] | None = None, made: snapshot.Snapshot | None = None) -> None:
         if event.kind != "deleted" and self.journal.deleted_event(event.image_id):
             # Fetched before the delete, answered after it: the record is stale, and copies
             # made from it would outlive the image (its delete was planned without them).
@@ -170,7 +199,9 @@ class EventDesk:
         plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
                             self.storemap.source_path, self.rules, by_operator, members,
                             repairs=event.body.get("repairs"),
-                            asked=self.journal.asked_regions(event.image_id).get(event.image_id, set()))
+                            asked=self.journal.asked_regions(event.image_id).get(event.image_id, set()),
+                            snapshot=made, snapshot_regions=self.conf.snapshot_region_names,
+                            sources=self.storemap.sources)
         if plan.refused:
             context = event.body.get("context") or {}
             LOG.warning("event %s (%s of %s) refused: %s; the delete is not planned in any region "
@@ -199,7 +230,8 @@ class EventDesk:
         self.reconcile_started = now
         self.pass_longest = 0.0
         policy = regiondrift.Policy(tuple(self.regions), self.conf.sync_strategy, now,
-                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules)
+                                    self.conf.coordinator.reconcile_failed_retry_interval, self.rules,
+                                    snapshot_regions=tuple(self.conf.snapshot_region_names))
         open_reader = self.open_reader
 
         def read() -> reconciler.Inputs:

@@ -24,6 +24,13 @@ fail at once (a source we refuse to read from, an image that never became active
   it), ``update`` where the region holds the image, ``delete`` of a synced copy the
   strategy no longer targets (the reconciler's ``unwanted``, within its safety limit).
 
+A snapshot (coordinator/snapshot.py: the cascading image's bytes are in the region
+that made it) is planned from ``Snapshot``, the regional image the coordinator read:
+the copies carry its recorded size and hashes and name that region as their source;
+``created`` and ``locations_changed`` of a snapshot copy like ``uploaded``.  Its
+targets are ``snapshot_regions`` when given, else the strategy's, and always its own
+region (whose task only confirms the copy there, so it is never removed as untargeted).
+
 A target whose record is ``deleted`` (or ``deleting``) gets no copy from an event: Glance
 never takes a deleted id back until an operator purges it in that region.  ``Plan.problems``
 says so, for status's targeting error.  Only an operator's resync or sync and a reconciler
@@ -46,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator import snapshot as snapshots
 from coordinator.journal import NewTask, RegionRecord
 from glancesync import strategy as strategies
 from glancesync.exceptions import SourceRefused
@@ -62,6 +70,16 @@ GONE_STATUSES = frozenset({"deleted", "killed", "pending_delete"})
 RESTORE = "restore"
 # (image_id, file:// url) -> absolute path in the cascading store; storemap.source_path.
 SourcePath = Callable[[str, str], str]
+# Events that make a snapshot's copies once its regional image is active.
+SNAPSHOT_COPY_EVENTS = frozenset({"created", "locations_changed"})
+
+
+@dataclass(frozen=True)
+class FromRegion:
+    """A snapshot's source as planned: where copies read (``source``) or why none can be made."""
+
+    source: dict[str, Any] | None
+    why: str | None = None
 
 
 @dataclass
@@ -80,9 +98,22 @@ def image_gone(image: Mapping[str, Any] | None) -> bool:
 
 
 def target_regions(image: Mapping[str, Any], regions: Iterable[str], strategy: str,
-                   rules: Mapping[str, Iterable[str]] | None = None) -> list[str]:
-    """The regions ``strategy`` sends ``image`` to, in glance_store.yaml order."""
+                   rules: Mapping[str, Iterable[str]] | None = None,
+                   snapshot_regions: Iterable[str] = ()) -> list[str]:
+    """The regions ``strategy`` sends ``image`` to, in glance_store.yaml order.
+
+    A snapshot goes to ``snapshot_regions`` (when not empty) instead, and always to its own region.
+    """
     known = list(regions)
+    made_in = snapshots.source_region(image, known)
+    if made_in is not None:
+        wanted = set(snapshot_regions) or set(_by_strategy(image, known, strategy, rules))
+        return [name for name in known if name in wanted or name == made_in]
+    return _by_strategy(image, known, strategy, rules)
+
+
+def _by_strategy(image: Mapping[str, Any], known: list[str], strategy: str,
+                 rules: Mapping[str, Iterable[str]] | None) -> list[str]:
     strategy = strategies.canonical(strategy)
     if strategy == strategies.ALL:
         return known
@@ -166,13 +197,20 @@ def _payload(image: Mapping[str, Any], source: dict[str, Any] | None,
 
 def _copies(image: Mapping[str, Any], targets: list[str], existing: Mapping[str, RegionRecord],
             source_path: SourcePath, members: list[dict[str, str]] | None = None, operator: bool = False,
-            needs: Callable[[RegionRecord | None, Mapping[str, Any]], bool] | None = None) -> Plan:
+            needs: Callable[[RegionRecord | None, Mapping[str, Any]], bool] | None = None,
+            from_region: FromRegion | None = None) -> Plan:
     plan = Plan()
     needs = needs or (lambda record, img: _needs_copy(record, img, operator))
     needed = [region for region in targets if needs(existing.get(region), image)]
     if not needed:
         return plan
     image_id = str(image.get("id"))
+    if from_region is not None:  # a snapshot: never the cascading store
+        if from_region.source is None:
+            plan.failures = {region: str(from_region.why) for region in needed}
+        else:
+            plan.tasks = [NewTask(region, "copy", _payload(image, from_region.source, members)) for region in needed]
+        return plan
     try:
         url = file_location(image)
         if url is None:
@@ -200,11 +238,12 @@ def _may_repair(record: RegionRecord | None, image: Mapping[str, Any]) -> bool:
 
 
 def _repairs(image: Mapping[str, Any], repairs: Mapping[str, str], existing: Mapping[str, RegionRecord],
-             source_path: SourcePath, members: list[dict[str, str]] | None, removable: list[str]) -> Plan:
+             source_path: SourcePath, members: list[dict[str, str]] | None, removable: list[str],
+             from_region: FromRegion | None = None) -> Plan:
     copy_to = [r for r, action in repairs.items() if action == "copy"]
     result = Plan()
     if copy_to and image.get("status") == "active":
-        result = _copies(image, copy_to, existing, source_path, members, needs=_may_repair)
+        result = _copies(image, copy_to, existing, source_path, members, needs=_may_repair, from_region=from_region)
     result.tasks += [NewTask(region, "update", _payload(image, None, members))
                      for region, action in repairs.items()
                      if action == "update" and region in existing and _holds_image(existing[region])]
@@ -221,13 +260,17 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
          existing: Mapping[str, RegionRecord], source_path: SourcePath,
          rules: Mapping[str, Iterable[str]] | None = None, operator: bool = False,
          members: list[dict[str, str]] | None = None, repairs: Mapping[str, str] | None = None,
-         asked: Iterable[str] = ()) -> Plan:
+         asked: Iterable[str] = (), snapshot: snapshots.Snapshot | None = None,
+         snapshot_regions: Iterable[str] = (), sources: Mapping[str, Any] | None = None) -> Plan:
     """The tasks an event of ``kind`` asks for; ``image`` is what glance answered now (None: 404).
 
     ``operator``: the event is an operator's resync or sync, which may restart a cancelled region.
     ``members``: the shared image's members as the coordinator listed them (None: not shared).
     ``repairs``: a ``drift`` event's region -> ``copy`` | ``update`` | ``delete``.
     ``asked``: regions an operator's sync sent the image to; never removed as untargeted.
+    ``snapshot``: the region that made this snapshot and its image there (coordinator/snapshot.py),
+    ``snapshot_regions`` its targets (empty: the strategy's), ``sources`` glance_store.yaml's
+    ``regions.<name>.source`` entries.
     """
     regions = list(regions)
     if kind == "deleted":
@@ -240,10 +283,22 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     if image is None:
         # Gone from the cascading glance: the ``deleted`` event that follows cleans up.
         return Plan()
-    targets = target_regions(image, regions, strategy, rules)
+    targets = target_regions(image, regions, strategy, rules, snapshot_regions)
+    from_region = None
+    if snapshot is not None:
+        image_id = str(image.get("id"))
+        source, why = snapshots.plan_source(snapshot, sources or {}, image_id)
+        from_region = FromRegion(source, why)
+        if snapshot.regional is not None and why is None:
+            image = snapshots.recorded(image, snapshot.regional)
+        if kind in SNAPSHOT_COPY_EVENTS:
+            kind = "uploaded"
+        # The region that made it holds it: never a removal, whatever the strategy says.
+        asked = [*asked, snapshot.region]
     # A name that is no region (a typo) removes nothing: fixing it must not cost a copy.
     removable = [] if targeting_problems(image, regions, strategy) else removals(targets, strategy, existing, asked)
-    result = _plan_image(kind, image, targets, removable, existing, source_path, operator, members, repairs)
+    result = _plan_image(kind, image, targets, removable, existing, source_path, operator, members, repairs,
+                         from_region)
     copied = {t.region for t in result.tasks if t.kind == "copy"}
     result.problems = deleted_targets([r for r in targets if r not in copied], existing, image_id)
     return result
@@ -251,17 +306,18 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
 
 def _plan_image(kind: str, image: Mapping[str, Any], targets: list[str], removable: list[str],
                 existing: Mapping[str, RegionRecord], source_path: SourcePath, operator: bool,
-                members: list[dict[str, str]] | None, repairs: Mapping[str, str] | None) -> Plan:
+                members: list[dict[str, str]] | None, repairs: Mapping[str, str] | None,
+                from_region: FromRegion | None = None) -> Plan:
     image_id = str(image.get("id"))
     if kind == "drift":
         # Judged against a listing a moment ago; re-checked here against this fetch.
         wanted = set(targets)
         return _repairs(image, {r: a for r, a in (repairs or {}).items() if r in wanted or a == "delete"},
-                        existing, source_path, members, removable)
+                        existing, source_path, members, removable, from_region)
     active = image.get("status") == "active"
     if kind in COPY_EVENTS:
-        if active:
-            return _copies(image, targets, existing, source_path, members, operator)
+        if active or (from_region is not None and from_region.source is None):  # a snapshot says why not
+            return _copies(image, targets, existing, source_path, members, operator, from_region=from_region)
         if kind == "created":
             return Plan()  # the upload or import event comes later
         status = image.get("status")
@@ -275,7 +331,7 @@ def _plan_image(kind: str, image: Mapping[str, Any], targets: list[str], removab
     result.tasks += _deletes(image, removed)
     if active and kind in RECOPY_EVENTS:
         fresh = [r for r in targets if r not in existing or existing[r].state == SyncState.FAILED]
-        copies = _copies(image, fresh, existing, source_path, members)
+        copies = _copies(image, fresh, existing, source_path, members, from_region=from_region)
         result.tasks += copies.tasks
         result.failures.update(copies.failures)
     return result

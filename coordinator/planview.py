@@ -54,7 +54,8 @@ def compute(conf: cfg.ConfigOpts, now: float, image_id: str | None = None) -> li
     try:
         c = conf.coordinator
         rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
-        policy = regiondrift.Policy(tuple(live), conf.sync_strategy, now, c.reconcile_failed_retry_interval, rules)
+        policy = regiondrift.Policy(tuple(live), conf.sync_strategy, now, c.reconcile_failed_retry_interval, rules,
+                                    snapshot_regions=tuple(conf.snapshot_region_names))
         inputs = reconciler.read_inputs(store, policy)
         confirmed = {h.image_id for h in store.held_deletes() if h.confirmed_at is not None}
     finally:

@@ -42,7 +42,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator import planner
+from coordinator import planner, snapshot
 from glancesync import imagediff, protocol
 from glancesync import strategy as strategies
 from glancesync.states import ACTIVE_STATES, SyncState
@@ -87,15 +87,20 @@ class Policy:
     rules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # image id -> regions an operator's sync sent a copy to: never unwanted.
     asked: Mapping[str, Collection[str]] = field(default_factory=dict)
+    # snapshot_region_names: a snapshot's targets when not empty (coordinator/snapshot.py).
+    snapshot_regions: tuple[str, ...] = ()
 
     def targets(self, image: Mapping[str, Any], facts: Mapping[str, Fact]) -> list[str]:
         """The regions ``image`` should be in.  With ``None`` or ``ON_DEMAND`` no region is a
         target by strategy: the copies an operator asked for (journaled) are kept up to date,
         none is added and none is unwanted."""
-        if strategies.canonical(self.strategy) in (strategies.NONE, strategies.ON_DEMAND):
-            # A deleted copy is no longer one an operator asked for; a sync asks again.
-            return [r for r in self.regions if r in facts and facts[r].state != SyncState.DELETED]
-        return planner.target_regions(image, self.regions, self.strategy, self.rules)
+        made_in = snapshot.source_region(image, self.regions)
+        if made_in is None or not self.snapshot_regions:
+            if strategies.canonical(self.strategy) in (strategies.NONE, strategies.ON_DEMAND):
+                # A deleted copy is no longer one an operator asked for; a sync asks again.
+                return [r for r in self.regions
+                        if (r in facts and facts[r].state != SyncState.DELETED) or r == made_in]
+        return planner.target_regions(image, self.regions, self.strategy, self.rules, self.snapshot_regions)
 
 
 def _same_bytes(cascading: Mapping[str, Any], regional: Mapping[str, Any]) -> bool:

@@ -18,7 +18,10 @@ threads never touch it):
 - ``unregister``: a delete task came back ``done``.  Remove that region's location if
   the image still exists and keeps another one (glance refuses to remove the last).
 - ``fetch``: the image record (with locations) an event is planned from: one GET (an
-  import still on its way is fetched again later by the loop).
+  import still on its way is fetched again later by the loop).  For a snapshot
+  (coordinator/snapshot.py) also the image of the region that made it, read with that
+  region's credentials; a registration of a snapshot's copy verifies against those
+  recorded values (the task's image), since the cascading image has no bytes of its own.
 
 Every request carries ``INTERNAL_REQUEST_HEADER`` signed with the shared secret
 (glancesync.marker, set up by ``cascading_endpoint``) so that the glance_proxy
@@ -33,7 +36,7 @@ import logging
 import queue
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +44,7 @@ from typing import Any
 from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
-from coordinator import reconciler
+from coordinator import reconciler, snapshot
 from coordinator.journal import EventRow, TaskRow
 from coordinator.regionalreads import RegionalReads
 from glancesync import glance, marker, protocol, verify
@@ -72,6 +75,8 @@ class FetchResult:
     error: GlanceSyncError | None = None
     # The members of a shared image ({"member_id", "status"}); None for any other image.
     members: list[dict[str, str]] | None = None
+    # A snapshot's region and its image there; None for any other image.
+    snapshot: snapshot.Snapshot | None = None
 
 
 @dataclass
@@ -214,10 +219,11 @@ class Registrar:
         fail = lambda exc: TaskResult(task.task_id, task.attempt, False, f"unregistration: {exc}")  # noqa: E731
         self.pool.submit(self._run, lambda: self._unregister(task), fail)
 
-    def fetch(self, event: EventRow) -> None:
+    def fetch(self, event: EventRow, regions: Collection[str] | None = None) -> None:
+        """Fetch ``event``'s image; a snapshot of one of ``regions`` (all: None) with its regional image."""
         fail = lambda exc: FetchResult(event.event_id, None, GlanceError(  # noqa: E731
             endpoint=self.endpoint_name, detail=str(exc)))
-        self.pool.submit(self._run, lambda: self._fetch(event), fail)
+        self.pool.submit(self._run, lambda: self._fetch(event, regions), fail)
 
     def reconcile(self, read: Callable[[], reconciler.Inputs]) -> None:
         """Compare the glances with what the journal knows (``read()``, in the pool; see reconciler.py)."""
@@ -251,6 +257,7 @@ class Registrar:
         if image is None:
             return [result(t, False, "the cascading image no longer exists", False) for t in batch]
         present = {loc.get("url") for loc in image.get("locations") or []}
+        validation = snapshot.validation_data(image, [task.payload for task in batch])
         done: list[TaskResult] = []
         to_add: list[tuple[TaskRow, str]] = []
         for task in batch:
@@ -264,16 +271,16 @@ class Registrar:
             url = protocol.cascaded_url(task.region, image_id)
             if url in present:
                 LOG.info("image %s: location %s already registered", image_id, url)
-                done.append(result(task, True, h=image.get("os_hash_value")))
+                done.append(result(task, True, h=snapshot.recorded_hash(task.payload, image)))
             else:
                 to_add.append((task, url))
         if to_add:
             try:
-                self._add_locations(image_id, [(url, task.region) for task, url in to_add])
+                self._add_locations(image_id, [(url, task.region) for task, url in to_add], validation)
             except GlanceSyncError as exc:
                 LOG.warning("image %s: %d location(s) not registered: %s", image_id, len(to_add), exc)
                 return done + [result(task, False, str(exc), exc.retryable) for task, _url in to_add]
-            done += [result(task, True, h=image.get("os_hash_value")) for task, _url in to_add]
+            done += [result(task, True, h=snapshot.recorded_hash(task.payload, image)) for task, _url in to_add]
         return done
 
     def _verify_regional(self, task: TaskRow, image: dict[str, Any], listed: dict[str, Any] | None = None) -> None:
@@ -289,18 +296,31 @@ class Registrar:
         if regional is None:
             raise VerificationError(image_id=task.image_id, retryable=True,
                                     detail=f"the agent reported done, but {where} has no such image")
-        verify.verify(verify.Digest.of_record(image, "cascading image"),
+        expected = verify.Digest.of_record(image, "cascading image")
+        if snapshot.task_region(task.payload) is not None:
+            # The cascading image of a snapshot holds no bytes: the values recorded from
+            # the region that made it (the task's image) are what every copy must have.
+            expected = verify.Digest.of_record(task.payload.get("image") or {},
+                                               f"snapshot recorded in {snapshot.task_region(task.payload)}")
+        verify.verify(expected,
                       verify.Digest.of_record(regional, f"{task.region} image"),
                       image_id=task.image_id,
                       via=verify.Digest.of_report(task.report or {}, f"the {task.region} agent's report"))
 
-    def _add_locations(self, image_id: str, locations: list[tuple[str, str]]) -> None:
-        """Add every (url, region) location in one PATCH, then believe only what the image says."""
+    def _add_locations(self, image_id: str, locations: list[tuple[str, str]],
+                       validation: dict[str, Any] | None = None) -> None:
+        """Add every (url, region) location in one PATCH, then believe only what the image says.
+
+        ``validation``: the hashes a queued snapshot's cascading image takes with its first
+        added location (glance then makes it active with them).
+        """
         if len(locations) == 1:
-            self._add_location(image_id, *locations[0])
+            self._add_location(image_id, *locations[0], validation=validation)
             return
         ops = [{"op": "add", "path": "/locations/-", "value": {"url": url, "metadata": {"region": region}}}
                for url, region in locations]
+        if validation:
+            ops[0]["value"]["validation_data"] = validation
         client = self._client()
         try:
             client.http_client.patch(f"/v2/images/{image_id}", headers={"Content-Type": JSON_PATCH},
@@ -313,7 +333,8 @@ class Registrar:
                 LOG.info("image %s: adding %d locations at once refused (%s); one at a time", image_id,
                          len(locations), code)
                 for url, region in locations:
-                    self._add_location(image_id, url, region)
+                    self._add_location(image_id, url, region, validation=validation)
+                    validation = None  # the image is active after the first one
                 return
             raise glance.translate(exc, self.endpoint_name) from exc
         after = {loc.get("url") for loc in (self._get(image_id) or {}).get("locations") or []}
@@ -324,12 +345,20 @@ class Registrar:
                                      "(concurrent location change?)")
         LOG.info("image %s: registered locations %s", image_id, ", ".join(url for url, _region in locations))
 
-    def _add_location(self, image_id: str, url: str, region: str) -> None:
+    def _add_location(self, image_id: str, url: str, region: str, validation: dict[str, Any] | None = None) -> None:
         try:
-            updated = self._client().images.add_location(image_id, url, {"region": region})
+            extra = {"validation_data": validation} if validation else {}
+            updated = self._client().images.add_location(image_id, url, {"region": region}, **extra)
         except Exception as exc:
             if getattr(exc, "code", None) == 400 and "already exists" in str(exc):
                 LOG.info("image %s: location %s already registered", image_id, url)
+                return
+            if validation and getattr(exc, "code", None) == 409:
+                # Glance takes only its own hashing_algorithm: the image is made active
+                # with the size alone; the copies were verified against the recorded hashes.
+                LOG.warning("image %s: glance refused the snapshot's hashes (%s); location added without them",
+                            image_id, exc)
+                self._add_location(image_id, url, region)
                 return
             raise glance.translate(exc, self.endpoint_name) from exc
         # A concurrent location change by someone else can still drop ours inside
@@ -361,12 +390,18 @@ class Registrar:
             return TaskResult(task.task_id, task.attempt, False, str(exc), exc.retryable)
         return TaskResult(task.task_id, task.attempt, True)
 
-    def _fetch(self, event: EventRow) -> FetchResult:
+    def _fetch(self, event: EventRow, regions: Collection[str] | None = None) -> FetchResult:
         # One GET and back: an import still on its way is fetched again later by the
         # loop, so no thread of this small pool ever sleeps waiting for it.
         try:
             image = self._get(event.image_id)
             members = glance.shared_members(self._client(), image, self.endpoint_name)
+            made = None
+            region = snapshot.source_region(image, regions) if event.kind != "deleted" else None
+            if region is not None:
+                regional = glance.get_image(self._regional_client(region), event.image_id,
+                                            f"glance of region {region}")
+                made = snapshot.Snapshot(region, regional)
         except GlanceSyncError as exc:
             return FetchResult(event.event_id, None, exc)
-        return FetchResult(event.event_id, image, members=members)
+        return FetchResult(event.event_id, image, members=members, snapshot=made)

@@ -90,14 +90,17 @@ default_opts = [
         "snapshot_timeout",
         default=300,
         min=1,
-        help="Seconds the coordinator waits for a snapshot (or an imported image) to become active "
-        "before the sync of that image fails.",
+        help="Seconds the coordinator waits for a snapshot (its image in the region that made it) "
+        "or an imported image to become active, counted from the event; past it the regions "
+        "still waiting for a copy are failed with that reason. The wait never blocks other "
+        "events: the image is fetched again every snapshot_sleep_interval.",
     ),
     cfg.IntOpt(
         "snapshot_sleep_interval",
         default=10,
         min=1,
-        help="Seconds between two polls of an image that is not active yet.",
+        help="Seconds between two reads of a snapshot's regional image (or an imported image) "
+        "that is not active yet. Related options: snapshot_timeout.",
     ),
     cfg.IntOpt(
         "task_retry_times",
@@ -120,7 +123,12 @@ default_opts = [
     cfg.ListOpt(
         "snapshot_region_names",
         default=[],
-        help="Regions a snapshot is synced to. Empty: the sync_strategy decides.",
+        help="Regions a snapshot is synced to: a cascading image whose bytes are in the region "
+        "that made it (only cascaded://<region>/<id> locations, no file:// one). The region that "
+        "made it always keeps it. Empty: the sync_strategy decides. A name that is not a "
+        "region of glance_store.yaml stops the coordinator at start. The bytes are read from the region that made the snapshot, never from "
+        "the cascading store (doc/snapshots.md). Related options: snapshot_timeout, "
+        "snapshot_sleep_interval.",
     ),
     cfg.StrOpt(
         "glance_store_config",

@@ -19,12 +19,17 @@ The file (see etc/glance_store.yaml.sample and doc/least-privilege.md)::
         work_dir: /var/lib/glance-sync/work
       RegionTwo:
         glance: {url: http://..., auth: {auth_type: none}, headers: {...}}   # inline
+        source:                                  # optional: reading RegionTwo's snapshots
+          glance_file: sources.d/RegionTwo.yaml  # or glance: {...}; a download account
+          store: {store_dir: ..., host: ..., user: ..., ...}   # its file store over SFTP
 
 Each host loads it for its :class:`Role` and reads only what that role uses, so a
 host's file can leave out everything else: the agent reads its own region (no other
-region's ``glance_file`` is ever opened), its ``work_dir`` and the SFTP account; the
-coordinator reads every region's glance, the cascading glance and ``store_dir``; the
-``cascaded://`` driver reads every region's glance and nothing of ``cascading``.
+region's ``glance_file`` is ever opened), its ``work_dir``, the SFTP account and the
+other regions' ``source`` (where a snapshot made there is read from, doc/snapshots.md);
+the coordinator reads every region's glance, the cascading glance, ``store_dir`` and
+each ``source.store.store_dir``; the ``cascaded://`` driver reads every region's glance
+and nothing of ``cascading``.
 
 What is read is loaded into frozen dataclasses and checked completely on load:
 every error names the file and the key, so a service refuses to start on a broken
@@ -109,11 +114,26 @@ class Region:
 
 
 @dataclass(frozen=True)
+class RegionSource:
+    """Where other regions' agents read the bytes of a snapshot made in this region.
+
+    ``store``: the region's glance file store over SFTP (for the coordinator only
+    ``store_dir``); ``glance``: an account of the region's glance that may download
+    (agents only).  Either may be missing.
+    """
+
+    glance: GlanceEndpoint | None = None
+    store: SshStore | None = None
+
+
+@dataclass(frozen=True)
 class StoreMap:
     path: str
     store: SshStore | None  # None for the cascaded:// driver
     regions: Mapping[str, Region]
     cascading_glance: GlanceEndpoint | None = None
+    # region -> how its snapshots are read (regions.<name>.source); the driver loads none.
+    sources: Mapping[str, RegionSource] = field(default_factory=dict)
 
     def region(self, name: str) -> Region:
         try:
@@ -130,22 +150,25 @@ class StoreMap:
         """
         if self.store is None:
             raise ConfigError(source=self.path, detail="cascading.store is required")
-        try:
-            parsed = urllib.parse.urlparse(location_url)
-        except ValueError:  # "file://[x/..." (an invalid IPv6 host) and the like
-            raise SourceRefused(image_id=image_id, detail=f"location {location_url!r} is not a URL") from None
-        if parsed.scheme != self.store.scheme:
-            raise SourceRefused(image_id=image_id, detail=f"location scheme {parsed.scheme!r} is not served over SFTP")
-        raw_path = urllib.parse.unquote(parsed.path)
-        if parsed.netloc not in ("", "localhost") or not raw_path.startswith("/") or "\x00" in raw_path:
-            raise SourceRefused(image_id=image_id, detail=f"location {location_url!r} is not an absolute local path")
-        path = posixpath.normpath(raw_path)
-        root = posixpath.normpath(self.store.store_dir)
-        if posixpath.commonpath([root, path]) != root or path == root:
-            raise SourceRefused(
-                image_id=image_id, detail=f"path {path!r} is outside the store directory {root!r}"
-            )
-        return path
+        return store_path(self.store, image_id, location_url)
+
+
+def store_path(store: SshStore, image_id: str, location_url: str) -> str:
+    """The path inside ``store.store_dir`` that a ``file://`` location names; SourceRefused otherwise."""
+    try:
+        parsed = urllib.parse.urlparse(location_url)
+    except ValueError:  # "file://[x/..." (an invalid IPv6 host) and the like
+        raise SourceRefused(image_id=image_id, detail=f"location {location_url!r} is not a URL") from None
+    if parsed.scheme != store.scheme:
+        raise SourceRefused(image_id=image_id, detail=f"location scheme {parsed.scheme!r} is not served over SFTP")
+    raw_path = urllib.parse.unquote(parsed.path)
+    if parsed.netloc not in ("", "localhost") or not raw_path.startswith("/") or "\x00" in raw_path:
+        raise SourceRefused(image_id=image_id, detail=f"location {location_url!r} is not an absolute local path")
+    path = posixpath.normpath(raw_path)
+    root = posixpath.normpath(store.store_dir)
+    if posixpath.commonpath([root, path]) != root or path == root:
+        raise SourceRefused(image_id=image_id, detail=f"path {path!r} is outside the store directory {root!r}")
+    return path
 
 
 def _require(data: Mapping[str, Any], key: str, where: str, path: str, kind: type | tuple = str) -> Any:
@@ -193,8 +216,7 @@ def _endpoint(data: Any, where: str, path: str) -> GlanceEndpoint:
     )
 
 
-def _store(data: Any, path: str, sftp: bool) -> SshStore:
-    where = "cascading.store"
+def _store(data: Any, path: str, sftp: bool, where: str = "cascading.store") -> SshStore:
     data = _mapping(data, where, path)
     scheme = data.get("scheme", "file")
     if scheme != "file":
@@ -290,8 +312,27 @@ def parse(data: Any, path: str = "<glance_store.yaml>", role: Role = Role.COORDI
         store = _store(cascading["store"], path, sftp=role is Role.AGENT)
         if role is Role.COORDINATOR and cascading.get("glance") is not None:
             glance = _endpoint(cascading["glance"], "cascading.glance", path)
-    return StoreMap(path=path, store=store, regions=_regions(data.get("regions"), path, role, region),
-                    cascading_glance=glance)
+    regions = _regions(data.get("regions"), path, role, region)
+    sources = {} if role is Role.DRIVER else _sources(data.get("regions"), path, role)
+    return StoreMap(path=path, store=store, regions=regions, cascading_glance=glance, sources=sources)
+
+
+def _sources(data: Any, path: str, role: Role) -> dict[str, RegionSource]:
+    """Every region's ``source``: the agent loads its account(s), the coordinator only ``store_dir``."""
+    sources = {}
+    for name, entry in _mapping(data, "regions", path).items():
+        where = f"regions.{name}.source"
+        source = _mapping(_mapping(entry, f"regions.{name}", path).get("source"), where, path)
+        if not source:
+            continue
+        glance = None
+        if role is Role.AGENT and (source.get("glance") is not None or source.get("glance_file") is not None):
+            glance = _region_glance(source, where, path)
+        store = None
+        if source.get("store") is not None:
+            store = _store(source["store"], path, sftp=role is Role.AGENT, where=f"{where}.store")
+        sources[str(name)] = RegionSource(glance=glance, store=store)
+    return sources
 
 
 def load(path: str, role: Role = Role.COORDINATOR, region: str | None = None) -> StoreMap:

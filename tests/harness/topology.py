@@ -109,8 +109,12 @@ class Topology:
         cascaded_store: bool = False,
         keystone: bool = False,
         journal_url: str | None = None,
+        snapshot_sources: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
+        # Each agent's glance_store.yaml also names every other region's ``source`` (its
+        # glance, to download a snapshot made there; doc/snapshots.md).
+        self.snapshot_sources = snapshot_sources
         self.etc_dir = self.base_dir / "etc"
         self.log_dir = self.base_dir / "logs"
         self.region_names = region_names(regions) if isinstance(regions, int) else list(regions)
@@ -246,10 +250,11 @@ class Topology:
         for name, server in self.cascaded.items():
             agent = self.agent_store_yaml(name)
             files[agent.parent / region_file(name)] = {"glance": self._endpoint(server, f"agent-{name}")}
-            files[agent] = {
-                "cascading": {"store": self._sftp_account()},
-                "regions": {name: {"glance_file": region_file(name), "work_dir": str(self.work_dir(name))}},
-            }
+            regions: dict[str, Any] = {name: {"glance_file": region_file(name), "work_dir": str(self.work_dir(name))}}
+            if self.snapshot_sources:
+                regions.update({other: {"source": {"glance": self._endpoint(self.cascaded[other], f"agent-{name}")}}
+                                for other in self.region_names if other != name})
+            files[agent] = {"cascading": {"store": self._sftp_account()}, "regions": regions}
         return files
 
     def write_store_files(self) -> list[Path]:

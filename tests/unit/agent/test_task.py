@@ -171,3 +171,23 @@ def test_failure_reasons_carry_no_terminal_control_characters(monkeypatch):
     reason = task_mod.run_task(task, settings(), lambda d, t: None)["reason"]
     assert not any(c in reason for c in "\x1b\x07\r\n\x9b")
     assert "409 <html>\\x1b[2J\\x1b]0;owned\\x07  body\\x9b</html>" in reason
+
+
+def test_the_snapshots_own_region_confirms_its_image_and_fetches_nothing():
+    data = b"snap" * 100
+    recorded = digest_record(data, "sha512")
+    task = dict(copy_of(recorded), source={"type": "glance", "region": "RegionA"})
+    result = task_mod._copy(task, settings(), FakeClient({"img-1": digest_record(data, "sha512")}),
+                            lambda d, t: None, lambda p: None)
+    assert result["outcome"] == "done" and result["os_hash_value"] == recorded["os_hash_value"]
+
+
+def test_the_snapshots_own_region_without_its_image_fails_for_good_and_fetches_nothing(monkeypatch):
+    import pytest
+
+    data = b"snap" * 100
+    task = dict(copy_of(digest_record(data, "sha512")), source={"type": "glance", "region": "RegionA"})
+    monkeypatch.setattr(task_mod.pipeline, "copy", lambda *args: pytest.fail("nothing is fetched"))
+    with pytest.raises(task_mod.VerificationError, match="not the recorded one") as caught:
+        task_mod._copy(task, settings(), FakeClient({}), lambda d, t: None, lambda p: None)
+    assert not caught.value.retryable

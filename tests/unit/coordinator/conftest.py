@@ -59,8 +59,11 @@ class FakeImages:
             raise exc.HTTPNotFound("no such image")
         return dict(self.records[image_id])
 
-    def add_location(self, image_id: str, url: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    def add_location(self, image_id: str, url: str, metadata: dict[str, Any],
+                     validation_data: dict[str, Any] | None = None) -> dict[str, Any]:
         self.added.append((image_id, url, metadata))
+        if self.records[image_id].get("status") == "queued":  # like glance: a location activates it
+            self.records[image_id].update(status="active", **(validation_data or {}))
         # Like glance: read the location set, write back the whole set with ours added,
         # with time in between for a concurrent writer to be lost.
         locations = list(self.records[image_id]["locations"])

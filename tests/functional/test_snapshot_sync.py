@@ -1,0 +1,132 @@
+"""Snapshot sync end to end (doc/snapshots.md): a snapshot made in RegionA reaches RegionB and RegionC.
+
+A topology of its own: three regions, and each agent's glance_store.yaml names the
+other regions' ``source`` (a download account of their glance).  The snapshot is made
+as the original's patched glance left it: the image in RegionA's glance (queued, its
+bytes uploaded later), and a queued cascading image with the same id whose only
+location is ``cascaded://RegionA/<id>``.  glance 33's API cannot put a location on a
+queued image (a location makes it active at once, doc/glance-behaviour.md), so the
+location row is written into the cascading glance's database, as that glance did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.journal.base import unpack
+from glancesync.protocol import cascaded_url
+from tests.functional import helpers
+from tests.harness.topology import Topology
+
+SOURCE = "RegionA"
+
+
+@pytest.fixture(scope="module")
+def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    topology = Topology(tmp_path_factory.mktemp("snapshots"), regions=3, sync_filter=True, cascaded_store=True,
+                        snapshot_sources=True)
+    try:
+        topology.start()
+        helpers.start_services(topology)
+        yield topology
+    finally:
+        topology.stop()
+
+
+def _snapshot(topo: Topology, name: str) -> str:
+    """RegionA's image (queued) and the queued cascading image pointing at it; an event announces it."""
+    regional = topo.cascaded[SOURCE].client().images.create(
+        name=name, disk_format="raw", container_format="bare", image_type="snapshot")
+    image_id = regional["id"]
+    cascading = topo.cascading.client()
+    cascading.images.create(id=image_id, name=name, disk_format="raw", container_format="bare",
+                            image_type="snapshot")
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    with sqlite3.connect(topo.cascading.db_path, timeout=30) as db:
+        db.execute("INSERT INTO image_locations (image_id, value, meta_data, status, created_at, updated_at, "
+                   "deleted) VALUES (?, ?, '{}', 'active', ?, ?, 0)",
+                   (image_id, cascaded_url(SOURCE, image_id), now, now))
+    # The create's event may have been planned before the location was there: this one is not.
+    cascading.images.update(image_id, snapshot_of="instance-1")
+    return image_id
+
+
+def _journal(topo: Topology, query: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(topo.journal_path, timeout=30) as db:
+        return db.execute(query, args).fetchall()
+
+
+def _deferred(topo: Topology, image_id: str) -> bool:
+    """An event of the image waits for RegionA's image (fetched again later, not planned yet)."""
+    rows = _journal(topo, "SELECT not_before, received_at FROM events WHERE image_id = ? AND planned = 0", image_id)
+    return any(not_before > received_at for not_before, received_at in rows)
+
+
+def test_a_snapshot_made_in_region_a_reaches_b_and_c_from_a(topo: Topology) -> None:
+    image_id = _snapshot(topo, "snap-e2e")
+    helpers.wait_until(lambda: _deferred(topo, image_id), 60, "the coordinator waiting for RegionA's image")
+    data = os.urandom(3 * helpers.MIB // 2)
+    md5, sha512 = hashlib.md5(data).hexdigest(), hashlib.sha512(data).hexdigest()
+    topo.cascaded[SOURCE].client().images.upload(image_id, io.BytesIO(data), image_size=len(data))
+
+    helpers.wait_states(topo, image_id, "synced", timeout=180)
+    for region in ("RegionB", "RegionC"):
+        client = topo.cascaded[region].client()
+        copy = client.images.get(image_id)
+        assert (copy["status"], copy["size"], copy["checksum"], copy["os_hash_value"]) == (
+            "active", len(data), md5, sha512)
+        assert copy["image_type"] == "snapshot"
+        assert b"".join(client.images.data(image_id)) == data
+    # The bytes came from RegionA's glance, never from the cascading store.
+    sources = {region: unpack(payload)["source"] for region, payload in _journal(
+        topo, "SELECT region, payload FROM tasks WHERE image_id = ? AND kind = 'copy'", image_id)}
+    assert sources == {r: {"type": "glance", "region": SOURCE} for r in ("RegionA", "RegionB", "RegionC")}
+    assert not any(Path(topo.cascading.data_dir).rglob(f"{image_id}*"))
+    # The cascading image: active with the snapshot's hashes, every region's location, RegionA's first.
+    cascading = topo.cascading.client()
+    image = cascading.images.get(image_id)
+    assert (image["status"], image["checksum"], image["os_hash_value"]) == ("active", md5, sha512)
+    urls = [loc["url"] for loc in image["locations"]]
+    assert urls[0] == cascaded_url(SOURCE, image_id)
+    assert sorted(urls) == sorted(cascaded_url(r, image_id) for r in topo.region_names)
+    assert b"".join(cascading.images.data(image_id)) == data
+
+
+def test_a_snapshot_announced_through_glance_33s_location_api_is_spread_too(topo: Topology) -> None:
+    """glance 33's own way: the location is added once RegionA has the bytes; the image is active at once."""
+    regional = topo.cascaded[SOURCE].client()
+    data = os.urandom(helpers.MIB)
+    image_id = regional.images.create(name="snap-api", disk_format="raw", container_format="bare")["id"]
+    regional.images.upload(image_id, io.BytesIO(data), image_size=len(data))
+    cascading = topo.cascading.client()
+    cascading.images.create(id=image_id, name="snap-api", disk_format="raw", container_format="bare")
+    cascading.images.add_location(image_id, cascaded_url(SOURCE, image_id), {})
+    helpers.wait_states(topo, image_id, "synced", timeout=180)
+    for region in ("RegionB", "RegionC"):
+        copy = topo.cascaded[region].client().images.get(image_id)
+        assert (copy["size"], copy["os_hash_value"]) == (len(data), hashlib.sha512(data).hexdigest())
+    assert b"".join(cascading.images.data(image_id)) == data
+
+
+def test_a_snapshot_that_stays_queued_fails_after_snapshot_timeout(topo: Topology) -> None:
+    conf = topo.write_service_conf(topo.etc_dir / "glance-sync-short.conf", DEFAULT={"snapshot_timeout": 3})
+    for service in [s for s in topo.services if s.name == "coordinator"]:
+        service.stop()
+        topo.services.remove(service)
+    topo.start_coordinator(conf)
+    image_id = _snapshot(topo, "snap-never")
+    view = helpers.wait_states(topo, image_id, "failed", timeout=120)
+    for region in topo.region_names:
+        assert "snapshot_timeout" in view[region]["last_error"], view[region]
+        assert "still queued" in view[region]["last_error"], view[region]
+    for region in ("RegionB", "RegionC"):
+        assert image_id not in [i["id"] for i in topo.cascaded[region].client().images.list()]
+    assert topo.cascading.client().images.get(image_id)["status"] == "queued"
