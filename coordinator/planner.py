@@ -271,7 +271,7 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     from_region = None
     if snapshot is not None:
         image_id = str(image.get("id"))
-        source, why = snapshots.plan_source(snapshot, sources or {}, image_id)
+        source, why = snapshots.plan_source(snapshot, sources or {}, image_id, image.get("owner"))
         from_region = FromRegion(source, why)
         if snapshot.regional is not None and why is None:
             image = snapshots.recorded(image, snapshot.regional)
