@@ -286,13 +286,7 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     targets = target_regions(image, regions, strategy, rules, snapshot_regions)
     from_region = None
     if snapshot is not None:
-        image_id = str(image.get("id"))
-        source, why = snapshots.plan_source(snapshot, sources or {}, image_id)
-        from_region = FromRegion(source, why)
-        if snapshot.regional is not None and why is None:
-            image = snapshots.recorded(image, snapshot.regional)
-        if kind in SNAPSHOT_COPY_EVENTS:
-            kind = "uploaded"
+        image, kind, from_region = _as_snapshot(image, kind, snapshot, sources or {})
         # The region that made it holds it: never a removal, whatever the strategy says.
         asked = [*asked, snapshot.region]
     # A name that is no region (a typo) removes nothing: fixing it must not cost a copy.
@@ -302,6 +296,15 @@ def plan(kind: str, image_id: str, image: Mapping[str, Any] | None, regions: Ite
     copied = {t.region for t in result.tasks if t.kind == "copy"}
     result.problems = deleted_targets([r for r in targets if r not in copied], existing, image_id)
     return result
+
+
+def _as_snapshot(image: Mapping[str, Any], kind: str, snapshot: snapshots.Snapshot,
+                 sources: Mapping[str, Any]) -> tuple[Mapping[str, Any], str, FromRegion]:
+    """The record, event kind and source a snapshot is planned with: the regional glance's values."""
+    source, why = snapshots.plan_source(snapshot, sources, str(image.get("id")), image.get("owner"))
+    if snapshot.regional is not None and why is None:
+        image = snapshots.recorded(image, snapshot.regional)
+    return image, "uploaded" if kind in SNAPSHOT_COPY_EVENTS else kind, FromRegion(source, why)
 
 
 def _plan_image(kind: str, image: Mapping[str, Any], targets: list[str], removable: list[str],

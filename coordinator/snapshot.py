@@ -89,12 +89,21 @@ def timeout_reason(snapshot: Snapshot, image_id: str, timeout: float) -> str:
             f"(snapshot_timeout); nothing copied")
 
 
-def unusable(snapshot: Snapshot, image_id: str) -> str | None:
-    """Why the regional image cannot be copied from (not active), or None."""
+def unusable(snapshot: Snapshot, image_id: str, owner: Any = None) -> str | None:
+    """Why the regional image cannot be copied from (not active, another project's), or None.
+
+    ``owner``: the cascading image's.  The copies take the cascading image's owner and
+    visibility, so bytes of another project's image must never be spread under them
+    (a location pointing at someone else's image: a confused deputy).
+    """
     status = "missing" if snapshot.regional is None else snapshot.regional.get("status")
-    if status == "active":
-        return None
-    return f"snapshot {image_id} in {snapshot.region} is {status}, not active; nothing to copy from"
+    if status != "active":
+        return f"snapshot {image_id} in {snapshot.region} is {status}, not active; nothing to copy from"
+    theirs = (snapshot.regional or {}).get("owner")
+    if owner and theirs and theirs != owner:
+        return (f"snapshot {image_id} in {snapshot.region} belongs to project {theirs}, the cascading image to "
+                f"{owner}; not copied")
+    return None
 
 
 def recorded(image: Mapping[str, Any], regional: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,10 +141,10 @@ def source(snapshot: Snapshot, sources: Mapping[str, RegionSource], image_id: st
     return {"type": "glance", "region": snapshot.region}
 
 
-def plan_source(snapshot: Snapshot, sources: Mapping[str, RegionSource],
-                image_id: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(source, None), or (None, why no copy can be made from this snapshot)."""
-    why = unusable(snapshot, image_id)
+def plan_source(snapshot: Snapshot, sources: Mapping[str, RegionSource], image_id: str,
+                owner: Any = None) -> tuple[dict[str, Any] | None, str | None]:
+    """(source, None), or (None, why no copy can be made from this snapshot); ``owner``: the cascading image's."""
+    why = unusable(snapshot, image_id, owner)
     if why is not None:
         return None, why
     try:

@@ -18,12 +18,15 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from coordinator.journal.base import unpack
 from glancesync.protocol import cascaded_url
 from tests.functional import helpers
+from tests.harness.sshd import SshServer
 from tests.harness.topology import Topology
 
 SOURCE = "RegionA"
@@ -130,3 +133,47 @@ def test_a_snapshot_that_stays_queued_fails_after_snapshot_timeout(topo: Topolog
     for region in ("RegionB", "RegionC"):
         assert image_id not in [i["id"] for i in topo.cascaded[region].client().images.list()]
     assert topo.cascading.client().images.get(image_id)["status"] == "queued"
+
+
+def _map_source_store(topo: Topology, sshd: SshServer) -> None:
+    """RegionA's glance file store in every glance_store.yaml: the SFTP account for the agents, store_dir for
+    the coordinator; then every service restarted to read them."""
+    store_dir = topo.cascaded[SOURCE].data_dir
+
+    def edit(path: Path, source: dict[str, Any]) -> None:
+        data = yaml.safe_load(path.read_text())
+        data["regions"].setdefault(SOURCE, {}).setdefault("source", {})["store"] = source
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    edit(topo.store_yaml, {"store_dir": str(store_dir)})
+    for region in topo.region_names:
+        if region != SOURCE:
+            edit(topo.agent_store_yaml(region), Topology.sftp_account(sshd, store_dir))
+    topo.stop_services()
+    helpers.start_services(topo)
+
+
+def test_a_snapshot_in_a_region_whose_store_is_mapped_is_read_over_sftp_there(topo: Topology) -> None:
+    confine = os.geteuid() == 0
+    sshd = SshServer(topo.base_dir / "sshd-RegionA", chroot_dir=topo.cascaded[SOURCE].data_dir if confine else None)
+    sshd.start()
+    try:
+        _map_source_store(topo, sshd)
+        regional = topo.cascaded[SOURCE].client()
+        data = os.urandom(helpers.MIB)
+        image_id = regional.images.create(name="snap-sftp", disk_format="raw", container_format="bare")["id"]
+        regional.images.upload(image_id, io.BytesIO(data), image_size=len(data))
+        cascading = topo.cascading.client()
+        cascading.images.create(id=image_id, name="snap-sftp", disk_format="raw", container_format="bare")
+        cascading.images.add_location(image_id, cascaded_url(SOURCE, image_id), {})
+        helpers.wait_states(topo, image_id, "synced", timeout=180)
+        for region in ("RegionB", "RegionC"):
+            client = topo.cascaded[region].client()
+            assert b"".join(client.images.data(image_id)) == data
+        path = str(topo.cascaded[SOURCE].data_dir / image_id)
+        sources = {region: unpack(payload)["source"] for region, payload in _journal(
+            topo, "SELECT region, payload FROM tasks WHERE image_id = ? AND kind = 'copy'", image_id)}
+        assert sources["RegionB"] == sources["RegionC"] == {"type": "sftp", "region": SOURCE, "path": path}
+        assert sshd.log_path.read_text(errors="replace").count("Accepted publickey") >= 2
+    finally:
+        sshd.stop()

@@ -201,17 +201,22 @@ class Topology:
 
     def _sftp_account(self) -> dict[str, Any]:
         """cascading.store as the agents need it: the store directory and the SFTP account."""
+        return self.sftp_account(self.sshd, self.cascading.data_dir)
+
+    @staticmethod
+    def sftp_account(sshd: SshServer, store_dir: str | Path) -> dict[str, Any]:
+        """A glance_store.yaml ``store`` entry for ``store_dir`` served by ``sshd`` (a region's too)."""
         store = {
             "scheme": "file",
-            "store_dir": str(self.cascading.data_dir),
-            "host": self.sshd.host,
-            "port": self.sshd.port,
-            "user": self.sshd.user,
-            "private_key_file": str(self.sshd.private_key_file),
-            "known_hosts_file": str(self.sshd.known_hosts_file),
+            "store_dir": str(store_dir),
+            "host": sshd.host,
+            "port": sshd.port,
+            "user": sshd.user,
+            "private_key_file": str(sshd.private_key_file),
+            "known_hosts_file": str(sshd.known_hosts_file),
         }
-        if self.sshd.chroot_dir is not None:
-            store["sftp_root"] = str(self.sshd.chroot_dir)
+        if sshd.chroot_dir is not None:
+            store["sftp_root"] = str(sshd.chroot_dir)
         return store
 
     def store_map(self) -> dict[str, Any]:

@@ -92,6 +92,13 @@ def test_a_location_outside_the_regions_store_is_refused() -> None:
     assert source is None and "deactivated, not active" in why
 
 
+def test_another_projects_image_is_never_spread_under_the_cascading_owner() -> None:
+    theirs = snapshot.Snapshot("RegionOne", {**regional_snapshot(), "owner": "p2"})
+    source, why = snapshot.plan_source(theirs, {}, IMAGE_ID, "p1")
+    assert source is None and "belongs to project p2" in why
+    assert snapshot.plan_source(theirs, {}, IMAGE_ID, "p2")[1] is None
+
+
 # -- planning --------------------------------------------------------------------------
 
 
