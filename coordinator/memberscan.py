@@ -41,6 +41,8 @@ def find(client: Any, regional_client: Callable[[str], Any], candidates: Mapping
     """The ``update`` repairs of the candidates whose regional members differ (see the module doc)."""
     repairs: list[regiondrift.Repair] = []
     unanswered: set[str] = set()
+    # One client per region for the whole pass (plan's factory builds a new session per call).
+    clients: dict[str, Any] = {}
     for image_id in sorted(candidates):
         try:
             want = _members(client, image_id, endpoint)
@@ -53,7 +55,9 @@ def find(client: Any, regional_client: Callable[[str], Any], candidates: Mapping
             if region in unanswered:
                 continue
             try:
-                have = _members(regional_client(region), image_id, region)
+                if region not in clients:
+                    clients[region] = regional_client(region)
+                have = _members(clients[region], image_id, region)
             except Exception as exc:
                 unanswered.add(region)
                 LOG.warning("reconciler: members in region %s not listed, not judged this pass: %s", region,
