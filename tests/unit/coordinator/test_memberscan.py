@@ -115,6 +115,8 @@ def test_find_stops_when_the_cascading_glance_does_not_answer_and_skips_vanished
     broken = Client(Members(error=glance_exc.HTTPServiceUnavailable("down")))
     assert memberscan.find(broken, lambda r: regional, {IMAGE_ID: [ONE]}, "http://c") == []
     assert regional.image_members.calls == 0
+    odd = Client(Members({IMAGE_ID: [{"id": "no member_id"}]}))  # an answer of another shape
+    assert memberscan.find(odd, lambda r: regional, {IMAGE_ID: [ONE]}, "http://c") == []
     gone = Client(Members({}))  # 404: the image went away since the listing
     assert memberscan.find(gone, lambda r: regional, {IMAGE_ID: [ONE]}, "http://c") == []
     vanished = Client(Members({}))  # the regional copy went away: the next pass judges it
