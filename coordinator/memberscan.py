@@ -36,16 +36,23 @@ def _members(client: Any, image_id: str, endpoint: str) -> list[dict[str, str]] 
     return [{"member_id": str(m["member_id"]), "status": str(m["status"])} for m in listed]
 
 
+def _why(exc: Exception, endpoint: str) -> Exception:
+    return exc if isinstance(exc, GlanceSyncError) else glance.translate(exc, endpoint)
+
+
 def find(client: Any, regional_client: Callable[[str], Any], candidates: Mapping[str, list[str]],
          endpoint: str) -> list[regiondrift.Repair]:
     """The ``update`` repairs of the candidates whose regional members differ (see the module doc)."""
     repairs: list[regiondrift.Repair] = []
     unanswered: set[str] = set()
+    # One client per region for the whole pass (plan's factory builds a new session per call).
+    clients: dict[str, Any] = {}
     for image_id in sorted(candidates):
         try:
             want = _members(client, image_id, endpoint)
-        except GlanceSyncError as exc:
-            LOG.warning("reconciler: members of the cascading images not listed, not judged this pass: %s", exc)
+        except Exception as exc:  # an error or an answer of another shape: not judged, never a failed pass
+            LOG.warning("reconciler: members of the cascading images not listed, not judged this pass: %s",
+                        _why(exc, endpoint))
             return repairs
         if want is None:
             continue  # gone meanwhile: the deleted path of the next pass takes it
@@ -53,11 +60,13 @@ def find(client: Any, regional_client: Callable[[str], Any], candidates: Mapping
             if region in unanswered:
                 continue
             try:
-                have = _members(regional_client(region), image_id, region)
+                if region not in clients:
+                    clients[region] = regional_client(region)
+                have = _members(clients[region], image_id, region)
             except Exception as exc:
                 unanswered.add(region)
                 LOG.warning("reconciler: members in region %s not listed, not judged this pass: %s", region,
-                            exc if isinstance(exc, GlanceSyncError) else glance.translate(exc, region))
+                            _why(exc, region))
                 continue
             why = None if have is None else regiondrift.member_differences(want, have)
             if why:

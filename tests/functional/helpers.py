@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,29 @@ def start_services(topo: Topology, timeout: float = 60) -> None:
         topo.start_agent(region)
     wait_until(lambda: all(online_agents(topo).get(r) for r in topo.region_names), timeout,
                "every region's agent online")
+
+
+@contextmanager
+def keystone_topology(base: Path, prepare: Callable[[Topology], None] | None = None,
+                      **coordinator: Any) -> Iterator[Topology]:
+    """A topology of its own with a real keystone (two regions, the filter and the ``cascaded://`` driver),
+    its coordinator and agents running; stopped on exit.
+
+    ``prepare(topo)`` runs once the glances and keystone answer, before our services start;
+    ``coordinator`` adds ``[coordinator]`` options.  Heartbeats every 2 s (offline after 6 s of
+    silence) rather than the harness's 1 s: with keystone beside them on a busy machine, agents
+    were seen silent for a few seconds and their tasks requeued, again and again.
+    """
+    topo = Topology(base, regions=2, sync_filter=True, cascaded_store=True, keystone=True)
+    try:
+        topo.start()
+        if prepare is not None:
+            prepare(topo)
+        topo.write_service_conf(coordinator={"heartbeat_interval": 2, **coordinator}, agent={"heartbeat_interval": 2})
+        start_services(topo)
+        yield topo
+    finally:
+        topo.stop()
 
 
 def wait_states(topo: Topology, image_id: str, wanted: dict[str, str] | str, regions: list[str] | None = None,

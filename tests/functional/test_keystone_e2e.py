@@ -54,18 +54,8 @@ def glance_as(topo: Topology, account: str, url: str) -> Any:
 @pytest.fixture(scope="module")
 def ks_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """keystone + cascading and two regional glances + sshd, coordinator and one agent per region."""
-    topo = Topology(tmp_path_factory.mktemp("keystone-topology"), regions=2, sync_filter=True,
-                    cascaded_store=True, keystone=True)
-    try:
-        topo.start()
-        # Heartbeats every 2 s (offline after 6 s of silence) rather than the harness's
-        # 0.5 s: with keystone beside them on a busy machine, agents were seen
-        # silent for 1.5 s and their tasks requeued, again and again.
-        topo.write_service_conf(coordinator={"heartbeat_interval": 2}, agent={"heartbeat_interval": 2})
-        helpers.start_services(topo)
+    with helpers.keystone_topology(tmp_path_factory.mktemp("keystone-topology")) as topo:
         yield topo
-    finally:
-        topo.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,22 +18,17 @@ from tests.functional import helpers
 from tests.harness.topology import CASCADING_REGION, Topology
 
 
+def _region_b_points_at_the_cascading_glance(topo: Topology) -> None:
+    assert topo.keystone is not None
+    topo.keystone.set_image_endpoint("RegionB", f"{topo.cascading.url}/v2/")
+
+
 @pytest.fixture(scope="module")
 def catalog_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    topo = Topology(tmp_path_factory.mktemp("catalog-topology"), regions=2, sync_filter=True,
-                    cascaded_store=True, keystone=True)
-    try:
-        topo.start()
-        assert topo.keystone is not None
-        topo.keystone.set_image_endpoint("RegionB", f"{topo.cascading.url}/v2/")
-        # Heartbeats every 2 s like test_keystone_e2e.py: keystone beside them on a busy machine.
-        topo.write_service_conf(coordinator={"heartbeat_interval": 2, "region_source": "catalog",
-                                             "catalog_refresh_interval": 1},
-                                agent={"heartbeat_interval": 2})
-        helpers.start_services(topo)
+    with helpers.keystone_topology(tmp_path_factory.mktemp("catalog-topology"),
+                                   _region_b_points_at_the_cascading_glance,
+                                   region_source="catalog", catalog_refresh_interval=1) as topo:
         yield topo
-    finally:
-        topo.stop()
 
 
 def coordinator_log(topo: Topology) -> str:

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from agent import task as task_mod
 from glancesync.storemap import GlanceEndpoint, Region, SshStore, StoreMap
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakeclock import FakeClock
 
 
 def test_throttle_sends_every_interval_and_every_five_percent_but_not_flooding():
-    clock, sent = Clock(), []
+    clock, sent = FakeClock(), []
     throttle = task_mod.ProgressThrottle(lambda d, t, p: sent.append(d), interval=1.0, clock=clock)
     throttle(0, 1000)
     assert sent == [0]

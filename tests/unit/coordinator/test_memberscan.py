@@ -97,11 +97,26 @@ def test_find_repairs_regions_whose_members_differ_and_skips_what_did_not_answer
     assert sum("members in region RegionOne not listed" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_find_builds_one_regional_client_per_region_for_the_pass() -> None:
+    other = "9" * 8 + IMAGE_ID[8:]
+    built: list[str] = []
+
+    def factory(region: str) -> Client:
+        built.append(region)
+        return Client(Members({IMAGE_ID: [], other: []}))
+
+    cascading = Client(Members({IMAGE_ID: [], other: []}))
+    assert memberscan.find(cascading, factory, {IMAGE_ID: [ONE, TWO], other: [ONE, TWO]}, "http://c") == []
+    assert built == [ONE, TWO]
+
+
 def test_find_stops_when_the_cascading_glance_does_not_answer_and_skips_vanished_images() -> None:
     regional = Client(Members({IMAGE_ID: [member(A)]}))
     broken = Client(Members(error=glance_exc.HTTPServiceUnavailable("down")))
     assert memberscan.find(broken, lambda r: regional, {IMAGE_ID: [ONE]}, "http://c") == []
     assert regional.image_members.calls == 0
+    odd = Client(Members({IMAGE_ID: [{"id": "no member_id"}]}))  # an answer of another shape
+    assert memberscan.find(odd, lambda r: regional, {IMAGE_ID: [ONE]}, "http://c") == []
     gone = Client(Members({}))  # 404: the image went away since the listing
     assert memberscan.find(gone, lambda r: regional, {IMAGE_ID: [ONE]}, "http://c") == []
     vanished = Client(Members({}))  # the regional copy went away: the next pass judges it

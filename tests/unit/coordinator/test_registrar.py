@@ -1,24 +1,21 @@
-"""The registrar: the regional image read and verified before registration, idempotent location add, endpoints."""
+"""The registrar: the regional image read and verified before registration, idempotent location add
+(its endpoint and signed session: test_registrar_endpoint.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from coordinator import cmd
 from coordinator.journal import EventRow, TaskRow
-from coordinator.registrar import FetchResult, Registrar, TaskResult, cascading_endpoint
-from glancesync import glance, marker, protocol, storemap
+from coordinator.registrar import FetchResult, Registrar, TaskResult
+from glancesync import protocol
 from glancesync.exceptions import ConfigError
 from glancesync.states import SyncState
-from glancesync.storemap import GlanceEndpoint
 
-from .conftest import IMAGE_ID, FakeClient, image_record, make_conf
+from .conftest import IMAGE_ID, FakeClient, image_record
 
 
 def task(kind: str = "copy", report=None) -> TaskRow:
@@ -67,10 +64,37 @@ def regional_factory(regionals: dict, built: list | None = None):
 
 
 @pytest.fixture
-def registrar(client, regionals):
-    reg = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=regional_factory(regionals))
-    yield reg
-    reg.shutdown()
+def make_registrar(client, regionals):
+    """Registrar(workers) over the fake glances, shut down after the test; ``built`` records the regional
+    clients made."""
+    made: list[Registrar] = []
+
+    def make(workers: int = 2, built: list | None = None) -> Registrar:
+        made.append(Registrar(lambda: client, workers, "http://cascading",
+                              regional_client_factory=regional_factory(regionals, built)))
+        return made[-1]
+
+    yield make
+    for reg in made:
+        reg.shutdown()
+
+
+@pytest.fixture
+def registrar(make_registrar):
+    return make_registrar()
+
+
+def register_regions(registrar: Registrar, regions: list[str], hold_worker: bool = False) -> list:
+    """Register one copy task per region (ids t0, t1...) and wait for every result.
+
+    ``hold_worker``: the pool's one worker is kept busy until all are queued, so they wait together."""
+    hold = threading.Event()
+    if hold_worker:
+        registrar.pool.submit(hold.wait)
+    for n, region in enumerate(regions):
+        registrar.register(dataclasses.replace(task(report=good_report()), task_id=f"t{n}", region=region))
+    hold.set()
+    return wait_results(registrar, len(regions))
 
 
 def wait_result(registrar: Registrar) -> TaskResult | FetchResult:
@@ -175,17 +199,11 @@ def test_a_region_hashing_with_sha256_without_a_matching_region_hash_is_not_regi
     assert client.images.added == []
 
 
-def test_regional_clients_are_built_lazily_once_per_region_and_thread(client, regionals) -> None:
+def test_regional_clients_are_built_lazily_once_per_region_and_thread(make_registrar) -> None:
     built: list[str] = []
-    registrar = Registrar(lambda: client, 1, "http://cascading",
-                          regional_client_factory=regional_factory(regionals, built))
-    try:
-        assert built == []
-        for n, region in enumerate(["RegionOne", "RegionTwo", "RegionOne"]):
-            registrar.register(dataclasses.replace(task(report=good_report()), task_id=f"t{n}", region=region))
-        assert all(r.ok for r in wait_results(registrar, 3))
-    finally:
-        registrar.shutdown()
+    registrar = make_registrar(1, built)
+    assert built == []
+    assert all(r.ok for r in register_regions(registrar, ["RegionOne", "RegionTwo", "RegionOne"]))
     assert built == ["RegionOne", "RegionTwo"]
 
 
@@ -239,133 +257,10 @@ def test_fetch_of_a_missing_image_is_none(registrar, client) -> None:
     assert result.image is None and result.error is None
 
 
-def _secret_file(tmp_path, mode: int = 0o600):
-    path = tmp_path / "internal.secret"
-    marker.write_secret(str(path))
-    os.chmod(path, mode)
-    return path
-
-
-def test_cascading_endpoint_carries_the_secret_not_a_bare_header(tmp_path, db_url, store_yaml) -> None:
-    secret_file = _secret_file(tmp_path)
-    conf = make_conf(tmp_path, db_url, store_yaml, DEFAULT={"sync_internal_secret_file": secret_file},
-                     cascading_glance={"identity_headers": f"{protocol.INTERNAL_REQUEST_HEADER}:1,X-Roles:admin"})
-    endpoint = cascading_endpoint(conf, storemap.load(str(store_yaml)))
-    assert endpoint.url == "http://127.0.0.1:1" and endpoint.auth["auth_type"] == "none"
-    assert endpoint.internal_secret == secret_file.read_bytes().strip()
-    # No fixed header value is ever sent, even one written in identity_headers.
-    assert endpoint.headers == {"X-Roles": "admin"}
-    assert endpoint.internal_secret.decode() not in repr(endpoint)
-
-
-def test_cascading_endpoint_without_a_secret_sends_no_marker(conf, stores, caplog) -> None:
-    endpoint = cascading_endpoint(conf, stores)
-    assert endpoint.internal_secret is None
-    assert protocol.INTERNAL_REQUEST_HEADER not in endpoint.headers
-    assert "sync_internal_secret_file is not set" in caplog.text
-
-
-def test_a_readable_secret_file_stops_the_coordinator(tmp_path, db_url, store_yaml, capsys) -> None:
-    secret_file = _secret_file(tmp_path, 0o644)
-    make_conf(tmp_path, db_url, store_yaml, DEFAULT={"sync_internal_secret_file": secret_file})
-    assert cmd.main(["--config-file", str(tmp_path / "coordinator.conf")]) == 1
-    captured = capsys.readouterr()
-    assert "chmod 600" in captured.out + captured.err
-    assert secret_file.read_text().strip() not in captured.out + captured.err
-
-
-def test_cascading_glance_password_auth_keeps_every_option(tmp_path, db_url, store_yaml) -> None:
-    """[cascading_glance] keystoneauth1 password options all reach the session, the URL from the catalog."""
-    conf = make_conf(tmp_path, db_url, store_yaml,
-                     cascading_glance={"auth_type": "password", "auth_url": "http://127.0.0.1:5000/v3",
-                                       "username": "glance-sync", "password": "s3cret",
-                                       "project_name": "service", "user_domain_name": "Default",
-                                       "project_domain_name": "Default", "region_name": "Cascading"})
-    conf.set_override("cascading_endpoint_url", None)
-    endpoint = cascading_endpoint(conf, None)
-    assert endpoint.url is None and endpoint.region_name == "Cascading"
-    assert endpoint.auth == {"auth_type": "password", "auth_url": "http://127.0.0.1:5000/v3",
-                             "username": "glance-sync", "password": "s3cret", "project_name": "service",
-                             "user_domain_name": "Default", "project_domain_name": "Default"}
-    assert "s3cret" not in repr(endpoint)
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    seen: list[tuple[str, str, str | None]] = []
-
-    def _answer(self) -> None:
-        self.seen.append((self.command, self.path, self.headers.get(protocol.INTERNAL_REQUEST_HEADER)))
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        body = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_PATCH = do_DELETE = _answer
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def recorder():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    _Recorder.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.seen
-    server.shutdown()
-    server.server_close()
-
-
-def test_every_request_of_the_session_is_signed_for_its_own_method_and_path(recorder) -> None:
-    url, seen = recorder
-    secret = b"s" * 40
-    sess = glance.make_session(GlanceEndpoint(url=url, internal_secret=secret))
-    sess.get(f"{url}/v2/images?limit=2&marker=a%20b")
-    sess.patch(f"{url}/v2/images/{IMAGE_ID}", json=[])
-    sess.delete(f"{url}/image/v2/images/{IMAGE_ID}/tags/a%2Fb")
-    assert [(m, p) for m, p, _ in seen] == [
-        ("GET", "/v2/images?limit=2&marker=a%20b"), ("PATCH", f"/v2/images/{IMAGE_ID}"),
-        ("DELETE", f"/image/v2/images/{IMAGE_ID}/tags/a%2Fb")]
-    now = time.time()
-    for method, path, value in seen:
-        target = marker.url_target(url + path)
-        assert marker.check(secret, value, method, target, now) == (True, "valid"), (method, path)
-    # A marker is bound to its request: another path or method does not check.
-    _, _, first = seen[0]
-    assert not marker.check(secret, first, "GET", marker.url_target(f"{url}/v2/images"), now)[0]
-    assert not marker.check(secret, first, "DELETE", marker.url_target(f"{url}{seen[0][1]}"), now)[0]
-
-
-def test_only_requests_to_the_glance_endpoint_are_signed(recorder) -> None:
-    url, seen = recorder
-    sess = glance.make_session(GlanceEndpoint(url=f"{url}/image/", internal_secret=b"s" * 40))
-    sess.get(f"{url}/identity/v3")  # e.g. keystone on the same session
-    sess.get(f"{url}/image/v2/images")
-    assert [(p, v is not None) for _, p, v in seen] == [("/identity/v3", False), ("/image/v2/images", True)]
-
-
-def test_a_session_without_a_secret_sends_no_marker(recorder) -> None:
-    url, seen = recorder
-    glance.make_session(GlanceEndpoint(url=url)).get(f"{url}/v2/images")
-    assert seen == [("GET", "/v2/images", None)]
-
-
-def test_concurrent_registrations_of_one_image_keep_every_location(client, regionals) -> None:
+def test_concurrent_registrations_of_one_image_keep_every_location(make_registrar, client) -> None:
     """Glance rewrites the whole location set per PATCH: adds to one image must not overlap."""
     client.images.write_delay = 0.05
-    registrar = Registrar(lambda: client, 4, "http://cascading", regional_client_factory=regional_factory(regionals))
-    try:
-        for n, region in enumerate(["RegionOne", "RegionTwo", "RegionThree"]):
-            row = task(report=good_report())
-            registrar.register(dataclasses.replace(row, task_id=f"t{n}", region=region))
-        results = wait_results(registrar, 3)
-    finally:
-        registrar.shutdown()
+    results = register_regions(make_registrar(4), ["RegionOne", "RegionTwo", "RegionThree"])
     assert all(r.ok for r in results), results
     urls = {loc["url"] for loc in client.images.records[IMAGE_ID]["locations"]}
     assert {protocol.cascaded_url(r, IMAGE_ID) for r in ("RegionOne", "RegionTwo", "RegionThree")} <= urls
@@ -401,18 +296,10 @@ def test_a_cascading_image_not_active_is_not_registered_and_is_retried(registrar
 
 
 def test_regions_of_one_image_waiting_together_are_registered_with_one_read_and_one_patch(
-        client, regionals) -> None:
+        make_registrar, client) -> None:
     regions = ["RegionOne", "RegionTwo", "RegionThree"]
-    registrar = Registrar(lambda: client, 1, "http://cascading", regional_client_factory=regional_factory(regionals))
-    hold = threading.Event()
-    try:
-        registrar.pool.submit(hold.wait)  # the one worker is busy: the three wait for the same job
-        for n, region in enumerate(regions):
-            registrar.register(dataclasses.replace(task(report=good_report()), task_id=f"t{n}", region=region))
-        hold.set()
-        results = wait_results(registrar, 3)
-    finally:
-        registrar.shutdown()
+    # The one worker is busy while the three are queued: they wait for the same job.
+    results = register_regions(make_registrar(1), regions, hold_worker=True)
     assert all(r.ok for r in results), results
     assert [len(ops) for _image, ops in client.http_client.patches] == [3]  # one PATCH, every region
     assert client.images.added == []
@@ -421,8 +308,7 @@ def test_regions_of_one_image_waiting_together_are_registered_with_one_read_and_
     assert {protocol.cascaded_url(r, IMAGE_ID) for r in regions} <= urls
 
 
-def test_a_batch_one_of_whose_locations_appeared_meanwhile_is_added_one_by_one(client, regionals) -> None:
-    registrar = Registrar(lambda: client, 1, "http://cascading", regional_client_factory=regional_factory(regionals))
+def test_a_batch_one_of_whose_locations_appeared_meanwhile_is_added_one_by_one(make_registrar, client) -> None:
     real_get = client.images.get
 
     def get_then_race(image_id):
@@ -434,15 +320,7 @@ def test_a_batch_one_of_whose_locations_appeared_meanwhile_is_added_one_by_one(c
         return record
 
     client.images.get = get_then_race
-    hold = threading.Event()
-    try:
-        registrar.pool.submit(hold.wait)
-        for n, region in enumerate(["RegionOne", "RegionTwo"]):
-            registrar.register(dataclasses.replace(task(report=good_report()), task_id=f"t{n}", region=region))
-        hold.set()
-        results = wait_results(registrar, 2)
-    finally:
-        registrar.shutdown()
+    results = register_regions(make_registrar(1), ["RegionOne", "RegionTwo"], hold_worker=True)
     assert all(r.ok for r in results), results
     # The PATCH of both was refused as a whole; each was then added on its own.
     assert [len(ops) for _image, ops in client.http_client.patches] == [2]

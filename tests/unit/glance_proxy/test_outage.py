@@ -8,6 +8,7 @@ import threading
 from glance_proxy import sender as sender_mod
 from glance_proxy.outage import REMIND_EVERY, AckWatch
 from glancesync.liveness import Backoff
+from tests.unit.fakeclock import FakeClock
 
 from .test_sender import Coordinator, event
 
@@ -71,14 +72,6 @@ def test_a_new_silence_after_the_acks_resumed_warns_again(caplog):
         assert len(warnings(caplog)) == 1
         watch.check(140.0)
     assert len(warnings(caplog)) == 2 and len(infos(caplog)) == 1
-
-
-class FakeClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_sender_warns_once_when_the_coordinator_stays_silent_and_says_when_it_answers(conf, make_sender, caplog):

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from glancesync import metrics
 from glancesync.exceptions import ConfigError
+from tests.unit.fakeclock import FakeClock
 
 
 @pytest.mark.parametrize(("reason", "kind"), [
@@ -33,16 +34,8 @@ def test_each_reason_maps_to_one_of_a_few_kinds(reason: str, kind: str) -> None:
     assert kind in metrics.FAILURE_KINDS
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_health_is_ready_only_while_the_loop_iterates() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     health = metrics.Health(max_age=15.0, clock=clock)
     health.not_started("checking the cascading glance")
     assert health.check() == (False, "not ready: checking the cascading glance")
@@ -69,7 +62,7 @@ def get(port: int, path: str) -> tuple[int, str]:
 
 @pytest.fixture
 def served():
-    clock = Clock()
+    clock = FakeClock(100.0)
     health = metrics.Health(max_age=5.0, clock=clock)
     registry = CollectorRegistry()
     Gauge("glancesync_test_value", "a test gauge", registry=registry).set(7)

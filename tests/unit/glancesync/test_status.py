@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from glancesync import protocol, status, status_live, status_render
+from tests.unit.fakeclock import FakeClock
 
 NOW = 1_700_000_000.0
 MIB = 1024 * 1024
@@ -155,19 +156,6 @@ def test_progress_and_percent() -> None:
 
 
 # --- the --wait logic ------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def replies(*datas: dict[str, Any]) -> Any:

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from glancesync import status
+from tests.unit.fakeclock import FakeClock
 
-from .test_status import FakeClock, FakeCoordinator, image, region, replies
+from .test_status import FakeCoordinator, image, region, replies
 
 IMAGE_ID = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
 
