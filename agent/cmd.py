@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   idle_timeout=float(conf.agent.transfer_idle_timeout),
                                   window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
-                              fetch=fetch, log_options=logging_options(conf))
+                              fetch=fetch, log_options=logging_options(conf), cache_dir=conf.agent.cache_dir,
+                              cache_max_bytes=conf.agent.cache_max_bytes)
     try:
         pool = build_pool(conf.agent.worker_mode, conf.agent.workers, float(conf.scp_copy_timeout), settings,
                           work_dir)

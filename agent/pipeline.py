@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent import sources as peers
 from agent import stream, transfer, upload
 from glancesync import verify as check
 from glancesync.exceptions import TransferError
@@ -52,6 +53,15 @@ class Copy:
     endpoint: str
     fetch: transfer.FetchOptions
     ssh_timeout: float
+    # Every source to try in order (agent/sources.py); empty: ``store`` and ``source`` only.
+    sources: tuple[peers.Source, ...] = ()
+    # Told the name of the source that served the bytes.
+    served_by: Callable[[str], None] | None = None
+    # What becomes of the verified file once the region has the image (default: removed).
+    retire: Callable[[str], None] | None = None
+
+    def source_list(self) -> list[peers.Source]:
+        return list(self.sources) or [peers.Source(peers.SOURCE_STORE, self.store, self.source)]
 
 
 class _Upload:
@@ -72,7 +82,8 @@ class _Upload:
     def _run(self) -> None:
         job = self.job
         try:
-            self.digest = upload.register(job.client, job.image, job.dest, self.follow, job.endpoint)
+            self.digest = upload.register(job.client, job.image, job.dest, self.follow, job.endpoint,
+                                          retire=job.retire)
         except BaseException as exc:  # handed to the worker's thread, which raises it
             self.error = exc
 
@@ -144,8 +155,8 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
 
     now.enter(FETCHING)
     try:
-        fetched = transfer.fetch(job.store, image, job.source, job.dest, fetched_bytes, timeout=job.ssh_timeout,
-                                 options=job.fetch, on_start=side.start)
+        fetched, source = peers.fetch_any(job.source_list(), image, job.dest, fetched_bytes, job.ssh_timeout,
+                                          job.fetch, side.start)
     except BaseException as exc:
         arrival.failed(exc)
         if side.thread.ident is not None:
@@ -157,6 +168,8 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
             raise side.error from None
         raise
     arrival.finished(fetched.digest())
+    if job.served_by is not None:
+        job.served_by(source)
     body = follow.body
     if now.enter(UPLOADING):
         progress(body.sent if body is not None else 0, total)

@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from coordinator.journal.base import unpack
 from coordinator.schema import events, image_regions, tasks
 from glancesync.states import SyncState
 
@@ -21,7 +22,7 @@ _GROUPS = {S.PENDING.value: "queued", S.ASSIGNED.value: "in_flight", S.TRANSFERR
 
 
 class ViewsMixin:
-    """Read-only queries for the status reply."""
+    """Read-only queries for the status reply (and the holders of an image, for coordinator/sources.py)."""
 
     _count_table: dict[str, dict[str, int]] | None = None
 
@@ -184,3 +185,23 @@ class ViewsMixin:
                         for table in (events, tasks, image_regions)}
         # PostgreSQL says -1 for a table never analyzed yet.
         return {name: max(0, int(rows.get(name) or 0)) for name in names}
+
+    def cache_holders(self, image_id: str) -> list[str]:
+        """Regions whose copy of ``image_id`` is synced and whose agent cached the verified file, earliest first.
+
+        Both facts come from the journal: the registration (the coordinator read the
+        regional image) made the row synced, and the ``done`` of that copy said
+        ``cached``.  One indexed read (ix_tasks_image_region) per image.
+        """
+        query = (sa.select(tasks.c.region, tasks.c.report, tasks.c.finished_at)
+                 .join(image_regions, sa.and_(image_regions.c.image_id == tasks.c.image_id,
+                                              image_regions.c.region == tasks.c.region))
+                 .where(tasks.c.image_id == image_id, tasks.c.kind == "copy", tasks.c.state == S.SYNCED.value,
+                        image_regions.c.state == S.SYNCED.value)
+                 .order_by(tasks.c.seq))
+        latest: dict[str, tuple[float, bool]] = {}
+        with self.transaction() as conn:
+            for region, report, finished in conn.execute(query).all():
+                cached = bool((unpack(report) or {}).get("cached"))
+                latest[region] = (finished or 0.0, cached)  # a later copy of the region replaces an earlier one
+        return [region for region, (_, cached) in sorted(latest.items(), key=lambda item: item[1][0]) if cached]
