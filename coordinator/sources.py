@@ -30,7 +30,7 @@ FALLBACK_PEERS = 2
 
 
 def plan(region: str, holders: Sequence[str], busy: Mapping[str | None, int], fanout: int,
-         fallbacks: int = FALLBACK_PEERS, store_first: bool = False) -> list[str | None] | None:
+         fallbacks: int = FALLBACK_PEERS, store_first: bool = False, soon: int = 0) -> list[str | None] | None:
     """The sources ``region`` tries for one image, in order; None: wait, every source is at its fanout.
 
     ``holders``: regions holding a verified copy, earliest first; ``busy``: copies of
@@ -38,7 +38,9 @@ def plan(region: str, holders: Sequence[str], busy: Mapping[str | None, int], fa
     the last fallback, so the store sends the image about ``fanout`` times in all.
     The fallbacks (a few other holders, then the store) are not counted: they serve
     only when the first choice fails.  ``store_first`` (a retry: the last attempt
-    may have failed on a peer's bytes) asks the store first, peers after.
+    may have failed on a peer's bytes) asks the store first, peers after.  ``soon``:
+    regions whose cached copy is being registered; rather than the store, the copy
+    waits for them (a few seconds).
     """
     peers = [name for name in holders if name != region]
 
@@ -53,7 +55,7 @@ def plan(region: str, holders: Sequence[str], busy: Mapping[str | None, int], fa
         first = ready[0]
         rest = [name for name in peers if name != first][:fallbacks]
         return [first, *rest, STORE]
-    if peers or not free(STORE):
+    if peers or soon or not free(STORE):
         return None
     return [STORE]
 
@@ -85,14 +87,16 @@ class Sourcing:
         return sorted({image for image, source in self.flows.values() if source == region})
 
     def choose(self, task_id: str, image_id: str, region: str, holders: Sequence[str],
-               understands_sources: bool, retried: bool = False) -> list[str | None] | None:
+               understands_sources: bool, retried: bool = False,
+               soon: Sequence[str] = ()) -> list[str | None] | None:
         """The order of sources for one copy, counted as in flight from its first; None: wait.
 
         An agent without the "sources" feature can only fetch from the store: it
         waits for the store like the first copies do.
         """
         usable = [name for name in holders if name in self.peer_regions] if understands_sources else []
-        order = plan(region, usable, self.busy(image_id), self.fanout, store_first=retried)
+        coming = [name for name in soon if name in self.peer_regions and name != region] if understands_sources else []
+        order = plan(region, usable, self.busy(image_id), self.fanout, store_first=retried, soon=len(coming))
         if order is not None:
             self.flows[task_id] = (image_id, order[0])
         return order

@@ -114,8 +114,7 @@ class TaskDesk:
                         continue
         except JournalError as exc:
             LOG.error("tasks not handed out this time: %s", exc)
-            for task_id in list(self._routes):
-                self._unroute(task_id)
+            list(map(self._unroute, list(self._routes)))
             return 0
         given, back = 0, []
         for session, task in assigned:
@@ -130,19 +129,20 @@ class TaskDesk:
         self._routes.pop(task_id, None)
         self.sourcing.drop(task_id)
 
-    def _route(self, session: Session, task: TaskRow, holders: dict[str, list[str]]) -> bool:
+    def _route(self, session: Session, task: TaskRow, holders: dict[str, tuple[list[str], list[str]]]) -> bool:
         """Choose the sources of a copy (kept for its send); False: every source is busy, the task waits."""
         if task.kind != "copy" or not isinstance(task.payload.get("source"), dict):
             return True
         if task.image_id not in holders:
-            online = {s.region for s in self.agents.online()}
-            holders[task.image_id] = [r for r in self.journal.cache_holders(task.image_id) if r in online]
-        order = self.sourcing.choose(task.task_id, task.image_id, task.region, holders[task.image_id],
-                                     FEATURE_SOURCES in session.features, retried=task.retries > 0)
-        if order is None:
-            return False
-        self._routes[task.task_id] = order
-        return True
+            online = {s.region for s in self.agents.online()}  # a holder whose agent is gone is skipped
+            holders[task.image_id] = tuple([r for r in found if r in online]
+                                           for found in self.journal.cache_holders(task.image_id))
+        ready, soon = holders[task.image_id]
+        order = self.sourcing.choose(task.task_id, task.image_id, task.region, ready,
+                                     FEATURE_SOURCES in session.features, retried=task.retries > 0, soon=soon)
+        if order is not None:
+            self._routes[task.task_id] = order
+        return order is not None
 
     def _pick(self, sessions: list[Session], now: float) -> list[tuple[Session, TaskRow]]:
         """Due tasks for the sessions' credits, spread over each region's sessions in turn.
@@ -151,7 +151,7 @@ class TaskDesk:
         takes no credit): it goes once a source is free or a region holds a copy.
         """
         self.sourcing.prune(lambda task_id: self.agents.holder(task_id) is not None)
-        holders: dict[str, list[str]] = {}
+        holders: dict[str, tuple[list[str], list[str]]] = {}
         by_region: dict[str, list[Session]] = {}
         for session in sessions:
             if session.credits > 0 and session.online:

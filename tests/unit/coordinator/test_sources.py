@@ -87,3 +87,10 @@ def test_only_regions_with_a_peer_entry_serve_and_old_agents_use_the_store() -> 
 def test_wire_sources() -> None:
     store = {"type": "sftp", "path": f"/store/{IMAGE}"}
     assert wire_sources(["R1", STORE], store) == [{"type": "peer", "region": "R1"}, store]
+
+
+def test_a_copy_being_registered_is_waited_for_rather_than_the_store() -> None:
+    assert plan("R3", [], {}, fanout=1, soon=1) is None
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"])
+    assert sourcing.choose("t3", IMAGE, "R3", [], True, soon=["R2"]) is None
+    assert sourcing.choose("t3", IMAGE, "R3", [], True, soon=["R3"]) == [STORE]  # itself: not a source
