@@ -4,7 +4,9 @@ With ``max_source_fanout = 1`` and three regions the cascading store serves an
 image once and the other regions pull it from peers (from the agents' reports as
 the journal keeps them: each ``done`` names the source that served the bytes, and
 each cache file it reports is checked on disk); a peer that fails hands over to
-the next source and the copy still converges, verified, with the same bytes.
+the next source and the copy still converges, verified, with the same bytes, also
+when the link to the peer is cut in the middle of the transfer (the fallback
+resumes the ``.part``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from agent import sftp_openssh
 from coordinator.journal import unpack
 from tests.functional import helpers
-from tests.harness.peers import PeerCaches
+from tests.harness.peers import PeerCaches, SlowLink
 from tests.harness.procs import ServiceProcess
 from tests.harness.topology import Topology
 
@@ -143,3 +145,33 @@ def test_a_failing_peer_hands_over_to_the_next_source_and_the_copy_converges(sit
     assert f"image {uploaded.id} fetched from peer region {second}" in third_log
     # The store served the first copy and the second region's fallback: never the third.
     assert site.served_by(uploaded.id) == {first: "cascading", second: "cascading", third: second}
+
+
+def test_a_link_cut_mid_transfer_resumes_from_the_next_source(site: Site) -> None:
+    """The second region's cache serves the third through a slow link, cut once part of the file has arrived."""
+    first, second, third = site.topo.region_names
+    for region in (first, third):  # the first region's cache is dead (above): keep it out of this image
+        site.stop_agent(region)
+    site.start_agent(second)
+    site.wait_online([second])
+    uploaded = helpers.upload_random(site.topo.cascading.client(), SIZE)
+    helpers.wait_states(site.topo, uploaded.id, {second: "synced"}, regions=[second], timeout=300)
+
+    link = SlowLink(site.peers.servers[second].port, rate=2 * helpers.MIB)
+    try:
+        site.peers.route_through(third, second, link.port)
+        site.start_agent(third)
+        part = site.topo.work_dir(third) / f"{uploaded.id}.part"
+        helpers.wait_until(lambda: part.exists() and part.stat().st_size > 2 * helpers.MIB, 120,
+                           "the third region's .part to hold part of the image")
+        link.cut()
+        helpers.wait_states(site.topo, uploaded.id, {third: "synced"}, regions=[third], timeout=300)
+    finally:
+        link.cut()
+    assert regional_bytes(site.topo, third, uploaded.id) == (uploaded.md5, uploaded.sha512)
+    log = site.agent_log(third)
+    fell_back = [line for line in log.splitlines() if f"image {uploaded.id}: source {second} failed" in line]
+    assert fell_back, log[-3000:]
+    kept = int(fell_back[0].split("resuming after the ")[1].split(" bytes")[0])
+    assert 2 * helpers.MIB < kept < SIZE  # the store's fetch resumed after the bytes the peer had sent
+    assert site.served_by(uploaded.id) == {second: "cascading", third: "cascading"}

@@ -7,29 +7,26 @@ the agent of that region keeps its cache in ``root/cache`` (``[agent] cache_dir`
 which the account sees as ``/cache``.  The agents' key (the one they use for the
 cascading store) is authorised on every region's server, and each server's host key
 goes into every ``peer:`` entry of glance_store.yaml (coordinator and agents), from
-which the agents build their known_hosts.  internal-sftp logs each file it serves
-with the bytes read, so a test can tell which source served a copy.
+which the agents build their known_hosts.  :class:`SlowLink` stands between an agent
+and a cache server when a test must cut a transfer in its middle.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.harness.procs import LOOPBACK
 from tests.harness.sshd import SshServer
 from tests.harness.topology import Topology, write_conf
 
 CACHE_PATH = "/cache"  # what the confined account calls the cache directory
-# internal-sftp's line for a closed file: close "/cache/<id>" bytes read N written 0
-_CLOSE = re.compile(r'close "([^"]+)" bytes read (\d+)')
-
-
-def bytes_served(log: str, image_id: str) -> list[int]:
-    """The bytes read per file close of ``image_id`` in an sshd log (internal-sftp -l INFO)."""
-    return [int(n) for path, n in _CLOSE.findall(log) if path.endswith("/" + image_id)]
 
 
 class PeerCaches:
@@ -41,7 +38,7 @@ class PeerCaches:
         base = topology.base_dir / "peers"
         self.servers = {
             name: SshServer(base / name / "sshd", chroot_dir=base / name / "root",
-                            also_authorized=f"{topology.sshd.private_key_file}.pub", log_reads=True)
+                            also_authorized=f"{topology.sshd.private_key_file}.pub")
             for name in topology.region_names
         }
 
@@ -81,5 +78,59 @@ class PeerCaches:
                                       **agent)
         return write_conf(self.topology.host_etc(f"agent-{region}") / "glance-sync.conf", sections)
 
-    def served(self, region: str, image_id: str) -> list[int]:
-        return bytes_served(self.servers[region].log_path.read_text(errors="replace"), image_id)
+    def route_through(self, agent_region: str, peer_region: str, port: int) -> None:
+        """Make ``agent_region``'s agent reach ``peer_region``'s cache on ``port`` (a SlowLink) from its next start."""
+        path = self.topology.agent_store_yaml(agent_region)
+        data = yaml.safe_load(path.read_text())
+        data["regions"][peer_region]["peer"]["port"] = port
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+class SlowLink:
+    """A TCP relay on 127.0.0.1 to ``port``, replies held to ``rate`` bytes/s, that a test can cut.
+
+    Put between an agent and a region's cache server (the agent's ``peer:`` entry
+    names the relay's port; the host key stays the server's), it makes a transfer
+    last long enough to be cut in the middle: ``cut()`` closes every connection
+    and stops listening, as a link that dies.
+    """
+
+    def __init__(self, port: int, rate: int) -> None:
+        self.port_to, self.rate = port, rate
+        self.listener = socket.create_server((LOOPBACK, 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        self.cutting = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.cutting.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((LOOPBACK, self.port_to))
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, 0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.rate), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, rate: int) -> None:
+        piece = max(1024, rate // 20) if rate else 65536
+        try:
+            while not self.cutting.is_set() and (data := source.recv(piece)):
+                sink.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.cutting.set()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

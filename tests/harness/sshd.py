@@ -77,7 +77,6 @@ class SshServer:
         user: str | None = None,
         chroot_dir: str | Path | None = None,
         also_authorized: str | Path | None = None,
-        log_reads: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.host = LOOPBACK
@@ -98,8 +97,6 @@ class SshServer:
         self.chroot_path: Path | None = None  # what sshd_config's ChrootDirectory names
         # Another client's public key file (the agents' key, for a region's cache server).
         self.also_authorized = Path(also_authorized) if also_authorized else None
-        # internal-sftp logs every open and close with the bytes read (the peer tests count them).
-        self.log_reads = log_reads
 
     def __repr__(self) -> str:
         return f"<SshServer {self.user}@{self.host}:{self.port}>"
@@ -130,7 +127,7 @@ class SshServer:
             lines += [
                 f"Match User {self.user}",
                 f"    ChrootDirectory {self.chroot_path}",
-                "    ForceCommand internal-sftp -R" + (" -l INFO" if self.log_reads else ""),
+                "    ForceCommand internal-sftp -R",
                 "    PermitTTY no",
                 "    DisableForwarding yes",
                 "    PermitTunnel no",
