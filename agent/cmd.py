@@ -29,14 +29,14 @@ def _one_line(message: str) -> str:
     return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def _check_work_dir(work_dir: str) -> None:
-    """Create the region's work_dir now; refuse to start when it cannot hold files."""
+def _check_work_dir(work_dir: str, what: str = "work_dir") -> None:
+    """Create the region's work_dir (or cache_dir) now; refuse to start when it cannot hold files."""
     try:
         os.makedirs(work_dir, exist_ok=True)
     except OSError as exc:
-        config.fail(PROG, f"work_dir {work_dir}: {exc.strerror}")
+        config.fail(PROG, f"{what} {work_dir}: {exc.strerror}")
     if not os.access(work_dir, os.W_OK | os.X_OK):
-        config.fail(PROG, f"work_dir {work_dir}: not writable by this user")
+        config.fail(PROG, f"{what} {work_dir}: not writable by this user")
 
 
 # Task kinds an agent thread runs under worker_mode = pool: a few glance calls each.
@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         config.fail(PROG, _one_line(str(exc)))
     _check_work_dir(work_dir)
+    if conf.agent.cache_dir:
+        _check_work_dir(conf.agent.cache_dir, "[agent] cache_dir")
     fetch = transfer.FetchOptions(method=transfer.resolve_method(conf.agent.fetch_method),
                                   idle_timeout=float(conf.agent.transfer_idle_timeout),
                                   window_bytes=conf.agent.paramiko_window_mib * 1024 * 1024)
