@@ -27,6 +27,12 @@ from glancesync import protocol
 STORE: str | None = None
 # Peers after the first choice that a task may fall back to before the store.
 FALLBACK_PEERS = 2
+# Seconds the holders of an image read from the journal are reused: a copy waiting for a
+# source is looked at every loop iteration, the journal read at most this often.
+HOLDERS_TTL = 1.0
+# With a fanout, dispatch looks this many times further down a queue than the credits reach,
+# so copies waiting for a source do not hold back the tasks behind them.
+LOOKAHEAD = 4
 
 
 def plan(region: str, holders: Sequence[str], busy: Mapping[str | None, int], fanout: int,
@@ -69,6 +75,24 @@ class Sourcing:
         self.peer_regions = frozenset(peer_regions)
         # task_id -> (image_id, primary source) of copies handed out.
         self.flows: dict[str, tuple[str, str | None]] = {}
+        self.lookahead = LOOKAHEAD if fanout > 0 else 1
+        # image_id -> (read at, (holders, soon)) from the journal.
+        self._holders: dict[str, tuple[float, tuple[list[str], list[str]]]] = {}
+
+    def holders(self, image_id: str, now: float,
+                read: Callable[[str], tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+        """(holders, soon) of ``image_id`` (see Journal.cache_holders), read again after HOLDERS_TTL.
+
+        Without any region serving peers there is nothing to read.
+        """
+        if not self.peer_regions:
+            return [], []
+        cached = self._holders.get(image_id)
+        if cached is None or not 0 <= now - cached[0] < HOLDERS_TTL:
+            if len(self._holders) > 10000:  # images no copy waits for any more
+                self._holders = {k: v for k, v in self._holders.items() if 0 <= now - v[0] < HOLDERS_TTL}
+            cached = self._holders[image_id] = (now, read(image_id))
+        return cached[1]
 
     def prune(self, held: Callable[[str], bool]) -> None:
         """Forget the flows of tasks no agent holds any more (finished, failed, requeued)."""

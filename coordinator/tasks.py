@@ -129,15 +129,13 @@ class TaskDesk:
         self._routes.pop(task_id, None)
         self.sourcing.drop(task_id)
 
-    def _route(self, session: Session, task: TaskRow, holders: dict[str, tuple[list[str], list[str]]]) -> bool:
+    def _route(self, session: Session, task: TaskRow, now: float) -> bool:
         """Choose the sources of a copy (kept for its send); False: every source is busy, the task waits."""
         if task.kind != "copy" or not isinstance(task.payload.get("source"), dict):
             return True
-        if task.image_id not in holders:
-            online = {s.region for s in self.agents.online()}  # a holder whose agent is gone is skipped
-            holders[task.image_id] = tuple([r for r in found if r in online]
-                                           for found in self.journal.cache_holders(task.image_id))
-        ready, soon = holders[task.image_id]
+        online = {s.region for s in self.agents.online()}  # a holder whose agent is gone is skipped
+        ready, soon = ([r for r in found if r in online]
+                       for found in self.sourcing.holders(task.image_id, now, self.journal.cache_holders))
         order = self.sourcing.choose(task.task_id, task.image_id, task.region, ready,
                                      FEATURE_SOURCES in session.features, retried=task.retries > 0, soon=soon)
         if order is not None:
@@ -151,12 +149,12 @@ class TaskDesk:
         takes no credit): it goes once a source is free or a region holds a copy.
         """
         self.sourcing.prune(lambda task_id: self.agents.holder(task_id) is not None)
-        holders: dict[str, tuple[list[str], list[str]]] = {}
         by_region: dict[str, list[Session]] = {}
         for session in sessions:
             if session.credits > 0 and session.online:
                 by_region.setdefault(session.region, []).append(session)
-        wants = {region: sum(s.credits for s in group) for region, group in by_region.items()}
+        # Copies may wait for a source: look further down each queue than the credits reach.
+        wants = {region: sum(s.credits for s in group) * self.sourcing.lookahead for region, group in by_region.items()}
         picked = []
         for region, pending in self.journal.dispatchable_by_region(wants, now).items():
             left = {s.routing_id: s.credits for s in by_region[region]}
@@ -166,7 +164,7 @@ class TaskDesk:
                 if not group:
                     break
                 session = group[turn % len(group)]
-                if not self._route(session, task, holders):
+                if not self._route(session, task, now):
                     continue
                 turn += 1
                 left[session.routing_id] -= 1

@@ -94,3 +94,21 @@ def test_a_copy_being_registered_is_waited_for_rather_than_the_store() -> None:
     sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"])
     assert sourcing.choose("t3", IMAGE, "R3", [], True, soon=["R2"]) is None
     assert sourcing.choose("t3", IMAGE, "R3", [], True, soon=["R3"]) == [STORE]  # itself: not a source
+
+
+def test_holders_are_read_at_most_once_per_ttl_and_not_at_all_without_peers() -> None:
+    reads: list[str] = []
+
+    def read(image_id: str) -> tuple[list[str], list[str]]:
+        reads.append(image_id)
+        return ["R1"], []
+
+    sourcing = Sourcing(fanout=1, peer_regions=["R1"])
+    assert sourcing.holders(IMAGE, 100.0, read) == (["R1"], [])
+    assert sourcing.holders(IMAGE, 100.5, read) == (["R1"], [])
+    assert reads == [IMAGE]
+    sourcing.holders(IMAGE, 100.0 + sources.HOLDERS_TTL, read)
+    assert reads == [IMAGE, IMAGE]
+    assert Sourcing(fanout=1, peer_regions=[]).holders(IMAGE, 1.0, read) == ([], [])
+    assert reads == [IMAGE, IMAGE]
+    assert sourcing.lookahead == sources.LOOKAHEAD and Sourcing(0, ["R1"]).lookahead == 1
