@@ -203,7 +203,8 @@ coordinator_opts = [
         "ones, and the store stays the last fallback of each copy, so the cascading site sends "
         "an image about max_source_fanout times instead of once per region. A copy whose "
         "sources are all busy waits in its queue. 0 (the default): no limit, every region "
-        "fetches from the store at once, as without peers (doc/peers.md).",
+        "fetches at once, from the store unless a region already holds the image "
+        "(doc/peers.md).",
     ),
 ]
 
