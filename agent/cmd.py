@@ -30,14 +30,14 @@ def _one_line(message: str) -> str:
     return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def _check_work_dir(work_dir: str) -> None:
-    """Create the region's work_dir now; refuse to start when it cannot hold files."""
+def _check_work_dir(work_dir: str, what: str = "work_dir") -> None:
+    """Create the region's work_dir (or cache_dir) now; refuse to start when it cannot hold files."""
     try:
         os.makedirs(work_dir, exist_ok=True)
     except OSError as exc:
-        config.fail(PROG, f"work_dir {work_dir}: {exc.strerror}")
+        config.fail(PROG, f"{what} {work_dir}: {exc.strerror}")
     if not os.access(work_dir, os.W_OK | os.X_OK):
-        config.fail(PROG, f"work_dir {work_dir}: not writable by this user")
+        config.fail(PROG, f"{what} {work_dir}: not writable by this user")
 
 
 # Task kinds an agent thread runs under worker_mode = pool: a few glance calls each.
@@ -93,9 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         config.fail(PROG, _one_line(str(exc)))
     _check_work_dir(work_dir)
+    if conf.agent.cache_dir:
+        _check_work_dir(conf.agent.cache_dir, "[agent] cache_dir")
     fetch = fetch_options(conf.agent)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
-                              fetch=fetch, log_options=logging_options(conf))
+                              fetch=fetch, log_options=logging_options(conf), cache_dir=conf.agent.cache_dir,
+                              cache_max_bytes=conf.agent.cache_max_bytes)
     try:
         pool = build_pool(conf.agent.worker_mode, conf.agent.workers, float(conf.scp_copy_timeout), settings,
                           work_dir, copy_slots(conf.agent))

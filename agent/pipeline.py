@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import download, stream, transfer, upload
+from agent import sources as peers
 from glancesync import verify as check
 from glancesync.exceptions import TransferError
 from glancesync.storemap import GlanceEndpoint, SshStore
@@ -57,6 +58,17 @@ class Copy:
     # instead of over SFTP: that region's download account, and its name.
     download: GlanceEndpoint | None = None
     source_region: str | None = None
+    # Every source to try in order (agent/sources.py); empty: ``store`` and ``source`` only.
+    sources: tuple[peers.Source, ...] = ()
+    # Told the name of the source that served the bytes.
+    served_by: Callable[[str], None] | None = None
+    # What becomes of the verified file once the region has the image (default: removed).
+    retire: Callable[[str], None] | None = None
+
+    def source_list(self) -> list[peers.Source]:
+        if self.sources:
+            return list(self.sources)
+        return [peers.Source(self.source_region or peers.SOURCE_STORE, self.store, self.source)]  # type: ignore[arg-type]
 
 
 class _Upload:
@@ -77,7 +89,8 @@ class _Upload:
     def _run(self) -> None:
         job = self.job
         try:
-            self.digest = upload.register(job.client, job.image, job.dest, self.follow, job.endpoint)
+            self.digest = upload.register(job.client, job.image, job.dest, self.follow, job.endpoint,
+                                          retire=job.retire)
         except BaseException as exc:  # handed to the worker's thread, which raises it
             self.error = exc
 
@@ -149,7 +162,7 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
 
     now.enter(FETCHING)
     try:
-        fetched = _fetch(job, fetched_bytes, side.start)
+        fetched, source = _fetch(job, fetched_bytes, side.start)
     except BaseException as exc:
         arrival.failed(exc)
         if side.thread.ident is not None:
@@ -161,6 +174,8 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
             raise side.error from None
         raise
     arrival.finished(fetched.digest())
+    if job.served_by is not None:
+        job.served_by(source)
     body = follow.body
     if now.enter(UPLOADING):
         progress(body.sent if body is not None else 0, total)
@@ -172,13 +187,15 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
     return side.digest, algo
 
 
-def _fetch(job: Copy, progress: Callable[[int, int], None], on_start: Callable[[], None]) -> transfer.Fetched:
-    """The fetch side: a download from a region's glance, or SFTP (the cascading store or a region's)."""
+def _fetch(job: Copy, progress: Callable[[int, int], None],
+           on_start: Callable[[], None]) -> tuple[transfer.Fetched, str]:
+    """The fetch side and who served it: a snapshot's download from its region's glance, else
+    SFTP along the sources (the cascading store, regions holding the image, or a snapshot's region)."""
     if job.download is not None:
-        return download.fetch(job.download, str(job.source_region), job.image, job.dest, progress, job.fetch,
-                              on_start)
-    return transfer.fetch(job.store, job.image, job.source, job.dest, progress, timeout=job.ssh_timeout,  # type: ignore[arg-type]
-                          options=job.fetch, on_start=on_start)
+        fetched = download.fetch(job.download, str(job.source_region), job.image, job.dest, progress, job.fetch,
+                                 on_start)
+        return fetched, str(job.source_region)
+    return peers.fetch_any(job.source_list(), job.image, job.dest, progress, job.ssh_timeout, job.fetch, on_start)
 
 
 def _drop_if_final(error: BaseException, dest: str) -> None:

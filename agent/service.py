@@ -20,6 +20,9 @@ agent id; ``too_many_sessions``; ``forbidden``: this key may not serve the regio
 logged once as an ERROR and tried again on a fresh socket with the same backoff, so a restarted agent gets
 in as soon as its previous session has lapsed, and two agents given one id do not push each other out.
 
+The coordinator's heartbeats name the images other regions fetch from our cache now
+(``serving``): they are pinned there, never evicted meanwhile (agent/cache.py, doc/peers.md).
+
 ``initialize()`` / ``step(now)`` / ``shutdown()`` with the time passed in, so tests drive the loop without
 sleeping.  A bad frame is logged and dropped; nothing the coordinator sends can end the loop. Each step also
 feeds agent/metrics.py, which ``/metrics`` and ``/healthz`` read.
@@ -29,13 +32,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
+from agent.cache import Cache
 from agent.metrics import AgentMetrics
 from agent.pool import Pool, PoolEvent
+from agent.reports import Result, report_of
 from glancesync import __version__, protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.liveness import Backoff, Liveness
@@ -52,15 +56,6 @@ REFUSED_RETRY = 1.0
 BYE_LINGER_MS = 1000  # how long the final close waits for the bye to leave
 # Error codes by which the coordinator refuses to open (or keep) our session.
 REFUSALS = frozenset({"agent_id_in_use", "too_many_sessions", "forbidden", "unknown_region"})
-
-
-@dataclass
-class Result:
-    """A ``done`` or ``failed`` not yet acknowledged by the coordinator."""
-
-    msg_type: str
-    body: dict[str, Any]
-    resend_at: float = 0.0
 
 
 class AgentService:
@@ -92,6 +87,7 @@ class AgentService:
         self.stop_at: float | None = None  # draining until then (SIGTERM)
         self.handed_back: dict[str, dict[str, Any]] = {}  # tasks received while draining
         self.metrics = AgentMetrics(self.region, self.agent_id, agent.healthz_max_loop_age)
+        self.cache = Cache(agent.cache_dir, agent.cache_max_bytes) if agent.cache_dir else None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -170,6 +166,7 @@ class AgentService:
         self._send("hello", {
             "region": self.region, "agent_id": self.agent_id, "capacity": self.capacity,
             "version": __version__, "in_flight": [ref["task_id"] for ref in running], "running": running,
+            "features": list(protocol.AGENT_FEATURES),
         })  # fmt: skip
         LOG.info("connecting to coordinator %s as %s/%s", self.coordinators, self.region, self.agent_id)
 
@@ -221,8 +218,7 @@ class AgentService:
     def _dispatch(self, msg: protocol.Message, now: float) -> None:
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is None:
-            if msg.type != "heartbeat":
-                LOG.warning("ignoring unexpected %s from the coordinator", msg.type)
+            LOG.warning("ignoring unexpected %s from the coordinator", msg.type)
             return
         try:
             handler(msg.body, now)
@@ -248,6 +244,13 @@ class AgentService:
         if self.credits_owed > 0 and self.welcomed and self.stop_at is None:
             if self._send("ready", {"credits": min(self.credits_owed, protocol.MAX_CAPACITY)}):
                 self.credits_owed = 0
+
+    def _on_heartbeat(self, body: dict[str, Any], now: float) -> None:
+        if self.cache is not None:
+            try:
+                self.cache.pin(body["serving"])
+            except OSError as exc:
+                LOG.warning("cannot note the images served from %s: %s", self.cache.root, exc)
 
     def _on_disconnect(self, body: dict[str, Any], now: float) -> None:
         self._reconnect(now, f"coordinator said disconnect ({body.get('reason') or 'no reason'})")
@@ -365,15 +368,7 @@ class AgentService:
         self._finish(ref, event.body, now)
 
     def _finish(self, ref: dict[str, Any], result: dict[str, Any], now: float, freed: bool = True) -> None:
-        if result.get("outcome") == "done":
-            fields = ("size", "checksum", "os_hash_algo", "os_hash_value", "region_hash_algo", "region_hash_value",
-                      "elapsed")
-            msg_type, body = "done", {**ref, **{k: result.get(k) for k in fields if result.get(k) is not None}}
-            LOG.info("task %s done", ref["task_id"])
-        else:
-            reason = str(result.get("reason") or "unknown failure")[:2000]
-            msg_type, body = "failed", {**ref, "reason": reason, "retryable": bool(result.get("retryable"))}
-            LOG.warning("task %s failed (retryable=%s): %s", ref["task_id"], body["retryable"], reason)
+        msg_type, body = report_of(ref, result)
         # Kept until acked; sent now when the session is up (after older ones, in order).
         self.results.pop(ref["task_id"], None)
         self.results[ref["task_id"]] = Result(msg_type, body, resend_at=now)

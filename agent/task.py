@@ -37,7 +37,8 @@ from oslo_config import cfg
 from oslo_log import log as oslo_log
 from oslo_utils import strutils
 
-from agent import apply, download, partlock, pipeline, runners, transfer, upload
+from agent import apply, download, partlock, pipeline, runners, sources, transfer, upload
+from agent.cache import Cache
 from glancesync import glance, untrusted
 from glancesync import verify as check
 from glancesync.exceptions import GlanceSyncError, VerificationError
@@ -75,6 +76,12 @@ class WorkerSettings:
     # The agent's oslo.log option values (name, value), so a worker logs where and
     # how the agent does; empty: oslo.log defaults (stderr).
     log_options: tuple[tuple[str, Any], ...] = ()
+    # [agent] cache_dir (None: no cache) and cache_max_bytes (agent/cache.py).
+    cache_dir: str | None = None
+    cache_max_bytes: int = 0
+
+    def cache(self) -> Cache | None:
+        return Cache(self.cache_dir, self.cache_max_bytes) if self.cache_dir else None
 
 
 def logging_options(conf: Any) -> tuple[tuple[str, Any], ...]:
@@ -184,11 +191,21 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
                                 detail=f"the snapshot in this region is not the recorded one ({action})")
     source = download.where_from(image["id"], task.get("source"), settings.store_map)
     dest = transfer.part_path(region.work_dir, image["id"])
+    chain: list[sources.Source] = []
+    if source.region is None:  # the cascading store's image: regions holding it may serve it too
+        chain = sources.resolve(task, source.store, settings.store_map.peers, settings.region, region.work_dir)
+    cache = settings.cache()
+    served: list[str] = []
     job = pipeline.Copy(source.store, image, source.path, dest, client, endpoint, settings.fetch,
-                        settings.ssh_timeout, source.download, source.region)
+                        settings.ssh_timeout, source.download, source.region, sources=tuple(chain),
+                        served_by=served.append,
+                        retire=None if cache is None else lambda path: cache.admit(image["id"], path))
     # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
     with partlock.hold(dest, image["id"]):
-        return _report(*_overlapped(job, progress, phase))
+        report = _report(*_overlapped(job, progress, phase))
+    report["fetched_from"] = served[-1] if served else None
+    report["cached"] = cache is not None and cache.holds(image["id"])
+    return report
 
 
 def _overlapped(job: pipeline.Copy, progress: ProgressFn, phase: PhaseFn) -> tuple[check.Digest, str]:
@@ -247,6 +264,9 @@ def _dispatch(task: dict[str, Any], settings: WorkerSettings, progress: Progress
         # A copy attempt still running would upload after the delete: wait for it.
         with partlock.hold(part, task["image_id"]):
             apply.apply_delete(client, task["image_id"], part, endpoint)
+        cache = settings.cache()
+        if cache is not None:  # nothing of a deleted image is served any more
+            cache.remove(task["image_id"])
         return _done()
     return {"outcome": "failed", "reason": f"unknown task kind {kind!r}", "retryable": False}
 

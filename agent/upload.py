@@ -303,14 +303,15 @@ def rehash_regional(client: Any, image: dict[str, Any], regional: dict[str, Any]
 
 
 def register(client: Any, image: dict[str, Any], path: str, verified: check.Digest | Follow,
-             endpoint: str) -> check.Digest:
+             endpoint: str, retire: Callable[[str], None] | None = None) -> check.Digest:
     """Make the regional copy of ``image`` from the file ``path``; returns what was verified.
 
     ``verified`` is the digest of the file as it arrived, checked against the
     cascading image, or (``Follow``) the fetch still writing it, which the upload
     follows.  The upload checks the file again as it sends it (its hashes in the
     algorithms of the fetch), and the result is what was sent, plus the region's
-    own hash when it uses another algorithm.  The local file is removed on success;
+    own hash when it uses another algorithm.  The local file is removed on success
+    (``retire(path)`` first, which may keep it: agent/cache.py);
     on a failure it is kept only when the failure is retryable and the file was not
     found to differ, so a retry need not fetch the bytes again.
     """
@@ -335,6 +336,11 @@ def register(client: Any, image: dict[str, Any], path: str, verified: check.Dige
         if not exc.retryable:
             remove_file(path)
         raise
+    if retire is not None:
+        try:
+            retire(path)
+        except OSError as exc:  # the region has its copy: keeping the file is only a bonus
+            LOG.warning("verified file %s not kept for other regions: %s", path, exc)
     remove_file(path)
     return sent
 

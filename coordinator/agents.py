@@ -78,6 +78,8 @@ class Session:
     key_name: str = ""
     # Attempts the agent said it runs that are no longer its ({task_id, attempt}): to cancel.
     stale: list[dict[str, Any]] = field(default_factory=list)
+    # hello.features: what the agent understands beyond version 1 (e.g. task.sources).
+    features: frozenset[str] = frozenset()
 
     def status(self) -> dict[str, Any]:
         """The agent entry of the status summary."""
@@ -145,6 +147,7 @@ class Agents:
         session = Session(
             routing_id=routing_id, agent_id=agent_id, region=region, capacity=body["capacity"],
             version=body["version"], liveness=Liveness(self.heartbeat_interval), key=key, key_name=key_name,
+            features=frozenset(body.get("features") or ()),
         )
         session.liveness.heard(now)
         self._add(session)

@@ -46,6 +46,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.operator import OperatorDesk
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
+from coordinator.sources import Sourcing
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from glancesync import protocol, roles, transport
 from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
@@ -81,7 +82,8 @@ class Service:
         self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout, self._retry_policy,
                              c.max_sessions_per_key, c.max_sessions_per_region)
         self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy, RegistrationRetry(
-            c.registration_retry_backoff, c.max_registration_retry_backoff, c.registration_retry_horizon))
+            c.registration_retry_backoff, c.max_registration_retry_backoff, c.registration_retry_horizon),
+            Sourcing(c.max_source_fanout, storemap.peers))
         self.started_at = time.time()
         self.now = self.started_at
         self.agent_sock: zmq.Socket | None = None

@@ -38,9 +38,11 @@ from coordinator.agents import Agents, RetryPolicy, Session
 from coordinator.journal import Journal, TaskRow
 from coordinator.rates import Rates
 from coordinator.registrar import Registrar, TaskResult
+from coordinator.sources import Sourcing, source_name, wire_sources
 from glancesync.exceptions import JournalError, ProtocolError, StaleAttempt
 from glancesync.liveness import retry_delay
 from glancesync.metrics import failure_kind
+from glancesync.protocol import FEATURE_SOURCES
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ class RegistrationRetry:
 
 class TaskDesk:
     def __init__(self, journal: Journal, agents: Agents, registrar: Registrar, retry_policy: RetryPolicy,
-                 registration_retry: RegistrationRetry | None = None) -> None:
+                 registration_retry: RegistrationRetry | None = None, sourcing: Sourcing | None = None) -> None:
         self.journal = journal
         self.agents = agents
         self.registrar = registrar
@@ -78,6 +80,10 @@ class TaskDesk:
         self.failures: Counter[tuple[str, str]] = Counter()
         # Phase, rate and ETA of running transfers, from their progress reports (status only).
         self.rates = Rates()
+        # Which source each copy fetches from: the image's distribution tree (coordinator/sources.py).
+        self.sourcing = sourcing or Sourcing(0, ())
+        # The order of sources chosen for the copies being handed out now.
+        self._routes: dict[str, list[str | None]] = {}
 
     def _stale(self, what: str, body: dict[str, Any], session: Session | None = None) -> None:
         who = f" from agent {session.agent_id}" if session else ""
@@ -104,9 +110,11 @@ class TaskDesk:
                         assigned.append((session, self.journal.assign(
                             pending.task_id, session.agent_id, now, now + self.agents.lease_timeout)))
                     except StaleAttempt:
+                        self._unroute(pending.task_id)
                         continue
         except JournalError as exc:
             LOG.error("tasks not handed out this time: %s", exc)
+            list(map(self._unroute, list(self._routes)))
             return 0
         given, back = 0, []
         for session, task in assigned:
@@ -114,15 +122,39 @@ class TaskDesk:
                 given += 1
         if back:
             self._take_back(back, now)
+        self._routes.clear()
         return given
 
+    def _unroute(self, task_id: str) -> None:
+        self._routes.pop(task_id, None)
+        self.sourcing.drop(task_id)
+
+    def _route(self, session: Session, task: TaskRow, now: float) -> bool:
+        """Choose the sources of a copy (kept for its send); False: every source is busy, the task waits."""
+        if task.kind != "copy" or not isinstance(task.payload.get("source"), dict):
+            return True
+        online = {s.region for s in self.agents.online()}  # a holder whose agent is gone is skipped
+        ready, soon = ([r for r in found if r in online]
+                       for found in self.sourcing.holders(task.image_id, now, self.journal.cache_holders))
+        order = self.sourcing.choose(task.task_id, task.image_id, task.region, ready,
+                                     FEATURE_SOURCES in session.features, retried=task.retries > 0, soon=soon)
+        if order is not None:
+            self._routes[task.task_id] = order
+        return order is not None
+
     def _pick(self, sessions: list[Session], now: float) -> list[tuple[Session, TaskRow]]:
-        """Due tasks for the sessions' credits, spread over each region's sessions in turn."""
+        """Due tasks for the sessions' credits, spread over each region's sessions in turn.
+
+        A copy whose image's sources are all at their fanout is left pending (it
+        takes no credit): it goes once a source is free or a region holds a copy.
+        """
+        self.sourcing.prune(lambda task_id: self.agents.holder(task_id) is not None)
         by_region: dict[str, list[Session]] = {}
         for session in sessions:
             if session.credits > 0 and session.online:
                 by_region.setdefault(session.region, []).append(session)
-        wants = {region: sum(s.credits for s in group) for region, group in by_region.items()}
+        # Copies may wait for a source: look further down each queue than the credits reach.
+        wants = {region: sum(s.credits for s in group) * self.sourcing.lookahead for region, group in by_region.items()}
         picked = []
         for region, pending in self.journal.dispatchable_by_region(wants, now).items():
             left = {s.routing_id: s.credits for s in by_region[region]}
@@ -132,31 +164,40 @@ class TaskDesk:
                 if not group:
                     break
                 session = group[turn % len(group)]
+                if not self._route(session, task, now):
+                    continue
                 turn += 1
                 left[session.routing_id] -= 1
                 picked.append((session, task))
         return picked
 
     def _send_task(self, session: Session, task: TaskRow, send: Send, back: list[tuple[TaskRow, str | None]]) -> bool:
+        order = self._routes.get(task.task_id)
         if not session.online:  # its connection went while earlier tasks were sent
+            self._unroute(task.task_id)
             back.append((task, None))
             return False
         body = {"task_id": task.task_id, "attempt": task.attempt, "kind": task.kind,
                 "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
                 "source": task.payload.get("source"), "members": task.payload.get("members")}
+        if order is not None and FEATURE_SOURCES in session.features:
+            body["sources"] = wire_sources(order, task.payload["source"])
         try:
             sent = send(session.routing_id, "task", body)
         except ProtocolError as exc:
             LOG.error("task %s cannot be sent: %s", task.task_id, exc)
+            self._unroute(task.task_id)
             back.append((task, f"task cannot be sent: {exc}"))
             return False
         if not sent:
             # The agent is gone (or its queue is full): nobody got the task, no retry burnt.
+            self._unroute(task.task_id)
             back.append((task, None))
             return False
         self.agents.took(session, task.task_id)
-        LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s", task.task_id, task.kind,
-                 task.image_id, task.region, task.attempt, session.agent_id)
+        LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s%s", task.task_id, task.kind,
+                 task.image_id, task.region, task.attempt, session.agent_id,
+                 f", sources {', '.join(source_name(name) for name in order)}" if order is not None else "")
         return True
 
     def _take_back(self, back: list[tuple[TaskRow, str | None]], now: float) -> None:

@@ -175,4 +175,24 @@ agent_opts = [
         "instead of 200. A healthy loop iterates several times a second; the default equals "
         "three heartbeat intervals, the window in which a peer would judge the agent gone.",
     ),
+    cfg.StrOpt(
+        "cache_dir",
+        help="Directory where the agent keeps the verified files of the copies it made, so that "
+        "other regions fetch them from this region instead of the cascading store. A file "
+        "enters only once its copy is complete and verified (fetch, upload and glance's own "
+        "hashes). Serve it over SFTP with a confined read-only account of this region's sshd "
+        "(ChrootDirectory its root-owned parent, ForceCommand internal-sftp -R) and describe "
+        "that account in this region's peer: entry of glance_store.yaml (doc/peers.md). "
+        "Unset (the default): no cache, this region never serves others. Related options: "
+        "cache_max_bytes.",
+    ),
+    cfg.IntOpt(
+        "cache_max_bytes",
+        default=10 * 1024 ** 3,
+        min=0,
+        help="Upper bound, in bytes, of the files in cache_dir. Admitting a new file evicts the "
+        "least recently used ones (admitted or served longest ago) to make room; a file being "
+        "written, or being served to another region (the coordinator says which), is never "
+        "evicted, and a file that does not fit is not admitted. Default 10 GiB.",
+    ),
 ]

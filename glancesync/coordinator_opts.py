@@ -227,6 +227,20 @@ coordinator_opts = [
         "leader_lease_time (a third by default), so that one failed renewal (the database "
         "briefly unreachable) does not cost the lease.",
     ),
+    cfg.IntOpt(
+        "max_source_fanout",
+        default=0,
+        min=0,
+        help="Copies of one image that any one source serves at a time: the cascading store, "
+        "and each region whose agent keeps verified copies in its cache (a peer: entry in "
+        "glance_store.yaml, [agent] cache_dir). Each image is then distributed as a tree: the "
+        "store serves the first copies, the regions that hold a verified copy serve the next "
+        "ones, and the store stays the last fallback of each copy, so the cascading site sends "
+        "an image about max_source_fanout times instead of once per region. A copy whose "
+        "sources are all busy waits in its queue. 0 (the default): no limit, every region "
+        "fetches at once, from the store unless a region already holds the image "
+        "(doc/peers.md).",
+    ),
 ]
 
 DEFAULT_CONNECTION = "sqlite:////var/lib/glance-sync/journal.sqlite"

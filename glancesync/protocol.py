@@ -69,7 +69,8 @@ What a field may hold, whoever sent it:
 ``null`` means "absent": an optional field sent as null gets its default, a
 required one sent as null is refused.  Only fields *nullable by design* keep a
 null, where it means "not applicable": ``done``'s size and hashes (update and
-delete tasks verify no bytes), ``task.source`` (nothing to fetch), ``event.image``
+delete tasks verify no bytes), ``task.source`` and ``task.sources`` (nothing
+to fetch), ``done.fetched_from`` (no bytes fetched), ``event.image``
 and ``event.context`` (no record to pass on), ``status_query.image_id`` (the
 summary view) and ``error.ref`` (nothing to refer to).
 
@@ -123,6 +124,13 @@ EVENT_KINDS = ("created", "uploaded", "imported", "updated", "deactivated", "rea
 STATUS_VIEWS = ("summary", "image")
 OPERATOR_ACTIONS = ("cancel", "resync_failed", "sync")
 PROGRESS_PHASES = ("fetching", "uploading", "registering")  # what a copy's progress bytes count
+# hello.features: "sources" = the agent reads task.sources (peers, fallback, doc/peers.md).
+FEATURE_SOURCES = "sources"
+AGENT_FEATURES = (FEATURE_SOURCES,)
+# done.fetched_from when the bytes came from the cascading store.
+SOURCE_STORE = "cascading"
+# Sources in one task: a first choice, a few fallbacks, the cascading store.
+MAX_SOURCES = 16
 
 # The coordinator's own calls to the cascading glance carry this header, so the
 # glance_proxy filter makes no event of them (the loop guard of the original).
@@ -173,6 +181,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "in_flight": Field(_LIST, required=False, default=(), check=wirefields.labels(MAX_ID)),
         # The attempts behind in_flight; older agents leave it out.
         "running": _REFS,
+        # What this agent understands beyond version 1 (AGENT_FEATURES); older agents: none.
+        "features": Field(_LIST, required=False, default=(), check=wirefields.labels(MAX_NAME)),
     },
     "ready": {"credits": Field(_INT, check=wirefields.count(1, MAX_CAPACITY))},
     "ack": dict(_TASK_REF),
@@ -196,13 +206,19 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "region_hash_algo": Field(_STR, required=False, nullable=True),
         "region_hash_value": Field(_STR, required=False, nullable=True),
         "elapsed": Field(_NUM, required=False, default=0.0, check=wirefields.seconds(0.0)),
+        # A copy: which source served the bytes (SOURCE_STORE or a peer region), and whether
+        # the verified file is now in the agent's cache, served to peers (doc/peers.md).
+        "fetched_from": Field(_STR, required=False, nullable=True, check=_NAME),
+        "cached": Field(_BOOL, required=False, default=False),
     },
     "failed": {
         **_TASK_REF,
         "reason": Field(_STR, check=wirefields.not_empty),
         "retryable": Field(_BOOL),
     },
-    "heartbeat": {},
+    # From the coordinator: the images other regions now fetch from this agent's cache
+    # (never evicted meanwhile); absent from agents and older coordinators.
+    "heartbeat": {"serving": Field(_LIST, required=False, default=(), check=wirefields.image_ids)},
     "bye": {"reason": Field(_STR, required=False, default=""), "handed_back": _REFS},
     # coordinator -> agent
     "welcome": {
@@ -220,6 +236,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         # Where the bytes come from; None for update and delete tasks.  For an SFTP
         # source: {"type": "sftp", "path": <absolute path in the cascading store>}.
         "source": Field(_MAP, required=False, nullable=True),
+        # The sources to try in order, for agents with the "sources" feature: the first is
+        # the coordinator's choice, the next ones are fallbacks, the last is the cascading
+        # store (``source``).  A peer: {"type": "peer", "region": <region holding a copy>}.
+        "sources": Field(_LIST, required=False, nullable=True, check=wirefields.sources(MAX_SOURCES)),
         # The members of a shared cascading image, [{"member_id", "status"}], for copy and
         # update tasks; absent when the image is not shared or the coordinator is older.
         "members": Field(_LIST, required=False, nullable=True, check=wirefields.members),

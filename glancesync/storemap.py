@@ -22,14 +22,21 @@ The file (see etc/glance_store.yaml.sample and doc/least-privilege.md)::
         source:                                  # optional: reading RegionTwo's snapshots
           glance_file: sources.d/RegionTwo.yaml  # or glance: {...}; a download account
           store: {store_dir: ..., host: ..., user: ..., ...}   # its file store over SFTP
+        peer:                        # optional: this region serves its agent's cache_dir
+          host: r2.example.com       # (doc/peers.md)
+          port: 22
+          user: glancesync-peer
+          path: /cache               # cache_dir as the confined account sees it
+          host_keys: ["ssh-ed25519 AAAA..."]   # pinned: the agents' known_hosts for it
 
 Each host loads it for its :class:`Role` and reads only what that role uses, so a
 host's file can leave out everything else: the agent reads its own region (no other
-region's ``glance_file`` is ever opened), its ``work_dir``, the SFTP account and the
-other regions' ``source`` (where a snapshot made there is read from, doc/snapshots.md);
-the coordinator reads every region's glance, the cascading glance, ``store_dir`` and
-each ``source.store.store_dir``; the ``cascaded://`` driver reads every region's glance
-and nothing of ``cascading``.
+region's ``glance_file`` is ever opened), its ``work_dir``, the SFTP account, the
+other regions' ``source`` (where a snapshot made there is read from, doc/snapshots.md)
+and every region's ``peer:`` (no credential: an address and pinned host keys); the
+coordinator reads every region's glance and ``peer:``, the cascading glance,
+``store_dir`` and each ``source.store.store_dir``; the ``cascaded://`` driver reads
+every region's glance and nothing of ``cascading``.
 
 What is read is loaded into frozen dataclasses and checked completely on load:
 every error names the file and the key, so a service refuses to start on a broken
@@ -127,6 +134,18 @@ class RegionSource:
 
 
 @dataclass(frozen=True)
+class PeerSource:
+    """A region's cache served over SFTP (its ``peer:`` entry): where, and the host keys it must show."""
+
+    region: str
+    host: str
+    port: int
+    user: str
+    path: str  # the cache directory as the SFTP account sees it
+    host_keys: tuple[str, ...]  # "ssh-ed25519 AAAA...": written into the agents' known_hosts
+
+
+@dataclass(frozen=True)
 class StoreMap:
     path: str
     store: SshStore | None  # None for the cascaded:// driver
@@ -134,6 +153,8 @@ class StoreMap:
     cascading_glance: GlanceEndpoint | None = None
     # region -> how its snapshots are read (regions.<name>.source); the driver loads none.
     sources: Mapping[str, RegionSource] = field(default_factory=dict)
+    # Regions that serve their agent's cache to other regions (not loaded for the driver).
+    peers: Mapping[str, PeerSource] = field(default_factory=dict)
 
     def region(self, name: str) -> Region:
         try:
@@ -295,6 +316,34 @@ def _regions(data: Any, path: str, role: Role, only: str | None) -> dict[str, Re
     return regions
 
 
+def _peer(name: str, data: Any, path: str) -> PeerSource:
+    where = f"regions.{name}.peer"
+    data = _mapping(data, where, path)
+    port = data.get("port", 22)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ConfigError(source=path, detail=f"{where}.port must be a port number, not {port!r}")
+    peer_path = _require(data, "path", where, path)
+    if not peer_path.startswith("/"):
+        raise ConfigError(source=path, detail=f"{where}.path must be an absolute path")
+    keys = data.get("host_keys")
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, list) or not keys or not all(
+            isinstance(k, str) and len(k.split()) >= 2 and "\n" not in k for k in keys):
+        raise ConfigError(source=path, detail=f"{where}.host_keys must list the host's public keys, "
+                          "each 'TYPE BASE64' as in its /etc/ssh/ssh_host_*_key.pub")
+    return PeerSource(region=name, host=_require(data, "host", where, path), port=port,
+                      user=_require(data, "user", where, path), path=posixpath.normpath(peer_path),
+                      host_keys=tuple(" ".join(k.split()[:2]) for k in keys))
+
+
+def _peers(data: Any, path: str) -> dict[str, PeerSource]:
+    """Every region's ``peer:`` (inline only: no other file of a region is opened for it)."""
+    regions = _mapping(data, "regions", path)
+    return {str(name): _peer(str(name), entry["peer"], path) for name, entry in regions.items()
+            if isinstance(entry, Mapping) and entry.get("peer") is not None}
+
+
 def parse(data: Any, path: str = "<glance_store.yaml>", role: Role = Role.COORDINATOR,
           region: str | None = None) -> StoreMap:
     """Build the StoreMap ``role`` needs from parsed YAML, raising ConfigError naming the key.
@@ -314,7 +363,9 @@ def parse(data: Any, path: str = "<glance_store.yaml>", role: Role = Role.COORDI
             glance = _endpoint(cascading["glance"], "cascading.glance", path)
     regions = _regions(data.get("regions"), path, role, region)
     sources = {} if role is Role.DRIVER else _sources(data.get("regions"), path, role)
-    return StoreMap(path=path, store=store, regions=regions, cascading_glance=glance, sources=sources)
+    peers = {} if role is Role.DRIVER else _peers(data.get("regions"), path)
+    return StoreMap(path=path, store=store, regions=regions, cascading_glance=glance, sources=sources,
+                    peers=peers)
 
 
 def _sources(data: Any, path: str, role: Role) -> dict[str, RegionSource]:

@@ -129,3 +129,31 @@ def members(value: Any) -> bool:
         and item.get("status") in MEMBER_STATUSES
         for item in value
     )
+
+
+def image_ids(value: Any) -> bool:
+    """a list of glance image ids"""
+    return all(untrusted.is_image_id(item) for item in value)
+
+
+def sources(limit: int) -> Callable[[Any], bool]:
+    """Where a copy may fetch from: sftp paths in the cascading store, or peer regions by name."""
+    name = label(255)
+
+    def check(value: Any) -> bool:
+        if not 0 < len(value) <= limit:
+            return False
+        for item in value:
+            if not isinstance(item, dict) or item.get("type") not in ("sftp", "peer"):
+                return False
+            if item["type"] == "sftp":
+                path = item.get("path")
+                if not isinstance(path, str) or not path.startswith("/") or not fits(path, 4096):
+                    return False
+            elif not (isinstance(item.get("region"), str) and name(item["region"])):
+                return False
+        return True
+
+    check.__doc__ = (f"a list of 1 to {limit} sources, each {{type: sftp, path: /absolute}} "
+                     "or {type: peer, region: name}")
+    return check

@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from coordinator.journal.base import unpack
 from coordinator.schema import events, image_regions, tasks
 from glancesync.states import SyncState
 
@@ -21,7 +22,7 @@ _GROUPS = {S.PENDING.value: "queued", S.ASSIGNED.value: "in_flight", S.TRANSFERR
 
 
 class ViewsMixin:
-    """Read-only queries for the status reply."""
+    """Read-only queries for the status reply (and the holders of an image, for coordinator/sources.py)."""
 
     _count_table: dict[str, dict[str, int]] | None = None
 
@@ -190,3 +191,31 @@ class ViewsMixin:
                         for table in (events, tasks, image_regions)}
         # PostgreSQL says -1 for a table never analyzed yet.
         return {name: max(0, int(rows.get(name) or 0)) for name in names}
+
+    def cache_holders(self, image_id: str) -> tuple[list[str], list[str]]:
+        """(holders, soon) of ``image_id``: regions serving it from their agent's cache, earliest first,
+        and regions about to (their copy cached, its first registration running).
+
+        A holder's copy is synced (the registration: the coordinator read the regional
+        image) and the ``done`` of that copy said ``cached``.  One indexed read
+        (ix_tasks_image_region) per image.
+        """
+        live = (S.SYNCED.value, S.REGISTERING.value)
+        query = (sa.select(tasks.c.region, tasks.c.state, tasks.c.report, tasks.c.finished_at,
+                           tasks.c.register_retries)
+                 .join(image_regions, sa.and_(image_regions.c.image_id == tasks.c.image_id,
+                                              image_regions.c.region == tasks.c.region))
+                 .where(tasks.c.image_id == image_id, tasks.c.kind == "copy", tasks.c.state.in_(live),
+                        image_regions.c.state.in_(live))
+                 .order_by(tasks.c.seq))
+        latest: dict[str, tuple[str, float, bool]] = {}
+        with self.transaction() as conn:
+            for region, state, report, finished, retries in conn.execute(query).all():
+                cached = bool((unpack(report) or {}).get("cached"))
+                if state == S.REGISTERING.value and retries:
+                    cached = False  # a registration in backoff: not soon
+                latest[region] = (state, finished or 0.0, cached)  # a later copy replaces an earlier one
+        ordered = sorted(latest.items(), key=lambda item: item[1][1])
+        holders = [region for region, (state, _, cached) in ordered if cached and state == S.SYNCED.value]
+        soon = [region for region, (state, _, cached) in ordered if cached and state == S.REGISTERING.value]
+        return holders, soon

@@ -76,6 +76,7 @@ class SshServer:
         port: int | None = None,
         user: str | None = None,
         chroot_dir: str | Path | None = None,
+        also_authorized: str | Path | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.host = LOOPBACK
@@ -94,6 +95,8 @@ class SshServer:
         self.chroot_dir = Path(chroot_dir).resolve() if chroot_dir else None
         self.chroot_link = CHROOT_LINK_DIR / f"sftp-{self.port}"
         self.chroot_path: Path | None = None  # what sshd_config's ChrootDirectory names
+        # Another client's public key file (the agents' key, for a region's cache server).
+        self.also_authorized = Path(also_authorized) if also_authorized else None
 
     def __repr__(self) -> str:
         return f"<SshServer {self.user}@{self.host}:{self.port}>"
@@ -165,13 +168,18 @@ class SshServer:
         host_pub = ssh_keygen(self.host_key_file, "glance-sync-test-host")
         client_pub = ssh_keygen(self.private_key_file, "glance-sync-test-client")
         wrong_pub = ssh_keygen(self.base_dir / "wrong_host_key", "glance-sync-test-wrong-host")
-        self.authorized_keys_file.write_text(client_pub + "\n")
+        also = self.also_authorized.read_text().strip() + "\n" if self.also_authorized else ""
+        self.authorized_keys_file.write_text(client_pub + "\n" + also)
         self.authorized_keys_file.chmod(0o600)
         pattern = f"[{self.host}]:{self.port}"
         self.known_hosts_file.write_text(f"{pattern} {host_pub}\n")
         self.wrong_known_hosts_file.write_text(f"{pattern} {wrong_pub}\n")
         self._prepare_chroot()
         self.config_file.write_text(self.config_text())
+
+    def host_public_key(self) -> str:
+        """The host key's public line, 'ssh-ed25519 AAAA...' (after write_config)."""
+        return " ".join(Path(f"{self.host_key_file}.pub").read_text().split()[:2])
 
     def command(self) -> list[str]:
         return [SSHD, "-D", "-e", "-f", str(self.config_file)]

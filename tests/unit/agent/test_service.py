@@ -452,3 +452,28 @@ def test_a_silent_coordinator_of_a_pair_makes_the_agent_go_to_the_other_and_back
         service.shutdown()
         first.sock.close()
         second.sock.close()
+
+
+def test_peer_sources_announced_reported_and_served_files_pinned(context, tmp_path):
+    """hello says the agent reads task.sources; done names the source; heartbeats pin what is served."""
+    coord = Coordinator(context)
+    pool = FakePool(workers=2)
+    conf = make_conf(coord.port)
+    conf.set_override("cache_dir", str(tmp_path / "cache"), group="agent")
+    service = AgentService(conf, pool, context=context)
+    service.initialize(0.0)
+    try:
+        assert welcome(coord, service).body["features"] == ["sources"]
+        coord.send("task", task_body())
+        coord.expect(service, "ack", 0.2)
+        pool.finish("t1", {"outcome": "done", "size": 100, "checksum": "c", "os_hash_algo": "sha512",
+                           "os_hash_value": "h", "fetched_from": "RegionB", "cached": True})
+        done = coord.expect(service, "done", 0.4)
+        assert done.body["fetched_from"] == "RegionB" and done.body["cached"] is True
+        coord.send("heartbeat", {"serving": [IMAGE_ID]})
+        assert until(service, 0.5, lambda: service.cache.pinned() == {IMAGE_ID})
+        coord.send("heartbeat", {})
+        assert until(service, 0.6, lambda: service.cache.pinned() == set())
+    finally:
+        service.shutdown()
+        coord.sock.close()

@@ -269,3 +269,25 @@ def test_purge_forgets_old_history_and_keeps_state_and_live_work(journal: Journa
     assert view["RegionOne"]["state"] == "synced" and view["RegionOne"]["task_kind"] == "update"
     assert view["RegionTwo"]["state"] == "pending"
     assert IMAGE_ID in journal.known_image_ids()
+
+
+def test_cache_holders_need_a_synced_copy_that_the_agent_cached(journal: Journal) -> None:
+    ids = plan(journal, copy_task("RegionOne"), copy_task("RegionTwo"), copy_task("RegionThree"))
+    for task_id in ids:
+        journal.assign(task_id, "a", NOW, NOW + 10)
+        journal.ack(task_id, 1, NOW)
+    one, two, three = ids
+    journal.done(one, 1, {"size": 1, "cached": True}, NOW)
+    journal.done(two, 1, {"size": 1, "cached": True}, NOW)
+    journal.done(three, 1, {"size": 1, "cached": False}, NOW)
+    assert journal.cache_holders(IMAGE_ID) == ([], ["RegionOne", "RegionTwo"])  # registering: soon
+    journal.finish(two, 1, NOW + 1)
+    journal.finish(one, 1, NOW + 2)
+    journal.finish(three, 1, NOW + 3)
+    # Synced and cached, earliest first; a copy the agent did not cache serves nobody.
+    assert journal.cache_holders(IMAGE_ID) == (["RegionTwo", "RegionOne"], [])
+    journal.record_event("e2", "updated", IMAGE_ID, {"event_id": "e2"}, NOW + 4)
+    removal = NewTask("RegionTwo", "delete", {"image": image_record(), "source": None})
+    [delete] = journal.plan_event("e2", IMAGE_ID, [removal], {}, NOW + 4)
+    journal.assign(delete, "a", NOW + 5, NOW + 10)
+    assert journal.cache_holders(IMAGE_ID) == (["RegionOne"], [])  # a region being deleted serves nobody

@@ -326,18 +326,3 @@ def test_a_batch_one_of_whose_locations_appeared_meanwhile_is_added_one_by_one(m
     assert [len(ops) for _image, ops in client.http_client.patches] == [2]
     assert [url for _i, url, _m in client.images.added] == [
         protocol.cascaded_url(r, IMAGE_ID) for r in ("RegionOne", "RegionTwo")]
-
-
-def test_a_catalog_endpoint_never_signs_keystone_requests(recorder) -> None:
-    """Without a fixed url every glance URL is signed, but the token and discovery calls are not."""
-    url, seen = recorder
-    sess = glance.make_session(GlanceEndpoint(
-        url="", internal_secret=b"s" * 40,
-        auth={"auth_type": "none", "auth_url": f"{url}/v3"}))
-    sess.get(f"{url}/v3/auth/tokens")
-    sess.get(f"{url}/v3")
-    sess.get(f"{url}/")
-    sess.get(f"{url}/image/v2/images")
-    sess.get(f"{url}/v2/images")
-    assert [(p, v is not None) for _, p, v in seen] == [
-        ("/v3/auth/tokens", False), ("/v3", False), ("/", False), ("/image/v2/images", True), ("/v2/images", True)]

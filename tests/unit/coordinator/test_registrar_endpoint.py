@@ -132,3 +132,18 @@ def test_a_session_without_a_secret_sends_no_marker(recorder) -> None:
     url, seen = recorder
     glance.make_session(GlanceEndpoint(url=url)).get(f"{url}/v2/images")
     assert seen == [("GET", "/v2/images", None)]
+
+
+def test_a_catalog_endpoint_never_signs_keystone_requests(recorder) -> None:
+    """Without a fixed url every glance URL is signed, but the token and discovery calls are not."""
+    url, seen = recorder
+    sess = glance.make_session(GlanceEndpoint(
+        url="", internal_secret=b"s" * 40,
+        auth={"auth_type": "none", "auth_url": f"{url}/v3"}))
+    sess.get(f"{url}/v3/auth/tokens")
+    sess.get(f"{url}/v3")
+    sess.get(f"{url}/")
+    sess.get(f"{url}/image/v2/images")
+    sess.get(f"{url}/v2/images")
+    assert [(p, v is not None) for _, p, v in seen] == [
+        ("/v3/auth/tokens", False), ("/v3", False), ("/", False), ("/image/v2/images", True), ("/v2/images", True)]

@@ -17,7 +17,7 @@ IMAGE_ID = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
 # to SCHEMAS without an example here.
 VALID: dict[str, dict[str, Any]] = {
     "hello": {"region": "RegionOne", "agent_id": "a1", "capacity": 2, "version": "0.1.0", "in_flight": ["t-9"],
-              "running": [{"task_id": "t-9", "attempt": 3}]},
+              "running": [{"task_id": "t-9", "attempt": 3}], "features": ["sources"]},
     "ready": {"credits": 2},
     "ack": dict(TASK_REF),
     "progress": {**TASK_REF, "bytes_done": 10, "bytes_total": 100, "phase": "uploading"},
@@ -30,9 +30,11 @@ VALID: dict[str, dict[str, Any]] = {
         "region_hash_algo": "sha256",
         "region_hash_value": "cd" * 32,
         "elapsed": 1.5,
+        "fetched_from": "RegionTwo",
+        "cached": True,
     },
     "failed": {**TASK_REF, "reason": "sftp: connection reset", "retryable": True},
-    "heartbeat": {},
+    "heartbeat": {"serving": [IMAGE_ID]},
     "bye": {"reason": "shutting down", "handed_back": [{"task_id": "t-9", "attempt": 3}]},
     "welcome": {"heartbeat_interval": 5.0, "lease_timeout": 60},
     "task": {
@@ -42,6 +44,8 @@ VALID: dict[str, dict[str, Any]] = {
         "region": "RegionOne",
         "image": {"id": IMAGE_ID, "size": 100, "properties": {"a": "b"}},
         "source": {"type": "sftp", "path": f"/var/lib/glance/images/{IMAGE_ID}"},
+        "sources": [{"type": "peer", "region": "RegionTwo"},
+                    {"type": "sftp", "path": f"/var/lib/glance/images/{IMAGE_ID}"}],
         "members": [{"member_id": "0123abcd", "status": "pending"}],
     },
     "disconnect": {"reason": "coordinator restarting"},
@@ -444,3 +448,35 @@ def test_task_members_are_optional_and_pass_when_well_formed() -> None:
     older = {k: v for k, v in VALID["task"].items() if k != "members"}
     assert protocol.decode(envelope(type="task", body=older)).body["members"] is None
     assert protocol.decode(envelope(type="task", body={**VALID["task"], "members": members})).body["members"] == members
+
+
+@pytest.mark.parametrize("sources", [
+    [],
+    [{"type": "http", "url": "http://x"}],
+    [{"type": "peer"}],
+    [{"type": "peer", "region": "bad\nname"}],
+    [{"type": "sftp", "path": "relative/path"}],
+    [{"type": "peer", "region": "R"}] * (protocol.MAX_SOURCES + 1),
+    ["RegionTwo"],
+])
+def test_task_sources_refused(sources: list[Any]) -> None:
+    body = {**VALID["task"], "sources": sources}
+    frame = msgpack.packb({"v": protocol.VERSION, "type": "task", "id": "m-1", "ts": 1.0, "body": body})
+    assert code_of(frame) == "bad_field"
+
+
+def test_old_peers_get_the_new_fields_defaults() -> None:
+    """An old agent's hello and done, an old coordinator's task and heartbeat: no sources, no features."""
+    hello = protocol.decode(protocol.encode("hello", {k: v for k, v in VALID["hello"].items() if k != "features"}))
+    assert hello.body["features"] == []
+    done = protocol.decode(protocol.encode("done", dict(TASK_REF)))
+    assert done.body["cached"] is False and done.body["fetched_from"] is None
+    task = protocol.decode(protocol.encode("task", {k: v for k, v in VALID["task"].items() if k != "sources"}))
+    assert task.body["sources"] is None
+    assert protocol.decode(protocol.encode("heartbeat")).body["serving"] == []
+
+
+def test_heartbeat_serving_holds_image_ids_only() -> None:
+    frame = msgpack.packb({"v": protocol.VERSION, "type": "heartbeat", "id": "m-1", "ts": 1.0,
+                           "body": {"serving": ["../../etc/passwd"]}})
+    assert code_of(frame) == "bad_field"

@@ -393,3 +393,32 @@ def test_agent_role_needs_its_region_and_only_it_names_one() -> None:
         storemap.parse(GOOD, "f.yaml", storemap.Role.AGENT)
     with pytest.raises(ValueError):
         storemap.parse(GOOD, "f.yaml", storemap.Role.COORDINATOR, "RegionOne")
+
+
+PEER = {"host": "two.example.com", "port": 2022, "user": "peer", "path": "/cache/",
+        "host_keys": ["ssh-ed25519 AAAAC3Nz comment"]}
+
+
+def test_peer_entries_load_for_agent_and_coordinator_only(tmp_path: Path) -> None:
+    data = copy.deepcopy(GOOD)
+    data["regions"]["RegionTwo"]["peer"] = PEER
+    # The agent of RegionOne reads RegionTwo's peer: entry, never its glance (a file it may not have).
+    data["regions"]["RegionTwo"]["glance_file"] = "/nonexistent/RegionTwo.yaml"
+    del data["regions"]["RegionTwo"]["glance"]
+    path = write(tmp_path, data)
+    agent = storemap.load(path, storemap.Role.AGENT, "RegionOne")
+    assert list(agent.regions) == ["RegionOne"]
+    assert agent.peers["RegionTwo"] == storemap.PeerSource("RegionTwo", "two.example.com", 2022, "peer", "/cache",
+                                                           ("ssh-ed25519 AAAAC3Nz",))
+    assert storemap.parse(copy.deepcopy(GOOD) | {"regions": {**GOOD["regions"], "RegionTwo": {
+        **GOOD["regions"]["RegionTwo"], "peer": PEER}}}).peers.keys() == {"RegionTwo"}
+    assert storemap.load(write(tmp_path, GOOD)).peers == {}
+
+
+@pytest.mark.parametrize(("key", "value"), [("host_keys", []), ("host_keys", ["nokeytype"]), ("path", "cache"),
+                                            ("port", 0), ("user", None)])
+def test_bad_peer_entry_names_the_key(tmp_path: Path, key: str, value: Any) -> None:
+    data = copy.deepcopy(GOOD)
+    data["regions"]["RegionTwo"]["peer"] = {**PEER, key: value}
+    with pytest.raises(ConfigError, match=r"regions\.RegionTwo\.peer"):
+        storemap.load(write(tmp_path, data), storemap.Role.AGENT, "RegionOne")

@@ -1,0 +1,139 @@
+"""Where each copy fetches its bytes from: an image's distribution as a tree (doc/peers.md).
+
+The cascading store is the root; a region that holds a verified copy in its
+agent's cache is a source too.  Each source serves at most ``fanout`` copies of
+one image at a time (``[coordinator] max_source_fanout``; 0: no limit), so the
+store sends an image ``fanout`` times and the regions that got it feed the rest.
+
+A region *holds* an image once both facts are in: the coordinator registered its
+copy after reading the regional image itself (the copy is ``synced``), and the
+agent's ``done`` said the verified file went into its cache.  The journal keeps
+both, so a restarted coordinator knows the holders again; the copies in flight
+per source are kept in memory only (after a restart the fanout may be exceeded
+until the copies already running end).
+
+:func:`plan` is the pure choice; :class:`Sourcing` counts what is in flight and
+turns a choice into the wire's ``task.sources``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from glancesync import protocol
+
+# The cascading store, as a source in plans and counts (regions are named by their name).
+STORE: str | None = None
+# Peers after the first choice that a task may fall back to before the store.
+FALLBACK_PEERS = 2
+# Seconds the holders of an image read from the journal are reused: a copy waiting for a
+# source is looked at every loop iteration, the journal read at most this often.
+HOLDERS_TTL = 1.0
+# With a fanout, dispatch looks this many times further down a queue than the credits reach,
+# so copies waiting for a source do not hold back the tasks behind them.
+LOOKAHEAD = 4
+
+
+def plan(region: str, holders: Sequence[str], busy: Mapping[str | None, int], fanout: int,
+         fallbacks: int = FALLBACK_PEERS, store_first: bool = False, soon: int = 0) -> list[str | None] | None:
+    """The sources ``region`` tries for one image, in order; None: wait, every source is at its fanout.
+
+    ``holders``: regions holding a verified copy, earliest first; ``busy``: copies of
+    the image each source serves now.  Once a peer holds the image the store is only
+    the last fallback, so the store sends the image about ``fanout`` times in all.
+    The fallbacks (a few other holders, then the store) are not counted: they serve
+    only when the first choice fails.  ``store_first`` (a retry: the last attempt
+    may have failed on a peer's bytes) asks the store first, peers after.  ``soon``:
+    regions whose cached copy is being registered; rather than the store, the copy
+    waits for them (a few seconds).
+    """
+    peers = [name for name in holders if name != region]
+
+    def free(source: str | None) -> bool:
+        return fanout <= 0 or busy.get(source, 0) < fanout
+
+    if store_first:
+        return [STORE, *peers[:fallbacks]] if free(STORE) else None
+
+    ready = sorted((name for name in peers if free(name)), key=lambda name: busy.get(name, 0))
+    if ready:
+        first = ready[0]
+        rest = [name for name in peers if name != first][:fallbacks]
+        return [first, *rest, STORE]
+    if peers or soon or not free(STORE):
+        return None
+    return [STORE]
+
+
+class Sourcing:
+    """The copies in flight per (image, source), and the sources a task is handed."""
+
+    def __init__(self, fanout: int, peer_regions: Iterable[str]) -> None:
+        self.fanout = fanout
+        # Regions whose glance_store.yaml entry says how to reach their cache (a ``peer:``).
+        self.peer_regions = frozenset(peer_regions)
+        # task_id -> (image_id, primary source) of copies handed out.
+        self.flows: dict[str, tuple[str, str | None]] = {}
+        self.lookahead = LOOKAHEAD if fanout > 0 else 1
+        # image_id -> (read at, (holders, soon)) from the journal.
+        self._holders: dict[str, tuple[float, tuple[list[str], list[str]]]] = {}
+
+    def holders(self, image_id: str, now: float,
+                read: Callable[[str], tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+        """(holders, soon) of ``image_id`` (see Journal.cache_holders), read again after HOLDERS_TTL.
+
+        Without any region serving peers there is nothing to read.
+        """
+        if not self.peer_regions:
+            return [], []
+        cached = self._holders.get(image_id)
+        if cached is None or not 0 <= now - cached[0] < HOLDERS_TTL:
+            if len(self._holders) > 10000:  # images no copy waits for any more
+                self._holders = {k: v for k, v in self._holders.items() if 0 <= now - v[0] < HOLDERS_TTL}
+            cached = self._holders[image_id] = (now, read(image_id))
+        return cached[1]
+
+    def prune(self, held: Callable[[str], bool]) -> None:
+        """Forget the flows of tasks no agent holds any more (finished, failed, requeued)."""
+        for task_id in [t for t in self.flows if not held(t)]:
+            del self.flows[task_id]
+
+    def busy(self, image_id: str) -> dict[str | None, int]:
+        counts: dict[str | None, int] = {}
+        for image, source in self.flows.values():
+            if image == image_id:
+                counts[source] = counts.get(source, 0) + 1
+        return counts
+
+    def serving(self, region: str) -> list[str]:
+        """Image ids other regions fetch from ``region`` now (its agent must not evict them)."""
+        return sorted({image for image, source in self.flows.values() if source == region})
+
+    def choose(self, task_id: str, image_id: str, region: str, holders: Sequence[str],
+               understands_sources: bool, retried: bool = False,
+               soon: Sequence[str] = ()) -> list[str | None] | None:
+        """The order of sources for one copy, counted as in flight from its first; None: wait.
+
+        An agent without the "sources" feature can only fetch from the store: it
+        waits for the store like the first copies do.
+        """
+        usable = [name for name in holders if name in self.peer_regions] if understands_sources else []
+        coming = [name for name in soon if name in self.peer_regions and name != region] if understands_sources else []
+        order = plan(region, usable, self.busy(image_id), self.fanout, store_first=retried, soon=len(coming))
+        if order is not None:
+            self.flows[task_id] = (image_id, order[0])
+        return order
+
+    def drop(self, task_id: str) -> None:
+        self.flows.pop(task_id, None)
+
+
+def wire_sources(order: Sequence[str | None], store_source: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``task.sources`` for ``order``: peers by region, the store as the task's own sftp source."""
+    return [dict(store_source) if name is STORE else {"type": "peer", "region": name} for name in order]
+
+
+def source_name(name: str | None) -> str:
+    """How a source is named in logs and reports."""
+    return protocol.SOURCE_STORE if name is STORE else name

@@ -1,0 +1,114 @@
+"""coordinator/sources.py: the distribution tree of an image (fanout bound, order, fallbacks)."""
+
+from __future__ import annotations
+
+from coordinator import sources
+from coordinator.sources import STORE, Sourcing, plan, wire_sources
+
+IMAGE = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
+OTHER = "11111111-2222-3333-4444-555555555555"
+
+
+def test_first_copies_come_from_the_store_up_to_the_fanout() -> None:
+    assert plan("R1", [], {}, fanout=2) == [STORE]
+    assert plan("R2", [], {STORE: 1}, fanout=2) == [STORE]
+    assert plan("R3", [], {STORE: 2}, fanout=2) is None  # waits: the store is at its fanout
+
+
+def test_once_a_region_holds_the_image_peers_serve_and_the_store_is_the_last_fallback() -> None:
+    assert plan("R3", ["R1"], {}, fanout=1) == ["R1", STORE]
+    # The store is free but a peer holds the image: wait for the peer, do not send again.
+    assert plan("R3", ["R1"], {"R1": 1}, fanout=1) is None
+
+
+def test_least_busy_holder_first_then_other_holders_then_store() -> None:
+    order = plan("R5", ["R1", "R2", "R3", "R4"], {"R1": 2, "R2": 1}, fanout=3)
+    assert order[0] == "R3"
+    assert order[1:] == ["R1", "R2", STORE]  # at most FALLBACK_PEERS other holders, earliest first
+    assert len(order) == sources.FALLBACK_PEERS + 2
+
+
+def test_a_region_never_fetches_from_itself() -> None:
+    assert plan("R1", ["R1"], {}, fanout=1) == [STORE]
+
+
+def test_no_fanout_means_no_limit() -> None:
+    assert plan("R9", [], {STORE: 50}, fanout=0) == [STORE]
+    assert plan("R9", ["R1"], {"R1": 50}, fanout=0) == ["R1", STORE]
+
+
+def test_a_retry_asks_the_store_first() -> None:
+    assert plan("R3", ["R1", "R2"], {}, fanout=1, store_first=True) == [STORE, "R1", "R2"]
+    assert plan("R3", ["R1"], {STORE: 1}, fanout=1, store_first=True) is None
+
+
+def test_sourcing_counts_flows_per_image_and_releases_them() -> None:
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"])
+    assert sourcing.choose("t1", IMAGE, "R1", [], True) == [STORE]
+    assert sourcing.choose("t2", IMAGE, "R2", [], True) is None  # store busy with t1
+    assert sourcing.choose("t9", OTHER, "R2", [], True) == [STORE]  # another image: its own tree
+    held = {"t9"}
+    sourcing.prune(lambda task_id: task_id in held)  # t1 finished
+    assert sourcing.choose("t2", IMAGE, "R2", ["R1"], True) == ["R1", STORE]
+    assert sourcing.choose("t3", IMAGE, "R3", ["R1"], True) is None  # R1 serves t2
+    assert sourcing.serving("R1") == [IMAGE]
+    sourcing.drop("t2")
+    assert sourcing.serving("R1") == []
+
+
+def test_with_fanout_one_three_regions_get_the_image_from_the_store_once() -> None:
+    """The functional test's shape, planned: R1 from the store, then R2 and R3 from peers."""
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"])
+    holders: list[str] = []
+    used: list[str | None] = []
+    waiting = ["R1", "R2", "R3"]
+    while waiting:
+        running = []
+        for region in list(waiting):
+            order = sourcing.choose(f"t-{region}", IMAGE, region, holders, True)
+            if order is not None:
+                used.append(order[0])
+                running.append(region)
+                waiting.remove(region)
+        assert running, "nothing could start"
+        sourcing.prune(lambda _task_id: False)  # the round's copies finish
+        holders += running
+    assert used.count(STORE) == 1
+    assert used == [STORE, "R1", "R1"] or used == [STORE, "R1", "R2"]
+
+
+def test_only_regions_with_a_peer_entry_serve_and_old_agents_use_the_store() -> None:
+    sourcing = Sourcing(fanout=1, peer_regions=["R1"])
+    assert sourcing.choose("t1", IMAGE, "R3", ["R2"], True) == [STORE]  # R2 has no peer: entry
+    sourcing.drop("t1")
+    assert sourcing.choose("t2", IMAGE, "R3", ["R1"], False) == [STORE]  # an agent without "sources"
+
+
+def test_wire_sources() -> None:
+    store = {"type": "sftp", "path": f"/store/{IMAGE}"}
+    assert wire_sources(["R1", STORE], store) == [{"type": "peer", "region": "R1"}, store]
+
+
+def test_a_copy_being_registered_is_waited_for_rather_than_the_store() -> None:
+    assert plan("R3", [], {}, fanout=1, soon=1) is None
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"])
+    assert sourcing.choose("t3", IMAGE, "R3", [], True, soon=["R2"]) is None
+    assert sourcing.choose("t3", IMAGE, "R3", [], True, soon=["R3"]) == [STORE]  # itself: not a source
+
+
+def test_holders_are_read_at_most_once_per_ttl_and_not_at_all_without_peers() -> None:
+    reads: list[str] = []
+
+    def read(image_id: str) -> tuple[list[str], list[str]]:
+        reads.append(image_id)
+        return ["R1"], []
+
+    sourcing = Sourcing(fanout=1, peer_regions=["R1"])
+    assert sourcing.holders(IMAGE, 100.0, read) == (["R1"], [])
+    assert sourcing.holders(IMAGE, 100.5, read) == (["R1"], [])
+    assert reads == [IMAGE]
+    sourcing.holders(IMAGE, 100.0 + sources.HOLDERS_TTL, read)
+    assert reads == [IMAGE, IMAGE]
+    assert Sourcing(fanout=1, peer_regions=[]).holders(IMAGE, 1.0, read) == ([], [])
+    assert reads == [IMAGE, IMAGE]
+    assert sourcing.lookahead == sources.LOOKAHEAD and Sourcing(0, ["R1"]).lookahead == 1
