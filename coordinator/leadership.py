@@ -13,6 +13,10 @@ then stops acting at once and the process exits with :data:`LOST_EXIT`.
 
 A clean stop gives the lease back (:meth:`Leadership.release`), so the passive
 coordinator takes over within one renew interval instead of one lease.
+
+:attr:`Leadership.view` is what operators see of it (the status summary, the
+``glancesync_coordinator_leader*`` series): an immutable :class:`LeaseView`, replaced
+whole on every change, so the metrics thread reads it without a lock.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from coordinator.journal import Journal, LeaseLost
 from glancesync.exceptions import JournalError
@@ -35,6 +41,31 @@ LOST_EXIT = 3
 def holder_id() -> str:
     """This process's name in the lease: host name and a random suffix (a restart is a new holder)."""
     return f"{socket.gethostname()[:200]}-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """The lease as this coordinator last saw it.
+
+    ``role``: ``passive`` (waiting), ``active`` (holds it and acts), ``lost`` (stopped
+    acting) or ``released`` (gave it back on a clean stop).  ``holder``, ``generation``
+    and ``expires``: the lease's row as last written (active) or read (passive); None
+    before the first read.
+    """
+
+    role: str
+    me: str
+    holder: str | None = None
+    generation: int | None = None
+    expires: float | None = None
+
+    @property
+    def acting(self) -> bool:
+        return self.role == "active"
+
+    def status(self) -> dict[str, Any]:
+        """The ``coordinator.lease`` of a status summary (doc/status.md)."""
+        return {"holder": self.holder, "generation": self.generation, "expires": self.expires}
 
 
 class Leadership:
@@ -54,6 +85,7 @@ class Leadership:
         self.renewed_at = 0.0
         self._next_renewal = 0.0
         self.lost: str | None = None
+        self.view = LeaseView("passive", self.holder)
 
     @property
     def held(self) -> bool:
@@ -71,6 +103,7 @@ class Leadership:
         self.generation, self.expires, self.renewed_at, self.lost = generation, now + self.lease, now, None
         self._next_renewal = now + self.interval
         self.journal.fence_with(self.holder, generation)
+        self.view = LeaseView("active", self.holder, self.holder, generation, self.expires)
         LOG.info("leader lease taken by %s (generation %d): this coordinator is active", self.holder, generation)
         return True
 
@@ -85,6 +118,8 @@ class Leadership:
             except JournalError:
                 row = None
             holder = row[0] if row else None
+            if row is not None:
+                self.view = LeaseView("passive", self.holder, holder, row[2], row[1])
             if holder != shown:  # one line per holder, not one per try
                 shown = holder
                 LOG.info("passive: the leader lease is held by %s (generation %s); trying to take it every %g s",
@@ -114,10 +149,12 @@ class Leadership:
         if not renewed:
             return self._lose("another coordinator took it")
         self.expires, self.renewed_at, self._next_renewal = now + self.lease, now, now + self.interval
+        self.view = replace(self.view, expires=self.expires)
         return True
 
     def _lose(self, why: str) -> bool:
         self.lost = why
+        self.view = replace(self.view, role="lost")
         LOG.error("leader lease lost (%s): this coordinator stops acting now", why)
         return False
 
@@ -131,3 +168,4 @@ class Leadership:
         except JournalError as exc:
             LOG.warning("leader lease not released (%s): the other coordinator takes over once it expires", exc)
         self.generation = None
+        self.view = replace(self.view, role="released", holder=None)
