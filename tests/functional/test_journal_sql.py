@@ -1,8 +1,8 @@
 """The journal on SQLite, a real PostgreSQL and a real MariaDB: the same tests, migrations, and models.
 
 Every test here runs once per backend.  The journal's own tests
-(tests/unit/coordinator/test_journal.py, the batch tests of test_loop_cost.py and the leader lease's
-tests of test_leader.py) are collected here again, so each change to
+(tests/unit/coordinator/test_journal.py, the batch tests of test_loop_cost.py, the index plans of
+test_journal_indexes.py and the leader lease's tests of test_leader.py) are collected here again, so each change to
 them also runs on the servers; SQLite-only ones (pragmas) stay in the unit suite.
 Besides: ``db_sync`` from nothing and back down, the models of coordinator/schema.py
 against what the migrations made (alembic's autogenerate comparison, types
@@ -33,6 +33,7 @@ from glancesync.states import SyncState
 from tests.functional import helpers
 from tests.harness.sqlserver import SqlServer
 from tests.unit.coordinator import test_journal as unit
+from tests.unit.coordinator import test_journal_indexes as indexes
 from tests.unit.coordinator import test_leader as leader_lease
 from tests.unit.coordinator import test_loop_cost as loop_cost
 from tests.unit.coordinator.conftest import IMAGE_ID, image_record
@@ -53,6 +54,10 @@ for _name in ("test_a_batch_is_one_commit_and_a_stale_call_undoes_only_its_own_w
               "test_progress_is_shown_at_once_and_written_later",
               "test_status_counts_are_kept_in_memory_and_match_the_journal"):
     globals()[_name] = getattr(loop_cost, _name)
+# The journal's queries use their indexes, by each database's own plan.
+for _name in dir(indexes):
+    if _name.startswith("test_"):
+        globals()[_name] = getattr(indexes, _name)
 # The leader lease of a coordinator pair and its fence: a pair runs on a server.
 for _name in dir(leader_lease):
     if _name.startswith("test_"):
