@@ -36,6 +36,9 @@ LOG = logging.getLogger(__name__)
 # The exit status of a coordinator that lost the lease: not 0, so that systemd's
 # Restart=on-failure starts it again, as a passive one.
 LOST_EXIT = 3
+# Seconds between two reminders that the journal is still unreachable (Outage).
+REMIND_SECONDS = 300.0
+_UNSEEN = object()  # the lease's row was not read (the journal did not answer)
 
 
 def holder_id() -> str:
@@ -68,6 +71,34 @@ class LeaseView:
         return {"holder": self.holder, "generation": self.generation, "expires": self.expires}
 
 
+class Outage:
+    """The passive coordinator's view of an unreachable journal, logged by its edges.
+
+    One warning when the tries start failing, one line when the journal answers again,
+    and in between a reminder at most every ``remind`` seconds: a passive coordinator
+    tries every few seconds, and a database down for an hour must not fill the log.
+    """
+
+    def __init__(self, remind: float = REMIND_SECONDS) -> None:
+        self.remind = remind
+        self.since: float | None = None
+        self._told = 0.0
+
+    def failed(self, now: float, exc: Exception) -> None:
+        if self.since is None:
+            self.since = self._told = now
+            LOG.warning("passive: cannot reach the journal to try for the leader lease (%s); "
+                        "trying again quietly, reminding every %g s", exc, self.remind)
+        elif now - self._told >= self.remind:
+            self._told = now
+            LOG.warning("passive: the journal is still unreachable after %.0f s (%s)", now - self.since, exc)
+
+    def recovered(self, now: float) -> None:
+        if self.since is not None:
+            LOG.info("passive: the journal answers again after %.0f s unreachable", now - self.since)
+            self.since = None
+
+
 class Leadership:
     """The leader lease as this coordinator sees it; ``journal`` is the one the loop writes through."""
 
@@ -86,6 +117,7 @@ class Leadership:
         self._next_renewal = 0.0
         self.lost: str | None = None
         self.view = LeaseView("passive", self.holder)
+        self._outage = Outage()
 
     @property
     def held(self) -> bool:
@@ -96,8 +128,9 @@ class Leadership:
         try:
             generation = self.journal.take_leader(self.holder, now, self.lease)
         except JournalError as exc:
-            LOG.warning("cannot try to take the leader lease: %s", exc)
+            self._outage.failed(now, exc)
             return False
+        self._outage.recovered(now)
         if generation is None:
             return False
         self.generation, self.expires, self.renewed_at, self.lost = generation, now + self.lease, now, None
@@ -109,23 +142,30 @@ class Leadership:
 
     def wait(self, stop: threading.Event, now: Callable[[], float]) -> bool:
         """Passive: try to take the lease every ``interval`` until it is ours (True) or ``stop`` is set."""
-        shown = None
+        shown: str | None = None
         while not stop.is_set():
-            if self.try_take(now()):
+            at = now()
+            if self.try_take(at):
                 return True
             try:
                 row = self.journal.leader_row()
-            except JournalError:
-                row = None
-            holder = row[0] if row else None
-            if row is not None:
-                self.view = LeaseView("passive", self.holder, holder, row[2], row[1])
-            if holder != shown:  # one line per holder, not one per try
-                shown = holder
-                LOG.info("passive: the leader lease is held by %s (generation %s); trying to take it every %g s",
-                         holder, row[2] if row else "?", self.interval)
+            except JournalError as exc:
+                self._outage.failed(at, exc)
+                row = _UNSEEN
+            if row is not _UNSEEN:
+                shown = self._seen(row, shown)
             stop.wait(self.interval)
         return False
+
+    def _seen(self, row: tuple[str | None, float, int] | None, shown: str | None) -> str | None:
+        """Keep the lease's row for the view; one line per holder seen, not one per try."""
+        holder = row[0] if row else None
+        if row is not None:
+            self.view = LeaseView("passive", self.holder, holder, row[2], row[1])
+        if holder != shown:
+            LOG.info("passive: the leader lease is held by %s (generation %s); trying to take it every %g s",
+                     holder, row[2] if row else "?", self.interval)
+        return holder
 
     def hold(self, now: float) -> bool:
         """Active: renew the lease when due; False once it is lost (then stop acting at once)."""

@@ -185,3 +185,35 @@ def test_the_status_summary_names_the_role_and_the_lease(conf, stores, journal, 
         svc.shutdown()
     assert coordinator["role"] == "active"
     assert coordinator["lease"] == {"holder": "a", "generation": 1, "expires": NOW + LEASE}
+
+
+def test_a_passive_facing_an_unreachable_journal_logs_its_edges_not_every_try(journal: Journal, other: Journal,
+                                                                             monkeypatch, caplog) -> None:
+    assert Leadership(journal, LEASE, INTERVAL, holder="a").try_take(NOW)
+    passive = Leadership(other, LEASE, 0.001, holder="b")
+    take, read = other.take_leader, other.leader_row
+    tries = {"n": 0}
+    down = range(1, 701)  # tries 1..700 fail: 700 s at one try per second of the passive's clock
+
+    def failing(real):
+        def call(*args):
+            if tries["n"] in down:
+                raise JournalError(detail="server unreachable")
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(other, "take_leader", failing(take))
+    monkeypatch.setattr(other, "leader_row", failing(read))
+
+    def clock() -> float:
+        tries["n"] += 1
+        return NOW + tries["n"]
+
+    caplog.set_level("INFO", logger="coordinator.leadership")
+    assert passive.wait(threading.Event(), clock)  # a's lease lapsed meanwhile: taken once it answers
+    assert tries["n"] == 701 and passive.view.holder == "b"
+    lines = [r.getMessage() for r in caplog.records if "journal" in r.getMessage()]
+    assert len(lines) == 4, lines  # not one per try
+    assert "cannot reach the journal" in lines[0] and "server unreachable" in lines[0]
+    assert "still unreachable after 300 s" in lines[1] and "still unreachable after 600 s" in lines[2]
+    assert "answers again after 700 s" in lines[3]
