@@ -234,3 +234,28 @@ def test_the_database_options_reach_the_servers_engine(db_url: str) -> None:
                 assert conn.exec_driver_sql("SELECT @@character_set_client").scalar() == "utf8mb4"
     finally:
         journal.close()
+
+
+@pytest.mark.parametrize("kind", ("postgresql", "mariadb"))
+def test_a_released_database_comes_back_with_the_leader_row_as_migrated(kind: str, sql_servers) -> None:
+    """The harness's reuse (SqlServer.release): a database given back after a test that held the lease
+    is handed out again with the lease's row as migration 0005 made it, free to take, not missing."""
+    server = sql_servers[kind]
+    url = server.database(f"journal_{next(_names)}", migrated=True, migrate=manage.db_sync)
+    journal = Journal(url)
+    try:
+        assert journal.take_leader("a", 1000.0, 15.0) == 1
+        journal.record_event("e1", "uploaded", IMAGE_ID, {}, 1000.0)
+    finally:
+        journal.close()
+    server.release(url)
+    again = server.database(f"journal_{next(_names)}", migrated=True, migrate=manage.db_sync)
+    assert again == url  # the released one, reused
+    journal = Journal(again)
+    try:
+        assert journal.leader_row() == (None, 0.0, 0)
+        assert journal.unplanned_event("e1") is None  # every other row went
+        assert journal.take_leader("b", 1.0, 15.0) == 1  # an UPDATE of the migrated row, at generation 1 again
+    finally:
+        journal.close()
+        server.release(again)
