@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     name = endpoint.url or "cascading glance"
     stats = CoordinatorMetrics(metrics.Health(conf.coordinator.healthz_max_loop_age))
+    stats.pair = c.pair  # leader 0 until the lease is taken
     stats.health.not_started(f"checking that the cascading credentials are admin in {name}")
     try:
         # Up before the admin check, which may wait long: /healthz says 503 and why until the loop runs.
@@ -119,6 +120,7 @@ def _leadership(conf: Any, journal: Journal, stop: threading.Event,
         LOG.warning("pair = True on an SQLite journal: both coordinators must share its file; a pair "
                     "belongs on PostgreSQL or MariaDB (doc/database.md)")
     leadership = Leadership(journal, c.leader_lease_time, c.leader_renew_interval)
+    stats.leadership = leadership  # /metrics shows the passive one as such while it waits
     stats.health.not_started(f"passive: waiting for the leader lease ({leadership.holder})")
     return leadership if leadership.wait(stop, SteadyClock().now) else False
 

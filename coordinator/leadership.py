@@ -13,6 +13,10 @@ then stops acting at once and the process exits with :data:`LOST_EXIT`.
 
 A clean stop gives the lease back (:meth:`Leadership.release`), so the passive
 coordinator takes over within one renew interval instead of one lease.
+
+:attr:`Leadership.view` is what operators see of it (the status summary, the
+``glancesync_coordinator_leader*`` series): an immutable :class:`LeaseView`, replaced
+whole on every change, so the metrics thread reads it without a lock.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from coordinator.journal import Journal, LeaseLost
 from glancesync.exceptions import JournalError
@@ -30,11 +36,67 @@ LOG = logging.getLogger(__name__)
 # The exit status of a coordinator that lost the lease: not 0, so that systemd's
 # Restart=on-failure starts it again, as a passive one.
 LOST_EXIT = 3
+# Seconds between two reminders that the journal is still unreachable (Outage).
+REMIND_SECONDS = 300.0
+_UNSEEN = object()  # the lease's row was not read (the journal did not answer)
 
 
 def holder_id() -> str:
     """This process's name in the lease: host name and a random suffix (a restart is a new holder)."""
     return f"{socket.gethostname()[:200]}-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """The lease as this coordinator last saw it.
+
+    ``role``: ``passive`` (waiting), ``active`` (holds it and acts), ``lost`` (stopped
+    acting) or ``released`` (gave it back on a clean stop).  ``holder``, ``generation``
+    and ``expires``: the lease's row as last written (active) or read (passive); None
+    before the first read.
+    """
+
+    role: str
+    me: str
+    holder: str | None = None
+    generation: int | None = None
+    expires: float | None = None
+
+    @property
+    def acting(self) -> bool:
+        return self.role == "active"
+
+    def status(self) -> dict[str, Any]:
+        """The ``coordinator.lease`` of a status summary (doc/status.md)."""
+        return {"holder": self.holder, "generation": self.generation, "expires": self.expires}
+
+
+class Outage:
+    """The passive coordinator's view of an unreachable journal, logged by its edges.
+
+    One warning when the tries start failing, one line when the journal answers again,
+    and in between a reminder at most every ``remind`` seconds: a passive coordinator
+    tries every few seconds, and a database down for an hour must not fill the log.
+    """
+
+    def __init__(self, remind: float = REMIND_SECONDS) -> None:
+        self.remind = remind
+        self.since: float | None = None
+        self._told = 0.0
+
+    def failed(self, now: float, exc: Exception) -> None:
+        if self.since is None:
+            self.since = self._told = now
+            LOG.warning("passive: cannot reach the journal to try for the leader lease (%s); "
+                        "trying again quietly, reminding every %g s", exc, self.remind)
+        elif now - self._told >= self.remind:
+            self._told = now
+            LOG.warning("passive: the journal is still unreachable after %.0f s (%s)", now - self.since, exc)
+
+    def recovered(self, now: float) -> None:
+        if self.since is not None:
+            LOG.info("passive: the journal answers again after %.0f s unreachable", now - self.since)
+            self.since = None
 
 
 class Leadership:
@@ -54,6 +116,8 @@ class Leadership:
         self.renewed_at = 0.0
         self._next_renewal = 0.0
         self.lost: str | None = None
+        self.view = LeaseView("passive", self.holder)
+        self._outage = Outage()
 
     @property
     def held(self) -> bool:
@@ -64,33 +128,44 @@ class Leadership:
         try:
             generation = self.journal.take_leader(self.holder, now, self.lease)
         except JournalError as exc:
-            LOG.warning("cannot try to take the leader lease: %s", exc)
+            self._outage.failed(now, exc)
             return False
+        self._outage.recovered(now)
         if generation is None:
             return False
         self.generation, self.expires, self.renewed_at, self.lost = generation, now + self.lease, now, None
         self._next_renewal = now + self.interval
         self.journal.fence_with(self.holder, generation)
+        self.view = LeaseView("active", self.holder, self.holder, generation, self.expires)
         LOG.info("leader lease taken by %s (generation %d): this coordinator is active", self.holder, generation)
         return True
 
     def wait(self, stop: threading.Event, now: Callable[[], float]) -> bool:
         """Passive: try to take the lease every ``interval`` until it is ours (True) or ``stop`` is set."""
-        shown = None
+        shown: str | None = None
         while not stop.is_set():
-            if self.try_take(now()):
+            at = now()
+            if self.try_take(at):
                 return True
             try:
                 row = self.journal.leader_row()
-            except JournalError:
-                row = None
-            holder = row[0] if row else None
-            if holder != shown:  # one line per holder, not one per try
-                shown = holder
-                LOG.info("passive: the leader lease is held by %s (generation %s); trying to take it every %g s",
-                         holder, row[2] if row else "?", self.interval)
+            except JournalError as exc:
+                self._outage.failed(at, exc)
+                row = _UNSEEN
+            if row is not _UNSEEN:
+                shown = self._seen(row, shown)
             stop.wait(self.interval)
         return False
+
+    def _seen(self, row: tuple[str | None, float, int] | None, shown: str | None) -> str | None:
+        """Keep the lease's row for the view; one line per holder seen, not one per try."""
+        holder = row[0] if row else None
+        if row is not None:
+            self.view = LeaseView("passive", self.holder, holder, row[2], row[1])
+        if holder != shown:
+            LOG.info("passive: the leader lease is held by %s (generation %s); trying to take it every %g s",
+                     holder, row[2] if row else "?", self.interval)
+        return holder
 
     def hold(self, now: float) -> bool:
         """Active: renew the lease when due; False once it is lost (then stop acting at once)."""
@@ -114,10 +189,12 @@ class Leadership:
         if not renewed:
             return self._lose("another coordinator took it")
         self.expires, self.renewed_at, self._next_renewal = now + self.lease, now, now + self.interval
+        self.view = replace(self.view, expires=self.expires)
         return True
 
     def _lose(self, why: str) -> bool:
         self.lost = why
+        self.view = replace(self.view, role="lost")
         LOG.error("leader lease lost (%s): this coordinator stops acting now", why)
         return False
 
@@ -131,3 +208,4 @@ class Leadership:
         except JournalError as exc:
             LOG.warning("leader lease not released (%s): the other coordinator takes over once it expires", exc)
         self.generation = None
+        self.view = replace(self.view, role="released", holder=None)

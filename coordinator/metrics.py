@@ -11,7 +11,9 @@ scrape never waits for the loop, nor the loop for a scrape.
 Counters kept here, on the loop thread: events received (new or duplicate; every one
 is acked once committed) and bytes moved per region, from the agents' ``progress``
 and ``done`` reports.  Failures by (region, kind) are counted by the task desk.
-Every series and label is listed in doc/metrics.md.
+The lease of an active/passive pair is read from ``leadership.view`` at each scrape
+(one immutable reference, as the snapshot; set by the command before it waits, so the
+passive coordinator shows it too).  Every series and label is listed in doc/metrics.md.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from coordinator.leadership import LeaseView
 from glancesync import protocol
 from glancesync.exceptions import JournalError
 from glancesync.metrics import Health, service_families
@@ -40,6 +43,7 @@ ROW_COUNT_SECONDS = 60.0
 # this the oldest are forgotten, so tasks whose agent vanished cannot grow it forever.
 MAX_TRACKED_TASKS = 10000
 _COUNTS = ("queued", "in_flight", "synced", "failed")
+_NO_LEASE = LeaseView("passive", "")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class CoordinatorMetrics:
         self.health = health or Health(max_age=60.0)
         self.publish_every = publish_every
         self.source: Any = None  # the coordinator Service, set by it
+        # A pair's coordinator.leadership.Leadership, once made; ``pair`` says one is coming.
+        self.pair = False
+        self.leadership: Any = None
         self.snapshot = Snapshot()
         self.events = {"new": 0, "duplicate": 0}
         self.bytes_moved: dict[str, int] = {}
@@ -161,12 +168,30 @@ class CoordinatorMetrics:
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot  # one reference, read once: the loop may publish meanwhile
         yield from service_families("coordinator", self.health)
+        yield from leader_families(self.pair, None if self.leadership is None else self.leadership.view)
         yield GaugeMetricFamily("glancesync_metrics_snapshot_timestamp_seconds",
                                 "When the loop published the snapshot these series come from (0: not yet).",
                                 value=snap.taken_at)
         yield from _region_families(snap)
         yield from _agent_families(snap)
         yield from _journal_families(snap)
+
+
+def leader_families(pair: bool, lease: LeaseView | None) -> Iterator[Metric]:
+    """Whether this coordinator acts and, in a pair, the lease as it last saw it (a LeaseView; None before)."""
+    acting = lease.acting if lease is not None else not pair
+    yield GaugeMetricFamily("glancesync_coordinator_leader",
+                            "1 while this coordinator acts (a single one, or the pair's lease holder), else 0.",
+                            value=1 if acting else 0)
+    if not pair:
+        return
+    lease = lease or _NO_LEASE
+    yield GaugeMetricFamily("glancesync_coordinator_leader_generation",
+                            "Generation of the pair's leader lease as last written or read (0: not read yet).",
+                            value=lease.generation or 0)
+    yield GaugeMetricFamily("glancesync_coordinator_leader_lease_expiry_timestamp_seconds",
+                            "When the pair's leader lease expires unless renewed, as last written or read.",
+                            value=lease.expires or 0.0)
 
 
 def _region_families(snap: Snapshot) -> Iterator[Metric]:

@@ -113,6 +113,9 @@ tasks = sa.Table(
     sa.Index("ix_tasks_agent", "agent_id", "state"),
     # Registrations due for another try, read every loop iteration.
     sa.Index("ix_tasks_state_due", "state", "not_before"),
+    # The copies an operator asked for (Journal.asked_regions: event_id LIKE 'operator-%');
+    # the pattern opclass lets PostgreSQL range-scan a prefix whatever its collation.
+    sa.Index("ix_tasks_kind_event", "kind", "event_id", postgresql_ops={"event_id": "varchar_pattern_ops"}),
     **MYSQL_TABLE,
 )
 
@@ -135,6 +138,8 @@ image_regions = sa.Table(
     sa.Column("copy_registered_at", sa.Double, nullable=True),
     sa.Column("metadata_applied_at", sa.Double, nullable=True),
     sa.Index("ix_image_regions_region_state", "region", "state"),
+    # Failed pairs of every region (Journal.failed_regions, resync --failed).
+    sa.Index("ix_image_regions_state", "state"),
     **MYSQL_TABLE,
 )
 

@@ -311,7 +311,8 @@ class Service:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
         data = status.build(self.journal, self.agents, self.regions, self.started_at, body, self.now,
-                            self.events.strategy_in_force, self.tasks.rates)
+                            self.events.strategy_in_force, self.tasks.rates,
+                            None if self.leadership is None else self.leadership.view)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- who may send what ------------------------------------------------------------------

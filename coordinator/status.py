@@ -2,7 +2,8 @@
 
 The shapes are a contract with glancesync.status (the status tool)::
 
-    summary: {"coordinator": {"version", "started_at", "now", "sync_strategy"},
+    summary: {"coordinator": {"version", "started_at", "now", "sync_strategy", "role",
+                              "lease": {"holder", "generation", "expires"}},
               "regions": {region: {"queued", "in_flight", "synced", "failed",
                                    "agents": [{"agent_id", "online", "last_heartbeat",
                                                "capacity", "credits", "tasks"}]}},
@@ -35,6 +36,10 @@ rate and ETA of a transfer from its agent's progress reports (coordinator.rates)
 ``glance_sync_regions`` (unknown, or known in another case), or None; ``--wait``
 never reports success while it is set.  ``sync_strategy``: the strategy in force.
 
+``role``: ``single`` (no pair: no lease, no ``lease``) or ``active`` (the pair's
+member holding the lease; ``lease`` is its row as last renewed).  Only the active
+coordinator answers: the passive one binds no socket until it takes the lease.
+
 Regions are those of glance_store.yaml plus any region an agent announced.
 ``deletions_held``: images whose regional copies the reconciler's safety limit holds
 back, how many of them an operator confirmed, and since when (None when none).
@@ -47,6 +52,7 @@ from typing import Any
 
 from coordinator.agents import Agents
 from coordinator.journal import Journal
+from coordinator.leadership import LeaseView
 from coordinator.rates import Rates
 from glancesync import __version__
 from glancesync.states import SyncState as S
@@ -55,7 +61,7 @@ _EMPTY_COUNTS = {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0}
 
 
 def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
-            now: float, strategy: str = "") -> dict[str, Any]:
+            now: float, strategy: str = "", lease: LeaseView | None = None) -> dict[str, Any]:
     counts = journal.region_counts()
     sessions = agents.by_region()
     names = list(regions)
@@ -66,9 +72,18 @@ def summary(journal: Journal, agents: Agents, regions: Iterable[str], started_at
         entry: dict[str, Any] = dict(counts.get(name, _EMPTY_COUNTS))
         entry["agents"] = [s.status() for s in sorted(sessions.get(name, []), key=lambda s: s.agent_id)]
         data[name] = entry
-    return {"coordinator": {"version": __version__, "started_at": started_at, "now": now, "sync_strategy": strategy},
+    return {"coordinator": coordinator(started_at, now, strategy, lease),
             "regions": data,
             "deletions_held": deletions_held(journal)}
+
+
+def coordinator(started_at: float, now: float, strategy: str, lease: LeaseView | None) -> dict[str, Any]:
+    """The summary's ``coordinator``: what runs, since when, and its role (single, or the pair's active one)."""
+    data: dict[str, Any] = {"version": __version__, "started_at": started_at, "now": now, "sync_strategy": strategy,
+                            "role": "single" if lease is None else lease.role}
+    if lease is not None:
+        data["lease"] = lease.status()
+    return data
 
 
 def deletions_held(journal: Journal) -> dict[str, Any]:
@@ -121,9 +136,10 @@ def settled(journal: Journal, image_id: str) -> bool:
 
 
 def build(journal: Journal, agents: Agents, regions: Iterable[str], started_at: float,
-          body: dict[str, Any], now: float, strategy: str = "", rates: Rates | None = None) -> dict[str, Any]:
+          body: dict[str, Any], now: float, strategy: str = "", rates: Rates | None = None,
+          lease: LeaseView | None = None) -> dict[str, Any]:
     """The ``data`` of the reply to a ``status_query`` body; ``now`` is the coordinator's clock,
     so a client renders ages right even when its own clock differs."""
     if body.get("view") == "image" and body.get("image_id"):
         return image(journal, body["image_id"], now, rates)
-    return summary(journal, agents, regions, started_at, now, strategy)
+    return summary(journal, agents, regions, started_at, now, strategy, lease)

@@ -93,9 +93,30 @@ def summary_head(data: Mapping[str, Any], now: float) -> list[str]:
     if started:
         head += f", up {duration(now - started)} (since {_stamp(started)})"
     lines = [head]
+    role = role_line(coord, now)
+    if role:
+        lines.append(role)
     if coord.get("sync_strategy"):
         lines.append(f"sync_strategy: {coord['sync_strategy']}")
     return lines + held_lines(data.get("deletions_held") or {}, now)
+
+
+def role_line(coord: Mapping[str, Any], now: float) -> str | None:
+    """``role: ...``: a single coordinator, or the pair's active one with its lease; None from an older one."""
+    role = coord.get("role")
+    if not role:
+        return None
+    if role == "single":
+        return "role: single coordinator (no active/passive pair)"
+    lease = coord.get("lease") or {}
+    line = f"role: {role} member of a pair, lease held by {lease.get('holder') or 'nobody'}"
+    if lease.get("generation") is not None:
+        line += f" (generation {lease['generation']})"
+    expires = lease.get("expires")
+    if expires:
+        left = expires - now
+        line += f", expires in {duration(left)}" if left >= 0 else f", expired {duration(-left)} ago"
+    return line
 
 
 def summary_rows(data: Mapping[str, Any]) -> list[list[Any]]:

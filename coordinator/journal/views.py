@@ -128,8 +128,13 @@ class ViewsMixin:
         Those copies are never removed for being untargeted.  Known while the task rows are
         kept (``glance-sync-manage purge`` forgets finished tasks older than its ``--days``).
         """
-        query = (sa.select(tasks.c.image_id, tasks.c.region).distinct()
-                 .where(tasks.c.kind == "copy", tasks.c.event_id.like(f"{ASKED_PREFIX}%")))
+        if self.engine.dialect.name == "sqlite":
+            # SQLite's LIKE ignores case, so it cannot walk ix_tasks_kind_event's range; GLOB
+            # can, and matches case as the servers' LIKE does (binary collation on MySQL).
+            asked = tasks.c.event_id.op("GLOB")(f"{ASKED_PREFIX}*")
+        else:
+            asked = tasks.c.event_id.like(f"{ASKED_PREFIX}%")
+        query = sa.select(tasks.c.image_id, tasks.c.region).distinct().where(tasks.c.kind == "copy", asked)
         if image_id is not None:
             query = query.where(tasks.c.image_id == image_id)
         asked: dict[str, set[str]] = {}

@@ -8,7 +8,10 @@ syncing when the active coordinator gets SIGKILL; the passive one must take the
 lease within one lease (plus one renew interval), bind its sockets, and finish every
 copy: every image synced in every region, one ``cascaded://`` location per region,
 each regional copy the cascading bytes, and images uploaded after the kill reach it
-through the filter's failover.  The reconciler is off, so nothing but the journal
+through the filter's failover.  Operators see which one acts: ``/metrics`` of each
+(``glancesync_coordinator_leader``, the lease's generation) and ``glance-sync-status``,
+which only the active one answers (its role, the lease's holder and generation).
+The reconciler is off, so nothing but the journal
 and the senders' outboxes can make up for a lost event.
 """
 
@@ -24,6 +27,7 @@ import sqlalchemy as sa
 from coordinator.journal import make_engine
 from coordinator.schema import image_regions, leader
 from tests.functional import helpers
+from tests.functional.test_metrics import sample, scrape
 from tests.harness.glance import venv_bin
 from tests.harness.procs import LOOPBACK, ServiceProcess, free_port, tcp_open
 from tests.harness.sqlserver import SqlServer
@@ -44,12 +48,14 @@ class Pair:
         clients = ",".join(f"{LOOPBACK}:{client}" for client, _ in self.ports.values())
         agents = ",".join(f"{LOOPBACK}:{agent}" for _, agent in self.ports.values())
         self.sync_servers = clients
+        self.metrics = {name: free_port() for name in self.ports}
         self.conf = {
             name: topology.write_service_conf(
                 etc / f"glance-sync-{name}.conf", database={"connection": url},
                 DEFAULT={"sync_server_port": client, "sync_servers": clients},
                 coordinator={"agent_port": agent, "reconcile_interval": 0, "pair": True,
-                             "leader_lease_time": LEASE, "leader_renew_interval": RENEW},
+                             "leader_lease_time": LEASE, "leader_renew_interval": RENEW,
+                             "metrics_port": self.metrics[name]},
                 agent={"coordinators": agents})
             for name, (client, agent) in self.ports.items()
         }
@@ -118,6 +124,9 @@ def _run(topology: Topology, pair: Pair) -> None:
     b = pair.start("b")
     b.wait_ready(lambda: "passive: the leader lease is held by" in b.log_tail(200), timeout=60)
     assert not pair.bound("b") and not tcp_open(LOOPBACK, pair.ports["b"][0])  # the passive one binds nothing
+    passive, active = scrape(pair.metrics["b"]), scrape(pair.metrics["a"])
+    assert sample(passive, "glancesync_coordinator_leader") == 0 and sample(active, "glancesync_coordinator_leader") == 1
+    assert sample(passive, "glancesync_coordinator_leader_generation") == 1  # the holder's, as the passive read it
     for region in topology.region_names:
         topology.start_agent(region, f"{region.lower()}-pair", conf=pair.conf["a"])
     client = topology.cascading.client()
@@ -139,6 +148,12 @@ def _run(topology: Topology, pair: Pair) -> None:
     assert holder_b != holder_a and taken_at >= expires_at_kill
     assert taken_at - expires_at_kill <= RENEW + SLACK and taken_at - killed_at <= LEASE + RENEW + SLACK
     b.wait_ready(lambda: pair.bound("b"), timeout=60)
+    took = scrape(pair.metrics["b"])
+    assert sample(took, "glancesync_coordinator_leader") == 1
+    assert sample(took, "glancesync_coordinator_leader_generation") == 2
+    coordinator = helpers.status(topology, conf=pair.conf["b"])["coordinator"]  # a is dead: b answers
+    assert coordinator["role"] == "active" and coordinator["lease"]["holder"] == holder_b
+    assert coordinator["lease"]["generation"] == 2
 
     # Uploads after the kill: the filter's events fail over to b.
     after = [helpers.upload_random(client, helpers.MIB) for _ in range(IMAGES_AFTER)]

@@ -1,8 +1,8 @@
 """The journal on SQLite, a real PostgreSQL and a real MariaDB: the same tests, migrations, and models.
 
 Every test here runs once per backend.  The journal's own tests
-(tests/unit/coordinator/test_journal.py, the batch tests of test_loop_cost.py and the leader lease's
-tests of test_leader.py) are collected here again, so each change to
+(tests/unit/coordinator/test_journal.py, the batch tests of test_loop_cost.py, the index plans of
+test_journal_indexes.py and the leader lease's tests of test_leader.py) are collected here again, so each change to
 them also runs on the servers; SQLite-only ones (pragmas) stay in the unit suite.
 Besides: ``db_sync`` from nothing and back down, the models of coordinator/schema.py
 against what the migrations made (alembic's autogenerate comparison, types
@@ -33,6 +33,7 @@ from glancesync.states import SyncState
 from tests.functional import helpers
 from tests.harness.sqlserver import SqlServer
 from tests.unit.coordinator import test_journal as unit
+from tests.unit.coordinator import test_journal_indexes as indexes
 from tests.unit.coordinator import test_leader as leader_lease
 from tests.unit.coordinator import test_loop_cost as loop_cost
 from tests.unit.coordinator.conftest import IMAGE_ID, image_record
@@ -53,6 +54,10 @@ for _name in ("test_a_batch_is_one_commit_and_a_stale_call_undoes_only_its_own_w
               "test_progress_is_shown_at_once_and_written_later",
               "test_status_counts_are_kept_in_memory_and_match_the_journal"):
     globals()[_name] = getattr(loop_cost, _name)
+# The journal's queries use their indexes, by each database's own plan.
+for _name in dir(indexes):
+    if _name.startswith("test_"):
+        globals()[_name] = getattr(indexes, _name)
 # The leader lease of a coordinator pair and its fence: a pair runs on a server.
 for _name in dir(leader_lease):
     if _name.startswith("test_"):
@@ -229,3 +234,28 @@ def test_the_database_options_reach_the_servers_engine(db_url: str) -> None:
                 assert conn.exec_driver_sql("SELECT @@character_set_client").scalar() == "utf8mb4"
     finally:
         journal.close()
+
+
+@pytest.mark.parametrize("kind", ("postgresql", "mariadb"))
+def test_a_released_database_comes_back_with_the_leader_row_as_migrated(kind: str, sql_servers) -> None:
+    """The harness's reuse (SqlServer.release): a database given back after a test that held the lease
+    is handed out again with the lease's row as migration 0005 made it, free to take, not missing."""
+    server = sql_servers[kind]
+    url = server.database(f"journal_{next(_names)}", migrated=True, migrate=manage.db_sync)
+    journal = Journal(url)
+    try:
+        assert journal.take_leader("a", 1000.0, 15.0) == 1
+        journal.record_event("e1", "uploaded", IMAGE_ID, {}, 1000.0)
+    finally:
+        journal.close()
+    server.release(url)
+    again = server.database(f"journal_{next(_names)}", migrated=True, migrate=manage.db_sync)
+    assert again == url  # the released one, reused
+    journal = Journal(again)
+    try:
+        assert journal.leader_row() == (None, 0.0, 0)
+        assert journal.unplanned_event("e1") is None  # every other row went
+        assert journal.take_leader("b", 1.0, 15.0) == 1  # an UPDATE of the migrated row, at generation 1 again
+    finally:
+        journal.close()
+        server.release(again)

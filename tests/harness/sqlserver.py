@@ -10,7 +10,8 @@ runs as its Debian system user (``postgres``, ``mysql``), which refuse to run as
 A test gets a database of its own with :meth:`SqlServer.database`: an empty one, or
 (``migrated=True``) a copy of a template database that ``db_sync`` migrated once per
 server, which costs a CREATE DATABASE instead of a whole migration run; one that
-:meth:`SqlServer.release` emptied after its test is reused before any copy is made.
+:meth:`SqlServer.release` reset after its test (the migrations' rows, such as the leader
+lease's, as they made them; every other row deleted) is reused before any copy is made.
 
 ``tools/bootstrap.sh`` installs both servers from Debian; :func:`missing` names what
 is not installed.  No pytest imports here.
@@ -66,6 +67,9 @@ class SqlServer:
         self.data_root: Path | None = None
         self._template_ready = False
         self._released: list[str] = []
+        # The rows the migrations made in the template (the leader lease's row): every
+        # released database gets them back, so it is as a fresh copy of the template.
+        self._seed: dict[str, list[dict]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -146,19 +150,25 @@ class SqlServer:
                     raise ValueError("the first migrated database needs migrate=")
                 self.admin(self.create_sql(TEMPLATE))
                 migrate(self.url(TEMPLATE))
+                self._seed = _rows(self.url(TEMPLATE))
                 self._template_ready = True
             self.copy_template(name)
         return self.url(name)
 
     def release(self, url: str) -> None:
-        """Give back a migrated database once its test is over: its rows go (the schema revision
-        stays), and the next :meth:`database` takes it, cheaper than a copy (MariaDB's is 1 s)."""
+        """Give back a migrated database once its test is over: it goes back to what the migrations
+        made (their rows, such as the leader lease's, reset; every other row deleted; the schema
+        revision kept), and the next :meth:`database` takes it, cheaper than a copy (MariaDB's is 1 s)."""
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         try:
             with engine.begin() as conn:
-                for table in sa.inspect(conn).get_table_names():
-                    if table != "alembic_version":
-                        conn.exec_driver_sql(f"DELETE FROM {table}")
+                metadata = sa.MetaData()
+                metadata.reflect(conn)
+                for name, table in metadata.tables.items():
+                    if name != "alembic_version":
+                        conn.execute(table.delete())
+                        if self._seed.get(name):
+                            conn.execute(table.insert(), self._seed[name])
         finally:
             engine.dispose()
         with self._lock:
@@ -181,6 +191,19 @@ class SqlServer:
 
     def copy_template(self, name: str) -> None:
         raise NotImplementedError
+
+
+def _rows(url: str) -> dict[str, list[dict]]:
+    """Every row of every table but ``alembic_version``, by table."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            metadata = sa.MetaData()
+            metadata.reflect(conn)
+            return {name: [dict(row._mapping) for row in conn.execute(sa.select(table))]
+                    for name, table in metadata.tables.items() if name != "alembic_version"}
+    finally:
+        engine.dispose()
 
 
 class PostgresServer(SqlServer):

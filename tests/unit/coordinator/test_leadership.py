@@ -9,6 +9,7 @@ import pytest
 from coordinator import cmd
 from coordinator.journal import Journal
 from coordinator.leadership import Leadership
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.registrar import Registrar
 from coordinator.service import Service
 from glancesync import protocol
@@ -125,3 +126,94 @@ def test_a_renew_interval_over_half_the_lease_stops_the_coordinator_with_one_lin
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "leader_renew_interval (3) must be at most half" in err
+
+
+def test_the_view_follows_the_lease_passive_active_lost(journal: Journal, other: Journal) -> None:
+    active = Leadership(journal, LEASE, INTERVAL, holder="a")
+    assert active.view.role == "passive" and active.view.holder is None
+    assert active.try_take(NOW)
+    assert (active.view.role, active.view.holder, active.view.generation, active.view.expires) == (
+        "active", "a", 1, NOW + LEASE)
+    assert active.hold(NOW + INTERVAL) and active.view.expires == NOW + INTERVAL + LEASE  # renewed
+    passive = Leadership(other, LEASE, 0.01, holder="b")
+    stop = threading.Event()
+
+    def now() -> float:  # the passive's clock; stops it once it has read the row
+        if passive.view.holder is not None:
+            stop.set()
+        return NOW + 6
+
+    assert not passive.wait(stop, now)
+    assert (passive.view.role, passive.view.holder, passive.view.generation) == ("passive", "a", 1)
+    assert passive.view.expires == NOW + INTERVAL + LEASE
+    assert passive.try_take(NOW + 100) and not active.hold(NOW + 11)
+    assert active.view.role == "lost" and not active.view.acting
+
+
+def test_the_metrics_say_which_coordinator_leads(journal: Journal, other: Journal) -> None:
+    from .test_metrics import scrape, value
+
+    single = CoordinatorMetrics()
+    assert value(scrape(single), "glancesync_coordinator_leader") == 1.0
+    assert not any(name.startswith("glancesync_coordinator_leader_") for name, _ in scrape(single))
+    starting = CoordinatorMetrics()
+    starting.pair = True  # a pair's coordinator before it made its Leadership: not acting
+    assert value(scrape(starting), "glancesync_coordinator_leader") == 0.0
+    active, passive = CoordinatorMetrics(), CoordinatorMetrics()
+    active.pair = passive.pair = True
+    active.leadership = Leadership(journal, LEASE, INTERVAL, holder="a")
+    passive.leadership = Leadership(other, LEASE, INTERVAL, holder="b")
+    assert active.leadership.try_take(NOW) and not passive.leadership.try_take(NOW + 1)
+    samples = scrape(active)
+    assert value(samples, "glancesync_coordinator_leader") == 1.0
+    assert value(samples, "glancesync_coordinator_leader_generation") == 1.0
+    assert value(samples, "glancesync_coordinator_leader_lease_expiry_timestamp_seconds") == NOW + LEASE
+    assert value(scrape(passive), "glancesync_coordinator_leader") == 0.0
+    active.leadership.release()
+    assert value(scrape(active), "glancesync_coordinator_leader") == 0.0
+
+
+def test_the_status_summary_names_the_role_and_the_lease(conf, stores, journal, client, regional, ctx) -> None:
+    svc, _leadership = _active_service(conf, stores, journal, client, regional, ctx)
+    try:
+        asker = dealer(ctx, conf.sync_server_port)
+        asker.send(protocol.encode("status_query", {"view": "summary"}))
+        pump(svc, NOW + 1, lambda: asker.poll(0))
+        coordinator = protocol.decode(asker.recv()).body["data"]["coordinator"]
+        asker.close()
+    finally:
+        svc.shutdown()
+    assert coordinator["role"] == "active"
+    assert coordinator["lease"] == {"holder": "a", "generation": 1, "expires": NOW + LEASE}
+
+
+def test_a_passive_facing_an_unreachable_journal_logs_its_edges_not_every_try(journal: Journal, other: Journal,
+                                                                             monkeypatch, caplog) -> None:
+    assert Leadership(journal, LEASE, INTERVAL, holder="a").try_take(NOW)
+    passive = Leadership(other, LEASE, 0.001, holder="b")
+    take, read = other.take_leader, other.leader_row
+    tries = {"n": 0}
+    down = range(1, 701)  # tries 1..700 fail: 700 s at one try per second of the passive's clock
+
+    def failing(real):
+        def call(*args):
+            if tries["n"] in down:
+                raise JournalError(detail="server unreachable")
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(other, "take_leader", failing(take))
+    monkeypatch.setattr(other, "leader_row", failing(read))
+
+    def clock() -> float:
+        tries["n"] += 1
+        return NOW + tries["n"]
+
+    caplog.set_level("INFO", logger="coordinator.leadership")
+    assert passive.wait(threading.Event(), clock)  # a's lease lapsed meanwhile: taken once it answers
+    assert tries["n"] == 701 and passive.view.holder == "b"
+    lines = [r.getMessage() for r in caplog.records if "journal" in r.getMessage()]
+    assert len(lines) == 4, lines  # not one per try
+    assert "cannot reach the journal" in lines[0] and "server unreachable" in lines[0]
+    assert "still unreachable after 300 s" in lines[1] and "still unreachable after 600 s" in lines[2]
+    assert "answers again after 700 s" in lines[3]

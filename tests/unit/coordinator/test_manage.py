@@ -16,10 +16,10 @@ from .conftest import IMAGE_ID, make_conf
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     current, head = manage.schema_revisions(url)
-    assert current is None and head == "0005"
+    assert current is None and head == "0006"
     manage.db_sync(url)
     manage.db_sync(url)  # twice is fine
-    assert manage.schema_revisions(url) == ("0005", "0005")
+    assert manage.schema_revisions(url) == ("0006", "0006")
 
 
 def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
@@ -29,7 +29,7 @@ def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
     assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
     assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
     assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
-    assert "current=0005" in capsys.readouterr().out
+    assert "current=0006" in capsys.readouterr().out
     assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
     secret = tmp_path / "keys" / "coord.key_secret"
     assert str(secret) in capsys.readouterr().out
@@ -237,4 +237,31 @@ def test_migration_0005_adds_the_leader_row_and_goes_back(tmp_path: Path) -> Non
     assert manage.schema_revisions(url)[0] == "0004"
     with engine.connect() as conn:
         assert "leader" not in sa.inspect(conn).get_table_names()
+    engine.dispose()
+
+
+def test_migration_0006_adds_the_query_indexes_and_goes_back(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from coordinator import schema
+
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    command.upgrade(manage.alembic_config(url), "0005")
+    manage.db_sync(url)
+    engine = sa.create_engine(url)
+
+    def indexes(conn: sa.Connection) -> set[str]:
+        inspector = sa.inspect(conn)
+        return {ix["name"] for table in ("tasks", "image_regions") for ix in inspector.get_indexes(table)}
+
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), schema.metadata) == []
+        assert {"ix_tasks_kind_event", "ix_image_regions_state"} <= indexes(conn)
+    command.downgrade(manage.alembic_config(url), "0005")
+    assert manage.schema_revisions(url)[0] == "0005"
+    with engine.connect() as conn:
+        assert not {"ix_tasks_kind_event", "ix_image_regions_state"} & indexes(conn)
     engine.dispose()

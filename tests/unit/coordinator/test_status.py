@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coordinator import status
+from coordinator.agents import Agents
 from coordinator.journal import Journal
 
 from .conftest import IMAGE_ID
@@ -40,3 +41,8 @@ def test_the_newest_record_time_is_kept_per_image(journal: Journal) -> None:
         journal.record_event(f"e{n}", "updated", IMAGE_ID, {}, NOW + n)
         journal.plan_event(f"e{n}", IMAGE_ID, [], {}, NOW + n, record=(at, active))
     assert journal.image_record_state(IMAGE_ID) == (NOW + 10, NOW)
+
+
+def test_the_summary_says_a_lone_coordinator_is_single(journal: Journal) -> None:
+    coordinator = status.summary(journal, Agents(journal, 1.0, 10.0), ["RegionOne"], NOW - 60, NOW)["coordinator"]
+    assert coordinator["role"] == "single" and "lease" not in coordinator

@@ -9,6 +9,7 @@ from typing import Any
 from coordinator import status
 from coordinator.agents import Agents
 from coordinator.journal import Journal
+from coordinator.leadership import LeaseView
 
 from .conftest import IMAGE_ID
 
@@ -45,7 +46,8 @@ def test_every_summary_and_image_field_is_documented(journal: Journal) -> None:
     agents = Agents(journal, 1.0, 10.0)
     agents.hello(b"r1", {"agent_id": "a1", "region": "RegionOne", "capacity": 2, "version": "0.1.0",
                          "in_flight": []}, NOW)
-    summary = status.summary(journal, agents, ["RegionOne"], NOW - 60, NOW)
+    summary = status.summary(journal, agents, ["RegionOne"], NOW - 60, NOW,
+                             lease=LeaseView("active", "ctl-a-1f2e", "ctl-a-1f2e", 3, NOW + 15))
     journal.record_event("e1", "uploaded", IMAGE_ID, {}, NOW)
     journal.plan_event("e1", IMAGE_ID, [], {"RegionOne": "source refused"}, NOW)
     image = status.image(journal, IMAGE_ID, NOW)

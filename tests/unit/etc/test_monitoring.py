@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics import AgentMetrics
+from coordinator.leadership import LeaseView
 from coordinator.metrics import CoordinatorMetrics, Snapshot
 from glance_proxy import spoolstats
 
@@ -35,6 +36,8 @@ def exported(tmp_path_factory) -> set[str]:
         oldest_pending={"R": 1.0}, agents=(("R", "a", True, 9.0),), bytes_moved={"R": 5}, rate={"R": 1.0},
         failures={("R", "timeout"): 1}, events={"new": 1}, journal_bytes=100, journal_rows={"events": 1},
         last_pass=(5.0, 1.0, True))
+    coordinator.pair = True  # the lease's series too
+    coordinator.leadership = type("Pair", (), {"view": LeaseView("active", "a", "a", 1, 20.0)})()
     agent = AgentMetrics("R", "a")
     agent.failures["timeout"] += 1
     agent.tick(0.0, type("S", (), {"attempts": {}, "capacity": 1, "results": {}, "welcomed": True,

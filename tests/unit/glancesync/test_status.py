@@ -83,6 +83,18 @@ def test_summary_view() -> None:
     assert text.index("agent-a") < text.index("agent-b")
 
 
+def test_summary_names_the_coordinators_role_and_lease() -> None:
+    single = dict(SUMMARY, coordinator={"version": "0.1.0", "started_at": NOW - 5, "role": "single"})
+    assert status_render.render_summary(single, NOW).splitlines()[1] == (
+        "role: single coordinator (no active/passive pair)")
+    lease = {"holder": "ctl-a-1f2e", "generation": 7, "expires": NOW + 12}
+    active = dict(SUMMARY, coordinator={"version": "0.1.0", "started_at": NOW - 5, "role": "active", "lease": lease})
+    assert status_render.render_summary(active, NOW).splitlines()[1] == (
+        "role: active member of a pair, lease held by ctl-a-1f2e (generation 7), expires in 12s")
+    # An older coordinator says nothing of a role: no line for it.
+    assert not any(line.startswith("role:") for line in status_render.render_summary(SUMMARY, NOW).splitlines())
+
+
 def test_summary_without_regions() -> None:
     text = status_render.render_summary({"coordinator": {"version": "0.1.0", "started_at": NOW}, "regions": {}}, NOW)
     assert "no regions" in text

@@ -1,0 +1,78 @@
+"""The journal's queries use an index (migration 0006): each database's own plan says so.
+
+Collected again by tests/functional/test_journal_sql.py, so the plans of PostgreSQL and
+MariaDB are read too.  Each test records the SELECT a journal call runs and asks the
+database to EXPLAIN it: SQLite's ``EXPLAIN QUERY PLAN``, PostgreSQL's ``EXPLAIN`` with
+sequential scans priced out (tables this small would be scanned anyway), MariaDB's
+``EXPLAIN`` whose ``possible_keys`` lists the indexes the query can use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from coordinator.journal import Journal, NewTask
+
+from .conftest import IMAGE_ID, image_record
+
+NOW = 1_000_000.0
+
+
+def populated(journal: Journal) -> Journal:
+    """Copies of ordinary events to 300 regions, one copy an operator asked for."""
+    payload = {"image": image_record(), "source": {"type": "sftp", "path": "/x"}}
+    journal.record_event("e1", "uploaded", IMAGE_ID, {}, NOW)
+    journal.plan_event("e1", IMAGE_ID, [NewTask(f"R{n}", "copy", payload) for n in range(300)], {}, NOW)
+    other = IMAGE_ID[:-1] + "f"
+    journal.record_event("operator-1", "uploaded", other, {}, NOW)
+    journal.plan_event("operator-1", other, [NewTask("R0", "copy", payload)], {}, NOW)
+    if journal.engine.dialect.name == "postgresql":
+        with journal.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE tasks, image_regions")
+    return journal
+
+
+def plan_of(journal: Journal, call: Callable[[], Any], table: str) -> str:
+    """The plan, as text, of the last SELECT from ``table`` that ``call`` runs on ``journal``."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and f"FROM {table}" in statement:
+            seen.append((statement, parameters))
+
+    sa.event.listen(journal.engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        sa.event.remove(journal.engine, "before_cursor_execute", record)
+    assert seen, f"no SELECT from {table}"
+    statement, parameters = seen[-1]
+    dialect = journal.engine.dialect.name
+    raw = journal.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if dialect == "sqlite":
+            cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+        else:
+            if dialect == "postgresql":
+                cursor.execute("SET LOCAL enable_seqscan = off")  # this transaction only
+            cursor.execute("EXPLAIN " + statement, parameters)
+        rows = cursor.fetchall()
+    finally:
+        raw.rollback()
+        raw.close()
+    return "\n".join(" ".join(str(cell) for cell in row) for row in rows)
+
+
+def test_the_operators_asked_copies_are_found_by_index(journal: Journal) -> None:
+    assert populated(journal).asked_regions() == {IMAGE_ID[:-1] + "f": {"R0"}}
+    plan = plan_of(journal, journal.asked_regions, "tasks")
+    assert "ix_tasks_kind_event" in plan, plan
+
+
+def test_failed_pairs_of_every_region_are_found_by_index(journal: Journal) -> None:
+    plan = plan_of(populated(journal), journal.failed_regions, "image_regions")
+    assert "ix_image_regions_state" in plan, plan
