@@ -131,8 +131,9 @@ class TaskDesk:
 
     def _route(self, session: Session, task: TaskRow, now: float) -> bool:
         """Choose the sources of a copy (kept for its send); False: every source is busy, the task waits."""
-        if task.kind != "copy" or not isinstance(task.payload.get("source"), dict):
-            return True
+        source = task.payload.get("source")
+        if task.kind != "copy" or not isinstance(source, dict) or source.get("region") is not None:
+            return True  # a snapshot's copy reads from the region that made it, not along the tree
         online = {s.region for s in self.agents.online()}  # a holder whose agent is gone is skipped
         ready, soon = ([r for r in found if r in online]
                        for found in self.sourcing.holders(task.image_id, now, self.journal.cache_holders))

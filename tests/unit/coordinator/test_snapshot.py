@@ -6,12 +6,13 @@ import pytest
 
 from coordinator import planner, snapshot
 from coordinator.journal import RegionRecord
+from glancesync import protocol
 from glancesync.protocol import cascaded_url
 from glancesync.states import SyncState
 from glancesync.storemap import RegionSource, SshStore
 
 from .conftest import IMAGE_ID, NOW, REGIONS, make_conf, start_service
-from .test_service import pump
+from .test_service import dealer, pump, receive
 
 SHA = "5" * 128
 
@@ -180,6 +181,22 @@ def test_the_loop_waits_for_the_regional_image_then_plans_copies(snap_service, j
         (task,) = journal.dispatchable(region, later)
         assert task.payload["source"] == {"type": "glance", "region": "RegionOne"}
         assert task.payload["image"]["os_hash_value"] == SHA
+
+
+def test_an_agent_reading_peer_sources_gets_the_snapshots_own_source(snap_service, journal, regional, ctx) -> None:
+    """A snapshot's copy is never routed along the peer tree: its only source is its region."""
+    svc = snap_service
+    regional.images.records[IMAGE_ID] = regional_snapshot("active")
+    snapshot_event(journal)
+    pump(svc, NOW, until=lambda: set(journal.region_records(IMAGE_ID)) == set(REGIONS))
+    sock = dealer(ctx, svc.conf.coordinator.agent_port)
+    sock.send(protocol.encode("hello", {"region": "RegionTwo", "agent_id": "a2", "capacity": 2, "version": "t",
+                                        "in_flight": [], "features": ["sources"]}))
+    receive(sock, svc, NOW, "welcome")
+    sock.send(protocol.encode("ready", {"credits": 1}))
+    task = receive(sock, svc, NOW, "task").body
+    assert task["source"] == {"type": "glance", "region": "RegionOne"}
+    assert not task.get("sources")
 
 
 def test_a_regional_image_still_queued_after_snapshot_timeout_fails_every_target(snap_service, journal) -> None:
