@@ -193,6 +193,28 @@ def test_a_regional_image_still_queued_after_snapshot_timeout_fails_every_target
     assert all("still queued" in v["last_error"] and "snapshot_timeout" in v["last_error"] for v in view.values())
 
 
+def test_a_queued_snapshot_whose_events_were_lost_is_found_by_a_pass_and_waited_for(
+        tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx) -> None:
+    from .test_eventdesk import reconciling_service, run_pass
+
+    client.images.records[IMAGE_ID] = cascading_snapshot()
+    regional.images.records[IMAGE_ID] = regional_snapshot("queued")
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, regional=regional)
+    try:
+        now = run_pass(svc, NOW)
+        (event,) = journal.unplanned_events()
+        assert (event.kind, event.sender) == ("uploaded", "reconciler")
+        pump(svc, now, until=lambda: (journal.unplanned_event(event.event_id) or event).not_before > now)
+        assert journal.region_records(IMAGE_ID) == {}  # waiting for RegionOne's image, nothing planned
+        regional.images.records[IMAGE_ID] = regional_snapshot("active")
+        later = now + svc.conf.snapshot_sleep_interval + 1
+        pump(svc, later, until=lambda: set(journal.region_records(IMAGE_ID)) == set(REGIONS))
+        assert all(task.payload["source"] == {"type": "glance", "region": "RegionOne"}
+                   for region in REGIONS for task in journal.dispatchable(region, later))
+    finally:
+        svc.shutdown()
+
+
 def planned_copy(tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx, region: str = "RegionTwo"):
     conf = make_conf(tmp_path, db_url, store_yaml, DEFAULT={"snapshot_region_names": "RegionTwo"})
     client.images.records[IMAGE_ID] = cascading_snapshot()
