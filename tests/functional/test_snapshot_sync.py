@@ -145,6 +145,23 @@ def test_a_queued_snapshot_whose_events_were_lost_is_planned_by_the_reconciler(t
     assert topo.cascading.client().images.get(image_id)["os_hash_value"] == hashlib.sha512(data).hexdigest()
 
 
+def test_a_snapshot_with_no_target_but_its_region_stays_queued_and_status_says_why(topo: Topology) -> None:
+    conf = topo.write_service_conf(topo.etc_dir / "glance-sync-none.conf", DEFAULT={"sync_strategy": "None"})
+    _stop_coordinator(topo)
+    topo.start_coordinator(conf)
+    image_id = _snapshot(topo, "snap-alone")
+    data = os.urandom(helpers.MIB)
+    topo.cascaded[SOURCE].client().images.upload(image_id, io.BytesIO(data), image_size=len(data))
+    helpers.wait_states(topo, image_id, {SOURCE: "synced"}, regions=[SOURCE], conf=conf, timeout=180)
+    view = helpers.status(topo, "image", image_id, conf=conf)
+    assert set(view["regions"]) == {SOURCE} and view["targeting_error"] is None
+    assert "stays queued" in view["note"] and f"no target but {SOURCE}" in view["note"], view
+    text = helpers.run_status(topo, "image", image_id, conf=conf).stdout
+    assert "note: the cascading image stays queued" in text, text
+    assert helpers.run_status(topo, "--wait", image_id, "--timeout", "30", conf=conf).returncode == 0
+    assert topo.cascading.client().images.get(image_id)["status"] == "queued"
+
+
 def test_a_snapshot_that_stays_queued_fails_after_snapshot_timeout(topo: Topology) -> None:
     conf = topo.write_service_conf(topo.etc_dir / "glance-sync-short.conf", DEFAULT={"snapshot_timeout": 3})
     _stop_coordinator(topo)
