@@ -87,7 +87,7 @@ def fetch(endpoint: GlanceEndpoint, region: str, image: dict[str, Any], dest: st
     image_id = str(image.get("id"))
     algo = image.get("os_hash_algo") or transfer.DEFAULT_HASH_ALGO
     try:
-        hashing.new_hashers(algo)
+        hashers = hashing.new_hashers(algo)
     except ValueError:
         raise SourceRefused(image_id=image_id, detail=f"unsupported os_hash_algo {algo!r}") from None
     where = f"glance of region {region}"
@@ -95,12 +95,13 @@ def fetch(endpoint: GlanceEndpoint, region: str, image: dict[str, Any], dest: st
     endpoint = dataclasses.replace(endpoint, timeout=min(endpoint.timeout, options.idle_timeout))
     started = time.monotonic()
     total = image.get("size") or 0
-    sink = hashing.HashPipe(hashing.new_hashers(algo))
+    sink = hashing.HashPipe(hashers)
     try:
         os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
         kept = _kept(dest, total, sink)
-        offset, data = kept, iter(())
-        if kept < total or not kept:
+        if kept and kept == total:  # an earlier attempt got every byte: only verified
+            offset, data = kept, iter(())
+        else:
             offset, data = _open(endpoint, image_id, kept, where)
         if offset != kept:  # glance sent the whole image: the kept bytes are not hashed twice
             sink.close()

@@ -201,3 +201,11 @@ def test_other_bytes_are_refused_and_removed(tmp_path: Path, glance_api) -> None
     with pytest.raises(VerificationError) as caught:
         fetch(tmp_path, glance_api(data=DATA[:-1] + b"!"))
     assert caught.value.retryable and not (tmp_path / "x.part").exists()
+
+
+def test_a_whole_part_left_by_an_earlier_attempt_is_only_verified(tmp_path: Path, glance_api) -> None:
+    (tmp_path / "x.part").write_bytes(DATA)
+    server = glance_api()
+    fetched = fetch(tmp_path, server)
+    assert server.ranges == [] and fetched.resumed_from == len(DATA)
+    assert fetched.os_hash_value == image()["os_hash_value"]
