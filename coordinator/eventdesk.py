@@ -33,6 +33,7 @@ from oslo_config import cfg
 
 from coordinator import operator, planner, reconciler, regiondrift, snapshot
 from coordinator.journal import EventRow, Journal
+from coordinator.journal.operations import NOTE_PREFIX
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync import strategy, untrusted
@@ -212,7 +213,7 @@ class EventDesk:
             return
         record = None if image is None else (record_time(image), image.get("status") == "active")
         error = operator.targeting_error(image, self.regions, self.conf.sync_strategy, event.event_id,
-                                         plan.problems)
+                                         plan.problems) or self._queued_note(image, made, existing, plan)
         created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now,
                                           error=error, record=record)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
@@ -221,6 +222,16 @@ class EventDesk:
             if task.kind == "delete" and event.kind != "deleted":
                 LOG.warning("event %s: image %s is no longer targeted in %s (%s); its copy there is deleted",
                             event.event_id, event.image_id, task.region, strategy_name)
+
+    @staticmethod
+    def _queued_note(image: dict[str, Any] | None, made: snapshot.Snapshot | None, existing: dict[str, Any],
+                     plan: planner.Plan) -> str | None:
+        """The plan's note (status shows it, no error) when a snapshot's cascading image stays queued."""
+        why = snapshot.stays_queued(image, made, {*existing, *(t.region for t in plan.tasks), *plan.failures})
+        if why is None:
+            return None
+        LOG.warning("image %s: %s", (image or {}).get("id"), why)
+        return NOTE_PREFIX + why
 
     def reconcile(self, now: float) -> None:
         """Start a pass when one is due: it reads the journal and lists the glances in the pool."""

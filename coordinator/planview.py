@@ -32,8 +32,8 @@ ALL_REGIONS = "*"
 
 def findings(drift: reconciler.Drift, held: reconciler.DeletePlan) -> list[dict[str, str]]:
     """The rows of a pass's result, sorted by image then region."""
-    rows = [{"image_id": i, "region": ALL_REGIONS, "action": "sync",
-             "reason": "active in the cascading glance, unknown to the journal"} for i in drift.missing]
+    rows = [{"image_id": i, "region": ALL_REGIONS, "action": "sync", "reason": _unknown_reason(i, drift)}
+            for i in drift.missing]
     rows += [{"image_id": i, "region": ALL_REGIONS, "action": "delete",
               "reason": "gone from the cascading glance (404)"} for i in held.delete]
     rows += [{"image_id": i, "region": ALL_REGIONS, "action": "delete-held",
@@ -41,6 +41,12 @@ def findings(drift: reconciler.Drift, held: reconciler.DeletePlan) -> list[dict[
              for i in held.held]
     rows += [r.as_dict() for r in drift.repairs]
     return sorted(rows, key=lambda r: (r["image_id"], r["region"]))
+
+
+def _unknown_reason(image_id: str, drift: reconciler.Drift) -> str:
+    if image_id in drift.queued_snapshots:
+        return "queued snapshot in the cascading glance, unknown to the journal (waits for its regional image)"
+    return "active in the cascading glance, unknown to the journal"
 
 
 def compute(conf: cfg.ConfigOpts, now: float, image_id: str | None = None) -> list[dict[str, str]]:

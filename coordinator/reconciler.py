@@ -7,7 +7,10 @@ therefore lists the cascading glance (in its glance thread pool, never in the po
 loop) and compares it with the image ids its journal holds:
 
 - an image that is active (or deactivated) in the cascading glance and that the
-  journal has never heard of gets a synthetic ``uploaded`` event;
+  journal has never heard of gets a synthetic ``uploaded`` event; so does a queued
+  snapshot (coordinator/snapshot.py: only ``cascaded://`` locations, naming a region
+  we sync), whose planning then waits for its regional image like one with its event
+  (a queued image without such a location is only an image being created);
 - an image whose regional copies the journal still tracks but that the cascading
   glance no longer has (confirmed by a 404 on GET, not just by its absence from a
   listing) gets a synthetic ``deleted`` event.
@@ -55,7 +58,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from coordinator import memberscan, regiondrift
+from coordinator import memberscan, regiondrift, snapshot
 from glancesync import glance, untrusted
 from glancesync.states import SyncState
 
@@ -78,6 +81,8 @@ class Drift:
     """What one pass found: images to copy and images to remove from the regions."""
 
     missing: list[str] = field(default_factory=list)
+    # Of ``missing``, the queued snapshots (their reason differs in ``glance-sync-manage plan``).
+    queued_snapshots: list[str] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     # How many images had regional copies when the pass began (the safety limit's base).
     tracked: int = 0
@@ -167,19 +172,27 @@ def find_drift(
     known: Iterable[str],
     tracked: Iterable[str],
     exists: Callable[[str], bool],
+    regions: Iterable[str] = (),
 ) -> Drift:
     """Compare a listing with the journal.
 
     ``known``: every image id the journal has an event for; ``tracked``: ids with a
     regional copy that is not deleted or being deleted; ``exists``: a GET that tells
     whether the cascading glance still has an image (a listing can miss one that is
-    only hidden from it).
+    only hidden from it); ``regions``: the regions synced, where a queued snapshot
+    must have been made to count.
     """
-    known_ids, tracked_ids = set(known), set(tracked)
-    missing = sorted(i for i, image in listed.items()
-                     if image.get("status") in SYNCABLE_STATUSES and i not in known_ids)
+    known_ids, tracked_ids, synced = set(known), set(tracked), tuple(regions)
+    unknown = {i: image for i, image in listed.items() if i not in known_ids}
+    queued = sorted(i for i, image in unknown.items() if queued_snapshot(image, synced))
+    missing = sorted({i for i, image in unknown.items() if image.get("status") in SYNCABLE_STATUSES} | set(queued))
     vanished = sorted(i for i in tracked_ids - set(listed) if not exists(i))
-    return Drift(missing=missing, vanished=vanished, tracked=len(tracked_ids))
+    return Drift(missing=missing, queued_snapshots=queued, vanished=vanished, tracked=len(tracked_ids))
+
+
+def queued_snapshot(image: dict[str, Any], regions: Iterable[str]) -> bool:
+    """A queued cascading image that is a snapshot of one of ``regions`` (its bytes are on their way there)."""
+    return image.get("status") == "queued" and snapshot.source_region(image, regions) is not None
 
 
 @dataclass(frozen=True)
@@ -301,10 +314,10 @@ def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, end
     def exists(image_id: str) -> bool:
         return glance.call(lambda: client.images.get(image_id) is not None, endpoint, missing=False)
 
-    drift = find_drift(listed, inputs.known, inputs.tracked, exists)
+    drift = find_drift(listed, inputs.known, inputs.tracked, exists, inputs.policy.regions)
     repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions), inputs,
                            lambda wanted: memberscan.find(client, regional_client, wanted, endpoint))
-    drift = Drift(missing=drift.missing, vanished=drift.vanished, tracked=drift.tracked, repairs=repairs)
+    drift = dataclasses.replace(drift, repairs=repairs)
     if drift.missing or drift.vanished or repairs:
         LOG.warning("reconciler: %d image(s) unknown to the journal, %d gone from the cascading glance, "
                     "%d (image, region) difference(s)", len(drift.missing), len(drift.vanished), len(repairs))

@@ -14,6 +14,8 @@ like glance 33, a location makes a queued image active at once; doc/snapshots.md
 - :func:`recorded`: the record copies are planned from: the cascading image's
   metadata with the size, ``checksum``, ``os_hash_algo`` and ``os_hash_value`` that
   the regional glance computed (glance is the truth; the agents verify against it).
+- :func:`stays_queued`: why a queued cascading image stays queued when its
+  snapshot's only target is its own region (no location will be added to it).
 - :func:`source`: where the agents read the bytes: the region's file store over
   SFTP when glance_store.yaml maps it (``regions.<name>.source.store``) and the
   regional image shows a ``file://`` location in it, else the region's glance API.
@@ -118,6 +120,25 @@ def recorded(image: Mapping[str, Any], regional: Mapping[str, Any]) -> dict[str,
     if record.get("status") in ON_THE_WAY:
         record["status"] = "active"
     return record
+
+
+def stays_queued(image: Mapping[str, Any] | None, made: Snapshot | None, regions: Iterable[str]) -> str | None:
+    """Why the queued cascading image of a snapshot stays queued, or None.
+
+    ``regions``: every region the image has work or a record in.  Glance activates a
+    queued image only when a location is added; the snapshot's own region already has
+    its location, so with no other target nothing ever adds one.  Rewriting the
+    location list would activate it without a size (glance takes the size only from a
+    new location), which breaks its downloads: it is left queued, and said why.
+    """
+    if made is None or image is None or image.get("status") != "queued" or unusable(made, str(image.get("id"))):
+        return None
+    if set(regions) - {made.region}:
+        return None
+    image_id = image.get("id")
+    return (f"the cascading image stays queued: snapshot {image_id} has no target but {made.region}, where it was "
+            f"made, and glance activates a queued image only when a location is added (doc/snapshots.md); "
+            f"copy it to another region to activate it (glance-sync-manage sync {image_id} --regions REGION)")
 
 
 def _file_url(regional: Mapping[str, Any]) -> str | None:

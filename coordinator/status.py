@@ -8,7 +8,7 @@ The shapes are a contract with glancesync.status (the status tool)::
                                    "agents": [{"agent_id", "online", "last_heartbeat",
                                                "capacity", "credits", "tasks"}]}},
               "deletions_held": {"images", "confirmed", "since"}}
-    image:   {"image_id", "known", "planned", "settled", "now", "targeting_error",
+    image:   {"image_id", "known", "planned", "settled", "now", "targeting_error", "note",
               "regions": {region: {"state", "task_kind", "task_id",
               "bytes_done", "bytes_total", "attempts", "last_error", "agent_id",
               "updated_at", "synced_at", "copy_registered", "metadata_applied",
@@ -34,7 +34,9 @@ rate and ETA of a transfer from its agent's progress reports (coordinator.rates)
 
 ``targeting_error``: why the newest plan left out regions the image names in
 ``glance_sync_regions`` (unknown, or known in another case), or None; ``--wait``
-never reports success while it is set.  ``sync_strategy``: the strategy in force.
+never reports success while it is set.  ``note``: what the newest plan noted that is
+no error (a snapshot whose cascading image stays queued, doc/snapshots.md), or None;
+``--wait`` ignores it.  ``sync_strategy``: the strategy in force.
 
 ``role``: ``single`` (no pair: no lease, no ``lease``) or ``active`` (the pair's
 member holding the lease; ``lease`` is its row as last renewed).  Only the active
@@ -99,7 +101,7 @@ def image(journal: Journal, image_id: str, now: float, rates: Rates | None = Non
         row.update(activity(row, rates or Rates(), now))
     return {"image_id": image_id, "known": known, "planned": planned,
             "settled": planned and settled(journal, image_id), "regions": regions, "now": now,
-            "targeting_error": journal.targeting_error(image_id)}
+            "targeting_error": journal.targeting_error(image_id), "note": journal.plan_note(image_id)}
 
 
 # The phase of a region whose state says it all (doc/status.md); None: final states.

@@ -216,6 +216,7 @@ def render_image(data: Mapping[str, Any], now: float) -> str:
     """The image view: one row per region with state, bytes, attempts, agent and last error."""
     head = image_head(data)
     targeting = [f"targeting: {_one_line(data['targeting_error'])}"] if data.get("targeting_error") else []
+    targeting += [f"note: {_one_line(data['note'])}"] if data.get("note") else []
     if head is not None:
         return "\n".join([head, *targeting]) + "\n"
     regions: Mapping[str, Any] = data.get("regions") or {}

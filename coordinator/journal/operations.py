@@ -22,6 +22,8 @@ _CANCELLABLE = tuple(s.value for s in CANCELLABLE_STATES)
 _HANDED_OUT = (S.ASSIGNED.value, S.TRANSFERRING.value)
 # plan_error of an event whose plan left out regions that glance_sync_regions names wrongly.
 TARGETING_PREFIX = "targeting: "
+# plan_error of an event whose plan is fine but leaves something an operator should know (no error).
+NOTE_PREFIX = "note: "
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,18 @@ class OperationsMixin:
 
     def targeting_error(self, image_id: str) -> str | None:
         """Why the newest plan of the image left out regions it names (glance_sync_regions), or None."""
+        return self._newest_plan_error(image_id, TARGETING_PREFIX)
+
+    def plan_note(self, image_id: str) -> str | None:
+        """What the newest plan of the image noted for operators (e.g. a snapshot left queued), or None."""
+        return self._newest_plan_error(image_id, NOTE_PREFIX)
+
+    def _newest_plan_error(self, image_id: str, prefix: str) -> str | None:
         query = (sa.select(events.c.plan_error).where(
             events.c.image_id == image_id, events.c.planned.is_(True), events.c.kind != "deleted")
             .order_by(events.c.planned_at.desc(), events.c.received_at.desc()).limit(1))
         with self.transaction() as conn:
             error = conn.execute(query).scalar()
-        if isinstance(error, str) and error.startswith(TARGETING_PREFIX):
-            return error[len(TARGETING_PREFIX):]
+        if isinstance(error, str) and error.startswith(prefix):
+            return error[len(prefix):]
         return None

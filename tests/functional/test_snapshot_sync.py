@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,9 @@ import pytest
 import yaml
 
 from coordinator.journal.base import unpack
-from glancesync.protocol import cascaded_url
+from glancesync.protocol import INTERNAL_REQUEST_HEADER, cascaded_url
 from tests.functional import helpers
+from tests.harness.glance import admin_client, venv_bin
 from tests.harness.sshd import SshServer
 from tests.harness.topology import Topology
 
@@ -44,12 +46,14 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         topology.stop()
 
 
-def _snapshot(topo: Topology, name: str) -> str:
-    """RegionA's image (queued) and the queued cascading image pointing at it; an event announces it."""
+def _snapshot(topo: Topology, name: str, silent: bool = False) -> str:
+    """RegionA's image (queued) and the queued cascading image pointing at it; an event announces it
+    (``silent``: none does, every event lost)."""
     regional = topo.cascaded[SOURCE].client().images.create(
         name=name, disk_format="raw", container_format="bare", image_type="snapshot")
     image_id = regional["id"]
-    cascading = topo.cascading.client()
+    cascading = (admin_client(topo.cascading.url, **{INTERNAL_REQUEST_HEADER: "1"}) if silent
+                 else topo.cascading.client())
     cascading.images.create(id=image_id, name=name, disk_format="raw", container_format="bare",
                             image_type="snapshot")
     now = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -119,11 +123,48 @@ def test_a_snapshot_announced_through_glance_33s_location_api_is_spread_too(topo
     assert b"".join(cascading.images.data(image_id)) == data
 
 
-def test_a_snapshot_that_stays_queued_fails_after_snapshot_timeout(topo: Topology) -> None:
-    conf = topo.write_service_conf(topo.etc_dir / "glance-sync-short.conf", DEFAULT={"snapshot_timeout": 3})
+def _stop_coordinator(topo: Topology) -> None:
     for service in [s for s in topo.services if s.name == "coordinator"]:
         service.stop()
         topo.services.remove(service)
+
+
+def test_a_queued_snapshot_whose_events_were_lost_is_planned_by_the_reconciler(topo: Topology) -> None:
+    _stop_coordinator(topo)  # plan looks before any pass does
+    image_id = _snapshot(topo, "snap-lost", silent=True)
+    assert not _journal(topo, "SELECT event_id FROM events WHERE image_id = ?", image_id)
+    result = subprocess.run([venv_bin("glance-sync-manage"), "--config-file", str(topo.service_conf), "plan",
+                             image_id], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{image_id}  *") and "queued snapshot" in result.stdout, result.stdout
+    topo.start_coordinator(topo.service_conf)  # its first pass makes the missing event, which waits
+    helpers.wait_until(lambda: _deferred(topo, image_id), 120, "the reconciler's event waiting for RegionA's image")
+    data = os.urandom(helpers.MIB)
+    topo.cascaded[SOURCE].client().images.upload(image_id, io.BytesIO(data), image_size=len(data))
+    helpers.wait_states(topo, image_id, "synced", timeout=180)
+    assert topo.cascading.client().images.get(image_id)["os_hash_value"] == hashlib.sha512(data).hexdigest()
+
+
+def test_a_snapshot_with_no_target_but_its_region_stays_queued_and_status_says_why(topo: Topology) -> None:
+    conf = topo.write_service_conf(topo.etc_dir / "glance-sync-none.conf", DEFAULT={"sync_strategy": "None"})
+    _stop_coordinator(topo)
+    topo.start_coordinator(conf)
+    image_id = _snapshot(topo, "snap-alone")
+    data = os.urandom(helpers.MIB)
+    topo.cascaded[SOURCE].client().images.upload(image_id, io.BytesIO(data), image_size=len(data))
+    helpers.wait_states(topo, image_id, {SOURCE: "synced"}, regions=[SOURCE], conf=conf, timeout=180)
+    view = helpers.status(topo, "image", image_id, conf=conf)
+    assert set(view["regions"]) == {SOURCE} and view["targeting_error"] is None
+    assert "stays queued" in view["note"] and f"no target but {SOURCE}" in view["note"], view
+    text = helpers.run_status(topo, "image", image_id, conf=conf).stdout
+    assert "note: the cascading image stays queued" in text, text
+    assert helpers.run_status(topo, "--wait", image_id, "--timeout", "30", conf=conf).returncode == 0
+    assert topo.cascading.client().images.get(image_id)["status"] == "queued"
+
+
+def test_a_snapshot_that_stays_queued_fails_after_snapshot_timeout(topo: Topology) -> None:
+    conf = topo.write_service_conf(topo.etc_dir / "glance-sync-short.conf", DEFAULT={"snapshot_timeout": 3})
+    _stop_coordinator(topo)
     topo.start_coordinator(conf)
     image_id = _snapshot(topo, "snap-never")
     view = helpers.wait_states(topo, image_id, "failed", timeout=120)

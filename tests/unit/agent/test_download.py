@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import http.server
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 import yaml
 
 from agent import download, transfer
-from glancesync import glance, storemap
+from glancesync import storemap
 from glancesync.exceptions import SourceRefused, TransferError, VerificationError
 
 IMAGE_ID = "11111111-2222-3333-4444-555555555555"
@@ -76,43 +78,134 @@ def test_a_region_without_a_source_is_refused_for_good(tmp_path: Path) -> None:
         assert not caught.value.retryable
 
 
-class FakeImages:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
+class Glance(http.server.ThreadingHTTPServer):
+    """A region's glance serving the image data: ``mode`` 206 honours a Range, 200 ignores it, 400 refuses it."""
 
-    def data(self, image_id: str, do_checksum: bool = True) -> Any:
-        assert image_id == IMAGE_ID and do_checksum is False  # our own hashes verify it
-        return iter(self.chunks)
+    def __init__(self, mode: int = 206, data: bytes = DATA, cut_at: int | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.mode, self.data, self.cut_at = mode, data, cut_at
+        self.ranges: list[str | None] = []
+        self.sent = 0
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-def fetch(tmp_path: Path, monkeypatch, chunks: list[bytes]) -> transfer.Fetched:
-    endpoint = agent_map(tmp_path).sources["RegionOne"].glance
-    monkeypatch.setattr(glance, "make_client", lambda ep: type("C", (), {"images": FakeImages(chunks)})())
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Glance
+
+    def do_GET(self) -> None:  # noqa: N802
+        assert self.path == f"/v2/images/{IMAGE_ID}/file"
+        wanted = self.headers.get("Range")
+        self.server.ranges.append(wanted)
+        start = 0
+        if wanted and self.server.mode == 400:
+            self.send_error(400, "store cannot read at an offset")
+            return
+        if wanted and self.server.mode == 206:
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+        body = self.server.data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.server.data) - 1}/{len(self.server.data)}")
+        self.end_headers()
+        if self.server.cut_at is not None:
+            body = body[:self.server.cut_at]  # the connection drops after these bytes
+        self.wfile.write(body)
+        self.server.sent += len(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def glance_api():
+    servers: list[Glance] = []
+
+    def start(**kwargs: Any) -> Glance:
+        servers.append(Glance(**kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def fetch(tmp_path: Path, server: Glance) -> transfer.Fetched:
+    data = copy.deepcopy(FILE)
+    data["regions"]["RegionOne"]["source"]["glance"]["url"] = server.url
+    endpoint = agent_map(tmp_path, data).sources["RegionOne"].glance
     seen: list[int] = []
     fetched = download.fetch(endpoint, "RegionOne", image(), str(tmp_path / "x.part"),
                              lambda done, total: seen.append(done), transfer.FetchOptions(), lambda: None)
-    assert seen[-1] == len(DATA)
+    assert not seen or seen[-1] == len(DATA)
     return fetched
 
 
-def test_the_download_is_hashed_as_it_arrives_and_verified(tmp_path: Path, monkeypatch) -> None:
-    fetched = fetch(tmp_path, monkeypatch, [DATA[:1000], DATA[1000:]])
-    assert (fetched.size, fetched.os_hash_value) == (len(DATA), image()["os_hash_value"])
+def test_the_download_is_hashed_as_it_arrives_and_verified(tmp_path: Path, glance_api) -> None:
+    server = glance_api()
+    fetched = fetch(tmp_path, server)
+    assert (fetched.size, fetched.os_hash_value, fetched.resumed_from) == (len(DATA), image()["os_hash_value"], 0)
+    assert (tmp_path / "x.part").read_bytes() == DATA
+    assert server.ranges == [None]
+
+
+def test_a_kept_part_is_resumed_with_a_range_and_the_hashes_cover_every_byte(tmp_path: Path, glance_api) -> None:
+    (tmp_path / "x.part").write_bytes(DATA[:30000])
+    server = glance_api(mode=206)
+    fetched = fetch(tmp_path, server)
+    assert server.ranges == ["bytes=30000-"] and server.sent == len(DATA) - 30000
+    assert (fetched.size, fetched.checksum, fetched.resumed_from) == (len(DATA), image()["checksum"], 30000)
     assert (tmp_path / "x.part").read_bytes() == DATA
 
 
-def test_other_bytes_are_refused_and_removed(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("mode", [200, 400])
+def test_a_glance_that_ignores_or_refuses_the_range_gives_the_whole_image(tmp_path: Path, glance_api,
+                                                                          mode: int) -> None:
+    (tmp_path / "x.part").write_bytes(DATA[:30000])
+    server = glance_api(mode=mode)
+    fetched = fetch(tmp_path, server)
+    assert server.sent == len(DATA) and server.ranges[0] == "bytes=30000-"
+    assert (fetched.size, fetched.os_hash_value, fetched.resumed_from) == (len(DATA), image()["os_hash_value"], 0)
+    assert (tmp_path / "x.part").read_bytes() == DATA
+
+
+def test_a_broken_download_is_retryable_and_the_next_attempt_resumes_it(tmp_path: Path, glance_api) -> None:
+    broken = glance_api(cut_at=len(DATA) - 100)
+    with pytest.raises(TransferError, match="glance of region RegionOne") as caught:
+        fetch(tmp_path, broken)
+    kept = len((tmp_path / "x.part").read_bytes())
+    assert caught.value.retryable and 0 < kept < len(DATA)
+    assert (tmp_path / "x.part").read_bytes() == DATA[:kept]
+    server = glance_api()
+    fetched = fetch(tmp_path, server)
+    assert server.ranges == [f"bytes={kept}-"] and server.sent == len(DATA) - kept
+    assert fetched.os_hash_value == image()["os_hash_value"]
+
+
+def test_a_kept_prefix_with_other_bytes_fails_verification_and_is_removed(tmp_path: Path, glance_api) -> None:
+    (tmp_path / "x.part").write_bytes(b"!" + DATA[1:30000])
     with pytest.raises(VerificationError) as caught:
-        fetch(tmp_path, monkeypatch, [DATA[:-1] + b"!"])
+        fetch(tmp_path, glance_api())
+    assert caught.value.retryable and not (tmp_path / "x.part").exists()
+    fetch(tmp_path, glance_api())  # the retry starts from byte 0
+    assert (tmp_path / "x.part").read_bytes() == DATA
+
+
+def test_other_bytes_are_refused_and_removed(tmp_path: Path, glance_api) -> None:
+    with pytest.raises(VerificationError) as caught:
+        fetch(tmp_path, glance_api(data=DATA[:-1] + b"!"))
     assert caught.value.retryable and not (tmp_path / "x.part").exists()
 
 
-def test_a_broken_stream_is_a_retryable_transfer_error(tmp_path: Path, monkeypatch) -> None:
-    def broken():
-        yield DATA[:10]
-        raise ConnectionError("reset by peer")
-
-    monkeypatch.setattr(FakeImages, "data", lambda self, image_id, do_checksum=True: broken())
-    with pytest.raises(TransferError, match="reset by peer") as caught:
-        fetch(tmp_path, monkeypatch, [])
-    assert caught.value.retryable
+def test_a_whole_part_left_by_an_earlier_attempt_is_only_verified(tmp_path: Path, glance_api) -> None:
+    (tmp_path / "x.part").write_bytes(DATA)
+    server = glance_api()
+    fetched = fetch(tmp_path, server)
+    assert server.ranges == [] and fetched.resumed_from == len(DATA)
+    assert fetched.os_hash_value == image()["os_hash_value"]

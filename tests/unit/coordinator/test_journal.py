@@ -227,7 +227,7 @@ def test_image_view_tells_planned_with_nothing_to_do_from_not_planned_yet(journa
 
     assert status.image(journal, IMAGE_ID, NOW) == {"image_id": IMAGE_ID, "known": False, "planned": False,
                                                     "settled": False, "regions": {}, "now": NOW,
-                                                    "targeting_error": None}
+                                                    "targeting_error": None, "note": None}
     journal.record_event("e1", "uploaded", IMAGE_ID, {}, NOW)
     waiting = status.image(journal, IMAGE_ID, NOW)
     assert waiting["known"] is True and waiting["planned"] is False and waiting["regions"] == {}

@@ -38,6 +38,9 @@ def test_plan_reads_and_compares_as_a_pass_does(tmp_path, conf, journal, stores,
     for image_id in (a, b):  # c is gone (404): its delete is held (1 of 2 tracked is over 10 %)
         cascading.images.records[image_id] = image_record(image_id, store_dir=stores.store.store_dir)
     cascading.images.records[a]["locations"].append({"url": f"cascaded://RegionOne/{a}", "metadata": {}})
+    d = "dddddddd-0000-4000-8000-000000000004"  # a queued snapshot whose events were all lost
+    cascading.images.records[d] = {"id": d, "status": "queued", "locations": [
+        {"url": f"cascaded://RegionOne/{d}", "metadata": {}}]}
     regional = FakeClient()
     regional.images.records[a] = {k: v for k, v in cascading.images.records[a].items() if k != "locations"}
     other = FakeClient()
@@ -51,4 +54,6 @@ def test_plan_reads_and_compares_as_a_pass_does(tmp_path, conf, journal, stores,
         (a, "RegionTwo", "update", "metadata differs: name"),
         (b, "*", "sync", "active in the cascading glance, unknown to the journal"),
         (c, "*", "delete-held", "gone from the cascading glance (404); over the reconciler's safety limit"),
+        (d, "*", "sync", "queued snapshot in the cascading glance, unknown to the journal (waits for its "
+                         "regional image)"),
     ]

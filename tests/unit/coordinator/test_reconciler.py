@@ -46,6 +46,22 @@ def test_active_images_unknown_to_the_journal_are_missing() -> None:
     assert drift.vanished == []
 
 
+def test_a_queued_snapshot_unknown_to_the_journal_is_missing_but_not_a_queued_image() -> None:
+    def queued(image_id: str, *urls: str) -> dict:
+        return {"id": image_id, "status": "queued", "locations": [{"url": u, "metadata": {}} for u in urls]}
+
+    listed = {
+        "s": queued("s", "cascaded://RegionA/s"),  # a snapshot whose every event was lost
+        "n": queued("n"),  # an image being created
+        "f": queued("f", "cascaded://RegionA/f", "file:///srv/f"),  # not a snapshot
+        "x": queued("x", "cascaded://Mars/x"),  # a region we do not sync
+        "k": queued("k", "cascaded://RegionA/k"),  # its event is in the journal
+    }
+    drift = reconciler.find_drift(listed, known={"k"}, tracked=(), exists=lambda i: True, regions=["RegionA"])
+    assert drift.missing == ["s"] and drift.queued_snapshots == ["s"]
+    assert reconciler.synthetic_events(drift.missing, [], 3)[0]["kind"] == "uploaded"
+
+
 def test_only_images_confirmed_gone_are_vanished() -> None:
     drift = reconciler.find_drift({}, known={"x", "y"}, tracked={"x", "y"}, exists=lambda i: i == "y")
     assert drift.vanished == ["x"]

@@ -309,7 +309,7 @@ def test_status_views(ctx, service) -> None:
     query.send(protocol.encode("status_query", {"view": "image", "image_id": OTHER_ID}))
     assert receive(query, service, NOW).body["data"] == {"image_id": OTHER_ID, "known": False, "planned": False,
                                                             "settled": False, "regions": {}, "now": NOW,
-                                                            "targeting_error": None}
+                                                            "targeting_error": None, "note": None}
 
 
 def lose_task(ctx, service, journal, task_id: str, how: str, now: float) -> tuple[float, zmq.Socket | None]:

@@ -210,6 +210,58 @@ def test_a_regional_image_still_queued_after_snapshot_timeout_fails_every_target
     assert all("still queued" in v["last_error"] and "snapshot_timeout" in v["last_error"] for v in view.values())
 
 
+def test_a_queued_snapshot_whose_events_were_lost_is_found_by_a_pass_and_waited_for(
+        tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx) -> None:
+    from .test_eventdesk import reconciling_service, run_pass
+
+    client.images.records[IMAGE_ID] = cascading_snapshot()
+    regional.images.records[IMAGE_ID] = regional_snapshot("queued")
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, regional=regional)
+    try:
+        now = run_pass(svc, NOW)
+        (event,) = journal.unplanned_events()
+        assert (event.kind, event.sender) == ("uploaded", "reconciler")
+        pump(svc, now, until=lambda: (journal.unplanned_event(event.event_id) or event).not_before > now)
+        assert journal.region_records(IMAGE_ID) == {}  # waiting for RegionOne's image, nothing planned
+        regional.images.records[IMAGE_ID] = regional_snapshot("active")
+        later = now + svc.conf.snapshot_sleep_interval + 1
+        pump(svc, later, until=lambda: set(journal.region_records(IMAGE_ID)) == set(REGIONS))
+        assert all(task.payload["source"] == {"type": "glance", "region": "RegionOne"}
+                   for region in REGIONS for task in journal.dispatchable(region, later))
+    finally:
+        svc.shutdown()
+
+
+def test_a_snapshot_with_no_target_but_its_region_stays_queued_and_status_says_why(
+        tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx) -> None:
+    from coordinator import status
+    from glancesync import status_render
+
+    conf = make_conf(tmp_path, db_url, store_yaml, DEFAULT={"sync_strategy": "None"})
+    client.images.records[IMAGE_ID] = cascading_snapshot()
+    regional.images.records[IMAGE_ID] = regional_snapshot("active")
+    svc = start_service(conf, stores, journal, client, regional, ctx)
+    try:
+        snapshot_event(journal)
+        pump(svc, NOW, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne"})
+    finally:
+        svc.shutdown()
+    view = status.image(journal, IMAGE_ID, NOW)
+    assert view["targeting_error"] is None  # not a failure: --wait is not held by it
+    assert "stays queued" in view["note"] and "no target but RegionOne" in view["note"]
+    assert f"glance-sync-manage sync {IMAGE_ID} --regions" in view["note"]
+    assert any(line.startswith("note: the cascading image stays queued")
+               for line in status_render.render_image(view, NOW).splitlines())
+
+
+def test_a_snapshot_with_another_target_has_no_queued_note() -> None:
+    image = cascading_snapshot()
+    assert snapshot.stays_queued(image, made(), ["RegionOne", "RegionTwo"]) is None
+    assert snapshot.stays_queued(image, made(), ["RegionOne"]) is not None
+    assert snapshot.stays_queued(cascading_snapshot("active"), made(), ["RegionOne"]) is None
+    assert snapshot.stays_queued(image, made("queued"), ["RegionOne"]) is None  # still on its way
+
+
 def planned_copy(tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx, region: str = "RegionTwo"):
     conf = make_conf(tmp_path, db_url, store_yaml, DEFAULT={"snapshot_region_names": "RegionTwo"})
     client.images.records[IMAGE_ID] = cascading_snapshot()
