@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ from agent import hashing, transfer
 from glancesync import glance
 from glancesync.exceptions import GlanceSyncError, SourceRefused, TransferError
 from glancesync.storemap import GlanceEndpoint, SshStore, StoreMap
+
+LOG = logging.getLogger(__name__)
 
 # Bytes per read of a download (glanceclient's own download size).
 CHUNK_BYTES = 64 * 1024
@@ -163,18 +166,24 @@ def _open(endpoint: GlanceEndpoint, image_id: str, offset: int, where: str) -> t
             if not glance.is_not_found(exc):
                 raise glance.translate(exc, where) from None
             raise TransferError(image_id=image_id, detail=f"{where} has no data for the image") from None
+    if response is not None and response.status_code == 206:
+        answered = response.headers.get("Content-Range")
+        if _range_start(answered) == offset:
+            return offset, _body(response)
+        # Another range than asked (a proxy in between): every retry would get the same,
+        # so this attempt takes the whole image instead.
+        LOG.warning("image %s: %s answered the range from byte %d with Content-Range %r; downloading it whole",
+                    image_id, where, offset, answered)
+        response.close()
+        response = None
     if response is None:
         response = glance.call(lambda: api.get(url, stream=True), where, missing=None)
     if response is None or response.status_code == 204:
         raise TransferError(image_id=image_id, detail=f"{where} has no data for the image")
-    if response.status_code != 206:
-        return 0, _body(response)
-    answered = response.headers.get("Content-Range")
-    if _range_start(answered) != offset:
+    if response.status_code == 206:  # a range nobody asked for
         response.close()
-        raise TransferError(image_id=image_id, detail=f"{where} answered the range from byte {offset} with "
-                            f"Content-Range {answered!r}")
-    return offset, _body(response)
+        raise TransferError(image_id=image_id, detail=f"{where} answered a whole-image request with a range")
+    return 0, _body(response)
 
 
 def _adapter(endpoint: GlanceEndpoint) -> adapter.Adapter:

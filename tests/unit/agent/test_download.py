@@ -79,9 +79,10 @@ def test_a_region_without_a_source_is_refused_for_good(tmp_path: Path) -> None:
 
 
 class Glance(http.server.ThreadingHTTPServer):
-    """A region's glance serving the image data: ``mode`` 206 honours a Range, 200 ignores it, 400 refuses it."""
+    """A region's glance serving the image data: ``mode`` 206 honours a Range, 200 ignores it, 400 refuses it,
+    "skew" answers another range than asked."""
 
-    def __init__(self, mode: int = 206, data: bytes = DATA, cut_at: int | None = None) -> None:
+    def __init__(self, mode: int | str = 206, data: bytes = DATA, cut_at: int | None = None) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.mode, self.data, self.cut_at = mode, data, cut_at
         self.ranges: list[str | None] = []
@@ -104,8 +105,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if wanted and self.server.mode == 400:
             self.send_error(400, "store cannot read at an offset")
             return
-        if wanted and self.server.mode == 206:
+        if wanted and self.server.mode in (206, "skew"):
             start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            if self.server.mode == "skew":
+                start -= 10  # a proxy in between answering another range than asked
         body = self.server.data[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -171,6 +174,15 @@ def test_a_glance_that_ignores_or_refuses_the_range_gives_the_whole_image(tmp_pa
     server = glance_api(mode=mode)
     fetched = fetch(tmp_path, server)
     assert server.sent == len(DATA) and server.ranges[0] == "bytes=30000-"
+    assert (fetched.size, fetched.os_hash_value, fetched.resumed_from) == (len(DATA), image()["os_hash_value"], 0)
+    assert (tmp_path / "x.part").read_bytes() == DATA
+
+
+def test_another_range_than_asked_is_not_taken_and_the_whole_image_is(tmp_path: Path, glance_api) -> None:
+    (tmp_path / "x.part").write_bytes(DATA[:30000])
+    server = glance_api(mode="skew")
+    fetched = fetch(tmp_path, server)
+    assert server.ranges == ["bytes=30000-", None]
     assert (fetched.size, fetched.os_hash_value, fetched.resumed_from) == (len(DATA), image()["os_hash_value"], 0)
     assert (tmp_path / "x.part").read_bytes() == DATA
 
