@@ -95,9 +95,14 @@ class Sourcing:
         return cached[1]
 
     def prune(self, held: Callable[[str], bool]) -> None:
-        """Forget the flows of tasks no agent holds any more (finished, failed, requeued)."""
+        """Forget the flows of tasks no agent holds any more (finished, failed, requeued).
+
+        The image's holders are read again too: the copy that just ended may be the next
+        source, and a stale read would hand its freed store slot to the next copy.
+        """
         for task_id in [t for t in self.flows if not held(t)]:
-            del self.flows[task_id]
+            image_id, _ = self.flows.pop(task_id)
+            self._holders.pop(image_id, None)
 
     def busy(self, image_id: str) -> dict[str | None, int]:
         counts: dict[str | None, int] = {}

@@ -112,3 +112,18 @@ def test_holders_are_read_at_most_once_per_ttl_and_not_at_all_without_peers() ->
     assert Sourcing(fanout=1, peer_regions=[]).holders(IMAGE, 1.0, read) == ([], [])
     assert reads == [IMAGE, IMAGE]
     assert sourcing.lookahead == sources.LOOKAHEAD and Sourcing(0, ["R1"]).lookahead == 1
+
+
+def test_a_finished_copy_makes_its_images_holders_read_again() -> None:
+    """The copy that just ended may be the next source: a stale empty read would reopen the store."""
+    answers = [([], []), (["R1"], [])]
+
+    def read(image_id: str) -> tuple[list[str], list[str]]:
+        return answers.pop(0)
+
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2"])
+    assert sourcing.holders(IMAGE, 100.0, read) == ([], [])
+    assert sourcing.choose("t1", IMAGE, "R1", [], True) == [STORE]
+    sourcing.prune(lambda task_id: False)  # t1 done, within the TTL of the first read
+    holders, soon = sourcing.holders(IMAGE, 100.1, read)
+    assert sourcing.choose("t2", IMAGE, "R2", holders, True, soon=soon) == ["R1", STORE]
