@@ -7,8 +7,10 @@ No pytest imports anywhere in this package.
 - ``glance``: GlanceServer (gunicorn + glance.wsgi.api), IDENTITY_HEADERS.
 - ``sshd``: SshServer (private sshd, host key pinned in known_hosts).
 - ``keystone``: KeystoneServer (gunicorn + keystone, SQLite, fernet; prepared once per process).
-- ``topology``: Topology (cascading + cascaded glances + sshd + coordinator/agents; with
-  ``keystone=True`` a keystone too, every glance behind keystonemiddleware).
+- ``siteconfig``: SiteConfig (the servers of a deployment and every host's config files:
+  glance_store.yaml per host, glance-sync.conf, the internal secret, keystone's catalog).
+- ``topology``: Topology, a SiteConfig that runs (cascading + cascaded glances + sshd +
+  coordinator/agents; with ``keystone=True`` a keystone too, every glance behind keystonemiddleware).
 - ``faults`` and ``campaign``: the fault campaign (bench/faults.py, doc/faults.md).
 """
 
