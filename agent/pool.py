@@ -2,10 +2,11 @@
 
 At most ``workers`` tasks at once, of which at most ``max_copies`` copies
 (``[agent] max_concurrent_copies``): a copy beyond that waits here, holding its
-slot, and starts when a running copy ends (first come, first started).  A task runs in a worker process (a copy, or
-every kind under ``worker_mode = spawn``) or in an agent thread (update and delete
-under ``worker_mode = pool``); agent/runners.py says how each is started and why
-workers die with the agent and ignore stop signals.  Processes report through one
+slot, and starts when a running copy ends (first come, first started).  A task
+runs in a worker process (a copy, or every kind under ``worker_mode = spawn``)
+or in an agent thread (update and delete under ``worker_mode = pool``);
+agent/runners.py says how each is started and why workers die with the agent
+and ignore stop signals.  Processes report through one
 multiprocessing Queue, threads through a plain queue; the loop drains both without
 blocking (``poll``).  A worker that dies without a result (killed, crashed
 interpreter) is reported failed and retryable with its exit code, once; one that

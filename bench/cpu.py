@@ -171,7 +171,11 @@ def run(size_mib: int, base: Path, methods: tuple[str, ...] = transfer.METHODS,
                     "region": region, "image": image, "source": {"type": "sftp", "path": source}}
             spec = {"store_yaml": str(topo.agent_store_yaml(region)), "region": region, "method": method,
                     "task": task, "sftp": limited_sftp(base, limit_mbit) if limit_mbit else None}
-            results[method] = measure(topo, region, self_argv("worker", spec, base))
+            try:
+                results[method] = measure(topo, region, self_argv("worker", spec, base))
+            except SystemExit as exc:  # one method failing (a 500 from glance) keeps the others' figures
+                print(f"{method}: {exc}", file=sys.stderr)
+                results[method] = {"failed": 1.0}
     return results
 
 
@@ -183,6 +187,9 @@ def report(results: dict[str, dict[str, float]], size_mib: int) -> None:
           f"{'vs baseline':>13}{'wall s':>8}{'peak RSS':>10}")
     base_total = sum(results["baseline"][k] for k in ("client", "sshd", "glance-api")) / gib
     for name, row in results.items():
+        if "failed" in row:
+            print(f"{name:<14}failed (see above)")
+            continue
         per = {k: row[k] / gib for k in ("client", "sshd", "glance-api")}
         total = sum(per.values())
         print(f"{name:<14}{per['client']:>14.2f}{per['sshd']:>8.2f}{per['glance-api']:>12.2f}{total:>8.2f}"

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--octet", type=int, default=77, help="second octet of the 127.x addresses (default 77)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each method")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three methods; medians "
-                        "are reported (default 3)")
+                        "are reported (default 3; 0: only the capped run)")
     parser.add_argument("--cap-mbit", type=float, default=80.0, help="max_bandwidth of each region's agent in the "
                         "capped run, Mbit/s; 0 skips that run (default 80)")
     parser.add_argument("--cap-copies", type=int, default=2, help="images per region in the capped run, copied "
@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.size_mib < 1 or not 1 <= args.regions <= 26 or args.rate_mbit <= 0 or args.delay_ms < 0:
         parser.error("--size-mib >= 1, --regions 1..26, --rate-mbit > 0, --delay-ms >= 0")
-    if args.rounds < 1 or args.cap_mbit < 0 or args.cap_copies < 1:
-        parser.error("--rounds >= 1, --cap-mbit >= 0, --cap-copies >= 1")
+    if args.rounds < 0 or args.cap_mbit < 0 or args.cap_copies < 1 or not (args.rounds or args.cap_mbit):
+        parser.error("--rounds >= 0, --cap-mbit >= 0 (not both 0), --cap-copies >= 1")
     return args
 
 
@@ -119,7 +119,7 @@ def one_round(args: argparse.Namespace, plan: wan_net.Plan, base: Path, topo: An
 def medians(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Per method and figure, the median over the rounds, plus ``wall_min`` and ``wall_max``."""
     out: dict[str, dict[str, float]] = {}
-    for method in rounds[0]:
+    for method in rounds[0] if rounds else ():
         walls = [r[method]["wall"] for r in rounds]
         out[method] = {key: statistics.median(r[method][key] for r in rounds) for key in rounds[0][method]}
         out[method].update(wall_min=min(walls), wall_max=max(walls))
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         wan_net.enter(plan.casc_ns)
         with tempfile.TemporaryDirectory(prefix="bench-wan-") as tmp:
             results, capped = run(args, plan, Path(tmp))
-        report(args, results)
+        if results:
+            report(args, results)
         print("\n".join(capped))
         return 0
     except (RuntimeError, TimeoutError, subprocess.SubprocessError, OSError) as exc:

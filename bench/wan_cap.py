@@ -14,6 +14,7 @@ Those bytes are what the link carries: SFTP payload plus SSH and TCP framing
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -26,18 +27,25 @@ SAMPLE_SECONDS = 0.5
 LOW, HIGH = 0.05, 0.95
 
 
-def steady_rate(samples: list[tuple[float, int]]) -> float:
-    """Bytes per second between LOW and HIGH of the bytes counted in ``samples`` ((time, counter), in order)."""
+def steady_rate(samples: list[tuple[float, int]], low: float = LOW, high: float = HIGH) -> float:
+    """Bytes per second between fractions ``low`` and ``high`` of the bytes counted in ``samples``
+    ((time, counter), in order)."""
     if len(samples) < 2:
         return 0.0
     base, total = samples[0][1], samples[-1][1] - samples[0][1]
     if total <= 0:
         return 0.0
-    low = next(s for s in samples if s[1] - base >= LOW * total)
-    high = next(s for s in samples if s[1] - base >= HIGH * total)
-    if high[0] <= low[0]:
+    first = next(s for s in samples if s[1] - base >= low * total)
+    last = next(s for s in samples if s[1] - base >= high * total)
+    if last[0] <= first[0]:
         return 0.0
-    return (high[1] - low[1]) / (high[0] - low[0])
+    return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def quarters(samples: list[tuple[float, int]]) -> list[float]:
+    """The rate over each quarter of the bytes (5-25-50-75-95 %): shows whether it held all along."""
+    bounds = [LOW, 0.25, 0.5, 0.75, HIGH]
+    return [steady_rate(samples, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 class LinkSampler:
@@ -73,6 +81,9 @@ class LinkSampler:
     def rates(self) -> dict[str, float]:
         return {region: steady_rate(samples) for region, samples in self.samples.items()}
 
+    def quarters(self) -> dict[str, list[float]]:
+        return {region: quarters(samples) for region, samples in self.samples.items()}
+
 
 def capped_run(topo: Any, plan: wan_net.Plan, size: int, cap_mbit: float, copies: int,
                timeout: float) -> dict[str, Any]:
@@ -87,14 +98,16 @@ def capped_run(topo: Any, plan: wan_net.Plan, size: int, cap_mbit: float, copies
             topo.wait_synced(image_id, uploaded, timeout)
         wall = time.monotonic() - started
     sent = {region: samples[-1][1] - samples[0][1] for region, samples in sampler.samples.items()}
-    return {"wall": wall, "rates": sampler.rates(), "sent": sent, "images": copies, "size": size}
+    return {"wall": wall, "rates": sampler.rates(), "quarters": sampler.quarters(), "sent": sent, "images": copies,
+            "size": size, "load": os.getloadavg()}
 
 
 def report(result: dict[str, Any], cap_mbit: float) -> list[str]:
     """Lines for the capped run: each region's rate beside the cap, and whether it held within 10 %."""
     lines = [f"capped run: max_bandwidth = {cap_mbit:g} Mbit/s, {result['images']} copies of "
              f"{result['size'] // helpers.MIB} MiB per region side by side (max_concurrent_copies = "
-             f"{result['images']}), all synced in {result['wall']:.1f} s"]
+             f"{result['images']}), all synced in {result['wall']:.1f} s, load at the end "
+             + " ".join(f"{x:.1f}" for x in result.get("load", ()))]
     for region, rate in sorted(result["rates"].items()):
         mbit = rate * 8 / 1e6
         ratio = mbit / cap_mbit
@@ -102,4 +115,7 @@ def report(result: dict[str, Any], cap_mbit: float) -> list[str]:
         lines.append(f"  {region:<10} link carried {mbit:7.1f} Mbit/s (5-95 % of "
                      f"{result['sent'][region] / helpers.MIB:,.0f} MiB)  = {ratio:4.2f} x cap  "
                      f"(target 0.9-1.1) {verdict}")
+        if result.get("quarters"):
+            lines.append("             by quarter of its bytes: " + " / ".join(
+                f"{q * 8 / 1e6:.1f}" for q in result["quarters"][region]) + " Mbit/s")
     return lines

@@ -33,3 +33,16 @@ def test_capped_report_puts_each_region_beside_the_cap():
     assert "80 Mbit/s" in lines[0]
     assert "1.00 x cap" in lines[1] and lines[1].endswith("met")
     assert "0.80 x cap" in lines[2] and lines[2].endswith("MISSED")
+
+
+def test_quarters_show_a_rate_that_fell_off():
+    # 100 bytes/s for the first half of the bytes, then 50 bytes/s.
+    samples = [(float(t), 100 * t) for t in range(0, 51)]
+    samples += [(50.0 + t, 5000 + 50 * t) for t in range(1, 101)]
+    first, second, third, fourth = wan_cap.quarters(samples)
+    assert first == second == 100.0 and third == fourth == 50.0
+
+
+def test_only_the_capped_run_with_no_rounds():
+    assert wan.parse_args(["--rounds", "0"]).rounds == 0
+    assert wan.medians([]) == {}
