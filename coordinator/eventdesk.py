@@ -230,7 +230,7 @@ class EventDesk:
             return
         if work.generation is None:
             generation = self.journal.next_reconcile_pass()
-            self.journal.on_commit(lambda: work.start(generation, work.numbered(generation)))
+            self.journal.on_commit(lambda: setattr(work, "generation", generation))
             return
         chunk, held = work.next_slice()
         made = self.journal.record_reconcile(chunk, held, now, reconciler.ORIGIN)

@@ -87,12 +87,8 @@ class Drift:
 def synthetic_events(missing: Iterable[str], deleted: Iterable[str], generation: int,
                      repairs: Iterable[regiondrift.Repair] = ()) -> list[dict[str, Any]]:
     """Event bodies (protocol ``event`` fields) of pass ``generation`` for the journal."""
-    made = [synthetic_event(f"reconcile-uploaded-{i}-{generation}", "uploaded", i, ORIGIN) for i in missing]
-    made += [synthetic_event(f"reconcile-deleted-{i}-{generation}", "deleted", i, ORIGIN) for i in deleted]
-    for image_id, by_region in sorted(regiondrift.acted_on(repairs).items()):
-        body = synthetic_event(f"reconcile-drift-{image_id}-{generation}", "drift", image_id, ORIGIN)
-        made.append(dict(body, repairs=by_region))
-    return made
+    work = Journaling(list(missing), list(deleted), list(repairs), [], generation)
+    return [work.body(index) for index in range(work.total)]
 
 
 @dataclass(frozen=True)
@@ -221,11 +217,12 @@ class Journaling:
     """A finished pass whose synthetic events the loop journals a slice at a time.
 
     The pass gets its number (``Journal.next_reconcile_pass``) with the first slice,
-    and every step counts only once committed (``start``, ``advance``): a slice that
-    rolls back is written again, under the same number.  ``held`` replaces the
-    journal's held deletions with the last slice: until then an operator's
-    confirmation stays recorded, so a crash between slices loses none (a confirmed
-    image is at worst shown held while its delete event is already journaled).
+    and every step counts only once committed (``advance``): a slice that rolls back
+    is written again, under the same number.  Bodies are made a slice at a time, so
+    no iteration pays for the whole pass.  ``held`` replaces the journal's held
+    deletions with the last slice: until then an operator's confirmation stays
+    recorded, so a crash between slices loses none (a confirmed image is at worst
+    shown held while its delete event is already journaled).
     """
 
     missing: list[str]
@@ -233,23 +230,37 @@ class Journaling:
     repairs: list[regiondrift.Repair]
     held: list[str]
     generation: int | None = None
-    bodies: list[dict[str, Any]] = field(default_factory=list)
     offset: int = 0
     done: bool = False
     slices: int = 0
     made: int = 0  # events journaled (one still waiting to be planned is not made twice)
+    drifted: list[tuple[str, dict[str, str]]] = field(init=False)
 
-    def numbered(self, generation: int) -> list[dict[str, Any]]:
-        """Every event of the pass, with ids of pass ``generation``."""
-        return synthetic_events(self.missing, self.deleted, generation, self.repairs)
+    def __post_init__(self) -> None:
+        self.drifted = sorted(regiondrift.acted_on(self.repairs).items())
 
-    def start(self, generation: int, bodies: list[dict[str, Any]]) -> None:
-        self.generation, self.bodies = generation, bodies
+    @property
+    def total(self) -> int:
+        return len(self.missing) + len(self.deleted) + len(self.drifted)
+
+    def body(self, index: int) -> dict[str, Any]:
+        """Event number ``index`` of the pass: its uploads, then its deletes, then its drifts."""
+        if index < len(self.missing):
+            image_id = self.missing[index]
+            return synthetic_event(f"reconcile-uploaded-{image_id}-{self.generation}", "uploaded", image_id, ORIGIN)
+        index -= len(self.missing)
+        if index < len(self.deleted):
+            image_id = self.deleted[index]
+            return synthetic_event(f"reconcile-deleted-{image_id}-{self.generation}", "deleted", image_id, ORIGIN)
+        image_id, by_region = self.drifted[index - len(self.deleted)]
+        body = synthetic_event(f"reconcile-drift-{image_id}-{self.generation}", "drift", image_id, ORIGIN)
+        return dict(body, repairs=by_region)
 
     def next_slice(self) -> tuple[list[dict[str, Any]], list[str] | None]:
         """The next events to journal, and the held set when this slice is the last one."""
-        end = self.offset + JOURNAL_SLICE
-        return self.bodies[self.offset:end], (self.held if end >= len(self.bodies) else None)
+        end = min(self.offset + JOURNAL_SLICE, self.total)
+        bodies = [self.body(index) for index in range(self.offset, end)]
+        return bodies, (self.held if end >= self.total else None)
 
     def advance(self, count: int, last: bool) -> None:
         """The slice of ``count`` events is committed (with the held set when ``last``)."""
