@@ -224,7 +224,7 @@ class EventDesk:
         self.journaling = self._prepare(result.drift, now)
 
     def journal_slice(self, now: float) -> None:
-        """Journal the next slice of the finished pass's events (reconciler.JOURNAL_SLICE at most)."""
+        """Journal the finished pass's next slices: one, then more while reconciler.JOURNAL_SECONDS last."""
         work = self.journaling
         if work is None:
             return
@@ -232,12 +232,14 @@ class EventDesk:
             generation = self.journal.next_reconcile_pass()
             self.journal.on_commit(lambda: setattr(work, "generation", generation))
             return
-        chunk, held = work.next_slice()
-        made = self.journal.record_reconcile(chunk, held, now, reconciler.ORIGIN)
+        began, offset, slices, made, last = time.monotonic(), work.offset, 0, [], False
+        while not last and (not slices or time.monotonic() - began < reconciler.JOURNAL_SECONDS):
+            chunk, held = work.slice_at(offset)
+            made += self.journal.record_reconcile(chunk, held, now, reconciler.ORIGIN)
+            offset, slices, last = offset + len(chunk), slices + 1, held is not None
 
         def committed() -> None:
-            work.advance(len(chunk), held is not None)
-            work.made += len(made)
+            work.advance(offset, slices, len(made), last)
             for body in made:
                 if body["kind"] == "drift":
                     LOG.warning("reconciler: image %s drifted; repairs %s", body["image_id"], body["repairs"])
@@ -251,7 +253,7 @@ class EventDesk:
                          work.made, work.slices, self.pass_longest * 1000)
                 self._pass_over(now, True)
 
-        # Advanced only once the batch commits: a slice rolled back is written again.
+        # Advanced only once the batch commits: slices rolled back are written again.
         self.journal.on_commit(committed)
 
     def note_iteration(self, took: float) -> None:

@@ -68,8 +68,10 @@ SYNCABLE_STATUSES = frozenset({"active", "deactivated"})
 # Images per listing request (glanceclient follows the ``next`` links); glance caps a
 # page at its api_limit_max (1000 by default).
 PAGE_SIZE = 1000
-# Synthetic events one loop iteration journals at most; the rest wait for the next ones.
+# Synthetic events one slice journals (one read, one bulk insert); an iteration journals
+# slices for JOURNAL_SECONDS at most, and always one, and the rest wait for the next ones.
 JOURNAL_SLICE = 200
+JOURNAL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -256,16 +258,17 @@ class Journaling:
         body = synthetic_event(f"reconcile-drift-{image_id}-{self.generation}", "drift", image_id, ORIGIN)
         return dict(body, repairs=by_region)
 
-    def next_slice(self) -> tuple[list[dict[str, Any]], list[str] | None]:
-        """The next events to journal, and the held set when this slice is the last one."""
-        end = min(self.offset + JOURNAL_SLICE, self.total)
-        bodies = [self.body(index) for index in range(self.offset, end)]
+    def slice_at(self, offset: int) -> tuple[list[dict[str, Any]], list[str] | None]:
+        """The events of the slice from ``offset``, and the held set when it is the last one."""
+        end = min(offset + JOURNAL_SLICE, self.total)
+        bodies = [self.body(index) for index in range(offset, end)]
         return bodies, (self.held if end >= self.total else None)
 
-    def advance(self, count: int, last: bool) -> None:
-        """The slice of ``count`` events is committed (with the held set when ``last``)."""
-        self.offset += count
-        self.slices += 1
+    def advance(self, offset: int, slices: int, made: int, last: bool) -> None:
+        """Slices up to ``offset`` are committed (with the held set when ``last``)."""
+        self.offset = offset
+        self.slices += slices
+        self.made += made
         self.done = last
 
 

@@ -30,6 +30,7 @@ def reconciler_events(journal) -> int:
 def test_a_pass_journals_at_most_a_slice_per_iteration_and_completes(
         tmp_path, db_url, store_yaml, stores, journal, client, ctx, monkeypatch) -> None:
     monkeypatch.setattr(reconciler, "JOURNAL_SLICE", SLICE)
+    monkeypatch.setattr(reconciler, "JOURNAL_SECONDS", 0.0)  # one slice per iteration
     ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(IMAGES)]
     client.images.records.clear()
     for image_id in ids:  # a glance the journal never heard of
@@ -59,6 +60,7 @@ def test_the_held_set_is_replaced_with_the_last_slice_only(
         tmp_path, db_url, store_yaml, stores, journal, client, ctx, monkeypatch) -> None:
     """A crash between slices must not lose an operator's confirmation (it stays held until the end)."""
     monkeypatch.setattr(reconciler, "JOURNAL_SLICE", 1)
+    monkeypatch.setattr(reconciler, "JOURNAL_SECONDS", 0.0)
     gone = [f"00000000-0000-4000-8000-{n:012d}" for n in range(3)]
     for image_id in gone:
         synced_everywhere(journal, image_id)
