@@ -145,8 +145,15 @@ def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dic
             "context": {"origin": origin}}
 
 
-def list_images(client: Any) -> dict[str, dict[str, Any]]:
-    """Image id -> record of every image of a glance (paged by glanceclient), hidden ones included."""
+def list_images(client: Any, full: Callable[[str], bool] | None = None,
+                others: bool = True) -> dict[str, dict[str, Any]]:
+    """Image id -> record of every image of a glance (paged by glanceclient), hidden ones included.
+
+    With ``full``, only the images it accepts keep their whole record; the others keep
+    their id and status (``others``) or are left out: a pass compares whole records
+    only of the images the journal can judge, and at 100,000 images the rest would
+    cost hundreds of MB.
+    """
     found: dict[str, dict[str, Any]] = {}
     # Glance leaves os_hidden images out of a listing unless asked for them.
     for hidden in (False, True):
@@ -155,7 +162,10 @@ def list_images(client: Any) -> dict[str, dict[str, Any]]:
                 # Ids become URLs and journal keys: only glance's own form is let in.
                 LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))
                 continue
-            found[image["id"]] = glance.image_to_dict(image)
+            if full is None or full(image["id"]):
+                found[image["id"]] = glance.image_to_dict(image)
+            elif others:
+                found[image["id"]] = {"id": image["id"], "status": image.get("status")}
     return found
 
 
@@ -272,12 +282,14 @@ class Journaling:
         self.done = last
 
 
-def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str]) -> dict[str, dict | None]:
-    """region -> its listing; None for a region whose glance did not answer (judged not at all)."""
+def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str],
+                 full: Callable[[str], bool] | None = None) -> dict[str, dict | None]:
+    """region -> its listing (only the images ``full`` accepts, when given); None for a region whose
+    glance did not answer (judged not at all)."""
     listings: dict[str, dict | None] = {}
     for region in regions:
         try:
-            listings[region] = list_images(regional_client(region))
+            listings[region] = list_images(regional_client(region), full, others=False)
         except Exception as exc:
             LOG.warning("reconciler: region %s not listed, its drift not judged this pass: %s", region,
                         glance.translate(exc, region))
@@ -298,8 +310,9 @@ def region_drift(listed: dict[str, dict[str, Any]], listings: dict[str, dict | N
 def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, endpoint: str) -> Drift:
     """One pass against the cascading glance and the regions; raises GlanceError when the cascading
     glance does not answer."""
+    judged = inputs.known - inputs.waiting  # the images region_drift compares record by record
     try:
-        listed = list_images(client)
+        listed = list_images(client, judged.__contains__)
     except Exception as exc:
         raise glance.translate(exc, endpoint) from exc
 
@@ -307,7 +320,7 @@ def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, end
         return glance.call(lambda: client.images.get(image_id) is not None, endpoint, missing=False)
 
     drift = find_drift(listed, inputs.known, inputs.tracked, exists)
-    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions), inputs)
+    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions, judged.__contains__), inputs)
     drift = Drift(missing=drift.missing, vanished=drift.vanished, tracked=drift.tracked, repairs=repairs)
     if drift.missing or drift.vanished or repairs:
         LOG.warning("reconciler: %d image(s) unknown to the journal, %d gone from the cascading glance, "
