@@ -167,9 +167,11 @@ def say(text: str) -> None:
 def first_pass(args: argparse.Namespace, run: control.Run, watch: Watch) -> None:
     watch.until(PASS_STARTED, args.timeout, "the first reconciler pass")
     found, latencies = watch.until(PASS_DONE, args.timeout, "the end of the first pass")
+    again = len(agent_stats(run)["hellos"]) - args.agents
     say(f"first reconciler pass (journal empty): {float(found[2]):.1f} s, {found[3]} events journaled in "
         f"{found[4]} slices; longest loop iteration during it {found[5]} ms; status during it: "
-        f"{percentiles(latencies)}; coordinator peak RSS {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB")
+        f"{percentiles(latencies)}; agents that reconnected (took the coordinator for dead) since start: "
+        f"{again}; coordinator peak RSS {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB")
 
 
 def planning(args: argparse.Namespace, watch: Watch) -> bool:
