@@ -223,7 +223,7 @@ class EventDesk:
             self._pass_over(now, False)
             return
         # When this fails the JournalError keeps the result for the next iteration.
-        self.journaling = self._prepare(result.drift, now)
+        self.journaling = self._prepare(result.drift)
 
     def journal_slice(self, now: float) -> None:
         """Journal the finished pass's next slices: one, then more while reconciler.JOURNAL_SECONDS last."""
@@ -235,10 +235,6 @@ class EventDesk:
             self.journal.on_commit(lambda: setattr(work, "generation", generation))
             return
         began, offset, slices, made, last = time.monotonic(), work.offset, 0, [], False
-        while not last and (not slices or time.monotonic() - began < reconciler.JOURNAL_SECONDS):
-            chunk, held = work.slice_at(offset)
-            made += self.journal.record_reconcile(chunk, held, now, reconciler.ORIGIN)
-            offset, slices, last = offset + len(chunk), slices + 1, held is not None
 
         def committed() -> None:
             work.advance(offset, slices, len(made), last)
@@ -255,8 +251,14 @@ class EventDesk:
                          work.made, work.slices, self.pass_longest * 1000)
                 self._pass_over(now, True)
 
-        # Advanced only once the batch commits: slices rolled back are written again.
-        self.journal.on_commit(committed)
+        try:
+            while not last and (not slices or time.monotonic() - began < reconciler.JOURNAL_SECONDS):
+                chunk, held = work.slice_at(offset)
+                made += self.journal.record_reconcile(chunk, held, now, reconciler.ORIGIN)
+                offset, slices, last = offset + len(chunk), slices + 1, held is not None
+        finally:
+            if slices:  # advanced only once the batch commits: slices rolled back are written again
+                self.journal.on_commit(committed)
 
     def note_iteration(self, took: float) -> None:
         """The loop's iteration times, for the longest one during a pass (its last log line)."""
@@ -268,7 +270,7 @@ class EventDesk:
         self.next_reconcile = now + self.conf.coordinator.reconcile_interval
         self.last_pass = (now, now - (self.reconcile_started or now), ok)
 
-    def _prepare(self, drift: reconciler.Drift, now: float) -> reconciler.Journaling:
+    def _prepare(self, drift: reconciler.Drift) -> reconciler.Journaling:
         c = self.conf.coordinator
         confirmed = {h.image_id for h in self.journal.held_deletes() if h.confirmed_at is not None}
         deletes = reconciler.limit_deletes(drift.vanished, drift.tracked, confirmed, c.reconcile_max_deletes,

@@ -131,3 +131,27 @@ def test_a_pass_while_events_wait_for_planning_makes_no_drift_events(
         assert {e.kind for e in journal.unplanned_events(limit=100)} == {"uploaded"}
     finally:
         svc.shutdown()
+
+
+def test_a_slice_rolled_back_with_its_batch_is_journaled_again(
+        tmp_path, db_url, store_yaml, stores, journal, client, ctx, monkeypatch) -> None:
+    import pytest
+
+    monkeypatch.setattr(reconciler, "JOURNAL_SLICE", SLICE)
+    monkeypatch.setattr(reconciler, "JOURNAL_SECONDS", 0.0)
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(6)]
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx)
+    try:
+        desk = svc.events
+        desk.journaling = reconciler.Journaling(ids, [], [], [])
+        desk.journal_slice(NOW)  # the pass takes its number
+        with pytest.raises(RuntimeError), journal.batch():
+            desk.journal_slice(NOW)
+            raise RuntimeError("the iteration's commit fails")
+        assert reconciler_events(journal) == 0
+        assert desk.journaling.offset == 0
+        while desk.journaling is not None:
+            desk.journal_slice(NOW)
+        assert reconciler_events(journal) == len(ids)
+    finally:
+        svc.shutdown()
