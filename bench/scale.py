@@ -18,9 +18,11 @@ one task per image.  In one run:
    told ``disconnect`` and say hello after their jittered backoff.  Prints the time
    until all agents are back, the peak reconnect rate (hellos per second) and the
    hellos per agent (1.00: no storm);
-3. the initial planning: from the restart until every image has its task;
-4. a pass over the same glance, now known to the journal: its time, longest
-   iteration and status latency; the coordinator's RSS and the journal's size.
+3. the initial planning: from the restart until every image has its task (or, past
+   ``--planning-timeout``, how many were planned and at what rate);
+4. a pass over the same glance, now known to the journal (or while planning goes on):
+   its time, longest iteration and status latency; the coordinator's RSS and the
+   journal's size.
 
 Each figure is printed as soon as it is measured.
 
@@ -165,31 +167,40 @@ def say(text: str) -> None:
 def first_pass(args: argparse.Namespace, run: control.Run, watch: Watch) -> None:
     watch.until(PASS_STARTED, args.timeout, "the first reconciler pass")
     found, latencies = watch.until(PASS_DONE, args.timeout, "the end of the first pass")
+    again = len(agent_stats(run)["hellos"]) - args.agents
     say(f"first reconciler pass (journal empty): {float(found[2]):.1f} s, {found[3]} events journaled in "
         f"{found[4]} slices; longest loop iteration during it {found[5]} ms; status during it: "
-        f"{percentiles(latencies)}; coordinator peak RSS {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB")
+        f"{percentiles(latencies)}; agents that reconnected (took the coordinator for dead) since start: "
+        f"{again}; coordinator peak RSS {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB")
 
 
-def planning(args: argparse.Namespace, watch: Watch) -> None:
+def planning(args: argparse.Namespace, watch: Watch) -> bool:
+    """Wait until every image has its task, or ``--planning-timeout``; True when all were planned."""
     began, latencies = time.monotonic(), []
+    limit = args.planning_timeout or args.timeout
     while True:
         took, data = watch.query()
         latencies.append(took)
-        if queued(data) >= args.images:
-            break
-        if time.monotonic() - began > args.timeout:
-            raise SystemExit(f"planning: {queued(data)} of {args.images} tasks after {args.timeout} s")
+        done, took = queued(data), time.monotonic() - began
+        if done >= args.images:
+            say(f"initial planning (from the restart until every image has its task): {took:.1f} s "
+                f"({args.images / max(took, 1e-9):.0f} images/s); status during it: {percentiles(latencies)}")
+            return True
+        if took > limit:
+            rate = done / max(took, 1e-9)
+            say(f"initial planning (from the restart): {done} of {args.images} images planned in {took:.0f} s "
+                f"({rate:.1f} images/s; all would take about {args.images / max(rate, 1e-9) / 60:.0f} min); "
+                f"status during it: {percentiles(latencies)}")
+            return False
         time.sleep(0.5)
-    took = time.monotonic() - began
-    say(f"initial planning (from the restart until every image has its task): {took:.1f} s "
-        f"({args.images / max(took, 1e-9):.0f} images/s); status during it: {percentiles(latencies)}")
 
 
-def steady_pass(args: argparse.Namespace, run: control.Run, watch: Watch, base: Path) -> None:
+def steady_pass(args: argparse.Namespace, run: control.Run, watch: Watch, base: Path, planned: bool) -> None:
     watch.new_lines()  # a pass that ended during planning is not the steady one
     watch.until(PASS_STARTED, args.timeout, "a pass over the known journal")
     found, latencies = watch.until(PASS_DONE, args.timeout, "the end of that pass")
-    say(f"reconciler pass over the known journal: {float(found[2]):.1f} s ({found[3]} events); longest loop "
+    what = "the known journal" if planned else "the journal while planning goes on"
+    say(f"reconciler pass over {what}: {float(found[2]):.1f} s ({found[3]} events); longest loop "
         f"iteration during it {found[5]} ms; status during it: {percentiles(latencies)}")
     journal = sum(p.stat().st_size for p in base.glob("journal.sqlite*"))
     say(f"coordinator RSS: peak {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB since the restart, now "
@@ -220,8 +231,7 @@ def bench(args: argparse.Namespace, base: Path) -> None:
         say(f"restart (SIGKILL, started again): answering after {s['start']:.1f} s; all {args.agents} agents back "
             f"{s['back']:.1f} s after the kill; peak {s['peak']} hellos/s, {s['hellos']} hellos "
             f"({s['per_agent']:.2f} per agent) spread over {s['spread']:.1f} s")
-        planning(args, watch)
-        steady_pass(args, run, watch, base)
+        steady_pass(args, run, watch, base, planning(args, watch))
     finally:
         run.stop()
 
@@ -235,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reconcile-interval", type=int, default=10,
                         help="[coordinator] reconcile_interval (the first pass comes this long after start)")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds any one phase may take")
+    parser.add_argument("--planning-timeout", type=float, default=0.0,
+                        help="stop waiting for the initial planning after this many seconds, print its rate, and "
+                        "measure the next pass while planning goes on (0: --timeout)")
     parser.add_argument("--dir", help="keep the run's files (log, journal) in this new directory")
     args = parser.parse_args(argv)
     say(f"bench/scale.py on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "

@@ -72,8 +72,10 @@ SYNCABLE_STATUSES = frozenset({"active", "deactivated"})
 # Images per listing request (glanceclient follows the ``next`` links); glance caps a
 # page at its api_limit_max (1000 by default).
 PAGE_SIZE = 1000
-# Synthetic events one loop iteration journals at most; the rest wait for the next ones.
+# Synthetic events one slice journals (one read, one bulk insert); an iteration journals
+# slices for JOURNAL_SECONDS at most, and always one, and the rest wait for the next ones.
 JOURNAL_SLICE = 200
+JOURNAL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,8 @@ class Drift:
 def synthetic_events(missing: Iterable[str], deleted: Iterable[str], generation: int,
                      repairs: Iterable[regiondrift.Repair] = ()) -> list[dict[str, Any]]:
     """Event bodies (protocol ``event`` fields) of pass ``generation`` for the journal."""
-    made = [synthetic_event(f"reconcile-uploaded-{i}-{generation}", "uploaded", i, ORIGIN) for i in missing]
-    made += [synthetic_event(f"reconcile-deleted-{i}-{generation}", "deleted", i, ORIGIN) for i in deleted]
-    for image_id, by_region in sorted(regiondrift.acted_on(repairs).items()):
-        body = synthetic_event(f"reconcile-drift-{image_id}-{generation}", "drift", image_id, ORIGIN)
-        made.append(dict(body, repairs=by_region))
-    return made
+    work = Journaling(list(missing), list(deleted), list(repairs), [], generation)
+    return [work.body(index) for index in range(work.total)]
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,15 @@ def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dic
             "context": {"origin": origin}}
 
 
-def list_images(client: Any) -> dict[str, dict[str, Any]]:
-    """Image id -> record of every image of a glance (paged by glanceclient), hidden ones included."""
+def list_images(client: Any, full: Callable[[str], bool] | None = None,
+                others: bool = True) -> dict[str, dict[str, Any]]:
+    """Image id -> record of every image of a glance (paged by glanceclient), hidden ones included.
+
+    With ``full``, only the images it accepts keep their whole record; the others keep
+    their id and status (``others``) or are left out: a pass compares whole records
+    only of the images the journal can judge, and at 100,000 images the rest would
+    cost hundreds of MB.
+    """
     found: dict[str, dict[str, Any]] = {}
     # Glance leaves os_hidden images out of a listing unless asked for them.
     for hidden in (False, True):
@@ -163,7 +168,10 @@ def list_images(client: Any) -> dict[str, dict[str, Any]]:
                 # Ids become URLs and journal keys: only glance's own form is let in.
                 LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))
                 continue
-            found[image["id"]] = glance.image_to_dict(image)
+            if full is None or full(image["id"]):
+                found[image["id"]] = glance.image_to_dict(image)
+            elif others:
+                found[image["id"]] = {"id": image["id"], "status": image.get("status")}
     return found
 
 
@@ -235,11 +243,12 @@ class Journaling:
     """A finished pass whose synthetic events the loop journals a slice at a time.
 
     The pass gets its number (``Journal.next_reconcile_pass``) with the first slice,
-    and every step counts only once committed (``start``, ``advance``): a slice that
-    rolls back is written again, under the same number.  ``held`` replaces the
-    journal's held deletions with the last slice: until then an operator's
-    confirmation stays recorded, so a crash between slices loses none (a confirmed
-    image is at worst shown held while its delete event is already journaled).
+    and every step counts only once committed (``advance``): a slice that rolls back
+    is written again, under the same number.  Bodies are made a slice at a time, so
+    no iteration pays for the whole pass.  ``held`` replaces the journal's held
+    deletions with the last slice: until then an operator's confirmation stays
+    recorded, so a crash between slices loses none (a confirmed image is at worst
+    shown held while its delete event is already journaled).
     """
 
     missing: list[str]
@@ -247,37 +256,54 @@ class Journaling:
     repairs: list[regiondrift.Repair]
     held: list[str]
     generation: int | None = None
-    bodies: list[dict[str, Any]] = field(default_factory=list)
     offset: int = 0
     done: bool = False
     slices: int = 0
     made: int = 0  # events journaled (one still waiting to be planned is not made twice)
+    drifted: list[tuple[str, dict[str, str]]] = field(init=False)
 
-    def numbered(self, generation: int) -> list[dict[str, Any]]:
-        """Every event of the pass, with ids of pass ``generation``."""
-        return synthetic_events(self.missing, self.deleted, generation, self.repairs)
+    def __post_init__(self) -> None:
+        self.drifted = sorted(regiondrift.acted_on(self.repairs).items())
 
-    def start(self, generation: int, bodies: list[dict[str, Any]]) -> None:
-        self.generation, self.bodies = generation, bodies
+    @property
+    def total(self) -> int:
+        return len(self.missing) + len(self.deleted) + len(self.drifted)
 
-    def next_slice(self) -> tuple[list[dict[str, Any]], list[str] | None]:
-        """The next events to journal, and the held set when this slice is the last one."""
-        end = self.offset + JOURNAL_SLICE
-        return self.bodies[self.offset:end], (self.held if end >= len(self.bodies) else None)
+    def body(self, index: int) -> dict[str, Any]:
+        """Event number ``index`` of the pass: its uploads, then its deletes, then its drifts."""
+        if index < len(self.missing):
+            image_id = self.missing[index]
+            return synthetic_event(f"reconcile-uploaded-{image_id}-{self.generation}", "uploaded", image_id, ORIGIN)
+        index -= len(self.missing)
+        if index < len(self.deleted):
+            image_id = self.deleted[index]
+            return synthetic_event(f"reconcile-deleted-{image_id}-{self.generation}", "deleted", image_id, ORIGIN)
+        image_id, by_region = self.drifted[index - len(self.deleted)]
+        body = synthetic_event(f"reconcile-drift-{image_id}-{self.generation}", "drift", image_id, ORIGIN)
+        return dict(body, repairs=by_region)
 
-    def advance(self, count: int, last: bool) -> None:
-        """The slice of ``count`` events is committed (with the held set when ``last``)."""
-        self.offset += count
-        self.slices += 1
+    def slice_at(self, offset: int) -> tuple[list[dict[str, Any]], list[str] | None]:
+        """The events of the slice from ``offset``, and the held set when it is the last one."""
+        end = min(offset + JOURNAL_SLICE, self.total)
+        bodies = [self.body(index) for index in range(offset, end)]
+        return bodies, (self.held if end >= self.total else None)
+
+    def advance(self, offset: int, slices: int, made: int, last: bool) -> None:
+        """Slices up to ``offset`` are committed (with the held set when ``last``)."""
+        self.offset = offset
+        self.slices += slices
+        self.made += made
         self.done = last
 
 
-def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str]) -> dict[str, dict | None]:
-    """region -> its listing; None for a region whose glance did not answer (judged not at all)."""
+def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str],
+                 full: Callable[[str], bool] | None = None) -> dict[str, dict | None]:
+    """region -> its listing (only the images ``full`` accepts, when given); None for a region whose
+    glance did not answer (judged not at all)."""
     listings: dict[str, dict | None] = {}
     for region in regions:
         try:
-            listings[region] = list_images(regional_client(region))
+            listings[region] = list_images(regional_client(region), full, others=False)
         except Exception as exc:
             LOG.warning("reconciler: region %s not listed, its drift not judged this pass: %s", region,
                         glance.translate(exc, region))
@@ -306,8 +332,9 @@ def region_drift(listed: dict[str, dict[str, Any]], listings: dict[str, dict | N
 def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, endpoint: str) -> Drift:
     """One pass against the cascading glance and the regions; raises GlanceError when the cascading
     glance does not answer."""
+    judged = inputs.known - inputs.waiting  # the images region_drift compares record by record
     try:
-        listed = list_images(client)
+        listed = list_images(client, judged.__contains__)
     except Exception as exc:
         raise glance.translate(exc, endpoint) from exc
 
@@ -315,7 +342,7 @@ def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, end
         return glance.call(lambda: client.images.get(image_id) is not None, endpoint, missing=False)
 
     drift = find_drift(listed, inputs.known, inputs.tracked, exists, inputs.policy.regions)
-    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions), inputs,
+    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions, judged.__contains__), inputs,
                            lambda wanted: memberscan.find(client, regional_client, wanted, endpoint))
     drift = dataclasses.replace(drift, repairs=repairs)
     if drift.missing or drift.vanished or repairs:

@@ -30,6 +30,7 @@ def reconciler_events(journal) -> int:
 def test_a_pass_journals_at_most_a_slice_per_iteration_and_completes(
         tmp_path, db_url, store_yaml, stores, journal, client, ctx, monkeypatch) -> None:
     monkeypatch.setattr(reconciler, "JOURNAL_SLICE", SLICE)
+    monkeypatch.setattr(reconciler, "JOURNAL_SECONDS", 0.0)  # one slice per iteration
     ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(IMAGES)]
     client.images.records.clear()
     for image_id in ids:  # a glance the journal never heard of
@@ -59,6 +60,7 @@ def test_the_held_set_is_replaced_with_the_last_slice_only(
         tmp_path, db_url, store_yaml, stores, journal, client, ctx, monkeypatch) -> None:
     """A crash between slices must not lose an operator's confirmation (it stays held until the end)."""
     monkeypatch.setattr(reconciler, "JOURNAL_SLICE", 1)
+    monkeypatch.setattr(reconciler, "JOURNAL_SECONDS", 0.0)
     gone = [f"00000000-0000-4000-8000-{n:012d}" for n in range(3)]
     for image_id in gone:
         synced_everywhere(journal, image_id)
@@ -127,5 +129,29 @@ def test_a_pass_while_events_wait_for_planning_makes_no_drift_events(
         run_pass(svc, now)
         assert reconciler_events(journal) == len(ids)
         assert {e.kind for e in journal.unplanned_events(limit=100)} == {"uploaded"}
+    finally:
+        svc.shutdown()
+
+
+def test_a_slice_rolled_back_with_its_batch_is_journaled_again(
+        tmp_path, db_url, store_yaml, stores, journal, client, ctx, monkeypatch) -> None:
+    import pytest
+
+    monkeypatch.setattr(reconciler, "JOURNAL_SLICE", SLICE)
+    monkeypatch.setattr(reconciler, "JOURNAL_SECONDS", 0.0)
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(6)]
+    svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx)
+    try:
+        desk = svc.events
+        desk.journaling = reconciler.Journaling(ids, [], [], [])
+        desk.journal_slice(NOW)  # the pass takes its number
+        with pytest.raises(RuntimeError), journal.batch():
+            desk.journal_slice(NOW)
+            raise RuntimeError("the iteration's commit fails")
+        assert reconciler_events(journal) == 0
+        assert desk.journaling.offset == 0
+        while desk.journaling is not None:
+            desk.journal_slice(NOW)
+        assert reconciler_events(journal) == len(ids)
     finally:
         svc.shutdown()
