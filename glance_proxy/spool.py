@@ -31,6 +31,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -279,6 +280,11 @@ class Spool(_Locked):
         """The sequence of the oldest pending event, or None."""
         with self._mutex:
             return next(iter(self._index), None)
+
+    def oldest(self, count: int, after: int = 0) -> list[int]:
+        """The sequences of the ``count`` oldest pending events above ``after``, oldest first."""
+        with self._mutex:
+            return list(itertools.islice(itertools.dropwhile(lambda seq: seq <= after, self._index), count))
 
     def read(self, seq: int) -> bytes:
         return self._name(seq).read_bytes()
