@@ -40,7 +40,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -49,6 +48,7 @@ import zmq
 from glance_proxy.outage import AckWatch
 from glance_proxy.spool import SharedUsage, Spool, SpoolFull
 from glance_proxy.spoolstats import TextfileWriter
+from glance_proxy.window import Window
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.liveness import Backoff
@@ -79,17 +79,6 @@ ADOPT_INTERVAL = 30.0
 # What close() may take: gunicorn kills a worker that is not gone within its
 # graceful_timeout (30 s by default), and the interpreter exit must not hang.
 CLOSE_TIMEOUT = 5.0
-
-
-@dataclass
-class _Window:
-    """The events of one sending round: sent and not yet answered (message id -> (seq, event id))."""
-
-    spool: Spool
-    outstanding: dict[str, tuple[int, str]] = field(default_factory=dict)
-    by_event: dict[str, str] = field(default_factory=dict)
-    last: int = 0  # the newest sequence sent
-    sent: int = 0
 
 
 class EventSender:
@@ -296,22 +285,6 @@ class EventSender:
             self._socket.close(linger=0)
             self._socket = None
 
-    def _frames(self, spool: Spool, after: int, count: int) -> list[tuple[int, str, str, bytes]]:
-        """(seq, message id, event id, frame) of up to ``count`` oldest events of ``spool`` above ``after``."""
-        frames = []
-        for seq in spool.oldest(count, after):
-            msg_id = protocol.new_id()
-            try:
-                event = msgpack.unpackb(spool.read(seq), raw=False)
-                frames.append((seq, msg_id, event["event_id"], protocol.encode("event", event, msg_id)))
-            except FileNotFoundError:
-                LOG.error("glance-sync: spooled event %s of %s vanished; skipped", seq, spool.dir)
-                spool.remove(seq)
-            except (ValueError, TypeError, KeyError, msgpack.UnpackException, ProtocolError) as exc:
-                LOG.error("glance-sync: dropping unsendable spooled event %s of %s: %s", seq, spool.dir, exc)
-                spool.remove(seq)
-        return frames
-
     def _send_window(self, spool: Spool) -> None:
         """Send the oldest events in order, keeping up to ``SEND_WINDOW`` of them unacked, and take their replies.
 
@@ -324,7 +297,7 @@ class EventSender:
         the coordinator recognises resends.
         """
         sent_at = self.clock()
-        window = _Window(spool)
+        window = Window(spool)
         try:
             sock = self._socket_now()
             self._top_up(sock, window)
@@ -344,24 +317,16 @@ class EventSender:
         self._retry_at = self.clock() + delay
         LOG.debug("glance-sync: %d event(s) not acked, retry in %.1fs", len(window.outstanding), delay)
 
-    def _top_up(self, sock: zmq.Socket, window: _Window) -> None:
-        room = min(self._window - len(window.outstanding), ROUND_EVENTS - window.sent)
-        if room <= 0:
-            return
-        for seq, msg_id, event_id, frame in self._frames(window.spool, window.last, room):
-            sock.send(frame, zmq.NOBLOCK)
-            window.outstanding[msg_id] = (seq, event_id)
-            window.by_event[event_id] = msg_id
-            window.last = seq
-            window.sent += 1
+    def _top_up(self, sock: zmq.Socket, window: Window) -> None:
+        window.fill(sock, min(self._window - len(window.outstanding), ROUND_EVENTS - window.sent))
 
-    def _await_replies(self, sock: zmq.Socket, window: _Window) -> str:
+    def _await_replies(self, sock: zmq.Socket, window: Window) -> str:
         """'done' once every event sent is acked or refused for good, 'retry' on silence or a transient error.
 
         Silence is ``ack_timeout`` without any reply: the coordinator acks a window over
         one or a few loop iterations, each reply shows it is making progress.
         """
-        outstanding, by_event = window.outstanding, window.by_event
+        outstanding = window.outstanding
         deadline = self.clock() + self.ack_timeout
         while outstanding and not self._stop.is_set():
             left = deadline - self.clock()
@@ -375,35 +340,31 @@ class EventSender:
                 LOG.warning("glance-sync: bad reply from coordinator: %s", exc)
                 continue
             deadline = self.clock() + self.ack_timeout
-            if msg.type == "event_ack" and msg.body["event_id"] in by_event:
-                window.spool.remove(outstanding.pop(by_event.pop(msg.body["event_id"]))[0])
+            if msg.type == "event_ack" and window.acked(msg.body["event_id"]):
                 self.watch.acked(self.clock())  # a silence is over at its first ack
                 if len(outstanding) <= self._window // 2:  # in bursts: one commit takes many
                     self._top_up(sock, window)
             elif msg.type == "error":
-                if not self._refused(msg, window.spool, outstanding, by_event):
+                if not self._refused(msg, window):
                     return "retry"
                 self._top_up(sock, window)
         return "done" if not outstanding else "retry"
 
-    def _refused(self, msg: protocol.Message, spool: Spool, outstanding: dict[str, tuple[int, str]],
-                 by_event: dict[str, str]) -> bool:
+    def _refused(self, msg: protocol.Message, window: Window) -> bool:
         """An ``error`` reply: the event it names is dropped when refused for good (True); False: retry."""
         code, reason, ref = msg.body["code"], msg.body["reason"], msg.body.get("ref")
         if code in TRANSIENT_ERROR_CODES:
             LOG.warning("glance-sync: coordinator cannot take events now: %s %s", code, reason)
             return False
-        if ref not in outstanding:
-            if len(outstanding) > 1:
+        if ref not in window.outstanding:
+            if len(window.outstanding) > 1:
                 # Which event it refuses is unknown: send again one at a time, where a reply
                 # can only be about the one event in flight.
                 LOG.warning("glance-sync: coordinator refused an event (%s: %s); resending one at a time",
                             code, reason)
                 self._window = 1
                 return False
-            ref = next(iter(outstanding))
-        seq, event_id = outstanding.pop(ref)
-        by_event.pop(event_id, None)
+            ref = next(iter(window.outstanding))
+        event_id = window.refused(ref)
         LOG.error("glance-sync: coordinator refused event %s for good (%s: %s); dropped", event_id, code, reason)
-        spool.remove(seq)
         return True
