@@ -365,6 +365,7 @@ class EventSender:
                 self._window = 1
                 return False
             ref = next(iter(window.outstanding))
-        event_id = window.refused(ref)
-        LOG.error("glance-sync: coordinator refused event %s for good (%s: %s); dropped", event_id, code, reason)
+        LOG.error("glance-sync: coordinator refused event %s for good (%s: %s); dropped", window.outstanding[ref][1],
+                  code, reason)
+        window.refused(ref)  # after the log line: whoever sees the outbox empty finds it logged
         return True
