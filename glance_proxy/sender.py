@@ -288,7 +288,9 @@ class EventSender:
     def _send_window(self, spool: Spool) -> None:
         """Send the oldest events in order, keeping up to ``SEND_WINDOW`` of them unacked, and take their replies.
 
-        Each acked event leaves the outbox at once; once half the window is acked the
+        Each acked event leaves the outbox's index at once (its file when the round ends,
+        so that the unlinks do not wait behind the coordinator's fsyncs on a shared
+        disk); once half the window is acked the
         next events go out together, so the coordinator has several waiting when its
         commit ends.  A round sends at
         most ``ROUND_EVENTS`` (then the queue from the request path is spooled).  On
@@ -305,6 +307,8 @@ class EventSender:
         except (zmq.ZMQError, GlanceSyncError) as exc:
             LOG.warning("glance-sync: cannot reach coordinator at %s:%s: %s", self.host, self.port, exc)
             outcome = "retry"
+        finally:
+            spool.purge()  # the files of the events answered, now that none is in flight
         if outcome == "done":
             if window.sent:
                 self._window = SEND_WINDOW

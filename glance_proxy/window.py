@@ -3,7 +3,7 @@
 ``EventSender`` (sender.py) keeps up to ``SEND_WINDOW`` events unacked on its socket;
 this is their bookkeeping: ``fill`` reads the next events of the spool (oldest
 first, after the newest already sent) and sends them, ``acked`` and ``refused``
-forget one (its file leaves the spool), and whatever is still ``outstanding`` when
+forget one (its file is removed when the round ends, ``Spool.purge``), and whatever is still ``outstanding`` when
 the round ends in silence is sent again by the next round, oldest first.  Each event
 goes out under a fresh message id, which an ``error`` reply names in its ``ref``.
 """
@@ -59,12 +59,12 @@ class Window:
         msg_id = self.by_event.pop(event_id, None)
         if msg_id is None:
             return False
-        self.spool.remove(self.outstanding.pop(msg_id)[0])
+        self.spool.forget(self.outstanding.pop(msg_id)[0])
         return True
 
     def refused(self, msg_id: str) -> str:
         """The coordinator will never take the event sent as ``msg_id``: dropped; returns its event id."""
         seq, event_id = self.outstanding.pop(msg_id)
         self.by_event.pop(event_id, None)
-        self.spool.remove(seq)
+        self.spool.forget(seq)
         return event_id

@@ -71,3 +71,23 @@ def test_a_refusal_that_names_no_event_is_sorted_out_one_event_at_a_time(conf, m
         wait_until(lambda: not s.spool.pending())
     finally:
         coord.close()
+
+
+def test_acked_files_go_once_no_event_is_in_flight(conf, make_sender):
+    coord = Coordinator(conf.sync_server_port)
+    try:
+        s = make_sender(ack_timeout=30.0)
+        for n in range(1, 4):
+            s.submit(event(n))
+        s.start()
+        received = [coord.recv() for _ in range(3)]
+        coord.ack(*received[0])
+        wait_until(lambda: len(s.spool.pending()) == 2)  # off the index at once...
+        files = sorted(p.name for p in s.spool.dir.iterdir() if p.name.endswith(".evt"))
+        assert len(files) == 3  # ...its file left while the others are in flight
+        for ident, msg in received[1:]:
+            coord.ack(ident, msg)
+        wait_until(lambda: not any(p.name.endswith(".evt") for p in s.spool.dir.iterdir()))
+        assert s.usage.used == 0
+    finally:
+        coord.close()
