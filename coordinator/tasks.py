@@ -102,7 +102,7 @@ class TaskDesk:
                 for session, pending in self._pick(sessions, now):
                     try:
                         assigned.append((session, self.journal.assign(
-                            pending.task_id, session.agent_id, now, now + self.agents.lease_timeout)))
+                            pending.task_id, session.agent_id, now, now + self.agents.lease_timeout, pending)))
                     except StaleAttempt:
                         continue
         except JournalError as exc:
