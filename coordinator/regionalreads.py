@@ -89,5 +89,7 @@ class RegionalReads:
                 for task in group:
                     if task.image_id in listed:
                         self._listed[task.task_id, task.attempt] = listed[task.image_id]
+            LOG.info("region %s: %d of %d regional image(s) read with one listing", region,
+                     sum(t.image_id in listed for t in group), len(group))
         for task in unread:
             self._then(task)

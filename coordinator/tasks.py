@@ -108,7 +108,7 @@ class TaskDesk:
                 for session, pending in self._pick(sessions, now):
                     try:
                         assigned.append((session, self.journal.assign(
-                            pending.task_id, session.agent_id, now, now + self.agents.lease_timeout)))
+                            pending.task_id, session.agent_id, now, now + self.agents.lease_timeout, pending)))
                     except StaleAttempt:
                         self._unroute(pending.task_id)
                         continue

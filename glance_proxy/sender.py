@@ -6,13 +6,14 @@ on).  One daemon thread per process does the rest:
 
 1. moves queued events into the on-disk outbox (``spool.Spool``, its own locked
    directory under ``spool_dir``);
-2. sends the oldest spooled event over a zmq DEALER to the coordinator and waits
-   up to ``ack_timeout`` for its ``event_ack``; only then deletes the file;
+2. sends the oldest spooled events (up to ``SEND_WINDOW``, in order) over a zmq
+   DEALER to the coordinator and takes their ``event_ack``s; each file is deleted
+   only once its event is acked; ``ack_timeout`` without any reply is silence;
 3. on silence: closes the socket (stale replies die with it), opens a fresh one to
    the next coordinator of ``sync_servers`` (a pair: only the active one answers) at
    once, or after a jittered backoff once every one was tried, and replays from the
-   oldest file, so order holds; a silence longer than ``[proxy] outage_warning_after``
-   is logged (outage.AckWatch).
+   oldest unacked file, so order holds; a silence longer than
+   ``[proxy] outage_warning_after`` is logged (outage.AckWatch).
 
 With ``[proxy] metrics_textfile`` set, the thread also rewrites the outbox's depth for
 node_exporter's textfile collector every 15 s (spoolstats.py).
@@ -22,11 +23,14 @@ Spools left by dead workers (their lock is free) are adopted at start and every
 ``close()`` (also run at interpreter exit, which is how a gunicorn worker stops)
 writes what is still queued in memory to the spool, within a bounded time.
 
-One event is in flight at a time (stop-and-wait): the coordinator sees events of a
-process in the order they happened, and every reply on the current socket answers
-the one message outstanding.  An ``error`` reply means the coordinator will never
-take that event (it is malformed for it) and the file is dropped, except for the
-transient codes below, which are retried like silence.
+The events of a window go out in the order they happened, over one connection, so
+the coordinator receives them in that order; a replay after silence starts again
+from the oldest unacked one.  Only after a transient refusal may a later event of
+the window be journaled before an earlier one is sent again: events are hints,
+planning reads glance's record and never applies an older one over a newer one.
+An ``error`` reply (``ref``: the message id of the event it answers) means the
+coordinator will never take that event (it is malformed for it) and the file is
+dropped, except for the transient codes below, which are retried like silence.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import zmq
 from glance_proxy.outage import AckWatch
 from glance_proxy.spool import SharedUsage, Spool, SpoolFull
 from glance_proxy.spoolstats import TextfileWriter
+from glance_proxy.window import Window
 from glancesync import protocol, transport
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 from glancesync.liveness import Backoff
@@ -61,6 +66,13 @@ ACK_TIMEOUT = 2.0
 # until the other side is upgraded (doc/upgrade.md); the spooled event is re-encoded
 # on each send, so it goes out in the new version once this host is upgraded.
 TRANSIENT_ERROR_CODES = frozenset({"busy", "unavailable", "journal", "internal", "not_leader", "retry", "version"})
+# Events in flight at once: the coordinator acks every event of a loop iteration after
+# that iteration's one journal commit, so a window lets one commit ack many events
+# instead of one (stop-and-wait was bounded by one commit per event).
+SEND_WINDOW = 64
+# Events one sending round sends at most, before the sender thread spools what the
+# request path queued meanwhile (its in-memory queue is bounded).
+ROUND_EVENTS = 1024
 # Longest wait on the in-memory queue, so close() is noticed promptly.
 _IDLE_WAIT = 0.5
 # How often a running sender looks for spools of workers that died since: a
@@ -112,6 +124,8 @@ class EventSender:
         self._retry_at = 0.0
         self._adopt_at = 0.0
         self._flush_until = float("inf")
+        # Events sent before waiting for replies: SEND_WINDOW, or 1 after a refusal that named none.
+        self._window = SEND_WINDOW
         self._thread = threading.Thread(target=self._run, name="glance-sync-sender", daemon=True)
 
     # ---- the request path -------------------------------------------------
@@ -230,9 +244,7 @@ class EventSender:
         self._spool_queued(wait=wait)
         spool = self._sending_spool()
         if spool is not None and self.clock() >= self._retry_at:
-            seq = spool.first()
-            if seq is not None:
-                self._send_one(spool, seq)
+            self._send_window(spool)
         self.watch.check(self.clock())
 
     def _spool_queued(self, wait: float) -> None:
@@ -277,42 +289,56 @@ class EventSender:
             self._socket.close(linger=0)
             self._socket = None
 
-    def _send_one(self, spool: Spool, seq: int) -> None:
-        try:
-            event = msgpack.unpackb(spool.read(seq), raw=False)
-            frame = protocol.encode("event", event)
-        except FileNotFoundError:
-            LOG.error("glance-sync: spooled event %s of %s vanished; skipped", seq, spool.dir)
-            spool.remove(seq)
-            return
-        except (ValueError, TypeError, msgpack.UnpackException, ProtocolError) as exc:
-            LOG.error("glance-sync: dropping unsendable spooled event %s of %s: %s", seq, spool.dir, exc)
-            spool.remove(seq)
-            return
+    def _send_window(self, spool: Spool) -> None:
+        """Send the oldest events in order, keeping up to ``SEND_WINDOW`` of them unacked, and take their replies.
+
+        Each acked event leaves the outbox's index at once (its file when the round ends,
+        so that the unlinks do not wait behind the coordinator's fsyncs on a shared
+        disk); once half the window is acked the
+        next events go out together, so the coordinator has several waiting when its
+        commit ends.  A round sends at
+        most ``ROUND_EVENTS`` (then the queue from the request path is spooled).  On
+        silence or a transient error the socket is replaced (late replies die with
+        it) and, after a backoff, whatever is unacked is sent again, oldest first;
+        the coordinator recognises resends.
+        """
         sent_at = self.clock()
+        window = Window(spool)
         try:
             sock = self._socket_now()
-            sock.send(frame, zmq.NOBLOCK)
-            outcome = self._await_reply(sock, event["event_id"])
+            self._top_up(sock, window)
+            outcome = self._await_replies(sock, window) if window.outstanding else "done"
         except (zmq.ZMQError, GlanceSyncError) as exc:
             LOG.warning("glance-sync: cannot reach coordinator at %s: %s", self.coordinators, exc)
             outcome = "retry"
+        finally:
+            spool.purge()  # the files of the events answered, now that none is in flight
         if outcome == "done":
-            spool.remove(seq)
-            self.backoff.reset()
-            self.watch.acked(self.clock())
+            if window.sent:
+                self._window = SEND_WINDOW
+                self.backoff.reset()
+                self.watch.acked(self.clock())
             return
         self.watch.unacked(sent_at, self.clock())
         self._drop_socket()
         # The next coordinator of a pair at once; a backoff once each of them was tried.
         delay = self.backoff.next_delay() if self.coordinators.advance() else 0.0
         self._retry_at = self.clock() + delay
-        LOG.debug("glance-sync: no ack for %s, retry at %s in %.1fs", event["event_id"], self.coordinators, delay)
+        LOG.debug("glance-sync: %d event(s) not acked, retry at %s in %.1fs", len(window.outstanding),
+                  self.coordinators, delay)
 
-    def _await_reply(self, sock: zmq.Socket, event_id: str) -> str:
-        """'done' (acked or refused for good) or 'retry' (silence, transient error)."""
+    def _top_up(self, sock: zmq.Socket, window: Window) -> None:
+        window.fill(sock, min(self._window - len(window.outstanding), ROUND_EVENTS - window.sent))
+
+    def _await_replies(self, sock: zmq.Socket, window: Window) -> str:
+        """'done' once every event sent is acked or refused for good, 'retry' on silence or a transient error.
+
+        Silence is ``ack_timeout`` without any reply: the coordinator acks a window over
+        one or a few loop iterations, each reply shows it is making progress.
+        """
+        outstanding = window.outstanding
         deadline = self.clock() + self.ack_timeout
-        while not self._stop.is_set():
+        while outstanding and not self._stop.is_set():
             left = deadline - self.clock()
             if left <= 0 or not sock.poll(int(min(left, _IDLE_WAIT) * 1000) + 1):
                 if left <= 0:
@@ -323,13 +349,33 @@ class EventSender:
             except ProtocolError as exc:
                 LOG.warning("glance-sync: bad reply from coordinator: %s", exc)
                 continue
-            if msg.type == "event_ack" and msg.body["event_id"] == event_id:
-                return "done"
-            if msg.type == "error":
-                code, reason = msg.body["code"], msg.body["reason"]
-                if code in TRANSIENT_ERROR_CODES:
-                    LOG.warning("glance-sync: coordinator cannot take event %s now: %s %s", event_id, code, reason)
+            deadline = self.clock() + self.ack_timeout
+            if msg.type == "event_ack" and window.acked(msg.body["event_id"]):
+                self.watch.acked(self.clock())  # a silence is over at its first ack
+                if len(outstanding) <= self._window // 2:  # in bursts: one commit takes many
+                    self._top_up(sock, window)
+            elif msg.type == "error":
+                if not self._refused(msg, window):
                     return "retry"
-                LOG.error("glance-sync: coordinator refused event %s for good (%s: %s); dropped", event_id, code, reason)
-                return "done"
-        return "retry"
+                self._top_up(sock, window)
+        return "done" if not outstanding else "retry"
+
+    def _refused(self, msg: protocol.Message, window: Window) -> bool:
+        """An ``error`` reply: the event it names is dropped when refused for good (True); False: retry."""
+        code, reason, ref = msg.body["code"], msg.body["reason"], msg.body.get("ref")
+        if code in TRANSIENT_ERROR_CODES:
+            LOG.warning("glance-sync: coordinator cannot take events now: %s %s", code, reason)
+            return False
+        if ref not in window.outstanding:
+            if len(window.outstanding) > 1:
+                # Which event it refuses is unknown: send again one at a time, where a reply
+                # can only be about the one event in flight.
+                LOG.warning("glance-sync: coordinator refused an event (%s: %s); resending one at a time",
+                            code, reason)
+                self._window = 1
+                return False
+            ref = next(iter(window.outstanding))
+        LOG.error("glance-sync: coordinator refused event %s for good (%s: %s); dropped", window.outstanding[ref][1],
+                  code, reason)
+        window.refused(ref)  # after the log line: whoever sees the outbox empty finds it logged
+        return True

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -215,6 +216,7 @@ class Spool(_Locked):
         self._index: collections.OrderedDict[int, int] = collections.OrderedDict(index)
         self._bytes = sum(self._index.values())
         self._next_seq = (index[-1][0] + 1) if index else 1
+        self._forgotten: list[tuple[int, int]] = []  # (seq, size) whose files ``purge`` removes
         self._mutex = threading.Lock()  # the index
         self._put_lock = threading.Lock()  # puts in sequence order
 
@@ -280,6 +282,11 @@ class Spool(_Locked):
         with self._mutex:
             return next(iter(self._index), None)
 
+    def oldest(self, count: int, after: int = 0) -> list[int]:
+        """The sequences of the ``count`` oldest pending events above ``after``, oldest first."""
+        with self._mutex:
+            return list(itertools.islice(itertools.dropwhile(lambda seq: seq <= after, self._index), count))
+
     def read(self, seq: int) -> bytes:
         return self._name(seq).read_bytes()
 
@@ -292,6 +299,31 @@ class Spool(_Locked):
             self._bytes -= size
         self.usage.release(size, lambda: self._name(seq).unlink(missing_ok=True))
 
+    def forget(self, seq: int) -> None:
+        """Take an event off the pending index now; its file goes at the next ``purge``.
+
+        The sender forgets each event as its ack comes and purges once no event is in
+        flight, so that unlinks do not contend with the coordinator's commits for the
+        disk.  A crash in between leaves the file: the event is sent again and the
+        coordinator, which knows its id, acks it again.
+        """
+        with self._mutex:
+            size = self._index.pop(seq, None)
+            if size is not None:
+                self._bytes -= size
+                self._forgotten.append((seq, size))
+
+    def purge(self) -> None:
+        """Remove the files of the forgotten events (one update of the shared count)."""
+        with self._mutex:
+            gone, self._forgotten = self._forgotten, []
+        if gone:
+            def disappear() -> None:
+                for seq, _size in gone:
+                    self._name(seq).unlink(missing_ok=True)
+
+            self.usage.release(sum(size for _seq, size in gone), disappear)
+
     def pending(self) -> list[Path]:
         """Paths of the pending events, oldest first (from the index: for tests and tools)."""
         with self._mutex:
@@ -301,6 +333,7 @@ class Spool(_Locked):
         """Let go of the directory: removed when empty, else left for another worker to adopt."""
         if self.fd < 0:
             return
+        self.purge()
         if not self._index:
             with contextlib.suppress(OSError):
                 for leftover in self.dir.glob(_TMP_PREFIX + "*"):

@@ -245,10 +245,18 @@ class TaskStateMixin:
         return found
 
     @retry_on_deadlock
-    def assign(self, task_id: str, agent_id: str, now: float, lease_expires: float) -> TaskRow:
-        """Hand a pending task to an agent: attempt + 1, leased until ``lease_expires``."""
+    def assign(self, task_id: str, agent_id: str, now: float, lease_expires: float,
+               known: TaskRow | None = None) -> TaskRow:
+        """Hand a pending task to an agent: attempt + 1, leased until ``lease_expires``.
+
+        ``known``: the task's row as the caller just read it (``dispatchable``), so it is not
+        read again; the compare-and-set still checks that it is pending at that attempt.
+        """
         with self.transaction() as conn:
-            task = self._current(conn, task_id, None, [S.PENDING])
+            if known is not None and known.task_id == task_id and known.state == S.PENDING:
+                task = dataclasses.replace(known)
+            else:
+                task = self._current(conn, task_id, None, [S.PENDING])
             self._set_task(conn, task, S.ASSIGNED, now, attempt=task.attempt + 1, agent_id=agent_id,
                            lease_expires=lease_expires, bytes_done=0, last_error=None)
         return dataclasses.replace(task, state=S.ASSIGNED, attempt=task.attempt + 1, agent_id=agent_id,

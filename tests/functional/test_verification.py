@@ -135,3 +135,5 @@ def test_a_region_hashing_with_another_algorithm_is_verified_and_registered(
     assert regional["os_hash_algo"] == "sha256" and regional["checksum"] == image.md5
     urls = [loc["url"] for loc in topology.cascading.client().images.get(image.id)["locations"]]
     assert protocol.cascaded_url(region, image.id) in urls, urls
+    # The real glance-api answered the listing by id (``id=in:``): the copy was read that way.
+    assert f"region {region}: 1 of 1 regional image(s) read with one listing" in sync.coordinator_log()

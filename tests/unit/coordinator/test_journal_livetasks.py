@@ -74,3 +74,17 @@ def test_a_savepoint_that_fails_drops_what_it_wrote(journal: Journal) -> None:
         # The done rolled back with its savepoint: the task is transferring, not registering.
         assert journal.held_task(first).state.value == "transferring"
     assert journal.task(first).state.value == "transferring"
+
+
+def test_assign_takes_the_row_dispatch_read_and_still_refuses_a_stale_one(journal: Journal) -> None:
+    [task_id] = plan_copies(journal, IMAGE_ID, ["RegionOne"], "e1")
+    journal.lapsed(NOW)  # the lease table is read
+    [pending] = journal.dispatchable("RegionOne", NOW)
+    count = Statements(journal)
+    task = journal.assign(task_id, "a", NOW, NOW + 10, pending)
+    assert task.attempt == 1 and task.state.value == "assigned"
+    assert "SELECT" not in _kinds(count)
+    # The same (now stale) row again: the compare-and-set finds attempt 1, not 0.
+    with pytest.raises(StaleAttempt):
+        journal.assign(task_id, "b", NOW, NOW + 10, pending)
+    assert journal.task(task_id).agent_id == "a"

@@ -101,8 +101,9 @@ def test_sender_warns_once_when_the_coordinator_stays_silent_and_says_when_it_an
             s.ack_timeout = 3600.0  # fake seconds: the clock stands still while the real ack comes
             stepper = threading.Thread(target=s.step)
             stepper.start()
-            ident, msg = coord.recv()
-            coord.ack(ident, msg)
+            first, second = coord.recv(), coord.recv()  # both events are in flight
+            coord.ack(*first)  # the silence is over at the first ack, one event still unacked
+            coord.ack(*second)
             stepper.join(10)
             assert not stepper.is_alive()
         finally:
