@@ -155,7 +155,7 @@ def list_images(client: Any, full: Callable[[str], bool] | None = None,
                 others: bool = True) -> dict[str, dict[str, Any]]:
     """Image id -> record of every image of a glance (paged by glanceclient), hidden ones included.
 
-    With ``full``, only the images it accepts keep their whole record; the others keep
+    With ``full``, only the images it accepts (and queued ones) keep their whole record; the others keep
     their id and status (``others``) or are left out: a pass compares whole records
     only of the images the journal can judge, and at 100,000 images the rest would
     cost hundreds of MB.
@@ -168,7 +168,9 @@ def list_images(client: Any, full: Callable[[str], bool] | None = None,
                 # Ids become URLs and journal keys: only glance's own form is let in.
                 LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))
                 continue
-            if full is None or full(image["id"]):
+            # A queued image may be a snapshot whose events were lost (queued_snapshot needs its
+            # locations); queued images are few, the ones being created.
+            if full is None or full(image["id"]) or image.get("status") == "queued":
                 found[image["id"]] = glance.image_to_dict(image)
             elif others:
                 found[image["id"]] = {"id": image["id"], "status": image.get("status")}
