@@ -14,26 +14,13 @@ from tests.unit.agent.test_pool import _FakeContext
 from tests.unit.agent.test_sftp_openssh import STORE as SSH_STORE
 from tests.unit.agent.test_sftp_openssh import fake_sftp
 from tests.unit.agent.test_transfer import DATA, STORE, _Client, _Remote, _Sftp, image_of
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
+from tests.unit.fakeclock import FakeClock
 
 # -- the limiter ---------------------------------------------------------------------------
 
 
 def test_without_burst_n_bytes_take_at_least_n_over_rate():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limit = ratelimit.RateLimit(1000.0, clock=clock, sleep=clock.sleep)
     for _ in range(10):
         limit.take(500)
@@ -41,7 +28,7 @@ def test_without_burst_n_bytes_take_at_least_n_over_rate():
 
 
 def test_a_slow_reader_is_not_slowed_further_and_idle_time_buys_at_most_the_burst():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limit = ratelimit.RateLimit(1000.0, burst=200.0, clock=clock, sleep=clock.sleep)
     assert limit.take(200) == 0.0  # the initial burst
     clock.now += 10.0  # a reader busy elsewhere for 10 s: 10,000 tokens earned, only 200 kept
@@ -50,7 +37,7 @@ def test_a_slow_reader_is_not_slowed_further_and_idle_time_buys_at_most_the_burs
 
 
 def test_over_any_interval_at_most_burst_plus_rate_times_t_pass():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     limit = ratelimit.RateLimit(2000.0, burst=1000.0, clock=clock, sleep=clock.sleep)
     passed = 0
     for size in [300, 5000, 17, 900, 4096, 1, 2500] * 5:
@@ -66,13 +53,13 @@ def test_a_rate_must_be_positive():
 
 
 def test_paced_progress_waits_for_the_bytes_past_the_resumed_prefix_only():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     seen: list[tuple[int, int]] = []
     report = ratelimit.paced(lambda d, t: seen.append((d, t)), 1000.0, start=5000, clock=clock, sleep=clock.sleep)
     report(5500, 9000)
     report(7000, 9000)
     assert seen == [(5500, 9000), (7000, 9000)]
-    assert sum(clock.slept) == pytest.approx(2.0)  # 2,000 new bytes, not 7,000
+    assert sum(clock.sleeps) == pytest.approx(2.0)  # 2,000 new bytes, not 7,000
 
 
 def test_no_rate_leaves_progress_untouched():
