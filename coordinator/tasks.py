@@ -129,12 +129,11 @@ class TaskDesk:
         self._routes.pop(task_id, None)
         self.sourcing.drop(task_id)
 
-    def _route(self, session: Session, task: TaskRow, now: float) -> bool:
-        """Choose the sources of a copy (kept for its send); False: every source is busy, the task waits."""
+    def _route(self, session: Session, task: TaskRow, now: float, online: set[str]) -> bool:
+        """Choose a copy's sources (kept for its send) among ``online`` regions; False: all busy, it waits."""
         source = task.payload.get("source")
         if task.kind != "copy" or not isinstance(source, dict) or source.get("region") is not None:
             return True  # a snapshot's copy reads from the region that made it, not along the tree
-        online = {s.region for s in self.agents.online()}  # a holder whose agent is gone is skipped
         ready, soon = ([r for r in found if r in online]
                        for found in self.sourcing.holders(task.image_id, now, self.journal.cache_holders))
         order = self.sourcing.choose(task.task_id, task.image_id, task.region, ready,
@@ -157,6 +156,7 @@ class TaskDesk:
         # Copies may wait for a source: look further down each queue than the credits reach.
         wants = {region: sum(s.credits for s in group) * self.sourcing.lookahead for region, group in by_region.items()}
         picked = []
+        online = {s.region for s in self.agents.online()}  # once per pick, not once per copy
         for region, pending in self.journal.dispatchable_by_region(wants, now).items():
             left = {s.routing_id: s.credits for s in by_region[region]}
             turn = 0
@@ -165,7 +165,7 @@ class TaskDesk:
                 if not group:
                     break
                 session = group[turn % len(group)]
-                if not self._route(session, task, now):
+                if not self._route(session, task, now, online):
                     continue
                 turn += 1
                 left[session.routing_id] -= 1
