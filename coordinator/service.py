@@ -83,7 +83,7 @@ class Service:
                              c.max_sessions_per_key, c.max_sessions_per_region)
         self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy, RegistrationRetry(
             c.registration_retry_backoff, c.max_registration_retry_backoff, c.registration_retry_horizon),
-            Sourcing(c.max_source_fanout, storemap.peers))
+            Sourcing(c.max_source_fanout, storemap.peers, chain=c.chain_sources))
         self.started_at = time.time()
         self.now = self.started_at
         self.agent_sock: zmq.Socket | None = None

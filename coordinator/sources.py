@@ -1,7 +1,9 @@
 """Where each copy fetches its bytes from: an image's distribution as a tree (doc/peers.md).
 
 The cascading store is the root; a region that holds a verified copy in its
-agent's cache is a source too.  Each source serves at most ``fanout`` copies of
+agent's cache is a source too, and so, with ``[coordinator] chain_sources``, is a
+region whose own copy is still running: its agent relays the prefix it has
+(a *chain* source, :class:`Relay` in a plan).  Each source serves at most ``fanout`` copies of
 one image at a time (``[coordinator] max_source_fanout``; 0: no limit), so the
 store sends an image ``fanout`` times and the regions that got it feed the rest.
 
@@ -19,7 +21,7 @@ turns a choice into the wire's ``task.sources``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from glancesync import protocol
 
@@ -35,20 +37,37 @@ HOLDERS_TTL = 1.0
 LOOKAHEAD = 4
 
 
+class Relay(str):
+    """A region named as a source while its own copy runs: the fetcher follows its growing file."""
+
+
+class Flow(NamedTuple):
+    """A copy handed out: its image, its first source, its region, whether that region relays it."""
+
+    image_id: str
+    source: str | None
+    region: str
+    relays: bool = False
+
+
 def plan(region: str, holders: Sequence[str], busy: Mapping[str | None, int], fanout: int,
-         fallbacks: int = FALLBACK_PEERS, store_first: bool = False, soon: int = 0) -> list[str | None] | None:
+         fallbacks: int = FALLBACK_PEERS, store_first: bool = False, soon: int = 0,
+         runners: Sequence[str] = ()) -> list[str | None] | None:
     """The sources ``region`` tries for one image, in order; None: wait, every source is at its fanout.
 
     ``holders``: regions holding a verified copy, earliest first; ``busy``: copies of
     the image each source serves now.  Once a peer holds the image the store is only
     the last fallback, so the store sends the image about ``fanout`` times in all.
-    The fallbacks (a few other holders, then the store) are not counted: they serve
+    The fallbacks (a few other peers, then the store) are not counted: they serve
     only when the first choice fails.  ``store_first`` (a retry: the last attempt
     may have failed on a peer's bytes) asks the store first, peers after.  ``soon``:
     regions whose cached copy is being registered; rather than the store, the copy
-    waits for them (a few seconds).
+    waits for them (a few seconds).  ``runners``: regions whose copy runs and is
+    relayed, earliest first; one is chosen (a :class:`Relay`) only where the copy
+    would otherwise wait, so the store still serves its ``fanout`` first copies.
     """
     peers = [name for name in holders if name != region]
+    relays = [Relay(name) for name in runners if name != region and name not in peers]
 
     def free(source: str | None) -> bool:
         return fanout <= 0 or busy.get(source, 0) < fanout
@@ -57,24 +76,28 @@ def plan(region: str, holders: Sequence[str], busy: Mapping[str | None, int], fa
         return [STORE, *peers[:fallbacks]] if free(STORE) else None
 
     ready = sorted((name for name in peers if free(name)), key=lambda name: busy.get(name, 0))
-    if ready:
-        first = ready[0]
-        rest = [name for name in peers if name != first][:fallbacks]
-        return [first, *rest, STORE]
-    if peers or soon or not free(STORE):
+    if not ready and not peers and not soon and free(STORE):
+        return [STORE]
+    if not ready:
+        ready = sorted((name for name in relays if free(name)), key=lambda name: busy.get(name, 0))
+    if not ready:
         return None
-    return [STORE]
+    first = ready[0]
+    rest = [name for name in [*peers, *relays] if name != first][:fallbacks]
+    return [first, *rest, STORE]
 
 
 class Sourcing:
     """The copies in flight per (image, source), and the sources a task is handed."""
 
-    def __init__(self, fanout: int, peer_regions: Iterable[str]) -> None:
+    def __init__(self, fanout: int, peer_regions: Iterable[str], chain: bool = False) -> None:
         self.fanout = fanout
         # Regions whose glance_store.yaml entry says how to reach their cache (a ``peer:``).
         self.peer_regions = frozenset(peer_regions)
-        # task_id -> (image_id, primary source) of copies handed out.
-        self.flows: dict[str, tuple[str, str | None]] = {}
+        # [coordinator] chain_sources: running copies of relaying agents serve too.
+        self.chain = chain
+        # task_id -> the copy handed out.
+        self.flows: dict[str, Flow] = {}
         self.lookahead = LOOKAHEAD if fanout > 0 else 1
         # image_id -> (read at, (holders, soon)) from the journal.
         self._holders: dict[str, tuple[float, tuple[list[str], list[str]]]] = {}
@@ -101,33 +124,60 @@ class Sourcing:
         source, and a stale read would hand its freed store slot to the next copy.
         """
         for task_id in [t for t in self.flows if not held(t)]:
-            image_id, _ = self.flows.pop(task_id)
-            self._holders.pop(image_id, None)
+            flow = self.flows.pop(task_id)
+            self._holders.pop(flow.image_id, None)
 
     def busy(self, image_id: str) -> dict[str | None, int]:
         counts: dict[str | None, int] = {}
-        for image, source in self.flows.values():
-            if image == image_id:
-                counts[source] = counts.get(source, 0) + 1
+        for flow in self.flows.values():
+            if flow.image_id == image_id:
+                counts[flow.source] = counts.get(flow.source, 0) + 1
         return counts
 
     def serving(self, region: str) -> list[str]:
         """Image ids other regions fetch from ``region`` now (its agent must not evict them)."""
-        return sorted({image for image, source in self.flows.values() if source == region})
+        return sorted({flow.image_id for flow in self.flows.values() if flow.source == region})
+
+    def runners(self, image_id: str, region: str) -> list[str]:
+        """Regions relaying their running copy of ``image_id`` that ``region`` may follow.
+
+        A region whose copy is fed, through any number of links, by ``region`` is left
+        out: two copies following each other would only wait for each other.
+        """
+        flows = [f for f in self.flows.values() if f.image_id == image_id]
+        upstream = {f.region: f.source for f in flows}
+        found = []
+        for flow in flows:
+            if not flow.relays or flow.region == region or flow.region not in self.peer_regions:
+                continue
+            seen, link = set(), flow.source
+            while link is not None and link != region and link not in seen:
+                seen.add(link)
+                link = upstream.get(link)
+            if link != region and flow.region not in found:
+                found.append(flow.region)
+        return found
 
     def choose(self, task_id: str, image_id: str, region: str, holders: Sequence[str],
                understands_sources: bool, retried: bool = False,
-               soon: Sequence[str] = ()) -> list[str | None] | None:
+               soon: Sequence[str] = (), features: Iterable[str] = ()) -> list[str | None] | None:
         """The order of sources for one copy, counted as in flight from its first; None: wait.
 
         An agent without the "sources" feature can only fetch from the store: it
-        waits for the store like the first copies do.
+        waits for the store like the first copies do.  Only an agent with the
+        "follow" feature is given a running copy to follow; only one with "chain"
+        relays its own running copy to the next regions.
         """
+        features = frozenset(features)
         usable = [name for name in holders if name in self.peer_regions] if understands_sources else []
         coming = [name for name in soon if name in self.peer_regions and name != region] if understands_sources else []
-        order = plan(region, usable, self.busy(image_id), self.fanout, store_first=retried, soon=len(coming))
+        follows = understands_sources and self.chain and protocol.FEATURE_FOLLOW in features
+        running = self.runners(image_id, region) if follows else []
+        order = plan(region, usable, self.busy(image_id), self.fanout, store_first=retried, soon=len(coming),
+                     runners=running)
         if order is not None:
-            self.flows[task_id] = (image_id, order[0])
+            relays = self.chain and protocol.FEATURE_CHAIN in features
+            self.flows[task_id] = Flow(image_id, None if order[0] is None else str(order[0]), region, relays)
         return order
 
     def drop(self, task_id: str) -> None:
@@ -135,8 +185,10 @@ class Sourcing:
 
 
 def wire_sources(order: Sequence[str | None], store_source: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``task.sources`` for ``order``: peers by region, the store as the task's own sftp source."""
-    return [dict(store_source) if name is STORE else {"type": "peer", "region": name} for name in order]
+    """``task.sources`` for ``order``: peers by region (a running copy ``growing``), the store as the task's own source."""
+    return [dict(store_source) if name is None
+            else {"type": "peer", "region": str(name), "growing": True} if isinstance(name, Relay)
+            else {"type": "peer", "region": name} for name in order]
 
 
 def source_name(name: str | None) -> str:

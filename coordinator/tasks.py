@@ -137,7 +137,8 @@ class TaskDesk:
         ready, soon = ([r for r in found if r in online]
                        for found in self.sourcing.holders(task.image_id, now, self.journal.cache_holders))
         order = self.sourcing.choose(task.task_id, task.image_id, task.region, ready,
-                                     FEATURE_SOURCES in session.features, retried=task.retries > 0, soon=soon)
+                                     FEATURE_SOURCES in session.features, retried=task.retries > 0, soon=soon,
+                                     features=session.features)
         if order is not None:
             self._routes[task.task_id] = order
         return order is not None

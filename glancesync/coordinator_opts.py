@@ -241,6 +241,19 @@ coordinator_opts = [
         "fetches at once, from the store unless a region already holds the image "
         "(doc/peers.md).",
     ),
+    cfg.BoolOpt(
+        "chain_sources",
+        default=True,
+        help="Let a region whose own copy of an image is still running serve it to the next "
+        "region: its agent relays the prefix it has received while it receives the rest, so "
+        "with max_source_fanout copies per source the regions form chains and every region "
+        "gets the image in about one transfer time instead of log2(regions) + 1. A running "
+        "copy is chosen only when the store and every region holding the image are at their "
+        "fanout, and only from agents that announce it (a cache_dir on the work_dir's file "
+        "system). Every byte is verified against the cascading image whatever its source, and "
+        "a source that stops falls back to the next (at last the store), keeping the bytes "
+        "already received. Has no effect with max_source_fanout = 0 (doc/peers.md).",
+    ),
 ]
 
 DEFAULT_CONNECTION = "sqlite:////var/lib/glance-sync/journal.sqlite"

@@ -124,9 +124,10 @@ EVENT_KINDS = ("created", "uploaded", "imported", "updated", "deactivated", "rea
 STATUS_VIEWS = ("summary", "image")
 OPERATOR_ACTIONS = ("cancel", "resync_failed", "sync")
 PROGRESS_PHASES = ("fetching", "uploading", "registering")  # what a copy's progress bytes count
-# hello.features: "sources" = the agent reads task.sources (peers, fallback, doc/peers.md).
-FEATURE_SOURCES = "sources"
-AGENT_FEATURES = (FEATURE_SOURCES,)
+# hello.features: "sources" = the agent reads task.sources (peers, fallback, doc/peers.md); "follow" =
+# it reads a peer's growing copy ("growing" sources); "chain" = its cache relays its own running copies.
+FEATURE_SOURCES, FEATURE_FOLLOW, FEATURE_CHAIN = "sources", "follow", "chain"
+AGENT_FEATURES = (FEATURE_SOURCES, FEATURE_FOLLOW)
 # done.fetched_from when the bytes came from the cascading store.
 SOURCE_STORE = "cascading"
 # Sources in one task: a first choice, a few fallbacks, the cascading store.
@@ -238,7 +239,8 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "source": Field(_MAP, required=False, nullable=True),
         # The sources to try in order, for agents with the "sources" feature: the first is
         # the coordinator's choice, the next ones are fallbacks, the last is the cascading
-        # store (``source``).  A peer: {"type": "peer", "region": <region holding a copy>}.
+        # store (``source``).  A peer: {"type": "peer", "region": <region holding a copy>}, with
+        # "growing": true when that region's copy still runs (agents with "follow").
         "sources": Field(_LIST, required=False, nullable=True, check=wirefields.sources(MAX_SOURCES)),
         # The members of a shared cascading image, [{"member_id", "status"}], for copy and
         # update tasks; absent when the image is not shared or the coordinator is older.

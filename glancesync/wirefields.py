@@ -152,8 +152,10 @@ def sources(limit: int) -> Callable[[Any], bool]:
                     return False
             elif not (isinstance(item.get("region"), str) and name(item["region"])):
                 return False
+            elif not isinstance(item.get("growing", False), bool):
+                return False
         return True
 
     check.__doc__ = (f"a list of 1 to {limit} sources, each {{type: sftp, path: /absolute}} "
-                     "or {type: peer, region: name}")
+                     "or {type: peer, region: name, growing: optional bool}")
     return check

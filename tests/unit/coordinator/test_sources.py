@@ -127,3 +127,66 @@ def test_a_finished_copy_makes_its_images_holders_read_again() -> None:
     sourcing.prune(lambda task_id: False)  # t1 done, within the TTL of the first read
     holders, soon = sourcing.holders(IMAGE, 100.1, read)
     assert sourcing.choose("t2", IMAGE, "R2", holders, True, soon=soon) == ["R1", STORE]
+
+
+CHAINED = frozenset({"sources", "follow", "chain"})
+
+
+def test_a_running_copy_serves_only_where_the_copy_would_wait() -> None:
+    # The store is free: it serves, however many runners there are.
+    assert plan("R2", [], {}, fanout=1, runners=["R1"]) == [STORE]
+    # The store is at its fanout: the running copy of R1 serves, the store stays the last fallback.
+    order = plan("R2", [], {STORE: 1}, fanout=1, runners=["R1"])
+    assert order == ["R1", STORE] and isinstance(order[0], sources.Relay)
+    # A holder below its fanout is preferred to any running copy.
+    assert plan("R3", ["R1"], {STORE: 1}, fanout=1, runners=["R2"]) == ["R1", "R2", STORE]
+    # Holders at their fanout: a running copy rather than waiting.
+    assert plan("R3", ["R1"], {"R1": 1, STORE: 1}, fanout=1, runners=["R2"]) == ["R2", "R1", STORE]
+    # Every runner at its fanout too: wait.
+    assert plan("R3", [], {STORE: 1, "R2": 1}, fanout=1, runners=["R2"]) is None
+    # A retry is store first and never follows a running copy.
+    assert plan("R3", [], {}, fanout=1, store_first=True, runners=["R2"]) == [STORE]
+
+
+def test_with_fanout_one_regions_form_a_chain_from_the_store() -> None:
+    """The functional test's shape: R1 from the store, R2 follows R1, R3 follows R2, all at once."""
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"], chain=True)
+    assert sourcing.choose("t1", IMAGE, "R1", [], True, features=CHAINED) == [STORE]
+    assert sourcing.choose("t2", IMAGE, "R2", [], True, features=CHAINED) == ["R1", STORE]
+    assert sourcing.choose("t3", IMAGE, "R3", [], True, features=CHAINED) == ["R2", "R1", STORE]
+    wire = wire_sources(sourcing.choose("t4", IMAGE, "R4", [], True, features=CHAINED) or [], {})
+    assert wire == [{"type": "peer", "region": "R3", "growing": True},
+                    {"type": "peer", "region": "R1", "growing": True},
+                    {"type": "peer", "region": "R2", "growing": True}, {}]
+    assert sourcing.busy(IMAGE) == {STORE: 1, "R1": 1, "R2": 1, "R3": 1}
+    assert sourcing.serving("R2") == [IMAGE]
+
+
+def test_chaining_needs_the_option_and_the_agents_features() -> None:
+    off = Sourcing(fanout=1, peer_regions=["R1", "R2"], chain=False)
+    off.choose("t1", IMAGE, "R1", [], True, features=CHAINED)
+    assert off.choose("t2", IMAGE, "R2", [], True, features=CHAINED) is None
+    # R1's agent does not relay its running copy: nobody follows it.
+    quiet = Sourcing(fanout=1, peer_regions=["R1", "R2"], chain=True)
+    quiet.choose("t1", IMAGE, "R1", [], True, features={"sources", "follow"})
+    assert quiet.choose("t2", IMAGE, "R2", [], True, features=CHAINED) is None
+    # R2's agent cannot follow a growing file: it waits for the store or a holder.
+    relaying = Sourcing(fanout=1, peer_regions=["R1", "R2"], chain=True)
+    relaying.choose("t1", IMAGE, "R1", [], True, features=CHAINED)
+    assert relaying.choose("t2", IMAGE, "R2", [], True, features={"sources", "chain"}) is None
+    # A region without a peer: entry relays nothing.
+    nopeer = Sourcing(fanout=1, peer_regions=["R2"], chain=True)
+    nopeer.choose("t1", IMAGE, "R1", [], True, features=CHAINED)
+    assert nopeer.choose("t2", IMAGE, "R2", [], True, features=CHAINED) is None
+
+
+def test_a_region_never_follows_a_copy_it_feeds() -> None:
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"], chain=True)
+    sourcing.choose("t1", IMAGE, "R1", [], True, features=CHAINED)
+    sourcing.choose("t2", IMAGE, "R2", [], True, features=CHAINED)
+    sourcing.choose("t3", IMAGE, "R3", [], True, features=CHAINED)
+    sourcing.drop("t1")  # R1's copy failed; its retry must not follow R2 or R3, fed by R1
+    assert sourcing.runners(IMAGE, "R1") == []
+    assert sourcing.runners(IMAGE, "R4") == ["R2", "R3"]
+    sourcing.choose("t1b", IMAGE, "R1", [], True, retried=True, features=CHAINED)
+    assert sourcing.flows["t1b"].source is STORE
