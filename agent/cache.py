@@ -15,6 +15,15 @@ it fits; a file that cannot fit is not admitted.  Never evicted:
 
 Workers of one agent admit concurrently: admission and eviction run under an
 exclusive ``flock`` of ``.lock`` in the directory.
+
+A copy still running is *relayed* (chained distribution): its ``.part`` is
+hard-linked as ``.growing.<image id>`` while it grows, so a peer can follow it
+(agent/growing.py).  That name is a dot-name, so never an entry, never evicted and
+never confused with a finished file; it costs no space of its own (the same
+inode as the ``.part``, which is why relaying needs ``cache_dir`` and ``work_dir``
+on one file system), and it goes when the copy ends, whatever the outcome (a
+verified file is admitted under its own name before).  Names left by an agent
+that died are removed when the next one starts (``clear_relays``).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from glancesync import untrusted
 LOG = logging.getLogger(__name__)
 
 PIN_FILE = ".serving"
+RELAY_PREFIX = ".growing."
 LOCK_FILE = ".lock"
 # Cache files are read by the region's SFTP account: the agent's group (doc/peers.md).
 FILE_MODE = 0o640
@@ -58,6 +68,41 @@ class Cache:
 
     def holds(self, image_id: str) -> bool:
         return os.path.isfile(self.path(image_id))
+
+    def relay_path(self, image_id: str) -> str:
+        return os.path.join(self.root, relay_name(self.path(image_id)))
+
+    def can_relay(self, work_dir: str | None) -> bool:
+        """Whether running copies in ``work_dir`` can be relayed: one file system, so a hard link."""
+        try:
+            return work_dir is not None and os.stat(self.root).st_dev == os.stat(work_dir).st_dev
+        except OSError:
+            return False
+
+    def relay(self, image_id: str, part: str) -> None:
+        """Let peers follow ``part`` (the running copy's file) as ``.growing.<image_id>``, replacing a stale one."""
+        final = self.relay_path(image_id)
+        tmp = f"{final}.{os.getpid()}"
+        os.chmod(part, FILE_MODE)  # the peer account reads through the group, as for cached files
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.link(part, tmp)
+        os.replace(tmp, final)
+
+    def unrelay(self, image_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.relay_path(image_id))
+
+    def clear_relays(self) -> None:
+        """Remove every relay name: at start, no copy of ours runs."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(RELAY_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.root, name))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -154,7 +199,13 @@ class Cache:
         return True
 
     def remove(self, image_id: str) -> None:
-        """Drop an image's file (the image was deleted in the region)."""
+        """Drop an image's file (the image was deleted in the region), and its relay."""
         with self._locked():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path(image_id))
+            for path in (self.path(image_id), self.relay_path(image_id)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def relay_name(path: str) -> str:
+    """The name under which the running copy of the cached file ``path`` is relayed, beside it."""
+    return RELAY_PREFIX + os.path.basename(path)

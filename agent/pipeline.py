@@ -24,6 +24,7 @@ fetched; the upload follows), ``uploading`` (the fetch is over; bytes uploaded),
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from agent import sources as peers
 from glancesync import verify as check
 from glancesync.exceptions import TransferError
 from glancesync.storemap import GlanceEndpoint, SshStore
+
+LOG = logging.getLogger(__name__)
 
 # How often the worker's thread looks at a running upload while it waits for it.
 WATCH_SECONDS = 0.5
@@ -64,6 +67,9 @@ class Copy:
     served_by: Callable[[str], None] | None = None
     # What becomes of the verified file once the region has the image (default: removed).
     retire: Callable[[str], None] | None = None
+    # Told the ``.part`` once its bytes are on their way (again after each source): the
+    # cache relays it to the regions that follow this copy (agent/cache.py).
+    relay: Callable[[str], None] | None = None
 
     def source_list(self) -> list[peers.Source]:
         if self.sources:
@@ -160,9 +166,13 @@ def copy(job: Copy, progress: Callable[[int, int], None], phase: Callable[[str],
             raise stream.Aborted(image_id, f"the upload to {job.endpoint} failed")
         progress(done, of)
 
+    def started() -> None:
+        _relay(job)
+        side.start()
+
     now.enter(FETCHING)
     try:
-        fetched, source = _fetch(job, fetched_bytes, side.start)
+        fetched, source = _fetch(job, fetched_bytes, started)
     except BaseException as exc:
         arrival.failed(exc)
         if side.thread.ident is not None:
@@ -196,6 +206,16 @@ def _fetch(job: Copy, progress: Callable[[int, int], None],
                                  on_start)
         return fetched, str(job.source_region)
     return peers.fetch_any(job.source_list(), job.image, job.dest, progress, job.ssh_timeout, job.fetch, on_start)
+
+
+def _relay(job: Copy) -> None:
+    """Let the next regions follow the ``.part``; a failure only costs them their wait (one line)."""
+    if job.relay is None:
+        return
+    try:
+        job.relay(job.dest)
+    except OSError as exc:
+        LOG.warning("image %s: the running copy cannot be relayed to other regions: %s", job.image["id"], exc)
 
 
 def _drop_if_final(error: BaseException, dest: str) -> None:

@@ -88,6 +88,10 @@ class AgentService:
         self.handed_back: dict[str, dict[str, Any]] = {}  # tasks received while draining
         self.metrics = AgentMetrics(self.region, self.agent_id, agent.healthz_max_loop_age)
         self.cache = Cache(agent.cache_dir, agent.cache_max_bytes) if agent.cache_dir else None
+        self.features = list(protocol.AGENT_FEATURES)
+        if self.cache is not None and self.cache.can_relay(getattr(getattr(pool, "discards", None), "work_dir", None)):
+            self.cache.clear_relays()  # left by an agent that died: none of our copies runs yet
+            self.features.append(protocol.FEATURE_CHAIN)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -166,7 +170,7 @@ class AgentService:
         self._send("hello", {
             "region": self.region, "agent_id": self.agent_id, "capacity": self.capacity,
             "version": __version__, "in_flight": [ref["task_id"] for ref in running], "running": running,
-            "features": list(protocol.AGENT_FEATURES),
+            "features": self.features,
         })  # fmt: skip
         LOG.info("connecting to coordinator %s as %s/%s", self.coordinators, self.region, self.agent_id)
 

@@ -1,8 +1,9 @@
 """Where a copy's bytes come from: the task's ordered sources, and falling back along them (doc/peers.md).
 
 A task from a coordinator that plans distribution trees carries ``sources``: a
-peer region holding a verified copy in its cache first, maybe other peers, and
-the cascading store last.  Older tasks carry only ``source`` (the store).  A peer
+peer region holding a verified copy in its cache first (or, ``growing``, one
+whose copy is still arriving: agent/growing.py follows it), maybe other peers,
+and the cascading store last.  Older tasks carry only ``source`` (the store).  A peer
 is named by region only; everything about reaching it comes from this agent's
 own ``glance_store.yaml`` (``regions.<name>.peer``): host, port, account, the
 cache path, and the host keys, which are written into a known_hosts file of our
@@ -27,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent import stream, transfer
+from agent import growing, stream, transfer
 from glancesync.exceptions import SourceRefused, TransferError, VerificationError
 from glancesync.protocol import SOURCE_STORE
 from glancesync.storemap import PeerSource, SshStore
@@ -44,6 +45,8 @@ class Source:
     name: str
     store: SshStore
     path: str
+    # The region's copy may still be arriving there: follow it as it grows (agent/growing.py).
+    growing: bool = False
 
 
 def known_hosts_text(peers: Mapping[str, PeerSource]) -> str:
@@ -106,7 +109,7 @@ def resolve(task: Mapping[str, Any], store: SshStore, peers: Mapping[str, PeerSo
         store_of_peer = peer_store(peer, store, known_hosts)
         path = transfer.checked_source(image_id, {"type": "sftp", "path": posixpath.join(peer.path, image_id)},
                                        store_of_peer)
-        found.append(Source(peer.region, store_of_peer, path))
+        found.append(Source(peer.region, store_of_peer, path, growing=item.get("growing") is True))
     if store_source not in found:
         found.append(store_source)
     return found
@@ -119,9 +122,10 @@ def fetch_any(sources: list[Source], image: dict[str, Any], dest: str, progress:
     image_id = str(image.get("id"))
     for index, source in enumerate(sources):
         last = index == len(sources) - 1
+        fetch = growing.fetch if source.growing else transfer.fetch
         try:
-            fetched = transfer.fetch(source.store, image, source.path, dest, progress, timeout=timeout,
-                                     options=options, on_start=on_start)
+            fetched = fetch(source.store, image, source.path, dest, progress, timeout=timeout,
+                            options=options, on_start=on_start)
         except (stream.Aborted, VerificationError):
             raise  # the upload failed, or the upload read bytes that were wrong: no source helps now
         except (TransferError, SourceRefused) as exc:

@@ -195,14 +195,21 @@ def _copy(task: dict[str, Any], settings: WorkerSettings, client: Any, progress:
     if source.region is None:  # the cascading store's image: regions holding it may serve it too
         chain = sources.resolve(task, source.store, settings.store_map.peers, settings.region, region.work_dir)
     cache = settings.cache()
+    # The running copy of a store image is relayed to the regions that follow it (doc/peers.md).
+    relays = cache is not None and source.region is None and cache.can_relay(region.work_dir)
     served: list[str] = []
     job = pipeline.Copy(source.store, image, source.path, dest, client, endpoint, settings.fetch,
                         settings.ssh_timeout, source.download, source.region, sources=tuple(chain),
                         served_by=served.append,
-                        retire=None if cache is None else lambda path: cache.admit(image["id"], path))
+                        retire=None if cache is None else lambda path: cache.admit(image["id"], path),
+                        relay=(lambda path: cache.relay(image["id"], path)) if relays else None)
     # One writer per .part for the whole attempt: fetch and upload (agent/partlock.py).
     with partlock.hold(dest, image["id"]):
-        report = _report(*_overlapped(job, progress, phase))
+        try:
+            report = _report(*_overlapped(job, progress, phase))
+        finally:
+            if relays:  # the copy is over: a follower still reading holds its open file
+                cache.unrelay(image["id"])
     report["fetched_from"] = served[-1] if served else None
     report["cached"] = cache is not None and cache.holds(image["id"])
     return report

@@ -180,7 +180,7 @@ def connect(store: SshStore, image_id: str, timeout: float) -> paramiko.SSHClien
     return client
 
 
-def _check_regular(sftp: Any, store: SshStore, image_id: str, source_path: str) -> Any:
+def check_regular(sftp: Any, store: SshStore, image_id: str, source_path: str) -> Any:
     """``lstat`` every component below ``store_dir``: directories, then a regular file, no links.
 
     ``checked_source`` only checks the path as text; the sftp server follows
@@ -204,14 +204,14 @@ def _check_regular(sftp: Any, store: SshStore, image_id: str, source_path: str) 
     return attrs
 
 
-def _hashers(algo: str, image_id: str) -> tuple[Any, Any]:
+def checked_hashers(algo: str, image_id: str) -> tuple[Any, Any]:
     try:
         return hashing.new_hashers(algo)
     except ValueError:
         raise SourceRefused(image_id=image_id, detail=f"unsupported os_hash_algo {algo!r}") from None
 
 
-def _copy(remote: Any, out: Any, start: int, total: int, sink: hashing.HashPipe, progress: ProgressFn) -> int:
+def copy_range(remote: Any, out: Any, start: int, total: int, sink: hashing.HashPipe, progress: ProgressFn) -> int:
     done = start
     while done < total:
         batch_end = min(total, done + BATCH_BYTES)
@@ -264,7 +264,7 @@ def fetch(
     on_start = on_start or (lambda: None)
     image_id = str(image.get("id"))
     algo = image.get("os_hash_algo") or DEFAULT_HASH_ALGO
-    _hashers(algo, image_id)  # refuse an unknown algorithm before connecting
+    checked_hashers(algo, image_id)  # refuse an unknown algorithm before connecting
     started = time.monotonic()
     try:
         os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
@@ -280,7 +280,7 @@ def fetch(
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             # Keeping the partial file for a resume would hold the space that ran out.
-            _discard(dest)
+            discard(dest)
             raise TransferError(
                 image_id=image_id, detail=f"work dir full writing {dest} ({exc.strerror}); partial file removed"
             ) from None
@@ -296,7 +296,7 @@ def _checked_remote(client: paramiko.SSHClient, store: SshStore, image_id: str, 
     try:
         sftp = open_sftp(client, window)
         sftp.get_channel().settimeout(timeout)
-        return sftp, _check_regular(sftp, store, image_id, source_path)
+        return sftp, check_regular(sftp, store, image_id, source_path)
     except FileNotFoundError:
         raise TransferError(image_id=image_id, detail=f"{source_path} not found on {store.host}") from None
     except PermissionError:
@@ -328,10 +328,10 @@ def _via_openssh(store: SshStore, image_id: str, algo: str, source_path: str, de
         pass  # the follower opens it before sftp writes a byte
     if resumed == total:
         on_start()
-        with hashing.HashPipe(_hashers(algo, image_id)) as sink:
+        with hashing.HashPipe(checked_hashers(algo, image_id)) as sink:
             size = hashing.rehash(dest, sink)
             return size, resumed, sink.hexdigests()
-    size, digests = sftp_openssh.run(store, image_id, remote, os.path.abspath(dest), _hashers(algo, image_id),
+    size, digests = sftp_openssh.run(store, image_id, remote, os.path.abspath(dest), checked_hashers(algo, image_id),
                                      lambda done: progress(done, total), options.idle_timeout, timeout,
                                      options.sftp_binary, on_start, ratelimit.sftp_limit(options.rate_limit))
     return size, resumed, digests
@@ -341,7 +341,7 @@ def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, d
                   timeout: float, options: FetchOptions,
                   on_start: Callable[[], None]) -> tuple[int, int, tuple[str, ...]]:
     client = connect(store, image_id, timeout)
-    sink = hashing.HashPipe(_hashers(algo, image_id))
+    sink = hashing.HashPipe(checked_hashers(algo, image_id))
     try:
         sftp, checked = _checked_remote(client, store, image_id, source_path, timeout, options.window_bytes)
         resumed = hashing.rehash(dest, sink)  # what an earlier attempt left
@@ -356,14 +356,14 @@ def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, d
             if resumed > total:
                 # Not a prefix of this source: start again.
                 sink.close()
-                sink = hashing.HashPipe(_hashers(algo, image_id))
+                sink = hashing.HashPipe(checked_hashers(algo, image_id))
                 resumed = 0
                 os.unlink(dest)
             # From here a stall is what the idle timeout is about, not the control timeout.
             sftp.get_channel().settimeout(options.idle_timeout)
             with open(dest, "ab") as out:
                 on_start()
-                size = _copy(remote, out, resumed, total, sink, ratelimit.paced(progress, options.rate_limit, resumed))
+                size = copy_range(remote, out, resumed, total, sink, ratelimit.paced(progress, options.rate_limit, resumed))
     except FileNotFoundError:
         raise TransferError(image_id=image_id, detail=f"{source_path} not found on {store.host}") from None
     except PermissionError:
@@ -379,7 +379,7 @@ def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, d
     return size, resumed, sink.hexdigests()
 
 
-def _discard(path: str) -> None:
+def discard(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:
@@ -395,5 +395,5 @@ def verify(image: dict[str, Any], fetched: Fetched) -> None:
         check.verify(check.Digest.of_record(image, "cascading image"), fetched.digest(),
                      image_id=str(image.get("id")), mismatch_retryable=True)
     except VerificationError:
-        _discard(fetched.path)
+        discard(fetched.path)
         raise

@@ -91,3 +91,44 @@ def test_too_large_is_not_admitted_and_remove(cache: Cache, tmp_path: Path) -> N
 def test_ids_only(cache: Cache) -> None:
     with pytest.raises(ValueError):
         cache.path("../etc/passwd")
+
+
+def test_a_running_copy_is_relayed_under_a_dot_name_never_evicted_and_gone_at_the_end(
+        cache: Cache, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    assert cache.can_relay(str(work)) is False  # no cache directory yet
+    os.makedirs(cache.root)
+    assert cache.can_relay(str(work)) and not cache.can_relay(str(tmp_path / "nowhere"))
+    part = work / f"{IDS[0]}.part"
+    part.write_bytes(b"a" * 100)
+    cache.relay(IDS[0], str(part))
+    relayed = Path(cache.relay_path(IDS[0]))
+    assert relayed.name == f".growing.{IDS[0]}" and os.path.samefile(relayed, part)
+    assert relayed.stat().st_mode & 0o777 == 0o640
+    with part.open("ab") as out:  # it grows: the peer sees the same file
+        out.write(b"b" * 50)
+    assert relayed.stat().st_size == 150
+    assert cache.entries() == [] and not cache.holds(IDS[0])  # never taken for a finished file
+    assert admit(cache, tmp_path, IDS[1], 300, 1.0)  # fills the bound: the relay is not a candidate
+    assert relayed.exists()
+    # A new .part (an attempt started afresh) replaces the relayed one.
+    part.unlink()
+    part.write_bytes(b"c")
+    cache.relay(IDS[0], str(part))
+    assert relayed.read_bytes() == b"c"
+    cache.unrelay(IDS[0])
+    cache.unrelay(IDS[0])
+    assert not relayed.exists() and part.exists()
+
+
+def test_relays_left_by_a_dead_agent_are_cleared_and_a_delete_removes_one(cache: Cache, tmp_path: Path) -> None:
+    os.makedirs(cache.root)
+    for image_id in IDS[:2]:
+        part = tmp_path / f"{image_id}.part"
+        part.write_bytes(b"x")
+        cache.relay(image_id, str(part))
+    cache.remove(IDS[0])
+    assert not os.path.exists(cache.relay_path(IDS[0])) and os.path.exists(cache.relay_path(IDS[1]))
+    cache.clear_relays()
+    assert not os.path.exists(cache.relay_path(IDS[1]))

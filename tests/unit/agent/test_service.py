@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import types
 from typing import Any
 
 import pytest
@@ -463,7 +464,8 @@ def test_peer_sources_announced_reported_and_served_files_pinned(context, tmp_pa
     service = AgentService(conf, pool, context=context)
     service.initialize(0.0)
     try:
-        assert welcome(coord, service).body["features"] == ["sources"]
+        # No work_dir known to relay running copies from: no "chain".
+        assert welcome(coord, service).body["features"] == ["sources", "follow"]
         coord.send("task", task_body())
         coord.expect(service, "ack", 0.2)
         pool.finish("t1", {"outcome": "done", "size": 100, "checksum": "c", "os_hash_algo": "sha512",
@@ -474,6 +476,27 @@ def test_peer_sources_announced_reported_and_served_files_pinned(context, tmp_pa
         assert until(service, 0.5, lambda: service.cache.pinned() == {IMAGE_ID})
         coord.send("heartbeat", {})
         assert until(service, 0.6, lambda: service.cache.pinned() == set())
+    finally:
+        service.shutdown()
+        coord.sock.close()
+
+
+def test_chain_announced_when_running_copies_can_be_relayed_and_stale_relays_cleared(context, tmp_path):
+    """A cache on the work_dir's file system relays running copies: hello says "chain"; old relay names go."""
+    coord = Coordinator(context)
+    pool = FakePool(workers=2)
+    pool.discards = types.SimpleNamespace(work_dir=str(tmp_path / "work"))
+    (tmp_path / "work").mkdir()
+    (tmp_path / "cache").mkdir()
+    stale = tmp_path / "cache" / f".growing.{IMAGE_ID}"
+    stale.write_bytes(b"left by an agent that died")
+    conf = make_conf(coord.port)
+    conf.set_override("cache_dir", str(tmp_path / "cache"), group="agent")
+    service = AgentService(conf, pool, context=context)
+    service.initialize(0.0)
+    try:
+        assert welcome(coord, service).body["features"] == ["sources", "follow", "chain"]
+        assert not stale.exists()
     finally:
         service.shutdown()
         coord.sock.close()

@@ -107,3 +107,25 @@ def test_last_source_error_is_the_attempts(monkeypatch: pytest.MonkeyPatch, tmp_
     down = TransferError(image_id=IMAGE_ID, detail="down")
     with pytest.raises(TransferError, match="down"):
         run_fetch(monkeypatch, tmp_path, {"r1.example": down, "r2.example": down, "store.example": down})
+
+
+def test_a_growing_peer_is_followed_and_others_fetched_as_files(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    found = sources.resolve(task({**peer("R1"), "growing": True}, peer("R2"), STORE_SOURCE), STORE, PEERS, "R3",
+                            str(tmp_path))
+    assert [(s.name, s.growing) for s in found] == [("R1", True), ("R2", False), ("cascading", False)]
+    calls: list[str] = []
+
+    def followed(store: SshStore, *args: Any, **kwargs: Any) -> str:
+        calls.append(f"follow {store.host}")
+        raise TransferError(image_id=IMAGE_ID, detail="no new byte")
+
+    def fetched(store: SshStore, *args: Any, **kwargs: Any) -> str:
+        calls.append(f"fetch {store.host}")
+        return "ok"
+
+    monkeypatch.setattr(sources.growing, "fetch", followed)
+    monkeypatch.setattr(transfer, "fetch", fetched)
+    result = sources.fetch_any(found, {"id": IMAGE_ID}, str(tmp_path / "p"), lambda d, t: None, 5.0,
+                               transfer.FetchOptions(), lambda: None)
+    assert result == ("ok", "R2") and calls == ["follow r1.example", "fetch r2.example"]

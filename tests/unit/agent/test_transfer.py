@@ -89,7 +89,7 @@ def test_fetch_through_a_chroot_stats_and_opens_the_mapped_path(tmp_path, monkey
 
     monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
     monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
-    monkeypatch.setattr(transfer, "_copy", copy)
+    monkeypatch.setattr(transfer, "copy_range", copy)
     store = dataclasses.replace(STORE, sftp_root="/store/images")
     fetched = transfer.fetch(store, image_of(DATA), "/store/images/sub/img", str(tmp_path / "p"), lambda d, t: None,
                              options=PARAMIKO)
@@ -162,7 +162,7 @@ def test_copy_loop_hashes_writes_and_reports_progress():
     remote, out = FakeRemote(DATA), io.BytesIO()
     sink = hashing.HashPipe((hashlib.md5(), hashlib.sha512()))
     seen = []
-    size = transfer._copy(remote, out, 0, len(DATA), sink, lambda d, t: seen.append((d, t)))
+    size = transfer.copy_range(remote, out, 0, len(DATA), sink, lambda d, t: seen.append((d, t)))
     assert size == len(DATA) and out.getvalue() == DATA
     assert sink.hexdigests()[0] == hashlib.md5(DATA).hexdigest()
     assert seen[-1] == (len(DATA), len(DATA)) and len(seen) == 3  # three 1 MiB pieces
@@ -175,7 +175,7 @@ def test_copy_loop_resumes_after_the_verified_prefix(tmp_path):
     start = hashing.rehash(str(part), sink)
     remote = FakeRemote(DATA)
     with open(part, "ab") as out:
-        transfer._copy(remote, out, start, len(DATA), sink, lambda d, t: None)
+        transfer.copy_range(remote, out, start, len(DATA), sink, lambda d, t: None)
     assert remote.requests[0][0] == 1_000_000
     assert part.read_bytes() == DATA and sink.hexdigests()[1] == hashlib.sha512(DATA).hexdigest()
 
@@ -184,7 +184,7 @@ def test_short_source_is_a_transfer_error_not_a_silent_truncation():
     remote = FakeRemote(DATA[:10])
     with pytest.raises(EOFError):
         with hashing.HashPipe((hashlib.md5(),)) as sink:
-            transfer._copy(remote, io.BytesIO(), 0, len(DATA), sink, lambda d, t: None)
+            transfer.copy_range(remote, io.BytesIO(), 0, len(DATA), sink, lambda d, t: None)
 
 
 def test_missing_known_hosts_file_is_refused(tmp_path):
@@ -254,7 +254,7 @@ def test_full_work_dir_fails_retryable_naming_it_and_removes_the_partial_file(tm
 
     monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
     monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
-    monkeypatch.setattr(transfer, "_copy", disk_full)
+    monkeypatch.setattr(transfer, "copy_range", disk_full)
     with pytest.raises(transfer.TransferError) as info:
         transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None, options=PARAMIKO)
     assert info.value.retryable is True
@@ -284,7 +284,7 @@ def test_paramiko_read_that_stalls_past_the_idle_timeout_fails_retryable_and_kee
 
     monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
     monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
-    monkeypatch.setattr(transfer, "_copy", stalls)
+    monkeypatch.setattr(transfer, "copy_range", stalls)
     options = transfer.FetchOptions(method="paramiko", idle_timeout=42.0)
     with pytest.raises(transfer.TransferError) as info:
         transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None, timeout=7,

@@ -457,6 +457,7 @@ def test_task_members_are_optional_and_pass_when_well_formed() -> None:
     [{"type": "peer", "region": "bad\nname"}],
     [{"type": "sftp", "path": "relative/path"}],
     [{"type": "peer", "region": "R"}] * (protocol.MAX_SOURCES + 1),
+    [{"type": "peer", "region": "R", "growing": "yes"}],
     ["RegionTwo"],
 ])
 def test_task_sources_refused(sources: list[Any]) -> None:
@@ -473,6 +474,8 @@ def test_old_peers_get_the_new_fields_defaults() -> None:
     assert done.body["cached"] is False and done.body["fetched_from"] is None
     task = protocol.decode(protocol.encode("task", {k: v for k, v in VALID["task"].items() if k != "sources"}))
     assert task.body["sources"] is None
+    growing = [{"type": "peer", "region": "R", "growing": True}]
+    assert protocol.decode(protocol.encode("task", {**VALID["task"], "sources": growing})).body["sources"] == growing
     assert protocol.decode(protocol.encode("heartbeat")).body["serving"] == []
 
 

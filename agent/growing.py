@@ -1,0 +1,144 @@
+"""Fetching from a region whose own copy is still arriving: a chain source (doc/peers.md).
+
+The coordinator may name as a source a region whose copy of the image runs
+(``task.sources`` item with ``growing``).  That region's agent relays the file it
+is receiving as ``.growing.<image id>`` beside its cached files (agent/cache.py);
+once its copy is verified and admitted, the file is there under the image id.
+:func:`fetch` reads whichever it finds, the finished file first, over one
+paramiko SFTP session: it reads what is there, asks the open file's size again
+while it grows (offset reads; OpenSSH's ``sftp`` cannot wait on a file), and stops
+at the cascading image's size.  The checks are the store's: host key pinned, every
+path component ``lstat``-ed (no links, a regular file), the ``.part`` resumed
+after hashing it again.
+
+No new byte for ``transfer_idle_timeout`` (no file yet, or a file that stopped
+growing: the upstream agent died, or its copy failed) fails this source with a
+TransferError, and agent/sources.py goes on to the next source with the ``.part``
+as it is.  While it waits, the fetch tells the upload it is alive (the upload's
+own idle watch would otherwise end the attempt together with this source).  The
+whole file is then verified against the cascading image (glancesync.verify, as
+for every source): an upstream copy that failed its own verification fails this
+one too, and the coordinator retries it store first.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paramiko
+
+from agent import hashing, ratelimit, transfer
+from agent.cache import RELAY_PREFIX
+from glancesync.exceptions import SourceRefused, TransferError
+from glancesync.storemap import SshStore
+
+LOG = logging.getLogger(__name__)
+# How often the size of a file that stopped growing (or a name not there yet) is asked again.
+POLL_SECONDS = 0.5
+
+
+def relay_path(source_path: str) -> str:
+    """The name under which the peer relays its running copy of ``source_path``."""
+    return posixpath.join(posixpath.dirname(source_path), RELAY_PREFIX + posixpath.basename(source_path))
+
+
+def fetch(store: SshStore, image: dict[str, Any], source_path: str, dest: str, progress: transfer.ProgressFn,
+          timeout: float, options: transfer.FetchOptions, on_start: Callable[[], None],
+          clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> transfer.Fetched:
+    """Fetch the peer's copy of ``image`` (finished or growing) into ``dest`` and verify it."""
+    image_id = str(image.get("id"))
+    total = image.get("size")
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise TransferError(image_id=image_id, detail="the cascading image has no size: a growing copy "
+                            "cannot be followed")
+    algo = image.get("os_hash_algo") or transfer.DEFAULT_HASH_ALGO
+    transfer.checked_hashers(algo, image_id)
+    started = clock()
+    client = transfer.connect(store, image_id, timeout)
+    sink = hashing.HashPipe(transfer.checked_hashers(algo, image_id))
+    try:
+        sftp = transfer.open_sftp(client, options.window_bytes)
+        sftp.get_channel().settimeout(timeout)
+        resumed = hashing.rehash(dest, sink)
+        if resumed > total:  # not a prefix of this image: start again
+            sink.close()
+            sink = hashing.HashPipe(transfer.checked_hashers(algo, image_id))
+            os.unlink(dest)
+            resumed = 0
+        with open(dest, "ab") as out:
+            on_start()
+            follower = _Follower(sftp, store, image_id, source_path, options.idle_timeout, clock, sleep)
+            size = follower.run(out, resumed, total, sink, ratelimit.paced(progress, options.rate_limit, resumed))
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            transfer.discard(dest)  # keeping it for a resume would hold the space that ran out
+            raise TransferError(image_id=image_id, detail=f"work dir full writing {dest} ({exc.strerror}); "
+                                "partial file removed") from None
+        raise TransferError(image_id=image_id, detail=f"reading {source_path}: {exc}") from None
+    except (paramiko.SSHException, EOFError) as exc:
+        raise TransferError(image_id=image_id, detail=f"reading {source_path}: {exc}") from None
+    finally:
+        sink.close()
+        client.close()
+    digests = sink.hexdigests()
+    fetched = transfer.Fetched(dest, size, digests[0], algo, digests[1], clock() - started, resumed)
+    transfer.verify(image, fetched)
+    return fetched
+
+
+class _Follower:
+    """Reads the peer's file while it grows, up to the image's size."""
+
+    def __init__(self, sftp: paramiko.SFTPClient, store: SshStore, image_id: str, source_path: str,
+                 idle_timeout: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self.sftp, self.store, self.image_id, self.source_path = sftp, store, image_id, source_path
+        self.idle_timeout, self.clock, self.sleep = idle_timeout, clock, sleep
+        self.growing = False  # whether the file opened is the relayed one
+
+    def open(self) -> Any:
+        """The finished file, else the relayed one, opened; None while neither is there."""
+        for path, growing in ((self.source_path, False), (relay_path(self.source_path), True)):
+            try:
+                transfer.check_regular(self.sftp, self.store, self.image_id, path)
+                handle = self.sftp.open(transfer.remote_path(self.store, path), "rb")
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                raise SourceRefused(image_id=self.image_id,
+                                    detail=f"{path}: permission denied on {self.store.host}") from None
+            if growing:
+                LOG.info("image %s: following the copy still arriving at %s:%d (%s)", self.image_id,
+                         self.store.host, self.store.port, path)
+            self.growing = growing
+            return handle
+        return None
+
+    def run(self, out: Any, done: int, total: int, sink: hashing.HashPipe, progress: transfer.ProgressFn) -> int:
+        remote = None
+        last_news = self.clock()
+        try:
+            while done < total:
+                remote = remote or self.open()
+                have = min(remote.stat().st_size or 0, total) if remote is not None else done
+                if have > done:
+                    done = transfer.copy_range(remote, out, done, have, sink, progress)
+                    last_news = self.clock()
+                    continue
+                waited = self.clock() - last_news
+                if waited >= self.idle_timeout:
+                    what = "no copy appeared" if remote is None else f"no new byte at {done} of {total}"
+                    raise TransferError(image_id=self.image_id, detail=f"{self.source_path} on {self.store.host}: "
+                                        f"{what} for {self.idle_timeout:g} s (transfer_idle_timeout)")
+                progress(done, total)  # alive, waiting for the upstream: the upload must not give up
+                self.sleep(POLL_SECONDS)
+        finally:
+            if remote is not None:
+                remote.close()
+        return done

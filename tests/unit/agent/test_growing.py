@@ -1,0 +1,168 @@
+"""agent/growing.py without a network: following a peer's copy while it grows, up to the image's size."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import growing, transfer
+from glancesync.exceptions import TransferError, VerificationError
+from glancesync.storemap import SshStore
+
+IMAGE_ID = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
+DATA = bytes(range(256)) * 12_000  # about 3 MB
+OPTIONS = transfer.FetchOptions(method="paramiko", idle_timeout=10.0)
+
+
+def image_of(data: bytes) -> dict[str, Any]:
+    return {"id": IMAGE_ID, "status": "active", "size": len(data), "checksum": hashlib.md5(data).hexdigest(),
+            "os_hash_algo": "sha512", "os_hash_value": hashlib.sha512(data).hexdigest()}
+
+
+class _File:
+    """An open remote file: the real local one (fstat follows its growth, like the server's)."""
+
+    def __init__(self, path: str) -> None:
+        self.handle = open(path, "rb")  # noqa: SIM115 - closed by close()
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.handle.fileno())
+
+    def readv(self, pieces: list[tuple[int, int]]) -> Any:
+        for offset, size in pieces:
+            self.handle.seek(offset)
+            yield self.handle.read(size)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _Sftp:
+    """An SFTP session on the local peer cache directory (no chroot: paths are local)."""
+
+    def get_channel(self) -> _Sftp:
+        return self
+
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+    def lstat(self, path: str) -> os.stat_result:
+        return os.lstat(path)
+
+    def open(self, path: str, mode: str) -> _File:
+        return _File(path)
+
+
+class _Client:
+    def close(self) -> None:
+        pass
+
+
+class Upstream:
+    """The upstream agent: its copy grows by ``step`` bytes whenever the follower sleeps."""
+
+    def __init__(self, cache_dir: Path, data: bytes, step: int, stop_at: int | None = None,
+                 appear_after: int = 0) -> None:
+        self.relay = cache_dir / f".growing.{IMAGE_ID}"
+        self.final = cache_dir / IMAGE_ID
+        self.data, self.step, self.stop_at, self.appear_after = data, step, stop_at, appear_after
+        self.now, self.sleeps, self.written = 0.0, 0, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+        if self.sleeps <= self.appear_after:
+            return
+        end = min(len(self.data), self.written + self.step, self.stop_at if self.stop_at is not None else len(self.data))
+        with open(self.relay, "ab") as out:
+            out.write(self.data[self.written:end])
+        self.written = end
+        if end == len(self.data) and not self.final.exists():
+            os.link(self.relay, self.final)  # admitted, then the relay name goes: same inode
+            os.unlink(self.relay)
+
+
+@pytest.fixture
+def peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SshStore, Path]:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client())
+    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: _Sftp())
+    return SshStore("peer", 22, "p", "k", "kh", str(cache_dir)), cache_dir
+
+
+def follow(store: SshStore, upstream: Upstream, dest: Path, data: bytes = DATA,
+           seen: list[tuple[int, int]] | None = None) -> transfer.Fetched:
+    seen = [] if seen is None else seen
+    return growing.fetch(store, image_of(data), os.path.join(store.store_dir, IMAGE_ID), str(dest),
+                         lambda done, total: seen.append((done, total)), 5.0, OPTIONS, lambda: None,
+                         clock=upstream.clock, sleep=upstream.sleep)
+
+
+def test_follows_a_copy_that_appears_late_and_grows_to_the_full_size(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    upstream = Upstream(cache_dir, DATA, step=700_000, appear_after=3)
+    seen: list[tuple[int, int]] = []
+    fetched = follow(store, upstream, tmp_path / "x.part", seen=seen)
+    assert (tmp_path / "x.part").read_bytes() == DATA
+    assert fetched.size == len(DATA) and fetched.resumed_from == 0
+    assert upstream.sleeps > 5  # it did wait for the upstream, not read a finished file
+    # While it waited it told the upload it was alive (same count, again and again).
+    assert seen.count((0, len(DATA))) >= 3
+
+
+def test_a_finished_file_is_read_at_once(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    (cache_dir / IMAGE_ID).write_bytes(DATA)
+    upstream = Upstream(cache_dir, DATA, step=0)
+    follow(store, upstream, tmp_path / "x.part")
+    assert (tmp_path / "x.part").read_bytes() == DATA and upstream.sleeps == 0
+
+
+def test_a_copy_that_stops_growing_fails_the_source_and_keeps_the_prefix(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    upstream = Upstream(cache_dir, DATA, step=500_000, stop_at=1_000_000)
+    with pytest.raises(TransferError) as info:
+        follow(store, upstream, tmp_path / "x.part")
+    assert info.value.retryable and "no new byte at 1000000" in str(info.value)
+    assert (tmp_path / "x.part").read_bytes() == DATA[:1_000_000]  # the next source resumes after it
+    assert upstream.now >= OPTIONS.idle_timeout
+
+
+def test_no_copy_at_all_fails_the_source_after_the_idle_timeout(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    upstream = Upstream(cache_dir, DATA, step=1, appear_after=10 ** 6)
+    with pytest.raises(TransferError, match="no copy appeared"):
+        follow(store, upstream, tmp_path / "x.part")
+
+
+def test_a_resumed_part_is_hashed_again_and_only_the_rest_is_read(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    (tmp_path / "x.part").write_bytes(DATA[:1_234_567])
+    upstream = Upstream(cache_dir, DATA, step=900_000)
+    fetched = follow(store, upstream, tmp_path / "x.part")
+    assert fetched.resumed_from == 1_234_567 and (tmp_path / "x.part").read_bytes() == DATA
+
+
+def test_bad_upstream_bytes_fail_verification_like_any_source(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    bad = DATA[:-1] + b"!"
+    upstream = Upstream(cache_dir, bad, step=1_000_000)
+    with pytest.raises(VerificationError):
+        follow(store, upstream, tmp_path / "x.part", data=DATA)
+    assert not (tmp_path / "x.part").exists()
+
+
+def test_a_relayed_link_is_refused(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    (tmp_path / "secret").write_bytes(DATA)
+    os.symlink(tmp_path / "secret", cache_dir / f".growing.{IMAGE_ID}")
+    with pytest.raises(Exception, match="symbolic link"):
+        follow(store, Upstream(cache_dir, DATA, step=0), tmp_path / "x.part")
