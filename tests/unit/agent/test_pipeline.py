@@ -7,7 +7,9 @@ copy can only finish if the upload started before the fetch ended.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from pathlib import Path
 
 import pytest
 from glanceclient import exc as glance_exc
@@ -192,3 +194,23 @@ def test_glance_taking_no_byte_for_the_idle_timeout_cancels_the_upload(tmp_path,
     with pytest.raises(stream.Aborted):
         body.read()
     body.handle.close()
+
+
+def test_the_part_is_relayed_once_its_bytes_are_on_their_way_and_a_failed_relay_only_logs(
+        tmp_path, monkeypatch, caplog):
+    client, order, relayed = FakeClient(), [], []
+    client.images = WatchedImages()
+    monkeypatch.setattr(transfer, "fetch", two_halves(client.images, order))
+    job = dataclasses.replace(job_for(tmp_path, client), relay=lambda path: relayed.append((path, Path(path).exists())))
+    pipeline.copy(job, lambda d, t: None, lambda p: None)
+    assert relayed == [(str(tmp_path / "img-1.part"), True)]
+
+    def refused(path):
+        raise OSError(18, "Invalid cross-device link")
+
+    client.images = WatchedImages()
+    monkeypatch.setattr(transfer, "fetch", two_halves(client.images, order))
+    digest, _ = pipeline.copy(dataclasses.replace(job_for(tmp_path, client), relay=refused), lambda d, t: None,
+                              lambda p: None)
+    assert digest.size == len(DATA)  # the copy itself is not hurt
+    assert "cannot be relayed to other regions" in caplog.text
