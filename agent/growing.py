@@ -100,7 +100,7 @@ class _Follower:
                  idle_timeout: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         self.sftp, self.store, self.image_id, self.source_path = sftp, store, image_id, source_path
         self.idle_timeout, self.clock, self.sleep = idle_timeout, clock, sleep
-        self.growing = False  # whether the file opened is the relayed one
+        self.opened = source_path  # the name of the file read (the finished or the relayed one)
 
     def open(self) -> Any:
         """The finished file, else the relayed one, opened; None while neither is there."""
@@ -116,7 +116,7 @@ class _Follower:
             if growing:
                 LOG.info("image %s: following the copy still arriving at %s:%d (%s)", self.image_id,
                          self.store.host, self.store.port, path)
-            self.growing = growing
+            self.opened = path
             return handle
         return None
 
@@ -134,7 +134,7 @@ class _Follower:
                 waited = self.clock() - last_news
                 if waited >= self.idle_timeout:
                     what = "no copy appeared" if remote is None else f"no new byte at {done} of {total}"
-                    raise TransferError(image_id=self.image_id, detail=f"{self.source_path} on {self.store.host}: "
+                    raise TransferError(image_id=self.image_id, detail=f"{self.opened} on {self.store.host}: "
                                         f"{what} for {self.idle_timeout:g} s (transfer_idle_timeout)")
                 progress(done, total)  # alive, waiting for the upstream: the upload must not give up
                 self.sleep(POLL_SECONDS)

@@ -146,6 +146,11 @@ def test_a_running_copy_serves_only_where_the_copy_would_wait() -> None:
     assert plan("R3", [], {STORE: 1, "R2": 1}, fanout=1, runners=["R2"]) is None
     # A retry is store first and never follows a running copy.
     assert plan("R3", [], {}, fanout=1, store_first=True, runners=["R2"]) == [STORE]
+    # No fanout, no chain: the store is never at its fanout.
+    assert plan("R3", [], {STORE: 5}, fanout=0, runners=["R2"]) == [STORE]
+    # A copy about to be registered is waited for, unless a running copy can serve now.
+    assert plan("R3", [], {STORE: 1}, fanout=1, soon=1) is None
+    assert plan("R3", [], {STORE: 1}, fanout=1, soon=1, runners=["R2"]) == ["R2", STORE]
 
 
 def test_with_fanout_one_regions_form_a_chain_from_the_store() -> None:
