@@ -41,6 +41,9 @@ from glancesync.storemap import SshStore
 LOG = logging.getLogger(__name__)
 # How often the size of a file that stopped growing (or a name not there yet) is asked again.
 POLL_SECONDS = 0.5
+# How often, while a relayed file does not grow, its names are looked at: both gone means the
+# upstream's copy ended without a finished file here (failed, or not admitted).
+ENDED_CHECK_SECONDS = 3.0
 
 
 def relay_path(source_path: str) -> str:
@@ -120,18 +123,40 @@ class _Follower:
             return handle
         return None
 
+    def ended(self) -> bool:
+        """Whether neither the relayed nor the finished file is there any more.
+
+        The relayed file we read stopped short of the image: with both names gone the
+        upstream's copy is over without a file to give (it failed, or was not kept), so
+        no byte will come; waiting for the idle timeout would only delay the fallback.
+        """
+        for path in (self.source_path, relay_path(self.source_path)):
+            try:
+                self.sftp.lstat(transfer.remote_path(self.store, path))
+                return False
+            except FileNotFoundError:
+                continue
+        return True
+
     def run(self, out: Any, done: int, total: int, sink: hashing.HashPipe, progress: transfer.ProgressFn) -> int:
         remote = None
         last_news = self.clock()
+        next_check = ENDED_CHECK_SECONDS
         try:
             while done < total:
                 remote = remote or self.open()
                 have = min(remote.stat().st_size or 0, total) if remote is not None else done
                 if have > done:
                     done = transfer.copy_range(remote, out, done, have, sink, progress)
-                    last_news = self.clock()
+                    last_news, next_check = self.clock(), ENDED_CHECK_SECONDS
                     continue
                 waited = self.clock() - last_news
+                if remote is not None and self.opened != self.source_path and waited >= next_check:
+                    next_check = waited + ENDED_CHECK_SECONDS
+                    # Asked again after the names: the copy may have ended well in between.
+                    if self.ended() and (remote.stat().st_size or 0) <= done:
+                        raise TransferError(image_id=self.image_id, detail=f"{self.opened} on {self.store.host}: "
+                                            f"the copy there ended at byte {done} of {total} without a finished file")
                 if waited >= self.idle_timeout:
                     what = "no copy appeared" if remote is None else f"no new byte at {done} of {total}"
                     raise TransferError(image_id=self.image_id, detail=f"{self.opened} on {self.store.host}: "

@@ -166,3 +166,21 @@ def test_a_relayed_link_is_refused(peer, tmp_path: Path) -> None:
     os.symlink(tmp_path / "secret", cache_dir / f".growing.{IMAGE_ID}")
     with pytest.raises(Exception, match="symbolic link"):
         follow(store, Upstream(cache_dir, DATA, step=0), tmp_path / "x.part")
+
+
+def test_an_upstream_copy_that_ends_without_a_finished_file_fails_the_source_before_the_idle_timeout(
+        peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    upstream = Upstream(cache_dir, DATA, step=400_000, stop_at=800_000)
+    real_sleep = upstream.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(seconds)
+        if upstream.written == 800_000 and upstream.relay.exists():
+            upstream.relay.unlink()  # its copy failed: the relay name goes, no finished file
+
+    upstream.sleep = sleep  # type: ignore[method-assign]
+    with pytest.raises(TransferError, match="ended at byte 800000"):
+        follow(store, upstream, tmp_path / "x.part")
+    assert upstream.now < OPTIONS.idle_timeout
+    assert (tmp_path / "x.part").read_bytes() == DATA[:800_000]
