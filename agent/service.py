@@ -89,7 +89,8 @@ class AgentService:
         self.metrics = AgentMetrics(self.region, self.agent_id, agent.healthz_max_loop_age)
         self.cache = Cache(agent.cache_dir, agent.cache_max_bytes) if agent.cache_dir else None
         self.features = list(protocol.AGENT_FEATURES)
-        if self.cache is not None and self.cache.can_relay(getattr(getattr(pool, "discards", None), "work_dir", None)):
+        work_dir = getattr(getattr(pool, "discards", None), "work_dir", None)  # the region's, as the pool has it
+        if self.cache is not None and self.cache.can_relay(work_dir):
             self.cache.clear_relays()  # left by an agent that died: none of our copies runs yet
             self.features.append(protocol.FEATURE_CHAIN)
 
