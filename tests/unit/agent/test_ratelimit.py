@@ -101,6 +101,16 @@ def test_the_limit_reaches_the_sftp_process(tmp_path):
     assert argv[argv.index("-l") + 1] == "4096"
 
 
+def test_the_budget_is_told_the_sftp_process_it_may_stop(tmp_path):
+    dest = tmp_path / "img.part"
+    dest.touch()
+    binary = fake_sftp(tmp_path, f'cat > /dev/null\nprintf abc >> {dest}\n')
+    spawned = []
+    sftp_openssh.run(SSH_STORE, "img", "/images/x", str(dest), (hashlib.md5(),), lambda d: None,
+                     idle_timeout=30.0, connect_timeout=5.0, binary=binary, on_spawn=spawned.append)
+    assert [process.args[0] for process in spawned] == [binary] and spawned[0].returncode == 0
+
+
 def test_an_openssh_fetch_passes_the_whole_cap_as_sftp_l_and_stops_sftp_while_the_budget_is_in_debt(
         tmp_path, monkeypatch):
     calls, writer = [], _Writer()
