@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent import ratelimit, runners, transfer
+from agent import budget, ratelimit, runners, transfer
 from agent.pool import Pool
 from agent.service import AgentService
 from agent.task import WorkerSettings, logging_options, run_inline, worker_main
@@ -62,13 +62,14 @@ def copy_slots(agent: Any) -> int:
     return min(wanted, agent.workers) if wanted > 0 else agent.workers
 
 
-def fetch_options(agent: Any) -> transfer.FetchOptions:
-    """How every copy of this agent fetches: method, idle timeout, and its share of ``max_bandwidth``."""
-    share = ratelimit.copy_share(agent.max_bandwidth, copy_slots(agent))
+def fetch_options(agent: Any, work_dir: str | None = None) -> transfer.FetchOptions:
+    """How every copy of this agent fetches: method, idle timeout, and ``max_bandwidth``, shared by all
+    the copies through the budget file in ``work_dir`` (agent/budget.py)."""
+    cap = ratelimit.cap_bytes(agent.max_bandwidth)
     return transfer.FetchOptions(method=transfer.resolve_method(agent.fetch_method),
                                  idle_timeout=float(agent.transfer_idle_timeout),
-                                 window_bytes=ratelimit.window(agent.paramiko_window_mib * 1024 * 1024, share),
-                                 rate_limit=share)
+                                 window_bytes=ratelimit.window(agent.paramiko_window_mib * 1024 * 1024, cap),
+                                 rate_limit=cap, budget_file=budget.budget_path(work_dir) if cap and work_dir else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_work_dir(work_dir)
     if conf.agent.cache_dir:
         _check_work_dir(conf.agent.cache_dir, "[agent] cache_dir")
-    fetch = fetch_options(conf.agent)
+    fetch = fetch_options(conf.agent, work_dir)
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               fetch=fetch, log_options=logging_options(conf), cache_dir=conf.agent.cache_dir,
                               cache_max_bytes=conf.agent.cache_max_bytes)
@@ -114,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     LOG.info("agent of region %s running %d task(s) at once, %d of them copies (worker_mode %s); %s", region,
              conf.agent.workers, copy_slots(conf.agent), conf.agent.worker_mode,
-             f"fetches capped at {conf.agent.max_bandwidth:g} Mbit/s in all ({fetch.rate_limit * 8 / 1e6:g} "
-             "per copy)" if fetch.rate_limit else "no bandwidth cap")
+             f"fetches capped at {conf.agent.max_bandwidth:g} Mbit/s in all, shared by the copies fetching "
+             f"({fetch.budget_file})" if fetch.rate_limit else "no bandwidth cap")
     try:
         # The first signal drains (stop_grace for running transfers), a second one stops at once.
         while len(stopping) < 2:

@@ -17,7 +17,8 @@ glance), exactly as an SFTP fetch is verified.  A ``.part`` an earlier attempt l
 is resumed: its bytes are hashed first, then the rest is asked for with a ``Range``
 (glance answers 206 from that byte); a 200 answer is the whole image, written and
 hashed from byte 0.  No new byte for ``transfer_idle_timeout`` ends the attempt,
-retryable.
+retryable.  ``[agent] max_bandwidth`` holds the download as it holds an SFTP fetch:
+it draws from the region's budget (agent/budget.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 from keystoneauth1 import adapter
 from keystoneauth1 import exceptions as ks_exc
 
-from agent import hashing, transfer
+from agent import budget, hashing, transfer
 from glancesync import glance
 from glancesync.exceptions import GlanceSyncError, SourceRefused, TransferError
 from glancesync.storemap import GlanceEndpoint, SshStore, StoreMap
@@ -109,6 +110,8 @@ def fetch(endpoint: GlanceEndpoint, region: str, image: dict[str, Any], dest: st
         if offset != kept:  # glance sent the whole image: the kept bytes are not hashed twice
             sink.close()
             sink = hashing.HashPipe(hashing.new_hashers(algo))
+        # The region's bandwidth budget holds the download too: the reader waits, TCP stops glance.
+        pace = budget.pacer(options, progress, offset)
         with open(dest, "r+b" if offset else "wb") as out:
             out.seek(offset)
             out.truncate()
@@ -116,7 +119,7 @@ def fetch(endpoint: GlanceEndpoint, region: str, image: dict[str, Any], dest: st
             for chunk in data:
                 out.write(chunk)
                 sink.update(chunk)
-                progress(sink.size, total)
+                pace.report(sink.size, total)
         digests = sink.hexdigests()
     except GlanceSyncError:
         raise

@@ -33,7 +33,7 @@ from typing import Any
 
 import paramiko
 
-from agent import hashing, ratelimit, transfer
+from agent import budget, hashing, transfer
 from agent.cache import RELAY_PREFIX
 from glancesync.exceptions import SourceRefused, TransferError
 from glancesync.storemap import SshStore
@@ -78,7 +78,7 @@ def fetch(store: SshStore, image: dict[str, Any], source_path: str, dest: str, p
         with open(dest, "ab") as out:
             on_start()
             follower = _Follower(sftp, store, image_id, source_path, options.idle_timeout, clock, sleep)
-            size = follower.run(out, resumed, total, sink, ratelimit.paced(progress, options.rate_limit, resumed))
+            size = follower.run(out, resumed, total, sink, budget.pacer(options, progress, resumed).report)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             transfer.discard(dest)  # keeping it for a resume would hold the space that ran out

@@ -1,18 +1,13 @@
-"""The agent's bandwidth cap: each copy's share of ``[agent] max_bandwidth``, and the paramiko limiter.
+"""The agent's bandwidth cap in units: ``max_bandwidth`` in bytes/s, ``sftp -l``, the paramiko window, a token bucket.
 
-The cap is the region's (one agent's) total over all its concurrent copies.
-Copies run in separate worker processes and OpenSSH's ``sftp`` only takes a
-fixed rate (``-l``, in OpenSSH's Kbit/s: 1024 bit/s) when it starts, so the cap
-is divided up front: every copy gets ``max_bandwidth / max_concurrent_copies``
-and the pool never runs more copies than that at once (agent/pool.py).  The sum
-of the shares is the cap whatever starts or ends when; the price is that a copy
-running alone uses only its share, not the whole cap (doc/performance.md says
-how to choose the two options).
-
-paramiko's fetch has no such knob: :class:`RateLimit` paces the reader instead
-(the bytes it consumes never get ahead of the rate by more than ``burst``), and
-:func:`window` keeps the SSH window near one second of the rate, so the bytes
-the link carries cannot run far ahead of the reader either.
+The cap is the region's (one agent's) total over all its copies; agent/budget.py
+shares it between the copies fetching at the moment.  This module holds what one
+fetch needs besides: OpenSSH's ``sftp`` takes a fixed rate (``-l``, in OpenSSH's
+Kbit/s: 1024 bit/s) when it starts, and gets the whole cap, so that a copy alone
+is paced by ``sftp`` itself between two charges of the budget; paramiko's fetch
+gets an SSH window near one second of the cap (:func:`window`), so the bytes the
+link carries cannot run far ahead of its paced reader.  :class:`RateLimit` is the
+bucket of a fetch run outside an agent (no shared budget file).
 """
 
 from __future__ import annotations
@@ -25,13 +20,22 @@ OPENSSH_KBIT = 1024
 OPENSSH_MAX_LIMIT = 100 * 1024 * 1024
 # The smallest SSH window given to a capped paramiko fetch (paramiko's own default).
 MIN_WINDOW_BYTES = 2 * 1024 * 1024
+# A bucket holds about this long of the cap, and at least one block a fetch charges at
+# once (agent/hashing.py's piece): bytes that arrived while the fetch was busy between
+# two charges are then not charged twice over (with no burst, a fetch whose link runs
+# just at the cap would wait once for the bytes and once more for the time they took).
+BURST_SECONDS = 0.25
+MIN_BURST_BYTES = 1024 * 1024
 
 
-def copy_share(max_bandwidth_mbit: float, copies: int) -> float:
-    """Bytes per second one copy may fetch at: the region's cap over the copies that may run at once; 0: no cap."""
-    if max_bandwidth_mbit <= 0:
-        return 0.0
-    return max_bandwidth_mbit * 1e6 / 8 / max(1, copies)
+def cap_bytes(max_bandwidth_mbit: float) -> float:
+    """``max_bandwidth`` (Mbit/s, 10^6 bit/s) in bytes per second; 0: no cap."""
+    return max_bandwidth_mbit * 1e6 / 8 if max_bandwidth_mbit > 0 else 0.0
+
+
+def burst_for(bytes_per_second: float) -> float:
+    """The bytes a bucket of this rate lets pass at once (see ``BURST_SECONDS``)."""
+    return max(float(MIN_BURST_BYTES), bytes_per_second * BURST_SECONDS)
 
 
 def sftp_limit(bytes_per_second: float) -> int:
@@ -54,7 +58,7 @@ def window(window_bytes: int, bytes_per_second: float) -> int:
 
 
 class RateLimit:
-    """A token bucket: ``take(n)`` sleeps until ``n`` more bytes fit under ``rate`` bytes/s.
+    """A token bucket in this process: ``take(n)`` sleeps until ``n`` more bytes fit under ``rate`` bytes/s.
 
     The bucket starts with ``burst`` tokens and holds at most that many, so over
     any interval ``t`` at most ``burst + rate * t`` bytes pass.  With ``burst`` 0,
@@ -70,36 +74,16 @@ class RateLimit:
         self.tokens = burst
         self.stamp = clock()
 
-    def take(self, count: int) -> float:
-        """Account for ``count`` bytes; sleeps while the bucket is in debt. Returns the seconds slept."""
+    def charge(self, count: int) -> float:
+        """Account for ``count`` bytes; the seconds to wait before more may pass."""
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - count
         self.stamp = now
-        if self.tokens >= 0:
-            return 0.0
-        wait = -self.tokens / self.rate
-        self.sleep(wait)
+        return max(0.0, -self.tokens / self.rate)
+
+    def take(self, count: int) -> float:
+        """Account for ``count`` bytes; sleeps while the bucket is in debt. Returns the seconds slept."""
+        wait = self.charge(count)
+        if wait > 0:
+            self.sleep(wait)
         return wait
-
-
-def paced(progress: Callable[[int, int], None], bytes_per_second: float, start: int = 0,
-          clock: Callable[[], float] = time.monotonic,
-          sleep: Callable[[float], None] = time.sleep) -> Callable[[int, int], None]:
-    """``progress(done, total)`` of a reader that also holds the reader to ``bytes_per_second``.
-
-    paramiko's fetch reports every block it consumed (agent/transfer.py), so the
-    wait goes there: the reader asks for no more bytes until the rate allows.
-    ``start`` is where the count begins (a resumed prefix is not fetched again).
-    Without a rate, ``progress`` itself.
-    """
-    if bytes_per_second <= 0:
-        return progress
-    limit = RateLimit(bytes_per_second, clock=clock, sleep=sleep)
-    last = [start]
-
-    def report(done: int, total: int) -> None:
-        limit.take(max(0, done - last[0]))
-        last[0] = done
-        progress(done, total)
-
-    return report

@@ -135,13 +135,15 @@ def run(
     binary: str = DEFAULT_BINARY,
     on_start: Callable[[], None] | None = None,
     limit: int = 0,
+    on_spawn: Callable[[subprocess.Popen], None] | None = None,
 ) -> tuple[int, tuple[str, ...]]:
     """Fetch ``remote`` into ``local`` (resuming what ``local`` holds) while ``hashers`` hash all of it.
 
     Returns the size of ``local`` and the hex digests.  The hash threads start
     only once ``sftp`` runs, and so does whatever ``on_start()`` starts (the upload
     that follows the file): nothing but this thread exists when it forks.  ``limit``
-    is ``sftp -l`` (see :func:`command`).  Raises
+    is ``sftp -l`` (see :func:`command`); ``on_spawn(process)`` is told the ``sftp``
+    process (the bandwidth budget stops it while in debt, agent/budget.py).  Raises
     SourceRefused (host key, key refused, permission) or TransferError (retryable:
     stalled, connection, missing file).
     """
@@ -163,6 +165,8 @@ def run(
             process.stdin.close()
         except BrokenPipeError:
             pass  # it already exited: its status and stderr say why
+        if on_spawn is not None:
+            on_spawn(process)
         sink = hashing.HashPipe(hashers)
         try:
             if on_start is not None:

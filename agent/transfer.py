@@ -35,7 +35,7 @@ from typing import Any
 
 import paramiko
 
-from agent import hashing, ratelimit, sftp_openssh
+from agent import budget, hashing, ratelimit, sftp_openssh
 from glancesync import verify as check
 from glancesync.exceptions import SourceRefused, TransferError, VerificationError
 from glancesync.storemap import SshStore
@@ -86,7 +86,8 @@ class FetchOptions:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     window_bytes: int = DEFAULT_WINDOW_BYTES
     sftp_binary: str = sftp_openssh.DEFAULT_BINARY
-    rate_limit: float = 0.0  # bytes/s: this copy's share of max_bandwidth (agent/ratelimit.py); 0: none
+    rate_limit: float = 0.0  # bytes/s: max_bandwidth, the region's cap (agent/ratelimit.py); 0: none
+    budget_file: str = ""  # the region's shared budget (agent/budget.py); "": a bucket of the fetch's own
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -331,9 +332,11 @@ def _via_openssh(store: SshStore, image_id: str, algo: str, source_path: str, de
         with hashing.HashPipe(checked_hashers(algo, image_id)) as sink:
             size = hashing.rehash(dest, sink)
             return size, resumed, sink.hexdigests()
+    pace = budget.pacer(options, progress, resumed)  # stops sftp while in debt
     size, digests = sftp_openssh.run(store, image_id, remote, os.path.abspath(dest), checked_hashers(algo, image_id),
-                                     lambda done: progress(done, total), options.idle_timeout, timeout,
-                                     options.sftp_binary, on_start, ratelimit.sftp_limit(options.rate_limit))
+                                     lambda done: pace.report(done, total), options.idle_timeout, timeout,
+                                     options.sftp_binary, on_start, ratelimit.sftp_limit(options.rate_limit),
+                                     on_spawn=pace.attach)
     return size, resumed, digests
 
 
@@ -363,7 +366,7 @@ def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, d
             sftp.get_channel().settimeout(options.idle_timeout)
             with open(dest, "ab") as out:
                 on_start()
-                size = copy_range(remote, out, resumed, total, sink, ratelimit.paced(progress, options.rate_limit, resumed))
+                size = copy_range(remote, out, resumed, total, sink, budget.pacer(options, progress, resumed).report)
     except FileNotFoundError:
         raise TransferError(image_id=image_id, detail=f"{source_path} not found on {store.host}") from None
     except PermissionError:

@@ -3,8 +3,8 @@
 The region agents of the topology are stopped and ``copies`` images uploaded
 while none runs, so that each region's new agent (``max_bandwidth = cap``,
 ``max_concurrent_copies = workers = copies``) gets all of them at once: the
-copies then run side by side, each with its share of the cap, and the region's
-total is what is compared with the cap.  While they run, the bytes the cascading
+copies then run side by side, sharing the region's one budget (agent/budget.py),
+and the region's total is what is compared with the cap.  While they run, the bytes the cascading
 site sends over each link (veth ``tx_bytes``) are sampled; a region's achieved
 rate is taken between 5 % and 95 % of its bytes, so the start of the copies
 (dispatch, handshakes) and their end (the last registration) do not count.

@@ -132,12 +132,16 @@ agent_opts = [
         default=0.0,
         min=0.0,
         help="Cap, in Mbit/s (1,000,000 bit/s), on the bytes this agent fetches for its region, all "
-        "its copies together; 0 (the default) sets none. Each copy gets an equal share, "
-        "max_bandwidth / max_concurrent_copies, fixed when it starts (OpenSSH's sftp -l; paramiko's "
-        "reader is paced), so the total holds however copies start and end, and a copy running "
-        "alone uses only its share: set max_concurrent_copies = 1 to give one copy the whole cap. "
-        "Only the fetch from the source is capped, not the upload to the region's own glance. "
-        "With several agents in one region, each has its own cap (doc/performance.md).",
+        "its copies together and from any source (the cascading store, a peer region, a "
+        "snapshot's region over SFTP or its glance API); 0 (the default) sets none. The cap is one "
+        "budget shared by the copies fetching at the moment (a token bucket in "
+        "<work_dir>/.bandwidth that every worker draws from): a copy alone gets all of it, copies "
+        "side by side split it, and a copy that uploads, waits, ends or dies takes nothing. "
+        "OpenSSH's sftp gets the whole cap (sftp -l) and is stopped while the budget is in debt; "
+        "paramiko's reader and the glance download wait. Not capped: the upload to the region's "
+        "own glance, and what this region's sshd serves to other regions from cache_dir. Several "
+        "agents in one region with different work_dirs each have their own cap "
+        "(doc/performance.md).",
     ),
     cfg.IntOpt(
         "max_concurrent_copies",
@@ -149,8 +153,8 @@ agent_opts = [
         "copy the coordinator sends beyond this number waits in the agent (holding its worker "
         "slot, its lease kept alive by the heartbeats) until a copy ends. Updates and deletes are "
         "not held back by it, but a waiting copy takes a worker slot: keep workers above this "
-        "number to leave room for them. Values above workers count as workers. Also divides "
-        "max_bandwidth between copies.",
+        "number to leave room for them. Values above workers count as workers. It does not "
+        "divide max_bandwidth: the copies fetching share the whole cap.",
     ),
     cfg.HostAddressOpt(
         "metrics_bind_host",

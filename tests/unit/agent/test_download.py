@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import download, transfer
+from agent import budget, download, transfer
 from glancesync import storemap
 from glancesync.exceptions import SourceRefused, TransferError, VerificationError
 
@@ -139,13 +139,13 @@ def glance_api():
         server.server_close()
 
 
-def fetch(tmp_path: Path, server: Glance) -> transfer.Fetched:
+def fetch(tmp_path: Path, server: Glance, options: transfer.FetchOptions | None = None) -> transfer.Fetched:
     data = copy.deepcopy(FILE)
     data["regions"]["RegionOne"]["source"]["glance"]["url"] = server.url
     endpoint = agent_map(tmp_path, data).sources["RegionOne"].glance
     seen: list[int] = []
     fetched = download.fetch(endpoint, "RegionOne", image(), str(tmp_path / "x.part"),
-                             lambda done, total: seen.append(done), transfer.FetchOptions(), lambda: None)
+                             lambda done, total: seen.append(done), options or transfer.FetchOptions(), lambda: None)
     assert not seen or seen[-1] == len(DATA)
     return fetched
 
@@ -165,6 +165,20 @@ def test_a_kept_part_is_resumed_with_a_range_and_the_hashes_cover_every_byte(tmp
     assert server.ranges == ["bytes=30000-"] and server.sent == len(DATA) - 30000
     assert (fetched.size, fetched.checksum, fetched.resumed_from) == (len(DATA), image()["checksum"], 30000)
     assert (tmp_path / "x.part").read_bytes() == DATA
+
+
+def test_the_download_draws_from_the_regions_bandwidth_budget(tmp_path: Path, glance_api, monkeypatch) -> None:
+    """The snapshot download is held by max_bandwidth like an SFTP fetch: it charges the shared budget
+    (from where it resumes) and waits while the budget is in debt."""
+    waits: list[float] = []
+    monkeypatch.setattr(budget.Pacer, "_hold", lambda pacer, seconds: waits.append(seconds))  # no real sleep
+    rate, path = 10_000.0, str(tmp_path / budget.BUDGET_NAME)
+    budget.SharedBucket(path, rate, burst=0.0).charge(1_000_000)  # other copies' bytes: 100 s owed at the cap
+    (tmp_path / "x.part").write_bytes(DATA[:30000])
+    fetched = fetch(tmp_path, glance_api(mode=206), transfer.FetchOptions(rate_limit=rate, budget_file=path))
+    assert fetched.size == len(DATA)
+    assert budget.SharedBucket(path, rate).state().charged == 1_000_000 + len(DATA) - 30000
+    assert waits and sum(waits) >= 50.0  # it waited its turn (generous: real time passed meanwhile)
 
 
 @pytest.mark.parametrize("mode", [200, 400])

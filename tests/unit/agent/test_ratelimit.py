@@ -1,15 +1,17 @@
-"""agent.ratelimit and its wiring: each copy's share of max_bandwidth, ``sftp -l``, the paced paramiko reader."""
+"""agent.ratelimit and its wiring: max_bandwidth in bytes/s, ``sftp -l``, the paramiko window and reader, the pool."""
 
 from __future__ import annotations
 
 import hashlib
+import signal
 import time
 
 import pytest
 
-from agent import cmd, ratelimit, sftp_openssh, transfer
+from agent import budget, cmd, ratelimit, sftp_openssh, transfer
 from agent.pool import Pool
 from tests.unit.agent import helpers
+from tests.unit.agent.test_budget import _Writer
 from tests.unit.agent.test_pool import _FakeContext
 from tests.unit.agent.test_sftp_openssh import STORE as SSH_STORE
 from tests.unit.agent.test_sftp_openssh import fake_sftp
@@ -52,34 +54,20 @@ def test_a_rate_must_be_positive():
         ratelimit.RateLimit(0.0)
 
 
-def test_paced_progress_waits_for_the_bytes_past_the_resumed_prefix_only():
-    clock = FakeClock(100.0)
-    seen: list[tuple[int, int]] = []
-    report = ratelimit.paced(lambda d, t: seen.append((d, t)), 1000.0, start=5000, clock=clock, sleep=clock.sleep)
-    report(5500, 9000)
-    report(7000, 9000)
-    assert seen == [(5500, 9000), (7000, 9000)]
-    assert sum(clock.sleeps) == pytest.approx(2.0)  # 2,000 new bytes, not 7,000
+def test_a_bucket_holds_a_quarter_second_of_the_cap_and_at_least_one_charged_block():
+    assert ratelimit.burst_for(100e6) == 25e6
+    assert ratelimit.burst_for(1000.0) == ratelimit.MIN_BURST_BYTES
 
 
-def test_no_rate_leaves_progress_untouched():
-    def progress(done, total):
-        return None
-
-    assert ratelimit.paced(progress, 0.0) is progress
+# -- the cap, the sftp -l value and the window ---------------------------------------------------
 
 
-# -- shares, the sftp -l value and the window ---------------------------------------------------
+def test_the_cap_is_max_bandwidth_in_bytes_per_second():
+    assert ratelimit.cap_bytes(0.0) == 0.0
+    assert ratelimit.cap_bytes(100.0) == 12_500_000.0
 
 
-def test_the_cap_is_divided_among_the_copies_that_may_run_at_once():
-    assert ratelimit.copy_share(0.0, 4) == 0.0
-    assert ratelimit.copy_share(100.0, 1) == 12_500_000.0
-    assert ratelimit.copy_share(100.0, 4) == 3_125_000.0
-    assert ratelimit.copy_share(100.0, 4) * 4 * 8 == 100e6  # the region's total is the cap
-
-
-def test_sftp_limit_is_in_openssh_kbit_rounded_down_so_the_copy_stays_under_its_share():
+def test_sftp_limit_is_in_openssh_kbit_rounded_down_so_the_copy_stays_under_the_cap():
     limit = ratelimit.sftp_limit(12_500_000.0)  # 100 Mbit/s
     assert limit == 97656  # OpenSSH's Kbit/s is 1,024 bit/s (sftp.c)
     assert limit * 1024 <= 100e6 < (limit + 1) * 1024
@@ -113,21 +101,40 @@ def test_the_limit_reaches_the_sftp_process(tmp_path):
     assert argv[argv.index("-l") + 1] == "4096"
 
 
-def test_an_openssh_fetch_passes_its_share_as_sftp_l(tmp_path, monkeypatch):
-    calls = []
+def test_the_budget_is_told_the_sftp_process_it_may_stop(tmp_path):
+    dest = tmp_path / "img.part"
+    dest.touch()
+    binary = fake_sftp(tmp_path, f'cat > /dev/null\nprintf abc >> {dest}\n')
+    spawned = []
+    sftp_openssh.run(SSH_STORE, "img", "/images/x", str(dest), (hashlib.md5(),), lambda d: None,
+                     idle_timeout=30.0, connect_timeout=5.0, binary=binary, on_spawn=spawned.append)
+    assert [process.args[0] for process in spawned] == [binary] and spawned[0].returncode == 0
 
-    def run(store, image_id, remote, local, hashers, progress, idle, connect, binary, on_start, limit=0):
+
+def test_an_openssh_fetch_passes_the_whole_cap_as_sftp_l_and_stops_sftp_while_the_budget_is_in_debt(
+        tmp_path, monkeypatch):
+    calls, writer = [], _Writer()
+
+    def run(store, image_id, remote, local, hashers, progress, idle, connect, binary, on_start, limit=0,
+            on_spawn=None):
         calls.append(limit)
+        on_spawn(writer)
+        progress(len(DATA))  # the follower found every byte in the .part
         raise transfer.TransferError(image_id=image_id, detail="stop here")
 
     monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
     monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
     monkeypatch.setattr(transfer.sftp_openssh, "run", run)
-    options = transfer.FetchOptions(method="openssh", rate_limit=6_250_000.0)  # 50 Mbit/s
+    path = tmp_path / budget.BUDGET_NAME
+    rate = 6_250_000.0  # 50 Mbit/s
+    budget.SharedBucket(str(path), rate, burst=0.0).charge(100_000)  # another copy's bytes: the budget owes
+    options = transfer.FetchOptions(method="openssh", rate_limit=rate, budget_file=str(path))
     with pytest.raises(transfer.TransferError):
         transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(tmp_path / "img-1.part"),
                        lambda d, t: None, options=options)
-    assert calls == [48828]
+    assert calls == [48828]  # sftp -l: the cap, not a fraction of it; the budget shares it
+    assert writer.signals == [signal.SIGSTOP, signal.SIGCONT]
+    assert budget.SharedBucket(str(path), rate).state().charged == 100_000 + len(DATA)
 
 
 class _Readable(_Remote):
@@ -149,16 +156,18 @@ class _ReadableClient(_Client):
 def test_a_capped_paramiko_fetch_takes_at_least_size_over_rate_and_verifies(tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _ReadableClient(len(DATA)))
     monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
-    rate = 10_000_000.0  # DATA is 3 MB: at least 0.3 s
-    options = transfer.FetchOptions(method="paramiko", rate_limit=rate)
+    rate = 4_000_000.0  # DATA is 3 MB, 1 MiB of it within the burst: at least 0.49 s
+    path = tmp_path / budget.BUDGET_NAME
+    options = transfer.FetchOptions(method="paramiko", rate_limit=rate, budget_file=str(path))
     started = time.monotonic()
     fetched = transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(tmp_path / "img-1.part"),
                              lambda d, t: None, options=options)
-    assert time.monotonic() - started >= len(DATA) / rate
+    assert time.monotonic() - started >= (len(DATA) - ratelimit.burst_for(rate)) / rate
     assert fetched.size == len(DATA) and fetched.checksum == hashlib.md5(DATA).hexdigest()
+    assert budget.SharedBucket(str(path), rate).state().charged == len(DATA)  # drawn from the region's budget
 
 
-# -- the options: concurrency and the shared division -------------------------------------------
+# -- the options: concurrency and the shared budget -----------------------------------------------
 
 
 def _agent(workers: int, copies: int, mbit: float, window_mib: int = 32):
@@ -176,20 +185,19 @@ def test_copy_slots_default_to_workers_and_never_exceed_them(workers, copies, sl
 
 
 @pytest.mark.parametrize(("workers", "copies"), [(4, 0), (4, 2), (3, 1), (2, 8)])
-def test_every_copy_gets_the_cap_over_the_copy_slots_so_the_region_total_holds(workers, copies):
-    agent = _agent(workers, copies, 200.0)
-    options = cmd.fetch_options(agent)
-    slots = cmd.copy_slots(agent)
-    assert options.rate_limit * 8 * slots == pytest.approx(200e6)
-    assert ratelimit.sftp_limit(options.rate_limit) * 1024 * slots <= 200e6
+def test_every_copy_draws_the_whole_cap_from_the_budget_in_the_work_dir(workers, copies, tmp_path):
+    options = cmd.fetch_options(_agent(workers, copies, 200.0), str(tmp_path))
+    assert options.rate_limit * 8 == pytest.approx(200e6)  # whatever the number of copies
+    assert options.budget_file == str(tmp_path / ".bandwidth")
+    assert ratelimit.sftp_limit(options.rate_limit) * 1024 <= 200e6
     assert options.window_bytes <= 32 * 1024 * 1024
 
 
 def test_no_cap_by_default():
     conf = helpers.make_conf(1)
-    options = cmd.fetch_options(conf.agent)
+    options = cmd.fetch_options(conf.agent, "/var/lib/glance-sync/work")
     assert conf.agent.max_bandwidth == 0 and conf.agent.max_concurrent_copies == 0
-    assert options.rate_limit == 0 and options.window_bytes == conf.agent.paramiko_window_mib * 1024 * 1024
+    assert options.rate_limit == 0 and options.budget_file == "" and options.window_bytes == conf.agent.paramiko_window_mib * 1024 * 1024
 
 
 # -- the pool holds copies beyond max_copies back ------------------------------------------------
