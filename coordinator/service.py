@@ -189,7 +189,8 @@ class Service:
                 for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
                     if sock in ready:
                         self._drain(sock, handler, now)
-                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self.events.journal_slice,
+                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self.tasks.apply_reports,
+                                  self.events.journal_slice,
                                   self._housekeeping, self.events.plan_events, self.operator.step))
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.

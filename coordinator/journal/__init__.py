@@ -29,7 +29,8 @@ SQLite's pragmas, deadlock retry), ``base`` (rows, transactions, batches), ``pla
 (events and planning), ``taskstate`` (the task state machine, retries), ``leases`` (the
 lease heap), ``views`` (status queries), ``retention`` (purging old history), ``holds``
 (the reconciler's pass counter and the deletions it holds back for an operator),
-``operations`` (operators' cancels and bulk resyncs, applied by the loop) and ``leader``
+``operations`` (operators' cancels and bulk resyncs, applied by the loop), ``bulk`` (a loop
+iteration's reports of one kind written with one statement per table) and ``leader``
 (the lease of a coordinator pair's active member, and the fence on its writes).
 """
 
@@ -44,6 +45,7 @@ from coordinator.journal.base import (
     pack,
     unpack,
 )
+from coordinator.journal.bulk import BulkMixin
 from coordinator.journal.engine import make_engine
 from coordinator.journal.holds import HeldDelete, HoldsMixin
 from coordinator.journal.leader import LeaderMixin, LeaseLost
@@ -58,7 +60,7 @@ from coordinator.journal.views import ViewsMixin
 __all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "LeaseLost", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
+class Journal(PlanningMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
               RetentionMixin, LeaderMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 

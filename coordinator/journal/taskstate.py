@@ -36,6 +36,20 @@ _RegionRow = collections.namedtuple("_RegionRow", "state task_id")
 _REGION_ONLY = ("os_hash_value", "copy_registered_at", "metadata_applied_at")
 
 
+def split_change(new: SyncState, now: float, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A task change's columns: (the task row's, the values its (image, region) row mirrors).
+
+    ``values`` loses the region-only facts; the task's gets its new state and ``updated_at``.
+    """
+    region_only = {k: values.pop(k) for k in _REGION_ONLY if k in values}
+    values.update(state=new.value, updated_at=now)
+    mirrored = {k: values[k] for k in ("last_error", "bytes_done", "bytes_total") if k in values}
+    if "attempt" in values:
+        mirrored["attempts"] = values["attempt"]
+    mirrored.update({k: v for k, v in region_only.items() if v is not None or k != "os_hash_value"})
+    return values, mirrored
+
+
 class TaskStateMixin:
     """Tasks: hand-out, reports, leases, retries; every change a compare-and-set.
 
@@ -123,23 +137,14 @@ class TaskStateMixin:
         """
         if not can_move(task.state, new):
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
-        # Facts of the (image, region) only, not columns of the task.
-        region_only = {k: values.pop(k) for k in _REGION_ONLY if k in values}
-        values.update(state=new.value, updated_at=now)
+        values, mirrored = split_change(new, now, values)
         result = conn.execute(tasks.update().where(
             tasks.c.task_id == task.task_id, tasks.c.state == task.state.value,
             tasks.c.attempt == task.attempt).values(**values))
         if result.rowcount != 1:
             self._live_stale(task.task_id)
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
-        self._lease_changed(task, new, values)
-        self._live_changed(task, new, values)
-        if new not in (S.ASSIGNED, S.TRANSFERRING):
-            self.on_commit(lambda: self._progress.pop(task.task_id, None))
-        mirrored = {k: values[k] for k in ("last_error", "bytes_done", "bytes_total") if k in values}
-        if "attempt" in values:
-            mirrored["attempts"] = values["attempt"]
-        mirrored.update({k: v for k, v in region_only.items() if v is not None or k != "os_hash_value"})
+        self._task_changed(task, new, values)
         region_state = _region_state(task, new)
         if not (task.kind == "update" and new == S.SYNCED):
             # The common case in one statement: the region still follows this task, in the state
@@ -156,6 +161,13 @@ class TaskStateMixin:
         self._move_region(conn, task.image_id, task.region, SyncState(region_row.state),
                           region_state, now, **mirrored)
         return region_state
+
+    def _task_changed(self, task: TaskRow, new: SyncState, values: dict[str, Any]) -> None:
+        """The in-memory side of a task change just written (leases, running tasks, progress)."""
+        self._lease_changed(task, new, values)
+        self._live_changed(task, new, values)
+        if new not in (S.ASSIGNED, S.TRANSFERRING):
+            self.on_commit(lambda: self._progress.pop(task.task_id, None))
 
     def _region_follows(self, conn: Connection, task: TaskRow, expected: SyncState, new: SyncState, now: float,
                         mirrored: dict[str, Any]) -> bool:
