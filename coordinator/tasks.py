@@ -227,12 +227,11 @@ class TaskDesk(ReportsMixin):
 
     def retry_registrations(self, now: float) -> None:
         """Submit the registrations whose backoff is over (and any a restart left unfinished)."""
-        for task in self.journal.registrations_due(now):
-            if task.task_id not in self.registering:
-                if task.register_retries:
-                    LOG.info("task %s of %s: registration try %d", task.task_id, task.image_id,
-                             task.register_retries + 1)
-                self.register(task)
+        for task in self.journal.registrations_due(now, skip=self.registering):
+            if task.register_retries:
+                LOG.info("task %s of %s: registration try %d", task.task_id, task.image_id,
+                         task.register_retries + 1)
+            self.register(task)
 
     def registered(self, result: TaskResult, now: float) -> None:
         """Apply a registration's result; a JournalError leaves it in flight for the caller to retry.

@@ -21,12 +21,13 @@ and acknowledging only after its commit (doc/control-plane.md).
 Three tables live in memory, read from the journal once and changed only when the
 write that changes them commits (``on_commit``): the lease heap (``leases``), the
 rows of running tasks (``livetasks``), the per-region status counters (``views``) and the held deletions (``holds``); progress
-reports are kept in memory and written every few seconds (``taskstate``).
+reports are kept in memory and written every few seconds (``progress``).
 
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``engine`` (oslo.db's enginefacade, the ``[database]`` options,
 SQLite's pragmas, deadlock retry), ``base`` (rows, transactions, batches), ``planning``
-(events and planning), ``taskstate`` (the task state machine, retries), ``leases`` (the
+(events and planning), ``taskstate`` (the task state machine, retries), ``progress`` (progress
+reports noted in memory and flushed), ``leases`` (the
 lease heap), ``views`` (status queries), ``retention`` (purging old history), ``holds``
 (the reconciler's pass counter and the deletions it holds back for an operator),
 ``operations`` (operators' cancels and bulk resyncs, applied by the loop), ``bulk`` (a loop
@@ -53,6 +54,7 @@ from coordinator.journal.leases import LeaseMixin
 from coordinator.journal.livetasks import LiveTaskMixin
 from coordinator.journal.operations import Cancelled, OperationsMixin
 from coordinator.journal.planning import PlanningMixin
+from coordinator.journal.progress import ProgressMixin
 from coordinator.journal.retention import RetentionMixin
 from coordinator.journal.taskstate import TaskStateMixin
 from coordinator.journal.views import ViewsMixin
@@ -60,7 +62,7 @@ from coordinator.journal.views import ViewsMixin
 __all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "LeaseLost", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
+class Journal(PlanningMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, ProgressMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
               RetentionMixin, LeaderMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 

@@ -152,12 +152,13 @@ class BulkMixin:
     # -- the kinds of reports -------------------------------------------------------------
 
     def ack_many(self, reports: Sequence[tuple[str, int]], now: float) -> list[Outcome]:
-        """``ack`` of each (task_id, attempt); an outcome per report, in order."""
+        """``ack`` of each (task_id, attempt); per report, in order: None (applied) or why not."""
         def prepare(report: tuple[str, int]) -> _Move | None:
             task = self._live_row(report[0], report[1], [S.ASSIGNED])
             return None if task is None else self._move(task, S.TRANSFERRING, now, {"started_at": now})
 
-        return self._many(reports, now, lambda r: r[0], prepare, lambda r: self.ack(r[0], r[1], now))
+        outcomes = self._many(reports, now, lambda r: r[0], prepare, lambda r: self.ack(r[0], r[1], now))
+        return [o if isinstance(o, GlanceSyncError) else None for o in outcomes]
 
     def done_many(self, reports: Sequence[tuple[str, int, dict[str, Any]]], now: float) -> list[Outcome]:
         """``done`` of each (task_id, attempt, report): the task's row after it, or why not."""

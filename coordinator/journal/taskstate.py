@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -281,40 +281,6 @@ class TaskStateMixin:
             self._set_task(conn, task, S.TRANSFERRING, now, started_at=now)
 
     @retry_on_deadlock
-    def progress(self, task_id: str, attempt: int, bytes_done: int, bytes_total: int, now: float) -> None:
-        """Note a progress report of the current attempt; written by ``flush_progress``, shown at once.
-
-        Progress is a hint (``done`` brings the final count): keeping it in memory
-        saves a write per report, and losing the last few seconds of it in a crash
-        costs nothing but a stale figure until the next report.
-        """
-        bytes_done, bytes_total = byte_count("bytes_done", bytes_done), byte_count("bytes_total", bytes_total)
-        with self.transaction() as conn:
-            task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
-        self._progress[task_id] = (attempt, task.image_id, task.region, bytes_done, bytes_total, now)
-
-    def flush_progress(self) -> int:
-        """Write the progress noted since the last flush (one transaction); how many tasks it touched."""
-        pending, self._progress = self._progress, {}
-        written = 0
-        try:
-            with self.transaction() as conn:
-                for task_id, (attempt, image_id, region, done, total, at) in pending.items():
-                    if not conn.execute(tasks.update().where(
-                            tasks.c.task_id == task_id, tasks.c.attempt == attempt, tasks.c.state.in_(_LIVE_TASK),
-                    ).values(bytes_done=done, bytes_total=total, updated_at=at)).rowcount:
-                        continue
-                    conn.execute(image_regions.update().where(
-                        image_regions.c.image_id == image_id, image_regions.c.region == region,
-                        image_regions.c.task_id == task_id).values(bytes_done=done, bytes_total=total,
-                                                                   updated_at=at))
-                    written += 1
-        except BaseException:
-            self._progress = {**pending, **self._progress}  # kept for the next flush
-            raise
-        return written
-
-    @retry_on_deadlock
     def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
         """The agent finished: copy and delete go on to registering, update is synced at once."""
         if report.get("size") is not None:
@@ -384,12 +350,21 @@ class TaskStateMixin:
                 image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
                 image_regions.c.task_id == task_id).values(last_error=reason, updated_at=now))
 
-    def registrations_due(self, now: float) -> list[TaskRow]:
-        """Tasks in ``registering`` whose next registration try is due by ``now``."""
-        query = (sa.select(tasks).where(tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= now)
+    def registrations_due(self, now: float, skip: Collection[str] = ()) -> list[TaskRow]:
+        """Tasks in ``registering`` whose next registration try is due by ``now``, but those in ``skip``.
+
+        The loop asks every iteration while many registrations are in the pool (``skip``): their
+        ids are read, not their rows (payload and report unpacked), so that costs next to nothing.
+        """
+        query = (sa.select(tasks.c.task_id).where(tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= now)
                  .order_by(tasks.c.not_before, tasks.c.seq))
         with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+            due = [task_id for task_id in conn.execute(query).scalars() if task_id not in skip]
+            found = {}
+            for start in range(0, len(due), 500):
+                found.update((r.task_id, _task(r)) for r in conn.execute(sa.select(tasks).where(
+                    tasks.c.task_id.in_(due[start:start + 500]), tasks.c.state == S.REGISTERING.value)).all())
+        return [found[task_id] for task_id in due if task_id in found]
 
     @retry_on_deadlock
     def requeue(self, task_id: str, attempt: int, now: float, reason: str) -> None:
