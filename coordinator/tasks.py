@@ -115,9 +115,13 @@ class TaskDesk(ReportsMixin):
             list(map(self._unroute, list(self._routes)))
             return 0
         given, back = 0, []
+        by_agent: dict[str, list[str]] = {}
         for session, task in assigned:
             if self._send_task(session, task, send, back):
                 given += 1
+                by_agent.setdefault(session.agent_id, []).append(f"{task.task_id}/{task.attempt}")
+        for agent_id, refs in by_agent.items():  # one line per agent, not per task (doc/control-plane.md)
+            LOG.info("agent %s given %d task(s): %s", agent_id, len(refs), " ".join(refs))
         if back:
             self._take_back(back, now)
         self._routes.clear()
@@ -176,6 +180,10 @@ class TaskDesk(ReportsMixin):
             self._unroute(task.task_id)
             back.append((task, None))
             return False
+        if "image" not in task.payload:  # its event's row is gone (journal/images.py): nothing to send
+            self._unroute(task.task_id)
+            back.append((task, "the image record of this task is no longer in the journal"))
+            return False
         body = {"task_id": task.task_id, "attempt": task.attempt, "kind": task.kind,
                 "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
                 "source": task.payload.get("source"), "members": task.payload.get("members")}
@@ -194,7 +202,7 @@ class TaskDesk(ReportsMixin):
             back.append((task, None))
             return False
         self.agents.took(session, task.task_id)
-        LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s%s", task.task_id, task.kind,
+        LOG.debug("task %s (%s %s -> %s) attempt %d given to agent %s%s", task.task_id, task.kind,
                  task.image_id, task.region, task.attempt, session.agent_id,
                  f", sources {', '.join(source_name(name) for name in order)}" if order is not None else "")
         return True

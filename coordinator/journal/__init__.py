@@ -30,7 +30,8 @@ SQLite's pragmas, deadlock retry), ``base`` (rows, transactions, batches), ``pla
 reports noted in memory and flushed), ``leases`` (the
 lease heap), ``views`` (status queries), ``retention`` (purging old history), ``holds``
 (the reconciler's pass counter and the deletions it holds back for an operator),
-``operations`` (operators' cancels and bulk resyncs, applied by the loop), ``bulk`` (a loop
+``operations`` (operators' cancels and bulk resyncs, applied by the loop), ``images`` (the
+image record of an event's tasks, kept once in its row), ``bulk`` (a loop
 iteration's reports of one kind written with one statement per table) and ``leader``
 (the lease of a coordinator pair's active member, and the fence on its writes).
 """
@@ -49,6 +50,7 @@ from coordinator.journal.base import (
 from coordinator.journal.bulk import BulkMixin
 from coordinator.journal.engine import make_engine
 from coordinator.journal.holds import HeldDelete, HoldsMixin
+from coordinator.journal.images import ImageRecordMixin
 from coordinator.journal.leader import LeaderMixin, LeaseLost
 from coordinator.journal.leases import LeaseMixin
 from coordinator.journal.livetasks import LiveTaskMixin
@@ -62,7 +64,7 @@ from coordinator.journal.views import ViewsMixin
 __all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "LeaseLost", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, ProgressMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
+class Journal(PlanningMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, ProgressMixin, ImageRecordMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
               RetentionMixin, LeaderMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 
@@ -73,3 +75,4 @@ class Journal(PlanningMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMi
         self._live_table = None
         self._count_table = None
         self._held_table = None
+        self._image_cache = None

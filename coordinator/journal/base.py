@@ -81,6 +81,8 @@ class TaskRow:
     # Failed tries of this task's registration and when the first of them failed.
     register_retries: int = 0
     register_failing_since: float | None = None
+    # The event that planned it, whose row holds its image record (coordinator/journal/images.py).
+    event_id: str | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def _task(row: Any) -> TaskRow:
         bytes_done=m["bytes_done"], bytes_total=m["bytes_total"], last_error=m["last_error"],
         payload=unpack(m["payload"]), report=unpack(m["report"]),
         register_retries=m["register_retries"] or 0, register_failing_since=m["register_failing_since"],
+        event_id=m["event_id"],
     )
 
 

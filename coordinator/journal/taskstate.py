@@ -210,7 +210,7 @@ class TaskStateMixin:
         row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
         if row is None:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
-        task = _task(row)
+        [task] = self._with_images(conn, [_task(row)])
         if (attempt is not None and task.attempt != attempt) or task.state not in states:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
         return task
@@ -218,7 +218,8 @@ class TaskStateMixin:
     def task(self, task_id: str) -> TaskRow | None:
         with self.transaction() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
-        return None if row is None else self._with_lease(_task(row))
+            task = None if row is None else self._with_images(conn, [_task(row)])[0]
+        return None if task is None else self._with_lease(task)
 
     def _with_lease(self, task: TaskRow) -> TaskRow:
         """``task`` with its lease as renewed in memory (the journal keeps the hand-out's)."""
@@ -249,8 +250,7 @@ class TaskStateMixin:
                          .order_by(tasks.c.seq).limit(limit).subquery()
                          for region, limit in regions[start:start + 200]]
                 query = sa.union_all(*[sa.select(part) for part in parts]) if len(parts) > 1 else sa.select(parts[0])
-                for row in conn.execute(query).all():
-                    task = _task(row)
+                for task in self._with_images(conn, [_task(row) for row in conn.execute(query).all()]):
                     found.setdefault(task.region, []).append(task)
         for rows in found.values():
             rows.sort(key=lambda t: t.seq)
@@ -362,8 +362,9 @@ class TaskStateMixin:
             due = [task_id for task_id in conn.execute(query).scalars() if task_id not in skip]
             found = {}
             for start in range(0, len(due), 500):
-                found.update((r.task_id, _task(r)) for r in conn.execute(sa.select(tasks).where(
-                    tasks.c.task_id.in_(due[start:start + 500]), tasks.c.state == S.REGISTERING.value)).all())
+                found.update((t.task_id, t) for t in self._with_images(conn, [_task(r) for r in conn.execute(
+                    sa.select(tasks).where(tasks.c.task_id.in_(due[start:start + 500]),
+                                           tasks.c.state == S.REGISTERING.value)).all()]))
         return [found[task_id] for task_id in due if task_id in found]
 
     @retry_on_deadlock
@@ -384,5 +385,5 @@ class TaskStateMixin:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""
         query = sa.select(tasks).where(tasks.c.state == S.REGISTERING.value).order_by(tasks.c.seq)
         with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+            return self._with_images(conn, [_task(r) for r in conn.execute(query).all()])
 
