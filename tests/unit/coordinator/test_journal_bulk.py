@@ -58,9 +58,14 @@ def test_a_task_cycle_of_forty_tasks_costs_a_bounded_number_of_statements(journa
     with journal.batch():
         assert journal.finish_many([(t, 1, "h" * 128) for t in ids], NOW + 1) == [None] * len(ids)
     kinds = _kinds(count)
-    # Per kind: a savepoint, one UPDATE per table, its release; finish reads the next tasks once.
-    # One report at a time this was 4 statements per report and kind (about 480 here).
-    assert len(kinds) <= 3 * 4 + 1 + 4, kinds
+    # One report at a time this was a savepoint and two UPDATEs per report and kind (480 statements).
+    assert kinds.count("SAVEPOINT") <= 3, kinds
+    if journal.engine.dialect.supports_sane_multi_rowcount:
+        # Per kind: a savepoint, one UPDATE per table (executemany), its release; finish reads the
+        # next tasks once. (psycopg2 counts no rows of an executemany: one UPDATE per row there.)
+        assert len(kinds) <= 3 * 4 + 1 + 4, kinds
+    else:
+        assert kinds.count("UPDATE") <= 3 * 2 * len(ids), kinds
     assert set(_states(journal).values()) == {"synced"}
     assert set(_states(journal, image_regions).values()) == {"synced"}
     assert journal.region_counts()[REGIONS[0]]["synced"] == 2
