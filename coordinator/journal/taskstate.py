@@ -216,7 +216,7 @@ class TaskStateMixin:
         return task
 
     def task(self, task_id: str) -> TaskRow | None:
-        with self.transaction() as conn:
+        with self.reading() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
             task = None if row is None else self._with_images(conn, [_task(row)])[0]
         return None if task is None else self._with_lease(task)
@@ -240,7 +240,7 @@ class TaskStateMixin:
             earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(_FINAL))
         found: dict[str, list[TaskRow]] = {}
         regions = [(region, limit) for region, limit in wants.items() if limit > 0]
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for start in range(0, len(regions), 200):
                 # One LIMITed select per region, each walking ix_tasks_dispatch_seq in seq order and
                 # stopping at its limit. ``not_before + 0`` keeps the planner off ix_tasks_state_due,
@@ -358,7 +358,7 @@ class TaskStateMixin:
         """
         query = (sa.select(tasks.c.task_id).where(tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= now)
                  .order_by(tasks.c.not_before, tasks.c.seq))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             due = [task_id for task_id in conn.execute(query).scalars() if task_id not in skip]
             found = {}
             for start in range(0, len(due), 500):
@@ -378,12 +378,12 @@ class TaskStateMixin:
         query = sa.select(tasks).where(tasks.c.agent_id == agent_id, tasks.c.state.in_(_LIVE_TASK))
         if region is not None:
             query = query.where(tasks.c.region == region)
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return [_task(r) for r in conn.execute(query).all()]
 
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""
         query = sa.select(tasks).where(tasks.c.state == S.REGISTERING.value).order_by(tasks.c.seq)
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return self._with_images(conn, [_task(r) for r in conn.execute(query).all()])
 
