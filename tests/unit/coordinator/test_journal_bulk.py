@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from coordinator.journal import Journal, NewTask
 from coordinator.schema import image_regions, tasks
@@ -139,3 +140,20 @@ def test_one_bad_size_fails_only_its_own_done(journal: Journal) -> None:
     assert "byte count" in str(outcomes[2])
     assert sum(1 for o in outcomes if getattr(o, "state", None) is not None) == len(ids) - 1
     assert _states(journal)[ids[2]] == "transferring"
+
+
+def test_reads_in_a_batch_take_no_savepoint_and_a_failed_read_breaks_the_batch(journal: Journal) -> None:
+    from glancesync.exceptions import JournalError
+
+    ids = _handed_out(journal)
+    count = Statements(journal)
+    with journal.batch():
+        journal.region_records(IMAGES[0])
+        journal.registrations_due(NOW)
+        journal.ack_many([(t, 1) for t in ids], NOW)
+    assert _kinds(count).count("SAVEPOINT") == 1, _kinds(count)  # the acks' only
+    with pytest.raises(JournalError), journal.batch():
+        journal.ack_many([(t, 1) for t in ids], NOW)  # stale now: nothing to write
+        with pytest.raises(JournalError), journal.reading() as conn:
+            conn.execute(sa.text("SELECT * FROM no_such_table"))
+    assert set(_states(journal).values()) == {"transferring"}
