@@ -141,15 +141,17 @@ class PlanningMixin:
         # The image record goes once in the event's row, not in every task (journal/images.py).
         shared = shared_image(new_tasks)
         with self.transaction() as conn:
+            values: dict[str, Any] = dict(planned=True, planned_at=now, plan_error=error)
+            payload = self._event_payload_with(conn, event_id, shared) if shared is not None else None
+            if payload is None:
+                shared = None  # no event row to keep it in: each task keeps its own
+            else:
+                values["payload"] = payload
             if record is not None:
                 self._note_record(conn, image_id, record[0], record[1], now)
             created = self._add_tasks(conn, event_id, image_id, new_tasks, now, shared)
             for region, reason in failures.items():
                 self._fail_region(conn, image_id, region, reason, now)
-            values: dict[str, Any] = dict(planned=True, planned_at=now, plan_error=error)
-            payload = self._event_payload_with(conn, event_id, shared) if shared is not None else None
-            if payload is not None:
-                values["payload"] = payload
             conn.execute(events.update().where(events.c.event_id == event_id).values(**values))
         return created
 

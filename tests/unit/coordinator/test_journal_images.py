@@ -70,3 +70,12 @@ def test_a_task_whose_event_row_is_gone_has_no_record_and_is_not_sent(journal: J
     assert sent == []
     task = fresh.task(task_id)
     assert task.state.value == "failed" and "image record" in task.last_error
+
+
+def test_tasks_of_an_event_never_recorded_keep_their_own_record(journal: Journal) -> None:
+    from coordinator.journal import NewTask
+
+    [task_id] = journal.plan_event("not-recorded", IMAGE_ID, [NewTask("RegionOne", "copy", {
+        "image": image_record(), "source": {"type": "sftp", "path": "/x"}})], {}, NOW)
+    assert _payloads(journal)[task_id]["image"] == image_record()
+    assert journal.task(task_id).payload["image"] == image_record()
