@@ -4,7 +4,8 @@
 region, glancesync.roles) and hands it on: ``hello`` opens a session (agents.py) and
 is answered with ``welcome`` and a ``cancel`` for each attempt it lists that is no
 longer the agent's; ``ready``, ``ack``, ``progress``, ``done``, ``failed`` and ``bye``
-go to the session and the task desk (tasks.py).  ``done`` and ``failed`` are answered
+go to the session and the task desk (tasks.py; ``ack`` and ``done`` are queued there and
+applied together once per iteration, coordinator/taskreports.py).  ``done`` and ``failed`` are answered
 with ``result_ack`` only after the loop iteration's journal batch has committed
 (``ack_later``): the agent forgets a result once it is acked (doc/control-plane.md).
 A frame that breaks the protocol is answered with ``error``; when it was a report,
@@ -84,6 +85,7 @@ class AgentDialog:
         if peer is None:
             return
         if msg.type == "hello":
+            self.tasks.apply_reports(now)  # its in_flight is judged against what was reported before
             self.hello(routing_id, peer, key, msg, now)
             return
         session = self.agents.get(routing_id)
@@ -131,9 +133,11 @@ class AgentDialog:
             self.tasks.ack(session, body, now)
         elif msg.type == "progress":
             self.tasks.progress(session, body, now)
-        elif msg.type in ("done", "failed"):
-            settled = (self.tasks.done if msg.type == "done" else self.tasks.failed)(session, body, now)
-            if settled:  # journaled (or stale): the agent may forget it
+        elif msg.type == "done":  # applied with the iteration's others; acked once journaled (or stale)
+            ref = {"task_id": body["task_id"], "attempt": body["attempt"]}
+            self.tasks.done(session, body, now, lambda: self.ack_later(session.routing_id, "result_ack", ref))
+        elif msg.type == "failed":
+            if self.tasks.failed(session, body, now):  # journaled (or stale): the agent may forget it
                 self.ack_later(session.routing_id, "result_ack",
                                {"task_id": body["task_id"], "attempt": body["attempt"]})
         elif msg.type == "bye":

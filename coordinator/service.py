@@ -6,9 +6,10 @@
 
 1. serve every frame that arrived: agents' session messages (dialog.py), ``event``,
    ``status_query`` and ``operator`` (operator.py) on the client socket, each only
-   from a peer whose key's role may send it (glancesync.roles, looked up per message);
-2. apply what the glance thread pool finished (registrations, image fetches), and
-   journal the next slice of a finished reconciler pass's events;
+   from a peer whose key's role may send it (admission.py, looked up per message);
+2. apply what the glance thread pool finished (registrations, image fetches), then the
+   iteration's acks, dones and registrations that succeeded, one journal call per kind
+   (taskreports.py), and journal the next slice of a finished reconciler pass's events;
 3. mark silent agents offline, requeue the tasks whose lease is due (a heap in
    memory), persist the progress reports kept in memory;
 4. plan journaled events that have no tasks yet (eventdesk.py), and cancel copies a
@@ -36,6 +37,7 @@ import zmq
 from oslo_config import cfg
 
 from coordinator import status
+from coordinator.admission import AdmissionMixin
 from coordinator.agents import Agents
 from coordinator.clock import SteadyClock
 from coordinator.dialog import AgentDialog, peer_name
@@ -64,7 +66,7 @@ HELD_REFRESH_SECONDS = 5.0
 ITERATION_BUDGET = 0.5
 
 
-class Service:
+class Service(AdmissionMixin):
     """The coordinator service; ``context`` may be shared with tests."""
 
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
@@ -189,7 +191,8 @@ class Service:
                 for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
                     if sock in ready:
                         self._drain(sock, handler, now)
-                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self.events.journal_slice,
+                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self.tasks.apply_reports,
+                                  self.events.journal_slice,
                                   self._housekeeping, self.events.plan_events, self.operator.step))
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
@@ -314,43 +317,6 @@ class Service:
                             self.events.strategy_in_force, self.tasks.rates,
                             None if self.leadership is None else self.leadership.view)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
-
-    # -- who may send what ------------------------------------------------------------------
-
-    def _admitted(self, sock: zmq.Socket | None, envelope: list[bytes], key: str | None,
-                  msg: protocol.Message) -> roles.Peer | None:
-        """The sender's role if it may send ``msg``; otherwise an error reply, one log line, None."""
-        if self.auth is None:
-            return roles.LOCAL  # no CURVE: loopback only, every local peer is trusted
-        peer = self.auth.peer(key)
-        if peer is not None and peer.may_send(msg.type):
-            return peer
-        if peer is None:
-            code, reason = "forbidden", "this key is not (or no longer) on the coordinator's allow-list"
-        else:
-            code, reason = "forbidden", f"a {peer.role} key may not send {msg.type}"
-        LOG.warning("peer %s: %s refused: key %s: %s", peer_name(envelope[0]), msg.type,
-                    self.auth.describe(key), reason)
-        self._send(sock, envelope, protocol.encode("error", {"code": code, "reason": reason, "ref": msg.id}))
-        return None
-
-    def request_reload(self) -> None:
-        """Re-read the allow-list at the next iteration (SIGHUP; safe in a signal handler)."""
-        self._reload_keys = True
-
-    def _keys(self, now: float) -> None:
-        if self.auth is None:
-            return
-        forced, self._reload_keys = self._reload_keys, False
-        if not forced and now - self._keys_checked < self.conf.curve.reload_interval:
-            return
-        self._keys_checked = now
-        if self.auth.refresh(force=forced):
-            self.agents.revoke(self._agent_key_admitted)
-
-    def _agent_key_admitted(self, key: str, region: str) -> bool:
-        peer = self.auth.peer(key) if self.auth is not None else None
-        return peer is not None and peer.role == roles.AGENT and peer.region == region
 
     # -- timers and queues ------------------------------------------------------------------
 

@@ -39,16 +39,15 @@ from coordinator.journal import Journal, TaskRow
 from coordinator.rates import Rates
 from coordinator.registrar import Registrar, TaskResult
 from coordinator.sources import Sourcing, source_name, wire_sources
+from coordinator.taskreports import ReportsMixin
 from glancesync.exceptions import JournalError, ProtocolError, StaleAttempt
 from glancesync.liveness import retry_delay
-from glancesync.metrics import failure_kind
 from glancesync.protocol import FEATURE_SOURCES
 from glancesync.states import SyncState
 
 LOG = logging.getLogger(__name__)
 # Sends one message to an agent; False when it could not be handed to the socket.
 Send = Callable[[bytes, str, dict[str, Any]], bool]
-_HELD = (SyncState.ASSIGNED, SyncState.TRANSFERRING)
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class RegistrationRetry:
         return now + retry_delay(retries + 1, self.backoff, self.max_backoff)
 
 
-class TaskDesk:
+class TaskDesk(ReportsMixin):
     def __init__(self, journal: Journal, agents: Agents, registrar: Registrar, retry_policy: RetryPolicy,
                  registration_retry: RegistrationRetry | None = None, sourcing: Sourcing | None = None) -> None:
         self.journal = journal
@@ -84,11 +83,7 @@ class TaskDesk:
         self.sourcing = sourcing or Sourcing(0, ())
         # The order of sources chosen for the copies being handed out now.
         self._routes: dict[str, list[str | None]] = {}
-
-    def _stale(self, what: str, body: dict[str, Any], session: Session | None = None) -> None:
-        who = f" from agent {session.agent_id}" if session else ""
-        LOG.info("ignored %s%s for task %s attempt %s: not the current attempt",
-                 what, who, body.get("task_id"), body.get("attempt"))
+        self._init_reports()
 
     # -- hand-out -----------------------------------------------------------------------
 
@@ -105,21 +100,28 @@ class TaskDesk:
         assigned = []
         try:
             with self.journal.batch():
-                for session, pending in self._pick(sessions, now):
-                    try:
-                        assigned.append((session, self.journal.assign(
-                            pending.task_id, session.agent_id, now, now + self.agents.lease_timeout, pending)))
-                    except StaleAttempt:
+                picked = self._pick(sessions, now)
+                expires = now + self.agents.lease_timeout
+                outcomes = self.journal.assign_many([(task, s.agent_id, expires) for s, task in picked], now)
+                for (session, pending), outcome in zip(picked, outcomes, strict=True):
+                    if isinstance(outcome, JournalError):
+                        raise outcome
+                    if isinstance(outcome, StaleAttempt):
                         self._unroute(pending.task_id)
                         continue
+                    assigned.append((session, outcome))
         except JournalError as exc:
             LOG.error("tasks not handed out this time: %s", exc)
             list(map(self._unroute, list(self._routes)))
             return 0
         given, back = 0, []
+        by_agent: dict[str, list[str]] = {}
         for session, task in assigned:
             if self._send_task(session, task, send, back):
                 given += 1
+                by_agent.setdefault(session.agent_id, []).append(f"{task.task_id}/{task.attempt}")
+        for agent_id, refs in by_agent.items():  # one line per agent, not per task (doc/control-plane.md)
+            LOG.info("agent %s given %d task(s): %s", agent_id, len(refs), " ".join(refs))
         if back:
             self._take_back(back, now)
         self._routes.clear()
@@ -179,6 +181,10 @@ class TaskDesk:
             self._unroute(task.task_id)
             back.append((task, None))
             return False
+        if "image" not in task.payload:  # its event's row is gone (journal/images.py): nothing to send
+            self._unroute(task.task_id)
+            back.append((task, "the image record of this task is no longer in the journal"))
+            return False
         body = {"task_id": task.task_id, "attempt": task.attempt, "kind": task.kind,
                 "image_id": task.image_id, "region": task.region, "image": task.payload["image"],
                 "source": task.payload.get("source"), "members": task.payload.get("members")}
@@ -197,7 +203,7 @@ class TaskDesk:
             back.append((task, None))
             return False
         self.agents.took(session, task.task_id)
-        LOG.info("task %s (%s %s -> %s) attempt %d given to agent %s%s", task.task_id, task.kind,
+        LOG.debug("task %s (%s %s -> %s) attempt %d given to agent %s%s", task.task_id, task.kind,
                  task.image_id, task.region, task.attempt, session.agent_id,
                  f", sources {', '.join(source_name(name) for name in order)}" if order is not None else "")
         return True
@@ -218,116 +224,6 @@ class TaskDesk:
         except JournalError as exc:  # their leases lapse and requeue them
             LOG.error("%d task(s) not sent stay assigned until their lease lapses: %s", len(back), exc)
 
-    # -- agent reports -------------------------------------------------------------------
-
-    def _attempt(self, session: Session, body: dict[str, Any], older: bool = False) -> int:
-        """The current attempt ``body`` reports on for ``session``, or StaleAttempt.
-
-        ``older``: a report of an older attempt counts for the current one when this
-        agent holds it (one worker per task: it is the same worker's).
-        """
-        task = self.journal.held_task(body["task_id"])
-        if task is not None and task.agent_id == session.agent_id and task.region == session.region:
-            if task.attempt == body["attempt"]:
-                return task.attempt
-            if older and body["attempt"] < task.attempt and task.state in _HELD:
-                LOG.info("task %s: report of attempt %d from agent %s counts for attempt %d, which it holds",
-                         task.task_id, body["attempt"], session.agent_id, task.attempt)
-                return task.attempt
-        raise StaleAttempt(task_id=body["task_id"], attempt=body["attempt"])
-
-    def ack(self, session: Session, body: dict[str, Any], now: float) -> None:
-        try:
-            self.journal.ack(body["task_id"], self._attempt(session, body), now)
-        except StaleAttempt:
-            self._stale("ack", body, session)
-
-    def progress(self, session: Session, body: dict[str, Any], now: float) -> None:
-        try:
-            attempt = self._attempt(session, body, older=True)
-            self.journal.progress(body["task_id"], attempt, body["bytes_done"], body["bytes_total"], now)
-            self.rates.record(body["task_id"], attempt, body.get("phase"), body["bytes_done"], body["bytes_total"],
-                              now)
-        except StaleAttempt:
-            self._stale("progress", body, session)
-        except JournalError as exc:  # progress is a hint: the next one, or done, brings it up to date
-            LOG.warning("progress of task %s not journaled: %s", body["task_id"], exc)
-
-    def _lost_report(self, what: str, body: dict[str, Any], exc: JournalError) -> None:
-        # Not acked: the agent sends it again. Stop renewing the lease meanwhile, so the
-        # task is redone if the journal stays unable to take it.
-        LOG.error("%s of task %s attempt %s not journaled (%s); not acked, the agent sends it again",
-                  what, body["task_id"], body["attempt"], exc)
-        self.agents.released(body["task_id"])
-
-    def done(self, session: Session, body: dict[str, Any], now: float) -> bool:
-        try:
-            attempt = self._attempt(session, body, older=True)
-            task = self.journal.done(body["task_id"], attempt, {**body, "attempt": attempt}, now)
-        except StaleAttempt:
-            self._stale("done", body, session)
-            return True
-        except JournalError as exc:
-            self._lost_report("done", body, exc)
-            return False
-        self.agents.released(task.task_id)
-        LOG.info("task %s (%s %s -> %s) done by agent %s", task.task_id, task.kind, task.image_id,
-                 task.region, session.agent_id)
-        if task.state == SyncState.REGISTERING:
-            self.register(task)
-        return True
-
-    def failed(self, session: Session, body: dict[str, Any], now: float) -> bool:
-        try:
-            self._fail(body["task_id"], self._attempt(session, body), body["reason"], body["retryable"], now,
-                       region=session.region)
-        except StaleAttempt:
-            self._stale("failed", body, session)
-            return True
-        except JournalError as exc:
-            self._lost_report("failed", body, exc)
-            return False
-        self.agents.released(body["task_id"])
-        return True
-
-    def handed_back(self, session: Session, refs: list[dict[str, Any]], now: float) -> None:
-        """A stopping agent gives these attempts back unfinished: requeued, no retry counted."""
-        for ref in refs:
-            try:
-                attempt = self._attempt(session, ref)
-                self.journal.requeue(ref["task_id"], attempt, now, f"handed back by agent {session.agent_id}")
-            except StaleAttempt:
-                continue
-            self.agents.released(ref["task_id"])
-            LOG.info("task %s attempt %d handed back by agent %s: back in the queue", ref["task_id"], attempt,
-                     session.agent_id)
-
-    def refused(self, session: Session, ref: dict[str, Any], reason: str, now: float) -> bool:
-        """A ``done`` or ``failed`` of ``ref`` that broke the protocol: that attempt failed.
-
-        The agent has finished with the task and will not report it again; without
-        this the task would stay handed out, its lease renewed by every heartbeat.
-        """
-        return self.failed(session, {**ref, "reason": reason, "retryable": True}, now)
-
-    def _fail(self, task_id: str, attempt: int, reason: str, retryable: bool, now: float,
-              backoff: bool = True, region: str | None = None) -> None:
-        state = self.journal.fail(task_id, attempt, reason, now, self.retry_policy(retryable, now, backoff))
-        self._count_failure(task_id, reason, region)
-        if state == SyncState.FAILED:
-            LOG.error("task %s failed for good: %s", task_id, reason)
-        else:
-            LOG.warning("task %s attempt %d failed, will retry: %s", task_id, attempt, reason)
-
-    def _count_failure(self, task_id: str, reason: str, region: str | None) -> None:
-        if region is None:  # a registration's result names no region: rare enough to look it up
-            try:
-                task = self.journal.task(task_id)
-            except JournalError:  # the failure is journaled: a metric must not undo its handling
-                task = None
-            region = task.region if task is not None else "?"
-        self.failures[region, failure_kind(reason)] += 1
-
     # -- the glance pool ------------------------------------------------------------------
 
     def register(self, task: TaskRow) -> None:
@@ -340,20 +236,22 @@ class TaskDesk:
 
     def retry_registrations(self, now: float) -> None:
         """Submit the registrations whose backoff is over (and any a restart left unfinished)."""
-        for task in self.journal.registrations_due(now):
-            if task.task_id not in self.registering:
-                if task.register_retries:
-                    LOG.info("task %s of %s: registration try %d", task.task_id, task.image_id,
-                             task.register_retries + 1)
-                self.register(task)
+        for task in self.journal.registrations_due(now, skip=self.registering):
+            if task.register_retries:
+                LOG.info("task %s of %s: registration try %d", task.task_id, task.image_id,
+                         task.register_retries + 1)
+            self.register(task)
 
     def registered(self, result: TaskResult, now: float) -> None:
-        """Apply a registration's result; a JournalError leaves it in flight for the caller to retry."""
+        """Apply a registration's result; a JournalError leaves it in flight for the caller to retry.
+
+        A success is queued and journaled with the others of the iteration (``apply_reports``).
+        """
+        if result.ok:
+            self._finished.append(result)
+            return
         try:
-            if result.ok:
-                self.journal.finish(result.task_id, result.attempt, now, result.os_hash_value)
-                LOG.info("task %s complete", result.task_id)
-            elif result.retryable and not result.redo_transfer:
+            if result.retryable and not result.redo_transfer:
                 self._retry_registration(result, now)
             else:
                 self._fail(result.task_id, result.attempt, result.reason, result.retryable, now)

@@ -21,15 +21,18 @@ and acknowledging only after its commit (doc/control-plane.md).
 Three tables live in memory, read from the journal once and changed only when the
 write that changes them commits (``on_commit``): the lease heap (``leases``), the
 rows of running tasks (``livetasks``), the per-region status counters (``views``) and the held deletions (``holds``); progress
-reports are kept in memory and written every few seconds (``taskstate``).
+reports are kept in memory and written every few seconds (``progress``).
 
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``engine`` (oslo.db's enginefacade, the ``[database]`` options,
 SQLite's pragmas, deadlock retry), ``base`` (rows, transactions, batches), ``planning``
-(events and planning), ``taskstate`` (the task state machine, retries), ``leases`` (the
+(events and planning), ``taskstate`` (the task state machine, retries), ``progress`` (progress
+reports noted in memory and flushed), ``leases`` (the
 lease heap), ``views`` (status queries), ``retention`` (purging old history), ``holds``
 (the reconciler's pass counter and the deletions it holds back for an operator),
-``operations`` (operators' cancels and bulk resyncs, applied by the loop) and ``leader``
+``operations`` (operators' cancels and bulk resyncs, applied by the loop), ``images`` (the
+image record of an event's tasks, kept once in its row), ``bulk`` (a loop
+iteration's reports of one kind written with one statement per table) and ``leader``
 (the lease of a coordinator pair's active member, and the fence on its writes).
 """
 
@@ -44,13 +47,16 @@ from coordinator.journal.base import (
     pack,
     unpack,
 )
+from coordinator.journal.bulk import BulkMixin
 from coordinator.journal.engine import make_engine
 from coordinator.journal.holds import HeldDelete, HoldsMixin
+from coordinator.journal.images import ImageRecordMixin
 from coordinator.journal.leader import LeaderMixin, LeaseLost
 from coordinator.journal.leases import LeaseMixin
 from coordinator.journal.livetasks import LiveTaskMixin
 from coordinator.journal.operations import Cancelled, OperationsMixin
 from coordinator.journal.planning import PlanningMixin
+from coordinator.journal.progress import ProgressMixin
 from coordinator.journal.retention import RetentionMixin
 from coordinator.journal.taskstate import TaskStateMixin
 from coordinator.journal.views import ViewsMixin
@@ -58,7 +64,7 @@ from coordinator.journal.views import ViewsMixin
 __all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "LeaseLost", "NewTask", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
+class Journal(PlanningMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, ProgressMixin, ImageRecordMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
               RetentionMixin, LeaderMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 
@@ -69,3 +75,4 @@ class Journal(PlanningMixin, HoldsMixin, OperationsMixin, TaskStateMixin, LeaseM
         self._live_table = None
         self._count_table = None
         self._held_table = None
+        self._image_cache = None

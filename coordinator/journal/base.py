@@ -81,6 +81,8 @@ class TaskRow:
     # Failed tries of this task's registration and when the first of them failed.
     register_retries: int = 0
     register_failing_since: float | None = None
+    # The event that planned it, whose row holds its image record (coordinator/journal/images.py).
+    event_id: str | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def _task(row: Any) -> TaskRow:
         bytes_done=m["bytes_done"], bytes_total=m["bytes_total"], last_error=m["last_error"],
         payload=unpack(m["payload"]), report=unpack(m["report"]),
         register_retries=m["register_retries"] or 0, register_failing_since=m["register_failing_since"],
+        event_id=m["event_id"],
     )
 
 
@@ -217,6 +220,26 @@ class JournalBase:
         else:
             with engine.transaction(self._facade) as conn:
                 yield conn
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reads only: in a batch its own, without a savepoint; else a transaction.
+
+        A read leaves nothing to roll back, so inside a batch it costs no SAVEPOINT and RELEASE
+        (two statements, a good part of a loop iteration's).  A database error in it breaks the
+        batch (on PostgreSQL the transaction is aborted), which then rolls back whole.
+        """
+        if self._batch_conn is None:
+            with self.transaction() as conn:
+                yield conn
+            return
+        try:
+            yield self._batch_conn
+        except (sa.exc.SQLAlchemyError, db_exc.DBError, OverflowError) as exc:
+            error = _journal_error(exc)
+            if self._batch_broken is None:
+                self._batch_broken = JournalError(detail=f"the batch's transaction broke ({error})")
+            raise error from exc
 
     @property
     def in_batch(self) -> bool:

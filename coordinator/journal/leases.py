@@ -104,7 +104,7 @@ class LeaseMixin:
             table = Leases()
             query = sa.select(tasks.c.task_id, tasks.c.attempt, tasks.c.agent_id, tasks.c.lease_expires).where(
                 tasks.c.state.in_(_LIVE_TASK))
-            with self.transaction() as conn:
+            with self.reading() as conn:
                 for row in conn.execute(query):
                     table.set(row.task_id, row.attempt, row.agent_id, row.lease_expires)
             self._lease_table = table
@@ -129,7 +129,7 @@ class LeaseMixin:
             return []
         found = []
         ids = list(due)
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for start in range(0, len(ids), 500):
                 query = sa.select(tasks).where(tasks.c.task_id.in_(ids[start:start + 500]),
                                                tasks.c.state.in_(_LIVE_TASK))

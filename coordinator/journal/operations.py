@@ -78,7 +78,7 @@ class OperationsMixin:
             sa.exists().where(later.c.image_id == tasks.c.image_id, later.c.region == tasks.c.region,
                               later.c.seq > tasks.c.seq, later.c.kind == "delete",
                               later.c.state == S.PENDING.value))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return [_task(r) for r in conn.execute(query.order_by(tasks.c.seq)).all()]
 
     @retry_on_deadlock
@@ -98,7 +98,7 @@ class OperationsMixin:
         if region is not None:
             query = query.where(image_regions.c.region == region)
         found: dict[str, list[str]] = {}
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for row in conn.execute(query.order_by(image_regions.c.updated_at)).all():
                 found.setdefault(row.image_id, []).append(row.region)
         return found
@@ -115,7 +115,7 @@ class OperationsMixin:
         query = (sa.select(events.c.plan_error).where(
             events.c.image_id == image_id, events.c.planned.is_(True), events.c.kind != "deleted")
             .order_by(events.c.planned_at.desc(), events.c.received_at.desc()).limit(1))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             error = conn.execute(query).scalar()
         if isinstance(error, str) and error.startswith(prefix):
             return error[len(prefix):]

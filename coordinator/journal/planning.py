@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from coordinator.journal.base import EventRow, NewTask, RegionRecord, pack, unpack
 from coordinator.journal.engine import retry_on_deadlock
+from coordinator.journal.images import shared_image, stored_payload
 from coordinator.schema import events, image_records, image_regions, tasks
 from glancesync.states import SyncState, can_move
 
@@ -64,7 +65,7 @@ class PlanningMixin:
         if now is not None:
             query = query.where(events.c.not_before <= now)
         query = query.order_by(events.c.received_at, events.c.event_id).limit(limit)
-        with self.transaction() as conn:
+        with self.reading() as conn:
             rows = conn.execute(query).all()
         return [_event(r) for r in rows]
 
@@ -80,7 +81,7 @@ class PlanningMixin:
 
     def image_record_state(self, image_id: str) -> tuple[float | None, float | None]:
         """(newest glance updated_at planned from, when first planned from an active record)."""
-        with self.transaction() as conn:
+        with self.reading() as conn:
             row = conn.execute(sa.select(image_records.c.updated_at, image_records.c.active_at)
                                .where(image_records.c.image_id == image_id)).first()
         return (None, None) if row is None else (row.updated_at, row.active_at)
@@ -103,7 +104,7 @@ class PlanningMixin:
     def unplanned_event(self, event_id: str) -> EventRow | None:
         """The event ``event_id`` if it is recorded and not planned yet."""
         query = sa.select(events).where(events.c.event_id == event_id, events.c.planned.is_(False))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             r = conn.execute(query).first()
         return None if r is None else _event(r)
 
@@ -115,7 +116,7 @@ class PlanningMixin:
         query = sa.select(events.c.event_id).where(
             events.c.image_id == image_id, events.c.kind == "deleted", events.c.planned.is_(True),
             events.c.plan_error.is_(None))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
     def region_records(self, image_id: str) -> dict[str, RegionRecord]:
@@ -123,7 +124,7 @@ class PlanningMixin:
                            tasks.c.kind)
                  .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
                  .where(image_regions.c.image_id == image_id))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             rows = conn.execute(query).all()
         return {r.region: RegionRecord(SyncState(r.state), r.kind, r.os_hash_value) for r in rows}
 
@@ -136,25 +137,33 @@ class PlanningMixin:
         ``record``: (updated_at, active) of the glance record the plan came from, kept per image.
         """
         created = []
+        new_tasks = list(new_tasks)
+        # The image record goes once in the event's row, not in every task (journal/images.py).
+        shared = shared_image(new_tasks)
         with self.transaction() as conn:
+            values: dict[str, Any] = dict(planned=True, planned_at=now, plan_error=error)
+            payload = self._event_payload_with(conn, event_id, shared) if shared is not None else None
+            if payload is None:
+                shared = None  # no event row to keep it in: each task keeps its own
+            else:
+                values["payload"] = payload
             if record is not None:
                 self._note_record(conn, image_id, record[0], record[1], now)
-            created = self._add_tasks(conn, event_id, image_id, list(new_tasks), now)
+            created = self._add_tasks(conn, event_id, image_id, new_tasks, now, shared)
             for region, reason in failures.items():
                 self._fail_region(conn, image_id, region, reason, now)
-            conn.execute(events.update().where(events.c.event_id == event_id)
-                         .values(planned=True, planned_at=now, plan_error=error))
+            conn.execute(events.update().where(events.c.event_id == event_id).values(**values))
         return created
 
     def _add_tasks(self, conn: Connection, event_id: str, image_id: str, new_tasks: list[NewTask],
-                   now: float) -> list[str]:
+                   now: float, shared: dict[str, Any] | None = None) -> list[str]:
         """An event's tasks; for regions the image has no record in yet (the common case of a new
         image) tasks and records go in as two bulk inserts, whatever the number of regions."""
         regions = [new.region for new in new_tasks]
         known = {r.region for r in conn.execute(sa.select(image_regions.c.region).where(
             image_regions.c.image_id == image_id, image_regions.c.region.in_(regions)))} if regions else set()
         fresh = [new for new in new_tasks if new.region not in known and regions.count(new.region) == 1]
-        created = [self._add_task(conn, event_id, image_id, new, now) for new in new_tasks if new not in fresh]
+        created = [self._add_task(conn, event_id, image_id, new, now, shared) for new in new_tasks if new not in fresh]
         if not fresh:
             return created
         seq = (conn.execute(sa.select(sa.func.max(tasks.c.seq))).scalar() or 0) + 1
@@ -163,7 +172,7 @@ class PlanningMixin:
             task_id = uuid.uuid4().hex
             rows.append(dict(task_id=task_id, seq=seq + offset, image_id=image_id, region=new.region,
                              kind=new.kind, state=S.PENDING.value, attempt=0, not_before=0.0, retries=0,
-                             bytes_done=0, bytes_total=0, payload=pack(new.payload), event_id=event_id,
+                             bytes_done=0, bytes_total=0, payload=stored_payload(new.payload, shared), event_id=event_id,
                              created_at=now, updated_at=now))
             state = S.DELETING if new.kind == "delete" else S.PENDING
             records.append(dict(image_id=image_id, region=new.region, state=state.value, task_id=task_id,
@@ -174,13 +183,14 @@ class PlanningMixin:
         conn.execute(image_regions.insert(), records)
         return created
 
-    def _add_task(self, conn: Connection, event_id: str, image_id: str, new: NewTask, now: float) -> str:
+    def _add_task(self, conn: Connection, event_id: str, image_id: str, new: NewTask, now: float,
+                  shared: dict[str, Any] | None = None) -> str:
         seq = (conn.execute(sa.select(sa.func.max(tasks.c.seq))).scalar() or 0) + 1
         task_id = uuid.uuid4().hex
         conn.execute(tasks.insert().values(
             task_id=task_id, seq=seq, image_id=image_id, region=new.region, kind=new.kind,
             state=S.PENDING.value, attempt=0, not_before=0.0, retries=0, bytes_done=0, bytes_total=0,
-            payload=pack(new.payload), event_id=event_id, created_at=now, updated_at=now,
+            payload=stored_payload(new.payload, shared), event_id=event_id, created_at=now, updated_at=now,
         ))
         if new.kind == "delete":
             # Work not yet handed out is moot once the image goes away in that region.

@@ -2,7 +2,8 @@
 
 Only history goes: events already planned and tasks in a final state, received or
 finished before a cut-off, and never the task an (image, region) still points at
-(status shows its kind and agent).  ``image_regions`` rows stay: they are the sync
+(status shows its kind and agent), nor an event a task still points at (its row holds
+the task's image record, coordinator/journal/images.py).  ``image_regions`` rows stay: they are the sync
 state itself, and the reconciler's memory of which images it already knows.  An
 event replayed after its row was purged is planned again, which is harmless: the
 planner leaves synced regions alone.
@@ -29,7 +30,9 @@ class RetentionMixin:
                 sa.func.coalesce(tasks.c.finished_at, tasks.c.updated_at) < before,
                 tasks.c.task_id.not_in(current),
             )).rowcount
+            # An event a task still points at holds that task's image record (journal/images.py).
+            pointed = sa.select(tasks.c.event_id).where(tasks.c.event_id.is_not(None))
             gone_events = conn.execute(events.delete().where(
-                events.c.planned.is_(True), events.c.received_at < before,
+                events.c.planned.is_(True), events.c.received_at < before, events.c.event_id.not_in(pointed),
             )).rowcount
         return gone_events, gone_tasks

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,20 @@ S = SyncState
 _RegionRow = collections.namedtuple("_RegionRow", "state task_id")
 # Keyword values of ``_set_task`` that go to the (image, region) row only.
 _REGION_ONLY = ("os_hash_value", "copy_registered_at", "metadata_applied_at")
+
+
+def split_change(new: SyncState, now: float, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A task change's columns: (the task row's, the values its (image, region) row mirrors).
+
+    ``values`` loses the region-only facts; the task's gets its new state and ``updated_at``.
+    """
+    region_only = {k: values.pop(k) for k in _REGION_ONLY if k in values}
+    values.update(state=new.value, updated_at=now)
+    mirrored = {k: values[k] for k in ("last_error", "bytes_done", "bytes_total") if k in values}
+    if "attempt" in values:
+        mirrored["attempts"] = values["attempt"]
+    mirrored.update({k: v for k, v in region_only.items() if v is not None or k != "os_hash_value"})
+    return values, mirrored
 
 
 class TaskStateMixin:
@@ -123,23 +137,14 @@ class TaskStateMixin:
         """
         if not can_move(task.state, new):
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
-        # Facts of the (image, region) only, not columns of the task.
-        region_only = {k: values.pop(k) for k in _REGION_ONLY if k in values}
-        values.update(state=new.value, updated_at=now)
+        values, mirrored = split_change(new, now, values)
         result = conn.execute(tasks.update().where(
             tasks.c.task_id == task.task_id, tasks.c.state == task.state.value,
             tasks.c.attempt == task.attempt).values(**values))
         if result.rowcount != 1:
             self._live_stale(task.task_id)
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
-        self._lease_changed(task, new, values)
-        self._live_changed(task, new, values)
-        if new not in (S.ASSIGNED, S.TRANSFERRING):
-            self.on_commit(lambda: self._progress.pop(task.task_id, None))
-        mirrored = {k: values[k] for k in ("last_error", "bytes_done", "bytes_total") if k in values}
-        if "attempt" in values:
-            mirrored["attempts"] = values["attempt"]
-        mirrored.update({k: v for k, v in region_only.items() if v is not None or k != "os_hash_value"})
+        self._task_changed(task, new, values)
         region_state = _region_state(task, new)
         if not (task.kind == "update" and new == S.SYNCED):
             # The common case in one statement: the region still follows this task, in the state
@@ -156,6 +161,13 @@ class TaskStateMixin:
         self._move_region(conn, task.image_id, task.region, SyncState(region_row.state),
                           region_state, now, **mirrored)
         return region_state
+
+    def _task_changed(self, task: TaskRow, new: SyncState, values: dict[str, Any]) -> None:
+        """The in-memory side of a task change just written (leases, running tasks, progress)."""
+        self._lease_changed(task, new, values)
+        self._live_changed(task, new, values)
+        if new not in (S.ASSIGNED, S.TRANSFERRING):
+            self.on_commit(lambda: self._progress.pop(task.task_id, None))
 
     def _region_follows(self, conn: Connection, task: TaskRow, expected: SyncState, new: SyncState, now: float,
                         mirrored: dict[str, Any]) -> bool:
@@ -198,15 +210,16 @@ class TaskStateMixin:
         row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
         if row is None:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
-        task = _task(row)
+        [task] = self._with_images(conn, [_task(row)])
         if (attempt is not None and task.attempt != attempt) or task.state not in states:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
         return task
 
     def task(self, task_id: str) -> TaskRow | None:
-        with self.transaction() as conn:
+        with self.reading() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
-        return None if row is None else self._with_lease(_task(row))
+            task = None if row is None else self._with_images(conn, [_task(row)])[0]
+        return None if task is None else self._with_lease(task)
 
     def _with_lease(self, task: TaskRow) -> TaskRow:
         """``task`` with its lease as renewed in memory (the journal keeps the hand-out's)."""
@@ -227,7 +240,7 @@ class TaskStateMixin:
             earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(_FINAL))
         found: dict[str, list[TaskRow]] = {}
         regions = [(region, limit) for region, limit in wants.items() if limit > 0]
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for start in range(0, len(regions), 200):
                 # One LIMITed select per region, each walking ix_tasks_dispatch_seq in seq order and
                 # stopping at its limit. ``not_before + 0`` keeps the planner off ix_tasks_state_due,
@@ -237,8 +250,7 @@ class TaskStateMixin:
                          .order_by(tasks.c.seq).limit(limit).subquery()
                          for region, limit in regions[start:start + 200]]
                 query = sa.union_all(*[sa.select(part) for part in parts]) if len(parts) > 1 else sa.select(parts[0])
-                for row in conn.execute(query).all():
-                    task = _task(row)
+                for task in self._with_images(conn, [_task(row) for row in conn.execute(query).all()]):
                     found.setdefault(task.region, []).append(task)
         for rows in found.values():
             rows.sort(key=lambda t: t.seq)
@@ -267,40 +279,6 @@ class TaskStateMixin:
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED])
             self._set_task(conn, task, S.TRANSFERRING, now, started_at=now)
-
-    @retry_on_deadlock
-    def progress(self, task_id: str, attempt: int, bytes_done: int, bytes_total: int, now: float) -> None:
-        """Note a progress report of the current attempt; written by ``flush_progress``, shown at once.
-
-        Progress is a hint (``done`` brings the final count): keeping it in memory
-        saves a write per report, and losing the last few seconds of it in a crash
-        costs nothing but a stale figure until the next report.
-        """
-        bytes_done, bytes_total = byte_count("bytes_done", bytes_done), byte_count("bytes_total", bytes_total)
-        with self.transaction() as conn:
-            task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
-        self._progress[task_id] = (attempt, task.image_id, task.region, bytes_done, bytes_total, now)
-
-    def flush_progress(self) -> int:
-        """Write the progress noted since the last flush (one transaction); how many tasks it touched."""
-        pending, self._progress = self._progress, {}
-        written = 0
-        try:
-            with self.transaction() as conn:
-                for task_id, (attempt, image_id, region, done, total, at) in pending.items():
-                    if not conn.execute(tasks.update().where(
-                            tasks.c.task_id == task_id, tasks.c.attempt == attempt, tasks.c.state.in_(_LIVE_TASK),
-                    ).values(bytes_done=done, bytes_total=total, updated_at=at)).rowcount:
-                        continue
-                    conn.execute(image_regions.update().where(
-                        image_regions.c.image_id == image_id, image_regions.c.region == region,
-                        image_regions.c.task_id == task_id).values(bytes_done=done, bytes_total=total,
-                                                                   updated_at=at))
-                    written += 1
-        except BaseException:
-            self._progress = {**pending, **self._progress}  # kept for the next flush
-            raise
-        return written
 
     @retry_on_deadlock
     def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
@@ -372,12 +350,22 @@ class TaskStateMixin:
                 image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
                 image_regions.c.task_id == task_id).values(last_error=reason, updated_at=now))
 
-    def registrations_due(self, now: float) -> list[TaskRow]:
-        """Tasks in ``registering`` whose next registration try is due by ``now``."""
-        query = (sa.select(tasks).where(tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= now)
+    def registrations_due(self, now: float, skip: Collection[str] = ()) -> list[TaskRow]:
+        """Tasks in ``registering`` whose next registration try is due by ``now``, but those in ``skip``.
+
+        The loop asks every iteration while many registrations are in the pool (``skip``): their
+        ids are read, not their rows (payload and report unpacked), so that costs next to nothing.
+        """
+        query = (sa.select(tasks.c.task_id).where(tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= now)
                  .order_by(tasks.c.not_before, tasks.c.seq))
-        with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+        with self.reading() as conn:
+            due = [task_id for task_id in conn.execute(query).scalars() if task_id not in skip]
+            found = {}
+            for start in range(0, len(due), 500):
+                found.update((t.task_id, t) for t in self._with_images(conn, [_task(r) for r in conn.execute(
+                    sa.select(tasks).where(tasks.c.task_id.in_(due[start:start + 500]),
+                                           tasks.c.state == S.REGISTERING.value)).all()]))
+        return [found[task_id] for task_id in due if task_id in found]
 
     @retry_on_deadlock
     def requeue(self, task_id: str, attempt: int, now: float, reason: str) -> None:
@@ -390,12 +378,12 @@ class TaskStateMixin:
         query = sa.select(tasks).where(tasks.c.agent_id == agent_id, tasks.c.state.in_(_LIVE_TASK))
         if region is not None:
             query = query.where(tasks.c.region == region)
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return [_task(r) for r in conn.execute(query).all()]
 
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""
         query = sa.select(tasks).where(tasks.c.state == S.REGISTERING.value).order_by(tasks.c.seq)
-        with self.transaction() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+        with self.reading() as conn:
+            return self._with_images(conn, [_task(r) for r in conn.execute(query).all()])
 

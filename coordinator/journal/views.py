@@ -32,7 +32,7 @@ class ViewsMixin:
             query = (sa.select(image_regions.c.region, image_regions.c.state, sa.func.count())
                      .group_by(image_regions.c.region, image_regions.c.state))
             table: dict[str, dict[str, int]] = {}
-            with self.transaction() as conn:
+            with self.reading() as conn:
                 for region, state, count in conn.execute(query).all():
                     table.setdefault(region, {})[state] = count
             self._count_table = table
@@ -71,7 +71,7 @@ class ViewsMixin:
         query = (sa.select(image_regions, tasks.c.kind, tasks.c.agent_id, tasks.c.not_before)
                  .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
                  .where(image_regions.c.image_id == image_id))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             rows = conn.execute(query).all()
             seen = conn.execute(sa.select(events.c.event_id).where(events.c.image_id == image_id)).first()
         regions = {}
@@ -96,12 +96,12 @@ class ViewsMixin:
         """How many events of ``image_id`` wait for planning."""
         query = sa.select(sa.func.count()).select_from(events).where(
             events.c.image_id == image_id, events.c.planned.is_(False))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return int(conn.execute(query).scalar() or 0)
 
     def known_image_ids(self) -> set[str]:
         """Every image id any event or regional record names (for the reconciler)."""
-        with self.transaction() as conn:
+        with self.reading() as conn:
             seen = {row[0] for row in conn.execute(sa.select(events.c.image_id).distinct())}
             seen |= {row[0] for row in conn.execute(sa.select(image_regions.c.image_id).distinct())}
         return seen
@@ -109,7 +109,7 @@ class ViewsMixin:
     def waiting_image_ids(self) -> set[str]:
         """Ids with an event journaled and not planned yet (for the reconciler: its plan decides)."""
         query = sa.select(events.c.image_id).distinct().where(events.c.planned.is_(False))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return {row[0] for row in conn.execute(query)}
 
     def region_facts(self) -> dict[str, dict[str, tuple[str, float]]]:
@@ -117,7 +117,7 @@ class ViewsMixin:
         query = sa.select(image_regions.c.image_id, image_regions.c.region, image_regions.c.state,
                           image_regions.c.updated_at)
         facts: dict[str, dict[str, tuple[str, float]]] = {}
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for image_id, region, state, updated_at in conn.execute(query):
                 facts.setdefault(image_id, {})[region] = (state, updated_at)
         return facts
@@ -138,7 +138,7 @@ class ViewsMixin:
         if image_id is not None:
             query = query.where(tasks.c.image_id == image_id)
         asked: dict[str, set[str]] = {}
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for found_id, region in conn.execute(query):
                 asked.setdefault(found_id, set()).add(region)
         return asked
@@ -147,7 +147,7 @@ class ViewsMixin:
         """Ids with a regional record that is neither deleted nor being deleted."""
         query = (sa.select(image_regions.c.image_id).distinct()
                  .where(image_regions.c.state.notin_([S.DELETED.value, S.DELETING.value])))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return {row[0] for row in conn.execute(query)}
 
     # -- for coordinator/metrics.py (read every few seconds, so each one is a single indexed query) --
@@ -156,13 +156,13 @@ class ViewsMixin:
         """Per region, when its oldest pending task was planned (the queue's lag)."""
         query = (sa.select(tasks.c.region, sa.func.min(tasks.c.created_at))
                  .where(tasks.c.state == S.PENDING.value).group_by(tasks.c.region))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return {region: float(at) for region, at in conn.execute(query).all() if at is not None}
 
     def unplanned_total(self) -> int:
         """Events journaled (acked) and not planned yet."""
         query = sa.select(sa.func.count()).select_from(events).where(events.c.planned.is_(False))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return int(conn.execute(query).scalar() or 0)
 
     def sqlite_bytes(self) -> int | None:
@@ -182,7 +182,7 @@ class ViewsMixin:
         """
         names = [table.name for table in (events, tasks, image_regions)]
         dialect = self.engine.dialect.name
-        with self.transaction() as conn:
+        with self.reading() as conn:
             if dialect == "postgresql":
                 query = sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)")
                 rows = {name: conn.execute(query, {"name": name}).scalar() for name in names}
@@ -214,7 +214,7 @@ class ViewsMixin:
                         image_regions.c.state.in_(live))
                  .order_by(tasks.c.seq))
         latest: dict[str, tuple[str, float, bool]] = {}
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for region, state, report, finished, retries in conn.execute(query).all():
                 cached = bool((unpack(report) or {}).get("cached"))
                 if state == S.REGISTERING.value and retries:

@@ -33,6 +33,8 @@ from glancesync.states import SyncState
 from tests.functional import helpers
 from tests.harness.sqlserver import SqlServer
 from tests.unit.coordinator import test_journal as unit
+from tests.unit.coordinator import test_journal_bulk as bulk
+from tests.unit.coordinator import test_journal_images as images
 from tests.unit.coordinator import test_journal_indexes as indexes
 from tests.unit.coordinator import test_leader as leader_lease
 from tests.unit.coordinator import test_loop_cost as loop_cost
@@ -54,6 +56,12 @@ for _name in ("test_a_batch_is_one_commit_and_a_stale_call_undoes_only_its_own_w
               "test_progress_is_shown_at_once_and_written_later",
               "test_status_counts_are_kept_in_memory_and_match_the_journal"):
     globals()[_name] = getattr(loop_cost, _name)
+# A loop iteration's reports written per kind (journal/bulk.py) and the image record kept once per
+# event (journal/images.py): the row counts of executemany and the fallback differ per driver.
+for _module in (bulk, images):
+    for _name in dir(_module):
+        if _name.startswith("test_"):
+            globals()[_name] = getattr(_module, _name)
 # The journal's queries use their indexes, by each database's own plan.
 for _name in dir(indexes):
     if _name.startswith("test_"):

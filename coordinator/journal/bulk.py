@@ -1,0 +1,226 @@
+"""Journal, one loop iteration's reports of one kind written together: a statement per table, not per report.
+
+The loop gathers the ``ack``\\ s, ``done``\\ s, registrations that succeeded and hand-outs of
+one iteration and applies each kind with one call here (``ack_many``, ``done_many``,
+``finish_many``, ``assign_many``).  Each report is first checked in memory against the
+row of its running task (``livetasks``) and against ``glancesync.states.can_move``;
+those that pass are written in one savepoint: one ``UPDATE tasks ... WHERE task_id AND
+state AND attempt`` and one ``UPDATE image_regions ... WHERE task_id AND state`` for
+all of them (``executemany``; on PostgreSQL, whose driver does not count the rows of an
+executemany, the same compiled statement once per row), still compare-and-set.
+
+When the rows touched fall short of the reports (another process changed a task, the
+region follows another task, the same task twice), the savepoint rolls back and every
+report of the call is applied one at a time through the single-report path
+(``TaskStateMixin.ack``, ``done``...), which judges each on its own exactly as before:
+one stale report never undoes the others.  Reports the table does not hold, or that
+need more than the common case (an update's ``done``, a delete's registration), take
+that path directly.  The in-memory tables change as for one report
+(``TaskStateMixin._task_changed``), after the statements succeeded and inside the
+savepoint, so a rollback of it or of the whole batch undoes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from coordinator.journal.base import _FINAL, TaskRow, _region_state, byte_count, pack
+from coordinator.journal.taskstate import split_change
+from coordinator.schema import image_regions, tasks
+from glancesync.exceptions import GlanceSyncError, StaleAttempt
+from glancesync.states import SyncState, can_move
+
+S = SyncState
+# One report's outcome: the task's row after the change (or None), or why it was not applied.
+Outcome = TaskRow | None | GlanceSyncError
+
+
+@dataclasses.dataclass
+class _Move:
+    task: TaskRow
+    new: SyncState
+    values: dict[str, Any]
+    mirrored: dict[str, Any] = dataclasses.field(default_factory=dict)
+    region_from: SyncState | None = None
+    region_to: SyncState | None = None
+
+
+class _Short(Exception):
+    """A bulk statement touched fewer rows than it had reports: roll back, go one at a time."""
+
+
+def _where(table: sa.Table, names: Sequence[str]) -> list[Any]:
+    return [table.c[name] == sa.bindparam(f"w_{name}") for name in names]
+
+
+class BulkMixin:
+    """The bulk side of ``TaskStateMixin`` on the same journal."""
+
+    _bulk_statements: dict[tuple[str, tuple[str, ...]], Any] | None = None
+
+    def _statement(self, table: sa.Table, keys: tuple[str, ...]) -> Any:
+        """The compare-and-set UPDATE of ``table`` setting ``keys``, built once per shape."""
+        cache = self._bulk_statements
+        if cache is None:
+            cache = self._bulk_statements = {}
+        found = cache.get((table.name, keys))
+        if found is None:
+            where = ("task_id", "state", "attempt") if table is tasks else ("image_id", "region", "task_id", "state")
+            found = cache[table.name, keys] = table.update().where(*_where(table, where)).values(
+                {key: sa.bindparam(f"v_{key}") for key in keys})
+        return found
+
+    def _execute_all(self, conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+        if conn.dialect.supports_sane_multi_rowcount:
+            touched = conn.execute(statement, rows).rowcount
+        else:  # psycopg2 reports no row count for an executemany
+            touched = sum(conn.execute(statement, row).rowcount for row in rows)
+        if touched != len(rows):
+            raise _Short
+
+    def _write_moves(self, conn: Connection, moves: list[_Move], now: float) -> None:
+        """Both tables' UPDATEs for ``moves`` (grouped by the columns they set); _Short if any fell short."""
+        by_shape: dict[tuple[tuple[str, ...], tuple[str, ...]], list[_Move]] = {}
+        for move in moves:
+            by_shape.setdefault((tuple(sorted(move.values)), tuple(sorted(move.mirrored))), []).append(move)
+        for (task_keys, region_keys), group in by_shape.items():
+            self._execute_all(conn, self._statement(tasks, task_keys), [
+                {"w_task_id": m.task.task_id, "w_state": m.task.state.value, "w_attempt": m.task.attempt,
+                 **{f"v_{k}": m.values[k] for k in task_keys}} for m in group])
+            self._execute_all(conn, self._statement(image_regions, region_keys), [
+                {"w_image_id": m.task.image_id, "w_region": m.task.region, "w_task_id": m.task.task_id,
+                 "w_state": m.region_from.value, **{f"v_{k}": m.mirrored[k] for k in region_keys}} for m in group])
+        for move in moves:
+            self._task_changed(move.task, move.new, move.values)
+            self._count_region(move.task.region, move.region_from.value, move.region_to.value)
+
+    def _move(self, task: TaskRow, new: SyncState, now: float, values: dict[str, Any]) -> _Move | None:
+        """``task -> new`` as one row of a bulk write, or None when it needs the single-report path."""
+        if not can_move(task.state, new) or (task.kind == "update" and new == S.SYNCED):
+            return None
+        values, mirrored = split_change(new, now, values)
+        region_from, region_to = _region_state(task, task.state), _region_state(task, new)
+        if region_from != region_to and not can_move(region_from, region_to):
+            return None
+        mirrored.update(state=region_to.value, updated_at=now)
+        if region_to == S.SYNCED:
+            mirrored["synced_at"] = now
+        return _Move(task, new, values, mirrored, region_from, region_to)
+
+    def _many(self, items: Sequence[Any], now: float, task_id: Callable[[Any], str],
+              prepare: Callable[[Any], _Move | None], one: Callable[[Any], Outcome],
+              then: Callable[[Connection, list[_Move]], None] | None = None) -> list[Outcome]:
+        """Apply ``items`` together when every prepared one goes through, else each with ``one``."""
+        moves: dict[int, _Move] = {}
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            move = prepare(item) if task_id(item) not in seen else None
+            seen.add(task_id(item))
+            if move is not None:
+                moves[index] = move
+        if len(moves) < 2 or not self._together(list(moves.values()), now, then):
+            moves = {}
+        outcomes: list[Outcome] = []
+        for index, item in enumerate(items):
+            if index in moves:
+                move = moves[index]
+                fields = {k: v for k, v in move.values.items() if k in _ROW_FIELDS}
+                fields.pop("report", None)
+                outcomes.append(dataclasses.replace(move.task, **{**fields, "state": move.new}))
+                continue
+            try:
+                outcomes.append(one(item))
+            except GlanceSyncError as exc:  # StaleAttempt, or a JournalError of this report alone
+                outcomes.append(exc)
+        return outcomes
+
+    def _together(self, moves: list[_Move], now: float, then: Callable[[Connection, list[_Move]], None] | None) -> bool:
+        try:
+            with self.transaction() as conn:
+                self._write_moves(conn, moves, now)
+                if then is not None:
+                    then(conn, moves)
+        except (_Short, StaleAttempt):
+            return False
+        return True
+
+    # -- the kinds of reports -------------------------------------------------------------
+
+    def ack_many(self, reports: Sequence[tuple[str, int]], now: float) -> list[Outcome]:
+        """``ack`` of each (task_id, attempt); per report, in order: None (applied) or why not."""
+        def prepare(report: tuple[str, int]) -> _Move | None:
+            task = self._live_row(report[0], report[1], [S.ASSIGNED])
+            return None if task is None else self._move(task, S.TRANSFERRING, now, {"started_at": now})
+
+        outcomes = self._many(reports, now, lambda r: r[0], prepare, lambda r: self.ack(r[0], r[1], now))
+        return [o if isinstance(o, GlanceSyncError) else None for o in outcomes]
+
+    def done_many(self, reports: Sequence[tuple[str, int, dict[str, Any]]], now: float) -> list[Outcome]:
+        """``done`` of each (task_id, attempt, report): the task's row after it, or why not."""
+        def prepare(item: tuple[str, int, dict[str, Any]]) -> _Move | None:
+            task_id, attempt, report = item
+            task = self._live_row(task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
+            size = report.get("size")
+            if task is None or task.kind == "update" or (size is not None and not _byte_count_ok(size)):
+                return None
+            extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
+            return self._move(task, S.REGISTERING, now, dict(
+                report=pack(report), lease_expires=None, not_before=0.0, register_retries=0,
+                register_failing_since=None, **extra))
+
+        outcomes = self._many(reports, now, lambda r: r[0], prepare, lambda r: self.done(r[0], r[1], r[2], now))
+        # The report as the registration reads it (a row from the single path already has it).
+        return [dataclasses.replace(o, report=dict(item[2])) if isinstance(o, TaskRow) and o.report is None else o
+                for o, item in zip(outcomes, reports, strict=True)]
+
+    def finish_many(self, results: Sequence[tuple[str, int, str | None]], now: float) -> list[Outcome]:
+        """``finish`` of each (task_id, attempt, os_hash_value): registrations that succeeded."""
+        def prepare(item: tuple[str, int, str | None]) -> _Move | None:
+            task = self._live_row(item[0], item[1], [S.REGISTERING])
+            if task is None or task.kind == "delete":
+                return None
+            return self._move(task, S.SYNCED, now, dict(finished_at=now, os_hash_value=item[2],
+                                                        copy_registered_at=now, metadata_applied_at=now))
+
+        def advance(conn: Connection, moves: list[_Move]) -> None:
+            # One read for all: which of these (image, region) have another task to run next.
+            images = sorted({m.task.image_id for m in moves})
+            waiting = set()
+            for start in range(0, len(images), 500):
+                waiting.update(conn.execute(sa.select(tasks.c.image_id, tasks.c.region).where(
+                    tasks.c.image_id.in_(images[start:start + 500]), tasks.c.state.not_in(_FINAL))).all())
+            for move in moves:
+                if (move.task.image_id, move.task.region) in waiting:
+                    self._advance(conn, move.task.image_id, move.task.region, now, finished=move.region_to)
+
+        outcomes = self._many(results, now, lambda r: r[0], prepare,
+                              lambda r: self.finish(r[0], r[1], now, r[2]), then=advance)
+        return [o if isinstance(o, GlanceSyncError) else None for o in outcomes]
+
+    def assign_many(self, picks: Sequence[tuple[TaskRow, str, float]], now: float) -> list[Outcome]:
+        """Hand each pending (task as just read, agent_id, lease_expires) out: attempt + 1."""
+        def prepare(pick: tuple[TaskRow, str, float]) -> _Move | None:
+            task, agent_id, expires = pick
+            if task.state != S.PENDING:
+                return None
+            return self._move(dataclasses.replace(task), S.ASSIGNED, now, dict(
+                attempt=task.attempt + 1, agent_id=agent_id, lease_expires=expires, bytes_done=0, last_error=None))
+
+        return self._many(picks, now, lambda p: p[0].task_id, prepare,
+                          lambda p: self.assign(p[0].task_id, p[1], now, p[2], p[0]))
+
+
+_ROW_FIELDS = frozenset(f.name for f in dataclasses.fields(TaskRow)) - {"state"}
+
+
+def _byte_count_ok(value: Any) -> bool:
+    try:
+        byte_count("size", value)
+    except GlanceSyncError:
+        return False
+    return True
