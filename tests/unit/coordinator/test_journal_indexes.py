@@ -99,3 +99,19 @@ def test_due_unplanned_events_are_read_in_order_from_the_index_without_a_sort(jo
         assert "TEMP B-TREE" not in plan, plan
     elif dialect == "postgresql":
         assert "Sort" not in plan, plan
+
+
+def test_a_planned_delete_of_an_image_is_looked_up_by_its_image_not_among_every_planned_event(
+        journal: Journal) -> None:
+    # Asked once per planned event; before 0007 SQLite walked ix_events_due (planned = 1), every planned event.
+    for n in range(40):
+        journal.record_event(f"e{n}", "uploaded", f"{n:08d}" + IMAGE_ID[8:], {}, NOW)
+        journal.plan_event(f"e{n}", f"{n:08d}" + IMAGE_ID[8:], [], {}, NOW)
+    journal.record_event("d", "deleted", IMAGE_ID, {}, NOW)
+    journal.plan_event("d", IMAGE_ID, [], {}, NOW)
+    if journal.engine.dialect.name == "postgresql":
+        with journal.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE events")
+    assert journal.deleted_event(IMAGE_ID) and not journal.deleted_event("00000001" + IMAGE_ID[8:])
+    plan = plan_of(journal, lambda: journal.deleted_event(IMAGE_ID), "events")
+    assert "ix_events_image_kind" in plan, plan
