@@ -218,6 +218,28 @@ class JournalBase:
             with engine.transaction(self._facade) as conn:
                 yield conn
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only call: inside a batch, on the batch's connection without a savepoint of its own.
+
+        A read leaves nothing to roll back, and the savepoint and its release were two of
+        the three statements of each of the reads planning makes per event (profiled at
+        100,000 events).  A database error in such a read breaks the batch whatever it
+        is (PostgreSQL ends a transaction at an error outside a savepoint): the batch
+        rolls back whole and raises it, as for a deadlock.  Outside a batch: a transaction.
+        """
+        if self._batch_conn is None:
+            with self.transaction() as conn:
+                yield conn
+            return
+        try:
+            yield self._batch_conn
+        except (sa.exc.SQLAlchemyError, db_exc.DBError, OverflowError) as exc:
+            error = _journal_error(exc)
+            if self._batch_broken is None:
+                self._batch_broken = JournalError(detail=f"the batch's transaction broke ({error})")
+            raise error from exc
+
     @property
     def in_batch(self) -> bool:
         """Whether a ``batch`` is open (a write then is a savepoint, not a transaction of its own)."""

@@ -65,7 +65,7 @@ class PlanningMixin:
         if now is not None:
             query = query.where(events.c.not_before <= now)
         query = query.order_by(events.c.received_at, events.c.event_id).limit(limit)
-        with self.transaction() as conn:
+        with self.reading() as conn:
             rows = conn.execute(query).all()
         return [_event(r) for r in rows]
 
@@ -81,7 +81,7 @@ class PlanningMixin:
 
     def image_record_state(self, image_id: str) -> tuple[float | None, float | None]:
         """(newest glance updated_at planned from, when first planned from an active record)."""
-        with self.transaction() as conn:
+        with self.reading() as conn:
             row = conn.execute(sa.select(image_records.c.updated_at, image_records.c.active_at)
                                .where(image_records.c.image_id == image_id)).first()
         return (None, None) if row is None else (row.updated_at, row.active_at)
@@ -104,7 +104,7 @@ class PlanningMixin:
     def unplanned_event(self, event_id: str) -> EventRow | None:
         """The event ``event_id`` if it is recorded and not planned yet."""
         query = sa.select(events).where(events.c.event_id == event_id, events.c.planned.is_(False))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             r = conn.execute(query).first()
         return None if r is None else _event(r)
 
@@ -116,7 +116,7 @@ class PlanningMixin:
         query = sa.select(events.c.event_id).where(
             events.c.image_id == image_id, events.c.kind == "deleted", events.c.planned.is_(True),
             events.c.plan_error.is_(None))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
     def region_records(self, image_id: str) -> dict[str, RegionRecord]:
@@ -124,7 +124,7 @@ class PlanningMixin:
                            tasks.c.kind)
                  .select_from(image_regions.outerjoin(tasks, tasks.c.task_id == image_regions.c.task_id))
                  .where(image_regions.c.image_id == image_id))
-        with self.transaction() as conn:
+        with self.reading() as conn:
             rows = conn.execute(query).all()
         return {r.region: RegionRecord(SyncState(r.state), r.kind, r.os_hash_value) for r in rows}
 

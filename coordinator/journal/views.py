@@ -138,7 +138,7 @@ class ViewsMixin:
         if image_id is not None:
             query = query.where(tasks.c.image_id == image_id)
         asked: dict[str, set[str]] = {}
-        with self.transaction() as conn:
+        with self.reading() as conn:
             for found_id, region in conn.execute(query):
                 asked.setdefault(found_id, set()).add(region)
         return asked
