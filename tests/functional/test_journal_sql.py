@@ -34,6 +34,7 @@ from tests.functional import helpers
 from tests.harness.sqlserver import SqlServer
 from tests.unit.coordinator import test_journal as unit
 from tests.unit.coordinator import test_journal_indexes as indexes
+from tests.unit.coordinator import test_journal_planning as planning
 from tests.unit.coordinator import test_leader as leader_lease
 from tests.unit.coordinator import test_loop_cost as loop_cost
 from tests.unit.coordinator.conftest import IMAGE_ID, image_record
@@ -54,6 +55,10 @@ for _name in ("test_a_batch_is_one_commit_and_a_stale_call_undoes_only_its_own_w
               "test_progress_is_shown_at_once_and_written_later",
               "test_status_counts_are_kept_in_memory_and_match_the_journal"):
     globals()[_name] = getattr(loop_cost, _name)
+# Planning's reads in the loop's batch: no savepoint, and a failed one (which ends a PostgreSQL
+# transaction) rolls the batch back whole.
+test_planning_reads_in_a_batch_add_no_savepoint_and_a_failed_one_rolls_the_batch_back = \
+    planning.test_planning_reads_in_a_batch_add_no_savepoint_and_a_failed_one_rolls_the_batch_back
 # The journal's queries use their indexes, by each database's own plan.
 for _name in dir(indexes):
     if _name.startswith("test_"):

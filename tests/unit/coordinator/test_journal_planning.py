@@ -71,3 +71,36 @@ def test_new_regions_go_in_as_one_bulk_insert_per_table_with_the_rows_of_the_sin
         assert rows(journal) == rows(single)
     finally:
         single.close()
+
+
+def test_planning_reads_in_a_batch_add_no_savepoint_and_a_failed_one_rolls_the_batch_back(journal: Journal) -> None:
+    from glancesync.exceptions import JournalError
+
+    statements: list[str] = []
+    sa.event.listen(journal.engine, "before_cursor_execute",
+                    lambda _c, _cu, statement, *_rest: statements.append(statement.split()[0].upper()))
+    with journal.batch():
+        journal.record_event("e1", "uploaded", IMAGE_ID, {}, NOW)
+        written = len(statements)
+        due = journal.unplanned_events(NOW)
+        journal.unplanned_event("e1")
+        journal.image_record_state(IMAGE_ID)
+        journal.deleted_event(IMAGE_ID)
+        journal.region_records(IMAGE_ID)
+        journal.asked_regions(IMAGE_ID)
+        reads = statements[written:]
+    assert [e.event_id for e in due] == ["e1"]  # the batch's own write is seen
+    assert reads == ["SELECT"] * 6, reads  # no SAVEPOINT / RELEASE around them
+
+    try:
+        with journal.batch():
+            journal.record_event("e2", "uploaded", IMAGE_ID, {}, NOW)
+            try:
+                with journal.reading() as conn:
+                    conn.exec_driver_sql("SELECT nothing FROM nowhere")
+            except JournalError:
+                pass  # caught by its caller: the batch still rolls back whole
+        raise AssertionError("the batch committed over a failed read")
+    except JournalError as exc:
+        assert "batch" in str(exc)
+    assert journal.unplanned_event("e2") is None and journal.unplanned_event("e1") is not None
