@@ -69,7 +69,7 @@ ORIGIN = "reconciler"
 # Images that hold bytes a region can copy; queued/saving/importing ones are still
 # on their way and their own event will come.
 SYNCABLE_STATUSES = frozenset({"active", "deactivated"})
-# Images per listing request (glanceclient follows the ``next`` links); glance caps a
+# Images per listing request (glance.paged_images follows with ``marker``); glance caps a
 # page at its api_limit_max (1000 by default).
 PAGE_SIZE = 1000
 # Synthetic events one slice journals (one read, one bulk insert); an iteration journals
@@ -153,7 +153,7 @@ def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dic
 
 def list_images(client: Any, full: Callable[[str], bool] | None = None,
                 others: bool = True) -> dict[str, dict[str, Any]]:
-    """Image id -> record of every image of a glance (paged by glanceclient), hidden ones included.
+    """Image id -> record of every image of a glance (raw paged GETs), hidden ones included.
 
     With ``full``, only the images it accepts (and queued ones) keep their whole record; the others keep
     their id and status (``others``) or are left out: a pass compares whole records
@@ -163,7 +163,7 @@ def list_images(client: Any, full: Callable[[str], bool] | None = None,
     found: dict[str, dict[str, Any]] = {}
     # Glance leaves os_hidden images out of a listing unless asked for them.
     for hidden in (False, True):
-        for image in client.images.list(filters={"visibility": "all", "os_hidden": hidden}, page_size=PAGE_SIZE):
+        for image in glance.paged_images(client, {"visibility": "all", "os_hidden": hidden}, PAGE_SIZE):
             if not untrusted.is_image_id(image.get("id")):
                 # Ids become URLs and journal keys: only glance's own form is let in.
                 LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))
@@ -171,7 +171,7 @@ def list_images(client: Any, full: Callable[[str], bool] | None = None,
             # A queued image may be a snapshot whose events were lost (queued_snapshot needs its
             # locations); queued images are few, the ones being created.
             if full is None or full(image["id"]) or image.get("status") == "queued":
-                found[image["id"]] = glance.image_to_dict(image)
+                found[image["id"]] = image
             elif others:
                 found[image["id"]] = {"id": image["id"], "status": image.get("status")}
     return found

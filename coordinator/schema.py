@@ -73,8 +73,9 @@ events = sa.Table(
     sa.Column("sender", sa.String(255), nullable=True),
     sa.Column("not_before", sa.Double, nullable=False, default=0.0, server_default="0"),
     sa.Column("fetch_tries", sa.Integer, nullable=False, default=0, server_default="0"),
-    sa.Index("ix_events_planned", "planned", "received_at"),
-    sa.Index("ix_events_due", "planned", "not_before"),
+    # The unplanned events in due order (Journal.unplanned_events), read without a sort;
+    # not_before in it skips the deferred ones without their rows (migration 0007).
+    sa.Index("ix_events_order", "planned", "received_at", "event_id", "not_before"),
     sa.Index("ix_events_image_kind", "image_id", "kind"),
     **MYSQL_TABLE,
 )

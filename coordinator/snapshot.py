@@ -47,7 +47,10 @@ class Snapshot:
 
 
 def _urls(image: Mapping[str, Any]) -> list[str]:
-    urls = [loc.get("url") for loc in image.get("locations") or [] if isinstance(loc, Mapping)]
+    locations = image.get("locations")
+    if not isinstance(locations, list):  # a record of another shape names no location
+        return []
+    urls = [loc.get("url") for loc in locations if isinstance(loc, Mapping)]
     return [url for url in urls if isinstance(url, str)]
 
 

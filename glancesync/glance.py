@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from glanceclient import client as glance_client
 from glanceclient import exc as glance_exc
@@ -165,7 +166,7 @@ def images_by_id(client: Any, image_ids: list[str], endpoint: str) -> dict[str, 
         chunk = wanted[start:start + IDS_PER_LISTING]
         filters = {"id": "in:" + ",".join(chunk), "visibility": "all"}
         # One more than asked for: a full page would make glance add a ``next`` link, and
-        # glanceclient would follow it with one more (empty) request.
+        # paged_images would follow it with one more (empty) request.
         listed = call(functools.partial(_listing, client, filters, len(chunk) + 1), endpoint, [])
         asked = set(chunk)
         found.update((image["id"], image) for image in listed if image.get("id") in asked)
@@ -173,7 +174,37 @@ def images_by_id(client: Any, image_ids: list[str], endpoint: str) -> dict[str, 
 
 
 def _listing(client: Any, filters: dict[str, str], page_size: int) -> list[dict[str, Any]]:
-    return [image_to_dict(image) for image in client.images.list(filters=filters, page_size=page_size)]
+    return list(paged_images(client, filters, page_size))
+
+
+def paged_images(client: Any, filters: Mapping[str, Any], page_size: int) -> Iterator[dict[str, Any]]:
+    """Every image of a glance v2 listing, as glance's own JSON objects, a page of ``page_size`` at a time.
+
+    Plain GETs (``limit``, then ``marker`` = the last id of the page while glance gives a
+    ``next`` link) on the glanceclient's keystoneauth1 session adapter, so auth, TLS,
+    headers, the loop-guard signature and the error translation stay those of every other
+    call; glanceclient's own ``images.list`` builds a warlock model per image, about half
+    of a reconciler pass's CPU at 100,000 images.  Entries that are not objects are left
+    out; a page that is not a listing raises ValueError (``call``/``translate`` make it a
+    GlanceError).
+    """
+    query = {key: str(value).lower() if isinstance(value, bool) else value for key, value in filters.items()}
+    query["limit"] = page_size
+    while True:
+        _resp, body = client.http_client.get("/v2/images?" + urlencode(query))
+        images = body.get("images") if isinstance(body, dict) else None
+        if not isinstance(images, list):
+            raise ValueError("the image listing is not a JSON object with an images list")
+        for image in images:
+            if isinstance(image, dict):
+                image.pop("self", None)  # as glanceclient's listing: a link, not a property
+                yield image
+        if not body.get("next") or not images:
+            return
+        last = images[-1].get("id") if isinstance(images[-1], dict) else None
+        if not isinstance(last, str) or last == query.get("marker"):
+            raise ValueError("the image listing's next page has no usable marker")
+        query["marker"] = last
 
 
 def translate(exc: BaseException, endpoint: str) -> GlanceError:

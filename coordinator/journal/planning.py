@@ -61,7 +61,8 @@ class PlanningMixin:
 
     def unplanned_events(self, now: float | None = None, limit: int = 100) -> list[EventRow]:
         """Unplanned events due by ``now`` (all when None), oldest first."""
-        query = sa.select(events).where(events.c.planned.is_(False))
+        # ``planned = false``, not ``planned IS false``: MariaDB walks no index for IS.
+        query = sa.select(events).where(events.c.planned == sa.false())
         if now is not None:
             query = query.where(events.c.not_before <= now)
         query = query.order_by(events.c.received_at, events.c.event_id).limit(limit)

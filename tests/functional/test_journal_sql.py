@@ -36,6 +36,7 @@ from tests.unit.coordinator import test_journal as unit
 from tests.unit.coordinator import test_journal_bulk as bulk
 from tests.unit.coordinator import test_journal_images as images
 from tests.unit.coordinator import test_journal_indexes as indexes
+from tests.unit.coordinator import test_journal_planning as planning
 from tests.unit.coordinator import test_leader as leader_lease
 from tests.unit.coordinator import test_loop_cost as loop_cost
 from tests.unit.coordinator.conftest import IMAGE_ID, image_record
@@ -62,6 +63,10 @@ for _module in (bulk, images):
     for _name in dir(_module):
         if _name.startswith("test_"):
             globals()[_name] = getattr(_module, _name)
+# Planning's reads in the loop's batch: no savepoint, and a failed one (which ends a PostgreSQL
+# transaction) rolls the batch back whole.
+test_planning_reads_in_a_batch_add_no_savepoint_and_a_failed_one_rolls_the_batch_back = \
+    planning.test_planning_reads_in_a_batch_add_no_savepoint_and_a_failed_one_rolls_the_batch_back
 # The journal's queries use their indexes, by each database's own plan.
 for _name in dir(indexes):
     if _name.startswith("test_"):

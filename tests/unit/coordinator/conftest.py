@@ -77,11 +77,38 @@ class FakeImages:
         self.records[image_id]["locations"] = [loc for loc in locs if loc["url"] not in urls]
 
 
-class FakeHttp:
-    """The raw JSON-patch call the registrar makes to add several locations at once."""
+class ListingHttp:
+    """glance's paged listing as glance.paged_images asks for it (``GET /v2/images?limit=&marker=``),
+    served from the fake's ``images.list(filters, page_size)``: what the fake glance holds."""
+
+    def __init__(self, images: Any) -> None:
+        self.images = images
+        self.listings: list[str] = []
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> tuple[None, dict[str, Any]]:
+        from urllib.parse import parse_qsl, urlencode, urlsplit
+
+        split = urlsplit(url)
+        assert split.path == "/v2/images", url
+        self.listings.append(url)
+        query = dict(parse_qsl(split.query))
+        limit, marker = int(query.pop("limit")), query.pop("marker", None)
+        filters: dict[str, Any] = {k: (v == "true") if k == "os_hidden" else v for k, v in query.items()}
+        listed = list(self.images.list(filters=filters, page_size=limit))
+        start = 0
+        if marker is not None:
+            start = 1 + next(n for n, r in enumerate(listed) if isinstance(r, dict) and r.get("id") == marker)
+        body: dict[str, Any] = {"images": listed[start:start + limit]}
+        if start + limit < len(listed):
+            body["next"] = "/v2/images?" + urlencode({**query, "limit": limit, "marker": "ignored"})
+        return None, body
+
+
+class FakeHttp(ListingHttp):
+    """The raw calls: the listing, and the JSON-patch the registrar makes to add several locations at once."""
 
     def __init__(self, images: FakeImages) -> None:
-        self.images = images
+        super().__init__(images)
         self.patches: list[tuple[str, list[dict[str, Any]]]] = []
 
     def patch(self, url: str, headers: dict[str, str] | None = None, data: str = "[]") -> tuple[None, dict]:

@@ -16,7 +16,7 @@ from coordinator.service import Service
 from glancesync import protocol
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, NOW, add_listing, image_record, make_conf
+from .conftest import IMAGE_ID, NOW, ListingHttp, add_listing, image_record, make_conf
 from .test_service import dealer, deferred, planned, pump, receive
 
 
@@ -125,6 +125,8 @@ class Unlisted:
         @staticmethod
         def list(filters, page_size=20):
             raise ConnectionError("region not answering")
+
+    http_client = ListingHttp(images)
 
 
 def reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx, regional=None, **coordinator):

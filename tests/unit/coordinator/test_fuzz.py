@@ -23,6 +23,8 @@ from glancesync.exceptions import GlanceSyncError, VerificationError
 from glancesync.states import SyncState
 from tests.unit.fuzz import FUZZ, IMAGE_ID, json_maps, scalars, values
 
+from .conftest import ListingHttp
+
 SAMPLE = Path(__file__).resolve().parents[3] / "etc" / "glance_store.yaml.sample"
 
 def _sample_inline() -> dict:
@@ -100,7 +102,7 @@ class Listing:
 @FUZZ
 @given(listing=st.lists(images | values, max_size=4))
 def test_a_glance_listing_of_any_shape_is_drift_or_a_glance_error(listing: list[Any]) -> None:
-    client = type("C", (), {"images": Listing(listing)})()
+    client = type("C", (), {"images": Listing(listing), "http_client": ListingHttp(Listing(listing))})()
     try:
         # The same listing stands for a region's, judged against a journal that knows its ids.
         ids = {i.get("id") for i in listing if isinstance(i, dict) and isinstance(i.get("id"), str)}

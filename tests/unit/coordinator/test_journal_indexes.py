@@ -76,3 +76,42 @@ def test_the_operators_asked_copies_are_found_by_index(journal: Journal) -> None
 def test_failed_pairs_of_every_region_are_found_by_index(journal: Journal) -> None:
     plan = plan_of(populated(journal), journal.failed_regions, "image_regions")
     assert "ix_image_regions_state" in plan, plan
+
+
+def test_due_unplanned_events_are_read_in_order_from_the_index_without_a_sort(journal: Journal) -> None:
+    # Due ones and deferred ones, received in an order other than their ids'.
+    for n in range(60):
+        journal.record_event(f"e{59 - n:02d}", "uploaded", IMAGE_ID, {}, NOW + n // 2)
+        if n % 3 == 0:
+            journal.defer_event(f"e{59 - n:02d}", NOW + 500)
+    journal.record_event("planned", "uploaded", IMAGE_ID, {}, NOW - 10)
+    journal.plan_event("planned", IMAGE_ID, [], {}, NOW)
+    if journal.engine.dialect.name == "postgresql":
+        with journal.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE events")
+    due = journal.unplanned_events(NOW + 100, limit=5)
+    # Oldest first, ties by event id, the deferred and the planned left out.
+    assert [e.event_id for e in due] == ["e58", "e57", "e54", "e55", "e52"]
+    plan = plan_of(journal, lambda: journal.unplanned_events(NOW + 100, limit=5), "events")
+    assert "ix_events_order" in plan, plan
+    dialect = journal.engine.dialect.name
+    if dialect == "sqlite":
+        assert "TEMP B-TREE" not in plan, plan
+    elif dialect == "postgresql":
+        assert "Sort" not in plan, plan
+
+
+def test_a_planned_delete_of_an_image_is_looked_up_by_its_image_not_among_every_planned_event(
+        journal: Journal) -> None:
+    # Asked once per planned event; before 0007 SQLite walked ix_events_due (planned = 1), every planned event.
+    for n in range(40):
+        journal.record_event(f"e{n}", "uploaded", f"{n:08d}" + IMAGE_ID[8:], {}, NOW)
+        journal.plan_event(f"e{n}", f"{n:08d}" + IMAGE_ID[8:], [], {}, NOW)
+    journal.record_event("d", "deleted", IMAGE_ID, {}, NOW)
+    journal.plan_event("d", IMAGE_ID, [], {}, NOW)
+    if journal.engine.dialect.name == "postgresql":
+        with journal.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE events")
+    assert journal.deleted_event(IMAGE_ID) and not journal.deleted_event("00000001" + IMAGE_ID[8:])
+    plan = plan_of(journal, lambda: journal.deleted_event(IMAGE_ID), "events")
+    assert "ix_events_image_kind" in plan, plan

@@ -16,10 +16,10 @@ from .conftest import IMAGE_ID, make_conf
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     current, head = manage.schema_revisions(url)
-    assert current is None and head == "0006"
+    assert current is None and head == "0007"
     manage.db_sync(url)
     manage.db_sync(url)  # twice is fine
-    assert manage.schema_revisions(url) == ("0006", "0006")
+    assert manage.schema_revisions(url) == ("0007", "0007")
 
 
 def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
@@ -29,7 +29,7 @@ def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
     assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
     assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
     assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
-    assert "current=0006" in capsys.readouterr().out
+    assert "current=0007" in capsys.readouterr().out
     assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
     secret = tmp_path / "keys" / "coord.key_secret"
     assert str(secret) in capsys.readouterr().out

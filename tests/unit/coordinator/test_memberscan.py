@@ -12,7 +12,7 @@ from coordinator.journal import RegionRecord
 from glancesync.protocol import cascaded_url
 from glancesync.states import SyncState
 
-from .conftest import IMAGE_ID, REGIONS, image_record
+from .conftest import IMAGE_ID, REGIONS, ListingHttp, image_record
 
 NOW = 100_000.0
 ONE, TWO = REGIONS
@@ -78,6 +78,7 @@ class Members:
 class Client:
     def __init__(self, members: Members, images=None) -> None:
         self.image_members, self.images = members, images
+        self.http_client = ListingHttp(images)
 
 
 def test_find_repairs_regions_whose_members_differ_and_skips_what_did_not_answer(caplog) -> None:

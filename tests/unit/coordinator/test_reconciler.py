@@ -8,6 +8,8 @@ from glanceclient import exc as glance_exc
 from coordinator import reconciler, regiondrift
 from glancesync.exceptions import GlanceError
 
+from .conftest import ListingHttp
+
 
 class ListingImages:
     def __init__(self, visible: dict[str, str], hidden: dict[str, str], existing: set[str]) -> None:
@@ -28,6 +30,7 @@ class ListingImages:
 class Client:
     def __init__(self, images: ListingImages) -> None:
         self.images = images
+        self.http_client = ListingHttp(images)
 
 
 def inputs(tracked=(), regions=()) -> reconciler.Inputs:

@@ -306,3 +306,12 @@ def test_a_snapshot_region_that_is_no_region_stops_the_coordinator_at_start(tmp_
         cmd.main(["--config-file", str(tmp_path / "coordinator.conf")])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and words in err and "snapshot_region_names" in err
+
+
+@pytest.mark.parametrize("locations", [True, "cascaded://RegionOne/x", {"url": "cascaded://RegionOne/x"}, 3])
+def test_locations_that_are_not_a_list_name_no_region(locations) -> None:
+    # Found by test_fuzz.py: a record whose locations were a bool stopped the planner with a TypeError.
+    image = {"id": IMAGE_ID, "status": "queued", "locations": locations}
+    assert snapshot.source_region(image, REGIONS) is None
+    plan = planner.plan("created", IMAGE_ID, image, REGIONS, "ALL", {}, lambda _url: None)
+    assert plan.tasks == []
