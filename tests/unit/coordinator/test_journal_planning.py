@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from coordinator.journal import Journal, NewTask
 from coordinator.journal.base import unpack
+from coordinator.journal.images import shared_image
 from coordinator.schema import image_regions, tasks
 
 from .conftest import IMAGE_ID, image_record
@@ -67,7 +68,8 @@ def test_new_regions_go_in_as_one_bulk_insert_per_table_with_the_rows_of_the_sin
                 conn.execute(image_regions.insert().values(
                     image_id=IMAGE_ID, region=task.region, state="pending", attempts=0, bytes_done=0,
                     bytes_total=0, updated_at=NOW + 1))
-                single._add_task(conn, "e1", IMAGE_ID, task, NOW + 1)
+                # The bulk path keeps the image record once, in the event's row: so does this one.
+                single._add_task(conn, "e1", IMAGE_ID, task, NOW + 1, shared_image(new))
         assert rows(journal) == rows(single)
     finally:
         single.close()
