@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -83,6 +84,7 @@ class FakeService:
         self.leadership, self.error, self.journal = leadership, error, FakeJournal()
 
     def run(self, _stop: threading.Event) -> None:
+        self.frozen = gc.get_freeze_count()
         if self.error is not None:
             raise self.error
 
@@ -94,9 +96,21 @@ class FakeService:
     (FakeService(error=JournalError(detail="OperationalError: database is locked")), 1),
 ])
 def test_run_gives_the_exit_status_and_closes_the_journal(service, code, caplog):
-    assert cmd.run(service, threading.Event()) == code
+    try:
+        assert cmd.run(service, threading.Event()) == code
+    finally:
+        gc.unfreeze()
     assert service.journal.closed
     if code == LOST_EXIT:
         assert "leader lease lost (another coordinator took it)" in caplog.text
     if code == 1:
         assert "cannot start: " in caplog.text and "database is locked" in caplog.text
+
+
+def test_the_start_up_objects_are_kept_out_of_the_collectors_passes_before_the_loop_runs():
+    service = FakeService()
+    try:
+        assert cmd.run(service, threading.Event()) == 0
+    finally:
+        gc.unfreeze()  # the test process is no coordinator: its later objects must stay collectable
+    assert service.frozen > 10000  # the modules imported so far, at least
