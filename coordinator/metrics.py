@@ -13,7 +13,8 @@ is acked once committed) and bytes moved per region, from the agents' ``progress
 and ``done`` reports.  Failures by (region, kind) are counted by the task desk.
 The lease of an active/passive pair is read from ``leadership.view`` at each scrape
 (one immutable reference, as the snapshot; set by the command before it waits, so the
-passive coordinator shows it too); a single coordinator leads once its loop has beaten.  Every series and label is listed in doc/metrics.md.
+passive coordinator shows it too); a single coordinator leads once its loop has beaten.
+Every series and label is listed in doc/metrics.md.
 """
 
 from __future__ import annotations
