@@ -144,7 +144,7 @@ def _conf(tmp_path, *extra: str):
     path = write_conf(tmp_path, "RegionA")
     with open(path, "a") as f:
         f.write("".join(line + "\n" for line in extra))
-    return config.load(["--config-file", path], cmd.PROG)
+    return config.load(["--config-file", path], cmd.PROG, setup_logging=False)
 
 
 def test_load_region_gives_the_region_its_store_view_and_work_dir(tmp_path):

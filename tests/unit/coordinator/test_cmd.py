@@ -29,8 +29,11 @@ def test_sound_options_pass_and_the_strategy_in_force_is_logged(tmp_path, db_url
     ({"coordinator": {"pair": True, "leader_lease_time": 10, "leader_renew_interval": 6}},
      "leader_renew_interval (6) must be at most half of leader_lease_time (10)"),
 ])
-def test_a_bad_option_is_one_line_and_exit_2(tmp_path, db_url, store_yaml, stores, capsys, sections, words):
+def test_a_bad_option_is_one_line_and_exit_2(tmp_path, db_url, store_yaml, stores, capsys, monkeypatch,
+                                             sections, words):
     conf = make_conf(tmp_path, db_url, store_yaml, **sections)
+    # The log's handlers are the service's (set up by main); an earlier test's may write to a closed stream.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
     with pytest.raises(SystemExit) as info:
         cmd.check_options(conf, stores)
     err = capsys.readouterr().err
