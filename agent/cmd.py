@@ -72,9 +72,8 @@ def fetch_options(agent: Any, work_dir: str | None = None) -> transfer.FetchOpti
                                  rate_limit=cap, budget_file=budget.budget_path(work_dir) if cap and work_dir else "")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # First of all: a SIGTERM during start-up (systemd, a test on a busy machine) must
-    # still stop the agent cleanly, not kill it half-started.
+def catch_signals() -> list[int]:
+    """The signals received so far (SIGTERM, SIGINT), appended by their handler."""
     stopping: list[int] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -82,7 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    conf = config.load(argv, PROG)
+    return stopping
+
+
+def load_region(conf: Any) -> tuple[str, storemap.StoreMap, str]:
+    """This agent's region, its glance_store.yaml view and work_dir, checked; one line and exit 1 if not."""
     region = conf.agent.region
     if not region:
         config.fail(PROG, "[agent] region is required")
@@ -96,7 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_work_dir(work_dir)
     if conf.agent.cache_dir:
         _check_work_dir(conf.agent.cache_dir, "[agent] cache_dir")
-    fetch = fetch_options(conf.agent, work_dir)
+    return region, store_map, work_dir
+
+
+def start_pool(conf: Any, region: str, store_map: storemap.StoreMap, work_dir: str,
+               fetch: transfer.FetchOptions) -> Pool:
+    """The worker pool of this region's agent; one line and exit 1 when no process can be started."""
     settings = WorkerSettings(store_map=store_map, region=region, progress_interval=conf.agent.progress_interval,
                               fetch=fetch, log_options=logging_options(conf), cache_dir=conf.agent.cache_dir,
                               cache_max_bytes=conf.agent.cache_max_bytes)
@@ -105,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           work_dir, copy_slots(conf.agent))
     except OSError as exc:  # no process could be started (fd or memory exhaustion)
         config.fail(PROG, f"cannot start the worker pool: {exc}")
+    return pool
+
+
+def start_service(conf: Any, pool: Pool) -> tuple[AgentService, Any]:
+    """The agent service and its /metrics endpoint (None when not configured), initialized."""
     try:
         service = AgentService(conf, pool)
         server = metrics.serve(conf.agent, service.metrics.registry(), service.metrics.health)
@@ -112,17 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         pool.shutdown()
         config.fail(PROG, _one_line(str(exc)))
+    return service, server
 
-    LOG.info("agent of region %s running %d task(s) at once, %d of them copies (worker_mode %s); %s", region,
-             conf.agent.workers, copy_slots(conf.agent), conf.agent.worker_mode,
-             f"fetches capped at {conf.agent.max_bandwidth:g} Mbit/s in all, shared by the copies fetching "
-             f"({fetch.budget_file})" if fetch.rate_limit else "no bandwidth cap")
+
+def run_until_stopped(service: Any, stopping: list[int], stop_grace: float) -> None:
+    """Step the service until a signal drained it or a second one came; it is shut down either way."""
     try:
-        # The first signal drains (stop_grace for running transfers), a second one stops at once.
         while len(stopping) < 2:
             now = time.monotonic()
             if stopping:
-                service.stop(now, conf.agent.stop_grace)
+                service.stop(now, stop_grace)
                 if service.drained(now):
                     break
             try:
@@ -132,6 +144,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(1.0)
     finally:
         service.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First of all: a SIGTERM during start-up (systemd, a test on a busy machine) must
+    # still stop the agent cleanly, not kill it half-started.
+    stopping = catch_signals()
+    conf = config.load(argv, PROG)
+    region, store_map, work_dir = load_region(conf)
+    fetch = fetch_options(conf.agent, work_dir)
+    pool = start_pool(conf, region, store_map, work_dir, fetch)
+    service, server = start_service(conf, pool)
+    LOG.info("agent of region %s running %d task(s) at once, %d of them copies (worker_mode %s); %s", region,
+             conf.agent.workers, copy_slots(conf.agent), conf.agent.worker_mode,
+             f"fetches capped at {conf.agent.max_bandwidth:g} Mbit/s in all, shared by the copies fetching "
+             f"({fetch.budget_file})" if fetch.rate_limit else "no bandwidth cap")
+    try:
+        run_until_stopped(service, stopping, conf.agent.stop_grace)
+    finally:
         if server is not None:
             server.close()
     LOG.info("agent of region %s stopped (signal %s)", region, stopping[0] if stopping else None)

@@ -11,6 +11,7 @@ sees it alive and tells the standby from the active one.
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -43,6 +44,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         LOG.error("cannot start: %s", exc)
         return 1
+    check_options(conf, stores)
+    if not journal_ready(conf):
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    name = endpoint.url or "cascading glance"
+    stats = coordinator_metrics(conf, name)
+    try:
+        # Up before the admin check, which may wait long: /healthz says 503 and why until the loop runs.
+        server = metrics.serve(conf.coordinator, stats.registry(), stats.health)
+        if not credentials_checked(endpoint, name, stop):
+            return 0
+    except ConfigError as exc:
+        LOG.error("cannot start: %s", exc)
+        return 1
+    try:
+        service = build(conf, stores, endpoint, regions, stats, stop)
+        return 0 if service is None else run(service, stop)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def coordinator_metrics(conf: Any, name: str) -> CoordinatorMetrics:
+    """The coordinator's series, saying until its loop runs that it checks the credentials (not leading)."""
+    stats = CoordinatorMetrics(metrics.Health(conf.coordinator.healthz_max_loop_age))
+    stats.pair = conf.coordinator.pair  # leader 0 until the lease is taken
+    stats.health.not_started(f"checking that the cascading credentials are admin in {name}")
+    return stats
+
+
+def credentials_checked(endpoint: Any, name: str, stop: threading.Event) -> bool:
+    """Wait until the cascading credentials are known to be admin (True), or ``stop`` is set (False)."""
+    client = glance.make_client(endpoint)
+    return admincheck.wait_until_checked(lambda: admincheck.check(client, name), stop, name)
+
+
+def check_options(conf: Any, stores: storemap.StoreMap) -> None:
+    """The options that name regions or pace the lease, checked; one line and exit 2 for a bad one."""
     try:
         rules = strategy.parse_rules(conf.sync_user_rules, stores.regions)
     except ValueError as exc:  # a rule naming an unknown region: one line, as for any bad option
@@ -56,44 +97,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     if c.pair and c.leader_renew_interval > c.leader_lease_time / 2:
         config.fail(PROG, f"configuration error: [coordinator] leader_renew_interval ({c.leader_renew_interval:g}) "
                     f"must be at most half of leader_lease_time ({c.leader_lease_time:g})", code=2)
-    url = conf.database.connection
+
+
+def journal_ready(conf: Any) -> bool:
+    """The journal answers and its schema is current; else one error line (False)."""
     try:
-        current, head = manage.schema_revisions(url, conf.database)
+        current, head = manage.schema_revisions(conf.database.connection, conf.database)
     except Exception as exc:  # an unreachable or unreadable database
         LOG.error("cannot start: journal not readable: %s", type(exc).__name__)
-        return 1
+        return False
     if current != head:
         LOG.error("cannot start: journal schema is at %s, not %s; run 'glance-sync-manage db_sync'",
                   current, head)
-        return 1
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        return False
+    return True
+
+
+def build(conf: Any, stores: storemap.StoreMap, endpoint: Any, regions: Any, stats: CoordinatorMetrics,
+          stop: threading.Event) -> Service | None:
+    """The service, with its registrar and journal; in a pair once the lease is taken (None: stopped meanwhile)."""
     name = endpoint.url or "cascading glance"
-    stats = CoordinatorMetrics(metrics.Health(conf.coordinator.healthz_max_loop_age))
-    stats.pair = c.pair  # leader 0 until the lease is taken
-    stats.health.not_started(f"checking that the cascading credentials are admin in {name}")
-    try:
-        # Up before the admin check, which may wait long: /healthz says 503 and why until the loop runs.
-        server = metrics.serve(conf.coordinator, stats.registry(), stats.health)
-        client = glance.make_client(endpoint)
-        if not admincheck.wait_until_checked(lambda: admincheck.check(client, name), stop, name):
-            return 0
-    except ConfigError as exc:
-        LOG.error("cannot start: %s", exc)
-        return 1
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
-    journal = Journal(url, conf.database)
+    journal = Journal(conf.database.connection, conf.database)
     leadership = _leadership(conf, journal, stop, stats)
     if leadership is False:  # stopped while passive
         journal.close()
         registrar.shutdown()
-        if server is not None:
-            server.close()
-        return 0
+        return None
     service = Service(conf, stores, journal, registrar, metrics=stats, regions=regions, leadership=leadership)
     signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
+    return service
+
+
+def run(service: Service, stop: threading.Event) -> int:
+    """Run the service until ``stop`` or a lost lease; the exit status (LOST_EXIT for the latter)."""
+    # What start-up made (modules, configuration, SQLAlchemy's tables: about 125,000 objects)
+    # lives as long as the process: out of the collector's full passes, which otherwise cost
+    # about 70 ms of CPU each and stalled the loop several times a minute (doc/status.md).
+    gc.collect()
+    gc.freeze()
     try:
         service.run(stop)
     except GlanceSyncError as exc:  # a socket that cannot bind, a key that does not load, the journal
@@ -101,8 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         service.journal.close()
-        if server is not None:
-            server.close()
+    leadership = service.leadership
     if leadership is not None and leadership.lost is not None:
         LOG.error("coordinator stopped: leader lease lost (%s)", leadership.lost)
         return LOST_EXIT

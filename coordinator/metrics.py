@@ -13,7 +13,8 @@ is acked once committed) and bytes moved per region, from the agents' ``progress
 and ``done`` reports.  Failures by (region, kind) are counted by the task desk.
 The lease of an active/passive pair is read from ``leadership.view`` at each scrape
 (one immutable reference, as the snapshot; set by the command before it waits, so the
-passive coordinator shows it too).  Every series and label is listed in doc/metrics.md.
+passive coordinator shows it too); a single coordinator leads once its loop has beaten.
+Every series and label is listed in doc/metrics.md.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ class CoordinatorMetrics:
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot  # one reference, read once: the loop may publish meanwhile
         yield from service_families("coordinator", self.health)
-        yield from leader_families(self.pair, None if self.leadership is None else self.leadership.view)
+        yield from leader_families(self.pair, None if self.leadership is None else self.leadership.view,
+                                   looping=self.health.last_beat is not None)
         yield GaugeMetricFamily("glancesync_metrics_snapshot_timestamp_seconds",
                                 "When the loop published the snapshot these series come from (0: not yet).",
                                 value=snap.taken_at)
@@ -177,9 +179,12 @@ class CoordinatorMetrics:
         yield from _journal_families(snap)
 
 
-def leader_families(pair: bool, lease: LeaseView | None) -> Iterator[Metric]:
-    """Whether this coordinator acts and, in a pair, the lease as it last saw it (a LeaseView; None before)."""
-    acting = lease.acting if lease is not None else not pair
+def leader_families(pair: bool, lease: LeaseView | None, looping: bool) -> Iterator[Metric]:
+    """Whether this coordinator acts and, in a pair, the lease as it last saw it (a LeaseView; None before).
+
+    A single coordinator acts once its loop has iterated (``looping``): not while it
+    still checks the cascading credentials, which may wait long with /metrics up."""
+    acting = lease.acting if lease is not None else (looping and not pair)
     yield GaugeMetricFamily("glancesync_coordinator_leader",
                             "1 while this coordinator acts (a single one, or the pair's lease holder), else 0.",
                             value=1 if acting else 0)

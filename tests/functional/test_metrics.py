@@ -1,5 +1,5 @@
 """The metrics endpoints of real processes: the coordinator's and an agent's series move during a
-sync, and /healthz says 503 while the coordinator's loop has not started.
+sync, and /healthz says 503 (and the leader series 0) while the coordinator's loop has not started.
 
 Each test stops the shared services and runs its own, with ``metrics_port`` set (metrics are off
 by default); the ``sync`` fixture brings the shared ones back for the next test.  Scraped over HTTP
@@ -59,6 +59,7 @@ def test_series_move_during_a_sync(topology: Topology) -> None:
                                               agent={"metrics_port": port})
             topology.start_agent(region, f"{region.lower()}-metrics", conf=own, ready=lambda p=port: healthy(p))
         helpers.wait_until(lambda: healthy(coordinator_port), 60, "coordinator /healthz 200")
+        assert sample(scrape(coordinator_port), "glancesync_coordinator_leader") == 1  # its loop runs: it acts
         region, agent_port = "RegionA", agent_ports["RegionA"]
         agent = {"region": region, "agent": "regiona-metrics"}
         helpers.wait_until(lambda: sample(scrape(coordinator_port), "glancesync_agents_online", region=region) == 1,
@@ -119,6 +120,8 @@ def test_healthz_is_503_until_the_coordinators_loop_runs(topology: Topology) -> 
         status, body = get(port, "/healthz")
         assert status == 503, body
         assert body == f"not ready: checking that the cascading credentials are admin in {nowhere}\n"
+        samples = scrape(port)  # not acting yet: no leader while the credentials are checked
+        assert samples[("glancesync_coordinator_leader", ())] == 0, samples
         assert not topology.coordinator_ready()  # its sockets are not bound either
     finally:
         topology.stop_services()

@@ -9,11 +9,9 @@ about 15 s on a busy machine), so :func:`keystone_template` does it once per pro
 (the ``admin`` user and project, the admin/member/reader/service roles); every server
 copies the database and the key repositories.  The catalog (regions, services,
 endpoints) and the accounts a deployment needs are made through the API once the
-server runs (:meth:`KeystoneServer.provision`), because the URLs are only known then.
-:func:`keystone_accounts` are the accounts of a Glance Sync deployment (one per
-service, each with only the role it needs, see doc/keystone.md) and
-:func:`region_policy` the regional glance policy line that goes with them;
-:meth:`KeystoneServer.openrc` writes what users source for the CLIs.
+server runs (:meth:`KeystoneServer.provision`), because the URLs are only known then; the
+accounts themselves are tests.harness.identity's.  :meth:`KeystoneServer.openrc`
+writes what users source for the CLIs.
 
 keystone's WSGI module parses ``sys.argv`` with oslo.config when imported, and
 gunicorn's own arguments make that fail, so gunicorn loads the app through
@@ -31,17 +29,16 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.harness.identity import DOMAIN, Account, Catalog
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, free_port, read_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-DOMAIN = "Default"
 ADMIN_USER = "admin"
 ADMIN_PROJECT = "admin"
 # bcrypt's minimum cost: keystone's default (12) makes every password check and
@@ -60,36 +57,6 @@ class KeystoneTemplate:
     fernet_keys: Path
     credential_keys: Path
     admin_password: str
-
-
-@dataclass(frozen=True)
-class Account:
-    """A keystone user with its roles on one project (domain ``Default``)."""
-
-    username: str
-    password: str
-    project: str
-    roles: tuple[str, ...]
-
-    def auth(self, auth_url: str) -> dict[str, str]:
-        """keystoneauth1 ``password`` options (glance_store.yaml ``auth:``, [cascading_glance])."""
-        return {
-            "auth_type": "password",
-            "auth_url": auth_url,
-            "username": self.username,
-            "password": self.password,
-            "project_name": self.project,
-            "user_domain_name": DOMAIN,
-            "project_domain_name": DOMAIN,
-        }
-
-
-@dataclass
-class Catalog:
-    """What :meth:`KeystoneServer.provision` registers: regions, image endpoints, accounts."""
-
-    image_endpoints: dict[str, str]  # keystone region -> glance-api URL
-    accounts: list[Account] = field(default_factory=list)
 
 
 def _write_ini(path: Path, sections: dict[str, dict[str, Any]]) -> None:
@@ -159,62 +126,6 @@ def keystone_template(work_dir: str | Path, timeout: float = 300.0) -> KeystoneT
                 timeout=timeout, env={"OS_BOOTSTRAP_PASSWORD": password})
         _template = KeystoneTemplate(db, fernet_keys, credential_keys, password)
         return _template
-
-
-def keystone_accounts(regions: Sequence[str]) -> dict[str, Account]:
-    """The keystone accounts of a deployment, by role; random passwords.
-
-    glance's default policy lets only ``admin`` read or write other projects'
-    images, so the coordinator (sees every project's images, adds locations) and
-    the cascaded:// driver (reads regional images of any project) are admins of
-    the ``service`` project.  Each agent (creates copies owned by the image's
-    project) holds a role of its own, :func:`agent_role`, which only its region's
-    glance makes an admin role (:func:`region_policy`): keystone roles hold in
-    every region, and an agent's token must not.  glance's own user only
-    validates tokens (``service``); ``demo`` is an ordinary project member.
-    """
-    def account(username: str, project: str, role: str) -> Account:
-        return Account(username, secrets.token_urlsafe(18), project, (role,))
-
-    accounts = {
-        "glance": account("glance", "service", "service"),
-        "coordinator": account("glance-sync-coordinator", "service", "admin"),
-        "driver": account("glance-sync-driver", "service", "admin"),
-        "demo": account("demo", "demo", "member"),
-    }
-    for region in regions:
-        accounts[f"agent-{region}"] = account(f"glance-sync-agent-{region.lower()}", "service",
-                                              agent_role(region))
-    return accounts
-
-
-def agent_role(region: str) -> str:
-    """The keystone role of ``region``'s agent: admin in that region's glance only."""
-    return f"sync-agent-{region.lower()}"
-
-
-def region_policy(region: str) -> str:
-    """A regional glance's policy file (keystone topologies): its agent's role counts as admin there."""
-    return (f"# {region}'s agent creates copies owned by other projects: admin here, nowhere else.\n"
-            f'"context_is_admin": "role:admin or role:{agent_role(region)}"\n')
-
-
-def write_private(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` (parents made), mode 0600 from the start: it holds a password."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(text)
-    return path
-
-
-def openrc_env(openrc: str) -> dict[str, str]:
-    """Our environment without its ``OS_*`` variables, plus those an ``openrc`` text exports."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    for line in openrc.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value
-    return env
 
 
 def wsgi_application() -> Any:

@@ -39,7 +39,8 @@ import yaml
 
 from glancesync import marker
 from tests.harness.glance import IDENTITY_HEADERS, POLICY_FILE, GlanceServer
-from tests.harness.keystone import Catalog, KeystoneServer, keystone_accounts, region_policy
+from tests.harness.identity import Catalog, keystone_accounts, region_policy
+from tests.harness.keystone import KeystoneServer
 from tests.harness.procs import LOOPBACK, free_port
 from tests.harness.sshd import SshServer
 

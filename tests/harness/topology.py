@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.glance import GlanceServer, venv_bin
-from tests.harness.keystone import openrc_env, write_private
+from tests.harness.identity import openrc_env, write_private
 from tests.harness.procs import LOOPBACK, ServiceError, ServiceProcess, tcp_open
 from tests.harness.siteconfig import CASCADING_REGION, SiteConfig, store_config_of, write_conf
 

@@ -154,6 +154,7 @@ def test_the_metrics_say_which_coordinator_leads(journal: Journal, other: Journa
     from .test_metrics import scrape, value
 
     single = CoordinatorMetrics()
+    single.tick(NOW)  # its loop runs
     assert value(scrape(single), "glancesync_coordinator_leader") == 1.0
     assert not any(name.startswith("glancesync_coordinator_leader_") for name, _ in scrape(single))
     starting = CoordinatorMetrics()
@@ -171,6 +172,16 @@ def test_the_metrics_say_which_coordinator_leads(journal: Journal, other: Journa
     assert value(scrape(passive), "glancesync_coordinator_leader") == 0.0
     active.leadership.release()
     assert value(scrape(active), "glancesync_coordinator_leader") == 0.0
+
+
+def test_a_single_coordinator_leads_only_once_its_loop_runs() -> None:
+    from .test_metrics import scrape, value
+
+    single = CoordinatorMetrics()
+    single.health.not_started("checking that the cascading credentials are admin in glance")
+    assert value(scrape(single), "glancesync_coordinator_leader") == 0.0  # start-up check: not acting yet
+    single.tick(NOW)
+    assert value(scrape(single), "glancesync_coordinator_leader") == 1.0
 
 
 def test_the_status_summary_names_the_role_and_the_lease(conf, stores, journal, client, regional, ctx) -> None:
