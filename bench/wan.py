@@ -222,27 +222,28 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, float]], modes
     """The table of the medians, every project mode beside the baselines, then the targets per mode."""
     size = args.size_mib * MIB
     floor = link_floor(size, args.rate_mbit)
+    rows = [(mode.label, mode.key) for mode in modes]
+    rows += [("scp pulls, parallel", "scp"), ("serial relay (download, uploads)", "relay")]
+    w = max(34, *(len(label) + 2 for label, _ in rows))
     lines = [f"\n{args.size_mib} MiB image to {args.regions} regions, links {args.rate_mbit:g} Mbit/s"
              f"{f' + {args.delay_ms:g} ms' if args.delay_ms else ''}, {when}, {platform.node()}, "
              f"{os.cpu_count()} CPUs, load {' '.join(f'{x:.1f}' for x in load)}",
              f"medians of {args.rounds} interleaved round(s)",
-             f"{'method':<44}{'wall s':>9}{'range':>14}{'x S/link':>10}{'cascading site':>18}{'x S':>7}"
+             f"{'method':<{w}}{'wall s':>9}{'range':>14}{'x S/link':>10}{'cascading site':>18}{'x S':>7}"
              f"{'peer links':>14}",
-             f"{'link floor S/link':<44}{floor:>9.1f}{'-':>14}{1:>10.2f}{'-':>18}{'-':>7}{'-':>14}"]
-    rows = [(mode.label, mode.key) for mode in modes]
-    rows += [("scp pulls, parallel", "scp"), ("serial relay (download, uploads)", "relay")]
+             f"{'link floor S/link':<{w}}{floor:>9.1f}{'-':>14}{1:>10.2f}{'-':>18}{'-':>7}{'-':>14}"]
     for label, key in rows:
         row = results[key]
         spread = f"{row['wall_min']:.1f}-{row['wall_max']:.1f}"
-        lines.append(f"{label:<44}{row['wall']:>9.1f}{spread:>14}{row['wall'] / floor:>10.2f}"
+        lines.append(f"{label:<{w}}{row['wall']:>9.1f}{spread:>14}{row['wall'] / floor:>10.2f}"
                      f"{row['site_bytes'] / MIB:>14,.0f} MiB{row['site_bytes'] / size:>7.2f}"
                      f"{row.get('peer_bytes', 0) / MIB:>10,.0f} MiB")
-    lines.append("targets (issue 15)" + "".join(f"{mode.key:>14}" for mode in modes))
+    lines.append((f"{'targets (issue 15)':<35}" + "".join(f"{mode.key:<15}" for mode in modes)).rstrip())
     per_mode = {mode.key: ratios(size, floor, results, mode.key) for mode in modes}
     for name, label in TARGET_LABELS.items():
-        cells = "".join(f"{per_mode[m.key][name]:>7.2f} {'met' if target_met(name, per_mode[m.key][name]) else 'MISSED':<6}"
+        cells = "".join(f"{per_mode[m.key][name]:<5.2f} {'met' if target_met(name, per_mode[m.key][name]) else 'MISSED':<9}"
                         for m in modes)
-        lines.append(f"  {label} {TARGETS[name]:<4}{cells}")
+        lines.append(f"  {label} {TARGETS[name]:<4} {cells}".rstrip())
     return lines
 
 
