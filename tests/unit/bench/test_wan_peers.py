@@ -207,3 +207,51 @@ def test_cache_sshd_runs_in_the_region_namespace_on_its_peer_address(tmp_path: P
     server = wan_peers.NsSshServer(tmp_path, "gswx-regiona", "127.77.0.2")
     assert server.command()[:4] == ["ip", "netns", "exec", "gswx-regiona"]
     assert "ListenAddress 127.77.0.2" in server.config_text().splitlines()
+
+
+class FakeTopo:
+    region_names = REGIONS[:3]
+
+    def __init__(self) -> None:
+        self.restarts: list[tuple[dict, dict, str]] = []
+
+    def restart_services(self, conf: dict, per_region: dict, suffix: str) -> None:
+        self.restarts.append((conf, per_region, suffix))
+
+
+class FakePeers:
+    cache_max_bytes = 7
+
+    def __init__(self) -> None:
+        self.used: list[bool] = []
+
+    def use(self, peers: bool) -> None:
+        self.used.append(peers)
+
+    def agent_options(self, region: str) -> dict:
+        return {"cache_dir": f"/peers/{region}/root/cache", "cache_max_bytes": self.cache_max_bytes}
+
+
+def test_switching_modes_restarts_with_the_peer_files_cache_and_fanout_only_when_the_mode_changes(tmp_path):
+    args = wan.parse_args(["--fanout", "1"])
+    topo, peers = FakeTopo(), FakePeers()
+    rounds = wan.Rounds(args, wan_net.plan(topo.region_names, tag="t7", peers=True), tmp_path, topo, peers)
+    star, tree = rounds.modes
+    rounds.switch(tree)
+    rounds.switch(tree)
+    rounds.switch(star)
+    assert peers.used == [True, False]
+    (conf, per_region, first), (plain_conf, plain_agents, second) = topo.restarts
+    assert conf == {"coordinator": {"max_source_fanout": 1}}
+    assert per_region == {r: {"cache_dir": f"/peers/{r}/root/cache", "cache_max_bytes": 7} for r in topo.region_names}
+    assert (plain_conf, plain_agents) == ({}, {})
+    assert first != second  # new agent ids after each restart
+
+
+def test_without_peers_there_is_one_mode_and_no_peer_files(tmp_path):
+    topo = FakeTopo()
+    rounds = wan.Rounds(wan.parse_args(["--no-peers"]), wan_net.plan(topo.region_names, tag="t8"), tmp_path, topo,
+                        None)
+    assert [m.key for m in rounds.modes] == ["project"]
+    rounds.switch(rounds.modes[0])
+    assert topo.restarts == [({}, {}, "project1")]
