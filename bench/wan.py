@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst-kib", type=int, default=512, help="tbf burst, KiB (default 512)")
     parser.add_argument("--octet", type=int, default=77, help="second octet of the 127.x addresses (default 77)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each method")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three methods; medians "
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the methods (each project mode, scp, relay); medians "
                         "are reported (default 3; 0: only the capped run)")
     parser.add_argument("--cap-mbit", type=float, default=80.0, help="max_bandwidth of each region's agent in the "
                         "capped run, Mbit/s; 0 skips that run (default 80)")
