@@ -37,6 +37,19 @@ class Link:
     region_dev: str
     casc_addr: str
     region_addr: str
+    peer_addr: str = ""  # where the region's cache sshd listens; "" without peers
+
+
+@dataclass(frozen=True)
+class PeerLink:
+    """The link between two regions: end ``a`` (the lower-numbered region) and end ``b``."""
+
+    a_ns: str
+    b_ns: str
+    a_dev: str
+    b_dev: str
+    a_addr: str
+    b_addr: str
 
 
 @dataclass(frozen=True)
@@ -46,26 +59,44 @@ class Plan:
     casc_ns: str
     site_addr: str
     links: tuple[Link, ...]
+    peer_links: tuple[PeerLink, ...] = ()
 
     @property
     def namespaces(self) -> list[str]:
         return [self.casc_ns, *(link.ns for link in self.links)]
 
+    @property
+    def peers(self) -> bool:
+        return bool(self.links and self.links[0].peer_addr)
 
-def plan(regions: list[str], tag: str, octet: int = 77) -> Plan:
-    """The address plan for ``regions``; ``tag`` keeps names apart from other runs (<= 6 chars)."""
+
+# Peer link (i, j) is 127.<octet>.i.<4j>/30: 4j + 3 <= 255.
+MAX_PEER_REGIONS = 63
+
+
+def plan(regions: list[str], tag: str, octet: int = 77, peers: bool = False) -> Plan:
+    """The address plan for ``regions``; ``tag`` keeps names apart from other runs (<= 6 chars).
+
+    ``peers``: also a peer address per region and a link between every two regions.
+    """
     if not 1 <= octet <= 254:
         raise ValueError("the second octet must be between 1 and 254")
-    if not 1 <= len(regions) <= 254:
-        raise ValueError("between 1 and 254 regions")
+    if not 1 <= len(regions) <= (MAX_PEER_REGIONS if peers else 254):
+        raise ValueError(f"between 1 and {MAX_PEER_REGIONS if peers else 254} regions")
     if not tag.isalnum() or len(tag) > 6:
         raise ValueError("the tag is up to 6 letters or digits")
     links = tuple(
         Link(region=name, ns=f"gsw{tag}-{name.lower()}", casc_dev=f"gw{tag}c{i}", region_dev=f"gw{tag}r{i}",
-             casc_addr=f"127.{octet}.{i}.1", region_addr=f"127.{octet}.{i}.2")
+             casc_addr=f"127.{octet}.{i}.1", region_addr=f"127.{octet}.{i}.2",
+             peer_addr=f"127.{octet}.0.{1 + i}" if peers else "")
         for i, name in enumerate(regions, start=1)
     )
-    return Plan(casc_ns=f"gsw{tag}-casc", site_addr=f"127.{octet}.0.1", links=links)
+    peer_links = tuple(
+        PeerLink(a_ns=links[i - 1].ns, b_ns=links[j - 1].ns, a_dev=f"gw{tag}{i}p{j}", b_dev=f"gw{tag}{j}p{i}",
+                 a_addr=f"127.{octet}.{i}.{4 * j + 1}", b_addr=f"127.{octet}.{i}.{4 * j + 2}")
+        for i in range(1, len(links) + 1) for j in range(i + 1, len(links) + 1)
+    ) if peers else ()
+    return Plan(casc_ns=f"gsw{tag}-casc", site_addr=f"127.{octet}.0.1", links=links, peer_links=peer_links)
 
 
 def shaping(dev: str, rate_mbit: float, delay_ms: float, burst_kib: int) -> list[str]:
@@ -96,18 +127,49 @@ def setup_commands(p: Plan, rate_mbit: float, delay_ms: float = 0, burst_kib: in
     cmds.append(["ip", "-n", p.casc_ns, "addr", "add", f"{p.site_addr}/32", "dev", "lo"])
     for link in p.links:
         c, r = p.casc_ns, link.ns
+        cmds += _veth(c, link.casc_dev, link.casc_addr, r, link.region_dev, link.region_addr)
         cmds += [
-            ["ip", "link", "add", link.casc_dev, "netns", c, "type", "veth",
-             "peer", "name", link.region_dev, "netns", r],
-            ["ip", "netns", "exec", c, "sysctl", "-qw", f"net.ipv4.conf.{link.casc_dev}.route_localnet=1"],
-            ["ip", "netns", "exec", r, "sysctl", "-qw", f"net.ipv4.conf.{link.region_dev}.route_localnet=1"],
-            ["ip", "-n", c, "addr", "add", f"{link.casc_addr}/30", "dev", link.casc_dev],
-            ["ip", "-n", r, "addr", "add", f"{link.region_addr}/30", "dev", link.region_dev],
-            ["ip", "-n", c, "link", "set", link.casc_dev, "up"],
-            ["ip", "-n", r, "link", "set", link.region_dev, "up"],
             ["ip", "-n", r, "route", "add", f"{p.site_addr}/32", "via", link.casc_addr, "src", link.region_addr],
             ["tc", "-n", c, *shaping(link.casc_dev, rate_mbit, delay_ms, burst_kib)],
             ["tc", "-n", r, *shaping(link.region_dev, rate_mbit, delay_ms, burst_kib)],
+        ]
+    return cmds + _peer_commands(p, rate_mbit, delay_ms, burst_kib)
+
+
+def _veth(ns_a: str, dev_a: str, addr_a: str, ns_b: str, dev_b: str, addr_b: str) -> list[list[str]]:
+    """A veth pair between two namespaces, a /30 address on each end, both up."""
+    return [
+        ["ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name", dev_b, "netns", ns_b],
+        ["ip", "netns", "exec", ns_a, "sysctl", "-qw", f"net.ipv4.conf.{dev_a}.route_localnet=1"],
+        ["ip", "netns", "exec", ns_b, "sysctl", "-qw", f"net.ipv4.conf.{dev_b}.route_localnet=1"],
+        ["ip", "-n", ns_a, "addr", "add", f"{addr_a}/30", "dev", dev_a],
+        ["ip", "-n", ns_b, "addr", "add", f"{addr_b}/30", "dev", dev_b],
+        ["ip", "-n", ns_a, "link", "set", dev_a, "up"],
+        ["ip", "-n", ns_b, "link", "set", dev_b, "up"],
+    ]
+
+
+def _peer_commands(p: Plan, rate_mbit: float, delay_ms: float, burst_kib: int) -> list[list[str]]:
+    """Peer addresses, region-to-region links and their routes (nothing without peers)."""
+    if not p.peers:
+        return []
+    cmds = []
+    for link in p.links:
+        cmds += [
+            ["ip", "-n", link.ns, "addr", "add", f"{link.peer_addr}/32", "dev", "lo"],
+            # Only for the bench's readiness checks of the cache sshd: agents use the peer links.
+            ["ip", "-n", p.casc_ns, "route", "add", f"{link.peer_addr}/32", "via", link.region_addr,
+             "src", link.casc_addr],
+        ]
+    by_ns = {link.ns: link for link in p.links}
+    for pl in p.peer_links:
+        a, b = by_ns[pl.a_ns], by_ns[pl.b_ns]
+        cmds += _veth(a.ns, pl.a_dev, pl.a_addr, b.ns, pl.b_dev, pl.b_addr)
+        cmds += [
+            ["ip", "-n", a.ns, "route", "add", f"{b.peer_addr}/32", "via", pl.b_addr, "src", pl.a_addr],
+            ["ip", "-n", b.ns, "route", "add", f"{a.peer_addr}/32", "via", pl.a_addr, "src", pl.b_addr],
+            ["tc", "-n", a.ns, *shaping(pl.a_dev, rate_mbit, delay_ms, burst_kib)],
+            ["tc", "-n", b.ns, *shaping(pl.b_dev, rate_mbit, delay_ms, burst_kib)],
         ]
     return cmds
 
@@ -163,3 +225,8 @@ def tx_bytes(ns: str, dev: str) -> int:
 def site_tx_bytes(p: Plan) -> int:
     """Bytes the cascading site sent over all its links."""
     return sum(tx_bytes(p.casc_ns, link.casc_dev) for link in p.links)
+
+
+def peer_tx_bytes(p: Plan) -> int:
+    """Bytes sent over the region-to-region links, both ways (0 without peers)."""
+    return sum(tx_bytes(pl.a_ns, pl.a_dev) + tx_bytes(pl.b_ns, pl.b_dev) for pl in p.peer_links)

@@ -83,26 +83,28 @@ class WanTopology(Topology):
         self.services.append(service)
         return service.start()
 
-    def start_services(self, timeout: float = 120.0) -> None:
-        """The coordinator here, one agent per region there; wait until every agent is online."""
-        self.start_coordinator()
-        for link in self.plan.links:
-            self.start_region_agent(link)
-        wanted = set(self.region_names)
-        self.wait_for(lambda: {r for r, ids in helpers.online_agents(self).items() if ids} >= wanted,
-                      timeout, "every region's agent online")
-
     def stop_region_agents(self) -> None:
         """Stop every region's agent (SIGTERM: each says bye, nothing is left running)."""
         for service in self.services:
             if service.name.startswith("agent "):
                 service.stop()
 
-    def start_region_agents(self, options: dict[str, Any], suffix: str, timeout: float = 120.0) -> None:
-        """A new agent per region with ``options``; wait until each is online."""
-        agents = {self.start_region_agent(link, options, suffix).name.split(" ", 1)[1] for link in self.plan.links}
+    def start_region_agents(self, options: dict[str, Any], suffix: str, timeout: float = 120.0,
+                            per_region: dict[str, dict[str, Any]] | None = None) -> None:
+        """A new agent per region with ``options`` (and ``per_region[region]``); wait until each is online."""
+        agents = {self.start_region_agent(link, {**options, **(per_region or {}).get(link.region, {})},
+                                          suffix).name.split(" ", 1)[1] for link in self.plan.links}
         self.wait_for(lambda: agents <= set().union(*helpers.online_agents(self).values()), timeout,
                       f"agents {', '.join(sorted(agents))} online")
+
+    def restart_services(self, conf: dict[str, dict[str, Any]], per_region: dict[str, dict[str, Any]],
+                         suffix: str, timeout: float = 120.0) -> None:
+        """Stop coordinator and agents; start them again on glance-sync.conf with ``conf`` over the defaults
+        and each region's agent with ``per_region[region]`` as more ``[agent]`` options."""
+        self.stop_services()
+        self.write_service_conf(**conf)
+        self.start_coordinator()
+        self.start_region_agents({}, suffix, timeout, per_region)
 
     def upload(self, size: int) -> tuple[str, helpers.Uploaded]:
         """A random image uploaded to the cascading glance (a local upload: no link carries it)."""
