@@ -61,6 +61,26 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+# The region whose copy gets frozen fetches at this cap, so the 192 MiB copy lasts several
+# seconds: unpaced on loopback it can end between seeing its first bytes and the SIGSTOP
+# when the machine is busy (the cap is one budget for the agent, doc/performance.md).
+SLOW_FETCH_MBIT = 200
+
+
+@contextlib.contextmanager
+def slow_agent(topo: Topology, sync: SyncServices, region: str, path: Path) -> Iterator[None]:
+    """The region's main agent restarted with its fetches capped; the standard one is back after."""
+    conf = topo.write_service_conf(path, agent={"max_bandwidth": SLOW_FETCH_MBIT})
+    sync.stop_agent(region)
+    sync.agents[region] = topo.start_agent(region, sync.agent_id(region), conf=conf)
+    try:
+        helpers.wait_until(lambda: sync.agent_id(region) in helpers.online_agents(topo).get(region, set()), 60,
+                           f"the capped agent of {region} online")
+        yield
+    finally:
+        sync.stop_agent(region)  # the next test's ensure() starts the standard agent
+
+
 def freeze_fetch(topo: Topology, sync: SyncServices, region: str, image_id: str) -> list[int]:
     """SIGSTOP the region's worker (and its sftp/ssh) as soon as its ``.part`` has bytes; the pids."""
     part = topo.work_dir(region) / f"{image_id}.part"
@@ -87,9 +107,14 @@ def locations(topo: Topology, image_id: str) -> list[str]:
     return [url for url in urls if url.startswith("cascaded://")]
 
 
-def test_cancel_stops_the_copy_removes_its_part_and_stays_cancelled(topology: Topology,
-                                                                      sync: SyncServices) -> None:
+def test_cancel_stops_the_copy_removes_its_part_and_stays_cancelled(topology: Topology, sync: SyncServices,
+                                                                      tmp_path: Path) -> None:
     sync.stop_agent("RegionA")  # only RegionB copies: the one to cancel
+    with slow_agent(topology, sync, "RegionB", tmp_path / "slow.conf"):
+        cancel_a_running_copy(topology, sync)
+
+
+def cancel_a_running_copy(topology: Topology, sync: SyncServices) -> None:
     image = helpers.upload_random(topology.cascading.client(), 192 * helpers.MIB)
     stopped = freeze_fetch(topology, sync, "RegionB", image.id)
     try:
@@ -118,8 +143,13 @@ def test_cancel_stops_the_copy_removes_its_part_and_stays_cancelled(topology: To
     helpers.wait_states(topology, image.id, "synced", timeout=180)
 
 
-def test_a_delete_cancels_the_running_copy(topology: Topology, sync: SyncServices) -> None:
+def test_a_delete_cancels_the_running_copy(topology: Topology, sync: SyncServices, tmp_path: Path) -> None:
     sync.stop_agent("RegionA")
+    with slow_agent(topology, sync, "RegionB", tmp_path / "slow.conf"):
+        delete_a_running_copy(topology, sync)
+
+
+def delete_a_running_copy(topology: Topology, sync: SyncServices) -> None:
     client = topology.cascading.client()
     image = helpers.upload_random(client, 192 * helpers.MIB)
     stopped = freeze_fetch(topology, sync, "RegionB", image.id)
