@@ -43,7 +43,8 @@ class AgentDialog:
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, agents: Agents, tasks: TaskDesk, *,
                  send: Send, send_raw: Callable[[bytes, bytes], bool], ack_later: Send,
                  admitted: Callable[[list[bytes], str | None, protocol.Message], roles.Peer | None],
-                 metrics: CoordinatorMetrics, cancelled: Callable[[str], bool]) -> None:
+                 metrics: CoordinatorMetrics, cancelled: Callable[[str], bool],
+                 credited: Callable[[], None] = lambda: None) -> None:
         self.conf = conf
         self.storemap = storemap
         self.agents = agents
@@ -55,6 +56,8 @@ class AgentDialog:
         self.metrics = metrics
         # Whether an operator cancelled the task (its agent may then discard the bytes).
         self.cancelled = cancelled
+        # An agent got credits (hello, ready): the hand-out has something new to look at.
+        self.credited = credited
 
     def unreachable(self, routing_id: bytes) -> None:
         """The agent's connection is gone (ROUTER_MANDATORY): no more work for its session."""
@@ -112,6 +115,7 @@ class AgentDialog:
                         peer.name, msg.body["agent_id"], region, exc)
             self.send(routing_id, "error", {"code": exc.code, "reason": exc.reason, "ref": msg.id})
             return
+        self.credited()
         c = self.conf.coordinator
         self.send(routing_id, "welcome",
                         {"heartbeat_interval": c.heartbeat_interval, "lease_timeout": c.lease_timeout})
@@ -129,6 +133,7 @@ class AgentDialog:
         body = msg.body
         if msg.type == "ready":
             self.agents.ready(session, body["credits"])
+            self.credited()
         elif msg.type == "ack":
             self.tasks.ack(session, body, now)
         elif msg.type == "progress":
