@@ -198,7 +198,7 @@ class JournalBase:
             yield
             return
         try:
-            with self.transaction() as conn:
+            with self.transaction(write=False) as conn:  # its calls count their own writes
                 self._batch_conn, self._batch_broken = conn, None
                 try:
                     yield
