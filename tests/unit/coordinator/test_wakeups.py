@@ -77,17 +77,20 @@ def test_a_status_query_runs_no_query_of_the_loop_and_is_answered_before_the_com
 
 def test_a_heartbeat_alone_runs_no_dispatch_query_a_credit_or_a_report_does(ctx, service, journal) -> None:
     sock, task = run_copy(ctx, service)
-    one = agent(ctx, service, "RegionTwo", "b1")  # online, no credits yet
+    one = agent(ctx, service, "RegionTwo", "b1", credits=2)  # takes RegionTwo's task, one credit left
+    assert receive(one, service, NOW, "task").body["region"] == "RegionTwo"
     pump(service, NOW)
     count = Statements(journal)
     session = next(s for s in service.agents.online() if s.agent_id == "b1")
+    assert session.credits == 1
     one.send(protocol.encode("heartbeat", {}))
     pump(service, NOW + 0.5, lambda: session.liveness.last_heard == NOW + 0.5)
     pump(service, NOW + 0.5)
+    # An agent with credits online, nothing changed: nothing to look for, no query at all.
     assert dispatch_queries(count) == [] and selects(count) == []
-    one.send(protocol.encode("ready", {"credits": 2}))
-    assert receive(one, service, NOW + 0.5, "task").body["region"] == "RegionTwo"  # the credit ran the hand-out
-    pump(service, NOW + 0.5)
+    one.send(protocol.encode("ready", {"credits": 1}))
+    pump(service, NOW + 0.5, lambda: session.credits == 2)
+    assert len(dispatch_queries(count)) == 1  # the credit ran the hand-out (nothing to give)
     count.seen.clear()
     sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 1, "reason": "disk full",
                                          "retryable": True}))
