@@ -98,3 +98,18 @@ def test_a_heartbeat_alone_runs_no_dispatch_query_a_credit_or_a_report_does(ctx,
     assert dispatch_queries(count)  # the report ran it
     sock.close()
     one.close()
+
+
+def test_heartbeats_walk_the_sessions_only_when_one_is_due(ctx, service, monkeypatch) -> None:
+    one = agent(ctx, service, "RegionOne", "a1")
+    pump(service, NOW)
+    walks = []
+    online = service.agents.online
+    monkeypatch.setattr(service.agents, "online", lambda: walks.append(1) or online())
+    interval = service.conf.coordinator.heartbeat_interval
+    service.dialog.heartbeats(NOW + interval / 2)
+    assert walks == []  # nobody due: 500 sessions are not looked at on every wake-up
+    service.dialog.heartbeats(NOW + interval)
+    assert walks == [1]
+    assert receive(one, service, NOW + interval, "heartbeat").type == "heartbeat"
+    one.close()
