@@ -43,7 +43,8 @@ class AgentDialog:
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, agents: Agents, tasks: TaskDesk, *,
                  send: Send, send_raw: Callable[[bytes, bytes], bool], ack_later: Send,
                  admitted: Callable[[list[bytes], str | None, protocol.Message], roles.Peer | None],
-                 metrics: CoordinatorMetrics, cancelled: Callable[[str], bool]) -> None:
+                 metrics: CoordinatorMetrics, cancelled: Callable[[str], bool],
+                 credited: Callable[[], None] = lambda: None) -> None:
         self.conf = conf
         self.storemap = storemap
         self.agents = agents
@@ -55,6 +56,12 @@ class AgentDialog:
         self.metrics = metrics
         # Whether an operator cancelled the task (its agent may then discard the bytes).
         self.cancelled = cancelled
+        # An agent got credits (hello, ready): the hand-out has something new to look at.
+        self.credited = credited
+        # When the next session's heartbeat is due, and when that was worked out (None: look at every
+        # session at the next call): 500 sessions are not walked at each of ~100 wake-ups a second.
+        self._beat_due: float | None = None
+        self._beat_seen = 0.0
 
     def unreachable(self, routing_id: bytes) -> None:
         """The agent's connection is gone (ROUTER_MANDATORY): no more work for its session."""
@@ -112,6 +119,8 @@ class AgentDialog:
                         peer.name, msg.body["agent_id"], region, exc)
             self.send(routing_id, "error", {"code": exc.code, "reason": exc.reason, "ref": msg.id})
             return
+        self.credited()
+        self._beat_due = None  # its first heartbeat is counted from now
         c = self.conf.coordinator
         self.send(routing_id, "welcome",
                         {"heartbeat_interval": c.heartbeat_interval, "lease_timeout": c.lease_timeout})
@@ -129,6 +138,7 @@ class AgentDialog:
         body = msg.body
         if msg.type == "ready":
             self.agents.ready(session, body["credits"])
+            self.credited()
         elif msg.type == "ack":
             self.tasks.ack(session, body, now)
         elif msg.type == "progress":
@@ -148,7 +158,10 @@ class AgentDialog:
     def heartbeats(self, now: float) -> None:
         # Each session on its own beat (from its hello on), so 500 agents are not all sent
         # their heartbeat in the same iteration.
+        if self._beat_due is not None and self._beat_seen <= now < self._beat_due:
+            return  # none due yet (a clock that went back looks again)
         interval = self.conf.coordinator.heartbeat_interval
+        due = None
         for session in self.agents.online():
             if not session.heartbeat_sent or now < session.heartbeat_sent:
                 session.heartbeat_sent = now
@@ -157,3 +170,6 @@ class AgentDialog:
                 # Its cache files other regions fetch now: the agent keeps them (doc/peers.md).
                 serving = self.tasks.sourcing.serving(session.region)[:protocol.MAX_ITEMS]
                 self.send(session.routing_id, "heartbeat", {"serving": serving} if serving else {})
+            at = session.heartbeat_sent + interval
+            due = at if due is None or at < due else due
+        self._beat_due, self._beat_seen = due, now

@@ -12,13 +12,17 @@
    (taskreports.py), and journal the next slice of a finished reconciler pass's events;
 3. mark silent agents offline, requeue the tasks whose lease is due (a heap in
    memory), persist the progress reports kept in memory;
-4. plan journaled events that have no tasks yet (eventdesk.py), and cancel copies a
-   delete waits behind (operator.py);
+4. submit the registrations due, plan journaled events that have no tasks yet
+   (eventdesk.py), and cancel copies a delete waits behind (operator.py);
 5. commit steps 1-4 in one transaction (``Journal.batch``); only then go the replies
    that acknowledge them; when the commit fails none is sent and the peers send again;
 6. hand tasks to agents with credits, send heartbeats, start a reconciler pass when
    one is due, re-read the CURVE allow-list when it changed or on SIGHUP, and
    publish the metrics snapshot (coordinator/metrics.py).
+
+Step 4's queries and the hand-out run only when what they read can have changed (wakeups.py).
+A ``status_query`` writes nothing and reads committed state, so it is answered at once (an
+image view after a write of the same batch waits for the commit).
 
 In a pair, the leader lease is renewed first; a lost one ends the loop (leadership.py).
 Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer that is gone fails instead of
@@ -50,6 +54,7 @@ from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.sources import Sourcing
 from coordinator.tasks import RegistrationRetry, TaskDesk
+from coordinator.wakeups import ChangeGate
 from glancesync import protocol, roles, transport
 from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
 from glancesync.liveness import retry_delay
@@ -99,10 +104,15 @@ class Service(AdmissionMixin):
         self.operator = OperatorDesk(journal, self.agents, self.regions, self._ack_agent_later)
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.source = self
+        # Step 4's queries, and the hand-out's: run when what they read can have changed.
+        self._queries = ChangeGate(lambda: journal.writes)
+        self._handouts = ChangeGate(lambda: journal.writes)
+        # journal.writes when the iteration's batch opened: has the batch written since?
+        self._writes_before = -1
         self.dialog = AgentDialog(conf, storemap, self.agents, self.tasks, send=self.send_agent,
                                   send_raw=lambda rid, payload: self._send(self.agent_sock, [rid], payload),
                                   ack_later=self._ack_agent_later, metrics=self.metrics,
-                                  cancelled=self.operator.cancelled,
+                                  cancelled=self.operator.cancelled, credited=self._handouts.stir,
                                   admitted=lambda envelope, key, msg: self._admitted(
                                       self.agent_sock, envelope, key, msg))
         self._unapplied: list[GlanceResult] = []
@@ -188,12 +198,14 @@ class Service(AdmissionMixin):
             # Every journal write of the frames and of the steps below: one transaction, one commit;
             # the copies reported done in it have their regional images read together (one listing per region).
             with self.registrar.gathering(), self.journal.batch():
+                self._writes_before = self.journal.writes
                 for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
                     if sock in ready:
                         self._drain(sock, handler, now)
-                self._steps(now, (self._keys, self.regions.refresh, self._apply_results, self.tasks.apply_reports,
-                                  self.events.journal_slice,
-                                  self._housekeeping, self.events.plan_events, self.operator.step))
+                self._steps(now, (self._keys, self._refresh_regions, self._apply_results, self.tasks.apply_reports,
+                                  self.events.journal_slice, self._housekeeping))
+                if self._queries.due(now):
+                    self._steps(now, (self.tasks.retry_registrations, self.events.plan_events, self.operator.step))
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
             LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
@@ -290,6 +302,10 @@ class Service(AdmissionMixin):
                 reply = protocol.encode("operator_reply", {"action": msg.body["action"], "data": data})
             else:
                 reply = self._status(msg.body)
+                if msg.body["view"] != "image" or self.journal.writes == self._writes_before:
+                    # It wrote nothing and read only committed state: nothing to wait for.
+                    self._send(self.client_sock, envelope, reply)
+                    return
         except ProtocolError as exc:
             LOG.warning("client peer %s: refused frame: %s", peer_name(envelope[0]), exc)
             reply = protocol.error_reply(exc, ref)
@@ -332,10 +348,20 @@ class Service(AdmissionMixin):
 
         return retry_at
 
+    def _refresh_regions(self, now: float) -> None:
+        urls, ready = self.regions.catalog_urls, self.regions.ready
+        self.regions.refresh(now)
+        if self.regions.catalog_urls is not urls or self.regions.ready != ready:  # a catalog read applied
+            self._queries.stir()
+            self._handouts.stir()
+
     def _apply_results(self, now: float) -> None:
         # A result taken from the pool exists nowhere else: when the journal cannot take it
         # (locked, disk full), keep it and the ones after it for the next iteration.
         pending, self._unapplied = self._unapplied + self.registrar.results(), []
+        if pending:  # a fetch back or a registration done: planning and hand-outs may find more
+            self._queries.stir()
+            self._handouts.stir()
         for index, result in enumerate(pending):
             if index and time.monotonic() > self._deadline:
                 self._unapplied = pending[index:]
@@ -359,7 +385,6 @@ class Service(AdmissionMixin):
     def _housekeeping(self, now: float) -> None:
         self.agents.expire(now)
         self.tasks.requeue_lapsed(now)
-        self.tasks.retry_registrations(now)
         if now - self._progress_flushed >= PROGRESS_FLUSH_SECONDS or now < self._progress_flushed:
             self._progress_flushed = now
             self.journal.flush_progress()
@@ -369,6 +394,7 @@ class Service(AdmissionMixin):
             self.journal.reread_held_deletes()
 
     def _dispatch(self, now: float) -> None:
-        self.tasks.dispatch_all(self.agents.online(), now, self.send_agent)
+        if self._handouts.due(now):
+            self.tasks.dispatch_all(self.agents.online(), now, self.send_agent)
 
     # -- planning ------------------------------------------------------------------------------

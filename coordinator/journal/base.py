@@ -152,6 +152,10 @@ class JournalBase:
         self._undos: list[list[Callable[[], None]]] = []
         # Progress reports not written yet: task_id -> (attempt, image_id, region, done, total, at).
         self._progress: dict[str, tuple[int, str, str, int, int, float]] = {}
+        # Transactions (savepoints in a batch) that may have written and did not roll back: the
+        # loop runs its queries again only when this moved (coordinator/wakeups.py). A batch that
+        # rolls back later leaves it counted: one query run for nothing, never one missed.
+        self.writes = 0
 
     def close(self) -> None:
         self._facade.dispose_pool()
@@ -194,7 +198,7 @@ class JournalBase:
             yield
             return
         try:
-            with self.transaction() as conn:
+            with self.transaction(write=False) as conn:  # its calls count their own writes
                 self._batch_conn, self._batch_broken = conn, None
                 try:
                     yield
@@ -230,7 +234,7 @@ class JournalBase:
         batch (on PostgreSQL the transaction is aborted), which then rolls back whole.
         """
         if self._batch_conn is None:
-            with self.transaction() as conn:
+            with self.transaction(write=False) as conn:
                 yield conn
             return
         try:
@@ -247,8 +251,10 @@ class JournalBase:
         return self._batch_conn is not None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, write: bool = True) -> Iterator[Connection]:
         """One transaction (a savepoint inside a batch): committed on success, rolled back on any error.
+
+        ``write=False``: it only reads, and does not count in ``writes``.
 
         Database errors become a JournalError whose cause is oslo.db's exception
         (``DBDeadlock``, ``DBDuplicateEntry``...), which ``engine.retry_on_deadlock`` reads.
@@ -275,6 +281,8 @@ class JournalBase:
         finally:
             self._effects.pop()
             self._undos.pop()
+        if write:
+            self.writes += 1
         if self._undos:  # the enclosing level may still roll back
             self._undos[-1].extend(undos)
         for effect in effects:  # committed (or, in a batch, part of what the batch commits)

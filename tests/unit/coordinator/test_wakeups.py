@@ -1,0 +1,115 @@
+"""The loop's queries run when something they read can have changed; a status query waits for none of them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from coordinator.wakeups import ChangeGate
+from glancesync import protocol
+
+from .conftest import NOW
+from .test_loop_cost import Statements
+from .test_service import agent, dealer, pump, receive, run_copy
+
+
+def selects(count: Statements) -> list[str]:
+    return [s for s in count.seen if s.lstrip().upper().startswith("SELECT")]
+
+
+def dispatch_queries(count: Statements) -> list[str]:
+    # The hand-out's query, and only it, reads an alias "earlier" (Journal.dispatchable_by_region).
+    return [s for s in selects(count) if "earlier" in s]
+
+
+def test_a_gate_opens_on_a_write_a_stir_or_after_recheck_seconds() -> None:
+    writes = {"n": 0}
+    gate = ChangeGate(lambda: writes["n"], recheck=1.0)
+    assert gate.due(NOW)  # never ran
+    assert not gate.due(NOW + 0.5)
+    writes["n"] += 1
+    assert gate.due(NOW + 0.5) and not gate.due(NOW + 0.6)
+    gate.stir()
+    assert gate.due(NOW + 0.6) and not gate.due(NOW + 0.7)
+    assert gate.due(NOW + 1.6)  # time alone: a retry that came due
+    assert gate.due(NOW - 10)  # a clock that went back never stalls it
+
+
+def test_a_status_query_runs_no_query_of_the_loop_and_is_answered_before_the_commit(ctx, service, journal) -> None:
+    sock, _task = run_copy(ctx, service)  # a task handed out, an agent online
+    query = dealer(ctx, service.conf.sync_server_port)
+    query.send(protocol.encode("status_query", {"view": "summary"}))
+    assert receive(query, service, NOW, "status_reply").body["data"]["regions"]["RegionOne"]["in_flight"] == 1
+    pump(service, NOW)  # settled: the writes of the hand-out seen by every query
+    order: list[str] = []
+    sa.event.listen(journal.engine, "commit", lambda _conn: order.append("commit"))
+    sent = service._send
+
+    def send(sock_, envelope, payload):
+        order.append(protocol.decode(payload).type)
+        return sent(sock_, envelope, payload)
+
+    service._send = send
+    loop = service.loop
+
+    def iteration(now, poll_seconds=0.1):
+        order.append("iteration")
+        loop(now, poll_seconds)
+
+    service.loop = iteration
+    count = Statements(journal)
+    query.send(protocol.encode("status_query", {"view": "summary"}))
+    receive(query, service, NOW, "status_reply")
+    start = max(i for i, what in enumerate(order) if what == "iteration" and i < order.index("status_reply"))
+    # The iteration that answered committed its batch after the reply left, not before.
+    assert order[start + 1:start + 3] == ["status_reply", "commit"]
+    service.loop = loop
+    service._send = sent
+    pump(service, NOW)
+    count.seen.clear()
+    query.send(protocol.encode("status_query", {"view": "summary"}))
+    reply = receive(query, service, NOW, "status_reply")
+    assert reply.body["data"]["regions"]["RegionOne"]["in_flight"] == 1
+    # Nothing was written since the last iteration: no hand-out, registrations due, planning,
+    # copies behind deletes; the summary itself reads memory only.
+    assert selects(count) == []
+    sock.close()
+
+
+def test_a_heartbeat_alone_runs_no_dispatch_query_a_credit_or_a_report_does(ctx, service, journal) -> None:
+    sock, task = run_copy(ctx, service)
+    one = agent(ctx, service, "RegionTwo", "b1", credits=2)  # takes RegionTwo's task, one credit left
+    assert receive(one, service, NOW, "task").body["region"] == "RegionTwo"
+    pump(service, NOW)
+    count = Statements(journal)
+    session = next(s for s in service.agents.online() if s.agent_id == "b1")
+    assert session.credits == 1
+    one.send(protocol.encode("heartbeat", {}))
+    pump(service, NOW + 0.5, lambda: session.liveness.last_heard == NOW + 0.5)
+    pump(service, NOW + 0.5)
+    # An agent with credits online, nothing changed: nothing to look for, no query at all.
+    assert dispatch_queries(count) == [] and selects(count) == []
+    one.send(protocol.encode("ready", {"credits": 1}))
+    pump(service, NOW + 0.5, lambda: session.credits == 2)
+    assert len(dispatch_queries(count)) == 1  # the credit ran the hand-out (nothing to give)
+    count.seen.clear()
+    sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 1, "reason": "disk full",
+                                         "retryable": True}))
+    receive(sock, service, NOW + 0.5, "result_ack")
+    assert dispatch_queries(count)  # the report ran it
+    sock.close()
+    one.close()
+
+
+def test_heartbeats_walk_the_sessions_only_when_one_is_due(ctx, service, monkeypatch) -> None:
+    one = agent(ctx, service, "RegionOne", "a1")
+    pump(service, NOW)
+    walks = []
+    online = service.agents.online
+    monkeypatch.setattr(service.agents, "online", lambda: walks.append(1) or online())
+    interval = service.conf.coordinator.heartbeat_interval
+    service.dialog.heartbeats(NOW + interval / 2)
+    assert walks == []  # nobody due: 500 sessions are not looked at on every wake-up
+    service.dialog.heartbeats(NOW + interval)
+    assert walks == [1]
+    assert receive(one, service, NOW + interval, "heartbeat").type == "heartbeat"
+    one.close()
