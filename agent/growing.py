@@ -44,6 +44,11 @@ POLL_SECONDS = 0.5
 # How often, while a relayed file does not grow, its names are looked at: both gone means the
 # upstream's copy ended without a finished file here (failed, or not admitted).
 ENDED_CHECK_SECONDS = 3.0
+# SFTP read requests (32 KiB each) a follower keeps outstanding: 2 MiB, as OpenSSH's sftp
+# does.  paramiko's readv otherwise asks for a whole 32 MiB batch at once; a follower that
+# fell a batch behind then had 32 MiB pushed at a shaped link and read far below its rate
+# (doc/performance.md, WAN bench, "Chained distribution").
+FOLLOW_IN_FLIGHT = 64
 
 
 def relay_path(source_path: str) -> str:
@@ -147,7 +152,7 @@ class _Follower:
                 remote = remote or self.open()
                 have = min(remote.stat().st_size or 0, total) if remote is not None else done
                 if have > done:
-                    done = transfer.copy_range(remote, out, done, have, sink, progress)
+                    done = transfer.copy_range(remote, out, done, have, sink, progress, in_flight=FOLLOW_IN_FLIGHT)
                     last_news, next_check = self.clock(), ENDED_CHECK_SECONDS
                     continue
                 waited = self.clock() - last_news

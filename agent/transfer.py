@@ -212,12 +212,16 @@ def checked_hashers(algo: str, image_id: str) -> tuple[Any, Any]:
         raise SourceRefused(image_id=image_id, detail=f"unsupported os_hash_algo {algo!r}") from None
 
 
-def copy_range(remote: Any, out: Any, start: int, total: int, sink: hashing.HashPipe, progress: ProgressFn) -> int:
+def copy_range(remote: Any, out: Any, start: int, total: int, sink: hashing.HashPipe, progress: ProgressFn,
+               in_flight: int | None = None) -> int:
+    """Read ``[start, total)`` of ``remote`` into ``out`` and ``sink``; ``in_flight``: at most that
+    many SFTP read requests outstanding at once (None: a whole batch)."""
     done = start
+    extra = {} if in_flight is None else {"max_concurrent_prefetch_requests": in_flight}
     while done < total:
         batch_end = min(total, done + BATCH_BYTES)
         pieces = [(off, min(PIECE_BYTES, batch_end - off)) for off in range(done, batch_end, PIECE_BYTES)]
-        for block in remote.readv(pieces):
+        for block in remote.readv(pieces, **extra):
             if not block:
                 raise EOFError(f"source ended at byte {done} of {total}")
             out.write(block)

@@ -32,7 +32,11 @@ class _File:
     def stat(self) -> os.stat_result:
         return os.fstat(self.handle.fileno())
 
-    def readv(self, pieces: list[tuple[int, int]]) -> Any:
+    # The bound on outstanding read requests each readv was given (paramiko's keyword).
+    in_flight: list[int | None] = []
+
+    def readv(self, pieces: list[tuple[int, int]], max_concurrent_prefetch_requests: int | None = None) -> Any:
+        _File.in_flight.append(max_concurrent_prefetch_requests)
         for offset, size in pieces:
             self.handle.seek(offset)
             yield self.handle.read(size)
@@ -116,6 +120,18 @@ def test_follows_a_copy_that_appears_late_and_grows_to_the_full_size(peer, tmp_p
     assert upstream.sleeps > 5  # it did wait for the upstream, not read a finished file
     # While it waited it told the upload it was alive (same count, again and again).
     assert seen.count((0, len(DATA))) >= 3
+
+
+def test_a_follower_keeps_few_read_requests_in_flight(peer, tmp_path: Path, monkeypatch) -> None:
+    # A whole 32 MiB batch of requests at once pushed 32 MiB at a shaped peer link: the
+    # follower fell behind its upstream (the WAN bench's chain, doc/performance.md).
+    store, cache_dir = peer
+    monkeypatch.setattr(_File, "in_flight", [])
+    upstream = Upstream(cache_dir, DATA, step=700_000)
+    follow(store, upstream, tmp_path / "x.part")
+    assert (tmp_path / "x.part").read_bytes() == DATA
+    assert _File.in_flight and set(_File.in_flight) == {growing.FOLLOW_IN_FLIGHT}
+    assert growing.FOLLOW_IN_FLIGHT * 32 * 1024 <= 2 * 1024 * 1024
 
 
 def test_a_finished_file_is_read_at_once(peer, tmp_path: Path) -> None:
