@@ -109,6 +109,16 @@ class PlanningMixin:
             r = conn.execute(query).first()
         return None if r is None else _event(r)
 
+    def unplanned_events_by_id(self, event_ids: list[str]) -> dict[str, EventRow]:
+        """Those of ``event_ids`` recorded and not planned yet, by id (one read per 500 ids)."""
+        ids, found = sorted(set(event_ids)), {}
+        with self.reading() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(events).where(events.c.event_id.in_(ids[start:start + 500]),
+                                                events.c.planned.is_(False))
+                found.update((r.event_id, _event(r)) for r in conn.execute(query))
+        return found
+
     def deleted_event(self, image_id: str) -> bool:
         """True once a ``deleted`` event of ``image_id`` was planned as a delete, i.e. after glance
         confirmed the image gone: glance never brings that id back.  A refused or unconfirmed
