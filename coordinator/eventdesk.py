@@ -34,6 +34,7 @@ from oslo_config import cfg
 from coordinator import operator, planner, reconciler, regiondrift, snapshot
 from coordinator.journal import EventRow, Journal, PlannedEvent
 from coordinator.journal.operations import NOTE_PREFIX
+from coordinator.journal.planning import PlanningFacts
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync import strategy, untrusted
@@ -69,6 +70,7 @@ class EventDesk:
         # Glance answers of this iteration, planned together by plan_fetched; the plans it gathers.
         self.arrived: list[FetchResult] = []
         self._plans: list[PlannedEvent] | None = None
+        self._facts: PlanningFacts | None = None
         interval = conf.coordinator.reconcile_interval
         self.next_reconcile: float | None = (
             time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
@@ -121,7 +123,8 @@ class EventDesk:
         if not results:
             return
         events = self.journal.unplanned_events_by_id([r.event_id for r in results])
-        self._plans = []
+        self._plans, done = [], set()
+        self._facts = self.journal.planning_facts({e.image_id for e in events.values()})
         try:
             for result in results:
                 self.fetching.discard(result.event_id)
@@ -130,6 +133,10 @@ class EventDesk:
                     continue
                 if any(plan.image_id == event.image_id for plan in self._plans):
                     self._write_plans(now)
+                    # What was read before is not what the plans just written left.
+                    self._facts = self.journal.planning_facts(
+                        {e.image_id for e in events.values() if e.event_id not in done})
+                done.add(event.event_id)
                 self._judge(event, result, now)
             self._write_plans(now)
         except Exception:
@@ -137,7 +144,12 @@ class EventDesk:
                 self.fetching.discard(result.event_id)  # fetched again next time
             raise
         finally:
-            self._plans = None
+            self._plans, self._facts = None, None
+
+    def _known(self) -> PlanningFacts:
+        """What the journal knows of the images being planned (read once per plan_fetched)."""
+        assert self._facts is not None, "read outside plan_fetched"
+        return self._facts
 
     def _write_plans(self, now: float) -> None:
         plans, self._plans = self._plans or [], []
@@ -194,7 +206,7 @@ class EventDesk:
         made = result.snapshot
         if made is None or result.image is None or not snapshot.waiting(made):
             return False
-        existing = self.journal.region_records(event.image_id)
+        existing = self._known().region_records(event.image_id)
         if made.regional is None and existing:
             return False  # gone from its region after it was spread: the planner says why, nothing waits
         if now - event.received_at < self.conf.snapshot_timeout:
@@ -215,7 +227,7 @@ class EventDesk:
         Applying it would undo the newer change (a deactivate over a reactivate), so it
         makes no tasks; the event is fetched again and planned from what glance says now.
         """
-        newest, _active = self.journal.image_record_state(event.image_id)
+        newest, _active = self._known().records.get(event.image_id, (None, None))
         updated_at = record_time(image)
         if newest is None or updated_at is None or updated_at >= newest:
             return False
@@ -232,21 +244,22 @@ class EventDesk:
 
     def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float,
               members: list[dict[str, str]] | None = None, made: snapshot.Snapshot | None = None) -> None:
-        if event.kind != "deleted" and self.journal.deleted_event(event.image_id):
+        known = self._known()
+        if event.kind != "deleted" and event.image_id in known.deleted:
             # Fetched before the delete, answered after it: the record is stale, and copies
             # made from it would outlive the image (its delete was planned without them).
             LOG.info("event %s (%s of %s): the image was deleted since; no tasks", event.event_id, event.kind,
                      event.image_id)
             self._planned(event, [], {}, error="the image was deleted")
             return
-        existing = self.journal.region_records(event.image_id)
+        existing = known.region_records(event.image_id)
         # An operator's resync or sync names its regions (coordinator/operator.py).
         regions, strategy_name, by_operator = operator.event_targets(
             event.body, self.regions, self.conf.sync_strategy, existing)
         plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
                             self.storemap.source_path, self.rules, by_operator, members,
                             repairs=event.body.get("repairs"),
-                            asked=self.journal.asked_regions(event.image_id).get(event.image_id, set()),
+                            asked=known.asked.get(event.image_id, set()),
                             snapshot=made, snapshot_regions=self.conf.snapshot_region_names,
                             sources=self.storemap.sources)
         if plan.refused:
