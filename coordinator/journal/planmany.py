@@ -97,8 +97,7 @@ class PlanManyMixin:
     def _plan_together(self, plans: list[PlannedEvent], indexes: list[int], now: float) -> dict[int, list[str]]:
         """The common ones of ``plans`` in one savepoint; {index: task ids} of those written."""
         with self.transaction() as conn:
-            payloads = self._rows(conn, events.c.event_id, events.c.payload, [p.event_id for p in plans],
-                                  events.c.planned == sa.false())
+            payloads = self._unplanned_payloads(conn, [p.event_id for p in plans])
             image_ids = [p.image_id for p in plans]
             known = set()
             for chunk in _chunks(image_ids):
@@ -128,10 +127,14 @@ class PlanManyMixin:
         return created
 
     @staticmethod
-    def _rows(conn: Connection, key: Any, value: Any, ids: list[str], *where: Any) -> dict[str, Any]:
+    def _unplanned_payloads(conn: Connection, event_ids: list[str]) -> dict[str, Any]:
+        """event id -> payload of those not planned yet; ``planned`` tested here, not in SQL (SQLite
+        would walk ix_events_order's every unplanned event instead of the primary key)."""
         found: dict[str, Any] = {}
-        for chunk in _chunks(sorted(set(ids))):
-            found.update((k, v) for k, v in conn.execute(sa.select(key, value).where(key.in_(chunk), *where)))
+        for chunk in _chunks(sorted(set(event_ids))):
+            found.update((event_id, payload) for event_id, payload, planned in conn.execute(
+                sa.select(events.c.event_id, events.c.payload, events.c.planned).where(events.c.event_id.in_(chunk)))
+                if not planned)
         return found
 
     def _insert_tasks(self, conn: Connection, chosen: list[tuple[int, PlannedEvent]], payloads: dict[str, Any],
