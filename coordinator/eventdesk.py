@@ -38,6 +38,7 @@ from coordinator.journal.planning import PlanningFacts
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync import strategy, untrusted
+from glancesync.exceptions import JournalError
 from glancesync.liveness import retry_delay
 from glancesync.states import SyncState
 from glancesync.storemap import StoreMap
@@ -137,7 +138,12 @@ class EventDesk:
                     self._facts = self.journal.planning_facts(
                         {e.image_id for e in events.values() if e.event_id not in done})
                 done.add(event.event_id)
-                self._judge(event, result, now)
+                try:
+                    self._judge(event, result, now)
+                except JournalError:
+                    raise  # the iteration's batch is gone: no plan of it can commit
+                except Exception:  # one event's bad answer never holds the others back
+                    LOG.exception("event %s: glance answer could not be planned; fetched again", event.event_id)
             self._write_plans(now)
         except Exception:
             for result in results:
