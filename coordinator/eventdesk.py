@@ -32,11 +32,13 @@ from typing import Any
 from oslo_config import cfg
 
 from coordinator import operator, planner, reconciler, regiondrift, snapshot
-from coordinator.journal import EventRow, Journal
+from coordinator.journal import EventRow, Journal, PlannedEvent
 from coordinator.journal.operations import NOTE_PREFIX
+from coordinator.journal.planning import PlanningFacts
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, ReconcileResult, Registrar
 from glancesync import strategy, untrusted
+from glancesync.exceptions import JournalError
 from glancesync.liveness import retry_delay
 from glancesync.states import SyncState
 from glancesync.storemap import StoreMap
@@ -66,6 +68,10 @@ class EventDesk:
         self.journal = journal
         self.registrar = registrar
         self.fetching: set[str] = set()
+        # Glance answers of this iteration, planned together by plan_fetched; the plans it gathers.
+        self.arrived: list[FetchResult] = []
+        self._plans: list[PlannedEvent] | None = None
+        self._facts: PlanningFacts | None = None
         interval = conf.coordinator.reconcile_interval
         self.next_reconcile: float | None = (
             time.time() + min(interval, FIRST_RECONCILE_AFTER) if interval > 0 else None)
@@ -84,6 +90,7 @@ class EventDesk:
         self.strategy_in_force = strategy.describe(strategy.canonical(conf.sync_strategy), self.rules)
 
     def plan_events(self, now: float) -> None:
+        self.plan_fetched(now)
         if not self.regions.ready:  # the catalog not read yet: events wait in the journal
             return
         room = FETCHES_IN_FLIGHT - len(self.fetching)
@@ -104,10 +111,65 @@ class EventDesk:
             self.registrar.fetch(event, tuple(self.storemap.regions))
 
     def fetched(self, result: FetchResult, now: float) -> None:
-        event = self.journal.unplanned_event(result.event_id)
-        self.fetching.discard(result.event_id)
-        if event is None:
+        """A glance answer for an event: planned with the others of this iteration (``plan_fetched``)."""
+        self.arrived.append(result)
+
+    def plan_fetched(self, now: float) -> None:
+        """Plan the events whose glance answers arrived, together: one journal call for their plans.
+
+        A second answer for an image already planned in the call first writes the plans
+        gathered so far, so each plan reads what the one before it wrote (journal/planmany.py).
+        """
+        results, self.arrived = self.arrived, []
+        if not results:
             return
+        events = self.journal.unplanned_events_by_id([r.event_id for r in results])
+        self._plans, done = [], set()
+        self._facts = self.journal.planning_facts({e.image_id for e in events.values()})
+        try:
+            for result in results:
+                self.fetching.discard(result.event_id)
+                event = events.get(result.event_id)
+                if event is None:
+                    continue
+                if any(plan.image_id == event.image_id for plan in self._plans):
+                    self._write_plans(now)
+                    # What was read before is not what the plans just written left.
+                    self._facts = self.journal.planning_facts(
+                        {e.image_id for e in events.values() if e.event_id not in done})
+                done.add(event.event_id)
+                try:
+                    self._judge(event, result, now)
+                except JournalError:
+                    raise  # the iteration's batch is gone: no plan of it can commit
+                except Exception:  # one event's bad answer never holds the others back
+                    LOG.exception("event %s: glance answer could not be planned; fetched again", event.event_id)
+            self._write_plans(now)
+        except Exception:
+            for result in results:
+                self.fetching.discard(result.event_id)  # fetched again next time
+            raise
+        finally:
+            self._plans, self._facts = None, None
+
+    def _known(self) -> PlanningFacts:
+        """What the journal knows of the images being planned (read once per plan_fetched)."""
+        assert self._facts is not None, "read outside plan_fetched"
+        return self._facts
+
+    def _write_plans(self, now: float) -> None:
+        plans, self._plans = self._plans or [], []
+        for plan, outcome in zip(plans, self.journal.plan_many(plans, now), strict=True):
+            if isinstance(outcome, Exception):  # that event alone: fetched and planned again later
+                LOG.error("event %s (image %s) not planned: %s; fetched again", plan.event_id, plan.image_id, outcome)
+
+    def _planned(self, event: EventRow, new_tasks: list[Any], failures: dict[str, str], error: str | None = None,
+                 record: tuple[float | None, bool] | None = None) -> None:
+        """An event's plan, written with the others of this iteration's answers by ``plan_fetched``."""
+        assert self._plans is not None, "planned outside plan_fetched"
+        self._plans.append(PlannedEvent(event.event_id, event.image_id, list(new_tasks), failures, error, record))
+
+    def _judge(self, event: EventRow, result: FetchResult, now: float) -> None:
         tries = event.fetch_tries + 1
         if result.error is not None and result.error.retryable and tries < FETCH_TRIES:
             c = self.conf.coordinator
@@ -123,7 +185,7 @@ class EventDesk:
         if result.error is not None:
             LOG.error("event %s: image %s cannot be fetched (%d tries): %s; no tasks", event.event_id,
                       event.image_id, tries, result.error)
-            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=str(result.error))
+            self._planned(event, [], {}, error=str(result.error))
             return
         if self._stale(event, result.image, tries, now):
             return
@@ -139,7 +201,7 @@ class EventDesk:
             return True
         reason = f"image is still {status} {self.conf.snapshot_timeout} s after its import (snapshot_timeout)"
         LOG.error("event %s: %s; no tasks", event.event_id, reason)
-        self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
+        self._planned(event, [], {}, error=reason)
         return True
 
     def _snapshot_waits(self, event: EventRow, result: FetchResult, now: float) -> bool:
@@ -150,7 +212,7 @@ class EventDesk:
         made = result.snapshot
         if made is None or result.image is None or not snapshot.waiting(made):
             return False
-        existing = self.journal.region_records(event.image_id)
+        existing = self._known().region_records(event.image_id)
         if made.regional is None and existing:
             return False  # gone from its region after it was spread: the planner says why, nothing waits
         if now - event.received_at < self.conf.snapshot_timeout:
@@ -162,7 +224,7 @@ class EventDesk:
         # A copy already made stays what it is; only the regions still waiting for one fail.
         failed = {r: reason for r in targets if r not in existing or existing[r].state != SyncState.SYNCED}
         LOG.error("event %s: %s; failed in %s", event.event_id, reason, ", ".join(failed) or "no region")
-        self.journal.plan_event(event.event_id, event.image_id, [], failed, now, error=reason)
+        self._planned(event, [], failed, error=reason)
         return True
 
     def _stale(self, event: EventRow, image: dict[str, Any] | None, tries: int, now: float) -> bool:
@@ -171,14 +233,14 @@ class EventDesk:
         Applying it would undo the newer change (a deactivate over a reactivate), so it
         makes no tasks; the event is fetched again and planned from what glance says now.
         """
-        newest, _active = self.journal.image_record_state(event.image_id)
+        newest, _active = self._known().records.get(event.image_id, (None, None))
         updated_at = record_time(image)
         if newest is None or updated_at is None or updated_at >= newest:
             return False
         if tries >= FETCH_TRIES:
             reason = "glance keeps answering an image record older than one already applied"
             LOG.error("event %s (%s of %s): %s; no tasks", event.event_id, event.kind, event.image_id, reason)
-            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=reason)
+            self._planned(event, [], {}, error=reason)
             return True
         LOG.warning("event %s (%s of %s): image record of updated_at %s is older than one already applied; "
                     "not applied, fetched again", event.event_id, event.kind, event.image_id,
@@ -188,21 +250,22 @@ class EventDesk:
 
     def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float,
               members: list[dict[str, str]] | None = None, made: snapshot.Snapshot | None = None) -> None:
-        if event.kind != "deleted" and self.journal.deleted_event(event.image_id):
+        known = self._known()
+        if event.kind != "deleted" and event.image_id in known.deleted:
             # Fetched before the delete, answered after it: the record is stale, and copies
             # made from it would outlive the image (its delete was planned without them).
             LOG.info("event %s (%s of %s): the image was deleted since; no tasks", event.event_id, event.kind,
                      event.image_id)
-            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error="the image was deleted")
+            self._planned(event, [], {}, error="the image was deleted")
             return
-        existing = self.journal.region_records(event.image_id)
+        existing = known.region_records(event.image_id)
         # An operator's resync or sync names its regions (coordinator/operator.py).
         regions, strategy_name, by_operator = operator.event_targets(
             event.body, self.regions, self.conf.sync_strategy, existing)
         plan = planner.plan(event.kind, event.image_id, image, regions, strategy_name, existing,
                             self.storemap.source_path, self.rules, by_operator, members,
                             repairs=event.body.get("repairs"),
-                            asked=self.journal.asked_regions(event.image_id).get(event.image_id, set()),
+                            asked=known.asked.get(event.image_id, set()),
                             snapshot=made, snapshot_regions=self.conf.snapshot_region_names,
                             sources=self.storemap.sources)
         if plan.refused:
@@ -211,15 +274,14 @@ class EventDesk:
                         "(claimed context: user %s, project %s; sender %s)", event.event_id, event.kind,
                         event.image_id, plan.refused, context.get("user_id"), context.get("project_id"),
                         event.sender or "unknown")
-            self.journal.plan_event(event.event_id, event.image_id, [], {}, now, error=f"refused: {plan.refused}")
+            self._planned(event, [], {}, error=f"refused: {plan.refused}")
             return
         record = None if image is None else (record_time(image), image.get("status") == "active")
         error = operator.targeting_error(image, self.regions, self.conf.sync_strategy, event.event_id,
                                          plan.problems) or self._queued_note(image, made, existing, plan)
-        created = self.journal.plan_event(event.event_id, event.image_id, plan.tasks, plan.failures, now,
-                                          error=error, record=record)
+        self._planned(event, plan.tasks, plan.failures, error=error, record=record)
         LOG.info("event %s (%s of %s): %d tasks%s", event.event_id, event.kind, event.image_id,
-                 len(created), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
+                 len(plan.tasks), "".join(f"; {r} failed: {why}" for r, why in plan.failures.items()))
         for task in plan.tasks:
             if task.kind == "delete" and event.kind != "deleted":
                 LOG.warning("event %s: image %s is no longer targeted in %s (%s); its copy there is deleted",

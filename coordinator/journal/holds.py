@@ -121,6 +121,8 @@ class HoldsMixin:
         """(image id, kind) of the events of ``image_ids`` that still wait for planning."""
         if not image_ids:
             return set()
-        query = sa.select(events.c.image_id, events.c.kind).distinct().where(
-            events.c.image_id.in_(sorted(image_ids)), events.c.planned.is_(False))
-        return {(image_id, kind) for image_id, kind in conn.execute(query)}
+        # ``planned`` is tested here, not in SQL: with it there SQLite walks ix_events_order's every
+        # unplanned event (0.1 s per slice while a first pass's 100,000 wait), not the few of these images.
+        query = sa.select(events.c.image_id, events.c.kind, events.c.planned).where(
+            events.c.image_id.in_(sorted(image_ids)))
+        return {(image_id, kind) for image_id, kind, planned in conn.execute(query) if not planned}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -122,7 +123,7 @@ class ViewsMixin:
                 facts.setdefault(image_id, {})[region] = (state, updated_at)
         return facts
 
-    def asked_regions(self, image_id: str | None = None) -> dict[str, set[str]]:
+    def asked_regions(self, image_id: str | Collection[str] | None = None) -> dict[str, set[str]]:
         """image id -> regions an operator's ``sync`` sent a copy to (its event id starts ``operator-``).
 
         Those copies are never removed for being untargeted.  Known while the task rows are
@@ -135,12 +136,18 @@ class ViewsMixin:
         else:
             asked = tasks.c.event_id.like(f"{ASKED_PREFIX}%")
         query = sa.select(tasks.c.image_id, tasks.c.region).distinct().where(tasks.c.kind == "copy", asked)
-        if image_id is not None:
-            query = query.where(tasks.c.image_id == image_id)
+        if isinstance(image_id, str):
+            queries = [query.where(tasks.c.image_id == image_id)]
+        elif image_id is not None:  # several images: one read per 500
+            ids = sorted(set(image_id))
+            queries = [query.where(tasks.c.image_id.in_(ids[n:n + 500])) for n in range(0, len(ids), 500)]
+        else:
+            queries = [query]
         asked: dict[str, set[str]] = {}
         with self.reading() as conn:
-            for found_id, region in conn.execute(query):
-                asked.setdefault(found_id, set()).add(region)
+            for one in queries:
+                for found_id, region in conn.execute(one):
+                    asked.setdefault(found_id, set()).add(region)
         return asked
 
     def tracked_image_ids(self) -> set[str]:

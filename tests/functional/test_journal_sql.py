@@ -36,6 +36,7 @@ from tests.unit.coordinator import test_journal as unit
 from tests.unit.coordinator import test_journal_bulk as bulk
 from tests.unit.coordinator import test_journal_images as images
 from tests.unit.coordinator import test_journal_indexes as indexes
+from tests.unit.coordinator import test_journal_planmany as planmany
 from tests.unit.coordinator import test_journal_planning as planning
 from tests.unit.coordinator import test_leader as leader_lease
 from tests.unit.coordinator import test_loop_cost as loop_cost
@@ -57,9 +58,10 @@ for _name in ("test_a_batch_is_one_commit_and_a_stale_call_undoes_only_its_own_w
               "test_progress_is_shown_at_once_and_written_later",
               "test_status_counts_are_kept_in_memory_and_match_the_journal"):
     globals()[_name] = getattr(loop_cost, _name)
-# A loop iteration's reports written per kind (journal/bulk.py) and the image record kept once per
-# event (journal/images.py): the row counts of executemany and the fallback differ per driver.
-for _module in (bulk, images):
+# A loop iteration's reports written per kind (journal/bulk.py), the image record kept once per
+# event (journal/images.py) and its planned events written together (journal/planmany.py): the
+# row counts of executemany and the fallback differ per driver.
+for _module in (bulk, images, planmany):
     for _name in dir(_module):
         if _name.startswith("test_"):
             globals()[_name] = getattr(_module, _name)

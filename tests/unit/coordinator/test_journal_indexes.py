@@ -115,3 +115,27 @@ def test_a_planned_delete_of_an_image_is_looked_up_by_its_image_not_among_every_
     assert journal.deleted_event(IMAGE_ID) and not journal.deleted_event("00000001" + IMAGE_ID[8:])
     plan = plan_of(journal, lambda: journal.deleted_event(IMAGE_ID), "events")
     assert "ix_events_image_kind" in plan, plan
+
+
+def test_events_of_given_images_or_ids_are_read_by_their_index_not_among_every_unplanned_one(
+        journal: Journal) -> None:
+    # A reconciler slice asks which of its images have an event waiting, planning reads its answers'
+    # events by id: with ``planned`` in the SQL, SQLite walked ix_events_order's every unplanned event.
+    ids = [f"{n:08d}" + IMAGE_ID[8:] for n in range(60)]
+    for n, image_id in enumerate(ids):
+        journal.record_event(f"e{n}", "uploaded", image_id, {}, NOW)
+    journal.plan_event("e0", ids[0], [], {}, NOW)
+    if journal.engine.dialect.name == "postgresql":
+        with journal.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE events")
+
+    def waiting() -> set[tuple[str, str]]:
+        with journal.transaction() as conn:
+            return journal._waiting(conn, set(ids[:3]))
+
+    assert waiting() == {(ids[1], "uploaded"), (ids[2], "uploaded")}
+    plan = plan_of(journal, waiting, "events")
+    assert "ix_events_image_kind" in plan and "ix_events_order" not in plan, plan
+    assert set(journal.unplanned_events_by_id(["e0", "e1", "e2"])) == {"e1", "e2"}
+    plan = plan_of(journal, lambda: journal.unplanned_events_by_id(["e0", "e1", "e2"]), "events")
+    assert "ix_events_order" not in plan, plan

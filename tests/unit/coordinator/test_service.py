@@ -432,6 +432,7 @@ def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal,
     service.events.fetching.add("e1")
     pump(service, NOW + 1, until=lambda: journal.unplanned_event("e2") is None)
     service.events.fetched(FetchResult("e1", old), NOW + 2)
+    service.events.plan_fetched(NOW + 2)
     assert planned(service)
     assert journal.dispatchable("RegionOne", NOW + 2) == [] and journal.dispatchable("RegionTwo", NOW + 2) == []
     assert journal.image_view(IMAGE_ID)[1] == {}

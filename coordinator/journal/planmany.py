@@ -1,0 +1,181 @@
+"""Journal, one loop iteration's planned events written together: a statement per table, not per event.
+
+The event desk gathers the events planned from the glance answers of one iteration and
+hands them to ``plan_many``.  The common case (a new image: every task is in a region
+the image has no record in yet, no region refused) goes in one savepoint for all of
+them: one read each of the events' payloads, their image records and their (image,
+region) rows, one ``max(seq)``, one insert each of tasks, image_regions and new image
+records, and one ``UPDATE events ... WHERE event_id AND NOT planned`` for all
+(``executemany``; on PostgreSQL, whose driver counts no rows of an executemany, the
+compiled statement once per event).  The rows are those ``plan_event`` writes for each
+event in turn.
+
+Each event's plan stays its own: an event that needs more (a region already known, a
+refused region, an image twice in the call, an event row missing) takes ``plan_event``;
+when the savepoint fails (an event planned meanwhile by another process, a write the
+database refuses) it rolls back and every event goes through ``plan_event`` in its own
+savepoint, so one failing event never loses the others (its error is in the outcome).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from coordinator.journal.base import NewTask, pack, unpack
+from coordinator.journal.engine import retry_on_deadlock
+from coordinator.journal.images import PLANNED_IMAGE, shared_image, stored_payload
+from coordinator.schema import events, image_records, image_regions, tasks
+from glancesync.exceptions import GlanceSyncError
+from glancesync.states import SyncState
+
+S = SyncState
+CHUNK = 500  # ids per IN (...) list
+
+
+@dataclasses.dataclass
+class PlannedEvent:
+    """One event's plan, as ``plan_event`` takes it."""
+
+    event_id: str
+    image_id: str
+    new_tasks: list[NewTask]
+    failures: dict[str, str] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+    record: tuple[float | None, bool] | None = None
+
+
+class _Short(Exception):
+    """The events' UPDATE touched fewer rows than events: roll back, go one at a time."""
+
+
+def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
+    return [ids[start:start + CHUNK] for start in range(0, len(ids), CHUNK)]
+
+
+_MARK = events.update().where(events.c.event_id == sa.bindparam("w_event_id"), events.c.planned == sa.false()).values(
+    planned=True, planned_at=sa.bindparam("v_planned_at"), plan_error=sa.bindparam("v_plan_error"),
+    payload=sa.bindparam("v_payload"))
+
+
+class PlanManyMixin:
+    """The bulk side of ``PlanningMixin.plan_event`` on the same journal."""
+
+    def plan_many(self, plans: Sequence[PlannedEvent], now: float) -> list[list[str] | GlanceSyncError]:
+        """Plan each event as ``plan_event`` does; per event, in order: its task ids, or why it failed."""
+        images = [p.image_id for p in plans]
+        common = [i for i, p in enumerate(plans) if not p.failures and images.count(p.image_id) == 1
+                  and len({t.region for t in p.new_tasks}) == len(p.new_tasks)]
+        done: dict[int, list[str]] = {}
+        if len(common) > 1:
+            try:
+                done = self._plan_together([plans[i] for i in common], common, now)
+            except _Short:
+                done = {}
+            except GlanceSyncError:
+                if getattr(self, "_batch_broken", None) is not None:
+                    raise  # the batch's transaction is gone: nothing one by one could commit
+                done = {}
+        outcomes: list[list[str] | GlanceSyncError] = []
+        for index, p in enumerate(plans):
+            if index in done:
+                outcomes.append(done[index])
+                continue
+            try:
+                outcomes.append(self.plan_event(p.event_id, p.image_id, p.new_tasks, p.failures, now, error=p.error,
+                                                record=p.record))
+            except GlanceSyncError as exc:  # a JournalError of this event alone
+                outcomes.append(exc)
+        return outcomes
+
+    @retry_on_deadlock
+    def _plan_together(self, plans: list[PlannedEvent], indexes: list[int], now: float) -> dict[int, list[str]]:
+        """The common ones of ``plans`` in one savepoint; {index: task ids} of those written."""
+        with self.transaction() as conn:
+            payloads = self._unplanned_payloads(conn, [p.event_id for p in plans])
+            image_ids = [p.image_id for p in plans]
+            known = set()
+            for chunk in _chunks(image_ids):
+                known.update(conn.execute(sa.select(image_regions.c.image_id).where(
+                    image_regions.c.image_id.in_(chunk))).scalars())
+            # Only images with no region row and an event row still unplanned: the others take plan_event.
+            chosen = [(i, p) for i, p in zip(indexes, plans, strict=True)
+                      if p.event_id in payloads and (not p.new_tasks or p.image_id not in known)]
+            if not chosen:
+                return {}
+            created = self._insert_tasks(conn, chosen, payloads, now)
+            self._note_records(conn, [p for _, p in chosen], now)
+            marks = []
+            for _, p in chosen:
+                shared = shared_image(p.new_tasks)
+                payload = payloads[p.event_id]
+                if shared is not None:
+                    payload = pack({**(unpack(payload) or {}), PLANNED_IMAGE: shared})
+                marks.append({"w_event_id": p.event_id, "v_planned_at": now, "v_plan_error": p.error,
+                              "v_payload": payload})
+            if conn.dialect.supports_sane_multi_rowcount:
+                touched = conn.execute(_MARK, marks).rowcount
+            else:  # psycopg2 reports no row count for an executemany
+                touched = sum(conn.execute(_MARK, mark).rowcount for mark in marks)
+            if touched != len(marks):
+                raise _Short
+        return created
+
+    @staticmethod
+    def _unplanned_payloads(conn: Connection, event_ids: list[str]) -> dict[str, Any]:
+        """event id -> payload of those not planned yet; ``planned`` tested here, not in SQL (SQLite
+        would walk ix_events_order's every unplanned event instead of the primary key)."""
+        found: dict[str, Any] = {}
+        for chunk in _chunks(sorted(set(event_ids))):
+            found.update((event_id, payload) for event_id, payload, planned in conn.execute(
+                sa.select(events.c.event_id, events.c.payload, events.c.planned).where(events.c.event_id.in_(chunk)))
+                if not planned)
+        return found
+
+    def _insert_tasks(self, conn: Connection, chosen: list[tuple[int, PlannedEvent]], payloads: dict[str, Any],
+                      now: float) -> dict[int, list[str]]:
+        seq = (conn.execute(sa.select(sa.func.max(tasks.c.seq))).scalar() or 0) + 1
+        rows, records, created = [], [], {}
+        for index, p in chosen:
+            shared = shared_image(p.new_tasks)
+            created[index] = []
+            for new in p.new_tasks:
+                task_id = uuid.uuid4().hex
+                rows.append(dict(task_id=task_id, seq=seq, image_id=p.image_id, region=new.region, kind=new.kind,
+                                 state=S.PENDING.value, attempt=0, not_before=0.0, retries=0, bytes_done=0,
+                                 bytes_total=0, payload=stored_payload(new.payload, shared), event_id=p.event_id,
+                                 created_at=now, updated_at=now))
+                seq += 1
+                state = S.DELETING if new.kind == "delete" else S.PENDING
+                records.append(dict(image_id=p.image_id, region=new.region, state=state.value, task_id=task_id,
+                                    attempts=0, bytes_done=0, bytes_total=0, updated_at=now))
+                self._count_region(new.region, None, state.value)
+                created[index].append(task_id)
+        if rows:
+            conn.execute(tasks.insert(), rows)
+            conn.execute(image_regions.insert(), records)
+        return created
+
+    def _note_records(self, conn: Connection, plans: list[PlannedEvent], now: float) -> None:
+        """``_note_record`` of every plan that has a record: new rows in one insert."""
+        noted = [p for p in plans if p.record is not None]
+        if not noted:
+            return
+        existing: dict[str, Any] = {}
+        for chunk in _chunks(sorted({p.image_id for p in noted})):
+            existing.update((r.image_id, r) for r in conn.execute(
+                sa.select(image_records).where(image_records.c.image_id.in_(chunk))))
+        fresh = []
+        for p in noted:
+            updated_at, active = p.record  # type: ignore[misc]
+            if p.image_id in existing:
+                self._note_record(conn, p.image_id, updated_at, active, now)  # rare on a first sight
+            else:
+                fresh.append(dict(image_id=p.image_id, updated_at=updated_at, active_at=now if active else None))
+        if fresh:
+            conn.execute(image_records.insert(), fresh)
