@@ -20,8 +20,8 @@ from glancesync.exceptions import JournalError
 from glancesync.states import FINAL_STATES, SyncState
 
 S = SyncState
-_LIVE_TASK = (S.ASSIGNED.value, S.TRANSFERRING.value)
-_FINAL = tuple(s.value for s in FINAL_STATES)
+LIVE_TASK_STATES = (S.ASSIGNED.value, S.TRANSFERRING.value)
+FINAL_TASK_STATES = tuple(s.value for s in FINAL_STATES)
 
 
 def pack(value: Any) -> bytes:
@@ -33,6 +33,20 @@ def pack(value: Any) -> bytes:
 
 # The BigInteger columns (bytes_done, bytes_total) are signed 64-bit on every database.
 MAX_BIGINT = 2**63 - 1
+
+
+class ShortWrite(Exception):
+    """A bulk statement touched fewer rows than it was given: its caller rolls back and goes one at a time."""
+
+
+def execute_all(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """``statement`` once per row as one executemany; ShortWrite unless every row was touched."""
+    if conn.dialect.supports_sane_multi_rowcount:
+        touched = conn.execute(statement, rows).rowcount
+    else:  # psycopg2 reports no row count for an executemany
+        touched = sum(conn.execute(statement, row).rowcount for row in rows)
+    if touched != len(rows):
+        raise ShortWrite
 
 
 def byte_count(name: str, value: Any) -> int:
@@ -108,7 +122,7 @@ class RegionRecord:
     os_hash_value: str | None
 
 
-def _task(row: Any) -> TaskRow:
+def task_from_row(row: Any) -> TaskRow:
     m = row._mapping
     return TaskRow(
         task_id=m["task_id"], seq=m["seq"], image_id=m["image_id"], region=m["region"], kind=m["kind"],
@@ -121,7 +135,7 @@ def _task(row: Any) -> TaskRow:
     )
 
 
-def _region_state(task: TaskRow, task_state: SyncState) -> SyncState:
+def region_state_for(task: TaskRow, task_state: SyncState) -> SyncState:
     """The (image, region) state that a task in ``task_state`` gives its region."""
     if task.kind != "delete":
         return task_state

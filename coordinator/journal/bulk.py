@@ -29,7 +29,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from coordinator.journal.base import _FINAL, TaskRow, _region_state, byte_count, pack
+from coordinator.journal.base import (
+    FINAL_TASK_STATES,
+    ShortWrite,
+    TaskRow,
+    byte_count,
+    execute_all,
+    pack,
+    region_state_for,
+)
 from coordinator.journal.taskstate import split_change
 from coordinator.schema import image_regions, tasks
 from glancesync.exceptions import GlanceSyncError, StaleAttempt
@@ -48,10 +56,6 @@ class _Move:
     mirrored: dict[str, Any] = dataclasses.field(default_factory=dict)
     region_from: SyncState | None = None
     region_to: SyncState | None = None
-
-
-class _Short(Exception):
-    """A bulk statement touched fewer rows than it had reports: roll back, go one at a time."""
 
 
 def _where(table: sa.Table, names: Sequence[str]) -> list[Any]:
@@ -75,24 +79,16 @@ class BulkMixin:
                 {key: sa.bindparam(f"v_{key}") for key in keys})
         return found
 
-    def _execute_all(self, conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
-        if conn.dialect.supports_sane_multi_rowcount:
-            touched = conn.execute(statement, rows).rowcount
-        else:  # psycopg2 reports no row count for an executemany
-            touched = sum(conn.execute(statement, row).rowcount for row in rows)
-        if touched != len(rows):
-            raise _Short
-
     def _write_moves(self, conn: Connection, moves: list[_Move], now: float) -> None:
-        """Both tables' UPDATEs for ``moves`` (grouped by the columns they set); _Short if any fell short."""
+        """Both tables' UPDATEs for ``moves`` (grouped by the columns they set); ShortWrite if any fell short."""
         by_shape: dict[tuple[tuple[str, ...], tuple[str, ...]], list[_Move]] = {}
         for move in moves:
             by_shape.setdefault((tuple(sorted(move.values)), tuple(sorted(move.mirrored))), []).append(move)
         for (task_keys, region_keys), group in by_shape.items():
-            self._execute_all(conn, self._statement(tasks, task_keys), [
+            execute_all(conn, self._statement(tasks, task_keys), [
                 {"w_task_id": m.task.task_id, "w_state": m.task.state.value, "w_attempt": m.task.attempt,
                  **{f"v_{k}": m.values[k] for k in task_keys}} for m in group])
-            self._execute_all(conn, self._statement(image_regions, region_keys), [
+            execute_all(conn, self._statement(image_regions, region_keys), [
                 {"w_image_id": m.task.image_id, "w_region": m.task.region, "w_task_id": m.task.task_id,
                  "w_state": m.region_from.value, **{f"v_{k}": m.mirrored[k] for k in region_keys}} for m in group])
         for move in moves:
@@ -104,7 +100,7 @@ class BulkMixin:
         if not can_move(task.state, new) or (task.kind == "update" and new == S.SYNCED):
             return None
         values, mirrored = split_change(new, now, values)
-        region_from, region_to = _region_state(task, task.state), _region_state(task, new)
+        region_from, region_to = region_state_for(task, task.state), region_state_for(task, new)
         if region_from != region_to and not can_move(region_from, region_to):
             return None
         mirrored.update(state=region_to.value, updated_at=now)
@@ -145,7 +141,7 @@ class BulkMixin:
                 self._write_moves(conn, moves, now)
                 if then is not None:
                     then(conn, moves)
-        except (_Short, StaleAttempt):
+        except (ShortWrite, StaleAttempt):
             return False
         return True
 
@@ -193,7 +189,7 @@ class BulkMixin:
             waiting = set()
             for start in range(0, len(images), 500):
                 waiting.update(conn.execute(sa.select(tasks.c.image_id, tasks.c.region).where(
-                    tasks.c.image_id.in_(images[start:start + 500]), tasks.c.state.not_in(_FINAL))).all())
+                    tasks.c.image_id.in_(images[start:start + 500]), tasks.c.state.not_in(FINAL_TASK_STATES))).all())
             for move in moves:
                 if (move.task.image_id, move.task.region) in waiting:
                     self._advance(conn, move.task.image_id, move.task.region, now, finished=move.region_to)

@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from coordinator.journal.base import _LIVE_TASK, TaskRow, _task
+from coordinator.journal.base import LIVE_TASK_STATES, TaskRow, task_from_row
 from coordinator.schema import tasks
 from glancesync.states import SyncState
 
@@ -103,7 +103,7 @@ class LeaseMixin:
         if self._lease_table is None:
             table = Leases()
             query = sa.select(tasks.c.task_id, tasks.c.attempt, tasks.c.agent_id, tasks.c.lease_expires).where(
-                tasks.c.state.in_(_LIVE_TASK))
+                tasks.c.state.in_(LIVE_TASK_STATES))
             with self.reading() as conn:
                 for row in conn.execute(query):
                     table.set(row.task_id, row.attempt, row.agent_id, row.lease_expires)
@@ -132,8 +132,8 @@ class LeaseMixin:
         with self.reading() as conn:
             for start in range(0, len(ids), 500):
                 query = sa.select(tasks).where(tasks.c.task_id.in_(ids[start:start + 500]),
-                                               tasks.c.state.in_(_LIVE_TASK))
-                found += [_task(r) for r in conn.execute(query).all()]
+                                               tasks.c.state.in_(LIVE_TASK_STATES))
+                found += [task_from_row(r) for r in conn.execute(query).all()]
         lapsed = []
         for task in found:
             if task.attempt == due.pop(task.task_id).attempt:
@@ -152,7 +152,7 @@ class LeaseMixin:
         """Let every handed-out task's lease run at least ``until`` (a restart's grace period)."""
         with self.transaction() as conn:
             count = conn.execute(tasks.update().where(
-                tasks.c.state.in_(_LIVE_TASK),
+                tasks.c.state.in_(LIVE_TASK_STATES),
                 sa.or_(tasks.c.lease_expires.is_(None), tasks.c.lease_expires < until),
             ).values(lease_expires=until)).rowcount
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from coordinator.journal.base import TaskRow, _task
+from coordinator.journal.base import TaskRow, task_from_row
 from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import events, image_regions, tasks
 from glancesync.exceptions import StaleAttempt
@@ -56,7 +56,7 @@ class OperationsMixin:
         with self.transaction() as conn:
             stopped: set[str] = set()  # regions whose copy is cancelled: their updates have nothing to update
             for row in conn.execute(query.order_by(tasks.c.seq)).all():
-                task = _task(row)
+                task = task_from_row(row)
                 if task.kind != "copy" and task.region not in stopped:
                     continue
                 stopped.add(task.region)
@@ -79,7 +79,7 @@ class OperationsMixin:
                               later.c.seq > tasks.c.seq, later.c.kind == "delete",
                               later.c.state == S.PENDING.value))
         with self.reading() as conn:
-            return [_task(r) for r in conn.execute(query.order_by(tasks.c.seq)).all()]
+            return [task_from_row(r) for r in conn.execute(query.order_by(tasks.c.seq)).all()]
 
     @retry_on_deadlock
     def cancel_task(self, task: TaskRow, reason: str, now: float) -> bool:

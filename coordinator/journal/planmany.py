@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from coordinator.journal.base import NewTask, pack, unpack
+from coordinator.journal.base import NewTask, ShortWrite, execute_all, pack, unpack
 from coordinator.journal.engine import retry_on_deadlock
 from coordinator.journal.images import PLANNED_IMAGE, shared_image, stored_payload
 from coordinator.schema import events, image_records, image_regions, tasks
@@ -48,10 +48,6 @@ class PlannedEvent:
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
     error: str | None = None
     record: tuple[float | None, bool] | None = None
-
-
-class _Short(Exception):
-    """The events' UPDATE touched fewer rows than events: roll back, go one at a time."""
 
 
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
@@ -75,7 +71,7 @@ class PlanManyMixin:
         if len(common) > 1:
             try:
                 done = self._plan_together([plans[i] for i in common], common, now)
-            except _Short:
+            except ShortWrite:
                 done = {}
             except GlanceSyncError:
                 if getattr(self, "_batch_broken", None) is not None:
@@ -118,12 +114,7 @@ class PlanManyMixin:
                     payload = pack({**(unpack(payload) or {}), PLANNED_IMAGE: shared})
                 marks.append({"w_event_id": p.event_id, "v_planned_at": now, "v_plan_error": p.error,
                               "v_payload": payload})
-            if conn.dialect.supports_sane_multi_rowcount:
-                touched = conn.execute(_MARK, marks).rowcount
-            else:  # psycopg2 reports no row count for an executemany
-                touched = sum(conn.execute(_MARK, mark).rowcount for mark in marks)
-            if touched != len(marks):
-                raise _Short
+            execute_all(conn, _MARK, marks)
         return created
 
     @staticmethod

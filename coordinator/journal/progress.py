@@ -8,7 +8,7 @@ loop runs every few seconds and at shutdown.  A crash loses at most those second
 
 from __future__ import annotations
 
-from coordinator.journal.base import _LIVE_TASK, byte_count
+from coordinator.journal.base import LIVE_TASK_STATES, byte_count
 from coordinator.journal.engine import retry_on_deadlock
 from coordinator.schema import image_regions, tasks
 from glancesync.states import SyncState
@@ -40,7 +40,7 @@ class ProgressMixin:
             with self.transaction() as conn:
                 for task_id, (attempt, image_id, region, done, total, at) in pending.items():
                     if not conn.execute(tasks.update().where(
-                            tasks.c.task_id == task_id, tasks.c.attempt == attempt, tasks.c.state.in_(_LIVE_TASK),
+                            tasks.c.task_id == task_id, tasks.c.attempt == attempt, tasks.c.state.in_(LIVE_TASK_STATES),
                     ).values(bytes_done=done, bytes_total=total, updated_at=at)).rowcount:
                         continue
                     conn.execute(image_regions.update().where(

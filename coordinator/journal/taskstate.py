@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from coordinator.journal.base import (
-    _FINAL,
-    _LIVE_TASK,
+    FINAL_TASK_STATES,
+    LIVE_TASK_STATES,
     TaskRow,
-    _region_state,
-    _task,
     byte_count,
     pack,
+    region_state_for,
+    task_from_row,
     unpack,
 )
 from coordinator.journal.engine import retry_on_deadlock
@@ -94,14 +94,14 @@ class TaskStateMixin:
                 image_regions.c.image_id == image_id, image_regions.c.region == region)).first()
         if row is not None and row.task_id is not None:
             state = conn.execute(sa.select(tasks.c.state).where(tasks.c.task_id == row.task_id)).scalar()
-            if state not in _FINAL:
+            if state not in FINAL_TASK_STATES:
                 return
         nxt = conn.execute(sa.select(tasks).where(
-            tasks.c.image_id == image_id, tasks.c.region == region, tasks.c.state.not_in(_FINAL),
+            tasks.c.image_id == image_id, tasks.c.region == region, tasks.c.state.not_in(FINAL_TASK_STATES),
         ).order_by(tasks.c.seq).limit(1)).first()
         if nxt is None:
             return
-        task = _task(nxt)
+        task = task_from_row(nxt)
         target = S.DELETING if task.kind == "delete" else S.PENDING
         fields: dict[str, Any] = dict(task_id=task.task_id, last_error=None, attempts=0, bytes_done=0,
                                       bytes_total=0)
@@ -145,11 +145,11 @@ class TaskStateMixin:
             self._live_stale(task.task_id)
             raise StaleAttempt(task_id=task.task_id, attempt=task.attempt)
         self._task_changed(task, new, values)
-        region_state = _region_state(task, new)
+        region_state = region_state_for(task, new)
         if not (task.kind == "update" and new == S.SYNCED):
             # The common case in one statement: the region still follows this task, in the state
             # the task's old state gave it. Anything else is read and judged below.
-            expected = _region_state(task, task.state)
+            expected = region_state_for(task, task.state)
             if self._region_follows(conn, task, expected, region_state, now, mirrored):
                 return region_state
         region_row = conn.execute(sa.select(image_regions.c.state, image_regions.c.task_id).where(
@@ -210,7 +210,7 @@ class TaskStateMixin:
         row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
         if row is None:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
-        [task] = self._with_images(conn, [_task(row)])
+        [task] = self._with_images(conn, [task_from_row(row)])
         if (attempt is not None and task.attempt != attempt) or task.state not in states:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
         return task
@@ -218,7 +218,7 @@ class TaskStateMixin:
     def task(self, task_id: str) -> TaskRow | None:
         with self.reading() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
-            task = None if row is None else self._with_images(conn, [_task(row)])[0]
+            task = None if row is None else self._with_images(conn, [task_from_row(row)])[0]
         return None if task is None else self._with_lease(task)
 
     def _with_lease(self, task: TaskRow) -> TaskRow:
@@ -237,7 +237,7 @@ class TaskStateMixin:
         earlier = tasks.alias("earlier")
         blocked = sa.exists().where(
             earlier.c.image_id == tasks.c.image_id, earlier.c.region == tasks.c.region,
-            earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(_FINAL))
+            earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(FINAL_TASK_STATES))
         found: dict[str, list[TaskRow]] = {}
         regions = [(region, limit) for region, limit in wants.items() if limit > 0]
         with self.reading() as conn:
@@ -250,7 +250,7 @@ class TaskStateMixin:
                          .order_by(tasks.c.seq).limit(limit).subquery()
                          for region, limit in regions[start:start + 200]]
                 query = sa.union_all(*[sa.select(part) for part in parts]) if len(parts) > 1 else sa.select(parts[0])
-                for task in self._with_images(conn, [_task(row) for row in conn.execute(query).all()]):
+                for task in self._with_images(conn, [task_from_row(row) for row in conn.execute(query).all()]):
                     found.setdefault(task.region, []).append(task)
         for rows in found.values():
             rows.sort(key=lambda t: t.seq)
@@ -362,7 +362,7 @@ class TaskStateMixin:
             due = [task_id for task_id in conn.execute(query).scalars() if task_id not in skip]
             found = {}
             for start in range(0, len(due), 500):
-                found.update((t.task_id, t) for t in self._with_images(conn, [_task(r) for r in conn.execute(
+                found.update((t.task_id, t) for t in self._with_images(conn, [task_from_row(r) for r in conn.execute(
                     sa.select(tasks).where(tasks.c.task_id.in_(due[start:start + 500]),
                                            tasks.c.state == S.REGISTERING.value)).all()]))
         return [found[task_id] for task_id in due if task_id in found]
@@ -375,15 +375,15 @@ class TaskStateMixin:
             self._set_task(conn, task, S.PENDING, now, last_error=reason, agent_id=None, lease_expires=None)
 
     def agent_tasks(self, agent_id: str, region: str | None = None) -> list[TaskRow]:
-        query = sa.select(tasks).where(tasks.c.agent_id == agent_id, tasks.c.state.in_(_LIVE_TASK))
+        query = sa.select(tasks).where(tasks.c.agent_id == agent_id, tasks.c.state.in_(LIVE_TASK_STATES))
         if region is not None:
             query = query.where(tasks.c.region == region)
         with self.reading() as conn:
-            return [_task(r) for r in conn.execute(query).all()]
+            return [task_from_row(r) for r in conn.execute(query).all()]
 
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""
         query = sa.select(tasks).where(tasks.c.state == S.REGISTERING.value).order_by(tasks.c.seq)
         with self.reading() as conn:
-            return self._with_images(conn, [_task(r) for r in conn.execute(query).all()])
+            return self._with_images(conn, [task_from_row(r) for r in conn.execute(query).all()])
 
