@@ -21,7 +21,7 @@ import pytest
 
 from agent import sftp_openssh
 from tests.functional import helpers
-from tests.functional.test_peer_sources import Site, assert_same_bytes
+from tests.functional.test_peer_sources import Site, assert_same_bytes, sync_everywhere_from_one_store_copy
 from tests.harness.peers import PeerCaches
 from tests.harness.topology import Topology
 
@@ -69,16 +69,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainSite]:
 
 def test_three_regions_chained_from_one_store_transfer(site: ChainSite) -> None:
     regions = site.topo.region_names
-    for region in regions:
-        site.start_agent(region)
-    site.wait_online(regions)
-    uploaded = helpers.upload_random(site.topo.cascading.client(), SIZE)
-    helpers.wait_states(site.topo, uploaded.id, "synced", timeout=300)
-    assert_same_bytes(site, uploaded)
-
-    served = site.served_by(uploaded.id)
-    assert sorted(served) == sorted(regions), served
-    assert list(served.values()).count("cascading") == 1, served
+    uploaded, served = sync_everywhere_from_one_store_copy(site, SIZE)
     # A chain: every region served by a different one, none by itself.
     peers_used = [source for source in served.values() if source != "cascading"]
     assert len(set(peers_used)) == 2 and all(served[r] != r for r in regions), served

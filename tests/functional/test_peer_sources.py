@@ -91,20 +91,27 @@ def assert_same_bytes(site: Site, uploaded: helpers.Uploaded) -> None:
         assert regional_bytes(site.topo, region, uploaded.id) == (uploaded.md5, uploaded.sha512), region
 
 
-def test_store_serves_the_image_once_and_the_regions_feed_each_other(site: Site) -> None:
+def sync_everywhere_from_one_store_copy(site: Site, size: int) -> tuple[helpers.Uploaded, dict[str, str]]:
+    """Every region's agent started, one image uploaded and synced byte-identical everywhere, the
+    cascading store having served it once; the image and the source that served each region."""
     regions = site.topo.region_names
     for region in regions:
         site.start_agent(region)
     site.wait_online(regions)
-    uploaded = helpers.upload_random(site.topo.cascading.client(), SIZE)
+    uploaded = helpers.upload_random(site.topo.cascading.client(), size)
     helpers.wait_states(site.topo, uploaded.id, "synced", timeout=300)
     assert_same_bytes(site, uploaded)
-
-    # The cascading store served the image once; the two other copies came from regions
-    # that held a verified copy (never from themselves).
     served = site.served_by(uploaded.id)
     assert sorted(served) == sorted(regions), served
     assert list(served.values()).count("cascading") == 1, served
+    return uploaded, served
+
+
+def test_store_serves_the_image_once_and_the_regions_feed_each_other(site: Site) -> None:
+    # The cascading store served the image once; the two other copies came from regions
+    # that held a verified copy (never from themselves).
+    regions = site.topo.region_names
+    uploaded, served = sync_everywhere_from_one_store_copy(site, SIZE)
     first = next(region for region, source in served.items() if source == "cascading")
     for region, source in served.items():
         if region != first:
