@@ -21,9 +21,12 @@ import pytest
 
 from agent import sftp_openssh
 from tests.functional import helpers
-from tests.functional.test_peer_sources import Site, assert_same_bytes, sync_everywhere_from_one_store_copy
-from tests.harness.peers import PeerCaches
-from tests.harness.topology import Topology
+from tests.functional.test_peer_sources import (
+    Site,
+    assert_same_bytes,
+    peer_site,
+    sync_everywhere_from_one_store_copy,
+)
 
 SIZE = 24 * helpers.MIB + 12345
 # One copy at a time per agent, held to 1 MB/s: a copy lasts about 25 s.
@@ -52,19 +55,9 @@ class ChainSite(Site):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainSite]:
-    topo = Topology(tmp_path_factory.mktemp("chain"), regions=3, sync_filter=True, cascaded_store=True)
-    peers = PeerCaches(topo)
-    try:
-        topo.start()
-        peers.start()
-        topo.write_service_conf(coordinator={"max_source_fanout": 1, "chain_sources": True, "reconcile_interval": 0,
-                                             "lease_timeout": 20})
-        topo.start_coordinator()
-        yield ChainSite(topo, peers)
-    finally:
-        peers.stop()
-        topo.stop()
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    yield from peer_site(tmp_path_factory.mktemp("chain"), ChainSite, max_source_fanout=1, chain_sources=True,
+                         lease_timeout=20)
 
 
 def test_three_regions_chained_from_one_store_transfer(site: ChainSite) -> None:

@@ -63,19 +63,25 @@ class Site:
                            f"agents of {regions} online")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    topo = Topology(tmp_path_factory.mktemp("peers"), regions=3, sync_filter=True, cascaded_store=True)
+def peer_site(base: Path, site_class: type[Site], **coordinator: object) -> Iterator[Site]:
+    """Three regions whose sshds serve their agents' caches, and a coordinator with ``coordinator``
+    options; everything stopped after."""
+    topo = Topology(base, regions=3, sync_filter=True, cascaded_store=True)
     peers = PeerCaches(topo)
     try:
         topo.start()
         peers.start()
-        topo.write_service_conf(coordinator={"max_source_fanout": 1, "reconcile_interval": 0})
+        topo.write_service_conf(coordinator={"reconcile_interval": 0, **coordinator})
         topo.start_coordinator()
-        yield Site(topo, peers)
+        yield site_class(topo, peers)
     finally:
         peers.stop()
         topo.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    yield from peer_site(tmp_path_factory.mktemp("peers"), Site, max_source_fanout=1)
 
 
 def regional_bytes(topo: Topology, region: str, image_id: str) -> tuple[str, str]:
