@@ -33,7 +33,7 @@ from typing import Any
 
 import paramiko
 
-from agent import budget, hashing, transfer
+from agent import budget, hashing, sshconnect, transfer
 from agent.cache import RELAY_PREFIX
 from glancesync.exceptions import SourceRefused, TransferError
 from glancesync.storemap import SshStore
@@ -44,11 +44,6 @@ POLL_SECONDS = 0.5
 # How often, while a relayed file does not grow, its names are looked at: both gone means the
 # upstream's copy ended without a finished file here (failed, or not admitted).
 ENDED_CHECK_SECONDS = 3.0
-# SFTP read requests (32 KiB each) a follower keeps outstanding: 2 MiB, as OpenSSH's sftp
-# does.  paramiko's readv otherwise asks for a whole 32 MiB batch at once; a follower that
-# fell a batch behind then had 32 MiB pushed at a shaped link and read far below its rate
-# (doc/performance.md, WAN bench, "Chained distribution").
-FOLLOW_IN_FLIGHT = 64
 
 
 def relay_path(source_path: str) -> str:
@@ -69,10 +64,10 @@ def fetch(store: SshStore, image: dict[str, Any], source_path: str, dest: str, p
     algo = image.get("os_hash_algo") or transfer.DEFAULT_HASH_ALGO
     transfer.checked_hashers(algo, image_id)
     started = clock()
-    client = transfer.connect(store, image_id, timeout)
+    client = sshconnect.connect(store, image_id, timeout)
     sink = hashing.HashPipe(transfer.checked_hashers(algo, image_id))
     try:
-        sftp = transfer.open_sftp(client, options.window_bytes)
+        sftp = sshconnect.open_sftp(client, options.window_bytes)
         sftp.get_channel().settimeout(timeout)
         resumed = hashing.rehash(dest, sink)
         if resumed > total:  # not a prefix of this image: start again
@@ -114,8 +109,8 @@ class _Follower:
         """The finished file, else the relayed one, opened; None while neither is there."""
         for path, growing in ((self.source_path, False), (relay_path(self.source_path), True)):
             try:
-                transfer.check_regular(self.sftp, self.store, self.image_id, path)
-                handle = self.sftp.open(transfer.remote_path(self.store, path), "rb")
+                sshconnect.check_regular(self.sftp, self.store, self.image_id, path)
+                handle = self.sftp.open(sshconnect.remote_path(self.store, path), "rb")
             except FileNotFoundError:
                 continue
             except PermissionError:
@@ -137,7 +132,7 @@ class _Follower:
         """
         for path in (self.source_path, relay_path(self.source_path)):
             try:
-                self.sftp.lstat(transfer.remote_path(self.store, path))
+                self.sftp.lstat(sshconnect.remote_path(self.store, path))
                 return False
             except FileNotFoundError:
                 continue
@@ -152,7 +147,7 @@ class _Follower:
                 remote = remote or self.open()
                 have = min(remote.stat().st_size or 0, total) if remote is not None else done
                 if have > done:
-                    done = transfer.copy_range(remote, out, done, have, sink, progress, in_flight=FOLLOW_IN_FLIGHT)
+                    done = transfer.copy_range(remote, out, done, have, sink, progress)
                     last_news, next_check = self.clock(), ENDED_CHECK_SECONDS
                     continue
                 waited = self.clock() - last_news

@@ -35,7 +35,7 @@ from typing import Any
 
 import paramiko
 
-from agent import budget, hashing, ratelimit, sftp_openssh
+from agent import budget, hashing, ratelimit, sftp_openssh, sshconnect
 from glancesync import verify as check
 from glancesync.exceptions import SourceRefused, TransferError, VerificationError
 from glancesync.storemap import SshStore
@@ -56,8 +56,13 @@ METHODS = ("openssh", "paramiko")
 # paramiko's SFTP window: 32 MiB keeps ~1 Gbit/s busy over a 250 ms round trip
 # (its own 2 MiB default caps a 100 ms link near 20 MiB/s).
 DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
-PACKET_BYTES = 32768
 DEFAULT_IDLE_TIMEOUT = 300.0
+# SFTP read requests (32 KiB each) kept outstanding: 2 MiB, as OpenSSH's ``sftp`` does
+# (``-R 64``).  paramiko's readv otherwise asks for a whole 32 MiB batch at once; a follower
+# that fell a batch behind then had 32 MiB pushed at a shaped link and read far below its
+# rate (doc/performance.md, WAN bench, "Chained distribution").  Like OpenSSH's, this caps
+# one stream at 2 MiB per round trip.
+READS_IN_FLIGHT = 64
 # Image ids become file names: allow only what glance ids look like.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -90,17 +95,6 @@ class FetchOptions:
     budget_file: str = ""  # the region's shared budget (agent/budget.py); "": a bucket of the fetch's own
 
 
-class _UnknownHostKey(paramiko.SSHException):
-    pass
-
-
-class _RejectUnknown(paramiko.RejectPolicy):
-    """RejectPolicy that raises a type we can tell apart from other SSH errors."""
-
-    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-        raise _UnknownHostKey(f"no {key.get_name()} host key for {hostname}")
-
-
 def part_path(work_dir: str, image_id: str) -> str:
     """``<work_dir>/<image_id>.part``; refuses ids that are not plain file names."""
     if not _SAFE_ID.match(image_id):
@@ -123,88 +117,6 @@ def checked_source(image_id: str, source: Any, store: SshStore) -> str:
     return path
 
 
-def remote_path(store: SshStore, path: str) -> str:
-    """The name the SFTP server knows ``path`` (a checked path in ``store_dir``) by.
-
-    When sshd chroots the account into ``sftp_root``, the server shows that
-    directory as ``/``: ``<sftp_root>/images/x`` is asked for as ``/images/x``.
-    """
-    if store.sftp_root is None:
-        return path
-    return posixpath.normpath(posixpath.join("/", posixpath.relpath(path, store.sftp_root)))
-
-
-def connect(store: SshStore, image_id: str, timeout: float) -> paramiko.SSHClient:
-    """An SSHClient to the store host, host key checked against ``known_hosts_file`` only."""
-    where = f"{store.host}:{store.port}"
-    client = paramiko.SSHClient()
-    try:
-        client.load_host_keys(store.known_hosts_file)
-    except OSError as exc:
-        raise SourceRefused(
-            image_id=image_id, detail=f"cannot read known_hosts file {store.known_hosts_file}: {exc.strerror}"
-        ) from None
-    client.set_missing_host_key_policy(_RejectUnknown())
-    try:
-        client.connect(
-            store.host,
-            port=store.port,
-            username=store.user,
-            key_filename=store.private_key_file,
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-        )
-    except paramiko.BadHostKeyException:
-        client.close()
-        raise SourceRefused(
-            image_id=image_id,
-            detail=f"host key of {where} does not match {store.known_hosts_file} (changed host key?)",
-        ) from None
-    except _UnknownHostKey:
-        client.close()
-        raise SourceRefused(
-            image_id=image_id, detail=f"host {where} is not in known_hosts file {store.known_hosts_file}"
-        ) from None
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        raise SourceRefused(
-            image_id=image_id, detail=f"{store.user}@{where} refused key {store.private_key_file}: {exc}"
-        ) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        client.close()
-        raise TransferError(image_id=image_id, detail=f"cannot connect to {where}: {exc}") from None
-    # paramiko's own first cipher choice is aes128-ctr, its fastest here
-    # (doc/glance-behaviour.md: gcm slower, no chacha20), so no cipher list is forced.
-    return client
-
-
-def check_regular(sftp: Any, store: SshStore, image_id: str, source_path: str) -> Any:
-    """``lstat`` every component below ``store_dir``: directories, then a regular file, no links.
-
-    ``checked_source`` only checks the path as text; the sftp server follows
-    symbolic links, so a link in the store directory could otherwise hand out any
-    file the store account can read.  Returns the file's attributes.
-    """
-    root = posixpath.normpath(store.store_dir)
-    parts = posixpath.relpath(source_path, root).split("/")
-    current = root
-    for index, part in enumerate(parts):
-        current = posixpath.join(current, part)
-        attrs = sftp.lstat(remote_path(store, current))
-        mode = attrs.st_mode or 0
-        last = index == len(parts) - 1
-        if stat.S_ISLNK(mode):
-            raise SourceRefused(image_id=image_id, detail=f"{current} on {store.host} is a symbolic link")
-        if last and not stat.S_ISREG(mode):
-            raise SourceRefused(image_id=image_id, detail=f"{current} on {store.host} is not a regular file")
-        if not last and not stat.S_ISDIR(mode):
-            raise SourceRefused(image_id=image_id, detail=f"{current} on {store.host} is not a directory")
-    return attrs
-
-
 def checked_hashers(algo: str, image_id: str) -> tuple[Any, Any]:
     try:
         return hashing.new_hashers(algo)
@@ -213,11 +125,11 @@ def checked_hashers(algo: str, image_id: str) -> tuple[Any, Any]:
 
 
 def copy_range(remote: Any, out: Any, start: int, total: int, sink: hashing.HashPipe, progress: ProgressFn,
-               in_flight: int | None = None) -> int:
+               in_flight: int = READS_IN_FLIGHT) -> int:
     """Read ``[start, total)`` of ``remote`` into ``out`` and ``sink``; ``in_flight``: at most that
-    many SFTP read requests outstanding at once (None: a whole batch)."""
+    many SFTP read requests outstanding at once."""
     done = start
-    extra = {} if in_flight is None else {"max_concurrent_prefetch_requests": in_flight}
+    extra = {"max_concurrent_prefetch_requests": in_flight}
     while done < total:
         batch_end = min(total, done + BATCH_BYTES)
         pieces = [(off, min(PIECE_BYTES, batch_end - off)) for off in range(done, batch_end, PIECE_BYTES)]
@@ -238,12 +150,6 @@ def resolve_method(method: str, binary: str = sftp_openssh.DEFAULT_BINARY) -> st
                     "(about three times the CPU; install openssh-client)", binary)
         return "paramiko"
     return method
-
-
-def open_sftp(client: paramiko.SSHClient, window_bytes: int) -> paramiko.SFTPClient:
-    """An SFTP session whose window lets a WAN's bandwidth-delay product be in flight."""
-    return paramiko.SFTPClient.from_transport(client.get_transport(), window_size=window_bytes,
-                                              max_packet_size=PACKET_BYTES)
 
 
 def fetch(
@@ -299,9 +205,9 @@ def _checked_remote(client: paramiko.SSHClient, store: SshStore, image_id: str, 
                     timeout: float, window: int) -> tuple[Any, Any]:
     """(sftp session, attributes of ``source_path``) after the control checks."""
     try:
-        sftp = open_sftp(client, window)
+        sftp = sshconnect.open_sftp(client, window)
         sftp.get_channel().settimeout(timeout)
-        return sftp, check_regular(sftp, store, image_id, source_path)
+        return sftp, sshconnect.check_regular(sftp, store, image_id, source_path)
     except FileNotFoundError:
         raise TransferError(image_id=image_id, detail=f"{source_path} not found on {store.host}") from None
     except PermissionError:
@@ -313,9 +219,9 @@ def _checked_remote(client: paramiko.SSHClient, store: SshStore, image_id: str, 
 def _via_openssh(store: SshStore, image_id: str, algo: str, source_path: str, dest: str, progress: ProgressFn,
                  timeout: float, options: FetchOptions,
                  on_start: Callable[[], None]) -> tuple[int, int, tuple[str, ...]]:
-    remote = sftp_openssh.plain_path(image_id, remote_path(store, source_path), "remote")
+    remote = sftp_openssh.plain_path(image_id, sshconnect.remote_path(store, source_path), "remote")
     sftp_openssh.plain_path(image_id, os.path.abspath(dest), "local")
-    client = connect(store, image_id, timeout)
+    client = sshconnect.connect(store, image_id, timeout)
     try:
         checked = _checked_remote(client, store, image_id, source_path, timeout, options.window_bytes)[1]
     finally:
@@ -347,12 +253,12 @@ def _via_openssh(store: SshStore, image_id: str, algo: str, source_path: str, de
 def _via_paramiko(store: SshStore, image_id: str, algo: str, source_path: str, dest: str, progress: ProgressFn,
                   timeout: float, options: FetchOptions,
                   on_start: Callable[[], None]) -> tuple[int, int, tuple[str, ...]]:
-    client = connect(store, image_id, timeout)
+    client = sshconnect.connect(store, image_id, timeout)
     sink = hashing.HashPipe(checked_hashers(algo, image_id))
     try:
         sftp, checked = _checked_remote(client, store, image_id, source_path, timeout, options.window_bytes)
         resumed = hashing.rehash(dest, sink)  # what an earlier attempt left
-        with sftp.open(remote_path(store, source_path), "rb") as remote:
+        with sftp.open(sshconnect.remote_path(store, source_path), "rb") as remote:
             opened = remote.stat()
             if not stat.S_ISREG(opened.st_mode or 0) or (opened.st_size, opened.st_mtime) != (
                 checked.st_size,

@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import transfer  # noqa: E402
+from agent import sshconnect, transfer  # noqa: E402
 from glancesync import glance, storemap  # noqa: E402
 from tests.functional import helpers  # noqa: E402
 from tests.harness.glance import admin_client  # noqa: E402
@@ -141,7 +141,7 @@ def scp_argv(topo: Topology, store: storemap.SshStore, source: str, dest: str, m
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={store.known_hosts_file}",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
             "-o", f"IdentityFile={store.private_key_file}", "-o", "IdentityAgent=none",
-            f"{store.user}@{store.host}:{transfer.remote_path(store, source)}", dest]
+            f"{store.user}@{store.host}:{sshconnect.remote_path(store, source)}", dest]
 
 
 def self_argv(mode: str, spec: dict[str, Any], tmp: Path) -> list[str]:

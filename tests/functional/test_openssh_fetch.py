@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from agent import sftp_openssh, transfer
+from agent import sftp_openssh, sshconnect, transfer
 from glancesync import glance, storemap
 from glancesync.exceptions import SourceRefused, VerificationError
 from tests.functional import helpers
@@ -41,7 +41,7 @@ def source_of(topology: Topology, image: dict) -> str:
 
 
 def test_openssh_fetch_through_the_chroot_gives_the_bytes_and_hashes(topology, store, image, tmp_path):
-    assert store.sftp_root is None or transfer.remote_path(store, source_of(topology, image)) != source_of(
+    assert store.sftp_root is None or sshconnect.remote_path(store, source_of(topology, image)) != source_of(
         topology, image)  # the chroot mapping is in play whenever the account is confined
     dest = tmp_path / "full.part"
     seen: list[tuple[int, int]] = []
@@ -73,7 +73,7 @@ def test_reget_resumes_from_the_partial_file(topology, store, image, tmp_path):
 
 
 def _run(store, topology, image, dest) -> None:
-    remote = transfer.remote_path(store, source_of(topology, image))
+    remote = sshconnect.remote_path(store, source_of(topology, image))
     dest.touch()
     sftp_openssh.run(store, image["id"], remote, str(dest), (hashlib.md5(),), lambda done: None, 30.0, 10.0)
 
@@ -104,7 +104,7 @@ def test_changed_host_key_is_refused_naming_host_and_file(topology, store, image
 
 
 def test_missing_source_is_a_clear_retryable_reason(topology, store, tmp_path):
-    remote = transfer.remote_path(store, str(topology.cascading.data_dir / "no-such-image"))
+    remote = sshconnect.remote_path(store, str(topology.cascading.data_dir / "no-such-image"))
     dest = tmp_path / "m.part"
     dest.touch()
     with pytest.raises(transfer.TransferError) as info:

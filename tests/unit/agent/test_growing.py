@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent import growing, transfer
+from agent import growing, sshconnect, transfer
 from glancesync.exceptions import TransferError, VerificationError
 from glancesync.storemap import SshStore
 
@@ -97,8 +97,8 @@ class Upstream:
 def peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SshStore, Path]:
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
-    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client())
-    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: _Sftp())
+    monkeypatch.setattr(sshconnect, "connect", lambda store, image_id, timeout: _Client())
+    monkeypatch.setattr(sshconnect, "open_sftp", lambda client, window: _Sftp())
     return SshStore("peer", 22, "p", "k", "kh", str(cache_dir)), cache_dir
 
 
@@ -130,8 +130,8 @@ def test_a_follower_keeps_few_read_requests_in_flight(peer, tmp_path: Path, monk
     upstream = Upstream(cache_dir, DATA, step=700_000)
     follow(store, upstream, tmp_path / "x.part")
     assert (tmp_path / "x.part").read_bytes() == DATA
-    assert _File.in_flight and set(_File.in_flight) == {growing.FOLLOW_IN_FLIGHT}
-    assert growing.FOLLOW_IN_FLIGHT * 32 * 1024 <= 2 * 1024 * 1024
+    assert _File.in_flight and set(_File.in_flight) == {transfer.READS_IN_FLIGHT}
+    assert transfer.READS_IN_FLIGHT * 32 * 1024 <= 2 * 1024 * 1024
 
 
 def test_a_finished_file_is_read_at_once(peer, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent import budget, cmd, ratelimit, sftp_openssh, transfer
+from agent import budget, cmd, ratelimit, sftp_openssh, sshconnect, transfer
 from agent.pool import Pool
 from tests.unit.agent import helpers
 from tests.unit.agent.test_budget import _Writer
@@ -122,8 +122,8 @@ def test_an_openssh_fetch_passes_the_whole_cap_as_sftp_l_and_stops_sftp_while_th
         progress(len(DATA))  # the follower found every byte in the .part
         raise transfer.TransferError(image_id=image_id, detail="stop here")
 
-    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
-    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
+    monkeypatch.setattr(sshconnect, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
+    monkeypatch.setattr(sshconnect, "open_sftp", lambda client, window: client.open_sftp())
     monkeypatch.setattr(transfer.sftp_openssh, "run", run)
     path = tmp_path / budget.BUDGET_NAME
     rate = 6_250_000.0  # 50 Mbit/s
@@ -138,7 +138,7 @@ def test_an_openssh_fetch_passes_the_whole_cap_as_sftp_l_and_stops_sftp_while_th
 
 
 class _Readable(_Remote):
-    def readv(self, pieces):
+    def readv(self, pieces, max_concurrent_prefetch_requests=None):
         for offset, length in pieces:
             yield DATA[offset:offset + length]
 
@@ -154,8 +154,8 @@ class _ReadableClient(_Client):
 
 
 def test_a_capped_paramiko_fetch_takes_at_least_size_over_rate_and_verifies(tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _ReadableClient(len(DATA)))
-    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
+    monkeypatch.setattr(sshconnect, "connect", lambda store, image_id, timeout: _ReadableClient(len(DATA)))
+    monkeypatch.setattr(sshconnect, "open_sftp", lambda client, window: client.open_sftp())
     rate = 4_000_000.0  # DATA is 3 MB, 1 MiB of it within the burst: at least 0.49 s
     path = tmp_path / budget.BUDGET_NAME
     options = transfer.FetchOptions(method="paramiko", rate_limit=rate, budget_file=str(path))

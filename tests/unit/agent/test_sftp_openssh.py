@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from agent import sftp_openssh, transfer
+from agent import sftp_openssh, sshconnect
 from glancesync.exceptions import SourceRefused, TransferError
 from glancesync.storemap import SshStore
 
@@ -46,7 +46,7 @@ def test_ipv6_host_is_bracketed():
 
 
 def test_batch_gets_the_chroot_mapped_path_and_resumes_with_reget():
-    remote = transfer.remote_path(STORE, "/srv/store/images/0b3c-uuid")
+    remote = sshconnect.remote_path(STORE, "/srv/store/images/0b3c-uuid")
     assert remote == "/images/0b3c-uuid"
     assert sftp_openssh.batch(remote, "/w/i.part", resume=False) == 'get "/images/0b3c-uuid" "/w/i.part"\n'
     assert sftp_openssh.batch(remote, "/w/i.part", resume=True) == 'reget "/images/0b3c-uuid" "/w/i.part"\n'

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from agent import hashing, transfer
+from agent import hashing, sshconnect, transfer
 from glancesync.exceptions import SourceRefused, VerificationError
 from glancesync.storemap import SshStore
 
@@ -63,7 +63,7 @@ def test_source_inside_the_store_is_normalised():
 )
 def test_chrooted_account_is_asked_for_paths_inside_its_root(sftp_root, asked):
     store = dataclasses.replace(STORE, sftp_root=sftp_root)
-    assert transfer.remote_path(store, "/store/images/sub/a") == asked
+    assert sshconnect.remote_path(store, "/store/images/sub/a") == asked
 
 
 def test_fetch_through_a_chroot_stats_and_opens_the_mapped_path(tmp_path, monkeypatch):
@@ -87,8 +87,8 @@ def test_fetch_through_a_chroot_stats_and_opens_the_mapped_path(tmp_path, monkey
         sink.update(DATA)
         return len(DATA)
 
-    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
-    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
+    monkeypatch.setattr(sshconnect, "connect", lambda store, image_id, timeout: Client(len(DATA)))
+    monkeypatch.setattr(sshconnect, "open_sftp", lambda client, window: client.open_sftp())
     monkeypatch.setattr(transfer, "copy_range", copy)
     store = dataclasses.replace(STORE, sftp_root="/store/images")
     fetched = transfer.fetch(store, image_of(DATA), "/store/images/sub/img", str(tmp_path / "p"), lambda d, t: None,
@@ -152,7 +152,7 @@ class FakeRemote:
         self.data = data
         self.requests: list[tuple[int, int]] = []
 
-    def readv(self, chunks):
+    def readv(self, chunks, max_concurrent_prefetch_requests=None):
         self.requests += chunks
         for off, size in chunks:
             yield self.data[off : off + size]
@@ -191,7 +191,7 @@ def test_missing_known_hosts_file_is_refused(tmp_path):
     store = SshStore(host="127.0.0.1", port=1, user="u", private_key_file="k",
                      known_hosts_file=str(tmp_path / "missing"), store_dir="/s")
     with pytest.raises(SourceRefused) as info:
-        transfer.connect(store, "img-1", timeout=1)
+        sshconnect.connect(store, "img-1", timeout=1)
     assert "known_hosts" in str(info.value)
 
 
@@ -252,8 +252,8 @@ def test_full_work_dir_fails_retryable_naming_it_and_removes_the_partial_file(tm
         out.flush()
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
-    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
+    monkeypatch.setattr(sshconnect, "connect", lambda store, image_id, timeout: _Client(len(DATA)))
+    monkeypatch.setattr(sshconnect, "open_sftp", lambda client, window: client.open_sftp())
     monkeypatch.setattr(transfer, "copy_range", disk_full)
     with pytest.raises(transfer.TransferError) as info:
         transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None, options=PARAMIKO)
@@ -282,8 +282,8 @@ def test_paramiko_read_that_stalls_past_the_idle_timeout_fails_retryable_and_kee
         out.write(DATA[:1000])
         raise TimeoutError("timed out")  # what paramiko's channel raises after its timeout
 
-    monkeypatch.setattr(transfer, "connect", lambda store, image_id, timeout: Client(len(DATA)))
-    monkeypatch.setattr(transfer, "open_sftp", lambda client, window: client.open_sftp())
+    monkeypatch.setattr(sshconnect, "connect", lambda store, image_id, timeout: Client(len(DATA)))
+    monkeypatch.setattr(sshconnect, "open_sftp", lambda client, window: client.open_sftp())
     monkeypatch.setattr(transfer, "copy_range", stalls)
     options = transfer.FetchOptions(method="paramiko", idle_timeout=42.0)
     with pytest.raises(transfer.TransferError) as info:
@@ -305,6 +305,35 @@ def test_openssh_missing_falls_back_to_paramiko_with_one_warning(monkeypatch, ca
 
 
 def test_odd_store_paths_are_refused_before_sftp_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(transfer, "connect", lambda *a: pytest.fail("no connection for a path sftp cannot take"))
+    monkeypatch.setattr(sshconnect, "connect", lambda *a: pytest.fail("no connection for a path sftp cannot take"))
     with pytest.raises(SourceRefused, match="sftp batch mode"):
         transfer.fetch(STORE, image_of(DATA), '/store/images/a"b', str(tmp_path / "p"), lambda d, t: None)
+
+
+def test_the_store_read_by_paramiko_keeps_few_read_requests_in_flight(tmp_path, monkeypatch):
+    # paramiko's readv asks for the whole 32 MiB batch at once unless bounded: a burst into a
+    # shaped link (doc/performance.md); the store path now keeps the follower's bound.
+    bounds: list[int | None] = []
+
+    class Remote(_Remote):
+        def readv(self, pieces, max_concurrent_prefetch_requests=None):
+            bounds.append(max_concurrent_prefetch_requests)
+            for offset, size in pieces:
+                yield DATA[offset:offset + size]
+
+    class Sftp(_Sftp):
+        def open(self, path, mode):
+            return Remote(self.size)
+
+    class Client(_Client):
+        def open_sftp(self):
+            return Sftp(self.size)
+
+    monkeypatch.setattr(sshconnect, "connect", lambda store, image_id, timeout: Client(len(DATA)))
+    monkeypatch.setattr(sshconnect, "open_sftp", lambda client, window: client.open_sftp())
+    dest = tmp_path / "img-1.part"
+    fetched = transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None,
+                             options=PARAMIKO)
+    assert fetched.size == len(DATA) and dest.read_bytes() == DATA
+    assert bounds and set(bounds) == {transfer.READS_IN_FLIGHT}
+    assert transfer.READS_IN_FLIGHT * sshconnect.PACKET_BYTES <= 2 * 1024 * 1024
