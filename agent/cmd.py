@@ -68,6 +68,7 @@ def fetch_options(agent: Any, work_dir: str | None = None) -> transfer.FetchOpti
     cap = ratelimit.cap_bytes(agent.max_bandwidth)
     return transfer.FetchOptions(method=transfer.resolve_method(agent.fetch_method),
                                  idle_timeout=float(agent.transfer_idle_timeout),
+                                 follow_start_timeout=float(agent.follow_start_timeout),
                                  window_bytes=ratelimit.window(agent.paramiko_window_mib * 1024 * 1024, cap),
                                  rate_limit=cap, budget_file=budget.budget_path(work_dir) if cap and work_dir else "")
 

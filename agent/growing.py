@@ -4,21 +4,26 @@ The coordinator may name as a source a region whose copy of the image runs
 (``task.sources`` item with ``growing``).  That region's agent relays the file it
 is receiving as ``.growing.<image id>`` beside its cached files (agent/cache.py);
 once its copy is verified and admitted, the file is there under the image id.
-:func:`fetch` reads whichever it finds, the finished file first, over one
-paramiko SFTP session: it reads what is there, asks the open file's size again
-while it grows (offset reads; OpenSSH's ``sftp`` cannot wait on a file), and stops
-at the cascading image's size.  The checks are the store's: host key pinned, every
-path component ``lstat``-ed (no links, a regular file), the ``.part`` resumed
-after hashing it again.
+:func:`fetch` reads whichever it finds, the finished file first, and stops at the
+cascading image's size.  A paramiko SFTP session (agent/sshconnect.py) is the
+control: host key pinned, every path component ``lstat``-ed (no links, a regular
+file), and the open file's size asked again while it grows.  The bytes come, as
+from the store, through OpenSSH's ``sftp`` (``fetch_method = openssh``, a third of
+paramiko's CPU): it cannot wait on a growing file, so it runs again with ``reget``
+(resuming from the ``.part``) each time enough new bytes are there, and its runs
+hash on where the last one stopped (agent/sftp_openssh.py).  With ``paramiko`` (or
+no ``sftp`` binary) the control session reads them itself.  The ``.part`` of an
+earlier attempt is resumed after hashing it again.
 
-No new byte for ``transfer_idle_timeout`` (no file yet, or a file that stopped
-growing: the upstream agent died, or its copy failed) fails this source with a
-TransferError, and agent/sources.py goes on to the next source with the ``.part``
-as it is.  While it waits, the fetch tells the upload it is alive (the upload's
-own idle watch would otherwise end the attempt together with this source).  The
-whole file is then verified against the cascading image (glancesync.verify, as
-for every source): an upstream copy that failed its own verification fails this
-one too, and the coordinator retries it store first.
+No new byte for ``transfer_idle_timeout`` (a file that stopped growing: the
+upstream agent died, or its copy failed), or no file at all for
+``follow_start_timeout``, fails this source with a TransferError, and
+agent/sources.py goes on to the next source with the ``.part`` as it is.  While it
+waits, the fetch tells the upload it is alive (the upload's own idle watch would
+otherwise end the attempt together with this source).  The whole file is then
+verified against the cascading image (glancesync.verify, as for every source): an
+upstream copy that failed its own verification fails this one too, and the
+coordinator retries it store first.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 
 import paramiko
 
-from agent import budget, hashing, sshconnect, transfer
+from agent import budget, hashing, ratelimit, sftp_openssh, sshconnect, transfer
 from agent.cache import RELAY_PREFIX
 from glancesync.exceptions import SourceRefused, TransferError
 from glancesync.storemap import SshStore
@@ -44,6 +49,14 @@ POLL_SECONDS = 0.5
 # How often, while a relayed file does not grow, its names are looked at: both gone means the
 # upstream's copy ended without a finished file here (failed, or not admitted).
 ENDED_CHECK_SECONDS = 3.0
+# Each run of OpenSSH's sftp is a new SSH connection: key exchange, authentication and a
+# session process in the peer's sshd, on both hosts.  Started for every few KiB the upstream
+# writes, they would cost more CPU than the bytes save; so a run waits until RUN_BYTES are
+# new, or the rest of the image is there, or new bytes have waited RUN_LAG_SECONDS (a slow
+# upstream: the follower stays that close behind it).  A run reads to the file's end as it
+# finds it, so at the link's rate one run often keeps up with the upstream for long stretches.
+RUN_BYTES = 8 * 1024 * 1024
+RUN_LAG_SECONDS = 2.0
 
 
 def relay_path(source_path: str) -> str:
@@ -62,23 +75,30 @@ def fetch(store: SshStore, image: dict[str, Any], source_path: str, dest: str, p
         raise TransferError(image_id=image_id, detail="the cascading image has no size: a growing copy "
                             "cannot be followed")
     algo = image.get("os_hash_algo") or transfer.DEFAULT_HASH_ALGO
-    transfer.checked_hashers(algo, image_id)
+    hashers = transfer.checked_hashers(algo, image_id)
+    openssh = options.method == "openssh" and sftp_openssh.find_binary(options.sftp_binary) is not None
     started = clock()
     client = sshconnect.connect(store, image_id, timeout)
-    sink = hashing.HashPipe(transfer.checked_hashers(algo, image_id))
     try:
         sftp = sshconnect.open_sftp(client, options.window_bytes)
         sftp.get_channel().settimeout(timeout)
-        resumed = hashing.rehash(dest, sink)
-        if resumed > total:  # not a prefix of this image: start again
-            sink.close()
-            sink = hashing.HashPipe(transfer.checked_hashers(algo, image_id))
-            os.unlink(dest)
-            resumed = 0
-        with open(dest, "ab") as out:
+        resumed = _kept(dest, total, hashers)
+        upstream = _Upstream(sftp, store, image_id, source_path, options, clock, sleep)
+        pace = budget.pacer(options, progress, resumed)
+        if openssh:
+            # Started before the first run, as paramiko's reader does: the upload follows the
+            # .part, and this region relays it at once to the regions that follow it.  So,
+            # unlike a fetch from the store, sftp forks while threads run here (paramiko's,
+            # the upload's); its child only sets PR_SET_PDEATHSIG before exec.
             on_start()
-            follower = _Follower(sftp, store, image_id, source_path, options.idle_timeout, clock, sleep)
-            size = follower.run(out, resumed, total, sink, budget.pacer(options, progress, resumed).report)
+            reader = _OpensshReader(upstream, dest, hashers, pace, timeout, options, total)
+            size = upstream.follow(reader.read, resumed, total, pace.report, RUN_BYTES)
+        else:
+            with open(dest, "ab") as out, hashing.HashPipe(hashers) as sink:
+                on_start()
+                size = upstream.follow(
+                    lambda remote, done, have: transfer.copy_range(remote, out, done, have, sink, pace.report),
+                    resumed, total, pace.report, 1)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             transfer.discard(dest)  # keeping it for a resume would hold the space that ran out
@@ -88,40 +108,62 @@ def fetch(store: SshStore, image: dict[str, Any], source_path: str, dest: str, p
     except (paramiko.SSHException, EOFError) as exc:
         raise TransferError(image_id=image_id, detail=f"reading {source_path}: {exc}") from None
     finally:
-        sink.close()
         client.close()
-    digests = sink.hexdigests()
-    fetched = transfer.Fetched(dest, size, digests[0], algo, digests[1], clock() - started, resumed)
+    fetched = transfer.Fetched(dest, size, hashers[0].hexdigest(), algo, hashers[1].hexdigest(), clock() - started,
+                               resumed)
     transfer.verify(image, fetched)
     return fetched
 
 
-class _Follower:
-    """Reads the peer's file while it grows, up to the image's size."""
+def _kept(dest: str, total: int, hashers: tuple[Any, Any]) -> int:
+    """The bytes of ``dest`` an earlier attempt left, hashed into ``hashers``; ``dest`` exists afterwards."""
+    try:
+        if os.path.getsize(dest) > total:  # not a prefix of this image: start again
+            os.unlink(dest)
+    except FileNotFoundError:
+        pass
+    with open(dest, "ab"), hashing.HashPipe(hashers) as sink:
+        return hashing.rehash(dest, sink)
+
+
+class _Upstream:
+    """The peer's file as the control session sees it: its names, checks, size, and the wait for it."""
 
     def __init__(self, sftp: paramiko.SFTPClient, store: SshStore, image_id: str, source_path: str,
-                 idle_timeout: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+                 options: transfer.FetchOptions, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
         self.sftp, self.store, self.image_id, self.source_path = sftp, store, image_id, source_path
-        self.idle_timeout, self.clock, self.sleep = idle_timeout, clock, sleep
+        self.idle_timeout, self.clock, self.sleep = options.idle_timeout, clock, sleep
+        self.start_timeout = min(options.follow_start_timeout, options.idle_timeout)
         self.opened = source_path  # the name of the file read (the finished or the relayed one)
 
-    def open(self) -> Any:
-        """The finished file, else the relayed one, opened; None while neither is there."""
+    def name(self) -> str | None:
+        """The finished file, else the relayed one, once every component passed the checks; None: neither."""
         for path, growing in ((self.source_path, False), (relay_path(self.source_path), True)):
             try:
                 sshconnect.check_regular(self.sftp, self.store, self.image_id, path)
-                handle = self.sftp.open(sshconnect.remote_path(self.store, path), "rb")
             except FileNotFoundError:
                 continue
             except PermissionError:
                 raise SourceRefused(image_id=self.image_id,
                                     detail=f"{path}: permission denied on {self.store.host}") from None
-            if growing:
+            if growing and self.opened != path:
                 LOG.info("image %s: following the copy still arriving at %s:%d (%s)", self.image_id,
                          self.store.host, self.store.port, path)
             self.opened = path
-            return handle
+            return path
         return None
+
+    def open(self) -> Any:
+        """The file :meth:`name` finds, opened (its size is asked through it); None while neither is there."""
+        path = self.name()
+        if path is None:
+            return None
+        try:
+            return self.sftp.open(sshconnect.remote_path(self.store, path), "rb")
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            raise SourceRefused(image_id=self.image_id, detail=f"{path}: permission denied on {self.store.host}") from None
 
     def ended(self) -> bool:
         """Whether neither the relayed nor the finished file is there any more.
@@ -138,32 +180,89 @@ class _Follower:
                 continue
         return True
 
-    def run(self, out: Any, done: int, total: int, sink: hashing.HashPipe, progress: transfer.ProgressFn) -> int:
+    def follow(self, read: Callable[[Any, int, int], int], done: int, total: int, progress: transfer.ProgressFn,
+               batch: int) -> int:
+        """Call ``read(remote, done, have)`` as the file grows until ``total`` bytes are here; the bytes here.
+
+        ``read`` is called once ``batch`` bytes are new, or the rest of the image is
+        there, or new bytes waited :data:`RUN_LAG_SECONDS`.
+        """
         remote = None
-        last_news = self.clock()
-        next_check = ENDED_CHECK_SECONDS
+        began = last_news = self.clock()
+        seen, waiting_since, next_check = done, None, ENDED_CHECK_SECONDS
         try:
             while done < total:
                 remote = remote or self.open()
                 have = min(remote.stat().st_size or 0, total) if remote is not None else done
-                if have > done:
-                    done = transfer.copy_range(remote, out, done, have, sink, progress)
-                    last_news, next_check = self.clock(), ENDED_CHECK_SECONDS
-                    continue
-                waited = self.clock() - last_news
+                now = self.clock()
+                if have > seen:  # the upstream is alive, whether or not a read is worth it yet
+                    seen, last_news, next_check = have, now, ENDED_CHECK_SECONDS
+                waiting_since = (waiting_since or now) if have > done else None
+                if have > done and (have - done >= batch or have >= total or now - waiting_since >= RUN_LAG_SECONDS):
+                    got = read(remote, done, have)
+                    if got > done:
+                        done, waiting_since = got, None
+                        last_news, next_check = self.clock(), ENDED_CHECK_SECONDS
+                        continue
+                waited = now - last_news
                 if remote is not None and self.opened != self.source_path and waited >= next_check:
                     next_check = waited + ENDED_CHECK_SECONDS
-                    # Asked again after the names: the copy may have ended well in between.
-                    if self.ended() and (remote.stat().st_size or 0) <= done:
-                        raise TransferError(image_id=self.image_id, detail=f"{self.opened} on {self.store.host}: "
-                                            f"the copy there ended at byte {done} of {total} without a finished file")
-                if waited >= self.idle_timeout:
-                    what = "no copy appeared" if remote is None else f"no new byte at {done} of {total}"
-                    raise TransferError(image_id=self.image_id, detail=f"{self.opened} on {self.store.host}: "
-                                        f"{what} for {self.idle_timeout:g} s (transfer_idle_timeout)")
+                    self._check_ended(remote, done, total)
+                self._check_waits(remote is None, done, total, waited, now - began)
                 progress(done, total)  # alive, waiting for the upstream: the upload must not give up
                 self.sleep(POLL_SECONDS)
         finally:
             if remote is not None:
                 remote.close()
         return done
+
+    def _check_ended(self, remote: Any, done: int, total: int) -> None:
+        # Asked again after the names: the copy may have ended well in between.
+        if self.ended() and (remote.stat().st_size or 0) <= done:
+            raise TransferError(image_id=self.image_id, detail=f"{self.opened} on {self.store.host}: the copy there "
+                                f"ended at byte {done} of {total} without a finished file")
+
+    def _check_waits(self, missing: bool, done: int, total: int, waited: float, since_start: float) -> None:
+        where = f"{self.opened} on {self.store.host}"
+        if missing and since_start >= self.start_timeout:
+            # The upstream relays its file as its fetch starts: none by now is none coming.
+            raise TransferError(image_id=self.image_id, detail=f"{where}: no copy appeared for "
+                                f"{self.start_timeout:g} s (follow_start_timeout)")
+        if waited >= self.idle_timeout:
+            raise TransferError(image_id=self.image_id, detail=f"{where}: no new byte at {done} of {total} for "
+                                f"{self.idle_timeout:g} s (transfer_idle_timeout)")
+
+
+class _OpensshReader:
+    """Reads what is new of the peer's file with OpenSSH's ``sftp``: one ``reget`` run per call."""
+
+    def __init__(self, upstream: _Upstream, dest: str, hashers: tuple[Any, Any], pace: budget.Pacer,
+                 timeout: float, options: transfer.FetchOptions, total: int) -> None:
+        self.upstream, self.dest, self.hashers, self.pace = upstream, os.path.abspath(dest), hashers, pace
+        self.timeout, self.options, self.total = timeout, options, total
+        sftp_openssh.plain_path(upstream.image_id, self.dest, "local")
+        self.runs = 0
+
+    def read(self, remote: Any, done: int, have: int) -> int:
+        """Run ``sftp`` once from ``done`` (the ``.part``'s size, all hashed); the ``.part``'s size after it."""
+        up, options = self.upstream, self.options
+        path = up.name()  # checked again before every run; the finished name once it is there
+        if path is None:
+            return done  # both names gone: the wait tells whether the copy ended
+        remote_name = sftp_openssh.plain_path(up.image_id, sshconnect.remote_path(up.store, path), "remote")
+        if self.runs == 0:
+            LOG.info("image %s: reading %s:%d (%s) with OpenSSH's sftp, again as it grows", up.image_id,
+                     up.store.host, up.store.port, path)
+        self.runs += 1
+        try:
+            size, _ = sftp_openssh.run(
+                up.store, up.image_id, remote_name, self.dest, self.hashers,
+                lambda got: self.pace.report(got, self.total), up.idle_timeout, self.timeout, options.sftp_binary,
+                limit=ratelimit.sftp_limit(options.rate_limit), on_spawn=self.pace.attach, hashed=done)
+        except TransferError:
+            # The relay name can go between our check and sftp's open (the upstream admitted
+            # its copy under the image id): nothing was written, the finished name is next.
+            if path == up.source_path or os.path.getsize(self.dest) != done or up.name() != up.source_path:
+                raise
+            return done
+        return size

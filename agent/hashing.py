@@ -112,18 +112,21 @@ def follow(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     report_from: int = 0,
+    start: int = 0,
 ) -> int:
-    """Hash ``path`` from byte 0 while another process appends to it; the bytes read.
+    """Hash ``path`` from byte ``start`` while another process appends to it; the size read up to.
 
-    Returns when ``writer_done()`` was true before a read that found nothing new.
-    ``progress(done)`` is called for what lies past ``report_from`` (the prefix an
-    earlier attempt left is hashed, but it is not progress of this transfer).
-    Raises :class:`Stalled` (after calling ``stall``) when nothing arrived for
-    ``idle_timeout`` seconds while the writer still ran.
+    ``start``: bytes the hashers already hold (a follower that runs ``sftp`` again and
+    again goes on hashing where the last run stopped).  Returns when ``writer_done()``
+    was true before a read that found nothing new.  ``progress(done)`` is called for
+    what lies past ``report_from`` (the prefix an earlier attempt left is hashed, but
+    it is not progress of this transfer).  Raises :class:`Stalled` (after calling
+    ``stall``) when nothing arrived for ``idle_timeout`` seconds while the writer still ran.
     """
-    done = 0
+    done = start
     last_new = clock()
     with open(path, "rb") as handle:
+        handle.seek(start)
         while True:
             # Asked before reading: whatever the writer wrote before it exited is read below.
             finished = writer_done()

@@ -123,6 +123,23 @@ def _kill(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _spawn(argv: list[str], line: str, errors: object, image_id: str) -> subprocess.Popen:
+    """``sftp`` started from ``argv`` with the batch ``line`` on its stdin, stderr into ``errors``."""
+    try:
+        process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
+            start_new_session=True, preexec_fn=_die_with_parent, close_fds=True,
+        )
+    except OSError as exc:
+        raise TransferError(image_id=image_id, detail=f"cannot run {argv[0]}: {exc.strerror}") from None
+    try:
+        process.stdin.write(line.encode())
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # it already exited: its status and stderr say why
+    return process
+
+
 def run(
     store: SshStore,
     image_id: str,
@@ -136,14 +153,17 @@ def run(
     on_start: Callable[[], None] | None = None,
     limit: int = 0,
     on_spawn: Callable[[subprocess.Popen], None] | None = None,
+    hashed: int = 0,
 ) -> tuple[int, tuple[str, ...]]:
     """Fetch ``remote`` into ``local`` (resuming what ``local`` holds) while ``hashers`` hash all of it.
 
     Returns the size of ``local`` and the hex digests.  The hash threads start
     only once ``sftp`` runs, and so does whatever ``on_start()`` starts (the upload
-    that follows the file): nothing but this thread exists when it forks.  ``limit``
+    that follows the file): none of them runs when it forks.  ``limit``
     is ``sftp -l`` (see :func:`command`); ``on_spawn(process)`` is told the ``sftp``
-    process (the bandwidth budget stops it while in debt, agent/budget.py).  Raises
+    process (the bandwidth budget stops it while in debt, agent/budget.py).
+    ``hashed``: the first bytes of ``local`` that ``hashers`` already hold (a
+    follower's earlier run, agent/growing.py); they are not read again.  Raises
     SourceRefused (host key, key refused, permission) or TransferError (retryable:
     stalled, connection, missing file).
     """
@@ -151,20 +171,8 @@ def run(
     plain_path(image_id, local, "local")
     argv = command(store, binary, connect_timeout, image_id, limit)
     start = os.path.getsize(local)
-    resume = start > 0
     with tempfile.TemporaryFile() as errors:
-        try:
-            process = subprocess.Popen(  # noqa: S603 - an argument list, no shell
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
-                start_new_session=True, preexec_fn=_die_with_parent, close_fds=True,
-            )
-        except OSError as exc:
-            raise TransferError(image_id=image_id, detail=f"cannot run {binary}: {exc.strerror}") from None
-        try:
-            process.stdin.write(batch(remote, local, resume).encode())
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # it already exited: its status and stderr say why
+        process = _spawn(argv, batch(remote, local, resume=start > 0), errors, image_id)
         if on_spawn is not None:
             on_spawn(process)
         sink = hashing.HashPipe(hashers)
@@ -172,7 +180,7 @@ def run(
             if on_start is not None:
                 on_start()
             size = hashing.follow(local, sink, lambda: process.poll() is not None, progress, idle_timeout,
-                                  lambda: _kill(process), report_from=start)
+                                  lambda: _kill(process), report_from=start, start=hashed)
         except hashing.Stalled as exc:
             raise TransferError(image_id=image_id, detail=f"sftp of {remote} from {store.host}: {exc}; killed") from None
         except BaseException:

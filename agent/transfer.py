@@ -57,6 +57,7 @@ METHODS = ("openssh", "paramiko")
 # (its own 2 MiB default caps a 100 ms link near 20 MiB/s).
 DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_FOLLOW_START_TIMEOUT = 30.0
 # SFTP read requests (32 KiB each) kept outstanding: 2 MiB, as OpenSSH's ``sftp`` does
 # (``-R 64``).  paramiko's readv otherwise asks for a whole 32 MiB batch at once; a follower
 # that fell a batch behind then had 32 MiB pushed at a shaped link and read far below its
@@ -85,10 +86,12 @@ class Fetched:
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """How bytes are fetched ([agent] fetch_method, transfer_idle_timeout, paramiko_window_mib, max_bandwidth)."""
+    """How bytes are fetched ([agent] fetch_method, transfer_idle_timeout, follow_start_timeout,
+    paramiko_window_mib, max_bandwidth)."""
 
     method: str = "openssh"
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    follow_start_timeout: float = DEFAULT_FOLLOW_START_TIMEOUT  # agent/growing.py: no upstream file at all
     window_bytes: int = DEFAULT_WINDOW_BYTES
     sftp_binary: str = sftp_openssh.DEFAULT_BINARY
     rate_limit: float = 0.0  # bytes/s: max_bandwidth, the region's cap (agent/ratelimit.py); 0: none

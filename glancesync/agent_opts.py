@@ -119,6 +119,17 @@ agent_opts = [
         "against a stalled transfer; scp_copy_timeout only caps a whole task.",
     ),
     cfg.IntOpt(
+        "follow_start_timeout",
+        default=30,
+        min=1,
+        help="Seconds a copy following another region's copy that is still arriving (chained "
+        "distribution, doc/peers.md) waits for that region's file to appear at all, neither the "
+        "finished file nor the relayed one. The upstream relays its file as soon as its own fetch "
+        "starts, so a file that is not there after this long is taken as not coming (that copy has "
+        "not started, failed, or cannot be relayed) and the next source is tried. Never longer "
+        "than transfer_idle_timeout.",
+    ),
+    cfg.IntOpt(
         "paramiko_window_mib",
         default=32,
         min=1,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent import growing, sshconnect, transfer
+from agent import growing, ratelimit, sshconnect, transfer
 from glancesync.exceptions import TransferError, VerificationError
 from glancesync.storemap import SshStore
 
@@ -103,10 +104,10 @@ def peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[SshStore, Pat
 
 
 def follow(store: SshStore, upstream: Upstream, dest: Path, data: bytes = DATA,
-           seen: list[tuple[int, int]] | None = None) -> transfer.Fetched:
+           seen: list[tuple[int, int]] | None = None, options: transfer.FetchOptions = OPTIONS) -> transfer.Fetched:
     seen = [] if seen is None else seen
     return growing.fetch(store, image_of(data), os.path.join(store.store_dir, IMAGE_ID), str(dest),
-                         lambda done, total: seen.append((done, total)), 5.0, OPTIONS, lambda: None,
+                         lambda done, total: seen.append((done, total)), 5.0, options, lambda: None,
                          clock=upstream.clock, sleep=upstream.sleep)
 
 
@@ -152,11 +153,25 @@ def test_a_copy_that_stops_growing_fails_the_source_and_keeps_the_prefix(peer, t
     assert upstream.now >= OPTIONS.idle_timeout
 
 
-def test_no_copy_at_all_fails_the_source_after_the_idle_timeout(peer, tmp_path: Path) -> None:
+def test_no_copy_at_all_fails_the_source_after_follow_start_timeout_not_the_idle_timeout(
+        peer, tmp_path: Path) -> None:
+    # Neither the finished nor the relayed file: the upstream relays as its fetch starts, so
+    # after follow_start_timeout none is coming; waiting out 300 s only delayed the fallback.
     store, cache_dir = peer
     upstream = Upstream(cache_dir, DATA, step=1, appear_after=10 ** 6)
-    with pytest.raises(TransferError, match="no copy appeared"):
-        follow(store, upstream, tmp_path / "x.part")
+    options = transfer.FetchOptions(method="paramiko", idle_timeout=300.0, follow_start_timeout=30.0)
+    with pytest.raises(TransferError, match=r"no copy appeared for 30 s \(follow_start_timeout\)") as info:
+        follow(store, upstream, tmp_path / "x.part", options=options)
+    assert info.value.retryable
+    assert 30.0 <= upstream.now < 31.0
+
+
+def test_a_copy_that_appears_within_follow_start_timeout_is_followed(peer, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    upstream = Upstream(cache_dir, DATA, step=1_000_000, appear_after=50)  # 25 s of nothing
+    options = transfer.FetchOptions(method="paramiko", idle_timeout=300.0, follow_start_timeout=30.0)
+    follow(store, upstream, tmp_path / "x.part", options=options)
+    assert (tmp_path / "x.part").read_bytes() == DATA
 
 
 def test_a_resumed_part_is_hashed_again_and_only_the_rest_is_read(peer, tmp_path: Path) -> None:
@@ -200,3 +215,98 @@ def test_an_upstream_copy_that_ends_without_a_finished_file_fails_the_source_bef
         follow(store, upstream, tmp_path / "x.part")
     assert upstream.now < OPTIONS.idle_timeout
     assert (tmp_path / "x.part").read_bytes() == DATA[:800_000]
+
+
+FAKE_SFTP = """#!{python}
+# OpenSSH's sftp as the follower drives it: one get/reget line on stdin, local paths.
+import os, shlex, sys
+verb, remote, local = shlex.split(sys.stdin.read())
+with open({log!r}, "a") as log:
+    log.write(" ".join([verb, *sys.argv[1:]]) + "\\n")
+start = os.path.getsize(local) if verb == "reget" else 0
+with open(remote, "rb") as src, open(local, "r+b" if verb == "reget" else "wb") as dst:
+    src.seek(start)
+    dst.seek(start)
+    dst.write(src.read())
+"""
+
+
+@pytest.fixture
+def fake_sftp(tmp_path: Path) -> tuple[str, Path]:
+    """An ``sftp`` that copies the local 'remote' file as OpenSSH's would, logging each run."""
+    log = tmp_path / "sftp-runs"
+    binary = tmp_path / "fake-sftp"
+    binary.write_text(FAKE_SFTP.format(python=sys.executable, log=str(log)))
+    binary.chmod(0o755)
+    return str(binary), log
+
+
+def runs_of(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_with_openssh_the_growing_copy_is_read_by_sftp_reget_and_ends_byte_identical_and_verified(
+        peer, fake_sftp, tmp_path: Path, monkeypatch) -> None:
+    store, cache_dir = peer
+    binary, log = fake_sftp
+    monkeypatch.setattr(growing, "RUN_BYTES", 1_000_000)
+    monkeypatch.setattr(transfer, "copy_range", lambda *a, **k: pytest.fail("paramiko read the bytes"))
+    (tmp_path / "x.part").write_bytes(DATA[:300_000])  # an earlier attempt's prefix: resumed
+    upstream = Upstream(cache_dir, DATA, step=400_000, appear_after=2)
+    options = transfer.FetchOptions(method="openssh", idle_timeout=10.0, sftp_binary=binary)
+    seen: list[tuple[int, int]] = []
+    fetched = follow(store, upstream, tmp_path / "x.part", seen=seen, options=options)
+    assert (tmp_path / "x.part").read_bytes() == DATA
+    assert fetched.size == len(DATA) and fetched.resumed_from == 300_000
+    assert fetched.checksum == hashlib.md5(DATA).hexdigest()  # verified: each byte hashed once, in order
+    runs = runs_of(log)
+    assert len(runs) >= 2 and all(run.startswith("reget ") for run in runs), runs
+    assert all("StrictHostKeyChecking=yes" in run and "UserKnownHostsFile=kh" in run for run in runs)
+    assert seen[-1] == (len(DATA), len(DATA))
+
+
+def test_with_openssh_tiny_increments_do_not_start_a_run_each(peer, fake_sftp, tmp_path: Path) -> None:
+    # A run is an SSH connection: a few KiB more is not worth one; RUN_LAG_SECONDS bounds the lag.
+    store, cache_dir = peer
+    binary, log = fake_sftp
+    data = DATA[:600_000]
+    upstream = Upstream(cache_dir, data, step=10_000)
+    options = transfer.FetchOptions(method="openssh", idle_timeout=10.0, sftp_binary=binary)
+    follow(store, upstream, tmp_path / "x.part", data=data, options=options)
+    assert (tmp_path / "x.part").read_bytes() == data
+    runs = runs_of(log)
+    polls_per_lag = growing.RUN_LAG_SECONDS / growing.POLL_SECONDS
+    assert runs and len(runs) <= upstream.sleeps / polls_per_lag + 1, (len(runs), upstream.sleeps)
+    assert runs[0].startswith("get ") and all(run.startswith("reget ") for run in runs[1:])
+
+
+def test_with_openssh_the_bandwidth_cap_reaches_sftp(peer, fake_sftp, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    binary, log = fake_sftp
+    (cache_dir / IMAGE_ID).write_bytes(DATA)
+    options = transfer.FetchOptions(method="openssh", idle_timeout=10.0, sftp_binary=binary, rate_limit=10 ** 9)
+    follow(store, Upstream(cache_dir, DATA, step=0), tmp_path / "x.part", options=options)
+    assert (tmp_path / "x.part").read_bytes() == DATA
+    assert [run.split(" -l ")[1].split()[0] for run in runs_of(log)] == [str(ratelimit.sftp_limit(10 ** 9))]
+
+
+def test_with_openssh_a_relayed_link_is_refused_before_sftp_runs(peer, fake_sftp, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    binary, log = fake_sftp
+    (tmp_path / "secret").write_bytes(DATA)
+    os.symlink(tmp_path / "secret", cache_dir / f".growing.{IMAGE_ID}")
+    options = transfer.FetchOptions(method="openssh", idle_timeout=10.0, sftp_binary=binary)
+    with pytest.raises(Exception, match="symbolic link"):
+        follow(store, Upstream(cache_dir, DATA, step=0), tmp_path / "x.part", options=options)
+    assert runs_of(log) == []
+
+
+def test_with_openssh_an_upstream_that_stops_fails_the_source_after_the_idle_timeout(
+        peer, fake_sftp, tmp_path: Path) -> None:
+    store, cache_dir = peer
+    binary, _log = fake_sftp
+    upstream = Upstream(cache_dir, DATA, step=500_000, stop_at=1_000_000)
+    options = transfer.FetchOptions(method="openssh", idle_timeout=10.0, sftp_binary=binary)
+    with pytest.raises(TransferError, match="no new byte at 1000000"):
+        follow(store, upstream, tmp_path / "x.part", options=options)
+    assert (tmp_path / "x.part").read_bytes() == DATA[:1_000_000]
