@@ -247,8 +247,9 @@ class _OpensshReader:
         """Run ``sftp`` once from ``done`` (the ``.part``'s size, all hashed); the ``.part``'s size after it."""
         up, options = self.upstream, self.options
         path = up.name()  # checked again before every run; the finished name once it is there
-        if path is None:
-            return done  # both names gone: the wait tells whether the copy ended
+        if path is None:  # what the open handle still shows cannot be read by name
+            raise TransferError(image_id=up.image_id, detail=f"{up.opened} on {up.store.host}: the copy there "
+                                f"ended at byte {done} of {self.total} without a finished file")
         remote_name = sftp_openssh.plain_path(up.image_id, sshconnect.remote_path(up.store, path), "remote")
         if self.runs == 0:
             LOG.info("image %s: reading %s:%d (%s) with OpenSSH's sftp, again as it grows", up.image_id,

@@ -32,6 +32,7 @@ SIZE = 24 * helpers.MIB + 12345
 # One copy at a time per agent, held to 1 MB/s: a copy lasts about 25 s.
 AGENT = {"max_bandwidth": 8, "max_concurrent_copies": 1, "transfer_idle_timeout": 15}
 FOLLOWED = "following the copy still arriving at"
+READ_BY_OPENSSH = "with OpenSSH's sftp, again as it grows"
 
 pytestmark = [
     pytest.mark.skipif(sftp_openssh.find_binary() is None, reason="no OpenSSH sftp client installed"),
@@ -70,6 +71,10 @@ def test_three_regions_chained_from_one_store_transfer(site: ChainSite) -> None:
     # for a verified, registered copy (the tree without chaining would have).
     followed = [region for region in regions if f"image {uploaded.id}: {FOLLOWED}" in site.agent_log(region)]
     assert sorted(followed) == sorted(r for r in regions if served[r] != "cascading"), served
+    # ... and read them with OpenSSH's sftp (fetch_method = openssh, the default), not paramiko.
+    for region in followed:
+        assert f"image {uploaded.id}: reading " in site.agent_log(region)
+        assert READ_BY_OPENSSH in site.agent_log(region), site.agent_log(region)[-3000:]
     for region in regions:
         cache = site.peers.cache_dir(region)
         assert (cache / uploaded.id).stat().st_size == SIZE

@@ -310,3 +310,23 @@ def test_with_openssh_an_upstream_that_stops_fails_the_source_after_the_idle_tim
     with pytest.raises(TransferError, match="no new byte at 1000000"):
         follow(store, upstream, tmp_path / "x.part", options=options)
     assert (tmp_path / "x.part").read_bytes() == DATA[:1_000_000]
+
+
+def test_with_openssh_an_upstream_that_ends_without_a_file_fails_the_source_before_the_idle_timeout(
+        peer, fake_sftp, tmp_path: Path) -> None:
+    # Its copy failed verification: the .part (and with it the relayed name) goes, no finished file.
+    store, cache_dir = peer
+    binary, _log = fake_sftp
+    upstream = Upstream(cache_dir, DATA, step=400_000, stop_at=1_200_000)
+    real_sleep = upstream.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(seconds)
+        if upstream.written == 1_200_000 and upstream.relay.exists() and upstream.now > 4:
+            upstream.relay.unlink()
+
+    upstream.sleep = sleep  # type: ignore[method-assign]
+    options = transfer.FetchOptions(method="openssh", idle_timeout=100.0, sftp_binary=binary)
+    with pytest.raises(TransferError, match="without a finished file"):
+        follow(store, upstream, tmp_path / "x.part", options=options)
+    assert upstream.now < 20
