@@ -11,6 +11,11 @@ fence found a new generation), or it was not renewed before it expired (the data
 unreachable for a whole lease: the passive one may have taken it by now).  The loop
 then stops acting at once and the process exits with :data:`LOST_EXIT`.
 
+On PostgreSQL and MariaDB the journal's sessions are bounded (coordinator/journal/leader.py,
+"A frozen holder"): a transaction left idle, or a lock wait, ends after ``lease - interval``
+seconds, so that a holder frozen mid-transaction with the lease row locked cannot delay the
+takeover past its lease's expiry plus one interval.
+
 A clean stop gives the lease back (:meth:`Leadership.release`), so the passive
 coordinator takes over within one renew interval instead of one lease.
 
@@ -118,6 +123,9 @@ class Leadership:
         self.lost: str | None = None
         self.view = LeaseView("passive", self.holder)
         self._outage = Outage()
+        bounds = journal.bound_sessions(lease - interval)
+        if bounds:
+            LOG.info("journal sessions bounded for the pair: %s", "; ".join(bounds))
 
     @property
     def held(self) -> bool:

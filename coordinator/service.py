@@ -144,6 +144,7 @@ class Service(AdmissionMixin):
         extended = self.journal.extend_leases(now + c.lease_timeout)
         if extended:
             LOG.info("%d handed-out task(s) get %.0f s for their agents to reconnect", extended, c.lease_timeout)
+        self.tasks.sourcing.restore(self.journal.running_copies, now + c.lease_timeout)  # fanout kept (sources.py)
         for task in self.journal.registering():
             LOG.info("task %s of %s: redoing its registration", task.task_id, task.image_id)
             self.tasks.register(task)

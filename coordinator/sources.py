@@ -10,9 +10,13 @@ store sends an image ``fanout`` times and the regions that got it feed the rest.
 A region *holds* an image once both facts are in: the coordinator registered its
 copy after reading the regional image itself (the copy is ``synced``), and the
 agent's ``done`` said the verified file went into its cache.  The journal keeps
-both, so a restarted coordinator knows the holders again; the copies in flight
-per source are kept in memory only (after a restart the fanout may be exceeded
-until the copies already running end).
+both, so a restarted coordinator knows the holders again.  The copies in flight
+per source are counted in memory; the journal knows which copies run but not
+which source each was handed first.  At start (a restart, or a pair's takeover)
+:meth:`Sourcing.restore` counts every running copy again, against *every* source
+of its image (the store and each peer), until it ends: an unknown source is taken
+as busy rather than free, so the fanout holds across the restart, at the cost of
+fewer new copies of that image until the running ones end.
 
 :func:`plan` is the pure choice; :class:`Sourcing` counts what is in flight and
 turns a choice into the wire's ``task.sources``.
@@ -20,10 +24,13 @@ turns a choice into the wire's ``task.sources``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from glancesync import protocol
+
+LOG = logging.getLogger(__name__)
 
 # The cascading store, as a source in plans and counts (regions are named by their name).
 STORE: str | None = None
@@ -101,6 +108,31 @@ class Sourcing:
         self.lookahead = LOOKAHEAD if fanout > 0 else 1
         # image_id -> (read at, (holders, soon)) from the journal.
         self._holders: dict[str, tuple[float, tuple[list[str], list[str]]]] = {}
+        # Flows read back from the journal at start (restore): their first source is unknown.
+        self.restored: set[str] = set()
+        # Until then a restored flow is kept whether or not an agent holds its task yet: its
+        # agent has that long to reconnect (the leases a restart extends, service.py).
+        self._restored_until = 0.0
+
+    def restore(self, running: Callable[[], Iterable[tuple[str, str, str]]], until: float) -> int:
+        """Count the copies a previous coordinator handed out, (task_id, image_id, region) each, as in flight.
+
+        Their first source is not in the journal: each counts against every source of its
+        image (see above).  Kept until ``until`` even while no agent holds them (their agents
+        reconnect meanwhile), then as long as an agent does.  ``running`` is read only with a
+        fanout.  Returns how many.
+        """
+        if self.fanout <= 0:
+            return 0
+        for task_id, image_id, region in running():
+            if task_id not in self.flows:
+                self.flows[task_id] = Flow(image_id, STORE, region)
+                self.restored.add(task_id)
+        self._restored_until = until
+        if self.restored:
+            LOG.info("%d running copies count against max_source_fanout again, as served by every source "
+                     "of their image until they end", len(self.restored))
+        return len(self.restored)
 
     def holders(self, image_id: str, now: float,
                 read: Callable[[str], tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
@@ -117,26 +149,42 @@ class Sourcing:
             cached = self._holders[image_id] = (now, read(image_id))
         return cached[1]
 
-    def prune(self, held: Callable[[str], bool]) -> None:
+    def prune(self, held: Callable[[str], bool], now: float | None = None) -> None:
         """Forget the flows of tasks no agent holds any more (finished, failed, requeued).
 
         The image's holders are read again too: the copy that just ended may be the next
-        source, and a stale read would hand its freed store slot to the next copy.
+        source, and a stale read would hand its freed store slot to the next copy.  A
+        restored flow is kept regardless until its agents' time to reconnect is over.
         """
-        for task_id in [t for t in self.flows if not held(t)]:
+        grace = now is not None and now < self._restored_until
+        for task_id in [t for t in self.flows if not held(t) and not (grace and t in self.restored)]:
             flow = self.flows.pop(task_id)
+            self.restored.discard(task_id)
             self._holders.pop(flow.image_id, None)
 
-    def busy(self, image_id: str) -> dict[str | None, int]:
+    def busy(self, image_id: str, sources: Iterable[str] = ()) -> dict[str | None, int]:
+        """Copies of ``image_id`` each source serves now; a restored one counts for the store and every one of ``sources``."""
         counts: dict[str | None, int] = {}
-        for flow in self.flows.values():
-            if flow.image_id == image_id:
+        unknown = 0
+        for task_id, flow in self.flows.items():
+            if flow.image_id != image_id:
+                continue
+            if task_id in self.restored:
+                unknown += 1
+            else:
                 counts[flow.source] = counts.get(flow.source, 0) + 1
+        if unknown:
+            for name in {STORE, *sources}:
+                counts[name] = counts.get(name, 0) + unknown
         return counts
 
     def serving(self, region: str) -> list[str]:
-        """Image ids other regions fetch from ``region`` now (its agent must not evict them)."""
-        return sorted({flow.image_id for flow in self.flows.values() if flow.source == region})
+        """Image ids other regions fetch from ``region`` now (its agent must not evict them).
+
+        A restored copy may be fetching from any region holding its image: kept too.
+        """
+        return sorted({flow.image_id for task_id, flow in self.flows.items()
+                       if flow.source == region or (task_id in self.restored and flow.region != region)})
 
     def runners(self, image_id: str, region: str) -> list[str]:
         """Regions relaying their running copy of ``image_id`` that ``region`` may follow.
@@ -173,15 +221,17 @@ class Sourcing:
         coming = [name for name in soon if name in self.peer_regions and name != region] if understands_sources else []
         follows = understands_sources and self.chain and protocol.FEATURE_FOLLOW in features
         running = self.runners(image_id, region) if follows else []
-        order = plan(region, usable, self.busy(image_id), self.fanout, store_first=retried, soon=len(coming),
-                     runners=running)
+        busy = self.busy(image_id, [*usable, *running])
+        order = plan(region, usable, busy, self.fanout, store_first=retried, soon=len(coming), runners=running)
         if order is not None:
+            self.restored.discard(task_id)
             relays = self.chain and protocol.FEATURE_CHAIN in features
             self.flows[task_id] = Flow(image_id, None if order[0] is None else str(order[0]), region, relays)
         return order
 
     def drop(self, task_id: str) -> None:
         self.flows.pop(task_id, None)
+        self.restored.discard(task_id)
 
 
 def wire_sources(order: Sequence[str | None], store_source: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -151,7 +151,7 @@ class TaskDesk(ReportsMixin):
         A copy whose image's sources are all at their fanout is left pending (it
         takes no credit): it goes once a source is free or a region holds a copy.
         """
-        self.sourcing.prune(lambda task_id: self.agents.holder(task_id) is not None)
+        self.sourcing.prune(lambda task_id: self.agents.holder(task_id) is not None, now)
         by_region: dict[str, list[Session]] = {}
         for session in sessions:
             if session.credits > 0 and session.online:

@@ -215,7 +215,10 @@ coordinator_opts = [
         min=1.0,
         help="With pair = True: seconds the leader lease lasts after each renewal. The passive "
         "coordinator takes over at most this long, plus one leader_renew_interval, after the "
-        "active one stopped renewing (a crash, a lost host). It must exceed the worst clock "
+        "active one stopped renewing (a crash, a lost host, a process frozen mid-transaction: "
+        "on PostgreSQL and MariaDB the pair's database sessions end an idle transaction or a "
+        "lock wait after leader_lease_time - leader_renew_interval seconds, doc/database.md). "
+        "It must exceed the worst clock "
         "skew between the two hosts (keep both on NTP) plus the longest loop iteration.",
     ),
     cfg.FloatOpt(

@@ -18,19 +18,58 @@ every takeover.  Every statement is a compare-and-set on that row:
 
 A missing row (a journal emptied by hand) is created by the first take; two takers
 racing to insert it get one winner (the primary key) and one refusal.
+
+**A frozen holder** (SIGSTOP, a VM paused, a process stuck in swap) may stop in the middle
+of a transaction, with the lease row locked: the taker's UPDATE would wait for as long as
+the database keeps that connection, hours for a silent TCP peer.  The server must end
+such a session itself.  :meth:`LeaderMixin.bound_sessions` sets, on every connection of
+a pair's journal, a bound of ``lease - renew interval`` seconds on
+
+- a transaction left idle: PostgreSQL's ``idle_in_transaction_session_timeout``, MariaDB's
+  ``idle_transaction_timeout``; the server closes the session and rolls its transaction
+  back, which frees the row;
+- a lock wait: PostgreSQL's ``lock_timeout``, MariaDB's ``innodb_lock_wait_timeout``; a
+  taker's try ends (no lease this time) and the next try comes one renew interval later.
+
+A holder frozen mid-transaction thus holds the row at most that long after it froze,
+which is no later than its lease's expiry (it renewed at most one interval before
+freezing), and the taker takes over within one lease plus one interval, as when the
+holder crashed.  When the frozen holder wakes, its open transaction is gone (its
+statements fail: nothing of it commits), and its next transaction meets the fence.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from oslo_db import exception as db_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Dialect
 
 from coordinator.schema import leader
 from glancesync.exceptions import JournalError
 
 LEASE_NAME = "journal"
 _ROW = leader.c.name == LEASE_NAME
+
+
+def session_bounds(dialect: Dialect, seconds: float) -> list[str]:
+    """The statements bounding a session's idle transaction and its lock waits to ``seconds`` (see above)."""
+    if dialect.name == "postgresql":
+        ms = max(1, int(seconds * 1000))
+        return [f"SET idle_in_transaction_session_timeout = {ms}", f"SET lock_timeout = {ms}"]
+    if dialect.name == "mysql" and getattr(dialect, "is_mariadb", False):
+        whole = max(1, int(seconds))  # MariaDB takes whole seconds
+        return [f"SET SESSION idle_transaction_timeout = {whole}", f"SET SESSION innodb_lock_wait_timeout = {whole}"]
+    return []  # SQLite: one writer, no sessions to end; MySQL has no idle-transaction bound
+
+
+def _lock_wait_ended(exc: JournalError) -> bool:
+    """Whether a statement failed because its lock wait reached the session's bound."""
+    # MariaDB's 1205 "Lock wait timeout exceeded" comes as oslo.db's DBDeadlock; PostgreSQL
+    # says "canceling statement due to lock timeout".
+    return isinstance(exc.__cause__, db_exc.DBDeadlock) or "lock timeout" in str(exc)
 
 
 class LeaseLost(JournalError):
@@ -46,8 +85,34 @@ class LeaderMixin:
     # Why the fence failed, once it did (the service then steps down).
     fence_broken: str | None = None
 
+    def bound_sessions(self, seconds: float) -> list[str]:
+        """Bound every session of this journal's engine: idle transactions and lock waits end after ``seconds``.
+
+        Set on each new connection, and the pool started over, so that no connection
+        opened before goes without.  The statements set (none on SQLite or MySQL).
+        """
+        engine: Any = self.engine  # type: ignore[attr-defined]
+        statements = session_bounds(engine.dialect, seconds)
+        if not statements:
+            return statements
+
+        @event.listens_for(engine, "connect")
+        def _bound(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            cursor.close()
+            dbapi_conn.commit()  # psycopg2 opened a transaction: a rollback would undo the SETs
+
+        engine.dispose()
+        return statements
+
     def take_leader(self, holder: str, now: float, lease: float) -> int | None:
-        """Take the lease if it is free or lapsed: the new generation, or None (another holds it)."""
+        """Take the lease if it is free or lapsed: the new generation, or None (another holds it).
+
+        None too when the holder's lock on the row outlasted this session's lock wait
+        (a holder frozen mid-transaction): the next try comes after the server ended it.
+        """
         values = {"holder": holder, "expires": now + lease, "generation": leader.c.generation + 1}
         try:
             with self.transaction() as conn:
@@ -61,6 +126,8 @@ class LeaderMixin:
         except JournalError as exc:
             if isinstance(exc.__cause__, db_exc.DBDuplicateEntry) or "IntegrityError" in str(exc):
                 return None  # another coordinator inserted the row first: it holds the lease
+            if _lock_wait_ended(exc):
+                return None
             raise
 
     def renew_leader(self, holder: str, generation: int, now: float, lease: float) -> bool:

@@ -231,3 +231,20 @@ class ViewsMixin:
         holders = [region for region, (state, _, cached) in ordered if cached and state == S.SYNCED.value]
         soon = [region for region, (state, _, cached) in ordered if cached and state == S.REGISTERING.value]
         return holders, soon
+
+    def running_copies(self) -> list[tuple[str, str, str]]:
+        """(task_id, image_id, region) of every copy from the cascading store handed out and not ended.
+
+        Read once at start (coordinator/sources.py counts them as in flight again); a
+        snapshot's copy, which reads from the region that made it, is left out.
+        """
+        query = (sa.select(tasks.c.task_id, tasks.c.image_id, tasks.c.region, tasks.c.payload)
+                 .where(tasks.c.state.in_(_HELD), tasks.c.kind == "copy").order_by(tasks.c.seq))
+        with self.reading() as conn:
+            rows = conn.execute(query).all()
+        found = []
+        for task_id, image_id, region, payload in rows:
+            source = (unpack(payload) or {}).get("source")
+            if isinstance(source, dict) and source.get("region") is None:
+                found.append((task_id, image_id, region))
+        return found

@@ -27,8 +27,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from coordinator import manage, schema
-from coordinator.journal import Journal, NewTask, make_engine
+from coordinator.journal import Journal, LeaseLost, NewTask, make_engine
 from coordinator.journal import engine as engine_module
+from glancesync.exceptions import JournalError
 from glancesync.states import SyncState
 from tests.functional import helpers
 from tests.harness.sqlserver import SqlServer
@@ -235,6 +236,48 @@ def test_a_write_the_server_aborts_as_deadlock_victim_runs_again(
     assert len(tries) >= 2, "the journal's write was not the victim, or not run again"
     assert getattr(result.get("task"), "state", None) == SyncState.REGISTERING, result
     assert journal.task(task_id).state == SyncState.REGISTERING
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_a_holder_frozen_mid_transaction_is_ended_by_the_server_and_then_fenced(db_url: str) -> None:
+    # A holder "frozen" inside a loop iteration's batch: its session idles in a transaction with
+    # the lease row locked (the fence's FOR UPDATE).  The server ends that session after the bound,
+    # the taker (whose lock waits are bounded too, so its tries end) takes the lease, and the
+    # holder, once awake, commits nothing: its open iteration fails, its next one meets the fence.
+    holder, taker = Journal(db_url), Journal(db_url)
+    frozen, wake, failed = threading.Event(), threading.Event(), []
+    try:
+        assert holder.bound_sessions(1.0) and taker.bound_sessions(1.0)
+        generation = holder.take_leader("a", 100.0, 15.0)
+        holder.fence_with("a", generation)
+
+        def iteration() -> None:
+            try:
+                with holder.batch():
+                    holder.record_event("e1", "uploaded", "i1", {"event_id": "e1"}, 101.0, "t")
+                    frozen.set()
+                    wake.wait(120)
+                    holder.record_event("e2", "uploaded", "i2", {"event_id": "e2"}, 101.0, "t")
+            except JournalError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=iteration)
+        thread.start()
+        assert frozen.wait(60)
+        # The lease lapsed long ago on the taker's clock: only the frozen session's lock is in the way.
+        took = helpers.wait_until(lambda: taker.take_leader("b", 1000.0, 15.0), 60, "the takeover past the lock")
+        wake.set()
+        thread.join(60)
+        assert took == generation + 1 and taker.leader_row()[0] == "b"
+        assert len(failed) == 1 and not isinstance(failed[0], LeaseLost), failed  # its session was ended
+        with pytest.raises(LeaseLost):
+            holder.record_event("e3", "uploaded", "i3", {"event_id": "e3"}, 102.0, "t")
+        with taker.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 0  # nothing of a's landed
+    finally:
+        wake.set()
+        holder.close()
+        taker.close()
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from coordinator import sources
 from coordinator.sources import STORE, Sourcing, plan, wire_sources
 
+from .conftest import IMAGE_ID, NOW, make_conf, start_service
+from .test_journal import copy_task
+from .test_journal import plan as plan_tasks
+
 IMAGE = "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"
 OTHER = "11111111-2222-3333-4444-555555555555"
 
@@ -195,3 +199,42 @@ def test_a_region_never_follows_a_copy_it_feeds() -> None:
     assert sourcing.runners(IMAGE, "R4") == ["R2", "R3"]
     sourcing.choose("t1b", IMAGE, "R1", [], True, retried=True, features=CHAINED)
     assert sourcing.flows["t1b"].source is STORE
+
+
+def test_copies_running_at_a_restart_count_against_every_source_until_they_end() -> None:
+    # A restarted coordinator: R1's copy runs, from a source the journal does not know.
+    sourcing = Sourcing(fanout=1, peer_regions=["R1", "R2", "R3"])
+    assert sourcing.restore(lambda: [("t1", IMAGE, "R1")], until=100.0) == 1
+    assert sourcing.choose("t2", IMAGE, "R2", [], True) is None  # the store may be serving t1
+    assert sourcing.choose("t2", IMAGE, "R2", ["R3"], True) is None  # and so may R3
+    assert sourcing.choose("t9", OTHER, "R2", [], True) == [STORE]  # another image: its own tree
+    assert sourcing.serving("R3") == [IMAGE] and sourcing.serving("R1") == []  # R3 keeps it cached
+    sourcing.prune(lambda _task_id: False, now=50.0)  # R1's agent has not said hello yet: kept
+    assert sourcing.choose("t2", IMAGE, "R2", [], True) is None
+    sourcing.prune(lambda task_id: task_id == "t1", now=150.0)  # its agent holds it: kept
+    assert sourcing.choose("t2", IMAGE, "R2", [], True) is None
+    sourcing.prune(lambda _task_id: False, now=160.0)  # t1 ended
+    assert sourcing.choose("t2", IMAGE, "R2", [], True) == [STORE]
+    assert sourcing.restored == set()
+
+
+def test_without_a_fanout_nothing_is_restored() -> None:
+    def unread() -> list:
+        raise AssertionError("the running copies were read without a fanout")
+
+    assert Sourcing(fanout=0, peer_regions=["R1"]).restore(unread, until=100.0) == 0
+
+
+def test_a_restarted_coordinator_counts_the_running_copies_against_the_fanout(
+        tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx) -> None:
+    [running, waiting] = plan_tasks(journal, copy_task("RegionOne"), copy_task("RegionTwo"))
+    journal.assign(running, "a1", NOW, NOW + 10)  # handed out by the coordinator before the restart
+    conf = make_conf(tmp_path, db_url, store_yaml, coordinator={"max_source_fanout": 1})
+    service = start_service(conf, stores, journal, client, regional, ctx)
+    try:
+        sourcing = service.tasks.sourcing
+        assert sourcing.restored == {running}
+        assert sourcing.busy(IMAGE_ID)[STORE] == 1
+        assert sourcing.choose(waiting, IMAGE_ID, "RegionTwo", [], True) is None  # the store is at its fanout
+    finally:
+        service.shutdown()
