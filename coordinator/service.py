@@ -17,7 +17,7 @@
 5. commit steps 1-4 in one transaction (``Journal.batch``); only then go the replies
    that acknowledge them; when the commit fails none is sent and the peers send again;
 6. hand tasks to agents with credits, send heartbeats, start a reconciler pass when
-   one is due, re-read the CURVE allow-list when it changed or on SIGHUP, and
+   one is due (reconcilepass.py), re-read the CURVE allow-list when it changed or on SIGHUP, and
    publish the metrics snapshot (coordinator/metrics.py).
 
 Step 4's queries and the hand-out run only when what they read can have changed (wakeups.py).
@@ -50,6 +50,7 @@ from coordinator.journal import Journal
 from coordinator.leadership import Leadership
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.operator import OperatorDesk
+from coordinator.reconcilepass import ReconcilerPasses
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.sources import Sourcing
@@ -100,6 +101,7 @@ class Service(AdmissionMixin):
         self._keys_checked = 0.0
         self.poller = zmq.Poller()
         self.events = EventDesk(conf, storemap, journal, registrar, self.regions)
+        self.passes = ReconcilerPasses(conf, journal, registrar, self.regions, self.events.rules)
         # The operator's cancels reach agents only once the batch that journals them commits.
         self.operator = OperatorDesk(journal, self.agents, self.regions, self._ack_agent_later)
         self.metrics = metrics or CoordinatorMetrics()
@@ -184,7 +186,7 @@ class Service(AdmissionMixin):
         self.now = now
         if self.leadership is not None and not self.leadership.hold(now):
             return  # the lease is lost: not one more act (run() stops)
-        if self.events.journaling is not None or self._unapplied:
+        if self.passes.journaling is not None or self._unapplied:
             poll_seconds = 0  # work is waiting (a pass's next slice, results): only take what arrived
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
@@ -203,7 +205,7 @@ class Service(AdmissionMixin):
                     if sock in ready:
                         self._drain(sock, handler, now)
                 self._steps(now, (self._keys, self._refresh_regions, self._apply_results, self.tasks.apply_reports,
-                                  self.events.journal_slice, self._housekeeping))
+                                  self.passes.journal_slice, self._housekeeping))
                 if self._queries.due(now):
                     self._steps(now, (self.tasks.retry_registrations, self.events.plan_events, self.operator.step))
         except Exception as exc:
@@ -214,7 +216,7 @@ class Service(AdmissionMixin):
         replies, self._after_commit = self._after_commit, []
         for sock, envelope, payload in replies:
             self._send(sock, envelope, payload)
-        self._steps(now, (self._dispatch, self.dialog.heartbeats, self.events.reconcile, self.metrics.tick))
+        self._steps(now, (self._dispatch, self.dialog.heartbeats, self.passes.reconcile, self.metrics.tick))
         self._timed(time.monotonic() - started)
 
     @staticmethod
@@ -227,7 +229,7 @@ class Service(AdmissionMixin):
 
     def _timed(self, took: float) -> None:
         self.iterations += 1
-        self.events.note_iteration(took)
+        self.passes.note_iteration(took)
         if took > self.longest_iteration:
             self.longest_iteration = took
         if took > self.conf.coordinator.heartbeat_interval:
@@ -372,7 +374,7 @@ class Service(AdmissionMixin):
                 elif isinstance(result, FetchResult):
                     self.events.fetched(result, now)
                 elif isinstance(result, ReconcileResult):
-                    self.events.reconciled(result, now)
+                    self.passes.reconciled(result, now)
             except JournalError as exc:
                 LOG.error("%d glance result(s) wait for the journal: %s", len(pending) - index, exc)
                 self._unapplied = pending[index:]
