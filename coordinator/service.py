@@ -40,7 +40,7 @@ from typing import Any
 import zmq
 from oslo_config import cfg
 
-from coordinator import status
+from coordinator import status, wakeups
 from coordinator.admission import AdmissionMixin
 from coordinator.agents import Agents
 from coordinator.clock import SteadyClock
@@ -188,6 +188,7 @@ class Service(AdmissionMixin):
             return  # the lease is lost: not one more act (run() stops)
         if self.passes.journaling is not None or self._unapplied:
             poll_seconds = 0  # work is waiting (a pass's next slice, results): only take what arrived
+        poll_seconds = wakeups.poll_timeout(now, poll_seconds, self._queries, self._handouts)
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
         except zmq.ZMQError as exc:
@@ -344,9 +345,9 @@ class Service(AdmissionMixin):
         def retry_at(retries: int) -> float | None:
             if not retryable or retries >= retries_max:
                 return None
-            if not backoff:
-                return now
-            return now + retry_delay(retries + 1, c.retry_backoff, c.max_retry_backoff)
+            when = now + retry_delay(retries + 1, c.retry_backoff, c.max_retry_backoff) if backoff else now
+            self._handouts.wake_at(when)  # handed out when its backoff ends, not at the gate's next recheck
+            return when
 
         return retry_at
 
