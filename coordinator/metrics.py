@@ -157,7 +157,7 @@ class CoordinatorMetrics:
             oldest_pending=journal.oldest_pending(), agents=agents, bytes_moved=moved, rate=rate,
             failures=dict(service.tasks.failures), events=dict(self.events),
             events_unplanned=journal.unplanned_total(), journal_bytes=journal_bytes,
-            journal_rows=dict(self._rows), last_pass=service.events.last_pass)
+            journal_rows=dict(self._rows), last_pass=service.passes.last_pass)
 
     # -- on the HTTP thread ------------------------------------------------------------
 

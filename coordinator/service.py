@@ -17,7 +17,7 @@
 5. commit steps 1-4 in one transaction (``Journal.batch``); only then go the replies
    that acknowledge them; when the commit fails none is sent and the peers send again;
 6. hand tasks to agents with credits, send heartbeats, start a reconciler pass when
-   one is due, re-read the CURVE allow-list when it changed or on SIGHUP, and
+   one is due (reconcilepass.py), re-read the CURVE allow-list when it changed or on SIGHUP, and
    publish the metrics snapshot (coordinator/metrics.py).
 
 Step 4's queries and the hand-out run only when what they read can have changed (wakeups.py).
@@ -40,7 +40,7 @@ from typing import Any
 import zmq
 from oslo_config import cfg
 
-from coordinator import status
+from coordinator import status, wakeups
 from coordinator.admission import AdmissionMixin
 from coordinator.agents import Agents
 from coordinator.clock import SteadyClock
@@ -50,6 +50,7 @@ from coordinator.journal import Journal
 from coordinator.leadership import Leadership
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.operator import OperatorDesk
+from coordinator.reconcilepass import ReconcilerPasses
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
 from coordinator.sources import Sourcing
@@ -100,6 +101,7 @@ class Service(AdmissionMixin):
         self._keys_checked = 0.0
         self.poller = zmq.Poller()
         self.events = EventDesk(conf, storemap, journal, registrar, self.regions)
+        self.passes = ReconcilerPasses(conf, journal, registrar, self.regions, self.events.rules)
         # The operator's cancels reach agents only once the batch that journals them commits.
         self.operator = OperatorDesk(journal, self.agents, self.regions, self._ack_agent_later)
         self.metrics = metrics or CoordinatorMetrics()
@@ -185,8 +187,9 @@ class Service(AdmissionMixin):
         self.now = now
         if self.leadership is not None and not self.leadership.hold(now):
             return  # the lease is lost: not one more act (run() stops)
-        if self.events.journaling is not None or self._unapplied:
+        if self.passes.journaling is not None or self._unapplied:
             poll_seconds = 0  # work is waiting (a pass's next slice, results): only take what arrived
+        poll_seconds = wakeups.poll_timeout(now, poll_seconds, self._queries, self._handouts)
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
         except zmq.ZMQError as exc:
@@ -204,7 +207,7 @@ class Service(AdmissionMixin):
                     if sock in ready:
                         self._drain(sock, handler, now)
                 self._steps(now, (self._keys, self._refresh_regions, self._apply_results, self.tasks.apply_reports,
-                                  self.events.journal_slice, self._housekeeping))
+                                  self.passes.journal_slice, self._housekeeping))
                 if self._queries.due(now):
                     self._steps(now, (self.tasks.retry_registrations, self.events.plan_events, self.operator.step))
         except Exception as exc:
@@ -215,7 +218,7 @@ class Service(AdmissionMixin):
         replies, self._after_commit = self._after_commit, []
         for sock, envelope, payload in replies:
             self._send(sock, envelope, payload)
-        self._steps(now, (self._dispatch, self.dialog.heartbeats, self.events.reconcile, self.metrics.tick))
+        self._steps(now, (self._dispatch, self.dialog.heartbeats, self.passes.reconcile, self.metrics.tick))
         self._timed(time.monotonic() - started)
 
     @staticmethod
@@ -228,7 +231,7 @@ class Service(AdmissionMixin):
 
     def _timed(self, took: float) -> None:
         self.iterations += 1
-        self.events.note_iteration(took)
+        self.passes.note_iteration(took)
         if took > self.longest_iteration:
             self.longest_iteration = took
         if took > self.conf.coordinator.heartbeat_interval:
@@ -343,9 +346,9 @@ class Service(AdmissionMixin):
         def retry_at(retries: int) -> float | None:
             if not retryable or retries >= retries_max:
                 return None
-            if not backoff:
-                return now
-            return now + retry_delay(retries + 1, c.retry_backoff, c.max_retry_backoff)
+            when = now + retry_delay(retries + 1, c.retry_backoff, c.max_retry_backoff) if backoff else now
+            self._handouts.wake_at(when)  # handed out when its backoff ends, not at the gate's next recheck
+            return when
 
         return retry_at
 
@@ -373,7 +376,7 @@ class Service(AdmissionMixin):
                 elif isinstance(result, FetchResult):
                     self.events.fetched(result, now)
                 elif isinstance(result, ReconcileResult):
-                    self.events.reconciled(result, now)
+                    self.passes.reconciled(result, now)
             except JournalError as exc:
                 LOG.error("%d glance result(s) wait for the journal: %s", len(pending) - index, exc)
                 self._unapplied = pending[index:]

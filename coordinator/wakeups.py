@@ -6,13 +6,17 @@ behind dispatch, registrations due, planning and the copies a delete waits behin
 would find what they found last time (doc/status.md).  A ``ChangeGate`` lets them run
 when the journal was written since they last ran (``Journal.writes``: a report, an
 event, a plan, a requeue...), when the loop was told of another change (``stir``: a
-credit, a hello, a glance result), and at least every ``recheck`` seconds, for what
-only time changes (a retry's ``not_before`` that comes due, an event deferred) and
-for writes made by another process.
+credit, a hello, a glance result), when a time it was told of comes (``wake_at``: a
+retry's backoff ends), and at least every ``recheck`` seconds, for the times nobody
+told it of (a ``not_before`` a restart read back, an event deferred) and for writes
+made by another process.  The loop polls no longer than until the earliest of those
+times (``poll_timeout``), so a retry is handed out when its backoff ends, not up to
+``recheck`` later.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 
 # Seconds after which a gated query runs again even when nothing said it should: a retry
@@ -29,6 +33,15 @@ class ChangeGate:
         self._seen: int | None = None
         self._stirred = True
         self._ran_at: float | None = None
+        self._wakes: list[float] = []  # a heap of the times told by wake_at, earliest first
+
+    def wake_at(self, when: float) -> None:
+        """What the query reads changes at ``when`` by time alone (a retry's backoff ends): run it then."""
+        heapq.heappush(self._wakes, when)
+
+    def next_wake(self) -> float | None:
+        """The earliest time told by ``wake_at`` that has not come yet at the last ``due``."""
+        return self._wakes[0] if self._wakes else None
 
     def stir(self) -> None:
         """Something the query reads changed outside the journal (credits, a glance result)."""
@@ -38,9 +51,20 @@ class ChangeGate:
         """True when the query should run now (and from now on counts as having run)."""
         writes = self._writes()
         waited = None if self._ran_at is None else now - self._ran_at
+        woken = False
+        while self._wakes and self._wakes[0] <= now:
+            heapq.heappop(self._wakes)
+            woken = True
         # A clock that went back counts as time passed: never stall on it.
-        if not self._stirred and writes == self._seen and waited is not None and 0 <= waited < self.recheck:
+        if (not self._stirred and not woken and writes == self._seen and waited is not None
+                and 0 <= waited < self.recheck):
             return False
         # What the query will see includes every write so far; its own writes move the count again.
         self._stirred, self._seen, self._ran_at = False, writes, now
         return True
+
+
+def poll_timeout(now: float, longest: float, *gates: ChangeGate) -> float:
+    """Seconds the loop may wait for frames: ``longest``, or less when a gate's wake-up comes sooner."""
+    wakes = [when for gate in gates if (when := gate.next_wake()) is not None]
+    return max(0.0, min([longest, *(when - now for when in wakes)]))

@@ -15,6 +15,14 @@ refused region, an image twice in the call, an event row missing) takes ``plan_e
 when the savepoint fails (an event planned meanwhile by another process, a write the
 database refuses) it rolls back and every event goes through ``plan_event`` in its own
 savepoint, so one failing event never loses the others (its error is in the outcome).
+
+The bulk-planned events' tasks take their ``seq`` before those planned one by one, whatever
+the events' order in the call.  That cannot matter: ``seq`` orders the tasks of one (image,
+region) (a task waits behind an earlier unfinished one, a copy is cancelled for a delete
+queued behind it), and an image with more than one event in the call never takes the bulk
+path, so its tasks keep their events' order.  Across images ``seq`` is only the hand-out's
+first-come order, and the events of one call came in the order the glance pool answered
+them, itself arbitrary (test_journal_planmany.py).
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ class PlanManyMixin:
     def plan_many(self, plans: Sequence[PlannedEvent], now: float) -> list[list[str] | GlanceSyncError]:
         """Plan each event as ``plan_event`` does; per event, in order: its task ids, or why it failed."""
         images = [p.image_id for p in plans]
+        # One event per image in the bulk: an image's events then keep their order in seq (module docstring).
         common = [i for i, p in enumerate(plans) if not p.failures and images.count(p.image_id) == 1
                   and len({t.region for t in p.new_tasks}) == len(p.new_tasks)]
         done: dict[int, list[str]] = {}

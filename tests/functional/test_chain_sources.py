@@ -83,11 +83,7 @@ def test_three_regions_chained_from_one_store_transfer(site: ChainSite) -> None:
 
 def test_a_chain_that_loses_its_middle_region_converges(site: ChainSite) -> None:
     first, second, third = site.topo.region_names
-    for region in (second, third):
-        site.stop_agent(region)
-    site.start_agent(first)
-    site.wait_online([first])
-    uploaded = helpers.upload_random(site.topo.cascading.client(), SIZE)
+    uploaded = site.upload_with_only_agent(first, SIZE)
     # The chain forms as the agents come: the first from the store, the second follows the
     # first (the store is at its fanout), the third follows the second (the first is too).
     site.wait_part(first, uploaded.id, helpers.MIB)

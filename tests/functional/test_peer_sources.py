@@ -62,6 +62,16 @@ class Site:
         helpers.wait_until(lambda: all(helpers.online_agents(self.topo).get(r) for r in regions), 60,
                            f"agents of {regions} online")
 
+    def upload_with_only_agent(self, region: str, size: int) -> helpers.Uploaded:
+        """The other regions' agents stopped, ``region``'s running and online, then ``size`` random
+        bytes uploaded to the cascading glance: only ``region`` can take the image's first copy."""
+        for other in self.topo.region_names:
+            if other != region and other in self.agents:
+                self.stop_agent(other)
+        self.start_agent(region)
+        self.wait_online([region])
+        return helpers.upload_random(self.topo.cascading.client(), size)
+
 
 def peer_site(base: Path, site_class: type[Site], **coordinator: object) -> Iterator[Site]:
     """Three regions whose sshds serve their agents' caches, and a coordinator with ``coordinator``
@@ -133,11 +143,7 @@ def test_store_serves_the_image_once_and_the_regions_feed_each_other(site: Site)
 
 def test_a_failing_peer_hands_over_to_the_next_source_and_the_copy_converges(site: Site) -> None:
     first, second, third = site.topo.region_names
-    for region in (second, third):
-        site.stop_agent(region)
-    site.start_agent(first)
-    site.wait_online([first])
-    uploaded = helpers.upload_random(site.topo.cascading.client(), SIZE)
+    uploaded = site.upload_with_only_agent(first, SIZE)
     helpers.wait_states(site.topo, uploaded.id, {first: "synced"}, regions=[first], timeout=300)
     assert (site.peers.cache_dir(first) / uploaded.id).exists()
 
@@ -163,11 +169,8 @@ def test_a_failing_peer_hands_over_to_the_next_source_and_the_copy_converges(sit
 def test_a_link_cut_mid_transfer_resumes_from_the_next_source(site: Site) -> None:
     """The second region's cache serves the third through a slow link, cut once part of the file has arrived."""
     first, second, third = site.topo.region_names
-    for region in (first, third):  # the first region's cache is dead (above): keep it out of this image
-        site.stop_agent(region)
-    site.start_agent(second)
-    site.wait_online([second])
-    uploaded = helpers.upload_random(site.topo.cascading.client(), SIZE)
+    # The first region's cache is dead (above): its agent is kept out of this image.
+    uploaded = site.upload_with_only_agent(second, SIZE)
     helpers.wait_states(site.topo, uploaded.id, {second: "synced"}, regions=[second], timeout=300)
 
     link = SlowLink(site.peers.servers[second].port, rate=2 * helpers.MIB)

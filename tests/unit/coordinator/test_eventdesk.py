@@ -141,9 +141,9 @@ def reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, c
 
 def run_pass(svc, now: float) -> float:
     """Run one reconciler pass to its end; the time after it."""
-    now = max(now, svc.events.next_reconcile) + 1
-    pump(svc, now, until=lambda: svc.events.reconciling)
-    pump(svc, now, until=lambda: not svc.events.reconciling)
+    now = max(now, svc.passes.next_reconcile) + 1
+    pump(svc, now, until=lambda: svc.passes.reconciling)
+    pump(svc, now, until=lambda: not svc.passes.reconciling)
     return now
 
 
@@ -155,7 +155,7 @@ def test_a_pass_over_the_safety_limit_holds_every_delete_until_confirmed(
     svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx,
                               reconcile_max_deletes=2, reconcile_max_delete_percent=100)
     try:
-        caplog.set_level(logging.ERROR, logger="coordinator.eventdesk")
+        caplog.set_level(logging.ERROR, logger="coordinator.reconcilepass")
         now = run_pass(svc, NOW)  # a listing without any of them: a restored backup, a wrong endpoint
         assert [h.image_id for h in journal.held_deletes()] == ids
         assert all(set(states(journal, i).values()) == {SyncState.SYNCED} for i in ids)

@@ -131,3 +131,25 @@ def test_an_image_already_known_or_twice_in_a_batch_is_planned_as_plan_event_pla
     assert counted == {plans[0].image_id: 3, plans[1].image_id: 2, plans[2].image_id: 2}
     assert journal.region_records(plans[1].image_id)["RegionTwo"].state.value == "failed"
     assert journal.image_record_state(plans[0].image_id)[0] == 2000.0
+
+
+def test_tasks_of_one_image_keep_their_events_order_when_a_batch_takes_both_paths(journal: Journal) -> None:
+    """The bulk path's tasks take their seq before the one-by-one path's, whatever the events' order;
+    but seq orders only the tasks of one (image, region), and an image never takes both paths."""
+    every = _plans(journal, "g")
+    plans = [every[0], every[1], every[2], every[4]]  # every[3] has no task
+    image = plans[2].image_id
+    # An earlier event of the same image in the call, with a refused region: one by one.
+    journal.record_event("g-first", "uploaded", image, {}, NOW)
+    plans.insert(2, PlannedEvent("g-first", image, plans[2].new_tasks[:1], {"RegionTwo": "refused"}, None, None))
+    with journal.batch():
+        outcomes = journal.plan_many(plans, NOW + 1)
+    assert all(not isinstance(o, GlanceSyncError) for o in outcomes)
+    with journal.engine.connect() as conn:
+        seqs = {(r.event_id, r.region): r.seq for r in conn.execute(sa.select(tasks).where(tasks.c.image_id.like("g%")))}
+    # The image's later event (alone it would have been bulk-planned) queues behind its earlier one.
+    assert seqs[("g-first", "RegionOne")] < seqs[(plans[3].event_id, "RegionOne")]
+    # Across images the order is the paths', not the events' (they arrived in the order the glance
+    # pool answered them, itself arbitrary): the bulk-planned images first.
+    bulk = [seqs[(p.event_id, r)] for p in (plans[0], plans[1], plans[4]) for r in REGIONS]
+    assert max(bulk) < min(seq for (event_id, _r), seq in seqs.items() if event_id in ("g-first", plans[3].event_id))

@@ -107,9 +107,9 @@ def test_the_reconcilers_last_pass(tmp_path, db_url, store_yaml, stores, journal
         if not works:
             client.images.list = lambda filters: (_ for _ in ()).throw(RuntimeError("listing broke"))
         svc.metrics.publish_every = 0.0
-        start = svc.events.next_reconcile + 1
-        pump(svc, start, until=lambda: svc.events.reconciling)
-        pump(svc, start + 2.5, until=lambda: not svc.events.reconciling)
+        start = svc.passes.next_reconcile + 1
+        pump(svc, start, until=lambda: svc.passes.reconciling)
+        pump(svc, start + 2.5, until=lambda: not svc.passes.reconciling)
         pump(svc, start + 2.5)
         samples = scrape(svc.metrics)
     finally:

@@ -508,14 +508,14 @@ def test_reconciler_makes_events_for_an_image_whose_event_was_lost(service, jour
     from .conftest import add_listing
 
     add_listing(client.images)
-    assert service.events.next_reconcile is not None
-    later = service.events.next_reconcile + 1
+    assert service.passes.next_reconcile is not None
+    later = service.passes.next_reconcile + 1
     pump(service, later, until=lambda: journal.known_image_ids() == {IMAGE_ID})
     pump(service, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
     assert all(r.state == SyncState.PENDING for r in journal.region_records(IMAGE_ID).values())
     # The next pass is a full interval away, and a second pass makes no second event.
-    assert service.events.next_reconcile == pytest.approx(later + service.conf.coordinator.reconcile_interval)
-    pump(service, service.events.next_reconcile + 1)
+    assert service.passes.next_reconcile == pytest.approx(later + service.conf.coordinator.reconcile_interval)
+    pump(service, service.passes.next_reconcile + 1)
     assert journal.unplanned_count(IMAGE_ID) == 0
 
 
@@ -530,10 +530,10 @@ def test_reconciler_deletes_regional_copies_of_a_vanished_image_within_the_limit
     svc.initialize(NOW)
     try:
         add_listing(client.images)
-        later = svc.events.next_reconcile + 1
+        later = svc.passes.next_reconcile + 1
         pump(svc, later, until=lambda: set(journal.region_records(IMAGE_ID)) == {"RegionOne", "RegionTwo"})
         del client.images.records[IMAGE_ID]  # deleted in the cascading glance, its event lost
-        again = svc.events.next_reconcile + 1
+        again = svc.passes.next_reconcile + 1
         pump(svc, again, until=lambda: all(
             r.state == SyncState.DELETING for r in journal.region_records(IMAGE_ID).values()))
         assert journal.held_deletes() == []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
-from coordinator.wakeups import ChangeGate
+from coordinator.wakeups import ChangeGate, poll_timeout
 from glancesync import protocol
+from glancesync.states import SyncState
 
 from .conftest import NOW
 from .test_loop_cost import Statements
@@ -32,6 +34,49 @@ def test_a_gate_opens_on_a_write_a_stir_or_after_recheck_seconds() -> None:
     assert gate.due(NOW + 0.6) and not gate.due(NOW + 0.7)
     assert gate.due(NOW + 1.6)  # time alone: a retry that came due
     assert gate.due(NOW - 10)  # a clock that went back never stalls it
+
+
+def test_a_gate_opens_at_each_time_it_was_told_of_and_the_loop_polls_no_longer_than_until_the_next() -> None:
+    gate = ChangeGate(lambda: 0, recheck=3600.0)  # nothing written, nothing stirred: time alone
+    other = ChangeGate(lambda: 0, recheck=3600.0)
+    assert gate.due(NOW) and other.due(NOW)
+    gate.wake_at(NOW + 7.5)
+    gate.wake_at(NOW + 3.0)
+    assert gate.next_wake() == NOW + 3.0
+    assert poll_timeout(NOW, 0.1, gate, other) == 0.1
+    assert poll_timeout(NOW + 2.95, 0.1, other, gate) == pytest.approx(0.05)
+    assert not gate.due(NOW + 2.999)
+    assert gate.due(NOW + 3.0) and not gate.due(NOW + 3.0)  # each time opens it once
+    assert gate.next_wake() == NOW + 7.5
+    assert not gate.due(NOW + 7.4) and gate.due(NOW + 9.0)  # a wake-up passed between two iterations
+    assert gate.next_wake() is None and poll_timeout(NOW + 9.0, 0.1, gate) == 0.1
+    other.wake_at(NOW + 1.0)
+    assert poll_timeout(NOW + 9.0, 0.1, gate, other) == 0.0  # overdue: no wait at all
+
+
+def test_a_retry_is_handed_out_when_its_backoff_ends_not_at_the_gates_next_recheck(ctx, service, journal) -> None:
+    service._handouts.recheck = 3600.0  # time alone never reopens the hand-out here
+    sock, task = run_copy(ctx, service)
+    sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 1, "reason": "disk full",
+                                         "retryable": True}))
+    receive(sock, service, NOW, "result_ack")
+    session = next(iter(service.agents.online()))
+    sock.send(protocol.encode("ready", {"credits": 1}))
+    pump(service, NOW, lambda: session.credits == 1)
+    retry_at = journal.task(task["task_id"]).not_before
+    assert retry_at == NOW + service.conf.coordinator.retry_backoff  # the first retry's backoff
+    # The loop waits for frames no longer than until then.
+    assert poll_timeout(retry_at - 0.05, 0.1, service._queries, service._handouts) == pytest.approx(0.05)
+    sock.send(protocol.encode("heartbeat", {}))  # the agent stays online until then
+    pump(service, retry_at - 0.01, lambda: session.liveness.last_heard == retry_at - 0.01)
+    pump(service, retry_at - 0.01)
+    early = []
+    while sock.poll(0):
+        early.append(protocol.decode(sock.recv()).type)
+    assert "task" not in early and journal.task(task["task_id"]).state == SyncState.PENDING
+    again = receive(sock, service, retry_at, "task").body
+    assert again["task_id"] == task["task_id"] and again["attempt"] == 2
+    sock.close()
 
 
 def test_a_status_query_runs_no_query_of_the_loop_and_is_answered_before_the_commit(ctx, service, journal) -> None:

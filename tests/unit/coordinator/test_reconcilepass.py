@@ -1,4 +1,4 @@
-"""A reconciler pass enters the loop in bounded slices (coordinator/eventdesk.py, reconciler.Journaling).
+"""A reconciler pass enters the loop in bounded slices (coordinator/reconcilepass.py, reconciler.Journaling).
 
 Its journal reads and listings run in the glance pool; the loop journals at most
 ``reconciler.JOURNAL_SLICE`` of its synthetic events per iteration, so status keeps
@@ -38,10 +38,10 @@ def test_a_pass_journals_at_most_a_slice_per_iteration_and_completes(
     svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx)
     try:
         svc.events.plan_events = lambda now: None  # planning waits: count only the pass's own events
-        now = svc.events.next_reconcile + 1
-        pump(svc, now, until=lambda: svc.events.journaling is not None)
+        now = svc.passes.next_reconcile + 1
+        pump(svc, now, until=lambda: svc.passes.journaling is not None)
         counts = [reconciler_events(journal)]
-        while svc.events.reconciling:
+        while svc.passes.reconciling:
             svc.loop(now, poll_seconds=0.001)
             counts.append(reconciler_events(journal))
             # Status is answered between slices.
@@ -51,7 +51,7 @@ def test_a_pass_journals_at_most_a_slice_per_iteration_and_completes(
         assert counts[-1] == IMAGES
         assert len([s for s in steps if s]) >= -(-IMAGES // SLICE)
         assert {e.image_id for e in journal.unplanned_events(limit=100)} == set(ids)
-        assert svc.events.last_pass is not None and svc.events.last_pass[2] is True
+        assert svc.passes.last_pass is not None and svc.passes.last_pass[2] is True
     finally:
         svc.shutdown()
 
@@ -74,10 +74,10 @@ def test_the_held_set_is_replaced_with_the_last_slice_only(
                               reconcile_max_deletes=1, reconcile_max_delete_percent=0)
     try:
         svc.events.plan_events = lambda now: None
-        now = svc.events.next_reconcile + 1
-        pump(svc, now, until=lambda: svc.events.journaling is not None)
+        now = svc.passes.next_reconcile + 1
+        pump(svc, now, until=lambda: svc.passes.journaling is not None)
         seen_held = []
-        while svc.events.reconciling:
+        while svc.passes.reconciling:
             svc.loop(now, poll_seconds=0.001)
             with journal.transaction() as conn:
                 seen_held.append(conn.execute(sa.select(sa.func.count()).select_from(held_deletes)).scalar())
@@ -96,17 +96,17 @@ def test_a_pass_reads_the_journal_off_the_loop_thread(tmp_path, db_url, store_ya
 
     svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx)
     readers: list[str] = []
-    opened = svc.events.open_reader
+    opened = svc.passes.open_reader
 
     def reader():
         readers.append(threading.current_thread().name)
         return opened()
 
-    svc.events.open_reader = reader
+    svc.passes.open_reader = reader
     try:
-        now = svc.events.next_reconcile + 1
-        pump(svc, now, until=lambda: svc.events.reconciling)
-        pump(svc, now, until=lambda: not svc.events.reconciling)
+        now = svc.passes.next_reconcile + 1
+        pump(svc, now, until=lambda: svc.passes.reconciling)
+        pump(svc, now, until=lambda: not svc.passes.reconciling)
         assert readers and threading.current_thread().name not in readers
     finally:
         svc.shutdown()
@@ -142,7 +142,7 @@ def test_a_slice_rolled_back_with_its_batch_is_journaled_again(
     ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(6)]
     svc = reconciling_service(tmp_path, db_url, store_yaml, stores, journal, client, ctx)
     try:
-        desk = svc.events
+        desk = svc.passes
         desk.journaling = reconciler.Journaling(ids, [], [], [])
         desk.journal_slice(NOW)  # the pass takes its number
         with pytest.raises(RuntimeError), journal.batch():
