@@ -143,7 +143,8 @@ def create(client: Any, image: dict[str, Any], endpoint: str) -> None:
             raise _fail(
                 endpoint,
                 f"image id {image_id} was deleted in this region; glance never re-creates a deleted id until "
-                "an operator purges it there (glance-manage db purge_images_table; doc/runbook.md)",
+                "an operator frees it there: that one id by hand, or every old deleted id with glance-manage "
+                "db purge_images_table (doc/runbook.md, 'Purging a deleted id in a region')",
                 retryable=False,
             ) from None
     except TypeError as exc:
