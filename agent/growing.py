@@ -93,8 +93,8 @@ def fetch(store: SshStore, image: dict[str, Any], source_path: str, dest: str, p
             # .part, and this region relays it at once to the regions that follow it.  So,
             # unlike a fetch from the store, sftp forks while threads run here (paramiko's,
             # the upload's); its child only sets PR_SET_PDEATHSIG before exec.
-            on_start()
             reader = _OpensshReader(upstream, dest, hashers, pace, timeout, options, total)
+            on_start()
             size = upstream.follow(reader.read, resumed, total, pace.report, RUN_BYTES)
         else:
             with open(dest, "ab") as out, hashing.HashPipe(hashers) as sink:

@@ -8,7 +8,8 @@ a few MiB whatever the speed of the link.
 
 :func:`follow` is the reader of a file another process writes (``sftp get`` into
 the ``.part``): it reads from byte 0 (a resumed prefix is hashed again, as
-doc/verification.md asks), hashes whatever is new, reports progress, and returns
+doc/verification.md asks; a follower's later ``sftp`` runs go on where the last
+one stopped, agent/growing.py), hashes whatever is new, reports progress, and returns
 once the writer has exited and every byte is read.  When no byte has arrived for
 ``idle_timeout`` seconds it calls ``stall`` (which kills the writer) and raises.
 The digests are ready when the transfer ends: no second pass over the file.

@@ -1,10 +1,11 @@
 """Fetching image bytes over SFTP, hashing and verifying them while they arrive.
 
 A copy task names its source (``{"type": "sftp", "path": ...}``): a file in the
-cascading glance's store directory.  paramiko does the control part: host keys
-come only from the configured ``known_hosts`` file (``RejectPolicy``: never
-auto-added), the client key from ``private_key_file``, no agent, no password; it
-``lstat``s every component of the path so links and non-files are refused.  The
+cascading glance's store directory.  paramiko does the control part
+(agent/sshconnect.py): host keys come only from the configured ``known_hosts``
+file (``RejectPolicy``: never auto-added), the client key from
+``private_key_file``, no agent, no password; it ``lstat``s every component of the
+path so links and non-files are refused.  The
 bytes then come through OpenSSH's ``sftp`` client (``fetch_method = openssh``,
 agent/sftp_openssh.py, pinned the same way) or through paramiko itself
 (``paramiko``, the portable fallback, with a window sized for a WAN).  Either way

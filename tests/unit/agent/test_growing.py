@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent import growing, ratelimit, sshconnect, transfer
+from agent import budget, growing, ratelimit, sshconnect, transfer
 from glancesync.exceptions import TransferError, VerificationError
 from glancesync.storemap import SshStore
 
@@ -330,3 +330,30 @@ def test_with_openssh_an_upstream_that_ends_without_a_file_fails_the_source_befo
     with pytest.raises(TransferError, match="without a finished file"):
         follow(store, upstream, tmp_path / "x.part", options=options)
     assert upstream.now < 20
+
+
+def test_with_openssh_each_run_is_paced_by_the_region_budget(peer, tmp_path: Path, monkeypatch) -> None:
+    # max_bandwidth holds a follower's sftp as it holds the store's: `-l`, and the budget's
+    # pacer is told each process (it stops it with SIGSTOP while the region is in debt).
+    store, cache_dir = peer
+    (cache_dir / IMAGE_ID).write_bytes(DATA)
+    seen: list[dict[str, Any]] = []
+
+    def run(store, image_id, remote, local, hashers, progress, idle, connect, binary, **kwargs):
+        seen.append(kwargs)
+        with open(remote, "rb") as src, open(local, "ab") as out:
+            out.write(src.read())
+        for hasher in hashers:
+            hasher.update(DATA)
+        progress(len(DATA))
+        return len(DATA), tuple(h.hexdigest() for h in hashers)
+
+    monkeypatch.setattr(growing.sftp_openssh, "run", run)
+    monkeypatch.setattr(growing.sftp_openssh, "find_binary", lambda name="sftp": "/usr/bin/sftp")
+    options = transfer.FetchOptions(method="openssh", idle_timeout=10.0, rate_limit=10 ** 9,
+                                    budget_file=str(tmp_path / ".bandwidth"))
+    follow(store, Upstream(cache_dir, DATA, step=0), tmp_path / "x.part", options=options)
+    assert len(seen) == 1 and seen[0]["limit"] == ratelimit.sftp_limit(10 ** 9) > 0
+    pacer = seen[0]["on_spawn"].__self__
+    assert isinstance(pacer, budget.Pacer) and isinstance(pacer.bucket, budget.SharedBucket)
+    assert pacer.bucket.state().charged == len(DATA)  # what sftp wrote was charged to the region
