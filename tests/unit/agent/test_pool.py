@@ -175,10 +175,15 @@ def _ppid(pid: int) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie, or a process gone, is not alive.
+
+    A worker of the fork server is reaped by the server, at any moment: between the
+    open and the read of its /proc file the read fails with ESRCH (ProcessLookupError).
+    """
     try:
         with open(f"/proc/{pid}/status") as status:
             return "zombie" not in status.read().lower()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
