@@ -82,6 +82,7 @@ def test_a_real_glance_takes_several_locations_in_one_patch(topology: Topology, 
     """The coordinator adds the locations of regions that finished together in one PATCH."""
     import logging
 
+    from coordinator import glancejobs
     from coordinator.registrar import Registrar, cascading_endpoint
     from glancesync import config, glance, protocol, storemap
 
@@ -97,8 +98,8 @@ def test_a_real_glance_takes_several_locations_in_one_patch(topology: Topology, 
     registrar = Registrar(lambda: glance.make_client(endpoint), 1, "cascading",
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
     try:
-        with caplog.at_level(logging.INFO, logger="coordinator.registrar"):
-            registrar._add_locations(image.id, list(urls.items()))
+        with caplog.at_level(logging.INFO, logger="coordinator.glancejobs"):
+            glancejobs.add_locations(registrar._clients(), image.id, list(urls.items()))
     finally:
         registrar.shutdown()
     assert "registered locations" in caplog.text and "one at a time" not in caplog.text
