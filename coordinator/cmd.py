@@ -121,7 +121,7 @@ def build(conf: Any, stores: storemap.StoreMap, endpoint: Any, regions: Any, sta
     processes = None
     if conf.coordinator.glance_worker_mode == "processes":
         spec = ClientSpec(endpoint, {region: stores.region(region).glance for region in stores.regions}, name)
-        processes = WorkerProcesses(spec.clients)
+        processes = WorkerProcesses(spec.clients, start=conf.coordinator.glance_workers)
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance),
                           processes=processes)

@@ -134,13 +134,22 @@ class _Worker:
 class WorkerProcesses:
     """One worker process per calling thread; ``call(function, *args)`` runs ``function(clients, *args)`` in it."""
 
-    def __init__(self, make_clients: Callable[[], Any], start_method: str = "spawn") -> None:
+    def __init__(self, make_clients: Callable[[], Any], start: int = 0, start_method: str = "spawn") -> None:
+        """``start``: workers started now, each taken by the first thread that calls (a spawned
+        worker takes about a second of CPU to import its modules: not on the first jobs' path)."""
         self._make_clients = make_clients
         self._ctx = multiprocessing.get_context(start_method)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
+        self._idle: list[_Worker] = []
         self._closed = False
+        for _ in range(start):
+            worker = _Worker(self._ctx, self._make_clients)
+            self._workers.append(worker)
+            self._idle.append(worker)
+        if start:
+            LOG.info("%d glance worker process(es) started", start)
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         worker = self._worker()
@@ -167,7 +176,7 @@ class WorkerProcesses:
     def shutdown(self) -> None:
         """Stop every worker (call once no thread calls any more); none is left running."""
         with self._lock:
-            self._closed, workers, self._workers = True, self._workers, []
+            self._closed, workers, self._workers, self._idle = True, self._workers, [], []
         for worker in workers:
             try:
                 worker.conn.send(None)
@@ -190,6 +199,14 @@ class WorkerProcesses:
         with self._lock:
             if self._closed:
                 raise WorkerLost(endpoint="glance worker process", retryable=True, detail="the coordinator is stopping")
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.process.is_alive():
+                    self._local.worker = worker
+                    return worker
+                self._workers.remove(worker)  # ended before its first job: nothing was in flight
+                worker.process.join()
+                worker.conn.close()
             worker = self._local.worker = _Worker(self._ctx, self._make_clients)
             self._workers.append(worker)
         LOG.info("glance worker process %d started", worker.process.pid)
