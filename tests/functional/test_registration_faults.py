@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from pathlib import Path
 
 from tests.functional import helpers
@@ -105,3 +106,34 @@ def test_a_real_glance_takes_several_locations_in_one_patch(topology: Topology, 
     assert "registered locations" in caplog.text and "one at a time" not in caplog.text
     after = {loc["url"]: (loc.get("metadata") or {}).get("region") for loc in client.images.get(image.id)["locations"]}
     assert {url: after.get(url) for url in urls} == urls
+
+
+def _glance_workers(coordinator_pid: int) -> set[int]:
+    """The coordinator's live glance worker processes (spawned children; not the resource tracker)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat, cmdline = (proc / "stat").read_text(), (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if ppid == coordinator_pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.add(int(proc.name))
+    return found
+
+
+def test_killed_glance_workers_are_replaced_and_copies_still_register(topology: Topology,
+                                                                       sync: SyncServices) -> None:
+    sync.ensure()
+    coordinator = sync.coordinator.proc.pid
+    killed = _glance_workers(coordinator)
+    assert killed, "the coordinator's glance calls run in no worker process"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    image = helpers.upload_random(topology.cascading.client(), 64 * 1024)
+    done = helpers.wait_states(topology, image.id, "synced")
+    assert all(view["copy_registered"] for view in done.values()), done
+    assert sync.coordinator.proc.poll() is None, "the coordinator died with its workers"
+    now = _glance_workers(coordinator)
+    assert now and not now & killed
+    assert "ended (exit code -9)" in sync.coordinator_log()
