@@ -196,19 +196,20 @@ class WorkerProcesses:
             return worker
         if worker is not None:
             self._lost(worker)
-        with self._lock:
-            if self._closed:
-                raise WorkerLost(endpoint="glance worker process", retryable=True, detail="the coordinator is stopping")
-            while self._idle:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise WorkerLost(endpoint="glance worker process", retryable=True,
+                                     detail="the coordinator is stopping")
+                if not self._idle:
+                    worker = self._local.worker = _Worker(self._ctx, self._make_clients)
+                    self._workers.append(worker)
+                    break
                 worker = self._idle.pop()
-                if worker.process.is_alive():
-                    self._local.worker = worker
-                    return worker
-                self._workers.remove(worker)  # ended before its first job: nothing was in flight
-                worker.process.join()
-                worker.conn.close()
-            worker = self._local.worker = _Worker(self._ctx, self._make_clients)
-            self._workers.append(worker)
+            if worker.process.is_alive():
+                self._local.worker = worker
+                return worker
+            self._lost(worker)  # ended before its first job: nothing was in flight
         LOG.info("glance worker process %d started", worker.process.pid)
         return worker
 
