@@ -238,7 +238,8 @@ def throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     regions = [f"Region{i:03d}" for i in range(args.regions)]
     ids = [str(uuid.uuid4()) for _ in range(args.images)]
     run = Run(base, regions, ids, args.heartbeat,
-              options={"coordinator": {"glance_worker_mode": args.glance_worker_mode}})
+              options={"coordinator": {"glance_worker_mode": args.glance_worker_mode,
+                                       "glance_workers": args.glance_workers}})
     try:
         run.start()
         run.start_agents(args.capacity, work=True)
@@ -302,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat", type=float, default=5.0, help="[coordinator] heartbeat_interval")
     parser.add_argument("--glance-worker-mode", choices=("processes", "threads"), default="processes",
                         help="[coordinator] glance_worker_mode of the throughput run")
+    parser.add_argument("--glance-workers", type=int, default=4, help="[coordinator] glance_workers of the throughput run")
     parser.add_argument("--skip", choices=("throughput", "status"), help="leave one run out")
     parser.add_argument("--dir", help="keep the runs' files (logs, journals) in this new directory")
     args = parser.parse_args(argv)
@@ -312,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip != "throughput":
             r = throughput(args, Path(tmp) / "throughput")
             print(f"throughput: {r['tasks']} tasks ({args.images} images x {args.regions} agents, capacity "
-                  f"{args.capacity}, glance_worker_mode {args.glance_worker_mode}) synced in {r['elapsed']:.1f} s: "
+                  f"{args.capacity}, glance_worker_mode {args.glance_worker_mode} x {args.glance_workers}) synced in {r['elapsed']:.1f} s: "
                   f"{r['per_s']:.0f} tasks/s; coordinator {r['cpu_ms_per_task']:.2f} CPU-ms per task (its glance "
                   f"worker processes {r['worker_cpu_ms_per_task']:.2f}); longest loop iteration {r['longest_ms']} ms "
                   f"({r['slow_iterations']} over heartbeat_interval); agents saw {r.get('tasks')} task messages")

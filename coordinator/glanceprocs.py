@@ -110,7 +110,7 @@ def _portable(exc: Exception) -> Exception:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        return GlanceError(endpoint="glance worker process", detail=f"{type(exc).__name__}: {exc}")
+        return GlanceError(endpoint="worker process", detail=f"{type(exc).__name__}: {exc}")
 
 
 def _log_levels() -> dict[str, int]:
@@ -162,7 +162,7 @@ class WorkerProcesses:
                 logging.getLogger(value["name"]).handle(logging.makeLogRecord(value))
         except (EOFError, OSError) as exc:
             code = self._lost(worker)
-            raise WorkerLost(endpoint="glance worker process", retryable=True,
+            raise WorkerLost(endpoint="worker process", retryable=True,
                              detail=f"worker {worker.process.pid} ended (exit code {code}) with this job "
                                     f"in flight ({type(exc).__name__}); retried") from None
         if kind == "error":
@@ -199,7 +199,7 @@ class WorkerProcesses:
         while True:
             with self._lock:
                 if self._closed:
-                    raise WorkerLost(endpoint="glance worker process", retryable=True,
+                    raise WorkerLost(endpoint="worker process", retryable=True,
                                      detail="the coordinator is stopping")
                 if not self._idle:
                     worker = self._local.worker = _Worker(self._ctx, self._make_clients)
