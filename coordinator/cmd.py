@@ -22,6 +22,7 @@ from oslo_log import log as logging
 
 from coordinator import admincheck, manage
 from coordinator.clock import SteadyClock
+from coordinator.glanceprocs import ClientSpec, WorkerProcesses
 from coordinator.journal import Journal
 from coordinator.leadership import LOST_EXIT, Leadership
 from coordinator.metrics import CoordinatorMetrics
@@ -117,8 +118,13 @@ def build(conf: Any, stores: storemap.StoreMap, endpoint: Any, regions: Any, sta
           stop: threading.Event) -> Service | None:
     """The service, with its registrar and journal; in a pair once the lease is taken (None: stopped meanwhile)."""
     name = endpoint.url or "cascading glance"
+    processes = None
+    if conf.coordinator.glance_worker_mode == "processes":
+        spec = ClientSpec(endpoint, {region: stores.region(region).glance for region in stores.regions}, name)
+        processes = WorkerProcesses(spec.clients, start=conf.coordinator.glance_workers)
     registrar = Registrar(lambda: glance.make_client(endpoint), conf.coordinator.glance_workers, name,
-                          regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
+                          regional_client_factory=lambda region: glance.make_client(stores.region(region).glance),
+                          processes=processes)
     journal = Journal(conf.database.connection, conf.database)
     leadership = _leadership(conf, journal, stop, stats)
     if leadership is False:  # stopped while passive

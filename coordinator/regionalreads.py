@@ -2,10 +2,10 @@
 
 Before a copy is registered, the coordinator reads the regional image itself (glance
 is the truth, not the agent) and verifies it against the cascading one
-(``Registrar._verify_regional``).  Read one GET per copy, that is one HTTP request per
+(``glancejobs.verify_regional``).  Read one GET per copy, that is one HTTP request per
 task; copies that finish together are many images of the same few regions, so this
 stage reads them with one listing per region filtered by id (glance v2's ``id=in:``,
-``glance.images_by_id``), in a job of the registrar's pool, never on the loop thread.
+``glancejobs.list_regional``), in a job of the registrar's pool, never on the loop thread.
 
 ``add`` queues a copy; one reading job at a time takes every copy queued so far,
 lists their regions, keeps what each listing showed for that copy's attempt, and
@@ -24,19 +24,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from coordinator.journal import TaskRow
-from glancesync import glance
 
 LOG = logging.getLogger(__name__)
 
 
 class RegionalReads:
-    """``submit(job)`` runs a job in the pool, ``regional_client(region)`` gives that region's glance
-    client (in the calling thread), ``then(task)`` queues a copy for its image's registration."""
+    """``submit(job)`` runs a job in the pool, ``list_region(region, image_ids)`` lists those images of
+    that region (id -> record, called in the job), ``then(task)`` queues a copy for its image's registration."""
 
-    def __init__(self, submit: Callable[[Callable[[], None]], Any], regional_client: Callable[[str], Any],
+    def __init__(self, submit: Callable[[Callable[[], None]], Any],
+                 list_region: Callable[[str, list[str]], dict[str, dict[str, Any]]],
                  then: Callable[[TaskRow], None]) -> None:
         self._submit = submit
-        self._regional_client = regional_client
+        self._list_region = list_region
         self._then = then
         self._lock = threading.Lock()
         self._unread: list[TaskRow] = []
@@ -80,8 +80,7 @@ class RegionalReads:
             by_region.setdefault(task.region, []).append(task)
         for region, group in by_region.items():
             try:
-                listed = glance.images_by_id(self._regional_client(region), [t.image_id for t in group],
-                                             f"glance of region {region}")
+                listed = self._list_region(region, [t.image_id for t in group])
             except Exception as exc:  # each copy is then read on its own by its image's job
                 LOG.info("region %s: regional images not listed (%s); read one by one", region, exc)
                 continue

@@ -76,7 +76,26 @@ coordinator_opts = [
         default=4,
         min=1,
         help="Threads for glance API calls (location registration, image lookups), so the poll "
-        "loop never waits on HTTP.",
+        "loop never waits on HTTP. With glance_worker_mode = processes, also the number of "
+        "worker processes (one per thread). Related options: glance_worker_mode.",
+    ),
+    cfg.StrOpt(
+        "glance_worker_mode",
+        default="processes",
+        choices=[
+            ("processes", "each of the glance_workers threads hands its glance calls to a worker "
+             "process of its own, which builds its own glance clients from this configuration; the "
+             "HTTP and JSON work of registrations, image fetches and location removals then runs "
+             "outside the coordinator's process and no longer slows its poll loop"),
+            ("threads", "the glance calls run in the glance_workers threads of the coordinator's "
+             "own process, sharing the poll loop's interpreter lock (one process fewer per worker, "
+             "for small sites)"),
+        ],
+        help="Where the coordinator's glance calls run. A worker process that dies (killed, out of "
+        "memory) fails the call it was running as retryable, so that registration is tried again "
+        "with its backoff, and the next call starts a new worker; workers log through the "
+        "coordinator's own log and stop with it. The reconciler's pass always runs in a thread. "
+        "Measurements: doc/control-plane.md. Related options: glance_workers.",
     ),
     cfg.IntOpt(
         "reconcile_interval",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from pathlib import Path
 
 from tests.functional import helpers
@@ -82,6 +83,7 @@ def test_a_real_glance_takes_several_locations_in_one_patch(topology: Topology, 
     """The coordinator adds the locations of regions that finished together in one PATCH."""
     import logging
 
+    from coordinator import glancejobs
     from coordinator.registrar import Registrar, cascading_endpoint
     from glancesync import config, glance, protocol, storemap
 
@@ -97,10 +99,41 @@ def test_a_real_glance_takes_several_locations_in_one_patch(topology: Topology, 
     registrar = Registrar(lambda: glance.make_client(endpoint), 1, "cascading",
                           regional_client_factory=lambda region: glance.make_client(stores.region(region).glance))
     try:
-        with caplog.at_level(logging.INFO, logger="coordinator.registrar"):
-            registrar._add_locations(image.id, list(urls.items()))
+        with caplog.at_level(logging.INFO, logger="coordinator.glancejobs"):
+            glancejobs.add_locations(registrar._clients(), image.id, list(urls.items()))
     finally:
         registrar.shutdown()
     assert "registered locations" in caplog.text and "one at a time" not in caplog.text
     after = {loc["url"]: (loc.get("metadata") or {}).get("region") for loc in client.images.get(image.id)["locations"]}
     assert {url: after.get(url) for url in urls} == urls
+
+
+def _glance_workers(coordinator_pid: int) -> set[int]:
+    """The coordinator's live glance worker processes (spawned children; not the resource tracker)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat, cmdline = (proc / "stat").read_text(), (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if ppid == coordinator_pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.add(int(proc.name))
+    return found
+
+
+def test_killed_glance_workers_are_replaced_and_copies_still_register(topology: Topology,
+                                                                       sync: SyncServices) -> None:
+    sync.ensure()
+    coordinator = sync.coordinator.proc.pid
+    killed = _glance_workers(coordinator)
+    assert killed, "the coordinator's glance calls run in no worker process"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    image = helpers.upload_random(topology.cascading.client(), 64 * 1024)
+    done = helpers.wait_states(topology, image.id, "synced")
+    assert all(view["copy_registered"] for view in done.values()), done
+    assert sync.coordinator.proc.poll() is None, "the coordinator died with its workers"
+    now = _glance_workers(coordinator)
+    assert now and not now & killed
+    assert any(f"glance worker process {pid} ended (exit code -9)" in sync.coordinator_log() for pid in killed)

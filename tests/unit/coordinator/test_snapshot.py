@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator import planner, snapshot
+from coordinator import glancejobs, planner, snapshot
 from coordinator.journal import RegionRecord
 from glancesync import protocol
 from glancesync.protocol import cascaded_url
@@ -279,7 +279,7 @@ def planned_copy(tmp_path, db_url, store_yaml, stores, journal, client, regional
 def test_a_snapshot_copy_is_verified_against_the_recorded_values_and_activates_the_cascading_image(
         tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx) -> None:
     registrar, task = planned_copy(tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx)
-    (result,) = registrar._register_batch(IMAGE_ID, [task])
+    (result,) = glancejobs.register_batch(registrar._clients(), IMAGE_ID, [task])
     assert result.ok and result.os_hash_value == SHA
     image = client.images.records[IMAGE_ID]
     assert (image["status"], image["checksum"], image["os_hash_value"]) == ("active", "a" * 32, SHA)
@@ -290,7 +290,7 @@ def test_a_copy_with_other_bytes_than_the_recorded_snapshot_is_not_registered(
         tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx) -> None:
     registrar, task = planned_copy(tmp_path, db_url, store_yaml, stores, journal, client, regional, ctx)
     regional.images.records[IMAGE_ID]["os_hash_value"] = "6" * 128
-    (result,) = registrar._register_batch(IMAGE_ID, [task])
+    (result,) = glancejobs.register_batch(registrar._clients(), IMAGE_ID, [task])
     assert not result.ok and not result.retryable and "os_hash_value" in result.reason
     assert client.images.records[IMAGE_ID]["status"] == "queued"
     assert len(client.images.records[IMAGE_ID]["locations"]) == 1
