@@ -52,7 +52,9 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.operator import OperatorDesk
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
+from coordinator.replies import AfterCommit
 from coordinator.sources import Sourcing
+from coordinator.statuscache import SummaryCache
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from coordinator.wakeups import ChangeGate
 from glancesync import protocol, roles, transport
@@ -116,8 +118,9 @@ class Service(AdmissionMixin):
                                   admitted=lambda envelope, key, msg: self._admitted(
                                       self.agent_sock, envelope, key, msg))
         self._unapplied: list[GlanceResult] = []
-        # Replies that acknowledge journal writes, sent once the iteration's batch has committed.
-        self._after_commit: list[tuple[zmq.Socket | None, list[bytes], bytes]] = []
+        self.summary = SummaryCache(journal, self.agents)
+        # Replies sent once the iteration's batch has committed, in the order each peer asked.
+        self._after_commit = AfterCommit()
         self._progress_flushed = self._deadline = self._held_read = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0
@@ -209,11 +212,9 @@ class Service(AdmissionMixin):
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
             LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
-                      len(self._after_commit))
-            self._after_commit.clear()
-        replies, self._after_commit = self._after_commit, []
-        for sock, envelope, payload in replies:
-            self._send(sock, envelope, payload)
+                      self._after_commit.withhold())
+        for reply in self._after_commit.take():
+            self._send(reply.sock, reply.envelope, reply.payload)
         self._steps(now, (self._dispatch, self.dialog.heartbeats, self.events.reconcile, self.metrics.tick))
         self._timed(time.monotonic() - started)
 
@@ -277,7 +278,7 @@ class Service(AdmissionMixin):
         return self._send(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
 
     def _ack_agent_later(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> bool:
-        self._after_commit.append((self.agent_sock, [routing_id], protocol.encode(msg_type, body)))
+        self._after_commit.add(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
         return True
 
     # -- client socket --------------------------------------------------------------------
@@ -286,7 +287,7 @@ class Service(AdmissionMixin):
         envelope, payload = frames[:-1], frames[-1]
         if not envelope:
             return
-        ref = None
+        ref, acks = None, True
         try:
             msg = protocol.decode(payload)
             ref = msg.id
@@ -302,18 +303,21 @@ class Service(AdmissionMixin):
                 reply = protocol.encode("operator_reply", {"action": msg.body["action"], "data": data})
             else:
                 reply = self._status(msg.body)
-                if msg.body["view"] != "image" or self.journal.writes == self._writes_before:
-                    # It wrote nothing and read only committed state: nothing to wait for.
+                # It wrote nothing and read only committed state: nothing to wait for, unless an
+                # earlier reply to the same connection waits for the commit (an event_ack).
+                acks = msg.body["view"] == "image" and self.journal.writes != self._writes_before
+                if not acks and not self._after_commit.waiting(self.client_sock, envelope[0]):
                     self._send(self.client_sock, envelope, reply)
                     return
         except ProtocolError as exc:
             LOG.warning("client peer %s: refused frame: %s", peer_name(envelope[0]), exc)
-            reply = protocol.error_reply(exc, ref)
+            reply, acks = protocol.error_reply(exc, ref), False
         except GlanceSyncError as exc:
             LOG.error("client peer %s: cannot serve: %s", peer_name(envelope[0]), exc)
-            reply = protocol.encode("error", {"code": "unavailable", "reason": str(exc), "ref": ref})
-        # An event_ack promises the event is durable: every reply waits for the batch's commit.
-        self._after_commit.append((self.client_sock, envelope, reply))
+            reply, acks = protocol.encode("error", {"code": "unavailable", "reason": str(exc), "ref": ref}), False
+        # An event_ack promises the event is durable: it waits for the batch's commit, and so does
+        # every later reply to the same connection.
+        self._after_commit.add(self.client_sock, envelope, reply, acks)
 
     def _event(self, body: dict[str, Any], now: float, sender: str) -> bytes:
         # Durable first, ack second: the sender forgets the event once acked. The sender is
@@ -329,9 +333,12 @@ class Service(AdmissionMixin):
     def _status(self, body: dict[str, Any]) -> bytes:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
+        lease = None if self.leadership is None else self.leadership.view
+        if body["view"] != "image":  # the summary: from the pieces packed when they changed
+            data = self.summary.data(self.regions, self.started_at, self.now, self.events.strategy_in_force, lease)
+            return protocol.encode_prepacked("status_reply", {"view": body["view"]}, {"data": data})
         data = status.build(self.journal, self.agents, self.regions, self.started_at, body, self.now,
-                            self.events.strategy_in_force, self.tasks.rates,
-                            None if self.leadership is None else self.leadership.view)
+                            self.events.strategy_in_force, self.tasks.rates, lease)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- timers and queues ------------------------------------------------------------------
