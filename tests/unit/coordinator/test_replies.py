@@ -1,0 +1,76 @@
+"""Replies leave in the order each connection sent its requests (coordinator/replies.py, service.py)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from coordinator.replies import AfterCommit
+from glancesync import protocol
+
+from .conftest import IMAGE_ID, NOW
+from .test_service import dealer
+
+PEER = b"\x00peer"
+
+
+def event_frame(event_id: str = "e1") -> bytes:
+    return protocol.encode("event", {"event_id": event_id, "kind": "uploaded", "image_id": IMAGE_ID})
+
+
+def one_iteration(service, monkeypatch, frames: list[bytes]) -> list[tuple[bytes, protocol.Message]]:
+    """Run one loop iteration that reads ``frames`` from one client connection, all in that
+    iteration; what the service sends, in order, as (routing id, message)."""
+    sent: list[tuple[bytes, protocol.Message]] = []
+    real_drain = service._drain
+
+    def drain(sock, handler, now):
+        if sock is service.client_sock:
+            for frame in frames:
+                handler([PEER, frame], now, None)
+        real_drain(sock, handler, now)
+
+    def send(sock, envelope, payload):
+        sent.append((envelope[0], protocol.decode(payload)))
+        return True
+
+    monkeypatch.setattr(service, "_drain", drain)
+    monkeypatch.setattr(service, "_send", send)
+    waker = dealer(service.context, service.conf.sync_server_port)
+    waker.send(protocol.encode("status_query", {"view": "summary"}))  # makes the client socket ready
+    while not service.client_sock.poll(0):
+        pass
+    service.loop(NOW, poll_seconds=0)
+    waker.close()
+    return [(rid, msg) for rid, msg in sent if rid == PEER]
+
+
+def test_a_status_reply_waits_behind_the_event_ack_of_its_connection(service, monkeypatch) -> None:
+    query = protocol.encode("status_query", {"view": "summary"})
+    sent = one_iteration(service, monkeypatch, [event_frame(), query, event_frame("e2"), query])
+    assert [m.type for _, m in sent] == ["event_ack", "status_reply", "event_ack", "status_reply"]
+    assert [m.body["event_id"] for _, m in sent if m.type == "event_ack"] == ["e1", "e2"]
+
+
+def test_when_the_commit_fails_the_acks_are_withheld_and_the_status_still_goes(service, journal,
+                                                                                  monkeypatch) -> None:
+    def commit(_conn) -> None:
+        raise sa.exc.OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    sa.event.listen(journal.engine, "commit", commit)
+    sent = one_iteration(service, monkeypatch, [event_frame(), protocol.encode("status_query", {"view": "summary"})])
+    sa.event.remove(journal.engine, "commit", commit)
+    assert [m.type for _, m in sent] == ["status_reply"]
+    assert journal.image_view(IMAGE_ID)[0] is False  # the event was not journaled, and not acked
+
+
+def test_after_commit_keeps_the_order_and_knows_which_connections_wait() -> None:
+    replies = AfterCommit()
+    client, agent_sock = object(), object()
+    assert not replies.waiting(client, b"c1")
+    replies.add(client, [b"c1"], b"ack")
+    replies.add(agent_sock, [b"a1"], b"result_ack")
+    replies.add(client, [b"c1"], b"summary", acks=False)
+    assert replies.waiting(client, b"c1") and not replies.waiting(agent_sock, b"c1")
+    assert replies.withhold() == 2 and [r.payload for r in replies.replies] == [b"summary"]
+    assert [r.payload for r in replies.take()] == [b"summary"]
+    assert not replies.waiting(client, b"c1") and len(replies) == 0
