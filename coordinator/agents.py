@@ -117,6 +117,9 @@ class Agents:
         # Routing ids whose status entry may have changed (heard, credits, tasks, online, added,
         # dropped); the status summary's cache empties it (coordinator/statuscache.py).
         self.touched: set[bytes] = set()
+        # No online session falls silent before this time (deadlines only move later, and a new
+        # session's lies past it): expire() does not walk 500 sessions at every iteration.
+        self._quiet_until = float("-inf")
 
     def get(self, routing_id: bytes) -> Session | None:
         """The online session of ``routing_id``; None for a stranger or an agent gone offline."""
@@ -229,6 +232,7 @@ class Agents:
             self._by_key.setdefault(session.key, {})[rid] = session
         self._online[rid] = session
         self.touched.add(rid)
+        self._quiet_until = min(self._quiet_until, session.liveness.deadline())
 
     def _drop(self, session: Session) -> None:
         rid = session.routing_id
@@ -262,6 +266,7 @@ class Agents:
     def heard(self, session: Session, now: float) -> None:
         session.liveness.heard(now)
         self.touched.add(session.routing_id)
+        self._quiet_until = min(self._quiet_until, session.liveness.deadline())  # a clock gone back
         self.renew(session, now)
 
     def renew(self, session: Session, now: float, force: bool = False) -> None:
@@ -319,11 +324,14 @@ class Agents:
             self._drop(session)
             LOG.info("agent %s of region %s forgotten: offline for over %d s", session.agent_id,
                          session.region, FORGET_AFTER)
+        if now <= self._quiet_until:
+            return []
         gone = [s for s in self._online.values() if s.liveness.expired(now)]
         for session in gone:
             self.offline(session)
             LOG.warning("agent %s of region %s is offline: silent since %.1f s",
                         session.agent_id, session.region, now - session.liveness.last_heard)
+        self._quiet_until = min((s.liveness.deadline() for s in self._online.values()), default=float("inf"))
         return gone
 
     def online(self) -> list[Session]:

@@ -3,45 +3,53 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
+import zmq
 
 from coordinator.replies import AfterCommit
 from glancesync import protocol
 
 from .conftest import IMAGE_ID, NOW
-from .test_service import dealer
 
 PEER = b"\x00peer"
+OTHER = b"\x00other"
+WAKER = b"waker"  # the socket that makes the client socket ready
+# (message type, whether it was sent outside the iteration's transaction) of each send.
+outside: list[tuple[str, bool]] = []
 
 
 def event_frame(event_id: str = "e1") -> bytes:
     return protocol.encode("event", {"event_id": event_id, "kind": "uploaded", "image_id": IMAGE_ID})
 
 
-def one_iteration(service, monkeypatch, frames: list[bytes]) -> list[tuple[bytes, protocol.Message]]:
-    """Run one loop iteration that reads ``frames`` from one client connection, all in that
-    iteration; what the service sends, in order, as (routing id, message)."""
+def one_iteration(service, monkeypatch, frames: list[bytes | tuple[bytes, bytes]]) -> list[tuple[bytes, protocol.Message]]:
+    """Run one loop iteration that reads ``frames`` (from PEER, or (routing id, frame)), all in that
+    iteration; what the service sends them, in order, as (routing id, message)."""
     sent: list[tuple[bytes, protocol.Message]] = []
-    real_drain = service._drain
+    outside.clear()
+    real_frames = service._waiting_frames
 
-    def drain(sock, handler, now):
-        if sock is service.client_sock:
-            for frame in frames:
-                handler([PEER, frame], now, None)
-        real_drain(sock, handler, now)
+    def waiting_frames():
+        yield from (([*item] if isinstance(item, tuple) else [PEER, item], None) for item in frames)
+        yield from real_frames()
 
     def send(sock, envelope, payload):
-        sent.append((envelope[0], protocol.decode(payload)))
+        msg = protocol.decode(payload)
+        sent.append((envelope[0], msg))
+        outside.append((msg.type, service.journal._batch_conn is None))
         return True
 
-    monkeypatch.setattr(service, "_drain", drain)
+    monkeypatch.setattr(service, "_waiting_frames", waiting_frames)
     monkeypatch.setattr(service, "_send", send)
-    waker = dealer(service.context, service.conf.sync_server_port)
+    waker = service.context.socket(zmq.DEALER)
+    waker.setsockopt(zmq.LINGER, 0)
+    waker.setsockopt(zmq.ROUTING_ID, WAKER)
+    waker.connect(f"tcp://127.0.0.1:{service.conf.sync_server_port}")
     waker.send(protocol.encode("status_query", {"view": "summary"}))  # makes the client socket ready
     while not service.client_sock.poll(0):
         pass
     service.loop(NOW, poll_seconds=0)
     waker.close()
-    return [(rid, msg) for rid, msg in sent if rid == PEER]
+    return [(rid, msg) for rid, msg in sent if rid != WAKER]
 
 
 def test_a_status_reply_waits_behind_the_event_ack_of_its_connection(service, monkeypatch) -> None:
@@ -74,3 +82,13 @@ def test_after_commit_keeps_the_order_and_knows_which_connections_wait() -> None
     assert replies.withhold() == 2 and [r.payload for r in replies.replies] == [b"summary"]
     assert [r.payload for r in replies.take()] == [b"summary"]
     assert not replies.waiting(client, b"c1") and len(replies) == 0
+
+
+def test_a_summary_is_answered_before_the_transaction_opens_and_other_frames_wait_for_it(
+        service, monkeypatch) -> None:
+    query = protocol.encode("status_query", {"view": "summary"})
+    sent = one_iteration(service, monkeypatch, [event_frame(), (OTHER, query), query])
+    # OTHER's summary first, outside the transaction; PEER's waits behind its event_ack.
+    assert [(rid, m.type) for rid, m in sent] == [(OTHER, "status_reply"), (PEER, "event_ack"),
+                                                 (PEER, "status_reply")]
+    assert outside[0] == ("status_reply", True)
