@@ -73,6 +73,9 @@ HELD_REFRESH_SECONDS = 5.0
 # heartbeat_interval when that is less): the rest waits for the next iteration, so timers,
 # heartbeats and status answers never wait behind a flood.
 ITERATION_BUDGET = 0.5
+# A wake-up that brought only summary queries ends once they are answered when the rest of an
+# iteration ran less than this ago: a stream of queries does not run every step each time.
+SUMMARY_ONLY_SECONDS = 0.05
 
 
 class Service(AdmissionMixin, ClientMixin):
@@ -124,7 +127,7 @@ class Service(AdmissionMixin, ClientMixin):
         # Replies sent once the iteration's batch has committed, in the order each peer asked.
         self._after_commit = AfterCommit()
         self._client_later = []
-        self._progress_flushed = self._deadline = self._held_read = 0.0
+        self._progress_flushed = self._deadline = self._held_read = self._full_at = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0
         self.iterations = 0
@@ -202,6 +205,10 @@ class Service(AdmissionMixin, ClientMixin):
         self._deadline = started + min(ITERATION_BUDGET, self.conf.coordinator.heartbeat_interval / 4)
         if self.client_sock in ready:
             self.answer_summaries(now)  # before the transaction opens (clientdesk.py)
+            if (len(ready) == 1 and not self._client_later and poll_seconds
+                    and 0 <= started - self._full_at < SUMMARY_ONLY_SECONDS):
+                return
+        self._full_at = started
         try:
             # Every journal write of the frames and of the steps below: one transaction, one commit;
             # the copies reported done in it have their regional images read together (one listing per region).

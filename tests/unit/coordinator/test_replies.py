@@ -92,3 +92,27 @@ def test_a_summary_is_answered_before_the_transaction_opens_and_other_frames_wai
     assert [(rid, m.type) for rid, m in sent] == [(OTHER, "status_reply"), (PEER, "event_ack"),
                                                  (PEER, "status_reply")]
     assert outside[0] == ("status_reply", True)
+
+
+def test_a_wake_up_with_only_summaries_skips_the_rest_of_a_recent_iteration(service, journal, monkeypatch) -> None:
+    from coordinator import service as service_module
+
+    from .test_loop_cost import Statements
+
+    monkeypatch.setattr(service_module, "SUMMARY_ONLY_SECONDS", 3600.0)  # however slow the machine
+    query = service.context.socket(zmq.DEALER)
+    query.setsockopt(zmq.LINGER, 0)
+    query.connect(f"tcp://127.0.0.1:{service.conf.sync_server_port}")
+    service.loop(NOW, poll_seconds=0)  # a whole iteration
+    iterations, count = service.iterations, Statements(journal)
+    query.send(protocol.encode("status_query", {"view": "summary"}))
+    while not service.client_sock.poll(10):
+        pass
+    service.loop(NOW, poll_seconds=0.01)
+    assert query.poll(60_000) and protocol.decode(query.recv()).type == "status_reply"
+    assert service.iterations == iterations and count.seen == []  # no transaction, no step
+    query.send(event_frame())  # anything else runs the whole iteration
+    while not query.poll(0):
+        service.loop(NOW, poll_seconds=0.01)
+    assert protocol.decode(query.recv()).type == "event_ack" and service.iterations > iterations
+    query.close()
