@@ -114,11 +114,25 @@ class Agents:
         self._online: dict[bytes, Session] = {}
         # Offline sessions in the order they went offline, to forget them without a scan.
         self._offline: dict[bytes, Session] = {}
+        # Routing ids whose status entry may have changed (heard, credits, tasks, online, added,
+        # dropped); the status summary's cache empties it (coordinator/statuscache.py).
+        self.touched: set[bytes] = set()
+        # No online session falls silent before this time (deadlines only move later, and a new
+        # session's lies past it): expire() does not walk 500 sessions at every iteration.
+        self._quiet_until = float("-inf")
 
     def get(self, routing_id: bytes) -> Session | None:
         """The online session of ``routing_id``; None for a stranger or an agent gone offline."""
         session = self.sessions.get(routing_id)
         return session if session is not None and session.online else None
+
+    def regions(self) -> list[str]:
+        """The regions that have a session, online or not."""
+        return list(self._by_region)
+
+    def in_region(self, region: str) -> list[Session]:
+        """The sessions of ``region``, online or not."""
+        return list(self._by_region.get(region, {}).values())
 
     def find(self, region: str, agent_id: str) -> Session | None:
         return self._by_name.get((region, agent_id))
@@ -217,12 +231,15 @@ class Agents:
         if session.key is not None:
             self._by_key.setdefault(session.key, {})[rid] = session
         self._online[rid] = session
+        self.touched.add(rid)
+        self._quiet_until = min(self._quiet_until, session.liveness.deadline())
 
     def _drop(self, session: Session) -> None:
         rid = session.routing_id
         if self.sessions.get(rid) is not session:
             return
         del self.sessions[rid]
+        self.touched.add(rid)
         if self._by_name.get((session.region, session.agent_id)) is session:
             del self._by_name[(session.region, session.agent_id)]
         for index, group_key in ((self._by_region, session.region), (self._by_key, session.key)):
@@ -241,11 +258,15 @@ class Agents:
         former = self._by_task.get(task_id)
         if former is not None and former is not session:
             former.tasks.discard(task_id)
+            self.touched.add(former.routing_id)
         session.tasks.add(task_id)
+        self.touched.add(session.routing_id)
         self._by_task[task_id] = session
 
     def heard(self, session: Session, now: float) -> None:
         session.liveness.heard(now)
+        self.touched.add(session.routing_id)
+        self._quiet_until = min(self._quiet_until, session.liveness.deadline())  # a clock gone back
         self.renew(session, now)
 
     def renew(self, session: Session, now: float, force: bool = False) -> None:
@@ -257,16 +278,18 @@ class Agents:
 
     def ready(self, session: Session, credits: int) -> None:
         session.credits = min(session.capacity, session.credits + credits)
+        self.touched.add(session.routing_id)
 
     def took(self, session: Session, task_id: str) -> None:
         session.credits -= 1
-        self._hold(session, task_id)
+        self._hold(session, task_id)  # touches it
 
     def released(self, task_id: str) -> None:
         """A task is no longer with any agent (finished, failed or requeued)."""
         session = self._by_task.pop(task_id, None)
         if session is not None:
             session.tasks.discard(task_id)
+            self.touched.add(session.routing_id)
 
     def offline(self, session: Session) -> None:
         """No more work for ``session`` (silent, said bye, or its key was revoked); listed still."""
@@ -274,6 +297,7 @@ class Agents:
             return
         session.online = False
         session.credits = 0
+        self.touched.add(session.routing_id)
         self._online.pop(session.routing_id, None)
         self._offline[session.routing_id] = session
 
@@ -300,11 +324,14 @@ class Agents:
             self._drop(session)
             LOG.info("agent %s of region %s forgotten: offline for over %d s", session.agent_id,
                          session.region, FORGET_AFTER)
+        if now <= self._quiet_until:
+            return []
         gone = [s for s in self._online.values() if s.liveness.expired(now)]
         for session in gone:
             self.offline(session)
             LOG.warning("agent %s of region %s is offline: silent since %.1f s",
                         session.agent_id, session.region, now - session.liveness.last_heard)
+        self._quiet_until = min((s.liveness.deadline() for s in self._online.values()), default=float("inf"))
         return gone
 
     def online(self) -> list[Session]:

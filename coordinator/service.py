@@ -4,9 +4,10 @@
 ``shutdown()`` closes everything; ``run()`` drives them with a steady wall clock
 (times are stored in the journal and must survive a restart).  One iteration:
 
+0. answer the summary queries waiting on the client socket (clientdesk.py);
 1. serve every frame that arrived: agents' session messages (dialog.py), ``event``,
-   ``status_query`` and ``operator`` (operator.py) on the client socket, each only
-   from a peer whose key's role may send it (admission.py, looked up per message);
+   ``status_query`` and ``operator`` (operator.py) on the client socket (clientdesk.py),
+   each only from a peer whose key's role may send it (admission.py, looked up per message);
 2. apply what the glance thread pool finished (registrations, image fetches), then the
    iteration's acks, dones and registrations that succeeded, one journal call per kind
    (taskreports.py), and journal the next slice of a finished reconciler pass's events;
@@ -22,7 +23,8 @@
 
 Step 4's queries and the hand-out run only when what they read can have changed (wakeups.py).
 A ``status_query`` writes nothing and reads committed state, so it is answered at once (an
-image view after a write of the same batch waits for the commit).
+image view after a write of the same batch waits for the commit, and any reply waits behind
+an earlier one of its connection: replies.py).
 
 In a pair, the leader lease is renewed first; a lost one ends the loop (leadership.py).
 Both ROUTER sockets are ROUTER_MANDATORY: a send to a peer that is gone fails instead of
@@ -40,9 +42,10 @@ from typing import Any
 import zmq
 from oslo_config import cfg
 
-from coordinator import status, wakeups
+from coordinator import wakeups
 from coordinator.admission import AdmissionMixin
 from coordinator.agents import Agents
+from coordinator.clientdesk import ClientMixin
 from coordinator.clock import SteadyClock
 from coordinator.dialog import AgentDialog, peer_name
 from coordinator.eventdesk import EventDesk
@@ -53,11 +56,13 @@ from coordinator.operator import OperatorDesk
 from coordinator.reconcilepass import ReconcilerPasses
 from coordinator.regioncatalog import LiveRegions
 from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Registrar, TaskResult
+from coordinator.replies import AfterCommit
 from coordinator.sources import Sourcing
+from coordinator.statuscache import SummaryCache
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from coordinator.wakeups import ChangeGate
 from glancesync import protocol, roles, transport
-from glancesync.exceptions import GlanceSyncError, JournalError, ProtocolError
+from glancesync.exceptions import JournalError
 from glancesync.liveness import retry_delay
 from glancesync.storemap import StoreMap
 
@@ -70,9 +75,12 @@ HELD_REFRESH_SECONDS = 5.0
 # heartbeat_interval when that is less): the rest waits for the next iteration, so timers,
 # heartbeats and status answers never wait behind a flood.
 ITERATION_BUDGET = 0.5
+# A wake-up that brought only summary queries ends once they are answered when the rest of an
+# iteration ran less than this ago: a stream of queries does not run every step each time.
+SUMMARY_ONLY_SECONDS = 0.05
 
 
-class Service(AdmissionMixin):
+class Service(AdmissionMixin, ClientMixin):
     """The coordinator service; ``context`` may be shared with tests."""
 
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
@@ -118,9 +126,11 @@ class Service(AdmissionMixin):
                                   admitted=lambda envelope, key, msg: self._admitted(
                                       self.agent_sock, envelope, key, msg))
         self._unapplied: list[GlanceResult] = []
-        # Replies that acknowledge journal writes, sent once the iteration's batch has committed.
-        self._after_commit: list[tuple[zmq.Socket | None, list[bytes], bytes]] = []
-        self._progress_flushed = self._deadline = self._held_read = 0.0
+        self.summary = SummaryCache(journal, self.agents)
+        # Replies sent once the iteration's batch has committed, in the order each peer asked.
+        self._after_commit = AfterCommit()
+        self._client_later = []
+        self._progress_flushed = self._deadline = self._held_read = self._full_at = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0
         self.iterations = 0
@@ -198,14 +208,20 @@ class Service(AdmissionMixin):
         started = time.monotonic()
         # Frames and glance results beyond this wait in their queues for the next iteration.
         self._deadline = started + min(ITERATION_BUDGET, self.conf.coordinator.heartbeat_interval / 4)
+        if self.client_sock in ready:
+            self.answer_summaries(now)  # before the transaction opens (clientdesk.py)
+            if (len(ready) == 1 and not self._client_later and poll_seconds
+                    and 0 <= started - self._full_at < SUMMARY_ONLY_SECONDS):
+                return
+        self._full_at = started
         try:
             # Every journal write of the frames and of the steps below: one transaction, one commit;
             # the copies reported done in it have their regional images read together (one listing per region).
             with self.registrar.gathering(), self.journal.batch():
                 self._writes_before = self.journal.writes
-                for sock, handler in ((self.agent_sock, self.dialog.frame), (self.client_sock, self._client_frame)):
-                    if sock in ready:
-                        self._drain(sock, handler, now)
+                self.put_off_frames(now)  # the client socket's frames other than summaries
+                if self.agent_sock in ready:
+                    self._drain(self.agent_sock, self.dialog.frame, now)
                 self._steps(now, (self._keys, self._refresh_regions, self._apply_results, self.tasks.apply_reports,
                                   self.passes.journal_slice, self._housekeeping))
                 if self._queries.due(now):
@@ -213,11 +229,9 @@ class Service(AdmissionMixin):
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
             LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
-                      len(self._after_commit))
-            self._after_commit.clear()
-        replies, self._after_commit = self._after_commit, []
-        for sock, envelope, payload in replies:
-            self._send(sock, envelope, payload)
+                      self._after_commit.withhold())
+        for reply in self._after_commit.take():
+            self._send(reply.sock, reply.envelope, reply.payload)
         self._steps(now, (self._dispatch, self.dialog.heartbeats, self.passes.reconcile, self.metrics.tick))
         self._timed(time.monotonic() - started)
 
@@ -281,62 +295,8 @@ class Service(AdmissionMixin):
         return self._send(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
 
     def _ack_agent_later(self, routing_id: bytes, msg_type: str, body: dict[str, Any]) -> bool:
-        self._after_commit.append((self.agent_sock, [routing_id], protocol.encode(msg_type, body)))
+        self._after_commit.add(self.agent_sock, [routing_id], protocol.encode(msg_type, body))
         return True
-
-    # -- client socket --------------------------------------------------------------------
-
-    def _client_frame(self, frames: list[bytes], now: float, key: str | None = None) -> None:
-        envelope, payload = frames[:-1], frames[-1]
-        if not envelope:
-            return
-        ref = None
-        try:
-            msg = protocol.decode(payload)
-            ref = msg.id
-            if msg.type not in ("event", "status_query", "operator"):
-                raise ProtocolError(code="unexpected", detail=f"{msg.type} is not served on this socket")
-            peer = self._admitted(self.client_sock, envelope, key, msg)
-            if peer is None:
-                return
-            if msg.type == "event":
-                reply = self._event(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
-            elif msg.type == "operator":
-                data = self.operator.request(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
-                reply = protocol.encode("operator_reply", {"action": msg.body["action"], "data": data})
-            else:
-                reply = self._status(msg.body)
-                if msg.body["view"] != "image" or self.journal.writes == self._writes_before:
-                    # It wrote nothing and read only committed state: nothing to wait for.
-                    self._send(self.client_sock, envelope, reply)
-                    return
-        except ProtocolError as exc:
-            LOG.warning("client peer %s: refused frame: %s", peer_name(envelope[0]), exc)
-            reply = protocol.error_reply(exc, ref)
-        except GlanceSyncError as exc:
-            LOG.error("client peer %s: cannot serve: %s", peer_name(envelope[0]), exc)
-            reply = protocol.encode("error", {"code": "unavailable", "reason": str(exc), "ref": ref})
-        # An event_ack promises the event is durable: every reply waits for the batch's commit.
-        self._after_commit.append((self.client_sock, envelope, reply))
-
-    def _event(self, body: dict[str, Any], now: float, sender: str) -> bytes:
-        # Durable first, ack second: the sender forgets the event once acked. The sender is
-        # kept with the event: a refused delete names it.
-        fresh = self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now, sender)
-        self.metrics.event_received(fresh)
-        if fresh:
-            LOG.info("event %s: %s of image %s from %s", body["event_id"], body["kind"], body["image_id"], sender)
-        else:
-            LOG.info("event %s: duplicate, acked again", body["event_id"])
-        return protocol.encode("event_ack", {"event_id": body["event_id"]})
-
-    def _status(self, body: dict[str, Any]) -> bytes:
-        if body["view"] == "image" and not body.get("image_id"):
-            raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
-        data = status.build(self.journal, self.agents, self.regions, self.started_at, body, self.now,
-                            self.events.strategy_in_force, self.tasks.rates,
-                            None if self.leadership is None else self.leadership.view)
-        return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
     # -- timers and queues ------------------------------------------------------------------
 

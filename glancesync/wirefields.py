@@ -101,20 +101,30 @@ class Field:
     nullable: bool = False
 
 
-def check_plain(value: Any, max_depth: int, depth: int = 0) -> None:
+# What a msgpack frame decodes to besides maps and lists (exact types: msgpack makes no subclasses).
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def check_plain(value: Any, max_depth: int) -> None:
     """Refuse what no sender of ours makes: deep nesting, non-string keys, bin and ext types."""
-    if depth > max_depth:
-        raise ProtocolError(code="bad_body", detail=f"maps and lists nest more than {max_depth} deep")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ProtocolError(code="bad_body", detail=f"map key {untrusted.quote(key)} is not a string")
-            check_plain(item, max_depth, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            check_plain(item, max_depth, depth + 1)
-    elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise ProtocolError(code="bad_body", detail=f"a {type(value).__name__} value is not allowed")
+    # Level by level, without a call per value: a 500-region status summary holds ~6,000 values.
+    level, depth = [value], 0
+    while level:
+        if depth > max_depth:
+            raise ProtocolError(code="bad_body", detail=f"maps and lists nest more than {max_depth} deep")
+        nested: list[Any] = []
+        for item in level:
+            kind = type(item)
+            if kind is dict:
+                for key in item:
+                    if type(key) is not str:
+                        raise ProtocolError(code="bad_body", detail=f"map key {untrusted.quote(key)} is not a string")
+                nested += item.values()
+            elif kind is list:
+                nested += item
+            elif kind not in _SCALARS:
+                raise ProtocolError(code="bad_body", detail=f"a {kind.__name__} value is not allowed")
+        level, depth = nested, depth + 1
 
 
 MEMBER_STATUSES = ("pending", "accepted", "rejected")

@@ -26,10 +26,21 @@ class ViewsMixin:
     """Read-only queries for the status reply (and the holders of an image, for coordinator/sources.py)."""
 
     _count_table: dict[str, dict[str, int]] | None = None
+    # Sets the counters note changes in (watch_counts).
+    _count_watchers: tuple[set[str | None], ...] = ()
+
+    def watch_counts(self) -> set[str | None]:
+        """A set the journal adds each region to whose counts change (on commit), and None when
+        every count is read afresh; its owner empties it (coordinator/statuscache.py)."""
+        watcher: set[str | None] = {None}
+        self._count_watchers = (*self._count_watchers, watcher)
+        return watcher
 
     def _counts(self) -> dict[str, dict[str, int]]:
         """(image, region) rows per region per state: read once, then kept by ``_count_region``."""
         if self._count_table is None:
+            for watcher in self._count_watchers:
+                watcher.add(None)
             query = (sa.select(image_regions.c.region, image_regions.c.state, sa.func.count())
                      .group_by(image_regions.c.region, image_regions.c.state))
             table: dict[str, dict[str, int]] = {}
@@ -49,6 +60,8 @@ class ViewsMixin:
             if old is not None:
                 states[old] = states.get(old, 0) - 1
             states[new] = states.get(new, 0) + 1
+            for watcher in self._count_watchers:
+                watcher.add(region)
 
         self.on_commit(count)
 
@@ -66,6 +79,15 @@ class ViewsMixin:
                 if name:
                     bucket[name] += count
         return counts
+
+    def region_count(self, region: str) -> dict[str, int]:
+        """``region_counts()[region]`` alone, zeros for a region without rows."""
+        bucket = {"queued": 0, "in_flight": 0, "synced": 0, "failed": 0}
+        for state, count in self._counts().get(region, {}).items():
+            name = _GROUPS.get(state)
+            if name:
+                bucket[name] += count
+        return bucket
 
     def image_view(self, image_id: str) -> tuple[bool, dict[str, dict[str, Any]]]:
         """(known, per-region rows) for one image; known when any event or region names it."""

@@ -130,3 +130,18 @@ def test_offline_sessions_are_forgotten_after_a_day(agents: Agents) -> None:
     assert b"r1" in agents.sessions
     agents.expire(NOW + FORGET_AFTER + 1)
     assert agents.sessions == {} and agents.find("RegionOne", "a1") is None and agents.by_region() == {}
+
+
+def test_expire_walks_the_sessions_only_once_one_can_be_silent(agents: Agents, monkeypatch) -> None:
+    first = hello(agents, b"r1", agent_id="a1")
+    hello(agents, b"r2", agent_id="a2", now=NOW + 2)
+    assert agents.expire(NOW + 1) == []  # walks once, and learns the earliest deadline: NOW + 3
+    walked = []
+    real = type(first.liveness).expired
+    monkeypatch.setattr(type(first.liveness), "expired", lambda self, now: walked.append(now) or real(self, now))
+    agents.heard(first, NOW + 2.5)
+    assert agents.expire(NOW + 2.9) == [] and walked == []  # nobody can be silent yet
+    hello(agents, b"r3", agent_id="a3", now=NOW - 10)  # a clock gone back: its deadline is earlier
+    assert [s.routing_id for s in agents.expire(NOW + 2.9)] == [b"r3"]
+    assert [s.routing_id for s in agents.expire(NOW + 5.1)] == [b"r2"]  # a1 heard at 2.5: silent after 5.5
+    assert [s.routing_id for s in agents.expire(NOW + 5.6)] == [b"r1"]

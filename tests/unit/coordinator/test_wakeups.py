@@ -105,8 +105,9 @@ def test_a_status_query_runs_no_query_of_the_loop_and_is_answered_before_the_com
     query.send(protocol.encode("status_query", {"view": "summary"}))
     receive(query, service, NOW, "status_reply")
     start = max(i for i, what in enumerate(order) if what == "iteration" and i < order.index("status_reply"))
-    # The iteration that answered committed its batch after the reply left, not before.
-    assert order[start + 1:start + 3] == ["status_reply", "commit"]
+    # The iteration that answered committed its batch after the reply left, not before (or, run
+    # moments after a whole one, ended with the answer: service.SUMMARY_ONLY_SECONDS).
+    assert order[start + 1] == "status_reply" and order[start + 2:start + 3] in (["commit"], ["iteration"], [])
     service.loop = loop
     service._send = sent
     pump(service, NOW)

@@ -483,3 +483,12 @@ def test_heartbeat_serving_holds_image_ids_only() -> None:
     frame = msgpack.packb({"v": protocol.VERSION, "type": "heartbeat", "id": "m-1", "ts": 1.0,
                            "body": {"serving": ["../../etc/passwd"]}})
     assert code_of(frame) == "bad_field"
+
+
+def test_protocol_is_the_one_contract_and_passes_on_the_schemas_of_glancesync_messages() -> None:
+    from glancesync import messages
+
+    public = [name for name in vars(messages) if name.isupper() and not name.startswith("_")]
+    assert public and all(getattr(protocol, name) is getattr(messages, name) for name in public)
+    assert set(public) <= set(protocol.__all__)
+    assert all(hasattr(protocol, name) for name in protocol.__all__)
