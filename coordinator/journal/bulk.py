@@ -47,6 +47,9 @@ S = SyncState
 # One report's outcome: the task's row after the change (or None), or why it was not applied.
 Outcome = TaskRow | None | GlanceSyncError
 
+# Which (image, region) of these images have an unfinished task: built once, the ids bound.
+_UNFINISHED_OF = sa.select(tasks.c.image_id, tasks.c.region).where(
+    tasks.c.image_id.in_(sa.bindparam("ids", expanding=True)), tasks.c.state.not_in(FINAL_TASK_STATES))
 
 @dataclasses.dataclass
 class _Move:
@@ -188,8 +191,7 @@ class BulkMixin:
             images = sorted({m.task.image_id for m in moves})
             waiting = set()
             for start in range(0, len(images), 500):
-                waiting.update(conn.execute(sa.select(tasks.c.image_id, tasks.c.region).where(
-                    tasks.c.image_id.in_(images[start:start + 500]), tasks.c.state.not_in(FINAL_TASK_STATES))).all())
+                waiting.update(conn.execute(_UNFINISHED_OF, {"ids": images[start:start + 500]}).all())
             for move in moves:
                 if (move.task.image_id, move.task.region) in waiting:
                     self._advance(conn, move.task.image_id, move.task.region, now, finished=move.region_to)

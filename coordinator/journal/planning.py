@@ -26,6 +26,9 @@ from coordinator.schema import events, image_records, image_regions, tasks
 from glancesync.states import SyncState, can_move
 
 S = SyncState
+# Events by id, built once (the ids are bound at each execution).  ``planned`` is tested by
+# the caller, not in SQL: there SQLite would walk ix_events_order, not the key.
+_EVENTS_BY_ID = sa.select(events).where(events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 
 
 @dataclasses.dataclass
@@ -128,9 +131,8 @@ class PlanningMixin:
         ids, found = sorted(set(event_ids)), {}
         with self.reading() as conn:
             for start in range(0, len(ids), 500):
-                # ``planned`` tested here: in SQL, SQLite would walk ix_events_order, not the key.
-                query = sa.select(events).where(events.c.event_id.in_(ids[start:start + 500]))
-                found.update((r.event_id, _event(r)) for r in conn.execute(query) if not r.planned)
+                found.update((r.event_id, _event(r)) for r in conn.execute(_EVENTS_BY_ID, {"ids": ids[start:start + 500]})
+                             if not r.planned)
         return found
 
     def planning_facts(self, image_ids: Iterable[str]) -> PlanningFacts:
