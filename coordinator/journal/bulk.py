@@ -23,7 +23,7 @@ savepoint, so a rollback of it or of the whole batch undoes them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -159,8 +159,13 @@ class BulkMixin:
         outcomes = self._many(reports, now, lambda r: r[0], prepare, lambda r: self.ack(r[0], r[1], now))
         return [o if isinstance(o, GlanceSyncError) else None for o in outcomes]
 
-    def done_many(self, reports: Sequence[tuple[str, int, dict[str, Any]]], now: float) -> list[Outcome]:
-        """``done`` of each (task_id, attempt, report): the task's row after it, or why not."""
+    def done_many(self, reports: Sequence[tuple[str, int, dict[str, Any]]], now: float,
+                  started: Collection[str] = ()) -> list[Outcome]:
+        """``done`` of each (task_id, attempt, report): the task's row after it, or why not.
+
+        ``started``: tasks whose ``ack`` of that attempt came with the done and is written with
+        it (``started_at``), from ``assigned`` straight to the done's state.
+        """
         def prepare(item: tuple[str, int, dict[str, Any]]) -> _Move | None:
             task_id, attempt, report = item
             task = self._live_row(task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
@@ -168,11 +173,14 @@ class BulkMixin:
             if task is None or task.kind == "update" or (size is not None and not _byte_count_ok(size)):
                 return None
             extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
+            if task_id in started and task.state == S.ASSIGNED:
+                extra["started_at"] = now
             return self._move(task, S.REGISTERING, now, dict(
                 report=pack(report), lease_expires=None, not_before=0.0, register_retries=0,
                 register_failing_since=None, **extra))
 
-        outcomes = self._many(reports, now, lambda r: r[0], prepare, lambda r: self.done(r[0], r[1], r[2], now))
+        outcomes = self._many(reports, now, lambda r: r[0], prepare,
+                              lambda r: self.done(r[0], r[1], r[2], now, acked=r[0] in started))
         # The report as the registration reads it (a row from the single path already has it).
         return [dataclasses.replace(o, report=dict(item[2])) if isinstance(o, TaskRow) and o.report is None else o
                 for o, item in zip(outcomes, reports, strict=True)]

@@ -311,21 +311,25 @@ class TaskStateMixin:
             self._set_task(conn, task, S.TRANSFERRING, now, started_at=now)
 
     @retry_on_deadlock
-    def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
-        """The agent finished: copy and delete go on to registering, update is synced at once."""
+    def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float, acked: bool = False) -> TaskRow:
+        """The agent finished: copy and delete go on to registering, update is synced at once.
+
+        ``acked``: the attempt's ``ack`` came with this report and is written with it (``started_at``).
+        """
         if report.get("size") is not None:
             byte_count("size", report["size"])
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
+            start = {"started_at": now} if acked and task.state == S.ASSIGNED else {}
             if task.kind == "update":
                 self._set_task(conn, task, S.SYNCED, now, finished_at=now, lease_expires=None,
-                               metadata_applied_at=now)
+                               metadata_applied_at=now, **start)
                 self._advance(conn, task.image_id, task.region, now)
                 return dataclasses.replace(task, state=S.SYNCED, lease_expires=None)
             size = report.get("size")
             extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
             self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
-                           not_before=0.0, register_retries=0, register_failing_since=None, **extra)
+                           not_before=0.0, register_retries=0, register_failing_since=None, **extra, **start)
         return dataclasses.replace(task, state=S.REGISTERING, report=unpack(pack(report)), lease_expires=None,
                                    not_before=0.0, register_retries=0, register_failing_since=None, **extra)
 
