@@ -218,3 +218,22 @@ def test_the_hand_out_query_built_once_reads_each_calls_regions_limits_and_time(
     later = journal.dispatchable_by_region({three[0]: 5, three[1]: 1}, NOW + 100)
     assert [t.task_id for t in later[three[0]]] == [first[0], second[0]]
     assert [t.task_id for t in later[three[1]]] == [first[1]]
+
+
+def test_the_bulk_updates_sent_as_compiled_sql_store_what_a_fresh_read_finds(journal: Journal) -> None:
+    ids = _handed_out(journal)
+    count = Statements(journal)
+    with journal.batch():
+        journal.done_many([(t, 1, {"size": 2048, "checksum": "c" * 32}) for t in ids], NOW, started=set(ids))
+    fresh = Journal(journal.engine.url.render_as_string(hide_password=False))
+    for task_id in ids:
+        row = fresh.task(task_id)  # read from the journal: this one never held the rows in memory
+        assert row.state.value == "registering" and row.report == {"size": 2048, "checksum": "c" * 32}
+        assert row.bytes_done == row.bytes_total == 2048 and row.lease_expires is None
+    with fresh.transaction() as conn:
+        regions = conn.execute(sa.select(image_regions.c.state, image_regions.c.bytes_total)
+                               .where(image_regions.c.task_id.in_(ids))).all()
+    assert set(regions) == {("registering", 2048)}
+    if journal.engine.dialect.supports_sane_multi_rowcount:
+        updates = [s for s in count.seen if s.lstrip().upper().startswith("UPDATE")]
+        assert len(updates) == 2, updates  # one executemany per table
