@@ -81,8 +81,9 @@ class ReportsMixin:
         finished, self._finished = self._finished, []
         acks = [(s, b) for kind, s, b, _ in queued if kind == "ack"]
         dones = [(s, b, settled) for kind, s, b, settled in queued if kind == "done"]
-        started = self._folded_acks(acks, dones)
-        acks = [(s, b) for s, b in acks if b["task_id"] not in started]
+        folded = self._folded_acks(acks, dones)
+        started = {key[0] for key in folded}
+        acks = [(s, b) for s, b in acks if (b["task_id"], b["attempt"], s.routing_id) not in folded]
         if acks:
             self._apply(acks, "ack", lambda items: self.journal.ack_many(items, now), self._acked)
         if dones:
@@ -93,8 +94,8 @@ class ReportsMixin:
             self._apply_finished(finished, now)
 
     def _folded_acks(self, acks: list[tuple[Session, dict[str, Any]]],
-                     dones: list[tuple[Session, dict[str, Any], Settled | None]]) -> set[str]:
-        """Tasks whose current ``ack`` came in the same iteration as the ``done`` of that attempt.
+                     dones: list[tuple[Session, dict[str, Any], Settled | None]]) -> set[tuple[str, int, bytes]]:
+        """(task_id, attempt, session) of each current ``ack`` that came with the ``done`` of that attempt.
 
         An agent that finishes quickly sends both at once.  The ``done`` alone is written,
         with the ack's ``started_at`` (journal ``done_many(started=...)``): one change per
@@ -109,7 +110,7 @@ class ReportsMixin:
                 self._attempt(session, body)
             except StaleAttempt:
                 continue
-            folded.add(body["task_id"])
+            folded.add((body["task_id"], body["attempt"], session.routing_id))
         return folded
 
     def _apply(self, reports: list[tuple[Any, ...]], what: str, write: Callable[[list[Any]], list[Any]],

@@ -48,3 +48,17 @@ def test_a_stale_ack_is_not_written_with_the_done(ctx, service, journal) -> None
     assert settled == [task["task_id"]] and state(journal) == "registering"
     assert _started_at(journal, task["task_id"]) is None  # the wrong attempt's ack changed nothing
     sock.close()
+
+
+def test_a_stale_ack_beside_a_folded_one_is_still_judged_and_logged(ctx, service, journal, caplog) -> None:
+    sock, task = run_copy(ctx, service)
+    [session] = service.agents.online()
+    with caplog.at_level("INFO", logger="coordinator.taskreports"), service.journal.batch():
+        service.tasks.ack(session, {"task_id": task["task_id"], "attempt": task["attempt"] + 5}, NOW + 1)
+        service.tasks.ack(session, {"task_id": task["task_id"], "attempt": task["attempt"]}, NOW + 1)
+        service.tasks.done(session, report(task), NOW + 1, lambda: None)
+        service.tasks.apply_reports(NOW + 1)
+    assert state(journal) == "registering" and _started_at(journal, task["task_id"]) == NOW + 1
+    assert any("ignored ack" in r.getMessage() and f"attempt {task['attempt'] + 5}" in r.getMessage()
+               for r in caplog.records)
+    sock.close()
