@@ -15,11 +15,10 @@
    memory), persist the progress reports kept in memory;
 4. submit the registrations due, plan journaled events that have no tasks yet
    (eventdesk.py), and cancel copies a delete waits behind (operator.py);
-5. commit steps 1-4 in one transaction (``Journal.batch``); only then go the replies
-   that acknowledge them; when the commit fails none is sent and the peers send again;
-6. hand tasks to agents with credits, send heartbeats, start a reconciler pass when
-   one is due (reconcilepass.py), re-read the CURVE allow-list when it changed or on SIGHUP, and
-   publish the metrics snapshot (coordinator/metrics.py).
+5. assign due tasks to agents with credits; commit steps 1-5 in one transaction (``Journal.batch``);
+   only then go the replies that acknowledge them, and the tasks; if the commit fails, none;
+6. send heartbeats, start a reconciler pass when one is due (reconcilepass.py), re-read the CURVE
+   allow-list (changed, SIGHUP), publish the metrics snapshot (coordinator/metrics.py).
 
 Step 4's queries and the hand-out run only when what they read can have changed (wakeups.py).
 A ``status_query`` writes nothing and reads committed state, so it is answered at once (an
@@ -226,13 +225,15 @@ class Service(AdmissionMixin, ClientMixin):
                                   self.passes.journal_slice, self._housekeeping))
                 if self._queries.due(now):
                     self._steps(now, (self.tasks.retry_registrations, self.events.plan_events, self.operator.step))
+                self._steps(now, (self._dispatch,))  # assigned here, sent after the commit: one commit, not two
         except Exception as exc:
             # Nothing of this iteration is durable: acknowledge none of it; the peers send it again.
             LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
                       self._after_commit.withhold())
+            self.tasks.withdraw()
         for reply in self._after_commit.take():
             self._send(reply.sock, reply.envelope, reply.payload)
-        self._steps(now, (self._dispatch, self.dialog.heartbeats, self.passes.reconcile, self.metrics.tick))
+        self._steps(now, (self.tasks.send_assigned, self.dialog.heartbeats, self.passes.reconcile, self.metrics.tick))
         self._timed(time.monotonic() - started)
 
     @staticmethod
@@ -359,6 +360,6 @@ class Service(AdmissionMixin, ClientMixin):
 
     def _dispatch(self, now: float) -> None:
         if self._handouts.due(now):
-            self.tasks.dispatch_all(self.agents.online(), now, self.send_agent)
+            self.tasks.assign_due(self.agents.online(), now, self.send_agent)
 
     # -- planning ------------------------------------------------------------------------------

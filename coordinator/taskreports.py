@@ -4,7 +4,8 @@
 are queued as they arrive and applied together by ``apply_reports``, once per loop
 iteration inside its batch: one journal call per kind (``Journal.ack_many``,
 ``done_many``, ``finish_many``: a statement per table, not per report), acks before
-dones, so a ``done`` sees the ``ack`` of the same iteration.  Any other report
+dones, so a ``done`` sees the ``ack`` of the same iteration; the current ``ack`` of an
+attempt whose ``done`` came in the same iteration is written with that ``done``.  Any other report
 (``failed``, ``bye``'s hand-back, a refused frame) or a ``hello`` applies the queue
 first, so a task's reports keep their order.  A ``done`` is answered (``settled``,
 then ``result_ack`` after the commit) only once journaled or found stale.
@@ -80,14 +81,37 @@ class ReportsMixin:
         finished, self._finished = self._finished, []
         acks = [(s, b) for kind, s, b, _ in queued if kind == "ack"]
         dones = [(s, b, settled) for kind, s, b, settled in queued if kind == "done"]
+        folded = self._folded_acks(acks, dones)
+        started = {key[0] for key in folded}
+        acks = [(s, b) for s, b in acks if (b["task_id"], b["attempt"], s.routing_id) not in folded]
         if acks:
             self._apply(acks, "ack", lambda items: self.journal.ack_many(items, now), self._acked)
         if dones:
             self._apply(dones, "done", lambda items: self.journal.done_many(
-                [(task_id, attempt, {**body, "attempt": attempt}) for task_id, attempt, body in items], now),
-                self._was_done)
+                [(task_id, attempt, {**body, "attempt": attempt}) for task_id, attempt, body in items], now,
+                started=started), self._was_done)
         if finished:
             self._apply_finished(finished, now)
+
+    def _folded_acks(self, acks: list[tuple[Session, dict[str, Any]]],
+                     dones: list[tuple[Session, dict[str, Any], Settled | None]]) -> set[tuple[str, int, bytes]]:
+        """(task_id, attempt, session) of each current ``ack`` that came with the ``done`` of that attempt.
+
+        An agent that finishes quickly sends both at once.  The ``done`` alone is written,
+        with the ack's ``started_at`` (journal ``done_many(started=...)``): one change per
+        table for the task instead of two.  A stale ack is never folded: it is logged as before.
+        """
+        done_by = {(b["task_id"], b["attempt"], s.routing_id) for s, b, _ in dones}
+        folded = set()
+        for session, body in acks:
+            if (body["task_id"], body["attempt"], session.routing_id) not in done_by:
+                continue
+            try:
+                self._attempt(session, body)
+            except StaleAttempt:
+                continue
+            folded.add((body["task_id"], body["attempt"], session.routing_id))
+        return folded
 
     def _apply(self, reports: list[tuple[Any, ...]], what: str, write: Callable[[list[Any]], list[Any]],
                applied: Callable[[tuple[Any, ...], Any], None]) -> None:

@@ -83,6 +83,9 @@ class TaskDesk(ReportsMixin):
         self.sourcing = sourcing or Sourcing(0, ())
         # The order of sources chosen for the copies being handed out now.
         self._routes: dict[str, list[str | None]] = {}
+        # Tasks assigned in the open batch (assign_due) and how to send them once it commits.
+        self._assigned: list[tuple[Session, TaskRow]] = []
+        self._send: Send = lambda *_args: False
         self._init_reports()
 
     # -- hand-out -----------------------------------------------------------------------
@@ -96,6 +99,16 @@ class TaskDesk(ReportsMixin):
 
         A task is sent only once its assignment is committed, so an agent never runs
         an attempt the journal does not know.
+        """
+        with self.journal.batch():
+            self.assign_due(sessions, now, send)
+        return self.send_assigned(now)
+
+    def assign_due(self, sessions: list[Session], now: float, send: Send) -> None:
+        """Assign due tasks to the sessions with credits (one query), in the open batch if any.
+
+        ``send_assigned`` sends them once that batch committed; ``withdraw`` forgets them
+        when it rolled back.
         """
         assigned = []
         try:
@@ -112,8 +125,18 @@ class TaskDesk(ReportsMixin):
                     assigned.append((session, outcome))
         except JournalError as exc:
             LOG.error("tasks not handed out this time: %s", exc)
-            list(map(self._unroute, list(self._routes)))
-            return 0
+            self.withdraw()
+            return
+        self._assigned, self._send = assigned, send
+
+    def withdraw(self) -> None:
+        """Forget the hand-outs that will not be sent (their batch rolled back) and the sources chosen."""
+        self._assigned = []
+        list(map(self._unroute, list(self._routes)))
+
+    def send_assigned(self, now: float) -> int:
+        """Send the assignments of ``assign_due``, now committed; returns how many went out."""
+        assigned, send, self._assigned = self._assigned, self._send, []
         given, back = 0, []
         by_agent: dict[str, list[str]] = {}
         for session, task in assigned:

@@ -31,6 +31,9 @@ PLANNED_IMAGE = "planned_image"
 # Records of this many events are kept in memory (a record is a few kilobytes).
 CACHED_EVENTS = 2048
 
+# The events' records for a read's tasks, built once (the ids are bound at each execution).
+_RECORDS = sa.select(events.c.event_id, events.c.payload).where(
+    events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 
 def shared_image(new_tasks: Iterable[NewTask]) -> dict[str, Any] | None:
     """The record an event's tasks are planned from (the first task's), or None when none carries one."""
@@ -64,8 +67,7 @@ class ImageRecordMixin:
             cache = self._image_cache = {}
         wanted = sorted({t.event_id for t in found if "image" not in t.payload and t.event_id is not None} - cache.keys())
         for start in range(0, len(wanted), 500):
-            for event_id, payload in conn.execute(sa.select(events.c.event_id, events.c.payload).where(
-                    events.c.event_id.in_(wanted[start:start + 500]))).all():
+            for event_id, payload in conn.execute(_RECORDS, {"ids": wanted[start:start + 500]}).all():
                 record = (unpack(payload) or {}).get(PLANNED_IMAGE)
                 if isinstance(record, dict):
                     while len(cache) >= CACHED_EVENTS:

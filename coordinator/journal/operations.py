@@ -26,6 +26,19 @@ TARGETING_PREFIX = "targeting: "
 NOTE_PREFIX = "note: "
 
 
+def _copies_behind_deletes() -> sa.Select:
+    # Built once (the loop asks whenever the journal changed): it has no value that varies.
+    later = tasks.alias("later")
+    return sa.select(tasks).where(
+        tasks.c.kind != "delete", tasks.c.state.in_(_HANDED_OUT),
+        sa.exists().where(later.c.image_id == tasks.c.image_id, later.c.region == tasks.c.region,
+                          later.c.seq > tasks.c.seq, later.c.kind == "delete",
+                          later.c.state == S.PENDING.value)).order_by(tasks.c.seq)
+
+
+_COPIES_BEHIND_DELETES = _copies_behind_deletes()
+
+
 @dataclass(frozen=True)
 class Cancelled:
     """A task an operator (or a delete) cancelled; ``agent_id`` is set when an agent held it."""
@@ -72,14 +85,8 @@ class OperationsMixin:
 
     def copies_behind_deletes(self) -> list[TaskRow]:
         """Handed-out copy or update tasks with a delete of the same (image, region) queued behind them."""
-        later = tasks.alias("later")
-        query = sa.select(tasks).where(
-            tasks.c.kind != "delete", tasks.c.state.in_(_HANDED_OUT),
-            sa.exists().where(later.c.image_id == tasks.c.image_id, later.c.region == tasks.c.region,
-                              later.c.seq > tasks.c.seq, later.c.kind == "delete",
-                              later.c.state == S.PENDING.value))
         with self.reading() as conn:
-            return [task_from_row(r) for r in conn.execute(query.order_by(tasks.c.seq)).all()]
+            return [task_from_row(r) for r in conn.execute(_COPIES_BEHIND_DELETES).all()]
 
     @retry_on_deadlock
     def cancel_task(self, task: TaskRow, reason: str, now: float) -> bool:

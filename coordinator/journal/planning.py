@@ -26,6 +26,12 @@ from coordinator.schema import events, image_records, image_regions, tasks
 from glancesync.states import SyncState, can_move
 
 S = SyncState
+# Events by id, built once (the ids are bound at each execution).  ``planned`` is tested by
+# the caller, not in SQL: there SQLite would walk ix_events_order, not the key.
+_EVENTS_BY_ID = sa.select(events).where(events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+# Recording an event (once per event received), built once.
+_EVENT_KNOWN = sa.select(events.c.event_id).where(events.c.event_id == sa.bindparam("event_id"))
+_INSERT_EVENT = events.insert()
 
 
 @dataclasses.dataclass
@@ -54,7 +60,7 @@ class PlanningMixin:
                      sender: str | None = None) -> bool:
         """Store an event durably; False when that event id was already recorded."""
         with self.transaction() as conn:
-            if conn.execute(sa.select(events.c.event_id).where(events.c.event_id == event_id)).first():
+            if conn.execute(_EVENT_KNOWN, {"event_id": event_id}).first():
                 return False
             try:
                 # Its own savepoint: on PostgreSQL a failed insert would abort the whole batch.
@@ -68,10 +74,8 @@ class PlanningMixin:
     @staticmethod
     def _insert_event(conn: Connection, event_id: str, kind: str, image_id: str, body: dict[str, Any],
                       now: float, sender: str | None) -> None:
-        conn.execute(events.insert().values(
-            event_id=event_id, kind=kind, image_id=image_id, payload=pack(body), received_at=now,
-            planned=False, sender=sender,
-        ))
+        conn.execute(_INSERT_EVENT, {"event_id": event_id, "kind": kind, "image_id": image_id, "payload": pack(body),
+                                     "received_at": now, "planned": False, "sender": sender})
 
     def unplanned_events(self, now: float | None = None, limit: int = 100) -> list[EventRow]:
         """Unplanned events due by ``now`` (all when None), oldest first."""
@@ -128,9 +132,8 @@ class PlanningMixin:
         ids, found = sorted(set(event_ids)), {}
         with self.reading() as conn:
             for start in range(0, len(ids), 500):
-                # ``planned`` tested here: in SQL, SQLite would walk ix_events_order, not the key.
-                query = sa.select(events).where(events.c.event_id.in_(ids[start:start + 500]))
-                found.update((r.event_id, _event(r)) for r in conn.execute(query) if not r.planned)
+                found.update((r.event_id, _event(r)) for r in conn.execute(_EVENTS_BY_ID, {"ids": ids[start:start + 500]})
+                             if not r.planned)
         return found
 
     def planning_facts(self, image_ids: Iterable[str]) -> PlanningFacts:

@@ -50,6 +50,43 @@ def split_change(new: SyncState, now: float, values: dict[str, Any]) -> tuple[di
     return values, mirrored
 
 
+# The loop's reads of registrations, built once: only the bound values change.
+_REGISTRATIONS_DUE = (sa.select(tasks.c.task_id).where(
+    tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= sa.bindparam("now", type_=tasks.c.not_before.type))
+    .order_by(tasks.c.not_before, tasks.c.seq))
+_REGISTERING_ROWS = sa.select(tasks).where(
+    tasks.c.task_id.in_(sa.bindparam("ids", expanding=True)), tasks.c.state == S.REGISTERING.value)
+# The hand-out's query for each number of regions it serves at once, built once: only its
+# bound values change between loop iterations (building and hashing the statement anew each
+# time cost more than running it).
+_DISPATCH_QUERIES: dict[int, Any] = {}
+
+
+def _dispatch_query(count: int) -> Any:
+    """``count`` LIMITed selects of due pending tasks, one per region, as one UNION ALL.
+
+    Bound values: ``now``, and ``region_<i>`` and ``limit_<i>`` for each part.  Each part
+    walks ix_tasks_dispatch_seq in seq order and stops at its limit; ``not_before + 0``
+    keeps the planner off ix_tasks_state_due, which would read every pending task of every
+    region and sort them.
+    """
+    query = _DISPATCH_QUERIES.get(count)
+    if query is not None:
+        return query
+    earlier = tasks.alias("earlier")
+    blocked = sa.exists().where(
+        earlier.c.image_id == tasks.c.image_id, earlier.c.region == tasks.c.region,
+        earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(FINAL_TASK_STATES))
+    now = sa.bindparam("now", type_=tasks.c.not_before.type)
+    parts = [sa.select(tasks).where(tasks.c.region == sa.bindparam(f"region_{index}", type_=tasks.c.region.type),
+                                    tasks.c.state == S.PENDING.value, tasks.c.not_before + 0 <= now, ~blocked)
+             .order_by(tasks.c.seq).limit(sa.bindparam(f"limit_{index}", type_=sa.Integer())).subquery()
+             for index in range(count)]
+    query = sa.union_all(*[sa.select(part) for part in parts]) if count > 1 else sa.select(parts[0])
+    _DISPATCH_QUERIES[count] = query
+    return query
+
+
 class TaskStateMixin:
     """Tasks: hand-out, reports, leases, retries; every change a compare-and-set.
 
@@ -234,23 +271,16 @@ class TaskStateMixin:
 
     def dispatchable_by_region(self, wants: dict[str, int], now: float) -> dict[str, list[TaskRow]]:
         """``dispatchable`` for several regions (region -> limit) in one query per 200 regions."""
-        earlier = tasks.alias("earlier")
-        blocked = sa.exists().where(
-            earlier.c.image_id == tasks.c.image_id, earlier.c.region == tasks.c.region,
-            earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(FINAL_TASK_STATES))
         found: dict[str, list[TaskRow]] = {}
         regions = [(region, limit) for region, limit in wants.items() if limit > 0]
         with self.reading() as conn:
             for start in range(0, len(regions), 200):
-                # One LIMITed select per region, each walking ix_tasks_dispatch_seq in seq order and
-                # stopping at its limit. ``not_before + 0`` keeps the planner off ix_tasks_state_due,
-                # which would read every pending task of every region and sort them.
-                parts = [sa.select(tasks).where(tasks.c.region == region, tasks.c.state == S.PENDING.value,
-                                                tasks.c.not_before + 0 <= now, ~blocked)
-                         .order_by(tasks.c.seq).limit(limit).subquery()
-                         for region, limit in regions[start:start + 200]]
-                query = sa.union_all(*[sa.select(part) for part in parts]) if len(parts) > 1 else sa.select(parts[0])
-                for task in self._with_images(conn, [task_from_row(row) for row in conn.execute(query).all()]):
+                chunk = regions[start:start + 200]
+                params: dict[str, Any] = {"now": now}
+                for index, (region, limit) in enumerate(chunk):
+                    params[f"region_{index}"], params[f"limit_{index}"] = region, limit
+                rows = conn.execute(_dispatch_query(len(chunk)), params).all()
+                for task in self._with_images(conn, [task_from_row(row) for row in rows]):
                     found.setdefault(task.region, []).append(task)
         for rows in found.values():
             rows.sort(key=lambda t: t.seq)
@@ -281,21 +311,25 @@ class TaskStateMixin:
             self._set_task(conn, task, S.TRANSFERRING, now, started_at=now)
 
     @retry_on_deadlock
-    def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float) -> TaskRow:
-        """The agent finished: copy and delete go on to registering, update is synced at once."""
+    def done(self, task_id: str, attempt: int, report: dict[str, Any], now: float, acked: bool = False) -> TaskRow:
+        """The agent finished: copy and delete go on to registering, update is synced at once.
+
+        ``acked``: the attempt's ``ack`` came with this report and is written with it (``started_at``).
+        """
         if report.get("size") is not None:
             byte_count("size", report["size"])
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
+            start = {"started_at": now} if acked and task.state == S.ASSIGNED else {}
             if task.kind == "update":
                 self._set_task(conn, task, S.SYNCED, now, finished_at=now, lease_expires=None,
-                               metadata_applied_at=now)
+                               metadata_applied_at=now, **start)
                 self._advance(conn, task.image_id, task.region, now)
                 return dataclasses.replace(task, state=S.SYNCED, lease_expires=None)
             size = report.get("size")
             extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
             self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
-                           not_before=0.0, register_retries=0, register_failing_since=None, **extra)
+                           not_before=0.0, register_retries=0, register_failing_since=None, **extra, **start)
         return dataclasses.replace(task, state=S.REGISTERING, report=unpack(pack(report)), lease_expires=None,
                                    not_before=0.0, register_retries=0, register_failing_since=None, **extra)
 
@@ -356,15 +390,13 @@ class TaskStateMixin:
         The loop asks every iteration while many registrations are in the pool (``skip``): their
         ids are read, not their rows (payload and report unpacked), so that costs next to nothing.
         """
-        query = (sa.select(tasks.c.task_id).where(tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= now)
-                 .order_by(tasks.c.not_before, tasks.c.seq))
         with self.reading() as conn:
-            due = [task_id for task_id in conn.execute(query).scalars() if task_id not in skip]
+            due = [task_id for task_id in conn.execute(_REGISTRATIONS_DUE, {"now": now}).scalars()
+                   if task_id not in skip]
             found = {}
             for start in range(0, len(due), 500):
                 found.update((t.task_id, t) for t in self._with_images(conn, [task_from_row(r) for r in conn.execute(
-                    sa.select(tasks).where(tasks.c.task_id.in_(due[start:start + 500]),
-                                           tasks.c.state == S.REGISTERING.value)).all()]))
+                    _REGISTERING_ROWS, {"ids": due[start:start + 500]}).all()]))
         return [found[task_id] for task_id in due if task_id in found]
 
     @retry_on_deadlock

@@ -157,3 +157,83 @@ def test_reads_in_a_batch_take_no_savepoint_and_a_failed_read_breaks_the_batch(j
         with pytest.raises(JournalError), journal.reading() as conn:
             conn.execute(sa.text("SELECT * FROM no_such_table"))
     assert set(_states(journal).values()) == {"transferring"}
+
+
+def _started_at(journal: Journal) -> dict[str, float | None]:
+    with journal.transaction() as conn:
+        return {r.task_id: r.started_at for r in conn.execute(sa.select(tasks.c.task_id, tasks.c.started_at))}
+
+
+def test_an_ack_written_with_its_done_is_one_update_per_table_and_keeps_started_at(journal: Journal) -> None:
+    ids = _handed_out(journal)
+    count = Statements(journal)
+    with journal.batch():
+        done = journal.done_many([(t, 1, {"size": 1024}) for t in ids], NOW + 3, started=set(ids))
+    assert [o.state.value for o in done] == ["registering"] * len(ids)
+    kinds = _kinds(count)
+    if journal.engine.dialect.supports_sane_multi_rowcount:
+        assert kinds.count("UPDATE") == 2, kinds  # tasks and image_regions, no ack's pair before them
+    assert set(_started_at(journal).values()) == {NOW + 3}
+    assert set(_states(journal).values()) == {"registering"}
+    assert set(_states(journal, image_regions).values()) == {"registering"}
+    assert _counters_match(journal)
+    assert journal.lapsed(NOW + 1000) == []
+
+
+def test_a_done_carrying_its_ack_made_stale_elsewhere_fails_alone_and_the_rest_replay_one_by_one(
+        journal: Journal) -> None:
+    ids = _handed_out(journal)
+    other = Journal(journal.engine.url.render_as_string(hide_password=False))
+    other.requeue(ids[5], 1, NOW, "taken back by another process")  # memory still says assigned
+    with journal.batch():
+        outcomes = journal.done_many([(t, 1, {"size": 1}) for t in ids], NOW + 2, started=set(ids))
+    assert isinstance(outcomes[5], StaleAttempt)
+    assert all(o.state.value == "registering" for i, o in enumerate(outcomes) if i != 5)
+    states, started = _states(journal), _started_at(journal)
+    assert states.pop(ids[5]) == "pending" and started.pop(ids[5]) is None
+    assert set(states.values()) == {"registering"}
+    assert set(started.values()) == {NOW + 2}  # the one-by-one path wrote each ack with its done
+
+
+def test_a_done_names_no_ack_when_the_task_already_transfers(journal: Journal) -> None:
+    ids = _handed_out(journal)
+    journal.ack_many([(t, 1) for t in ids], NOW + 1)
+    journal.done_many([(t, 1, {"size": 1}) for t in ids], NOW + 9, started=set(ids))
+    assert set(_started_at(journal).values()) == {NOW + 1}  # the ack's own time, not overwritten
+
+
+def test_the_hand_out_query_built_once_reads_each_calls_regions_limits_and_time(journal: Journal) -> None:
+    three = REGIONS[:3]
+    first = plan_copies(journal, IMAGES[0], three, "e0")
+    second = plan_copies(journal, IMAGES[1], three, "e1")
+    assert [t.task_id for t in journal.dispatchable_by_region({three[0]: 1}, NOW)[three[0]]] == [first[0]]
+    found = journal.dispatchable_by_region({three[1]: 2, three[2]: 1}, NOW)
+    assert [t.task_id for t in found[three[1]]] == [first[1], second[1]]
+    assert [t.task_id for t in found[three[2]]] == [first[2]]
+    assert all(t.payload["image"]["id"] in IMAGES for rows in found.values() for t in rows)
+    # A retry due later: not handed out before its time, whatever the earlier calls bound.
+    task = journal.assign(first[0], "agent-0", NOW, NOW + 30)
+    journal.fail(task.task_id, task.attempt, "try later", NOW, lambda _retries: NOW + 100)
+    assert [t.task_id for t in journal.dispatchable_by_region({three[0]: 5}, NOW)[three[0]]] == [second[0]]
+    later = journal.dispatchable_by_region({three[0]: 5, three[1]: 1}, NOW + 100)
+    assert [t.task_id for t in later[three[0]]] == [first[0], second[0]]
+    assert [t.task_id for t in later[three[1]]] == [first[1]]
+
+
+def test_the_bulk_updates_sent_as_compiled_sql_store_what_a_fresh_read_finds(journal: Journal) -> None:
+    ids = _handed_out(journal)
+    count = Statements(journal)
+    with journal.batch():
+        journal.done_many([(t, 1, {"size": 2048, "checksum": "c" * 32}) for t in ids], NOW, started=set(ids))
+    fresh = Journal(journal.engine.url.render_as_string(hide_password=False))
+    for task_id in ids:
+        row = fresh.task(task_id)  # read from the journal: this one never held the rows in memory
+        assert row.state.value == "registering" and row.report == {"size": 2048, "checksum": "c" * 32}
+        assert row.bytes_done == row.bytes_total == 2048 and row.lease_expires is None
+    with fresh.transaction() as conn:
+        regions = conn.execute(sa.select(image_regions.c.state, image_regions.c.bytes_total)
+                               .where(image_regions.c.task_id.in_(ids))).all()
+    assert set(regions) == {("registering", 2048)}
+    if journal.engine.dialect.supports_sane_multi_rowcount:
+        updates = [s for s in count.seen if s.lstrip().upper().startswith("UPDATE")]
+        assert len(updates) == 2, updates  # one executemany per table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from glanceclient import exc as glance_exc
 
 from coordinator.journal import Journal, NewTask
@@ -9,10 +10,12 @@ from coordinator.registrar import Registrar
 from coordinator.service import Service
 from coordinator.tasks import RegistrationRetry
 from glancesync import protocol
+from glancesync.exceptions import JournalError
 from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, NOW, make_conf
-from .test_service import pump, report, run_copy, state
+from .test_loop_cost import Statements
+from .test_service import agent, planned, pump, receive, report, run_copy, send_event, state
 
 
 def cascading_down(monkeypatch, client) -> list[str]:
@@ -130,3 +133,50 @@ def test_synced_needs_both_a_registered_copy_and_the_newest_metadata(journal) ->
     _run_update(journal, NOW + 3)
     row = region_row(journal)
     assert row["state"] == SyncState.SYNCED and row["copy_registered"] and row["metadata_applied"]
+
+
+def test_an_iteration_that_hands_out_tasks_commits_once_and_sends_them_after(ctx, service, journal) -> None:
+    send_event(ctx, service)
+    pump(service, NOW, lambda: planned(service))
+    sock = agent(ctx, service)
+    count = Statements(journal)
+    sent_at_commit: list[int] = []
+    sa.event.listen(journal.engine, "commit", lambda _conn: sent_at_commit.append(len(given)))
+    given: list[dict] = []
+    real_send = service.send_agent
+
+    def send(routing_id, msg_type, body):
+        if msg_type == "task":
+            given.append(body)
+        return real_send(routing_id, msg_type, body)
+
+    service.send_agent = send
+    sock.send(protocol.encode("ready", {"credits": 1}))
+    pump(service, NOW, lambda: given)
+    # The ready's iteration: its writes and the assignment in one commit, the task sent after it.
+    assert count.commits() == 1 and sent_at_commit == [0]
+    assert journal.task(given[0]["task_id"]).state == SyncState.ASSIGNED and given[0]["attempt"] == 1
+    sock.close()
+
+
+def test_a_hand_out_whose_batch_rolls_back_is_not_sent_and_goes_out_later_as_attempt_one(
+        ctx, service, journal, monkeypatch) -> None:
+    send_event(ctx, service)
+    pump(service, NOW, lambda: planned(service))
+    sock = agent(ctx, service)
+    real = journal.assign_many
+
+    def broken(picks, now):
+        outcomes = real(picks, now)
+        journal._batch_broken = JournalError(detail="the disk is full")  # the commit will not happen
+        return outcomes
+
+    monkeypatch.setattr(journal, "assign_many", broken)
+    sock.send(protocol.encode("ready", {"credits": 1}))
+    pump(service, NOW, lambda: service.iterations > 3 and not service.tasks._routes)
+    assert not sock.poll(0) and state(journal) == SyncState.PENDING
+    monkeypatch.undo()
+    pump(service, NOW + 2, lambda: sock.poll(0))
+    task = receive(sock, service, NOW + 2, "task").body
+    assert task["attempt"] == 1 and journal.task(task["task_id"]).attempt == 1
+    sock.close()
