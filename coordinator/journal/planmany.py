@@ -49,7 +49,7 @@ CHUNK = 500  # ids per IN (...) list
 PENDING, DELETING = S.PENDING.value, S.DELETING.value
 # The columns planning writes; the others start NULL (register_retries too has a Python default).
 TASK_COLUMNS = ("task_id", "seq", "image_id", "region", "kind", "state", "attempt", "not_before", "retries",
-                "bytes_done", "bytes_total", "payload", "event_id", "created_at", "updated_at", "register_retries")
+                "bytes_done", "bytes_total", "payload", "register_retries", "event_id", "created_at", "updated_at")
 REGION_COLUMNS = ("image_id", "region", "state", "task_id", "attempts", "bytes_done", "bytes_total", "updated_at")
 
 
@@ -158,7 +158,7 @@ class PlanManyMixin:
             for new in p.new_tasks:
                 task_id = uuid.uuid4().hex
                 rows.append((task_id, seq, p.image_id, new.region, new.kind, PENDING, 0, 0.0, 0, 0, 0,
-                             stored_payload(new.payload, shared), p.event_id, now, now, 0))
+                             stored_payload(new.payload, shared), 0, p.event_id, now, now))
                 seq += 1
                 state = DELETING if new.kind == "delete" else PENDING
                 records.append((p.image_id, new.region, state, task_id, 0, 0, 0, now))
