@@ -8,7 +8,8 @@ region) rows, one ``max(seq)``, one insert each of tasks, image_regions and new 
 records, and one ``UPDATE events ... WHERE event_id AND NOT planned`` for all
 (``executemany``; on PostgreSQL, whose driver counts no rows of an executemany, the
 compiled statement once per event).  The rows are those ``plan_event`` writes for each
-event in turn.
+event in turn, built as tuples (rowinsert.py: on SQLite one ``executemany`` of them, about
+half the time of SQLAlchemy's per-row dicts for an image planned for 500 regions).
 
 Each event's plan stays its own: an event that needs more (a region already known, a
 refused region, an image twice in the call, an event row missing) takes ``plan_event``;
