@@ -12,7 +12,7 @@ anywhere.
 
 ``serve(ids, store_dir, ready, targets)`` runs both servers in the calling process
 until it is terminated; ``ready`` receives ``(cascading_port, regional_port)``;
-``targets`` (image id -> region) sets each image's ``glance_sync_regions``.
+``targets`` (image id -> region, or regions joined by commas) sets each image's ``glance_sync_regions``.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def serve(ids: list[str], store_dir: str, ready: Any, targets: dict[str, str] | 
     by_region: dict[str, list[str]] = {}
     for image_id, region in sorted((targets or {}).items()):
         records[image_id]["glance_sync_regions"] = region
-        by_region.setdefault(region, []).append(image_id)
+        for name in region.split(","):
+            by_region.setdefault(name, []).append(image_id)
     cascading, regional = _server(records, False), _server(records, True, by_region)
     threading.Thread(target=regional.serve_forever, daemon=True).start()
     ready.send((cascading.server_address[1], regional.server_address[1]))

@@ -7,7 +7,9 @@ simulated agents that speak the real session protocol and reconnect as
 glance-sync-agent does (bench/simagents.py), idle so that every task stays queued
 and the figures are the control plane's.  ``sync_strategy = USER``: each image names
 one region in ``glance_sync_regions`` (image i: region i mod R), so planning makes
-one task per image.  In one run:
+one task per image; ``--regions-per-image K`` names K regions each (i mod R and the K-1
+after it), K tasks per image (``--regions-per-image 500``: the issue's image planned for
+500 regions).  In one run:
 
 1. the first reconciler pass over a glance the journal has never heard of: its time
    (from its start to its last event journaled), the coordinator's peak RSS, the
@@ -182,15 +184,17 @@ def planning(args: argparse.Namespace, watch: Watch) -> bool:
         took, data = watch.query()
         latencies.append(took)
         done, took = queued(data), time.monotonic() - began
-        if done >= args.images:
-            say(f"initial planning (from the restart until every image has its task): {took:.1f} s "
-                f"({args.images / max(took, 1e-9):.0f} images/s); status during it: {percentiles(latencies)}")
+        if done >= args.images * args.regions_per_image:
+            say(f"initial planning (from the restart until every image has its tasks): {took:.1f} s "
+                f"({args.images / max(took, 1e-9):.0f} images/s, {done / max(took, 1e-9):.0f} tasks/s); "
+                f"status during it: {percentiles(latencies)}")
             return True
         if took > limit:
             rate = done / max(took, 1e-9)
-            say(f"initial planning (from the restart): {done} of {args.images} images planned in {took:.0f} s "
-                f"({rate:.1f} images/s; all would take about {args.images / max(rate, 1e-9) / 60:.0f} min); "
-                f"status during it: {percentiles(latencies)}")
+            total = args.images * args.regions_per_image
+            say(f"initial planning (from the restart): {done} of {total} tasks planned in {took:.0f} s "
+                f"({rate:.1f} tasks/s, {rate / args.regions_per_image:.1f} images/s; all would take about "
+                f"{total / max(rate, 1e-9) / 60:.0f} min); status during it: {percentiles(latencies)}")
             return False
         time.sleep(0.5)
 
@@ -211,7 +215,10 @@ def steady_pass(args: argparse.Namespace, run: control.Run, watch: Watch, base: 
 def bench(args: argparse.Namespace, base: Path) -> None:
     regions = [f"Region{i:03d}" for i in range(args.regions or args.agents)]
     ids = sorted(str(uuid.uuid4()) for _ in range(args.images))
-    targets = {image_id: regions[n % len(regions)] for n, image_id in enumerate(ids)}
+    per_image = min(args.regions_per_image, len(regions))
+    args.regions_per_image = per_image
+    targets = {image_id: ",".join(regions[(n + k) % len(regions)] for k in range(per_image))
+               for n, image_id in enumerate(ids)}
     agent_regions = [regions[n % len(regions)] for n in range(args.agents)]
     per_region = max(4, math.ceil(args.agents / len(regions)))
     options = {"DEFAULT": {"sync_strategy": "USER"},
@@ -224,7 +231,7 @@ def bench(args: argparse.Namespace, base: Path) -> None:
         watch = Watch(run)
         start_agents(run, agent_regions, args.heartbeat)
         wait_welcomed(run, args.agents, 0.0, args.timeout)
-        say(f"{args.images} images, {len(regions)} regions, {args.agents} agents online in "
+        say(f"{args.images} images, {len(regions)} regions ({per_image} per image), {args.agents} agents online in "
             f"{time.monotonic() - started:.1f} s")
         first_pass(args, run, watch)
         s = restart(run, args.agents, args.timeout)
@@ -241,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100_000, help="images in the fake cascading glance")
     parser.add_argument("--agents", type=int, default=500, help="simulated agents")
     parser.add_argument("--regions", type=int, default=0, help="regions (default: one per agent)")
+    parser.add_argument("--regions-per-image", type=int, default=1,
+                        help="regions each image names in glance_sync_regions (tasks per image)")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="[coordinator] heartbeat_interval")
     parser.add_argument("--reconcile-interval", type=int, default=10,
                         help="[coordinator] reconcile_interval (the first pass comes this long after start)")

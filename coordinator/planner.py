@@ -129,7 +129,9 @@ def targeting_problems(image: Mapping[str, Any] | None, regions: Iterable[str], 
     if image is None or strategies.canonical(strategy) != strategies.USER:
         return []
     known = list(regions)
-    found = (strategies.problem(name, known) for name in strategies.split_names(image.get(USER_REGIONS_PROPERTY)))
+    regions_known = set(known)  # most names are regions: a set lookup each, not a walk of the list
+    found = (strategies.problem(name, known) for name in strategies.split_names(image.get(USER_REGIONS_PROPERTY))
+             if name not in regions_known)
     return [why for why in found if why is not None]
 
 

@@ -50,6 +50,14 @@ def test_targeting_problems_name_unknown_and_mis_cased_regions() -> None:
     assert planner.targeting_problems(image, ["RegionOne", "RegionTwo"], "ALL") == []
 
 
+def test_region_names_keep_their_first_order_without_repeats_among_hundreds() -> None:
+    regions = [f"Region{i:03d}" for i in range(500)]
+    raw = " , ".join(regions) + ",Region007,, Mars ,Region001"
+    assert strategy.split_names(raw) == [*regions, "Mars"]
+    problems = planner.targeting_problems({"glance_sync_regions": raw}, regions, "USER")
+    assert len(problems) == 1 and "'Mars' is not known" in problems[0]
+
+
 def test_cancelled_is_final_until_an_operator_or_a_delete() -> None:
     assert can_move(SyncState.TRANSFERRING, SyncState.CANCELLED)
     assert not can_move(SyncState.REGISTERING, SyncState.CANCELLED)
