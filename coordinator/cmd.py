@@ -143,19 +143,40 @@ def run(service: Service, stop: threading.Event) -> int:
     # about 70 ms of CPU each and stalled the loop several times a minute (doc/status.md).
     gc.collect()
     gc.freeze()
+    failed: GlanceSyncError | None = None
     try:
         service.run(stop)
     except GlanceSyncError as exc:  # a socket that cannot bind, a key that does not load, the journal
-        LOG.error("cannot start: %s", exc)
-        return 1
+        failed = exc
+        _check_lease(service)
     finally:
         service.journal.close()
     leadership = service.leadership
-    if leadership is not None and leadership.lost is not None:
-        LOG.error("coordinator stopped: leader lease lost (%s)", leadership.lost)
+    lost = None if leadership is None else leadership.lost or service.journal.fence_broken
+    if lost is not None:
+        LOG.error("coordinator stopped: leader lease lost (%s)", lost)
         return LOST_EXIT
+    if failed is not None:
+        LOG.error("cannot start: %s", failed)
+        return 1
     LOG.info("coordinator stopped")
     return 0
+
+
+def _check_lease(service: Service) -> None:
+    """After a failure, let the fence say whether the lease is still ours.
+
+    A pair's coordinator frozen while it started can wake to a journal session the
+    server ended: the error it then meets is the lost lease's doing, and its exit status
+    must say so (LOST_EXIT), not that it could not start.
+    """
+    leadership = service.leadership
+    if leadership is None or not leadership.held:
+        return
+    try:
+        service.journal.leader_row()  # a top-level transaction: its fence check marks a lost lease
+    except GlanceSyncError:
+        pass  # lost (fence_broken says so) or unreadable: either way the failure stands as it is
 
 
 def _leadership(conf: Any, journal: Journal, stop: threading.Event,

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from coordinator import cmd
+from coordinator.journal import LeaseLost
 from coordinator.leadership import LOST_EXIT
 from glancesync.exceptions import JournalError
 
@@ -73,13 +74,22 @@ def test_until_the_loop_runs_the_metrics_say_the_credentials_are_checked(conf):
 class FakeLeadership:
     def __init__(self, lost: str | None) -> None:
         self.lost = lost
+        self.held = lost is None
 
 
 class FakeJournal:
     closed = False
+    fence_broken: str | None = None
+    taken_by: str | None = None  # another holder of the lease: the fence check says so
 
     def close(self) -> None:
         self.closed = True
+
+    def leader_row(self) -> tuple[str | None, float, int]:
+        if self.taken_by is not None:
+            self.fence_broken = f"held by {self.taken_by}, not by us"
+            raise LeaseLost(detail=self.fence_broken)
+        return ("us", 0.0, 1)
 
 
 class FakeService:
@@ -108,6 +118,27 @@ def test_run_gives_the_exit_status_and_closes_the_journal(service, code, caplog)
         assert "leader lease lost (another coordinator took it)" in caplog.text
     if code == 1:
         assert "cannot start: " in caplog.text and "database is locked" in caplog.text
+
+
+def test_a_journal_failure_after_the_lease_was_taken_elsewhere_exits_as_a_lost_lease(caplog):
+    # A pair's coordinator frozen while it started wakes to a session the server ended.
+    service = FakeService(FakeLeadership(None), error=JournalError(detail="server closed the connection"))
+    service.journal.taken_by = "vm-other (generation 2)"
+    try:
+        assert cmd.run(service, threading.Event()) == LOST_EXIT
+    finally:
+        gc.unfreeze()
+    assert "leader lease lost (held by vm-other (generation 2), not by us)" in caplog.text
+    assert "cannot start" not in caplog.text
+
+
+def test_a_journal_failure_with_the_lease_still_ours_is_a_failed_start(caplog):
+    service = FakeService(FakeLeadership(None), error=JournalError(detail="server closed the connection"))
+    try:
+        assert cmd.run(service, threading.Event()) == 1
+    finally:
+        gc.unfreeze()
+    assert "cannot start: " in caplog.text and "server closed the connection" in caplog.text
 
 
 def test_the_start_up_objects_are_kept_out_of_the_collectors_passes_before_the_loop_runs():
