@@ -33,8 +33,9 @@ their repairs.
 
 Bounded slices.  Nothing of a pass runs long on the poll loop: the journal is read
 (``read_inputs``) in the glance pool, on a connection of its own; the listings are
-fetched there page by page; only the pass's synthetic events are written on the loop,
-at most ``JOURNAL_SLICE`` per iteration (``Journaling``), so a first pass over 100,000
+fetched there page by page, each region's compared as its pages come and then
+dropped (regiondrift.RegionJudge: one region's verdicts at a time, never every
+region's records); only the pass's synthetic events are written on the loop, at most ``JOURNAL_SLICE`` per iteration (``Journaling``), so a first pass over 100,000
 images the journal never heard of leaves status answering and heartbeats flowing
 (doc/reconciler.md, Cost).
 
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -151,16 +152,8 @@ def synthetic_event(event_id: str, kind: str, image_id: str, origin: str) -> dic
             "context": {"origin": origin}}
 
 
-def list_images(client: Any, full: Callable[[str], bool] | None = None,
-                others: bool = True) -> dict[str, dict[str, Any]]:
-    """Image id -> record of every image of a glance (raw paged GETs), hidden ones included.
-
-    With ``full``, only the images it accepts (and queued ones) keep their whole record; the others keep
-    their id and status (``others``) or are left out: a pass compares whole records
-    only of the images the journal can judge, and at 100,000 images the rest would
-    cost hundreds of MB.
-    """
-    found: dict[str, dict[str, Any]] = {}
+def listed_records(client: Any) -> Iterator[dict[str, Any]]:
+    """Every record of a glance's listing (raw paged GETs), hidden ones included, a page at a time."""
     # Glance leaves os_hidden images out of a listing unless asked for them.
     for hidden in (False, True):
         for image in glance.paged_images(client, {"visibility": "all", "os_hidden": hidden}, PAGE_SIZE):
@@ -168,12 +161,24 @@ def list_images(client: Any, full: Callable[[str], bool] | None = None,
                 # Ids become URLs and journal keys: only glance's own form is let in.
                 LOG.warning("reconciler: listing entry with id %s ignored", untrusted.quote(image.get("id")))
                 continue
-            # A queued image may be a snapshot whose events were lost (queued_snapshot needs its
-            # locations); queued images are few, the ones being created.
-            if full is None or full(image["id"]) or image.get("status") == "queued":
-                found[image["id"]] = image
-            elif others:
-                found[image["id"]] = {"id": image["id"], "status": image.get("status")}
+            yield image
+
+
+def list_images(client: Any, full: Callable[[str], bool] | None = None) -> dict[str, dict[str, Any]]:
+    """Image id -> record of every image of the cascading glance, hidden ones included.
+
+    With ``full``, only the images it accepts (and queued ones) keep their whole record; the others keep
+    their id and status: a pass compares whole records only of the images the journal
+    can judge, and at 100,000 images the rest would cost hundreds of MB.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for image in listed_records(client):
+        # A queued image may be a snapshot whose events were lost (queued_snapshot needs its
+        # locations); queued images are few, the ones being created.
+        if full is None or full(image["id"]) or image.get("status") == "queued":
+            found[image["id"]] = image
+        else:
+            found[image["id"]] = {"id": image["id"], "status": image.get("status")}
     return found
 
 
@@ -298,36 +303,46 @@ class Journaling:
         self.done = last
 
 
-def list_regions(regional_client: Callable[[str], Any], regions: Iterable[str],
-                 full: Callable[[str], bool] | None = None) -> dict[str, dict | None]:
-    """region -> its listing (only the images ``full`` accepts, when given); None for a region whose
-    glance did not answer (judged not at all)."""
-    listings: dict[str, dict | None] = {}
-    for region in regions:
-        try:
-            listings[region] = list_images(regional_client(region), full, others=False)
-        except Exception as exc:
-            LOG.warning("reconciler: region %s not listed, its drift not judged this pass: %s", region,
-                        glance.translate(exc, region))
-            listings[region] = None
-    return listings
-
-
 MemberScan = Callable[[dict[str, list[str]]], list[regiondrift.Repair]]
 
 
-def region_drift(listed: dict[str, dict[str, Any]], listings: dict[str, dict | None],
+def judge_region(regional_client: Callable[[str], Any], region: str,
+                 subjects: dict[str, regiondrift.Subject], policy: regiondrift.Policy
+                 ) -> tuple[list[regiondrift.Repair], list[str]] | None:
+    """One region's repairs and member candidates, its listing compared page by page and dropped as
+    it goes (regiondrift.RegionJudge); None when its glance did not answer (judged not at all)."""
+    judge = regiondrift.RegionJudge(region, subjects, policy)
+    try:
+        for record in listed_records(regional_client(region)):
+            judge.see(record["id"], record)
+    except Exception as exc:
+        LOG.warning("reconciler: region %s not listed, its drift not judged this pass: %s", region,
+                    glance.translate(exc, region))
+        return None
+    return judge.finish()
+
+
+def region_drift(listed: dict[str, dict[str, Any]], regional_client: Callable[[str], Any],
                  inputs: Inputs, members: MemberScan | None = None) -> list[regiondrift.Repair]:
     """The per-(image, region) repairs of every image the journal knows and whose event is not
-    waiting for planning; ``members`` asks glance for the members of the shared ones
-    (coordinator/memberscan.py)."""
-    journal = {image_id: {} for image_id in inputs.known if image_id not in inputs.waiting}
+    waiting for planning, one region at a time; ``members`` asks glance for the members of the
+    shared ones (coordinator/memberscan.py)."""
+    journal: dict[str, dict[str, regiondrift.Fact]] = {
+        image_id: {} for image_id in inputs.known if image_id not in inputs.waiting}
     for image_id, regions in inputs.facts.items():
         if image_id not in inputs.waiting:
             journal[image_id] = {r: regiondrift.Fact(SyncState(state), at) for r, (state, at) in regions.items()}
-    repairs = regiondrift.find_repairs(listed, listings, journal, inputs.policy)
-    if members is not None:
-        repairs += members(regiondrift.member_candidates(listed, listings, journal, inputs.policy, repairs))
+    subjects = regiondrift.subjects(listed, journal, inputs.policy)
+    repairs: list[regiondrift.Repair] = []
+    candidates: dict[str, list[str]] = {}
+    for region in inputs.policy.regions:
+        judged = judge_region(regional_client, region, subjects, inputs.policy)
+        if judged is not None:
+            repairs += judged[0]
+            for image_id in judged[1]:
+                candidates.setdefault(image_id, []).append(region)
+    if members is not None and candidates:
+        repairs += members(dict(sorted(candidates.items())))
     return sorted(repairs, key=lambda r: (r.image_id, r.region))
 
 
@@ -344,7 +359,7 @@ def scan(client: Any, regional_client: Callable[[str], Any], inputs: Inputs, end
         return glance.call(lambda: client.images.get(image_id) is not None, endpoint, missing=False)
 
     drift = find_drift(listed, inputs.known, inputs.tracked, exists, inputs.policy.regions)
-    repairs = region_drift(listed, list_regions(regional_client, inputs.policy.regions, judged.__contains__), inputs,
+    repairs = region_drift(listed, regional_client, inputs,
                            lambda wanted: memberscan.find(client, regional_client, wanted, endpoint))
     drift = dataclasses.replace(drift, repairs=repairs)
     if drift.missing or drift.vanished or repairs:

@@ -55,7 +55,7 @@ HELD_STATUSES = frozenset({"active", "deactivated"})
 GONE = frozenset({"deleted", "killed", "pending_delete"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fact:
     """What the journal says of one (image, region)."""
 
@@ -156,6 +156,111 @@ def _judge(image: Mapping[str, Any], region: str, fact: Fact | None, regional: M
     return _synced_drift(image, region, regional)
 
 
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a pass judges one image by in every region, worked out once per pass."""
+
+    image: Mapping[str, Any]
+    facts: Mapping[str, Fact]
+    targets: frozenset[str]
+    typo: bool  # glance_sync_regions names a region that is not one: nothing is unwanted until it is fixed
+
+
+def subjects(cascading: Mapping[str, Mapping[str, Any]], journal: Mapping[str, Mapping[str, Fact]],
+             policy: Policy) -> dict[str, Subject]:
+    """image id -> Subject, for the images the journal knows that the cascading glance holds.
+
+    Equal target sets are shared: at 100,000 images most images have one of a few.
+    """
+    found: dict[str, Subject] = {}
+    interned: dict[frozenset[str], frozenset[str]] = {}
+    for image_id, facts in journal.items():
+        image = cascading.get(image_id)
+        if image is None or image.get("status") not in HELD_STATUSES:
+            continue
+        targets = frozenset(policy.targets(image, facts))
+        typo = bool(planner.targeting_problems(image, policy.regions, policy.strategy))
+        found[image_id] = Subject(image, facts, interned.setdefault(targets, targets), typo)
+    return found
+
+
+class RegionJudge:
+    """One region's drift, judged record by record as its listing streams in.
+
+    Only a verdict per listed image is kept (and the ids of listed shared copies whose
+    members are worth asking about), never the regional records: a pass holds one
+    region's verdicts at a time, not every region's listing.  ``finish`` judges the
+    images the listing did not show.  A listing that fails part way is dropped whole
+    by the caller: an unanswered listing is not an empty one.
+    """
+
+    def __init__(self, region: str, subjects: Mapping[str, Subject], policy: Policy) -> None:
+        self.region = region
+        self.subjects = subjects
+        self.policy = policy
+        self.verdicts: dict[str, tuple[str, str] | None] = {}
+        self.shared: set[str] = set()
+
+    def see(self, image_id: str, record: Mapping[str, Any]) -> None:
+        """A record of the region's listing (a later record of the same id replaces the earlier)."""
+        subject = self.subjects.get(image_id)
+        if subject is None:
+            return
+        self.verdicts[image_id] = self._verdict(image_id, subject, record)
+        if record.get("status") in HELD_STATUSES and record.get("visibility") == "shared":
+            self.shared.add(image_id)
+        else:
+            self.shared.discard(image_id)
+
+    def finish(self) -> tuple[list[Repair], list[str]]:
+        """The region's repairs, and the images whose members to compare here (``member_candidates``)."""
+        repairs, members = [], []
+        for image_id, subject in self.subjects.items():
+            verdict = (self.verdicts[image_id] if image_id in self.verdicts
+                       else self._verdict(image_id, subject, None))
+            if verdict:
+                repairs.append(Repair(image_id, self.region, *verdict))
+            elif (image_id in self.shared and subject.image.get("visibility") == "shared"
+                  and self.region in subject.targets and self.region in subject.facts
+                  and subject.facts[self.region].state == SyncState.SYNCED):
+                members.append(image_id)
+        return repairs, members
+
+    def _verdict(self, image_id: str, subject: Subject, record: Mapping[str, Any] | None) -> tuple[str, str] | None:
+        region, policy, fact = self.region, self.policy, subject.facts.get(self.region)
+        if region in subject.targets:
+            return _judge(subject.image, region, fact, record, policy)
+        if (fact is not None and fact.state == SyncState.SYNCED and not subject.typo
+                and region not in policy.asked.get(image_id, ())):
+            return "unwanted", f"strategy {policy.strategy} no longer targets this region"
+        return None
+
+
+def _judged(
+    cascading: Mapping[str, Mapping[str, Any]],
+    regional: Mapping[str, Mapping[str, Mapping[str, Any]] | None],
+    journal: Mapping[str, Mapping[str, Fact]],
+    policy: Policy,
+) -> tuple[list[Repair], dict[str, list[str]]]:
+    known = subjects(cascading, journal, policy)
+    repairs: list[Repair] = []
+    members: dict[str, list[str]] = {}
+    for region in policy.regions:
+        listing = regional.get(region)
+        if listing is None:
+            continue
+        judge = RegionJudge(region, known, policy)
+        for image_id, record in listing.items():
+            judge.see(image_id, record)
+        found, shared = judge.finish()
+        repairs += found
+        for image_id in shared:
+            members.setdefault(image_id, []).append(region)
+    order = {region: index for index, region in enumerate(policy.regions)}
+    repairs.sort(key=lambda r: (r.image_id, order[r.region]))
+    return repairs, dict(sorted(members.items()))
+
+
 def find_repairs(
     cascading: Mapping[str, Mapping[str, Any]],
     regional: Mapping[str, Mapping[str, Mapping[str, Any]] | None],
@@ -166,32 +271,11 @@ def find_repairs(
 
     ``cascading``: id -> record of the cascading listing; ``regional``: region -> id ->
     record of that region's listing (None: the listing failed); ``journal``: id ->
-    region -> Fact, for every image the journal has regional records of.
+    region -> Fact, for every image the journal has regional records of.  A pass
+    streams its listings through ``RegionJudge`` instead; this is the same rule over
+    listings held whole.
     """
-    repairs: list[Repair] = []
-    for image_id in sorted(journal):
-        image = cascading.get(image_id)
-        if image is None or image.get("status") not in HELD_STATUSES:
-            continue
-        facts = journal[image_id]
-        targets = policy.targets(image, facts)
-        # glance_sync_regions names a region that is not one: nothing is unwanted until it is fixed.
-        typo = bool(planner.targeting_problems(image, policy.regions, policy.strategy))
-        for region in policy.regions:
-            listing = regional.get(region)
-            if listing is None:
-                continue
-            fact = facts.get(region)
-            if region in targets:
-                verdict = _judge(image, region, fact, listing.get(image_id), policy)
-            elif (fact is not None and fact.state == SyncState.SYNCED and not typo
-                  and region not in policy.asked.get(image_id, ())):
-                verdict = "unwanted", f"strategy {policy.strategy} no longer targets this region"
-            else:
-                verdict = None
-            if verdict:
-                repairs.append(Repair(image_id, region, *verdict))
-    return repairs
+    return _judged(cascading, regional, journal, policy)[0]
 
 
 def acted_on(repairs: Iterable[Repair]) -> dict[str, dict[str, str]]:
@@ -201,11 +285,6 @@ def acted_on(repairs: Iterable[Repair]) -> dict[str, dict[str, str]]:
         if repair.action in ACTED_ON:
             by_image.setdefault(repair.image_id, {})[repair.region] = ACTED_ON[repair.action]
     return by_image
-
-
-def _listed_shared(listing: Mapping[str, Mapping[str, Any]] | None, image_id: str) -> bool:
-    record = (listing or {}).get(image_id)
-    return record is not None and record.get("status") in HELD_STATUSES and record.get("visibility") == "shared"
 
 
 def member_candidates(
@@ -220,21 +299,13 @@ def member_candidates(
     Only a shared image (glance keeps members for no other), synced in a target region
     whose listing shows the copy shared too, with no other repair planned there: an
     ``update`` applies the members anyway, and a copy of another visibility is an
-    ``update`` of its metadata first.
+    ``update`` of its metadata first.  ``repairs`` (the pass's other ones) leaves out
+    pairs busy otherwise.
     """
     busy = {(r.image_id, r.region) for r in repairs}
-    found: dict[str, list[str]] = {}
-    for image_id in sorted(journal):
-        image = cascading.get(image_id)
-        if image is None or image.get("status") not in HELD_STATUSES or image.get("visibility") != "shared":
-            continue
-        facts = journal[image_id]
-        regions = [r for r in policy.targets(image, facts)
-                   if (image_id, r) not in busy and r in facts and facts[r].state == SyncState.SYNCED
-                   and _listed_shared(regional.get(r), image_id)]
-        if regions:
-            found[image_id] = regions
-    return found
+    found = {image_id: [r for r in regions if (image_id, r) not in busy]
+             for image_id, regions in _judged(cascading, regional, journal, policy)[1].items()}
+    return {image_id: regions for image_id, regions in found.items() if regions}
 
 
 def member_differences(want: Iterable[Mapping[str, str]], have: Iterable[Mapping[str, str]]) -> str | None:
