@@ -49,8 +49,8 @@ FETCH_TRIES = 10
 FETCHES_IN_FLIGHT = 32
 # Statuses from which an image still becomes active without anyone's help.
 ON_THE_WAY = frozenset({"queued", "saving", "importing", "uploading"})
-# Task rows one loop iteration plans at most (doc/control-plane.md): at the 50-100 us per row
-# measured for the bulk insert on a busy 2-core VM, 0.2-0.4 s, under the loop's
+# Task rows one loop iteration plans at most (doc/control-plane.md): at the 47-87 us per row
+# measured for the bulk insert on a busy 2-core VM, 0.2-0.35 s, under the loop's
 # ITERATION_BUDGET, where 32 images for 500 regions (16,000 rows) held status for seconds.
 # The answers beyond it wait, in arrival order, for the next iterations; an image whose plan
 # alone is larger is still planned whole (one bulk insert), alone in its iteration.
