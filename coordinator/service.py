@@ -14,7 +14,8 @@
 3. mark silent agents offline, requeue the tasks whose lease is due (a heap in
    memory), persist the progress reports kept in memory;
 4. submit the registrations due, plan journaled events that have no tasks yet
-   (eventdesk.py), and cancel copies a delete waits behind (operator.py);
+   (eventdesk.py; a bounded number of task rows per iteration, the rest in the next ones,
+   which then come without waiting for frames), and cancel copies a delete waits behind (operator.py);
 5. assign due tasks to agents with credits; commit steps 1-5 in one transaction (``Journal.batch``);
    only then go the replies that acknowledge them, and the tasks; if the commit fails, none;
 6. send heartbeats, start a reconciler pass when one is due (reconcilepass.py), re-read the CURVE
@@ -196,8 +197,10 @@ class Service(AdmissionMixin, ClientMixin):
         self.now = now
         if self.leadership is not None and not self.leadership.hold(now):
             return  # the lease is lost: not one more act (run() stops)
-        if self.passes.journaling is not None or self._unapplied:
-            poll_seconds = 0  # work is waiting (a pass's next slice, results): only take what arrived
+        if self.events.waiting:
+            self._queries.stir()  # answers past the planning budget: planned in this iteration
+        if self.passes.journaling is not None or self._unapplied or self.events.waiting:
+            poll_seconds = 0  # work is waiting (a pass's next slice, results, answers): only take what arrived
         poll_seconds = wakeups.poll_timeout(now, poll_seconds, self._queries, self._handouts)
         try:
             ready = dict(self.poller.poll(int(poll_seconds * 1000)))
