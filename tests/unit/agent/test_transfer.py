@@ -82,7 +82,7 @@ def test_fetch_through_a_chroot_stats_and_opens_the_mapped_path(tmp_path, monkey
         def open_sftp(self):
             return Recording(self.size)
 
-    def copy(remote, out, start, total, sink, progress):
+    def copy(remote, out, start, total, sink, progress, in_flight=transfer.READS_IN_FLIGHT):
         out.write(DATA)
         sink.update(DATA)
         return len(DATA)
@@ -247,7 +247,7 @@ def test_full_work_dir_fails_retryable_naming_it_and_removes_the_partial_file(tm
 
     dest = tmp_path / "work" / "img-1.part"
 
-    def disk_full(remote, out, start, total, sink, progress):
+    def disk_full(remote, out, start, total, sink, progress, in_flight=transfer.READS_IN_FLIGHT):
         out.write(DATA[:100_000])
         out.flush()
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -278,7 +278,7 @@ def test_paramiko_read_that_stalls_past_the_idle_timeout_fails_retryable_and_kee
         def open_sftp(self):
             return Sftp(self.size)
 
-    def stalls(remote, out, start, total, sink, progress):
+    def stalls(remote, out, start, total, sink, progress, in_flight=transfer.READS_IN_FLIGHT):
         out.write(DATA[:1000])
         raise TimeoutError("timed out")  # what paramiko's channel raises after its timeout
 
@@ -310,9 +310,9 @@ def test_odd_store_paths_are_refused_before_sftp_runs(tmp_path, monkeypatch):
         transfer.fetch(STORE, image_of(DATA), '/store/images/a"b', str(tmp_path / "p"), lambda d, t: None)
 
 
-def test_the_store_read_by_paramiko_keeps_few_read_requests_in_flight(tmp_path, monkeypatch):
-    # paramiko's readv asks for the whole 32 MiB batch at once unless bounded: a burst into a
-    # shaped link (doc/performance.md); the store path now keeps the follower's bound.
+def test_the_store_read_by_paramiko_keeps_its_windows_worth_of_read_requests_in_flight(tmp_path, monkeypatch):
+    # Bounded, but by the SSH window (the bandwidth-delay product), never by 2 MiB alone: that
+    # would cap one stream at 2 MiB per round trip on a long link, whatever the window.
     bounds: list[int | None] = []
 
     class Remote(_Remote):
@@ -335,5 +335,11 @@ def test_the_store_read_by_paramiko_keeps_few_read_requests_in_flight(tmp_path, 
     fetched = transfer.fetch(STORE, image_of(DATA), "/store/images/img", str(dest), lambda d, t: None,
                              options=PARAMIKO)
     assert fetched.size == len(DATA) and dest.read_bytes() == DATA
-    assert bounds and set(bounds) == {transfer.READS_IN_FLIGHT}
-    assert transfer.READS_IN_FLIGHT * sshconnect.PACKET_BYTES <= 2 * 1024 * 1024
+    window = transfer.FetchOptions().window_bytes
+    assert bounds and set(bounds) == {window // sshconnect.PACKET_BYTES}
+    assert window // sshconnect.PACKET_BYTES > transfer.READS_IN_FLIGHT
+
+
+def test_reads_in_flight_follow_the_window_and_never_fall_below_the_followers_bound():
+    assert transfer.reads_in_flight(64 * 1024 * 1024) == 2048
+    assert transfer.reads_in_flight(256 * 1024) == transfer.READS_IN_FLIGHT  # a small capped window
