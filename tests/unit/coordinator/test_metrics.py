@@ -14,7 +14,7 @@ from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, NOW
 from .test_eventdesk import reconciling_service
-from .test_service import agent, planned, pump, receive, report, run_copy, send_event, state
+from .test_service import PATIENCE, agent, planned, pump, receive, report, run_copy, send_event, state
 
 
 def scrape(metrics: CoordinatorMetrics) -> dict[tuple[str, tuple], float]:
@@ -77,8 +77,11 @@ def test_failures_are_counted_by_region_and_kind(ctx, service, journal, publishe
     sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 1,
                                          "reason": "transfer of x failed: cannot connect to sshd", "retryable": True}))
     pump(service, NOW, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
-    later = NOW + 5
+    later = NOW + 5  # the retry's backoff; the agent, silent since NOW, is heard again only by this frame
     sock.send(protocol.encode("ready", {"credits": 1}))
+    # The frame must be there when the loop first runs at ``later``: one iteration without it
+    # would take the agent for gone (3 heartbeats) before its credits arrive.
+    assert service.agent_sock.poll(int(PATIENCE * 1000)), "the ready frame never reached the coordinator"
     second = receive(sock, service, later, "task").body
     regional.images.records[IMAGE_ID]["checksum"] = "0" * 32  # the registration finds other bytes
     sock.send(protocol.encode("done", report(second)))
