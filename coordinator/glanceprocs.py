@@ -14,7 +14,10 @@ would not show).  A worker that dies (killed, out of memory) closes its pipe: th
 flight fails as retryable (:class:`WorkerLost`, so the registration is retried with its
 backoff, never lost) and the thread's next job starts a new worker.  Workers ignore
 SIGINT and SIGTERM: the coordinator stops them (``shutdown``) after its threads are done,
-and one whose parent is gone sees the pipe close and exits.
+and one whose parent is gone sees the pipe close and exits.  A worker that ends by itself
+before its first job (it cannot build its clients, a broken install) is not started again at
+once: the next start waits 1, 2, 4... up to 60 s, and the jobs meanwhile fail as retryable,
+instead of every job paying a second of CPU for a worker that will end the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import multiprocessing
 import pickle
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -36,6 +40,8 @@ from glancesync.storemap import GlanceEndpoint
 
 LOG = logging.getLogger(__name__)
 STOP_SECONDS = 10.0
+RESTART_DELAY = 1.0  # after a worker that could not start; doubled for each one in a row
+MAX_RESTART_DELAY = 60.0
 
 
 class WorkerLost(GlanceError):
@@ -129,6 +135,7 @@ class _Worker:
                                    name="glance-sync-glance-worker", daemon=True)
         self.process.start()
         child.close()  # only the worker holds its end: its death closes the pipe for us
+        self.jobs = 0  # answered; none when it ends is a start that failed
 
 
 class WorkerProcesses:
@@ -144,6 +151,8 @@ class WorkerProcesses:
         self._workers: list[_Worker] = []
         self._idle: list[_Worker] = []
         self._closed = False
+        self._failed_starts = 0  # workers in a row that ended by themselves before a first job
+        self._restart_at = 0.0  # monotonic time before which no new worker is started
         for _ in range(start):
             worker = _Worker(self._ctx, self._make_clients)
             self._workers.append(worker)
@@ -165,6 +174,8 @@ class WorkerProcesses:
             raise WorkerLost(endpoint="worker process", retryable=True,
                              detail=f"worker {worker.process.pid} ended (exit code {code}) with this job "
                                     f"in flight ({type(exc).__name__}); retried") from None
+        worker.jobs += 1
+        self._failed_starts = 0
         if kind == "error":
             raise value
         return value
@@ -202,6 +213,11 @@ class WorkerProcesses:
                     raise WorkerLost(endpoint="worker process", retryable=True,
                                      detail="the coordinator is stopping")
                 if not self._idle:
+                    wait = self._restart_at - time.monotonic()
+                    if wait > 0:
+                        raise WorkerLost(endpoint="worker process", retryable=True,
+                                         detail=f"{self._failed_starts} glance worker(s) in a row ended before a "
+                                                f"first job; the next starts in {wait:.0f} s")
                     worker = self._local.worker = _Worker(self._ctx, self._make_clients)
                     self._workers.append(worker)
                     break
@@ -222,6 +238,10 @@ class WorkerProcesses:
         with self._lock:
             if worker in self._workers:
                 self._workers.remove(worker)
+            if worker.jobs == 0 and code is not None and code >= 0:  # not killed: it could not start
+                self._failed_starts += 1
+                self._restart_at = time.monotonic() + min(MAX_RESTART_DELAY,
+                                                            RESTART_DELAY * 2.0 ** (self._failed_starts - 1))
         if getattr(self._local, "worker", None) is worker:
             self._local.worker = None
         return code

@@ -93,7 +93,8 @@ coordinator_opts = [
         ],
         help="Where the coordinator's glance calls run. A worker process that dies (killed, out of "
         "memory) fails the call it was running as retryable, so that registration is tried again "
-        "with its backoff, and the next call starts a new worker; workers log through the "
+        "with its backoff, and the next call starts a new worker (after one that ended by itself "
+        "before a first job, such as a broken install, only after 1, 2, 4... up to 60 s); workers log through the "
         "coordinator's own log and stop with it. The reconciler's pass always runs in a thread. "
         "Measurements: doc/control-plane.md. Related options: glance_workers.",
     ),

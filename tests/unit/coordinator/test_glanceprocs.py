@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from coordinator import glanceprocs
 from coordinator.glancejobs import Clients, TaskResult
 from coordinator.glanceprocs import ClientSpec, WorkerLost, WorkerProcesses
 from coordinator.registrar import Registrar
@@ -51,6 +52,10 @@ def wait_for(_clients: Clients, started: str, release: str) -> int:
     while not Path(release).exists():
         time.sleep(0.01)
     return os.getpid()
+
+
+def broken_clients() -> Clients:
+    raise RuntimeError("this install cannot build a glance client")
 
 
 @pytest.fixture
@@ -216,3 +221,28 @@ def test_workers_started_up_front_take_the_first_jobs() -> None:
         assert pid in started and set(pool.pids()) == started
     finally:
         pool.shutdown()
+
+
+def test_a_worker_that_cannot_start_is_not_started_again_at_once(monkeypatch) -> None:
+    monkeypatch.setattr(glanceprocs, "RESTART_DELAY", 3600.0)
+    monkeypatch.setattr(glanceprocs, "MAX_RESTART_DELAY", 3600.0)
+    pool = WorkerProcesses(broken_clients)
+    try:
+        with pytest.raises(WorkerLost) as first:
+            pool.call(whoami, 1)
+        assert first.value.retryable and "ended" in str(first.value)
+        with pytest.raises(WorkerLost) as second:
+            pool.call(whoami, 2)
+        assert second.value.retryable
+        assert "1 glance worker(s) in a row ended before a first job; the next starts in" in str(second.value)
+        assert pool.pids() == []  # no second worker spawned for the second job
+    finally:
+        pool.shutdown()
+
+
+def test_a_killed_worker_is_not_counted_as_one_that_could_not_start(workers) -> None:
+    pid = workers.call(whoami, 1)[0]
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerLost):
+        workers.call(whoami, 2)
+    assert workers.call(whoami, 3)[1] == 3  # a new worker at once
