@@ -59,13 +59,15 @@ from coordinator.journal.planmany import PlanManyMixin, PlannedEvent
 from coordinator.journal.planning import PlanningMixin
 from coordinator.journal.progress import ProgressMixin
 from coordinator.journal.retention import RetentionMixin
+from coordinator.journal.taskreads import TaskReadsMixin
 from coordinator.journal.taskstate import TaskStateMixin
 from coordinator.journal.views import ViewsMixin
 
 __all__ = ["Cancelled", "EventRow", "HeldDelete", "Journal", "LeaseLost", "NewTask", "PlannedEvent", "RegionRecord", "TaskRow", "make_engine", "pack", "unpack"]
 
 
-class Journal(PlanningMixin, PlanManyMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, ProgressMixin, ImageRecordMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
+class Journal(PlanningMixin, PlanManyMixin, HoldsMixin, OperationsMixin, BulkMixin, TaskStateMixin, TaskReadsMixin,
+              ProgressMixin, ImageRecordMixin, LeaseMixin, LiveTaskMixin, ViewsMixin,
               RetentionMixin, LeaderMixin, JournalBase):
     """All reads and writes of the journal; safe to share within one thread."""
 

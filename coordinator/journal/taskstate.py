@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +17,6 @@ from sqlalchemy.engine import Connection
 
 from coordinator.journal.base import (
     FINAL_TASK_STATES,
-    LIVE_TASK_STATES,
     TaskRow,
     byte_count,
     pack,
@@ -48,43 +47,6 @@ def split_change(new: SyncState, now: float, values: dict[str, Any]) -> tuple[di
         mirrored["attempts"] = values["attempt"]
     mirrored.update({k: v for k, v in region_only.items() if v is not None or k != "os_hash_value"})
     return values, mirrored
-
-
-# The loop's reads of registrations, built once: only the bound values change.
-_REGISTRATIONS_DUE = (sa.select(tasks.c.task_id).where(
-    tasks.c.state == S.REGISTERING.value, tasks.c.not_before <= sa.bindparam("now", type_=tasks.c.not_before.type))
-    .order_by(tasks.c.not_before, tasks.c.seq))
-_REGISTERING_ROWS = sa.select(tasks).where(
-    tasks.c.task_id.in_(sa.bindparam("ids", expanding=True)), tasks.c.state == S.REGISTERING.value)
-# The hand-out's query for each number of regions it serves at once, built once: only its
-# bound values change between loop iterations (building and hashing the statement anew each
-# time cost more than running it).
-_DISPATCH_QUERIES: dict[int, Any] = {}
-
-
-def _dispatch_query(count: int) -> Any:
-    """``count`` LIMITed selects of due pending tasks, one per region, as one UNION ALL.
-
-    Bound values: ``now``, and ``region_<i>`` and ``limit_<i>`` for each part.  Each part
-    walks ix_tasks_dispatch_seq in seq order and stops at its limit; ``not_before + 0``
-    keeps the planner off ix_tasks_state_due, which would read every pending task of every
-    region and sort them.
-    """
-    query = _DISPATCH_QUERIES.get(count)
-    if query is not None:
-        return query
-    earlier = tasks.alias("earlier")
-    blocked = sa.exists().where(
-        earlier.c.image_id == tasks.c.image_id, earlier.c.region == tasks.c.region,
-        earlier.c.seq < tasks.c.seq, earlier.c.state.not_in(FINAL_TASK_STATES))
-    now = sa.bindparam("now", type_=tasks.c.not_before.type)
-    parts = [sa.select(tasks).where(tasks.c.region == sa.bindparam(f"region_{index}", type_=tasks.c.region.type),
-                                    tasks.c.state == S.PENDING.value, tasks.c.not_before + 0 <= now, ~blocked)
-             .order_by(tasks.c.seq).limit(sa.bindparam(f"limit_{index}", type_=sa.Integer())).subquery()
-             for index in range(count)]
-    query = sa.union_all(*[sa.select(part) for part in parts]) if count > 1 else sa.select(parts[0])
-    _DISPATCH_QUERIES[count] = query
-    return query
 
 
 class TaskStateMixin:
@@ -252,40 +214,6 @@ class TaskStateMixin:
             raise StaleAttempt(task_id=task_id, attempt=attempt)
         return task
 
-    def task(self, task_id: str) -> TaskRow | None:
-        with self.reading() as conn:
-            row = conn.execute(sa.select(tasks).where(tasks.c.task_id == task_id)).first()
-            task = None if row is None else self._with_images(conn, [task_from_row(row)])[0]
-        return None if task is None else self._with_lease(task)
-
-    def _with_lease(self, task: TaskRow) -> TaskRow:
-        """``task`` with its lease as renewed in memory (the journal keeps the hand-out's)."""
-        lease = self._leases().current.get(task.task_id)
-        if lease is not None and lease.attempt == task.attempt and task.state in (S.ASSIGNED, S.TRANSFERRING):
-            task.lease_expires = lease.expires
-        return task
-
-    def dispatchable(self, region: str, now: float, limit: int = 10) -> list[TaskRow]:
-        """Pending tasks of ``region`` due by ``now`` with no earlier unfinished task of their image."""
-        return self.dispatchable_by_region({region: limit}, now).get(region, [])
-
-    def dispatchable_by_region(self, wants: dict[str, int], now: float) -> dict[str, list[TaskRow]]:
-        """``dispatchable`` for several regions (region -> limit) in one query per 200 regions."""
-        found: dict[str, list[TaskRow]] = {}
-        regions = [(region, limit) for region, limit in wants.items() if limit > 0]
-        with self.reading() as conn:
-            for start in range(0, len(regions), 200):
-                chunk = regions[start:start + 200]
-                params: dict[str, Any] = {"now": now}
-                for index, (region, limit) in enumerate(chunk):
-                    params[f"region_{index}"], params[f"limit_{index}"] = region, limit
-                rows = conn.execute(_dispatch_query(len(chunk)), params).all()
-                for task in self._with_images(conn, [task_from_row(row) for row in rows]):
-                    found.setdefault(task.region, []).append(task)
-        for rows in found.values():
-            rows.sort(key=lambda t: t.seq)
-        return found
-
     @retry_on_deadlock
     def assign(self, task_id: str, agent_id: str, now: float, lease_expires: float,
                known: TaskRow | None = None) -> TaskRow:
@@ -384,38 +312,9 @@ class TaskStateMixin:
                 image_regions.c.image_id == task.image_id, image_regions.c.region == task.region,
                 image_regions.c.task_id == task_id).values(last_error=reason, updated_at=now))
 
-    def registrations_due(self, now: float, skip: Collection[str] = ()) -> list[TaskRow]:
-        """Tasks in ``registering`` whose next registration try is due by ``now``, but those in ``skip``.
-
-        The loop asks every iteration while many registrations are in the pool (``skip``): their
-        ids are read, not their rows (payload and report unpacked), so that costs next to nothing.
-        """
-        with self.reading() as conn:
-            due = [task_id for task_id in conn.execute(_REGISTRATIONS_DUE, {"now": now}).scalars()
-                   if task_id not in skip]
-            found = {}
-            for start in range(0, len(due), 500):
-                found.update((t.task_id, t) for t in self._with_images(conn, [task_from_row(r) for r in conn.execute(
-                    _REGISTERING_ROWS, {"ids": due[start:start + 500]}).all()]))
-        return [found[task_id] for task_id in due if task_id in found]
-
     @retry_on_deadlock
     def requeue(self, task_id: str, attempt: int, now: float, reason: str) -> None:
         """Put a handed-out task back in its queue (lease lapsed, agent reconnected without it)."""
         with self.transaction() as conn:
             task = self._current(conn, task_id, attempt, [S.ASSIGNED, S.TRANSFERRING])
             self._set_task(conn, task, S.PENDING, now, last_error=reason, agent_id=None, lease_expires=None)
-
-    def agent_tasks(self, agent_id: str, region: str | None = None) -> list[TaskRow]:
-        query = sa.select(tasks).where(tasks.c.agent_id == agent_id, tasks.c.state.in_(LIVE_TASK_STATES))
-        if region is not None:
-            query = query.where(tasks.c.region == region)
-        with self.reading() as conn:
-            return [task_from_row(r) for r in conn.execute(query).all()]
-
-    def registering(self) -> list[TaskRow]:
-        """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""
-        query = sa.select(tasks).where(tasks.c.state == S.REGISTERING.value).order_by(tasks.c.seq)
-        with self.reading() as conn:
-            return self._with_images(conn, [task_from_row(r) for r in conn.execute(query).all()])
-
