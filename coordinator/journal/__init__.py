@@ -26,7 +26,8 @@ reports are kept in memory and written every few seconds (``progress``).
 The journal is split by job, each module a mixin of ``Journal`` and together the only
 modules with SQL: ``engine`` (oslo.db's enginefacade, the ``[database]`` options,
 SQLite's pragmas, deadlock retry), ``base`` (rows, transactions, batches), ``planning``
-(events and planning), ``taskstate`` (the task state machine, retries), ``progress`` (progress
+(events and planning), ``taskstate`` (the task state machine, retries), ``taskreads`` (the
+hand-out's query, registrations due, an agent's tasks), ``progress`` (progress
 reports noted in memory and flushed), ``leases`` (the
 lease heap), ``views`` (status queries), ``retention`` (purging old history), ``holds``
 (the reconciler's pass counter and the deletions it holds back for an operator),
