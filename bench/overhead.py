@@ -176,7 +176,9 @@ def fake_backend(args: argparse.Namespace, base: Path) -> dict[str, list[float]]
         run.start()
         start_agents(run, args.capacity, None)
         run.wait_online()
-        return measure(run, ids, targets, args, registered)
+        out = measure(run, ids, targets, args, registered)
+        (base / "samples.json").write_text(json.dumps(out))
+        return out
     finally:
         run.stop()
 
@@ -279,6 +281,17 @@ class RealRun(control.Run):
         return {url: datetime.datetime.fromisoformat(created).replace(tzinfo=datetime.UTC).timestamp()
                 for url, created in rows}
 
+    def round_trips(self, image_id: str, count: int = 20) -> list[float]:
+        """Milliseconds of one GET of an image from the cascading glance, ``count`` times: what each of
+        the coordinator's requests on the path costs at the least here."""
+        client, times = self.cascading.client(), []
+        client.images.get(image_id)
+        for _ in range(count):
+            start = time.perf_counter()
+            client.images.get(image_id)
+            times.append(1000 * (time.perf_counter() - start))
+        return times
+
     def upload(self, image_id: str, regions: list[str], size: int) -> None:
         client = self.cascading.client()
         client.images.create(id=image_id, name=f"bench-{image_id[:8]}", disk_format="raw", container_format="bare",
@@ -319,6 +332,8 @@ def real_backend(args: argparse.Namespace, base: Path) -> dict[str, list[float]]
                       before=lambda image_id: run.upload(image_id, targets[image_id], size), stamped=run.stamped)
         for image_id in ids:
             run.check(image_id, targets[image_id])
+        out["glance_get"] = run.round_trips(ids[-1])
+        (base / "samples.json").write_text(json.dumps(out))
         return out
     finally:
         run.stop()
@@ -333,6 +348,9 @@ def report(name: str, r: dict[str, list[float]]) -> None:
           "the agent's own work p50 {:.1f} ms (left out)".format(
               percentile(r["to_agent"], 0.5), percentile(r["to_agent"], 0.99), percentile(r["to_registered"], 0.5),
               percentile(r["to_registered"], 0.99), percentile(r["agent"], 0.5)))
+    if "glance_get" in r:
+        print(f"  one GET of an image from the cascading glance meanwhile: p50 {percentile(r['glance_get'], 0.5):.1f} ms "
+              "(the path makes four glance requests in turn: fetch, regional listing, cascading read, PATCH)")
     if any(r["seen"]):
         print(f"  the coordinator's log line came {percentile(r['seen'], 0.5):.1f} ms after glance wrote the location "
               f"(p50; p99 {percentile(r['seen'], 0.99):.1f})")
