@@ -13,6 +13,8 @@ anywhere.
 ``serve(ids, store_dir, ready, targets)`` runs both servers in the calling process
 until it is terminated; ``ready`` receives ``(cascading_port, regional_port)``;
 ``targets`` (image id -> region, or regions joined by commas) sets each image's ``glance_sync_regions``.
+``GET /bench/patched`` on the cascading one answers the wall-clock time each location was
+added at (url -> time), so a bench learns when a registration happened without polling.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import bisect
 import hashlib
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -46,6 +49,9 @@ def record(image_id: str, store_dir: str) -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the coordinator's sessions reuse connections
+    # The status line and headers leave in one write, the body in another: with Nagle the body
+    # waited for the client's delayed ACK (about 40 ms a request, seen in bench/overhead.py).
+    disable_nagle_algorithm = True
     records: dict[str, dict[str, Any]] = {}
     # Sorted ids of every image, and of the images each region lists (regional server).
     order: list[str] = []
@@ -54,6 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
     lock = threading.Lock()
     served: Counter[str] = Counter()
     rendered: dict[str, bytes] = {}  # image id -> its record's JSON as this server shows it
+    patched: dict[str, float] = {}  # location url -> the wall-clock time a PATCH added it
 
     def _listing(self, region: str | None, query: dict[str, list[str]]) -> None:
         ids = self.by_region.get(region, []) if region is not None and self.by_region else self.order
@@ -117,6 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
             path = "/" + path
         if path == "/bench/requests":
             self._reply(200, dict(self.served))
+        elif path == "/bench/patched":
+            with self.lock:
+                self._reply(200, dict(self.patched))
         elif path == "/v2/images":
             self._count("list")
             query = parse_qs(url.query)
@@ -149,6 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
             for op in patch:
                 if op.get("op") == "add" and op.get("path") == "/locations/-":
                     image["locations"].append(op["value"])
+                    self.patched[op["value"].get("url")] = time.time()
             self.rendered.pop(image["id"], None)
             body = dict(image, locations=list(image["locations"]))
         self._reply(200, body)
@@ -166,7 +177,7 @@ def _server(records: dict[str, dict[str, Any]], regional: bool,
             by_region: dict[str, list[str]] | None = None) -> ThreadingHTTPServer:
     handler = type("Handler", (_Handler,), {"records": records, "regional": regional, "order": sorted(records),
                                             "by_region": by_region or {}, "served": Counter(),
-                                            "rendered": {}})
+                                            "rendered": {}, "patched": {}})
     server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     return server

@@ -12,12 +12,19 @@ after the same jittered exponential backoff (glancesync.liveness.Backoff).
 
 ``run`` serves until the pipe says ``stop`` and answers with its counters; ``stats``
 on the pipe answers with them and goes on (the restart bench reads the time of every
-``hello`` and ``welcome`` from them).
+``hello`` and ``welcome`` from them).  ``worker(task body)``, when given, is the agent's
+own work, done between the task's arrival and its ``done`` (bench/overhead.py makes the
+regional image there), on a thread of its own, so a task arriving meanwhile is taken at
+once, as a real agent's would be; the loop then polls every millisecond for the work
+that finished.  The wall-clock times of both are kept per ``<image id>/<region>``
+(``worked``), so a bench can take the agent's own time out of a latency.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +58,13 @@ class Counts:
     # Wall-clock times of every hello sent and every welcome received, for the restart bench.
     hellos: list[float] = field(default_factory=list)
     welcomes: list[float] = field(default_factory=list)
+    # "<image id>/<region>" -> wall-clock times the task arrived and its done was sent.
+    worked: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def as_dict(self, agents: list[SimAgent]) -> dict[str, Any]:
         return {"tasks": self.tasks, "result_acks": self.result_acks, "refused": self.refused,
                 "hellos": list(self.hellos), "welcomes": list(self.welcomes),
-                "welcomed": sum(a.welcomed for a in agents)}
+                "welcomed": sum(a.welcomed for a in agents), "worked": dict(self.worked)}
 
 
 def _send(agent: SimAgent, msg_type: str, body: dict[str, Any], now: float) -> None:
@@ -67,7 +76,12 @@ def _send(agent: SimAgent, msg_type: str, body: dict[str, Any], now: float) -> N
 class Pool:
     """Every simulated agent, on one poller."""
 
-    def __init__(self, agent_port: int, regions: list[str], capacity: int, heartbeat: float, work: bool) -> None:
+    def __init__(self, agent_port: int, regions: list[str], capacity: int, heartbeat: float, work: bool,
+                 worker: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.worker = worker
+        self.threads = ThreadPoolExecutor(max_workers=len(regions) * capacity) if worker is not None else None
+        # The tasks whose work runs: (agent, the done body, its worked key, the task's arrival, the work).
+        self.working: list[tuple[SimAgent, dict[str, Any], str, float, Future]] = []
         self.ctx = zmq.Context()
         self.poller = zmq.Poller()
         self.port, self.capacity, self.heartbeat, self.work = agent_port, capacity, heartbeat, work
@@ -107,13 +121,16 @@ class Pool:
             if self.work:
                 agent.owed = self.capacity
         elif msg.type == "task":
+            arrived = time.time()
             ref = {"task_id": msg.body["task_id"], "attempt": msg.body["attempt"]}
             image = msg.body["image"]
             _send(agent, "ack", ref, now)
-            _send(agent, "done", {**ref, **{k: image.get(k) for k in DONE_FIELDS}}, now)
-            agent.unacked.add((ref["task_id"], ref["attempt"]))
-            agent.owed += 1
+            done, key = {**ref, **{k: image.get(k) for k in DONE_FIELDS}}, f"{msg.body['image_id']}/{agent.region}"
             self.counts.tasks += 1
+            if self.threads is not None:
+                self.working.append((agent, done, key, arrived, self.threads.submit(self.worker, msg.body)))
+            else:
+                self.finish(agent, done, key, arrived, now)
         elif msg.type == "result_ack":
             agent.unacked.discard((msg.body["task_id"], msg.body["attempt"]))
             self.counts.result_acks += 1
@@ -123,8 +140,22 @@ class Pool:
         elif msg.type == "error":
             self.counts.refused += 1
 
+    def finish(self, agent: SimAgent, done: dict[str, Any], key: str, arrived: float, now: float) -> None:
+        """The task's work is over: ``done``, and the slot is owed back as a credit."""
+        self.counts.worked[key] = (arrived, time.time())
+        _send(agent, "done", done, now)
+        agent.unacked.add((done["task_id"], done["attempt"]))
+        agent.owed += 1
+
     def step(self, now: float) -> None:
-        for sock in dict(self.poller.poll(50)):
+        for entry in [e for e in self.working if e[-1].done()]:
+            self.working.remove(entry)
+            agent, done, key, arrived, work = entry
+            if work.exception() is not None:
+                print(f"simulated agent {agent.agent_id}: work failed: {work.exception()!r}")
+                continue  # no done: the task's lease lapses, as a dead worker's would
+            self.finish(agent, done, key, arrived, now)
+        for sock in dict(self.poller.poll(1 if self.working else 50)):
             agent = self.by_sock.get(sock)
             while agent is not None and agent.sock is sock and sock.poll(0):
                 self.on_message(agent, protocol.decode(sock.recv()), now)
@@ -141,8 +172,9 @@ class Pool:
                 _send(agent, "heartbeat", {}, now)
 
 
-def run(agent_port: int, regions: list[str], capacity: int, heartbeat: float, work: bool, pipe: Any) -> None:
-    pool = Pool(agent_port, regions, capacity, heartbeat, work)
+def run(agent_port: int, regions: list[str], capacity: int, heartbeat: float, work: bool, pipe: Any,
+        worker: Callable[[dict[str, Any]], None] | None = None) -> None:
+    pool = Pool(agent_port, regions, capacity, heartbeat, work, worker)
     now = time.monotonic()
     for agent in pool.agents:
         pool.connect(agent, now)

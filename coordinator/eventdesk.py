@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from oslo_config import cfg
@@ -63,8 +64,10 @@ class _OverBudget(Exception):
 
 class EventDesk:
     def __init__(self, conf: cfg.ConfigOpts, storemap: StoreMap, journal: Journal, registrar: Registrar,
-                 regions: LiveRegions | None = None) -> None:
+                 regions: LiveRegions | None = None, wake_at: Callable[[float], None] | None = None) -> None:
         self.conf = conf
+        # Tells the loop when a deferred event comes due (wakeups.ChangeGate.wake_at).
+        self.wake_at = wake_at or (lambda _when: None)
         self.storemap = storemap
         # The regions synced now (region_source): tasks and drift target these only.
         self.regions = regions if regions is not None else LiveRegions(storemap.regions)
@@ -100,6 +103,11 @@ class EventDesk:
                 continue
             self.fetching.add(event.event_id)
             self.registrar.fetch(event, tuple(self.storemap.regions))
+
+    def _defer(self, event_id: str, not_before: float, fetch_tries: int | None = None) -> None:
+        """The event is fetched again at ``not_before``; the loop is told so, to plan it then."""
+        self.journal.defer_event(event_id, not_before, fetch_tries)
+        self.wake_at(not_before)
 
     def fetched(self, result: FetchResult, now: float) -> None:
         """A glance answer for an event: planned with the others of this iteration (``plan_fetched``)."""
@@ -189,7 +197,7 @@ class EventDesk:
         if result.error is not None and result.error.retryable and tries < FETCH_TRIES:
             c = self.conf.coordinator
             delay = retry_delay(tries, max(c.retry_backoff, 1.0), max(c.max_retry_backoff, 1.0))
-            self.journal.defer_event(event.event_id, now + delay, tries)
+            self._defer(event.event_id, now + delay, tries)
             LOG.warning("event %s: cannot fetch image %s (%s); retry in %.0f s",
                         event.event_id, event.image_id, result.error, delay)
             return
@@ -212,7 +220,7 @@ class EventDesk:
         if event.kind != "imported" or status not in ON_THE_WAY:
             return False
         if now - event.received_at < self.conf.snapshot_timeout:
-            self.journal.defer_event(event.event_id, now + self.conf.snapshot_sleep_interval)
+            self._defer(event.event_id, now + self.conf.snapshot_sleep_interval)
             return True
         reason = f"image is still {status} {self.conf.snapshot_timeout} s after its import (snapshot_timeout)"
         LOG.error("event %s: %s; no tasks", event.event_id, reason)
@@ -231,7 +239,7 @@ class EventDesk:
         if made.regional is None and existing:
             return False  # gone from its region after it was spread: the planner says why, nothing waits
         if now - event.received_at < self.conf.snapshot_timeout:
-            self.journal.defer_event(event.event_id, now + self.conf.snapshot_sleep_interval)
+            self._defer(event.event_id, now + self.conf.snapshot_sleep_interval)
             return True
         reason = snapshot.timeout_reason(made, event.image_id, self.conf.snapshot_timeout)
         targets = planner.target_regions(result.image, self.regions, self.conf.sync_strategy, self.rules,
@@ -260,7 +268,7 @@ class EventDesk:
         LOG.warning("event %s (%s of %s): image record of updated_at %s is older than one already applied; "
                     "not applied, fetched again", event.event_id, event.kind, event.image_id,
                     (image or {}).get("updated_at"))
-        self.journal.defer_event(event.event_id, now, tries)
+        self._defer(event.event_id, now, tries)
         return True
 
     def _plan(self, event: EventRow, image: dict[str, Any] | None, now: float,

@@ -102,6 +102,8 @@ class Registrar:
         self.processes = processes
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="glance")
         self._results: queue.SimpleQueue[GlanceResult] = queue.SimpleQueue()
+        # Called after each result is queued: the service's Doorbell wakes its poll (wakeups.py).
+        self.on_result: Callable[[], None] = lambda: None
         self._local = threading.local()
         # Glance rewrites an image's whole location set on every location PATCH, so two
         # concurrent adds to one image lose one of them (seen with two regions finishing
@@ -152,6 +154,7 @@ class Registrar:
                 LOG.exception("glance job failed unexpectedly")
             result = fallback(exc)
         self._results.put(result)
+        self.on_result()
 
     def register(self, task: TaskRow) -> None:
         """Verify and register ``task``'s copy, together with the other regions of its image that
@@ -186,6 +189,7 @@ class Registrar:
                 results = [TaskResult(t.task_id, t.attempt, False, f"registration: {exc}") for t in batch]
         for result in results:
             self._results.put(result)
+        self.on_result()
 
     def unregister(self, task: TaskRow) -> None:
         fail = lambda exc: TaskResult(task.task_id, task.attempt, False, f"unregistration: {exc}")  # noqa: E731

@@ -34,9 +34,11 @@ input or a failing step is logged and the loop goes on.  No SQL or HTTP here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -80,6 +82,19 @@ ITERATION_BUDGET = 0.5
 SUMMARY_ONLY_SECONDS = 0.05
 
 
+@dataclasses.dataclass(frozen=True)
+class _WakingRetry(RegistrationRetry):
+    """The registration's backoff that also tells the loop when the retry is due (``wake``)."""
+
+    wake: Callable[[float], None] = lambda _when: None
+
+    def due(self, retries: int, failing_since: float | None, now: float) -> float | None:
+        when = super().due(retries, failing_since, now)
+        if when is not None:
+            self.wake(when)  # submitted when its backoff ends, not at the gate's next recheck
+        return when
+
+
 class Service(AdmissionMixin, ClientMixin):
     """The coordinator service; ``context`` may be shared with tests."""
 
@@ -97,9 +112,15 @@ class Service(AdmissionMixin, ClientMixin):
         c = conf.coordinator
         self.agents = Agents(journal, c.heartbeat_interval, c.lease_timeout, self._retry_policy,
                              c.max_sessions_per_key, c.max_sessions_per_region)
-        self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy, RegistrationRetry(
-            c.registration_retry_backoff, c.max_registration_retry_backoff, c.registration_retry_horizon),
-            Sourcing(c.max_source_fanout, storemap.peers, chain=c.chain_sources))
+        # Step 4's queries, and the hand-out's: run when what they read can have changed.
+        self._queries = ChangeGate(lambda: journal.writes)
+        self._handouts = ChangeGate(lambda: journal.writes)
+        # A glance job that finished wakes the poll (wakeups.py), not its timeout.
+        self.doorbell = wakeups.Doorbell()
+        registrar.on_result = self.doorbell.ring
+        self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy, _WakingRetry(
+            c.registration_retry_backoff, c.max_registration_retry_backoff, c.registration_retry_horizon,
+            wake=self._queries.wake_at), Sourcing(c.max_source_fanout, storemap.peers, chain=c.chain_sources))
         self.started_at = time.time()
         self.now = self.started_at
         self.agent_sock: zmq.Socket | None = None
@@ -108,15 +129,13 @@ class Service(AdmissionMixin, ClientMixin):
         self._reload_keys = False
         self._keys_checked = 0.0
         self.poller = zmq.Poller()
-        self.events = EventDesk(conf, storemap, journal, registrar, self.regions)
+        # An event fetched again later (backoff, an import, a snapshot) is planned when it is due.
+        self.events = EventDesk(conf, storemap, journal, registrar, self.regions, wake_at=self._queries.wake_at)
         self.passes = ReconcilerPasses(conf, journal, registrar, self.regions, self.events.rules)
         # The operator's cancels reach agents only once the batch that journals them commits.
         self.operator = OperatorDesk(journal, self.agents, self.regions, self._ack_agent_later)
         self.metrics = metrics or CoordinatorMetrics()
         self.metrics.source = self
-        # Step 4's queries, and the hand-out's: run when what they read can have changed.
-        self._queries = ChangeGate(lambda: journal.writes)
-        self._handouts = ChangeGate(lambda: journal.writes)
         # journal.writes when the iteration's batch opened: has the batch written since?
         self._writes_before = -1
         self.dialog = AgentDialog(conf, storemap, self.agents, self.tasks, send=self.send_agent,
@@ -150,6 +169,7 @@ class Service(AdmissionMixin, ClientMixin):
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.poller.register(self.agent_sock, zmq.POLLIN)
         self.poller.register(self.client_sock, zmq.POLLIN)
+        self.poller.register(self.doorbell.fileno(), zmq.POLLIN)
         # Leases are wall-clock times in the journal: after a stop longer than lease_timeout
         # every one has lapsed, yet the agents kept working and will say hello again (with
         # their in_flight) within a few heartbeats. Give them one lease_timeout to do so.
@@ -174,6 +194,7 @@ class Service(AdmissionMixin, ClientMixin):
         if self.leadership is not None:
             self.leadership.release()
         self.registrar.shutdown()
+        self.doorbell.close()  # after the pool: no job is left to ring it
         for sock in (self.agent_sock, self.client_sock):
             if sock is not None:
                 sock.close(linger=0)
@@ -207,6 +228,8 @@ class Service(AdmissionMixin, ClientMixin):
         except zmq.ZMQError as exc:
             LOG.error("poll failed: %s", exc)
             ready = {}
+        if self.doorbell.fileno() in ready:
+            self.doorbell.clear()  # before the results are taken (_apply_results): a later one rings again
         started = time.monotonic()
         # Frames and glance results beyond this wait in their queues for the next iteration.
         self._deadline = started + min(ITERATION_BUDGET, self.conf.coordinator.heartbeat_interval / 4)

@@ -7,16 +7,23 @@ would find what they found last time (doc/status.md).  A ``ChangeGate`` lets the
 when the journal was written since they last ran (``Journal.writes``: a report, an
 event, a plan, a requeue...), when the loop was told of another change (``stir``: a
 credit, a hello, a glance result), when a time it was told of comes (``wake_at``: a
-retry's backoff ends), and at least every ``recheck`` seconds, for the times nobody
-told it of (a ``not_before`` a restart read back, an event deferred) and for writes
-made by another process.  The loop polls no longer than until the earliest of those
-times (``poll_timeout``), so a retry is handed out when its backoff ends, not up to
-``recheck`` later.
+retry's backoff ends, a registration retried, an event fetched again), and at least
+every ``recheck`` seconds, for the times nobody told it of (a ``not_before`` a restart
+read back) and for writes made by another process.  The loop polls no longer than until
+the earliest of those times (``poll_timeout``), so a retry is handed out when its
+backoff ends, not up to ``recheck`` later.
+
+A glance job finishes on a thread of the registrar's pool, where the loop's poll cannot
+see it: the job rings a ``Doorbell``, a pipe the poll watches beside the sockets, so the
+loop applies the result (an event's image fetched: plan and hand out its copies) at
+once instead of when the poll times out (doc/control-plane.md).
 """
 
 from __future__ import annotations
 
 import heapq
+import os
+import threading
 from collections.abc import Callable
 
 # Seconds after which a gated query runs again even when nothing said it should: a retry
@@ -68,3 +75,43 @@ def poll_timeout(now: float, longest: float, *gates: ChangeGate) -> float:
     """Seconds the loop may wait for frames: ``longest``, or less when a gate's wake-up comes sooner."""
     wakes = [when for gate in gates if (when := gate.next_wake()) is not None]
     return max(0.0, min([longest, *(when - now for when in wakes)]))
+
+
+class Doorbell:
+    """Wakes the loop's poll from any thread: ``ring()`` writes to a pipe whose read end
+    (``fileno()``) the poll watches; ``clear()`` empties it before the results are taken, so
+    a result that comes after the clear rings again."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        # Held by ring and close: a late ring never writes to a descriptor number reused since.
+        self._lock = threading.Lock()
+        self._open = True
+
+    def fileno(self) -> int:
+        return self._read
+
+    def ring(self) -> None:
+        with self._lock:
+            if not self._open:
+                return
+            try:
+                os.write(self._write, b"\0")
+            except BlockingIOError:  # full: it rings already
+                pass
+
+    def clear(self) -> None:
+        try:
+            while os.read(self._read, 4096):
+                pass
+        except BlockingIOError:  # empty
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._open:
+                self._open = False
+                os.close(self._read)
+                os.close(self._write)

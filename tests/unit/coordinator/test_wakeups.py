@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 
-from coordinator.wakeups import ChangeGate, poll_timeout
+from coordinator.wakeups import ChangeGate, Doorbell, poll_timeout
 from glancesync import protocol
 from glancesync.states import SyncState
 
-from .conftest import NOW
+from .conftest import IMAGE_ID, NOW
 from .test_loop_cost import Statements
-from .test_service import agent, dealer, pump, receive, run_copy
+from .test_service import (
+    PATIENCE,
+    agent,
+    dealer,
+    deferred,
+    planned,
+    pump,
+    receive,
+    report,
+    run_copy,
+    send_event,
+    state,
+)
 
 
 def selects(count: Statements) -> list[str]:
@@ -159,3 +173,84 @@ def test_heartbeats_walk_the_sessions_only_when_one_is_due(ctx, service, monkeyp
     assert walks == [1]
     assert receive(one, service, NOW + interval, "heartbeat").type == "heartbeat"
     one.close()
+
+
+def test_a_doorbell_wakes_a_poll_until_cleared_and_rings_no_more_once_closed() -> None:
+    import zmq
+
+    bell = Doorbell()
+    poller = zmq.Poller()
+    poller.register(bell.fileno(), zmq.POLLIN)
+    assert dict(poller.poll(0)) == {}
+    bell.ring()
+    bell.ring()
+    assert bell.fileno() in dict(poller.poll(0))
+    bell.clear()
+    assert dict(poller.poll(0)) == {}  # rung twice, cleared once: a later ring is a new one
+    bell.ring()
+    assert bell.fileno() in dict(poller.poll(0))
+    poller.unregister(bell.fileno())
+    bell.close()
+    bell.ring()  # a job that ends after shutdown: nothing is written anywhere
+    bell.close()
+
+
+def test_a_glance_result_wakes_the_loops_poll_and_its_copies_are_handed_out_in_that_iteration(
+        ctx, service, journal, client, monkeypatch) -> None:
+    sock = agent(ctx, service, credits=1)
+    gate, get = threading.Event(), client.images.get
+    monkeypatch.setattr(client.images, "get", lambda image_id: gate.wait(PATIENCE) and get(image_id))
+    events = dealer(ctx, service.conf.sync_server_port)
+    events.send(protocol.encode("event", {"event_id": "e1", "kind": "uploaded", "image_id": IMAGE_ID}))
+    receive(events, service, NOW, "event_ack")
+    pump(service, NOW, lambda: "e1" in service.events.fetching)
+    bell = service.doorbell.fileno()
+    assert bell not in dict(service.poller.poll(0))  # the fetch waits on glance
+    gate.set()
+    # The answer wakes the poll: without the doorbell only the poll's timeout would end the wait.
+    assert bell in dict(service.poller.poll(int(PATIENCE * 1000)))
+    service.loop(NOW, poll_seconds=PATIENCE)  # takes the answer, plans the event, hands the copy out
+    assert planned(service) and bell not in dict(service.poller.poll(0))  # cleared
+    assert receive(sock, service, NOW, "task").body["image_id"] == IMAGE_ID
+    sock.close()
+    events.close()
+
+
+def test_an_event_fetched_again_later_is_planned_when_its_backoff_ends_not_at_the_gates_next_recheck(
+        ctx, service, journal, client, monkeypatch) -> None:
+    from glanceclient import exc
+
+    get = client.images.get
+    monkeypatch.setattr(client.images, "get", lambda _image_id: (_ for _ in ()).throw(
+        exc.HTTPServiceUnavailable("glance is restarting")))
+    send_event(ctx, service)
+    pump(service, NOW, lambda: deferred(journal, "e1"))
+    due = journal.unplanned_event("e1").not_before
+    assert due > NOW and service._queries.next_wake() == due
+    assert poll_timeout(due - 0.05, 0.1, service._queries, service._handouts) == pytest.approx(0.05)
+    monkeypatch.setattr(client.images, "get", get)
+    service._queries.recheck = 3600.0  # time alone never reopens the planning here
+    pump(service, due - 0.01)
+    assert not planned(service)
+    pump(service, due, lambda: planned(service))
+
+
+def test_a_registration_retried_later_is_submitted_when_its_backoff_ends_not_at_the_gates_next_recheck(
+        ctx, service, journal, client, monkeypatch) -> None:
+    from glanceclient import exc
+
+    sock, task = run_copy(ctx, service)
+    get = client.images.get
+    monkeypatch.setattr(client.images, "get", lambda _image_id: (_ for _ in ()).throw(
+        exc.HTTPServiceUnavailable("glance is restarting")))
+    sock.send(protocol.encode("done", report(task)))
+    pump(service, NOW, lambda: journal.task(task["task_id"]).register_retries == 1
+         and task["task_id"] not in service.tasks.registering)
+    due = journal.task(task["task_id"]).not_before
+    assert due > NOW and service._queries.next_wake() == due
+    monkeypatch.setattr(client.images, "get", get)
+    service._queries.recheck = 3600.0  # time alone never reopens the registrations due here
+    pump(service, due - 0.01)
+    assert state(journal) != "synced"
+    pump(service, due, lambda: state(journal) == "synced")
+    sock.close()
