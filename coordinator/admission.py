@@ -3,7 +3,8 @@
 Every frame on both sockets comes with the CURVE key of its sender (the ZAP User-Id);
 ``glancesync.roles`` says which message types each role may send (an agent key only
 agent messages, of its own region; a sender key events...).  A refused message is
-answered with ``error`` and logged once.  The allow-list is read again when its file
+answered with ``error`` (behind any earlier reply to the same connection that waits for
+the iteration's commit) and logged once.  The allow-list is read again when its file
 changes (every ``[curve] reload_interval``) or on SIGHUP, and sessions whose key left
 it are closed.  Without CURVE (loopback only) every local peer is trusted.
 """
@@ -21,7 +22,7 @@ LOG = logging.getLogger(__name__)
 
 
 class AdmissionMixin:
-    """The service's checks of senders (``coordinator.service.Service``: its auth, sockets, agents)."""
+    """The service's checks of senders (``coordinator.service.Service``: its auth, sockets, agents, replies)."""
 
     def _admitted(self, sock: zmq.Socket | None, envelope: list[bytes], key: str | None,
                   msg: protocol.Message) -> roles.Peer | None:
@@ -37,7 +38,13 @@ class AdmissionMixin:
             code, reason = "forbidden", f"a {peer.role} key may not send {msg.type}"
         LOG.warning("peer %s: %s refused: key %s: %s", peer_name(envelope[0]), msg.type,
                     self.auth.describe(key), reason)
-        self._send(sock, envelope, protocol.encode("error", {"code": code, "reason": reason, "ref": msg.id}))
+        refusal = protocol.encode("error", {"code": code, "reason": reason, "ref": msg.id})
+        # Not ahead of an earlier reply to the same connection that waits for the commit
+        # (replies.py); the refusal acknowledges nothing, so it goes even if the commit fails.
+        if self._after_commit.waiting(sock, envelope[0]):
+            self._after_commit.add(sock, envelope, refusal, acks=False)
+        else:
+            self._send(sock, envelope, refusal)
         return None
 
     def request_reload(self) -> None:

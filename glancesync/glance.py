@@ -6,7 +6,8 @@ session building lives here once.  ``auth_type: none`` serves glances without
 keystone; ``headers`` are sent with every request (identity headers for a glance
 that trusts them, as the test harness runs it).  An endpoint with an
 ``internal_secret`` (the coordinator's cascading glance) signs every request with
-the loop-guard marker (glancesync.marker) just before it goes on the wire.
+the loop-guard marker (glancesync.marker) just before it goes on the wire.  The
+environment's proxy variables are read once per host, not on every request (httpenv.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from keystoneauth1 import loading as ks_loading
 from keystoneauth1 import noauth, session
 from oslo_utils import strutils
 
-from glancesync import marker, untrusted
+from glancesync import httpenv, marker, untrusted
 from glancesync.exceptions import ConfigError, GlanceError
 from glancesync.protocol import INTERNAL_REQUEST_HEADER
 from glancesync.storemap import GlanceEndpoint
@@ -57,7 +58,8 @@ def make_session(endpoint: GlanceEndpoint) -> session.Session:
         except (ks_exc.NoMatchingPlugin, ks_exc.MissingRequiredOptions, TypeError) as exc:
             raise ConfigError(source="glance auth", detail=f"auth_type {auth_type}: {exc}") from None
     sess = session.Session(
-        auth=auth, verify=endpoint.verify, additional_headers=dict(endpoint.headers), timeout=endpoint.timeout
+        auth=auth, verify=endpoint.verify, additional_headers=dict(endpoint.headers), timeout=endpoint.timeout,
+        session=_requests_session(),
     )
     if endpoint.internal_secret:
         # Only requests to glance itself: a keystone token request on the same
@@ -69,6 +71,15 @@ def make_session(endpoint: GlanceEndpoint) -> session.Session:
             for prefix in ("http://", "https://"):
                 sess.session.mount(prefix, adapter)
     return sess
+
+
+def _requests_session() -> httpenv.EnvironmentOnce:
+    """What keystoneauth1 would make itself (keep-alive adapters), reading the environment once (httpenv)."""
+    requests_session = httpenv.EnvironmentOnce()
+    adapter = session.TCPKeepAliveAdapter()
+    for prefix in list(requests_session.adapters):
+        requests_session.mount(prefix, adapter)
+    return requests_session
 
 
 def keystone_urls(auth_url: str | None) -> tuple[str, str] | None:

@@ -13,7 +13,10 @@ import io
 import os
 import signal
 import socket
+import subprocess
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -22,7 +25,7 @@ import pytest
 from oslo_config import cfg
 
 from glancesync import opts, storemap
-from tests.harness import GlanceServer, ServiceError, ServiceProcess, Topology, free_port, wait_tcp
+from tests.harness import GlanceServer, ServiceError, ServiceProcess, Topology, free_port, procs, wait_tcp
 
 MIB = 1024 * 1024
 
@@ -148,6 +151,31 @@ def test_service_conf_loads_with_project_options(topology: Topology) -> None:
     assert conf.cascading_glance.identity_headers["X-Identity-Status"] == "Confirmed"
     assert conf.cascading_glance.identity_headers["X-Roles"] == "admin"
     assert conf.database.connection.endswith("journal.sqlite")
+
+
+def test_child_pids_skips_a_thread_that_ends_between_the_listing_and_its_read(monkeypatch) -> None:
+    child = subprocess.Popen(["sleep", "60"])  # a child of this (main) thread
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    task_dir, real_listdir = f"/proc/{os.getpid()}/task/{thread.native_id}", os.listdir
+
+    def listdir_then_end_the_thread(path):
+        names = real_listdir(path)
+        stop.set()
+        thread.join()
+        deadline = time.monotonic() + 60
+        while os.path.exists(task_dir) and time.monotonic() < deadline:
+            pass  # the kernel's end of the thread follows Python's
+        return names
+
+    try:
+        monkeypatch.setattr(os, "listdir", listdir_then_end_the_thread)
+        assert child.pid in procs.child_pids(os.getpid())
+    finally:
+        monkeypatch.undo()
+        child.kill()
+        child.wait()
 
 
 def test_early_exit_names_service_and_code(tmp_path) -> None:

@@ -11,9 +11,12 @@ one changes nothing, a regional ``cascaded://`` location is accepted
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -22,6 +25,7 @@ import yaml
 from glancesync import marker, protocol
 from tests.harness import IDENTITY_HEADERS, GlanceServer, free_port
 from tests.harness.glance import admin_client, admin_session, signed_client
+from tests.harness.procs import child_pids
 from tests.unit.glance_proxy.test_sender import Coordinator
 
 DATA = os.urandom(3 * 1024 * 1024 + 17)
@@ -228,19 +232,38 @@ def test_chunked_patch_keeps_its_changes(glances):
     assert next_event(coord)["kind"] == "deleted"
 
 
-def _kib(pid: int, field: str) -> int:
-    for line in open(f"/proc/{pid}/status"):
+def _kib(pid: int, field: str) -> int | None:
+    """``field`` of /proc/PID/status in KiB (0 when absent); None once the process is gone.
+
+    A worker can be reaped at any moment: between the open and the read of its /proc
+    file the read fails with ESRCH (ProcessLookupError), not FileNotFoundError.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            text = status.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for line in text.splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as handle:
-            found += [int(p) for p in handle.read().split()]
-    return found
+def test_a_worker_reaped_between_the_open_and_the_read_of_its_status_is_gone(monkeypatch):
+    """_kib's race, for real: the process is reaped after the open, so the read fails with ESRCH."""
+    worker = subprocess.Popen(["sleep", "60"])
+
+    def open_then_reap(path, *args, **kwargs):
+        handle = builtins.open(path, *args, **kwargs)
+        worker.kill()
+        worker.wait()
+        return handle
+
+    assert _kib(worker.pid, "VmRSS") > 0
+    monkeypatch.setattr(sys.modules[__name__], "open", open_then_reap, raising=False)
+    assert _kib(worker.pid, "VmRSS") is None
+    monkeypatch.undo()
+    assert _kib(worker.pid, "VmRSS") is None  # reaped before the open: FileNotFoundError
 
 
 def test_standalone_proxy_streams_a_large_image_in_flat_memory(glances, tmp_path):
@@ -268,9 +291,9 @@ def test_standalone_proxy_streams_a_large_image_in_flat_memory(glances, tmp_path
             assert sess.get(f"{url}/v2/images", raise_exc=False).status_code == 200
         image = sess.post(f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare"},
                           headers=json_headers).json()
-        workers = _children(proxy.pid)
-        assert workers, proxy.log_tail()
-        baseline = {pid: _kib(pid, "VmRSS") for pid in workers}
+        # A pid listed but reaped before its read is no worker to measure.
+        baseline = {pid: rss for pid in child_pids(proxy.pid) if (rss := _kib(pid, "VmRSS")) is not None}
+        assert baseline, proxy.log_tail()
         size, piece = 200 * 1024 * 1024, os.urandom(1024 * 1024)
         digest = hashlib.md5()
 
@@ -293,7 +316,10 @@ def test_standalone_proxy_streams_a_large_image_in_flat_memory(glances, tmp_path
                 down_md5.update(chunk)
         down = time.monotonic() - started
         assert got == size and down_md5.hexdigest() == digest.hexdigest()
-        growth = {pid: (_kib(pid, "VmHWM") - baseline[pid]) / 1024 for pid in workers}
+        peaks = {pid: _kib(pid, "VmHWM") for pid in baseline}
+        gone = [pid for pid, peak in peaks.items() if peak is None]
+        assert not gone, f"proxy worker(s) {gone} ended during the transfer\n" + proxy.log_tail()
+        growth = {pid: (peak - baseline[pid]) / 1024 for pid, peak in peaks.items()}
         print(f"\nproxy 200 MiB: upload {up:.1f} s, download {down:.1f} s; worker peak RSS growth MiB: "
               + ", ".join(f"{g:.1f}" for g in growth.values()))
         assert max(growth.values()) < 100, growth

@@ -104,11 +104,16 @@ def child_pids(pid: int) -> list[int]:
     """The direct children of ``pid`` (from /proc; [] when it is gone)."""
     children: list[int] = []
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                children += [int(word) for word in fh.read().split()]
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
+    for task in tasks:
+        # A thread that ended since the listing has no children left: skip it, not its siblings.
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                children += [int(word) for word in fh.read().split()]
+        except OSError:
+            continue
     return children
 
 

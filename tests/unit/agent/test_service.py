@@ -392,7 +392,8 @@ def test_stop_lets_running_work_finish_and_hands_back_the_rest(session):
     started(coord, service, task_body("t1"))
     service.stop(1.0, grace=30.0)
     coord.send("task", {**task_body("t2"), "image_id": "bbbbbbbb-0000-4000-8000-000000000002"})
-    service.step(1.1, timeout_ms=50)
+    # Received (and kept to hand back) before t1's end can leave the agent drained without it.
+    assert until(service, 1.1, lambda: "t2" in service.handed_back)
     assert list(pool.running) == ["t1"] and not service.drained(1.1)  # t2 is not started
     pool.finish("t1", {"outcome": "done", "size": 100})
     coord.expect(service, "done", 1.2)

@@ -16,7 +16,7 @@ from glancesync import protocol
 from glancesync.exceptions import JournalError
 
 from .conftest import IMAGE_ID, NOW, make_conf
-from .test_service import dealer, pump
+from .test_service import arrived, dealer, pump
 
 LEASE, INTERVAL = 15.0, 5.0
 
@@ -96,6 +96,7 @@ def test_a_deposed_coordinator_acknowledges_and_writes_nothing(conf, stores, jou
         # The other coordinator takes over while this one still believes its lease runs (a pause):
         assert Leadership(other, LEASE, INTERVAL, holder="b").try_take(NOW + 100)
         sender.send(protocol.encode("event", {"event_id": "e2", "kind": "uploaded", "image_id": IMAGE_ID}))
+        arrived(svc.client_sock)  # the iterations below journal it: the fence is what finds the lease lost
         for _ in range(20):
             svc.loop(NOW + 2, poll_seconds=0.01)
         assert not sender.poll(0)  # the fence rolled e2 back: no ack, the sender keeps it

@@ -14,7 +14,7 @@ from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, NOW
 from .test_eventdesk import reconciling_service
-from .test_service import PATIENCE, agent, planned, pump, receive, report, run_copy, send_event, state
+from .test_service import agent, arrived, planned, pump, receive, report, run_copy, send_event, state
 
 
 def scrape(metrics: CoordinatorMetrics) -> dict[tuple[str, tuple], float]:
@@ -79,9 +79,7 @@ def test_failures_are_counted_by_region_and_kind(ctx, service, journal, publishe
     pump(service, NOW, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
     later = NOW + 5  # the retry's backoff; the agent, silent since NOW, is heard again only by this frame
     sock.send(protocol.encode("ready", {"credits": 1}))
-    # The frame must be there when the loop first runs at ``later``: one iteration without it
-    # would take the agent for gone (3 heartbeats) before its credits arrive.
-    assert service.agent_sock.poll(int(PATIENCE * 1000)), "the ready frame never reached the coordinator"
+    arrived(service.agent_sock)  # an iteration at ``later`` without it would take the agent for gone
     second = receive(sock, service, later, "task").body
     regional.images.records[IMAGE_ID]["checksum"] = "0" * 32  # the registration finds other bytes
     sock.send(protocol.encode("done", report(second)))

@@ -56,6 +56,16 @@ def receive(sock: zmq.Socket, service: Service, now: float, msg_type: str | None
     raise AssertionError(f"no {msg_type or 'message'} received")
 
 
+def arrived(sock: zmq.Socket) -> None:
+    """Wait until a frame sent to the coordinator's ``sock`` is there to read.
+
+    A test that sends a frame and then runs the loop at a later ``now`` needs the frame
+    handled in the first iteration at that time: one iteration without it may take the
+    silent agent for gone (three heartbeat intervals) before the frame is read.
+    """
+    assert sock.poll(int(PATIENCE * 1000)), "the frame never reached the coordinator"
+
+
 def agent(ctx, service, region: str = "RegionOne", agent_id: str = "a1", credits: int = 0,
           in_flight=(), now: float = NOW) -> zmq.Socket:
     sock = dealer(ctx, service.conf.coordinator.agent_port)
@@ -176,7 +186,7 @@ def test_lapsed_lease_requeues_and_a_late_done_of_another_agent_is_ignored(ctx, 
     second = receive(again, service, later, "task").body
     assert second["task_id"] == task["task_id"] and second["attempt"] == 2
     sock.send(protocol.encode("done", report(task)))  # attempt 1 of a1: stale
-    pump(service, later)
+    receive(sock, service, later, "disconnect")  # handled: a1 went offline with the lapse
     assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
     assert client.images.added == []
 
@@ -222,6 +232,7 @@ def test_retryable_failure_backs_off_then_fails_after_retry_times(ctx, service, 
         pump(service, now, lambda: journal.task(task["task_id"]).state == SyncState.PENDING)
         assert journal.task(task["task_id"]).not_before == pytest.approx(now + delay)
         sock.send(protocol.encode("ready", {"credits": 1}))
+        arrived(service.agent_sock)  # heard at now + delay - 1: the agent stays online
         pump(service, now + delay - 1)
         assert journal.task(task["task_id"]).state == SyncState.PENDING  # not before its time
         now += delay
@@ -409,15 +420,17 @@ def test_a_done_the_journal_could_not_take_is_redone_after_the_lease(ctx, servic
     # The agent sends done once. If the journal cannot take it, the task must not stay
     # "transferring" for ever with its lease renewed by the agent's heartbeats.
     sock, task = run_copy(ctx, service)
-    failing_once(monkeypatch, journal, "done")
+    session = next(iter(service.agents.online()))
+    calls = failing_once(monkeypatch, journal, "done")
     sock.send(protocol.encode("done", report(task)))
-    pump(service, NOW)
+    pump(service, NOW, lambda: calls)
     now = NOW
     for _ in range(12):  # the agent keeps beating for longer than lease_timeout
         now += 1
         sock.send(protocol.encode("heartbeat", {}))
-        pump(service, now)
+        pump(service, now, lambda now=now: session.liveness.last_heard == now)
     assert journal.task(task["task_id"]).state == SyncState.PENDING
+    assert session.online  # the lease lapsed, not the agent
 
 
 def test_a_fetch_that_returns_after_the_delete_makes_no_copies(service, journal, client) -> None:

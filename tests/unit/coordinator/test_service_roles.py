@@ -14,7 +14,7 @@ from coordinator.service import Service
 from glancesync import keys, protocol, roles
 
 from .conftest import IMAGE_ID, NOW, FakeClient, free_port, make_conf
-from .test_service import pump, receive
+from .test_service import PATIENCE, pump, receive
 
 SHORT = 2000
 
@@ -132,6 +132,28 @@ def test_status_is_for_status_and_operator_keys(ctx, service, world) -> None:
         assert ask(connect(ctx, service, world, name), service, "status_query", query).type == "status_reply"
     refused = ask(connect(ctx, service, world, "proxy"), service, "status_query", query)
     assert refused.type == "error" and refused.body["code"] == "forbidden"
+
+
+def test_a_refusal_waits_behind_the_event_ack_of_its_connection(ctx, service, world, monkeypatch) -> None:
+    sock = connect(ctx, service, world, "proxy")
+    sock.send(protocol.encode("event", EVENT))
+    sock.send(protocol.encode("status_query", {"view": "summary"}))  # a sender key may not ask
+    real_frames = service._waiting_frames
+
+    def both_frames():
+        # Both in one iteration, however late the second arrives: the order is decided within it.
+        frames: list = []
+        while len(frames) < 2:
+            assert service.client_sock.poll(PATIENCE * 1000), "the frames did not reach the coordinator"
+            frames.extend(real_frames())
+        yield from frames
+
+    monkeypatch.setattr(service, "_waiting_frames", both_frames)
+    service.loop(NOW, poll_seconds=PATIENCE)
+    replies = []
+    while len(replies) < 2 and sock.poll(PATIENCE * 1000):
+        replies.append(protocol.decode(sock.recv()))
+    assert [(m.type, m.body.get("code")) for m in replies] == [("event_ack", None), ("error", "forbidden")]
 
 
 def test_a_key_not_on_the_list_gets_no_answer(ctx, service, world) -> None:

@@ -16,6 +16,7 @@ from .test_loop_cost import Statements
 from .test_service import (
     PATIENCE,
     agent,
+    arrived,
     dealer,
     deferred,
     planned,
@@ -82,6 +83,7 @@ def test_a_retry_is_handed_out_when_its_backoff_ends_not_at_the_gates_next_reche
     # The loop waits for frames no longer than until then.
     assert poll_timeout(retry_at - 0.05, 0.1, service._queries, service._handouts) == pytest.approx(0.05)
     sock.send(protocol.encode("heartbeat", {}))  # the agent stays online until then
+    arrived(service.agent_sock)  # read in the first iteration at that time, before the agent is taken for gone
     pump(service, retry_at - 0.01, lambda: session.liveness.last_heard == retry_at - 0.01)
     pump(service, retry_at - 0.01)
     early = []
