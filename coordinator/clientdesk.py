@@ -66,9 +66,9 @@ class ClientMixin:
         if self.status_desk is None:
             return
         lease = None if self.leadership is None else self.leadership.view
-        args = (self.regions, self.started_at, self.now, self.events.strategy_in_force, lease)
         try:
-            self.status_desk.publish(self.summary.data(*args), self.summary.rows(*args))
+            self.status_desk.publish(self.summary.data(self.regions, self.started_at, self.now,
+                                                       self.events.strategy_in_force, lease))
         except Exception:  # the thread keeps answering with the last one
             LOG.exception("the status summary could not be packed")
 
@@ -131,9 +131,10 @@ class ClientMixin:
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
         lease = None if self.leadership is None else self.leadership.view
         if body["view"] != "image":  # the summary: as last committed, what the status thread answers too
-            if self.status_desk.snapshot is None:
+            if self.status_desk is None or self.status_desk.snapshot is None:
                 self.publish_summary()
-            return self.status_desk.reply(body.get("form"))
+            return protocol.encode_prepacked("status_reply", {"view": body["view"]},
+                                             {"data": self.status_desk.snapshot})
         data = status.build(self.journal, self.agents, self.regions, self.started_at, body, self.now,
                             self.events.strategy_in_force, self.tasks.rates, lease)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})

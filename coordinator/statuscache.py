@@ -14,11 +14,6 @@ count watcher (regions whose committed counts moved; None when the counts were r
 afresh).  The bytes equal ``msgpack.packb(status.summary(...))`` up to the order of map
 keys, which msgpack readers ignore; the unit tests hold the two side by side after every
 kind of change.
-
-Each piece is packed in two forms: as maps (``data``, what older tools ask for) and as
-rows (``rows``, what ``status_query.form`` "rows" asks for: glancesync/status_wire.py), one
-array per region and per agent under one list of field names, which a client decodes in
-about half the time (no keys to unpack and check per row: doc/status.md).
 """
 
 from __future__ import annotations
@@ -32,21 +27,12 @@ from coordinator import status
 from coordinator.agents import Agents
 from coordinator.journal import Journal
 from coordinator.leadership import LeaseView
-from glancesync import status_wire
 
 _PACK = msgpack.Packer(use_bin_type=True)
 
 
 def _header(entries: int) -> bytes:
     return _PACK.pack_map_header(entries)
-
-
-def _agent_row(entry: dict[str, Any]) -> bytes:
-    return _PACK.pack([entry[name] for name in status_wire.AGENT_FIELDS])
-
-
-# The rows form's field names, packed once.
-_FIELDS = _PACK.pack({"region": list(status_wire.REGION_FIELDS), "agent": list(status_wire.AGENT_FIELDS)})
 
 
 class SummaryCache:
@@ -56,15 +42,14 @@ class SummaryCache:
         self.journal = journal
         self.agents = agents
         self._counts_changed = journal.watch_counts()
-        # routing id -> (region, agent_id, packed entry, packed row) of every session listed.
-        self._entries: dict[bytes, tuple[str, str, bytes, bytes]] = {}
-        # region -> its packed name and value, as one piece of the regions map; and as one row.
-        self._regions: dict[str, tuple[bytes, bytes]] = {}
+        # routing id -> (region, agent_id, packed entry) of every session listed.
+        self._entries: dict[bytes, tuple[str, str, bytes]] = {}
+        # region -> its packed name and value, as one piece of the regions map.
+        self._regions: dict[str, bytes] = {}
         # Regions whose piece is to be packed again.
         self._stale: set[str] = set()
         self._names: list[str] = []
         self._packed_regions = _header(0)
-        self._packed_rows = _PACK.pack_array_header(0)
         self._held: tuple[Any, bytes] | None = None
         # How many pieces were packed: what the tests look at to see that nothing more was.
         self.packed_entries = self.packed_regions = 0
@@ -75,15 +60,6 @@ class SummaryCache:
         coordinator = _PACK.pack(status.coordinator(started_at, now, strategy, lease))
         return b"".join((_header(3), _PACK.pack("coordinator"), coordinator, _PACK.pack("regions"),
                          self.regions(regions), _PACK.pack("deletions_held"), self._deletions_held()))
-
-    def rows(self, regions: Iterable[str], started_at: float, now: float, strategy: str = "",
-             lease: LeaseView | None = None) -> bytes:
-        """The summary's ``data`` in the rows form (status_wire.py), packed, from the same pieces."""
-        coordinator = _PACK.pack(status.coordinator(started_at, now, strategy, lease))
-        self.regions(regions)
-        return b"".join((_header(4), _PACK.pack("coordinator"), coordinator, _PACK.pack("fields"), _FIELDS,
-                         _PACK.pack("regions"), self._packed_rows, _PACK.pack("deletions_held"),
-                         self._deletions_held()))
 
     def regions(self, regions: Iterable[str]) -> bytes:
         """The packed ``regions`` map: the listed regions, then any other an agent announced."""
@@ -102,9 +78,7 @@ class SummaryCache:
                 for name in set(self._regions).difference(names):
                     del self._regions[name]
                 self._names = names
-            pieces = [self._regions[name] for name in names]
-            self._packed_regions = b"".join((_header(len(names)), *(piece[0] for piece in pieces)))
-            self._packed_rows = b"".join((_PACK.pack_array_header(len(names)), *(piece[1] for piece in pieces)))
+            self._packed_regions = b"".join((_header(len(names)), *(self._regions[name] for name in names)))
         return self._packed_regions
 
     def _refresh_entries(self) -> None:
@@ -118,8 +92,7 @@ class SummaryCache:
                 self._stale.add(former[0])
             session = sessions.get(rid)
             if session is not None:
-                entry = session.status()
-                self._entries[rid] = (session.region, session.agent_id, _PACK.pack(entry), _agent_row(entry))
+                self._entries[rid] = (session.region, session.agent_id, _PACK.pack(session.status()))
                 self._stale.add(session.region)
                 self.packed_entries += 1
         touched.clear()
@@ -137,31 +110,24 @@ class SummaryCache:
         self._stale.update(name for name in changed if name is not None)
         changed.clear()
 
-    def _pack_region(self, name: str) -> tuple[bytes, bytes]:
+    def _pack_region(self, name: str) -> bytes:
         self.packed_regions += 1
         counts = self.journal.region_count(name)
         sessions = sorted(self.agents.in_region(name), key=lambda s: s.agent_id)
         entries = [self._entry(session.routing_id) for session in sessions]
         body = _PACK.pack(counts)
-        agents = _PACK.pack_array_header(len(entries))
         # The counts' map (4 keys: a one-byte header) with one more key, "agents", holding the packed entries.
-        piece = b"".join((_PACK.pack(name), _header(len(counts) + 1), body[1:], _PACK.pack("agents"), agents,
-                          *(entry[2] for entry in entries)))
-        # The row: [name, the counts in REGION_FIELDS' order, [agent rows]].
-        row = b"".join((_PACK.pack_array_header(len(status_wire.REGION_FIELDS) + 2), _PACK.pack(name),
-                        *(_PACK.pack(counts[field]) for field in status_wire.REGION_FIELDS), agents,
-                        *(entry[3] for entry in entries)))
-        return piece, row
+        return b"".join((_PACK.pack(name), _header(len(counts) + 1), body[1:], _PACK.pack("agents"),
+                         _PACK.pack_array_header(len(entries)), *entries))
 
-    def _entry(self, rid: bytes) -> tuple[str, str, bytes, bytes]:
+    def _entry(self, rid: bytes) -> bytes:
         cached = self._entries.get(rid)
         if cached is None:  # listed before its first touch was seen (a session made before this cache)
             session = self.agents.sessions[rid]
-            entry = session.status()
-            cached = (session.region, session.agent_id, _PACK.pack(entry), _agent_row(entry))
+            cached = (session.region, session.agent_id, _PACK.pack(session.status()))
             self._entries[rid] = cached
             self.packed_entries += 1
-        return cached
+        return cached[2]
 
     def _deletions_held(self) -> bytes:
         held = self.journal.held_deletes_known()

@@ -6,8 +6,8 @@ owns the client ROUTER socket (``sync_server_port``; a zmq socket is used by one
 only) and:
 
 - answers a ``status_query`` for the summary from the last snapshot the loop published
-  (``publish``: the packed ``data`` in both forms, maps and rows (glancesync/status_wire.py),
-  swapped whole after each commit, so an answer never shows what is not committed), when its sender may send one and the connection has no
+  (``publish``: the packed ``data``, swapped whole after each commit, so an answer never
+  shows what is not committed), when its sender may send one and the connection has no
   frame at the loop still waiting for its reply;
 - passes every other frame to the loop over an inproc PAIR socket, as
   ``[key, routing id..., payload]`` (``key``: the sender's CURVE key, empty without one),
@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from coordinator.dialog import peer_name
-from glancesync import protocol, status_wire, transport
+from glancesync import protocol, transport
 from glancesync.exceptions import ProtocolError
 
 LOG = logging.getLogger(__name__)
@@ -94,23 +94,17 @@ class StatusDesk:
     def __init__(self, router: zmq.Socket, pipe: zmq.Socket, keyed: bool,
                  admits: Callable[[str | None], bool]) -> None:
         self.router, self.pipe, self.keyed, self.admits = router, pipe, keyed, admits
-        # The summary's packed ``data`` as of the last commit, as maps and as rows (None until published).
-        self.snapshot: tuple[bytes, bytes] | None = None
+        # The summary's packed ``data`` as of the last commit (None until the loop publishes one).
+        self.snapshot: bytes | None = None
         # Frames passed to the loop whose replies have not all left, per connection.
         self.at_loop: Counter[bytes] = Counter()
         self.answered = 0  # summaries answered here: what the tests look at
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status", daemon=True)
 
-    def publish(self, maps: bytes, rows: bytes) -> None:
-        """The loop's committed summary ``data``, packed in both forms; later answers show it (one swap)."""
-        self.snapshot = (maps, rows)
-
-    def reply(self, form: str | None) -> bytes:
-        """The summary ``status_reply`` from the snapshot, in ``form`` (status_query.form; None: maps)."""
-        assert self.snapshot is not None
-        data = self.snapshot[1] if form == status_wire.FORM_ROWS else self.snapshot[0]
-        return protocol.encode_prepacked("status_reply", {"view": "summary"}, {"data": data})
+    def publish(self, data: bytes) -> None:
+        """The loop's committed summary ``data``, packed; later answers show it (one reference swap)."""
+        self.snapshot = data
 
     def start(self) -> None:
         self._thread.start()
@@ -185,7 +179,8 @@ class StatusDesk:
         if len(frames) > 1 and not self.at_loop[rid] and self.snapshot is not None:
             msg = summary_query(frames[-1])
             if msg is not None and self.admits(key):
-                self.send(frames[:-1], self.reply(msg.body.get("form")))
+                reply = protocol.encode_prepacked("status_reply", {"view": "summary"}, {"data": self.snapshot})
+                self.send(frames[:-1], reply)
                 self.answered += 1
                 return
         self.at_loop[rid] += 1

@@ -34,8 +34,6 @@ TASK_KINDS = ("copy", "update", "delete")
 EVENT_KINDS = ("created", "uploaded", "imported", "updated", "deactivated", "reactivated", "deleted",
                "locations_changed", "tags_changed", "members_changed")
 STATUS_VIEWS = ("summary", "image")
-# status_query.form: how the summary's regions come (glancesync/status_wire.py); older tools: maps.
-STATUS_FORMS = ("maps", "rows")
 OPERATOR_ACTIONS = ("cancel", "resync_failed", "sync")
 PROGRESS_PHASES = ("fetching", "uploading", "registering")  # what a copy's progress bytes count
 # hello.features: "sources" = the agent reads task.sources (peers, fallback, doc/peers.md); "follow" =
@@ -174,9 +172,6 @@ SCHEMAS: dict[str, dict[str, Field]] = {
     "status_query": {
         "view": Field(_STR, check=wirefields.one_of(STATUS_VIEWS)),
         "image_id": Field(_STR, required=False, nullable=True, check=wirefields.image_id),
-        # "rows": the summary's regions and agents as rows under one list of field names, cheaper
-        # to decode; absent or "maps": as maps.  Older coordinators ignore it and answer maps.
-        "form": Field(_STR, required=False, nullable=True, check=wirefields.one_of(STATUS_FORMS)),
     },
     "status_reply": {"view": Field(_STR, check=wirefields.one_of(STATUS_VIEWS)), "data": Field(_MAP)},
     # operator tool <-> coordinator (glance-sync-manage cancel, resync --failed, sync)

@@ -111,7 +111,6 @@ from glancesync.messages import (
     PROGRESS_PHASES,
     SCHEMAS,
     SOURCE_STORE,
-    STATUS_FORMS,
     STATUS_VIEWS,
     TASK_KINDS,
     check_body,
@@ -123,7 +122,7 @@ from glancesync.messages import (
 __all__ = ["AGENT_FEATURES", "CASCADED_SCHEME", "EVENT_KINDS", "FEATURE_CHAIN", "FEATURE_FOLLOW", "FEATURE_SOURCES",
            "INTERNAL_REQUEST_HEADER", "MAX_ATTEMPT", "MAX_CAPACITY", "MAX_DEPTH", "MAX_ID", "MAX_ITEMS",
            "MAX_MESSAGE_BYTES", "MAX_NAME", "MAX_SECONDS", "MAX_SIZE", "MAX_SOURCES", "MAX_TEXT", "Message",
-           "OPERATOR_ACTIONS", "PROGRESS_PHASES", "SCHEMAS", "SOURCE_STORE", "STATUS_FORMS", "STATUS_VIEWS", "TASK_KINDS", "VERSION",
+           "OPERATOR_ACTIONS", "PROGRESS_PHASES", "SCHEMAS", "SOURCE_STORE", "STATUS_VIEWS", "TASK_KINDS", "VERSION",
            "cascaded_url", "decode", "encode", "encode_prepacked", "error_reply", "new_id", "refused_report"]
 
 VERSION = 1

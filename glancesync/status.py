@@ -50,7 +50,6 @@ from glancesync import (
     protocol,
     status_live,
     status_render,
-    status_wire,
     transport,
     untrusted,
 )
@@ -170,26 +169,18 @@ def query(
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
                 raise no_answer
             # A ROUTER may put an empty delimiter before the payload (REQ style).
-            data = reply_data(sock.recv_multipart()[-1], where)
-            if data is not None:
-                return data
+            frame = sock.recv_multipart()[-1]
+            try:
+                msg = protocol.decode(frame)
+            except ProtocolError as exc:
+                raise StatusFailure(f"coordinator at {where} sent an invalid reply: {exc}") from None
+            if msg.type == "error":
+                raise StatusFailure(f"coordinator error {msg.body['code']}: {msg.body['reason']}")
+            if msg.type in ("status_reply", "operator_reply"):
+                return msg.body["data"]
             # Anything else is not meant for us: keep waiting for the reply.
     finally:
         sock.close()
-
-
-def reply_data(frame: bytes, where: str = "the coordinator") -> dict[str, Any] | None:
-    """The ``data`` of a status or operator reply, the summary's rows as maps (status_wire.py); None
-    for a message that is no reply; StatusFailure for an error reply or one that breaks the protocol."""
-    try:
-        msg = protocol.decode(frame)
-        if msg.type == "error":
-            raise StatusFailure(f"coordinator error {msg.body['code']}: {msg.body['reason']}")
-        if msg.type == "status_reply":
-            return status_wire.maps(msg.body["data"])
-        return msg.body["data"] if msg.type == "operator_reply" else None
-    except ProtocolError as exc:
-        raise StatusFailure(f"coordinator at {where} sent an invalid reply: {exc}") from None
 
 
 def query_any(context: zmq.Context, conf: cfg.ConfigOpts, targets: transport.Failover, body: Mapping[str, Any],
@@ -296,10 +287,7 @@ def run(args: argparse.Namespace, conf: cfg.ConfigOpts, context: zmq.Context, ou
     answer_timeout = args.answer_timeout or DEFAULT_ANSWER_TIMEOUT
 
     def fetch(view: str, image_id: str | None, timeout: float) -> dict[str, Any]:
-        # The summary as rows: cheaper to decode (status_wire.py); an older coordinator sends maps.
-        form = status_wire.FORM_ROWS if view == "summary" else None
-        return query_any(context, conf, targets, {"view": view, "image_id": image_id, "form": form}, timeout,
-                         args.key_file)
+        return query_any(context, conf, targets, {"view": view, "image_id": image_id}, timeout, args.key_file)
 
     if args.wait:
         if args.view:

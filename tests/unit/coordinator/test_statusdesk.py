@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 
-from glancesync import protocol, status_wire
+from glancesync import protocol
 
 from .conftest import NOW
 from .test_replies import QUERY, event_frame, handed, replies
@@ -92,13 +92,3 @@ def test_the_thread_stops_with_the_service_and_closes_the_socket(conf, stores, j
     assert desk.alive
     svc.shutdown()
     assert not desk.alive and desk.router.closed and desk.pipe.closed and svc.status_desk is None
-
-
-def test_the_summary_comes_as_rows_when_asked_and_shows_the_same(ctx, service) -> None:
-    pump(service, NOW, rounds=1)
-    query = dealer(ctx, service.conf.sync_server_port)
-    query.send(protocol.encode("status_query", {"view": "summary", "form": "rows"}))
-    query.send(QUERY)
-    rows, maps = (m.body["data"] for m in replies(query, 2))
-    assert isinstance(rows["regions"], list) and status_wire.maps(rows) == maps
-    assert set(maps["regions"]) == {"RegionOne", "RegionTwo"}

@@ -61,7 +61,7 @@ VALID: dict[str, dict[str, Any]] = {
         "occurred_at": 1700000000.5,
     },
     "event_ack": {"event_id": "e-1"},
-    "status_query": {"view": "image", "image_id": IMAGE_ID, "form": "maps"},
+    "status_query": {"view": "image", "image_id": IMAGE_ID},
     "status_reply": {"view": "summary", "data": {"regions": {}}},
     "operator": {"action": "sync", "image_id": IMAGE_ID, "regions": ["RegionOne", "RegionTwo"]},
     "operator_reply": {"action": "cancel", "data": {"cancelled": []}},

@@ -418,10 +418,7 @@ def test_main_summary_image_json_and_error(coordinator: FakeCoordinator, capsys:
     assert capsys.readouterr().err == "glance-sync-status: coordinator error not_found: no image 00000000-0000-4000-8000-000000000404\n"
     assert status.main(base + ["--wait", "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"]) == 0
     assert "synced in RegionOne" in capsys.readouterr().out
-    # The summary asked as rows; this coordinator answers maps, as an older one does.
-    assert coordinator.queries[:2] == [{"view": "summary", "image_id": None, "form": "rows"},
-                                       {"view": "image", "image_id": "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10",
-                                        "form": None}]
+    assert coordinator.queries[:2] == [{"view": "summary", "image_id": None}, {"view": "image", "image_id": "3f2c6a0e-8f1b-4c53-9d3e-2b7f5e6a9c10"}]
 
 
 @pytest.mark.parametrize(
