@@ -43,6 +43,8 @@ REPLY, DONE = b"R", b"D"
 STOP_POLL_MS = 100
 # Frames taken from one socket before the thread looks at the other one.
 BURST = 100
+# Seconds the thread pauses after an unexpected failure, so that a lasting one is not a busy loop.
+ERROR_PAUSE = 0.1
 
 _pipes = itertools.count(1)
 
@@ -127,17 +129,16 @@ class StatusDesk:
             while not self._stop.is_set():
                 try:
                     ready = dict(poller.poll(STOP_POLL_MS))
-                except zmq.ZMQError as exc:
-                    LOG.error("status thread: poll failed: %s", exc)
-                    continue
-                # The loop's replies first: they may free connections whose frames wait at the loop.
-                if self.pipe in ready:
-                    self._from_loop()
-                if self.router in ready:
-                    self._from_clients()
-        except Exception:  # never silently: a dead status thread would leave every client unanswered
-            LOG.exception("status thread failed")
-            raise
+                    # The loop's replies first: they may free connections whose frames wait at the loop.
+                    if self.pipe in ready:
+                        self._from_loop()
+                    if self.router in ready:
+                        self._from_clients()
+                except zmq.ContextTerminated:
+                    return  # the process is ending
+                except Exception:  # one log line and on: a dead thread would leave every client unanswered
+                    LOG.exception("status thread: failed; going on")
+                    self._stop.wait(ERROR_PAUSE)
         finally:
             self.router.close(linger=0)
             self.pipe.close(linger=0)

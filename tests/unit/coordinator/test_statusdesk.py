@@ -84,6 +84,28 @@ def test_malformed_frames_get_an_error_and_one_log_line_and_the_thread_goes_on(c
     assert [m.type for m in replies(peer, 1)] == ["status_reply"] and service.status_desk.alive
 
 
+def test_a_failure_outside_any_frame_is_one_log_line_and_the_thread_goes_on(ctx, service, caplog,
+                                                                            monkeypatch) -> None:
+    desk = service.status_desk
+    failed = []
+
+    def from_loop() -> None:
+        failed.append(1)
+        monkeypatch.undo()  # fails once
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(desk, "_from_loop", from_loop)
+    peer = dealer(ctx, service.conf.sync_server_port)
+    peer.send(event_frame())
+    handed(service, 1)
+    service.loop(NOW, poll_seconds=0)  # its reply reaches the pipe: the failing step
+    deadline = time.monotonic() + PATIENCE
+    while "status thread: failed; going on" not in caplog.text:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert [m.type for m in replies(peer, 1)] == ["event_ack"] and desk.alive and failed == [1]
+
+
 def test_the_thread_stops_with_the_service_and_closes_the_socket(conf, stores, journal, client, regional, ctx) -> None:
     from .conftest import start_service
 
