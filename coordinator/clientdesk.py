@@ -1,82 +1,83 @@
 """The client socket (``sync_server_port``): events, status queries and operator requests.
 
+The socket itself belongs to the status thread (statusdesk.py): it answers the summary
+queries from the snapshot this loop publishes after each commit (``publish_summary``)
+and passes every other frame here over an inproc pipe (``client_sock``, the loop's end).
+
 An ``event`` is journaled in the iteration's batch and acknowledged once it commits; so
 is an operator's request.  A ``status_query`` writes nothing and reads committed state:
 it is answered as soon as it is read (an image view after a write of the same batch
 waits for the commit), except behind an earlier reply to the same connection that
 waits for the commit (coordinator/replies.py): a connection gets its replies in the
-order it sent the requests.  The summary comes from pieces packed when they changed
-(statuscache.py).
-
-``answer_summaries`` runs before the iteration's transaction opens: the summaries
-waiting on the socket are answered without waiting for its BEGIN, the agents' frames
-or any step; every other frame (and any later frame of a connection whose earlier one
-was put off) waits for the batch, in the order it came.
+order it sent the requests.  A summary that reaches the loop (its connection had a
+frame here) is answered from the published snapshot too.  Once the iteration's replies
+left, the thread is told which frames are finished (``client_frames_done``), so that
+it answers that connection's next summary itself again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import zmq
 
 from coordinator import status
 from coordinator.dialog import peer_name
-from glancesync import protocol, transport
+from coordinator.statusdesk import LoopEnd, StatusDesk
+from glancesync import protocol
 from glancesync.exceptions import GlanceSyncError, ProtocolError
 
 LOG = logging.getLogger(__name__)
-# Frames answer_summaries reads at most in one iteration (and none once its budget is spent).
-EARLY_FRAMES = 1000
+# Frames of the client socket one iteration takes at most (and fewer once its budget is spent).
+CLIENT_FRAMES = 1000
 
 
 class ClientMixin:
-    """The service's client socket (``coordinator.service.Service``: its sockets, journal, desks)."""
+    """The service's client frames (``coordinator.service.Service``: its pipe, status thread, journal, desks)."""
 
-    # Frames answer_summaries read and left for the batch, with their senders' keys.
-    _client_later: list[tuple[list[bytes], str | None]]
+    client_sock: LoopEnd | None
+    status_desk: StatusDesk | None
+    # Routing ids of the frames taken in this iteration, one per frame: DONE once their replies left.
+    _client_handled: list[bytes]
 
-    def answer_summaries(self, now: float) -> None:
-        """Answer the summary queries waiting on the client socket; keep the other frames for the batch."""
-        # A connection with a frame put off (here, or by an iteration whose batch never opened)
-        # has its later frames put off too, behind it.
-        put_off = {frames[0] for frames, _key in self._client_later}
-        for frames, key in self._waiting_frames():
-            if len(frames) > 1 and frames[0] not in put_off and _summary_query(frames[-1]):
-                try:
-                    self._client_frame(frames, now, key)
-                except Exception:
-                    LOG.exception("frame from %s could not be handled", peer_name(frames[0]))
-            else:
-                self._client_later.append((frames, key))
-                put_off.add(frames[0])
-
-    def _waiting_frames(self) -> Iterator[tuple[list[bytes], str | None]]:
-        """The client socket's frames and their senders' keys, as many as the iteration's budget takes."""
-        for count in range(EARLY_FRAMES):
+    def take_client_frames(self, now: float) -> None:
+        """Handle the frames the status thread passed on, in their order (inside the batch)."""
+        for count in range(CLIENT_FRAMES):
             if count and time.monotonic() > self._deadline:
-                return  # the rest waits in the socket for the next iteration
-            try:
-                parts = self.client_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                return  # the rest waits in the pipe for the next iteration
+            got = self.client_sock.recv() if self.client_sock is not None else None
+            if got is None:
                 return
-            except zmq.ZMQError as exc:
-                LOG.error("receive failed: %s", exc)
-                return
-            # Who sent it: the ZAP User-Id (the CURVE key) travels with each message.
-            yield [part.bytes for part in parts], transport.peer_key(parts[-1]) if self.auth is not None else None
-
-    def put_off_frames(self, now: float) -> None:
-        """Handle the frames answer_summaries put off, in their order (inside the batch)."""
-        later, self._client_later = self._client_later, []
-        for frames, key in later:
+            frames, key = got
+            self._client_handled.append(frames[0])
             try:
                 self._client_frame(frames, now, key)
             except Exception:
                 LOG.exception("frame from %s could not be handled", peer_name(frames[0]))
+
+    def client_frames_done(self) -> None:
+        """Tell the status thread the iteration's frames are finished (after their replies)."""
+        handled, self._client_handled = self._client_handled, []
+        if handled and self.client_sock is not None:
+            self.client_sock.done(handled)
+
+    def publish_summary(self) -> None:
+        """Hand the status thread the summary as committed now (after the batch, before its replies)."""
+        if self.status_desk is None:
+            return
+        lease = None if self.leadership is None else self.leadership.view
+        try:
+            self.status_desk.publish(self.summary.data(self.regions, self.started_at, self.now,
+                                                       self.events.strategy_in_force, lease))
+        except Exception:  # the thread keeps answering with the last one
+            LOG.exception("the status summary could not be packed")
+
+    def may_ask_status(self, key: str | None) -> bool:
+        """Whether ``key`` may send a status_query (the status thread's check; refusals are the loop's)."""
+        if self.auth is None:
+            return True  # no CURVE: loopback only, every local peer is trusted
+        peer = self.auth.peer(key)
+        return peer is not None and peer.may_send("status_query")
 
     def _client_frame(self, frames: list[bytes], now: float, key: str | None = None) -> None:
         envelope, payload = frames[:-1], frames[-1]
@@ -129,17 +130,12 @@ class ClientMixin:
         if body["view"] == "image" and not body.get("image_id"):
             raise ProtocolError(code="missing_field", detail="status_query.image_id is required for view image")
         lease = None if self.leadership is None else self.leadership.view
-        if body["view"] != "image":  # the summary: from the pieces packed when they changed
-            data = self.summary.data(self.regions, self.started_at, self.now, self.events.strategy_in_force, lease)
-            return protocol.encode_prepacked("status_reply", {"view": body["view"]}, {"data": data})
+        if body["view"] != "image":  # the summary: as last committed, what the status thread answers too
+            if self.status_desk is None or self.status_desk.snapshot is None:
+                self.publish_summary()
+            return protocol.encode_prepacked("status_reply", {"view": body["view"]},
+                                             {"data": self.status_desk.snapshot})
         data = status.build(self.journal, self.agents, self.regions, self.started_at, body, self.now,
                             self.events.strategy_in_force, self.tasks.rates, lease)
         return protocol.encode("status_reply", {"view": body["view"], "data": data})
 
-
-def _summary_query(payload: bytes) -> bool:
-    try:
-        msg = protocol.decode(payload)
-    except ProtocolError:
-        return False  # answered with an error in the batch, in its turn
-    return msg.type == "status_query" and msg.body["view"] == "summary"

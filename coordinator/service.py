@@ -4,10 +4,11 @@
 ``shutdown()`` closes everything; ``run()`` drives them with a steady wall clock
 (times are stored in the journal and must survive a restart).  One iteration:
 
-0. answer the summary queries waiting on the client socket (clientdesk.py);
 1. serve every frame that arrived: agents' session messages (dialog.py), ``event``,
    ``status_query`` and ``operator`` (operator.py) on the client socket (clientdesk.py),
-   each only from a peer whose key's role may send it (admission.py, looked up per message);
+   each only from a peer whose key's role may send it (admission.py, looked up per message); the
+   client socket is the status thread's, which answers summaries itself (statusdesk.py) and passes
+   the other frames here;
 2. apply what the glance thread pool finished (registrations, image fetches), then the
    iteration's acks, dones and registrations that succeeded, one journal call per kind
    (taskreports.py), and journal the next slice of a finished reconciler pass's events;
@@ -17,7 +18,8 @@
    (eventdesk.py; a bounded number of task rows per iteration, the rest in the next ones,
    which then come without waiting for frames), and cancel copies a delete waits behind (operator.py);
 5. assign due tasks to agents with credits; commit steps 1-5 in one transaction (``Journal.batch``);
-   only then go the replies that acknowledge them, and the tasks; if the commit fails, none;
+   publish the summary as committed to the status thread; only then go the replies that
+   acknowledge them, and the tasks; if the commit fails, none;
 6. send heartbeats, start a reconciler pass when one is due (reconcilepass.py), re-read the CURVE
    allow-list (changed, SIGHUP), publish the metrics snapshot (coordinator/metrics.py).
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +64,7 @@ from coordinator.registrar import FetchResult, GlanceResult, ReconcileResult, Re
 from coordinator.replies import AfterCommit
 from coordinator.sources import Sourcing
 from coordinator.statuscache import SummaryCache
+from coordinator.statusdesk import LoopEnd, StatusDesk, pipe_pair
 from coordinator.tasks import RegistrationRetry, TaskDesk
 from coordinator.wakeups import ChangeGate
 from glancesync import protocol, roles, transport
@@ -77,9 +81,9 @@ HELD_REFRESH_SECONDS = 5.0
 # heartbeat_interval when that is less): the rest waits for the next iteration, so timers,
 # heartbeats and status answers never wait behind a flood.
 ITERATION_BUDGET = 0.5
-# A wake-up that brought only summary queries ends once they are answered when the rest of an
-# iteration ran less than this ago: a stream of queries does not run every step each time.
-SUMMARY_ONLY_SECONDS = 0.05
+# The GIL's hand-over interval while run() drives the loop (Python's default: 5 ms): the status
+# thread waits at most about this long behind a busy iteration (doc/status.md).
+SWITCH_INTERVAL = 0.001
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +128,8 @@ class Service(AdmissionMixin, ClientMixin):
         self.started_at = time.time()
         self.now = self.started_at
         self.agent_sock: zmq.Socket | None = None
-        self.client_sock: zmq.Socket | None = None
+        self.client_sock: LoopEnd | None = None  # the loop's end of the status thread's pipe
+        self.status_desk: StatusDesk | None = None
         self.auth: roles.ClientAuth | None = None
         self._reload_keys = False
         self._keys_checked = 0.0
@@ -148,8 +153,8 @@ class Service(AdmissionMixin, ClientMixin):
         self.summary = SummaryCache(journal, self.agents)
         # Replies sent once the iteration's batch has committed, in the order each peer asked.
         self._after_commit = AfterCommit()
-        self._client_later = []
-        self._progress_flushed = self._deadline = self._held_read = self._full_at = 0.0
+        self._client_handled = []
+        self._progress_flushed = self._deadline = self._held_read = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0
         self.iterations = 0
@@ -162,13 +167,15 @@ class Service(AdmissionMixin, ClientMixin):
         self.auth = transport.start_server_auth(self.context, self.conf)
         self._keys_checked = now
         self.agent_sock = transport.bind_server(self.context, zmq.ROUTER, c.bind_host, c.agent_port, self.conf)
-        self.client_sock = transport.bind_server(
-            self.context, zmq.ROUTER, c.bind_host, self.conf.sync_server_port, self.conf)
+        router = transport.bind_server(self.context, zmq.ROUTER, c.bind_host, self.conf.sync_server_port, self.conf)
         # A send to a peer that is gone raises EHOSTUNREACH instead of vanishing silently.
-        for sock in (self.agent_sock, self.client_sock):
+        for sock in (self.agent_sock, router):
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        loop_end, thread_end = pipe_pair(self.context)
+        self.client_sock = LoopEnd(loop_end)
+        self.status_desk = StatusDesk(router, thread_end, self.auth is not None, self.may_ask_status)
         self.poller.register(self.agent_sock, zmq.POLLIN)
-        self.poller.register(self.client_sock, zmq.POLLIN)
+        self.poller.register(loop_end, zmq.POLLIN)
         self.poller.register(self.doorbell.fileno(), zmq.POLLIN)
         # Leases are wall-clock times in the journal: after a stop longer than lease_timeout
         # every one has lapsed, yet the agents kept working and will say hello again (with
@@ -180,6 +187,8 @@ class Service(AdmissionMixin, ClientMixin):
         for task in self.journal.registering():
             LOG.info("task %s of %s: redoing its registration", task.task_id, task.image_id)
             self.tasks.register(task)
+        self.publish_summary()
+        self.status_desk.start()  # from now on the client socket is the status thread's
         LOG.info("coordinator listening: agents on %s:%d, events and status on %s:%d",
                  c.bind_host, c.agent_port, c.bind_host, self.conf.sync_server_port)
 
@@ -195,16 +204,21 @@ class Service(AdmissionMixin, ClientMixin):
             self.leadership.release()
         self.registrar.shutdown()
         self.doorbell.close()  # after the pool: no job is left to ring it
+        if self.status_desk is not None:
+            self.status_desk.stop()  # it closes the client socket
+            if self.status_desk.alive:
+                LOG.warning("the status thread did not end")
         for sock in (self.agent_sock, self.client_sock):
             if sock is not None:
                 sock.close(linger=0)
-        self.agent_sock = self.client_sock = None
+        self.agent_sock = self.client_sock = self.status_desk = None
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
 
     def run(self, stop: threading.Event) -> None:
         clock = SteadyClock()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             self.initialize(clock.now())
             while not stop.is_set() and (self.leadership is None or self.leadership.held):
@@ -233,18 +247,12 @@ class Service(AdmissionMixin, ClientMixin):
         started = time.monotonic()
         # Frames and glance results beyond this wait in their queues for the next iteration.
         self._deadline = started + min(ITERATION_BUDGET, self.conf.coordinator.heartbeat_interval / 4)
-        if self.client_sock in ready:
-            self.answer_summaries(now)  # before the transaction opens (clientdesk.py)
-            if (len(ready) == 1 and not self._client_later and poll_seconds
-                    and 0 <= started - self._full_at < SUMMARY_ONLY_SECONDS):
-                return
-        self._full_at = started
         try:
             # Every journal write of the frames and of the steps below: one transaction, one commit;
             # the copies reported done in it have their regional images read together (one listing per region).
             with self.registrar.gathering(), self.journal.batch():
                 self._writes_before = self.journal.writes
-                self.put_off_frames(now)  # the client socket's frames other than summaries
+                self.take_client_frames(now)  # what the status thread passed on (clientdesk.py)
                 if self.agent_sock in ready:
                     self._drain(self.agent_sock, self.dialog.frame, now)
                 self._steps(now, (self._keys, self._refresh_regions, self._apply_results, self.tasks.apply_reports,
@@ -257,8 +265,10 @@ class Service(AdmissionMixin, ClientMixin):
             LOG.error("the journal did not commit this iteration (%s); %d acknowledgement(s) withheld", exc,
                       self._after_commit.withhold())
             self.tasks.withdraw()
+        self.publish_summary()  # committed (or withdrawn): what the status thread answers from now on
         for reply in self._after_commit.take():
             self._send(reply.sock, reply.envelope, reply.payload)
+        self.client_frames_done()
         self._steps(now, (self.tasks.send_assigned, self.dialog.heartbeats, self.passes.reconcile, self.metrics.tick))
         self._timed(time.monotonic() - started)
 

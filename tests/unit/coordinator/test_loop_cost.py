@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -225,10 +227,10 @@ def test_an_iteration_stops_taking_frames_once_its_budget_is_spent(ctx, service,
 
     monkeypatch.setattr(service_module, "ITERATION_BUDGET", 0.0)
     query = dealer(ctx, service.conf.sync_server_port)
-    for _ in range(3):
-        query.send(protocol.encode("status_query", {"view": "summary"}))
-    while not service.client_sock.poll(0):
-        pass
+    for n in range(3):  # events: the loop's frames (the status thread answers summaries itself)
+        query.send(protocol.encode("event", {"event_id": f"e{n}", "kind": "uploaded", "image_id": IMAGE_ID}))
+    while sum(service.status_desk.at_loop.values()) < 3:  # all three passed on to the loop
+        time.sleep(0.001)
     service.loop(NOW, poll_seconds=0.5)
     answered = 0
     while query.poll(200):

@@ -309,6 +309,7 @@ def test_status_views(ctx, service) -> None:
     assert data["regions"]["RegionTwo"]["queued"] == 1
     assert data["deletions_held"] == {"images": 0, "confirmed": 0, "since": None}
     service.journal.record_reconcile([], ["img-x"], NOW - 5, "reconciler")
+    pump(service, NOW, rounds=1)  # the summary shows what an iteration published (statusdesk.py)
     query.send(protocol.encode("status_query", {"view": "summary"}))
     held = receive(query, service, NOW).body["data"]["deletions_held"]
     assert held == {"images": 1, "confirmed": 0, "since": NOW - 5}
@@ -582,6 +583,7 @@ def test_an_import_never_active_is_planned_with_no_tasks_after_snapshot_timeout(
 
 
 def test_status_carries_the_coordinators_clock(service, ctx) -> None:
+    pump(service, NOW + 42, rounds=1)  # the summary is the one published by the last iteration
     query = dealer(ctx, service.conf.sync_server_port)
     query.send(protocol.encode("status_query", {"view": "summary"}))
     assert receive(query, service, NOW + 42).body["data"]["coordinator"]["now"] == NOW + 42
