@@ -17,14 +17,16 @@ worker processes (coordinator/glanceprocs.py); where they run is the registrar's
 - ``list_regional``: the regional records of many images of one region, one listing.
 - ``unregister``: a delete task came back ``done``: remove that region's location if the image
   still exists and keeps another one (glance refuses to remove the last).
-- ``fetch``: the image record (with locations) an event is planned from, one GET; for a
-  snapshot (coordinator/snapshot.py) also the image of the region that made it.  A
-  registration of a snapshot's copy verifies against those recorded values (the task's
+- ``fetch_many``: the image records (with locations) events are planned from, one listing
+  of the cascading glance for up to 80 of them, a GET for any it leaves out; ``fetch``: one
+  event's, one GET.  For a snapshot (coordinator/snapshot.py) also the image of the region
+  that made it.  A registration of a snapshot's copy verifies against those recorded values (the task's
   image), since the cascading image has no bytes of its own.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable, Collection
@@ -256,12 +258,37 @@ def unregister(clients: Clients, task: TaskRow) -> TaskResult:
     return TaskResult(task.task_id, task.attempt, True)
 
 
-def fetch(clients: Clients, event: EventRow, regions: Collection[str] | None = None) -> FetchResult:
-    """``event``'s image; a snapshot of one of ``regions`` (all: None) with its regional image."""
+def fetch_many(clients: Clients, events: list[EventRow], regions: Collection[str] | None = None) -> list[FetchResult]:
+    """``fetch`` for each of ``events``, their images read with one listing filtered by id.
+
+    glance's listing shows an image with the same fields as its GET (checked on glance-api:
+    doc/control-plane.md); an image it leaves out (gone, ``os_hidden``, shared and not
+    accepted...) is read on its own, so a 404 is judged as ever.  A listing that fails
+    fails every event of it as its GET would have: retried with backoff.
+    """
+    wanted = [e.image_id for e in events if e.kind != "deleted"]  # a deleted image is rarely still listed
+    try:
+        listed = glance.images_by_id(clients.cascading(), wanted, clients.endpoint_name) if wanted else {}
+    except GlanceSyncError as exc:
+        LOG.warning("%d event(s): the cascading images could not be listed: %s", len(events), exc)
+        return [FetchResult(event.event_id, None, exc) for event in events]
+    # Each event its own record: the planner's reads and the task payloads never share one dict.
+    return [fetch(clients, event, regions, copy.deepcopy(listed[event.image_id]) if event.image_id in listed
+                  else _UNREAD) for event in events]
+
+
+_UNREAD: Any = object()
+
+
+def fetch(clients: Clients, event: EventRow, regions: Collection[str] | None = None,
+          image: dict[str, Any] | None = _UNREAD) -> FetchResult:
+    """``event``'s image (``image``: already read by a listing); a snapshot of one of ``regions``
+    (all: None) with its regional image."""
     # One GET and back: an import still on its way is fetched again later by the
     # loop, so no worker of this small pool ever sleeps waiting for it.
     try:
-        image = clients.get(event.image_id)
+        if image is _UNREAD:
+            image = clients.get(event.image_id)
         members = glance.shared_members(clients.cascading(), image, clients.endpoint_name)
         made = None
         region = snapshot.source_region(image, regions) if event.kind != "deleted" else None

@@ -201,6 +201,23 @@ class Registrar:
             endpoint=self.endpoint_name, retryable=True, detail=str(exc)))
         self.pool.submit(self._run, lambda: self._call(glancejobs.fetch, event, regions), fail)
 
+    def fetch_many(self, events: list[EventRow], regions: Collection[str] | None = None) -> None:
+        """``fetch`` each of ``events``, their images read with one listing (glancejobs.fetch_many)."""
+        self.pool.submit(self._fetch_many, list(events), regions)
+
+    def _fetch_many(self, events: list[EventRow], regions: Collection[str] | None) -> None:
+        try:
+            results = self._call(glancejobs.fetch_many, events, regions)
+        except Exception as exc:  # a thread must always answer, whatever went wrong
+            if isinstance(exc, GlanceSyncError):
+                LOG.warning("glance job failed: %s", exc)
+            else:
+                LOG.exception("glance job failed unexpectedly")
+            error = GlanceError(endpoint=self.endpoint_name, retryable=True, detail=str(exc))
+            results = [FetchResult(event.event_id, None, error) for event in events]
+        for result in results:
+            self._results.put(result)
+
     def reconcile(self, read: Callable[[], reconciler.Inputs]) -> None:
         """Compare the glances with what the journal knows (``read()``, in the pool; see reconciler.py)."""
         fail = lambda exc: ReconcileResult(None, GlanceError(endpoint=self.endpoint_name, detail=str(exc)))  # noqa: E731
