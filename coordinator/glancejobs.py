@@ -10,10 +10,10 @@ worker processes (coordinator/glanceprocs.py); where they run is the registrar's
   each regional image, with that region's credentials, and compare them with
   glancesync.verify (glance itself never checks the bytes behind a location, so a mismatch
   must never be registered); then one PATCH adds every ``cascaded://<region>/<id>`` (metadata
-  ``{"region": region}``) the image does not list yet, and one read after believes only what
-  the image says.  A PATCH refused as a whole because one location appeared meanwhile is redone
-  one location at a time; "already exists" from glance counts as done.  The agent's report
-  only links two different hashing algorithms (doc/verification.md).
+  ``{"region": region}``) the image does not list yet, and glance's answer to it (the image
+  as the PATCH left it) is all that is believed.  A PATCH refused as a whole because one
+  location appeared meanwhile is redone one location at a time; "already exists" from
+  glance counts as done.  The agent's report only links two different hashing algorithms (doc/verification.md).
 - ``list_regional``: the regional records of many images of one region, one listing.
 - ``unregister``: a delete task came back ``done``: remove that region's location if the image
   still exists and keeps another one (glance refuses to remove the last).
@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from coordinator import reconciler, snapshot
 from coordinator.journal import EventRow, TaskRow
@@ -98,7 +99,18 @@ class Clients:
 
     def get(self, image_id: str) -> dict[str, Any] | None:
         """The cascading image, None when glance answers 404."""
-        return glance.get_image(self.cascading(), image_id, self.endpoint_name)
+        return glance.call(lambda: image_json(self.cascading(), image_id), self.endpoint_name, None)
+
+
+def image_json(client: Any, image_id: str) -> dict[str, Any]:
+    """One GET of an image as glance's own JSON object, less its ``self`` link: what glanceclient's
+    ``images.get`` gives (checked on glance-api: doc/control-plane.md), without the warlock model
+    it builds and checks against the schema, a good part of a registration job's CPU."""
+    _resp, body = client.http_client.get(f"/v2/images/{quote(image_id, safe='')}")
+    if not isinstance(body, dict):
+        raise ValueError("the image record is not a JSON object")
+    body.pop("self", None)
+    return body
 
 
 def list_regional(clients: Clients, region: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -190,8 +202,8 @@ def add_locations(clients: Clients, image_id: str, locations: list[tuple[str, st
     if validation:
         ops[0]["value"]["validation_data"] = validation
     try:
-        clients.cascading().http_client.patch(f"/v2/images/{image_id}", headers={"Content-Type": JSON_PATCH},
-                                              data=json.dumps(ops))
+        _resp, updated = clients.cascading().http_client.patch(
+            f"/v2/images/{image_id}", headers={"Content-Type": JSON_PATCH}, data=json.dumps(ops))
     except Exception as exc:
         code = getattr(exc, "code", None) or getattr(exc, "http_status", None)
         if isinstance(code, int) and 400 <= code < 500:
@@ -204,7 +216,11 @@ def add_locations(clients: Clients, image_id: str, locations: list[tuple[str, st
                 validation = None  # the image is active after the first one
             return
         raise glance.translate(exc, clients.endpoint_name) from exc
-    after = {loc.get("url") for loc in (clients.get(image_id) or {}).get("locations") or []}
+    # glance answers the PATCH with the image as it left it (add_location believes the same answer);
+    # only an answer without a location list is read again.
+    if not isinstance(updated, dict) or not isinstance(updated.get("locations"), list):
+        updated = clients.get(image_id) or {}
+    after = {loc.get("url") for loc in updated.get("locations") or [] if isinstance(loc, dict)}
     missing = [url for url, _region in locations if url not in after]
     if missing:
         raise GlanceError(endpoint=clients.endpoint_name, retryable=True,

@@ -9,8 +9,9 @@ Either way the results come back through ``results()`` and the loop writes the j
 What stays here, in the coordinator's process: the scheduling.  Copies reported done are
 first read one listing per region (coordinator/regionalreads.py); copies of one image that
 finished while its registration job waited go together (one read of the cascading image,
-one PATCH adding every location, one read after); and the location changes of one image
-run one at a time, since glance rewrites the whole location set on each PATCH.  The
+one PATCH adding every location, believed from glance's answer to it); and the location
+changes of one image run one at a time, since glance rewrites the whole location set on
+each PATCH.  The
 reconciler's pass (which reads the journal) always runs in a thread of this process.
 
 Every request to the cascading glance carries ``INTERNAL_REQUEST_HEADER`` signed with the

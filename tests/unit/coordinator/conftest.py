@@ -104,6 +104,8 @@ class ListingHttp:
         from urllib.parse import parse_qsl, urlencode, urlsplit
 
         split = urlsplit(url)
+        if split.path.startswith("/v2/images/"):  # one image's GET (glancejobs.image_json), as images.get
+            return None, dict(self.images.get(split.path.rsplit("/", 1)[-1]), self=split.path)
         assert split.path == "/v2/images", url
         self.listings.append(url)
         query = dict(parse_qsl(split.query))
