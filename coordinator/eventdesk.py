@@ -6,8 +6,8 @@ retryable fetch errors are tried again with backoff (``FETCH_TRIES`` at most), a
 imported image is fetched again every ``snapshot_sleep_interval`` until active or
 ``snapshot_timeout``.  Both waits are the event's ``not_before`` in the journal, and
 only due events are read, oldest first, at most ``FETCHES_IN_FLIGHT`` fetches at a
-time (their images read with one listing per ``FETCH_BATCH``, not one GET each): events that wait never block the ones that are ready, and a restart keeps the
-backoff.  A snapshot (coordinator/snapshot.py) waits the same way for its regional
+time (their images read with one listing per ``FETCH_BATCH``, not one GET each): events
+that wait never block the ones that are ready, and a restart keeps the backoff.  A snapshot (coordinator/snapshot.py) waits the same way for its regional
 image: fetched again every ``snapshot_sleep_interval`` while that image is missing or
 on its way to active; ``snapshot_timeout`` after the event its targets are ``failed``
 with the reason.  Image records are ordered by ``updated_at``: a record older than the newest

@@ -13,15 +13,16 @@ worker processes (coordinator/glanceprocs.py); where they run is the registrar's
   ``{"region": region}``) the image does not list yet, and glance's answer to it (the image
   as the PATCH left it) is all that is believed.  A PATCH refused as a whole because one
   location appeared meanwhile is redone one location at a time; "already exists" from
-  glance counts as done.  The agent's report only links two different hashing algorithms (doc/verification.md).
+  glance counts as done.  The agent's report only links two different hashing algorithms
+  (doc/verification.md).
 - ``list_regional``: the regional records of many images of one region, one listing.
 - ``unregister``: a delete task came back ``done``: remove that region's location if the image
   still exists and keeps another one (glance refuses to remove the last).
 - ``fetch_many``: the image records (with locations) events are planned from, one listing
   of the cascading glance for up to 80 of them, a GET for any it leaves out; ``fetch``: one
   event's, one GET.  For a snapshot (coordinator/snapshot.py) also the image of the region
-  that made it.  A registration of a snapshot's copy verifies against those recorded values (the task's
-  image), since the cascading image has no bytes of its own.
+  that made it.  A registration of a snapshot's copy verifies against those recorded values
+  (the task's image), since the cascading image has no bytes of its own.
 """
 
 from __future__ import annotations

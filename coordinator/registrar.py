@@ -11,8 +11,8 @@ first read one listing per region (coordinator/regionalreads.py); copies of one 
 finished while its registration job waited go together (one read of the cascading image,
 one PATCH adding every location, believed from glance's answer to it); and the location
 changes of one image run one at a time, since glance rewrites the whole location set on
-each PATCH.  The
-reconciler's pass (which reads the journal) always runs in a thread of this process.
+each PATCH.  The reconciler's pass (which reads the journal) always runs in a thread of this
+process.
 
 Every request to the cascading glance carries ``INTERNAL_REQUEST_HEADER`` signed with the
 shared secret (glancesync.marker, set up by ``cascading_endpoint``) so that the
