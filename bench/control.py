@@ -10,7 +10,9 @@ are the control plane's, not a transfer's.  Two runs in one invocation:
    first event to the last region ``synced`` (every registration verified and its
    location PATCHed into the fake cascading glance).  Prints tasks per second, the
    coordinator's CPU-ms per task (its own process, and apart its glance worker
-   processes; ``--glance-worker-mode``) and its longest loop iteration (its own log line).
+   processes; ``--glance-worker-mode``), its longest loop iteration (its own log line) and
+   a timeline: when the events were all acked, the last one planned and the last task
+   handed out (the coordinator's log lines), beside the time all were synced.
 2. status: a journal seeded with ``--status-tasks`` synced tasks over
    ``--status-agents`` regions, one idle agent online per region; ``--queries``
    summary queries, one after another, as glance-sync-status sends them.  Prints
@@ -25,6 +27,7 @@ Usage: ``.venv/bin/python bench/control.py`` (defaults: a quick run);
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import multiprocessing
 import os
@@ -234,6 +237,23 @@ def send_events(run: Run, ids: list[str]) -> None:
     sock.close()
 
 
+def stages(log: Path, started: float) -> dict[str, float | None]:
+    """Seconds from the first event sent to the last event planned and the last task handed out,
+    read from the coordinator's log (its INFO lines; local wall-clock times to the millisecond)."""
+    last: dict[str, float | None] = {"planned": None, "handed out": None}
+    patterns = {"planned": re.compile(r"INFO coordinator\.eventdesk \[.*\] event \S+ \(.*\): \d+ tasks"),
+                "handed out": re.compile(r"INFO coordinator\.tasks \[.*\] agent \S+ given \d+ task")}
+    for line in log.read_text(errors="replace").splitlines():
+        for name, pattern in patterns.items():
+            if pattern.search(line):
+                try:
+                    at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+                except ValueError:
+                    continue
+                last[name] = at - started
+    return last
+
+
 def synced(data: dict[str, Any] | None) -> int:
     return sum(r["synced"] for r in (data or {"regions": {}})["regions"].values())
 
@@ -250,8 +270,9 @@ def throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         run.wait_online()
         total = len(ids) * len(regions)
         workers0 = settled_children(run.proc.pid)
-        cpu0, t0 = cpu_seconds(run.proc.pid), time.monotonic()
+        cpu0, t0, wall0 = cpu_seconds(run.proc.pid), time.monotonic(), time.time()
         send_events(run, ids)
+        acked = time.monotonic() - t0
         while synced(run.query()) < total:
             if time.monotonic() - t0 > args.timeout:
                 print(f"  timeout: {synced(run.query())} of {total} synced after {args.timeout} s")
@@ -262,6 +283,7 @@ def throughput(args: argparse.Namespace, base: Path) -> dict[str, Any]:
         done = synced(run.query())
     finally:
         counts = run.stop()
+    counts["stages"] = {"events acked": acked, **stages(base / "coordinator.log", wall0)}
     sql = counts.pop("sql")
     counts["glance_per_task"] = {kind: n / max(done, 1) for kind, n in sorted(counts.pop("glance").items())}
     per_task = {kind: n / max(done, 1) for kind, n in sorted(sql.items(), key=lambda kv: -kv[1])}
@@ -329,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['per_s']:.0f} tasks/s; coordinator {r['cpu_ms_per_task']:.2f} CPU-ms per task (its glance "
                   f"worker processes {r['worker_cpu_ms_per_task']:.2f}); longest loop iteration {r['longest_ms']} ms "
                   f"({r['slow_iterations']} over heartbeat_interval); agents saw {r.get('tasks')} task messages")
+            print("  timeline (s from the first event): " + ", ".join(
+                f"last {name} {'-' if at is None else f'{at:.2f}'}" for name, at in r["stages"].items())
+                  + f", all synced {r['elapsed']:.2f}")
             print("  glance requests per task: " + ", ".join(
                 f"{kind} {n:.2f}" for kind, n in r["glance_per_task"].items()))
             print("  SQL statements per task (whole run): " + ", ".join(

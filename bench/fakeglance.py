@@ -49,8 +49,8 @@ def record(image_id: str, store_dir: str) -> dict[str, Any]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the coordinator's sessions reuse connections
-    # The status line and headers leave in one write, the body in another: with Nagle the body
-    # waited for the client's delayed ACK (about 40 ms a request, seen in bench/overhead.py).
+    # TCP_NODELAY, as gunicorn sets for glance-api: the headers and the body go out in two writes,
+    # and with Nagle's algorithm the body waited for the client's delayed ACK, 40 ms a request.
     disable_nagle_algorithm = True
     records: dict[str, dict[str, Any]] = {}
     # Sorted ids of every image, and of the images each region lists (regional server).

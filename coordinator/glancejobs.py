@@ -10,26 +10,30 @@ worker processes (coordinator/glanceprocs.py); where they run is the registrar's
   each regional image, with that region's credentials, and compare them with
   glancesync.verify (glance itself never checks the bytes behind a location, so a mismatch
   must never be registered); then one PATCH adds every ``cascaded://<region>/<id>`` (metadata
-  ``{"region": region}``) the image does not list yet, and one read after believes only what
-  the image says.  A PATCH refused as a whole because one location appeared meanwhile is redone
-  one location at a time; "already exists" from glance counts as done.  The agent's report
-  only links two different hashing algorithms (doc/verification.md).
+  ``{"region": region}``) the image does not list yet, and glance's answer to it (the image
+  as the PATCH left it) is all that is believed.  A PATCH refused as a whole because one
+  location appeared meanwhile is redone one location at a time; "already exists" from
+  glance counts as done.  The agent's report only links two different hashing algorithms
+  (doc/verification.md).
 - ``list_regional``: the regional records of many images of one region, one listing.
 - ``unregister``: a delete task came back ``done``: remove that region's location if the image
   still exists and keeps another one (glance refuses to remove the last).
-- ``fetch``: the image record (with locations) an event is planned from, one GET; for a
-  snapshot (coordinator/snapshot.py) also the image of the region that made it.  A
-  registration of a snapshot's copy verifies against those recorded values (the task's
-  image), since the cascading image has no bytes of its own.
+- ``fetch_many``: the image records (with locations) events are planned from, one listing
+  of the cascading glance for up to 80 of them, a GET for any it leaves out; ``fetch``: one
+  event's, one GET.  For a snapshot (coordinator/snapshot.py) also the image of the region
+  that made it.  A registration of a snapshot's copy verifies against those recorded values
+  (the task's image), since the cascading image has no bytes of its own.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from coordinator import reconciler, snapshot
 from coordinator.journal import EventRow, TaskRow
@@ -96,7 +100,18 @@ class Clients:
 
     def get(self, image_id: str) -> dict[str, Any] | None:
         """The cascading image, None when glance answers 404."""
-        return glance.get_image(self.cascading(), image_id, self.endpoint_name)
+        return glance.call(lambda: image_json(self.cascading(), image_id), self.endpoint_name, None)
+
+
+def image_json(client: Any, image_id: str) -> dict[str, Any]:
+    """One GET of an image as glance's own JSON object, less its ``self`` link: what glanceclient's
+    ``images.get`` gives (checked on glance-api: doc/control-plane.md), without the warlock model
+    it builds and checks against the schema, a good part of a registration job's CPU."""
+    _resp, body = client.http_client.get(f"/v2/images/{quote(image_id, safe='')}")
+    if not isinstance(body, dict):
+        raise ValueError("the image record is not a JSON object")
+    body.pop("self", None)
+    return body
 
 
 def list_regional(clients: Clients, region: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -188,8 +203,8 @@ def add_locations(clients: Clients, image_id: str, locations: list[tuple[str, st
     if validation:
         ops[0]["value"]["validation_data"] = validation
     try:
-        clients.cascading().http_client.patch(f"/v2/images/{image_id}", headers={"Content-Type": JSON_PATCH},
-                                              data=json.dumps(ops))
+        _resp, updated = clients.cascading().http_client.patch(
+            f"/v2/images/{image_id}", headers={"Content-Type": JSON_PATCH}, data=json.dumps(ops))
     except Exception as exc:
         code = getattr(exc, "code", None) or getattr(exc, "http_status", None)
         if isinstance(code, int) and 400 <= code < 500:
@@ -202,7 +217,11 @@ def add_locations(clients: Clients, image_id: str, locations: list[tuple[str, st
                 validation = None  # the image is active after the first one
             return
         raise glance.translate(exc, clients.endpoint_name) from exc
-    after = {loc.get("url") for loc in (clients.get(image_id) or {}).get("locations") or []}
+    # glance answers the PATCH with the image as it left it (add_location believes the same answer);
+    # only an answer without a location list is read again.
+    if not isinstance(updated, dict) or not isinstance(updated.get("locations"), list):
+        updated = clients.get(image_id) or {}
+    after = {loc.get("url") for loc in updated.get("locations") or [] if isinstance(loc, dict)}
     missing = [url for url, _region in locations if url not in after]
     if missing:
         raise GlanceError(endpoint=clients.endpoint_name, retryable=True,
@@ -256,12 +275,37 @@ def unregister(clients: Clients, task: TaskRow) -> TaskResult:
     return TaskResult(task.task_id, task.attempt, True)
 
 
-def fetch(clients: Clients, event: EventRow, regions: Collection[str] | None = None) -> FetchResult:
-    """``event``'s image; a snapshot of one of ``regions`` (all: None) with its regional image."""
+def fetch_many(clients: Clients, events: list[EventRow], regions: Collection[str] | None = None) -> list[FetchResult]:
+    """``fetch`` for each of ``events``, their images read with one listing filtered by id.
+
+    glance's listing shows an image with the same fields as its GET (checked on glance-api:
+    doc/control-plane.md); an image it leaves out (gone, ``os_hidden``, shared and not
+    accepted...) is read on its own, so a 404 is judged as ever.  A listing that fails
+    fails every event of it as its GET would have: retried with backoff.
+    """
+    wanted = [e.image_id for e in events if e.kind != "deleted"]  # a deleted image is rarely still listed
+    try:
+        listed = glance.images_by_id(clients.cascading(), wanted, clients.endpoint_name) if wanted else {}
+    except GlanceSyncError as exc:
+        LOG.warning("%d event(s): the cascading images could not be listed: %s", len(events), exc)
+        return [FetchResult(event.event_id, None, exc) for event in events]
+    # Each event its own record: the planner's reads and the task payloads never share one dict.
+    return [fetch(clients, event, regions, copy.deepcopy(listed[event.image_id]) if event.image_id in listed
+                  else _UNREAD) for event in events]
+
+
+_UNREAD: Any = object()
+
+
+def fetch(clients: Clients, event: EventRow, regions: Collection[str] | None = None,
+          image: dict[str, Any] | None = _UNREAD) -> FetchResult:
+    """``event``'s image (``image``: already read by a listing); a snapshot of one of ``regions``
+    (all: None) with its regional image."""
     # One GET and back: an import still on its way is fetched again later by the
     # loop, so no worker of this small pool ever sleeps waiting for it.
     try:
-        image = clients.get(event.image_id)
+        if image is _UNREAD:
+            image = clients.get(event.image_id)
         members = glance.shared_members(clients.cascading(), image, clients.endpoint_name)
         made = None
         region = snapshot.source_region(image, regions) if event.kind != "deleted" else None

@@ -9,9 +9,10 @@ Either way the results come back through ``results()`` and the loop writes the j
 What stays here, in the coordinator's process: the scheduling.  Copies reported done are
 first read one listing per region (coordinator/regionalreads.py); copies of one image that
 finished while its registration job waited go together (one read of the cascading image,
-one PATCH adding every location, one read after); and the location changes of one image
-run one at a time, since glance rewrites the whole location set on each PATCH.  The
-reconciler's pass (which reads the journal) always runs in a thread of this process.
+one PATCH adding every location, believed from glance's answer to it); and the location
+changes of one image run one at a time, since glance rewrites the whole location set on
+each PATCH.  The reconciler's pass (which reads the journal) always runs in a thread of this
+process.
 
 Every request to the cascading glance carries ``INTERNAL_REQUEST_HEADER`` signed with the
 shared secret (glancesync.marker, set up by ``cascading_endpoint``) so that the
@@ -204,6 +205,23 @@ class Registrar:
         fail = lambda exc: FetchResult(event.event_id, None, GlanceError(  # noqa: E731
             endpoint=self.endpoint_name, retryable=True, detail=str(exc)))
         self.pool.submit(self._run, lambda: self._call(glancejobs.fetch, event, regions), fail)
+
+    def fetch_many(self, events: list[EventRow], regions: Collection[str] | None = None) -> None:
+        """``fetch`` each of ``events``, their images read with one listing (glancejobs.fetch_many)."""
+        self.pool.submit(self._fetch_many, list(events), regions)
+
+    def _fetch_many(self, events: list[EventRow], regions: Collection[str] | None) -> None:
+        try:
+            results = self._call(glancejobs.fetch_many, events, regions)
+        except Exception as exc:  # a thread must always answer, whatever went wrong
+            if isinstance(exc, GlanceSyncError):
+                LOG.warning("glance job failed: %s", exc)
+            else:
+                LOG.exception("glance job failed unexpectedly")
+            error = GlanceError(endpoint=self.endpoint_name, retryable=True, detail=str(exc))
+            results = [FetchResult(event.event_id, None, error) for event in events]
+        for result in results:
+            self._results.put(result)
 
     def reconcile(self, read: Callable[[], reconciler.Inputs]) -> None:
         """Compare the glances with what the journal knows (``read()``, in the pool; see reconciler.py)."""

@@ -49,6 +49,7 @@ class FakeImages:
         self.added: list[tuple[str, str, dict[str, Any]]] = []
         self.removed: list[tuple[str, set[str]]] = []
         self.gets: list[str] = []
+        self.listed: list[dict[str, Any]] = []  # the filters of each listing
         self.write_delay = 0.0
 
     def get(self, image_id: str) -> dict[str, Any]:
@@ -77,6 +78,20 @@ class FakeImages:
         self.records[image_id]["locations"] = [loc for loc in locs if loc["url"] not in urls]
 
 
+class ListedImages(FakeImages):
+    """A fake glance that also lists its images (the cascading one: events are fetched by listing)."""
+
+    def list(self, filters: dict[str, Any], page_size: int = 20) -> Any:
+        """glance's listing as ``glance.paged_images`` asks for it: ``id=in:`` and ``os_hidden`` filters
+        (a hidden image is listed only when asked for), in id order, each record as its GET shows it."""
+        self.listed.append(dict(filters))
+        wanted = filters.get("id", "")
+        ids = set(wanted[3:].split(",")) if wanted.startswith("in:") else None
+        hidden = bool(filters.get("os_hidden"))
+        return iter([dict(self.records[i]) for i in sorted(self.records) if (ids is None or i in ids)
+                     and bool(self.records[i].get("os_hidden", False)) == hidden])
+
+
 class ListingHttp:
     """glance's paged listing as glance.paged_images asks for it (``GET /v2/images?limit=&marker=``),
     served from the fake's ``images.list(filters, page_size)``: what the fake glance holds."""
@@ -89,6 +104,8 @@ class ListingHttp:
         from urllib.parse import parse_qsl, urlencode, urlsplit
 
         split = urlsplit(url)
+        if split.path.startswith("/v2/images/"):  # one image's GET (glancejobs.image_json), as images.get
+            return None, dict(self.images.get(split.path.rsplit("/", 1)[-1]), self=split.path)
         assert split.path == "/v2/images", url
         self.listings.append(url)
         query = dict(parse_qsl(split.query))
@@ -128,8 +145,8 @@ class FakeHttp(ListingHttp):
 
 
 class FakeClient:
-    def __init__(self) -> None:
-        self.images = FakeImages()
+    def __init__(self, listing: bool = False) -> None:
+        self.images = ListedImages() if listing else FakeImages()
         self.http_client = FakeHttp(self.images)
 
 
@@ -204,7 +221,7 @@ def add_listing(images: FakeImages) -> None:
 @pytest.fixture
 def client(stores):
     """The cascading glance, holding IMAGE_ID."""
-    fake = FakeClient()
+    fake = FakeClient(listing=True)
     fake.images.records[IMAGE_ID] = image_record(store_dir=stores.store.store_dir)
     return fake
 

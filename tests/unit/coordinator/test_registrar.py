@@ -303,9 +303,33 @@ def test_regions_of_one_image_waiting_together_are_registered_with_one_read_and_
     assert all(r.ok for r in results), results
     assert [len(ops) for _image, ops in client.http_client.patches] == [3]  # one PATCH, every region
     assert client.images.added == []
-    assert client.images.gets == [IMAGE_ID, IMAGE_ID]  # one read before, one after
+    assert client.images.gets == [IMAGE_ID]  # one read before; after, glance's answer to the PATCH
     urls = {loc["url"] for loc in client.images.records[IMAGE_ID]["locations"]}
     assert {protocol.cascaded_url(r, IMAGE_ID) for r in regions} <= urls
+
+
+def test_a_patch_answered_without_one_of_its_locations_is_not_registered(make_registrar, client,
+                                                                         monkeypatch) -> None:
+    real_patch = client.http_client.patch
+
+    def patch_then_lost(url, headers=None, data="[]"):
+        _resp, body = real_patch(url, headers=headers, data=data)
+        lost = protocol.cascaded_url("RegionTwo", IMAGE_ID)  # a concurrent writer's set won
+        return None, dict(body, locations=[loc for loc in body["locations"] if loc["url"] != lost])
+
+    monkeypatch.setattr(client.http_client, "patch", patch_then_lost)
+    results = register_regions(make_registrar(1), ["RegionOne", "RegionTwo"], hold_worker=True)
+    assert all(not r.ok and r.retryable and "missing after" in r.reason for r in results), results
+
+
+def test_a_patch_answered_without_a_record_is_checked_by_reading_the_image(make_registrar, client,
+                                                                           monkeypatch) -> None:
+    real_patch = client.http_client.patch
+    monkeypatch.setattr(client.http_client, "patch", lambda url, headers=None, data="[]": (
+        real_patch(url, headers=headers, data=data)[0], None))
+    results = register_regions(make_registrar(1), ["RegionOne", "RegionTwo"], hold_worker=True)
+    assert all(r.ok for r in results), results
+    assert client.images.gets == [IMAGE_ID, IMAGE_ID]  # the image read again after the PATCH
 
 
 def test_a_batch_one_of_whose_locations_appeared_meanwhile_is_added_one_by_one(make_registrar, client) -> None:

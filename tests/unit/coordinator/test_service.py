@@ -493,7 +493,12 @@ def test_a_fetch_that_keeps_failing_gives_up_with_a_reason(ctx, service, journal
         client.images.gets.append(image_id)
         raise exc.HTTPInternalServerError("glance cannot show this image")
 
+    def broken_listing(filters, page_size=20):
+        client.images.gets.append(filters["id"])  # one more try, as a GET's
+        raise exc.HTTPInternalServerError("glance cannot show this image")
+
     monkeypatch.setattr(client.images, "get", broken)
+    monkeypatch.setattr(client.images, "list", broken_listing)  # events are fetched by listing
     send_event(ctx, service)
     now = NOW
     pump(service, now, lambda: client.images.gets and "e1" not in service.events.fetching)
