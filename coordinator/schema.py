@@ -59,7 +59,8 @@ MYSQL_TABLE = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_coll
 
 # The predicates of the partial indexes (migration 0008), written as the queries that use
 # them write theirs: SQLite takes a partial index only for a query with the same term.
-# ASKED_PREFIX of coordinator/journal/views.py; SQLite's query matches it with GLOB.
+# The event ids of an operator's sync (ASKED_PREFIX of coordinator/journal/views.py); SQLite's
+# query matches them with GLOB (case-sensitive, as the servers' LIKE is here).
 ASKED_SQL = "event_id LIKE 'operator-%'"
 ASKED_SQLITE = "event_id GLOB 'operator-*'"
 FAILED_SQL = "state = 'failed'"
