@@ -107,7 +107,8 @@ class Watch:
 
 
 def queued(data: dict[str, Any] | None) -> int:
-    return sum(r["queued"] for r in (data or {"regions": {}})["regions"].values())
+    """Tasks planned and not done: queued, or handed to one of the (idle) agents."""
+    return sum(r["queued"] + r.get("in_flight", 0) for r in (data or {"regions": {}})["regions"].values())
 
 
 def percentiles(times: list[float]) -> str:
@@ -210,6 +211,31 @@ def steady_pass(args: argparse.Namespace, run: control.Run, watch: Watch, base: 
     say(f"coordinator RSS: peak {rss_mib(run.proc.pid, 'VmHWM'):.0f} MiB since the restart, now "
         f"{rss_mib(run.proc.pid):.0f} MiB; journal {journal / 2**20:.1f} MiB ({journal / max(args.images, 1):.0f} "
         f"bytes per image)")
+    for line in journal_breakdown(base / "journal.sqlite", args.images * args.regions_per_image):
+        say(line)
+
+
+def journal_breakdown(path: Path, pairs: int) -> list[str]:
+    """Bytes per (image, region) of each table and index of the journal (SQLite's dbstat, pages with the WAL's)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        owners = dict(conn.execute("SELECT name, tbl_name FROM sqlite_schema WHERE type IN ('table', 'index')"))
+        sizes = conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
+    except sqlite3.Error as exc:  # no dbstat in this sqlite3 build
+        return [f"journal breakdown: not available ({exc})"]
+    finally:
+        conn.close()
+    per = max(pairs, 1)
+    lines = [f"journal per (image, region), {pairs} of them: {sum(n for _, n in sizes) / per:.0f} bytes"]
+    for table in ("tasks", "image_regions"):
+        parts = [(name, n) for name, n in sizes if owners.get(name) == table]
+        lines.append(f"  {table}: {sum(n for _, n in parts) / per:.0f} bytes = "
+                     + ", ".join(f"{name} {n / per:.0f}" for name, n in parts))
+    rest = sum(n for name, n in sizes if owners.get(name) not in ("tasks", "image_regions"))
+    lines.append(f"  the other tables and indexes: {rest / per:.0f} bytes")
+    return lines
 
 
 def bench(args: argparse.Namespace, base: Path) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from coordinator.journal.base import unpack
-from coordinator.schema import events, image_regions, tasks
+from coordinator.schema import ASKED_SQL, ASKED_SQLITE, events, image_regions, tasks
 from glancesync.states import SyncState
 
 S = SyncState
-# Event ids of an operator's sync (coordinator/operator.py ORIGIN).
+# Event ids of an operator's sync (coordinator/operator.py ORIGIN); schema.ASKED_SQL matches them.
 ASKED_PREFIX = "operator-"
 _HELD = (S.ASSIGNED.value, S.TRANSFERRING.value)
 # Which summary column each state counts in.
@@ -151,12 +151,10 @@ class ViewsMixin:
         Those copies are never removed for being untargeted.  Known while the task rows are
         kept (``glance-sync-manage purge`` forgets finished tasks older than its ``--days``).
         """
-        if self.engine.dialect.name == "sqlite":
-            # SQLite's LIKE ignores case, so it cannot walk ix_tasks_kind_event's range; GLOB
-            # can, and matches case as the servers' LIKE does (binary collation on MySQL).
-            asked = tasks.c.event_id.op("GLOB")(f"{ASKED_PREFIX}*")
-        else:
-            asked = tasks.c.event_id.like(f"{ASKED_PREFIX}%")
+        # SQLite's LIKE ignores case, so it cannot walk ix_tasks_kind_event's range; GLOB
+        # can, and matches case as the servers' LIKE does (binary collation on MySQL).  The
+        # pattern is the partial index's own text (schema.py), which SQLite needs to take it.
+        asked = sa.text(ASKED_SQLITE if self.engine.dialect.name == "sqlite" else ASKED_SQL)
         query = sa.select(tasks.c.image_id, tasks.c.region).distinct().where(tasks.c.kind == "copy", asked)
         if isinstance(image_id, str):
             queries = [query.where(tasks.c.image_id == image_id)]

@@ -78,6 +78,17 @@ def test_failed_pairs_of_every_region_are_found_by_index(journal: Journal) -> No
     assert "ix_image_regions_state" in plan, plan
 
 
+def test_an_agents_tasks_are_found_by_index_that_holds_only_handed_out_tasks(journal: Journal) -> None:
+    # ix_tasks_agent is partial (agent_id IS NOT NULL, migration 0008) on SQLite and PostgreSQL:
+    # a query naming an agent must still use it.
+    populated(journal)
+    task = journal.dispatchable("R1", NOW)[0]
+    assert journal.assign(task.task_id, "agent-1", NOW, NOW + 60)
+    assert [t.task_id for t in journal.agent_tasks("agent-1")] == [task.task_id]
+    plan = plan_of(journal, lambda: journal.agent_tasks("agent-1"), "tasks")
+    assert "ix_tasks_agent" in plan, plan
+
+
 def test_due_unplanned_events_are_read_in_order_from_the_index_without_a_sort(journal: Journal) -> None:
     # Due ones and deferred ones, received in an order other than their ids'.
     for n in range(60):

@@ -16,10 +16,10 @@ from .conftest import IMAGE_ID, make_conf
 def test_db_sync_brings_the_schema_to_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'j.sqlite'}"
     current, head = manage.schema_revisions(url)
-    assert current is None and head == "0007"
+    assert current is None and head == "0008"
     manage.db_sync(url)
     manage.db_sync(url)  # twice is fine
-    assert manage.schema_revisions(url) == ("0007", "0007")
+    assert manage.schema_revisions(url) == ("0008", "0008")
 
 
 def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
@@ -29,7 +29,7 @@ def test_manage_commands(tmp_path: Path, store_yaml: Path, capsys) -> None:
     assert manage.main(["--config-file", str(conf_file), "db_version"]) == 1
     assert manage.main(["--config-file", str(conf_file), "db_sync"]) == 0
     assert manage.main(["db_version", "--config-file", str(conf_file)]) == 0
-    assert "current=0007" in capsys.readouterr().out
+    assert "current=0008" in capsys.readouterr().out
     assert manage.main(["keygen", "--dir", str(tmp_path / "keys"), "--name", "coord"]) == 0
     secret = tmp_path / "keys" / "coord.key_secret"
     assert str(secret) in capsys.readouterr().out
@@ -264,4 +264,63 @@ def test_migration_0006_adds_the_query_indexes_and_goes_back(tmp_path: Path) -> 
     assert manage.schema_revisions(url)[0] == "0005"
     with engine.connect() as conn:
         assert not {"ix_tasks_kind_event", "ix_image_regions_state"} & indexes(conn)
+    engine.dispose()
+
+
+def test_migration_0008_keeps_every_row_with_partial_indexes_and_goes_back(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from coordinator import schema
+
+    url = f"sqlite:///{tmp_path / 'j.sqlite'}"
+    command.upgrade(manage.alembic_config(url), "0007")
+    engine = sa.create_engine(url)
+    task = ("INSERT INTO tasks (task_id, seq, image_id, region, kind, state, attempt, agent_id, not_before, retries, "
+            "bytes_done, bytes_total, payload, event_id, created_at, updated_at) VALUES "
+            "(:t, :s, :i, :r, 'copy', :st, 1, :a, 0, 0, 0, 9, :p, :e, 5, 6)")
+    pair = ("INSERT INTO image_regions (image_id, region, state, task_id, last_error, attempts, bytes_done, "
+            "bytes_total, updated_at) VALUES (:i, :r, :st, :t, :err, 1, 0, 9, 6)")
+    with engine.begin() as conn:
+        conn.execute(sa.text(task), [dict(t="t1", s=1, i=IMAGE_ID, r="R1", st="pending", a=None, p=b"\x80", e="ev-1"),
+                                     dict(t="t2", s=2, i=IMAGE_ID, r="R2", st="failed", a="agent-1", p=b"\x81",
+                                          e="operator-sync-1")])
+        conn.execute(sa.text(pair), [dict(i=IMAGE_ID, r="R1", st="pending", t="t1", err=None),
+                                     dict(i=IMAGE_ID, r="R2", st="failed", t="t2", err="boom")])
+
+    def rows(conn: sa.Connection) -> list[list[tuple]]:
+        return [[tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1, 2")]
+                for table in ("tasks", "image_regions")]
+
+    def entries(conn: sa.Connection, index: str) -> int:  # rows an index holds (dbstat: its cells)
+        return conn.exec_driver_sql("SELECT sum(ncell) FROM dbstat WHERE name = ? AND pagetype = 'leaf'",
+                                    (index,)).scalar()
+
+    with engine.connect() as conn:
+        before = rows(conn)
+        assert [entries(conn, ix) for ix in ("ix_tasks_agent", "ix_tasks_kind_event", "ix_image_regions_state")] \
+            == [2, 2, 2]
+    manage.db_sync(url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), schema.metadata) == []
+        assert rows(conn) == before
+        # Each partial index holds only the row its query looks for; image_regions has no rowid.
+        assert [entries(conn, ix) for ix in ("ix_tasks_agent", "ix_tasks_kind_event", "ix_image_regions_state")] \
+            == [1, 1, 1]
+        assert "WITHOUT ROWID" in conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_schema WHERE name = 'image_regions'").scalar()
+        assert conn.exec_driver_sql("SELECT count(*) FROM sqlite_schema WHERE tbl_name = 'image_regions' "
+                                    "AND name LIKE 'sqlite_autoindex%'").scalar() == 0
+    command.downgrade(manage.alembic_config(url), "0007")
+    assert manage.schema_revisions(url)[0] == "0007"
+    with engine.connect() as conn:
+        assert rows(conn) == before
+        assert [entries(conn, ix) for ix in ("ix_tasks_agent", "ix_tasks_kind_event", "ix_image_regions_state")] \
+            == [2, 2, 2]
+        assert "WITHOUT ROWID" not in conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_schema WHERE name = 'image_regions'").scalar()
+    manage.db_sync(url)  # and up again
+    assert manage.schema_revisions(url)[0] == "0008"
     engine.dispose()
