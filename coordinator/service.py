@@ -139,7 +139,8 @@ class Service(AdmissionMixin, ClientMixin):
         # journal.writes when the iteration's batch opened: has the batch written since?
         self._writes_before = -1
         self.dialog = AgentDialog(conf, storemap, self.agents, self.tasks, send=self.send_agent,
-                                  send_raw=lambda rid, payload: self._send(self.agent_sock, [rid], payload),
+                                  send_raw=lambda rid, payload: self._after_commit.send_behind(
+                                      self.agent_sock, [rid], payload, self._send),
                                   ack_later=self._ack_agent_later, metrics=self.metrics,
                                   cancelled=self.operator.cancelled, credited=self._handouts.stir,
                                   admitted=lambda envelope, key, msg: self._admitted(
