@@ -178,6 +178,10 @@ class Service(AdmissionMixin, ClientMixin):
         if extended:
             LOG.info("%d handed-out task(s) get %.0f s for their agents to reconnect", extended, c.lease_timeout)
         self.tasks.sourcing.restore(self.journal.running_copies, now + c.lease_timeout)  # fanout kept (sources.py)
+        # What a stopped loop deferred (a fetch again later, a retry's backoff) is due on time.
+        for gate, due in zip((self._queries, self._handouts), self.journal.next_due(now), strict=True):
+            if due is not None:
+                gate.wake_at(due)
         for task in self.journal.registering():
             LOG.info("task %s of %s: redoing its registration", task.task_id, task.image_id)
             self.tasks.register(task)

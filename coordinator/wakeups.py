@@ -8,8 +8,9 @@ when the journal was written since they last ran (``Journal.writes``: a report, 
 event, a plan, a requeue...), when the loop was told of another change (``stir``: a
 credit, a hello, a glance result), when a time it was told of comes (``wake_at``: a
 retry's backoff ends, a registration retried, an event fetched again), and at least
-every ``recheck`` seconds, for the times nobody told it of (a ``not_before`` a restart
-read back) and for writes made by another process.  The loop polls no longer than until
+every ``recheck`` seconds, for the times nobody told it of and for writes made by
+another process (a restart tells it the earliest deferred event and pending task,
+``Journal.next_due``; a registration left under way is redone at once).  The loop polls no longer than until
 the earliest of those times (``poll_timeout``), so a retry is handed out when its
 backoff ends, not up to ``recheck`` later.
 
