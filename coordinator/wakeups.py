@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import os
 import threading
+import weakref
 from collections.abc import Callable
 
 # Seconds after which a gated query runs again even when nothing said it should: a retry
@@ -90,6 +91,12 @@ class Doorbell:
         # Held by ring and close: a late ring never writes to a descriptor number reused since.
         self._lock = threading.Lock()
         self._open = True
+        # A Service never shut down (a test's) gives its pipe back when it is garbage.
+        self._release = weakref.finalize(self, _close_pipe, self._read, self._write)
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
 
     def fileno(self) -> int:
         return self._read
@@ -114,5 +121,9 @@ class Doorbell:
         with self._lock:
             if self._open:
                 self._open = False
-                os.close(self._read)
-                os.close(self._write)
+                self._release()
+
+
+def _close_pipe(read: int, write: int) -> None:
+    os.close(read)
+    os.close(write)
