@@ -74,8 +74,11 @@ def agent(ctx, service, region: str = "RegionOne", agent_id: str = "a1", credits
                                         "version": "t", "in_flight": list(in_flight)}))
     assert receive(sock, service, now, "welcome").body["lease_timeout"] == 10.0
     if credits:
+        session = next(s for s in service.agents.sessions.values() if (s.region, s.agent_id) == (region, agent_id))
+        kept = len(session.tasks)  # its in_flight
         sock.send(protocol.encode("ready", {"credits": credits}))
-        pump(service, now)
+        # Taken: as credits, or already spent on tasks handed out in the same iteration.
+        pump(service, now, lambda: session.credits + len(session.tasks) - kept >= min(credits, session.capacity))
     return sock
 
 
