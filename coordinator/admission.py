@@ -41,10 +41,7 @@ class AdmissionMixin:
         refusal = protocol.encode("error", {"code": code, "reason": reason, "ref": msg.id})
         # Not ahead of an earlier reply to the same connection that waits for the commit
         # (replies.py); the refusal acknowledges nothing, so it goes even if the commit fails.
-        if self._after_commit.waiting(sock, envelope[0]):
-            self._after_commit.add(sock, envelope, refusal, acks=False)
-        else:
-            self._send(sock, envelope, refusal)
+        self._after_commit.send_behind(sock, envelope, refusal, self._send)
         return None
 
     def request_reload(self) -> None:

@@ -8,7 +8,8 @@ go to the session and the task desk (tasks.py; ``ack`` and ``done`` are queued t
 applied together once per iteration, coordinator/taskreports.py).  ``done`` and ``failed`` are answered
 with ``result_ack`` only after the loop iteration's journal batch has committed
 (``ack_later``): the agent forgets a result once it is acked (doc/control-plane.md).
-A frame that breaks the protocol is answered with ``error``; when it was a report,
+A frame that breaks the protocol is answered with ``error`` (``send_raw``: behind an earlier
+reply to the same connection that waits for the commit, replies.py); when it was a report,
 that attempt fails, so its task is not left handed out for ever (doc/sessions.md).
 ``heartbeats`` sends each session its heartbeat on its own beat.
 """

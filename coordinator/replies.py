@@ -13,6 +13,7 @@ withheld (the peers send again); the others (a summary, an error) still go.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 
@@ -41,6 +42,15 @@ class AfterCommit:
     def waiting(self, sock: Any, routing_id: bytes) -> bool:
         """Whether the connection has a reply waiting: a later one must wait behind it."""
         return (id(sock), routing_id) in self._waiting
+
+    def send_behind(self, sock: Any, envelope: list[bytes], payload: bytes,
+                    send: Callable[[Any, list[bytes], bytes], bool]) -> bool:
+        """Send a reply that acknowledges nothing (an error) now, or behind the connection's
+        waiting reply if it has one; it goes even if the commit fails."""
+        if self.waiting(sock, envelope[0]):
+            self.add(sock, envelope, payload, acks=False)
+            return True
+        return send(sock, envelope, payload)
 
     def withhold(self) -> int:
         """The commit failed: drop the replies that acknowledge it; how many were dropped."""

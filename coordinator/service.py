@@ -144,7 +144,8 @@ class Service(AdmissionMixin, ClientMixin):
         # journal.writes when the iteration's batch opened: has the batch written since?
         self._writes_before = -1
         self.dialog = AgentDialog(conf, storemap, self.agents, self.tasks, send=self.send_agent,
-                                  send_raw=lambda rid, payload: self._send(self.agent_sock, [rid], payload),
+                                  send_raw=lambda rid, payload: self._after_commit.send_behind(
+                                      self.agent_sock, [rid], payload, self._send),
                                   ack_later=self._ack_agent_later, metrics=self.metrics,
                                   cancelled=self.operator.cancelled, credited=self._handouts.stir,
                                   admitted=lambda envelope, key, msg: self._admitted(
@@ -184,6 +185,10 @@ class Service(AdmissionMixin, ClientMixin):
         if extended:
             LOG.info("%d handed-out task(s) get %.0f s for their agents to reconnect", extended, c.lease_timeout)
         self.tasks.sourcing.restore(self.journal.running_copies, now + c.lease_timeout)  # fanout kept (sources.py)
+        # What a stopped loop deferred (a fetch again later, a retry's backoff) is due on time.
+        for gate, due in zip((self._queries, self._handouts), self.journal.next_due(now), strict=True):
+            if due is not None:
+                gate.wake_at(due)
         for task in self.journal.registering():
             LOG.info("task %s of %s: redoing its registration", task.task_id, task.image_id)
             self.tasks.register(task)

@@ -8,8 +8,9 @@ when the journal was written since they last ran (``Journal.writes``: a report, 
 event, a plan, a requeue...), when the loop was told of another change (``stir``: a
 credit, a hello, a glance result), when a time it was told of comes (``wake_at``: a
 retry's backoff ends, a registration retried, an event fetched again), and at least
-every ``recheck`` seconds, for the times nobody told it of (a ``not_before`` a restart
-read back) and for writes made by another process.  The loop polls no longer than until
+every ``recheck`` seconds, for the times nobody told it of and for writes made by
+another process (a restart tells it the earliest deferred event and pending task,
+``Journal.next_due``; a registration left under way is redone at once).  The loop polls no longer than until
 the earliest of those times (``poll_timeout``), so a retry is handed out when its
 backoff ends, not up to ``recheck`` later.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import heapq
 import os
 import threading
+import weakref
 from collections.abc import Callable
 
 # Seconds after which a gated query runs again even when nothing said it should: a retry
@@ -89,6 +91,12 @@ class Doorbell:
         # Held by ring and close: a late ring never writes to a descriptor number reused since.
         self._lock = threading.Lock()
         self._open = True
+        # A Service never shut down (a test's) gives its pipe back when it is garbage.
+        self._release = weakref.finalize(self, _close_pipe, self._read, self._write)
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
 
     def fileno(self) -> int:
         return self._read
@@ -113,5 +121,9 @@ class Doorbell:
         with self._lock:
             if self._open:
                 self._open = False
-                os.close(self._read)
-                os.close(self._write)
+                self._release()
+
+
+def _close_pipe(read: int, write: int) -> None:
+    os.close(read)
+    os.close(write)

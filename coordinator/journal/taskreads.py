@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from coordinator.journal.base import FINAL_TASK_STATES, LIVE_TASK_STATES, TaskRow, task_from_row
-from coordinator.schema import tasks
+from coordinator.schema import events, tasks
 from glancesync.states import SyncState
 
 S = SyncState
@@ -108,6 +108,19 @@ class TaskReadsMixin:
             query = query.where(tasks.c.region == region)
         with self.reading() as conn:
             return [task_from_row(r) for r in conn.execute(query).all()]
+
+    def next_due(self, now: float) -> tuple[float | None, float | None]:
+        """The earliest ``not_before`` after ``now`` of an unplanned event and of a pending task.
+
+        A restarted loop is told them (wakeups.ChangeGate.wake_at): what a stopped one
+        deferred is then planned or handed out when it is due, not up to a recheck later.
+        """
+        with self.reading() as conn:
+            event = conn.execute(sa.select(sa.func.min(events.c.not_before)).where(
+                events.c.planned == sa.false(), events.c.not_before > now)).scalar()
+            task = conn.execute(sa.select(sa.func.min(tasks.c.not_before)).where(
+                tasks.c.state == S.PENDING.value, tasks.c.not_before > now)).scalar()
+        return event, task
 
     def registering(self) -> list[TaskRow]:
         """Tasks whose registration was under way (e.g. when a previous coordinator stopped)."""

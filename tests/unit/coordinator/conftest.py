@@ -241,6 +241,25 @@ def ctx():
     context.destroy(linger=0)
 
 
+@pytest.fixture(autouse=True)
+def services_shut_down(monkeypatch):
+    """Every Service a test makes is shut down by its end (its doorbell's pipe, its sockets and
+    the registrar's threads are not left to the rest of the run): the test fails otherwise."""
+    made: list[Service] = []
+    real_init = Service.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Service, "__init__", init)
+    yield
+    left = [svc for svc in made if not svc.doorbell.closed]
+    for svc in left:
+        svc.shutdown()
+    assert not left, f"{len(left)} Service(s) left running by the test"
+
+
 def start_service(conf, stores, journal, client, regional, ctx) -> Service:
     """A coordinator Service over real sockets, initialized at NOW; the caller shuts it down."""
     registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)

@@ -8,6 +8,7 @@ import msgpack
 import pytest
 import zmq
 
+from coordinator import wakeups
 from coordinator.journal import Journal
 from coordinator.registrar import Registrar
 from coordinator.service import Service
@@ -73,8 +74,11 @@ def agent(ctx, service, region: str = "RegionOne", agent_id: str = "a1", credits
                                         "version": "t", "in_flight": list(in_flight)}))
     assert receive(sock, service, now, "welcome").body["lease_timeout"] == 10.0
     if credits:
+        session = next(s for s in service.agents.sessions.values() if (s.region, s.agent_id) == (region, agent_id))
+        kept = len(session.tasks)  # its in_flight
         sock.send(protocol.encode("ready", {"credits": credits}))
-        pump(service, now)
+        # Taken: as credits, or already spent on tasks handed out in the same iteration.
+        pump(service, now, lambda: session.credits + len(session.tasks) - kept >= min(credits, session.capacity))
     return sock
 
 
@@ -380,6 +384,28 @@ def test_a_restarted_coordinator_gives_agents_a_lease_to_come_back(ctx, service,
         agent(ctx, again, in_flight=[task["task_id"]], now=restart + 5)
         pump(again, restart + 5 + again.conf.coordinator.lease_timeout - 1)
         assert journal.task(task["task_id"]).state == SyncState.ASSIGNED
+    finally:
+        again.shutdown()
+
+
+def test_an_event_deferred_before_a_restart_is_planned_when_it_is_due(service, journal, conf, stores,
+                                                                      client, regional, ctx) -> None:
+    journal.record_event("e1", "uploaded", IMAGE_ID, {"event_id": "e1"}, NOW)
+    journal.defer_event("e1", NOW + 5, fetch_tries=1)  # its fetch failed before the stop
+    service.shutdown()
+    conf.set_override("agent_port", free_port(), group="coordinator")
+    conf.set_override("sync_server_port", free_port())
+    registrar = Registrar(lambda: client, 2, "http://cascading", regional_client_factory=lambda _region: regional)
+    again = Service(conf, stores, journal, registrar, context=ctx)
+    again.initialize(NOW)
+    try:
+        # The poll waits no longer than the event's due time ...
+        assert wakeups.poll_timeout(NOW + 4.5, 10.0, again._queries, again._handouts) == pytest.approx(0.5)
+        again.loop(NOW + 4.5, poll_seconds=0)  # the planning ran half a second before it is due
+        assert client.images.gets == []
+        # ... and planning runs at it, not at the gate's recheck a second after the last run.
+        pump(again, NOW + 5, lambda: planned(again))
+        assert IMAGE_ID in client.images.gets
     finally:
         again.shutdown()
 

@@ -13,7 +13,7 @@ from glancesync import protocol
 from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID, NOW
-from .test_service import agent, dealer, pump, receive, report, run_copy
+from .test_service import PATIENCE, agent, dealer, pump, receive, report, run_copy
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -120,3 +120,30 @@ def test_an_event_journaled_with_a_bad_id_by_an_older_version_never_reaches_glan
     pump(service, NOW, lambda: not journal.unplanned_events())
     assert client.images.gets == []
     assert journal.image_view("../../../../etc/passwd")[1] == {}
+
+
+def test_a_protocol_error_waits_behind_the_result_ack_of_its_connection(ctx, service, journal,
+                                                                         monkeypatch) -> None:
+    sock, task = run_copy(ctx, service)
+    sock.send(protocol.encode("failed", {"task_id": task["task_id"], "attempt": 1, "reason": "sshd down",
+                                         "retryable": True}))
+    sock.send(b"\x00not msgpack")
+    real_drain = service._drain
+
+    def both_frames(sock_, handler, now):
+        # Both in one iteration, however late the second arrives: the order is decided within it.
+        if sock_ is not service.agent_sock:
+            return real_drain(sock_, handler, now)
+        for _ in range(2):
+            assert sock_.poll(int(PATIENCE * 1000)), "the frames did not reach the coordinator"
+            handler(sock_.recv_multipart(), now, None)
+
+    monkeypatch.setattr(service, "_drain", both_frames)
+    service.loop(NOW, poll_seconds=PATIENCE)
+    replies = []
+    while len(replies) < 2 and sock.poll(int(PATIENCE * 1000)):
+        msg = protocol.decode(sock.recv())
+        if msg.type != "heartbeat":
+            replies.append(msg)
+    assert [m.type for m in replies] == ["result_ack", "error"]
+    assert journal.task(task["task_id"]).state == SyncState.PENDING

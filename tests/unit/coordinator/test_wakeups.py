@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 
 import pytest
@@ -169,6 +171,19 @@ def test_a_doorbell_wakes_a_poll_until_cleared_and_rings_no_more_once_closed() -
     bell.close()
     bell.ring()  # a job that ends after shutdown: nothing is written anywhere
     bell.close()
+
+
+def test_a_doorbell_never_closed_gives_its_pipe_back_when_it_is_garbage() -> None:
+    bell = Doorbell()
+    ends = {fd: os.fstat(fd).st_ino for fd in (bell.fileno(), bell._write)}
+    del bell
+    gc.collect()
+    for fd, pipe in ends.items():
+        try:
+            reused = os.fstat(fd).st_ino
+        except OSError:
+            continue  # closed
+        assert reused != pipe, "the doorbell's pipe is still open"  # the number may be reused since
 
 
 def test_a_glance_result_wakes_the_loops_poll_and_its_copies_are_handed_out_in_that_iteration(
