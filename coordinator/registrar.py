@@ -222,6 +222,7 @@ class Registrar:
             results = [FetchResult(event.event_id, None, error) for event in events]
         for result in results:
             self._results.put(result)
+        self.on_result()
 
     def reconcile(self, read: Callable[[], reconciler.Inputs]) -> None:
         """Compare the glances with what the journal knows (``read()``, in the pool; see reconciler.py)."""

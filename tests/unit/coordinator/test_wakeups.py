@@ -189,8 +189,10 @@ def test_a_doorbell_never_closed_gives_its_pipe_back_when_it_is_garbage() -> Non
 def test_a_glance_result_wakes_the_loops_poll_and_its_copies_are_handed_out_in_that_iteration(
         ctx, service, journal, client, monkeypatch) -> None:
     sock = agent(ctx, service, credits=1)
-    gate, get = threading.Event(), client.images.get
-    monkeypatch.setattr(client.images, "get", lambda image_id: gate.wait(PATIENCE) and get(image_id))
+    gate, listing = threading.Event(), client.images.list
+    # Events are fetched by listing (glancejobs.fetch_many): the listing waits on the gate.
+    monkeypatch.setattr(client.images, "list", lambda filters, page_size=20: gate.wait(PATIENCE)
+                        and listing(filters, page_size))
     events = dealer(ctx, service.conf.sync_server_port)
     events.send(protocol.encode("event", {"event_id": "e1", "kind": "uploaded", "image_id": IMAGE_ID}))
     receive(events, service, NOW, "event_ack")
@@ -211,15 +213,20 @@ def test_an_event_fetched_again_later_is_planned_when_its_backoff_ends_not_at_th
         ctx, service, journal, client, monkeypatch) -> None:
     from glanceclient import exc
 
-    get = client.images.get
-    monkeypatch.setattr(client.images, "get", lambda _image_id: (_ for _ in ()).throw(
-        exc.HTTPServiceUnavailable("glance is restarting")))
+    get, listing = client.images.get, client.images.list
+
+    def restarting(*_args, **_kwargs):
+        raise exc.HTTPServiceUnavailable("glance is restarting")
+
+    monkeypatch.setattr(client.images, "get", restarting)
+    monkeypatch.setattr(client.images, "list", restarting)  # events are fetched by listing
     send_event(ctx, service)
     pump(service, NOW, lambda: deferred(journal, "e1"))
     due = journal.unplanned_event("e1").not_before
     assert due > NOW and service._queries.next_wake() == due
     assert poll_timeout(due - 0.05, 0.1, service._queries, service._handouts) == pytest.approx(0.05)
     monkeypatch.setattr(client.images, "get", get)
+    monkeypatch.setattr(client.images, "list", listing)
     service._queries.recheck = 3600.0  # time alone never reopens the planning here
     pump(service, due - 0.01)
     assert not planned(service)
