@@ -39,21 +39,24 @@ class ClientMixin:
     status_desk: StatusDesk | None
     # Routing ids of the frames taken in this iteration, one per frame: DONE once their replies left.
     _client_handled: list[bytes]
+    # The events taken and not journaled yet: (envelope, message id, body, sender), in the order they came.
+    _taken_events: list[tuple[list[bytes], str | None, dict[str, Any], str]]
 
     def take_client_frames(self, now: float) -> None:
         """Handle the frames the status thread passed on, in their order (inside the batch)."""
         for count in range(CLIENT_FRAMES):
             if count and time.monotonic() > self._deadline:
-                return  # the rest waits in the pipe for the next iteration
+                break  # the rest waits in the pipe for the next iteration
             got = self.client_sock.recv() if self.client_sock is not None else None
             if got is None:
-                return
+                break
             frames, key = got
             self._client_handled.append(frames[0])
             try:
                 self._client_frame(frames, now, key)
             except Exception:
                 LOG.exception("frame from %s could not be handled", peer_name(frames[0]))
+        self._record_events(now)
 
     def client_frames_done(self) -> None:
         """Tell the status thread the iteration's frames are finished (after their replies)."""
@@ -93,8 +96,11 @@ class ClientMixin:
             if peer is None:
                 return
             if msg.type == "event":
-                reply = self._event(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
-            elif msg.type == "operator":
+                # Recorded with the iteration's other events (``_record_events``), acked in their order.
+                self._taken_events.append((envelope, ref, msg.body, f"{peer.name} ({peer_name(envelope[0])})"))
+                return
+            self._record_events(now)  # what this frame reads or writes comes after the events before it
+            if msg.type == "operator":
                 data = self.operator.request(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
                 reply = protocol.encode("operator_reply", {"action": msg.body["action"], "data": data})
             else:
@@ -115,16 +121,30 @@ class ClientMixin:
         # every later reply to the same connection.
         self._after_commit.add(self.client_sock, envelope, reply, acks)
 
-    def _event(self, body: dict[str, Any], now: float, sender: str) -> bytes:
+    def _record_events(self, now: float) -> None:
+        """Journal the events taken so far, together, and queue their acks (sent after the commit)."""
+        taken, self._taken_events = self._taken_events, []
+        if not taken:
+            return
         # Durable first, ack second: the sender forgets the event once acked. The sender is
         # kept with the event: a refused delete names it.
-        fresh = self.journal.record_event(body["event_id"], body["kind"], body["image_id"], body, now, sender)
-        self.metrics.event_received(fresh)
-        if fresh:
-            LOG.info("event %s: %s of image %s from %s", body["event_id"], body["kind"], body["image_id"], sender)
-        else:
-            LOG.info("event %s: duplicate, acked again", body["event_id"])
-        return protocol.encode("event_ack", {"event_id": body["event_id"]})
+        try:
+            fresh = self.journal.record_events(
+                [(body["event_id"], body["kind"], body["image_id"], body, sender) for _env, _ref, body, sender in taken], now)
+        except GlanceSyncError as exc:
+            LOG.error("%d event(s) could not be journaled: %s", len(taken), exc)
+            for envelope, ref, _body, _sender in taken:
+                self._after_commit.add(self.client_sock, envelope, protocol.encode(
+                    "error", {"code": "unavailable", "reason": str(exc), "ref": ref}), False)
+            return
+        for (envelope, _ref, body, sender), new in zip(taken, fresh, strict=True):
+            self.metrics.event_received(new)
+            if new:
+                LOG.info("event %s: %s of image %s from %s", body["event_id"], body["kind"], body["image_id"], sender)
+            else:
+                LOG.info("event %s: duplicate, acked again", body["event_id"])
+            self._after_commit.add(self.client_sock, envelope,
+                                   protocol.encode("event_ack", {"event_id": body["event_id"]}), True)
 
     def _status(self, body: dict[str, Any]) -> bytes:
         if body["view"] == "image" and not body.get("image_id"):

@@ -155,6 +155,7 @@ class Service(AdmissionMixin, ClientMixin):
         # Replies sent once the iteration's batch has committed, in the order each peer asked.
         self._after_commit = AfterCommit()
         self._client_handled = []
+        self._taken_events = []
         self._progress_flushed = self._deadline = self._held_read = 0.0
         # Seconds of the longest iteration's work (not counting the poll's wait), and how many ran.
         self.longest_iteration = 0.0

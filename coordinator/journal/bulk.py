@@ -37,6 +37,7 @@ from coordinator.journal.base import (
     execute_all,
     pack,
     region_state_for,
+    task_copy,
 )
 from coordinator.journal.taskstate import split_change
 from coordinator.schema import image_regions, tasks
@@ -153,7 +154,7 @@ class BulkMixin:
                 move = moves[index]
                 fields = {k: v for k, v in move.values.items() if k in _ROW_FIELDS}
                 fields.pop("report", None)
-                outcomes.append(dataclasses.replace(move.task, **{**fields, "state": move.new}))
+                outcomes.append(task_copy(move.task, **{**fields, "state": move.new}))
                 continue
             try:
                 outcomes.append(one(item))
@@ -205,7 +206,7 @@ class BulkMixin:
         outcomes = self._many(reports, now, lambda r: r[0], prepare,
                               lambda r: self.done(r[0], r[1], r[2], now, acked=r[0] in started))
         # The report as the registration reads it (a row from the single path already has it).
-        return [dataclasses.replace(o, report=dict(item[2])) if isinstance(o, TaskRow) and o.report is None else o
+        return [task_copy(o, report=dict(item[2])) if isinstance(o, TaskRow) and o.report is None else o
                 for o, item in zip(outcomes, reports, strict=True)]
 
     def finish_many(self, results: Sequence[tuple[str, int, str | None]], now: float) -> list[Outcome]:
@@ -237,7 +238,7 @@ class BulkMixin:
             task, agent_id, expires = pick
             if task.state != S.PENDING:
                 return None
-            return self._move(dataclasses.replace(task), S.ASSIGNED, now, dict(
+            return self._move(task_copy(task), S.ASSIGNED, now, dict(
                 attempt=task.attempt + 1, agent_id=agent_id, lease_expires=expires, bytes_done=0, last_error=None))
 
         return self._many(picks, now, lambda p: p[0].task_id, prepare,

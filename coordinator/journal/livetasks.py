@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from coordinator.journal.base import TaskRow, unpack
+from coordinator.journal.base import TaskRow, task_copy, unpack
 from glancesync.states import SyncState
 
 S = SyncState
@@ -46,7 +46,7 @@ class LiveTaskMixin:
         task = self._live().get(task_id)
         if task is None or task.state not in states or (attempt is not None and task.attempt != attempt):
             return None
-        return dataclasses.replace(task)
+        return task_copy(task)
 
     def _live_changed(self, task: TaskRow, new: SyncState, values: dict[str, Any]) -> None:
         """Carry a task change into the table at once (``values`` as written to the row).
@@ -63,7 +63,7 @@ class LiveTaskMixin:
             fields["state"] = new
             if "report" in fields and isinstance(fields["report"], bytes):
                 fields["report"] = unpack(fields["report"])
-            table[task.task_id] = dataclasses.replace(task, **fields)
+            table[task.task_id] = task_copy(task, **fields)
         self.on_rollback(lambda: self._live_stale(task.task_id))
 
     def _live_stale(self, task_id: str) -> None:

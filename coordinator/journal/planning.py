@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,9 +29,11 @@ S = SyncState
 # Events by id, built once (the ids are bound at each execution).  ``planned`` is tested by
 # the caller, not in SQL: there SQLite would walk ix_events_order, not the key.
 _EVENTS_BY_ID = sa.select(events).where(events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
-# Recording an event (once per event received), built once.
-_EVENT_KNOWN = sa.select(events.c.event_id).where(events.c.event_id == sa.bindparam("event_id"))
+# Recording events (those of one loop iteration together), built once.
+_EVENTS_KNOWN = sa.select(events.c.event_id).where(events.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 _INSERT_EVENT = events.insert()
+# An event to record: (event_id, kind, image_id, body, sender).
+NewEvent = tuple[str, str, str, dict[str, Any], str | None]
 
 
 @dataclasses.dataclass
@@ -47,6 +49,12 @@ class PlanningFacts:
         return dict(self.regions.get(image_id, {}))
 
 
+def _event_values(item: NewEvent, now: float) -> dict[str, Any]:
+    event_id, kind, image_id, body, sender = item
+    return {"event_id": event_id, "kind": kind, "image_id": image_id, "payload": pack(body),
+            "received_at": now, "planned": False, "sender": sender}
+
+
 def _event(r: Any) -> EventRow:
     return EventRow(r.event_id, r.kind, r.image_id, unpack(r.payload), r.received_at, r.sender,
                     r.not_before or 0.0, r.fetch_tries or 0)
@@ -55,27 +63,49 @@ def _event(r: Any) -> EventRow:
 class PlanningMixin:
     """Events and planning; uses the state machine of ``TaskStateMixin`` on the same journal."""
 
-    @retry_on_deadlock
     def record_event(self, event_id: str, kind: str, image_id: str, body: dict[str, Any], now: float,
                      sender: str | None = None) -> bool:
         """Store an event durably; False when that event id was already recorded."""
+        return self.record_events([(event_id, kind, image_id, body, sender)], now)[0]
+
+    @retry_on_deadlock
+    def record_events(self, items: Sequence[NewEvent], now: float) -> list[bool]:
+        """``record_event`` of each (event_id, kind, image_id, body, sender), together.
+
+        One read of the ids already known and one insert of the others, in one savepoint:
+        a loop iteration's events cost four statements, not four each.  An id seen twice
+        (in the journal, or earlier in ``items``) is False.  Only when the insert hits an
+        id stored meanwhile (another coordinator of an active/passive pair) is each event
+        inserted again on its own.
+        """
+        ids = list(dict.fromkeys(item[0] for item in items))
         with self.transaction() as conn:
-            if conn.execute(_EVENT_KNOWN, {"event_id": event_id}).first():
-                return False
-            try:
-                # Its own savepoint: on PostgreSQL a failed insert would abort the whole batch.
-                with conn.begin_nested():
-                    self._insert_event(conn, event_id, kind, image_id, body, now, sender)
-            except (sa.exc.IntegrityError, db_exc.DBDuplicateEntry):
-                # Another coordinator of an active/passive pair stored it first.
-                return False
-        return True
+            known: set[str] = set()
+            for start in range(0, len(ids), 500):
+                known.update(conn.scalars(_EVENTS_KNOWN, {"ids": ids[start:start + 500]}))
+            fresh = []
+            for item in items:
+                fresh.append(item[0] not in known)
+                known.add(item[0])
+            rows = [_event_values(item, now) for item, new in zip(items, fresh, strict=True) if new]
+            if not rows:
+                return fresh
+            if self._insert_events(conn, rows):
+                return fresh
+            # Some id was stored meanwhile (nothing of ``rows`` was): each on its own.
+            return [new and self._insert_events(conn, [_event_values(item, now)])
+                    for item, new in zip(items, fresh, strict=True)]
 
     @staticmethod
-    def _insert_event(conn: Connection, event_id: str, kind: str, image_id: str, body: dict[str, Any],
-                      now: float, sender: str | None) -> None:
-        conn.execute(_INSERT_EVENT, {"event_id": event_id, "kind": kind, "image_id": image_id, "payload": pack(body),
-                                     "received_at": now, "planned": False, "sender": sender})
+    def _insert_events(conn: Connection, rows: list[dict[str, Any]]) -> bool:
+        """Insert ``rows`` in one savepoint; False, and none inserted, when another coordinator stored one first."""
+        try:
+            # Its own savepoint: on PostgreSQL a failed insert would abort the whole batch.
+            with conn.begin_nested():
+                conn.execute(_INSERT_EVENT, rows)
+        except (sa.exc.IntegrityError, db_exc.DBDuplicateEntry):
+            return False
+        return True
 
     def unplanned_events(self, now: float | None = None, limit: int = 100) -> list[EventRow]:
         """Unplanned events due by ``now`` (all when None), oldest first."""

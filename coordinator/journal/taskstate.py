@@ -8,7 +8,6 @@ and its transaction rolls back.  Tasks of one (image, region) run one at a time 
 from __future__ import annotations
 
 import collections
-import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,6 +20,7 @@ from coordinator.journal.base import (
     byte_count,
     pack,
     region_state_for,
+    task_copy,
     task_from_row,
     unpack,
 )
@@ -224,12 +224,12 @@ class TaskStateMixin:
         """
         with self.transaction() as conn:
             if known is not None and known.task_id == task_id and known.state == S.PENDING:
-                task = dataclasses.replace(known)
+                task = task_copy(known)
             else:
                 task = self._current(conn, task_id, None, [S.PENDING])
             self._set_task(conn, task, S.ASSIGNED, now, attempt=task.attempt + 1, agent_id=agent_id,
                            lease_expires=lease_expires, bytes_done=0, last_error=None)
-        return dataclasses.replace(task, state=S.ASSIGNED, attempt=task.attempt + 1, agent_id=agent_id,
+        return task_copy(task, state=S.ASSIGNED, attempt=task.attempt + 1, agent_id=agent_id,
                                    lease_expires=lease_expires, bytes_done=0, last_error=None)
 
     @retry_on_deadlock
@@ -253,12 +253,12 @@ class TaskStateMixin:
                 self._set_task(conn, task, S.SYNCED, now, finished_at=now, lease_expires=None,
                                metadata_applied_at=now, **start)
                 self._advance(conn, task.image_id, task.region, now)
-                return dataclasses.replace(task, state=S.SYNCED, lease_expires=None)
+                return task_copy(task, state=S.SYNCED, lease_expires=None)
             size = report.get("size")
             extra = {"bytes_done": size, "bytes_total": size} if isinstance(size, int) else {}
             self._set_task(conn, task, S.REGISTERING, now, report=pack(report), lease_expires=None,
                            not_before=0.0, register_retries=0, register_failing_since=None, **extra, **start)
-        return dataclasses.replace(task, state=S.REGISTERING, report=unpack(pack(report)), lease_expires=None,
+        return task_copy(task, state=S.REGISTERING, report=unpack(pack(report)), lease_expires=None,
                                    not_before=0.0, register_retries=0, register_failing_since=None, **extra)
 
     @retry_on_deadlock

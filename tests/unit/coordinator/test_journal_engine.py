@@ -95,7 +95,7 @@ def test_other_database_errors_are_not_retried(journal: Journal, monkeypatch: py
 def _deadlocking_insert(journal: Journal, monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
     """Make the next ``times`` event inserts fail as a deadlock victim's statement would; count every try."""
     tries = []
-    real = journal._insert_event
+    real = journal._insert_events
     monkeypatch.setattr("oslo_db.api.time.sleep", lambda _s: None)
 
     def insert(*args, **kwargs):
@@ -104,7 +104,7 @@ def _deadlocking_insert(journal: Journal, monkeypatch: pytest.MonkeyPatch, times
             raise db_exc.DBDeadlock(Exception("Deadlock found when trying to get lock"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(journal, "_insert_event", insert)
+    monkeypatch.setattr(journal, "_insert_events", insert)
     return tries
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from coordinator.journal import Journal
+from coordinator.journal import Journal, TaskRow
+from coordinator.journal.base import task_copy
 from coordinator.schema import tasks
 from glancesync.exceptions import StaleAttempt
+from glancesync.states import SyncState
 
 from .conftest import IMAGE_ID
 from .test_loop_cost import NOW, Statements, plan_copies
@@ -88,3 +92,24 @@ def test_assign_takes_the_row_dispatch_read_and_still_refuses_a_stale_one(journa
     with pytest.raises(StaleAttempt):
         journal.assign(task_id, "b", NOW, NOW + 10, pending)
     assert journal.task(task_id).agent_id == "a"
+
+
+def test_a_kept_row_is_handed_out_as_a_copy_the_caller_may_change(journal: Journal) -> None:
+    [task_id] = plan_copies(journal, IMAGE_ID, ["RegionOne"], "e1")
+    journal.assign(task_id, "a", NOW, NOW + 10)
+    held = journal.held_task(task_id)
+    held.agent_id, held.attempt = "someone-else", 99
+    again = journal.held_task(task_id)
+    assert (again.agent_id, again.attempt) == ("a", 1)
+    assert again is not held
+
+
+def test_task_copy_is_replace_without_init() -> None:
+    journal_row = TaskRow("t1", 1, IMAGE_ID, "RegionOne", "copy", SyncState.PENDING, 0, None, None, 0.0, 0, 0, 0,
+                          None, {"id": IMAGE_ID}, event_id="e1")
+    copy = task_copy(journal_row, state=SyncState.ASSIGNED, attempt=1)
+    assert copy == dataclasses.replace(journal_row, state=SyncState.ASSIGNED, attempt=1)
+    assert type(copy) is TaskRow and journal_row.state == SyncState.PENDING  # the original is untouched
+    assert task_copy(journal_row) == journal_row and task_copy(journal_row) is not journal_row
+    with pytest.raises(TypeError, match="no field"):
+        task_copy(journal_row, colour="blue")

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from coordinator.journal import Journal, NewTask
 from coordinator.journal.base import unpack
 from coordinator.journal.images import shared_image
-from coordinator.schema import image_regions, tasks
+from coordinator.schema import events, image_regions, tasks
 
 from .conftest import IMAGE_ID, image_record
 
@@ -106,3 +106,34 @@ def test_planning_reads_in_a_batch_add_no_savepoint_and_a_failed_one_rolls_the_b
     except JournalError as exc:
         assert "batch" in str(exc)
     assert journal.unplanned_event("e2") is None and journal.unplanned_event("e1") is not None
+
+
+def _event_ids(journal: Journal) -> list[str]:
+    with journal.engine.connect() as conn:
+        return sorted(conn.scalars(sa.select(events.c.event_id)))
+
+
+def test_record_events_recognises_duplicates_in_the_journal_and_in_the_batch(journal: Journal) -> None:
+    journal.record_event("old", "uploaded", IMAGE_ID, {}, NOW)
+    items = [(i, "uploaded", IMAGE_ID, {"event_id": i}, "proxy") for i in ("e1", "old", "e1", "e2")]
+    assert journal.record_events(items, NOW) == [True, False, False, True]
+    assert _event_ids(journal) == ["e1", "e2", "old"]
+    assert journal.unplanned_event("e1").sender == "proxy"
+
+
+def test_record_events_stored_meanwhile_by_another_coordinator_fall_back_one_by_one(
+        journal: Journal, monkeypatch) -> None:
+    real, calls = journal._insert_events, []
+
+    def racing(conn, rows):
+        calls.append(len(rows))
+        if len(calls) == 1:  # the pair's other coordinator stores e2 between the read and the insert
+            conn.execute(events.insert(), {"event_id": "e2", "kind": "uploaded", "image_id": IMAGE_ID,
+                                           "payload": b"\x80", "received_at": NOW, "planned": False})
+        return real(conn, rows)
+
+    monkeypatch.setattr(journal, "_insert_events", racing)
+    items = [(i, "uploaded", IMAGE_ID, {}, None) for i in ("e1", "e2", "e3")]
+    with journal.batch():
+        assert journal.record_events(items, NOW) == [True, False, True]
+    assert calls == [3, 1, 1, 1] and _event_ids(journal) == ["e1", "e2", "e3"]

@@ -544,7 +544,7 @@ def test_a_fetch_that_keeps_failing_gives_up_with_a_reason(ctx, service, journal
 
 
 def test_an_event_the_journal_cannot_take_is_not_acked(ctx, service, journal, monkeypatch) -> None:
-    failing_once(monkeypatch, journal, "record_event")
+    failing_once(monkeypatch, journal, "record_events")
     reply = send_event(ctx, service)
     assert reply.type == "error" and reply.body["code"] == "unavailable"
     assert journal.unplanned_events() == []
