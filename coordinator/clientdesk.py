@@ -77,10 +77,13 @@ class ClientMixin:
 
     def may_ask_status(self, key: str | None) -> bool:
         """Whether ``key`` may send a status_query (the status thread's check; refusals are the loop's)."""
+        return self._may_send(key, "status_query")
+
+    def _may_send(self, key: str | None, msg_type: str) -> bool:
         if self.auth is None:
             return True  # no CURVE: loopback only, every local peer is trusted
         peer = self.auth.peer(key)
-        return peer is not None and peer.may_send("status_query")
+        return peer is not None and peer.may_send(msg_type)
 
     def _client_frame(self, frames: list[bytes], now: float, key: str | None = None) -> None:
         envelope, payload = frames[:-1], frames[-1]
@@ -90,6 +93,9 @@ class ClientMixin:
         try:
             msg = protocol.decode(payload)
             ref = msg.id
+            if msg.type != "event" or not self._may_send(key, msg.type):
+                # Any reply to this frame, a refusal too, comes after the acks of the events before it.
+                self._record_events(now)
             if msg.type not in ("event", "status_query", "operator"):
                 raise ProtocolError(code="unexpected", detail=f"{msg.type} is not served on this socket")
             peer = self._admitted(self.client_sock, envelope, key, msg)
@@ -99,7 +105,6 @@ class ClientMixin:
                 # Recorded with the iteration's other events (``_record_events``), acked in their order.
                 self._taken_events.append((envelope, ref, msg.body, f"{peer.name} ({peer_name(envelope[0])})"))
                 return
-            self._record_events(now)  # what this frame reads or writes comes after the events before it
             if msg.type == "operator":
                 data = self.operator.request(msg.body, now, f"{peer.name} ({peer_name(envelope[0])})")
                 reply = protocol.encode("operator_reply", {"action": msg.body["action"], "data": data})
@@ -112,6 +117,7 @@ class ClientMixin:
                     self._send(self.client_sock, envelope, reply)
                     return
         except ProtocolError as exc:
+            self._record_events(now)  # an undecodable frame's error too comes after the acks before it
             LOG.warning("client peer %s: refused frame: %s", peer_name(envelope[0]), exc)
             reply, acks = protocol.error_reply(exc, ref), False
         except GlanceSyncError as exc:

@@ -98,3 +98,9 @@ def test_a_status_query_after_events_is_answered_after_their_acks(service: Servi
     with _fed(service, FakePipe([_event(b"p1", "e1"), query])) as pipe:
         service.loop(NOW, poll_seconds=0)
     assert [m.type for _peer, m in pipe.replies()] == ["event_ack", "status_reply"]
+
+
+def test_a_malformed_frame_after_an_event_gets_its_error_after_the_events_ack(service: Service) -> None:
+    with _fed(service, FakePipe([_event(b"p1", "e1"), [b"p1", b"\xc1 not msgpack"]])) as pipe:
+        service.loop(NOW, poll_seconds=0)
+    assert [m.type for _peer, m in pipe.replies()] == ["event_ack", "error"]
