@@ -200,12 +200,6 @@ class Registrar:
         with self._location_lock(task.image_id):
             return self._call(glancejobs.unregister, task)
 
-    def fetch(self, event: EventRow, regions: Collection[str] | None = None) -> None:
-        """Fetch ``event``'s image; a snapshot of one of ``regions`` (all: None) with its regional image."""
-        fail = lambda exc: FetchResult(event.event_id, None, GlanceError(  # noqa: E731
-            endpoint=self.endpoint_name, retryable=True, detail=str(exc)))
-        self.pool.submit(self._run, lambda: self._call(glancejobs.fetch, event, regions), fail)
-
     def fetch_many(self, events: list[EventRow], regions: Collection[str] | None = None) -> None:
         """``fetch`` each of ``events``, their images read with one listing (glancejobs.fetch_many)."""
         self.pool.submit(self._fetch_many, list(events), regions)

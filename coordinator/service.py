@@ -36,12 +36,10 @@ input or a failing step is logged and the loop goes on.  No SQL or HTTP here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -86,19 +84,6 @@ ITERATION_BUDGET = 0.5
 SWITCH_INTERVAL = 0.001
 
 
-@dataclasses.dataclass(frozen=True)
-class _WakingRetry(RegistrationRetry):
-    """The registration's backoff that also tells the loop when the retry is due (``wake``)."""
-
-    wake: Callable[[float], None] = lambda _when: None
-
-    def due(self, retries: int, failing_since: float | None, now: float) -> float | None:
-        when = super().due(retries, failing_since, now)
-        if when is not None:
-            self.wake(when)  # submitted when its backoff ends, not at the gate's next recheck
-        return when
-
-
 class Service(AdmissionMixin, ClientMixin):
     """The coordinator service; ``context`` may be shared with tests."""
 
@@ -122,7 +107,7 @@ class Service(AdmissionMixin, ClientMixin):
         # A glance job that finished wakes the poll (wakeups.py), not its timeout.
         self.doorbell = wakeups.Doorbell()
         registrar.on_result = self.doorbell.ring
-        self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy, _WakingRetry(
+        self.tasks = TaskDesk(journal, self.agents, registrar, self._retry_policy, RegistrationRetry(
             c.registration_retry_backoff, c.max_registration_retry_backoff, c.registration_retry_horizon,
             wake=self._queries.wake_at), Sourcing(c.max_source_fanout, storemap.peers, chain=c.chain_sources))
         self.started_at = time.time()

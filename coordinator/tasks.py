@@ -57,12 +57,17 @@ class RegistrationRetry:
     backoff: float = 5.0
     max_backoff: float = 3600.0
     horizon: float = 86400.0
+    # Told when each retry is due (the loop's ChangeGate.wake_at): submitted when its backoff
+    # ends, not at the gate's next recheck.
+    wake: Callable[[float], None] = lambda _when: None
 
     def due(self, retries: int, failing_since: float | None, now: float) -> float | None:
         """When to try again after failure number ``retries + 1``; None once past the horizon."""
         if now - (now if failing_since is None else failing_since) >= self.horizon:
             return None
-        return now + retry_delay(retries + 1, self.backoff, self.max_backoff)
+        when = now + retry_delay(retries + 1, self.backoff, self.max_backoff)
+        self.wake(when)
+        return when
 
 
 class TaskDesk(ReportsMixin):

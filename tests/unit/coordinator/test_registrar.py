@@ -251,8 +251,11 @@ def test_unregister_keeps_the_last_location(registrar, client) -> None:
 
 
 def test_fetch_of_a_missing_image_is_none(registrar, client) -> None:
+    from .conftest import add_listing
+
+    add_listing(client.images)  # events are fetched by listing; an image it leaves out gets its own GET
     client.images.records.clear()
-    registrar.fetch(EventRow("e1", "updated", IMAGE_ID, {}, 0.0))
+    registrar.fetch_many([EventRow("e1", "updated", IMAGE_ID, {}, 0.0)])
     result = wait_result(registrar)
     assert result.image is None and result.error is None
 
